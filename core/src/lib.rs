@@ -1,0 +1,6 @@
+#![no_std]
+#![doc = include_str!("../README.md")]
+#![warn(clippy::undocumented_unsafe_blocks)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub(crate) mod sync;
