@@ -1,12 +1,23 @@
 //! The `voxring` program. See the crate README.
+//!
+//! `main` only parses the command line and dispatches; each command lives in its own module
+//! with its own `Args` and `main`.
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod bench_ipc;
+mod bench_loopback;
+mod doctor;
+mod run;
+mod segments;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "voxring",
     version,
-    about = "Real-time audio between processes through shared memory"
+    about = "Real-time audio between processes through shared memory, and the measurements that prove it"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -16,17 +27,39 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the voice pipeline (capture -> agents -> playback) and report its latency budget.
-    Run,
+    Run(run::Args),
+    /// Benchmarks: IPC transports side by side, audio loopback round trip.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Is this machine ready for real-time audio? Read-only checks and live probes.
+    Doctor(doctor::Args),
+    /// List or clean voxring shared-memory segments.
+    #[command(subcommand)]
+    Segments(segments::Command),
 }
 
-fn main() {
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// One-way latency of IPC transports side by side, same payloads, same pinning.
+    Ipc(bench_ipc::Args),
+    /// Audio round trip: play impulses, find them in the capture (like jack_iodelay).
+    Loopback(bench_loopback::Args),
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Run => {
-            println!(
-                "voxring {}: the voice pipeline is not built yet; this build has the workspace only.",
-                env!("CARGO_PKG_VERSION")
-            );
+    let result = match cli.command {
+        Command::Run(args) => run::main(args),
+        Command::Bench(BenchCommand::Ipc(args)) => bench_ipc::main(args),
+        Command::Bench(BenchCommand::Loopback(args)) => bench_loopback::main(args),
+        Command::Doctor(args) => doctor::main(args),
+        Command::Segments(cmd) => segments::main(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("voxring: {err:#}");
+            ExitCode::from(2)
         }
     }
 }
