@@ -1,3 +1,11 @@
 #![doc = include_str!("../README.md")]
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod cleanup;
+pub mod futex;
+pub mod liveness;
+pub mod mapping;
+pub mod memfd;
+pub mod rt;
+pub mod segment;
