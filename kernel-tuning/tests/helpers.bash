@@ -167,7 +167,7 @@ kt_env() {
 # listing DIR: every path with its type and mode, and every file's checksum (not times).
 listing() {
     (
-        cd "$1"
+        cd "$1" || exit 1
         find . -printf '%y %m %p\n' | LC_ALL=C sort
         find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
     )
@@ -175,5 +175,6 @@ listing() {
 
 # status_of ID: the status word of ID in $output (from `run check`).
 status_of() {
+    # shellcheck disable=SC2154 # $output is set by bats' run
     printf '%s\n' "$output" | awk -v id="$1:" '$2 == id { print $1; exit }'
 }

@@ -1,0 +1,193 @@
+#!/usr/bin/env bats
+# kernel-tuning/apply and revert against fixture trees: --dry-run touches nothing and shows every
+# change; a second apply changes nothing; revert restores every file byte for byte and removes
+# what apply created; check agrees afterwards.
+
+load helpers
+
+setup() {
+    ROOT=$BATS_TEST_TMPDIR/root
+    mkdir -p "$ROOT"
+}
+
+snap() { listing "$ROOT" >"$BATS_TEST_TMPDIR/$1"; }
+same() { diff "$BATS_TEST_TMPDIR/$1" "$BATS_TEST_TMPDIR/$2"; }
+
+@test "apply --dry-run changes nothing, on a bad and on a good system" {
+    make_bad_tree "$ROOT"
+    kt_env
+    snap before
+    run "$KT_DIR/apply" --all --dry-run
+    [ "$status" -eq 0 ]
+    snap after
+    same before after
+    [ ! -e "$ROOT/var/lib/voxring-tuning" ]
+    [ ! -s "$VOXRING_STUB_LOG" ]   # no command ran
+
+    rm -rf "$ROOT"
+    mkdir -p "$ROOT"
+    make_good_tree "$ROOT"
+    snap before
+    run "$KT_DIR/apply" --all --dry-run --scope system
+    [ "$status" -eq 0 ]
+    snap after
+    same before after
+}
+
+@test "apply --dry-run shows each change: file, old value, new value, command" {
+    make_bad_tree "$ROOT"
+    kt_env
+    run "$KT_DIR/apply" --all --dry-run
+    [[ "$output" == *"[dry-run] create file $ROOT/etc/security/limits.d/95-voxring-audio.conf (mode 0644)"* ]]
+    [[ "$output" == *"    old: (absent)"* ]]
+    [[ "$output" == *"    + @audio   -   rtprio    95"* ]]
+    [[ "$output" == *"[dry-run] run: groupadd --system audio    (revert runs: groupdel audio)"* ]]
+    [[ "$output" == *"[dry-run] run: usermod -a -G audio alice    (revert runs: gpasswd -d alice audio)"* ]]
+    [[ "$output" == *"[dry-run] write $ROOT/sys/devices/system/cpu/cpu2/cpufreq/scaling_governor: powersave -> performance"* ]]
+    [[ "$output" == *"[dry-run] write $ROOT/proc/irq/30/smp_affinity_list: 0-3 -> 3"* ]]
+    [[ "$output" == *"[dry-run] run: chrt -f -p 90 200    (revert runs: chrt -f -p 50 200)"* ]]
+    [[ "$output" == *"[dry-run] write $ROOT/proc/sys/vm/swappiness: 60 -> 10"* ]]
+    [[ "$output" == *"[dry-run] write $ROOT/sys/kernel/mm/transparent_hugepage/enabled: always -> madvise"* ]]
+    [[ "$output" == *"GRUB_CMDLINE_LINUX_DEFAULT=\"quiet preempt=full threadirqs isolcpus=3\""* ]]
+    [[ "$output" == *"dry run: 21 change(s) would be made"* ]]
+}
+
+@test "a replaced file shows its old content under --dry-run" {
+    make_bad_tree "$ROOT"
+    kt_env
+    w etc/security/limits.d/95-voxring-audio.conf '@audio - rtprio 50'
+    run "$KT_DIR/apply" --limits --dry-run
+    [[ "$output" == *"[dry-run] replace file $ROOT/etc/security/limits.d/95-voxring-audio.conf (mode 0644)"* ]]
+    [[ "$output" == *"    - @audio - rtprio 50"* ]]
+}
+
+@test "apply then apply again: the second run changes nothing" {
+    make_bad_tree "$ROOT"
+    kt_env
+    run "$KT_DIR/apply" --all
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"21 change(s) made"* ]]
+    snap first
+    : >"$VOXRING_STUB_LOG"
+    run "$KT_DIR/apply" --all
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"nothing to change"* ]]
+    snap second
+    same first second
+    [ ! -s "$VOXRING_STUB_LOG" ]
+}
+
+@test "after apply, check is ok for every item apply can fix" {
+    make_bad_tree "$ROOT"
+    kt_env
+    run "$KT_DIR/apply" --all --scope system
+    [ "$status" -eq 0 ]
+    run "$KT_DIR/check"
+    for id in audio-group limits-conf governor swappiness thp irq-affinity irq-threads pipewire-quantum; do
+        [ "$(status_of "$id")" = ok ] || { echo "$id is not ok:"; printf '%s\n' "$output"; return 1; }
+    done
+    # Limits take effect at the next login, so this process still has none.
+    [ "$(status_of rtprio)" = fail ]
+}
+
+@test "apply then revert restores every file byte for byte and removes what apply created" {
+    make_bad_tree "$ROOT"
+    kt_env
+    # A file that already exists with other content, and a mode, must come back exactly.
+    w etc/security/limits.d/95-voxring-audio.conf '# mine
+@audio - rtprio 50'
+    chmod 0600 "$ROOT/etc/security/limits.d/95-voxring-audio.conf"
+    snap before
+    run "$KT_DIR/apply" --all
+    [ "$status" -eq 0 ]
+    snap applied
+    run same before applied
+    [ "$status" -ne 0 ]
+    run "$KT_DIR/revert"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"reverted"* ]]
+    snap reverted
+    same before reverted
+    [ ! -e "$ROOT/var/lib/voxring-tuning" ]
+}
+
+@test "revert undoes two applies in a row (system scope), and a third revert has nothing to do" {
+    make_bad_tree "$ROOT"
+    kt_env
+    snap before
+    run "$KT_DIR/apply" --limits --thp
+    [ "$status" -eq 0 ]
+    run "$KT_DIR/apply" --all --scope system
+    [ "$status" -eq 0 ]
+    [ -f "$ROOT/etc/pipewire/pipewire.conf.d/90-voxring-lowlatency.conf" ]
+    [ -f "$ROOT/etc/wireplumber/main.lua.d/51-voxring-alsa.lua" ]
+    run "$KT_DIR/revert"
+    [ "$status" -eq 0 ]
+    snap reverted
+    same before reverted
+    run "$KT_DIR/revert"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"nothing to revert"* ]]
+}
+
+@test "revert --dry-run lists the undo steps and changes nothing" {
+    make_bad_tree "$ROOT"
+    kt_env
+    run "$KT_DIR/apply" --all
+    snap applied
+    run "$KT_DIR/revert" --dry-run
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"[dry-run] run: gpasswd -d alice audio"* ]]
+    [[ "$output" == *"[dry-run] write $ROOT/proc/sys/vm/swappiness: 10 -> 60"* ]]
+    [[ "$output" == *"[dry-run] remove $ROOT/etc/sysctl.d/90-voxring.conf (apply created it)"* ]]
+    snap after
+    same applied after
+}
+
+@test "a good system: apply --all only adds what is missing, and revert takes it out again" {
+    make_good_tree "$ROOT"
+    kt_env
+    w usr/share/pipewire/pipewire.conf 'context.properties = { default.clock.quantum = 128 }'
+    snap before
+    run "$KT_DIR/apply" --all --scope user
+    [ "$status" -eq 0 ]
+    # The user drop-in is the only thing the good tree lacks.
+    [[ "$output" == *"wrote: $ROOT/home/alice/.config/pipewire/pipewire.conf.d/90-voxring-lowlatency.conf"* ]]
+    run "$KT_DIR/revert"
+    snap after
+    same before after
+}
+
+@test "the WirePlumber 0.5 format is written when there is no main.lua.d" {
+    make_bad_tree "$ROOT"
+    kt_env
+    rm -rf "$ROOT/usr/share/wireplumber/main.lua.d"
+    w usr/share/wireplumber/wireplumber.conf 'context.properties = { }'
+    run "$KT_DIR/apply" --pipewire --scope system
+    [ "$status" -eq 0 ]
+    grep -q 'monitor.alsa.rules' "$ROOT/etc/wireplumber/wireplumber.conf.d/51-voxring-alsa.conf"
+    [ ! -e "$ROOT/etc/wireplumber/main.lua.d" ]
+}
+
+@test "--cmdline and --containers only print: nothing is written" {
+    make_bad_tree "$ROOT"
+    kt_env
+    snap before
+    run "$KT_DIR/apply" --cmdline --containers
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"parameters to add: preempt=full threadirqs isolcpus=3"* ]]
+    [[ "$output" == *"containers/"* ]]
+    snap after
+    same before after
+}
+
+@test "usage errors: no item, an unknown flag, a bad scope" {
+    run "$KT_DIR/apply"
+    [ "$status" -eq 2 ]
+    run "$KT_DIR/apply" --everything
+    [ "$status" -eq 2 ]
+    run "$KT_DIR/apply" --pipewire --scope elsewhere
+    [ "$status" -eq 2 ]
+    run "$KT_DIR/revert" --bogus
+    [ "$status" -eq 2 ]
+}
