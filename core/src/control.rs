@@ -1,0 +1,746 @@
+//! Control register: a latest-value seqlock for small plain data (VAD state, a gain, a
+//! command), shared between threads or processes.
+//!
+//! The writer never waits: it bumps a sequence number to odd, stores the payload, and bumps it
+//! to even again. A reader copies the payload between two reads of the sequence number and
+//! keeps the copy only if the number was even and unchanged, so it never returns a torn value.
+//! A reader retries a bounded number of times ([`DEFAULT_READ_RETRIES`]) and then returns
+//! [`ReadError::Contended`]: a hostile or crashed writer can make reads fail, never hang them.
+//!
+//! The payload is stored as an array of `AtomicU64` words, so concurrent reads and writes are
+//! not a data race in the Rust memory model (the classic seqlock with a plain payload is).
+//! `T` must implement [`Plain`]: `Copy`, no padding, every bit pattern valid.
+//!
+//! The struct is `#[repr(C)]` and holds only atomics: use it in-process (a `static`, a field)
+//! or in a shared region ([`ControlRegister::init_in`], [`ControlRegister::attach`]; layout in
+//! `core/LAYOUT.md`, section "Control register").
+//!
+//! ```
+//! use voxring_core::control::ControlRegister;
+//!
+//! #[derive(Clone, Copy, Debug, PartialEq)]
+//! #[repr(C)]
+//! struct Vad { speaking: u32, level_db: f32, since_sample: u64 }
+//! // SAFETY: repr(C), fields 4 + 4 + 8 bytes with no padding, every bit pattern valid.
+//! unsafe impl voxring_core::control::Plain for Vad {}
+//!
+//! static VAD: ControlRegister<Vad, 2> =
+//!     ControlRegister::new(Vad { speaking: 0, level_db: -90.0, since_sample: 0 });
+//!
+//! VAD.write(Vad { speaking: 1, level_db: -20.5, since_sample: 48_000 }).unwrap();
+//! let (now, version) = VAD.read_versioned().unwrap();
+//! assert_eq!(now.speaking, 1);
+//! assert_eq!(version, 1);
+//! assert_eq!(VAD.read_if_newer(version).unwrap(), None); // nothing new since
+//! ```
+
+use core::marker::PhantomData;
+use core::mem::size_of;
+
+use crate::sync::{AtomicU32, AtomicU64, Ordering, fence};
+
+/// Plain data that can travel through a [`ControlRegister`] as raw bytes.
+///
+/// # Safety
+/// Implement it only for `Copy` types that
+/// - have no padding bytes (every byte of a value is initialised), and
+/// - are valid for every bit pattern (a reader may see bytes a hostile peer wrote),
+///
+/// e.g. integers, floats, arrays of them, and `#[repr(C)]` structs of them laid out without
+/// gaps. Not `bool`, `char`, enums, references or pointers.
+pub unsafe trait Plain: Copy + 'static {}
+
+macro_rules! plain {
+    ($($t:ty),*) => {$(
+        // SAFETY: a primitive integer or float: no padding, every bit pattern valid.
+        unsafe impl Plain for $t {}
+    )*};
+}
+plain!(
+    u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64
+);
+// SAFETY: an array of padding-free, any-bit-pattern elements has neither padding nor invalid
+// bit patterns.
+unsafe impl<T: Plain, const N: usize> Plain for [T; N] {}
+// SAFETY: zero-sized, no bytes at all.
+unsafe impl Plain for () {}
+
+/// How many times [`ControlRegister::read`] retries before giving up.
+pub const DEFAULT_READ_RETRIES: u32 = 256;
+
+/// `b"VXCTRL\0\0"` as a little-endian `u64`: the first eight bytes of a register region.
+pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"VXCTRL\0\0");
+
+/// Version of the register's binary layout (`core/LAYOUT.md`, "Control register").
+pub const CONTROL_VERSION: u32 = 1;
+
+/// A latest-value seqlock over `WORDS` 64-bit words holding one `T`. See the
+/// [module docs](self).
+///
+/// `size_of::<T>() <= 8 * WORDS` is checked at compile time (a `const` assertion in every
+/// constructor). One writer at a time: a second concurrent writer gets
+/// [`WriteError::Busy`] rather than corrupting the value.
+#[repr(C, align(64))]
+pub struct ControlRegister<T, const WORDS: usize = 4> {
+    /// [`CONTROL_MAGIC`]; written last by `init_in` (Release), checked by `attach` (Acquire).
+    magic: AtomicU64,
+    /// [`CONTROL_VERSION`].
+    version: AtomicU32,
+    /// `WORDS`.
+    words: AtomicU32,
+    /// `size_of::<T>()`.
+    payload_bytes: AtomicU32,
+    _reserved: AtomicU32,
+    /// Even: stable, `seq / 2` writes completed. Odd: a write is in progress.
+    seq: AtomicU64,
+    /// The payload's bytes, native endianness, zero-padded to `WORDS * 8`.
+    data: [AtomicU64; WORDS],
+    _marker: PhantomData<fn() -> T>,
+}
+
+impl<T, const WORDS: usize> core::fmt::Debug for ControlRegister<T, WORDS> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ControlRegister")
+            .field("seq", &self.seq.load(Ordering::Relaxed))
+            .field("words", &WORDS)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why [`ControlRegister::write`] did not write. The value is handed back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteError<T> {
+    /// Another write is in progress (a second writer, or a writer that died mid-write: see
+    /// [`ControlRegister::recover_abandoned_write`]). Nothing was changed.
+    Busy(T),
+}
+
+impl<T> WriteError<T> {
+    /// The value that was not written.
+    pub fn into_inner(self) -> T {
+        match self {
+            Self::Busy(v) => v,
+        }
+    }
+}
+
+impl<T> core::fmt::Display for WriteError<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Busy(_) => write!(
+                f,
+                "control register write refused: another write is in progress; a register \
+                 has one writer at a time (if the writer died mid-write, its owner can call \
+                 recover_abandoned_write)"
+            ),
+        }
+    }
+}
+
+/// Why a read returned no value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadError {
+    /// Every attempt overlapped a write (or found one in progress). An honest writer that
+    /// writes at audio rates practically never causes this; a writer stuck mid-write or
+    /// writing in a tight loop does. Try again later, or treat the writer as faulty.
+    Contended {
+        /// Attempts made.
+        retries: u32,
+    },
+}
+
+impl core::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Contended { retries } => write!(
+                f,
+                "control register read gave up after {retries} attempts: every one overlapped \
+                 a write; the writer is writing in a loop or died mid-write"
+            ),
+        }
+    }
+}
+
+/// Why a register region could not be initialised or attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegionError {
+    /// The pointer was null.
+    Null,
+    /// The region does not start on a 64-byte boundary.
+    Misaligned {
+        /// The address given.
+        addr: usize,
+    },
+    /// The region is shorter than the register.
+    TooSmall {
+        /// Bytes needed.
+        need: usize,
+        /// Bytes given.
+        got: usize,
+    },
+    /// The first eight bytes are not [`CONTROL_MAGIC`].
+    BadMagic {
+        /// What was there.
+        found: u64,
+    },
+    /// The layout version is not [`CONTROL_VERSION`].
+    UnsupportedVersion {
+        /// What was there.
+        found: u32,
+    },
+    /// The region's word count or payload size differs from this `ControlRegister<T, WORDS>`.
+    TypeMismatch {
+        /// Words in the region.
+        words: u32,
+        /// Payload bytes in the region.
+        payload_bytes: u32,
+    },
+}
+
+impl core::fmt::Display for RegionError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Null => write!(f, "register region pointer is null; map the region first"),
+            Self::Misaligned { addr } => write!(
+                f,
+                "register region at {addr:#x} is not 64-byte aligned; place it at an aligned \
+                 offset of the mapping"
+            ),
+            Self::TooSmall { need, got } => write!(
+                f,
+                "register region is {got} bytes but this register needs {need}; map a larger \
+                 region"
+            ),
+            Self::BadMagic { found } => write!(
+                f,
+                "no control register in this region (magic {found:#018x}, expected \
+                 {CONTROL_MAGIC:#018x}): not initialised yet or something else"
+            ),
+            Self::UnsupportedVersion { found } => write!(
+                f,
+                "control register layout version {found} is not supported (this build speaks \
+                 {CONTROL_VERSION}); build both sides from the same voxring version"
+            ),
+            Self::TypeMismatch {
+                words,
+                payload_bytes,
+            } => write!(
+                f,
+                "the region holds a {payload_bytes}-byte payload in {words} words, not the \
+                 type this side expects; both sides must use the same payload type"
+            ),
+        }
+    }
+}
+
+/// The payload's bytes as words, zero-padded.
+#[inline(always)]
+fn to_words<T: Plain, const WORDS: usize>(value: &T) -> [u64; WORDS] {
+    let mut words = [0u64; WORDS];
+    // SAFETY: `size_of::<T>() <= WORDS * 8` (asserted at compile time by every constructor,
+    // the only way to get a `ControlRegister<T, WORDS>` to call this on); `T: Plain` has no
+    // padding, so all `size_of::<T>()` source bytes are initialised; the buffers are distinct.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            (value as *const T).cast::<u8>(),
+            words.as_mut_ptr().cast::<u8>(),
+            size_of::<T>(),
+        );
+    }
+    words
+}
+
+/// A `T` from the first `size_of::<T>()` bytes of `words`.
+#[inline(always)]
+fn from_words<T: Plain, const WORDS: usize>(words: &[u64; WORDS]) -> T {
+    let mut out = core::mem::MaybeUninit::<T>::uninit();
+    // SAFETY: as in `to_words`, the sizes fit; the bytes are initialised integers; a byte copy
+    // has no alignment requirement; and `T: Plain` is valid for every bit pattern, so
+    // `assume_init` is sound whatever a peer wrote.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            words.as_ptr().cast::<u8>(),
+            out.as_mut_ptr().cast::<u8>(),
+            size_of::<T>(),
+        );
+        out.assume_init()
+    }
+}
+
+impl<T: Plain, const WORDS: usize> ControlRegister<T, WORDS> {
+    const FITS: () = assert!(
+        size_of::<T>() <= WORDS * 8 && WORDS <= u32::MAX as usize,
+        "ControlRegister<T, WORDS>: T does not fit in WORDS 64-bit words; raise WORDS"
+    );
+
+    /// Size in bytes of this register in a shared region.
+    pub const REGION_SIZE: usize = size_of::<Self>();
+    /// Alignment in bytes a register region must have.
+    pub const REGION_ALIGN: usize = core::mem::align_of::<Self>();
+
+    /// A register holding `initial` (version 0).
+    #[cfg(not(voxring_loom))]
+    pub const fn new(initial: T) -> Self {
+        #[allow(clippy::let_unit_value)]
+        let () = Self::FITS;
+        let mut words = [0u64; WORDS];
+        // SAFETY: as in `to_words` (this is its `const` twin: `FITS` checked the size).
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                (&initial as *const T).cast::<u8>(),
+                words.as_mut_ptr().cast::<u8>(),
+                size_of::<T>(),
+            );
+        }
+        let mut data = [const { AtomicU64::new(0) }; WORDS];
+        let mut i = 0;
+        while i < WORDS {
+            data[i] = AtomicU64::new(words[i]);
+            i += 1;
+        }
+        Self {
+            magic: AtomicU64::new(CONTROL_MAGIC),
+            version: AtomicU32::new(CONTROL_VERSION),
+            words: AtomicU32::new(WORDS as u32),
+            payload_bytes: AtomicU32::new(size_of::<T>() as u32),
+            _reserved: AtomicU32::new(0),
+            seq: AtomicU64::new(0),
+            data,
+            _marker: PhantomData,
+        }
+    }
+
+    /// A register holding `initial` (version 0).
+    #[cfg(voxring_loom)]
+    pub fn new(initial: T) -> Self {
+        #[allow(clippy::let_unit_value)]
+        let () = Self::FITS;
+        let words = to_words::<T, WORDS>(&initial);
+        Self {
+            magic: AtomicU64::new(CONTROL_MAGIC),
+            version: AtomicU32::new(CONTROL_VERSION),
+            words: AtomicU32::new(WORDS as u32),
+            payload_bytes: AtomicU32::new(size_of::<T>() as u32),
+            _reserved: AtomicU32::new(0),
+            seq: AtomicU64::new(0),
+            data: core::array::from_fn(|i| AtomicU64::new(words[i])),
+            _marker: PhantomData,
+        }
+    }
+
+    /// Publishes `value`. Wait-free: never spins, never blocks.
+    ///
+    /// # Errors
+    /// [`WriteError::Busy`] with the value when another write is in progress.
+    pub fn write(&self, value: T) -> Result<(), WriteError<T>> {
+        let words = to_words::<T, WORDS>(&value);
+        // Relaxed: the writer only needs the current number; ordering comes from the fence.
+        let s = self.seq.load(Ordering::Relaxed);
+        if s & 1 != 0 {
+            return Err(WriteError::Busy(value));
+        }
+        // Claim the register (even -> odd). Relaxed: the Release fence below orders this
+        // store before the payload stores. A failure means another writer got there first.
+        if self
+            .seq
+            .compare_exchange(s, s.wrapping_add(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return Err(WriteError::Busy(value));
+        }
+        // Release fence: pairs with the reader's Acquire fence after its payload loads. A
+        // reader that sees any payload word stored below also sees the odd `seq` above in its
+        // second `seq` load, and discards its copy.
+        fence(Ordering::Release);
+        for (cell, w) in self.data.iter().zip(words) {
+            // Relaxed: ordered by the fence above and the Release store below.
+            cell.store(w, Ordering::Relaxed);
+        }
+        // Release: pairs with the reader's first (Acquire) `seq` load: a reader that sees this
+        // even number sees every payload word above.
+        self.seq.store(s.wrapping_add(2), Ordering::Release);
+        Ok(())
+    }
+
+    /// One attempt: `Some((value, seq))` if no write overlapped it.
+    #[inline(always)]
+    fn try_read(&self) -> Option<(T, u64)> {
+        // Acquire: pairs with the writer's final Release store of an even `seq`.
+        let s1 = self.seq.load(Ordering::Acquire);
+        if s1 & 1 != 0 {
+            return None;
+        }
+        let mut words = [0u64; WORDS];
+        for (w, cell) in words.iter_mut().zip(&self.data) {
+            // Relaxed: validated by the fence and second `seq` load below.
+            *w = cell.load(Ordering::Relaxed);
+        }
+        // Acquire fence: pairs with the writer's Release fence after it made `seq` odd (see
+        // `write`): if a load above saw a newer write's word, the load below sees its `seq`.
+        fence(Ordering::Acquire);
+        // Relaxed: ordered after the payload loads by the fence above.
+        let s2 = self.seq.load(Ordering::Relaxed);
+        (s1 == s2).then(|| (from_words::<T, WORDS>(&words), s1))
+    }
+
+    /// The latest value, retrying up to [`DEFAULT_READ_RETRIES`] times. Never torn.
+    ///
+    /// # Errors
+    /// [`ReadError::Contended`] when every attempt overlapped a write.
+    pub fn read(&self) -> Result<T, ReadError> {
+        self.read_with_retries(DEFAULT_READ_RETRIES).map(|(v, _)| v)
+    }
+
+    /// The latest value and its version (the number of writes completed before it; 0 for the
+    /// initial value).
+    ///
+    /// # Errors
+    /// [`ReadError::Contended`] when every attempt overlapped a write.
+    pub fn read_versioned(&self) -> Result<(T, u64), ReadError> {
+        self.read_with_retries(DEFAULT_READ_RETRIES)
+    }
+
+    /// Like [`read_versioned`](Self::read_versioned), with at most `retries` attempts (at
+    /// least one is made).
+    ///
+    /// # Errors
+    /// [`ReadError::Contended`] when every attempt overlapped a write.
+    pub fn read_with_retries(&self, retries: u32) -> Result<(T, u64), ReadError> {
+        let retries = retries.max(1);
+        for _ in 0..retries {
+            if let Some((v, s)) = self.try_read() {
+                return Ok((v, s / 2));
+            }
+            crate::sync::spin_hint();
+        }
+        Err(ReadError::Contended { retries })
+    }
+
+    /// The latest value if its version is newer than `seen` (`Ok(None)` otherwise): a cheap
+    /// poll, one load when nothing changed.
+    ///
+    /// # Errors
+    /// [`ReadError::Contended`] when every attempt overlapped a write.
+    pub fn read_if_newer(&self, seen: u64) -> Result<Option<(T, u64)>, ReadError> {
+        if self.version() <= seen {
+            return Ok(None);
+        }
+        self.read_versioned()
+            .map(|(v, n)| (n > seen).then_some((v, n)))
+    }
+
+    /// Writes completed so far (a write in progress is not counted).
+    pub fn version(&self) -> u64 {
+        // Acquire: pairs with the writer's final Release store (a caller that then reads
+        // sees at least this version).
+        self.seq.load(Ordering::Acquire) / 2
+    }
+
+    /// Ends a write its writer abandoned (it died between its two `seq` stores), so writes
+    /// can start again. Returns whether there was one. Call it only when the writer is known
+    /// to be gone: racing it with a live writer can let a reader see a torn value (never
+    /// undefined behaviour: every access is atomic).
+    pub fn recover_abandoned_write(&self) -> bool {
+        // Relaxed load, then a CAS from odd to the next even number. Release: pairs with
+        // readers' Acquire `seq` loads like a normal write's end.
+        let s = self.seq.load(Ordering::Relaxed);
+        s & 1 != 0
+            && self
+                .seq
+                .compare_exchange(s, s.wrapping_add(1), Ordering::Release, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+#[cfg(not(voxring_loom))]
+impl<T: Plain, const WORDS: usize> ControlRegister<T, WORDS> {
+    fn check_region(ptr: *const u8, len: usize) -> Result<(), RegionError> {
+        if ptr.is_null() {
+            return Err(RegionError::Null);
+        }
+        if !(ptr as usize).is_multiple_of(Self::REGION_ALIGN) {
+            return Err(RegionError::Misaligned { addr: ptr as usize });
+        }
+        if len < Self::REGION_SIZE {
+            return Err(RegionError::TooSmall {
+                need: Self::REGION_SIZE,
+                got: len,
+            });
+        }
+        Ok(())
+    }
+
+    /// Creates a register holding `initial` in the first [`REGION_SIZE`](Self::REGION_SIZE)
+    /// bytes at `ptr` (overwriting them). The magic is written last (Release), so a peer's
+    /// [`attach`](Self::attach) (Acquire) sees a complete register or none.
+    ///
+    /// # Errors
+    /// [`RegionError::Null`], [`RegionError::Misaligned`], [`RegionError::TooSmall`].
+    ///
+    /// # Safety
+    /// `ptr` must be valid for reads and writes of `len` bytes for all of `'a`, and nothing in
+    /// this process may access those bytes other than through the returned reference during
+    /// `'a` (other processes may: every field is atomic and every bit pattern is valid).
+    pub unsafe fn init_in<'a>(
+        ptr: *mut u8,
+        len: usize,
+        initial: T,
+    ) -> Result<&'a Self, RegionError> {
+        Self::check_region(ptr, len)?;
+        let fresh = Self::new(initial);
+        // Relaxed: not yet published; the Release store of the magic below publishes it.
+        fresh.magic.store(0, Ordering::Relaxed);
+        let reg = ptr.cast::<Self>();
+        // SAFETY: checked non-null, aligned and long enough; the caller guarantees the bytes
+        // are ours to write for 'a.
+        unsafe { reg.write(fresh) };
+        // SAFETY: just initialised; validity and exclusivity for 'a are the caller's promise.
+        let reg = unsafe { &*reg };
+        // Release: pairs with the Acquire load of the magic in `attach`.
+        reg.magic.store(CONTROL_MAGIC, Ordering::Release);
+        Ok(reg)
+    }
+
+    /// Attaches to a register created with [`init_in`](Self::init_in) after checking the
+    /// region, magic, version, word count and payload size. The sequence number and payload
+    /// are integers whose every value is handled: a hostile peer can make reads fail or
+    /// return values it chose, never read or write out of the region or hang a reader.
+    ///
+    /// # Errors
+    /// The [`RegionError`] of the first check that failed.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for reads and writes of `len` bytes for all of `'a`, and this
+    /// process must not access those bytes non-atomically during `'a`.
+    pub unsafe fn attach<'a>(ptr: *mut u8, len: usize) -> Result<&'a Self, RegionError> {
+        #[allow(clippy::let_unit_value)]
+        let () = Self::FITS;
+        Self::check_region(ptr, len)?;
+        // SAFETY: checked non-null, aligned, long enough; validity for 'a is the caller's
+        // promise. Every field is an atomic integer, valid for any bit pattern.
+        let reg = unsafe { &*ptr.cast::<Self>() };
+        // Acquire: pairs with the Release store of the magic in `init_in`.
+        let magic = reg.magic.load(Ordering::Acquire);
+        if magic != CONTROL_MAGIC {
+            return Err(RegionError::BadMagic { found: magic });
+        }
+        // Relaxed: ordered by the Acquire above.
+        let version = reg.version.load(Ordering::Relaxed);
+        if version != CONTROL_VERSION {
+            return Err(RegionError::UnsupportedVersion { found: version });
+        }
+        let words = reg.words.load(Ordering::Relaxed);
+        let payload_bytes = reg.payload_bytes.load(Ordering::Relaxed);
+        if words as usize != WORDS || payload_bytes as usize != size_of::<T>() {
+            return Err(RegionError::TypeMismatch {
+                words,
+                payload_bytes,
+            });
+        }
+        Ok(reg)
+    }
+}
+
+// The byte layout documented in core/LAYOUT.md ("Control register").
+#[cfg(not(voxring_loom))]
+const _: () = {
+    use core::mem::offset_of;
+    type R = ControlRegister<u64, 3>;
+    assert!(offset_of!(R, magic) == 0);
+    assert!(offset_of!(R, version) == 8);
+    assert!(offset_of!(R, words) == 12);
+    assert!(offset_of!(R, payload_bytes) == 16);
+    assert!(offset_of!(R, _reserved) == 20);
+    assert!(offset_of!(R, seq) == 24);
+    assert!(offset_of!(R, data) == 32);
+    assert!(size_of::<R>() == 64);
+    assert!(size_of::<ControlRegister<u64, 4>>() == 64);
+    assert!(size_of::<ControlRegister<u64, 5>>() == 128);
+};
+
+#[cfg(all(test, not(voxring_loom)))]
+mod tests {
+    extern crate std;
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn write_then_read_and_versions() {
+        let r = ControlRegister::<[u32; 3], 2>::new([1, 2, 3]);
+        assert_eq!(r.read_versioned(), Ok(([1, 2, 3], 0)));
+        assert_eq!(r.read_if_newer(0), Ok(None));
+        r.write([4, 5, 6]).unwrap();
+        assert_eq!(r.version(), 1);
+        assert_eq!(r.read(), Ok([4, 5, 6]));
+        assert_eq!(r.read_if_newer(0), Ok(Some(([4, 5, 6], 1))));
+        assert_eq!(r.read_if_newer(1), Ok(None));
+    }
+
+    #[test]
+    fn a_write_in_progress_blocks_writers_and_bounds_readers() {
+        let r = ControlRegister::<u64, 1>::new(7);
+        // A writer that died mid-write: seq left odd.
+        r.seq.store(5, Ordering::Relaxed);
+        assert_eq!(r.write(9), Err(WriteError::Busy(9)));
+        assert_eq!(WriteError::Busy(9).into_inner(), 9);
+        assert_eq!(r.read(), Err(ReadError::Contended { retries: 256 }));
+        assert_eq!(
+            r.read_with_retries(0),
+            Err(ReadError::Contended { retries: 1 })
+        );
+        assert!(r.recover_abandoned_write());
+        assert!(!r.recover_abandoned_write());
+        assert_eq!(r.read_versioned(), Ok((7, 3)));
+        r.write(9).unwrap();
+        assert_eq!(r.read(), Ok(9));
+        let msg = std::format!("{}", ReadError::Contended { retries: 3 });
+        assert!(msg.contains("3 attempts"));
+    }
+
+    #[test]
+    fn zero_sized_and_large_payloads() {
+        let r = ControlRegister::<(), 1>::new(());
+        r.write(()).unwrap();
+        assert_eq!(r.read(), Ok(()));
+        let big = ControlRegister::<[u8; 61], 8>::new([0xab; 61]);
+        big.write([0x5a; 61]).unwrap();
+        assert_eq!(big.read().unwrap(), [0x5a; 61]);
+    }
+
+    /// A writer storing `[i; 4]` while readers check every value they get is uniform and
+    /// versions never go back.
+    #[test]
+    fn threads_never_see_torn_values() {
+        let r = Arc::new(ControlRegister::<[u64; 4], 4>::new([0; 4]));
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: std::vec::Vec<_> = (0..2)
+            .map(|_| {
+                let r = Arc::clone(&r);
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let (mut last, mut ok) = (0u64, 0u64);
+                    // Relaxed: a stop flag; the join below orders everything else.
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if let Ok((v, version)) = r.read_versioned() {
+                            assert!(v.iter().all(|&x| x == v[0]), "torn: {v:?}");
+                            assert!(version >= last);
+                            assert_eq!(v[0], version, "value i is written as version i");
+                            last = version;
+                            ok += 1;
+                        }
+                    }
+                    ok
+                })
+            })
+            .collect();
+        for i in 1..=200_000u64 {
+            r.write([i; 4]).unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for h in readers {
+            assert!(h.join().unwrap() > 0);
+        }
+        assert_eq!(r.read(), Ok([200_000; 4]));
+    }
+
+    #[test]
+    fn concurrent_writers_are_refused_not_torn() {
+        let r = Arc::new(ControlRegister::<[u64; 2], 2>::new([0; 2]));
+        let writers: std::vec::Vec<_> = (1..=2u64)
+            .map(|w| {
+                let r = Arc::clone(&r);
+                std::thread::spawn(move || {
+                    let mut busy = 0u32;
+                    for _ in 0..50_000 {
+                        if r.write([w; 2]).is_err() {
+                            busy += 1;
+                        }
+                        let v = r.read().unwrap_or([1; 2]);
+                        assert_eq!(v[0], v[1], "torn: {v:?}");
+                    }
+                    busy
+                })
+            })
+            .collect();
+        for h in writers {
+            h.join().unwrap();
+        }
+        let v = r.read().unwrap();
+        assert!(v == [1; 2] || v == [2; 2]);
+    }
+
+    #[repr(C, align(64))]
+    struct Region([u8; 256]);
+
+    #[test]
+    fn region_init_attach_and_checks() {
+        type R = ControlRegister<[f32; 4], 2>;
+        let mut region = Region([0; 256]);
+        let ptr = region.0.as_mut_ptr();
+        // SAFETY: `region` outlives every reference made here and is used only through them.
+        unsafe {
+            assert_eq!(
+                R::attach(ptr, 256).unwrap_err(),
+                RegionError::BadMagic { found: 0 }
+            );
+            let owner = R::init_in(ptr, 256, [0.5; 4]).unwrap();
+            let peer = R::attach(ptr, 256).unwrap();
+            owner.write([1.0, 2.0, 3.0, 4.0]).unwrap();
+            assert_eq!(peer.read(), Ok([1.0, 2.0, 3.0, 4.0]));
+            assert_eq!(
+                ControlRegister::<[f32; 3], 2>::attach(ptr, 256).unwrap_err(),
+                RegionError::TypeMismatch {
+                    words: 2,
+                    payload_bytes: 16
+                }
+            );
+            assert_eq!(
+                R::attach(ptr, 10).unwrap_err(),
+                RegionError::TooSmall { need: 64, got: 10 }
+            );
+            assert!(matches!(
+                R::attach(ptr.add(4), 200),
+                Err(RegionError::Misaligned { .. })
+            ));
+            assert_eq!(
+                R::attach(core::ptr::null_mut(), 64).unwrap_err(),
+                RegionError::Null
+            );
+            ptr.add(8).cast::<u32>().write(9);
+            assert_eq!(
+                R::attach(ptr, 256).unwrap_err(),
+                RegionError::UnsupportedVersion { found: 9 }
+            );
+        }
+    }
+
+    proptest! {
+        /// Round trip of arbitrary payloads, and hostile sequence numbers / payload words:
+        /// reads return or fail, never panic; an even seq yields exactly the stored words.
+        #[test]
+        fn hostile_words_and_round_trips(
+            v in any::<[u16; 7]>(),
+            seq in any::<u64>(),
+            words in any::<[u64; 2]>(),
+        ) {
+            let r = ControlRegister::<[u16; 7], 2>::new([0; 7]);
+            r.write(v).unwrap();
+            prop_assert_eq!(r.read(), Ok(v));
+            r.seq.store(seq, Ordering::Relaxed);
+            r.data[0].store(words[0], Ordering::Relaxed);
+            r.data[1].store(words[1], Ordering::Relaxed);
+            match r.read_versioned() {
+                Ok((got, version)) => {
+                    prop_assert_eq!(seq & 1, 0);
+                    prop_assert_eq!(version, seq / 2);
+                    prop_assert_eq!(got, from_words::<[u16; 7], 2>(&words));
+                }
+                Err(ReadError::Contended { .. }) => prop_assert_eq!(seq & 1, 1),
+            }
+            let w = r.write([1; 7]);
+            prop_assert_eq!(w.is_ok(), seq & 1 == 0);
+        }
+    }
+}
