@@ -2,6 +2,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod audio;
 pub mod cleanup;
 pub mod futex;
 pub mod liveness;

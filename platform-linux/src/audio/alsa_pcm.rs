@@ -1,0 +1,630 @@
+//! One direction of an ALSA PCM with mmap access.
+//!
+//! [`AlsaStream::open`] configures the PCM for `MMAP_INTERLEAVED` access with the format,
+//! rate, channels, period and buffer asked for and reads back what ALSA granted. The pumps
+//! ([`AlsaStream::pump_capture`], [`AlsaStream::pump_playback`]) move every frame that is ready
+//! between the device's mmap area and a [`CaptureSink`] / [`PlaybackSource`] with no copy of
+//! their own: the sink reads the mmap area, the source writes into it.
+//!
+//! Two ways to reach the mmap area:
+//! - alsa-lib's `snd_pcm_mmap_begin`/`snd_pcm_mmap_commit` (the `alsa` crate's `IO::mmap`):
+//!   works on plugin PCMs such as `pipewire` and `default`, and on `hw:` devices.
+//! - The kernel's buffer mapped straight into this process (`PCM::direct_mmap_*`): `hw:`
+//!   devices only (on a plugin it fails with `SNDRV_PCM_IOCTL_CHANNEL_INFO` ENOTTY). Tried for
+//!   `hw:` names; when it fails we fall back to alsa-lib's mmap and say so in
+//!   [`Granted::mode`].
+//!
+//! xruns: a pump that finds the stream in XRUN (`EPIPE`) or suspended (`ESTRPIPE`) counts it,
+//! re-prepares and restarts the stream, and flags the next chunk with [`flags::XRUN`].
+
+use alsa::direct::pcm::{MmapCapture, MmapPlayback};
+use alsa::pcm::{Access, Frames, HwParams, PCM, State};
+use alsa::{Direction, ValueOr};
+
+use super::{
+    AccessMode, AudioError, CaptureSink, ChunkInfo, Granted, PlaybackSource, Sample, StreamParams,
+    flags, monotonic_ns,
+};
+
+/// Which way to reach the device buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MmapPreference {
+    /// Direct mmap for `hw:` names (falling back to alsa-lib's mmap), alsa-lib's mmap otherwise.
+    #[default]
+    Auto,
+    /// alsa-lib's `snd_pcm_mmap_begin`/`commit` only.
+    AlsaLib,
+    /// Direct mmap only: fail if the device does not allow it.
+    Direct,
+}
+
+/// An error on the real-time path. `Copy`, so reporting it never allocates; turn it into an
+/// [`AudioError`] off the real-time thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamError {
+    /// The ALSA or system call that failed.
+    pub call: &'static str,
+    /// Its errno.
+    pub errno: i32,
+    /// The direction of the stream.
+    pub direction: Direction,
+}
+
+impl From<StreamError> for AudioError {
+    fn from(e: StreamError) -> Self {
+        let dir = match e.direction {
+            Direction::Capture => "capture",
+            Direction::Playback => "playback",
+        };
+        AudioError::Unrecoverable(format!(
+            "the {dir} stream failed in {} ({}) and could not be recovered; the device may have \
+             gone away (check that PipeWire or the sound card is still there) and the stream must \
+             be reopened",
+            e.call,
+            std::io::Error::from_raw_os_error(e.errno)
+        ))
+    }
+}
+
+/// Direct mapping of the kernel buffer.
+enum Direct<T> {
+    Capture(MmapCapture<T>),
+    Playback(MmapPlayback<T>),
+}
+
+/// Owns the direct mapping.
+struct SendDirect<T>(Direct<T>);
+
+// SAFETY: `MmapIO` is `!Send` only because of a `PhantomData<*const D>` marker; it owns its
+// mappings of the PCM's status, control and data pages exclusively (nothing else in this process
+// holds them), so moving it to another thread together with the `PCM` it belongs to is sound.
+unsafe impl<T: Send> Send for SendDirect<T> {}
+
+/// One direction (capture or playback) of an ALSA PCM opened for mmap access.
+pub struct AlsaStream<T: Sample> {
+    pcm: PCM,
+    dir: Direction,
+    name: String,
+    granted: Granted,
+    direct: Option<SendDirect<T>>,
+    /// Why direct mmap was not used, when it was tried.
+    direct_refusal: Option<String>,
+    xruns: u64,
+    pending_flags: u32,
+    pos: u64,
+    channels: usize,
+    silence_frames: u64,
+}
+
+impl<T: Sample> std::fmt::Debug for AlsaStream<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlsaStream")
+            .field("name", &self.name)
+            .field("dir", &self.dir)
+            .field("granted", &self.granted)
+            .field("xruns", &self.xruns)
+            .field("pos", &self.pos)
+            .finish_non_exhaustive()
+    }
+}
+
+fn access_name(a: Access) -> &'static str {
+    match a {
+        Access::MMapInterleaved => "MMAP_INTERLEAVED",
+        Access::MMapNonInterleaved => "MMAP_NONINTERLEAVED",
+        Access::MMapComplex => "MMAP_COMPLEX",
+        Access::RWInterleaved => "RW_INTERLEAVED",
+        Access::RWNonInterleaved => "RW_NONINTERLEAVED",
+    }
+}
+
+fn dir_name(d: Direction) -> &'static str {
+    match d {
+        Direction::Capture => "capture",
+        Direction::Playback => "playback",
+    }
+}
+
+impl<T: Sample> AlsaStream<T> {
+    /// Opens `name` for `dir` with mmap interleaved access and configures it.
+    ///
+    /// Asks for exactly `params.channels` and the format of `T`; rate, period and buffer are
+    /// set to the nearest the device allows, and what it granted is in [`Self::granted`].
+    /// The stream is left prepared, not started.
+    pub fn open(
+        name: &str,
+        dir: Direction,
+        params: &StreamParams,
+        mmap: MmapPreference,
+    ) -> Result<Self, AudioError> {
+        params.validate()?;
+        let d = dir_name(dir);
+        let pcm = PCM::new(name, dir, false)
+            .map_err(|e| AudioError::alsa(format!("opening ALSA PCM '{name}' for {d}"), e))?;
+        {
+            let hwp = HwParams::any(&pcm).map_err(|e| {
+                AudioError::alsa(format!("reading the {d} parameters of '{name}'"), e)
+            })?;
+            hwp.set_access(Access::MMapInterleaved).map_err(|e| {
+                AudioError::alsa(
+                    format!(
+                        "'{name}' does not offer MMAP_INTERLEAVED access for {d} (voxring needs \
+                         mmap; try the 'plug:' or 'pipewire' PCM in front of it)"
+                    ),
+                    e,
+                )
+            })?;
+            hwp.set_format(T::SAMPLE_FORMAT.alsa()).map_err(|e| {
+                AudioError::alsa(
+                    format!(
+                        "'{name}' does not take {} samples for {d}; ask for another format or put \
+                         'plug:' in front of the device",
+                        T::SAMPLE_FORMAT
+                    ),
+                    e,
+                )
+            })?;
+            hwp.set_channels(params.channels).map_err(|e| {
+                let min = hwp.get_channels_min().unwrap_or(0);
+                let max = hwp.get_channels_max().unwrap_or(0);
+                AudioError::alsa(
+                    format!(
+                        "'{name}' cannot {d} {} channels (it allows {min}..={max})",
+                        params.channels
+                    ),
+                    e,
+                )
+            })?;
+            hwp.set_rate_near(params.rate, ValueOr::Nearest)
+                .map_err(|e| AudioError::alsa(format!("setting the {d} rate of '{name}'"), e))?;
+            hwp.set_period_size_near(Frames::from(params.period_frames), ValueOr::Nearest)
+                .map_err(|e| AudioError::alsa(format!("setting the {d} period of '{name}'"), e))?;
+            hwp.set_buffer_size_near(Frames::from(params.buffer_frames))
+                .map_err(|e| AudioError::alsa(format!("setting the {d} buffer of '{name}'"), e))?;
+            pcm.hw_params(&hwp).map_err(|e| {
+                AudioError::alsa(format!("applying the {d} parameters to '{name}'"), e)
+            })?;
+        }
+        let granted = read_granted::<T>(&pcm, name, d)?;
+        if granted.period_frames == 0 || granted.buffer_frames < granted.period_frames {
+            return Err(AudioError::NotGranted(format!(
+                "'{name}' granted a period of {} frames and a buffer of {} frames for {d}: \
+                 unusable (the buffer must hold at least one period)",
+                granted.period_frames, granted.buffer_frames
+            )));
+        }
+        {
+            let swp = pcm.sw_params_current().map_err(|e| {
+                AudioError::alsa(
+                    format!("reading the {d} software parameters of '{name}'"),
+                    e,
+                )
+            })?;
+            let boundary = swp
+                .get_boundary()
+                .map_err(|e| AudioError::alsa("reading the ALSA boundary", e))?;
+            // We start both directions explicitly (never on a fill level), wake per period, and
+            // let ALSA stop on a full (capture) or empty (playback) buffer: that is the xrun we
+            // detect and recover from.
+            swp.set_start_threshold(boundary)
+                .and_then(|_| swp.set_avail_min(Frames::from(granted.period_frames)))
+                .and_then(|_| swp.set_stop_threshold(Frames::from(granted.buffer_frames)))
+                .and_then(|_| pcm.sw_params(&swp))
+                .map_err(|e| {
+                    AudioError::alsa(
+                        format!("applying the {d} software parameters to '{name}'"),
+                        e,
+                    )
+                })?;
+        }
+        let mut granted = granted;
+        let mut direct = None;
+        let mut direct_refusal = None;
+        let try_direct = match mmap {
+            MmapPreference::AlsaLib => false,
+            MmapPreference::Direct => true,
+            MmapPreference::Auto => name.starts_with("hw:") || name == "hw",
+        };
+        if try_direct {
+            let r = match dir {
+                Direction::Capture => pcm.direct_mmap_capture::<T>().map(Direct::Capture),
+                Direction::Playback => pcm.direct_mmap_playback::<T>().map(Direct::Playback),
+            };
+            match r {
+                Ok(m) => {
+                    direct = Some(SendDirect(m));
+                    granted.mode = AccessMode::DirectMmap;
+                }
+                Err(e) if mmap == MmapPreference::Direct => {
+                    return Err(AudioError::alsa(
+                        format!(
+                            "mapping the kernel buffer of '{name}' directly for {d} (direct mmap \
+                             works on hw: devices only; use the alsa-lib mmap path for plugins)"
+                        ),
+                        e,
+                    ));
+                }
+                Err(e) => direct_refusal = Some(format!("{e}")),
+            }
+        }
+        let channels = granted.channels as usize;
+        Ok(AlsaStream {
+            pcm,
+            dir,
+            name: name.to_owned(),
+            granted,
+            direct,
+            direct_refusal,
+            xruns: 0,
+            pending_flags: 0,
+            pos: 0,
+            channels,
+            silence_frames: 0,
+        })
+    }
+
+    /// What the device granted.
+    pub fn granted(&self) -> &Granted {
+        &self.granted
+    }
+
+    /// The device name this stream was opened with.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Why direct mmap was not used although it was tried (`None` when it was used or not tried).
+    pub fn direct_refusal(&self) -> Option<&str> {
+        self.direct_refusal.as_deref()
+    }
+
+    /// The underlying PCM (for polling, linking, status).
+    pub fn pcm(&self) -> &PCM {
+        &self.pcm
+    }
+
+    /// xruns detected and recovered so far.
+    pub fn xruns(&self) -> u64 {
+        self.xruns
+    }
+
+    /// Frames moved so far (sink/source position).
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Playback frames that were filled with silence because the source had none.
+    pub fn silence_frames(&self) -> u64 {
+        self.silence_frames
+    }
+
+    /// Starts the stream. Real-time safe.
+    pub fn start(&mut self) -> Result<(), StreamError> {
+        self.pcm.start().map_err(|e| self.err(e))
+    }
+
+    /// Stops the stream at once, dropping pending frames.
+    pub fn stop(&mut self) -> Result<(), StreamError> {
+        self.pcm.drop().map_err(|e| self.err(e))
+    }
+
+    fn err(&self, e: alsa::Error) -> StreamError {
+        StreamError {
+            call: e.func(),
+            errno: e.errno(),
+            direction: self.dir,
+        }
+    }
+
+    /// Waits until the device has at least a period ready (or `timeout_ms` passes); true when
+    /// ready. An xrun found while waiting is recovered and reported as ready, so the next pump
+    /// sees it. Real-time safe: this is the wait on the device's clock.
+    pub fn wait(&mut self, timeout_ms: u32) -> Result<bool, StreamError> {
+        match self.pcm.wait(Some(timeout_ms)) {
+            Ok(ready) => Ok(ready),
+            Err(e) => {
+                self.recover(e)?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Counts an xrun (or suspend) and restarts the stream; other errors are returned.
+    fn recover(&mut self, e: alsa::Error) -> Result<(), StreamError> {
+        let errno = e.errno().abs();
+        if errno == libc::ESTRPIPE {
+            // Suspended (system sleep): try to resume, else prepare.
+            loop {
+                match self.pcm.resume() {
+                    Ok(()) => break,
+                    Err(r) if r.errno().abs() == libc::EAGAIN => {
+                        // The device is still waking up; ALSA's documented wait is a short sleep.
+                        let _ = rustix::thread::nanosleep(&rustix::time::Timespec {
+                            tv_sec: 0,
+                            tv_nsec: 1_000_000,
+                        });
+                    }
+                    Err(_) => break,
+                }
+            }
+        } else if errno != libc::EPIPE {
+            return Err(self.err(e));
+        }
+        self.xruns += 1;
+        self.pending_flags |= flags::XRUN;
+        self.restart()
+    }
+
+    /// Re-prepares and restarts after an xrun; playback is refilled with silence first.
+    fn restart(&mut self) -> Result<(), StreamError> {
+        self.pcm.prepare().map_err(|e| self.err(e))?;
+        if self.dir == Direction::Playback {
+            self.fill_silence()?;
+        }
+        self.pcm.start().map_err(|e| self.err(e))
+    }
+
+    /// Fills all free playback space with silence (does not advance the source position).
+    fn fill_silence(&mut self) -> Result<(), StreamError> {
+        let mut guard = 0;
+        loop {
+            let avail = self.pcm.avail_update().map_err(|e| self.err(e))?;
+            if avail <= 0 || guard > 8 {
+                return Ok(());
+            }
+            guard += 1;
+            let ch = self.channels;
+            if let Some(SendDirect(Direct::Playback(m))) = &mut self.direct {
+                let (a, b) = m.data_ptr();
+                let mut n = 0;
+                for r in core::iter::once(a).chain(b) {
+                    // SAFETY: `data_ptr` describes writable frames of the mapped kernel buffer
+                    // (`frames * channels` samples) that the device is not reading now.
+                    let s =
+                        unsafe { core::slice::from_raw_parts_mut(r.ptr, r.frames as usize * ch) };
+                    s.fill(T::SILENCE);
+                    n += r.frames;
+                }
+                m.commit(n);
+                continue;
+            }
+            // SAFETY: the format of `T` was set and verified in `open`, and no other `IO` of
+            // this PCM exists (we create one per call and drop it before the next).
+            let io = unsafe { self.pcm.io_unchecked::<T>() };
+            io.mmap(avail as usize, |buf| {
+                buf.fill(T::SILENCE);
+                buf.len() / ch
+            })
+            .map_err(|e| self.err(e))?;
+        }
+    }
+
+    /// Moves every captured frame that is ready into `sink`, straight from the mmap area.
+    /// Returns the frames moved. An xrun is counted, recovered, and flagged on the next chunk.
+    /// Real-time safe: no allocation, lock, print or blocking call.
+    pub fn pump_capture<S: CaptureSink<T>>(&mut self, sink: &mut S) -> Result<usize, StreamError> {
+        debug_assert_eq!(self.dir, Direction::Capture);
+        if self.direct.is_some() {
+            return self.pump_capture_direct(sink);
+        }
+        let avail = match self.pcm.avail_update() {
+            Ok(n) => n as usize,
+            Err(e) => {
+                self.recover(e)?;
+                return Ok(0);
+            }
+        };
+        let ch = self.channels;
+        let mut moved = 0usize;
+        while moved < avail {
+            let info = ChunkInfo {
+                sample_pos: self.pos,
+                timestamp_ns: monotonic_ns(),
+                flags: self.pending_flags,
+                capture_pos: self.pos,
+                channels: ch as u32,
+            };
+            // SAFETY: the format of `T` was set and verified in `open`, and no other `IO` of
+            // this PCM exists (we create one per call and drop it before the next).
+            let io = unsafe { self.pcm.io_unchecked::<T>() };
+            let mut took = 0usize;
+            let r = io.mmap(avail - moved, |buf| {
+                let frames = buf.len() / ch;
+                took = sink.push(&buf[..frames * ch], &info).min(frames);
+                took
+            });
+            drop(io);
+            match r {
+                Ok(_) => {}
+                Err(e) => {
+                    self.recover(e)?;
+                    return Ok(moved);
+                }
+            }
+            if took == 0 {
+                break;
+            }
+            self.pending_flags = 0;
+            self.pos += took as u64;
+            moved += took;
+        }
+        Ok(moved)
+    }
+
+    fn pump_capture_direct<S: CaptureSink<T>>(
+        &mut self,
+        sink: &mut S,
+    ) -> Result<usize, StreamError> {
+        let ch = self.channels;
+        let Some(SendDirect(Direct::Capture(m))) = &mut self.direct else {
+            return Ok(0);
+        };
+        if m.status().state() == State::XRun || m.avail() > m.buffer_size() {
+            self.xruns += 1;
+            self.pending_flags |= flags::XRUN;
+            self.restart()?;
+            return Ok(0);
+        }
+        let (a, b) = m.data_ptr();
+        let mut moved = 0usize;
+        for r in core::iter::once(a).chain(b) {
+            if r.frames <= 0 {
+                continue;
+            }
+            let frames = r.frames as usize;
+            let info = ChunkInfo {
+                sample_pos: self.pos,
+                timestamp_ns: monotonic_ns(),
+                flags: self.pending_flags,
+                capture_pos: self.pos,
+                channels: ch as u32,
+            };
+            // SAFETY: `data_ptr` describes captured frames of the mapped kernel buffer
+            // (`frames * channels` samples) that the device will not overwrite until we commit.
+            let s = unsafe { core::slice::from_raw_parts(r.ptr, frames * ch) };
+            let took = sink.push(s, &info).min(frames);
+            m.commit(took as Frames);
+            self.pending_flags = 0;
+            self.pos += took as u64;
+            moved += took;
+            if took < frames {
+                break;
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Fills all free space of the playback buffer from `source`, straight into the mmap area
+    /// (silence where the source has nothing). Returns the frames written. An xrun is counted,
+    /// recovered, and flagged on the next chunk. Real-time safe.
+    ///
+    /// `capture_pos` is the duplex's clock for [`ChunkInfo::capture_pos`]: the frames the
+    /// capture side has delivered so far (0 for playback alone).
+    pub fn pump_playback<S: PlaybackSource<T>>(
+        &mut self,
+        source: &mut S,
+        capture_pos: u64,
+    ) -> Result<usize, StreamError> {
+        debug_assert_eq!(self.dir, Direction::Playback);
+        if self.direct.is_some() {
+            return self.pump_playback_direct(source, capture_pos);
+        }
+        let avail = match self.pcm.avail_update() {
+            Ok(n) => n as usize,
+            Err(e) => {
+                self.recover(e)?;
+                return Ok(0);
+            }
+        };
+        let ch = self.channels;
+        let mut moved = 0usize;
+        while moved < avail {
+            let info = ChunkInfo {
+                sample_pos: self.pos,
+                timestamp_ns: monotonic_ns(),
+                flags: self.pending_flags,
+                capture_pos,
+                channels: ch as u32,
+            };
+            // SAFETY: the format of `T` was set and verified in `open`, and no other `IO` of
+            // this PCM exists (we create one per call and drop it before the next).
+            let io = unsafe { self.pcm.io_unchecked::<T>() };
+            let mut got = 0usize;
+            let mut wrote = 0usize;
+            let r = io.mmap(avail - moved, |buf| {
+                let frames = buf.len() / ch;
+                got = source.pull(&mut buf[..frames * ch], &info).min(frames);
+                buf[got * ch..].fill(T::SILENCE);
+                wrote = frames;
+                frames
+            });
+            drop(io);
+            if let Err(e) = r {
+                self.recover(e)?;
+                return Ok(moved);
+            }
+            if wrote == 0 {
+                break;
+            }
+            self.pending_flags = 0;
+            self.pos += got as u64;
+            self.silence_frames += (wrote - got) as u64;
+            moved += wrote;
+        }
+        Ok(moved)
+    }
+
+    fn pump_playback_direct<S: PlaybackSource<T>>(
+        &mut self,
+        source: &mut S,
+        capture_pos: u64,
+    ) -> Result<usize, StreamError> {
+        let ch = self.channels;
+        let Some(SendDirect(Direct::Playback(m))) = &mut self.direct else {
+            return Ok(0);
+        };
+        if m.status().state() == State::XRun || m.avail() > m.buffer_size() {
+            self.xruns += 1;
+            self.pending_flags |= flags::XRUN;
+            self.restart()?;
+            return Ok(0);
+        }
+        let (a, b) = m.data_ptr();
+        let mut moved = 0usize;
+        for r in core::iter::once(a).chain(b) {
+            if r.frames <= 0 {
+                continue;
+            }
+            let frames = r.frames as usize;
+            let info = ChunkInfo {
+                sample_pos: self.pos,
+                timestamp_ns: monotonic_ns(),
+                flags: self.pending_flags,
+                capture_pos,
+                channels: ch as u32,
+            };
+            // SAFETY: `data_ptr` describes free frames of the mapped kernel buffer
+            // (`frames * channels` samples) that the device will not read until we commit.
+            let s = unsafe { core::slice::from_raw_parts_mut(r.ptr, frames * ch) };
+            let got = source.pull(s, &info).min(frames);
+            s[got * ch..].fill(T::SILENCE);
+            m.commit(frames as Frames);
+            self.pending_flags = 0;
+            self.pos += got as u64;
+            self.silence_frames += (frames - got) as u64;
+            moved += frames;
+        }
+        Ok(moved)
+    }
+
+    /// Fills the whole playback buffer from `source` before the stream starts.
+    pub fn prefill<S: PlaybackSource<T>>(
+        &mut self,
+        source: &mut S,
+        capture_pos: u64,
+    ) -> Result<usize, StreamError> {
+        self.pump_playback(source, capture_pos)
+    }
+}
+
+fn read_granted<T: Sample>(pcm: &PCM, name: &str, d: &str) -> Result<Granted, AudioError> {
+    let e = |e| AudioError::alsa(format!("reading back the {d} parameters of '{name}'"), e);
+    let hwp = pcm.hw_params_current().map_err(e)?;
+    let access = hwp.get_access().map_err(e)?;
+    let format = hwp.get_format().map_err(e)?;
+    if format != T::SAMPLE_FORMAT.alsa() {
+        return Err(AudioError::NotGranted(format!(
+            "'{name}' granted {format} for {d} although {} was set",
+            T::SAMPLE_FORMAT
+        )));
+    }
+    Ok(Granted {
+        rate: hwp.get_rate().map_err(e)?,
+        channels: hwp.get_channels().map_err(e)?,
+        period_frames: hwp.get_period_size().map_err(e)? as u32,
+        buffer_frames: hwp.get_buffer_size().map_err(e)? as u32,
+        format: T::SAMPLE_FORMAT,
+        alsa_access: access_name(access),
+        mode: AccessMode::AlsaMmap,
+    })
+}

@@ -1,0 +1,381 @@
+//! Audio I/O: ALSA with mmap access, PipeWire settings, and a clocked synthetic device.
+//!
+//! The shape, from the outside in:
+//!
+//! - [`DeviceSpec`] names a device (`auto`, `synthetic`, `synthetic:DELAY`, or an ALSA PCM name
+//!   such as `pipewire`, `default`, `hw:0,0`); [`open_duplex`] opens it as a [`Duplex`] stream
+//!   (capture and playback on one clock) with the [`StreamParams`] you ask for, and reports in
+//!   [`Granted`] what the device actually gave.
+//! - The real-time loop ([`Duplex::run`]) moves frames between the device and your code through
+//!   two small traits over slices: a [`CaptureSink`] receives captured samples straight from the
+//!   device's mmap area (`&[T]`), and a [`PlaybackSource`] writes samples straight into it
+//!   (`&mut [T]`). A ring's write grant or read grant is the natural implementation: exactly one
+//!   copy between the mmap area and a ring slot.
+//! - xruns are detected, counted ([`XrunCounts`]), flagged ([`flags::XRUN`] on the first chunk
+//!   after the gap) and recovered from without ending the stream.
+//! - Nothing inside [`Duplex::run`] allocates, locks or prints: the tests run it under
+//!   `assert_no_alloc`. It waits for the device (ALSA's poll, or `clock_nanosleep` to an absolute
+//!   deadline for the synthetic device): that wait is the clock, not a blocking call on
+//!   something else.
+//!
+//! [`loopback`] measures the round trip through a device the way `jack_iodelay` does.
+//! [`pipewire`] applies and reads back PipeWire's quantum and rate.
+
+pub mod alsa_pcm;
+pub mod duplex;
+pub mod loopback;
+pub mod pipewire;
+pub mod rt;
+pub mod synthetic;
+
+use core::fmt;
+
+pub use duplex::{DeviceSpec, Duplex, RunStats, StopFlag, open_duplex};
+
+/// Flags carried on a chunk of frames ([`ChunkInfo::flags`]); the same bit values as
+/// `voxring-core`'s frame flags, so a sink can copy them into a ring frame's metadata.
+pub mod flags {
+    /// Frames were lost (capture overrun) or silence was inserted (playback underrun) just
+    /// before this chunk: the chunk is not contiguous with the one before it.
+    pub const XRUN: u32 = 1 << 0;
+    /// The stream was restarted before this chunk for a reason other than an xrun.
+    pub const DISCONTINUITY: u32 = 1 << 1;
+}
+
+/// The sample formats voxring moves: signed 16-bit, signed 32-bit and 32-bit float,
+/// native-endian, interleaved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SampleFormat {
+    /// Signed 16-bit integer (`S16_LE` on x86).
+    S16,
+    /// Signed 32-bit integer (`S32_LE` on x86).
+    S32,
+    /// 32-bit IEEE float, full scale ±1.0 (`FLOAT_LE` on x86).
+    F32,
+}
+
+impl SampleFormat {
+    /// Bytes per sample.
+    pub const fn bytes(self) -> usize {
+        match self {
+            SampleFormat::S16 => 2,
+            SampleFormat::S32 | SampleFormat::F32 => 4,
+        }
+    }
+
+    /// The ALSA format of this sample format.
+    pub fn alsa(self) -> alsa::pcm::Format {
+        match self {
+            SampleFormat::S16 => alsa::pcm::Format::s16(),
+            SampleFormat::S32 => alsa::pcm::Format::s32(),
+            SampleFormat::F32 => alsa::pcm::Format::float(),
+        }
+    }
+}
+
+impl fmt::Display for SampleFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SampleFormat::S16 => "S16",
+            SampleFormat::S32 => "S32",
+            SampleFormat::F32 => "F32",
+        })
+    }
+}
+
+impl core::str::FromStr for SampleFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_uppercase().as_str() {
+            "S16" | "S16_LE" | "I16" => Ok(SampleFormat::S16),
+            "S32" | "S32_LE" | "I32" => Ok(SampleFormat::S32),
+            "F32" | "FLOAT" | "FLOAT_LE" => Ok(SampleFormat::F32),
+            _ => Err(format!("unknown sample format '{s}': use S16, S32 or F32")),
+        }
+    }
+}
+
+/// A sample type the audio path can move: `i16`, `i32` or `f32`.
+pub trait Sample:
+    alsa::pcm::IoFormat + Copy + Default + PartialEq + Send + fmt::Debug + 'static
+{
+    /// The format tag of this type.
+    const SAMPLE_FORMAT: SampleFormat;
+    /// Silence.
+    const SILENCE: Self;
+    /// Converts from a float in -1.0..=1.0 (clamped).
+    fn from_f32(v: f32) -> Self;
+    /// Converts to a float in -1.0..=1.0.
+    fn to_f32(self) -> f32;
+    /// A test pattern value from 32 random bits that survives a float pipeline bit-exactly:
+    /// all 16 bits for S16, a 24-bit-significant value for S32 and F32 (a 32-bit float holds 24
+    /// bits of mantissa, so PipeWire's float graph keeps them exactly).
+    fn from_bits(bits: u32) -> Self;
+}
+
+impl Sample for i16 {
+    const SAMPLE_FORMAT: SampleFormat = SampleFormat::S16;
+    const SILENCE: Self = 0;
+    fn from_f32(v: f32) -> Self {
+        (v.clamp(-1.0, 1.0) * 32767.0) as i16
+    }
+    fn to_f32(self) -> f32 {
+        f32::from(self) / 32768.0
+    }
+    fn from_bits(bits: u32) -> Self {
+        (bits >> 16) as u16 as i16
+    }
+}
+
+impl Sample for i32 {
+    const SAMPLE_FORMAT: SampleFormat = SampleFormat::S32;
+    const SILENCE: Self = 0;
+    fn from_f32(v: f32) -> Self {
+        (f64::from(v.clamp(-1.0, 1.0)) * 2_147_483_647.0) as i32
+    }
+    fn to_f32(self) -> f32 {
+        (f64::from(self) / 2_147_483_648.0) as f32
+    }
+    fn from_bits(bits: u32) -> Self {
+        // Keep the top 24 bits: what a float graph carries exactly.
+        (bits & 0xffff_ff00) as i32
+    }
+}
+
+impl Sample for f32 {
+    const SAMPLE_FORMAT: SampleFormat = SampleFormat::F32;
+    const SILENCE: Self = 0.0;
+    fn from_f32(v: f32) -> Self {
+        v.clamp(-1.0, 1.0)
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn from_bits(bits: u32) -> Self {
+        // A multiple of 2^-23 in [-1, 1): exactly representable, and exactly converted to and
+        // from the integer formats a graph may pass through.
+        ((bits >> 8) as i32 - (1 << 23)) as f32 / 8_388_608.0
+    }
+}
+
+/// What you ask a device for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamParams {
+    /// Frames per second.
+    pub rate: u32,
+    /// Interleaved channels.
+    pub channels: u32,
+    /// Frames per period: the quantum, the unit the real-time loop wakes for.
+    pub period_frames: u32,
+    /// Frames in the device buffer (ALSA's buffer size); at least two periods.
+    pub buffer_frames: u32,
+}
+
+impl StreamParams {
+    /// 48 kHz, stereo, 128-frame periods, 256-frame buffer.
+    pub const DEFAULT: StreamParams = StreamParams {
+        rate: 48_000,
+        channels: 2,
+        period_frames: 128,
+        buffer_frames: 256,
+    };
+
+    /// Checks the values make sense before any device sees them.
+    pub fn validate(&self) -> Result<(), AudioError> {
+        let bad = |why: &str| {
+            Err(AudioError::InvalidParams(format!(
+                "{why} (asked for rate {} Hz, {} channels, period {} frames, buffer {} frames)",
+                self.rate, self.channels, self.period_frames, self.buffer_frames
+            )))
+        };
+        if !(8_000..=768_000).contains(&self.rate) {
+            return bad("the rate must be between 8000 and 768000 Hz");
+        }
+        if !(1..=64).contains(&self.channels) {
+            return bad("channels must be between 1 and 64");
+        }
+        if !(8..=16_384).contains(&self.period_frames) {
+            return bad("the period must be between 8 and 16384 frames");
+        }
+        if self.buffer_frames < 2 * self.period_frames || self.buffer_frames > 1 << 20 {
+            return bad("the buffer must hold at least two periods (and at most 2^20 frames)");
+        }
+        Ok(())
+    }
+}
+
+impl Default for StreamParams {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// How the device's buffer is accessed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessMode {
+    /// alsa-lib's `snd_pcm_mmap_begin`/`commit` (`IO::mmap`): works on plugin PCMs
+    /// (`pipewire`, `default`, `plug:`...) and on `hw:` devices.
+    AlsaMmap,
+    /// The kernel's buffer mapped directly into this process (`hw:` devices only).
+    DirectMmap,
+    /// The synthetic device's own buffer.
+    Synthetic,
+}
+
+/// What one direction of a device actually granted, read back after configuring it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Granted {
+    /// Frames per second.
+    pub rate: u32,
+    /// Channels.
+    pub channels: u32,
+    /// Frames per period.
+    pub period_frames: u32,
+    /// Frames in the buffer.
+    pub buffer_frames: u32,
+    /// Sample format.
+    pub format: SampleFormat,
+    /// The access ALSA granted, as ALSA names it (`MMAP_INTERLEAVED` whenever we stream).
+    pub alsa_access: &'static str,
+    /// How this process reaches the buffer.
+    pub mode: AccessMode,
+}
+
+/// Describes one chunk handed to a [`CaptureSink`] or asked of a [`PlaybackSource`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkInfo {
+    /// Position of the chunk's first frame in the stream, in frames since the stream started
+    /// (frames lost in an xrun are not counted).
+    pub sample_pos: u64,
+    /// CLOCK_MONOTONIC nanoseconds when the chunk was handed over.
+    pub timestamp_ns: u64,
+    /// [`flags`] bits.
+    pub flags: u32,
+    /// The duplex's common clock: frames delivered to the capture sink so far when this chunk
+    /// is handed over (for a capture chunk, before it). A loopback measurement compares the
+    /// value at which a frame was played with the capture position at which it came back.
+    pub capture_pos: u64,
+    /// Interleaved channels (the slice holds `frames * channels` samples).
+    pub channels: u32,
+}
+
+/// Receives captured frames. Implementations run on the real-time thread: no allocation, no
+/// locks, no printing.
+pub trait CaptureSink<T: Sample> {
+    /// Takes captured interleaved samples (`samples.len()` is a multiple of the channel count)
+    /// and returns how many *frames* it took. Frames not taken stay in the device buffer and
+    /// are offered again (if they are never taken, the device overruns: an xrun).
+    fn push(&mut self, samples: &[T], info: &ChunkInfo) -> usize;
+}
+
+/// Provides frames to play. Implementations run on the real-time thread: no allocation, no
+/// locks, no printing.
+pub trait PlaybackSource<T: Sample> {
+    /// Fills the front of `out` (interleaved) and returns how many *frames* it wrote. When it
+    /// writes fewer than asked, the stream fills the rest of the period with silence.
+    fn pull(&mut self, out: &mut [T], info: &ChunkInfo) -> usize;
+}
+
+/// A sink that throws the frames away (takes them all).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DiscardSink;
+
+impl<T: Sample> CaptureSink<T> for DiscardSink {
+    fn push(&mut self, samples: &[T], info: &ChunkInfo) -> usize {
+        samples.len() / info.channels.max(1) as usize
+    }
+}
+
+/// A source of silence (always provides all frames asked for).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SilenceSource;
+
+impl<T: Sample> PlaybackSource<T> for SilenceSource {
+    fn pull(&mut self, out: &mut [T], info: &ChunkInfo) -> usize {
+        out.fill(T::SILENCE);
+        out.len() / info.channels.max(1) as usize
+    }
+}
+
+/// xruns counted on each side of a stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XrunCounts {
+    /// Capture overruns.
+    pub capture: u64,
+    /// Playback underruns.
+    pub playback: u64,
+}
+
+/// Errors of the audio path. The messages say what happened, why, and what to do.
+#[derive(Debug)]
+pub enum AudioError {
+    /// The stream parameters are out of range.
+    InvalidParams(String),
+    /// An ALSA call failed.
+    Alsa {
+        /// What we were doing.
+        what: String,
+        /// ALSA's error.
+        source: alsa::Error,
+    },
+    /// The device granted something we cannot work with.
+    NotGranted(String),
+    /// The device stopped in a state we cannot recover from.
+    Unrecoverable(String),
+    /// A system call failed.
+    Io {
+        /// What we were doing.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl AudioError {
+    pub(crate) fn alsa(what: impl Into<String>, source: alsa::Error) -> Self {
+        AudioError::Alsa {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+impl fmt::Display for AudioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AudioError::InvalidParams(m) => write!(f, "invalid stream parameters: {m}"),
+            AudioError::Alsa { what, source } => {
+                write!(f, "{what}: {source}")?;
+                if source.errno() == libc::ENOENT || source.errno() == libc::ENODEV {
+                    write!(
+                        f,
+                        " (no such device: list devices with `aplay -L`; for PipeWire check that it \
+                         runs and XDG_RUNTIME_DIR points at its socket)"
+                    )?;
+                } else if source.errno() == libc::EBUSY {
+                    write!(f, " (the device is in use by another program)")?;
+                }
+                Ok(())
+            }
+            AudioError::NotGranted(m) => write!(f, "{m}"),
+            AudioError::Unrecoverable(m) => write!(f, "{m}"),
+            AudioError::Io { what, source } => write!(f, "{what}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for AudioError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AudioError::Alsa { source, .. } => Some(source),
+            AudioError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds (vDSO: no system call, never blocks).
+pub fn monotonic_ns() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

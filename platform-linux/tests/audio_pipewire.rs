@@ -1,0 +1,275 @@
+//! Audio tests against the headless PipeWire that `scripts/test` (phase 8) starts: a null sink
+//! whose monitor is the default capture source, so what is played comes back, sample-clocked
+//! and bit-exact. The device name comes from `VOXRING_AUDIO_DEVICE` (default `pipewire`).
+//! Run with `cargo test -p voxring-linux --test audio_pipewire -- --ignored --test-threads=1`
+//! after `eval "$(scripts/pipewire-headless/start DIR)"; export XDG_RUNTIME_DIR`.
+
+use assert_no_alloc::{AllocDisabler, assert_no_alloc};
+use voxring_linux::audio::alsa_pcm::{AlsaStream, MmapPreference};
+use voxring_linux::audio::duplex::AlsaDuplex;
+use voxring_linux::audio::loopback::{ImpulseProbe, PatternSource, Recorder, pattern_sample};
+use voxring_linux::audio::{AccessMode, Duplex, Sample, StopFlag, StreamParams, pipewire, rt};
+
+#[global_allocator]
+static ALLOC: AllocDisabler = AllocDisabler;
+
+fn device() -> String {
+    std::env::var("VOXRING_AUDIO_DEVICE").unwrap_or_else(|_| "pipewire".into())
+}
+
+fn params() -> StreamParams {
+    StreamParams {
+        rate: 48_000,
+        channels: 2,
+        period_frames: 128,
+        buffer_frames: 256,
+    }
+}
+
+/// Promotes the test thread when permitted; the tests count xruns rather than fail on them.
+fn try_rt() {
+    if let Err(e) = rt::promote_current_thread(rt::DEFAULT_AUDIO_PRIORITY) {
+        eprintln!("note: {e}");
+    }
+}
+
+fn open<T: Sample>(p: &StreamParams) -> Duplex<T> {
+    let d = AlsaDuplex::<T>::open(&device(), p, MmapPreference::Auto)
+        .unwrap_or_else(|e| panic!("opening '{}': {e}", device()));
+    Duplex::Alsa(Box::new(d))
+}
+
+/// Plays the pattern and checks the recording holds exactly the pattern after its offset.
+///
+/// A value that was never played fails at once. An underrun or overrun (reported by ALSA, or
+/// hidden by PipeWire's ALSA plugin, which pads a late period with silence and may then skip
+/// frames) breaks the sequence without corrupting any sample: such a run is reported and
+/// repeated, and one clean run of the five is required.
+fn bit_exact<T: Sample>() {
+    try_rt();
+    let p = params();
+    let attempts = 5;
+    for attempt in 1..=attempts {
+        let mut dev = open::<T>(&p);
+        match bit_exact_run(&mut dev, &p) {
+            Ok(()) => return,
+            Err(why) if attempt < attempts => eprintln!("attempt {attempt}: {why}; trying again"),
+            Err(why) => panic!(
+                "no clean run in {attempts}: the machine is too loaded for a 256-frame buffer \
+                 (last: {why})"
+            ),
+        }
+    }
+}
+
+fn bit_exact_run<T: Sample>(dev: &mut Duplex<T>, p: &StreamParams) -> Result<(), String> {
+    let total = 48_000usize; // 1 s
+    // Silence first: PipeWire's session manager links the two streams a little after they
+    // start, and what is played before that never reaches the capture.
+    let lead = 12_000usize;
+    let mut src = PatternSource::new(lead as u64, total as u64);
+    let room = lead + total + 24_000;
+    let mut rec = Recorder::<T>::new(room, p.channels);
+    let stop = StopFlag::new();
+    let st =
+        assert_no_alloc(|| dev.run(&mut rec, &mut src, &stop, Some(room as u64))).map_err(|e| {
+            format!(
+                "the loopback run failed: {}",
+                voxring_linux::audio::AudioError::from(e)
+            )
+        })?;
+    if st.xruns.capture > 0 {
+        return Err(format!(
+            "the capture overran and lost frames (xruns {:?})",
+            st.xruns
+        ));
+    }
+    // Find the offset: where the pattern's first two frames start. (The first frames of a
+    // capture can hold the tail of an earlier stream, so "first sound" is not enough.)
+    let ch = p.channels as usize;
+    let head: Vec<T> = (0..2 * ch as u64).map(pattern_sample).collect();
+    let Some(offset) = (0..rec.frames()).find(|i| rec.samples()[i * ch..].starts_with(&head))
+    else {
+        return Err(format!(
+            "the pattern never came back (xruns {:?}; {} frames recorded, first sound at {:?})",
+            st.xruns,
+            rec.frames(),
+            rec.first_sound()
+        ));
+    };
+    // Walk the recording from the offset: every pattern frame must come back exactly once, in
+    // order, bit for bit. The only thing allowed between them is whole frames of exact silence
+    // (never a pattern value: `pattern_sample` is never zero), which is what an underrun looks
+    // like when PipeWire's ALSA plugin pads a late period instead of reporting an xrun; those
+    // gaps are counted and reported.
+    let frames = rec.frames();
+    let rec_frame = |i: usize| &rec.samples()[i * ch..(i + 1) * ch];
+    let silent = |f: &[T]| f.iter().all(|s| *s == T::SILENCE);
+    let (mut i, mut k) = (offset, 0usize);
+    let (mut gaps, mut gap_frames) = (0u32, 0usize);
+    while k < total {
+        if i >= frames {
+            return Err(format!(
+                "only {k} of {total} pattern frames came back before the recording ended                  (offset {offset}, {gaps} silent gaps, xruns {:?})",
+                st.xruns
+            ));
+        }
+        let f = rec_frame(i);
+        let want: Vec<T> = (0..ch)
+            .map(|c| pattern_sample((k * ch + c) as u64))
+            .collect();
+        if f == want.as_slice() {
+            i += 1;
+            k += 1;
+        } else if silent(f) {
+            let start = i;
+            while i < frames && silent(rec_frame(i)) {
+                i += 1;
+            }
+            gaps += 1;
+            gap_frames += i - start;
+        } else {
+            let found = (0..total)
+                .find(|j| (0..ch).all(|c| pattern_sample::<T>((j * ch + c) as u64) == f[c]));
+            if let Some(j) = found {
+                return Err(format!(
+                    "pattern frame {k} came back as pattern frame {j} at recorded frame {i}: \
+                     frames were {} (after {gaps} silent gaps; xruns {:?})",
+                    if j > k { "lost" } else { "repeated" },
+                    st.xruns
+                ));
+            }
+            panic!(
+                "{} pattern frame {k} came back as {f:?} at recorded frame {i}, played {want:?} \
+                 (offset {offset}, {gaps} silent gaps before it, xruns {:?})",
+                T::SAMPLE_FORMAT,
+                st.xruns
+            );
+        }
+    }
+    if gaps > 0 {
+        return Err(format!(
+            "all {total} frames came back bit-exact and in order, but with {gaps} silent gaps \
+             ({gap_frames} frames) inserted by underruns (xruns {:?})",
+            st.xruns
+        ));
+    }
+    eprintln!(
+        "{}: {total} frames bit-exact after an offset of {offset} frames; xruns {:?}",
+        T::SAMPLE_FORMAT,
+        st.xruns
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs the headless PipeWire (scripts/test phase 8)"]
+fn s16_comes_back_bit_exact() {
+    bit_exact::<i16>();
+}
+
+#[test]
+#[ignore = "needs the headless PipeWire (scripts/test phase 8)"]
+fn s32_comes_back_bit_exact() {
+    bit_exact::<i32>();
+}
+
+#[test]
+#[ignore = "needs the headless PipeWire (scripts/test phase 8)"]
+fn f32_comes_back_bit_exact() {
+    bit_exact::<f32>();
+}
+
+#[test]
+#[ignore = "needs the headless PipeWire (scripts/test phase 8)"]
+fn round_trip_is_one_buffer_plus_at_most_two_quanta() {
+    try_rt();
+    let p = params();
+    let mut dev = open::<f32>(&p);
+    let interval = 4_864u64; // 38 periods: about 0.1 s
+    let probe = ImpulseProbe::new(interval, 12_000, 0.5, 64);
+    let (mut src, mut det) = (probe.source(), probe.detector());
+    let stop = StopFlag::new();
+    let st = assert_no_alloc(|| dev.run(&mut det, &mut src, &stop, Some(2 * 48_000)))
+        .expect("the loopback run failed");
+    let s = probe.stats().expect("no impulse came back");
+    eprintln!(
+        "round trip {s:?}, xruns {:?}, chunk gcd {}",
+        st.xruns,
+        probe.chunk_gcd()
+    );
+    assert!(s.count >= 10, "only {} impulses came back in 2 s", s.count);
+    let (lo, hi) = (p.buffer_frames, p.buffer_frames + 2 * p.period_frames);
+    assert!(
+        (lo..=hi).contains(&s.p50),
+        "median round trip {} frames, expected {lo}..={hi} (one buffer .. one buffer + two quanta)",
+        s.p50
+    );
+    // An underrun (reported or hidden by PipeWire's plugin) shifts the round trip; most
+    // measurements must still be in range.
+    let inside = probe
+        .round_trips()
+        .iter()
+        .filter(|r| (lo..=hi).contains(*r))
+        .count();
+    assert!(
+        inside * 10 >= s.count * 9,
+        "only {inside} of {} round trips within {lo}..={hi}: {:?}",
+        s.count,
+        probe.round_trips()
+    );
+}
+
+#[test]
+#[ignore = "needs the headless PipeWire (scripts/test phase 8)"]
+fn alsa_grants_mmap_interleaved_access() {
+    let p = params();
+    for dir in [alsa::Direction::Playback, alsa::Direction::Capture] {
+        let s = AlsaStream::<i16>::open(&device(), dir, &p, MmapPreference::Auto).unwrap();
+        let g = s.granted();
+        assert_eq!(g.alsa_access, "MMAP_INTERLEAVED", "{dir:?}");
+        // Read it again straight from ALSA, not from our copy.
+        let hw = s.pcm().hw_params_current().unwrap();
+        assert_eq!(hw.get_access().unwrap(), alsa::pcm::Access::MMapInterleaved);
+        assert_eq!(
+            g.mode,
+            AccessMode::AlsaMmap,
+            "a plugin PCM is reached through alsa-lib's mmap"
+        );
+        assert_eq!((g.rate, g.channels), (48_000, 2));
+        assert_eq!(g.period_frames, p.period_frames, "{dir:?}: period");
+        assert_eq!(g.buffer_frames, p.buffer_frames, "{dir:?}: buffer");
+    }
+}
+
+#[test]
+#[ignore = "needs the headless PipeWire (scripts/test phase 8)"]
+fn pipewire_quantum_is_forced_read_back_and_restored() {
+    let before = pipewire::read_clock().expect("reading PipeWire's settings");
+    let ov = pipewire::force_clock(256, 48_000).expect("forcing the quantum");
+    assert_eq!(ov.after.force_quantum, Some(256));
+    assert_eq!(ov.after.effective_quantum(), Some(256));
+    assert_eq!(ov.after.effective_rate(), Some(48_000));
+    // The graph really runs at it: the capture arrives in chunks of the forced quantum.
+    let p = StreamParams {
+        period_frames: 256,
+        buffer_frames: 512,
+        ..params()
+    };
+    let mut dev = open::<f32>(&p);
+    let probe = ImpulseProbe::new(4_864, 12_000, 0.5, 16);
+    let (mut src, mut det) = (probe.source(), probe.detector());
+    dev.run(&mut det, &mut src, &StopFlag::new(), Some(24_000))
+        .unwrap();
+    assert_eq!(
+        probe.chunk_gcd() % 256,
+        0,
+        "capture chunks of {} frames",
+        probe.chunk_gcd()
+    );
+    drop(dev);
+    ov.restore().expect("restoring PipeWire's settings");
+    let after = pipewire::read_clock().unwrap();
+    assert_eq!(after.force_quantum, before.force_quantum);
+    assert_eq!(after.force_rate, before.force_rate);
+}
