@@ -293,7 +293,8 @@ impl<T: Sample> AlsaStream<T> {
         self.pos
     }
 
-    /// Playback frames that were filled with silence because the source had none.
+    /// Playback frames of silence written because the source had none or to restart after an
+    /// xrun.
     pub fn silence_frames(&self) -> u64 {
         self.silence_frames
     }
@@ -327,6 +328,15 @@ impl<T: Sample> AlsaStream<T> {
                 Ok(true)
             }
         }
+    }
+
+    /// Runs the xrun recovery exactly as if the device had reported an xrun: counts it, flags
+    /// the next chunk [`flags::XRUN`], re-prepares and restarts the stream (refilling playback
+    /// with silence). For devices that cannot be made to xrun on demand (ALSA's unpaced `null`
+    /// and `file` PCMs, used by the tests), and to resynchronise a stream deliberately.
+    /// Real-time safe.
+    pub fn force_xrun_recovery(&mut self) -> Result<(), StreamError> {
+        self.recover(alsa::Error::new("force_xrun_recovery", libc::EPIPE))
     }
 
     /// Counts an xrun (or suspend) and restarts the stream; other errors are returned.
@@ -386,16 +396,19 @@ impl<T: Sample> AlsaStream<T> {
                     n += r.frames;
                 }
                 m.commit(n);
+                self.silence_frames += n as u64;
                 continue;
             }
             // SAFETY: the format of `T` was set and verified in `open`, and no other `IO` of
             // this PCM exists (we create one per call and drop it before the next).
             let io = unsafe { self.pcm.io_unchecked::<T>() };
-            io.mmap(avail as usize, |buf| {
-                buf.fill(T::SILENCE);
-                buf.len() / ch
-            })
-            .map_err(|e| self.err(e))?;
+            let n = io
+                .mmap(avail as usize, |buf| {
+                    buf.fill(T::SILENCE);
+                    buf.len() / ch
+                })
+                .map_err(|e| self.err(e))?;
+            self.silence_frames += n as u64;
         }
     }
 
@@ -416,12 +429,13 @@ impl<T: Sample> AlsaStream<T> {
         };
         let ch = self.channels;
         let mut moved = 0usize;
+        let wake_end = self.pos + avail as u64;
         while moved < avail {
             let info = ChunkInfo {
                 sample_pos: self.pos,
                 timestamp_ns: monotonic_ns(),
                 flags: self.pending_flags,
-                capture_pos: self.pos,
+                capture_pos: wake_end,
                 channels: ch as u32,
             };
             // SAFETY: the format of `T` was set and verified in `open`, and no other `IO` of
@@ -467,6 +481,7 @@ impl<T: Sample> AlsaStream<T> {
         }
         let (a, b) = m.data_ptr();
         let mut moved = 0usize;
+        let wake_end = self.pos + (a.frames.max(0) + b.map_or(0, |b| b.frames.max(0))) as u64;
         for r in core::iter::once(a).chain(b) {
             if r.frames <= 0 {
                 continue;
@@ -476,7 +491,7 @@ impl<T: Sample> AlsaStream<T> {
                 sample_pos: self.pos,
                 timestamp_ns: monotonic_ns(),
                 flags: self.pending_flags,
-                capture_pos: self.pos,
+                capture_pos: wake_end,
                 channels: ch as u32,
             };
             // SAFETY: `data_ptr` describes captured frames of the mapped kernel buffer

@@ -6,11 +6,11 @@
 //! The round trip of one impulse is measured on the duplex's common clock, the capture position
 //! ([`ChunkInfo::capture_pos`]):
 //!
-//! `round trip = R - W`, where `W` is the capture position when the impulse was handed to the
-//! playback side, and `R` the capture position at the end of the chunk in which it came back:
-//! the frames from the moment the application wrote the frame until the moment it could read
-//! it back. Through PipeWire with the playback buffer kept full, that is the playback buffer
-//! (the frame waits behind the rest of the buffer) plus whatever the graph adds.
+//! `round trip = R - W`, where `W` is the duplex clock of the wake-up that handed the impulse
+//! to the playback side and `R` that of the wake-up in which it came back: the capture frames
+//! from the moment the application wrote the frame until the moment it could read it back.
+//! Through PipeWire with the playback buffer kept full, that is the playback buffer (the frame
+//! waits behind the rest of the buffer) plus the graph's own cycle.
 //!
 //! The source and the detector share the probe's state through `Cell`s: both run on the same
 //! (real-time) thread and never allocate; the detector's result buffer is allocated up front.
@@ -158,7 +158,7 @@ impl<T: Sample> CaptureSink<T> for ImpulseDetector<'_> {
         if info.flags & flags::XRUN != 0 {
             p.xrun_chunks.set(p.xrun_chunks.get() + 1);
         }
-        let end = info.sample_pos + frames as u64; // R: readable once this chunk is
+        let end = info.capture_pos; // R: the clock of this wake-up
         for (i, frame) in samples.chunks_exact(ch).enumerate() {
             if frame[0].to_f32().abs() < p.threshold {
                 continue;
@@ -170,13 +170,13 @@ impl<T: Sample> CaptureSink<T> for ImpulseDetector<'_> {
                 continue;
             }
             p.last_hit.set(Some(pos));
-            // The newest impulse written before this chunk was read: W is the largest value
-            // not above `end` among those in flight.
+            // The newest impulse written by the time this chunk was read: W is the largest
+            // value not above `end` among those in flight.
             let w = p
                 .written_at
                 .iter()
                 .map(Cell::get)
-                .filter(|w| *w != u64::MAX && *w < end)
+                .filter(|w| *w != u64::MAX && *w <= end)
                 .max();
             let Some(w) = w else {
                 p.unmatched.set(p.unmatched.get() + 1);
@@ -364,39 +364,37 @@ mod tests {
 
     #[test]
     fn round_trip_is_write_to_read_on_the_capture_clock() {
-        // A "device" that plays what it was given 200 frames later, in 64-frame periods:
-        // each period the capture is read first, then the playback is written (as Duplex::run
-        // does), so a frame written at capture position W is read back in the chunk ending at
-        // W + 200 rounded up to the next period end.
+        // A "device" that plays what it was given 200 frames later, in 64-frame periods: each
+        // period the capture is read first, then the playback is written (as Duplex::run
+        // does). Playback position p is written in the wake-up whose clock is p (one period of
+        // lead after the prefill) and lands at capture index p + 200, which is read in the
+        // wake-up whose clock is the end of its period.
         let probe = ImpulseProbe::new(640, 0, 0.5, 16);
         let (mut src, mut det) = (probe.source(), probe.detector());
         let mut line = vec![0i16; 2 * 20_000];
         let q = 64usize;
         let delay = 200usize;
-        // Prefill one period of playback at capture position 0.
         let mut ppos = 0usize;
-        let n = PlaybackSource::<i16>::pull(
+        ppos += PlaybackSource::<i16>::pull(
             &mut src,
             &mut line[2 * delay..2 * (delay + q)],
             &info(0, 0, 2),
         );
-        ppos += n;
         for k in 0..200usize {
             let c0 = (k * q) as u64;
+            let clock = c0 + q as u64;
             let s = &line[2 * k * q..2 * (k + 1) * q];
-            CaptureSink::<i16>::push(&mut det, s, &info(c0, c0, 2));
+            CaptureSink::<i16>::push(&mut det, s, &info(c0, clock, 2));
             let at = 2 * (delay + ppos);
             PlaybackSource::<i16>::pull(
                 &mut src,
                 &mut line[at..at + 2 * q],
-                &info(ppos as u64, c0 + q as u64, 2),
+                &info(ppos as u64, clock, 2),
             );
             ppos += q;
         }
-        // Playback position p lands at capture index p + 200 and is written at capture
-        // position W = p (the prefill keeps one period of lead). The impulse at p = 640 comes
-        // back at 840, in the chunk [832, 896): round trip 896 - 640 = 256, i.e. the delay
-        // rounded up to whole periods.
+        // The impulse at p = 640 is written at clock 640, comes back at index 840, read in
+        // the wake-up with clock 896: 256 frames, the delay rounded up to whole periods.
         let rts = probe.round_trips();
         assert!(rts.len() >= 15, "{rts:?}");
         assert!(rts.iter().all(|r| *r == 256), "{rts:?}");

@@ -251,9 +251,11 @@ pub struct ChunkInfo {
     pub timestamp_ns: u64,
     /// [`flags`] bits.
     pub flags: u32,
-    /// The duplex's common clock: frames delivered to the capture sink so far when this chunk
-    /// is handed over (for a capture chunk, before it). A loopback measurement compares the
-    /// value at which a frame was played with the capture position at which it came back.
+    /// The duplex's clock for this wake-up: the capture position once this wake-up's capture
+    /// has been delivered. A capture chunk carries the position after the last chunk of its
+    /// wake-up (when the application can act on it); a playback chunk, the capture position
+    /// when it is pulled. A loopback measurement subtracts the value a frame was played with
+    /// from the value it came back with: the capture frames between the two wake-ups.
     pub capture_pos: u64,
     /// Interleaved channels (the slice holds `frames * channels` samples).
     pub channels: u32,

@@ -192,7 +192,8 @@ impl<T: Sample> SyntheticDevice<T> {
         let p = self.params.period_frames as usize;
         let flags = self.pending_flags;
         self.pending_flags = 0;
-        let capture_pos = self.capture_pos;
+        // The duplex clock of this period: the capture position once it is delivered.
+        let capture_pos = self.capture_pos + p as u64;
         let info = |pos| ChunkInfo {
             sample_pos: pos,
             timestamp_ns: now,
