@@ -4,3 +4,25 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub(crate) mod sync;
+
+pub mod layout;
+pub mod meta;
+pub mod ring;
+pub mod static_ring;
+pub mod wait;
+
+pub use layout::{
+    ABI_VERSION, CACHE_LINE, LayoutError, MAGIC, MAX_CONSUMERS, MAX_FRAMES, MAX_PAYLOAD_BYTES,
+    Policy, RingConfig, SampleFormat,
+};
+pub use meta::{FormatMismatch, FrameFlags, FrameMeta, LenError, Sample};
+pub use ring::{
+    AttachError, ClaimError, CommitError, Consumer, CreateError, EvictError, FrameMut, FrameRef,
+    FramesMut, GrantError, JoinError, Producer, ReadError, ReadGrant, ReleaseError, Ring,
+    WriteGrant,
+};
+pub use static_ring::{
+    ChunkError, PopError, Popper, PushError, Pusher, ReadChunk, SplitError, StaticRing, TooMany,
+    WriteChunk,
+};
+pub use wait::{AtomicU32, SpinWaiter, WaitOutcome, Waiter, Wake};

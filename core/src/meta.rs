@@ -1,0 +1,129 @@
+//! Per-frame metadata.
+
+use crate::layout::SampleFormat;
+
+/// Flags carried with each frame.
+///
+/// ```
+/// use voxring_core::FrameFlags;
+/// let f = FrameFlags::XRUN | FrameFlags::DISCONTINUITY;
+/// assert!(f.contains(FrameFlags::XRUN));
+/// assert!(!f.contains(FrameFlags::END_OF_STREAM));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FrameFlags(pub u32);
+
+impl FrameFlags {
+    /// No flag.
+    pub const NONE: FrameFlags = FrameFlags(0);
+    /// The device over- or under-ran before this frame: samples are missing before it.
+    pub const XRUN: FrameFlags = FrameFlags(1);
+    /// The stream is not continuous with the previous frame (seek, restart, lost frames).
+    pub const DISCONTINUITY: FrameFlags = FrameFlags(1 << 1);
+    /// The last frame of the stream.
+    pub const END_OF_STREAM: FrameFlags = FrameFlags(1 << 2);
+
+    /// True when every flag of `other` is set in `self`.
+    pub const fn contains(self, other: FrameFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The raw bits.
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+}
+
+impl core::ops::BitOr for FrameFlags {
+    type Output = FrameFlags;
+    fn bitor(self, rhs: FrameFlags) -> FrameFlags {
+        FrameFlags(self.0 | rhs.0)
+    }
+}
+
+impl core::ops::BitOrAssign for FrameFlags {
+    fn bitor_assign(&mut self, rhs: FrameFlags) {
+        self.0 |= rhs.0;
+    }
+}
+
+/// The metadata of one frame, as a consumer sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FrameMeta {
+    /// Sequence number: the frame's position in the stream, assigned by the ring.
+    pub seq: u64,
+    /// Stream position of the frame's first sample (per channel), set by the producer.
+    pub sample_pos: u64,
+    /// Capture time of the first sample in nanoseconds, on a clock the producer chose.
+    pub timestamp_ns: u64,
+    /// Xrun, discontinuity, end of stream.
+    pub flags: FrameFlags,
+    /// Valid payload bytes (never more than the slot's payload size: a larger value written
+    /// by a peer is clamped when read).
+    pub len: u32,
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for i16 {}
+    impl Sealed for i32 {}
+    impl Sealed for f32 {}
+}
+
+/// A sample type a payload can be viewed as: `i16` (S16), `i32` (S32), `f32` (F32).
+pub trait Sample: sealed::Sealed + Copy + 'static {
+    /// The ring format this type matches.
+    const FORMAT: SampleFormat;
+}
+
+impl Sample for i16 {
+    const FORMAT: SampleFormat = SampleFormat::S16;
+}
+impl Sample for i32 {
+    const FORMAT: SampleFormat = SampleFormat::S32;
+}
+impl Sample for f32 {
+    const FORMAT: SampleFormat = SampleFormat::F32;
+}
+
+/// A payload was viewed as a sample type that is not the ring's format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FormatMismatch {
+    /// The ring's format.
+    pub ring: SampleFormat,
+    /// The format of the type asked for.
+    pub asked: SampleFormat,
+}
+
+impl core::fmt::Display for FormatMismatch {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "the ring holds {:?} samples but the payload was viewed as {:?}: use the matching type (i16, i32 or f32)",
+            self.ring, self.asked
+        )
+    }
+}
+
+impl core::error::Error for FormatMismatch {}
+
+/// `set_len` was given more bytes than a slot holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LenError {
+    /// The length asked for.
+    pub len: u32,
+    /// The slot's payload capacity.
+    pub capacity: u32,
+}
+
+impl core::fmt::Display for LenError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "payload length {} exceeds the slot's {} bytes: the ring was created for smaller frames",
+            self.len, self.capacity
+        )
+    }
+}
+
+impl core::error::Error for LenError {}

@@ -1,0 +1,435 @@
+//! A typed single-producer single-consumer ring over a buffer it owns, for in-process and
+//! embedded use: `StaticRing<T, N>` with `N` a power of two checked at compile time, usable
+//! as a `static`.
+//!
+//! Orderings: the pusher writes items, then stores `tail` with **Release**; the popper loads
+//! `tail` with **Acquire** before reading items. The popper finishes reading, then stores
+//! `head` with **Release**; the pusher loads `head` with **Acquire** before reusing a slot.
+//! Each side caches the other's cursor and reloads it only when the cache says full/empty.
+
+use core::cell::UnsafeCell as StdUnsafeCell;
+
+use crate::sync::{AtomicBool, AtomicU64, Ordering, UnsafeCell};
+
+/// Pads a value to 128 bytes so the two cursors never share a cache line (see
+/// [`crate::CACHE_LINE`] for why 128).
+#[repr(C, align(128))]
+#[derive(Debug)]
+struct Padded<T>(T);
+
+/// A fixed-capacity SPSC ring of `N` items of type `T` (`N` a power of two).
+///
+/// ```
+/// use voxring_core::StaticRing;
+/// static RING: StaticRing<u32, 4> = StaticRing::new(0);
+/// let (mut tx, mut rx) = RING.split().expect("split once");
+/// tx.push(1).unwrap();
+/// tx.push(2).unwrap();
+/// assert_eq!(rx.pop(), Ok(1));
+/// assert_eq!(rx.pop(), Ok(2));
+/// assert!(rx.pop().is_err());
+/// ```
+pub struct StaticRing<T: Copy, const N: usize> {
+    head: Padded<AtomicU64>,
+    tail: Padded<AtomicU64>,
+    split: AtomicBool,
+    buf: StdUnsafeCell<[T; N]>,
+    /// Per-item access trackers through the shim: zero-sized outside loom; under loom they
+    /// let the model checker see every item access (the items themselves are read and
+    /// written through `buf`, which loom does not see, right after the tracker call).
+    track: [UnsafeCell<()>; N],
+}
+
+impl<T: Copy, const N: usize> core::fmt::Debug for StaticRing<T, N> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("StaticRing")
+            .field("capacity", &N)
+            .field("head", &self.head.0.load(Ordering::Relaxed))
+            .field("tail", &self.tail.0.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+// SAFETY: the ring hands out at most one `Pusher` and one `Popper` (the `split` flag), which
+// access disjoint items under the Release/Acquire cursor protocol; items are moved between
+// threads, so `T: Send` is required.
+unsafe impl<T: Copy + Send, const N: usize> Sync for StaticRing<T, N> {}
+
+/// `split` was called a second time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplitError;
+
+impl core::fmt::Display for SplitError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("this StaticRing was already split: it has one pusher and one popper for its whole life")
+    }
+}
+
+impl core::error::Error for SplitError {}
+
+/// A push failed: the ring was full. The value is handed back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushError<T> {
+    /// The ring is full; here is the value.
+    Full(T),
+}
+
+impl<T> core::fmt::Display for PushError<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(
+            "the ring is full: the consumer has not popped; the value is handed back, retry later",
+        )
+    }
+}
+
+impl<T: core::fmt::Debug> core::error::Error for PushError<T> {}
+
+/// A pop found nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PopError {
+    /// The ring is empty.
+    Empty,
+}
+
+impl core::fmt::Display for PopError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("the ring is empty: nothing was pushed since the last pop")
+    }
+}
+
+impl core::error::Error for PopError {}
+
+/// A chunk could not be granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkError {
+    /// Write chunk: no free slot. Read chunk: no item.
+    Unavailable,
+}
+
+impl core::fmt::Display for ChunkError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("no slot available for the chunk (ring full for writing, empty for reading); retry later")
+    }
+}
+
+impl core::error::Error for ChunkError {}
+
+/// A chunk was committed or released with more items than granted (nothing was done).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TooMany {
+    /// Items asked.
+    pub asked: usize,
+    /// Items granted.
+    pub granted: usize,
+}
+
+impl core::fmt::Display for TooMany {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "asked to commit/release {} items of a chunk of {}: nothing was done",
+            self.asked, self.granted
+        )
+    }
+}
+
+impl core::error::Error for TooMany {}
+
+impl<T: Copy, const N: usize> StaticRing<T, N> {
+    const CHECK: () = assert!(
+        N.is_power_of_two() && N <= (1 << 30),
+        "StaticRing capacity must be a power of two"
+    );
+
+    /// A ring with every slot holding `fill` (the slots are always initialised, so chunks
+    /// can be handed out as plain `&mut [T]`). `N` must be a power of two: a compile error
+    /// otherwise.
+    #[cfg(not(voxring_loom))]
+    pub const fn new(fill: T) -> Self {
+        let () = Self::CHECK;
+        StaticRing {
+            head: Padded(AtomicU64::new(0)),
+            tail: Padded(AtomicU64::new(0)),
+            split: AtomicBool::new(false),
+            buf: StdUnsafeCell::new([fill; N]),
+            track: [const { UnsafeCell::new(()) }; N],
+        }
+    }
+
+    /// A ring with every slot holding `fill` (loom build: not `const`).
+    #[cfg(voxring_loom)]
+    pub fn new(fill: T) -> Self {
+        let () = Self::CHECK;
+        StaticRing {
+            head: Padded(AtomicU64::new(0)),
+            tail: Padded(AtomicU64::new(0)),
+            split: AtomicBool::new(false),
+            buf: StdUnsafeCell::new([fill; N]),
+            track: core::array::from_fn(|_| UnsafeCell::new(())),
+        }
+    }
+
+    /// The capacity, `N`.
+    pub const fn capacity(&self) -> usize {
+        N
+    }
+
+    /// Hands out the one pusher and the one popper; fails on every later call.
+    pub fn split(&self) -> Result<(Pusher<'_, T, N>, Popper<'_, T, N>), SplitError> {
+        if self.split.swap(true, Ordering::Relaxed) {
+            return Err(SplitError);
+        }
+        Ok((
+            Pusher {
+                ring: self,
+                tail: 0,
+                cached_head: 0,
+            },
+            Popper {
+                ring: self,
+                head: 0,
+                cached_tail: 0,
+            },
+        ))
+    }
+
+    fn base(&self) -> *mut T {
+        self.buf.get().cast::<T>()
+    }
+}
+
+/// The producing end of a [`StaticRing`].
+#[derive(Debug)]
+pub struct Pusher<'a, T: Copy, const N: usize> {
+    ring: &'a StaticRing<T, N>,
+    tail: u64,
+    cached_head: u64,
+}
+
+// SAFETY: the pusher only touches slots it owns under the cursor protocol; moving it to
+// another thread moves items of type `T`, hence `T: Send`.
+unsafe impl<T: Copy + Send, const N: usize> Send for Pusher<'_, T, N> {}
+
+impl<'a, T: Copy, const N: usize> Pusher<'a, T, N> {
+    fn free(&mut self, want: u64) -> u64 {
+        let mut free = N as u64 - self.tail.wrapping_sub(self.cached_head);
+        if free < want {
+            // Acquire: pairs with the popper's Release store of `head`: its reads of the
+            // slots we are about to reuse happened before.
+            self.cached_head = self.ring.head.0.load(Ordering::Acquire);
+            free = N as u64 - self.tail.wrapping_sub(self.cached_head);
+        }
+        free
+    }
+
+    /// Free slots right now (a lower bound: the popper may free more).
+    pub fn slots(&mut self) -> usize {
+        self.free(N as u64) as usize
+    }
+
+    /// Pushes one item; when the ring is full, hands it back in [`PushError::Full`].
+    pub fn push(&mut self, value: T) -> Result<(), PushError<T>> {
+        if self.free(1) == 0 {
+            return Err(PushError::Full(value));
+        }
+        let i = (self.tail as usize) & (N - 1);
+        self.ring.track[i].with_mut(|_| ());
+        // SAFETY: `i < N`; the slot is free (tail - head < N), so the popper does not read it
+        // until we publish `tail`; we are the only pusher.
+        unsafe { self.ring.base().add(i).write(value) };
+        self.tail = self.tail.wrapping_add(1);
+        // Release (planted-bug switchable): pairs with the popper's Acquire load of `tail`.
+        self.ring.tail.0.store(self.tail, crate::ring::COMMIT_ORDER);
+        Ok(())
+    }
+
+    /// Grants up to `n` free slots to fill in place (fewer if fewer are free).
+    pub fn write_chunk(&mut self, n: usize) -> Result<WriteChunk<'_, 'a, T, N>, ChunkError> {
+        let len = (n.min(N) as u64).min(self.free(n.min(N) as u64));
+        if len == 0 && n > 0 {
+            return Err(ChunkError::Unavailable);
+        }
+        for k in 0..len {
+            self.ring.track[(self.tail.wrapping_add(k) as usize) & (N - 1)].with_mut(|_| ());
+        }
+        Ok(WriteChunk {
+            len: len as usize,
+            pusher: self,
+        })
+    }
+}
+
+/// Slots granted to a [`Pusher`]; fill them, then [`commit`](WriteChunk::commit).
+#[derive(Debug)]
+pub struct WriteChunk<'p, 'a, T: Copy, const N: usize> {
+    pusher: &'p mut Pusher<'a, T, N>,
+    len: usize,
+}
+
+impl<T: Copy, const N: usize> WriteChunk<'_, '_, T, N> {
+    /// Slots granted.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no slot was granted.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The granted slots, split where the ring wraps (the second slice may be empty). They
+    /// hold stale items until written.
+    pub fn as_mut_slices(&mut self) -> (&mut [T], &mut [T]) {
+        let start = (self.pusher.tail as usize) & (N - 1);
+        let first = self.len.min(N - start);
+        let base = self.pusher.ring.base();
+        // SAFETY: `start + first <= N` and `len - first <= start`, so both slices are inside
+        // the buffer and disjoint; the slots are free (granted), so the popper does not read
+        // them until commit, and `&mut self` keeps these the only references.
+        unsafe {
+            (
+                core::slice::from_raw_parts_mut(base.add(start), first),
+                core::slice::from_raw_parts_mut(base, self.len - first),
+            )
+        }
+    }
+
+    /// Copies as many items of `src` as fit into the chunk; returns how many.
+    pub fn copy_from(&mut self, src: &[T]) -> usize {
+        let (a, b) = self.as_mut_slices();
+        let na = a.len().min(src.len());
+        a[..na].copy_from_slice(&src[..na]);
+        let nb = b.len().min(src.len() - na);
+        b[..nb].copy_from_slice(&src[na..na + nb]);
+        na + nb
+    }
+
+    /// Publishes the first `k` slots.
+    pub fn commit(self, k: usize) -> Result<(), TooMany> {
+        if k > self.len {
+            return Err(TooMany {
+                asked: k,
+                granted: self.len,
+            });
+        }
+        let p = self.pusher;
+        for i in 0..self.len as u64 {
+            p.ring.track[(p.tail.wrapping_add(i) as usize) & (N - 1)].with_mut(|_| ());
+        }
+        p.tail = p.tail.wrapping_add(k as u64);
+        // Release (planted-bug switchable): pairs with the popper's Acquire load of `tail`.
+        p.ring.tail.0.store(p.tail, crate::ring::COMMIT_ORDER);
+        Ok(())
+    }
+}
+
+/// The consuming end of a [`StaticRing`].
+#[derive(Debug)]
+pub struct Popper<'a, T: Copy, const N: usize> {
+    ring: &'a StaticRing<T, N>,
+    head: u64,
+    cached_tail: u64,
+}
+
+// SAFETY: as for `Pusher`.
+unsafe impl<T: Copy + Send, const N: usize> Send for Popper<'_, T, N> {}
+
+impl<'a, T: Copy, const N: usize> Popper<'a, T, N> {
+    fn ready(&mut self, want: u64) -> u64 {
+        let mut ready = self.cached_tail.wrapping_sub(self.head);
+        if ready < want {
+            // Acquire: pairs with the pusher's Release store of `tail`.
+            self.cached_tail = self.ring.tail.0.load(Ordering::Acquire);
+            ready = self.cached_tail.wrapping_sub(self.head);
+        }
+        ready
+    }
+
+    /// Items ready right now (a lower bound).
+    pub fn items(&mut self) -> usize {
+        self.ready(N as u64) as usize
+    }
+
+    /// Pops one item.
+    pub fn pop(&mut self) -> Result<T, PopError> {
+        if self.ready(1) == 0 {
+            return Err(PopError::Empty);
+        }
+        let i = (self.head as usize) & (N - 1);
+        self.ring.track[i].with(|_| ());
+        // SAFETY: `i < N`; the slot holds a published item (head < tail) which the pusher
+        // does not overwrite until we publish `head`.
+        let value = unsafe { self.ring.base().add(i).read() };
+        self.head = self.head.wrapping_add(1);
+        // Release: pairs with the pusher's Acquire load of `head`.
+        self.ring.head.0.store(self.head, Ordering::Release);
+        Ok(value)
+    }
+
+    /// Grants up to `n` ready items to read in place.
+    pub fn read_chunk(&mut self, n: usize) -> Result<ReadChunk<'_, 'a, T, N>, ChunkError> {
+        let len = (n.min(N) as u64).min(self.ready(n.min(N) as u64));
+        if len == 0 && n > 0 {
+            return Err(ChunkError::Unavailable);
+        }
+        for k in 0..len {
+            self.ring.track[(self.head.wrapping_add(k) as usize) & (N - 1)].with(|_| ());
+        }
+        Ok(ReadChunk {
+            len: len as usize,
+            popper: self,
+        })
+    }
+}
+
+/// Items granted to a [`Popper`]; read them, then [`release`](ReadChunk::release).
+#[derive(Debug)]
+pub struct ReadChunk<'p, 'a, T: Copy, const N: usize> {
+    popper: &'p mut Popper<'a, T, N>,
+    len: usize,
+}
+
+impl<T: Copy, const N: usize> ReadChunk<'_, '_, T, N> {
+    /// Items granted.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no item was granted.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The granted items, split where the ring wraps.
+    pub fn as_slices(&self) -> (&[T], &[T]) {
+        let start = (self.popper.head as usize) & (N - 1);
+        let first = self.len.min(N - start);
+        let base = self.popper.ring.base();
+        // SAFETY: both ranges are inside the buffer (see `WriteChunk::as_mut_slices`) and
+        // hold published items the pusher does not touch until release.
+        unsafe {
+            (
+                core::slice::from_raw_parts(base.add(start), first),
+                core::slice::from_raw_parts(base, self.len - first),
+            )
+        }
+    }
+
+    /// Frees the first `k` items.
+    pub fn release(self, k: usize) -> Result<(), TooMany> {
+        if k > self.len {
+            return Err(TooMany {
+                asked: k,
+                granted: self.len,
+            });
+        }
+        let p = self.popper;
+        for i in 0..self.len as u64 {
+            p.ring.track[(p.head.wrapping_add(i) as usize) & (N - 1)].with(|_| ());
+        }
+        p.head = p.head.wrapping_add(k as u64);
+        // Release: pairs with the pusher's Acquire load of `head`.
+        p.ring.head.0.store(p.head, Ordering::Release);
+        Ok(())
+    }
+}

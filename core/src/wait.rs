@@ -1,0 +1,146 @@
+//! Park/wake without the syscall: core decides *whether* a wake-up is needed; a [`Waiter`]
+//! (futex on Linux, [`SpinWaiter`] on bare metal) does the sleeping and waking.
+//!
+//! The protocol (both directions are the same Dekker pattern):
+//!
+//! * the sleeper announces itself (a `parked` count or flag in the header, SeqCst RMW/store),
+//!   reads the futex word (Acquire), issues `fence(SeqCst)`, and re-checks its condition
+//!   (data to read, space to write); only if it still does not hold does it call
+//!   [`Waiter::wait`] with the futex value it read;
+//! * the other side publishes its progress (the cursor store), issues `fence(SeqCst)`, and
+//!   reads the `parked` word; only if someone is parked does it bump the futex word (Release)
+//!   and ask for a wake ([`Wake`]).
+//!
+//! The two SeqCst fences make it impossible for both sides to miss each other: either the
+//! waker sees the announcement, or the sleeper sees the progress. A bump that lands between
+//! the sleeper's read of the futex word and its `wait` makes the wait return at once (the
+//! word no longer holds the expected value). loom models this in `loom-tests/tests/ring_park.rs`.
+
+// The futex word type is the shim's `AtomicU32` (portable-atomic's, the same layout as a `u32`,
+// so a platform can futex on its address; loom's under the model checker). It is re-exported
+// here so the `Waiter` trait can name it publicly.
+#[cfg(not(voxring_loom))]
+pub use portable_atomic::AtomicU32;
+
+#[cfg(voxring_loom)]
+pub use loom::sync::atomic::AtomicU32;
+
+use crate::sync::Ordering;
+use core::ptr::NonNull;
+
+/// How a wait ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitOutcome {
+    /// The condition already held (or the word had already changed): no sleep happened.
+    Ready,
+    /// Woken (or a spurious wake-up): re-check the condition.
+    Woken,
+    /// The timeout (or the spin budget) ran out.
+    TimedOut,
+}
+
+/// A way to sleep on a 32-bit word and to wake its sleepers.
+///
+/// Implementations must tolerate spurious wake-ups in both directions: callers always
+/// re-check their condition after `wait` returns.
+pub trait Waiter {
+    /// Sleeps while `word` holds `expected`, at most `timeout_ns` nanoseconds (forever when
+    /// `None`). Returns [`WaitOutcome::Ready`] if the word did not hold `expected` on entry.
+    fn wait(&self, word: &AtomicU32, expected: u32, timeout_ns: Option<u64>) -> WaitOutcome;
+    /// Wakes every sleeper on `word`.
+    fn wake(&self, word: &AtomicU32);
+}
+
+/// A [`Waiter`] that spins (for bare metal, or when a wake-up must take nanoseconds).
+///
+/// Core has no clock, so the timeout is a spin budget: `wait` polls the word at most
+/// `max_spins` times and then reports [`WaitOutcome::TimedOut`]; `timeout_ns` is ignored.
+/// `wake` does nothing: the spinner sees the word change by itself.
+///
+/// ```
+/// use voxring_core::{SpinWaiter, Waiter, WaitOutcome, AtomicU32};
+/// let word = AtomicU32::new(7);
+/// let waiter = SpinWaiter::new(100);
+/// assert_eq!(waiter.wait(&word, 7, None), WaitOutcome::TimedOut);
+/// assert_eq!(waiter.wait(&word, 3, None), WaitOutcome::Ready);
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct SpinWaiter {
+    max_spins: u32,
+}
+
+impl SpinWaiter {
+    /// A spinner that polls at most `max_spins` times per wait.
+    pub const fn new(max_spins: u32) -> Self {
+        SpinWaiter { max_spins }
+    }
+}
+
+impl Default for SpinWaiter {
+    fn default() -> Self {
+        SpinWaiter::new(1 << 16)
+    }
+}
+
+impl Waiter for SpinWaiter {
+    fn wait(&self, word: &AtomicU32, expected: u32, _timeout_ns: Option<u64>) -> WaitOutcome {
+        // Acquire pairs with the waker's Release bump of the word (see the module docs).
+        if word.load(Ordering::Acquire) != expected {
+            return WaitOutcome::Ready;
+        }
+        for _ in 0..self.max_spins {
+            crate::sync::spin_hint();
+            // Acquire: as above.
+            if word.load(Ordering::Acquire) != expected {
+                return WaitOutcome::Woken;
+            }
+        }
+        WaitOutcome::TimedOut
+    }
+
+    fn wake(&self, _word: &AtomicU32) {}
+}
+
+/// Whether a commit, release or eviction must wake a sleeper, and on which word.
+///
+/// Returned by the operations that make progress; when nobody is parked it holds nothing and
+/// [`Wake::wake`] makes no call at all, so the common case costs no syscall.
+#[derive(Debug, Default)]
+pub struct Wake {
+    word: Option<NonNull<AtomicU32>>,
+}
+
+// SAFETY: `Wake` only carries the address of an atomic inside a ring region; atomics may be
+// used from any thread, and the region outlives every handle (the contract of `Ring::create`
+// and `Ring::attach`).
+unsafe impl Send for Wake {}
+// SAFETY: as above; `&Wake` gives no access beyond an atomic bump.
+unsafe impl Sync for Wake {}
+
+impl Wake {
+    /// No wake-up needed.
+    pub const fn none() -> Self {
+        Wake { word: None }
+    }
+
+    pub(crate) fn on(word: &AtomicU32) -> Self {
+        Wake {
+            word: Some(NonNull::from(word)),
+        }
+    }
+
+    /// True when someone is parked and [`Wake::wake`] will call the waiter.
+    pub fn needed(&self) -> bool {
+        self.word.is_some()
+    }
+
+    /// Wakes the parked side through `waiter` if needed; otherwise does nothing.
+    pub fn wake(self, waiter: &impl Waiter) {
+        if let Some(word) = self.word {
+            // SAFETY: `word` points at a futex word inside a ring region, which stays mapped
+            // while any handle derived from it is alive (contract of `Ring::create`/`attach`).
+            let word = unsafe { word.as_ref() };
+            waiter.wake(word);
+        }
+    }
+}
