@@ -413,10 +413,11 @@ pub enum ReleaseError {
         /// Frames granted.
         granted: usize,
     },
-    /// Lossy policy: `frames` of the released frames were overwritten while they were read;
-    /// their data (and metadata) must be discarded. They count as lost.
+    /// Lossy policy: the first `frames` of the released frames were (or may have been)
+    /// overwritten while they were read: their data and metadata must be discarded, and they
+    /// count as lost. The released frames after them were intact. The position advances.
     Overwritten {
-        /// Frames that were overwritten.
+        /// Leading released frames to discard.
         frames: u64,
     },
     /// The consumer was evicted while it held the grant: the data may have been overwritten
@@ -1347,8 +1348,31 @@ impl Consumer {
         self.lost_total
     }
 
-    /// Leaves the ring, freeing the slot (same as dropping the consumer).
-    pub fn leave(self) {}
+    /// Leaves the ring, freeing the slot. Returns whether a lossless producer parked on this
+    /// consumer must be woken (dropping the consumer leaves too, but cannot wake anyone: it
+    /// has no waiter at hand, so a parked producer then notices at its timeout).
+    pub fn leave(mut self) -> Wake {
+        self.leave_inner()
+    }
+
+    fn leave_inner(&mut self) -> Wake {
+        let c = self.block();
+        // Release: pairs with the next joiner's Acquire CAS. Fails harmlessly if evicted.
+        let left = c.state.compare_exchange(
+            self.word,
+            (self.word & !STATE_MASK) | STATE_FREE,
+            Ordering::Release,
+            Ordering::Relaxed,
+        );
+        // Mark this handle as gone so `Drop` does nothing more.
+        self.word = STATE_FREE;
+        if left.is_ok() && !self.ring.lossy() {
+            // A lossless producer parked on us may now proceed.
+            self.ring.wake_producer_if_parked()
+        } else {
+            Wake::none()
+        }
+    }
 
     fn block(&self) -> &ConsumerBlock {
         self.ring.consumer_block(self.index)
@@ -1512,7 +1536,9 @@ impl Consumer {
             for i in 0..k as u64 {
                 let pos = start.wrapping_add(i);
                 if ring.slot(pos).seq.load(Ordering::Relaxed) != pos {
-                    overwritten += 1;
+                    // A lapping producer overwrites in sequence order, so report the prefix
+                    // up to the last overwritten frame: every frame after it is intact.
+                    overwritten = i + 1;
                 }
             }
         } else {
@@ -1548,17 +1574,8 @@ impl Consumer {
 
 impl Drop for Consumer {
     fn drop(&mut self) {
-        let c = self.block();
-        // Release: pairs with the next joiner's Acquire CAS. Fails harmlessly if evicted.
-        let _ = c.state.compare_exchange(
-            self.word,
-            (self.word & !STATE_MASK) | STATE_FREE,
-            Ordering::Release,
-            Ordering::Relaxed,
-        );
-        if !self.ring.lossy() {
-            // A lossless producer parked on us may now proceed.
-            let _ = self.ring.wake_producer_if_parked();
+        if self.word != STATE_FREE {
+            let _ = self.leave_inner();
         }
     }
 }

@@ -1,0 +1,72 @@
+//! Helpers shared by core's integration tests.
+#![allow(dead_code)]
+
+use voxring_core::{Policy, Ring, RingConfig, SampleFormat};
+
+/// One 128-byte aligned line of a test region.
+#[derive(Clone, Copy)]
+#[repr(C, align(128))]
+pub struct Line(pub [u8; 128]);
+
+/// A heap region aligned to 128 bytes, as a ring needs.
+pub struct Region {
+    lines: Vec<Line>,
+}
+
+impl Region {
+    pub fn new(bytes: usize) -> Self {
+        Region {
+            lines: vec![Line([0; 128]); bytes.div_ceil(128)],
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lines.len() * 128
+    }
+
+    pub fn ptr(&mut self) -> *mut u8 {
+        self.lines.as_mut_ptr().cast()
+    }
+
+    pub fn bytes(&mut self) -> &mut [u8] {
+        let len = self.len();
+        // SAFETY: the Vec holds `len` initialised bytes.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr(), len) }
+    }
+}
+
+pub fn config(frames: u32, max_consumers: u16, policy: Policy) -> RingConfig {
+    RingConfig {
+        frames,
+        samples_per_frame: 8,
+        channels: 2,
+        format: SampleFormat::S16,
+        sample_rate: 48_000,
+        max_consumers,
+        policy,
+    }
+}
+
+/// Creates a ring for `cfg` in a fresh region. The region must outlive the ring.
+pub fn make(cfg: &RingConfig) -> (Region, Ring) {
+    let mut region = Region::new(cfg.region_size().unwrap());
+    let len = region.len();
+    // SAFETY: the region is valid, aligned, unused, and the caller keeps it alive.
+    let ring = unsafe { Ring::create(region.ptr(), len, cfg) }.unwrap();
+    (region, ring)
+}
+
+/// Deterministic payload byte `i` of frame `seq`.
+pub fn byte(seq: u64, i: usize) -> u8 {
+    (seq as u8).wrapping_mul(31).wrapping_add(i as u8)
+}
+
+/// The metadata a test producer writes for frame `seq`.
+pub fn meta_for(seq: u64, payload_bytes: u32) -> (u64, u64, u32, u32) {
+    (
+        seq * 10,
+        seq * 100 + 1,
+        (seq % 8) as u32,
+        payload_bytes - (seq % 3) as u32,
+    )
+}
