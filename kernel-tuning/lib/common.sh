@@ -61,7 +61,9 @@ user_groups() {
 }
 
 # in_group USER GROUP
-in_group() { user_groups "$1" | grep -qxF -- "$2"; }
+# (Here-strings, not pipes, into grep -q: with pipefail a writer killed by SIGPIPE after grep
+# found its match early would turn a match into a failure.)
+in_group() { grep -qxF -- "$2" <<<"$(user_groups "$1")"; }
 
 group_exists() {
     [ -r "$(p /etc/group)" ] && awk -F: -v g="$1" '$1 == g { f = 1 } END { exit !f }' "$(p /etc/group)"
@@ -129,15 +131,15 @@ kconfig_load() {
 }
 kconfig_found() { kconfig_load; [ -n "$KCONFIG_SRC" ]; }
 # kconfig_has SYMBOL (without CONFIG_): the config has a line exactly CONFIG_SYMBOL=y.
-kconfig_has() { kconfig_load; printf '%s\n' "$KCONFIG" | grep -qxF "CONFIG_$1=y"; }
+kconfig_has() { kconfig_load; grep -qxF "CONFIG_$1=y" <<<"$KCONFIG"; }
 
 # cmdline_tokens: the kernel's own command-line tokens, one per line (stops at a lone --).
 cmdline_tokens() {
     local line
     line=$(first_line "$(p /proc/cmdline)" || true)
-    printf '%s\n' "$line" | tr -s '[:blank:]' '\n' | awk '$0 == "--" { exit } NF { print }'
+    tr -s '[:blank:]' '\n' <<<"$line" | awk '$0 == "--" { stop = 1 } !stop && NF { print }'
 }
-cmdline_has() { cmdline_tokens | grep -qxF -- "$1"; }
+cmdline_has() { grep -qxF -- "$1" <<<"$(cmdline_tokens)"; }
 # cmdline_value KEY: the value of the last KEY=value token.
 cmdline_value() { cmdline_tokens | awk -v k="$1=" 'index($0, k) == 1 { v = substr($0, length(k) + 1) } END { if (v != "") print v }'; }
 
@@ -173,7 +175,7 @@ sound_usb_irqs() {
         n=${d%/}
         n=${n##*/}
         a=$(first_line "${d}actions" || true)
-        if printf '%s\n' "$a" | grep -Eiq -- "$SOUND_USB_RE"; then
+        if grep -Eiq -- "$SOUND_USB_RE" <<<"$a"; then
             printf '%s\t%s\n' "$n" "$a"
         fi
     done | sort -n

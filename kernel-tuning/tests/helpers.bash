@@ -148,7 +148,8 @@ alice:x:1000:'
     w sys/kernel/mm/transparent_hugepage/defrag '[always] defer defer+madvise madvise never'
     w proc/mounts '/dev/sda1 / ext4 rw,relatime 0 0
 tmpfs /dev/shm tmpfs rw,nosuid,nodev,size=32m 0 0
-sshfs#me@host: /mnt/remote fuse.sshfs rw 0 0'
+sshfs#me@host: /mnt/remote fuse.sshfs rw 0 0
+fusectl /sys/fs/fuse/connections fusectl rw 0 0'
     w sys/kernel/irq/30/actions 'snd_hda_intel:card0, i915'
     w proc/irq/30/smp_affinity_list '0-3'
     w proc/irq/31/smp_affinity_list '0-3'
@@ -176,5 +177,5 @@ listing() {
 # status_of ID: the status word of ID in $output (from `run check`).
 status_of() {
     # shellcheck disable=SC2154 # $output is set by bats' run
-    printf '%s\n' "$output" | awk -v id="$1:" '$2 == id { print $1; exit }'
+    awk -v id="$1:" '$2 == id && !found { print $1; found = 1 }' <<<"$output"
 }
