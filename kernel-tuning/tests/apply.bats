@@ -191,3 +191,15 @@ same() { diff "$BATS_TEST_TMPDIR/$1" "$BATS_TEST_TMPDIR/$2"; }
     run "$KT_DIR/revert" --bogus
     [ "$status" -eq 2 ]
 }
+
+@test "a large kernel config is read correctly (no SIGPIPE from an early match under pipefail)" {
+    make_bad_tree "$ROOT"
+    kt_env
+    { echo CONFIG_PREEMPT_DYNAMIC=y; echo CONFIG_PREEMPT_NONE=y; seq -f 'CONFIG_FILLER_%g=y' 1 100000; } \
+        >"$ROOT/boot/config-6.1.0-fixture-amd64"
+    run "$KT_DIR/apply" --cmdline
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"parameters to add: preempt=full threadirqs isolcpus=3"* ]]
+    run "$KT_DIR/check"
+    [[ "$output" == *"warn preempt: preemption model none (PREEMPT_DYNAMIC kernel)"* ]]
+}
