@@ -1,11 +1,825 @@
-//! `voxring bench ipc`: not built yet (see the open issue).
+//! `voxring bench ipc`: one-way latency of IPC transports side by side, in one run, with the
+//! same payloads and the same pinning (producer on one CPU, consumer on another).
+//!
+//! Each measurement is a ping-pong: the producer writes a CLOCK_MONOTONIC stamp when it commits
+//! (sends) a message, the consumer reads the clock when it acquires (has received) the whole
+//! message and records the difference in an hdrhistogram, then acknowledges through the same
+//! transport; the producer waits for the acknowledgement before the next message, so no message
+//! ever queues behind another. Process transports re-exec this binary as the producer
+//! (`--peer`, hidden) and hand it descriptors by inheritance (memfd, socket pair, pipes) or a
+//! 127.0.0.1 port; the parent is the consumer.
+//!
+//! What each figure means is written in `docs/ipc-benchmarks.md`.
 
-use std::process::ExitCode;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+mod http;
+mod inproc;
+mod measure;
+mod plot;
+mod python;
+mod shm;
+mod stream;
+
+use measure::{SyscallCounter, pin_to, process_cpu_ns};
+
+/// How long a side waits for its peer before it decides the peer is gone.
+pub(crate) const PEER_TIMEOUT_NS: u64 = 10_000_000_000;
+
+/// The transports, in the order they are run and shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[value(rename_all = "kebab-case")]
+pub enum Transport {
+    /// One cache line ping-pong between two processes: the physical floor.
+    Cacheline,
+    /// A shared-memory ring between two processes, both sides busy-polling.
+    ShmSpin,
+    /// The same ring, both sides parking on a futex (woken only when parked).
+    ShmPark,
+    /// A Unix stream socket pair.
+    Uds,
+    /// TCP over 127.0.0.1 with TCP_NODELAY.
+    Tcp,
+    /// Two anonymous pipes.
+    Pipe,
+    /// HTTP/1.1 POST on 127.0.0.1 (ureq client, tiny_http server, kept-alive connection).
+    Http,
+    /// rtrb between two threads of one process.
+    Rtrb,
+    /// A multiprocessing shared Array read through np.frombuffer (needs python3 with numpy).
+    PythonMparray,
+}
+
+impl Transport {
+    const ALL: [Transport; 9] = [
+        Transport::Cacheline,
+        Transport::ShmSpin,
+        Transport::ShmPark,
+        Transport::Uds,
+        Transport::Tcp,
+        Transport::Pipe,
+        Transport::Http,
+        Transport::Rtrb,
+        Transport::PythonMparray,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Cacheline => "cacheline",
+            Transport::ShmSpin => "shm-spin",
+            Transport::ShmPark => "shm-park",
+            Transport::Uds => "uds",
+            Transport::Tcp => "tcp",
+            Transport::Pipe => "pipe",
+            Transport::Http => "http",
+            Transport::Rtrb => "rtrb",
+            Transport::PythonMparray => "python-mparray",
+        }
+    }
+}
 
 /// Options of this command.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_help = "Example: voxring bench ipc --quick --json ipc.json --plot ipc.svg")]
+pub struct Args {
+    /// Transports to run (comma-separated); default: all (python-mparray only when python3
+    /// with numpy is found: $VOXRING_PYTHON, python3, /usr/bin/python3).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    transports: Vec<Transport>,
+    /// Payload sizes in bytes (comma-separated, suffixes K and M for KiB/MiB), each 64 B..64 MiB
+    /// and a multiple of 8. Default: 64,512,1K,2K,4K,8K,16K,64K,1M (512 B..16 KiB are audio
+    /// frames of 64..2048 stereo f32 samples); with --quick: 64,2K,16K,1M.
+    #[arg(long, value_delimiter = ',', value_parser = parse_size)]
+    payloads: Vec<usize>,
+    /// Measured messages per transport and payload (payloads of 256 KiB and more use a tenth,
+    /// at least 100). Default 20000, with --quick 1000.
+    #[arg(long)]
+    messages: Option<u64>,
+    /// Unrecorded warm-up messages before the measured ones. Default: a tenth of --messages.
+    #[arg(long)]
+    warmup: Option<u64>,
+    /// A run short enough for a test: the whole run finishes within 30 s on 2 cores.
+    #[arg(long)]
+    quick: bool,
+    /// Producer and consumer CPUs, e.g. `0,1` (default: 0,1 when there are two CPUs).
+    #[arg(long, value_delimiter = ',', num_args = 2)]
+    cpus: Vec<usize>,
+    /// Write the results as JSON to FILE (`-` for stdout).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Draw the comparison (median and p99 per payload, log scale) as an SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
 
-pub fn main(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("this command is not built yet")
+    /// The producer process this command starts (hidden options, not for people).
+    #[command(flatten)]
+    peer: Box<PeerArgs>,
+}
+
+
+/// Options of the producer process `voxring bench ipc` starts (hidden).
+#[derive(Debug, clap::Args)]
+struct PeerArgs {
+    #[arg(long, hide = true, value_enum)]
+    peer: Option<Transport>,
+    #[arg(long, hide = true)]
+    peer_payload: Option<usize>,
+    #[arg(long, hide = true)]
+    peer_cpu: Option<usize>,
+    #[arg(long, hide = true, value_delimiter = ',')]
+    peer_fds: Vec<i32>,
+    #[arg(long, hide = true)]
+    peer_port: Option<u16>,
+    #[arg(long, hide = true)]
+    count_messages: Option<u64>,
+    #[arg(long, hide = true)]
+    tracepoint_id: Option<u64>,
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix(['K', 'k']) {
+        (n, 1024)
+    } else if let Some(n) = s.strip_suffix(['M', 'm']) {
+        (n, 1024 * 1024)
+    } else {
+        (s, 1)
+    };
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 64, 2K, 1M)"))?;
+    let bytes = n * mult;
+    if !(64..=64 * 1024 * 1024).contains(&bytes) || !bytes.is_multiple_of(8) {
+        return Err(format!(
+            "{s} = {bytes} bytes: payloads must be 64 B..64 MiB and a multiple of 8 \
+             (the message carries a 16-byte header and an 8-byte trailer)"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// How many messages a run sends: warm-up, measured, then syscall-counting ones.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub warmup: u64,
+    pub messages: u64,
+    /// Messages after the measured ones whose send path is wrapped in syscall-counter reads
+    /// (kept out of the timed messages so the reads do not disturb them).
+    pub count_messages: u64,
+}
+
+impl Plan {
+    pub fn total(&self) -> u64 {
+        self.warmup + self.messages + self.count_messages
+    }
+    pub fn is_measured(&self, i: u64) -> bool {
+        i >= self.warmup && i < self.warmup + self.messages
+    }
+}
+
+/// One message as the consumer acquired it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Received {
+    pub seq: u64,
+    pub stamp_ns: u64,
+    pub recv_ns: u64,
+}
+
+/// The producer side of a transport.
+pub(crate) trait Tx {
+    /// Writes message `seq` (its markers) without timing it.
+    fn prepare(&mut self, seq: u64) -> anyhow::Result<()>;
+    /// Stamps CLOCK_MONOTONIC at commit/send and hands the message over.
+    fn send(&mut self, seq: u64) -> anyhow::Result<()>;
+    /// Waits for the consumer's acknowledgement of `seq`.
+    fn wait_ack(&mut self, seq: u64) -> anyhow::Result<()>;
+    /// Syscalls this code issued itself in `send` so far (`None` when a library makes them).
+    fn own_syscalls(&self) -> Option<u64>;
+}
+
+/// The consumer side of a transport.
+pub(crate) trait Rx {
+    /// Waits for the next whole message and reads the clock as soon as it has it.
+    fn recv(&mut self) -> anyhow::Result<Received>;
+    /// Checks the payload, releases the message and acknowledges it.
+    fn finish(&mut self, msg: &Received) -> anyhow::Result<()>;
+}
+
+/// What the producer reports back (one JSON line on its stdout).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ProducerReport {
+    /// CPU time over the measured messages.
+    pub cpu_ns: u64,
+    pub syscalls_per_msg: Option<f64>,
+    /// `perf:raw_syscalls:sys_enter` (kernel counter), `code-path` (our own calls), `unavailable`.
+    pub method: String,
+}
+
+/// One row of the results.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResultRow {
+    pub transport: String,
+    pub payload_bytes: u64,
+    pub messages: u64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    pub max_ns: u64,
+    pub mean_ns: f64,
+    /// CPU time of producer and consumer over the measured messages, per message.
+    pub cpu_ns_per_msg: f64,
+    /// Syscalls the producer makes in its send path per message (`null` when not countable).
+    pub producer_syscalls_per_msg: Option<f64>,
+    pub syscall_count_method: String,
+}
+
+fn new_hist() -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    hdrhistogram::Histogram::new_with_bounds(1, 120_000_000_000, 3)
+        .context("creating the latency histogram")
+}
+
+/// The producer loop (child process, or thread).
+fn produce(
+    tx: &mut dyn Tx,
+    plan: &Plan,
+    mut counter: Option<&mut SyscallCounter>,
+) -> anyhow::Result<ProducerReport> {
+    let mut cpu0 = 0;
+    let mut cpu_ns = 0;
+    let mut counted = 0u64;
+    let mut own_before = None;
+    for i in 0..plan.total() {
+        if i == plan.warmup {
+            cpu0 = process_cpu_ns();
+        }
+        if i == plan.warmup + plan.messages {
+            own_before = tx.own_syscalls();
+        }
+        tx.prepare(i)?;
+        if i >= plan.warmup + plan.messages
+            && let Some(c) = counter.as_deref_mut()
+        {
+            let before = c.read()?;
+            tx.send(i)?;
+            let after = c.read()?;
+            counted += c.between(before, after);
+        } else {
+            tx.send(i)?;
+        }
+        tx.wait_ack(i)?;
+        if i + 1 == plan.warmup + plan.messages {
+            cpu_ns = process_cpu_ns() - cpu0;
+        }
+    }
+    let n = plan.count_messages.max(1) as f64;
+    let (syscalls_per_msg, method) = if counter.is_some() {
+        (Some(counted as f64 / n), "perf:raw_syscalls:sys_enter")
+    } else {
+        match (own_before, tx.own_syscalls()) {
+            (Some(a), Some(b)) => (Some((b - a) as f64 / n), "code-path"),
+            _ => (None, "unavailable"),
+        }
+    };
+    Ok(ProducerReport {
+        cpu_ns,
+        syscalls_per_msg,
+        method: method.into(),
+    })
+}
+
+/// The consumer loop (this process).
+fn consume(
+    rx: &mut dyn Rx,
+    plan: &Plan,
+    hist: &mut hdrhistogram::Histogram<u64>,
+) -> anyhow::Result<u64> {
+    let mut cpu0 = 0;
+    let mut cpu_ns = 0;
+    for i in 0..plan.total() {
+        if i == plan.warmup {
+            cpu0 = process_cpu_ns();
+        }
+        let msg = rx.recv()?;
+        if plan.is_measured(i) {
+            hist.record(msg.recv_ns.saturating_sub(msg.stamp_ns).max(1))
+                .context("recording a latency")?;
+        }
+        rx.finish(&msg)?;
+        if i + 1 == plan.warmup + plan.messages {
+            cpu_ns = process_cpu_ns() - cpu0;
+        }
+    }
+    Ok(cpu_ns)
+}
+
+/// Entry point of `voxring bench ipc`.
+pub fn main(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(t) = args.peer.peer {
+        return peer_main(t, &args).map(|()| ExitCode::SUCCESS);
+    }
+    // Before any thread exists (it may unshare the mount namespace).
+    let tracepoint = measure::tracepoint_id();
+
+    let quick = args.quick;
+    let messages = args.messages.unwrap_or(if quick { 1000 } else { 20_000 });
+    if messages == 0 {
+        bail!("--messages must be at least 1");
+    }
+    let payloads = if args.payloads.is_empty() {
+        if quick {
+            vec![64, 2048, 16384, 1 << 20]
+        } else {
+            vec![64, 512, 1024, 2048, 4096, 8192, 16384, 65536, 1 << 20]
+        }
+    } else {
+        args.payloads.clone()
+    };
+    let cpus = match args.cpus.as_slice() {
+        [p, c] => (*p, *c),
+        _ => measure::default_cpus(),
+    };
+    let python = python::find_python();
+    let mut transports = if args.transports.is_empty() {
+        Transport::ALL.to_vec()
+    } else {
+        args.transports.clone()
+    };
+    if python.is_none() {
+        if args.transports.contains(&Transport::PythonMparray) {
+            bail!(
+                "python-mparray needs python3 with numpy: none of $VOXRING_PYTHON, python3, \
+                 /usr/bin/python3 imports numpy (apt-get install python3-numpy)"
+            );
+        }
+        transports.retain(|t| *t != Transport::PythonMparray);
+        eprintln!("python-mparray skipped: no python3 with numpy (apt-get install python3-numpy)");
+    }
+    let tracepoint_id = match &tracepoint {
+        Ok(id) => Some(*id),
+        Err(why) => {
+            eprintln!(
+                "syscalls are counted from voxring's own code paths (http: not countable): {why}"
+            );
+            None
+        }
+    };
+    pin_to(cpus.1)?;
+    eprintln!(
+        "producer on CPU {}, consumer on CPU {}; {} transports x {} payloads",
+        cpus.0,
+        cpus.1,
+        transports.len(),
+        payloads.len()
+    );
+
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    for &t in &transports {
+        // cacheline moves one 64-byte line whatever the payload: it is measured once.
+        let t_payloads: Vec<usize> = if t == Transport::Cacheline {
+            vec![64]
+        } else {
+            payloads.clone()
+        };
+        for &payload in &t_payloads {
+            let n = if payload >= 256 * 1024 {
+                (messages / 10).max(100).min(messages)
+            } else {
+                messages
+            };
+            let plan = Plan {
+                warmup: args.warmup.unwrap_or((n / 10).max(10)),
+                messages: n,
+                count_messages: n.min(if quick { 100 } else { 1000 }),
+            };
+            let row = run_one(t, payload, &plan, cpus, tracepoint_id, python.as_deref())
+                .with_context(|| format!("{} at {payload} bytes", t.name()))?;
+            eprintln!(
+                "  {:<15} {:>8} B  p50 {:>9} ns  p99 {:>9} ns",
+                row.transport, row.payload_bytes, row.p50_ns, row.p99_ns
+            );
+            rows.push(row);
+        }
+    }
+    eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
+
+    print_table(&rows);
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "producer_cpu": cpus.0,
+            "consumer_cpu": cpus.1,
+            "clock": "CLOCK_MONOTONIC, stamped at commit/send, read at acquire/receive",
+            "results": rows,
+        });
+        let text = serde_json::to_string_pretty(&doc)?;
+        if path.as_os_str() == "-" {
+            println!("{text}");
+        } else {
+            std::fs::write(path, text + "\n")
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    if let Some(path) = &args.plot {
+        std::fs::write(path, plot::svg(&rows))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs one transport at one payload and summarises it.
+fn run_one(
+    t: Transport,
+    payload: usize,
+    plan: &Plan,
+    cpus: (usize, usize),
+    tracepoint_id: Option<u64>,
+    python: Option<&str>,
+) -> anyhow::Result<ResultRow> {
+    let mut hist = new_hist()?;
+    let (consumer_cpu, report) = match t {
+        Transport::Rtrb => inproc::run(plan, payload, cpus, &mut hist)?,
+        Transport::PythonMparray => {
+            let py = python.context("no python3 with numpy")?;
+            python::run(py, plan, payload, cpus, tracepoint_id, &mut hist)?
+        }
+        _ => run_process_pair(t, payload, plan, cpus, tracepoint_id, &mut hist)?,
+    };
+    if hist.len() != plan.messages {
+        bail!(
+            "recorded {} latencies for {} messages",
+            hist.len(),
+            plan.messages
+        );
+    }
+    Ok(ResultRow {
+        transport: t.name().into(),
+        payload_bytes: payload as u64,
+        messages: plan.messages,
+        p50_ns: hist.value_at_quantile(0.5),
+        p99_ns: hist.value_at_quantile(0.99),
+        p999_ns: hist.value_at_quantile(0.999),
+        max_ns: hist.max(),
+        mean_ns: hist.mean(),
+        cpu_ns_per_msg: (consumer_cpu + report.cpu_ns) as f64 / plan.messages as f64,
+        producer_syscalls_per_msg: report.syscalls_per_msg,
+        syscall_count_method: report.method,
+    })
+}
+
+/// Clears close-on-exec on `fd` so the child we spawn next inherits it.
+fn inheritable(fd: &OwnedFd) -> anyhow::Result<i32> {
+    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())
+        .context("clearing close-on-exec on a descriptor for the child")?;
+    Ok(fd.as_raw_fd())
+}
+
+fn spawn_peer(
+    t: Transport,
+    payload: usize,
+    plan: &Plan,
+    cpus: (usize, usize),
+    tracepoint_id: Option<u64>,
+    fds: &[i32],
+    port: Option<u16>,
+) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe().context("finding this program to start the producer")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["bench", "ipc", "--peer", t.name()])
+        .arg("--peer-payload")
+        .arg(payload.to_string())
+        .arg("--peer-cpu")
+        .arg(cpus.0.to_string())
+        .arg("--messages")
+        .arg(plan.messages.to_string())
+        .arg("--warmup")
+        .arg(plan.warmup.to_string())
+        .arg("--count-messages")
+        .arg(plan.count_messages.to_string());
+    if !fds.is_empty() {
+        let list: Vec<String> = fds.iter().map(|f| f.to_string()).collect();
+        cmd.arg("--peer-fds").arg(list.join(","));
+    }
+    if let Some(p) = port {
+        cmd.arg("--peer-port").arg(p.to_string());
+    }
+    if let Some(id) = tracepoint_id {
+        cmd.arg("--tracepoint-id").arg(id.to_string());
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the producer process")
+}
+
+/// Kills (by PID) and reaps a child that is still running.
+fn stop_child(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
+/// Waits for the producer's exit and parses its report.
+fn finish_child(child: &mut Child) -> anyhow::Result<ProducerReport> {
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .context("producer stdout")?
+        .read_to_string(&mut out)
+        .context("reading the producer's report")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            stop_child(child);
+            bail!("the producer (pid {}) did not exit; killed it", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    if !status.success() {
+        bail!("the producer exited with {status} (its message is above)");
+    }
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .context("the producer printed no report")?;
+    serde_json::from_str(line).context("parsing the producer's report")
+}
+
+fn run_process_pair(
+    t: Transport,
+    payload: usize,
+    plan: &Plan,
+    cpus: (usize, usize),
+    tracepoint_id: Option<u64>,
+    hist: &mut hdrhistogram::Histogram<u64>,
+) -> anyhow::Result<(u64, ProducerReport)> {
+    let spawn = |fds: &[i32], port: Option<u16>| {
+        spawn_peer(t, payload, plan, cpus, tracepoint_id, fds, port)
+    };
+    // Each arm builds the consumer, starts the producer with its end, and drops the parent's
+    // copy of the child's descriptors right after the spawn.
+    let (mut rx, mut child): (Box<dyn Rx>, Child) = match t {
+        Transport::Cacheline | Transport::ShmSpin | Transport::ShmPark => {
+            let len = shm::mapping_len(payload);
+            let (shared, fd) = shm::Shared::create(len)?;
+            let child = spawn(&[inheritable(&fd)?], None)?;
+            drop(fd);
+            let rx: Box<dyn Rx> = match t {
+                Transport::Cacheline => Box::new(shm::CachelineRx { shared, next: 0 }),
+                _ => Box::new(shm::RingRx {
+                    shared,
+                    payload,
+                    mode: if t == Transport::ShmSpin {
+                        shm::WaitMode::Spin
+                    } else {
+                        shm::WaitMode::Park
+                    },
+                    r: 0,
+                    next_seq: 0,
+                }),
+            };
+            (rx, child)
+        }
+        Transport::Uds => {
+            let (mine, theirs) = rustix::net::socketpair(
+                rustix::net::AddressFamily::UNIX,
+                rustix::net::SocketType::STREAM,
+                rustix::net::SocketFlags::CLOEXEC,
+                None,
+            )
+            .context("socketpair(AF_UNIX)")?;
+            let child = spawn(&[inheritable(&theirs)?], None)?;
+            drop(theirs);
+            let s = std::os::unix::net::UnixStream::from(mine);
+            s.set_read_timeout(Some(Duration::from_nanos(PEER_TIMEOUT_NS)))?;
+            let s2 = s.try_clone()?;
+            (Box::new(stream::StreamRx::new(s, s2, payload)), child)
+        }
+        Transport::Pipe => {
+            let (data_r, data_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                .context("pipe for data")?;
+            let (ack_r, ack_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                .context("pipe for acknowledgements")?;
+            let child = spawn(&[inheritable(&data_w)?, inheritable(&ack_r)?], None)?;
+            drop(data_w);
+            drop(ack_r);
+            (
+                Box::new(stream::StreamRx::new(
+                    std::fs::File::from(data_r),
+                    std::fs::File::from(ack_w),
+                    payload,
+                )),
+                child,
+            )
+        }
+        Transport::Tcp => {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")
+                .context("binding a TCP listener on 127.0.0.1")?;
+            let port = listener.local_addr()?.port();
+            let mut child = spawn(&[], Some(port))?;
+            listener.set_nonblocking(true)?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let s = loop {
+                match listener.accept() {
+                    Ok((s, _)) => break s,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+                            stop_child(&mut child);
+                            bail!("the producer never connected to 127.0.0.1:{port}");
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(e) => {
+                        stop_child(&mut child);
+                        return Err(e).context("accepting the producer's TCP connection");
+                    }
+                }
+            };
+            s.set_nonblocking(false)?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_nanos(PEER_TIMEOUT_NS)))?;
+            let s2 = s.try_clone()?;
+            (Box::new(stream::StreamRx::new(s, s2, payload)), child)
+        }
+        Transport::Http => {
+            let (rx, port) = http::HttpRx::bind(payload)?;
+            let child = spawn(&[], Some(port))?;
+            (Box::new(rx), child)
+        }
+        Transport::Rtrb | Transport::PythonMparray => unreachable!("not a process pair"),
+    };
+    let consumed = consume(rx.as_mut(), plan, hist);
+    drop(rx);
+    match consumed {
+        Ok(cpu) => {
+            let report = finish_child(&mut child);
+            stop_child(&mut child);
+            Ok((cpu, report?))
+        }
+        Err(e) => {
+            stop_child(&mut child);
+            Err(e)
+        }
+    }
+}
+
+/// Takes ownership of a descriptor number the parent passed on the command line.
+fn inherited_fd(fds: &[i32], i: usize) -> anyhow::Result<OwnedFd> {
+    let fd = *fds
+        .get(i)
+        .with_context(|| format!("--peer-fds needs at least {} descriptors", i + 1))?;
+    if fd < 3 {
+        bail!("--peer-fds: descriptor {fd} is not one the parent passed");
+    }
+    // Checks the descriptor is open before claiming it.
+    // SAFETY: only used for fcntl below; not owned.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    rustix::io::fcntl_getfd(borrowed)
+        .with_context(|| format!("descriptor {fd} from the parent is not open"))?;
+    // SAFETY: the parent handed this descriptor to us by inheritance for this purpose; nothing
+    // else in this process knows or owns it, and it is claimed once.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The producer process: `voxring bench ipc --peer <transport> ...`.
+fn peer_main(t: Transport, args: &Args) -> anyhow::Result<()> {
+    let payload = args.peer.peer_payload.context("--peer needs --peer-payload")?;
+    let plan = Plan {
+        warmup: args.warmup.unwrap_or(0),
+        messages: args.messages.context("--peer needs --messages")?,
+        count_messages: args.peer.count_messages.unwrap_or(0),
+    };
+    if let Some(cpu) = args.peer.peer_cpu {
+        pin_to(cpu)?;
+    }
+    let mut tx: Box<dyn Tx> = match t {
+        Transport::Cacheline | Transport::ShmSpin | Transport::ShmPark => {
+            let fd = inherited_fd(&args.peer.peer_fds, 0)?;
+            let shared = shm::Shared::attach(&fd, shm::mapping_len(payload))?;
+            drop(fd);
+            match t {
+                Transport::Cacheline => Box::new(shm::CachelineTx { shared }),
+                _ => Box::new(shm::RingTx {
+                    shared,
+                    payload,
+                    mode: if t == Transport::ShmSpin {
+                        shm::WaitMode::Spin
+                    } else {
+                        shm::WaitMode::Park
+                    },
+                    w: 0,
+                    wakes: 0,
+                }),
+            }
+        }
+        Transport::Uds => {
+            let s = std::os::unix::net::UnixStream::from(inherited_fd(&args.peer.peer_fds, 0)?);
+            s.set_read_timeout(Some(Duration::from_nanos(PEER_TIMEOUT_NS)))?;
+            let s2 = s.try_clone()?;
+            Box::new(stream::StreamTx::new(s, s2, payload))
+        }
+        Transport::Pipe => {
+            let w = std::fs::File::from(inherited_fd(&args.peer.peer_fds, 0)?);
+            let r = std::fs::File::from(inherited_fd(&args.peer.peer_fds, 1)?);
+            Box::new(stream::StreamTx::new(w, r, payload))
+        }
+        Transport::Tcp => {
+            let port = args.peer.peer_port.context("--peer tcp needs --peer-port")?;
+            let s = std::net::TcpStream::connect(("127.0.0.1", port))
+                .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_nanos(PEER_TIMEOUT_NS)))?;
+            let s2 = s.try_clone()?;
+            Box::new(stream::StreamTx::new(s, s2, payload))
+        }
+        Transport::Http => {
+            let port = args.peer.peer_port.context("--peer http needs --peer-port")?;
+            Box::new(http::HttpTx::new(port, payload))
+        }
+        Transport::Rtrb | Transport::PythonMparray => {
+            bail!("{} has no producer process", t.name())
+        }
+    };
+    let mut counter = match args.peer.tracepoint_id {
+        Some(id) => Some(SyscallCounter::open(id)?),
+        None => None,
+    };
+    let report = produce(tx.as_mut(), &plan, counter.as_mut())?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+fn print_table(rows: &[ResultRow]) {
+    println!(
+        "{:<15} {:>9} {:>8} {:>11} {:>11} {:>11} {:>12} {:>12} {:>9}",
+        "transport",
+        "payload",
+        "messages",
+        "p50 ns",
+        "p99 ns",
+        "p99.9 ns",
+        "max ns",
+        "cpu ns/msg",
+        "sys/msg"
+    );
+    for r in rows {
+        let sys = r
+            .producer_syscalls_per_msg
+            .map_or_else(|| "n/a".to_string(), |s| format!("{s:.2}"));
+        println!(
+            "{:<15} {:>9} {:>8} {:>11} {:>11} {:>11} {:>12} {:>12.0} {:>9}",
+            r.transport,
+            r.payload_bytes,
+            r.messages,
+            r.p50_ns,
+            r.p99_ns,
+            r.p999_ns,
+            r.max_ns,
+            r.cpu_ns_per_msg,
+            sys
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_suffixes_and_reject_bad_ones() {
+        assert_eq!(parse_size("64"), Ok(64));
+        assert_eq!(parse_size("2K"), Ok(2048));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert!(parse_size("8").is_err());
+        assert!(parse_size("100").is_err());
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("65M").is_err());
+    }
+
+    #[test]
+    fn plan_measures_only_the_middle() {
+        let p = Plan {
+            warmup: 2,
+            messages: 3,
+            count_messages: 4,
+        };
+        assert_eq!(p.total(), 9);
+        let measured: Vec<u64> = (0..p.total()).filter(|&i| p.is_measured(i)).collect();
+        assert_eq!(measured, vec![2, 3, 4]);
+    }
 }

@@ -1,0 +1,140 @@
+//! `python-mparray`: the seed's pattern (a `multiprocessing` shared `Array` read through
+//! `np.frombuffer`), run by `harness/python/mparray_peer.py` (embedded in the binary and passed
+//! with `python3 -c`, so nothing is written to disk).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use super::{Plan, ProducerReport};
+
+const SCRIPT: &str = include_str!("../../python/mparray_peer.py");
+
+/// The first python with numpy among `$VOXRING_PYTHON`, `python3`, `/usr/bin/python3`.
+pub fn find_python() -> Option<String> {
+    let mut candidates = Vec::new();
+    if let Ok(p) = std::env::var("VOXRING_PYTHON")
+        && !p.is_empty()
+    {
+        candidates.push(p);
+    }
+    candidates.push("python3".into());
+    candidates.push("/usr/bin/python3".into());
+    candidates.into_iter().find(|py| {
+        Command::new(py)
+            .args(["-c", "import numpy"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct Line {
+    payload_bytes: usize,
+    latencies_ns: Vec<i64>,
+    consumer_cpu_ns: u64,
+    producer_cpu_ns: u64,
+    producer_syscalls_per_msg: f64,
+    method: String,
+}
+
+/// Runs the python pair for one payload; fills `hist`, returns the consumer's CPU time and the
+/// producer's report.
+pub fn run(
+    python: &str,
+    plan: &Plan,
+    payload: usize,
+    cpus: (usize, usize),
+    tracepoint_id: Option<u64>,
+    hist: &mut hdrhistogram::Histogram<u64>,
+) -> anyhow::Result<(u64, ProducerReport)> {
+    let mut cmd = Command::new(python);
+    cmd.arg("-c")
+        .arg(SCRIPT)
+        .arg("--payloads")
+        .arg(payload.to_string())
+        .arg("--messages")
+        .arg(plan.messages.to_string())
+        .arg("--warmup")
+        .arg(plan.warmup.to_string())
+        .arg("--count-messages")
+        .arg(plan.count_messages.to_string())
+        .arg("--producer-cpu")
+        .arg(cpus.0.to_string())
+        .arg("--consumer-cpu")
+        .arg(cpus.1.to_string());
+    if let Some(id) = tracepoint_id {
+        cmd.arg("--tracepoint-id").arg(id.to_string());
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {python} for python-mparray"))?;
+    let stdout = child.stdout.take().context("python stdout")?;
+    // Read in a thread so a big JSON line never blocks the child while we watch the clock.
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            match line {
+                Ok(l) => lines.push(l),
+                Err(_) => break,
+            }
+        }
+        lines
+    });
+    let deadline = Instant::now() + Duration::from_secs(60 + plan.total() / 1000);
+    let status = loop {
+        if let Some(status) = child.try_wait().context("waiting for python")? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            // Stop the child we started, by its PID (Child::kill sends SIGKILL to it).
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "python-mparray did not finish in time; killed pid {}",
+                child.id()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let lines = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("python output reader panicked"))?;
+    if !status.success() {
+        bail!("python-mparray exited with {status} (its message is above)");
+    }
+    let line = lines
+        .iter()
+        .find(|l| l.starts_with('{'))
+        .context("python-mparray printed no result line")?;
+    let parsed: Line = serde_json::from_str(line).context("parsing python-mparray's result")?;
+    if parsed.payload_bytes != payload || parsed.latencies_ns.len() as u64 != plan.messages {
+        bail!(
+            "python-mparray reported {} latencies for {} bytes, expected {} for {payload}",
+            parsed.latencies_ns.len(),
+            parsed.payload_bytes,
+            plan.messages
+        );
+    }
+    for l in parsed.latencies_ns {
+        hist.record(l.max(1) as u64)
+            .context("recording a latency")?;
+    }
+    Ok((
+        parsed.consumer_cpu_ns,
+        ProducerReport {
+            cpu_ns: parsed.producer_cpu_ns,
+            syscalls_per_msg: Some(parsed.producer_syscalls_per_msg),
+            method: parsed.method,
+        },
+    ))
+}
