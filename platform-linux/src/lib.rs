@@ -10,3 +10,4 @@ pub mod mapping;
 pub mod memfd;
 pub mod rt;
 pub mod segment;
+pub mod ring;

@@ -11,22 +11,30 @@
 //! and any process that can open the file can ask whether it is held, whatever its namespace.
 //!
 //! We use `fcntl(2)` OFD byte-range locks (`F_OFD_SETLK`/`F_OFD_GETLK`) on the segment file.
-//! They are advisory: they lock nothing in the memory, they only record presence. Byte
-//! ranges, far from anything else, one per role:
+//! They are advisory: they lock nothing in the memory, they only record presence.
 //!
-//! | byte | lock | held by |
-//! |---|---|---|
-//! | [`PRESENCE`] | shared (read) | every process that has the segment open as creator or participant |
-//! | [`PRODUCER`] | exclusive (write) | the producer |
-//! | [`CONSUMER_BASE`] + i | exclusive (write) | the consumer in slot i |
+//! * Byte [`PRESENCE`]: a shared (read) lock held by every process that has the segment open
+//!   as creator or participant. Clean-up removes a segment only when no lock at all is held
+//!   on it ([`any_held`]).
+//! * Byte [`TICKET_BASE`]` + t`: an exclusive (write) lock per participant, `t` being its
+//!   *ticket*, a random non-zero `u32`. A participant takes its ticket lock **before** it
+//!   claims the producer side or joins a consumer slot in the ring, and puts the ticket in the
+//!   low 32 bits of the owner token it gives voxring-core (the high 32 bits hold its PID, for
+//!   people reading `voxring segments list`; they are never used to judge liveness). A ring
+//!   slot whose owner's ticket lock is not held belongs to a dead process: there is no window
+//!   in which a live participant is in a slot without holding its lock. A new participant
+//!   never picks a ticket still written in a slot of the ring (see [`take_ticket`]), so a
+//!   dead owner's ticket cannot come back to life.
 //!
-//! Clean-up removes a segment only when no lock at all is held on it ([`any_held`]).
+//! Each participant takes its ticket lock through its own open file description (the
+//! segment re-opened through `/proc/self/fd`), because locks taken through one description
+//! are not reported to queries through that same description; this way a liveness query
+//! through the segment's main descriptor sees every participant, including those of its
+//! own process.
 //!
-//! Caveats, stated plainly: locks taken on one open file description are not reported to a
-//! query through that same description, so a handle remembers its own slots; a child made
-//! with `fork()` and no `exec` shares the description and keeps the locks alive while it
-//! lives (descriptors are `O_CLOEXEC`, so `exec` drops them); a descriptor received over
-//! `SCM_RIGHTS` shares the sender's description, which is why [`crate::memfd`] re-opens it.
+//! Caveats, stated plainly: a child made with `fork()` and no `exec` shares the descriptions
+//! and keeps the locks alive while it lives (descriptors are `O_CLOEXEC`, so `exec` drops
+//! them); locks need a filesystem that supports them (tmpfs and memfd do).
 //!
 //! `rustix` only wraps whole-file OFD locks (`fcntl_lock`), so byte ranges go through `libc`.
 
@@ -36,29 +44,19 @@ use rustix::io::Errno;
 
 /// Byte holding the shared presence lock.
 pub const PRESENCE: u64 = 1 << 40;
-/// Byte holding the producer's lock.
-pub const PRODUCER: u64 = PRESENCE + 1;
-/// First consumer byte; consumer slot `i` is `CONSUMER_BASE + i`.
-pub const CONSUMER_BASE: u64 = PRESENCE + 2;
-/// Consumer slots the lock layout allows for (voxring-core allows up to 64).
-pub const MAX_CONSUMER_SLOTS: u64 = 64;
+/// Ticket `t` is locked at byte `TICKET_BASE + t`.
+pub const TICKET_BASE: u64 = PRESENCE + 16;
+/// One past the last byte a voxring lock can be on.
+pub const LOCK_END: u64 = TICKET_BASE + (1 << 32);
 
-/// The role a lock byte stands for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Slot {
-    /// The producer.
-    Producer,
-    /// Consumer slot `i`.
-    Consumer(u16),
+/// The owner token for voxring-core: PID in the high half (informative), ticket in the low.
+pub fn owner_token(ticket: u32) -> u64 {
+    (u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32) << 32) | u64::from(ticket)
 }
 
-impl Slot {
-    fn offset(self) -> u64 {
-        match self {
-            Slot::Producer => PRODUCER,
-            Slot::Consumer(i) => CONSUMER_BASE + u64::from(i),
-        }
-    }
+/// The ticket in an owner token (0 = not a voxring-linux token).
+pub fn ticket_of(token: u64) -> u32 {
+    token as u32
 }
 
 fn flock(kind: libc::c_short, start: u64, len: u64) -> libc::flock {
@@ -93,19 +91,57 @@ pub fn hold_presence(fd: BorrowedFd<'_>) -> Result<(), Errno> {
     fcntl_lock(fd, libc::F_OFD_SETLK, &mut fl)
 }
 
-/// Takes the exclusive lock for `slot` through `fd`. `Err(Errno::AGAIN)` means a live
-/// process holds it.
-pub fn lock_slot(fd: BorrowedFd<'_>, slot: Slot) -> Result<(), Errno> {
-    let mut fl = flock(libc::F_WRLCK as libc::c_short, slot.offset(), 1);
-    match fcntl_lock(fd, libc::F_OFD_SETLK, &mut fl) {
-        Err(Errno::ACCESS) => Err(Errno::AGAIN),
-        r => r,
+fn next_candidate() -> u32 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let mut x = STATE.load(Ordering::Relaxed);
+    if x == 0 {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9E37_79B9_7F4A_7C15);
+        x = t ^ (u64::from(std::process::id()) << 17) ^ 0x2545_F491_4F6C_DD1D;
     }
+    // xorshift64*: tickets only need to be spread out, not unpredictable.
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    // Relaxed: a racing thread at worst draws the same candidate, and the lock arbitrates.
+    STATE.store(x, Ordering::Relaxed);
+    (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32
 }
 
-/// Releases the lock for `slot` taken through `fd`.
-pub fn unlock_slot(fd: BorrowedFd<'_>, slot: Slot) -> Result<(), Errno> {
-    let mut fl = flock(libc::F_UNLCK as libc::c_short, slot.offset(), 1);
+/// Picks a random non-zero ticket whose lock is free and for which `in_use` is false (the
+/// caller passes "is this ticket written in a slot of the ring"), and locks it through `fd`.
+/// Gives up after 64 tries with the last errno.
+pub fn take_ticket(fd: BorrowedFd<'_>, in_use: impl Fn(u32) -> bool) -> Result<u32, Errno> {
+    let mut last = Errno::AGAIN;
+    for _ in 0..64 {
+        let t = next_candidate();
+        if t == 0 || in_use(t) {
+            continue;
+        }
+        let mut fl = flock(
+            libc::F_WRLCK as libc::c_short,
+            TICKET_BASE + u64::from(t),
+            1,
+        );
+        match fcntl_lock(fd, libc::F_OFD_SETLK, &mut fl) {
+            Ok(()) => return Ok(t),
+            Err(Errno::AGAIN) | Err(Errno::ACCESS) => last = Errno::AGAIN,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+/// Releases ticket `t` taken through `fd`.
+pub fn release_ticket(fd: BorrowedFd<'_>, t: u32) -> Result<(), Errno> {
+    let mut fl = flock(
+        libc::F_UNLCK as libc::c_short,
+        TICKET_BASE + u64::from(t),
+        1,
+    );
     fcntl_lock(fd, libc::F_OFD_SETLK, &mut fl)
 }
 
@@ -116,16 +152,19 @@ fn held_range(fd: BorrowedFd<'_>, start: u64, len: u64) -> Result<bool, Errno> {
     Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
 }
 
-/// Whether `slot` is held by a live process (through another open file description than
-/// `fd`'s).
-pub fn is_held(fd: BorrowedFd<'_>, slot: Slot) -> Result<bool, Errno> {
-    held_range(fd, slot.offset(), 1)
+/// Whether ticket `t` is held by a live process (through another open file description than
+/// `fd`'s). Ticket 0 is never held.
+pub fn ticket_held(fd: BorrowedFd<'_>, t: u32) -> Result<bool, Errno> {
+    if t == 0 {
+        return Ok(false);
+    }
+    held_range(fd, TICKET_BASE + u64::from(t), 1)
 }
 
 /// Whether anyone (through another open file description) holds any voxring lock on the
-/// file: presence, producer or a consumer. False means nobody uses the segment.
+/// file: presence or a ticket. False means nobody uses the segment.
 pub fn any_held(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
-    held_range(fd, PRESENCE, 2 + MAX_CONSUMER_SLOTS)
+    held_range(fd, PRESENCE, LOCK_END - PRESENCE)
 }
 
 #[cfg(test)]
@@ -147,20 +186,27 @@ mod tests {
     fn locks_are_seen_through_another_description_and_dropped_on_close() {
         let a = rustix::fs::memfd_create("voxring-lock-test", MemfdFlags::CLOEXEC).unwrap();
         let b = reopen(a.as_fd());
+        let c = reopen(a.as_fd());
         assert!(!any_held(b.as_fd()).unwrap());
         hold_presence(a.as_fd()).unwrap();
         assert!(any_held(b.as_fd()).unwrap());
-        assert!(!is_held(b.as_fd(), Slot::Producer).unwrap());
-        lock_slot(a.as_fd(), Slot::Consumer(3)).unwrap();
-        assert!(is_held(b.as_fd(), Slot::Consumer(3)).unwrap());
-        assert!(!is_held(b.as_fd(), Slot::Consumer(2)).unwrap());
-        assert_eq!(lock_slot(b.as_fd(), Slot::Consumer(3)), Err(Errno::AGAIN));
-        unlock_slot(a.as_fd(), Slot::Consumer(3)).unwrap();
-        assert!(!is_held(b.as_fd(), Slot::Consumer(3)).unwrap());
-        lock_slot(a.as_fd(), Slot::Producer).unwrap();
-        assert!(is_held(b.as_fd(), Slot::Producer).unwrap());
+        let t = take_ticket(c.as_fd(), |_| false).unwrap();
+        assert_ne!(t, 0);
+        assert!(ticket_held(b.as_fd(), t).unwrap());
+        assert!(ticket_held(a.as_fd(), t).unwrap());
+        assert!(!ticket_held(b.as_fd(), t.wrapping_add(1)).unwrap());
+        assert!(!ticket_held(b.as_fd(), 0).unwrap());
+        release_ticket(c.as_fd(), t).unwrap();
+        assert!(!ticket_held(b.as_fd(), t).unwrap());
+        let t2 = take_ticket(c.as_fd(), |x| x == t).unwrap();
+        assert_ne!(t2, t);
+        assert_eq!(ticket_of(owner_token(t2)), t2);
+        drop(c);
+        assert!(
+            !ticket_held(b.as_fd(), t2).unwrap(),
+            "closing drops the lock"
+        );
         drop(a);
         assert!(!any_held(b.as_fd()).unwrap());
-        lock_slot(b.as_fd(), Slot::Producer).unwrap();
     }
 }

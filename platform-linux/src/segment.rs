@@ -1,11 +1,14 @@
 //! Named segments in `/dev/shm`: create, attach with checks, and the errors a person reads.
 //!
-//! A segment named `mic` is the file `/dev/shm/voxring.mic`. The creator makes it with
-//! `O_CREAT | O_EXCL | O_NOFOLLOW` under a temporary name, sizes and reserves it
-//! (`fallocate(2)`, so a full tmpfs is an error now and not a `SIGBUS` later), sets its mode
-//! (0600, or 0660 with a chosen group), takes its liveness lock, and only then publishes it
-//! under its real name with `renameat2(RENAME_NOREPLACE)`: nobody can attach to, or clean up,
-//! a half-made segment.
+//! A segment named `mic` is the file `/dev/shm/voxring.mic`. The creator makes it as an
+//! unnamed file (`O_TMPFILE`; where a filesystem lacks it, `O_CREAT | O_EXCL | O_NOFOLLOW`
+//! under a temporary name), takes its liveness lock, sets its mode (0600, or 0660 with a
+//! chosen group), sizes and reserves it (`fallocate(2)`, so a full tmpfs is an error now and
+//! not a `SIGBUS` later), initialises the ring, and only then gives it its name with
+//! `linkat(2)`, which fails if the name exists (the fallback uses
+//! `renameat2(RENAME_NOREPLACE)`): nobody can attach to, or clean up, a half-made segment,
+//! and a creator that dies half-way leaves nothing behind. The name is checked for existence
+//! first only to fail early; the link is what decides (`O_EXCL` semantics).
 //!
 //! Attaching validates before trusting anything, each check with its own error: the name is
 //! not a symlink (`O_NOFOLLOW`), `fstat(2)` on the opened descriptor says a regular file,
@@ -15,7 +18,7 @@
 
 use std::ffi::OsStr;
 use std::fmt;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -223,7 +226,7 @@ pub enum CreateError {
     /// Mapping or locking failed.
     Map(MapError),
     /// voxring-core refused the ring configuration or the memory.
-    Layout(String),
+    Layout(voxring_core::CreateError),
     /// Another system call failed.
     Io {
         /// What was being done.
@@ -233,6 +236,12 @@ pub enum CreateError {
         /// The errno.
         errno: Errno,
     },
+}
+
+impl From<voxring_core::CreateError> for CreateError {
+    fn from(e: voxring_core::CreateError) -> Self {
+        CreateError::Layout(e)
+    }
 }
 
 impl fmt::Display for CreateError {
@@ -265,7 +274,7 @@ impl fmt::Display for CreateError {
                 path.display()
             ),
             CreateError::Map(e) => e.fmt(f),
-            CreateError::Layout(e) => write!(f, "the ring layout was refused: {e}"),
+            CreateError::Layout(e) => e.fmt(f),
             CreateError::Io { op, path, errno } => {
                 write!(f, "{op} {} failed: {errno}", path.display())
             }
@@ -340,8 +349,22 @@ pub enum AttachError {
     },
     /// Mapping or locking failed.
     Map(MapError),
-    /// voxring-core's layout checks refused the contents (bad magic, version, config...).
-    Layout(String),
+    /// The segment holds a ring of another layout version.
+    WrongVersion {
+        /// Its path.
+        path: PathBuf,
+        /// The version in the segment's header.
+        found: u32,
+        /// The version this build speaks.
+        supported: u32,
+    },
+    /// voxring-core's layout checks refused the contents (bad magic, bad field...).
+    Layout {
+        /// Its path.
+        path: PathBuf,
+        /// What core found.
+        error: voxring_core::AttachError,
+    },
     /// A memfd passed over a socket was not sealed against resizing.
     NotSealed {
         /// The seals it had.
@@ -420,7 +443,18 @@ impl fmt::Display for AttachError {
                 path.display()
             ),
             AttachError::Map(e) => e.fmt(f),
-            AttachError::Layout(e) => write!(f, "the segment's contents were refused: {e}"),
+            AttachError::WrongVersion {
+                path,
+                found,
+                supported,
+            } => write!(
+                f,
+                "segment {} holds a ring of layout version {found}, but this program speaks \
+                 version {supported}: refused; build producer and consumers from the same \
+                 voxring, or let the producer recreate the segment",
+                path.display()
+            ),
+            AttachError::Layout { path, error } => write!(f, "segment {}: {error}", path.display()),
             AttachError::NotSealed { seals } => write!(
                 f,
                 "the memfd received is not sealed against resizing (seals {seals:#x}): refused, \
@@ -481,26 +515,44 @@ impl SegmentFile {
             Access::OwnerOnly => None,
             Access::Group(g) => Some(g.resolve()?),
         };
-        let tmp_name = format!(
-            "{final_name}.tmp-{}-{}",
-            rustix::process::getpid().as_raw_nonzero(),
-            unique()
-        );
-        let tmp_path = Path::new(SHM_DIR).join(&tmp_name);
         let io = |op: &'static str, errno| CreateError::Io {
             op,
             path: path.clone(),
             errno,
         };
-        let fd = rustix::fs::openat(
+        // Preferred: an unnamed file (O_TMPFILE) that only gets a name once it is complete;
+        // a creator that dies before that leaves nothing behind. Fallback for filesystems
+        // without O_TMPFILE: a temporary name, renamed without replacing.
+        let (fd, temporary) = match rustix::fs::openat(
             &dir,
-            tmp_name.as_str(),
-            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            ".",
+            OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC,
             Mode::RUSR | Mode::WUSR,
-        )
-        .map_err(|e| io("create", e))?;
-        // From here the temporary file is removed if anything fails (guard dropped).
-        let tmp_guard = ArtifactGuard::register(tmp_path);
+        ) {
+            Ok(fd) => (fd, None),
+            Err(Errno::OPNOTSUPP) | Err(Errno::ISDIR) | Err(Errno::INVAL) => {
+                let tmp_name = format!(
+                    "{final_name}.tmp-{}-{}",
+                    rustix::process::getpid().as_raw_nonzero(),
+                    unique()
+                );
+                let fd = rustix::fs::openat(
+                    &dir,
+                    tmp_name.as_str(),
+                    OFlags::RDWR
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::RUSR | Mode::WUSR,
+                )
+                .map_err(|e| io("create", e))?;
+                // The temporary file is removed if anything below fails (guard dropped).
+                let guard = ArtifactGuard::register(Path::new(SHM_DIR).join(&tmp_name));
+                (fd, Some((tmp_name, guard)))
+            }
+            Err(e) => return Err(io("create", e)),
+        };
         // Hold the "someone is here" lock from the first moment, so a concurrent clean-up
         // never removes a segment being built.
         crate::liveness::hold_presence(fd.as_fd()).map_err(|e| io("lock", e))?;
@@ -535,18 +587,33 @@ impl SegmentFile {
         )
         .map_err(CreateError::Map)?;
         init(&fd, &mapping).map_err(Into::into)?;
-        rustix::fs::renameat_with(
-            &dir,
-            tmp_name.as_str(),
-            &dir,
-            final_name.as_str(),
-            RenameFlags::NOREPLACE,
-        )
-        .map_err(|errno| match errno {
-            Errno::EXIST => CreateError::AlreadyExists { path: path.clone() },
-            e => io("publish (rename)", e),
-        })?;
-        tmp_guard.forget();
+        match temporary {
+            None => rustix::fs::linkat(
+                rustix::fs::CWD,
+                format!("/proc/self/fd/{}", fd.as_raw_fd()),
+                &dir,
+                final_name.as_str(),
+                AtFlags::SYMLINK_FOLLOW,
+            )
+            .map_err(|errno| match errno {
+                Errno::EXIST => CreateError::AlreadyExists { path: path.clone() },
+                e => io("publish (link /proc/self/fd, is /proc mounted?)", e),
+            })?,
+            Some((tmp_name, guard)) => {
+                rustix::fs::renameat_with(
+                    &dir,
+                    tmp_name.as_str(),
+                    &dir,
+                    final_name.as_str(),
+                    RenameFlags::NOREPLACE,
+                )
+                .map_err(|errno| match errno {
+                    Errno::EXIST => CreateError::AlreadyExists { path: path.clone() },
+                    e => io("publish (rename)", e),
+                })?;
+                guard.forget();
+            }
+        }
         let artifact = opts
             .remove_on_drop
             .then(|| ArtifactGuard::register(path.clone()));

@@ -126,14 +126,288 @@ impl Rng {
 
 /// A seed from the clock and pid (printed by tests that use it, for reproduction).
 pub fn seed() -> u64 {
-    if let Ok(s) = std::env::var("VOXRING_TEST_SEED") {
-        if let Ok(v) = s.parse() {
-            return v;
-        }
+    if let Some(v) = std::env::var("VOXRING_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return v;
     }
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(1);
     (t ^ u64::from(std::process::id()).rotate_left(32)) | 1
+}
+
+// ---- frames with a checksum, shared by the multi-process tests ----
+
+use voxring_core::{FrameFlags, Policy, RingConfig, SampleFormat};
+
+/// A small ring: 16 frames of 64 mono S16 samples (128 payload bytes), 4 consumer slots.
+pub fn test_config(policy: Policy) -> RingConfig {
+    RingConfig {
+        frames: 16,
+        samples_per_frame: 64,
+        channels: 1,
+        format: SampleFormat::S16,
+        sample_rate: 48_000,
+        max_consumers: 4,
+        policy,
+    }
+}
+
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for &b in *p {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Fills a payload for frame `n`: `n` (LE u64), a checksum, then bytes derived from `n`.
+pub fn fill_payload(n: u64, buf: &mut [u8]) {
+    let mut rng = Rng(n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    for chunk in buf[16..].chunks_mut(8) {
+        let v = rng.next().to_le_bytes();
+        chunk.copy_from_slice(&v[..chunk.len()]);
+    }
+    buf[..8].copy_from_slice(&n.to_le_bytes());
+    let sum = fnv1a(&[&buf[..8], &buf[16..]]);
+    buf[8..16].copy_from_slice(&sum.to_le_bytes());
+}
+
+/// Checks a payload made by [`fill_payload`]; returns the frame number it carries.
+pub fn verify_payload(buf: &[u8]) -> Result<u64, String> {
+    if buf.len() < 16 {
+        return Err(format!("payload of {} bytes is too short", buf.len()));
+    }
+    let n = u64::from_le_bytes(buf[..8].try_into().unwrap());
+    let sum = u64::from_le_bytes(buf[8..16].try_into().unwrap());
+    if fnv1a(&[&buf[..8], &buf[16..]]) != sum {
+        return Err(format!("frame {n}: checksum mismatch"));
+    }
+    let mut expect = vec![0u8; buf.len()];
+    fill_payload(n, &mut expect);
+    if expect != buf {
+        return Err(format!(
+            "frame {n}: payload differs from the expected bytes"
+        ));
+    }
+    Ok(n)
+}
+
+/// Writes frames `0..count` (or forever when `count` is None), the last one flagged
+/// END_OF_STREAM. Lossless: waits for space (evicting dead consumers). Prints nothing.
+pub fn produce(tx: &mut voxring_linux::ring::ShmProducer, count: Option<u64>, batch: usize) {
+    let lossless = tx.segment().config().policy == Policy::Lossless;
+    let mut n: u64 = 0;
+    while count.is_none_or(|c| n < c) {
+        let want = match count {
+            Some(c) => ((c - n) as usize).min(batch),
+            None => batch,
+        };
+        let full = {
+            let (p, waiter) = tx.parts();
+            let waiter = *waiter;
+            match p.write_grant(want) {
+                Ok(mut grant) if !grant.is_empty() => {
+                    let k = grant.len();
+                    for i in 0..k {
+                        let mut f = grant.frame_mut(i).expect("frame in grant");
+                        let frame_no = n + i as u64;
+                        fill_payload(frame_no, f.payload_mut());
+                        f.set_sample_pos(frame_no * 64);
+                        if count == Some(frame_no + 1) {
+                            f.set_flags(FrameFlags::END_OF_STREAM);
+                        }
+                    }
+                    grant.commit(k).expect("commit").wake(&waiter);
+                    n += k as u64;
+                    false
+                }
+                Ok(_) | Err(voxring_core::GrantError::Full) => true,
+                Err(e) => panic!("producer: {e}"),
+            }
+        };
+        if full {
+            assert!(lossless, "a lossy producer is never full");
+            let _ = tx.wait_for_space(Some(std::time::Duration::from_millis(100)));
+        }
+    }
+}
+
+/// What a consumer saw.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    /// Frames delivered intact.
+    pub delivered: u64,
+    /// Frames reported lost (lossy).
+    pub lost: u64,
+    /// The next frame number expected.
+    pub next: u64,
+    /// Whether an END_OF_STREAM frame arrived.
+    pub end_flag: bool,
+    /// Whether the producer vanished (EndOfStream from the liveness check).
+    pub producer_gone: bool,
+}
+
+/// Reads until an END_OF_STREAM frame or the producer's disappearance, verifying every frame
+/// (checksum, and frame number == sequence number == the expected one, so order is checked
+/// and loss counts are exact). Panics on the first bad frame. `stop_after` bounds the run.
+pub fn consume(rx: &mut voxring_linux::ring::ShmConsumer, stop_after: Option<u64>) -> Seen {
+    use voxring_core::{ReadError, ReleaseError};
+    use voxring_linux::ring::FramesWait;
+    let lossy = rx.segment().config().policy == Policy::Lossy;
+    let mut seen = Seen {
+        next: rx.consumer().read_pos(),
+        ..Default::default()
+    };
+    let mut copy = Vec::new();
+    enum Step {
+        Continue,
+        End,
+        Lost(u64),
+        Empty,
+    }
+    loop {
+        if stop_after.is_some_and(|s| seen.delivered >= s) {
+            return seen;
+        }
+        let step = {
+            let (c, waiter) = rx.parts();
+            let waiter = *waiter;
+            // Lossy: one frame per grant, so an overwrite at release is pinned to one frame.
+            match c.read_grant(if lossy { 1 } else { 8 }) {
+                Ok(grant) => {
+                    let k = grant.len();
+                    let mut end = false;
+                    let mut numbers = Vec::with_capacity(k);
+                    for f in grant.frames() {
+                        assert_eq!(
+                            f.seq(),
+                            seen.next + numbers.len() as u64,
+                            "sequence out of order"
+                        );
+                        end |= f.meta().flags.contains(FrameFlags::END_OF_STREAM);
+                        if lossy {
+                            copy.clear();
+                            copy.extend_from_slice(f.payload());
+                        } else {
+                            let n = verify_payload(f.payload()).unwrap_or_else(|e| panic!("{e}"));
+                            numbers.push(n);
+                        }
+                    }
+                    match grant.release(k) {
+                        Ok(wake) => {
+                            wake.wake(&waiter);
+                            if lossy {
+                                let n = verify_payload(&copy).unwrap_or_else(|e| panic!("{e}"));
+                                numbers.push(n);
+                            }
+                            for (i, n) in numbers.iter().enumerate() {
+                                assert_eq!(*n, seen.next + i as u64, "frame number != sequence");
+                            }
+                            seen.delivered += k as u64;
+                            seen.next += k as u64;
+                            if end { Step::End } else { Step::Continue }
+                        }
+                        Err(ReleaseError::Overwritten { frames }) => {
+                            assert!(lossy, "overwritten in a lossless ring");
+                            assert_eq!(frames, k as u64, "one-frame grant");
+                            seen.lost += frames;
+                            seen.next += k as u64;
+                            Step::Continue
+                        }
+                        Err(e) => panic!("release: {e}"),
+                    }
+                }
+                Err(ReadError::Lost { frames }) => Step::Lost(frames),
+                Err(ReadError::Empty) => Step::Empty,
+                Err(e) => panic!("read_grant: {e}"),
+            }
+        };
+        match step {
+            Step::Continue => {}
+            Step::End => {
+                seen.end_flag = true;
+                return seen;
+            }
+            Step::Lost(frames) => {
+                assert!(lossy, "lost frames in a lossless ring");
+                seen.lost += frames;
+                seen.next += frames;
+                assert_eq!(
+                    rx.consumer().read_pos(),
+                    seen.next,
+                    "resync position != reported loss"
+                );
+            }
+            Step::Empty => match rx.wait_for_frames(Some(std::time::Duration::from_secs(10))) {
+                Ok(FramesWait::Ready) => {}
+                Ok(FramesWait::EndOfStream) => {
+                    seen.producer_gone = true;
+                    return seen;
+                }
+                Ok(FramesWait::TimedOut) => panic!(
+                    "no frame and no end of stream for 10 s: hung (read_pos {}, write_pos {}, \
+                     producer {:?}, seen {seen:?})",
+                    rx.consumer().read_pos(),
+                    rx.segment().ring().write_pos(),
+                    rx.segment().producer_state()
+                ),
+                Err(e) => panic!("wait: {e}"),
+            },
+        }
+    }
+}
+
+/// Reads one line from a child's stdout (blocking).
+pub fn read_line(child: &mut Child) -> String {
+    let out = child.stdout.as_mut().expect("piped stdout");
+    let mut line = String::new();
+    let mut byte = [0u8; 1];
+    // Byte-wise so nothing is buffered away from later reads.
+    loop {
+        match std::io::Read::read(out, &mut byte) {
+            Ok(0) => break,
+            Ok(_) => {
+                if byte[0] == b'\n' {
+                    break;
+                }
+                line.push(byte[0] as char);
+            }
+            Err(_) => break,
+        }
+    }
+    line
+}
+
+/// Reads lines until one contains `prefix`; returns the line from there (libtest prints its
+/// own lines too).
+pub fn expect_line(child: &mut Child, prefix: &str) -> String {
+    for _ in 0..1000 {
+        let l = read_line(child);
+        // libtest prints "test name ... " without a newline before the test's own output.
+        if let Some(at) = l.find(prefix) {
+            return l[at..].to_string();
+        }
+        if l.is_empty() {
+            // EOF or an empty line; keep going a bounded number of times.
+            if child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+        }
+    }
+    panic!("child never printed a line starting with {prefix:?}");
+}
+
+/// Parses `key=value` fields of a result line.
+pub fn field(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
 }
