@@ -14,6 +14,8 @@
 #                      value <path> <backup-id>       a /proc or /sys value apply wrote (backup: old value)
 #                      cmd   <undo command, %q-quoted> a command apply ran, and how to undo it
 #     backup/<id>    saved bytes (cp -p: mode, owner and times kept)
+#     backup/written.<line>  the bytes apply wrote for the file entry on journal line <line>,
+#                    so revert can warn when a file was edited after apply
 #     created-dirs   directories made to hold this state, removed again by revert
 #
 # A change whose target already has the wanted value is not made and not journaled, so running
@@ -110,8 +112,13 @@ change_file() {
     fi
     printf '%s' "$content" >"$path" || die "cannot write $path"
     chmod "$mode" "$path"
+    # What apply wrote, so revert can tell when someone edited the file since.
+    printf '%s' "$content" >"$VR_STATE/backup/written.$(journal_lines)"
     printf 'wrote: %s\n' "$path"
 }
+
+# journal_lines: how many lines the journal has (the last file entry is line number N).
+journal_lines() { if [ -f "$JOURNAL" ]; then wc -l <"$JOURNAL" | tr -d ' '; else echo 0; fi; }
 
 # kwrite PATH VALUE: write a value to a /proc or /sys file as the kernel expects it.
 # VOXRING_SYSFS_WRITER (a program called as `<prog> PATH VALUE`) replaces the plain write; the

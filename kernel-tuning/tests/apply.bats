@@ -203,3 +203,25 @@ same() { diff "$BATS_TEST_TMPDIR/$1" "$BATS_TEST_TMPDIR/$2"; }
     run "$KT_DIR/check"
     [[ "$output" == *"warn preempt: preemption model none (PREEMPT_DYNAMIC kernel)"* ]]
 }
+
+@test "a file edited after apply is kept as *.voxring-edited when revert undoes it" {
+    make_bad_tree "$ROOT"
+    kt_env
+    run "$KT_DIR/apply" --sysctl
+    [ "$status" -eq 0 ]
+    printf 'vm.swappiness = 5\n' >>"$ROOT/etc/sysctl.d/90-voxring.conf"
+    run "$KT_DIR/revert"
+    [ "$status" -eq 0 ]
+    [ ! -e "$ROOT/etc/sysctl.d/90-voxring.conf" ]
+    grep -q 'vm.swappiness = 5' "$ROOT/etc/sysctl.d/90-voxring.conf.voxring-edited"
+}
+
+@test "--scope user as root for another user is refused (it would leave root-owned files in their home)" {
+    make_bad_tree "$ROOT"
+    kt_env
+    export VOXRING_EUID=0
+    run "$KT_DIR/apply" --pipewire --scope user
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"--scope system"* ]]
+    [ ! -e "$ROOT/home/alice/.config" ]
+}
