@@ -1,0 +1,290 @@
+//! Live probes: what the files cannot tell. Each runs in its own thread, so the caller's
+//! scheduling is never changed.
+//!
+//! - `sched-fifo`: ask for SCHED_FIFO 80 for a thread (`pthread_setschedparam`, through the
+//!   thread-priority crate), as voxring's audio threads do.
+//! - `timer-jitter`: cyclictest-style: sleep to absolute 1 ms deadlines
+//!   (`clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME)`) and record how late each wake-up is, at
+//!   SCHED_FIFO 80 when the system grants it.
+//! - `futex-wake`: one thread parks in `futex_wait`, another stamps CLOCK_MONOTONIC and wakes it;
+//!   the latency is from the stamp to the sleeper running again (on another CPU when there are two).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use rustix::thread::futex;
+use rustix::time::{ClockId, Timespec, clock_gettime};
+use thread_priority::{
+    RealtimeThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+    set_thread_priority_and_policy, thread_native_id,
+};
+
+use super::{Check, Status, check};
+
+/// One audio quantum of 128 frames at 48 kHz, in nanoseconds: a wake-up later than this is an
+/// xrun in the making.
+const QUANTUM_NS: u64 = 2_666_667;
+
+fn now_ns() -> u64 {
+    let ts = clock_gettime(ClockId::Monotonic);
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn us(ns: u64) -> String {
+    format!("{:.1} µs", ns as f64 / 1000.0)
+}
+
+/// Tries SCHED_FIFO 80 for the calling thread.
+fn try_fifo80() -> Result<(), String> {
+    let prio = ThreadPriority::Crossplatform(
+        80u8.try_into()
+            .map_err(|e| format!("priority 80 not representable: {e:?}"))?,
+    );
+    set_thread_priority_and_policy(
+        thread_native_id(),
+        prio,
+        ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
+    )
+    .map_err(|e| match e {
+        thread_priority::Error::OS(errno) => {
+            let io = std::io::Error::from_raw_os_error(errno);
+            format!("{io} (errno {errno})")
+        }
+        other => other.to_string(),
+    })
+}
+
+/// Runs every probe; `seconds` is the timer-jitter duration.
+pub fn run(seconds: f64) -> Vec<Check> {
+    let handle = std::thread::Builder::new()
+        .name("doctor-rt-probe".into())
+        .spawn(move || {
+            let fifo = try_fifo80();
+            let jitter = timer_jitter(seconds);
+            (fifo, jitter)
+        });
+    let (fifo, jitter) = match handle.map(|h| h.join()) {
+        Ok(Ok(r)) => r,
+        _ => (
+            Err("the probe thread could not be started".into()),
+            Err("the probe thread could not be started".into()),
+        ),
+    };
+    let mut out = Vec::new();
+    let fifo_ok = fifo.is_ok();
+    out.push(match &fifo {
+        Ok(()) => check(
+            "sched-fifo",
+            Status::Ok,
+            "a thread got SCHED_FIFO 80 (pthread_setschedparam)",
+            "",
+        ),
+        Err(why) => check(
+            "sched-fifo",
+            Status::Fail,
+            format!("SCHED_FIFO 80 refused for a thread: {why}"),
+            "kernel-tuning/apply --limits, then log in again (or grant CAP_SYS_NICE)",
+        ),
+    });
+    let policy = if fifo_ok {
+        "SCHED_FIFO 80"
+    } else {
+        "SCHED_OTHER (FIFO refused)"
+    };
+    out.push(match jitter {
+        Ok(h) => {
+            let (p50, p99, max) = (
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.max(),
+            );
+            let found = format!(
+                "{} wake-ups at 1 ms at {policy}: late by p50 {}, p99 {}, max {}",
+                h.len(),
+                us(p50),
+                us(p99),
+                us(max)
+            );
+            let fix = "kernel-tuning/apply --irq --governor, and --cmdline for preempt=full threadirqs \
+                       (see the preempt, threadirqs and isolation checks); on a VM, a host with \
+                       dedicated cores";
+            if max > QUANTUM_NS {
+                check(
+                    "timer-jitter",
+                    Status::Fail,
+                    format!("{found}: a wake-up came later than one 128-frame quantum at 48 kHz (2.7 ms)"),
+                    fix,
+                )
+            } else if p99 > 100_000 || max > 1_000_000 {
+                check("timer-jitter", Status::Warn, found, fix)
+            } else {
+                check("timer-jitter", Status::Ok, found, "")
+            }
+        }
+        Err(why) => check(
+            "timer-jitter",
+            Status::Warn,
+            format!("could not measure: {why}"),
+            "run voxring doctor again; report a bug if it persists",
+        ),
+    });
+    let futex = std::thread::Builder::new()
+        .name("doctor-futex-probe".into())
+        .spawn(|| futex_wake(200))
+        .map_err(|e| format!("spawning the futex probe: {e}"))
+        .and_then(|h| {
+            h.join()
+                .map_err(|_| "the futex probe panicked".to_string())?
+        });
+    out.push(match futex {
+        Ok((h, cross)) => {
+            let p99 = h.value_at_quantile(0.99);
+            let found = format!(
+                "{} futex wakes{}: p50 {}, p99 {}, max {}",
+                h.len(),
+                if cross { " across CPUs" } else { " on one CPU" },
+                us(h.value_at_quantile(0.5)),
+                us(p99),
+                us(h.max())
+            );
+            if p99 > 50_000 {
+                check(
+                    "futex-wake",
+                    Status::Warn,
+                    found,
+                    "kernel-tuning/apply --governor (deep C-states slow wake-ups); voxring's shm-spin \
+                     mode avoids the wake-up",
+                )
+            } else {
+                check("futex-wake", Status::Ok, found, "")
+            }
+        }
+        Err(why) => check(
+            "futex-wake",
+            Status::Warn,
+            format!("could not measure: {why}"),
+            "run voxring doctor again; report a bug if it persists",
+        ),
+    });
+    out
+}
+
+fn hist() -> Result<hdrhistogram::Histogram<u64>, String> {
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| e.to_string())
+}
+
+/// Sleeps to absolute 1 ms deadlines for `seconds`; returns how late each wake-up was.
+fn timer_jitter(seconds: f64) -> Result<hdrhistogram::Histogram<u64>, String> {
+    let mut h = hist()?;
+    let period = 1_000_000u64;
+    let n = ((seconds * 1000.0) as u64).max(1);
+    let mut next = now_ns() + period;
+    for _ in 0..n {
+        let ts = Timespec {
+            tv_sec: (next / 1_000_000_000) as i64,
+            tv_nsec: (next % 1_000_000_000) as i64,
+        };
+        // EINTR: re-sleep to the same deadline.
+        while let Err(e) = rustix::thread::clock_nanosleep_absolute(ClockId::Monotonic, &ts) {
+            if e != rustix::io::Errno::INTR {
+                return Err(format!("clock_nanosleep: {e}"));
+            }
+        }
+        let late = now_ns().saturating_sub(next);
+        h.record(late.max(1)).map_err(|e| e.to_string())?;
+        next += period;
+        // After a long stall, restart from now rather than firing a burst of late wake-ups.
+        let now = now_ns();
+        if next < now {
+            next = now + period;
+        }
+    }
+    Ok(h)
+}
+
+/// `rounds` futex wakes of a parked thread; returns the latencies and whether the two threads
+/// ran on different CPUs.
+fn futex_wake(rounds: u32) -> Result<(hdrhistogram::Histogram<u64>, bool), String> {
+    let cpus = core_affinity::get_core_ids().unwrap_or_default();
+    let cross = cpus.len() >= 2;
+    let word = Arc::new(AtomicU32::new(0));
+    let parked = Arc::new(AtomicU32::new(0));
+    let stamp = Arc::new(AtomicU64::new(0));
+    let (w2, p2, s2) = (word.clone(), parked.clone(), stamp.clone());
+    let sleeper_cpu = cpus.last().copied();
+    let sleeper = std::thread::Builder::new()
+        .name("doctor-futex-sleeper".into())
+        .spawn(move || -> Result<hdrhistogram::Histogram<u64>, String> {
+            if let Some(c) = sleeper_cpu {
+                core_affinity::set_for_current(c);
+            }
+            let mut h = hist()?;
+            for round in 1..=rounds {
+                let deadline = now_ns() + 5_000_000_000;
+                // Wait until the word becomes `round`, parking on it.
+                loop {
+                    // SeqCst: pairs with the waker's SeqCst load of `parked` (Dekker): either it
+                    // sees us parked and wakes us, or we see its store below and skip the wait.
+                    p2.store(round, Ordering::SeqCst);
+                    if w2.load(Ordering::SeqCst) >= round {
+                        break;
+                    }
+                    let timeout = Timespec {
+                        tv_sec: 0,
+                        tv_nsec: 100_000_000,
+                    };
+                    let _ = futex::wait(&w2, futex::Flags::PRIVATE, round - 1, Some(&timeout));
+                    if now_ns() > deadline {
+                        return Err("the waker never woke the sleeper (5 s)".into());
+                    }
+                }
+                let woke = now_ns();
+                // Acquire: pairs with the waker's Release store of the stamp.
+                let t0 = s2.load(Ordering::Acquire);
+                h.record(woke.saturating_sub(t0).max(1))
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(h)
+        })
+        .map_err(|e| format!("spawning the sleeper: {e}"))?;
+    if let Some(c) = cpus.first().copied()
+        && cross
+    {
+        core_affinity::set_for_current(c);
+    }
+    let mut result = Ok(());
+    for round in 1..=rounds {
+        // Wait for the sleeper to announce it is about to park, then give it time to get into
+        // the kernel, so each wake really wakes a sleeping thread.
+        let deadline = now_ns() + 5_000_000_000;
+        // SeqCst: pairs with the sleeper's SeqCst store of `parked`.
+        while parked.load(Ordering::SeqCst) != round {
+            if now_ns() > deadline {
+                result = Err("the sleeper never parked (5 s)".to_string());
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        if result.is_err() {
+            // Let the sleeper finish its rounds without waiting.
+            word.store(rounds, Ordering::SeqCst);
+            let _ = futex::wake(&word, futex::Flags::PRIVATE, 1);
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(300));
+        // Release: pairs with the sleeper's Acquire load of the stamp.
+        stamp.store(now_ns(), Ordering::Release);
+        // SeqCst: pairs with the sleeper's SeqCst re-check after it sets `parked`.
+        word.store(round, Ordering::SeqCst);
+        if let Err(e) = futex::wake(&word, futex::Flags::PRIVATE, 1) {
+            result = Err(format!("futex wake: {e}"));
+            break;
+        }
+    }
+    let h = sleeper
+        .join()
+        .map_err(|_| "the sleeper thread panicked".to_string())?;
+    result?;
+    Ok((h?, cross))
+}
