@@ -1,0 +1,255 @@
+//! A hostile peer: another process writes random values into the ring's header, producer
+//! block (cursor, owner, wait words), consumer blocks and slot metadata while this process
+//! produces and consumes. Every operation must return an error or resync; nothing may crash,
+//! read or write out of bounds, or hang. `scripts/test` runs this file under AddressSanitizer.
+//!
+//! Offsets follow `core/LAYOUT.md`: header 0..128, producer block 128..256, consumer block i at
+//! 256 + 128 i, slots from 256 + 128 max_consumers, each `slot_size` bytes with 32 bytes of
+//! metadata first.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{
+    ChildGuard, Rng, ShmCleanup, env, expect_line, fill_payload, role, spawn_role, test_config,
+    unique_name,
+};
+use voxring_core::{GrantError, Policy, ReadError};
+use voxring_linux::ring::{Segment, ShmConsumer, list_segments};
+use voxring_linux::segment::{AttachOptions, CreateOptions, SegmentFile};
+
+/// Child role: scribble random words over the ring's control areas, then say "done".
+#[test]
+fn child_entry_scribbler() {
+    if role().as_deref() != Some("scribbler") {
+        return; // Not a test by itself: the entry point of the hostile child process.
+    }
+    let file = SegmentFile::attach(&env("VOXRING_TEST_SEGMENT"), 1, &AttachOptions::default())
+        .expect("scribbler attaches");
+    let m = file.mapping();
+    let writes: u64 = env("VOXRING_TEST_WRITES").parse().unwrap();
+    let mut rng = Rng(env("VOXRING_TEST_SEED").parse().unwrap());
+    let cfg = test_config(Policy::Lossless);
+    let consumers_end = 256 + 128 * usize::from(cfg.max_consumers);
+    let slot_size = 64 + 128; // 64 bytes of metadata area + 128 payload bytes (LAYOUT.md)
+    let region = consumers_end + slot_size * cfg.frames as usize;
+    assert!(region <= m.len(), "segment smaller than the layout says");
+    println!("scribbling");
+    for i in 0..writes {
+        let off = match rng.below(10) {
+            0..=2 => rng.below(128) as usize,       // header
+            3..=5 => 128 + rng.below(128) as usize, // producer block
+            6..=7 => 256 + rng.below((consumers_end - 256) as u64) as usize, // consumer blocks
+            _ => {
+                let slot = rng.below(u64::from(cfg.frames)) as usize;
+                consumers_end + slot * slot_size + rng.below(32) as usize // slot metadata
+            }
+        } & !7;
+        let value = match rng.below(6) {
+            0 => 0,
+            1 => u64::MAX,
+            2 => rng.below(64),
+            3 => u64::MAX - rng.below(64),
+            4 => 1 << rng.below(64),
+            _ => rng.next(),
+        };
+        // SAFETY: off + 8 <= region <= mapping length (asserted), 8-aligned, and the word is
+        // accessed atomically, as every field of the layout is.
+        let word = unsafe { &*m.as_ptr().add(off).cast::<AtomicU64>() };
+        word.store(value, Ordering::Relaxed);
+        if i % 64 == 0 {
+            std::thread::yield_now();
+        }
+    }
+    println!("done");
+}
+
+#[derive(Default, Debug)]
+struct Tally {
+    delivered: u64,
+    errors: u64,
+    rejoins: u64,
+}
+
+fn rejoin(seg: &Segment, rx: &mut Option<ShmConsumer>, tally: &mut Tally) {
+    *rx = None;
+    seg.evict_dead();
+    if let Ok(c) = seg.consumer() {
+        tally.rejoins += 1;
+        *rx = Some(c);
+    }
+}
+
+fn run(policy: Policy, writes: u64) {
+    let name = unique_name("hostile");
+    let _c = ShmCleanup(name.clone());
+    let seg = Segment::create(&name, &test_config(policy), &CreateOptions::default()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // Producer thread: writes frames, takes every error in stride, reclaims when evicted.
+    let producer = {
+        let seg = seg.clone();
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut tx = None;
+            let mut n = 0u64;
+            let mut errors = 0u64;
+            // Acquire pairs with the Release store of `stop` below.
+            while !stop.load(Ordering::Acquire) {
+                if tx.is_none() {
+                    seg.evict_dead();
+                    tx = seg.producer().ok();
+                    if tx.is_none() {
+                        std::thread::sleep(Duration::from_millis(1));
+                        continue;
+                    }
+                }
+                let p = tx.as_mut().unwrap();
+                let mut evicted = false;
+                let full = {
+                    let (prod, waiter) = p.parts();
+                    let waiter = *waiter;
+                    match prod.write_grant(4) {
+                        Ok(mut g) => {
+                            let k = g.len();
+                            for i in 0..k {
+                                if let Some(mut f) = g.frame_mut(i) {
+                                    fill_payload(n, f.payload_mut());
+                                    n += 1;
+                                }
+                            }
+                            if let Ok(w) = g.commit(k) {
+                                w.wake(&waiter);
+                            }
+                            false
+                        }
+                        Err(GrantError::Full) => true,
+                        Err(GrantError::Evicted) => {
+                            errors += 1;
+                            evicted = true;
+                            false
+                        }
+                        Err(_) => {
+                            errors += 1;
+                            true
+                        }
+                    }
+                };
+                if evicted {
+                    tx = None;
+                } else if full && let Some(p) = tx.as_mut() {
+                    let _ = p.wait_for_space(Some(Duration::from_millis(2)));
+                }
+            }
+            errors
+        })
+    };
+
+    let mut scribbler = ChildGuard(Some(
+        spawn_role(
+            "child_entry_scribbler",
+            "scribbler",
+            &[
+                ("VOXRING_TEST_SEGMENT", name.clone()),
+                ("VOXRING_TEST_WRITES", writes.to_string()),
+                ("VOXRING_TEST_SEED", common::seed().to_string()),
+            ],
+        )
+        .spawn()
+        .unwrap(),
+    ));
+    expect_line(scribbler.child(), "scribbling");
+
+    let mut tally = Tally::default();
+    let mut rx = seg.consumer().ok();
+    let mut copy = Vec::new();
+    // Bounded: the scribbler ends after `writes` stores; the loop cap catches a hang.
+    for round in 0..2_000_000u64 {
+        if round % 256 == 0 {
+            if scribbler.child().try_wait().unwrap().is_some() {
+                break;
+            }
+            // Slow-path operations must also survive the garbage.
+            let _ = Segment::attach(&name, &AttachOptions::default());
+            let _ = list_segments();
+            let _ = seg.producer_state();
+            let _ = seg.check_size();
+        }
+        let Some(c) = rx.as_mut() else {
+            rejoin(&seg, &mut rx, &mut tally);
+            std::thread::yield_now();
+            continue;
+        };
+        let outcome = {
+            let (cons, waiter) = c.parts();
+            let waiter = *waiter;
+            match cons.read_grant(4) {
+                Ok(g) => {
+                    for f in g.frames() {
+                        // Touch everything a reader would: metadata and the whole payload.
+                        // (len is re-read by each call; a peer may change it in between.)
+                        let meta = f.meta();
+                        copy.clear();
+                        copy.extend_from_slice(f.payload());
+                        assert!(meta.len <= 128 && copy.len() <= 128, "length not clamped");
+                    }
+                    let k = g.len();
+                    match g.release(k) {
+                        Ok(w) => {
+                            w.wake(&waiter);
+                            tally.delivered += k as u64;
+                            Ok(())
+                        }
+                        Err(_) => Err(true),
+                    }
+                }
+                Err(ReadError::Empty) => Err(false),
+                Err(ReadError::Lost { .. }) => Ok(()),
+                Err(_) => Err(true),
+            }
+        };
+        match outcome {
+            Ok(()) => {}
+            Err(false) => {
+                let _ = c.wait_for_frames(Some(Duration::from_millis(2)));
+            }
+            Err(true) => {
+                tally.errors += 1;
+                rejoin(&seg, &mut rx, &mut tally);
+            }
+        }
+    }
+    let status = scribbler.wait();
+    // Release pairs with the producer thread's Acquire load.
+    stop.store(true, Ordering::Release);
+    let producer_errors = producer.join().expect("producer thread panicked");
+    assert!(status.success(), "the scribbler failed");
+    eprintln!("{policy:?}: {tally:?}, producer errors {producer_errors}");
+    // The garbage reached the participants (otherwise this test proved nothing).
+    assert!(
+        tally.errors + tally.rejoins + producer_errors > 0,
+        "no participant ever saw the hostile writes"
+    );
+    drop(rx);
+    drop(seg);
+    assert!(!common::shm_path(&name).exists());
+}
+
+#[test]
+fn hostile_writes_never_crash_a_lossless_ring() {
+    if role().is_some() {
+        return;
+    }
+    run(Policy::Lossless, 20_000);
+}
+
+#[test]
+fn hostile_writes_never_crash_a_lossy_ring() {
+    if role().is_some() {
+        return;
+    }
+    run(Policy::Lossy, 20_000);
+}
