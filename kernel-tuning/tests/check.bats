@@ -203,3 +203,17 @@ alice soft rtprio 1'
     run "$KT_DIR/check"
     expect governor ok
 }
+
+@test "make-fixture builds the same bad tree for doctor comparisons, and refuses an existing directory" {
+    run "$KT_DIR/tests/make-fixture" bad "$BATS_TEST_TMPDIR/fx"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"export VOXRING_ROOT="* ]]
+    eval "$output"
+    run "$KT_DIR/check"
+    [ "$status" -eq 1 ]
+    [ "$(status_of pipewire-quantum)" = warn ]
+    run "$KT_DIR/tests/make-fixture" good "$BATS_TEST_TMPDIR/fx"
+    [ "$status" -eq 1 ]
+    run "$KT_DIR/tests/make-fixture" ugly "$BATS_TEST_TMPDIR/fy"
+    [ "$status" -eq 2 ]
+}

@@ -3,7 +3,7 @@
 # /usr/share and /dev of a well-tuned machine ("good") and an untuned one ("bad"), plus
 # the environment that points the scripts at them (stub commands, the sysfs write stand-in).
 
-KT_DIR=$(cd "$BATS_TEST_DIRNAME/.." && pwd)
+KT_DIR=$(cd "${BATS_TEST_DIRNAME:-$(dirname "${BASH_SOURCE[0]}")}/.." && pwd)
 
 # w PATH CONTENT: write CONTENT (plus a newline) to $ROOT/PATH, creating directories.
 w() {
@@ -161,7 +161,11 @@ fusectl /sys/fs/fuse/connections fusectl rw 0 0'
 kt_env() {
     export VOXRING_ROOT=$ROOT VOXRING_USER=alice VOXRING_EUID=1000
     export VOXRING_BIN=$KT_DIR/tests/stubs VOXRING_SYSFS_WRITER=$KT_DIR/tests/stubs/sysfs-write
-    export VOXRING_STUB_LOG=${BATS_TEST_TMPDIR:-$ROOT/..}/stub-calls
+    if [ -n "${BATS_TEST_TMPDIR:-}" ]; then
+        export VOXRING_STUB_LOG=$BATS_TEST_TMPDIR/stub-calls
+    else
+        export VOXRING_STUB_LOG=/dev/null
+    fi
     unset VOXRING_HOME VOXRING_STATE VOXRING_AUDIO_CPU
 }
 
