@@ -26,3 +26,7 @@ pub use static_ring::{
     WriteChunk,
 };
 pub use wait::{AtomicU32, SpinWaiter, WaitOutcome, Waiter, Wake};
+
+pub mod clock;
+pub mod control;
+pub mod fence;
