@@ -214,10 +214,12 @@ proc_limit_hard() {
         "$(p /proc/self/limits)"
 }
 
-# limits_conf USER ITEM: the hard value pam_limits will give USER for ITEM (CHECKS.md rule).
+# limits_conf USER ITEM [GROUPS]: the hard value pam_limits will give USER for ITEM (CHECKS.md
+# rule). GROUPS (space-separated) replaces the user's groups: `limits_conf "" rtprio audio` is
+# what any member of audio gets from group and `*` lines.
 limits_conf() {
     local user=$1 item=$2 groups files=() f
-    groups=$(user_groups "$user" | tr '\n' ' ')
+    if [ $# -ge 3 ]; then groups="$3 "; else groups=$(user_groups "$user" | tr '\n' ' '); fi
     [ -r "$(p /etc/security/limits.conf)" ] && files+=("$(p /etc/security/limits.conf)")
     while IFS= read -r f; do
         [ -r "$f" ] && files+=("$f")
@@ -238,6 +240,16 @@ limits_conf() {
 }
 
 is_uint() { case "$1" in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }
+
+# limits.conf values: rtprio_conf_ok (>= 80 or unlimited), memlock_conf_ok (KiB, >= 256 MiB or unlimited).
+rtprio_conf_ok() {
+    case "$1" in unlimited | infinity | -1) return 0 ;; esac
+    is_uint "$1" && [ "$1" -ge 80 ]
+}
+memlock_conf_ok() {
+    case "$1" in unlimited | infinity | -1) return 0 ;; esac
+    is_uint "$1" && [ "$1" -ge 262144 ]
+}
 
 # shm_size_bytes OPT: the size= option of a tmpfs in bytes; "pct" for a percentage.
 size_to_bytes() {

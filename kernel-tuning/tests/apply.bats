@@ -225,3 +225,16 @@ same() { diff "$BATS_TEST_TMPDIR/$1" "$BATS_TEST_TMPDIR/$2"; }
     [[ "$output" == *"--scope system"* ]]
     [ ! -e "$ROOT/home/alice/.config" ]
 }
+
+@test "--limits writes no limits file when the audio group already has enough (e.g. jackd's audio.conf)" {
+    make_bad_tree "$ROOT"
+    kt_env
+    w etc/security/limits.d/audio.conf '@audio   -  rtprio     95
+@audio   -  memlock    unlimited'
+    run "$KT_DIR/apply" --limits
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"unchanged: the audio group already gets rtprio 95 and memlock unlimited"* ]]
+    [ ! -e "$ROOT/etc/security/limits.d/95-voxring-audio.conf" ]
+    run "$KT_DIR/check"
+    [ "$(status_of limits-conf)" = ok ]
+}
