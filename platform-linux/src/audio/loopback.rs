@@ -42,6 +42,9 @@ pub struct ImpulseProbe {
     last_hit: Cell<Option<u64>>,
     chunk_gcd: Cell<u64>,
     xrun_chunks: Cell<u64>,
+    /// (capture position, CLOCK_MONOTONIC) of the first and the latest chunk after the warm-up.
+    rate_first: Cell<Option<(u64, u64)>>,
+    rate_last: Cell<(u64, u64)>,
 }
 
 impl ImpulseProbe {
@@ -63,6 +66,8 @@ impl ImpulseProbe {
             last_hit: Cell::new(None),
             chunk_gcd: Cell::new(0),
             xrun_chunks: Cell::new(0),
+            rate_first: Cell::new(None),
+            rate_last: Cell::new((0, 0)),
         }
     }
 
@@ -106,6 +111,16 @@ impl ImpulseProbe {
     /// Summary statistics of the round trips.
     pub fn stats(&self) -> Option<RoundTripStats> {
         RoundTripStats::from_frames(&self.round_trips.borrow())
+    }
+
+    /// The capture rate measured against CLOCK_MONOTONIC from the chunks after the warm-up
+    /// (frames between the first and the latest chunk over the time between their hand-overs);
+    /// `None` before two chunks. Wake-up jitter at both ends limits its precision, so measure
+    /// over seconds.
+    pub fn measured_rate_hz(&self) -> Option<f64> {
+        let (p0, t0) = self.rate_first.get()?;
+        let (p1, t1) = self.rate_last.get();
+        (t1 > t0 && p1 > p0).then(|| (p1 - p0) as f64 * 1e9 / (t1 - t0) as f64)
     }
 }
 
@@ -157,6 +172,13 @@ impl<T: Sample> CaptureSink<T> for ImpulseDetector<'_> {
         }
         if info.flags & flags::XRUN != 0 {
             p.xrun_chunks.set(p.xrun_chunks.get() + 1);
+        }
+        if info.sample_pos >= p.warmup {
+            let mark = (info.sample_pos, info.timestamp_ns);
+            if p.rate_first.get().is_none() {
+                p.rate_first.set(Some(mark));
+            }
+            p.rate_last.set(mark);
         }
         let end = info.capture_pos; // R: the clock of this wake-up
         for (i, frame) in samples.chunks_exact(ch).enumerate() {

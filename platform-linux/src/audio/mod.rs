@@ -354,6 +354,12 @@ impl fmt::Display for AudioError {
                         " (no such device: list devices with `aplay -L`; for PipeWire check that it \
                          runs and XDG_RUNTIME_DIR points at its socket)"
                     )?;
+                } else if [libc::EHOSTDOWN, libc::ECONNREFUSED].contains(&source.errno()) {
+                    write!(
+                        f,
+                        " (the sound server does not answer: is PipeWire running, and does \
+                         XDG_RUNTIME_DIR point at its socket?)"
+                    )?;
                 } else if source.errno() == libc::EBUSY {
                     write!(f, " (the device is in use by another program)")?;
                 }
@@ -366,15 +372,9 @@ impl fmt::Display for AudioError {
     }
 }
 
-impl std::error::Error for AudioError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            AudioError::Alsa { source, .. } => Some(source),
-            AudioError::Io { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
+/// The ALSA or OS error is part of the message (`Display`), so `source()` is `None`: a
+/// reporter that prints the chain would show it twice.
+impl std::error::Error for AudioError {}
 
 /// CLOCK_MONOTONIC now, in nanoseconds (vDSO: no system call, never blocks).
 pub fn monotonic_ns() -> u64 {

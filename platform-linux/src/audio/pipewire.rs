@@ -186,15 +186,25 @@ pub fn stream_latencies() -> Result<Vec<(String, String)>, AudioError> {
     // pw-dump prints JSON with one property per line; we only need two keys per node and avoid
     // a JSON dependency in the platform crate.
     let mut found = Vec::new();
-    let mut name: Option<String> = None;
+    let (mut name, mut latency): (Option<String>, Option<String>) = (None, None);
     for line in text.lines() {
         let l = line.trim();
         if let Some(v) = json_str_value(l, "\"node.name\"") {
             name = Some(v.to_owned());
         } else if let Some(v) = json_str_value(l, "\"node.latency\"") {
-            found.push((name.clone().unwrap_or_default(), v.to_owned()));
-        } else if l.starts_with("\"id\":") {
-            name = None;
+            latency = Some(v.to_owned());
+        } else if l
+            .strip_prefix("\"id\":")
+            .is_some_and(|v| v.trim().trim_end_matches(',').parse::<u32>().is_ok())
+        {
+            // A new object starts.
+            (name, latency) = (None, None);
+        }
+        if let (Some(_), Some(_)) = (&name, &latency) {
+            found.push((
+                name.take().unwrap_or_default(),
+                latency.take().unwrap_or_default(),
+            ));
         }
     }
     Ok(found)
