@@ -1,0 +1,315 @@
+//! loom models of the broadcast ring: a late joiner racing the lossless producer's view of
+//! the slowest consumer, leaving, evicting a dead consumer, and lossy lapping.
+//!
+//! Lossless models check payloads through the slots' access trackers (any overlap of a
+//! producer write with a consumer read is a loom causality violation) and the payload bytes.
+//! Lossy models cannot use the trackers: a lapped reader racing the producer is the lossy
+//! policy's nature, handled seqlock-style (see `voxring_core::ring`). They check instead that
+//! no frame accepted at release is torn, through the metadata words, which are atomics loom
+//! models exactly (stale values included): `sample_pos = seq + 100` and
+//! `timestamp_ns = 2 * seq + 1` must agree with each other and with the sequence number.
+#![cfg(voxring_loom)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use voxring_core::{
+    Consumer, GrantError, Policy, Producer, ReadError, ReleaseError, Ring, RingConfig, SampleFormat,
+};
+use voxring_loom_tests::assert_explored_many;
+
+#[repr(C, align(128))]
+struct Line([u8; 128]);
+
+fn region(cfg: &RingConfig) -> Vec<Line> {
+    let lines = cfg.region_size().unwrap().div_ceil(128);
+    (0..lines).map(|_| Line([0; 128])).collect()
+}
+
+fn create(mem: &mut [Line], cfg: &RingConfig) -> Ring {
+    let len = mem.len() * 128;
+    // SAFETY: the region is valid, aligned and unused; the model joins every thread that
+    // holds a handle before the region is dropped.
+    unsafe { Ring::create(mem.as_mut_ptr().cast(), len, cfg) }.unwrap()
+}
+
+fn cfg(frames: u32, max_consumers: u16, policy: Policy) -> RingConfig {
+    RingConfig {
+        frames,
+        samples_per_frame: 2,
+        channels: 1,
+        format: SampleFormat::S16,
+        sample_rate: 48_000,
+        max_consumers,
+        policy,
+    }
+}
+
+/// Writes one frame with the test pattern; false when the (lossless) ring is full.
+fn write_one(p: &mut Producer) -> bool {
+    match p.write_grant(1) {
+        Ok(mut g) => {
+            let mut f = g.frame_mut(0).unwrap();
+            let seq = f.seq();
+            f.set_sample_pos(seq + 100);
+            f.set_timestamp_ns(2 * seq + 1);
+            f.payload_mut().fill(seq as u8 + 1);
+            g.commit_all();
+            true
+        }
+        Err(GrantError::Full) => false,
+        Err(e) => panic!("unexpected grant error: {e}"),
+    }
+}
+
+/// Lossless read of what is ready (at most `n`), checked against the pattern.
+fn read_lossless(c: &mut Consumer, n: usize) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    match c.read_grant(n) {
+        Ok(g) => {
+            for f in g.frames() {
+                let m = f.meta();
+                assert_eq!(m.sample_pos, m.seq + 100, "stale metadata, frame {}", m.seq);
+                assert_eq!(
+                    f.payload(),
+                    &[m.seq as u8 + 1; 4],
+                    "stale payload, frame {}",
+                    m.seq
+                );
+                seqs.push(m.seq);
+            }
+            g.release_all().unwrap();
+        }
+        Err(ReadError::Empty) => {}
+        Err(e) => panic!("unexpected read error: {e}"),
+    }
+    seqs
+}
+
+/// What a lossy consumer has seen: frames accepted intact and frames reported lost.
+#[derive(Default, Debug)]
+struct Seen {
+    intact: Vec<u64>,
+    lost: u64,
+    /// How often a release reported overwritten frames / a grant reported a lap.
+    overwritten_events: usize,
+    lap_events: usize,
+}
+
+/// One lossy read attempt: frames are copied out (metadata only) and accepted only if the
+/// release validates them.
+fn read_lossy(c: &mut Consumer, n: usize, seen: &mut Seen) {
+    match c.read_grant(n) {
+        Ok(g) => {
+            let metas: Vec<_> = g.frames().map(|f| f.meta()).collect();
+            let bad = match g.release_all() {
+                Ok(_) => 0,
+                Err(ReleaseError::Overwritten { frames }) => frames as usize,
+                Err(e) => panic!("unexpected release error: {e}"),
+            };
+            seen.lost += bad as u64;
+            seen.overwritten_events += usize::from(bad > 0);
+            for m in &metas[bad..] {
+                assert_eq!(m.sample_pos, m.seq + 100, "torn frame accepted: {m:?}");
+                assert_eq!(m.timestamp_ns, 2 * m.seq + 1, "torn frame accepted: {m:?}");
+                seen.intact.push(m.seq);
+            }
+        }
+        Err(ReadError::Lost { frames }) => {
+            seen.lost += frames;
+            seen.lap_events += 1;
+        }
+        Err(ReadError::Empty) => {}
+        Err(e) => panic!("unexpected read error: {e}"),
+    }
+}
+
+/// Every frame from `start` to the consumer's position was delivered once, in order, or
+/// counted lost.
+fn assert_accounted(seen: &Seen, start: u64, c: &Consumer) {
+    let mut prev = None;
+    for &s in &seen.intact {
+        assert!(
+            s >= start && prev.is_none_or(|p| s > p),
+            "out of order or twice: {seen:?}"
+        );
+        prev = Some(s);
+    }
+    assert_eq!(
+        seen.intact.len() as u64 + seen.lost,
+        c.read_pos() - start,
+        "frames neither delivered nor counted lost: {seen:?}"
+    );
+    assert_eq!(c.lost_frames(), seen.lost);
+}
+
+#[test]
+fn lossless_late_join_and_leave_race_the_producer() {
+    assert_explored_many("ring: lossless late join, leave", || {
+        let cfg = cfg(2, 2, Policy::Lossless);
+        let mut mem = region(&cfg);
+        let ring = create(&mut mem, &cfg);
+        let mut producer = ring.producer(1).unwrap();
+        let mut early = ring.consumer(2).unwrap();
+        let p = loom::thread::spawn(move || {
+            let mut sent = 0;
+            for _ in 0..3 {
+                if write_one(&mut producer) {
+                    sent += 1;
+                }
+            }
+            (producer, sent)
+        });
+        let late = loom::thread::spawn(move || {
+            let mut c = ring.consumer(3).unwrap();
+            let start = c.read_pos();
+            let got = read_lossless(&mut c, 2);
+            for (i, s) in got.iter().enumerate() {
+                assert_eq!(
+                    *s,
+                    start + i as u64,
+                    "late joiner skipped or repeated a frame"
+                );
+            }
+            let _ = c.leave();
+        });
+        let e = loom::thread::spawn(move || {
+            let got = read_lossless(&mut early, 1);
+            (early, got)
+        });
+        late.join().unwrap();
+        let (mut producer, mut sent) = p.join().unwrap();
+        let (mut early, mut got) = e.join().unwrap();
+        got.extend(read_lossless(&mut early, 2));
+        // The late joiner left: only `early` holds the producer back now.
+        while sent < 3 {
+            assert!(write_one(&mut producer));
+            sent += 1;
+            got.extend(read_lossless(&mut early, 2));
+        }
+        assert_eq!(
+            got,
+            vec![0, 1, 2],
+            "the early consumer lost or repeated a frame"
+        );
+        assert!(
+            write_one(&mut producer) && write_one(&mut producer),
+            "leave freed the slot"
+        );
+    });
+}
+
+#[test]
+fn lossless_evicting_a_dead_consumer_unblocks_the_producer() {
+    assert_explored_many("ring: lossless eviction", || {
+        let cfg = cfg(1, 2, Policy::Lossless);
+        let mut mem = region(&cfg);
+        let ring = create(&mut mem, &cfg);
+        let mut producer = ring.producer(1).unwrap();
+        let mut alive = ring.consumer(2).unwrap();
+        let dead = ring.consumer(3).unwrap();
+        let dead_index = dead.index();
+        // A dead process runs no destructor.
+        std::mem::forget(dead);
+        let p = loom::thread::spawn(move || {
+            let mut sent = 0;
+            for _ in 0..2 {
+                if write_one(&mut producer) {
+                    sent += 1;
+                }
+            }
+            (producer, sent)
+        });
+        let platform = loom::thread::spawn(move || {
+            assert_eq!(ring.consumer_owner(dead_index), Some(3));
+            ring.evict(dead_index, 3).unwrap();
+        });
+        let a = loom::thread::spawn(move || {
+            let got = read_lossless(&mut alive, 1);
+            (alive, got)
+        });
+        platform.join().unwrap();
+        let (mut producer, mut sent) = p.join().unwrap();
+        let (mut alive, mut got) = a.join().unwrap();
+        got.extend(read_lossless(&mut alive, 1));
+        while sent < 2 {
+            assert!(write_one(&mut producer), "the dead consumer still blocks");
+            sent += 1;
+            got.extend(read_lossless(&mut alive, 1));
+        }
+        assert_eq!(got, vec![0, 1]);
+    });
+}
+
+#[test]
+fn lossy_lapped_consumer_never_accepts_a_torn_frame_and_counts_every_loss() {
+    // Counted outside the model (std atomics), to show the model reaches both failure modes.
+    let events = std::sync::Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let counts = events.clone();
+    assert_explored_many("ring: lossy lapping", move || {
+        let cfg = cfg(2, 1, Policy::Lossy);
+        let mut mem = region(&cfg);
+        let ring = create(&mut mem, &cfg);
+        let mut producer = ring.producer(1).unwrap();
+        let mut c = ring.consumer(2).unwrap();
+        let p = loom::thread::spawn(move || {
+            for _ in 0..3 {
+                assert!(write_one(&mut producer), "a lossy producer never waits");
+            }
+        });
+        let r = loom::thread::spawn(move || {
+            // One attempt racing three writes reaches both failure modes: a grant overwritten
+            // while read (Overwritten at release) and a lap (Lost at grant).
+            let mut seen = Seen::default();
+            read_lossy(&mut c, 2, &mut seen);
+            (c, seen)
+        });
+        p.join().unwrap();
+        let (mut c, mut seen) = r.join().unwrap();
+        counts[0].fetch_add(seen.overwritten_events, Ordering::Relaxed);
+        counts[1].fetch_add(seen.lap_events, Ordering::Relaxed);
+        for _ in 0..3 {
+            read_lossy(&mut c, 2, &mut seen);
+        }
+        assert_eq!(c.read_pos(), 3, "drained to the end");
+        assert_accounted(&seen, 0, &c);
+        // The last frame is never overwritten (nothing came after it).
+        assert_eq!(seen.intact.last(), Some(&2));
+    });
+    // Relaxed: the model has finished (joined) before these loads.
+    assert!(
+        events[0].load(Ordering::Relaxed) > 0,
+        "no interleaving overwrote a frame being read"
+    );
+    assert!(
+        events[1].load(Ordering::Relaxed) > 0,
+        "no interleaving lapped the reader"
+    );
+}
+
+#[test]
+fn lossy_late_joiner_starts_cleanly_while_the_producer_laps() {
+    assert_explored_many("ring: lossy late join", || {
+        let cfg = cfg(2, 2, Policy::Lossy);
+        let mut mem = region(&cfg);
+        let ring = create(&mut mem, &cfg);
+        let mut producer = ring.producer(1).unwrap();
+        let p = loom::thread::spawn(move || {
+            for _ in 0..3 {
+                assert!(write_one(&mut producer));
+            }
+        });
+        let late = loom::thread::spawn(move || {
+            let mut c = ring.consumer(3).unwrap();
+            let start = c.read_pos();
+            let mut seen = Seen::default();
+            read_lossy(&mut c, 2, &mut seen);
+            (c, start, seen)
+        });
+        p.join().unwrap();
+        let (mut c, start, mut seen) = late.join().unwrap();
+        for _ in 0..3 {
+            read_lossy(&mut c, 2, &mut seen);
+        }
+        assert_eq!(c.read_pos(), 3);
+        assert_accounted(&seen, start, &c);
+    });
+}

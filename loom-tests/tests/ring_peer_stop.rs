@@ -1,0 +1,201 @@
+//! loom models of a peer that stops for good (its process died) after any step of its
+//! operation, with no destructor run: the survivor never sees a torn frame, never loses a
+//! committed frame and never gets one twice; the platform's eviction lets the ring go on.
+//!
+//! "Any step" is every point between the calls a peer makes on the ring (claim or join,
+//! grant, metadata, payload, commit or release). A process dying in the middle of one of
+//! those calls leaves the region as one of these states plus some of the call's own atomic
+//! stores, none of which a reader trusts before the cursor store that ends the call.
+#![cfg(voxring_loom)]
+
+use voxring_core::{
+    Consumer, GrantError, Policy, Producer, ReadError, Ring, RingConfig, SampleFormat,
+};
+use voxring_loom_tests::assert_explored_many;
+
+#[repr(C, align(128))]
+struct Line([u8; 128]);
+
+fn region(cfg: &RingConfig) -> Vec<Line> {
+    let lines = cfg.region_size().unwrap().div_ceil(128);
+    (0..lines).map(|_| Line([0; 128])).collect()
+}
+
+fn create(mem: &mut [Line], cfg: &RingConfig) -> Ring {
+    let len = mem.len() * 128;
+    // SAFETY: the region is valid, aligned and unused; the model joins every thread that
+    // holds a handle before the region is dropped.
+    unsafe { Ring::create(mem.as_mut_ptr().cast(), len, cfg) }.unwrap()
+}
+
+fn cfg(frames: u32, max_consumers: u16, policy: Policy) -> RingConfig {
+    RingConfig {
+        frames,
+        samples_per_frame: 2,
+        channels: 1,
+        format: SampleFormat::S16,
+        sample_rate: 48_000,
+        max_consumers,
+        policy,
+    }
+}
+
+/// Writes one frame with the test pattern; false when the ring is full.
+fn write_one(p: &mut Producer) -> bool {
+    match p.write_grant(1) {
+        Ok(mut g) => {
+            let mut f = g.frame_mut(0).unwrap();
+            let seq = f.seq();
+            f.set_sample_pos(seq + 100);
+            f.payload_mut().fill(seq as u8 + 1);
+            g.commit_all();
+            true
+        }
+        Err(GrantError::Full) => false,
+        Err(e) => panic!("unexpected grant error: {e}"),
+    }
+}
+
+/// Reads what is ready (at most `n`), checked against the pattern.
+fn read_checked(c: &mut Consumer, n: usize) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    match c.read_grant(n) {
+        Ok(g) => {
+            for f in g.frames() {
+                let m = f.meta();
+                assert_eq!(m.sample_pos, m.seq + 100, "torn metadata, frame {}", m.seq);
+                assert_eq!(
+                    f.payload(),
+                    &[m.seq as u8 + 1; 4],
+                    "torn payload, frame {}",
+                    m.seq
+                );
+                seqs.push(m.seq);
+            }
+            g.release_all().unwrap();
+        }
+        Err(ReadError::Empty) => {}
+        Err(e) => panic!("unexpected read error: {e}"),
+    }
+    seqs
+}
+
+/// The producer's steps for two frames (grant, metadata, payload, commit; twice); it dies
+/// (stops, no destructors) once `steps` of them are done.
+fn produce_then_die(mut p: Producer, steps: usize) {
+    let mut done = 0;
+    for _ in 0..2 {
+        if done == steps {
+            break;
+        }
+        let mut g = p.write_grant(1).expect("two frames fit");
+        done += 1;
+        let seq = g.first_seq();
+        if done < steps {
+            g.frame_mut(0).unwrap().set_sample_pos(seq + 100);
+            done += 1;
+        }
+        if done < steps {
+            g.frame_mut(0).unwrap().payload_mut().fill(seq as u8 + 1);
+            done += 1;
+        }
+        if done < steps {
+            g.commit_all();
+            done += 1;
+        } else {
+            std::mem::forget(g);
+            break;
+        }
+    }
+    std::mem::forget(p);
+}
+
+#[test]
+fn producer_dying_after_any_step_loses_no_committed_frame() {
+    for steps in 0..=8 {
+        assert_explored_many("ring: producer dies mid-stream", move || {
+            let cfg = cfg(2, 1, Policy::Lossless);
+            let mut mem = region(&cfg);
+            let ring = create(&mut mem, &cfg);
+            let producer = ring.producer(1).unwrap();
+            let mut consumer = ring.consumer(2).unwrap();
+            let p = loom::thread::spawn(move || produce_then_die(producer, steps));
+            let c = loom::thread::spawn(move || {
+                let got = read_checked(&mut consumer, 2);
+                (consumer, got)
+            });
+            p.join().unwrap();
+            let (mut consumer, mut got) = c.join().unwrap();
+            let committed = ring.write_pos();
+            assert_eq!(committed, steps as u64 / 4, "commits before the death");
+            // The platform judges the producer dead and frees the side; a new one continues.
+            ring.evict_producer(1).unwrap();
+            let mut next = ring.producer(9).unwrap();
+            assert_eq!(next.write_pos(), committed);
+            got.extend(read_checked(&mut consumer, 2));
+            assert!(write_one(&mut next));
+            got.extend(read_checked(&mut consumer, 2));
+            let expected: Vec<u64> = (0..=committed).collect();
+            assert_eq!(
+                got, expected,
+                "a committed frame was lost or delivered twice"
+            );
+        });
+    }
+}
+
+#[test]
+fn consumer_dying_after_any_step_is_evicted_without_harm() {
+    // Steps of the dying consumer: joined, took a read grant, released it.
+    for die_after in 0..3 {
+        assert_explored_many("ring: consumer dies mid-read", move || {
+            let cfg = cfg(1, 2, Policy::Lossless);
+            let mut mem = region(&cfg);
+            let ring = create(&mut mem, &cfg);
+            let mut producer = ring.producer(1).unwrap();
+            let mut survivor = ring.consumer(2).unwrap();
+            let mut dying = ring.consumer(3).unwrap();
+            let dying_index = dying.index();
+            let d = loom::thread::spawn(move || {
+                if die_after >= 1 {
+                    if let Ok(g) = dying.read_grant(1) {
+                        if die_after >= 2 {
+                            g.release_all().unwrap();
+                        } else {
+                            std::mem::forget(g);
+                        }
+                    }
+                }
+                std::mem::forget(dying);
+            });
+            let p = loom::thread::spawn(move || {
+                let mut sent = 0;
+                for _ in 0..2 {
+                    if write_one(&mut producer) {
+                        sent += 1;
+                    }
+                }
+                (producer, sent)
+            });
+            let s = loom::thread::spawn(move || {
+                let got = read_checked(&mut survivor, 1);
+                (survivor, got)
+            });
+            // The platform notices the death, then evicts while the others run on.
+            d.join().unwrap();
+            ring.evict(dying_index, 3).unwrap();
+            let (mut producer, mut sent) = p.join().unwrap();
+            let (mut survivor, mut got) = s.join().unwrap();
+            got.extend(read_checked(&mut survivor, 1));
+            while sent < 2 {
+                assert!(
+                    write_one(&mut producer),
+                    "the evicted consumer still blocks"
+                );
+                sent += 1;
+                got.extend(read_checked(&mut survivor, 1));
+            }
+            assert_eq!(got, vec![0, 1], "the survivor lost or repeated a frame");
+        });
+    }
+}

@@ -1,0 +1,184 @@
+//! loom models of the single-producer paths: the frame ring's in-place grants across the
+//! wrap (lossless, one consumer), and `StaticRing`'s push/pop and chunks.
+//!
+//! Payload accesses are seen by loom through each slot's access tracker (the shim's
+//! `UnsafeCell`), so a consumer touching a payload the producer has not published (or a
+//! producer reusing a slot still being read) is a causality violation. This is the model
+//! that catches the planted bug (`--cfg voxring_planted_bug`: the commit's Release store of
+//! `write_pos` weakened to Relaxed).
+#![cfg(voxring_loom)]
+
+use voxring_core::{Policy, ReadError, Ring, RingConfig, SampleFormat, StaticRing};
+use voxring_loom_tests::assert_explored_many;
+
+#[repr(C, align(128))]
+struct Line([u8; 128]);
+
+/// A zeroed, 128-byte aligned region for `cfg`; it must outlive the ring's threads.
+fn region(cfg: &RingConfig) -> Vec<Line> {
+    let lines = cfg.region_size().unwrap().div_ceil(128);
+    (0..lines).map(|_| Line([0; 128])).collect()
+}
+
+fn create(mem: &mut [Line], cfg: &RingConfig) -> Ring {
+    let len = mem.len() * 128;
+    // SAFETY: the region is valid, aligned and unused; the model joins every thread that
+    // holds a handle before the region is dropped.
+    unsafe { Ring::create(mem.as_mut_ptr().cast(), len, cfg) }.unwrap()
+}
+
+fn cfg(frames: u32, max_consumers: u16, policy: Policy) -> RingConfig {
+    RingConfig {
+        frames,
+        samples_per_frame: 2,
+        channels: 1,
+        format: SampleFormat::S16,
+        sample_rate: 48_000,
+        max_consumers,
+        policy,
+    }
+}
+
+/// Reads what is ready (at most `n`), checks payload and metadata against the producer's
+/// pattern, releases; returns the sequence numbers read.
+fn read_checked(c: &mut voxring_core::Consumer, n: usize) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    match c.read_grant(n) {
+        Ok(g) => {
+            for f in g.frames() {
+                let m = f.meta();
+                assert_eq!(
+                    m.sample_pos,
+                    m.seq + 100,
+                    "stale metadata for frame {}",
+                    m.seq
+                );
+                assert_eq!(
+                    f.payload(),
+                    &[m.seq as u8 + 1; 4],
+                    "stale payload for frame {}",
+                    m.seq
+                );
+                seqs.push(m.seq);
+            }
+            g.release_all().unwrap();
+        }
+        Err(ReadError::Empty) => {}
+        Err(e) => panic!("unexpected read error: {e}"),
+    }
+    seqs
+}
+
+/// Writes one frame with the pattern `read_checked` expects; false when the ring is full.
+fn write_one(p: &mut voxring_core::Producer) -> bool {
+    match p.write_grant(1) {
+        Ok(mut g) => {
+            let mut f = g.frame_mut(0).unwrap();
+            let seq = f.seq();
+            f.set_sample_pos(seq + 100);
+            f.payload_mut().fill(seq as u8 + 1);
+            g.commit_all();
+            true
+        }
+        Err(voxring_core::GrantError::Full) => false,
+        Err(e) => panic!("unexpected grant error: {e}"),
+    }
+}
+
+#[test]
+fn spsc_grants_wrap_without_stale_or_lost_frames() {
+    assert_explored_many("ring: SPSC lossless grants across the wrap", || {
+        let cfg = cfg(2, 1, Policy::Lossless);
+        let mut mem = region(&cfg);
+        let ring = create(&mut mem, &cfg);
+        let mut producer = ring.producer(1).unwrap();
+        let mut consumer = ring.consumer(2).unwrap();
+        let p = loom::thread::spawn(move || {
+            let mut sent = 0;
+            for _ in 0..4 {
+                if sent == 3 {
+                    break;
+                }
+                if write_one(&mut producer) {
+                    sent += 1;
+                } else {
+                    loom::thread::yield_now();
+                }
+            }
+            (producer, sent)
+        });
+        let c = loom::thread::spawn(move || {
+            let mut got = Vec::new();
+            for _ in 0..2 {
+                got.extend(read_checked(&mut consumer, 2));
+            }
+            (consumer, got)
+        });
+        let (mut producer, mut sent) = p.join().unwrap();
+        let (mut consumer, mut got) = c.join().unwrap();
+        // Both threads are done: finish the stream and check it is exactly 0..sent, in order.
+        got.extend(read_checked(&mut consumer, 2));
+        while sent < 3 {
+            assert!(
+                write_one(&mut producer),
+                "free slots after the consumer drained"
+            );
+            sent += 1;
+            got.extend(read_checked(&mut consumer, 2));
+        }
+        assert_eq!(got, vec![0, 1, 2]);
+    });
+}
+
+#[test]
+fn static_ring_push_pop_and_chunks_across_the_wrap() {
+    assert_explored_many("ring: StaticRing push/pop and chunks", || {
+        let ring: &'static StaticRing<u32, 2> = Box::leak(Box::new(StaticRing::new(0)));
+        let (mut tx, mut rx) = ring.split().unwrap();
+        let p = loom::thread::spawn(move || {
+            let mut next = 1u32;
+            for _ in 0..3 {
+                if next > 3 {
+                    break;
+                }
+                if next == 2 {
+                    // One item through a chunk grant, the others through push.
+                    if let Ok(mut chunk) = tx.write_chunk(1) {
+                        assert_eq!(chunk.copy_from(&[next]), 1);
+                        chunk.commit(1).unwrap();
+                        next += 1;
+                    }
+                } else if tx.push(next).is_ok() {
+                    next += 1;
+                }
+            }
+            (tx, next - 1)
+        });
+        let c = loom::thread::spawn(move || {
+            let mut got = Vec::new();
+            for _ in 0..2 {
+                if let Ok(chunk) = rx.read_chunk(2) {
+                    let (a, b) = chunk.as_slices();
+                    got.extend_from_slice(a);
+                    got.extend_from_slice(b);
+                    let n = chunk.len();
+                    chunk.release(n).unwrap();
+                } else if let Ok(v) = rx.pop() {
+                    got.push(v);
+                }
+            }
+            (rx, got)
+        });
+        let (mut tx, mut sent) = p.join().unwrap();
+        let (mut rx, mut got) = c.join().unwrap();
+        while let Ok(v) = rx.pop() {
+            got.push(v);
+        }
+        while sent < 3 {
+            sent += 1;
+            tx.push(sent).unwrap();
+            got.push(rx.pop().unwrap());
+        }
+        assert_eq!(got, vec![1, 2, 3]);
+    });
+}
