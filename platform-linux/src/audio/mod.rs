@@ -25,6 +25,7 @@ pub mod alsa_pcm;
 pub mod duplex;
 pub mod loopback;
 pub mod pipewire;
+pub mod ring_io;
 pub mod rt;
 pub mod synthetic;
 

@@ -1,0 +1,264 @@
+//! The audio path into and out of `voxring-core` rings, with one copy: mmap area -> ring slot
+//! ([`RingSink`]) and ring slot -> mmap area ([`RingSource`]).
+//!
+//! A ring frame holds `samples_per_frame` frames of audio (the ring's unit); a device chunk is
+//! whatever the device has ready. Both adapters move whole ring frames only, so the device's
+//! buffer must be a multiple of `samples_per_frame` (checked when they are made): every chunk
+//! then starts on a ring-frame boundary, and nothing is staged. The usual set-up is
+//! `samples_per_frame == period`, one ring frame per device period.
+//!
+//! ```no_run
+//! # use voxring_linux::audio::{*, ring_io::*, alsa_pcm::MmapPreference};
+//! # fn demo(capture_ring: &mut voxring_core::Producer, playback_ring: &mut voxring_core::Consumer,
+//! #         waiter: &voxring_linux::futex::FutexWaiter) -> Result<(), AudioError> {
+//! let params = StreamParams::DEFAULT; // 128-frame periods; rings of 128-sample frames
+//! let (mut dev, _label) = open_duplex::<f32>(&DeviceSpec::Auto, &params, MmapPreference::Auto)?;
+//! let mut sink = RingSink::<f32, _>::new(capture_ring, waiter, &dev.capture_granted())?;
+//! let mut source = RingSource::<f32, _>::new(playback_ring, waiter, &dev.playback_granted())?;
+//! let stop = StopFlag::new();
+//! // On the audio thread (after rt::promote_current_thread):
+//! let stats = dev.run(&mut sink, &mut source, &stop, None).map_err(AudioError::from)?;
+//! # Ok(()) }
+//! ```
+
+use core::marker::PhantomData;
+
+use voxring_core::{
+    Consumer, FrameFlags, Producer, ReadError, ReleaseError, Sample as CoreSample, Waiter,
+};
+
+use super::{AudioError, CaptureSink, ChunkInfo, Granted, PlaybackSource, Sample, flags};
+
+/// What a ring adapter counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RingIoStats {
+    /// Ring frames written or read.
+    pub ring_frames: u64,
+    /// Times the ring had no room (capture: the frames stayed in the device) or nothing to
+    /// play (playback: the device played silence).
+    pub starved: u64,
+    /// Lossy rings, playback: frames this consumer lost because the producer lapped it, or
+    /// that were overwritten while being copied out (their samples were played anyway).
+    pub lost: u64,
+    /// Grants refused for another reason (evicted, corrupt peer).
+    pub errors: u64,
+}
+
+fn check(
+    ring: voxring_core::RingConfig,
+    granted: &Granted,
+    format: super::SampleFormat,
+    what: &str,
+) -> Result<usize, AudioError> {
+    let spf = ring.samples_per_frame as usize;
+    if u32::from(ring.channels) != granted.channels {
+        return Err(AudioError::NotGranted(format!(
+            "the {what} ring has {} channels but the device was granted {}: make the ring with \
+             the granted channel count",
+            ring.channels, granted.channels
+        )));
+    }
+    let ring_format = match ring.format {
+        voxring_core::SampleFormat::S16 => super::SampleFormat::S16,
+        voxring_core::SampleFormat::S32 => super::SampleFormat::S32,
+        voxring_core::SampleFormat::F32 => super::SampleFormat::F32,
+    };
+    if ring_format != format {
+        return Err(AudioError::NotGranted(format!(
+            "the {what} ring holds {ring_format} samples but the stream moves {format}"
+        )));
+    }
+    if spf == 0 || !(granted.buffer_frames as usize).is_multiple_of(spf) {
+        return Err(AudioError::NotGranted(format!(
+            "the device buffer of {} frames is not a multiple of the ring's {spf} frames per \
+             slot, so device chunks would not start on slot boundaries: ask for a period (and \
+             buffer) that is a multiple of the ring's samples_per_frame",
+            granted.buffer_frames
+        )));
+    }
+    Ok(spf)
+}
+
+/// Captured frames straight into a ring's write grants.
+#[derive(Debug)]
+pub struct RingSink<'a, T, W> {
+    producer: &'a mut Producer,
+    waiter: &'a W,
+    spf: usize,
+    channels: usize,
+    stats: RingIoStats,
+    _t: PhantomData<T>,
+}
+
+impl<'a, T: Sample + CoreSample, W: Waiter> RingSink<'a, T, W> {
+    /// A sink writing into `producer`'s ring, waking parked consumers through `waiter`.
+    /// Checks the ring matches what the device granted (channels, format, and a buffer that
+    /// is a multiple of the ring's frames per slot).
+    pub fn new(
+        producer: &'a mut Producer,
+        waiter: &'a W,
+        granted: &Granted,
+    ) -> Result<Self, AudioError> {
+        let spf = check(
+            producer.ring().config(),
+            granted,
+            T::SAMPLE_FORMAT,
+            "capture",
+        )?;
+        Ok(RingSink {
+            producer,
+            waiter,
+            spf,
+            channels: granted.channels as usize,
+            stats: RingIoStats::default(),
+            _t: PhantomData,
+        })
+    }
+
+    /// What it counted.
+    pub fn stats(&self) -> RingIoStats {
+        self.stats
+    }
+}
+
+fn core_flags(bits: u32) -> FrameFlags {
+    let mut f = FrameFlags::NONE;
+    if bits & flags::XRUN != 0 {
+        f |= FrameFlags::XRUN;
+    }
+    if bits & flags::DISCONTINUITY != 0 {
+        f |= FrameFlags::DISCONTINUITY;
+    }
+    f
+}
+
+impl<T: Sample + CoreSample, W: Waiter> CaptureSink<T> for RingSink<'_, T, W> {
+    fn push(&mut self, samples: &[T], info: &ChunkInfo) -> usize {
+        let slot = self.spf * self.channels;
+        let whole = samples.len() / slot;
+        if whole == 0 {
+            return 0;
+        }
+        let mut grant = match self.producer.write_grant(whole) {
+            Ok(g) => g,
+            Err(voxring_core::GrantError::Full) => {
+                self.stats.starved += 1;
+                return 0;
+            }
+            Err(_) => {
+                self.stats.errors += 1;
+                return 0;
+            }
+        };
+        let n = grant.len();
+        for (i, mut frame) in grant.frames_mut().enumerate() {
+            let src = &samples[i * slot..(i + 1) * slot];
+            // The format was checked in `new`, so the view cannot fail; the slot holds exactly
+            // `slot` samples.
+            if let Ok(dst) = frame.samples_mut::<T>() {
+                dst[..slot].copy_from_slice(src);
+            }
+            frame.set_sample_pos(info.sample_pos + (i * self.spf) as u64);
+            frame.set_timestamp_ns(info.timestamp_ns);
+            // The xrun flag belongs to the first frame after the gap.
+            frame.set_flags(if i == 0 {
+                core_flags(info.flags)
+            } else {
+                FrameFlags::NONE
+            });
+        }
+        grant.commit_all().wake(self.waiter);
+        self.stats.ring_frames += n as u64;
+        n * self.spf
+    }
+}
+
+/// Playback straight from a ring's read grants into the device.
+#[derive(Debug)]
+pub struct RingSource<'a, T, W> {
+    consumer: &'a mut Consumer,
+    waiter: &'a W,
+    spf: usize,
+    channels: usize,
+    stats: RingIoStats,
+    _t: PhantomData<T>,
+}
+
+impl<'a, T: Sample + CoreSample, W: Waiter> RingSource<'a, T, W> {
+    /// A source reading from `consumer`'s ring, waking a parked producer through `waiter`.
+    /// Checks as [`RingSink::new`] does.
+    pub fn new(
+        consumer: &'a mut Consumer,
+        waiter: &'a W,
+        granted: &Granted,
+    ) -> Result<Self, AudioError> {
+        let spf = check(
+            consumer.ring().config(),
+            granted,
+            T::SAMPLE_FORMAT,
+            "playback",
+        )?;
+        Ok(RingSource {
+            consumer,
+            waiter,
+            spf,
+            channels: granted.channels as usize,
+            stats: RingIoStats::default(),
+            _t: PhantomData,
+        })
+    }
+
+    /// What it counted.
+    pub fn stats(&self) -> RingIoStats {
+        self.stats
+    }
+}
+
+impl<T: Sample + CoreSample, W: Waiter> PlaybackSource<T> for RingSource<'_, T, W> {
+    fn pull(&mut self, out: &mut [T], _info: &ChunkInfo) -> usize {
+        let slot = self.spf * self.channels;
+        let whole = out.len() / slot;
+        if whole == 0 {
+            return 0;
+        }
+        // A lapped consumer is resynced by the ring; read again (twice at most).
+        let mut tries = 0;
+        let grant = loop {
+            match self.consumer.read_grant(whole) {
+                Ok(g) => break g,
+                Err(ReadError::Lost { frames }) if tries < 2 => {
+                    self.stats.lost += frames;
+                    tries += 1;
+                }
+                Err(ReadError::Empty) => {
+                    self.stats.starved += 1;
+                    return 0;
+                }
+                Err(_) => {
+                    self.stats.errors += 1;
+                    return 0;
+                }
+            }
+        };
+        let n = grant.len();
+        for (i, frame) in grant.frames().enumerate() {
+            let dst = &mut out[i * slot..(i + 1) * slot];
+            match frame.samples::<T>() {
+                Ok(src) => {
+                    // A frame may be shorter than its slot (`len`): pad with silence.
+                    let k = src.len().min(slot);
+                    dst[..k].copy_from_slice(&src[..k]);
+                    dst[k..].fill(T::SILENCE);
+                }
+                Err(_) => dst.fill(T::SILENCE),
+            }
+        }
+        match grant.release_all() {
+            Ok(wake) => wake.wake(self.waiter),
+            Err(ReleaseError::Overwritten { frames }) => self.stats.lost += frames,
+            Err(_) => self.stats.errors += 1,
+        }
+        self.stats.ring_frames += n as u64;
+        n * self.spf
+    }
+}
