@@ -1,0 +1,445 @@
+//! voxring-core rings against rtrb, side by side in one run.
+//!
+//! - `item`: one `u64` pushed and popped (same thread, and a producer/consumer pair on two
+//!   threads), `StaticRing` vs `rtrb::RingBuffer`.
+//! - `frame_512x2_f32`: one 512-sample stereo `f32` frame (4 KiB) handed over: the shared-memory
+//!   `Ring` (and `StaticRing<f32>` slice grants) filled and read in place, vs rtrb with the frame
+//!   generated into a local buffer, copied in, copied out, and consumed from the copy. Both
+//!   sides do the same generate / consume work.
+//! - `broadcast_lossy`: producer cost per frame of a lossy `Ring` with 1, 2, 4 and 8 consumers,
+//!   joined but idle, and active on their own threads (`iter_custom`, `Barrier`).
+//!
+//! Run: `cargo bench -p voxring-core --bench rings -- --warm-up-time 1 --measurement-time 3`
+//! (figures and the machine in docs/core-benchmarks.md).
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::hint::black_box;
+use std::sync::Barrier;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use voxring_core::{
+    GrantError, Policy, PushError, ReadError, Ring, RingConfig, SampleFormat, StaticRing,
+};
+
+const FRAME_SAMPLES: u32 = 512;
+const CHANNELS: u16 = 2;
+const FRAME_VALUES: usize = FRAME_SAMPLES as usize * CHANNELS as usize;
+
+/// A zeroed, 128-byte-aligned heap region for a `Ring`, freed on drop.
+struct Region {
+    ptr: *mut u8,
+    layout: Layout,
+}
+
+// SAFETY: the region is plain memory; the `Ring` handles built on it synchronise access.
+unsafe impl Send for Region {}
+// SAFETY: as above; `Region` itself only hands out its pointer.
+unsafe impl Sync for Region {}
+
+impl Region {
+    fn new(len: usize) -> Self {
+        let layout = Layout::from_size_align(len, 128).expect("region layout");
+        // SAFETY: `layout` has a non-zero size (every ring region has a header).
+        let ptr = unsafe { alloc_zeroed(layout) };
+        assert!(
+            !ptr.is_null(),
+            "out of memory allocating a {len}-byte ring region"
+        );
+        Region { ptr, layout }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout, freed once.
+        unsafe { dealloc(self.ptr, self.layout) }
+    }
+}
+
+/// A ring over a fresh region. The region must outlive every handle derived from the ring.
+fn ring(cfg: &RingConfig) -> (Region, Ring) {
+    let len = cfg.region_size().expect("valid config");
+    let region = Region::new(len);
+    // SAFETY: the region is `len` bytes, 128-aligned, and is returned with the ring so the
+    // caller keeps it alive (and unmoved: it is a heap allocation) while the ring is used.
+    let ring = unsafe { Ring::create(region.ptr, len, cfg) }.expect("create ring");
+    (region, ring)
+}
+
+fn frame_config(frames: u32, policy: Policy, consumers: u16) -> RingConfig {
+    RingConfig {
+        frames,
+        samples_per_frame: FRAME_SAMPLES,
+        channels: CHANNELS,
+        format: SampleFormat::F32,
+        sample_rate: 48_000,
+        max_consumers: consumers,
+        policy,
+    }
+}
+
+/// The producer's work on a frame: generate samples (a ramp depending on the frame number).
+#[inline(always)]
+fn generate(out: &mut [f32], n: u64) {
+    // An i32 index converts to f32 with packed instructions (a usize would not), so this
+    // loop vectorises like `consume` and the work stays small next to the hand-over.
+    let base = n as i32;
+    for (i, s) in (0i32..).zip(out.iter_mut()) {
+        *s = base.wrapping_add(i) as f32;
+    }
+}
+
+/// The consumer's work on a frame: reduce it (an integer sum of the sample bits, which the
+/// compiler vectorises, so the benchmark measures the hand-over rather than an `f32` add chain).
+#[inline(always)]
+fn consume(samples: &[f32]) -> u32 {
+    samples
+        .iter()
+        .fold(0u32, |acc, s| acc.wrapping_add(s.to_bits()))
+}
+
+fn item(c: &mut Criterion) {
+    let mut g = c.benchmark_group("item");
+    g.throughput(Throughput::Elements(1));
+
+    g.bench_function("voxring_static_ring/same_thread", |b| {
+        let ring = StaticRing::<u64, 1024>::new(0);
+        let (mut tx, mut rx) = ring.split().unwrap();
+        let mut i = 0u64;
+        b.iter(|| {
+            tx.push(black_box(i)).unwrap();
+            i += 1;
+            black_box(rx.pop().unwrap())
+        });
+    });
+    g.bench_function("rtrb/same_thread", |b| {
+        let (mut tx, mut rx) = rtrb::RingBuffer::<u64>::new(1024);
+        let mut i = 0u64;
+        b.iter(|| {
+            tx.push(black_box(i)).unwrap();
+            i += 1;
+            black_box(rx.pop().unwrap())
+        });
+    });
+
+    g.bench_function("voxring_static_ring/two_threads", |b| {
+        b.iter_custom(|iters| {
+            let ring = StaticRing::<u64, 1024>::new(0);
+            let (mut tx, mut rx) = ring.split().unwrap();
+            let start = Barrier::new(2);
+            std::thread::scope(|s| {
+                let consumer = s.spawn(|| {
+                    start.wait();
+                    let mut sum = 0u64;
+                    let mut got = 0;
+                    while got < iters {
+                        match rx.pop() {
+                            Ok(v) => {
+                                sum = sum.wrapping_add(v);
+                                got += 1;
+                            }
+                            Err(_) => std::hint::spin_loop(),
+                        }
+                    }
+                    black_box(sum)
+                });
+                start.wait();
+                let t0 = Instant::now();
+                for i in 0..iters {
+                    let mut v = i;
+                    while let Err(PushError::Full(back)) = tx.push(v) {
+                        v = back;
+                        std::hint::spin_loop();
+                    }
+                }
+                consumer.join().unwrap();
+                t0.elapsed()
+            })
+        });
+    });
+    g.bench_function("rtrb/two_threads", |b| {
+        b.iter_custom(|iters| {
+            let (mut tx, mut rx) = rtrb::RingBuffer::<u64>::new(1024);
+            let start = Barrier::new(2);
+            std::thread::scope(|s| {
+                let consumer = s.spawn(|| {
+                    start.wait();
+                    let mut sum = 0u64;
+                    let mut got = 0;
+                    while got < iters {
+                        match rx.pop() {
+                            Ok(v) => {
+                                sum = sum.wrapping_add(v);
+                                got += 1;
+                            }
+                            Err(_) => std::hint::spin_loop(),
+                        }
+                    }
+                    black_box(sum)
+                });
+                start.wait();
+                let t0 = Instant::now();
+                for i in 0..iters {
+                    let mut v = i;
+                    while let Err(rtrb::PushError::Full(back)) = tx.push(v) {
+                        v = back;
+                        std::hint::spin_loop();
+                    }
+                }
+                consumer.join().unwrap();
+                t0.elapsed()
+            })
+        });
+    });
+    g.finish();
+}
+
+fn frame(c: &mut Criterion) {
+    let mut g = c.benchmark_group("frame_512x2_f32");
+    g.throughput(Throughput::Bytes((FRAME_VALUES * 4) as u64));
+
+    // The work both sides do anyway (generate into a buffer, consume it), with no ring: the
+    // hand-over cost of each variant below is its time minus this one.
+    g.bench_function("work_only_no_ring/same_thread", |b| {
+        let mut buf = vec![0f32; FRAME_VALUES];
+        let mut n = 0u64;
+        b.iter(|| {
+            generate(&mut buf, n);
+            n += 1;
+            black_box(consume(black_box(&buf)))
+        });
+    });
+    g.bench_function("voxring_ring_in_place/same_thread", |b| {
+        let (_region, ring) = ring(&frame_config(8, Policy::Lossless, 1));
+        let mut tx = ring.producer(1).unwrap();
+        let mut rx = ring.consumer(2).unwrap();
+        let mut n = 0u64;
+        b.iter(|| {
+            let mut w = tx.write_grant(1).unwrap();
+            generate(w.frame_mut(0).unwrap().samples_mut::<f32>().unwrap(), n);
+            let _ = w.commit_all();
+            n += 1;
+            let r = rx.read_grant(1).unwrap();
+            let x = consume(r.frame(0).unwrap().samples::<f32>().unwrap());
+            let _ = r.release_all().unwrap();
+            black_box(x)
+        });
+    });
+    g.bench_function("voxring_static_ring_in_place/same_thread", |b| {
+        let ring = StaticRing::<f32, { 8 * FRAME_VALUES }>::new(0.0);
+        let (mut tx, mut rx) = ring.split().unwrap();
+        let mut n = 0u64;
+        b.iter(|| {
+            let mut w = tx.write_chunk(FRAME_VALUES).unwrap();
+            let (a, b2) = w.as_mut_slices();
+            debug_assert!(b2.is_empty()); // 8 whole frames: a frame never wraps
+            generate(a, n);
+            w.commit(FRAME_VALUES).unwrap();
+            n += 1;
+            let r = rx.read_chunk(FRAME_VALUES).unwrap();
+            let x = consume(r.as_slices().0);
+            r.release(FRAME_VALUES).unwrap();
+            black_box(x)
+        });
+    });
+    g.bench_function("rtrb_copy_in_out/same_thread", |b| {
+        let (mut tx, mut rx) = rtrb::RingBuffer::<f32>::new(8 * FRAME_VALUES);
+        let mut src = vec![0f32; FRAME_VALUES];
+        let mut dst = vec![0f32; FRAME_VALUES];
+        let mut n = 0u64;
+        b.iter(|| {
+            generate(&mut src, n);
+            tx.push_entire_slice(&src).unwrap();
+            n += 1;
+            rx.pop_entire_slice(&mut dst).unwrap();
+            black_box(consume(&dst))
+        });
+    });
+
+    g.bench_function("voxring_ring_in_place/two_threads", |b| {
+        b.iter_custom(|iters| {
+            let (_region, ring) = ring(&frame_config(8, Policy::Lossless, 1));
+            let mut tx = ring.producer(1).unwrap();
+            let mut rx = ring.consumer(2).unwrap();
+            let start = Barrier::new(2);
+            std::thread::scope(|s| {
+                let consumer = s.spawn(|| {
+                    start.wait();
+                    let (mut got, mut acc) = (0u64, 0u32);
+                    while got < iters {
+                        match rx.read_grant(8) {
+                            Ok(r) => {
+                                for f in r.frames() {
+                                    acc = acc.wrapping_add(consume(f.samples::<f32>().unwrap()));
+                                }
+                                got += r.len() as u64;
+                                let _ = r.release_all().unwrap();
+                            }
+                            Err(ReadError::Empty) => std::hint::spin_loop(),
+                            Err(e) => panic!("read: {e}"),
+                        }
+                    }
+                    black_box(acc)
+                });
+                start.wait();
+                let t0 = Instant::now();
+                let mut n = 0u64;
+                while n < iters {
+                    match tx.write_grant(1) {
+                        Ok(mut w) => {
+                            generate(w.frame_mut(0).unwrap().samples_mut::<f32>().unwrap(), n);
+                            let _ = w.commit_all();
+                            n += 1;
+                        }
+                        Err(GrantError::Full) => std::hint::spin_loop(),
+                        Err(e) => panic!("write: {e}"),
+                    }
+                }
+                consumer.join().unwrap();
+                t0.elapsed()
+            })
+        });
+    });
+    g.bench_function("rtrb_copy_in_out/two_threads", |b| {
+        b.iter_custom(|iters| {
+            let (mut tx, mut rx) = rtrb::RingBuffer::<f32>::new(8 * FRAME_VALUES);
+            let start = Barrier::new(2);
+            std::thread::scope(|s| {
+                let consumer = s.spawn(|| {
+                    let mut dst = vec![0f32; FRAME_VALUES];
+                    start.wait();
+                    let (mut got, mut acc) = (0u64, 0u32);
+                    while got < iters {
+                        if rx.pop_entire_slice(&mut dst).is_ok() {
+                            acc = acc.wrapping_add(consume(&dst));
+                            got += 1;
+                        } else {
+                            std::hint::spin_loop();
+                        }
+                    }
+                    black_box(acc)
+                });
+                let mut src = vec![0f32; FRAME_VALUES];
+                start.wait();
+                let t0 = Instant::now();
+                for n in 0..iters {
+                    generate(&mut src, n);
+                    while tx.push_entire_slice(&src).is_err() {
+                        std::hint::spin_loop();
+                    }
+                }
+                consumer.join().unwrap();
+                t0.elapsed()
+            })
+        });
+    });
+    g.finish();
+}
+
+/// Producer cost per frame in the lossy policy. Small frames (64 mono samples) so the
+/// protocol, not the payload write, dominates.
+fn broadcast(c: &mut Criterion) {
+    let mut g = c.benchmark_group("broadcast_lossy");
+    g.throughput(Throughput::Elements(1));
+    let cfg = RingConfig {
+        frames: 64,
+        samples_per_frame: 64,
+        channels: 1,
+        format: SampleFormat::F32,
+        sample_rate: 48_000,
+        max_consumers: 8,
+        policy: Policy::Lossy,
+    };
+
+    for consumers in [1u16, 2, 4, 8] {
+        g.bench_with_input(
+            BenchmarkId::new("producer_idle_consumers", consumers),
+            &consumers,
+            |b, &k| {
+                let (_region, ring) = ring(&cfg);
+                let mut tx = ring.producer(1).unwrap();
+                let _rx: Vec<_> = (0..k)
+                    .map(|i| ring.consumer(10 + u64::from(i)).unwrap())
+                    .collect();
+                let mut n = 0u64;
+                b.iter(|| {
+                    let mut w = tx.write_grant(1).unwrap();
+                    generate(w.frame_mut(0).unwrap().samples_mut::<f32>().unwrap(), n);
+                    n += 1;
+                    black_box(w.commit_all())
+                });
+            },
+        );
+    }
+
+    for consumers in [1u16, 2, 4, 8] {
+        g.bench_with_input(
+            BenchmarkId::new("producer_active_consumers", consumers),
+            &consumers,
+            |b, &k| {
+                b.iter_custom(|iters| {
+                    let (_region, ring) = ring(&cfg);
+                    let mut tx = ring.producer(1).unwrap();
+                    let stop = AtomicBool::new(false);
+                    let start = Barrier::new(usize::from(k) + 1);
+                    std::thread::scope(|s| {
+                        for i in 0..k {
+                            let mut rx = ring.consumer(10 + u64::from(i)).unwrap();
+                            let (stop, start) = (&stop, &start);
+                            s.spawn(move || {
+                                start.wait();
+                                let mut acc = 0u32;
+                                // Relaxed: a stop flag; nothing else hangs on it.
+                                while !stop.load(Ordering::Relaxed) {
+                                    match rx.read_grant(64) {
+                                        Ok(r) => {
+                                            for f in r.frames() {
+                                                acc = acc.wrapping_add(consume(
+                                                    f.samples::<f32>().unwrap(),
+                                                ));
+                                            }
+                                            // Overwritten while read: lossy, data discarded.
+                                            let _ = r.release_all();
+                                        }
+                                        Err(ReadError::Lost { .. }) => {}
+                                        // Two cores, up to nine threads: let the producer run.
+                                        Err(ReadError::Empty) => std::thread::yield_now(),
+                                        Err(e) => panic!("read: {e}"),
+                                    }
+                                }
+                                black_box(acc);
+                            });
+                        }
+                        start.wait();
+                        let t0 = Instant::now();
+                        for n in 0..iters {
+                            let mut w = tx.write_grant(1).unwrap();
+                            generate(w.frame_mut(0).unwrap().samples_mut::<f32>().unwrap(), n);
+                            black_box(w.commit_all());
+                        }
+                        let elapsed = t0.elapsed();
+                        // Relaxed: see the consumers' loop.
+                        stop.store(true, Ordering::Relaxed);
+                        elapsed
+                    })
+                });
+            },
+        );
+    }
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = item, frame, broadcast
+}
+criterion_main!(benches);
