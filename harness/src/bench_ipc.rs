@@ -27,6 +27,7 @@ mod plot;
 mod python;
 mod shm;
 mod stream;
+mod voxring;
 
 use measure::{SyscallCounter, pin_to, process_cpu_ns};
 
@@ -40,9 +41,11 @@ pub(crate) const PEER_TIMEOUT_NS: u64 = 10_000_000_000;
 pub enum Transport {
     /// One cache line ping-pong between two processes: the physical floor.
     Cacheline,
-    /// A shared-memory ring between two processes, both sides busy-polling.
+    /// A voxring ring in a segment between two processes, both sides busy-polling.
     ShmSpin,
-    /// The same ring, both sides parking on a futex (woken only when parked).
+    /// The same ring through voxring-linux's blocking waits (default waiter: spin 50 µs, park).
+    ShmWait,
+    /// The same ring, both sides parking on a futex at once (woken only when parked).
     ShmPark,
     /// A Unix stream socket pair.
     Uds,
@@ -59,9 +62,10 @@ pub enum Transport {
 }
 
 impl Transport {
-    const ALL: [Transport; 9] = [
+    const ALL: [Transport; 10] = [
         Transport::Cacheline,
         Transport::ShmSpin,
+        Transport::ShmWait,
         Transport::ShmPark,
         Transport::Uds,
         Transport::Tcp,
@@ -75,6 +79,7 @@ impl Transport {
         match self {
             Transport::Cacheline => "cacheline",
             Transport::ShmSpin => "shm-spin",
+            Transport::ShmWait => "shm-wait",
             Transport::ShmPark => "shm-park",
             Transport::Uds => "uds",
             Transport::Tcp => "tcp",
@@ -123,7 +128,6 @@ pub struct Args {
     #[command(flatten)]
     peer: Box<PeerArgs>,
 }
-
 
 /// Options of the producer process `voxring bench ipc` starts (hidden).
 #[derive(Debug, clap::Args)]
@@ -574,26 +578,25 @@ fn run_process_pair(
     // Each arm builds the consumer, starts the producer with its end, and drops the parent's
     // copy of the child's descriptors right after the spawn.
     let (mut rx, mut child): (Box<dyn Rx>, Child) = match t {
-        Transport::Cacheline | Transport::ShmSpin | Transport::ShmPark => {
-            let len = shm::mapping_len(payload);
-            let (shared, fd) = shm::Shared::create(len)?;
+        Transport::Cacheline => {
+            let (shared, fd) = shm::Shared::create(shm::mapping_len())?;
             let child = spawn(&[inheritable(&fd)?], None)?;
             drop(fd);
-            let rx: Box<dyn Rx> = match t {
-                Transport::Cacheline => Box::new(shm::CachelineRx { shared, next: 0 }),
-                _ => Box::new(shm::RingRx {
-                    shared,
-                    payload,
-                    mode: if t == Transport::ShmSpin {
-                        shm::WaitMode::Spin
-                    } else {
-                        shm::WaitMode::Park
-                    },
-                    r: 0,
-                    next_seq: 0,
-                }),
-            };
-            (rx, child)
+            (Box::new(shm::CachelineRx { shared, next: 0 }), child)
+        }
+        Transport::ShmSpin | Transport::ShmWait | Transport::ShmPark => {
+            // The consumer joins before the producer exists, so it sees every frame.
+            let rx = voxring::VoxRx::create(payload, vox_mode(t))?;
+            let (mine, theirs) =
+                std::os::unix::net::UnixStream::pair().context("socketpair for the segment")?;
+            let theirs = OwnedFd::from(theirs);
+            let mut child = spawn(&[inheritable(&theirs)?], None)?;
+            drop(theirs);
+            if let Err(e) = rx.send_to(&mine) {
+                stop_child(&mut child);
+                return Err(e);
+            }
+            (Box::new(rx), child)
         }
         Transport::Uds => {
             let (mine, theirs) = rustix::net::socketpair(
@@ -678,6 +681,14 @@ fn run_process_pair(
     }
 }
 
+fn vox_mode(t: Transport) -> voxring::Mode {
+    match t {
+        Transport::ShmWait => voxring::Mode::Wait,
+        Transport::ShmPark => voxring::Mode::Park,
+        _ => voxring::Mode::Spin,
+    }
+}
+
 /// Takes ownership of a descriptor number the parent passed on the command line.
 fn inherited_fd(fds: &[i32], i: usize) -> anyhow::Result<OwnedFd> {
     let fd = *fds
@@ -698,7 +709,10 @@ fn inherited_fd(fds: &[i32], i: usize) -> anyhow::Result<OwnedFd> {
 
 /// The producer process: `voxring bench ipc --peer <transport> ...`.
 fn peer_main(t: Transport, args: &Args) -> anyhow::Result<()> {
-    let payload = args.peer.peer_payload.context("--peer needs --peer-payload")?;
+    let payload = args
+        .peer
+        .peer_payload
+        .context("--peer needs --peer-payload")?;
     let plan = Plan {
         warmup: args.warmup.unwrap_or(0),
         messages: args.messages.context("--peer needs --messages")?,
@@ -708,24 +722,16 @@ fn peer_main(t: Transport, args: &Args) -> anyhow::Result<()> {
         pin_to(cpu)?;
     }
     let mut tx: Box<dyn Tx> = match t {
-        Transport::Cacheline | Transport::ShmSpin | Transport::ShmPark => {
+        Transport::Cacheline => {
             let fd = inherited_fd(&args.peer.peer_fds, 0)?;
-            let shared = shm::Shared::attach(&fd, shm::mapping_len(payload))?;
+            let shared = shm::Shared::attach(&fd, shm::mapping_len())?;
             drop(fd);
-            match t {
-                Transport::Cacheline => Box::new(shm::CachelineTx { shared }),
-                _ => Box::new(shm::RingTx {
-                    shared,
-                    payload,
-                    mode: if t == Transport::ShmSpin {
-                        shm::WaitMode::Spin
-                    } else {
-                        shm::WaitMode::Park
-                    },
-                    w: 0,
-                    wakes: 0,
-                }),
-            }
+            Box::new(shm::CachelineTx { shared })
+        }
+        Transport::ShmSpin | Transport::ShmWait | Transport::ShmPark => {
+            let socket =
+                std::os::unix::net::UnixStream::from(inherited_fd(&args.peer.peer_fds, 0)?);
+            Box::new(voxring::VoxTx::receive(&socket, payload, vox_mode(t))?)
         }
         Transport::Uds => {
             let s = std::os::unix::net::UnixStream::from(inherited_fd(&args.peer.peer_fds, 0)?);
@@ -739,7 +745,10 @@ fn peer_main(t: Transport, args: &Args) -> anyhow::Result<()> {
             Box::new(stream::StreamTx::new(w, r, payload))
         }
         Transport::Tcp => {
-            let port = args.peer.peer_port.context("--peer tcp needs --peer-port")?;
+            let port = args
+                .peer
+                .peer_port
+                .context("--peer tcp needs --peer-port")?;
             let s = std::net::TcpStream::connect(("127.0.0.1", port))
                 .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
             s.set_nodelay(true)?;
@@ -748,7 +757,10 @@ fn peer_main(t: Transport, args: &Args) -> anyhow::Result<()> {
             Box::new(stream::StreamTx::new(s, s2, payload))
         }
         Transport::Http => {
-            let port = args.peer.peer_port.context("--peer http needs --peer-port")?;
+            let port = args
+                .peer
+                .peer_port
+                .context("--peer http needs --peer-port")?;
             Box::new(http::HttpTx::new(port, payload))
         }
         Transport::Rtrb | Transport::PythonMparray => {
