@@ -217,3 +217,16 @@ alice soft rtprio 1'
     run "$KT_DIR/tests/make-fixture" ugly "$BATS_TEST_TMPDIR/fy"
     [ "$status" -eq 2 ]
 }
+
+@test "--json escapes quotes, backslashes and control characters read from the system" {
+    command -v python3 >/dev/null || skip "python3 is needed to parse the JSON"
+    make_bad_tree "$ROOT"
+    kt_env
+    printf 'snd_"odd\\card\001, i915\n' >"$ROOT/sys/kernel/irq/30/actions"
+    run "$KT_DIR/check" --json
+    [ "$status" -eq 1 ]
+    found=$(printf '%s' "$output" | python3 -c '
+import json, sys
+print([c["found"] for c in json.load(sys.stdin) if c["id"] == "irq-sharing"][0])')
+    [[ "$found" == *'snd_"odd\card?, i915'* ]]
+}
