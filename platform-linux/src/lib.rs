@@ -4,6 +4,7 @@
 
 pub mod audio;
 pub mod cleanup;
+pub mod fallback;
 pub mod futex;
 pub mod liveness;
 pub mod mapping;
