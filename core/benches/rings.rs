@@ -126,11 +126,15 @@ fn item(c: &mut Criterion) {
 
     g.bench_function("voxring_static_ring/two_threads", |b| {
         b.iter_custom(|iters| {
-            let ring = StaticRing::<u64, 1024>::new(0);
+            // On the heap like rtrb's buffer (on this stack it would sit beside the producer's locals).
+            let ring = Box::new(StaticRing::<u64, 1024>::new(0));
             let (mut tx, mut rx) = ring.split().unwrap();
             let start = Barrier::new(2);
             std::thread::scope(|s| {
-                let consumer = s.spawn(|| {
+                // `move`: the consumer's handle (its cached cursor) lives on its own thread's
+                // stack, not beside the producer's handle on this one (false sharing).
+                let start = &start;
+                let consumer = s.spawn(move || {
                     start.wait();
                     let mut sum = 0u64;
                     let mut got = 0;
@@ -164,7 +168,10 @@ fn item(c: &mut Criterion) {
             let (mut tx, mut rx) = rtrb::RingBuffer::<u64>::new(1024);
             let start = Barrier::new(2);
             std::thread::scope(|s| {
-                let consumer = s.spawn(|| {
+                // `move`: the consumer's handle (its cached cursor) lives on its own thread's
+                // stack, not beside the producer's handle on this one (false sharing).
+                let start = &start;
+                let consumer = s.spawn(move || {
                     start.wait();
                     let mut sum = 0u64;
                     let mut got = 0;
@@ -265,7 +272,10 @@ fn frame(c: &mut Criterion) {
             let mut rx = ring.consumer(2).unwrap();
             let start = Barrier::new(2);
             std::thread::scope(|s| {
-                let consumer = s.spawn(|| {
+                // `move`: the consumer's handle (its cached cursor) lives on its own thread's
+                // stack, not beside the producer's handle on this one (false sharing).
+                let start = &start;
+                let consumer = s.spawn(move || {
                     start.wait();
                     let (mut got, mut acc) = (0u64, 0u32);
                     while got < iters {
@@ -307,7 +317,10 @@ fn frame(c: &mut Criterion) {
             let (mut tx, mut rx) = rtrb::RingBuffer::<f32>::new(8 * FRAME_VALUES);
             let start = Barrier::new(2);
             std::thread::scope(|s| {
-                let consumer = s.spawn(|| {
+                // `move`: the consumer's handle (its cached cursor) lives on its own thread's
+                // stack, not beside the producer's handle on this one (false sharing).
+                let start = &start;
+                let consumer = s.spawn(move || {
                     let mut dst = vec![0f32; FRAME_VALUES];
                     start.wait();
                     let (mut got, mut acc) = (0u64, 0u32);
