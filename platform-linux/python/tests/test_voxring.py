@@ -1,0 +1,262 @@
+"""The Python bindings against Rust peers in other processes (voxring-ffi-peer)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import voxring
+from pattern import pattern, read_all
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.mark.parametrize("policy", ["lossless", "lossy"])
+def test_python_reads_a_rust_producer(peer, spawn, name, policy):
+    prod = spawn([peer, "produce", name, "--policy", policy, "--count", "1500", "--xrun-every", "7"])
+    prod.expect("ready")
+    with voxring.Reader(name) as r:
+        assert r.transport == "shm" and r.transport_reason == ""
+        assert r.config.policy == policy and r.config.samples_per_frame == 512
+        got = read_all(r)
+    produced = prod.expect("done")
+    assert prod.wait() == 0
+    assert got["bad"] == 0, got
+    if policy == "lossless":
+        assert got["frames"] == 1500 and got["lost"] == 0, got
+        assert got["crc"] == produced["crc"]
+        assert got["xruns"] == int(produced["xruns"])
+    else:
+        # Every frame is read intact or counted as lost; lapped reads say how many.
+        assert 0 < got["frames"] and got["frames"] + got["lost"] <= 1500, got
+
+
+@pytest.mark.parametrize("policy", ["lossless", "lossy"])
+def test_python_writes_for_a_rust_consumer(peer, spawn, name, policy):
+    total = 1200
+    crc = 0
+    with voxring.Writer.create(name, frames=16, samples_per_frame=512, policy=policy) as w:
+        cons = spawn([peer, "consume", name])
+        cons.expect("ready")
+        seq = 0
+        while seq < total:
+            with w.grant(1, timeout=5.0) as g:
+                assert len(g) == 1, "the lossless ring stayed full for 5 s"
+                f = g[0]
+                assert f.seq == seq
+                f.samples[:] = pattern(f.seq, f.samples.size)
+                f.sample_pos = seq * 512
+                f.timestamp_ns = voxring.monotonic_ns()
+                f.flags = voxring.FLAG_END_OF_STREAM if seq + 1 == total else 0
+                crc = zlib.crc32(f.samples, crc)
+            seq += 1
+        assert w.status()["frames"] == total
+        got = cons.expect("done")
+        assert cons.wait() == 0
+    assert got["bad"] == "0", got
+    if policy == "lossless":
+        assert got["frames"] == str(total) and got["lost"] == "0", got
+        assert got["crc"] == f"{crc:08x}"
+    else:
+        assert 0 < int(got["frames"]) and int(got["frames"]) + int(got["lost"]) <= total
+
+
+def test_numpy_views_are_the_shared_memory(name):
+    with voxring.Writer.create(name, frames=8, samples_per_frame=480, channels=2, format="f32") as w:
+        with voxring.Reader(name) as r:
+            info = r.info
+            assert r.transport == "shm"
+            for round_ in range(3):  # wrap around the ring: every slot, several times
+                for _ in range(8):
+                    with w.grant(1) as g:
+                        f = g[0]
+                        slot = f.seq % 8
+                        want = w.info.memory + info.slots_offset + info.slot_size * slot + info.payload_offset
+                        assert f.samples.ctypes.data == want
+                        assert f.samples.dtype == np.float32 and f.samples.size == 960
+                        f.samples[:] = f.seq + 0.5
+                    with r.read(1) as rg:
+                        rf = rg[0]
+                        want = r.memory_address + info.slots_offset + info.slot_size * (rf.seq % 8) + info.payload_offset
+                        # Zero copy: the view's data pointer IS the slot's payload in the mapping.
+                        assert rf.samples.ctypes.data == want
+                        assert not rf.samples.flags.writeable
+                        assert not rf.samples.flags.owndata
+                        assert np.all(rf.samples == rf.seq + 0.5)
+                        assert rf.seq == f.seq
+
+
+def test_wait_releases_the_gil(name):
+    with voxring.Writer.create(name) as w, voxring.Reader(name) as r:
+        entered = threading.Event()
+        result = []
+
+        def waiter():
+            entered.set()
+            result.append(r.wait(timeout=20.0))
+
+        t = threading.Thread(target=waiter)
+        t.start()
+        entered.wait()
+        time.sleep(0.2)  # the waiter is inside vr_reader_wait by now
+        spins = 0
+        end = time.monotonic() + 0.2
+        while time.monotonic() < end:  # pure Python work: needs the GIL
+            spins += 1
+        # Had the wait kept the GIL, this thread could not have run until it returned.
+        assert t.is_alive() and spins > 0
+        with w.grant(1) as g:
+            g[0].samples[:] = 1
+        t.join(20)
+        assert result == [voxring.READY]
+
+
+def test_context_managers_release_and_detach(name):
+    with voxring.Writer.create(name, frames=4) as w:
+        with voxring.Reader(name) as r:
+            assert w.status()["consumers"] == 1
+            for _ in range(3):
+                with w.grant(1) as g:
+                    g[0].samples[:] = 7
+            with r.read(2) as g:
+                assert len(g) == 2
+            assert r.status()["read_pos"] == 2 and r.status()["lag"] == 1
+            try:
+                with r.read(1) as g:
+                    raise KeyError("boom")
+            except KeyError:
+                pass
+            assert r.status()["read_pos"] == 3  # released on the way out of an exception too
+            # An exception inside a write grant commits nothing.
+            try:
+                with w.grant(1) as g:
+                    raise KeyError("boom")
+            except KeyError:
+                pass
+            assert w.status()["write_pos"] == 3
+        assert w.status()["consumers"] == 0  # the reader left on close
+    assert not Path(f"/dev/shm/voxring.{name}").exists()
+
+
+def test_lossy_reader_is_told_what_it_lost(name):
+    with voxring.Writer.create(name, frames=4, policy="lossy") as w, voxring.Reader(name) as r:
+        for i in range(10):
+            with w.grant(1) as g:
+                g[0].samples[:] = i
+        g = r.read(4)
+        assert len(g) == 0 and g.lost == 6
+        with r.read(4) as g:
+            assert [f.seq for f in g] == [6, 7, 8, 9]
+        assert r.status()["lost_frames"] == 6
+
+
+def test_status_counts_xruns_and_lag(name):
+    with voxring.Writer.create(name, frames=8) as w, voxring.Reader(name) as r:
+        for i in range(5):
+            with w.grant(1) as g:
+                g[0].flags = voxring.FLAG_XRUN if i % 2 == 0 else 0
+        assert r.status()["lag"] == 5
+        with r.read(8) as g:
+            assert [f.xrun for f in g] == [True, False, True, False, True]
+        s = r.status()
+        assert s["xruns"] == 3 and s["lag"] == 0 and s["frames"] == 5
+        assert w.status()["xruns"] == 3
+
+
+def test_control_register_round_trip(name):
+    with voxring.Control(name + ".control", create=True) as c:
+        with voxring.Control(name + ".control") as peer:
+            assert peer.read(8) == (bytes(8), 0)
+            c.write(b"speaking" + bytes(4))
+            value, version = peer.read(12)
+            assert value == b"speaking" + bytes(4) and version == 1
+            with pytest.raises(voxring.VoxringError) as e:
+                c.write(bytes(65))
+            assert e.value.name == "VR_E_INVALID" and "64" in str(e.value)
+
+
+def test_errors_say_what_and_why(name):
+    with pytest.raises(voxring.VoxringError) as e:
+        voxring.Reader(name, fallback=False)
+    assert e.value.name == "VR_E_NOT_FOUND" and name in str(e.value)
+    with pytest.raises(voxring.VoxringError) as e:
+        voxring.Reader(name)  # with the fallback: both reasons are given
+    assert "socket fallback failed too" in str(e.value)
+    with voxring.Writer.create(name) as w:
+        with pytest.raises(voxring.VoxringError) as e:
+            voxring.Writer.attach(name)
+        assert e.value.name == "VR_E_BUSY"
+        with pytest.raises(voxring.VoxringError) as e:
+            voxring.Writer.create(name)
+        assert e.value.name == "VR_E_EXISTS"
+        del w
+
+
+def test_missing_library_is_a_clear_error():
+    code = "import voxring; voxring.monotonic_ns()"
+    env = dict(os.environ, VOXRING_LIB="/nonexistent/libvoxring_ffi.so")
+    p = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=HERE.parent, capture_output=True, text=True
+    )
+    assert p.returncode != 0 and "VOXRING_LIB=/nonexistent" in p.stderr
+
+
+@pytest.mark.parametrize("policy", ["lossless", "lossy"])
+def test_fallback_when_the_segment_is_refused(peer, spawn, name, policy):
+    """The reader may not open the segment (another user, mode 0600; or, not root, a segment
+    made unreadable): it reads the same frames through the producer's socket, and says so."""
+    d = Path(tempfile.mkdtemp(prefix="voxring-fb-"))
+    try:
+        os.chmod(d, 0o755)
+        sock = d / f"voxring.{name}.sock"
+        prod = spawn([peer, "produce", name, "--policy", policy, "--count", "1000",
+                      "--fallback", sock, "--socket-mode", "0666"])
+        prod.expect("ready")
+        seg = Path(f"/dev/shm/voxring.{name}")
+        kw = {}
+        if os.geteuid() == 0:
+            def drop():
+                os.setgid(65534)
+                os.setuid(65534)
+            kw["preexec_fn"] = drop
+        else:
+            os.chmod(seg, 0)
+        env = dict(os.environ, VOXRING_FALLBACK_DIR=str(d), PYTHONDONTWRITEBYTECODE="1")
+        child = spawn([sys.executable, HERE / "pattern.py", name], env=env, cwd=d, **kw)
+        produced = prod.expect("done")
+        got = json.loads(child.p.stdout.readline())
+        assert child.wait() == 0 and prod.wait() == 0
+        assert got["transport"] == "socket-fallback", got
+        assert "attaching the shared segment failed" in got["reason"], got
+        # Refused by the owner check (another uid) or by the file mode (EACCES).
+        assert "uid" in got["reason"] or "permission" in got["reason"].lower(), got
+        assert got["bad"] == 0
+        if policy == "lossless":
+            assert got["frames"] == 1000 and got["crc"] == produced["crc"], got
+        else:
+            assert 0 < got["frames"] and got["frames"] + got["lost"] <= 1000, got
+        assert not sock.exists()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_forced_fallback_reads_the_same_frames(peer, spawn, name, tmp_path):
+    sock = tmp_path / "s.sock"
+    prod = spawn([peer, "produce", name, "--count", "500", "--fallback", sock])
+    prod.expect("ready")
+    with voxring.Reader(name, socket_path=sock, force_fallback=True) as r:
+        assert r.transport == "socket-fallback"
+        assert r.config.samples_per_frame == 512
+        got = read_all(r)
+    produced = prod.expect("done")
+    assert prod.wait() == 0
+    assert got["frames"] == 500 and got["crc"] == produced["crc"] and got["bad"] == 0
