@@ -260,3 +260,22 @@ def test_forced_fallback_reads_the_same_frames(peer, spawn, name, tmp_path):
     produced = prod.expect("done")
     assert prod.wait() == 0
     assert got["frames"] == 500 and got["crc"] == produced["crc"] and got["bad"] == 0
+
+
+def test_example_agent_reads_a_paced_producer(peer, spawn, name):
+    """examples/agent.py with the command line `voxring run` gives its agents."""
+    prefix = name
+    prod = spawn([peer, "produce", f"{prefix}.capture", "--count", "150", "--interval-us", "2000"])
+    prod.expect("ready")
+    agent = spawn([sys.executable, HERE.parent / "examples" / "agent.py",
+                   "--segments", prefix, "--parent", os.getpid(), "--index", "0"])
+    agent.expect("ready")
+    produced = prod.expect("done")
+    line = agent.p.stdout.readline()
+    assert agent.wait() == 0 and prod.wait() == 0
+    out = json.loads(line)
+    assert out["frames"] == 150 and out["lost"] == 0, out
+    assert out["checksum"] == produced["crc"]
+    assert out["transport"] == "shm" and out["exit"] == "end of stream"
+    assert 0 < out["handoff_ns"]["p50"] <= out["handoff_ns"]["max"]
+    assert not Path(f"/dev/shm/voxring.{prefix}.capture").exists()
