@@ -36,6 +36,9 @@ enum Command {
     /// List or clean voxring shared-memory segments.
     #[command(subcommand)]
     Segments(segments::Command),
+    /// An agent process of `voxring run` (started by it, not by people).
+    #[command(hide = true)]
+    Agent(run::AgentArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Loopback(args)) => bench_loopback::main(args),
         Command::Doctor(args) => doctor::main(args),
         Command::Segments(cmd) => segments::main(cmd),
+        Command::Agent(args) => run::agent_main(args),
     };
     match result {
         Ok(code) => code,

@@ -1,11 +1,171 @@
-//! `voxring run`: not built yet (see the open issue).
+//! `voxring run`: the voice pipeline of real processes, and its latency budget.
+//!
+//! ```text
+//!  capture device ──► capture ring (broadcast, segment) ──► vad      (process) ──► control register
+//!   (RT thread)                                         ├─► recorder (process) ──► WAV file
+//!                                                       └─► echo     (process) ──► return ring
+//!  playback device ◄──────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! The orchestrator (this process) owns the device, the segments and the children; each agent
+//! is this same binary re-executed with the hidden `agent` subcommand. See [`pipeline`] for the
+//! stages and how each is measured, [`agents`] for the agent processes.
+//!
+//! Exit status: 0 the run finished within the 150 ms budget (or without an `echo` agent, when
+//! mouth-to-ear is not measured); 1 it finished over budget or lost frames; 2 it could not run
+//! (the message says why); 130 it was interrupted by Ctrl-C (SIGINT) and wrote a partial report.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Options of this command.
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+pub mod agents;
+pub mod dsp;
+pub mod pipeline;
+pub mod plots;
+pub mod procs;
+pub mod report;
+pub mod sync;
+pub mod wav;
 
-pub fn main(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("this command is not built yet")
+/// Exit status after Ctrl-C (128 + SIGINT, the shell convention).
+pub const EXIT_INTERRUPTED: u8 = 130;
+/// Exit status when the run finished over budget or lost frames.
+pub const EXIT_OVER_BUDGET: u8 = 1;
+
+/// An agent process of the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum AgentKind {
+    /// Energy-based voice activity; publishes speech on/off through a control register.
+    Vad,
+    /// Lossless reader writing a WAV file of everything it got.
+    Recorder,
+    /// Processes frames and returns them through a second ring to the playback side.
+    Echo,
+}
+
+impl AgentKind {
+    /// Its name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vad => "vad",
+            Self::Recorder => "recorder",
+            Self::Echo => "echo",
+        }
+    }
+}
+
+/// Sample format of the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Signed 16-bit.
+    S16,
+    /// Signed 32-bit.
+    S32,
+    /// 32-bit float.
+    F32,
+}
+
+/// Options of `voxring run`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "Exit status: 0 finished within the 150 ms budget (or mouth-to-ear not \
+measured); 1 finished over budget or lost frames; 2 could not run; 130 interrupted by Ctrl-C \
+(a partial report is still written). Nothing is left behind in either case: segments, child \
+processes and temporary files are removed."
+)]
+pub struct Args {
+    /// Capture/playback device: `auto` (the system's ALSA/PipeWire default when it answers,
+    /// else the clocked synthetic device), `synthetic`, or an ALSA PCM name (`pipewire`,
+    /// `default`, `hw:0,0`). `synthetic:none` gives the synthetic device a silent capture.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Agent processes to start, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "vad,recorder,echo")]
+    pub agents: Vec<AgentKind>,
+    /// Ordinary-priority CPU hog processes to run beside the pipeline (stand-ins for concurrent
+    /// retrieval queries).
+    #[arg(long, default_value_t = 0)]
+    pub load: u32,
+    /// How long to run, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Sample rate, Hz.
+    #[arg(long, default_value_t = 48_000)]
+    pub rate: u32,
+    /// Frames per cycle (the device period and the ring's frame size).
+    #[arg(long, default_value_t = 128)]
+    pub quantum: u32,
+    /// Device buffer, in quanta (at least 2).
+    #[arg(long, default_value_t = 2)]
+    pub periods: u32,
+    /// Channels.
+    #[arg(long, default_value_t = 1)]
+    pub channels: u16,
+    /// Sample format.
+    #[arg(long, value_enum, default_value = "s16")]
+    pub format: Format,
+    /// SCHED_FIFO priority of the audio thread and the agents' processing threads (0: do not
+    /// ask for real-time scheduling). A refusal is a warning in the report, not an error.
+    #[arg(long, default_value_t = 70)]
+    pub rt_priority: u8,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write a Markdown report with SVG plots (latency histogram, per-cycle timeline) into this
+    /// folder (created if missing); the recording goes there too unless --wav says otherwise.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Where the recorder writes its WAV file. Without --wav or --report the recording goes to
+    /// a temporary folder, is checked against the producer's checksum, and is removed.
+    #[arg(long)]
+    pub wav: Option<PathBuf>,
+    /// Never show the progress bar (it is shown only when stderr is a terminal anyway).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// A role of a child process (hidden `voxring agent` subcommand).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// The voice-activity detector.
+    Vad,
+    /// The recorder.
+    Recorder,
+    /// The echo agent.
+    Echo,
+    /// A CPU hog (ordinary priority, spins until killed).
+    Hog,
+}
+
+/// Options of the hidden `voxring agent` subcommand (started by `voxring run`, not by people).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// What this process does.
+    #[arg(long, value_enum)]
+    pub role: Role,
+    /// PID of the orchestrator; the agent stops when it dies.
+    #[arg(long)]
+    pub parent: u32,
+    /// Segment name prefix of this run (`<prefix>.capture`, `<prefix>.return`, `<prefix>.sync`).
+    #[arg(long, default_value = "")]
+    pub segments: String,
+    /// This agent's index in the cycle fence.
+    #[arg(long, default_value_t = 0)]
+    pub index: u32,
+    /// The recorder's WAV file.
+    #[arg(long)]
+    pub wav: Option<PathBuf>,
+    /// SCHED_FIFO priority of the processing thread (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub rt_priority: u8,
+}
+
+/// `voxring run`.
+pub fn main(args: Args) -> anyhow::Result<ExitCode> {
+    pipeline::run(args)
+}
+
+/// The hidden `voxring agent` subcommand.
+pub fn agent_main(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    agents::main(args)
 }

@@ -1,0 +1,1067 @@
+//! The orchestrator of `voxring run`: device, segments, agent processes, the real-time thread,
+//! the progress bar, Ctrl-C, and the report.
+//!
+//! # The stages and how each is measured (all CLOCK_MONOTONIC)
+//!
+//! | stage | from | to |
+//! |---|---|---|
+//! | `capture` | the frame's first sample at the device (chunk hand-over time minus the chunk's duration after it) | commit into the capture ring |
+//! | `handoff:<agent>` | commit (the producer stamps `timestamp_ns` at commit) | the agent has the frame in hand |
+//! | `compute:<agent>` | agent starts its work on the frame | agent done |
+//! | `return handoff` | the echo agent's commit into the return ring | the playback side takes it (at the device's next period) |
+//! | `playback` | taken into the device's playback buffer | heard: the buffer ahead of it (granted buffer frames) |
+//! | mouth-to-ear | the first sample captured | the same sample heard |
+//!
+//! "Heard" uses the device's granted playback buffer as the queue ahead of a pulled frame: the
+//! synthetic device and PipeWire's ALSA plugin both keep the buffer full, and the round trip
+//! the loopback benchmark measures on them is exactly one buffer plus one period.
+//!
+//! The capture ring is lossless (the recorder must get every frame): if an agent falls a whole
+//! ring behind, the real-time thread does not wait but drops the frame and counts it lost.
+
+use std::io::IsTerminal as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+use voxring_core::clock::FrameClock;
+use voxring_core::{FrameFlags, GrantError, Policy, ReadError, RingConfig};
+use voxring_linux::audio::{
+    CaptureSink, ChunkInfo, DeviceSpec, Duplex, PlaybackSource, Sample, StopFlag, StreamParams,
+    XrunCounts, alsa_pcm::MmapPreference, flags, monotonic_ns, open_duplex,
+};
+use voxring_linux::cleanup::{
+    ArtifactGuard, SignalMode, install_signal_cleanup, termination_requested,
+};
+use voxring_linux::ring::{Segment, ShmConsumer, ShmProducer};
+use voxring_linux::segment::CreateOptions;
+
+use super::agents::{AgentOutput, capture_name, return_name};
+use super::dsp::Talker;
+use super::procs::{self, Proc};
+use super::report::{
+    AgentRow, Percentiles, ProducerRow, RunReport, StageRow, VadRow, hist_from_base64, new_hist,
+    record,
+};
+use super::sync::SyncHandle;
+use super::{AgentKind, Args, EXIT_INTERRUPTED, EXIT_OVER_BUDGET, Format, plots};
+
+/// How long agents get to join the ring and say `ready`.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long agents get to drain the ring and report after the end of stream.
+const FINISH_GRACE: Duration = Duration::from_secs(10);
+/// Per-cycle records kept for the timeline (beyond, cycles are still counted and measured).
+const MAX_TIMELINE_CYCLES: usize = 1 << 20;
+
+/// State the real-time thread shares with the main thread (progress) and between its own
+/// capture and playback halves.
+#[derive(Debug)]
+struct Shared {
+    /// Frames committed to the capture ring (progress bar).
+    committed: AtomicU64,
+    /// Capture time of each frame's first sample, by frame number modulo the table size, with
+    /// the frame's sample position beside it to check the match.
+    first_ns: Box<[AtomicU64]>,
+    first_pos: Box<[AtomicU64]>,
+    stop: StopFlag,
+}
+
+impl Shared {
+    fn slot(&self, pos: u64, quantum: u64) -> usize {
+        ((pos / quantum) % self.first_ns.len() as u64) as usize
+    }
+}
+
+/// The capture half of the real-time thread: device → capture ring.
+struct CaptureSide<'a, T: Sample + voxring_core::Sample> {
+    tx: ShmProducer,
+    sync: &'a SyncHandle,
+    shared: &'a Shared,
+    ch: usize,
+    quantum: usize,
+    rate: f64,
+    period_ns: u64,
+    agents_mask: u64,
+    staging: Vec<T>,
+    filled: usize,
+    first_ns: u64,
+    pos: u64,
+    pending_flags: u32,
+    talker: Option<Talker>,
+    crc: crc32fast::Hasher,
+    frames: u64,
+    samples: u64,
+    dropped: u64,
+    hist: Histogram<u64>,
+    clock: FrameClock,
+    /// Per committed frame: (seconds since start, capture latency in µs).
+    timeline: Vec<(f32, f32)>,
+    xrun_marks: Vec<f32>,
+    start_ns: u64,
+    ipc_ns: u64,
+    error: Option<GrantError>,
+}
+
+impl<T: Sample + voxring_core::Sample> CaptureSide<'_, T> {
+    fn commit_frame(&mut self) {
+        if let Some(talker) = self.talker.as_mut() {
+            for frame in self.staging.chunks_exact_mut(self.ch) {
+                let v = talker.next_sample();
+                for s in frame {
+                    *s = T::from_f32((s.to_f32() + v).clamp(-1.0, 1.0));
+                }
+            }
+        }
+        let shared = self.shared;
+        let t0 = monotonic_ns();
+        let (producer, waiter) = self.tx.parts();
+        let mut crc_ns = 0;
+        match producer.write_grant(1) {
+            Ok(mut grant) => {
+                let Some(mut f) = grant.frame_mut(0) else {
+                    // A grant of one frame always has frame 0; nothing to commit otherwise.
+                    return;
+                };
+                let seq = f.seq();
+                if let Ok(dst) = f.samples_mut::<T>() {
+                    let n = dst.len().min(self.staging.len());
+                    dst[..n].copy_from_slice(&self.staging[..n]);
+                }
+                let bytes = (self.staging.len() * std::mem::size_of::<T>()) as u32;
+                let _ = f.set_len(bytes);
+                let c0 = monotonic_ns();
+                let payload = f.payload_mut();
+                let n = (bytes as usize).min(payload.len());
+                self.crc.update(&payload[..n]);
+                crc_ns = monotonic_ns() - c0;
+                f.set_sample_pos(self.pos);
+                f.set_flags(FrameFlags(self.pending_flags));
+                let slot = shared.slot(self.pos, self.quantum as u64);
+                // Relaxed: read back on this same thread (the playback half).
+                shared.first_ns[slot].store(self.first_ns, Ordering::Relaxed);
+                shared.first_pos[slot].store(self.pos, Ordering::Relaxed);
+                let t_commit = monotonic_ns();
+                self.sync
+                    .arm(seq, self.agents_mask, t_commit + self.period_ns);
+                f.set_timestamp_ns(t_commit);
+                grant.commit_all().wake(waiter);
+                self.pending_flags = 0;
+                self.frames += 1;
+                self.samples += self.staging.len() as u64;
+                record(&mut self.hist, t_commit.saturating_sub(self.first_ns));
+                if self.timeline.len() < self.timeline.capacity() {
+                    self.timeline.push((
+                        (t_commit.saturating_sub(self.start_ns)) as f32 / 1e9,
+                        (t_commit.saturating_sub(self.first_ns)) as f32 / 1e3,
+                    ));
+                }
+                // Relaxed: a progress counter, no data is published through it.
+                shared.committed.store(self.frames, Ordering::Relaxed);
+            }
+            Err(GrantError::Full) => {
+                // Lossless ring and an agent a whole ring behind: never wait on the audio
+                // thread; the frame is lost and counted.
+                self.dropped += 1;
+                self.pending_flags |= FrameFlags::DISCONTINUITY.bits();
+            }
+            Err(e) => {
+                self.error = Some(e);
+                shared.stop.request();
+            }
+        }
+        self.ipc_ns += (monotonic_ns() - t0).saturating_sub(crc_ns);
+    }
+}
+
+impl<T: Sample + voxring_core::Sample> CaptureSink<T> for CaptureSide<'_, T> {
+    fn push(&mut self, samples: &[T], info: &ChunkInfo) -> usize {
+        let ch = self.ch;
+        let n = samples.len() / ch;
+        if info.flags & flags::XRUN != 0 {
+            self.pending_flags |= FrameFlags::XRUN.bits();
+            if self.xrun_marks.len() < self.xrun_marks.capacity() {
+                self.xrun_marks
+                    .push(info.timestamp_ns.saturating_sub(self.start_ns) as f32 / 1e9);
+            }
+        }
+        let mut off = 0;
+        while off < n {
+            if self.filled == 0 {
+                let after = (n - off) as f64 * 1e9 / self.rate;
+                self.first_ns = info.timestamp_ns.saturating_sub(after as u64);
+                self.pos = info.sample_pos + off as u64;
+            }
+            let take = (self.quantum - self.filled).min(n - off);
+            self.staging[self.filled * ch..(self.filled + take) * ch]
+                .copy_from_slice(&samples[off * ch..(off + take) * ch]);
+            self.filled += take;
+            off += take;
+            if self.filled == self.quantum {
+                self.commit_frame();
+                self.filled = 0;
+            }
+        }
+        self.clock
+            .update(info.sample_pos + n as u64, info.timestamp_ns);
+        n
+    }
+}
+
+/// The playback half of the real-time thread: return ring → device.
+struct PlaybackSide<'a, T: Sample + voxring_core::Sample> {
+    rx: Option<ShmConsumer>,
+    shared: &'a Shared,
+    ch: usize,
+    quantum: u64,
+    rate: f64,
+    buffer_ns: u64,
+    cur: Vec<T>,
+    cur_len: usize,
+    cur_off: usize,
+    cur_pos: u64,
+    hist_return: Histogram<u64>,
+    hist_playback: Histogram<u64>,
+    hist_m2e: Histogram<u64>,
+    /// Per returned frame: (seconds since start, mouth-to-ear in µs).
+    timeline: Vec<(f32, f32)>,
+    start_ns: u64,
+    frames: u64,
+    lost: u64,
+    gaps: u64,
+    started: bool,
+    ipc_ns: u64,
+    error: Option<ReadError>,
+}
+
+impl<T: Sample + voxring_core::Sample> PlaybackSide<'_, T> {
+    /// Takes the next returned frame into `cur`; false when none is ready.
+    fn fetch(&mut self) -> bool {
+        let Some(rx) = self.rx.as_mut() else {
+            return false;
+        };
+        let t0 = monotonic_ns();
+        let (consumer, waiter) = rx.parts();
+        let got = loop {
+            match consumer.read_grant(1) {
+                Ok(grant) => {
+                    let mut ok = false;
+                    if let Some(f) = grant.frame(0) {
+                        let meta = f.meta();
+                        record(&mut self.hist_return, t0.saturating_sub(meta.timestamp_ns));
+                        if let Ok(src) = f.samples::<T>() {
+                            let want = (meta.len as usize / std::mem::size_of::<T>())
+                                .min(src.len())
+                                .min(self.cur.len());
+                            let want = want / self.ch * self.ch;
+                            self.cur[..want].copy_from_slice(&src[..want]);
+                            self.cur_len = want / self.ch;
+                            self.cur_off = 0;
+                            self.cur_pos = meta.sample_pos;
+                            ok = self.cur_len > 0;
+                        }
+                    }
+                    match grant.release_all() {
+                        Ok(w) => w.wake(waiter),
+                        Err(_) => ok = false,
+                    }
+                    break ok;
+                }
+                Err(ReadError::Empty) => break false,
+                Err(ReadError::Lost { frames }) => self.lost += frames,
+                Err(e) => {
+                    self.error = Some(e);
+                    break false;
+                }
+            }
+        };
+        self.ipc_ns += monotonic_ns() - t0;
+        if got {
+            self.frames += 1;
+            self.started = true;
+        }
+        got
+    }
+}
+
+impl<T: Sample + voxring_core::Sample> PlaybackSource<T> for PlaybackSide<'_, T> {
+    fn pull(&mut self, out: &mut [T], info: &ChunkInfo) -> usize {
+        let ch = self.ch;
+        let n = out.len() / ch;
+        let mut w = 0;
+        while w < n {
+            if self.cur_off >= self.cur_len && !self.fetch() {
+                break;
+            }
+            if self.cur_off == 0 {
+                // The frame's first sample is queued now, behind the device buffer.
+                let ahead = self.buffer_ns + (w as f64 * 1e9 / self.rate) as u64;
+                let heard = info.timestamp_ns + ahead;
+                record(&mut self.hist_playback, ahead);
+                let slot = self.shared.slot(self.cur_pos, self.quantum);
+                // Relaxed: written by the capture half on this same thread.
+                if self.shared.first_pos[slot].load(Ordering::Relaxed) == self.cur_pos {
+                    let first = self.shared.first_ns[slot].load(Ordering::Relaxed);
+                    let m2e = heard.saturating_sub(first);
+                    record(&mut self.hist_m2e, m2e);
+                    if self.timeline.len() < self.timeline.capacity() {
+                        self.timeline.push((
+                            heard.saturating_sub(self.start_ns) as f32 / 1e9,
+                            m2e as f32 / 1e3,
+                        ));
+                    }
+                }
+            }
+            let k = (self.cur_len - self.cur_off).min(n - w);
+            out[w * ch..(w + k) * ch]
+                .copy_from_slice(&self.cur[self.cur_off * ch..(self.cur_off + k) * ch]);
+            self.cur_off += k;
+            w += k;
+        }
+        if w < n && self.started && !self.shared.stop.is_set() {
+            self.gaps += 1;
+        }
+        w
+    }
+}
+
+/// Everything the real-time thread hands back.
+struct RtResult<'a, T: Sample + voxring_core::Sample> {
+    capture: CaptureSide<'a, T>,
+    playback: PlaybackSide<'a, T>,
+    xruns: XrunCounts,
+    error: Option<String>,
+    scheduling: String,
+    rt_warning: Option<String>,
+}
+
+fn core_format(format: Format) -> voxring_core::SampleFormat {
+    match format {
+        Format::S16 => voxring_core::SampleFormat::S16,
+        Format::S32 => voxring_core::SampleFormat::S32,
+        Format::F32 => voxring_core::SampleFormat::F32,
+    }
+}
+
+fn check_args(args: &Args) -> anyhow::Result<Vec<AgentKind>> {
+    anyhow::ensure!(
+        args.seconds.is_finite() && args.seconds > 0.0 && args.seconds <= 86_400.0,
+        "--seconds must be between 0 and 86400 (got {})",
+        args.seconds
+    );
+    anyhow::ensure!(
+        args.periods >= 2,
+        "--periods must be at least 2 (the device buffer holds that many quanta)"
+    );
+    anyhow::ensure!(
+        args.load <= 64,
+        "--load {} is more CPU hogs than makes sense (at most 64)",
+        args.load
+    );
+    anyhow::ensure!(
+        args.rt_priority <= 99,
+        "--rt-priority must be 0 (none) or 1..=99"
+    );
+    let mut agents = Vec::new();
+    for a in &args.agents {
+        if !agents.contains(a) {
+            agents.push(*a);
+        }
+    }
+    anyhow::ensure!(
+        !agents.is_empty(),
+        "--agents needs at least one of vad, recorder, echo"
+    );
+    Ok(agents)
+}
+
+/// `voxring run`.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let agents = check_args(&args)?;
+    let mut warnings = Vec::new();
+    if let Err(e) = install_signal_cleanup(SignalMode::Notify) {
+        warnings.push(format!("Ctrl-C will not give a partial report: {e}"));
+    }
+    match args.format {
+        Format::S16 => run_with::<i16>(&args, &agents, warnings),
+        Format::S32 => run_with::<i32>(&args, &agents, warnings),
+        Format::F32 => run_with::<f32>(&args, &agents, warnings),
+    }
+}
+
+fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+/// A file removed when the run ends (and by the platform's exit and signal clean-up).
+struct TempFile {
+    _guard: ArtifactGuard,
+}
+
+fn run_with<T: Sample + voxring_core::Sample>(
+    args: &Args,
+    agents: &[AgentKind],
+    mut warnings: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let params = StreamParams {
+        rate: args.rate,
+        channels: u32::from(args.channels),
+        period_frames: args.quantum,
+        buffer_frames: args.quantum.saturating_mul(args.periods),
+    };
+    params.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let spec = DeviceSpec::parse(&args.device, &params).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (mut duplex, device_label) = open_duplex::<T>(&spec, &params, MmapPreference::Auto).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open the audio device '{}': {e}. Try `--device synthetic` (a clocked device \
+             that needs no sound card), or list devices with `aplay -L`",
+            args.device
+        )
+    })?;
+    let synthetic = matches!(duplex, Duplex::Synthetic(_));
+    let cg = duplex.capture_granted();
+    let pg = duplex.playback_granted();
+    if cg.rate != args.rate || cg.period_frames != args.quantum {
+        warnings.push(format!(
+            "the device granted {} Hz with {}-frame periods (asked {} Hz, {}); the pipeline runs at what was granted",
+            cg.rate, cg.period_frames, args.rate, args.quantum
+        ));
+    }
+    let rate = cg.rate;
+    let quantum = cg.period_frames;
+    let channels = cg.channels as u16;
+    let period_ns = u64::from(quantum) * 1_000_000_000 / u64::from(rate);
+    let buffer_ns = u64::from(pg.buffer_frames) * 1_000_000_000 / u64::from(rate);
+
+    // Segments: the capture ring (room for ~0.5 s, at least 64 frames), the return ring, and
+    // the sync region (cycle fence + VAD control register).
+    let pid = std::process::id();
+    let prefix = format!("run-{pid}-{:x}", monotonic_ns() & 0xff_ffff);
+    let ring_frames = ((f64::from(rate) / f64::from(quantum) * 0.5).ceil() as u32)
+        .next_power_of_two()
+        .max(64);
+    let cfg = RingConfig {
+        frames: ring_frames,
+        samples_per_frame: quantum,
+        channels,
+        format: core_format(args.format),
+        sample_rate: rate,
+        max_consumers: agents.len() as u16,
+        policy: Policy::Lossless,
+    };
+    let copts = CreateOptions::default();
+    let capture_seg = Segment::create(&capture_name(&prefix), &cfg, &copts)
+        .map_err(|e| anyhow::anyhow!("cannot create the capture ring: {e}"))?;
+    let tx = capture_seg
+        .producer()
+        .map_err(|e| anyhow::anyhow!("cannot claim the capture ring: {e}"))?;
+    let has_echo = agents.contains(&AgentKind::Echo);
+    let (return_seg, rx) = if has_echo {
+        let rcfg = RingConfig {
+            max_consumers: 1,
+            ..cfg
+        };
+        let seg = Segment::create(&return_name(&prefix), &rcfg, &copts)
+            .map_err(|e| anyhow::anyhow!("cannot create the return ring: {e}"))?;
+        let mut rx = seg
+            .consumer()
+            .map_err(|e| anyhow::anyhow!("cannot join the return ring: {e}"))?;
+        rx.set_spin(Duration::ZERO);
+        (Some(seg), Some(rx))
+    } else {
+        (None, None)
+    };
+    let sync = SyncHandle::create(&prefix, agents.len() as u32)?;
+
+    // The recording.
+    let mut temp_wav = None;
+    let wav_path = if agents.contains(&AgentKind::Recorder) {
+        Some(match (&args.wav, &args.report) {
+            (Some(p), _) => p.clone(),
+            (None, Some(dir)) => {
+                std::fs::create_dir_all(dir).with_context(|| {
+                    format!("cannot create the report folder {}", dir.display())
+                })?;
+                dir.join("recording.wav")
+            }
+            (None, None) => {
+                let p = std::env::temp_dir().join(format!("voxring-{prefix}.wav"));
+                temp_wav = Some(TempFile {
+                    _guard: ArtifactGuard::register(p.clone()),
+                });
+                p
+            }
+        })
+    } else {
+        None
+    };
+
+    // The agents, each its own process; wait until each has joined.
+    let mut procs: Vec<(AgentKind, Proc)> = Vec::new();
+    let spawn_all = |procs: &mut Vec<(AgentKind, Proc)>| -> anyhow::Result<()> {
+        for (i, kind) in agents.iter().enumerate() {
+            let mut a = vec![
+                "agent".to_owned(),
+                "--role".to_owned(),
+                kind.name().to_owned(),
+                "--parent".to_owned(),
+                pid.to_string(),
+                "--segments".to_owned(),
+                prefix.clone(),
+                "--index".to_owned(),
+                i.to_string(),
+                "--rt-priority".to_owned(),
+                args.rt_priority.to_string(),
+            ];
+            if let (AgentKind::Recorder, Some(p)) = (kind, &wav_path) {
+                a.push("--wav".to_owned());
+                a.push(p.display().to_string());
+            }
+            let mut p = procs::spawn_self(kind.name(), &a)?;
+            match p.wait_line(READY_TIMEOUT) {
+                Some(l) if l == "ready" => procs.push((*kind, p)),
+                _ => {
+                    let f = p.kill();
+                    anyhow::bail!(
+                        "the {} agent did not start: {} ({})",
+                        kind.name(),
+                        f.stderr.join(" / "),
+                        f.status
+                    );
+                }
+            }
+        }
+        Ok(())
+    };
+    if let Err(e) = spawn_all(&mut procs) {
+        for (_, p) in procs {
+            let _ = p.kill();
+        }
+        return Err(e);
+    }
+    let mut hogs = Vec::new();
+    for i in 0..args.load {
+        let a = vec![
+            "agent".into(),
+            "--role".into(),
+            "hog".into(),
+            "--parent".into(),
+            pid.to_string(),
+        ];
+        match procs::spawn_self(&format!("hog {}", i + 1), &a) {
+            Ok(p) => hogs.push(p),
+            Err(e) => warnings.push(format!("CPU hog {} did not start: {e:#}", i + 1)),
+        }
+    }
+
+    // Run.
+    let total_frames = (args.seconds * f64::from(rate)).round() as u64;
+    let table = (ring_frames as usize * 4).next_power_of_two();
+    let shared = Shared {
+        committed: AtomicU64::new(0),
+        first_ns: (0..table).map(|_| AtomicU64::new(u64::MAX)).collect(),
+        first_pos: (0..table).map(|_| AtomicU64::new(u64::MAX)).collect(),
+        stop: StopFlag::new(),
+    };
+    let cycles_total = total_frames / u64::from(quantum);
+    let timeline_cap = (cycles_total as usize + 16).min(MAX_TIMELINE_CYCLES);
+    let agents_mask = if agents.len() >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << agents.len()) - 1
+    };
+    let clock =
+        FrameClock::new(f64::from(rate), 1.0).map_err(|e| anyhow::anyhow!("frame clock: {e:?}"))?;
+    let start = Instant::now();
+    let start_ns = monotonic_ns();
+    let capture = CaptureSide::<T> {
+        tx,
+        sync: &sync,
+        shared: &shared,
+        ch: usize::from(channels),
+        quantum: quantum as usize,
+        rate: f64::from(rate),
+        period_ns,
+        agents_mask,
+        staging: vec![T::SILENCE; quantum as usize * usize::from(channels)],
+        filled: 0,
+        first_ns: 0,
+        pos: 0,
+        pending_flags: 0,
+        talker: synthetic.then(|| Talker::new(rate)),
+        crc: crc32fast::Hasher::new(),
+        frames: 0,
+        samples: 0,
+        dropped: 0,
+        hist: new_hist(),
+        clock,
+        timeline: Vec::with_capacity(timeline_cap),
+        xrun_marks: Vec::with_capacity(1024),
+        start_ns,
+        ipc_ns: 0,
+        error: None,
+    };
+    let playback = PlaybackSide::<T> {
+        rx,
+        shared: &shared,
+        ch: usize::from(channels),
+        quantum: u64::from(quantum),
+        rate: f64::from(rate),
+        buffer_ns,
+        cur: vec![T::SILENCE; quantum as usize * usize::from(channels)],
+        cur_len: 0,
+        cur_off: 0,
+        cur_pos: 0,
+        hist_return: new_hist(),
+        hist_playback: new_hist(),
+        hist_m2e: new_hist(),
+        timeline: Vec::with_capacity(timeline_cap),
+        start_ns,
+        frames: 0,
+        lost: 0,
+        gaps: 0,
+        started: false,
+        ipc_ns: 0,
+        error: None,
+    };
+    let progress = (!args.no_progress && std::io::stderr().is_terminal()).then(|| {
+        let pb = indicatif::ProgressBar::new(cycles_total);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} cycles {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        pb
+    });
+    let rt_priority = args.rt_priority;
+    let mut interrupted = false;
+    let mut agent_died: Option<String> = None;
+    let result = std::thread::scope(|s| {
+        let shared = &shared;
+        let duplex = &mut duplex;
+        let handle = std::thread::Builder::new()
+            .name("voxring-audio".into())
+            .spawn_scoped(s, move || {
+                let mut capture = capture;
+                let mut playback = playback;
+                let (scheduling, rt_warning) = if rt_priority > 0 {
+                    match voxring_linux::rt::set_fifo(rt_priority) {
+                        Ok(()) => (format!("SCHED_FIFO {rt_priority}"), None),
+                        Err(e) => (
+                            "SCHED_OTHER (SCHED_FIFO refused)".to_owned(),
+                            Some(e.to_string()),
+                        ),
+                    }
+                } else {
+                    ("SCHED_OTHER".to_owned(), None)
+                };
+                let r = duplex.run(
+                    &mut capture,
+                    &mut playback,
+                    &shared.stop,
+                    Some(total_frames),
+                );
+                let xruns = duplex.xruns();
+                RtResult {
+                    capture,
+                    playback,
+                    xruns,
+                    error: r
+                        .err()
+                        .map(|e| voxring_linux::audio::AudioError::from(e).to_string()),
+                    scheduling,
+                    rt_warning,
+                }
+            });
+        let handle = match handle {
+            Ok(h) => h,
+            Err(e) => return Err(anyhow::anyhow!("cannot start the audio thread: {e}")),
+        };
+        let mut last_evict = Instant::now();
+        while !handle.is_finished() {
+            if termination_requested() && !interrupted {
+                interrupted = true;
+                shared.stop.request();
+            }
+            for (kind, p) in procs.iter_mut() {
+                if agent_died.is_none()
+                    && let Some(st) = p.exited()
+                {
+                    agent_died = Some(format!("the {} agent ended early ({st})", kind.name()));
+                }
+            }
+            if last_evict.elapsed() > Duration::from_millis(250) {
+                // A dead agent would hold the lossless ring back: drop its slot (not on the
+                // audio thread: one fcntl per slot).
+                let _ = capture_seg.evict_dead();
+                last_evict = Instant::now();
+            }
+            if let Some(pb) = &progress {
+                // Relaxed: progress only.
+                pb.set_position(shared.committed.load(Ordering::Relaxed));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("the audio thread panicked"))
+    });
+    if let Some(pb) = &progress {
+        pb.finish_and_clear();
+    }
+    let rt = match result {
+        Ok(rt) => rt,
+        Err(e) => {
+            for (_, p) in procs {
+                let _ = p.kill();
+            }
+            for h in hogs {
+                let _ = h.kill();
+            }
+            return Err(e);
+        }
+    };
+    let elapsed_s = start.elapsed().as_secs_f64();
+    interrupted |= termination_requested();
+    let RtResult {
+        mut capture,
+        playback,
+        xruns,
+        error,
+        scheduling,
+        rt_warning,
+    } = rt;
+    if let Some(w) = rt_warning {
+        warnings.push(w);
+    }
+    if let Some(e) = error {
+        warnings.push(format!("the audio device failed: {e}"));
+    }
+    if let Some(e) = capture.error {
+        warnings.push(format!("the capture ring refused a frame: {e}"));
+    }
+    if let Some(e) = playback.error {
+        warnings.push(format!("the return ring failed: {e}"));
+    }
+    if let Some(d) = agent_died {
+        warnings.push(d);
+    }
+
+    // End of stream: one empty frame flagged END_OF_STREAM (waiting for space is fine here).
+    let eos_deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let (producer, waiter) = capture.tx.parts();
+        match producer.write_grant(1) {
+            Ok(mut g) => {
+                if let Some(mut f) = g.frame_mut(0) {
+                    let _ = f.set_len(0);
+                    f.set_flags(FrameFlags::END_OF_STREAM);
+                    f.set_sample_pos(capture.pos);
+                    f.set_timestamp_ns(monotonic_ns());
+                }
+                g.commit_all().wake(waiter);
+                break;
+            }
+            Err(GrantError::Full) if Instant::now() < eos_deadline => {}
+            Err(e) => {
+                warnings.push(format!(
+                    "could not send the end of stream to the agents ({e}); they were stopped"
+                ));
+                break;
+            }
+        }
+        let _ = capture.tx.wait_for_space(Some(Duration::from_millis(50)));
+    }
+    let vad_state = sync.read_vad();
+    let finished: Vec<(AgentKind, procs::Finished)> = procs
+        .into_iter()
+        .map(|(k, p)| (k, p.finish(FINISH_GRACE)))
+        .collect();
+    for h in hogs {
+        let _ = h.kill();
+    }
+    let late_by_agent = sync.late_counts();
+
+    // Collect.
+    let mut stages = vec![StageRow::new(
+        "capture",
+        "first sample at the device → committed to the capture ring",
+        &capture.hist,
+    )];
+    let mut agent_rows = Vec::new();
+    let mut compute_rows = Vec::new();
+    let mut ipc_ns = capture.ipc_ns + playback.ipc_ns;
+    let mut wait_cpu_ns = 0u64;
+    let mut lost_total = capture.dropped + playback.lost;
+    let mut late_cycles: Vec<u64> = Vec::new();
+    let mut recorder_out: Option<AgentOutput> = None;
+    for (i, (kind, f)) in finished.iter().enumerate() {
+        let out: Option<AgentOutput> = f
+            .stdout
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .and_then(|l| serde_json::from_str(l).ok());
+        for line in &f.stderr {
+            warnings.push(format!("{} agent: {line}", kind.name()));
+        }
+        match out {
+            Some(o) => {
+                let handoff = hist_from_base64(&o.handoff_hist)?;
+                let compute = hist_from_base64(&o.compute_hist)?;
+                stages.push(StageRow::new(
+                    format!("handoff:{}", kind.name()),
+                    "committed → in the agent's hands (another process)",
+                    &handoff,
+                ));
+                compute_rows.push(StageRow::new(
+                    format!("compute:{}", kind.name()),
+                    "the agent's own work on one frame",
+                    &compute,
+                ));
+                ipc_ns += o.ipc_ns;
+                wait_cpu_ns += o.wait_cpu_ns;
+                let share = |ns: u64| {
+                    if o.wall_ns > 0 {
+                        ns as f64 * 100.0 / o.wall_ns as f64
+                    } else {
+                        0.0
+                    }
+                };
+                lost_total += o.lost + o.return_dropped.unwrap_or(0);
+                late_cycles.extend(&o.late_cycles);
+                for w in &o.warnings {
+                    warnings.push(format!("{} agent: {w}", kind.name()));
+                }
+                let late = late_by_agent.get(i).copied().unwrap_or(o.late);
+                agent_rows.push(AgentRow {
+                    name: kind.name().to_owned(),
+                    pid: f.pid,
+                    frames: o.frames,
+                    late,
+                    lost: o.lost,
+                    checksum: o.checksum.clone(),
+                    cpu_percent: share(o.cpu_ns),
+                    ipc_cpu_percent: share(o.ipc_ns),
+                    wait_cpu_percent: share(o.wait_cpu_ns),
+                    scheduling: o.scheduling.clone(),
+                    exit: o.exit.clone(),
+                });
+                if *kind == AgentKind::Recorder {
+                    recorder_out = Some(o);
+                }
+            }
+            None => {
+                warnings.push(format!(
+                    "the {} agent gave no report ({}): {}",
+                    kind.name(),
+                    f.status,
+                    f.stderr.join(" / ")
+                ));
+                agent_rows.push(AgentRow {
+                    name: kind.name().to_owned(),
+                    pid: f.pid,
+                    frames: 0,
+                    late: late_by_agent.get(i).copied().unwrap_or(0),
+                    lost: 0,
+                    checksum: String::new(),
+                    cpu_percent: 0.0,
+                    ipc_cpu_percent: 0.0,
+                    wait_cpu_percent: 0.0,
+                    scheduling: String::new(),
+                    exit: f.status.clone(),
+                });
+            }
+        }
+    }
+    stages.extend(compute_rows);
+    if has_echo {
+        stages.push(StageRow::new(
+            "return handoff",
+            "echo committed → taken by the playback side (waits for the device's next period)",
+            &playback.hist_return,
+        ));
+        stages.push(StageRow::new(
+            "playback",
+            "taken into the device buffer → heard (the granted buffer ahead of it)",
+            &playback.hist_playback,
+        ));
+    }
+    late_cycles.sort_unstable();
+    late_cycles.dedup();
+    let cycles_late = late_cycles.len() as u64;
+    let producer = ProducerRow {
+        frames: capture.frames,
+        samples: capture.samples,
+        checksum: format!("{:08x}", capture.crc.clone().finalize()),
+        dropped: capture.dropped,
+    };
+    if let Some(r) = &recorder_out
+        && (r.checksum != producer.checksum || r.samples != producer.samples)
+    {
+        warnings.push(format!(
+            "the recorder got {} samples with CRC-32 {}, the producer committed {} with {}",
+            r.samples, r.checksum, producer.samples, producer.checksum
+        ));
+    }
+    if playback.gaps > 0 {
+        warnings.push(format!(
+            "{} playback periods ran short of returned frames (silence was played)",
+            playback.gaps
+        ));
+    }
+    if synthetic {
+        warnings.push(
+            "synthetic device: its capture carries no voice, so a test talker (1.2 s speech-like bursts, 0.8 s quiet) is mixed into the captured frames before the ring".to_owned(),
+        );
+    }
+    let wall_ns = (elapsed_s * 1e9).max(1.0);
+    let mut report = RunReport {
+        device: device_label,
+        playback_device: None,
+        rate,
+        quantum,
+        channels,
+        seconds: args.seconds,
+        elapsed_s,
+        interrupted,
+        load: args.load,
+        cycles: capture.frames,
+        cycles_late,
+        frames_lost: lost_total,
+        xruns: xruns.capture + xruns.playback,
+        xruns_capture: xruns.capture,
+        xruns_playback: xruns.playback,
+        mouth_to_ear_ms: Percentiles::of(&playback.hist_m2e),
+        stages,
+        agents: agent_rows,
+        producer,
+        vad: agents.contains(&AgentKind::Vad).then(|| VadRow {
+            speech_segments: vad_state.segments,
+            speech_frames: vad_state.speech_frames,
+            last_energy_dbfs: Some(f64::from(vad_state.energy_millibel) / 100.0),
+        }),
+        ipc_cpu_percent: ipc_ns as f64 * 100.0 / wall_ns,
+        wait_cpu_percent: wait_cpu_ns as f64 * 100.0 / wall_ns,
+        audio_scheduling: scheduling,
+        drift_ppm: capture.clock.drift_ppm(),
+        budget_ms: super::report::BUDGET_MS,
+        verdict: String::new(),
+        verdict_reasons: Vec::new(),
+        warnings: Vec::new(),
+        wav: if temp_wav.is_some() {
+            None
+        } else {
+            wav_path.as_ref().map(|p| p.display().to_string())
+        },
+        command: command_line(),
+    };
+    report.warnings = warnings;
+    report.judge();
+
+    // Write the outputs.
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n").with_context(|| {
+            format!(
+                "cannot write {}: check the folder exists and is writable",
+                path.display()
+            )
+        })?;
+    }
+    if let Some(dir) = &args.report {
+        write_report_dir(dir, &report, &capture, &playback, &late_cycles, period_ns)?;
+    }
+    print!("{}", report.text());
+    drop(temp_wav);
+    drop(capture);
+    drop(playback);
+    drop(sync);
+    drop(return_seg);
+    drop(capture_seg);
+    Ok(if interrupted {
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else if report.verdict == "over budget" {
+        ExitCode::from(EXIT_OVER_BUDGET)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn write_report_dir<T: Sample + voxring_core::Sample>(
+    dir: &Path,
+    report: &RunReport,
+    capture: &CaptureSide<'_, T>,
+    playback: &PlaybackSide<'_, T>,
+    late_cycles: &[u64],
+    period_ns: u64,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the report folder {}", dir.display()))?;
+    let (hist, title) = if playback.hist_m2e.is_empty() {
+        (
+            &capture.hist,
+            "Capture latency (no echo agent: mouth-to-ear not measured)",
+        )
+    } else {
+        (&playback.hist_m2e, "Mouth-to-ear latency")
+    };
+    let markers: Vec<(&str, f64)> = Percentiles::of(hist)
+        .map(|p| vec![("p50", p.p50), ("p99", p.p99), ("p99.9", p.p999)])
+        .unwrap_or_default();
+    let hist_svg = plots::histogram_svg(title, hist, &markers);
+    let series = vec![
+        plots::Series {
+            name: "mouth-to-ear (ms)",
+            color: "#2c7bb6",
+            points: playback
+                .timeline
+                .iter()
+                .map(|&(t, us)| (f64::from(t), f64::from(us) / 1e3))
+                .collect(),
+        },
+        plots::Series {
+            name: "capture (ms)",
+            color: "#1a9641",
+            points: capture
+                .timeline
+                .iter()
+                .map(|&(t, us)| (f64::from(t), f64::from(us) / 1e3))
+                .collect(),
+        },
+    ];
+    let mut marks: Vec<(f64, &str, &str)> = late_cycles
+        .iter()
+        .take(5000)
+        .map(|&seq| (seq as f64 * period_ns as f64 / 1e9, "#d7191c", "late cycle"))
+        .collect();
+    marks.extend(
+        capture
+            .xrun_marks
+            .iter()
+            .map(|&t| (f64::from(t), "#fdae61", "xrun")),
+    );
+    let timeline_svg = plots::timeline_svg(
+        "Per-cycle latency (red ticks: late cycles, orange: xruns)",
+        &series,
+        &marks,
+        Some((super::report::BUDGET_MS, "150 ms budget")),
+    );
+    let write = |name: &str, text: &str| {
+        std::fs::write(dir.join(name), text)
+            .with_context(|| format!("cannot write {}", dir.join(name).display()))
+    };
+    write("latency-histogram.svg", &hist_svg)?;
+    write("timeline.svg", &timeline_svg)?;
+    write(
+        "report.md",
+        &report.markdown(&[
+            ("Latency histogram", "latency-histogram.svg"),
+            ("Per-cycle timeline", "timeline.svg"),
+        ]),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,490 @@
+//! The results of one `voxring run`: latency histograms, the JSON document, the Markdown report
+//! and the table printed on stdout.
+
+use std::fmt::Write as _;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{Deserializer, Serializer as _, V2Serializer};
+use serde::{Deserialize, Serialize};
+
+/// The voice budget the verdict is judged against: mouth-to-ear p99.9, in milliseconds.
+pub const BUDGET_MS: f64 = 150.0;
+
+/// Highest latency a histogram records (60 s, in ns); larger values are clamped to it.
+const HIST_MAX_NS: u64 = 60_000_000_000;
+
+/// A latency histogram in nanoseconds, 3 significant digits, 1 ns to 60 s.
+pub fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIST_MAX_NS, 3).expect("constant bounds are valid")
+}
+
+/// Records `ns` (clamped to the histogram's range; a 0 becomes 1 ns).
+pub fn record(hist: &mut Histogram<u64>, ns: u64) {
+    // Cannot fail: the value is clamped into the histogram's bounds first.
+    let _ = hist.record(ns.clamp(1, HIST_MAX_NS));
+}
+
+/// Encodes a histogram (HdrHistogram V2 format, base64) so an agent can hand it over in JSON.
+pub fn hist_to_base64(hist: &Histogram<u64>) -> anyhow::Result<String> {
+    let mut buf = Vec::new();
+    V2Serializer::new()
+        .serialize(hist, &mut buf)
+        .map_err(|e| anyhow::anyhow!("cannot serialise a histogram: {e:?}"))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(buf))
+}
+
+/// Decodes what [`hist_to_base64`] produced.
+pub fn hist_from_base64(text: &str) -> anyhow::Result<Histogram<u64>> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .context("an agent's histogram is not valid base64")?;
+    let hist: Histogram<u64> = Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| anyhow::anyhow!("an agent's histogram does not decode: {e:?}"))?;
+    Ok(hist)
+}
+
+/// p50 / p99 / p99.9 / max of a histogram, in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// The percentiles of `hist`, or `None` when it holds nothing.
+    pub fn of(hist: &Histogram<u64>) -> Option<Self> {
+        if hist.is_empty() {
+            return None;
+        }
+        let ms = |ns: u64| ns as f64 / 1e6;
+        Some(Self {
+            p50: ms(hist.value_at_quantile(0.50)),
+            p99: ms(hist.value_at_quantile(0.99)),
+            p999: ms(hist.value_at_quantile(0.999)),
+            max: ms(hist.max()),
+        })
+    }
+}
+
+/// One row of the latency budget.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageRow {
+    /// `capture`, `handoff:<agent>`, `compute:<agent>`, `return handoff`, `playback`.
+    pub name: String,
+    /// What the stage measures, from which clock reading to which.
+    pub what: String,
+    pub samples: u64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub p999_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+}
+
+impl StageRow {
+    /// A row from a histogram in nanoseconds.
+    pub fn new(name: impl Into<String>, what: impl Into<String>, hist: &Histogram<u64>) -> Self {
+        let p = Percentiles::of(hist);
+        Self {
+            name: name.into(),
+            what: what.into(),
+            samples: hist.len(),
+            p50_ms: p.map(|p| p.p50),
+            p99_ms: p.map(|p| p.p99),
+            p999_ms: p.map(|p| p.p999),
+            max_ms: p.map(|p| p.max),
+        }
+    }
+}
+
+/// What one agent process did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentRow {
+    pub name: String,
+    pub pid: u32,
+    /// Frames it read from the capture ring.
+    pub frames: u64,
+    /// Cycles it finished after the cycle's deadline (cycle fence).
+    pub late: u64,
+    /// Frames it never saw (lapped in a lossy ring, or missing from the sequence).
+    pub lost: u64,
+    /// CRC-32 of every payload byte it read, in order (hex).
+    pub checksum: String,
+    /// CPU time of the whole process as a share of one core.
+    pub cpu_percent: f64,
+    /// Its ring operations (grants, commits, releases, wakes) as a share of one core.
+    pub ipc_cpu_percent: f64,
+    /// CPU its waits for frames cost (futex park and wake-up), as a share of one core.
+    pub wait_cpu_percent: f64,
+    /// Scheduling of its processing thread, or why real-time was refused.
+    pub scheduling: String,
+    /// How it ended: `end of stream`, or what went wrong.
+    pub exit: String,
+}
+
+/// The producer's own account of what it put into the capture ring.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProducerRow {
+    pub frames: u64,
+    pub samples: u64,
+    /// CRC-32 of every payload byte committed to the capture ring, in order (hex).
+    pub checksum: String,
+    /// Frames the device delivered that could not be written (the ring was full).
+    pub dropped: u64,
+}
+
+/// The voice-activity detector's findings, read through its control register.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct VadRow {
+    pub speech_segments: u64,
+    pub speech_frames: u64,
+    pub last_energy_dbfs: Option<f64>,
+}
+
+/// Everything `voxring run --json FILE` writes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunReport {
+    pub device: String,
+    pub playback_device: Option<String>,
+    pub rate: u32,
+    pub quantum: u32,
+    pub channels: u16,
+    /// Seconds asked for.
+    pub seconds: f64,
+    /// Seconds actually run (less when interrupted).
+    pub elapsed_s: f64,
+    pub interrupted: bool,
+    pub load: u32,
+    pub cycles: u64,
+    pub cycles_late: u64,
+    pub frames_lost: u64,
+    pub xruns: u64,
+    pub xruns_capture: u64,
+    pub xruns_playback: u64,
+    /// `None` when no `echo` agent returned frames to the playback side.
+    pub mouth_to_ear_ms: Option<Percentiles>,
+    pub stages: Vec<StageRow>,
+    pub agents: Vec<AgentRow>,
+    pub producer: ProducerRow,
+    pub vad: Option<VadRow>,
+    /// CPU spent in ring operations (grants, copies into and out of slots, commits,
+    /// releases, futex wakes) by every process, as a share of one core.
+    pub ipc_cpu_percent: f64,
+    /// CPU the agents spent waiting for frames (futex park, wake-up, liveness checks), as a
+    /// share of one core: the price of sleeping between frames instead of spinning.
+    pub wait_cpu_percent: f64,
+    /// Scheduling of the orchestrator's audio thread.
+    pub audio_scheduling: String,
+    pub drift_ppm: Option<f64>,
+    pub budget_ms: f64,
+    /// `within budget`, `over budget`, or `not measured`.
+    pub verdict: String,
+    pub verdict_reasons: Vec<String>,
+    pub warnings: Vec<String>,
+    pub wav: Option<String>,
+    pub command: String,
+}
+
+impl RunReport {
+    /// Judges the run against the 150 ms budget; returns the verdict and why.
+    pub fn judge(&mut self) {
+        let mut reasons = Vec::new();
+        let verdict = match self.mouth_to_ear_ms {
+            None => {
+                reasons.push("mouth-to-ear was not measured: add the `echo` agent".to_owned());
+                "not measured"
+            }
+            Some(m) if m.p999 <= BUDGET_MS => {
+                reasons.push(format!(
+                    "mouth-to-ear p99.9 {:.2} ms is within the {BUDGET_MS} ms budget",
+                    m.p999
+                ));
+                "within budget"
+            }
+            Some(m) => {
+                reasons.push(format!(
+                    "mouth-to-ear p99.9 {:.2} ms exceeds the {BUDGET_MS} ms budget",
+                    m.p999
+                ));
+                "over budget"
+            }
+        };
+        let mut verdict = verdict.to_owned();
+        if self.frames_lost > 0 {
+            reasons.push(format!(
+                "{} frames were lost (audible gaps)",
+                self.frames_lost
+            ));
+            if verdict == "within budget" {
+                verdict = "over budget".to_owned();
+            }
+        }
+        self.verdict = verdict;
+        self.verdict_reasons = reasons;
+    }
+
+    /// The budget table and the summary, as printed on stdout.
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "voxring run: {} at {} Hz, quantum {} ({:.2} ms), {} channel(s), {:.1} s{}",
+            self.device,
+            self.rate,
+            self.quantum,
+            self.quantum as f64 * 1e3 / self.rate as f64,
+            self.channels,
+            self.elapsed_s,
+            if self.interrupted {
+                " (interrupted: partial report)"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            s,
+            "{:<22} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "stage (ms)", "p50", "p99", "p99.9", "max", "samples"
+        );
+        let f = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
+        for st in &self.stages {
+            let _ = writeln!(
+                s,
+                "{:<22} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                st.name,
+                f(st.p50_ms),
+                f(st.p99_ms),
+                f(st.p999_ms),
+                f(st.max_ms),
+                st.samples
+            );
+        }
+        match self.mouth_to_ear_ms {
+            Some(m) => {
+                let _ = writeln!(
+                    s,
+                    "{:<22} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+                    "mouth-to-ear", m.p50, m.p99, m.p999, m.max
+                );
+            }
+            None => {
+                let _ = writeln!(s, "{:<22} not measured (no echo agent)", "mouth-to-ear");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "cycles {}  late {}  frames lost {}  xruns {} (capture {}, playback {})",
+            self.cycles,
+            self.cycles_late,
+            self.frames_lost,
+            self.xruns,
+            self.xruns_capture,
+            self.xruns_playback
+        );
+        for a in &self.agents {
+            let _ = writeln!(
+                s,
+                "agent {:<9} pid {:<7} frames {:<8} late {:<5} lost {:<5} cpu {:.2} %  {}  [{}]",
+                a.name, a.pid, a.frames, a.late, a.lost, a.cpu_percent, a.scheduling, a.exit
+            );
+        }
+        if let Some(v) = &self.vad {
+            let _ = writeln!(
+                s,
+                "vad: {} speech segment(s), {} speech frames",
+                v.speech_segments, v.speech_frames
+            );
+        }
+        let _ = writeln!(
+            s,
+            "IPC CPU {:.4} % of one core (ring operations; waiting for frames {:.3} %)   audio thread {}   clock drift {}",
+            self.ipc_cpu_percent,
+            self.wait_cpu_percent,
+            self.audio_scheduling,
+            self.drift_ppm
+                .map_or_else(|| "not measured".to_owned(), |d| format!("{d:+.1} ppm"))
+        );
+        for w in &self.warnings {
+            let _ = writeln!(s, "warning: {w}");
+        }
+        let _ = writeln!(
+            s,
+            "verdict: {} ({})",
+            self.verdict,
+            self.verdict_reasons.join("; ")
+        );
+        s
+    }
+
+    /// The Markdown report; `plots` are (title, file name) pairs of SVGs beside it.
+    pub fn markdown(&self, plots: &[(&str, &str)]) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# voxring run\n");
+        let _ = writeln!(s, "Command: `{}`\n", self.command);
+        let _ = writeln!(
+            s,
+            "Device `{}`{}, {} Hz, quantum {} ({:.2} ms), {} channel(s), {} CPU hog(s), {:.1} s run{}.\n",
+            self.device,
+            self.playback_device
+                .as_ref()
+                .map_or_else(String::new, |p| format!(" → playback `{p}`")),
+            self.rate,
+            self.quantum,
+            self.quantum as f64 * 1e3 / self.rate as f64,
+            self.channels,
+            self.load,
+            self.elapsed_s,
+            if self.interrupted {
+                " (interrupted by Ctrl-C: partial report)"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            s,
+            "**Verdict: {}** against the {BUDGET_MS} ms voice budget — {}.\n",
+            self.verdict,
+            self.verdict_reasons.join("; ")
+        );
+        let _ = writeln!(s, "## Latency budget\n");
+        let _ = writeln!(
+            s,
+            "| stage | p50 ms | p99 ms | p99.9 ms | max ms | samples | measured from → to |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---|");
+        let f = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), |v| format!("{v:.3}"));
+        for st in &self.stages {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                st.name,
+                f(st.p50_ms),
+                f(st.p99_ms),
+                f(st.p999_ms),
+                f(st.max_ms),
+                st.samples,
+                st.what
+            );
+        }
+        if let Some(m) = self.mouth_to_ear_ms {
+            let _ = writeln!(
+                s,
+                "| **mouth-to-ear** | {:.3} | {:.3} | {:.3} | {:.3} | | first sample captured → first sample played |",
+                m.p50, m.p99, m.p999, m.max
+            );
+        }
+        let _ = writeln!(s, "\n## Cycles, losses, CPU\n");
+        let _ = writeln!(s, "| figure | value |\n|---|---:|");
+        let _ = writeln!(s, "| cycles | {} |", self.cycles);
+        let _ = writeln!(
+            s,
+            "| late cycles (any agent past the deadline) | {} |",
+            self.cycles_late
+        );
+        let _ = writeln!(s, "| frames lost | {} |", self.frames_lost);
+        let _ = writeln!(
+            s,
+            "| xruns capture / playback | {} / {} |",
+            self.xruns_capture, self.xruns_playback
+        );
+        let _ = writeln!(
+            s,
+            "| IPC CPU (ring operations), share of one core | {:.4} % |",
+            self.ipc_cpu_percent
+        );
+        let _ = writeln!(
+            s,
+            "| CPU of waiting for frames (futex park/wake), share of one core | {:.4} % |",
+            self.wait_cpu_percent
+        );
+        let _ = writeln!(s, "| audio thread | {} |", self.audio_scheduling);
+        let _ = writeln!(
+            s,
+            "| clock drift | {} |",
+            self.drift_ppm
+                .map_or_else(|| "not measured".to_owned(), |d| format!("{d:+.2} ppm"))
+        );
+        let _ = writeln!(
+            s,
+            "| frames produced / CRC-32 | {} / {} |",
+            self.producer.frames, self.producer.checksum
+        );
+        let _ = writeln!(s, "\n## Agents\n");
+        let _ = writeln!(
+            s,
+            "| agent | pid | frames | late | lost | CRC-32 | CPU % | ring ops % | waiting % | scheduling | end |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---|---:|---:|---:|---|---|");
+        for a in &self.agents {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {:.2} | {:.4} | {:.3} | {} | {} |",
+                a.name,
+                a.pid,
+                a.frames,
+                a.late,
+                a.lost,
+                a.checksum,
+                a.cpu_percent,
+                a.ipc_cpu_percent,
+                a.wait_cpu_percent,
+                a.scheduling,
+                a.exit
+            );
+        }
+        if let Some(v) = &self.vad {
+            let _ = writeln!(
+                s,
+                "\nVoice activity: {} speech segment(s), {} speech frames.",
+                v.speech_segments, v.speech_frames
+            );
+        }
+        if let Some(w) = &self.wav {
+            let _ = writeln!(s, "\nRecording: `{w}`.");
+        }
+        if !self.warnings.is_empty() {
+            let _ = writeln!(s, "\n## Warnings\n");
+            for w in &self.warnings {
+                let _ = writeln!(s, "- {w}");
+            }
+        }
+        if !plots.is_empty() {
+            let _ = writeln!(s, "\n## Plots\n");
+            for (title, file) in plots {
+                let _ = writeln!(s, "### {title}\n\n![{title}]({file})\n");
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_round_trips_through_base64() {
+        let mut h = new_hist();
+        for v in [1_000, 2_000, 3_000, 1_000_000] {
+            record(&mut h, v);
+        }
+        let back = hist_from_base64(&hist_to_base64(&h).unwrap()).unwrap();
+        assert_eq!(back.len(), 4);
+        assert_eq!(back.max(), h.max());
+    }
+
+    #[test]
+    fn percentiles_are_none_for_an_empty_histogram() {
+        assert!(Percentiles::of(&new_hist()).is_none());
+    }
+
+    #[test]
+    fn bad_base64_is_an_error_not_a_panic() {
+        assert!(hist_from_base64("not base64 !!").is_err());
+        assert!(hist_from_base64("AAAA").is_err());
+    }
+}
