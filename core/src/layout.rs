@@ -1,5 +1,5 @@
 //! The shared-memory layout of a frame ring: configuration, the `#[repr(C)]` blocks, and the
-//! validated [`Layout`] a handle carries.
+//! validated layout a handle carries.
 //!
 //! `core/LAYOUT.md` documents the same layout byte by byte for programs in other languages. In
 //! the normal build the offsets below are checked against that document at compile time
