@@ -1,10 +1,5 @@
-//! Giving the audio thread SCHED_FIFO.
-
-use thread_priority::unix::{
-    RealtimeThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
-    thread_native_id,
-};
-use thread_priority::{ThreadPriority, ThreadPriorityValue};
+//! Giving the audio thread SCHED_FIFO (through [`crate::rt::set_fifo`], the thread-priority
+//! crate's `pthread_setschedparam(3)`), reporting a refusal instead of panicking.
 
 /// The priority voxring's audio thread asks for by default: above ordinary work, below
 /// PipeWire's own data thread (`module-rt` uses 88), so our client never preempts the graph
@@ -24,24 +19,26 @@ impl std::fmt::Display for RtRefused {
 
 impl std::error::Error for RtRefused {}
 
-/// Puts the calling thread under SCHED_FIFO at `priority` (1..=99), with
-/// `pthread_setschedparam(3)`. Returns why not when the system refuses; never panics.
+/// Puts the calling thread under SCHED_FIFO at `priority` (1..=99). Returns why not when the
+/// system refuses (the message says how to get it); never panics.
 pub fn promote_current_thread(priority: u8) -> Result<(), RtRefused> {
-    let value = ThreadPriorityValue::try_from(priority.clamp(1, 99))
-        .map_err(|e| RtRefused(format!("SCHED_FIFO {priority}: {e}")))?;
-    set_thread_priority_and_policy(
-        thread_native_id(),
-        ThreadPriority::Crossplatform(value),
-        ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
-    )
-    .map_err(|e| match e {
-        thread_priority::Error::OS(errno) if errno == libc::EPERM => RtRefused(format!(
-            "SCHED_FIFO {priority} refused (EPERM): this user has no rtprio limit; run \
-             kernel-tuning/apply.sh --limits or grant CAP_SYS_NICE. The audio thread runs at \
-             normal priority and is more likely to xrun."
-        )),
-        other => RtRefused(format!(
-            "SCHED_FIFO {priority} refused ({other}); the audio thread runs at normal priority"
-        )),
+    crate::rt::set_fifo(priority).map_err(|e| {
+        RtRefused(format!(
+            "{e}; the audio thread runs at normal priority and is more likely to xrun"
+        ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_impossible_priority_is_refused_with_a_reason() {
+        for p in [0u8, 100] {
+            let e = promote_current_thread(p).unwrap_err();
+            assert!(e.0.contains("normal priority"), "{e}");
+            assert!(e.0.contains(&p.to_string()), "{e}");
+        }
+    }
 }
