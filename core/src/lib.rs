@@ -18,8 +18,8 @@ pub use layout::{
 pub use meta::{FormatMismatch, FrameFlags, FrameMeta, LenError, Sample};
 pub use ring::{
     AttachError, ClaimError, CommitError, Consumer, CreateError, EvictError, FrameMut, FrameRef,
-    FramesMut, GrantError, JoinError, Producer, ReadError, ReadGrant, ReleaseError, Ring,
-    WriteGrant,
+    FramesMut, GrantError, JoinError, PopFrameError, Producer, PushFrameError, ReadError,
+    ReadGrant, ReleaseError, Ring, WriteGrant,
 };
 pub use static_ring::{
     ChunkError, PopError, Popper, PushError, Pusher, ReadChunk, SplitError, StaticRing, TooMany,

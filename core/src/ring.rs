@@ -487,6 +487,78 @@ impl core::fmt::Display for EvictError {
 
 impl core::error::Error for EvictError {}
 
+/// Why [`Producer::push`] wrote nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushFrameError {
+    /// The payload is longer than a slot.
+    TooLong {
+        /// Bytes given.
+        len: usize,
+        /// Bytes a slot holds.
+        capacity: u32,
+    },
+    /// No frame could be granted (full, evicted, corrupt consumer).
+    Grant(GrantError),
+}
+
+impl From<GrantError> for PushFrameError {
+    fn from(e: GrantError) -> Self {
+        PushFrameError::Grant(e)
+    }
+}
+
+impl core::fmt::Display for PushFrameError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            PushFrameError::TooLong { len, capacity } => write!(
+                f,
+                "cannot push {len} bytes: a frame holds {capacity}; split the data or create the ring with larger frames"
+            ),
+            PushFrameError::Grant(e) => write!(f, "cannot push: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for PushFrameError {}
+
+/// Why [`Consumer::pop`] returned no frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PopFrameError {
+    /// No frame could be granted (empty, lost frames, evicted, corrupt producer).
+    Read(ReadError),
+    /// The frame was copied but turned out overwritten or the consumer evicted; the copy
+    /// must be discarded (the frame is consumed).
+    Release(ReleaseError),
+    /// `out` is too short for the frame's payload; nothing was consumed.
+    BufferTooSmall {
+        /// Bytes the frame holds.
+        needed: usize,
+        /// Bytes given.
+        got: usize,
+    },
+}
+
+impl From<ReadError> for PopFrameError {
+    fn from(e: ReadError) -> Self {
+        PopFrameError::Read(e)
+    }
+}
+
+impl core::fmt::Display for PopFrameError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            PopFrameError::Read(e) => write!(f, "cannot pop: {e}"),
+            PopFrameError::Release(e) => write!(f, "popped frame is invalid: {e}"),
+            PopFrameError::BufferTooSmall { needed, got } => write!(
+                f,
+                "cannot pop: the frame holds {needed} bytes but the buffer has {got}; pass a buffer of Ring::payload_bytes()"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for PopFrameError {}
+
 impl Ring {
     /// Creates a ring in `len` bytes at `ptr`, overwriting whatever was there, and returns a
     /// handle on it. The region must be 128-byte aligned and at least
@@ -1018,6 +1090,54 @@ impl Producer {
         })
     }
 
+    /// Copies `payload` into one new frame with the given metadata and commits it: the
+    /// plain, copying form of [`Producer::write_grant`] for small payloads.
+    ///
+    /// ```
+    /// # use voxring_core::{Policy, Ring, RingConfig, SampleFormat, FrameFlags};
+    /// # #[repr(C, align(128))] struct Region([u8; 2048]);
+    /// # let mut region = Region([0; 2048]);
+    /// # let cfg = RingConfig { frames: 2, samples_per_frame: 4, channels: 1,
+    /// #     format: SampleFormat::S16, sample_rate: 16_000, max_consumers: 1,
+    /// #     policy: Policy::Lossless };
+    /// # // SAFETY: valid, aligned, unused region that outlives the handles.
+    /// # let ring = unsafe { Ring::create(region.0.as_mut_ptr(), 2048, &cfg) }?;
+    /// let mut producer = ring.producer(1)?;
+    /// let mut consumer = ring.consumer(2)?;
+    /// producer.push(b"hello", 0, 42, FrameFlags::END_OF_STREAM)?;
+    /// let mut buf = [0u8; 8];
+    /// let (meta, _wake) = consumer.pop(&mut buf)?;
+    /// assert_eq!((&buf[..meta.len as usize], meta.timestamp_ns), (&b"hello"[..], 42));
+    /// assert!(meta.flags.contains(FrameFlags::END_OF_STREAM));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn push(
+        &mut self,
+        payload: &[u8],
+        sample_pos: u64,
+        timestamp_ns: u64,
+        flags: FrameFlags,
+    ) -> Result<Wake, PushFrameError> {
+        let capacity = self.ring.layout.payload_bytes;
+        if payload.len() > capacity as usize {
+            return Err(PushFrameError::TooLong {
+                len: payload.len(),
+                capacity,
+            });
+        }
+        let mut g = self.write_grant(1)?;
+        let Some(mut f) = g.frame_mut(0) else {
+            return Err(PushFrameError::Grant(GrantError::Full));
+        };
+        f.payload_mut()[..payload.len()].copy_from_slice(payload);
+        // `payload.len() <= capacity`, a u32, checked above.
+        f.meta.len.store(payload.len() as u32, Ordering::Relaxed);
+        f.set_sample_pos(sample_pos);
+        f.set_timestamp_ns(timestamp_ns);
+        f.set_flags(flags);
+        Ok(g.commit_all())
+    }
+
     /// Lossless policy: sleeps through `waiter` until a frame may be free, at most
     /// `timeout_ns`. Makes no call at all when space is already known to be free. Re-check
     /// with [`Producer::write_grant`] after it returns. Lossy policy: returns `Ready` at once.
@@ -1491,6 +1611,30 @@ impl Consumer {
         // lossy producer, kept for observers).
         b.read_pos.store(q, Ordering::Release);
         ReadError::Lost { frames: lost }
+    }
+
+    /// Copies the next frame's payload into `out` and consumes it: the plain, copying form
+    /// of [`Consumer::read_grant`]. Returns the frame's metadata (`len` bytes of `out` were
+    /// written) and whether a parked producer must be woken. In the lossy policy a frame
+    /// overwritten during the copy is reported as [`PopFrameError::Release`] and must be
+    /// discarded. See [`Producer::push`] for an example.
+    pub fn pop(&mut self, out: &mut [u8]) -> Result<(FrameMeta, Wake), PopFrameError> {
+        let g = self.read_grant(1)?;
+        let Some(f) = g.frame(0) else {
+            return Err(PopFrameError::Read(ReadError::Empty));
+        };
+        let mut meta = f.meta();
+        let data = f.payload();
+        if data.len() > out.len() {
+            return Err(PopFrameError::BufferTooSmall {
+                needed: data.len(),
+                got: out.len(),
+            });
+        }
+        out[..data.len()].copy_from_slice(data);
+        meta.len = data.len() as u32;
+        let wake = g.release_all().map_err(PopFrameError::Release)?;
+        Ok((meta, wake))
     }
 
     /// Sleeps through `waiter` until a frame may be ready, at most `timeout_ns`. Makes no

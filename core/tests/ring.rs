@@ -681,3 +681,43 @@ fn lossy_threads_account_for_every_frame() {
         );
     }
 }
+
+#[test]
+fn push_and_pop_copy_small_frames() {
+    use voxring_core::{PopFrameError, PushFrameError};
+    let (_region, ring) = make(&config(2, 1, Policy::Lossless));
+    let cap = ring.payload_bytes() as usize;
+    let mut p = ring.producer(1).unwrap();
+    let mut c = ring.consumer(2).unwrap();
+    let mut buf = vec![0u8; cap];
+    assert!(matches!(
+        c.pop(&mut buf),
+        Err(PopFrameError::Read(ReadError::Empty))
+    ));
+    assert!(matches!(
+        p.push(&vec![1; cap + 1], 0, 0, FrameFlags::NONE),
+        Err(PushFrameError::TooLong { .. })
+    ));
+    p.push(b"abc", 7, 8, FrameFlags::XRUN).unwrap();
+    p.push(&vec![9; cap], 9, 10, FrameFlags::NONE).unwrap();
+    assert!(matches!(
+        p.push(b"x", 0, 0, FrameFlags::NONE),
+        Err(PushFrameError::Grant(GrantError::Full))
+    ));
+    let (m, _) = c.pop(&mut buf).unwrap();
+    assert_eq!((m.seq, m.sample_pos, m.timestamp_ns, m.len), (0, 7, 8, 3));
+    assert_eq!(&buf[..3], b"abc");
+    assert!(m.flags.contains(FrameFlags::XRUN));
+    let mut small = [0u8; 4];
+    assert!(matches!(
+        c.pop(&mut small),
+        Err(PopFrameError::BufferTooSmall { needed, got: 4 }) if needed == cap
+    ));
+    let (m, _) = c.pop(&mut buf).unwrap();
+    assert_eq!(
+        (m.seq, m.len as usize),
+        (1, cap),
+        "a refused pop consumed nothing"
+    );
+    assert!(buf.iter().all(|&b| b == 9));
+}
