@@ -56,6 +56,14 @@ impl From<StreamError> for AudioError {
             Direction::Capture => "capture",
             Direction::Playback => "playback",
         };
+        if e.call == "capture stalled" {
+            return AudioError::Unrecoverable(
+                "the capture delivered no frame for 3 s: the device is gone or its capture is \
+                 not connected to anything (with PipeWire, check that a session manager such as \
+                 WirePlumber runs and links the stream: pw-link -l)"
+                    .into(),
+            );
+        }
         AudioError::Unrecoverable(format!(
             "the {dir} stream failed in {} ({}) and could not be recovered; the device may have \
              gone away (check that PipeWire or the sound card is still there) and the stream must \

@@ -6,7 +6,10 @@ use alsa::Direction;
 
 use super::alsa_pcm::{AlsaStream, MmapPreference, StreamError};
 use super::synthetic::SyntheticDevice;
-use super::{AudioError, CaptureSink, Granted, PlaybackSource, Sample, StreamParams, XrunCounts};
+use super::{
+    AudioError, CaptureSink, Granted, PlaybackSource, Sample, StreamParams, XrunCounts,
+    monotonic_ns,
+};
 
 /// Which device to open.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +101,9 @@ pub struct RunStats {
     /// Times the device did not answer within its wait timeout.
     pub timeouts: u64,
 }
+
+/// A run ends with an error when the capture delivers nothing for this long.
+const STALL_NS: u64 = 3_000_000_000;
 
 /// Poll descriptors we can wait on (capture + playback); plugins use one or two each.
 const MAX_POLL_FDS: usize = 16;
@@ -276,7 +282,8 @@ impl<T: Sample> Duplex<T> {
     /// loopback is one playback buffer plus the capture side's latency.
     ///
     /// Real-time safe: no allocation, lock or print; the only blocking calls are the waits on
-    /// the device clock. Call it on the audio thread (see [`super::rt`]).
+    /// the device clock. Call it on the audio thread (see [`super::rt`]). An ALSA run ends
+    /// with an error if the capture delivers nothing for 3 s (device gone or never linked).
     pub fn run<C: CaptureSink<T>, P: PlaybackSource<T>>(
         &mut self,
         sink: &mut C,
@@ -310,9 +317,24 @@ impl<T: Sample> Duplex<T> {
                     events: 0,
                     revents: 0,
                 }; MAX_POLL_FDS];
+                let mut last_pos = d.capture.position();
+                let mut last_progress = monotonic_ns();
                 let result = loop {
                     if stop.is_set() || d.capture.position() - c0 >= limit {
                         break Ok(());
+                    }
+                    let now = monotonic_ns();
+                    if d.capture.position() != last_pos {
+                        last_pos = d.capture.position();
+                        last_progress = now;
+                    } else if now - last_progress > STALL_NS {
+                        // The capture has not delivered a frame for seconds: the device is
+                        // gone or was never connected (PipeWire: no link to a source).
+                        break Err(StreamError {
+                            call: "capture stalled",
+                            errno: libc::ETIMEDOUT,
+                            direction: Direction::Capture,
+                        });
                     }
                     let n = match d.poll_fds(&mut fds) {
                         Ok(n) => n,
@@ -360,8 +382,10 @@ impl<T: Sample> Duplex<T> {
                     s.silence_frames(),
                 );
                 s.start();
+                let period = u64::from(s.granted().period_frames);
                 while !stop.is_set() && s.capture_position() - c0 < limit {
-                    s.run_due(sink, source);
+                    let left = (limit - (s.capture_position() - c0)).div_ceil(period);
+                    s.run_due_at_most(sink, source, left.min(u64::from(u32::MAX)) as u32);
                     st.wakeups += 1;
                 }
                 st.capture_frames = s.capture_position() - c0;

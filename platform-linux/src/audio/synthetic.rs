@@ -152,6 +152,16 @@ impl<T: Sample> SyntheticDevice<T> {
         sink: &mut C,
         source: &mut P,
     ) -> u32 {
+        self.run_due_at_most(sink, source, u32::MAX)
+    }
+
+    /// [`Self::run_due`], running at most `max_periods` periods (the rest stay due).
+    pub fn run_due_at_most<C: CaptureSink<T>, P: PlaybackSource<T>>(
+        &mut self,
+        sink: &mut C,
+        source: &mut P,
+        max_periods: u32,
+    ) -> u32 {
         if !self.started {
             self.start();
         }
@@ -175,7 +185,7 @@ impl<T: Sample> SyntheticDevice<T> {
             self.pending_flags |= flags::XRUN;
         }
         let mut ran = 0;
-        while self.clock_frames + period <= due {
+        while self.clock_frames + period <= due && ran < max_periods {
             self.run_period(sink, source, now);
             ran += 1;
         }
