@@ -331,3 +331,116 @@ fn another_users_segment_is_refused_with_both_uids() {
     );
     assert!(ok.is_ok(), "{:?}", ok.err());
 }
+
+// ---- ring-level checks (after the file checks pass) ----
+
+use voxring_core::Policy;
+use voxring_linux::ring::Segment;
+
+fn ring_segment(name: &str) -> Segment {
+    Segment::create(
+        name,
+        &common::test_config(Policy::Lossless),
+        &CreateOptions::default(),
+    )
+    .expect("create ring segment")
+}
+
+#[test]
+fn wrong_layout_version_is_refused() {
+    let name = unique_name("version");
+    let _c = ShmCleanup(name.clone());
+    let seg = ring_segment(&name);
+    // abi_version is the u32 at offset 8 (core/LAYOUT.md).
+    // SAFETY: offset 8..12 is inside the mapped header; the word is accessed atomically.
+    let word = unsafe {
+        &*seg
+            .mapping()
+            .as_ptr()
+            .add(8)
+            .cast::<std::sync::atomic::AtomicU32>()
+    };
+    word.store(
+        voxring_core::ABI_VERSION + 1,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let err = Segment::attach(&name, &AttachOptions::default()).unwrap_err();
+    match &err {
+        AttachError::WrongVersion {
+            found, supported, ..
+        } => {
+            assert_eq!(*found, voxring_core::ABI_VERSION + 1);
+            assert_eq!(*supported, voxring_core::ABI_VERSION);
+        }
+        other => panic!("expected WrongVersion, got {other}"),
+    }
+    assert!(err.to_string().contains("layout version"), "{err}");
+}
+
+#[test]
+fn not_a_ring_is_refused_by_the_layout_checks() {
+    let name = unique_name("garbage");
+    let _c = ShmCleanup(name.clone());
+    let _seg = create(&name); // a zero-filled file: the right kind, but no ring in it
+    let err = Segment::attach(&name, &AttachOptions::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AttachError::Layout {
+                error: voxring_core::AttachError::BadMagic { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn ring_segment_cut_short_is_refused_as_too_small() {
+    let name = unique_name("short");
+    let _c = ShmCleanup(name.clone());
+    let seg = ring_segment(&name);
+    let full = seg.config().region_size().unwrap() as u64;
+    // Someone truncates the file before we attach.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(shm_path(&name))
+        .unwrap();
+    f.set_len(full / 2).unwrap();
+    let err = Segment::attach(&name, &AttachOptions::default()).unwrap_err();
+    match err {
+        AttachError::TooSmall { size, needed, .. } => {
+            assert_eq!(size, full / 2);
+            assert_eq!(needed, full);
+        }
+        other => panic!("expected TooSmall, got {other}"),
+    }
+}
+
+#[test]
+fn memfd_ring_crosses_a_socket_and_carries_frames() {
+    let seg = Segment::create_memfd(
+        "unit",
+        &common::test_config(Policy::Lossless),
+        Default::default(),
+    )
+    .unwrap();
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    seg.send(&a).unwrap();
+    let got = Segment::receive(&b, Default::default()).unwrap();
+    let mut rx = got.consumer().unwrap();
+    let mut tx = seg.producer().unwrap();
+    // Fewer frames than the capacity (16): producer and consumer share this thread.
+    common::produce(&mut tx, Some(12), 3);
+    let seen = common::consume(&mut rx, None);
+    assert_eq!(seen.delivered, 12);
+    assert!(seen.end_flag);
+    // The receiver's ticket lock is its own: the sender sees it as a live consumer.
+    assert_eq!(seg.evict_dead().consumers, 0);
+    drop(tx);
+    assert_eq!(got.producer_state(), voxring_linux::ring::PeerState::Absent);
+    // A named segment is not sent over sockets.
+    let name = unique_name("nosend");
+    let _c = ShmCleanup(name.clone());
+    assert!(ring_segment(&name).send(&a).is_err());
+}
