@@ -236,7 +236,8 @@ pub struct Granted {
     pub buffer_frames: u32,
     /// Sample format.
     pub format: SampleFormat,
-    /// The access ALSA granted, as ALSA names it (`MMAP_INTERLEAVED` whenever we stream).
+    /// The access ALSA granted, as ALSA names it (`MMAP_INTERLEAVED` whenever we stream an
+    /// ALSA device; `none (synthetic)` for the synthetic device).
     pub alsa_access: &'static str,
     /// How this process reaches the buffer.
     pub mode: AccessMode,

@@ -82,7 +82,8 @@ impl<T: Sample> SyntheticDevice<T> {
             period_frames: self.params.period_frames,
             buffer_frames: self.params.buffer_frames,
             format: T::SAMPLE_FORMAT,
-            alsa_access: "MMAP_INTERLEAVED",
+            // Not an ALSA device: nothing was granted by ALSA.
+            alsa_access: "none (synthetic)",
             mode: AccessMode::Synthetic,
         }
     }
