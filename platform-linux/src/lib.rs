@@ -9,6 +9,6 @@ pub mod futex;
 pub mod liveness;
 pub mod mapping;
 pub mod memfd;
+pub mod ring;
 pub mod rt;
 pub mod segment;
-pub mod ring;
