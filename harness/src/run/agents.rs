@@ -176,7 +176,7 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<AgentOutput> {
     let mut compute = new_hist();
     let mut crc = crc32fast::Hasher::new();
     let (mut frames, mut samples, mut lost, mut late) = (0u64, 0u64, 0u64, 0u64);
-    let mut late_cycles = Vec::new();
+    let mut late_cycles = Vec::with_capacity(MAX_LATE_LISTED);
     let mut ipc_ns = 0u64;
     let mut wait_cpu_ns = 0u64;
     // The return ring's share of the current frame's work (taken out of "compute").

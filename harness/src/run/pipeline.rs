@@ -53,6 +53,9 @@ use super::{AgentKind, Args, EXIT_INTERRUPTED, EXIT_OVER_BUDGET, Format, plots};
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long agents get to drain the ring and report after the end of stream.
 const FINISH_GRACE: Duration = Duration::from_secs(10);
+/// The playback side plays returned frames in order while at most this many wait; beyond,
+/// it drops all but the newest (the latency would otherwise stay behind after a stall).
+const CATCH_UP_FRAMES: usize = 2;
 /// Per-cycle records kept for the timeline (beyond, cycles are still counted and measured).
 const MAX_TIMELINE_CYCLES: usize = 1 << 20;
 
@@ -190,9 +193,16 @@ impl<T: Sample + voxring_core::Sample> CaptureSink<T> for CaptureSide<'_, T> {
         let mut off = 0;
         while off < n {
             if self.filled == 0 {
-                let after = (n - off) as f64 * 1e9 / self.rate;
-                self.first_ns = info.timestamp_ns.saturating_sub(after as u64);
                 self.pos = info.sample_pos + off as u64;
+                // When the first sample arrived: the frame clock's estimate once it tracks the
+                // device (so a late hand-over shows up as capture latency), else the hand-over
+                // time minus the samples after it.
+                let after = (n - off) as f64 * 1e9 / self.rate;
+                let handed = info.timestamp_ns.saturating_sub(after as u64);
+                self.first_ns = match self.clock.predict_ns(self.pos) {
+                    Some(t) if self.clock.is_tracking() => t.min(handed),
+                    _ => handed,
+                };
             }
             let take = (self.quantum - self.filled).min(n - off);
             self.staging[self.filled * ch..(self.filled + take) * ch]
@@ -230,6 +240,8 @@ struct PlaybackSide<'a, T: Sample + voxring_core::Sample> {
     start_ns: u64,
     frames: u64,
     lost: u64,
+    /// Returned frames dropped to catch up after a stall.
+    skipped: u64,
     gaps: u64,
     started: bool,
     ipc_ns: u64,
@@ -245,10 +257,18 @@ impl<T: Sample + voxring_core::Sample> PlaybackSide<'_, T> {
         let t0 = monotonic_ns();
         let (consumer, waiter) = rx.parts();
         let got = loop {
-            match consumer.read_grant(1) {
+            // Everything returned so far: after a stall upstream, play only the newest frame
+            // and drop the older ones, so the latency does not stay behind (each dropped
+            // frame is counted lost).
+            match consumer.read_grant(usize::MAX) {
                 Ok(grant) => {
+                    let skip = if grant.len() > CATCH_UP_FRAMES {
+                        grant.len() - 1
+                    } else {
+                        0
+                    };
                     let mut ok = false;
-                    if let Some(f) = grant.frame(0) {
+                    if let Some(f) = grant.frame(skip) {
                         let meta = f.meta();
                         record(&mut self.hist_return, t0.saturating_sub(meta.timestamp_ns));
                         if let Ok(src) = f.samples::<T>() {
@@ -263,7 +283,8 @@ impl<T: Sample + voxring_core::Sample> PlaybackSide<'_, T> {
                             ok = self.cur_len > 0;
                         }
                     }
-                    match grant.release_all() {
+                    self.skipped += skip as u64;
+                    match grant.release(skip + 1) {
                         Ok(w) => w.wake(waiter),
                         Err(_) => ok = false,
                     }
@@ -420,6 +441,17 @@ fn run_with<T: Sample + voxring_core::Sample>(
             args.device
         )
     })?;
+    // `auto` says in the label why it fell back; that belongs with the warnings.
+    let device_label = match device_label.split_once(" (auto: ") {
+        Some((dev, why)) => {
+            warnings.push(format!(
+                "--device auto chose {dev}: {}",
+                why.strip_suffix(')').unwrap_or(why)
+            ));
+            dev.to_owned()
+        }
+        None => device_label,
+    };
     let synthetic = matches!(duplex, Duplex::Synthetic(_));
     let cg = duplex.capture_granted();
     let pg = duplex.playback_granted();
@@ -621,6 +653,7 @@ fn run_with<T: Sample + voxring_core::Sample>(
         start_ns,
         frames: 0,
         lost: 0,
+        skipped: 0,
         gaps: 0,
         started: false,
         ipc_ns: 0,
@@ -795,7 +828,7 @@ fn run_with<T: Sample + voxring_core::Sample>(
     let mut compute_rows = Vec::new();
     let mut ipc_ns = capture.ipc_ns + playback.ipc_ns;
     let mut wait_cpu_ns = 0u64;
-    let mut lost_total = capture.dropped + playback.lost;
+    let mut lost_total = capture.dropped + playback.lost + playback.skipped;
     let mut late_cycles: Vec<u64> = Vec::new();
     let mut recorder_out: Option<AgentOutput> = None;
     for (i, (kind, f)) in finished.iter().enumerate() {
@@ -905,6 +938,12 @@ fn run_with<T: Sample + voxring_core::Sample>(
         warnings.push(format!(
             "the recorder got {} samples with CRC-32 {}, the producer committed {} with {}",
             r.samples, r.checksum, producer.samples, producer.checksum
+        ));
+    }
+    if playback.skipped > 0 {
+        warnings.push(format!(
+            "{} returned frames were dropped to catch up after stalls (counted as lost)",
+            playback.skipped
         ));
     }
     if playback.gaps > 0 {
