@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+mod bindings;
 mod http;
 mod inproc;
 mod measure;
@@ -59,6 +60,12 @@ pub enum Transport {
     Rtrb,
     /// A multiprocessing shared Array read through np.frombuffer (needs python3 with numpy).
     PythonMparray,
+    /// voxring's Python package (numpy views in place) reading a ring this process writes
+    /// (needs python3 with numpy and libvoxring_ffi.so; run only when named in --transports).
+    PythonVoxring,
+    /// A C program on voxring's C ABI reading a ring this process writes (needs cc and
+    /// libvoxring_ffi.so; run only when named in --transports).
+    CVoxring,
 }
 
 impl Transport {
@@ -87,6 +94,8 @@ impl Transport {
             Transport::Http => "http",
             Transport::Rtrb => "rtrb",
             Transport::PythonMparray => "python-mparray",
+            Transport::PythonVoxring => "python-voxring",
+            Transport::CVoxring => "c-voxring",
         }
     }
 }
@@ -363,6 +372,9 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
                  /usr/bin/python3 imports numpy (apt-get install python3-numpy)"
             );
         }
+        if args.transports.contains(&Transport::PythonVoxring) {
+            bail!("python-voxring needs python3 with numpy (apt-get install python3-numpy)");
+        }
         transports.retain(|t| *t != Transport::PythonMparray);
         eprintln!("python-mparray skipped: no python3 with numpy (apt-get install python3-numpy)");
     }
@@ -415,7 +427,13 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     }
     eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
 
-    print_table(&rows);
+    // With `--json -` stdout carries only the JSON; the table goes to stderr.
+    let table = table(&rows);
+    if args.json.as_ref().is_some_and(|p| p.as_os_str() == "-") {
+        eprint!("{table}");
+    } else {
+        print!("{table}");
+    }
     if let Some(path) = &args.json {
         let doc = serde_json::json!({
             "command": std::env::args().collect::<Vec<_>>().join(" "),
@@ -454,6 +472,15 @@ fn run_one(
         Transport::PythonMparray => {
             let py = python.context("no python3 with numpy")?;
             python::run(py, plan, payload, cpus, tracepoint_id, &mut hist)?
+        }
+        Transport::PythonVoxring => {
+            let py = python.context("no python3 with numpy")?;
+            let c = bindings::Consumer::Python(py);
+            bindings::run(c, plan, payload, cpus, tracepoint_id, &mut hist)?
+        }
+        Transport::CVoxring => {
+            let c = bindings::Consumer::C;
+            bindings::run(c, plan, payload, cpus, tracepoint_id, &mut hist)?
         }
         _ => run_process_pair(t, payload, plan, cpus, tracepoint_id, &mut hist)?,
     };
@@ -664,7 +691,10 @@ fn run_process_pair(
             let child = spawn(&[], Some(port))?;
             (Box::new(rx), child)
         }
-        Transport::Rtrb | Transport::PythonMparray => unreachable!("not a process pair"),
+        Transport::Rtrb
+        | Transport::PythonMparray
+        | Transport::PythonVoxring
+        | Transport::CVoxring => unreachable!("not a process pair"),
     };
     let consumed = consume(rx.as_mut(), plan, hist);
     drop(rx);
@@ -763,7 +793,10 @@ fn peer_main(t: Transport, args: &Args) -> anyhow::Result<()> {
                 .context("--peer http needs --peer-port")?;
             Box::new(http::HttpTx::new(port, payload))
         }
-        Transport::Rtrb | Transport::PythonMparray => {
+        Transport::Rtrb
+        | Transport::PythonMparray
+        | Transport::PythonVoxring
+        | Transport::CVoxring => {
             bail!("{} has no producer process", t.name())
         }
     };
@@ -776,8 +809,12 @@ fn peer_main(t: Transport, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_table(rows: &[ResultRow]) {
-    println!(
+/// The results as a text table, one row per transport and payload.
+fn table(rows: &[ResultRow]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "{:<15} {:>9} {:>8} {:>11} {:>11} {:>11} {:>12} {:>12} {:>9}",
         "transport",
         "payload",
@@ -793,7 +830,8 @@ fn print_table(rows: &[ResultRow]) {
         let sys = r
             .producer_syscalls_per_msg
             .map_or_else(|| "n/a".to_string(), |s| format!("{s:.2}"));
-        println!(
+        let _ = writeln!(
+            out,
             "{:<15} {:>9} {:>8} {:>11} {:>11} {:>11} {:>12} {:>12.0} {:>9}",
             r.transport,
             r.payload_bytes,
@@ -806,6 +844,7 @@ fn print_table(rows: &[ResultRow]) {
             sys
         );
     }
+    out
 }
 
 #[cfg(test)]

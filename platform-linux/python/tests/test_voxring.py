@@ -144,6 +144,9 @@ def test_context_managers_release_and_detach(name):
                 pass
             assert w.status()["write_pos"] == 3
         assert w.status()["consumers"] == 0  # the reader left on close
+        with pytest.raises(voxring.VoxringError) as e:
+            r.read(1)  # a closed reader is refused, not a use of freed memory
+        assert e.value.name == "VR_E_NULL"
     assert not Path(f"/dev/shm/voxring.{name}").exists()
 
 

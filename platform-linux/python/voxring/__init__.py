@@ -133,12 +133,23 @@ class _Mapped:
             mem = mem.view()
             mem.flags.writeable = False
         self._mem = mem
+        self._views = {}
         self._frames = (_lib.vr_frame * _BATCH)()
         self._count = ctypes.c_size_t()
+        # Ready-made arguments for the untyped fast path (see _lib.fast).
+        self._frames_p = ctypes.c_void_p(ctypes.addressof(self._frames))
+        self._count_p = ctypes.c_void_p(ctypes.addressof(self._count))
+        self._n = [ctypes.c_size_t(i) for i in range(_BATCH + 1)]
 
     def _view(self, f, nbytes):
+        # One numpy view per slot, made the first time the slot is seen, then reused: the
+        # slots never move, so a frame costs a dict lookup instead of a new array.
         off = f.data - self._base
-        return self._mem[off : off + nbytes].view(self.config.dtype)
+        v = self._views.get(off)
+        if v is None:
+            v = self._mem[off : off + f.capacity].view(self.config.dtype)
+            self._views[off] = v
+        return v if nbytes == f.capacity else v[: nbytes // v.itemsize]
 
     @property
     def memory_address(self):
@@ -194,7 +205,8 @@ class ReadGrant:
             return True
         self._open = False
         k = len(self.frames) if k is None else k
-        code = _lib.lib().vr_read_release(self._reader._h, k)
+        r = self._reader
+        code = r._F.vr_read_release(r._hp, r._n[k] if k <= _BATCH else ctypes.c_size_t(k))
         if code == _lib.VR_E_OVERWRITTEN:
             return False
         _check(code, "vr_read_release")
@@ -225,6 +237,8 @@ class Reader(_Mapped):
         sp = None if socket_path is None else str(socket_path).encode()
         _check(L.vr_reader_open(name.encode(), sp, flags, ctypes.byref(h)), f"open reader {name!r}")
         self._h = h
+        self._hp = ctypes.c_void_p(h.value)
+        self._F = _lib.fast()
         self.name = name
         self._lost_seen = 0
         info = _lib.vr_info()
@@ -240,7 +254,7 @@ class Reader(_Mapped):
     def wait(self, timeout=None):
         """Blocks (GIL released) until a frame may be ready or `timeout` seconds pass (None:
         forever). Returns READY, TIMEOUT or END (the producer is gone, everything read)."""
-        code = self._L.vr_reader_wait(self._h, _timeout_ns(timeout))
+        code = self._F.vr_reader_wait(self._hp, ctypes.c_int64(_timeout_ns(timeout)))
         if code == _lib.VR_OK:
             return READY
         if code == _lib.VR_E_TIMEOUT:
@@ -252,7 +266,9 @@ class Reader(_Mapped):
     def read(self, max_frames=1):
         """Grants up to `max_frames` ready frames (an empty grant if none is ready)."""
         L, fr, cnt = self._L, self._frames, self._count
-        code = L.vr_read_grant(self._h, min(max_frames, _BATCH), fr, ctypes.byref(cnt))
+        code = self._F.vr_read_grant(
+            self._hp, self._n[max(0, min(max_frames, _BATCH))], self._frames_p, self._count_p
+        )
         if code == _lib.VR_E_EMPTY:
             return ReadGrant(self, [])
         if code == _lib.VR_E_LOST:
@@ -279,9 +295,11 @@ class Reader(_Mapped):
     def close(self):
         """Leaves the ring and unmaps it (frame views must not be used after this)."""
         if getattr(self, "_h", None):
+            self._hp = None  # later calls pass NULL: VR_E_NULL, not a freed handle
             self._L.vr_reader_destroy(self._h)
             self._h = None
             self._mem = None
+            self._views = {}
 
     def __enter__(self):
         return self
@@ -309,7 +327,7 @@ class WriteGrant:
     def __init__(self, writer, frames):
         self._writer = writer
         self.frames = frames
-        self._open = True
+        self._open = bool(frames)  # an empty grant (ring full) has nothing to commit
 
     def __len__(self):
         return len(self.frames)

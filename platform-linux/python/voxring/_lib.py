@@ -184,6 +184,23 @@ def _declare(lib):
 
 
 _LIB = None
+_FAST = None
+
+
+def fast():
+    """The hot-path functions (grant, release, wait) bound a second time WITHOUT argtypes:
+    callers pass ready-made ctypes objects (c_void_p, c_size_t, c_int64), which skips ctypes'
+    per-call argument conversion (a few hundred ns per argument). Never pass a bare Python int
+    to these: without argtypes ctypes would pass it as a 32-bit C int."""
+    global _FAST
+    if _FAST is None:
+        raw = ctypes.CDLL(str(lib().path))
+        for name in ("vr_read_grant", "vr_read_release", "vr_reader_wait"):
+            fn = getattr(raw, name)
+            fn.restype = ctypes.c_int32
+            fn.argtypes = None
+        _FAST = raw
+    return _FAST
 
 
 def lib():
