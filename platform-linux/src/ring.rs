@@ -501,7 +501,7 @@ impl Segment {
         let joined_at = consumer.read_pos();
         Ok(ShmConsumer {
             joined_at,
-            consumer,
+            consumer: std::mem::ManuallyDrop::new(consumer),
             _lock_fd: lock_fd,
             ticket,
             segment: self.clone(),
@@ -649,8 +649,9 @@ impl std::error::Error for WaitError {}
 /// A consumer of a shared ring, with its liveness ticket held.
 #[derive(Debug)]
 pub struct ShmConsumer {
-    // Field order: see ShmProducer.
-    consumer: voxring_core::Consumer,
+    // Field order: see ShmProducer. `consumer` leaves the ring in `Drop::drop` (so a parked
+    // lossless producer is woken), before the lock fd is closed.
+    consumer: std::mem::ManuallyDrop<voxring_core::Consumer>,
     _lock_fd: OwnedFd,
     ticket: u32,
     segment: Segment,
@@ -674,7 +675,7 @@ impl ShmConsumer {
 
     /// Core's consumer and the waiter at once (for `grant.release(k)?.wake(waiter)`).
     pub fn parts(&mut self) -> (&mut voxring_core::Consumer, &FutexWaiter) {
-        (&mut self.consumer, &self.waiter)
+        (&mut *self.consumer, &self.waiter)
     }
 
     /// Sets how long waits spin before parking.
@@ -749,6 +750,15 @@ impl ShmConsumer {
                 }
             }
         }
+    }
+}
+
+impl Drop for ShmConsumer {
+    fn drop(&mut self) {
+        // SAFETY: `consumer` is taken exactly once, here, and never touched again: the
+        // remaining fields drop after this and do not use it.
+        let consumer = unsafe { std::mem::ManuallyDrop::take(&mut self.consumer) };
+        consumer.leave().wake(&self.waiter);
     }
 }
 
