@@ -121,6 +121,35 @@ fn quick_run_covers_every_transport_and_the_json_has_every_field() {
 }
 
 #[test]
+fn json_to_stdout_is_only_json() {
+    let out = Command::new(env!("CARGO_BIN_EXE_voxring"))
+        .args([
+            "bench",
+            "ipc",
+            "--transports",
+            "cacheline,uds",
+            "--payloads",
+            "64",
+            "--messages",
+            "50",
+            "--json",
+            "-",
+        ])
+        .output()
+        .expect("run voxring");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+    assert_eq!(doc["results"].as_array().map(Vec::len), Some(2), "{doc}");
+    // The table went to stderr instead.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("p50 ns"));
+}
+
+#[test]
 fn bad_payload_is_refused_with_a_reason() {
     let out = Command::new(env!("CARGO_BIN_EXE_voxring"))
         .args(["bench", "ipc", "--payloads", "100"])
