@@ -215,7 +215,8 @@ impl RingConfig {
         let payload_bytes = self.payload_bytes()?;
         let payload_offset = size_of::<SlotMeta>();
         let slot_size = payload_offset + round_up(payload_bytes as usize, SLOT_ALIGN);
-        let consumers_offset = size_of::<HeaderBlock>() + size_of::<ProducerBlock>();
+        let consumers_offset =
+            size_of::<HeaderBlock>() + size_of::<ProducerBlock>() + size_of::<WaitBlock>();
         let slots_offset = usize::from(self.max_consumers)
             .checked_mul(size_of::<ConsumerBlock>())
             .and_then(|c| c.checked_add(consumers_offset))
@@ -245,8 +246,8 @@ impl RingConfig {
     ///     frames: 8, samples_per_frame: 512, channels: 2, format: SampleFormat::F32,
     ///     sample_rate: 48_000, max_consumers: 4, policy: Policy::Lossless,
     /// };
-    /// // 256 (header) + 4 * 128 (consumers) + 8 * (64 + 4096) (slots)
-    /// assert_eq!(cfg.region_size()?, 256 + 512 + 8 * 4160);
+    /// // 384 (header, producer, wait words) + 4 * 128 (consumers) + 8 * (64 + 4096) (slots)
+    /// assert_eq!(cfg.region_size()?, 384 + 512 + 8 * 4160);
     /// # Ok::<(), voxring_core::LayoutError>(())
     /// ```
     pub fn region_size(&self) -> Result<usize, LayoutError> {
@@ -296,7 +297,7 @@ pub(crate) struct HeaderBlock {
     pub(crate) payload_offset: AtomicU32,
 }
 
-/// Bytes 128..256: the producer's cursor and the wait words.
+/// Bytes 128..256: the producer's cursor and owner.
 #[derive(Debug)]
 #[repr(C, align(128))]
 pub(crate) struct ProducerBlock {
@@ -304,6 +305,15 @@ pub(crate) struct ProducerBlock {
     pub(crate) write_pos: AtomicU64,
     /// Owner token of the producer, 0 when none. Claimed with a compare-exchange.
     pub(crate) owner: AtomicU64,
+}
+
+/// Bytes 256..384: the wait words. On a line of their own because each side reads them after
+/// every commit or release (the parked check) but they are written only when someone parks or
+/// wakes: kept apart from the cursors, the line stays shared in every cache and the check is a
+/// cache hit.
+#[derive(Debug)]
+#[repr(C, align(128))]
+pub(crate) struct WaitBlock {
     /// Futex word consumers sleep on; the producer bumps it when it wakes them.
     pub(crate) data_futex: AtomicU32,
     /// How many consumers are parked (or about to park) on `data_futex`.
@@ -383,10 +393,11 @@ const _: () = {
     assert!(size_of::<ProducerBlock>() == 128);
     assert!(offset_of!(ProducerBlock, write_pos) == 0);
     assert!(offset_of!(ProducerBlock, owner) == 8);
-    assert!(offset_of!(ProducerBlock, data_futex) == 16);
-    assert!(offset_of!(ProducerBlock, consumers_parked) == 20);
-    assert!(offset_of!(ProducerBlock, space_futex) == 24);
-    assert!(offset_of!(ProducerBlock, producer_parked) == 28);
+    assert!(size_of::<WaitBlock>() == 128);
+    assert!(offset_of!(WaitBlock, data_futex) == 0);
+    assert!(offset_of!(WaitBlock, consumers_parked) == 4);
+    assert!(offset_of!(WaitBlock, space_futex) == 8);
+    assert!(offset_of!(WaitBlock, producer_parked) == 12);
     assert!(size_of::<ConsumerBlock>() == 128);
     assert!(offset_of!(ConsumerBlock, read_pos) == 0);
     assert!(offset_of!(ConsumerBlock, owner) == 8);

@@ -50,7 +50,7 @@ use core::ptr::NonNull;
 use crate::layout::{
     ABI_VERSION, CACHE_LINE, ConsumerBlock, GEN_STEP, HeaderBlock, Layout, LayoutError, MAGIC,
     Policy, ProducerBlock, RingConfig, SEQ_WRITING, STATE_ACTIVE, STATE_FREE, STATE_JOINING,
-    STATE_MASK, SampleFormat, SlotMeta,
+    STATE_MASK, SampleFormat, SlotMeta, WaitBlock,
 };
 use crate::meta::{FormatMismatch, FrameFlags, FrameMeta, LenError, Sample};
 use crate::sync::{Ordering, fence};
@@ -591,6 +591,9 @@ impl Ring {
             ptr.add(size_of::<HeaderBlock>())
                 .cast::<ProducerBlock>()
                 .write(ProducerBlock::new());
+            ptr.add(size_of::<HeaderBlock>() + size_of::<ProducerBlock>())
+                .cast::<WaitBlock>()
+                .write(WaitBlock::new());
             for i in 0..usize::from(cfg.max_consumers) {
                 ptr.add(layout.consumers_offset + i * size_of::<ConsumerBlock>())
                     .cast::<ConsumerBlock>()
@@ -624,7 +627,7 @@ impl Ring {
         if !(ptr as usize).is_multiple_of(CACHE_LINE) {
             return Err(AttachError::Misaligned { addr: ptr as usize });
         }
-        let fixed = size_of::<HeaderBlock>() + size_of::<ProducerBlock>();
+        let fixed = size_of::<HeaderBlock>() + size_of::<ProducerBlock>() + size_of::<WaitBlock>();
         if len < fixed {
             return Err(AttachError::TooSmall {
                 needed: fixed,
@@ -913,6 +916,17 @@ impl Ring {
         }
     }
 
+    fn waits(&self) -> &WaitBlock {
+        // SAFETY: the wait block follows the producer block inside the region (see `header`).
+        unsafe {
+            &*self
+                .base
+                .as_ptr()
+                .add(size_of::<HeaderBlock>() + size_of::<ProducerBlock>())
+                .cast::<WaitBlock>()
+        }
+    }
+
     fn consumer_block(&self, index: u16) -> &ConsumerBlock {
         let index = usize::from(index).min(usize::from(self.layout.config.max_consumers) - 1);
         // SAFETY: `index < max_consumers` (clamped above), so the block lies inside the
@@ -951,7 +965,7 @@ impl Ring {
     }
 
     fn wake_producer_if_parked(&self) -> Wake {
-        let p = self.prod();
+        let p = self.waits();
         // SeqCst fence: the Dekker handshake with `Producer::wait_writable` (our cursor or
         // state store before it, its `producer_parked` store before its own fence).
         fence(Ordering::SeqCst);
@@ -991,10 +1005,18 @@ impl HeaderBlock {
 
 impl ProducerBlock {
     fn new() -> Self {
-        use crate::sync::{AtomicU32, AtomicU64};
+        use crate::sync::AtomicU64;
         ProducerBlock {
             write_pos: AtomicU64::new(0),
             owner: AtomicU64::new(0),
+        }
+    }
+}
+
+impl WaitBlock {
+    fn new() -> Self {
+        use crate::sync::AtomicU32;
+        WaitBlock {
             data_futex: AtomicU32::new(0),
             consumers_parked: AtomicU32::new(0),
             space_futex: AtomicU32::new(0),
@@ -1150,7 +1172,15 @@ impl Producer {
         if ring.lossy() || self.limit != self.write_pos {
             return Ok(WaitOutcome::Ready);
         }
-        let p = ring.prod();
+        // Poll first (without announcing, so consumers make no wake call meanwhile).
+        for _ in 0..waiter.spins_before_park() {
+            self.refresh_limit()?;
+            if self.limit != self.write_pos {
+                return Ok(WaitOutcome::Ready);
+            }
+            crate::sync::spin_hint();
+        }
+        let p = ring.waits();
         // SeqCst: announce before re-checking the consumers (Dekker with
         // `wake_producer_if_parked`, see crate::wait).
         p.producer_parked.store(1, Ordering::SeqCst);
@@ -1220,6 +1250,7 @@ impl Producer {
         }
         let new = start.wrapping_add(k as u64);
         let p = ring.prod();
+        let waits = ring.waits();
         // Release (COMMIT_ORDER): pairs with the consumers' Acquire loads of `write_pos` in
         // `read_grant` and `wait_readable`; publishes the payload and metadata written above.
         p.write_pos.store(new, COMMIT_ORDER);
@@ -1227,10 +1258,10 @@ impl Producer {
         // SeqCst fence: Dekker with `Consumer::wait_readable` (its `consumers_parked`
         // increment, then fence, then its `write_pos` load).
         fence(Ordering::SeqCst);
-        if p.consumers_parked.load(Ordering::Relaxed) != 0 {
+        if waits.consumers_parked.load(Ordering::Relaxed) != 0 {
             // Release: pairs with the Acquire load of `data_futex` in `wait_readable`.
-            p.data_futex.fetch_add(1, Ordering::Release);
-            Wake::on(&p.data_futex)
+            waits.data_futex.fetch_add(1, Ordering::Release);
+            Wake::on(&waits.data_futex)
         } else {
             Wake::none()
         }
@@ -1652,19 +1683,28 @@ impl Consumer {
             return Ok(WaitOutcome::Ready);
         }
         let p = self.ring.prod();
+        // Poll first (without announcing, so the producer makes no wake call meanwhile).
+        for _ in 0..waiter.spins_before_park() {
+            // Acquire: pairs with the producer's commit store.
+            if p.write_pos.load(Ordering::Acquire) != self.read_pos {
+                return Ok(WaitOutcome::Ready);
+            }
+            crate::sync::spin_hint();
+        }
+        let waits = self.ring.waits();
         // SeqCst: announce before re-checking `write_pos` (Dekker with the commit's fence).
-        p.consumers_parked.fetch_add(1, Ordering::SeqCst);
+        waits.consumers_parked.fetch_add(1, Ordering::SeqCst);
         // Acquire: pairs with the producer's Release bump of `data_futex` at commit.
-        let seen = p.data_futex.load(Ordering::Acquire);
+        let seen = waits.data_futex.load(Ordering::Acquire);
         fence(Ordering::SeqCst);
         // Acquire: pairs with the producer's commit store.
         let w = p.write_pos.load(Ordering::Acquire);
         let outcome = if w != self.read_pos {
             WaitOutcome::Ready
         } else {
-            waiter.wait(&p.data_futex, seen, timeout_ns)
+            waiter.wait(&waits.data_futex, seen, timeout_ns)
         };
-        p.consumers_parked.fetch_sub(1, Ordering::Relaxed);
+        waits.consumers_parked.fetch_sub(1, Ordering::Relaxed);
         Ok(outcome)
     }
 

@@ -49,6 +49,14 @@ pub trait Waiter {
     fn wait(&self, word: &AtomicU32, expected: u32, timeout_ns: Option<u64>) -> WaitOutcome;
     /// Wakes every sleeper on `word`.
     fn wake(&self, word: &AtomicU32);
+
+    /// How many times core polls the condition before it announces the sleeper as parked
+    /// and calls [`Waiter::wait`]. While the sleeper only polls, the other side sees nobody
+    /// parked and makes no wake call; a waiter that spins before really sleeping should spin
+    /// here rather than inside `wait`. Default: 0 (announce at once).
+    fn spins_before_park(&self) -> u32 {
+        0
+    }
 }
 
 /// A [`Waiter`] that spins (for bare metal, or when a wake-up must take nanoseconds).

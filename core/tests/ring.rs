@@ -77,8 +77,8 @@ fn region_size_matches_the_documented_formula() {
         max_consumers: 16,
         policy: Policy::Lossy,
     };
-    // 256 + 128 * 16 + 16 * (64 + round_up(1920, 64))
-    assert_eq!(cfg.region_size().unwrap(), 256 + 2048 + 16 * (64 + 1920));
+    // 384 + 128 * 16 + 16 * (64 + round_up(1920, 64))
+    assert_eq!(cfg.region_size().unwrap(), 384 + 2048 + 16 * (64 + 1920));
 }
 
 #[test]
@@ -720,4 +720,33 @@ fn push_and_pop_copy_small_frames() {
         "a refused pop consumed nothing"
     );
     assert!(buf.iter().all(|&b| b == 9));
+}
+
+/// A waiter that polls (through `spins_before_park`) far longer than the test needs.
+struct PollingWaiter;
+
+impl Waiter for PollingWaiter {
+    fn wait(&self, _word: &AtomicU32, _expected: u32, _timeout_ns: Option<u64>) -> WaitOutcome {
+        panic!("the consumer should have seen the frame while polling");
+    }
+    fn wake(&self, _word: &AtomicU32) {
+        panic!("nobody is parked: no wake call may be made");
+    }
+    fn spins_before_park(&self) -> u32 {
+        u32::MAX
+    }
+}
+
+#[test]
+fn a_consumer_that_only_polls_costs_the_producer_no_wake_call() {
+    let (_region, ring) = make(&config(2, 1, Policy::Lossless));
+    let mut c = ring.consumer(2).unwrap();
+    assert_eq!(c.read_grant(1).map(|g| g.len()), Err(ReadError::Empty));
+    let poller = std::thread::spawn(move || c.wait_readable(&PollingWaiter, None));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut p = ring.producer(1).unwrap();
+    let wake = p.write_grant(1).unwrap().commit_all();
+    assert!(!wake.needed());
+    wake.wake(&PollingWaiter);
+    assert_eq!(poller.join().unwrap(), Ok(WaitOutcome::Ready));
 }
