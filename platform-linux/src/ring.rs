@@ -579,12 +579,35 @@ impl ShmProducer {
 
     /// Lossless policy: waits until a frame may be free, at most `timeout`, evicting dead
     /// consumers every liveness interval so a crashed consumer never stalls the ring.
+    /// It spins (the waiter's `spin`) before it lets core announce it as parked, so consumers
+    /// releasing during the spin make no wake syscall; then it parks on the futex.
     /// Blocking (spins, then parks): not for an audio callback.
     pub fn wait_for_space(
         &mut self,
         timeout: Option<Duration>,
     ) -> Result<SpaceWait, voxring_core::GrantError> {
         let deadline = timeout.map(|t| Instant::now() + t);
+        // Spin first, before core announces this producer as parked: consumers that release
+        // during the spin then see nobody parked and make no wake syscall.
+        let spin = self.waiter.spin.min(timeout.unwrap_or(self.waiter.spin));
+        if !spin.is_zero() && self.segment.config().policy == voxring_core::Policy::Lossless {
+            let until = Instant::now() + spin;
+            let mut i: u32 = 0;
+            loop {
+                // A grant of one frame that is dropped commits nothing: a pure space probe.
+                match self.producer.write_grant(1) {
+                    Ok(g) if !g.is_empty() => return Ok(SpaceWait::Ready),
+                    Ok(_) | Err(voxring_core::GrantError::Full) => {}
+                    Err(e) => return Err(e),
+                }
+                i = i.wrapping_add(1);
+                if i.is_multiple_of(16) && Instant::now() >= until {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        let park = FutexWaiter::new(Duration::ZERO);
         loop {
             let slice = match deadline {
                 Some(d) => {
@@ -598,7 +621,7 @@ impl ShmProducer {
             };
             match self
                 .producer
-                .wait_writable(&self.waiter, Some(slice.as_nanos() as u64))?
+                .wait_writable(&park, Some(slice.as_nanos() as u64))?
             {
                 WaitOutcome::Ready | WaitOutcome::Woken => return Ok(SpaceWait::Ready),
                 WaitOutcome::TimedOut => {
@@ -705,11 +728,34 @@ impl ShmConsumer {
         self.segment.is_truncated()
     }
 
-    /// Waits (spin, then park) until a frame may be ready, at most `timeout`. Every liveness
+    /// Waits until a frame may be ready, at most `timeout`: first spins (the waiter's `spin`)
+    /// without announcing itself, so a producer committing meanwhile makes no wake syscall,
+    /// then parks on the futex. Every liveness
     /// interval it checks the producer: once a producer was seen and is now gone with every
     /// committed frame read, it returns [`FramesWait::EndOfStream`] instead of hanging.
     pub fn wait_for_frames(&mut self, timeout: Option<Duration>) -> Result<FramesWait, WaitError> {
         let deadline = timeout.map(|t| Instant::now() + t);
+        // Spin first, before core announces this consumer as parked: a producer committing
+        // during the spin sees nobody parked and makes no wake syscall.
+        let spin = self.waiter.spin.min(timeout.unwrap_or(self.waiter.spin));
+        if !spin.is_zero() {
+            let until = Instant::now() + spin;
+            let mut i: u32 = 0;
+            loop {
+                if self.is_truncated() {
+                    return Err(WaitError::Truncated);
+                }
+                if self.segment.ring().write_pos() != self.consumer.read_pos() {
+                    return Ok(FramesWait::Ready);
+                }
+                i = i.wrapping_add(1);
+                if i.is_multiple_of(64) && Instant::now() >= until {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        let park = FutexWaiter::new(Duration::ZERO);
         loop {
             if self.is_truncated() {
                 return Err(WaitError::Truncated);
@@ -726,7 +772,7 @@ impl ShmConsumer {
             };
             match self
                 .consumer
-                .wait_readable(&self.waiter, Some(slice.as_nanos() as u64))
+                .wait_readable(&park, Some(slice.as_nanos() as u64))
                 .map_err(WaitError::Read)?
             {
                 WaitOutcome::Ready | WaitOutcome::Woken => {
