@@ -48,10 +48,19 @@ pub fn pin_to(cpu: usize) -> anyhow::Result<()> {
     }
 }
 
-/// The two CPUs a run uses: producer first, consumer second.
+/// The two CPUs a run uses: producer first, consumer second: the first two CPUs this process
+/// may run on (a container's cpuset may not start at 0), or the same one when there is one.
 pub fn default_cpus() -> (usize, usize) {
-    let n = core_affinity::get_core_ids().map_or(1, |ids| ids.len());
-    if n >= 2 { (0, 1) } else { (0, 0) }
+    let ids: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    match ids.as_slice() {
+        [a, b, ..] => (*a, *b),
+        [a] => (*a, *a),
+        [] => (0, 0),
+    }
 }
 
 const TRACEFS_DIRS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
