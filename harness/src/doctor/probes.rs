@@ -267,7 +267,8 @@ fn futex_wake(rounds: u32) -> Result<(hdrhistogram::Histogram<u64>, bool), Strin
             std::thread::sleep(Duration::from_micros(50));
         }
         if result.is_err() {
-            // Let the sleeper finish its rounds without waiting.
+            // Let the sleeper finish its rounds without waiting. SeqCst: pairs with the
+            // sleeper's SeqCst load of the word after it sets `parked`.
             word.store(rounds, Ordering::SeqCst);
             let _ = futex::wake(&word, futex::Flags::PRIVATE, 1);
             break;
