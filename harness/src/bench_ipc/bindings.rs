@@ -41,8 +41,8 @@ pub enum Consumer<'a> {
     C,
 }
 
-/// `libvoxring_ffi.so`: `$VOXRING_LIB`, else next to this program (or its parent folder, for
-/// test binaries in `deps/`).
+/// `libvoxring_ffi.so`: `$VOXRING_LIB`, else next to this program, in its `deps/` (where
+/// `cargo test` leaves the cdylib), or in its parent folder (for test binaries in `deps/`).
 pub fn find_library() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("VOXRING_LIB") {
         let p = PathBuf::from(p);
@@ -53,7 +53,11 @@ pub fn find_library() -> anyhow::Result<PathBuf> {
     }
     let exe = std::env::current_exe().context("finding this program")?;
     let dir = exe.parent().context("this program has no folder")?;
-    for d in [Some(dir), dir.parent()].into_iter().flatten() {
+    let deps = dir.join("deps");
+    for d in [Some(dir), Some(deps.as_path()), dir.parent()]
+        .into_iter()
+        .flatten()
+    {
         let p = d.join("libvoxring_ffi.so");
         if p.is_file() {
             return Ok(p);

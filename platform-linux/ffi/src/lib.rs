@@ -423,17 +423,45 @@ pub extern "C" fn vr_monotonic_ns() -> u64 {
     catch_unwind(voxring_linux::audio::monotonic_ns).unwrap_or(0)
 }
 
-/// Offset of slot 0 and slot size, per `core/LAYOUT.md` (region map).
-fn slot_geometry(cfg: &RingConfig, payload_bytes: u32) -> (u64, u64) {
-    let slots_offset = 256 + 128 * u64::from(cfg.max_consumers);
-    let slot_size = 64 + u64::from(payload_bytes).div_ceil(64) * 64;
-    (slots_offset, slot_size)
+/// `slots_offset`, `slot_size` and `payload_offset` as the ring's header states them
+/// (`core/LAYOUT.md`, header block: u64 at 56, u32 at 44, u32 at 76). voxring-core checked them
+/// against the configuration at attach; they are re-read here only to report where frames live
+/// (nothing is accessed through them), and zeros are reported if a peer has since changed them
+/// to something that does not fit the mapping.
+fn header_geometry(seg: &Segment) -> (u64, u64, u64) {
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+    let m = seg.mapping();
+    if m.len() < 128 {
+        return (0, 0, 0);
+    }
+    let base = m.as_ptr();
+    // SAFETY: offsets 44, 56 and 76 lie inside the 128-byte header at the start of the
+    // mapping (len >= 128, checked), are naturally aligned in a page-aligned mapping, and the
+    // header is only ever accessed atomically (LAYOUT.md conventions).
+    let (slots_offset, slot_size, payload_offset) = unsafe {
+        (
+            (*base.add(56).cast::<AtomicU64>()).load(Ordering::Relaxed),
+            u64::from((*base.add(44).cast::<AtomicU32>()).load(Ordering::Relaxed)),
+            u64::from((*base.add(76).cast::<AtomicU32>()).load(Ordering::Relaxed)),
+        )
+    };
+    let frames = u64::from(seg.config().frames);
+    let fits = slot_size
+        .checked_mul(frames)
+        .and_then(|n| n.checked_add(slots_offset))
+        .is_some_and(|end| end <= m.len() as u64)
+        && payload_offset < slot_size;
+    if fits {
+        (slots_offset, slot_size, payload_offset)
+    } else {
+        (0, 0, 0)
+    }
 }
 
 fn shm_info(seg: &Segment) -> vr_info {
     let cfg = seg.config();
     let payload_bytes = seg.ring().payload_bytes();
-    let (slots_offset, slot_size) = slot_geometry(&cfg, payload_bytes);
+    let (slots_offset, slot_size, payload_offset) = header_geometry(seg);
     vr_info {
         config: vr_config::from_ring(&cfg),
         payload_bytes,
@@ -442,7 +470,7 @@ fn shm_info(seg: &Segment) -> vr_info {
         memory_len: seg.mapping().len() as u64,
         slots_offset,
         slot_size,
-        payload_offset: 64,
+        payload_offset,
     }
 }
 

@@ -42,19 +42,23 @@ fn peer_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_voxring-ffi-peer"))
 }
 
-/// The directory holding `libvoxring_ffi.so`: next to the peer binary (target/<profile>).
+/// The directory holding `libvoxring_ffi.so`: next to the peer binary (target/<profile>, after
+/// `cargo build`) or in its `deps/` (where `cargo test` leaves the cdylib without copying it up).
 fn lib_dir() -> PathBuf {
     let dir = peer_bin()
         .parent()
         .expect("the peer binary has a directory")
         .to_path_buf();
-    assert!(
-        dir.join("libvoxring_ffi.so").exists(),
-        "libvoxring_ffi.so is not in {}: cargo builds the cdylib with the crate's tests; \
-         run `cargo build -p voxring-ffi` first",
-        dir.display()
-    );
-    dir
+    let found = [dir.clone(), dir.join("deps")]
+        .into_iter()
+        .find(|d| d.join("libvoxring_ffi.so").exists());
+    found.unwrap_or_else(|| {
+        panic!(
+            "libvoxring_ffi.so is in neither {0} nor {0}/deps: cargo builds the cdylib with the \
+             crate's tests; run `cargo build -p voxring-ffi`",
+            dir.display()
+        )
+    })
 }
 
 /// Compiles the C peer into `dir` and returns its path.

@@ -32,7 +32,10 @@ os.environ.setdefault("VOXRING_LIB", str(LIB))
 
 @pytest.fixture(scope="session")
 def peer():
+    # Next to the library, or one level up when the library is in deps/ (after cargo test).
     exe = LIB.parent / "voxring-ffi-peer"
+    if not exe.is_file():
+        exe = LIB.parent.parent / "voxring-ffi-peer"
     if not exe.is_file():
         pytest.fail(
             f"{exe} is missing: build it with `cargo build -p voxring-ffi` (cargo test "

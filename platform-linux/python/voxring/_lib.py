@@ -122,7 +122,10 @@ def candidate_dirs():
     if root is not None:
         targets.append(root / "target")
     for t in targets:
-        found = [t / p for p in ("debug", "release") if (t / p / LIB_NAME).is_file()]
+        # `cargo build` copies the cdylib up to target/<profile>; `cargo test` leaves it in
+        # target/<profile>/deps.
+        subdirs = ("debug", "release", "debug/deps", "release/deps")
+        found = [t / p for p in subdirs if (t / p / LIB_NAME).is_file()]
         found.sort(key=lambda d: (d / LIB_NAME).stat().st_mtime, reverse=True)
         dirs.extend(found)
     return dirs
@@ -138,7 +141,7 @@ def find_library():
     if not dirs:
         raise OSError(
             f"{LIB_NAME} not found (searched $CARGO_TARGET_DIR and the workspace's target/debug "
-            f"and target/release); build it with `cargo build -p voxring-ffi` or set VOXRING_LIB "
+            f"and target/release, and their deps/); build it with `cargo build -p voxring-ffi` or set VOXRING_LIB "
             f"to its path"
         )
     return dirs[0] / LIB_NAME
