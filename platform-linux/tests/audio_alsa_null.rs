@@ -277,3 +277,29 @@ fn a_full_sink_leaves_frames_in_the_device() {
     assert_eq!(rec.overflow_frames(), s.position() - 300);
     s.stop().unwrap();
 }
+
+#[test]
+fn the_duplex_loop_runs_on_null_without_allocating() {
+    use voxring_linux::audio::duplex::AlsaDuplex;
+    use voxring_linux::audio::{Duplex, StopFlag};
+    let p = params(2);
+    let d = AlsaDuplex::<i16>::open("null", &p, MmapPreference::Auto).unwrap();
+    let mut dev = Duplex::Alsa(Box::new(d));
+    let mut rec = Recorder::<i16>::new(20_000, 2);
+    let mut src = PatternSource::new(0, 1_000_000);
+    let st =
+        assert_no_alloc(|| dev.run(&mut rec, &mut src, &StopFlag::new(), Some(10_000))).unwrap();
+    assert!(st.capture_frames >= 10_000, "{st:?}");
+    assert_eq!(
+        st.capture_frames,
+        rec.frames() as u64 + rec.overflow_frames()
+    );
+    assert!(st.playback_frames >= u64::from(p.buffer_frames), "{st:?}");
+    assert_eq!(st.xruns.capture + st.xruns.playback, 0);
+    assert!(st.wakeups > 0);
+    // A second run on the same device works (the streams were left prepared).
+    let mut rec2 = Recorder::<i16>::new(2_000, 2);
+    let st2 =
+        assert_no_alloc(|| dev.run(&mut rec2, &mut src, &StopFlag::new(), Some(1_000))).unwrap();
+    assert!(st2.capture_frames >= 1_000, "{st2:?}");
+}
