@@ -201,8 +201,12 @@ pub fn lock_all_memory() -> Result<(), RtError> {
         })
 }
 
-/// Touches `bytes` of the calling thread's stack so those pages are resident before the
-/// real-time loop starts (with `mlockall(MCL_FUTURE)` they then stay).
+/// Most stack [`prefault_stack`] touches: half of Rust's default 2 MiB for spawned threads.
+pub const MAX_PREFAULT_STACK: usize = 1 << 20;
+
+/// Touches `bytes` (at most [`MAX_PREFAULT_STACK`]) of the calling thread's stack so those
+/// pages are resident before the real-time loop starts (with `mlockall(MCL_FUTURE)` they then
+/// stay). The thread's stack must be larger than `bytes` plus what the caller already uses.
 #[inline(never)]
 pub fn prefault_stack(bytes: usize) {
     const CHUNK: usize = 4096;
@@ -216,7 +220,7 @@ pub fn prefault_stack(bytes: usize) {
             touch(left - CHUNK);
         }
     }
-    touch(bytes.min(8 << 20));
+    touch(bytes.min(MAX_PREFAULT_STACK));
 }
 
 /// Touches every page of `buf` (reads one byte per page) so it is resident.
