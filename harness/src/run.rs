@@ -13,7 +13,8 @@
 //!
 //! Exit status: 0 the run finished within the 150 ms budget (or without an `echo` agent, when
 //! mouth-to-ear is not measured); 1 it finished over budget or lost frames; 2 it could not run
-//! (the message says why); 130 it was interrupted by Ctrl-C (SIGINT) and wrote a partial report.
+//! (the message says why); 130 it was interrupted by Ctrl-C (SIGINT; also SIGTERM and SIGHUP)
+//! and wrote a partial report.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,7 +71,7 @@ pub enum Format {
 #[command(
     after_help = "Exit status: 0 finished within the 150 ms budget (or mouth-to-ear not \
 measured); 1 finished over budget or lost frames; 2 could not run; 130 interrupted by Ctrl-C \
-(a partial report is still written). Nothing is left behind in either case: segments, child \
+(SIGINT; also SIGTERM, SIGHUP), and a partial report is still written. Nothing is left behind in either case: segments, child \
 processes and temporary files are removed."
 )]
 pub struct Args {

@@ -53,9 +53,11 @@ use super::{AgentKind, Args, EXIT_INTERRUPTED, EXIT_OVER_BUDGET, Format, plots};
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long agents get to drain the ring and report after the end of stream.
 const FINISH_GRACE: Duration = Duration::from_secs(10);
-/// The playback side plays returned frames in order while at most this many wait; beyond,
-/// it drops all but the newest (the latency would otherwise stay behind after a stall).
-const CATCH_UP_FRAMES: usize = 2;
+/// The playback side plays returned frames in order while at most this many wait when it
+/// needs the next one; beyond, it drops all but the newest. In steady state exactly one is
+/// waiting; more means the path fell behind (a stall, a period of silence) and, without
+/// dropping, the latency would stay that much higher for the rest of the run.
+const CATCH_UP_FRAMES: usize = 1;
 /// Per-cycle records kept for the timeline (beyond, cycles are still counted and measured).
 const MAX_TIMELINE_CYCLES: usize = 1 << 20;
 
@@ -99,7 +101,10 @@ struct CaptureSide<'a, T: Sample + voxring_core::Sample> {
     samples: u64,
     dropped: u64,
     hist: Histogram<u64>,
+    /// Predicts when each sample arrived (1 Hz loop: follows the device closely).
     clock: FrameClock,
+    /// Estimates the device's drift (0.1 Hz loop: smooth over hand-over jitter).
+    drift_clock: FrameClock,
     /// Per committed frame: (seconds since start, capture latency in µs).
     timeline: Vec<(f32, f32)>,
     xrun_marks: Vec<f32>,
@@ -214,8 +219,9 @@ impl<T: Sample + voxring_core::Sample> CaptureSink<T> for CaptureSide<'_, T> {
                 self.filled = 0;
             }
         }
-        self.clock
-            .update(info.sample_pos + n as u64, info.timestamp_ns);
+        let end = info.sample_pos + n as u64;
+        self.clock.update(end, info.timestamp_ns);
+        self.drift_clock.update(end, info.timestamp_ns);
         n
     }
 }
@@ -606,6 +612,8 @@ fn run_with<T: Sample + voxring_core::Sample>(
     };
     let clock =
         FrameClock::new(f64::from(rate), 1.0).map_err(|e| anyhow::anyhow!("frame clock: {e:?}"))?;
+    let drift_clock =
+        FrameClock::new(f64::from(rate), 0.1).map_err(|e| anyhow::anyhow!("frame clock: {e:?}"))?;
     let start = Instant::now();
     let start_ns = monotonic_ns();
     let capture = CaptureSide::<T> {
@@ -629,6 +637,7 @@ fn run_with<T: Sample + voxring_core::Sample>(
         dropped: 0,
         hist: new_hist(),
         clock,
+        drift_clock,
         timeline: Vec::with_capacity(timeline_cap),
         xrun_marks: Vec::with_capacity(1024),
         start_ns,
@@ -986,7 +995,7 @@ fn run_with<T: Sample + voxring_core::Sample>(
         ipc_cpu_percent: ipc_ns as f64 * 100.0 / wall_ns,
         wait_cpu_percent: wait_cpu_ns as f64 * 100.0 / wall_ns,
         audio_scheduling: scheduling,
-        drift_ppm: capture.clock.drift_ppm(),
+        drift_ppm: capture.drift_clock.drift_ppm(),
         budget_ms: super::report::BUDGET_MS,
         verdict: String::new(),
         verdict_reasons: Vec::new(),
@@ -1023,7 +1032,7 @@ fn run_with<T: Sample + voxring_core::Sample>(
     drop(capture_seg);
     Ok(if interrupted {
         ExitCode::from(EXIT_INTERRUPTED)
-    } else if report.verdict == "over budget" {
+    } else if report.verdict == "over budget" || report.verdict == "frames lost" {
         ExitCode::from(EXIT_OVER_BUDGET)
     } else {
         ExitCode::SUCCESS

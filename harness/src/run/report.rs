@@ -181,7 +181,8 @@ pub struct RunReport {
     pub audio_scheduling: String,
     pub drift_ppm: Option<f64>,
     pub budget_ms: f64,
-    /// `within budget`, `over budget`, or `not measured`.
+    /// `within budget`; `over budget` (mouth-to-ear p99.9 above the budget); `frames lost`
+    /// (within the latency budget, but frames were lost); or `not measured` (no echo agent).
     pub verdict: String,
     pub verdict_reasons: Vec<String>,
     pub warnings: Vec<String>,
@@ -220,7 +221,7 @@ impl RunReport {
                 self.frames_lost
             ));
             if verdict == "within budget" {
-                verdict = "over budget".to_owned();
+                verdict = "frames lost".to_owned();
             }
         }
         self.verdict = verdict;
