@@ -270,9 +270,17 @@ fn ctrl_c_stops_with_a_partial_report_exit_130_and_no_leftovers() {
         .spawn()
         .unwrap();
     let pid = child.id();
-    // Wait until the pipeline runs (its capture segment exists), then let frames flow.
+    // Wait until the pipeline runs (the CPU hog is started once every agent is ready, just
+    // before the device), then let frames flow.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !shm_of(pid).iter().any(|n| n.ends_with(".capture")) {
+    let hog_running = || {
+        children_of(pid).iter().any(|c| {
+            std::fs::read(format!("/proc/{c}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("hog"))
+                .unwrap_or(false)
+        })
+    };
+    while !hog_running() {
         assert!(Instant::now() < deadline, "the pipeline never started");
         assert!(
             child.try_wait().unwrap().is_none(),
