@@ -155,6 +155,12 @@ fn survivors_carry_on_or_end_cleanly_and_nothing_is_left_behind() {
         let ring = me.ring.as_ref().expect("ring readable");
         assert!(ring.producer.as_ref().is_some_and(|p| !p.alive));
         assert_eq!(ring.consumers.iter().filter(|c| c.alive).count(), 1);
+        // Ours read everything there was: its lag, read from the consumer block, is zero.
+        assert!(
+            ring.consumers.iter().any(|c| c.alive && c.lag == Some(0)),
+            "round {round}: {:?}",
+            ring.consumers
+        );
 
         // Still attached: clean-up keeps it. Gone: clean-up removes it, and only it.
         let report = clean_segments_matching(|n| n == file_name).unwrap();

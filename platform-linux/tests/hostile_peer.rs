@@ -3,9 +3,9 @@
 //! produces and consumes. Every operation must return an error or resync; nothing may crash,
 //! read or write out of bounds, or hang. `scripts/test` runs this file under AddressSanitizer.
 //!
-//! Offsets follow `core/LAYOUT.md`: header 0..128, producer block 128..256, consumer block i at
-//! 256 + 128 i, slots from 256 + 128 max_consumers, each `slot_size` bytes with 32 bytes of
-//! metadata first.
+//! Offsets follow `core/LAYOUT.md`: the header (0..128) gives `consumers_offset`,
+//! `slots_offset` and `slot_size`; between the header and the consumer blocks lie the producer
+//! and wait blocks; each slot starts with 32 bytes of metadata.
 
 mod common;
 
@@ -33,9 +33,24 @@ fn child_entry_scribbler() {
     let writes: u64 = env("VOXRING_TEST_WRITES").parse().unwrap();
     let mut rng = Rng(env("VOXRING_TEST_SEED").parse().unwrap());
     let cfg = test_config(Policy::Lossless);
-    let consumers_end = 256 + 128 * usize::from(cfg.max_consumers);
-    let slot_size = 64 + 128; // 64 bytes of metadata area + 128 payload bytes (LAYOUT.md)
-    let region = consumers_end + slot_size * cfg.frames as usize;
+    // Geometry from the header (LAYOUT.md: slot_size u32 at 44, consumers_offset u64 at 48,
+    // slots_offset u64 at 56), read before any scribbling.
+    // SAFETY: the header's first 64 bytes are inside the mapping (a ring is larger), aligned,
+    // and accessed atomically.
+    let (slot_size, consumers_offset, slots_offset) = unsafe {
+        let base = m.as_ptr();
+        (
+            (*base.add(44).cast::<std::sync::atomic::AtomicU32>()).load(Ordering::Relaxed) as usize,
+            (*base.add(48).cast::<AtomicU64>()).load(Ordering::Relaxed) as usize,
+            (*base.add(56).cast::<AtomicU64>()).load(Ordering::Relaxed) as usize,
+        )
+    };
+    let consumers_end = consumers_offset + 128 * usize::from(cfg.max_consumers);
+    assert!(
+        consumers_end <= slots_offset && slot_size >= 64,
+        "unexpected layout"
+    );
+    let region = slots_offset + slot_size * cfg.frames as usize;
     assert!(region <= m.len(), "segment smaller than the layout says");
     println!("scribbling");
     for i in 0..writes {
