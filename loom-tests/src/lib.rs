@@ -58,3 +58,62 @@ mod explore {
         n
     }
 }
+
+/// Shared set-up of the ring models: a zeroed, aligned region, a ring created in it, a small
+/// configuration, and the producer's test pattern.
+#[cfg(voxring_loom)]
+pub mod ring {
+    use voxring_core::{GrantError, Policy, Producer, Ring, RingConfig, SampleFormat};
+
+    /// One 128-byte line; a `Vec<Line>` is a zeroed region with the alignment rings need.
+    #[repr(C, align(128))]
+    #[derive(Debug)]
+    pub struct Line(pub [u8; 128]);
+
+    /// A zeroed, 128-byte aligned region for `cfg`; it must outlive the ring's threads.
+    pub fn region(cfg: &RingConfig) -> Vec<Line> {
+        let lines = cfg.region_size().unwrap().div_ceil(128);
+        (0..lines).map(|_| Line([0; 128])).collect()
+    }
+
+    /// Creates a ring in `mem`; the model must join every thread holding a handle before
+    /// `mem` is dropped.
+    pub fn create(mem: &mut [Line], cfg: &RingConfig) -> Ring {
+        let len = mem.len() * 128;
+        // SAFETY: the region is valid, aligned and unused; the models join every thread that
+        // holds a handle before the region is dropped.
+        unsafe { Ring::create(mem.as_mut_ptr().cast(), len, cfg) }.unwrap()
+    }
+
+    /// A tiny ring: `frames` slots of 2 mono S16 samples.
+    pub fn cfg(frames: u32, max_consumers: u16, policy: Policy) -> RingConfig {
+        RingConfig {
+            frames,
+            samples_per_frame: 2,
+            channels: 1,
+            format: SampleFormat::S16,
+            sample_rate: 48_000,
+            max_consumers,
+            policy,
+        }
+    }
+
+    /// Writes one frame with the test pattern (`sample_pos = seq + 100`,
+    /// `timestamp_ns = 2 * seq + 1`, payload bytes `seq + 1`); false when the (lossless) ring
+    /// is full.
+    pub fn write_one(p: &mut Producer) -> bool {
+        match p.write_grant(1) {
+            Ok(mut g) => {
+                let mut f = g.frame_mut(0).unwrap();
+                let seq = f.seq();
+                f.set_sample_pos(seq + 100);
+                f.set_timestamp_ns(2 * seq + 1);
+                f.payload_mut().fill(seq as u8 + 1);
+                g.commit_all();
+                true
+            }
+            Err(GrantError::Full) => false,
+            Err(e) => panic!("unexpected grant error: {e}"),
+        }
+    }
+}

@@ -11,54 +11,9 @@
 #![cfg(voxring_loom)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use voxring_core::{
-    Consumer, GrantError, Policy, Producer, ReadError, ReleaseError, Ring, RingConfig, SampleFormat,
-};
+use voxring_core::{Consumer, Policy, ReadError, ReleaseError};
 use voxring_loom_tests::assert_explored_many;
-
-#[repr(C, align(128))]
-struct Line([u8; 128]);
-
-fn region(cfg: &RingConfig) -> Vec<Line> {
-    let lines = cfg.region_size().unwrap().div_ceil(128);
-    (0..lines).map(|_| Line([0; 128])).collect()
-}
-
-fn create(mem: &mut [Line], cfg: &RingConfig) -> Ring {
-    let len = mem.len() * 128;
-    // SAFETY: the region is valid, aligned and unused; the model joins every thread that
-    // holds a handle before the region is dropped.
-    unsafe { Ring::create(mem.as_mut_ptr().cast(), len, cfg) }.unwrap()
-}
-
-fn cfg(frames: u32, max_consumers: u16, policy: Policy) -> RingConfig {
-    RingConfig {
-        frames,
-        samples_per_frame: 2,
-        channels: 1,
-        format: SampleFormat::S16,
-        sample_rate: 48_000,
-        max_consumers,
-        policy,
-    }
-}
-
-/// Writes one frame with the test pattern; false when the (lossless) ring is full.
-fn write_one(p: &mut Producer) -> bool {
-    match p.write_grant(1) {
-        Ok(mut g) => {
-            let mut f = g.frame_mut(0).unwrap();
-            let seq = f.seq();
-            f.set_sample_pos(seq + 100);
-            f.set_timestamp_ns(2 * seq + 1);
-            f.payload_mut().fill(seq as u8 + 1);
-            g.commit_all();
-            true
-        }
-        Err(GrantError::Full) => false,
-        Err(e) => panic!("unexpected grant error: {e}"),
-    }
-}
+use voxring_loom_tests::ring::{cfg, create, region, write_one};
 
 /// Lossless read of what is ready (at most `n`), checked against the pattern.
 fn read_lossless(c: &mut Consumer, n: usize) -> Vec<u64> {

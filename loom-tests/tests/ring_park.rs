@@ -4,11 +4,9 @@
 //! makes the model spin until loom's branch limit fails it.
 #![cfg(voxring_loom)]
 
-use voxring_core::{
-    AtomicU32, GrantError, Policy, Producer, ReadError, Ring, RingConfig, SampleFormat,
-    WaitOutcome, Waiter,
-};
+use voxring_core::{AtomicU32, GrantError, Policy, Producer, ReadError, WaitOutcome, Waiter};
 use voxring_loom_tests::assert_explored_many;
+use voxring_loom_tests::ring::{cfg, create, region};
 
 /// Sleeps by spinning until the word no longer holds `expected`; wakes nobody (the spinner
 /// sees the change itself). Stands in for a futex.
@@ -30,33 +28,6 @@ impl Waiter for LoomSpin {
     }
 
     fn wake(&self, _word: &AtomicU32) {}
-}
-
-#[repr(C, align(128))]
-struct Line([u8; 128]);
-
-fn region(cfg: &RingConfig) -> Vec<Line> {
-    let lines = cfg.region_size().unwrap().div_ceil(128);
-    (0..lines).map(|_| Line([0; 128])).collect()
-}
-
-fn create(mem: &mut [Line], cfg: &RingConfig) -> Ring {
-    let len = mem.len() * 128;
-    // SAFETY: the region is valid, aligned and unused; the model joins every thread that
-    // holds a handle before the region is dropped.
-    unsafe { Ring::create(mem.as_mut_ptr().cast(), len, cfg) }.unwrap()
-}
-
-fn cfg(frames: u32, max_consumers: u16, policy: Policy) -> RingConfig {
-    RingConfig {
-        frames,
-        samples_per_frame: 2,
-        channels: 1,
-        format: SampleFormat::S16,
-        sample_rate: 48_000,
-        max_consumers,
-        policy,
-    }
 }
 
 #[test]

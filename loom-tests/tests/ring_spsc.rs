@@ -8,36 +8,9 @@
 //! `write_pos` weakened to Relaxed).
 #![cfg(voxring_loom)]
 
-use voxring_core::{Policy, ReadError, Ring, RingConfig, SampleFormat, StaticRing};
+use voxring_core::{Policy, ReadError, StaticRing};
 use voxring_loom_tests::assert_explored_many;
-
-#[repr(C, align(128))]
-struct Line([u8; 128]);
-
-/// A zeroed, 128-byte aligned region for `cfg`; it must outlive the ring's threads.
-fn region(cfg: &RingConfig) -> Vec<Line> {
-    let lines = cfg.region_size().unwrap().div_ceil(128);
-    (0..lines).map(|_| Line([0; 128])).collect()
-}
-
-fn create(mem: &mut [Line], cfg: &RingConfig) -> Ring {
-    let len = mem.len() * 128;
-    // SAFETY: the region is valid, aligned and unused; the model joins every thread that
-    // holds a handle before the region is dropped.
-    unsafe { Ring::create(mem.as_mut_ptr().cast(), len, cfg) }.unwrap()
-}
-
-fn cfg(frames: u32, max_consumers: u16, policy: Policy) -> RingConfig {
-    RingConfig {
-        frames,
-        samples_per_frame: 2,
-        channels: 1,
-        format: SampleFormat::S16,
-        sample_rate: 48_000,
-        max_consumers,
-        policy,
-    }
-}
+use voxring_loom_tests::ring::{cfg, create, region, write_one};
 
 /// Reads what is ready (at most `n`), checks payload and metadata against the producer's
 /// pattern, releases; returns the sequence numbers read.
@@ -67,22 +40,6 @@ fn read_checked(c: &mut voxring_core::Consumer, n: usize) -> Vec<u64> {
         Err(e) => panic!("unexpected read error: {e}"),
     }
     seqs
-}
-
-/// Writes one frame with the pattern `read_checked` expects; false when the ring is full.
-fn write_one(p: &mut voxring_core::Producer) -> bool {
-    match p.write_grant(1) {
-        Ok(mut g) => {
-            let mut f = g.frame_mut(0).unwrap();
-            let seq = f.seq();
-            f.set_sample_pos(seq + 100);
-            f.payload_mut().fill(seq as u8 + 1);
-            g.commit_all();
-            true
-        }
-        Err(voxring_core::GrantError::Full) => false,
-        Err(e) => panic!("unexpected grant error: {e}"),
-    }
 }
 
 #[test]
