@@ -729,3 +729,126 @@ fn chunks_as_bytes_mut(c: &mut [Chunk]) -> &mut [u8] {
     // SAFETY: as in `chunks_as_bytes`, with the exclusive borrow carried over.
     unsafe { std::slice::from_raw_parts_mut(c.as_mut_ptr().cast::<u8>(), c.len() * 64) }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The reader against a fake server that sends what it likes: bad input is an error with
+    //! a reason, never a panic or an out-of-range access.
+
+    use std::io::Write;
+
+    use super::*;
+
+    fn greeting(payload_bytes: u32) -> Vec<u8> {
+        let cfg = RingConfig {
+            frames: 4,
+            samples_per_frame: 8,
+            channels: 1,
+            format: SampleFormat::S16,
+            sample_rate: 48_000,
+            max_consumers: 2,
+            policy: Policy::Lossy,
+        };
+        hello(&cfg, payload_bytes)
+    }
+
+    fn frame(seq: u64, len: u32, fill: u8) -> Vec<u8> {
+        let mut b = TAG_FRAME.to_le_bytes().to_vec();
+        for v in [seq, seq * 8, 1000 + seq] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&len.to_le_bytes());
+        b.extend(std::iter::repeat_n(fill, len as usize));
+        b
+    }
+
+    /// Serves `bytes` to one client on a fresh socket, then closes; returns the reader's
+    /// connect result and the socket's folder (removed by the caller).
+    fn against(bytes: Vec<u8>) -> (Result<FallbackReader, FallbackError>, PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "voxring-fb-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("s.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).expect("bind");
+        let server = std::thread::spawn(move || {
+            if let Ok((mut s, _)) = listener.accept() {
+                let _ = s.write_all(&bytes);
+            }
+        });
+        let r = FallbackReader::connect(&path, Duration::from_secs(5));
+        server.join().expect("fake server");
+        (r, dir)
+    }
+
+    #[test]
+    fn frames_losses_and_the_end_arrive_in_order() {
+        let mut b = greeting(16);
+        b.extend(frame(0, 16, 7));
+        b.extend(TAG_LOST.to_le_bytes());
+        b.extend(5u64.to_le_bytes());
+        b.extend(frame(6, 10, 9));
+        b.extend(TAG_END.to_le_bytes());
+        let (r, dir) = against(b);
+        let mut r = r.expect("connect");
+        assert_eq!(r.config().frames, 4);
+        assert_eq!(
+            r.wait(Some(Duration::from_secs(5))).ok(),
+            Some(FramesWait::Ready)
+        );
+        assert_eq!(r.read_grant(4).ok(), Some(FallbackRead::Frames(1)));
+        let f = r.frame(0).expect("frame 0");
+        assert_eq!((f.meta.seq, f.payload), (0, &[7u8; 16][..]));
+        assert!(r.frame(1).is_none());
+        r.release(1);
+        assert_eq!(r.read_grant(4).ok(), Some(FallbackRead::Lost(5)));
+        assert_eq!(r.read_grant(4).ok(), Some(FallbackRead::Frames(1)));
+        let f = r.frame(0).expect("frame 6");
+        assert_eq!((f.meta.seq, f.meta.len, f.payload.len()), (6, 10, 10));
+        r.release(1);
+        assert_eq!(r.read_grant(4).ok(), Some(FallbackRead::EndOfStream));
+        assert_eq!(r.lost_frames(), 5);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn hostile_input_is_an_error_with_a_reason() {
+        // Not the protocol at all.
+        let (r, dir) = against(b"HTTP/1.1 200 OK\r\n\r\n".to_vec());
+        assert!(matches!(r, Err(FallbackError::Protocol(_))));
+        let _ = std::fs::remove_dir_all(dir);
+        // A payload size that does not match the configuration.
+        let (r, dir) = against(greeting(17));
+        assert!(matches!(r, Err(FallbackError::Protocol(m)) if m.contains("payload")));
+        let _ = std::fs::remove_dir_all(dir);
+        // An error instead of a greeting is passed on.
+        let (r, dir) = against(error_message("all consumer slots are taken"));
+        assert!(matches!(r, Err(FallbackError::Server(m)) if m.contains("slots")));
+        let _ = std::fs::remove_dir_all(dir);
+        // A frame longer than a slot, then an unknown tag.
+        for tail in [frame(0, 17, 1), 99u32.to_le_bytes().to_vec()] {
+            let mut b = greeting(16);
+            b.extend(tail);
+            let (r, dir) = against(b);
+            let mut r = r.expect("the greeting is fine");
+            assert!(r.wait(Some(Duration::from_secs(5))).is_err());
+            assert!(r.read_grant(1).is_err(), "the stream stays failed");
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        // An error message longer than the limit is refused, not allocated.
+        let mut b = greeting(16);
+        b.extend(TAG_ERROR.to_le_bytes());
+        b.extend(u32::MAX.to_le_bytes());
+        let (r, dir) = against(b);
+        let err = r
+            .expect("greeting")
+            .wait(Some(Duration::from_secs(5)))
+            .unwrap_err();
+        assert!(matches!(err, FallbackError::Protocol(_)), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

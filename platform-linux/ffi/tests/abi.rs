@@ -1,0 +1,186 @@
+//! The C ABI called the way a careless C program would: null handles and out-pointers, calls
+//! out of order, oversized values. Every call must return an error code with a message, never
+//! crash.
+
+use std::ffi::CStr;
+use std::ptr;
+
+use voxring_ffi::*;
+
+fn last_error() -> String {
+    let mut buf = [0 as std::ffi::c_char; 512];
+    // SAFETY: `buf` is valid for its length.
+    unsafe { vr_last_error(buf.as_mut_ptr(), buf.len()) };
+    // SAFETY: vr_last_error NUL-terminates within the buffer.
+    unsafe { CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn unique(tag: &str) -> std::ffi::CString {
+    std::ffi::CString::new(format!("abi-{tag}-{}", std::process::id())).expect("no NUL")
+}
+
+#[test]
+fn null_pointers_are_refused_with_a_code() {
+    let mut n = 0usize;
+    let mut f = [vr_frame {
+        seq: 0,
+        sample_pos: 0,
+        timestamp_ns: 0,
+        flags: 0,
+        len: 0,
+        data: ptr::null_mut(),
+        capacity: 0,
+        reserved: 0,
+    }; 1];
+    // SAFETY: null handles and pointers are exactly what these calls must refuse.
+    unsafe {
+        assert_eq!(
+            vr_writer_create(ptr::null(), ptr::null(), ptr::null_mut()),
+            VR_E_NULL
+        );
+        assert!(last_error().contains("null"));
+        assert_eq!(
+            vr_reader_open(ptr::null(), ptr::null(), 0, ptr::null_mut()),
+            VR_E_NULL
+        );
+        assert_eq!(
+            vr_read_grant(ptr::null_mut(), 1, f.as_mut_ptr(), &mut n),
+            VR_E_NULL
+        );
+        assert_eq!(vr_read_release(ptr::null_mut(), 1), VR_E_NULL);
+        assert_eq!(vr_reader_wait(ptr::null_mut(), 0), VR_E_NULL);
+        assert_eq!(
+            vr_write_grant(ptr::null_mut(), 1, f.as_mut_ptr(), &mut n),
+            VR_E_NULL
+        );
+        assert_eq!(vr_write_commit(ptr::null_mut(), ptr::null(), 0), VR_E_NULL);
+        assert_eq!(
+            vr_writer_status(ptr::null_mut(), ptr::null_mut()),
+            VR_E_NULL
+        );
+        assert_eq!(vr_control_write(ptr::null_mut(), ptr::null(), 0), VR_E_NULL);
+        assert_eq!(vr_reader_transport(ptr::null_mut()), VR_E_NULL);
+        assert_eq!(
+            vr_reader_transport_reason(ptr::null_mut(), ptr::null_mut(), 0),
+            0
+        );
+        vr_reader_destroy(ptr::null_mut());
+        vr_writer_destroy(ptr::null_mut());
+        vr_control_destroy(ptr::null_mut());
+    }
+    for code in [VR_OK, VR_E_NULL, VR_E_PANIC, VR_E_UNSUPPORTED, -1000] {
+        // SAFETY: vr_strerror returns a static NUL-terminated string for any code.
+        let s = unsafe { CStr::from_ptr(vr_strerror(code)) };
+        assert!(!s.to_bytes().is_empty());
+    }
+}
+
+#[test]
+fn calls_out_of_order_and_bad_values_are_refused() {
+    let name = unique("order");
+    let bad = vr_config {
+        frames: 3, // not a power of two
+        samples_per_frame: 512,
+        channels: 1,
+        format: VR_FORMAT_S16,
+        sample_rate: 48_000,
+        max_consumers: 2,
+        policy: VR_POLICY_LOSSLESS,
+    };
+    let mut w: *mut vr_writer = ptr::null_mut();
+    // SAFETY: valid pointers throughout; the handles are destroyed at the end.
+    unsafe {
+        assert_eq!(vr_writer_create(name.as_ptr(), &bad, &mut w), VR_E_INVALID);
+        assert!(w.is_null());
+        let cfg = vr_config { frames: 4, ..bad };
+        let bad_policy = vr_config { policy: 9, ..cfg };
+        assert_eq!(
+            vr_writer_create(name.as_ptr(), &bad_policy, &mut w),
+            VR_E_INVALID
+        );
+        assert_eq!(
+            vr_writer_create(name.as_ptr(), &cfg, &mut w),
+            VR_OK,
+            "{}",
+            last_error()
+        );
+        assert_eq!(vr_write_commit(w, ptr::null(), 1), VR_E_NO_GRANT);
+        let mut f = [vr_frame {
+            seq: 0,
+            sample_pos: 0,
+            timestamp_ns: 0,
+            flags: 0,
+            len: 0,
+            data: ptr::null_mut(),
+            capacity: 0,
+            reserved: 0,
+        }; 2];
+        let mut n = 0;
+        assert_eq!(vr_write_grant(w, 2, f.as_mut_ptr(), &mut n), VR_OK);
+        assert_eq!(n, 2);
+        assert_eq!(
+            vr_write_grant(w, 1, f.as_mut_ptr(), &mut n),
+            VR_E_GRANT_OPEN
+        );
+        assert_eq!(vr_write_commit(w, ptr::null(), 3), VR_E_NO_GRANT);
+        f[0].len = f[0].capacity + 1;
+        assert_eq!(vr_write_commit(w, f.as_ptr(), 1), VR_E_INVALID);
+        assert!(last_error().contains("capacity"));
+        f[0].len = 10;
+        assert_eq!(vr_write_commit(w, f.as_ptr(), 1), VR_OK);
+
+        let mut r: *mut vr_reader = ptr::null_mut();
+        assert_eq!(
+            vr_reader_open(name.as_ptr(), ptr::null(), VR_OPEN_NO_FALLBACK, &mut r),
+            VR_OK
+        );
+        assert_eq!(vr_read_release(r, 1), VR_E_NO_GRANT);
+        assert_eq!(vr_read_grant(r, 1, f.as_mut_ptr(), &mut n), VR_E_EMPTY);
+        assert_eq!(vr_reader_wait(r, 1_000_000), VR_E_TIMEOUT);
+        let mut st = vr_status::default();
+        assert_eq!(vr_writer_status(w, &mut st), VR_OK);
+        assert_eq!((st.write_pos, st.consumers), (1, 1));
+        vr_reader_destroy(r);
+        vr_writer_destroy(w);
+    }
+    let path = format!("/dev/shm/voxring.{}", name.to_str().expect("utf-8"));
+    assert!(
+        !std::path::Path::new(&path).exists(),
+        "the writer removed its segment"
+    );
+}
+
+#[test]
+fn control_register_checks_sizes() {
+    let name = unique("ctl");
+    let mut c: *mut vr_control = ptr::null_mut();
+    // SAFETY: valid pointers; the handle is destroyed at the end.
+    unsafe {
+        assert_eq!(
+            vr_control_create(name.as_ptr(), &mut c),
+            VR_OK,
+            "{}",
+            last_error()
+        );
+        let big = [1u8; 65];
+        assert_eq!(
+            vr_control_write(c, big.as_ptr().cast(), big.len()),
+            VR_E_INVALID
+        );
+        assert_eq!(vr_control_write(c, big.as_ptr().cast(), 64), VR_OK);
+        let mut out = [0u8; 64];
+        let mut v = 0u64;
+        assert_eq!(
+            vr_control_read(c, out.as_mut_ptr().cast(), 64, &mut v),
+            VR_OK
+        );
+        assert_eq!((out, v), ([1u8; 64], 1));
+        assert_eq!(
+            vr_control_read(c, out.as_mut_ptr().cast(), 65, &mut v),
+            VR_E_INVALID
+        );
+        vr_control_destroy(c);
+    }
+}
