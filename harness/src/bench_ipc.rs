@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+mod bindings;
 mod http;
 mod inproc;
 mod measure;
@@ -59,6 +60,12 @@ pub enum Transport {
     Rtrb,
     /// A multiprocessing shared Array read through np.frombuffer (needs python3 with numpy).
     PythonMparray,
+    /// voxring's Python package (numpy views in place) reading a ring this process writes
+    /// (needs python3 with numpy and libvoxring_ffi.so; run only when named in --transports).
+    PythonVoxring,
+    /// A C program on voxring's C ABI reading a ring this process writes (needs cc and
+    /// libvoxring_ffi.so; run only when named in --transports).
+    CVoxring,
 }
 
 impl Transport {
@@ -87,6 +94,8 @@ impl Transport {
             Transport::Http => "http",
             Transport::Rtrb => "rtrb",
             Transport::PythonMparray => "python-mparray",
+            Transport::PythonVoxring => "python-voxring",
+            Transport::CVoxring => "c-voxring",
         }
     }
 }
@@ -363,6 +372,9 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
                  /usr/bin/python3 imports numpy (apt-get install python3-numpy)"
             );
         }
+        if args.transports.contains(&Transport::PythonVoxring) {
+            bail!("python-voxring needs python3 with numpy (apt-get install python3-numpy)");
+        }
         transports.retain(|t| *t != Transport::PythonMparray);
         eprintln!("python-mparray skipped: no python3 with numpy (apt-get install python3-numpy)");
     }
@@ -460,6 +472,15 @@ fn run_one(
         Transport::PythonMparray => {
             let py = python.context("no python3 with numpy")?;
             python::run(py, plan, payload, cpus, tracepoint_id, &mut hist)?
+        }
+        Transport::PythonVoxring => {
+            let py = python.context("no python3 with numpy")?;
+            let c = bindings::Consumer::Python(py);
+            bindings::run(c, plan, payload, cpus, tracepoint_id, &mut hist)?
+        }
+        Transport::CVoxring => {
+            let c = bindings::Consumer::C;
+            bindings::run(c, plan, payload, cpus, tracepoint_id, &mut hist)?
         }
         _ => run_process_pair(t, payload, plan, cpus, tracepoint_id, &mut hist)?,
     };
@@ -670,7 +691,10 @@ fn run_process_pair(
             let child = spawn(&[], Some(port))?;
             (Box::new(rx), child)
         }
-        Transport::Rtrb | Transport::PythonMparray => unreachable!("not a process pair"),
+        Transport::Rtrb
+        | Transport::PythonMparray
+        | Transport::PythonVoxring
+        | Transport::CVoxring => unreachable!("not a process pair"),
     };
     let consumed = consume(rx.as_mut(), plan, hist);
     drop(rx);
@@ -769,7 +793,10 @@ fn peer_main(t: Transport, args: &Args) -> anyhow::Result<()> {
                 .context("--peer http needs --peer-port")?;
             Box::new(http::HttpTx::new(port, payload))
         }
-        Transport::Rtrb | Transport::PythonMparray => {
+        Transport::Rtrb
+        | Transport::PythonMparray
+        | Transport::PythonVoxring
+        | Transport::CVoxring => {
             bail!("{} has no producer process", t.name())
         }
     };
