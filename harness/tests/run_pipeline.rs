@@ -142,6 +142,8 @@ fn run_and_check(device: &str, seconds: &str, name: &str) {
         .arg(&json)
         .arg("--wav")
         .arg(&wav)
+        .arg("--report")
+        .arg(dir.0.join("report"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -232,6 +234,24 @@ fn run_and_check(device: &str, seconds: &str, name: &str) {
         "no frame returned: {report}"
     );
     assert!(stdout.contains("verdict:"), "{stdout}");
+    // The Markdown report and its two plots.
+    let md = std::fs::read_to_string(dir.0.join("report/report.md")).unwrap();
+    assert!(
+        md.contains("## Latency budget") && md.contains("mouth-to-ear"),
+        "{md}"
+    );
+    for svg in ["latency-histogram.svg", "timeline.svg"] {
+        assert!(md.contains(svg), "report.md does not show {svg}");
+        let text = std::fs::read_to_string(dir.0.join("report").join(svg)).unwrap();
+        assert!(
+            text.starts_with("<svg") && text.trim_end().ends_with("</svg>"),
+            "{svg}"
+        );
+        assert!(
+            text.contains("<path") || text.contains("<rect x="),
+            "{svg} draws nothing"
+        );
+    }
     assert_nothing_left(pid);
 }
 

@@ -5,7 +5,7 @@
 //!
 //! | stage | from | to |
 //! |---|---|---|
-//! | `capture` | the frame's first sample at the device (chunk hand-over time minus the chunk's duration after it) | commit into the capture ring |
+//! | `capture` | the frame's first sample at the device (the frame clock's estimate, or the chunk's hand-over time minus the samples after it, whichever is earlier) | commit into the capture ring |
 //! | `handoff:<agent>` | commit (the producer stamps `timestamp_ns` at commit) | the agent has the frame in hand |
 //! | `compute:<agent>` | agent starts its work on the frame | agent done |
 //! | `return handoff` | the echo agent's commit into the return ring | the playback side takes it (at the device's next period) |
