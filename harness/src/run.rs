@@ -117,7 +117,8 @@ pub struct Args {
     #[arg(long)]
     pub report: Option<PathBuf>,
     /// Where the recorder writes its WAV file. Without --wav or --report the recording goes to
-    /// a temporary folder, is checked against the producer's checksum, and is removed.
+    /// a temporary file, which is removed at the end (the recorder's sample count and CRC-32
+    /// are still compared with the producer's).
     #[arg(long)]
     pub wav: Option<PathBuf>,
     /// Never show the progress bar (it is shown only when stderr is a terminal anyway).

@@ -876,7 +876,10 @@ fn run_with<T: Sample + voxring_core::Sample>(
                 lost_total += o.lost + o.return_dropped.unwrap_or(0);
                 late_cycles.extend(&o.late_cycles);
                 for w in &o.warnings {
-                    warnings.push(format!("{} agent: {w}", kind.name()));
+                    // The same refusal as the audio thread's (SCHED_FIFO) is said once.
+                    if !warnings.contains(w) {
+                        warnings.push(format!("{} agent: {w}", kind.name()));
+                    }
                 }
                 let late = late_by_agent.get(i).copied().unwrap_or(o.late);
                 agent_rows.push(AgentRow {
