@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The package next to this file (a copy, in the fallback test) wins; else the source tree's.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 import voxring  # noqa: E402
 

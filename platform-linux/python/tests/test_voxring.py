@@ -233,8 +233,18 @@ def test_fallback_when_the_segment_is_refused(peer, spawn, name, policy):
             kw["preexec_fn"] = drop
         else:
             os.chmod(seg, 0)
-        env = dict(os.environ, VOXRING_FALLBACK_DIR=str(d), PYTHONDONTWRITEBYTECODE="1")
-        child = spawn([sys.executable, HERE / "pattern.py", name], env=env, cwd=d, **kw)
+        # The other user may not be able to read the checkout (a 0700 home): give it copies of
+        # the library, the package and the reader script in the world-readable folder.
+        shutil.copy(voxring._lib.lib().path, d / "libvoxring_ffi.so")
+        shutil.copytree(HERE.parent / "voxring", d / "voxring",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(HERE / "pattern.py", d / "pattern.py")
+        for p in [d, *d.rglob("*")]:
+            if not p.is_socket():  # the producer's socket keeps its own mode
+                os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        env = dict(os.environ, VOXRING_FALLBACK_DIR=str(d), PYTHONDONTWRITEBYTECODE="1",
+                   VOXRING_LIB=str(d / "libvoxring_ffi.so"))
+        child = spawn([sys.executable, d / "pattern.py", name], env=env, cwd=d, **kw)
         produced = prod.expect("done")
         got = json.loads(child.p.stdout.readline())
         assert child.wait() == 0 and prod.wait() == 0
