@@ -354,6 +354,104 @@ impl<T: Sample + voxring_core::Sample> PlaybackSource<T> for PlaybackSide<'_, T>
     }
 }
 
+/// What the real-time halves need to know about the stream.
+#[derive(Debug, Clone, Copy)]
+struct RtParams {
+    channels: usize,
+    quantum: u32,
+    rate: u32,
+    period_ns: u64,
+    buffer_ns: u64,
+    agents_mask: u64,
+    timeline_cap: usize,
+    start_ns: u64,
+    /// Mix the test talker into the capture (the synthetic device captures no voice).
+    talker: bool,
+}
+
+impl Shared {
+    /// Room for `table` frames' capture times.
+    fn new(table: usize) -> Self {
+        Shared {
+            committed: AtomicU64::new(0),
+            first_ns: (0..table).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            first_pos: (0..table).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            stop: StopFlag::new(),
+        }
+    }
+}
+
+impl<'a, T: Sample + voxring_core::Sample> CaptureSide<'a, T> {
+    /// Everything allocated here, before the real-time thread starts.
+    fn new(
+        tx: ShmProducer,
+        sync: &'a SyncHandle,
+        shared: &'a Shared,
+        p: &RtParams,
+    ) -> anyhow::Result<Self> {
+        Ok(CaptureSide {
+            tx,
+            sync,
+            shared,
+            ch: p.channels,
+            quantum: p.quantum as usize,
+            rate: f64::from(p.rate),
+            period_ns: p.period_ns,
+            agents_mask: p.agents_mask,
+            staging: vec![T::SILENCE; p.quantum as usize * p.channels],
+            filled: 0,
+            first_ns: 0,
+            pos: 0,
+            pending_flags: 0,
+            talker: p.talker.then(|| Talker::new(p.rate)),
+            crc: crc32fast::Hasher::new(),
+            frames: 0,
+            samples: 0,
+            dropped: 0,
+            hist: new_hist(),
+            clock: FrameClock::new(f64::from(p.rate), 1.0)
+                .map_err(|e| anyhow::anyhow!("frame clock: {e:?}"))?,
+            drift_clock: FrameClock::new(f64::from(p.rate), 0.1)
+                .map_err(|e| anyhow::anyhow!("frame clock: {e:?}"))?,
+            timeline: Vec::with_capacity(p.timeline_cap),
+            xrun_marks: Vec::with_capacity(1024),
+            start_ns: p.start_ns,
+            ipc_ns: 0,
+            error: None,
+        })
+    }
+}
+
+impl<'a, T: Sample + voxring_core::Sample> PlaybackSide<'a, T> {
+    /// Everything allocated here, before the real-time thread starts.
+    fn new(rx: Option<ShmConsumer>, shared: &'a Shared, p: &RtParams) -> Self {
+        PlaybackSide {
+            rx,
+            shared,
+            ch: p.channels,
+            quantum: u64::from(p.quantum),
+            rate: f64::from(p.rate),
+            buffer_ns: p.buffer_ns,
+            cur: vec![T::SILENCE; p.quantum as usize * p.channels],
+            cur_len: 0,
+            cur_off: 0,
+            cur_pos: 0,
+            hist_return: new_hist(),
+            hist_playback: new_hist(),
+            hist_m2e: new_hist(),
+            timeline: Vec::with_capacity(p.timeline_cap),
+            start_ns: p.start_ns,
+            frames: 0,
+            lost: 0,
+            skipped: 0,
+            gaps: 0,
+            started: false,
+            ipc_ns: 0,
+            error: None,
+        }
+    }
+}
+
 /// Everything the real-time thread hands back.
 struct RtResult<'a, T: Sample + voxring_core::Sample> {
     capture: CaptureSide<'a, T>,
@@ -597,12 +695,7 @@ fn run_with<T: Sample + voxring_core::Sample>(
     // Run.
     let total_frames = (args.seconds * f64::from(rate)).round() as u64;
     let table = (ring_frames as usize * 4).next_power_of_two();
-    let shared = Shared {
-        committed: AtomicU64::new(0),
-        first_ns: (0..table).map(|_| AtomicU64::new(u64::MAX)).collect(),
-        first_pos: (0..table).map(|_| AtomicU64::new(u64::MAX)).collect(),
-        stop: StopFlag::new(),
-    };
+    let shared = Shared::new(table);
     let cycles_total = total_frames / u64::from(quantum);
     let timeline_cap = (cycles_total as usize + 16).min(MAX_TIMELINE_CYCLES);
     let agents_mask = if agents.len() >= 64 {
@@ -610,64 +703,21 @@ fn run_with<T: Sample + voxring_core::Sample>(
     } else {
         (1u64 << agents.len()) - 1
     };
-    let clock =
-        FrameClock::new(f64::from(rate), 1.0).map_err(|e| anyhow::anyhow!("frame clock: {e:?}"))?;
-    let drift_clock =
-        FrameClock::new(f64::from(rate), 0.1).map_err(|e| anyhow::anyhow!("frame clock: {e:?}"))?;
     let start = Instant::now();
     let start_ns = monotonic_ns();
-    let capture = CaptureSide::<T> {
-        tx,
-        sync: &sync,
-        shared: &shared,
-        ch: usize::from(channels),
-        quantum: quantum as usize,
-        rate: f64::from(rate),
+    let params = RtParams {
+        channels: usize::from(channels),
+        quantum,
+        rate,
         period_ns,
-        agents_mask,
-        staging: vec![T::SILENCE; quantum as usize * usize::from(channels)],
-        filled: 0,
-        first_ns: 0,
-        pos: 0,
-        pending_flags: 0,
-        talker: synthetic.then(|| Talker::new(rate)),
-        crc: crc32fast::Hasher::new(),
-        frames: 0,
-        samples: 0,
-        dropped: 0,
-        hist: new_hist(),
-        clock,
-        drift_clock,
-        timeline: Vec::with_capacity(timeline_cap),
-        xrun_marks: Vec::with_capacity(1024),
-        start_ns,
-        ipc_ns: 0,
-        error: None,
-    };
-    let playback = PlaybackSide::<T> {
-        rx,
-        shared: &shared,
-        ch: usize::from(channels),
-        quantum: u64::from(quantum),
-        rate: f64::from(rate),
         buffer_ns,
-        cur: vec![T::SILENCE; quantum as usize * usize::from(channels)],
-        cur_len: 0,
-        cur_off: 0,
-        cur_pos: 0,
-        hist_return: new_hist(),
-        hist_playback: new_hist(),
-        hist_m2e: new_hist(),
-        timeline: Vec::with_capacity(timeline_cap),
+        agents_mask,
+        timeline_cap,
         start_ns,
-        frames: 0,
-        lost: 0,
-        skipped: 0,
-        gaps: 0,
-        started: false,
-        ipc_ns: 0,
-        error: None,
+        talker: synthetic,
     };
+    let capture = CaptureSide::<T>::new(tx, &sync, &shared, &params)?;
+    let playback = PlaybackSide::<T>::new(rx, &shared, &params);
     let progress = (!args.no_progress && std::io::stderr().is_terminal()).then(|| {
         let pb = indicatif::ProgressBar::new(cycles_total);
         pb.set_style(
@@ -1115,4 +1165,90 @@ fn write_report_dir<T: Sample + voxring_core::Sample>(
         ]),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use voxring_core::SampleFormat;
+
+    // Aborts the test process if anything allocates inside `assert_no_alloc`; everywhere else
+    // it is the system allocator.
+    #[global_allocator]
+    static ALLOC: assert_no_alloc::AllocDisabler = assert_no_alloc::AllocDisabler;
+
+    /// The real-time halves (device → capture ring, return ring → device) neither allocate
+    /// nor fail to move frames, with a stand-in echo in between.
+    #[test]
+    fn the_audio_path_does_not_allocate() {
+        let prefix = format!("rtalloc-{}", std::process::id());
+        let cfg = RingConfig {
+            frames: 16,
+            samples_per_frame: 64,
+            channels: 1,
+            format: SampleFormat::S16,
+            sample_rate: 48_000,
+            max_consumers: 1,
+            policy: Policy::Lossless,
+        };
+        let opts = CreateOptions::default();
+        let cap = Segment::create(&capture_name(&prefix), &cfg, &opts).unwrap();
+        let ret = Segment::create(&return_name(&prefix), &cfg, &opts).unwrap();
+        let mut agent = cap.consumer().unwrap();
+        let mut echo = ret.producer().unwrap();
+        let sync = SyncHandle::create(&prefix, 1).unwrap();
+        let shared = Shared::new(64);
+        let p = RtParams {
+            channels: 1,
+            quantum: 64,
+            rate: 48_000,
+            period_ns: 1_333_333,
+            buffer_ns: 2_666_666,
+            agents_mask: 1,
+            timeline_cap: 64,
+            start_ns: monotonic_ns(),
+            talker: true,
+        };
+        let mut capture =
+            CaptureSide::<i16>::new(cap.producer().unwrap(), &sync, &shared, &p).unwrap();
+        let mut playback = PlaybackSide::<i16>::new(Some(ret.consumer().unwrap()), &shared, &p);
+        let input: Vec<i16> = (0..64).map(|i| i * 100).collect();
+        let mut out = vec![0i16; 64];
+        for k in 0..32u64 {
+            let info = ChunkInfo {
+                sample_pos: k * 64,
+                timestamp_ns: monotonic_ns(),
+                flags: 0,
+                capture_pos: k * 64,
+                channels: 1,
+            };
+            assert_no_alloc::assert_no_alloc(|| {
+                assert_eq!(capture.push(&input, &info), 64);
+            });
+            // The echo agent's part (another process in a real run).
+            let (c, _) = agent.parts();
+            let g = c.read_grant(1).unwrap();
+            let f = g.frame(0).unwrap();
+            let (meta, payload) = (f.meta(), f.payload().to_vec());
+            g.release_all().unwrap();
+            let (prod, _) = echo.parts();
+            let mut w = prod.write_grant(1).unwrap();
+            {
+                let mut o = w.frame_mut(0).unwrap();
+                o.payload_mut()[..payload.len()].copy_from_slice(&payload);
+                o.set_len(payload.len() as u32).unwrap();
+                o.set_sample_pos(meta.sample_pos);
+                o.set_timestamp_ns(monotonic_ns());
+            }
+            let _ = w.commit_all();
+            assert_no_alloc::assert_no_alloc(|| {
+                assert_eq!(playback.pull(&mut out, &info), 64);
+            });
+        }
+        assert_eq!(capture.frames, 32);
+        assert_eq!(capture.dropped, 0);
+        assert_eq!(playback.frames, 32);
+        assert_eq!(playback.hist_m2e.len(), 32);
+        assert!(capture.error.is_none() && playback.error.is_none());
+    }
 }
