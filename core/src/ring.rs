@@ -842,6 +842,22 @@ impl Ring {
         Some(c.owner.load(Ordering::Relaxed))
     }
 
+    /// Consumer `index`'s read position (the next sequence number it will read), or `None`
+    /// when the slot is free or out of range. For monitoring (`write_pos() - read_pos` is its
+    /// lag); the value comes from shared memory, so a caller must range-check what it derives.
+    pub fn consumer_read_pos(&self, index: u16) -> Option<u64> {
+        if index >= self.layout.config.max_consumers {
+            return None;
+        }
+        let c = self.consumer_block(index);
+        // Acquire: pairs with the joiner's SeqCst store of `state`, which published `read_pos`.
+        if c.state.load(Ordering::Acquire) & STATE_MASK == STATE_FREE {
+            return None;
+        }
+        // Acquire: pairs with the consumer's Release store of `read_pos` at release.
+        Some(c.read_pos.load(Ordering::Acquire))
+    }
+
     /// The producer's owner token, or `None` when no producer holds the ring.
     pub fn producer_owner(&self) -> Option<u64> {
         match self.prod().owner.load(Ordering::Relaxed) {

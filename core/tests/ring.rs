@@ -750,3 +750,21 @@ fn a_consumer_that_only_polls_costs_the_producer_no_wake_call() {
     wake.wake(&PollingWaiter);
     assert_eq!(poller.join().unwrap(), Ok(WaitOutcome::Ready));
 }
+
+#[test]
+fn consumer_read_pos_follows_release_and_is_none_for_free_slots() {
+    let cfg = config(4, 2, Policy::Lossless);
+    let (_region, ring) = make(&cfg);
+    let mut p = ring.producer(1).unwrap();
+    assert_eq!(ring.consumer_read_pos(0), None);
+    let mut c = ring.consumer(2).unwrap();
+    let index = c.index();
+    assert_eq!(ring.consumer_read_pos(index), Some(0));
+    assert_eq!(write(&mut p, 3, 3).unwrap(), 3);
+    assert_eq!(read(&mut c, 2).unwrap(), vec![0, 1]);
+    assert_eq!(ring.consumer_read_pos(index), Some(2));
+    assert_eq!(ring.write_pos() - ring.consumer_read_pos(index).unwrap(), 1);
+    assert_eq!(ring.consumer_read_pos(cfg.max_consumers), None);
+    c.leave();
+    assert_eq!(ring.consumer_read_pos(index), None);
+}

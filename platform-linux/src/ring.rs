@@ -905,7 +905,7 @@ pub fn list_segments() -> std::io::Result<Vec<SegmentInfo>> {
                 // SAFETY: the mapping covers the whole file and outlives `ring` (both local to
                 // this block); only reads through atomics follow.
                 info.ring = match unsafe { Ring::attach(m.as_ptr(), m.len()) } {
-                    Ok(ring) => Ok(ring_info(&ring, file.fd(), m)),
+                    Ok(ring) => Ok(ring_info(&ring, file.fd())),
                     Err(e) => Err(map_attach_error(&path, e).to_string()),
                 };
             }
@@ -926,39 +926,7 @@ pub fn list_segments() -> std::io::Result<Vec<SegmentInfo>> {
     Ok(out)
 }
 
-/// Consumer `index`'s `read_pos`, read from the published layout (`core/LAYOUT.md`: the
-/// header's u64 `consumers_offset` at byte 48; consumer block `i` at `consumers_offset` +
-/// 128 × i, `read_pos` its first u64). voxring-core has no accessor for it. Every value read
-/// is bounds-checked: a peer may have rewritten the header since it was validated.
-fn consumer_read_pos(ring: &Ring, mapping: &SharedMapping, index: u16) -> Option<u64> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    if index >= ring.config().max_consumers {
-        return None;
-    }
-    let limit = ring.region_size().min(mapping.len());
-    if limit < 56 {
-        return None;
-    }
-    // SAFETY: bytes 48..56 are inside the mapping (checked above), 8-aligned from a
-    // page-aligned base, and the layout accesses every field atomically.
-    let consumers_offset = unsafe { &*mapping.as_ptr().add(48).cast::<AtomicU64>() }
-        // Relaxed: written once by the creator before the Release store of the magic, which
-        // the attach that made `ring` loaded with Acquire.
-        .load(Ordering::Relaxed);
-    let off = usize::try_from(consumers_offset)
-        .ok()?
-        .checked_add(128usize.checked_mul(usize::from(index))?)?;
-    if off % 8 != 0 || off.checked_add(8)? > limit {
-        return None;
-    }
-    // SAFETY: `off + 8 <= limit <= mapping.len()` (checked above), `off` is 8-aligned, and
-    // the word is only ever accessed atomically (LAYOUT.md).
-    let word = unsafe { &*mapping.as_ptr().add(off).cast::<AtomicU64>() };
-    // Acquire pairs with the consumer's Release store of read_pos (LAYOUT.md, consumer step 4).
-    Some(word.load(Ordering::Acquire))
-}
-
-fn ring_info(ring: &Ring, fd: BorrowedFd<'_>, mapping: &SharedMapping) -> RingInfo {
+fn ring_info(ring: &Ring, fd: BorrowedFd<'_>) -> RingInfo {
     let alive = |token: u64| liveness::ticket_held(fd, liveness::ticket_of(token)).unwrap_or(true);
     let producer = ring.producer_owner().map(|o| ParticipantInfo {
         slot: None,
@@ -972,7 +940,8 @@ fn ring_info(ring: &Ring, fd: BorrowedFd<'_>, mapping: &SharedMapping) -> RingIn
                 slot: Some(i),
                 pid: (o >> 32) as u32,
                 alive: alive(o),
-                lag: consumer_read_pos(ring, mapping, i)
+                lag: ring
+                    .consumer_read_pos(i)
                     .map(|r| ring.write_pos().wrapping_sub(r))
                     .filter(|lag| *lag <= u64::from(ring.config().frames)),
             })
