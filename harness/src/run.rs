@@ -8,8 +8,9 @@
 //! ```
 //!
 //! The orchestrator (this process) owns the device, the segments and the children; each agent
-//! is this same binary re-executed with the hidden `agent` subcommand. See [`pipeline`] for the
-//! stages and how each is measured, [`agents`] for the agent processes.
+//! is this same binary re-executed with the hidden `agent` subcommand, or a Python script
+//! (`--agents python:PATH`, see [`python`]). See [`pipeline`] for the stages and how each is
+//! measured, [`agents`] for the agent processes.
 //!
 //! Exit status: 0 the run finished within the 150 ms budget (or without an `echo` agent, when
 //! mouth-to-ear is not measured); 1 it finished over budget or lost frames; 2 it could not run
@@ -24,6 +25,7 @@ pub mod dsp;
 pub mod pipeline;
 pub mod plots;
 pub mod procs;
+pub mod python;
 pub mod report;
 pub mod sync;
 pub mod wav;
@@ -55,6 +57,58 @@ impl AgentKind {
     }
 }
 
+/// An agent of `--agents`: a built-in one, or a Python script (`python:PATH`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentSpec {
+    /// One of the agents built into this binary.
+    Builtin(AgentKind),
+    /// A Python script started with the voxring package (see [`python`]).
+    Python(PathBuf),
+}
+
+impl AgentSpec {
+    /// Its name in reports: `vad`, `recorder`, `echo`, `python:<file name>`.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Builtin(k) => k.name().to_owned(),
+            Self::Python(p) => format!(
+                "python:{}",
+                p.file_name()
+                    .map_or_else(|| p.display().to_string(), |f| f.to_string_lossy().into())
+            ),
+        }
+    }
+
+    /// The built-in kind, `None` for a Python agent.
+    pub fn builtin(&self) -> Option<AgentKind> {
+        match self {
+            Self::Builtin(k) => Some(*k),
+            Self::Python(_) => None,
+        }
+    }
+}
+
+impl std::str::FromStr for AgentSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Some(path) = s.strip_prefix("python:") {
+            if path.is_empty() {
+                return Err("python: needs the script's path, e.g. \
+                            python:platform-linux/python/examples/agent.py"
+                    .to_owned());
+            }
+            return Ok(Self::Python(PathBuf::from(path)));
+        }
+        <AgentKind as clap::ValueEnum>::from_str(s, false)
+            .map(Self::Builtin)
+            .map_err(|_| {
+                format!("unknown agent '{s}': expected vad, recorder, echo or python:PATH")
+            })
+    }
+}
+
 /// Sample format of the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -80,9 +134,11 @@ pub struct Args {
     /// `default`, `hw:0,0`). `synthetic:none` gives the synthetic device a silent capture.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Agent processes to start, comma-separated.
+    /// Agent processes to start, comma-separated: `vad`, `recorder`, `echo`, and
+    /// `python:PATH` for a Python agent script (see platform-linux/python/examples/agent.py;
+    /// needs a Python 3 with numpy: VOXRING_PYTHON, else python3 or /usr/bin/python3).
     #[arg(long, value_delimiter = ',', default_value = "vad,recorder,echo")]
-    pub agents: Vec<AgentKind>,
+    pub agents: Vec<AgentSpec>,
     /// Ordinary-priority CPU hog processes to run beside the pipeline (stand-ins for concurrent
     /// retrieval queries).
     #[arg(long, default_value_t = 0)]

@@ -352,3 +352,113 @@ fn a_missing_alsa_device_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// A Python 3 that imports numpy, found as `voxring run` finds one (`VOXRING_PYTHON`, else
+/// `python3`, else `/usr/bin/python3`).
+fn python_with_numpy() -> Option<String> {
+    let candidates: Vec<String> = match std::env::var("VOXRING_PYTHON") {
+        Ok(p) => vec![p],
+        Err(_) => vec!["python3".to_owned(), "/usr/bin/python3".to_owned()],
+    };
+    candidates.into_iter().find(|p| {
+        Command::new(p)
+            .args(["-c", "import numpy"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+#[test]
+fn a_python_agent_gets_every_frame_over_shared_memory() {
+    if python_with_numpy().is_none() {
+        // Under CI nothing is skipped: a missing numpy is a failure there.
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "no Python 3 with numpy (VOXRING_PYTHON, python3, /usr/bin/python3): install \
+             python3-numpy or set VOXRING_PYTHON"
+        );
+        println!("skipped: no Python 3 with numpy (set VOXRING_PYTHON to run this test)");
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../platform-linux/python/examples/agent.py")
+        .canonicalize()
+        .unwrap();
+    let dir = TestDir::new("python");
+    let json = dir.0.join("run.json");
+    let child = voxring()
+        .args([
+            "run",
+            "--device",
+            "synthetic",
+            "--seconds",
+            "3",
+            "--no-progress",
+        ])
+        .arg("--agents")
+        .arg(format!("recorder,python:{}", script.display()))
+        .arg("--json")
+        .arg(&json)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // 0: finished; 1: frames lost on a loaded machine would show below as well.
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "status {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let produced = report["producer"]["frames"].as_u64().unwrap();
+    assert!(produced > 0, "no frame was produced: {report}");
+    let py = agent(&report, "python:agent.py");
+    assert_eq!(py["frames"].as_u64(), Some(produced), "{report}");
+    assert_eq!(py["lost"].as_u64(), Some(0), "{report}");
+    assert_eq!(py["checksum"], report["producer"]["checksum"], "{report}");
+    assert_eq!(py["transport"], "shm", "{report}");
+    assert_eq!(py["exit"], "end of stream", "{report}");
+    // It does not mark the cycle fence: its lateness is not measured, and says so.
+    assert!(py["late"].is_null(), "{report}");
+    assert_ne!(py["pid"].as_u64(), Some(u64::from(pid)));
+    let rec = agent(&report, "recorder");
+    assert_eq!(rec["frames"].as_u64(), Some(produced), "{report}");
+    assert_eq!(rec["checksum"], report["producer"]["checksum"], "{report}");
+    let handoff = report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "handoff:python:agent.py")
+        .unwrap_or_else(|| panic!("no Python hand-off stage: {report}"));
+    assert_eq!(handoff["samples"].as_u64(), Some(produced), "{report}");
+    assert!(stdout.contains("python:agent.py"), "{stdout}");
+    assert_nothing_left(pid);
+}
+
+#[test]
+fn a_missing_python_agent_script_is_a_clear_error() {
+    let out = voxring()
+        .args([
+            "run",
+            "--device",
+            "synthetic",
+            "--seconds",
+            "1",
+            "--no-progress",
+        ])
+        .args(["--agents", "recorder,python:/nonexistent/agent.py"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/agent.py") && err.contains("does not exist"),
+        "{err}"
+    );
+}

@@ -42,12 +42,13 @@ use voxring_linux::segment::CreateOptions;
 use super::agents::{AgentOutput, capture_name, return_name};
 use super::dsp::Talker;
 use super::procs::{self, Proc};
+use super::python::{self, PythonLauncher};
 use super::report::{
     AgentRow, Percentiles, ProducerRow, RunReport, StageRow, VadRow, hist_from_base64, new_hist,
     record,
 };
 use super::sync::SyncHandle;
-use super::{AgentKind, Args, EXIT_INTERRUPTED, EXIT_OVER_BUDGET, Format, plots};
+use super::{AgentKind, AgentSpec, Args, EXIT_INTERRUPTED, EXIT_OVER_BUDGET, Format, plots};
 
 /// How long agents get to join the ring and say `ready`.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -470,7 +471,7 @@ fn core_format(format: Format) -> voxring_core::SampleFormat {
     }
 }
 
-fn check_args(args: &Args) -> anyhow::Result<Vec<AgentKind>> {
+fn check_args(args: &Args) -> anyhow::Result<Vec<AgentSpec>> {
     anyhow::ensure!(
         args.seconds.is_finite() && args.seconds > 0.0 && args.seconds <= 86_400.0,
         "--seconds must be between 0 and 86400 (got {})",
@@ -492,12 +493,18 @@ fn check_args(args: &Args) -> anyhow::Result<Vec<AgentKind>> {
     let mut agents = Vec::new();
     for a in &args.agents {
         if !agents.contains(a) {
-            agents.push(*a);
+            agents.push(a.clone());
         }
     }
     anyhow::ensure!(
         !agents.is_empty(),
-        "--agents needs at least one of vad, recorder, echo"
+        "--agents needs at least one of vad, recorder, echo, python:PATH"
+    );
+    anyhow::ensure!(
+        agents.len() <= voxring_core::fence::MAX_AGENTS,
+        "--agents lists {} agents; at most {} can run",
+        agents.len(),
+        voxring_core::fence::MAX_AGENTS
     );
     Ok(agents)
 }
@@ -505,14 +512,28 @@ fn check_args(args: &Args) -> anyhow::Result<Vec<AgentKind>> {
 /// `voxring run`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let agents = check_args(&args)?;
+    // Python agents: find an interpreter with numpy (and the scripts) before anything is made.
+    let scripts: Vec<&Path> = agents
+        .iter()
+        .filter_map(|a| match a {
+            AgentSpec::Python(p) => Some(p.as_path()),
+            AgentSpec::Builtin(_) => None,
+        })
+        .collect();
+    let launcher = if scripts.is_empty() {
+        None
+    } else {
+        Some(PythonLauncher::find(&scripts)?)
+    };
+    let launcher = launcher.as_ref();
     let mut warnings = Vec::new();
     if let Err(e) = install_signal_cleanup(SignalMode::Notify) {
         warnings.push(format!("Ctrl-C will not give a partial report: {e}"));
     }
     match args.format {
-        Format::S16 => run_with::<i16>(&args, &agents, warnings),
-        Format::S32 => run_with::<i32>(&args, &agents, warnings),
-        Format::F32 => run_with::<f32>(&args, &agents, warnings),
+        Format::S16 => run_with::<i16>(&args, &agents, launcher, warnings),
+        Format::S32 => run_with::<i32>(&args, &agents, launcher, warnings),
+        Format::F32 => run_with::<f32>(&args, &agents, launcher, warnings),
     }
 }
 
@@ -527,7 +548,8 @@ struct TempFile {
 
 fn run_with<T: Sample + voxring_core::Sample>(
     args: &Args,
-    agents: &[AgentKind],
+    agents: &[AgentSpec],
+    launcher: Option<&PythonLauncher>,
     mut warnings: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
     let params = StreamParams {
@@ -593,7 +615,7 @@ fn run_with<T: Sample + voxring_core::Sample>(
     let tx = capture_seg
         .producer()
         .map_err(|e| anyhow::anyhow!("cannot claim the capture ring: {e}"))?;
-    let has_echo = agents.contains(&AgentKind::Echo);
+    let has_echo = agents.contains(&AgentSpec::Builtin(AgentKind::Echo));
     let (return_seg, rx) = if has_echo {
         let rcfg = RingConfig {
             max_consumers: 1,
@@ -613,7 +635,7 @@ fn run_with<T: Sample + voxring_core::Sample>(
 
     // The recording.
     let mut temp_wav = None;
-    let wav_path = if agents.contains(&AgentKind::Recorder) {
+    let wav_path = if agents.contains(&AgentSpec::Builtin(AgentKind::Recorder)) {
         Some(match (&args.wav, &args.report) {
             (Some(p), _) => p.clone(),
             (None, Some(dir)) => {
@@ -635,9 +657,38 @@ fn run_with<T: Sample + voxring_core::Sample>(
     };
 
     // The agents, each its own process; wait until each has joined.
-    let mut procs: Vec<(AgentKind, Proc)> = Vec::new();
-    let spawn_all = |procs: &mut Vec<(AgentKind, Proc)>| -> anyhow::Result<()> {
-        for (i, kind) in agents.iter().enumerate() {
+    let mut procs: Vec<(AgentSpec, Proc)> = Vec::new();
+    let spawn_all = |procs: &mut Vec<(AgentSpec, Proc)>| -> anyhow::Result<()> {
+        for (i, spec) in agents.iter().enumerate() {
+            let kind = match spec {
+                AgentSpec::Builtin(k) => k,
+                AgentSpec::Python(script) => {
+                    let Some(launcher) = launcher else {
+                        anyhow::bail!("internal: a Python agent without a Python launcher");
+                    };
+                    let cmd = launcher.command(script, &prefix, pid, i);
+                    let mut p = procs::spawn(&spec.name(), cmd)?;
+                    match p.wait_line(READY_TIMEOUT) {
+                        Some(l) if l == "ready" => {
+                            procs.push((spec.clone(), p));
+                            continue;
+                        }
+                        _ => {
+                            let f = p.kill();
+                            anyhow::bail!(
+                                "the Python agent {} did not start: {} ({}). It must join the \
+                                 ring `<prefix>.capture` and print `ready`; run it by hand to \
+                                 see why: {} {} --segments NAME",
+                                script.display(),
+                                f.stderr.join(" / "),
+                                f.status,
+                                launcher.interpreter.to_string_lossy(),
+                                script.display()
+                            );
+                        }
+                    }
+                }
+            };
             let mut a = vec![
                 "agent".to_owned(),
                 "--role".to_owned(),
@@ -657,7 +708,7 @@ fn run_with<T: Sample + voxring_core::Sample>(
             }
             let mut p = procs::spawn_self(kind.name(), &a)?;
             match p.wait_line(READY_TIMEOUT) {
-                Some(l) if l == "ready" => procs.push((*kind, p)),
+                Some(l) if l == "ready" => procs.push((spec.clone(), p)),
                 _ => {
                     let f = p.kill();
                     anyhow::bail!(
@@ -698,11 +749,12 @@ fn run_with<T: Sample + voxring_core::Sample>(
     let shared = Shared::new(table);
     let cycles_total = total_frames / u64::from(quantum);
     let timeline_cap = (cycles_total as usize + 16).min(MAX_TIMELINE_CYCLES);
-    let agents_mask = if agents.len() >= 64 {
-        u64::MAX
-    } else {
-        (1u64 << agents.len()) - 1
-    };
+    // The built-in agents mark the cycle fence; Python agents do not, so they are left out.
+    let agents_mask = agents
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.builtin().is_some())
+        .fold(0u64, |m, (i, _)| m | (1u64 << i));
     let start = Instant::now();
     let start_ns = monotonic_ns();
     let params = RtParams {
@@ -868,7 +920,7 @@ fn run_with<T: Sample + voxring_core::Sample>(
         let _ = capture.tx.wait_for_space(Some(Duration::from_millis(50)));
     }
     let vad_state = sync.read_vad();
-    let finished: Vec<(AgentKind, procs::Finished)> = procs
+    let finished: Vec<(AgentSpec, procs::Finished)> = procs
         .into_iter()
         .map(|(k, p)| (k, p.finish(FINISH_GRACE)))
         .collect();
@@ -890,7 +942,21 @@ fn run_with<T: Sample + voxring_core::Sample>(
     let mut lost_total = capture.dropped + playback.lost + playback.skipped;
     let mut late_cycles: Vec<u64> = Vec::new();
     let mut recorder_out: Option<AgentOutput> = None;
-    for (i, (kind, f)) in finished.iter().enumerate() {
+    for (i, (spec, f)) in finished.iter().enumerate() {
+        let name = spec.name();
+        let kind = match spec {
+            AgentSpec::Builtin(k) => *k,
+            AgentSpec::Python(_) => {
+                for line in &f.stderr {
+                    warnings.push(format!("{name} agent: {line}"));
+                }
+                let (row, stage, lost) = python_row(&name, f, &mut warnings);
+                lost_total += lost;
+                stages.extend(stage);
+                agent_rows.push(row);
+                continue;
+            }
+        };
         let out: Option<AgentOutput> = f
             .stdout
             .lines()
@@ -936,16 +1002,17 @@ fn run_with<T: Sample + voxring_core::Sample>(
                     name: kind.name().to_owned(),
                     pid: f.pid,
                     frames: o.frames,
-                    late,
+                    late: Some(late),
                     lost: o.lost,
                     checksum: o.checksum.clone(),
                     cpu_percent: share(o.cpu_ns),
-                    ipc_cpu_percent: share(o.ipc_ns),
-                    wait_cpu_percent: share(o.wait_cpu_ns),
+                    ipc_cpu_percent: Some(share(o.ipc_ns)),
+                    wait_cpu_percent: Some(share(o.wait_cpu_ns)),
+                    transport: "shm".to_owned(),
                     scheduling: o.scheduling.clone(),
                     exit: o.exit.clone(),
                 });
-                if *kind == AgentKind::Recorder {
+                if kind == AgentKind::Recorder {
                     recorder_out = Some(o);
                 }
             }
@@ -960,12 +1027,13 @@ fn run_with<T: Sample + voxring_core::Sample>(
                     name: kind.name().to_owned(),
                     pid: f.pid,
                     frames: 0,
-                    late: late_by_agent.get(i).copied().unwrap_or(0),
+                    late: Some(late_by_agent.get(i).copied().unwrap_or(0)),
                     lost: 0,
                     checksum: String::new(),
                     cpu_percent: 0.0,
-                    ipc_cpu_percent: 0.0,
-                    wait_cpu_percent: 0.0,
+                    ipc_cpu_percent: None,
+                    wait_cpu_percent: None,
+                    transport: "shm".to_owned(),
                     scheduling: String::new(),
                     exit: f.status.clone(),
                 });
@@ -1040,11 +1108,13 @@ fn run_with<T: Sample + voxring_core::Sample>(
         stages,
         agents: agent_rows,
         producer,
-        vad: agents.contains(&AgentKind::Vad).then(|| VadRow {
-            speech_segments: vad_state.segments,
-            speech_frames: vad_state.speech_frames,
-            last_energy_dbfs: Some(f64::from(vad_state.energy_millibel) / 100.0),
-        }),
+        vad: agents
+            .contains(&AgentSpec::Builtin(AgentKind::Vad))
+            .then(|| VadRow {
+                speech_segments: vad_state.segments,
+                speech_frames: vad_state.speech_frames,
+                last_energy_dbfs: Some(f64::from(vad_state.energy_millibel) / 100.0),
+            }),
         ipc_cpu_percent: ipc_ns as f64 * 100.0 / wall_ns,
         wait_cpu_percent: wait_cpu_ns as f64 * 100.0 / wall_ns,
         audio_scheduling: scheduling,
@@ -1090,6 +1160,76 @@ fn run_with<T: Sample + voxring_core::Sample>(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The report's row for a Python agent, its hand-off stage (when it reported), and the
+/// frames it lost. It does not mark the cycle fence: its lateness is not measured (`None`).
+fn python_row(
+    name: &str,
+    f: &procs::Finished,
+    warnings: &mut Vec<String>,
+) -> (AgentRow, Option<StageRow>, u64) {
+    let Some(o) = python::parse_output(&f.stdout) else {
+        warnings.push(format!(
+            "the {name} agent gave no report ({}): {}",
+            f.status,
+            f.stderr.join(" / ")
+        ));
+        let row = AgentRow {
+            name: name.to_owned(),
+            pid: f.pid,
+            frames: 0,
+            late: None,
+            lost: 0,
+            checksum: String::new(),
+            cpu_percent: 0.0,
+            ipc_cpu_percent: None,
+            wait_cpu_percent: None,
+            transport: String::new(),
+            scheduling: String::new(),
+            exit: f.status.clone(),
+        };
+        return (row, None, 0);
+    };
+    if o.transport != "shm" {
+        warnings.push(format!(
+            "the {name} agent read over {} (slower than shared memory): {}",
+            o.transport, o.transport_reason
+        ));
+    }
+    let ms = |ns: u64| ns as f64 / 1e6;
+    // The agent reports p50/p90/p99/max, not a histogram: p99.9 is not known.
+    let stage = (o.frames > 0).then(|| StageRow {
+        name: format!("handoff:{name}"),
+        what: "committed → in the Python agent's hands (another process; p99.9 not reported)"
+            .to_owned(),
+        samples: o.frames,
+        p50_ms: Some(ms(o.handoff_ns.p50)),
+        p99_ms: Some(ms(o.handoff_ns.p99)),
+        p999_ms: None,
+        max_ms: Some(ms(o.handoff_ns.max)),
+    });
+    let cpu_percent = if o.wall_ns > 0 {
+        o.cpu_ns as f64 * 100.0 / o.wall_ns as f64
+    } else {
+        0.0
+    };
+    let row = AgentRow {
+        name: name.to_owned(),
+        pid: f.pid,
+        frames: o.frames,
+        late: None,
+        lost: o.lost,
+        checksum: o.checksum.clone(),
+        cpu_percent,
+        ipc_cpu_percent: None,
+        wait_cpu_percent: None,
+        transport: o.transport.clone(),
+        // It does not ask for real-time scheduling; it inherits the orchestrator's main thread's.
+        scheduling: "SCHED_OTHER".to_owned(),
+        exit: o.exit.clone(),
+    };
+    (row, stage, o.lost)
 }
 
 fn write_report_dir<T: Sample + voxring_core::Sample>(

@@ -1,4 +1,5 @@
-//! Child processes of `voxring run`: the agents and the CPU hogs, each a re-exec of this binary.
+//! Child processes of `voxring run`: the agents and the CPU hogs, each a re-exec of this binary
+//! (or, for a Python agent, its interpreter).
 //!
 //! Every child is started in its own process group, so the terminal's Ctrl-C reaches only the
 //! orchestrator, which then ends the stream in order and collects a partial report. Every child
@@ -7,6 +8,7 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::thread::JoinHandle;
@@ -42,8 +44,15 @@ pub fn spawn_self(name: &str, args: &[String]) -> anyhow::Result<Proc> {
     let exe =
         std::env::current_exe().context("cannot find this program's own path to start an agent")?;
     let mut cmd = Command::new(&exe);
-    cmd.args(args)
-        .stdin(Stdio::null())
+    cmd.args(args);
+    spawn(name, cmd)
+}
+
+/// Starts `cmd` as a child named `name`: stdin closed, stdout and stderr collected, in its own
+/// process group. The child must itself ask to die with its parent (`PR_SET_PDEATHSIG`).
+pub fn spawn(name: &str, mut cmd: Command) -> anyhow::Result<Proc> {
+    let exe = PathBuf::from(cmd.get_program());
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Own process group: the terminal's SIGINT goes to the orchestrator alone.

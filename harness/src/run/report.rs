@@ -46,6 +46,11 @@ pub fn hist_from_base64(text: &str) -> anyhow::Result<Histogram<u64>> {
     Ok(hist)
 }
 
+/// A count, or `-` when it was not measured.
+fn opt(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
 /// p50 / p99 / p99.9 / max of a histogram, in milliseconds.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct Percentiles {
@@ -108,18 +113,23 @@ pub struct AgentRow {
     pub pid: u32,
     /// Frames it read from the capture ring.
     pub frames: u64,
-    /// Cycles it finished after the cycle's deadline (cycle fence).
-    pub late: u64,
+    /// Cycles it finished after the cycle's deadline (cycle fence); `None` for an agent that
+    /// does not mark the fence (a Python agent), whose lateness is not measured.
+    pub late: Option<u64>,
     /// Frames it never saw (lapped in a lossy ring, or missing from the sequence).
     pub lost: u64,
     /// CRC-32 of every payload byte it read, in order (hex).
     pub checksum: String,
     /// CPU time of the whole process as a share of one core.
     pub cpu_percent: f64,
-    /// Its ring operations (grants, commits, releases, wakes) as a share of one core.
-    pub ipc_cpu_percent: f64,
-    /// CPU its waits for frames cost (futex park and wake-up), as a share of one core.
-    pub wait_cpu_percent: f64,
+    /// Its ring operations (grants, commits, releases, wakes) as a share of one core (`None`:
+    /// not measured, a Python agent).
+    pub ipc_cpu_percent: Option<f64>,
+    /// CPU its waits for frames cost (futex park and wake-up), as a share of one core (`None`:
+    /// not measured).
+    pub wait_cpu_percent: Option<f64>,
+    /// How it reads the capture ring: `shm`, or `socket-fallback` (the warnings say why).
+    pub transport: String,
     /// Scheduling of its processing thread, or why real-time was refused.
     pub scheduling: String,
     /// How it ended: `end of stream`, or what went wrong.
@@ -246,34 +256,66 @@ impl RunReport {
                 ""
             }
         );
+        // Columns as wide as the longest name (a Python agent's is `python:<file>`).
+        let w = self
+            .stages
+            .iter()
+            .map(|st| st.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(22);
+        let aw = self
+            .agents
+            .iter()
+            .map(|a| a.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(9);
         let _ = writeln!(
             s,
-            "{:<22} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "stage (ms)", "p50", "p99", "p99.9", "max", "samples"
+            "{:<w$} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "stage (ms)",
+            "p50",
+            "p99",
+            "p99.9",
+            "max",
+            "samples",
+            w = w
         );
         let f = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
         for st in &self.stages {
             let _ = writeln!(
                 s,
-                "{:<22} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                "{:<w$} {:>9} {:>9} {:>9} {:>9} {:>9}",
                 st.name,
                 f(st.p50_ms),
                 f(st.p99_ms),
                 f(st.p999_ms),
                 f(st.max_ms),
-                st.samples
+                st.samples,
+                w = w
             );
         }
         match self.mouth_to_ear_ms {
             Some(m) => {
                 let _ = writeln!(
                     s,
-                    "{:<22} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
-                    "mouth-to-ear", m.p50, m.p99, m.p999, m.max
+                    "{:<w$} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+                    "mouth-to-ear",
+                    m.p50,
+                    m.p99,
+                    m.p999,
+                    m.max,
+                    w = w
                 );
             }
             None => {
-                let _ = writeln!(s, "{:<22} not measured (no echo agent)", "mouth-to-ear");
+                let _ = writeln!(
+                    s,
+                    "{:<w$} not measured (no echo agent)",
+                    "mouth-to-ear",
+                    w = w
+                );
             }
         }
         let _ = writeln!(
@@ -289,8 +331,16 @@ impl RunReport {
         for a in &self.agents {
             let _ = writeln!(
                 s,
-                "agent {:<9} pid {:<7} frames {:<8} late {:<5} lost {:<5} cpu {:.2} %  {}  [{}]",
-                a.name, a.pid, a.frames, a.late, a.lost, a.cpu_percent, a.scheduling, a.exit
+                "agent {:<aw$} pid {:<7} frames {:<8} late {:<5} lost {:<5} cpu {:.2} %  {}  {}  [{}]",
+                a.name,
+                a.pid,
+                a.frames,
+                opt(a.late),
+                a.lost,
+                a.cpu_percent,
+                a.transport,
+                a.scheduling,
+                a.exit
             );
         }
         if let Some(v) = &self.vad {
@@ -417,22 +467,28 @@ impl RunReport {
         let _ = writeln!(s, "\n## Agents\n");
         let _ = writeln!(
             s,
-            "| agent | pid | frames | late | lost | CRC-32 | CPU % | ring ops % | waiting % | scheduling | end |"
+            "| agent | pid | frames | late | lost | CRC-32 | CPU % | ring ops % | waiting % | transport | scheduling | end |"
         );
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---|---:|---:|---:|---|---|");
+        let _ = writeln!(
+            s,
+            "|---|---:|---:|---:|---:|---|---:|---:|---:|---|---|---|"
+        );
         for a in &self.agents {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {:.2} | {:.4} | {:.3} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {} | {} |",
                 a.name,
                 a.pid,
                 a.frames,
-                a.late,
+                opt(a.late),
                 a.lost,
                 a.checksum,
                 a.cpu_percent,
-                a.ipc_cpu_percent,
-                a.wait_cpu_percent,
+                a.ipc_cpu_percent
+                    .map_or_else(|| "-".to_owned(), |v| format!("{v:.4}")),
+                a.wait_cpu_percent
+                    .map_or_else(|| "-".to_owned(), |v| format!("{v:.3}")),
+                a.transport,
                 a.scheduling,
                 a.exit
             );

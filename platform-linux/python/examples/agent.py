@@ -94,13 +94,18 @@ def main():
             with r.read(8) as g:
                 now = time.monotonic_ns()
                 for f in g:
+                    if f.end_of_stream:
+                        done = True
+                        # An empty END_OF_STREAM frame (what `voxring run` sends) marks the
+                        # end; it is not audio, so it is not counted as a frame.
+                        if f.samples.size == 0:
+                            break
                     if f.timestamp_ns:
                         handoff.append(now - f.timestamp_ns)
                     crc = zlib.crc32(f.samples, crc)
                     levels += level_dbfs(f.samples)
                     frames += 1
                     samples += f.samples.size // r.config.channels
-                    done |= f.end_of_stream
         st = r.status()
         cpu_ns, wall_ns = time.process_time_ns() - cpu0, time.monotonic_ns() - wall0
         h = np.array(handoff or [0], dtype=np.int64)
