@@ -63,7 +63,9 @@ mod explore {
 /// configuration, and the producer's test pattern.
 #[cfg(voxring_loom)]
 pub mod ring {
-    use voxring_core::{GrantError, Policy, Producer, Ring, RingConfig, SampleFormat};
+    use voxring_core::{
+        Consumer, GrantError, Policy, Producer, ReadError, Ring, RingConfig, SampleFormat,
+    };
 
     /// One 128-byte line; a `Vec<Line>` is a zeroed region with the alignment rings need.
     #[repr(C, align(128))]
@@ -115,5 +117,36 @@ pub mod ring {
             Err(GrantError::Full) => false,
             Err(e) => panic!("unexpected grant error: {e}"),
         }
+    }
+
+    /// Lossless read of what is ready (at most `n`): checks every frame's metadata and payload
+    /// against [`write_one`]'s pattern (a stale or torn frame fails the model), releases them,
+    /// and returns their sequence numbers.
+    pub fn read_checked(c: &mut Consumer, n: usize) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        match c.read_grant(n) {
+            Ok(g) => {
+                for f in g.frames() {
+                    let m = f.meta();
+                    assert_eq!(
+                        m.sample_pos,
+                        m.seq + 100,
+                        "stale or torn metadata, frame {}",
+                        m.seq
+                    );
+                    assert_eq!(
+                        f.payload(),
+                        &[m.seq as u8 + 1; 4],
+                        "stale or torn payload, frame {}",
+                        m.seq
+                    );
+                    seqs.push(m.seq);
+                }
+                g.release_all().unwrap();
+            }
+            Err(ReadError::Empty) => {}
+            Err(e) => panic!("unexpected read error: {e}"),
+        }
+        seqs
     }
 }

@@ -13,31 +13,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use voxring_core::{Consumer, Policy, ReadError, ReleaseError};
 use voxring_loom_tests::assert_explored_many;
-use voxring_loom_tests::ring::{cfg, create, region, write_one};
-
-/// Lossless read of what is ready (at most `n`), checked against the pattern.
-fn read_lossless(c: &mut Consumer, n: usize) -> Vec<u64> {
-    let mut seqs = Vec::new();
-    match c.read_grant(n) {
-        Ok(g) => {
-            for f in g.frames() {
-                let m = f.meta();
-                assert_eq!(m.sample_pos, m.seq + 100, "stale metadata, frame {}", m.seq);
-                assert_eq!(
-                    f.payload(),
-                    &[m.seq as u8 + 1; 4],
-                    "stale payload, frame {}",
-                    m.seq
-                );
-                seqs.push(m.seq);
-            }
-            g.release_all().unwrap();
-        }
-        Err(ReadError::Empty) => {}
-        Err(e) => panic!("unexpected read error: {e}"),
-    }
-    seqs
-}
+use voxring_loom_tests::ring::{cfg, create, read_checked, region, write_one};
 
 /// What a lossy consumer has seen: frames accepted intact and frames reported lost.
 #[derive(Default, Debug)]
@@ -116,7 +92,7 @@ fn lossless_late_join_and_leave_race_the_producer() {
         let late = loom::thread::spawn(move || {
             let mut c = ring.consumer(3).unwrap();
             let start = c.read_pos();
-            let got = read_lossless(&mut c, 2);
+            let got = read_checked(&mut c, 2);
             for (i, s) in got.iter().enumerate() {
                 assert_eq!(
                     *s,
@@ -127,18 +103,18 @@ fn lossless_late_join_and_leave_race_the_producer() {
             let _ = c.leave();
         });
         let e = loom::thread::spawn(move || {
-            let got = read_lossless(&mut early, 1);
+            let got = read_checked(&mut early, 1);
             (early, got)
         });
         late.join().unwrap();
         let (mut producer, mut sent) = p.join().unwrap();
         let (mut early, mut got) = e.join().unwrap();
-        got.extend(read_lossless(&mut early, 2));
+        got.extend(read_checked(&mut early, 2));
         // The late joiner left: only `early` holds the producer back now.
         while sent < 3 {
             assert!(write_one(&mut producer));
             sent += 1;
-            got.extend(read_lossless(&mut early, 2));
+            got.extend(read_checked(&mut early, 2));
         }
         assert_eq!(
             got,
@@ -178,17 +154,17 @@ fn lossless_evicting_a_dead_consumer_unblocks_the_producer() {
             ring.evict(dead_index, 3).unwrap();
         });
         let a = loom::thread::spawn(move || {
-            let got = read_lossless(&mut alive, 1);
+            let got = read_checked(&mut alive, 1);
             (alive, got)
         });
         platform.join().unwrap();
         let (mut producer, mut sent) = p.join().unwrap();
         let (mut alive, mut got) = a.join().unwrap();
-        got.extend(read_lossless(&mut alive, 1));
+        got.extend(read_checked(&mut alive, 1));
         while sent < 2 {
             assert!(write_one(&mut producer), "the dead consumer still blocks");
             sent += 1;
-            got.extend(read_lossless(&mut alive, 1));
+            got.extend(read_checked(&mut alive, 1));
         }
         assert_eq!(got, vec![0, 1]);
     });

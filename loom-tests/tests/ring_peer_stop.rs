@@ -8,33 +8,9 @@
 //! stores, none of which a reader trusts before the cursor store that ends the call.
 #![cfg(voxring_loom)]
 
-use voxring_core::{Consumer, Policy, Producer, ReadError};
+use voxring_core::{Policy, Producer};
 use voxring_loom_tests::assert_explored_many;
-use voxring_loom_tests::ring::{cfg, create, region, write_one};
-
-/// Reads what is ready (at most `n`), checked against the pattern.
-fn read_checked(c: &mut Consumer, n: usize) -> Vec<u64> {
-    let mut seqs = Vec::new();
-    match c.read_grant(n) {
-        Ok(g) => {
-            for f in g.frames() {
-                let m = f.meta();
-                assert_eq!(m.sample_pos, m.seq + 100, "torn metadata, frame {}", m.seq);
-                assert_eq!(
-                    f.payload(),
-                    &[m.seq as u8 + 1; 4],
-                    "torn payload, frame {}",
-                    m.seq
-                );
-                seqs.push(m.seq);
-            }
-            g.release_all().unwrap();
-        }
-        Err(ReadError::Empty) => {}
-        Err(e) => panic!("unexpected read error: {e}"),
-    }
-    seqs
-}
+use voxring_loom_tests::ring::{cfg, create, read_checked, region, write_one};
 
 /// The producer's steps for two frames (grant, metadata, payload, commit; twice); it dies
 /// (stops, no destructors) once `steps` of them are done.

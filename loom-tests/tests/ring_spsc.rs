@@ -8,39 +8,9 @@
 //! `write_pos` weakened to Relaxed).
 #![cfg(voxring_loom)]
 
-use voxring_core::{Policy, ReadError, StaticRing};
+use voxring_core::{Policy, StaticRing};
 use voxring_loom_tests::assert_explored_many;
-use voxring_loom_tests::ring::{cfg, create, region, write_one};
-
-/// Reads what is ready (at most `n`), checks payload and metadata against the producer's
-/// pattern, releases; returns the sequence numbers read.
-fn read_checked(c: &mut voxring_core::Consumer, n: usize) -> Vec<u64> {
-    let mut seqs = Vec::new();
-    match c.read_grant(n) {
-        Ok(g) => {
-            for f in g.frames() {
-                let m = f.meta();
-                assert_eq!(
-                    m.sample_pos,
-                    m.seq + 100,
-                    "stale metadata for frame {}",
-                    m.seq
-                );
-                assert_eq!(
-                    f.payload(),
-                    &[m.seq as u8 + 1; 4],
-                    "stale payload for frame {}",
-                    m.seq
-                );
-                seqs.push(m.seq);
-            }
-            g.release_all().unwrap();
-        }
-        Err(ReadError::Empty) => {}
-        Err(e) => panic!("unexpected read error: {e}"),
-    }
-    seqs
-}
+use voxring_loom_tests::ring::{cfg, create, read_checked, region, write_one};
 
 #[test]
 fn spsc_grants_wrap_without_stale_or_lost_frames() {
