@@ -7,7 +7,6 @@
 //! Run: `cargo bench -p voxring-core --bench handoff_min` (about ten seconds). Results and
 //! the machine: docs/core-benchmarks.md.
 
-use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
@@ -19,30 +18,22 @@ const ROUNDS: usize = 2_000;
 const FRAME_BATCH: u64 = 1_000;
 const ITEM_BATCH: u64 = 20_000;
 
-/// A zeroed, 128-byte-aligned heap region for a `Ring`, freed on drop.
-struct Region {
-    ptr: *mut u8,
-    layout: Layout,
-}
+// The same aligned heap region and `Ring::create` the integration tests use.
+#[path = "../tests/common/mod.rs"]
+mod common;
 
-impl Region {
-    fn new(len: usize) -> Self {
-        let layout = Layout::from_size_align(len, 128).expect("region layout");
-        // SAFETY: `layout` has a non-zero size (every ring region has a header).
-        let ptr = unsafe { alloc_zeroed(layout) };
-        assert!(
-            !ptr.is_null(),
-            "out of memory allocating a {len}-byte region"
-        );
-        Region { ptr, layout }
-    }
-}
-
-impl Drop for Region {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout, freed once.
-        unsafe { dealloc(self.ptr, self.layout) }
-    }
+/// The frame ring both hand-over benchmarks use: 8 slots of one 512-sample stereo f32 frame,
+/// lossless, one consumer. The region is returned with the ring and must outlive its handles.
+fn frame_ring() -> (common::Region, Ring) {
+    common::make(&RingConfig {
+        frames: 8,
+        samples_per_frame: 512,
+        channels: 2,
+        format: SampleFormat::F32,
+        sample_rate: 48_000,
+        max_consumers: 1,
+        policy: Policy::Lossless,
+    })
 }
 
 #[inline(always)]
@@ -124,20 +115,8 @@ fn run_rounds(variants: &mut [Variant<'_>]) {
 }
 
 fn frames() {
-    let cfg = RingConfig {
-        frames: 8,
-        samples_per_frame: 512,
-        channels: 2,
-        format: SampleFormat::F32,
-        sample_rate: 48_000,
-        max_consumers: 1,
-        policy: Policy::Lossless,
-    };
-    let len = cfg.region_size().expect("valid config");
-    let region = Region::new(len);
-    // SAFETY: `region` is `len` bytes, 128-aligned, and outlives the ring and its handles
-    // (all dropped at the end of this function, before `region`).
-    let ring = unsafe { Ring::create(region.ptr, len, &cfg) }.expect("create ring");
+    // `_region` outlives the ring and every handle, all dropped before it (declared first).
+    let (_region, ring) = frame_ring();
     let mut tx = ring.producer(1).unwrap();
     let mut rx = ring.consumer(2).unwrap();
 
@@ -335,20 +314,8 @@ fn two_threads() {
     let (mut stx, srx) = sring.split().unwrap();
     let (mut rtx, rrx) = rtrb::RingBuffer::<u64>::new(1024);
 
-    let cfg = RingConfig {
-        frames: 8,
-        samples_per_frame: 512,
-        channels: 2,
-        format: SampleFormat::F32,
-        sample_rate: 48_000,
-        max_consumers: 1,
-        policy: Policy::Lossless,
-    };
-    let len = cfg.region_size().expect("valid config");
-    let region = Region::new(len);
-    // SAFETY: `region` is `len` bytes, 128-aligned, and outlives the ring and its handles
-    // (all dropped inside the scope below, before `region`).
-    let ring = unsafe { Ring::create(region.ptr, len, &cfg) }.expect("create ring");
+    // `_region` outlives the ring and every handle, all dropped before it (declared first).
+    let (_region, ring) = frame_ring();
     let mut ftx = ring.producer(1).unwrap();
     let frx = ring.consumer(2).unwrap();
     let (mut ftx2, frx2) = rtrb::RingBuffer::<f32>::new(8 * FRAME_VALUES);

@@ -12,7 +12,6 @@
 //! Run: `cargo bench -p voxring-core --bench rings -- --warm-up-time 1 --measurement-time 3`
 //! (figures and the machine in docs/core-benchmarks.md).
 
-use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::hint::black_box;
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,53 +19,17 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use voxring_core::{
-    GrantError, Policy, PushError, ReadError, Ring, RingConfig, SampleFormat, StaticRing,
+    GrantError, Policy, PushError, ReadError, RingConfig, SampleFormat, StaticRing,
 };
 
 const FRAME_SAMPLES: u32 = 512;
 const CHANNELS: u16 = 2;
 const FRAME_VALUES: usize = FRAME_SAMPLES as usize * CHANNELS as usize;
 
-/// A zeroed, 128-byte-aligned heap region for a `Ring`, freed on drop.
-struct Region {
-    ptr: *mut u8,
-    layout: Layout,
-}
-
-// SAFETY: the region is plain memory; the `Ring` handles built on it synchronise access.
-unsafe impl Send for Region {}
-// SAFETY: as above; `Region` itself only hands out its pointer.
-unsafe impl Sync for Region {}
-
-impl Region {
-    fn new(len: usize) -> Self {
-        let layout = Layout::from_size_align(len, 128).expect("region layout");
-        // SAFETY: `layout` has a non-zero size (every ring region has a header).
-        let ptr = unsafe { alloc_zeroed(layout) };
-        assert!(
-            !ptr.is_null(),
-            "out of memory allocating a {len}-byte ring region"
-        );
-        Region { ptr, layout }
-    }
-}
-
-impl Drop for Region {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout, freed once.
-        unsafe { dealloc(self.ptr, self.layout) }
-    }
-}
-
-/// A ring over a fresh region. The region must outlive every handle derived from the ring.
-fn ring(cfg: &RingConfig) -> (Region, Ring) {
-    let len = cfg.region_size().expect("valid config");
-    let region = Region::new(len);
-    // SAFETY: the region is `len` bytes, 128-aligned, and is returned with the ring so the
-    // caller keeps it alive (and unmoved: it is a heap allocation) while the ring is used.
-    let ring = unsafe { Ring::create(region.ptr, len, cfg) }.expect("create ring");
-    (region, ring)
-}
+// The same aligned heap region and `Ring::create` the integration tests use.
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::make as ring;
 
 fn frame_config(frames: u32, policy: Policy, consumers: u16) -> RingConfig {
     RingConfig {
