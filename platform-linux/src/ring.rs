@@ -590,34 +590,22 @@ impl ShmProducer {
         // Spin first, before core announces this producer as parked: consumers that release
         // during the spin then see nobody parked and make no wake syscall.
         let spin = self.waiter.spin.min(timeout.unwrap_or(self.waiter.spin));
-        if !spin.is_zero() && self.segment.config().policy == voxring_core::Policy::Lossless {
-            let until = Instant::now() + spin;
-            let mut i: u32 = 0;
-            loop {
-                // A grant of one frame that is dropped commits nothing: a pure space probe.
-                match self.producer.write_grant(1) {
-                    Ok(g) if !g.is_empty() => return Ok(SpaceWait::Ready),
-                    Ok(_) | Err(voxring_core::GrantError::Full) => {}
-                    Err(e) => return Err(e),
-                }
-                i = i.wrapping_add(1);
-                if i.is_multiple_of(16) && Instant::now() >= until {
-                    break;
-                }
-                std::hint::spin_loop();
+        if self.segment.config().policy == voxring_core::Policy::Lossless {
+            let producer = &mut self.producer;
+            // A grant of one frame that is dropped commits nothing: a pure space probe.
+            let probe = || match producer.write_grant(1) {
+                Ok(g) if !g.is_empty() => Some(Ok(SpaceWait::Ready)),
+                Ok(_) | Err(voxring_core::GrantError::Full) => None,
+                Err(e) => Some(Err(e)),
+            };
+            if let Some(done) = spin_for(spin, 16, probe) {
+                return done;
             }
         }
         let park = FutexWaiter::new(Duration::ZERO);
         loop {
-            let slice = match deadline {
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return Ok(SpaceWait::TimedOut);
-                    }
-                    (d - now).min(self.liveness_interval)
-                }
-                None => self.liveness_interval,
+            let Some(slice) = park_slice(deadline, self.liveness_interval) else {
+                return Ok(SpaceWait::TimedOut);
             };
             match self
                 .producer
@@ -631,6 +619,42 @@ impl ShmProducer {
                 }
             }
         }
+    }
+}
+
+/// Spins for at most `spin`, calling `probe` until it answers; reads the clock only every
+/// `check_every` probes. `None` when the spin ran out (or `spin` is zero) without an answer.
+fn spin_for<R>(
+    spin: Duration,
+    check_every: u32,
+    mut probe: impl FnMut() -> Option<R>,
+) -> Option<R> {
+    if spin.is_zero() {
+        return None;
+    }
+    let until = Instant::now() + spin;
+    let mut i: u32 = 0;
+    loop {
+        if let Some(answer) = probe() {
+            return Some(answer);
+        }
+        i = i.wrapping_add(1);
+        if i.is_multiple_of(check_every) && Instant::now() >= until {
+            return None;
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// How long the next park may last: until `deadline`, and at most one liveness `interval`
+/// (so the waiter checks its peers that often). `None` once the deadline has passed.
+fn park_slice(deadline: Option<Instant>, interval: Duration) -> Option<Duration> {
+    match deadline {
+        Some(d) => d
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())
+            .map(|left| left.min(interval)),
+        None => Some(interval),
     }
 }
 
@@ -738,37 +762,25 @@ impl ShmConsumer {
         // Spin first, before core announces this consumer as parked: a producer committing
         // during the spin sees nobody parked and makes no wake syscall.
         let spin = self.waiter.spin.min(timeout.unwrap_or(self.waiter.spin));
-        if !spin.is_zero() {
-            let until = Instant::now() + spin;
-            let mut i: u32 = 0;
-            loop {
-                if self.is_truncated() {
-                    return Err(WaitError::Truncated);
-                }
-                if self.segment.ring().write_pos() != self.consumer.read_pos() {
-                    return Ok(FramesWait::Ready);
-                }
-                i = i.wrapping_add(1);
-                if i.is_multiple_of(64) && Instant::now() >= until {
-                    break;
-                }
-                std::hint::spin_loop();
+        let probe = || {
+            if self.is_truncated() {
+                Some(Err(WaitError::Truncated))
+            } else if self.segment.ring().write_pos() != self.consumer.read_pos() {
+                Some(Ok(FramesWait::Ready))
+            } else {
+                None
             }
+        };
+        if let Some(done) = spin_for(spin, 64, probe) {
+            return done;
         }
         let park = FutexWaiter::new(Duration::ZERO);
         loop {
             if self.is_truncated() {
                 return Err(WaitError::Truncated);
             }
-            let slice = match deadline {
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return Ok(FramesWait::TimedOut);
-                    }
-                    (d - now).min(self.liveness_interval)
-                }
-                None => self.liveness_interval,
+            let Some(slice) = park_slice(deadline, self.liveness_interval) else {
+                return Ok(FramesWait::TimedOut);
             };
             match self
                 .consumer
