@@ -76,12 +76,30 @@ impl MemfdFile {
         Ok(MemfdFile { fd, mapping })
     }
 
-    /// Validates a memfd received from a peer (sealed, regular, at least `min_size` bytes),
-    /// re-opens it for a private open file description, and maps it.
+    /// Validates a memfd received from a peer (sealed, regular, exactly `size` bytes: a
+    /// larger one is refused with [`AttachError::TooLarge`] before anything is mapped),
+    /// re-opens it for a private open file description, and maps exactly `size` bytes.
     pub fn from_received(
         received: OwnedFd,
-        min_size: u64,
+        size: u64,
         opts: MapOptions,
+    ) -> Result<Self, AttachError> {
+        Self::from_received_sized(received, opts, |_, _, _| Ok(size))
+    }
+
+    /// Like [`MemfdFile::from_received`] for a memfd holding a voxring-core ring: the size is
+    /// the region size its header states, read with `pread(2)` and validated on a private copy
+    /// before anything is mapped (see [`crate::segment::SegmentFile::attach_ring`]). Seals stop
+    /// a peer from resizing a memfd after sealing, not from sealing a huge one: a sender that
+    /// made its memfd gigabytes large (sparse) is refused here, not mapped and prefaulted.
+    pub fn from_received_ring(received: OwnedFd, opts: MapOptions) -> Result<Self, AttachError> {
+        Self::from_received_sized(received, opts, crate::segment::ring_region_size)
+    }
+
+    fn from_received_sized(
+        received: OwnedFd,
+        opts: MapOptions,
+        layout_size: impl Fn(BorrowedFd<'_>, &std::path::Path, u64) -> Result<u64, AttachError>,
     ) -> Result<Self, AttachError> {
         let path = memfd_path("received");
         let seals = rustix::fs::fcntl_get_seals(&received).map_err(|errno| AttachError::Io {
@@ -110,8 +128,10 @@ impl MemfdFile {
             allow_world_writable: true,
             ..Default::default()
         };
-        let size =
-            crate::segment::validate_open_file(received.as_fd(), &path, min_size, &attach_opts)?;
+        let file_size = crate::segment::validate_open_file(received.as_fd(), &path, &attach_opts)?;
+        // Sealed against growing and shrinking (checked above): this size is final.
+        let size = layout_size(received.as_fd(), &path, file_size)?;
+        crate::segment::check_extent(&path, file_size, size)?;
         let fd = rustix::fs::open(
             format!("/proc/self/fd/{}", received.as_raw_fd()),
             OFlags::RDWR | OFlags::CLOEXEC,
@@ -142,12 +162,12 @@ impl MemfdFile {
             });
         }
         drop(received);
-        let size = usize::try_from(size).map_err(|_| AttachError::TooSmall {
+        let len = usize::try_from(size).map_err(|_| AttachError::TooLarge {
             path: path.clone(),
-            size,
-            needed: min_size,
+            size: file_size,
+            expected: size,
         })?;
-        let mapping = SharedMapping::map(fd.as_fd(), size, opts).map_err(AttachError::Map)?;
+        let mapping = SharedMapping::map(fd.as_fd(), len, opts).map_err(AttachError::Map)?;
         Ok(MemfdFile { fd, mapping })
     }
 

@@ -247,7 +247,7 @@ impl Segment {
     /// Opens `/dev/shm/voxring.<name>`, runs the file checks (see [`crate::segment`]), maps
     /// it, and then runs voxring-core's layout checks.
     pub fn attach(name: &str, opts: &AttachOptions) -> Result<Self, AttachError> {
-        let file = SegmentFile::attach(name, 1, opts)?;
+        let file = SegmentFile::attach_ring(name, opts)?;
         let m = file.mapping();
         // SAFETY: the mapping covers the whole file (`m.len()` bytes) and lives in `Inner`
         // next to the ring handle, so it outlives every handle derived from it.
@@ -320,7 +320,7 @@ impl Segment {
             path: path.clone(),
             errno: Errno::from_io_error(&e).unwrap_or(Errno::IO),
         })?;
-        let file = MemfdFile::from_received(fd, 1, opts)?;
+        let file = MemfdFile::from_received_ring(fd, opts)?;
         let m = file.mapping();
         // SAFETY: the mapping covers the whole sealed memfd, which can neither shrink nor
         // grow, and lives in `Inner` next to the ring handle.
@@ -910,7 +910,7 @@ pub fn list_segments() -> std::io::Result<Vec<SegmentInfo>> {
             prefault: false,
             lock: false,
         };
-        match SegmentFile::attach(&name, 1, &opts) {
+        match SegmentFile::observe_ring(&name, &opts) {
             Ok(file) => {
                 info.in_use = liveness::any_held(file.fd()).unwrap_or(true);
                 let m = file.mapping();

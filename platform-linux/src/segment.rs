@@ -12,9 +12,20 @@
 //!
 //! Attaching validates before trusting anything, each check with its own error: the name is
 //! not a symlink (`O_NOFOLLOW`), `fstat(2)` on the opened descriptor says a regular file,
-//! owned by the expected user, not writable by group or others unless allowed, and at least
-//! as large as asked. The layout checks of voxring-core come after these (see
-//! [`crate::ring`]).
+//! owned by the expected user, not writable by group or others unless allowed, and exactly
+//! as large as its layout says. The size comes first from the caller ([`SegmentFile::attach`])
+//! or from the ring header itself ([`SegmentFile::attach_ring`]: the fixed 384 bytes are read
+//! with `pread(2)` into a private copy and validated by voxring-core there, before anything is
+//! mapped). A file larger than that is refused ([`AttachError::TooLarge`]) and only the
+//! validated length is ever mapped and prefaulted: a peer that grows a segment to gigabytes
+//! (sparse, so it costs it nothing) cannot make attachers map, populate and pay for them.
+//! The layout checks of voxring-core run again on the mapping (see [`crate::ring`]): the copy
+//! only decides how much to map.
+//!
+//! An attacher takes its presence lock ([`crate::liveness`]) right after the checks and then
+//! verifies that the name still refers to the inode it opened; a segment that
+//! [`crate::cleanup::clean_segments`] removed in between is reported as not found instead of
+//! being used unnamed (see [`crate::cleanup`] for the other half of that hand-shake).
 
 use std::ffi::OsStr;
 use std::fmt;
@@ -340,6 +351,15 @@ pub enum AttachError {
         /// The size needed.
         needed: u64,
     },
+    /// The file is larger than its layout: a peer grew it. Refused without mapping it.
+    TooLarge {
+        /// Its path.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The size its layout states.
+        expected: u64,
+    },
     /// Opening it was refused by the file's permissions.
     PermissionDenied {
         /// Its path.
@@ -434,6 +454,18 @@ impl fmt::Display for AttachError {
                 f,
                 "segment {} is {size} bytes but at least {needed} are needed: it was made for \
                  another configuration or was truncated; recreate it",
+                path.display()
+            ),
+            AttachError::TooLarge {
+                path,
+                size,
+                expected,
+            } => write!(
+                f,
+                "segment {} is {size} bytes but its layout needs exactly {expected}: refused \
+                 without mapping it, someone grew the file (mapping all of it could cost {size} \
+                 bytes of memory); let the producer recreate the segment, and with peers you \
+                 do not trust use a sealed memfd segment",
                 path.display()
             ),
             AttachError::PermissionDenied { path, asking } => write!(
@@ -625,83 +657,94 @@ impl SegmentFile {
         })
     }
 
-    /// Opens and validates `/dev/shm/voxring.<name>`, which must hold at least `min_size`
-    /// bytes, and maps all of it.
-    pub fn attach(name: &str, min_size: u64, opts: &AttachOptions) -> Result<Self, AttachError> {
+    /// Opens and validates `/dev/shm/voxring.<name>`, which must be exactly `size` bytes (the
+    /// size of the caller's layout), and maps exactly those bytes. A larger file is refused
+    /// with [`AttachError::TooLarge`] before anything is mapped, a smaller one with
+    /// [`AttachError::TooSmall`]. For a voxring-core ring use [`SegmentFile::attach_ring`],
+    /// which reads the size from the ring's header.
+    pub fn attach(name: &str, size: u64, opts: &AttachOptions) -> Result<Self, AttachError> {
+        Self::attach_sized(name, opts, Presence::Hold, |_, _, _| Ok(size))
+    }
+
+    /// Opens and validates `/dev/shm/voxring.<name>` holding a voxring-core ring: reads the
+    /// fixed part of the ring (384 bytes, `core/LAYOUT.md`) with `pread(2)` into a private
+    /// copy, lets voxring-core validate the header there, requires the file to be exactly the
+    /// region size the header states, and maps exactly that many bytes. Nothing of the file
+    /// is mapped before its size is known to be the ring's.
+    pub fn attach_ring(name: &str, opts: &AttachOptions) -> Result<Self, AttachError> {
+        Self::attach_sized(name, opts, Presence::Hold, ring_region_size)
+    }
+
+    /// [`SegmentFile::attach_ring`] for read-only observers (`voxring segments list`): the
+    /// same checks and the same exact-size mapping, but no presence lock, so the observer
+    /// does not make a dead segment look in use. A clean-up may remove the file while it is
+    /// observed; the mapping stays valid.
+    pub fn observe_ring(name: &str, opts: &AttachOptions) -> Result<Self, AttachError> {
+        Self::attach_sized(name, opts, Presence::None, ring_region_size)
+    }
+
+    /// How many times [`SegmentFile::attach_sized`] re-opens a name that a concurrent clean-up
+    /// moved away while it was being opened, before it reports the segment as not found.
+    const NAME_MOVED_RETRIES: u32 = 3;
+
+    fn attach_sized(
+        name: &str,
+        opts: &AttachOptions,
+        presence: Presence,
+        layout_size: impl Fn(BorrowedFd<'_>, &Path, u64) -> Result<u64, AttachError>,
+    ) -> Result<Self, AttachError> {
         let fname = file_name(name).map_err(AttachError::Name)?;
         let path = Path::new(SHM_DIR).join(&fname);
-        let asking = rustix::process::geteuid().as_raw();
         let dir = shm_dir().map_err(|errno| AttachError::Io {
             op: "open",
             path: PathBuf::from(SHM_DIR),
             errno,
         })?;
-        let fd = match rustix::fs::openat(
-            &dir,
-            fname.as_str(),
-            OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
-            Mode::empty(),
-        ) {
-            Ok(fd) => fd,
-            Err(Errno::NOENT) => return Err(AttachError::NotFound { path }),
-            Err(Errno::LOOP) => return Err(AttachError::Symlink { path }),
-            Err(Errno::ACCESS) | Err(Errno::PERM) => {
-                // Tell the owner mismatch apart from a plain permission problem when we can.
-                if let Ok(st) = rustix::fs::statat(&dir, fname.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-                {
-                    let expected = opts.expected_owner.unwrap_or(asking);
-                    if st.st_uid != expected {
-                        return Err(AttachError::OwnerMismatch {
-                            path,
-                            owner: st.st_uid,
-                            expected,
-                            asking,
-                        });
-                    }
-                }
-                return Err(AttachError::PermissionDenied { path, asking });
-            }
-            Err(Errno::NXIO) => {
-                return Err(AttachError::NotRegularFile {
-                    path,
-                    kind: "socket or device",
-                });
-            }
-            Err(Errno::ISDIR) => {
-                return Err(AttachError::NotRegularFile {
-                    path,
-                    kind: "directory",
-                });
-            }
-            Err(errno) => {
-                return Err(AttachError::Io {
-                    op: "open",
-                    path,
+        let mut attempt = 0;
+        loop {
+            let fd = open_segment(dir.as_fd(), &fname, &path, opts)?;
+            let file_size = validate_open_file(fd.as_fd(), &path, opts)?;
+            let size = layout_size(fd.as_fd(), &path, file_size)?;
+            check_extent(&path, file_size, size)?;
+            let len = usize::try_from(size).map_err(|_| AttachError::TooLarge {
+                path: path.clone(),
+                size: file_size,
+                expected: size,
+            })?;
+            // From here on a clean-up sees this process as a user of the segment. A clean-up
+            // that judged it unused before this lock moves the name away before it looks
+            // again (see crate::cleanup), so: if the name still refers to this inode now, no
+            // clean-up can remove it under us; if it does not, start again.
+            if presence == Presence::Hold {
+                crate::liveness::hold_presence(fd.as_fd()).map_err(|errno| AttachError::Io {
+                    op: "lock",
+                    path: path.clone(),
                     errno,
-                });
+                })?;
             }
-        };
-        let size = validate_open_file(fd.as_fd(), &path, min_size, opts)?;
-        let size = usize::try_from(size).map_err(|_| AttachError::TooSmall {
-            path: path.clone(),
-            size,
-            needed: min_size,
-        })?;
-        let mapping = SharedMapping::map(
-            fd.as_fd(),
-            size,
-            MapOptions {
-                prefault: opts.prefault,
-                lock: opts.lock,
-            },
-        )
-        .map_err(AttachError::Map)?;
-        Ok(SegmentFile {
-            path,
-            fd,
-            mapping,
-            _artifact: None,
-        })
+            if presence == Presence::Hold && !names_same_file(dir.as_fd(), &fname, fd.as_fd()) {
+                attempt += 1;
+                if attempt > Self::NAME_MOVED_RETRIES {
+                    return Err(AttachError::NotFound { path });
+                }
+                continue;
+            }
+            let mapping = SharedMapping::map(
+                fd.as_fd(),
+                len,
+                MapOptions {
+                    prefault: opts.prefault,
+                    lock: opts.lock,
+                },
+            )
+            .map_err(AttachError::Map)?;
+            return Ok(SegmentFile {
+                path,
+                fd,
+                mapping,
+                _artifact: None,
+            });
+        }
     }
 
     /// The file's path.
@@ -726,11 +769,83 @@ impl SegmentFile {
     }
 }
 
-/// The checks `attach` runs on an opened descriptor; returns the file size.
+/// Whether an attach takes the presence lock ([`crate::liveness::hold_presence`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Presence {
+    /// A participant: hold it, and check the name still refers to the file afterwards.
+    Hold,
+    /// An observer: take no lock.
+    None,
+}
+
+/// Opens a segment file for attaching (`O_NOFOLLOW`, never blocking on a FIFO, never a
+/// controlling terminal), telling apart the reasons it can fail.
+fn open_segment(
+    dir: BorrowedFd<'_>,
+    fname: &str,
+    path: &Path,
+    opts: &AttachOptions,
+) -> Result<OwnedFd, AttachError> {
+    let asking = rustix::process::geteuid().as_raw();
+    let path = path.to_path_buf();
+    match rustix::fs::openat(
+        dir,
+        fname,
+        OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
+        Mode::empty(),
+    ) {
+        Ok(fd) => Ok(fd),
+        Err(Errno::NOENT) => Err(AttachError::NotFound { path }),
+        Err(Errno::LOOP) => Err(AttachError::Symlink { path }),
+        Err(Errno::ACCESS) | Err(Errno::PERM) => {
+            // Tell the owner mismatch apart from a plain permission problem when we can.
+            if let Ok(st) = rustix::fs::statat(dir, fname, AtFlags::SYMLINK_NOFOLLOW) {
+                let expected = opts.expected_owner.unwrap_or(asking);
+                if st.st_uid != expected {
+                    return Err(AttachError::OwnerMismatch {
+                        path,
+                        owner: st.st_uid,
+                        expected,
+                        asking,
+                    });
+                }
+            }
+            Err(AttachError::PermissionDenied { path, asking })
+        }
+        Err(Errno::NXIO) => Err(AttachError::NotRegularFile {
+            path,
+            kind: "socket or device",
+        }),
+        Err(Errno::ISDIR) => Err(AttachError::NotRegularFile {
+            path,
+            kind: "directory",
+        }),
+        Err(errno) => Err(AttachError::Io {
+            op: "open",
+            path,
+            errno,
+        }),
+    }
+}
+
+/// Whether `name` in `dir` (not following a symlink) is the file open as `fd` (same device
+/// and inode).
+pub(crate) fn names_same_file(dir: BorrowedFd<'_>, name: &str, fd: BorrowedFd<'_>) -> bool {
+    match (
+        rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW),
+        rustix::fs::fstat(fd),
+    ) {
+        (Ok(a), Ok(b)) => (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino),
+        _ => false,
+    }
+}
+
+/// The checks `attach` runs on an opened descriptor before reading anything from it: a
+/// regular file, owned by the expected user, not group- or world-writable unless allowed.
+/// Returns the file size.
 pub(crate) fn validate_open_file(
     fd: BorrowedFd<'_>,
     path: &Path,
-    min_size: u64,
     opts: &AttachOptions,
 ) -> Result<u64, AttachError> {
     let asking = rustix::process::geteuid().as_raw();
@@ -768,15 +883,105 @@ pub(crate) fn validate_open_file(
             mode,
         });
     }
-    let size = st.st_size.max(0) as u64;
-    if size < min_size.max(1) {
+    Ok(st.st_size.max(0) as u64)
+}
+
+/// Refuses a file whose size is not exactly the `expected` size of its layout.
+pub(crate) fn check_extent(path: &Path, size: u64, expected: u64) -> Result<(), AttachError> {
+    if size < expected.max(1) {
         return Err(AttachError::TooSmall {
             path: path.to_path_buf(),
             size,
-            needed: min_size.max(1),
+            needed: expected.max(1),
         });
     }
-    Ok(size)
+    if size > expected {
+        return Err(AttachError::TooLarge {
+            path: path.to_path_buf(),
+            size,
+            expected,
+        });
+    }
+    Ok(())
+}
+
+/// Bytes at the start of every ring region that are enough to compute its size: the header,
+/// producer and wait blocks (`core/LAYOUT.md`: "region ≥ 384 bytes").
+pub const RING_FIXED_BYTES: usize = 384;
+
+/// A private, suitably aligned copy of a ring's fixed part (voxring-core wants 128-byte
+/// alignment).
+#[repr(C, align(128))]
+struct RingHead([u8; RING_FIXED_BYTES]);
+
+/// The region size the ring in `fd` states, validated by voxring-core on a private copy of
+/// the header read with `pread(2)`; nothing is mapped. `file_size` is the size `fstat(2)`
+/// gave.
+pub(crate) fn ring_region_size(
+    fd: BorrowedFd<'_>,
+    path: &Path,
+    file_size: u64,
+) -> Result<u64, AttachError> {
+    let too_small = |size: u64| AttachError::TooSmall {
+        path: path.to_path_buf(),
+        size,
+        needed: RING_FIXED_BYTES as u64,
+    };
+    if file_size < RING_FIXED_BYTES as u64 {
+        return Err(too_small(file_size));
+    }
+    let mut head = RingHead([0; RING_FIXED_BYTES]);
+    let mut got = 0;
+    while got < RING_FIXED_BYTES {
+        match rustix::io::pread(fd, &mut head.0[got..], got as u64) {
+            Ok(0) => return Err(too_small(got as u64)), // shrunk meanwhile
+            Ok(n) => got += n,
+            Err(Errno::INTR) => {}
+            Err(errno) => {
+                return Err(AttachError::Io {
+                    op: "read the ring header of",
+                    path: path.to_path_buf(),
+                    errno,
+                });
+            }
+        }
+    }
+    // The copy is exactly the fixed part, so a valid header makes voxring-core answer
+    // `TooSmall` with the region size it validated (every region is larger than its fixed
+    // part: it holds at least one consumer block and one slot). The unit test
+    // `header_copy_yields_the_region_size` pins this down.
+    // SAFETY: `head` is a local, 128-byte-aligned buffer of RING_FIXED_BYTES bytes, valid for
+    // reads and writes; the `Ring` handle returned on success is dropped at the end of this
+    // match, before `head`.
+    match unsafe { voxring_core::Ring::attach(head.0.as_mut_ptr(), RING_FIXED_BYTES) } {
+        Ok(ring) => Ok(ring.region_size() as u64),
+        Err(voxring_core::AttachError::TooSmall { needed, got })
+            if got == RING_FIXED_BYTES && needed > RING_FIXED_BYTES =>
+        {
+            Ok(needed as u64)
+        }
+        Err(e) => Err(core_attach_error(path, e)),
+    }
+}
+
+/// voxring-core's attach error as this crate's, with the path.
+pub(crate) fn core_attach_error(path: &Path, e: voxring_core::AttachError) -> AttachError {
+    match e {
+        voxring_core::AttachError::AbiMismatch { found } => AttachError::WrongVersion {
+            path: path.to_path_buf(),
+            found,
+            supported: voxring_core::ABI_VERSION,
+        },
+        voxring_core::AttachError::TooSmall { needed, got } => AttachError::TooSmall {
+            path: path.to_path_buf(),
+            size: got as u64,
+            needed: needed as u64,
+        },
+        error => AttachError::Layout {
+            path: path.to_path_buf(),
+            error,
+        },
+    }
 }
 
 fn file_kind(kind: FileType) -> &'static str {
@@ -835,4 +1040,61 @@ pub fn unlink(name: &str) -> Result<(), AttachError> {
             errno,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use voxring_core::{Policy, RingConfig, SampleFormat};
+
+    /// `ring_region_size` relies on voxring-core answering `TooSmall { needed: region_size }`
+    /// for a valid header in a copy of exactly the fixed part; this pins that down for the
+    /// smallest and a large configuration, and shows a bad header is refused on the copy.
+    #[test]
+    fn header_copy_yields_the_region_size() {
+        let configs = [
+            RingConfig {
+                frames: 1,
+                samples_per_frame: 1,
+                channels: 1,
+                format: SampleFormat::S16,
+                sample_rate: 1,
+                max_consumers: 1,
+                policy: Policy::Lossy,
+            },
+            RingConfig {
+                frames: 64,
+                samples_per_frame: 480,
+                channels: 2,
+                format: SampleFormat::F32,
+                sample_rate: 48_000,
+                max_consumers: 8,
+                policy: Policy::Lossless,
+            },
+        ];
+        for cfg in configs {
+            let size = cfg.region_size().unwrap();
+            let fd = rustix::fs::memfd_create("voxring-head-test", rustix::fs::MemfdFlags::CLOEXEC)
+                .unwrap();
+            rustix::fs::ftruncate(&fd, size as u64).unwrap();
+            let m = SharedMapping::map(fd.as_fd(), size, MapOptions::default()).unwrap();
+            // SAFETY: a fresh private mapping of `size` bytes, page-aligned, outliving `ring`.
+            let ring = unsafe { voxring_core::Ring::create(m.as_ptr(), m.len(), &cfg) }.unwrap();
+            drop(ring);
+            let path = Path::new("memfd:test");
+            assert_eq!(
+                ring_region_size(fd.as_fd(), path, size as u64).unwrap(),
+                size as u64
+            );
+            // A bad magic is refused on the copy, before anything would be mapped.
+            rustix::io::pwrite(&fd, &[0u8; 8], 0).unwrap();
+            assert!(matches!(
+                ring_region_size(fd.as_fd(), path, size as u64),
+                Err(AttachError::Layout {
+                    error: voxring_core::AttachError::BadMagic { .. },
+                    ..
+                })
+            ));
+        }
+    }
 }

@@ -27,7 +27,7 @@ fn child_entry_scribbler() {
     if role().as_deref() != Some("scribbler") {
         return; // Not a test by itself: the entry point of the hostile child process.
     }
-    let file = SegmentFile::attach(&env("VOXRING_TEST_SEGMENT"), 1, &AttachOptions::default())
+    let file = SegmentFile::attach_ring(&env("VOXRING_TEST_SEGMENT"), &AttachOptions::default())
         .expect("scribbler attaches");
     let m = file.mapping();
     let writes: u64 = env("VOXRING_TEST_WRITES").parse().unwrap();
