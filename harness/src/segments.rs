@@ -1,10 +1,11 @@
-//! `voxring segments list` and `voxring segments clean [--dry-run]`: what is in
+//! `voxring segments list` and `voxring segments clean [--dry-run] [--all-users]`: what is in
 //! `/dev/shm/voxring.*`, who uses it, and removing what is provably dead.
 //!
 //! Both compose `voxring_linux`: [`voxring_linux::ring::list_segments`] (read-only: size, owner,
 //! each participant's liveness from the kernel's OFD locks) and
-//! [`voxring_linux::cleanup::clean_segments`] (removes a segment only when no process holds a
-//! liveness lock on it). A segment a live process uses is never removed.
+//! [`voxring_linux::cleanup::clean_segments_with`] (removes a segment only when no process
+//! holds a liveness lock on it, judged again after moving it where nobody can swap it). A
+//! segment a live process uses is never removed, and another user's only with `--all-users`.
 //!
 //! Exit status: 0 done; 1 `clean` could not check or remove some segment (listed with the
 //! reason); 2 `/dev/shm` could not be read.
@@ -22,7 +23,8 @@ pub enum Command {
     /// List voxring segments in /dev/shm: name, size, owner, participants alive or dead, each
     /// consumer's lag.
     List(ListArgs),
-    /// Remove the segments no live process uses (every participant gone); never one in use.
+    /// Remove this user's segments no live process uses (every participant gone); never one
+    /// in use, and other users' only with --all-users.
     Clean(CleanArgs),
 }
 
@@ -43,6 +45,10 @@ pub struct CleanArgs {
     /// Only say what would be removed.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also remove dead segments owned by other users (as root). Without it they are listed
+    /// and left alone.
+    #[arg(long)]
+    pub all_users: bool,
     /// Only consider segments whose name (without `voxring.`) starts with this.
     #[arg(long, default_value = "")]
     pub prefix: String,
@@ -245,33 +251,26 @@ struct CleanJson {
     dry_run: bool,
     removed: Vec<String>,
     in_use: Vec<String>,
+    /// Left alone because another user owns them: `[name, uid]`.
+    other_users: Vec<(String, u32)>,
     skipped: Vec<(String, String)>,
 }
 
 fn clean(args: &CleanArgs) -> anyhow::Result<ExitCode> {
-    let out = if args.dry_run {
-        // Read-only: the same liveness judgement `clean_segments` makes (no lock held).
-        let segs = list_segments().context("cannot read /dev/shm to list voxring segments")?;
-        let (dead, live): (Vec<_>, Vec<_>) = segs
-            .iter()
-            .filter(|s| s.name.starts_with(&args.prefix))
-            .partition(|s| !s.in_use);
-        CleanJson {
-            dry_run: true,
-            removed: dead.iter().map(|s| format!("voxring.{}", s.name)).collect(),
-            in_use: live.iter().map(|s| format!("voxring.{}", s.name)).collect(),
-            skipped: Vec::new(),
-        }
-    } else {
-        let wanted = format!("voxring.{}", args.prefix);
-        let r = voxring_linux::cleanup::clean_segments_matching(|name| name.starts_with(&wanted))
-            .context("cannot read /dev/shm to clean voxring segments")?;
-        CleanJson {
-            dry_run: false,
-            removed: r.removed,
-            in_use: r.in_use,
-            skipped: r.skipped,
-        }
+    let wanted = format!("voxring.{}", args.prefix);
+    // A dry run makes the same judgement with the same checks, and moves nothing.
+    let opts = voxring_linux::cleanup::CleanOptions {
+        all_users: args.all_users,
+        dry_run: args.dry_run,
+    };
+    let r = voxring_linux::cleanup::clean_segments_with(&opts, |name| name.starts_with(&wanted))
+        .context("cannot read /dev/shm to clean voxring segments")?;
+    let out = CleanJson {
+        dry_run: args.dry_run,
+        removed: r.removed,
+        in_use: r.in_use,
+        other_users: r.other_users,
+        skipped: r.skipped,
     };
     if let Some(path) = &args.json {
         write_json(path, &out)?;
@@ -288,10 +287,20 @@ fn clean(args: &CleanArgs) -> anyhow::Result<ExitCode> {
         for n in &out.in_use {
             println!("kept {n} (in use by a live process)");
         }
+        for (n, uid) in &out.other_users {
+            println!(
+                "left {n} alone (owned by {}, uid {uid}, another user; --all-users includes it)",
+                user_name(*uid)
+            );
+        }
         for (n, why) in &out.skipped {
             println!("skipped {n}: {why}");
         }
-        if out.removed.is_empty() && out.in_use.is_empty() && out.skipped.is_empty() {
+        if out.removed.is_empty()
+            && out.in_use.is_empty()
+            && out.other_users.is_empty()
+            && out.skipped.is_empty()
+        {
             println!("no voxring segments in /dev/shm");
         }
     }
