@@ -197,3 +197,87 @@ fn list_of_nothing_is_not_an_error() {
     ]);
     assert_eq!(list, serde_json::json!([]));
 }
+
+/// As root: a dead segment owned by `nobody` is left alone by `voxring segments clean` (and
+/// said to be another user's), named by `--dry-run --all-users` without being removed, and
+/// removed by `--all-users`.
+#[test]
+fn clean_leaves_another_users_segment_unless_all_users() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to give a segment to another user");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let prefix = format!("segtest-{}-other-", std::process::id());
+    let _cleanup = RemoveOwn(prefix.clone());
+    let name = format!("{prefix}theirs");
+    let opts = CreateOptions {
+        remove_on_drop: false,
+        ..CreateOptions::default()
+    };
+    let seg = Segment::create(&name, &cfg(), &opts).unwrap();
+    drop(seg); // dead: nobody holds its liveness lock
+    let path = format!("/dev/shm/voxring.{name}");
+    std::os::unix::fs::chown(&path, Some(NOBODY), None).unwrap();
+    let file = format!("voxring.{name}");
+
+    let kept = json_of(&["segments", "clean", "--prefix", &prefix, "--json", "-"]);
+    assert_eq!(kept["removed"], serde_json::json!([]), "{kept}");
+    assert_eq!(kept["other_users"], serde_json::json!([[file, NOBODY]]));
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "removed nobody's file"
+    );
+    let text = voxring()
+        .args(["segments", "clean", "--prefix", &prefix])
+        .output()
+        .unwrap();
+    assert!(text.status.success());
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("left {file} alone")) && text.contains("--all-users"),
+        "{text}"
+    );
+
+    let dry = json_of(&[
+        "segments",
+        "clean",
+        "--dry-run",
+        "--all-users",
+        "--prefix",
+        &prefix,
+        "--json",
+        "-",
+    ]);
+    assert_eq!(dry["removed"], serde_json::json!([file]), "{dry}");
+    assert!(std::path::Path::new(&path).exists(), "--dry-run removed it");
+    let text = voxring()
+        .args([
+            "segments",
+            "clean",
+            "--dry-run",
+            "--all-users",
+            "--prefix",
+            &prefix,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&text.stdout)
+            .contains(&format!("would remove {file} (no live participant)")),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+
+    let done = json_of(&[
+        "segments",
+        "clean",
+        "--all-users",
+        "--prefix",
+        &prefix,
+        "--json",
+        "-",
+    ]);
+    assert_eq!(done["removed"], serde_json::json!([file]), "{done}");
+    assert!(!std::path::Path::new(&path).exists());
+}
