@@ -18,7 +18,9 @@
 //!
 //! `kill -9` cannot be caught: what a killed process leaves behind is removed by
 //! [`clean_segments`], which is safe to run at any time because it only removes segments on
-//! which no process holds a liveness lock (see [`crate::liveness`]).
+//! which no process holds a liveness lock (see [`crate::liveness`]), only the caller's own
+//! unless asked ([`CleanOptions::all_users`]), and judges each one again where nobody can
+//! swap it before unlinking it (see [`clean_segments_with`]).
 //!
 //! Installing handlers uses `libc::sigaction`: rustix has no stable wrapper for it.
 
