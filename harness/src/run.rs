@@ -22,6 +22,7 @@ use std::process::ExitCode;
 
 pub mod agents;
 pub mod dsp;
+pub mod outfile;
 pub mod pipeline;
 pub mod plots;
 pub mod procs;
@@ -210,9 +211,10 @@ pub struct AgentArgs {
     /// This agent's index in the cycle fence.
     #[arg(long, default_value_t = 0)]
     pub index: u32,
-    /// The recorder's WAV file.
+    /// The recorder's WAV file: a descriptor inherited from the orchestrator (an unnamed,
+    /// private file it publishes at the end, see [`outfile`]).
     #[arg(long)]
-    pub wav: Option<PathBuf>,
+    pub wav_fd: Option<i32>,
     /// SCHED_FIFO priority of the processing thread (0: none).
     #[arg(long, default_value_t = 0)]
     pub rt_priority: u8,
