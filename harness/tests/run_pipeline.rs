@@ -1038,7 +1038,8 @@ fn a_python_agent_dies_with_a_killed_run_without_asking() {
             "--no-progress",
         ])
         .arg("--agents")
-        .arg(format!("vad,python:{}", script.display()))
+        // The vad agent is started once the script said `ready` (agents start in order).
+        .arg(format!("python:{},vad", script.display()))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -1055,6 +1056,11 @@ fn a_python_agent_dies_with_a_killed_run_without_asking() {
         "the Python agent never started"
     );
     let py = py.unwrap();
+    // Only once it said `ready` (else it would die of the broken pipe writing that word).
+    assert!(
+        wait_until(|| child_with(pid, &["--role", "vad"]).is_some()),
+        "the pipeline never started"
+    );
     sigkill(pid);
     drop(run);
     let gone = wait_until(|| !alive(py));
