@@ -13,15 +13,24 @@
 //! measured, [`agents`] for the agent processes.
 //!
 //! Exit status: 0 the run finished within the 150 ms budget (or without an `echo` agent, when
-//! mouth-to-ear is not measured); 1 it finished over budget or lost frames; 2 it could not run
-//! (the message says why); 130 it was interrupted by Ctrl-C (SIGINT; also SIGTERM and SIGHUP)
-//! and wrote a partial report.
+//! mouth-to-ear is not measured) and nothing failed; 1 it failed (an agent died or gave no
+//! report, an agent's CRC-32 differs from the producer's, frames were lost, silence was
+//! played, no cycle ran, the device or a ring failed: the verdict line, the JSON's `failures`
+//! and the report say which) or finished over budget; 2 it could not run, or an output could
+//! not be written (the message says why; outputs are checked before the run starts); 130 it
+//! was interrupted by Ctrl-C (SIGINT; also SIGTERM and SIGHUP) and wrote a partial report.
+//!
+//! Files: every output (`--json`, `--report`, `--wav`) and the recording start unnamed and
+//! private (0600) and get their name only when complete (see [`outfile`]); without `--wav`
+//! and `--report` the recording never gets a name and goes away with the last process that
+//! holds it, even after `kill -9`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 pub mod agents;
 pub mod dsp;
+pub mod outfile;
 pub mod pipeline;
 pub mod plots;
 pub mod procs;
@@ -32,7 +41,7 @@ pub mod wav;
 
 /// Exit status after Ctrl-C (128 + SIGINT, the shell convention).
 pub const EXIT_INTERRUPTED: u8 = 130;
-/// Exit status when the run finished over budget or lost frames.
+/// Exit status when the run failed (see `RunReport::failures`) or finished over budget.
 pub const EXIT_OVER_BUDGET: u8 = 1;
 
 /// An agent process of the pipeline.
@@ -124,9 +133,12 @@ pub enum Format {
 #[derive(Debug, Clone, clap::Args)]
 #[command(
     after_help = "Exit status: 0 finished within the 150 ms budget (or mouth-to-ear not \
-measured); 1 finished over budget or lost frames; 2 could not run; 130 interrupted by Ctrl-C \
-(SIGINT; also SIGTERM, SIGHUP), and a partial report is still written. Nothing is left behind in either case: segments, child \
-processes and temporary files are removed."
+measured) and nothing failed; 1 failed (an agent died or gave no report, a CRC-32 mismatch, \
+frames lost, silence played, no cycle ran; the verdict says which) or over budget; 2 could not \
+run or an output could not be written; 130 interrupted by Ctrl-C (SIGINT; also SIGTERM, \
+SIGHUP), and a partial report is still written. Nothing is left behind in either case: \
+segments, child processes and temporary files are removed; outputs are written whole (0600) \
+or not at all."
 )]
 pub struct Args {
     /// Capture/playback device: `auto` (the system's ALSA/PipeWire default when it answers,
@@ -172,9 +184,10 @@ pub struct Args {
     /// folder (created if missing); the recording goes there too unless --wav says otherwise.
     #[arg(long)]
     pub report: Option<PathBuf>,
-    /// Where the recorder writes its WAV file. Without --wav or --report the recording goes to
-    /// a temporary file, which is removed at the end (the recorder's sample count and CRC-32
-    /// are still compared with the producer's).
+    /// Where the recorder writes its WAV file (0600, written whole when the recorder finished
+    /// it, replacing what is there). Without --wav or --report the recording goes to an
+    /// unnamed temporary file that never outlives the run (the recorder's sample count and
+    /// CRC-32 are still compared with the producer's).
     #[arg(long)]
     pub wav: Option<PathBuf>,
     /// Never show the progress bar (it is shown only when stderr is a terminal anyway).
@@ -210,9 +223,10 @@ pub struct AgentArgs {
     /// This agent's index in the cycle fence.
     #[arg(long, default_value_t = 0)]
     pub index: u32,
-    /// The recorder's WAV file.
+    /// The recorder's WAV file: a descriptor inherited from the orchestrator (an unnamed,
+    /// private file it publishes at the end, see [`outfile`]).
     #[arg(long)]
-    pub wav: Option<PathBuf>,
+    pub wav_fd: Option<i32>,
     /// SCHED_FIFO priority of the processing thread (0: none).
     #[arg(long, default_value_t = 0)]
     pub rt_priority: u8,

@@ -17,7 +17,9 @@
 //! ring, and at the end one line of JSON ([`AgentOutput`]). It ends on the END_OF_STREAM
 //! frame, when the producer is gone, or with its parent (PR_SET_PDEATHSIG).
 
+use std::fs::File;
 use std::io::Write as _;
+use std::os::fd::{FromRawFd as _, OwnedFd};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -36,6 +38,9 @@ use super::{AgentArgs, Role, procs};
 
 /// The gain the echo agent applies (-6 dB): a real loudspeaker-to-microphone loop decays.
 pub const ECHO_GAIN: f32 = 0.5;
+/// Test hook: when set, the recorder corrupts one byte of the first frame it records (see
+/// `run_agent`); the run must then fail on the CRC-32 mismatch.
+pub const CORRUPT_RECORDING_ENV: &str = "VOXRING_TEST_CORRUPT_RECORDING";
 /// Late cycles listed individually in the output (for the timeline); beyond, only counted.
 const MAX_LATE_LISTED: usize = 20_000;
 
@@ -104,6 +109,28 @@ pub fn return_name(prefix: &str) -> String {
     format!("{prefix}.return")
 }
 
+/// The recording's file, inherited from the orchestrator as descriptor `fd`.
+fn inherited_file(fd: i32) -> anyhow::Result<File> {
+    // SAFETY: F_GETFD only reads the descriptor's flags; any integer is a valid argument.
+    let open = fd > 2 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+    anyhow::ensure!(
+        open,
+        "--wav-fd {fd} is not an open descriptor: `voxring agent` is started by `voxring run`, \
+         which passes the recording's descriptor"
+    );
+    // SAFETY: `fd` is open (checked above) and owned by nothing else in this process: the
+    // orchestrator handed it to this recorder for the recording alone.
+    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    // Not inherited any further.
+    rustix::io::fcntl_setfd(&file, rustix::io::FdFlags::CLOEXEC)
+        .context("cannot make the recording's descriptor close-on-exec")?;
+    let meta = file
+        .metadata()
+        .context("cannot read the recording's descriptor")?;
+    anyhow::ensure!(meta.is_file(), "--wav-fd {fd} is not a regular file");
+    Ok(file)
+}
+
 /// Entry point of `voxring agent`.
 pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
     procs::die_with_parent(args.parent)?;
@@ -152,13 +179,22 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<AgentOutput> {
     } else {
         _ret_seg = None;
     }
-    let mut wav = match (role, &args.wav) {
-        (Role::Recorder, Some(path)) => {
-            Some(WavSink::create(path, cfg.sample_rate, cfg.channels, enc)?)
-        }
-        (Role::Recorder, None) => anyhow::bail!("the recorder needs --wav FILE"),
+    let mut wav = match (role, args.wav_fd) {
+        (Role::Recorder, Some(fd)) => Some(WavSink::new(
+            inherited_file(fd)?,
+            "the recorder's --wav-fd",
+            cfg.sample_rate,
+            cfg.channels,
+            enc,
+        )?),
+        (Role::Recorder, None) => anyhow::bail!("the recorder needs --wav-fd N"),
         _ => None,
     };
+    // Test hook (read once, here): the recorder flips one byte of the first frame it records,
+    // so the tests can show that a recording that differs from what was produced fails the
+    // run. It only spoils this run's own recording.
+    let mut corrupt_once =
+        role == Role::Recorder && std::env::var_os(CORRUPT_RECORDING_ENV).is_some();
     let mut warnings = Vec::new();
     let scheduling = if args.rt_priority > 0 {
         match voxring_linux::rt::set_fifo(args.rt_priority) {
@@ -247,6 +283,17 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<AgentOutput> {
                         });
                     }
                     Role::Recorder => {
+                        let corrupted;
+                        let payload = if corrupt_once && !payload.is_empty() {
+                            corrupt_once = false;
+                            // Test hook only (see CORRUPT_RECORDING_ENV): one copy, once.
+                            let mut copy = payload.to_vec();
+                            copy[0] ^= 0x5a;
+                            corrupted = copy;
+                            &corrupted[..]
+                        } else {
+                            payload
+                        };
                         crc.update(payload);
                         if let Some(w) = wav.as_mut() {
                             w.write_bytes(payload)?;

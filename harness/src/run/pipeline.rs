@@ -20,6 +20,7 @@
 //! ring behind, the real-time thread does not wait but drops the frame and counts it lost.
 
 use std::io::IsTerminal as _;
+use std::os::fd::AsRawFd as _;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,14 +34,13 @@ use voxring_linux::audio::{
     CaptureSink, ChunkInfo, DeviceSpec, Duplex, PlaybackSource, Sample, StopFlag, StreamParams,
     XrunCounts, alsa_pcm::MmapPreference, flags, monotonic_ns, open_duplex,
 };
-use voxring_linux::cleanup::{
-    ArtifactGuard, SignalMode, install_signal_cleanup, termination_requested,
-};
+use voxring_linux::cleanup::{SignalMode, install_signal_cleanup, termination_requested};
 use voxring_linux::ring::{Segment, ShmConsumer, ShmProducer};
 use voxring_linux::segment::CreateOptions;
 
 use super::agents::{AgentOutput, capture_name, return_name};
 use super::dsp::Talker;
+use super::outfile::{self, Pending};
 use super::procs::{self, Proc};
 use super::python::{self, PythonLauncher};
 use super::report::{
@@ -477,6 +477,18 @@ fn check_args(args: &Args) -> anyhow::Result<Vec<AgentSpec>> {
         "--seconds must be between 0 and 86400 (got {})",
         args.seconds
     );
+    // At least one cycle: a run of no cycle proves nothing (and would report no failure).
+    let cycles = args.seconds * f64::from(args.rate) / f64::from(args.quantum.max(1));
+    anyhow::ensure!(
+        cycles >= 1.0,
+        "--seconds {} is shorter than one cycle ({} frames at {} Hz = {:.3} ms): nothing would \
+         run. Give at least --seconds {:.4}",
+        args.seconds,
+        args.quantum,
+        args.rate,
+        f64::from(args.quantum) * 1e3 / f64::from(args.rate.max(1)),
+        f64::from(args.quantum) / f64::from(args.rate.max(1))
+    );
     anyhow::ensure!(
         args.periods >= 2,
         "--periods must be at least 2 (the device buffer holds that many quanta)"
@@ -512,6 +524,8 @@ fn check_args(args: &Args) -> anyhow::Result<Vec<AgentSpec>> {
 /// `voxring run`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let agents = check_args(&args)?;
+    // Every output is created (unnamed) now: an unwritable one stops the run before it starts.
+    let outputs = prepare_outputs(&args, &agents)?;
     // Python agents: find an interpreter with numpy (and the scripts) before anything is made.
     let scripts: Vec<&Path> = agents
         .iter()
@@ -531,9 +545,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         warnings.push(format!("Ctrl-C will not give a partial report: {e}"));
     }
     match args.format {
-        Format::S16 => run_with::<i16>(&args, &agents, launcher, warnings),
-        Format::S32 => run_with::<i32>(&args, &agents, launcher, warnings),
-        Format::F32 => run_with::<f32>(&args, &agents, launcher, warnings),
+        Format::S16 => run_with::<i16>(&args, &agents, launcher, outputs, warnings),
+        Format::S32 => run_with::<i32>(&args, &agents, launcher, outputs, warnings),
+        Format::F32 => run_with::<f32>(&args, &agents, launcher, outputs, warnings),
     }
 }
 
@@ -541,15 +555,83 @@ fn command_line() -> String {
     std::env::args().collect::<Vec<_>>().join(" ")
 }
 
-/// A file removed when the run ends (and by the platform's exit and signal clean-up).
-struct TempFile {
-    _guard: ArtifactGuard,
+/// The recording's file.
+#[derive(Debug)]
+enum Recording {
+    /// Published at `--wav` or in the `--report` folder at the end.
+    Kept(Pending),
+    /// No `--wav` and no `--report`: an unnamed file in the temp folder, never named, gone
+    /// with the last process holding it.
+    Scratch(std::fs::File),
 }
+
+impl Recording {
+    fn file(&self) -> &std::fs::File {
+        match self {
+            Self::Kept(p) => p.file(),
+            Self::Scratch(f) => f,
+        }
+    }
+}
+
+/// The files of a run, all created unnamed before anything runs (see [`outfile`]).
+#[derive(Debug)]
+struct Outputs {
+    json: Option<Pending>,
+    /// `report.md`, `latency-histogram.svg`, `timeline.svg` in the `--report` folder.
+    report: Option<[Pending; 3]>,
+    /// Only with a `recorder` agent.
+    wav: Option<Recording>,
+}
+
+/// Checks every output can be written by creating it now, unnamed: a missing or unwritable
+/// folder is refused before a device is opened or a process started.
+fn prepare_outputs(args: &Args, agents: &[AgentSpec]) -> anyhow::Result<Outputs> {
+    let json = args
+        .json
+        .as_deref()
+        .map(|p| Pending::new(p, "--json"))
+        .transpose()?;
+    let report = match &args.report {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!(
+                    "cannot create the --report folder {} (nothing was run)",
+                    dir.display()
+                )
+            })?;
+            Some([
+                Pending::new(&dir.join(REPORT_MD), "--report")?,
+                Pending::new(&dir.join(HISTOGRAM_SVG), "--report")?,
+                Pending::new(&dir.join(TIMELINE_SVG), "--report")?,
+            ])
+        }
+        None => None,
+    };
+    let wav = if agents.contains(&AgentSpec::Builtin(AgentKind::Recorder)) {
+        Some(match (&args.wav, &args.report) {
+            (Some(p), _) => Recording::Kept(Pending::new(p, "--wav")?),
+            (None, Some(dir)) => {
+                Recording::Kept(Pending::new(&dir.join(RECORDING_WAV), "--report")?)
+            }
+            (None, None) => Recording::Scratch(outfile::scratch("the recording's temporary file")?),
+        })
+    } else {
+        None
+    };
+    Ok(Outputs { json, report, wav })
+}
+
+const REPORT_MD: &str = "report.md";
+const HISTOGRAM_SVG: &str = "latency-histogram.svg";
+const TIMELINE_SVG: &str = "timeline.svg";
+const RECORDING_WAV: &str = "recording.wav";
 
 fn run_with<T: Sample + voxring_core::Sample>(
     args: &Args,
     agents: &[AgentSpec],
     launcher: Option<&PythonLauncher>,
+    outputs: Outputs,
     mut warnings: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
     let params = StreamParams {
@@ -633,29 +715,6 @@ fn run_with<T: Sample + voxring_core::Sample>(
     };
     let sync = SyncHandle::create(&prefix, agents.len() as u32)?;
 
-    // The recording.
-    let mut temp_wav = None;
-    let wav_path = if agents.contains(&AgentSpec::Builtin(AgentKind::Recorder)) {
-        Some(match (&args.wav, &args.report) {
-            (Some(p), _) => p.clone(),
-            (None, Some(dir)) => {
-                std::fs::create_dir_all(dir).with_context(|| {
-                    format!("cannot create the report folder {}", dir.display())
-                })?;
-                dir.join("recording.wav")
-            }
-            (None, None) => {
-                let p = std::env::temp_dir().join(format!("voxring-{prefix}.wav"));
-                temp_wav = Some(TempFile {
-                    _guard: ArtifactGuard::register(p.clone()),
-                });
-                p
-            }
-        })
-    } else {
-        None
-    };
-
     // The agents, each its own process; wait until each has joined.
     let mut procs: Vec<(AgentSpec, Proc)> = Vec::new();
     let spawn_all = |procs: &mut Vec<(AgentSpec, Proc)>| -> anyhow::Result<()> {
@@ -702,11 +761,15 @@ fn run_with<T: Sample + voxring_core::Sample>(
                 "--rt-priority".to_owned(),
                 args.rt_priority.to_string(),
             ];
-            if let (AgentKind::Recorder, Some(p)) = (kind, &wav_path) {
-                a.push("--wav".to_owned());
-                a.push(p.display().to_string());
-            }
-            let mut p = procs::spawn_self(kind.name(), &a)?;
+            let mut p = match (kind, &outputs.wav) {
+                (AgentKind::Recorder, Some(rec)) => {
+                    // The recorder inherits the recording's descriptor (no name to plant at).
+                    a.push("--wav-fd".to_owned());
+                    a.push(rec.file().as_raw_fd().to_string());
+                    procs::spawn_self_with_fd(kind.name(), &a, rec.file())?
+                }
+                _ => procs::spawn_self(kind.name(), &a)?,
+            };
             match p.wait_line(READY_TIMEOUT) {
                 Some(l) if l == "ready" => procs.push((spec.clone(), p)),
                 _ => {
@@ -835,6 +898,8 @@ fn run_with<T: Sample + voxring_core::Sample>(
                     && let Some(st) = p.exited()
                 {
                     agent_died = Some(format!("the {} agent ended early ({st})", kind.name()));
+                    // The run has failed: stop now rather than run on without it.
+                    shared.stop.request();
                 }
             }
             if last_evict.elapsed() > Duration::from_millis(250) {
@@ -881,17 +946,19 @@ fn run_with<T: Sample + voxring_core::Sample>(
     if let Some(w) = rt_warning {
         warnings.push(w);
     }
+    // Anything here fails the run, whatever its latency (see `RunReport::failures`).
+    let mut failures = Vec::new();
     if let Some(e) = error {
-        warnings.push(format!("the audio device failed: {e}"));
+        failures.push(format!("the audio device failed: {e}"));
     }
     if let Some(e) = capture.error {
-        warnings.push(format!("the capture ring refused a frame: {e}"));
+        failures.push(format!("the capture ring refused a frame: {e}"));
     }
     if let Some(e) = playback.error {
-        warnings.push(format!("the return ring failed: {e}"));
+        failures.push(format!("the return ring failed: {e}"));
     }
     if let Some(d) = agent_died {
-        warnings.push(d);
+        failures.push(d);
     }
 
     // End of stream: one empty frame flagged END_OF_STREAM (waiting for space is fine here).
@@ -944,13 +1011,20 @@ fn run_with<T: Sample + voxring_core::Sample>(
     let mut recorder_out: Option<AgentOutput> = None;
     for (i, (spec, f)) in finished.iter().enumerate() {
         let name = spec.name();
+        if !f.clean_exit {
+            failures.push(format!(
+                "the {name} agent did not end cleanly ({}){}",
+                f.status,
+                stderr_tail(&f.stderr)
+            ));
+        }
         let kind = match spec {
             AgentSpec::Builtin(k) => *k,
             AgentSpec::Python(_) => {
                 for line in &f.stderr {
                     warnings.push(format!("{name} agent: {line}"));
                 }
-                let (row, stage, lost) = python_row(&name, f, &mut warnings);
+                let (row, stage, lost) = python_row(&name, f, &mut warnings, &mut failures);
                 lost_total += lost;
                 stages.extend(stage);
                 agent_rows.push(row);
@@ -1017,11 +1091,10 @@ fn run_with<T: Sample + voxring_core::Sample>(
                 }
             }
             None => {
-                warnings.push(format!(
-                    "the {} agent gave no report ({}): {}",
+                failures.push(format!(
+                    "the {} agent gave no report ({})",
                     kind.name(),
                     f.status,
-                    f.stderr.join(" / ")
                 ));
                 agent_rows.push(AgentRow {
                     name: kind.name().to_owned(),
@@ -1063,21 +1136,43 @@ fn run_with<T: Sample + voxring_core::Sample>(
         dropped: capture.dropped,
     };
     if let Some(r) = &recorder_out
-        && (r.checksum != producer.checksum || r.samples != producer.samples)
+        && r.samples != producer.samples
     {
-        warnings.push(format!(
-            "the recorder got {} samples with CRC-32 {}, the producer committed {} with {}",
-            r.samples, r.checksum, producer.samples, producer.checksum
+        failures.push(format!(
+            "the recorder got {} samples, the producer committed {}: the recording is not what \
+             was captured",
+            r.samples, producer.samples
         ));
     }
-    if playback.skipped > 0 {
-        warnings.push(format!(
-            "{} returned frames were dropped to catch up after stalls (counted as lost)",
-            playback.skipped
+    // Every agent that reported read every committed byte, in order: its CRC-32 must be the
+    // producer's.
+    for a in &agent_rows {
+        if !a.checksum.is_empty() && a.checksum != producer.checksum {
+            failures.push(format!(
+                "the {} agent's CRC-32 {} differs from the producer's {}: it did not get exactly \
+                 the frames produced",
+                a.name, a.checksum, producer.checksum
+            ));
+        }
+    }
+    if capture.frames == 0 {
+        failures.push("no cycle ran: not a single frame was captured".to_owned());
+    }
+    if lost_total > 0 {
+        failures.push(format!(
+            "{lost_total} frames were lost (audible gaps){}",
+            if playback.skipped > 0 {
+                format!(
+                    ", {} of them returned frames dropped to catch up after stalls",
+                    playback.skipped
+                )
+            } else {
+                String::new()
+            }
         ));
     }
     if playback.gaps > 0 {
-        warnings.push(format!(
+        failures.push(format!(
             "{} playback periods ran short of returned frames (silence was played)",
             playback.gaps
         ));
@@ -1122,32 +1217,62 @@ fn run_with<T: Sample + voxring_core::Sample>(
         budget_ms: super::report::BUDGET_MS,
         verdict: String::new(),
         verdict_reasons: Vec::new(),
+        failures,
         warnings: Vec::new(),
-        wav: if temp_wav.is_some() {
-            None
-        } else {
-            wav_path.as_ref().map(|p| p.display().to_string())
-        },
+        wav: None,
         command: command_line(),
+    };
+    // The recording is kept only when the recorder finished it (a dead recorder's WAV has no
+    // valid header); else its unnamed file just goes away.
+    let recorder_finished = recorder_out.is_some()
+        && finished
+            .iter()
+            .any(|(s, f)| *s == AgentSpec::Builtin(AgentKind::Recorder) && f.clean_exit);
+    let Outputs {
+        json,
+        report: report_files,
+        wav,
+    } = outputs;
+    let keep_wav = match wav {
+        Some(Recording::Kept(p)) if recorder_finished => {
+            report.wav = Some(p.target().display().to_string());
+            Some(p)
+        }
+        Some(Recording::Kept(p)) => {
+            warnings.push(format!(
+                "the recording was not written to {}: the recorder did not finish it",
+                p.target().display()
+            ));
+            None
+        }
+        Some(Recording::Scratch(_)) | None => None,
     };
     report.warnings = warnings;
     report.judge();
 
-    // Write the outputs.
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text + "\n").with_context(|| {
-            format!(
-                "cannot write {}: check the folder exists and is writable",
-                path.display()
-            )
-        })?;
-    }
-    if let Some(dir) = &args.report {
-        write_report_dir(dir, &report, &capture, &playback, &late_cycles, period_ns)?;
-    }
+    // The results on stdout first: a failed write below loses none of them.
     print!("{}", report.text());
-    drop(temp_wav);
+    // Write the outputs, each atomically (a full disk leaves no partial file).
+    let mut write_errors = Vec::new();
+    if let Some(p) = json {
+        let text = serde_json::to_string_pretty(&report)? + "\n";
+        write_errors.extend(p.write_and_publish(text.as_bytes()).err());
+    }
+    if let Some(files) = report_files {
+        write_errors.extend(
+            write_report_dir(files, &report, &capture, &playback, &late_cycles, period_ns).err(),
+        );
+    }
+    if let Some(p) = keep_wav {
+        write_errors.extend(p.publish().err());
+    }
+    if !write_errors.is_empty() {
+        let msgs: Vec<String> = write_errors.iter().map(|e| format!("{e:#}")).collect();
+        anyhow::bail!(
+            "{} (the results are printed above; nothing partial was left at those paths)",
+            msgs.join("; ")
+        );
+    }
     drop(capture);
     drop(playback);
     drop(sync);
@@ -1155,7 +1280,7 @@ fn run_with<T: Sample + voxring_core::Sample>(
     drop(capture_seg);
     Ok(if interrupted {
         ExitCode::from(EXIT_INTERRUPTED)
-    } else if report.verdict == "over budget" || report.verdict == "frames lost" {
+    } else if report.verdict == "failed" || report.verdict == "over budget" {
         ExitCode::from(EXIT_OVER_BUDGET)
     } else {
         ExitCode::SUCCESS
@@ -1168,13 +1293,10 @@ fn python_row(
     name: &str,
     f: &procs::Finished,
     warnings: &mut Vec<String>,
+    failures: &mut Vec<String>,
 ) -> (AgentRow, Option<StageRow>, u64) {
     let Some(o) = python::parse_output(&f.stdout) else {
-        warnings.push(format!(
-            "the {name} agent gave no report ({}): {}",
-            f.status,
-            f.stderr.join(" / ")
-        ));
+        failures.push(format!("the {name} agent gave no report ({})", f.status));
         let row = AgentRow {
             name: name.to_owned(),
             pid: f.pid,
@@ -1232,16 +1354,23 @@ fn python_row(
     (row, stage, o.lost)
 }
 
+/// `: <its last stderr line>`, or nothing.
+fn stderr_tail(stderr: &[String]) -> String {
+    stderr
+        .iter()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map_or_else(String::new, |l| format!(": {}", l.trim()))
+}
+
 fn write_report_dir<T: Sample + voxring_core::Sample>(
-    dir: &Path,
+    files: [Pending; 3],
     report: &RunReport,
     capture: &CaptureSide<'_, T>,
     playback: &PlaybackSide<'_, T>,
     late_cycles: &[u64],
     period_ns: u64,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create the report folder {}", dir.display()))?;
     let (hist, title) = if playback.hist_m2e.is_empty() {
         (
             &capture.hist,
@@ -1291,18 +1420,16 @@ fn write_report_dir<T: Sample + voxring_core::Sample>(
         &marks,
         Some((super::report::BUDGET_MS, "150 ms budget")),
     );
-    let write = |name: &str, text: &str| {
-        std::fs::write(dir.join(name), text)
-            .with_context(|| format!("cannot write {}", dir.join(name).display()))
-    };
-    write("latency-histogram.svg", &hist_svg)?;
-    write("timeline.svg", &timeline_svg)?;
-    write(
-        "report.md",
-        &report.markdown(&[
-            ("Latency histogram", "latency-histogram.svg"),
-            ("Per-cycle timeline", "timeline.svg"),
-        ]),
+    let [md, hist_file, timeline_file] = files;
+    hist_file.write_and_publish(hist_svg.as_bytes())?;
+    timeline_file.write_and_publish(timeline_svg.as_bytes())?;
+    md.write_and_publish(
+        report
+            .markdown(&[
+                ("Latency histogram", HISTOGRAM_SVG),
+                ("Per-cycle timeline", TIMELINE_SVG),
+            ])
+            .as_bytes(),
     )?;
     Ok(())
 }

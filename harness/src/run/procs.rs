@@ -6,7 +6,9 @@
 //! also asks the kernel for SIGKILL when its parent dies (`PR_SET_PDEATHSIG`), so nothing
 //! outlives an orchestrator that crashed or was killed. Children are stopped by PID only.
 
+use std::fs::File;
 use std::io::{BufRead as _, BufReader};
+use std::os::fd::{AsRawFd as _, BorrowedFd};
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -37,19 +39,69 @@ pub struct Finished {
     pub stderr: Vec<String>,
     /// `exit status 0`, `killed after the grace period`, ...
     pub status: String,
+    /// It exited by itself with status 0 (not killed, not failed).
+    pub clean_exit: bool,
 }
 
 /// Starts `voxring <args...>` (this same executable) as a child named `name`.
 pub fn spawn_self(name: &str, args: &[String]) -> anyhow::Result<Proc> {
+    spawn(name, self_command(args)?)
+}
+
+/// `voxring <args...>` (this same executable), not started.
+fn self_command(args: &[String]) -> anyhow::Result<Command> {
     let exe =
         std::env::current_exe().context("cannot find this program's own path to start an agent")?;
     let mut cmd = Command::new(&exe);
     cmd.args(args);
+    // The agent asks again itself ([`die_with_parent`]); this closes the window before it does.
+    die_with_parent_before_exec(&mut cmd, std::process::id());
+    Ok(cmd)
+}
+
+/// Like [`spawn_self`], and the child inherits `file` under the same descriptor number
+/// (`file.as_raw_fd()`, to be passed on its command line). Every other descriptor of this
+/// process stays close-on-exec; the caller keeps `file` open until the child is started.
+pub fn spawn_self_with_fd(name: &str, args: &[String], file: &File) -> anyhow::Result<Proc> {
+    let mut cmd = self_command(args)?;
+    let raw = file.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec. It makes one fcntl system call
+    // (async-signal-safe), allocates nothing and takes no lock. `raw` is open in the child: its
+    // descriptor table is a copy of this process's, where `file` is open for the whole spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            // SAFETY: `raw` is open in this (child) process, see above; borrowed for one call.
+            let fd = BorrowedFd::borrow_raw(raw);
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).map_err(Into::into)
+        });
+    }
     spawn(name, cmd)
 }
 
+/// Makes `cmd`'s process ask the kernel for SIGKILL when this process's spawning thread dies
+/// (`PR_SET_PDEATHSIG`, set in the child between fork and exec, so it holds for any program,
+/// e.g. a user's Python script that does not ask for it), and refuse to start if `parent`
+/// is already gone. Spawn from the main thread: the signal follows the thread that forked.
+pub fn die_with_parent_before_exec(cmd: &mut Command, parent: u32) {
+    // SAFETY: the closure runs in the forked child before exec. It makes two system calls
+    // (prctl, getppid), both async-signal-safe, allocates nothing (the error is a raw errno)
+    // and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            // The parent may have died between fork and the prctl: then nobody would signal.
+            let ppid = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
+            if ppid as u32 != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Starts `cmd` as a child named `name`: stdin closed, stdout and stderr collected, in its own
-/// process group. The child must itself ask to die with its parent (`PR_SET_PDEATHSIG`).
+/// process group. To die with this process, `cmd` must have gone through
+/// [`die_with_parent_before_exec`] (as [`spawn_self`]'s and the Python agents' commands do).
 pub fn spawn(name: &str, mut cmd: Command) -> anyhow::Result<Proc> {
     let exe = PathBuf::from(cmd.get_program());
     cmd.stdin(Stdio::null())
@@ -119,9 +171,11 @@ impl Proc {
     pub fn finish(mut self, grace: Duration) -> Finished {
         let deadline = Instant::now() + grace;
         let mut status = None;
+        let mut clean_exit = false;
         while Instant::now() < deadline {
             match self.child.try_wait() {
                 Ok(Some(st)) => {
+                    clean_exit = st.success();
                     status = Some(st.to_string());
                     break;
                 }
@@ -156,6 +210,7 @@ impl Proc {
             stdout: lines.join("\n"),
             stderr,
             status,
+            clean_exit,
         }
     }
 

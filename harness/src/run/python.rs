@@ -8,6 +8,10 @@
 //! `platform-linux/python/examples/agent.py`). It does not mark the cycle fence, so it is
 //! left out of the fence's mask: its lateness is not measured (the report says `-`).
 //!
+//! The script dies with the orchestrator whether or not it asks to: the harness sets
+//! `PR_SET_PDEATHSIG` (SIGKILL) in the child between fork and exec
+//! ([`super::procs::die_with_parent_before_exec`]), as for the Rust agents.
+//!
 //! Where things are found:
 //! - the interpreter: `$VOXRING_PYTHON`, else the first of `python3` (on `PATH`) and
 //!   `/usr/bin/python3` that can `import numpy`;
@@ -149,6 +153,8 @@ impl PythonLauncher {
     /// The command that starts `script` as agent `index` of the run.
     pub fn command(&self, script: &Path, prefix: &str, parent: u32, index: usize) -> Command {
         let mut cmd = Command::new(&self.interpreter);
+        // A user's script need not ask for PR_SET_PDEATHSIG: the harness does, before exec.
+        super::procs::die_with_parent_before_exec(&mut cmd, parent);
         // Unbuffered: `ready` and the report line reach the orchestrator at once.
         cmd.arg("-u")
             .arg(script)

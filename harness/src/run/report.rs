@@ -191,19 +191,25 @@ pub struct RunReport {
     pub audio_scheduling: String,
     pub drift_ppm: Option<f64>,
     pub budget_ms: f64,
-    /// `within budget`; `over budget` (mouth-to-ear p99.9 above the budget); `frames lost`
-    /// (within the latency budget, but frames were lost); or `not measured` (no echo agent).
+    /// `failed` (see `failures`); else `within budget`; `over budget` (mouth-to-ear p99.9
+    /// above the budget); or `not measured` (no echo agent). Only `within budget` and `not
+    /// measured` exit 0.
     pub verdict: String,
     pub verdict_reasons: Vec<String>,
+    /// Why the run failed, whatever its latency: an agent died or gave no report, an agent's
+    /// CRC-32 differs from the producer's, frames were lost, silence was played, no cycle ran,
+    /// the device or a ring failed. Empty for a run that did what it should.
+    pub failures: Vec<String>,
     pub warnings: Vec<String>,
     pub wav: Option<String>,
     pub command: String,
 }
 
 impl RunReport {
-    /// Judges the run against the 150 ms budget; returns the verdict and why.
+    /// Judges the run: `failed` when `failures` holds anything, else against the 150 ms
+    /// budget; sets the verdict and why (the failures first).
     pub fn judge(&mut self) {
-        let mut reasons = Vec::new();
+        let mut reasons = self.failures.clone();
         let verdict = match self.mouth_to_ear_ms {
             None => {
                 reasons.push("mouth-to-ear was not measured: add the `echo` agent".to_owned());
@@ -224,17 +230,11 @@ impl RunReport {
                 "over budget"
             }
         };
-        let mut verdict = verdict.to_owned();
-        if self.frames_lost > 0 {
-            reasons.push(format!(
-                "{} frames were lost (audible gaps)",
-                self.frames_lost
-            ));
-            if verdict == "within budget" {
-                verdict = "frames lost".to_owned();
-            }
-        }
-        self.verdict = verdict;
+        self.verdict = if self.failures.is_empty() {
+            verdict.to_owned()
+        } else {
+            "failed".to_owned()
+        };
         self.verdict_reasons = reasons;
     }
 
@@ -401,6 +401,13 @@ impl RunReport {
             self.verdict,
             self.verdict_reasons.join("; ")
         );
+        if !self.failures.is_empty() {
+            let _ = writeln!(s, "## Why the run failed\n");
+            for f in &self.failures {
+                let _ = writeln!(s, "- {f}");
+            }
+            let _ = writeln!(s);
+        }
         let _ = writeln!(s, "## Latency budget\n");
         let _ = writeln!(
             s,
@@ -537,6 +544,72 @@ mod tests {
     #[test]
     fn percentiles_are_none_for_an_empty_histogram() {
         assert!(Percentiles::of(&new_hist()).is_none());
+    }
+
+    fn report(m2e_p999: Option<f64>, failures: &[&str]) -> RunReport {
+        RunReport {
+            device: "synthetic".into(),
+            playback_device: None,
+            rate: 48_000,
+            quantum: 128,
+            channels: 1,
+            seconds: 1.0,
+            elapsed_s: 1.0,
+            interrupted: false,
+            load: 0,
+            cycles: 375,
+            cycles_late: 0,
+            frames_lost: 0,
+            xruns: 0,
+            xruns_capture: 0,
+            xruns_playback: 0,
+            mouth_to_ear_ms: m2e_p999.map(|p| Percentiles {
+                p50: p,
+                p99: p,
+                p999: p,
+                max: p,
+            }),
+            stages: Vec::new(),
+            agents: Vec::new(),
+            producer: ProducerRow {
+                frames: 375,
+                samples: 48_000,
+                checksum: "00000000".into(),
+                dropped: 0,
+            },
+            vad: None,
+            ipc_cpu_percent: 0.0,
+            wait_cpu_percent: 0.0,
+            audio_scheduling: String::new(),
+            drift_ppm: None,
+            budget_ms: BUDGET_MS,
+            verdict: String::new(),
+            verdict_reasons: Vec::new(),
+            failures: failures.iter().map(|f| (*f).to_owned()).collect(),
+            warnings: Vec::new(),
+            wav: None,
+            command: String::new(),
+        }
+    }
+
+    #[test]
+    fn any_failure_makes_the_verdict_failed_whatever_the_latency() {
+        for m2e in [Some(10.0), None] {
+            let mut r = report(m2e, &["the echo agent ended early (signal: 9 (SIGKILL))"]);
+            r.judge();
+            assert_eq!(r.verdict, "failed");
+            assert!(r.verdict_reasons[0].contains("SIGKILL"), "{r:?}");
+            assert!(r.text().contains("verdict: failed (the echo agent"));
+            assert!(r.markdown(&[]).contains("## Why the run failed"));
+            let json: serde_json::Value = serde_json::to_value(&r).unwrap();
+            assert_eq!(json["failures"][0], r.failures[0]);
+        }
+        let mut ok = report(Some(10.0), &[]);
+        ok.judge();
+        assert_eq!(ok.verdict, "within budget");
+        let mut over = report(Some(200.0), &[]);
+        over.judge();
+        assert_eq!(over.verdict, "over budget");
     }
 
     #[test]

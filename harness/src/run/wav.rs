@@ -2,7 +2,6 @@
 
 use std::fs::File;
 use std::io::BufWriter;
-use std::path::Path;
 
 use anyhow::Context as _;
 
@@ -44,9 +43,11 @@ impl std::fmt::Debug for WavSink {
 }
 
 impl WavSink {
-    /// Creates (or truncates) `path`.
-    pub fn create(
-        path: &Path,
+    /// Writes the recording into `file` (empty, opened for reading and writing, positioned at
+    /// its start). `what` names it in messages.
+    pub fn new(
+        file: File,
+        what: &str,
         rate: u32,
         channels: u16,
         encoding: Encoding,
@@ -60,12 +61,8 @@ impl WavSink {
                 Encoding::S16 | Encoding::S32 => hound::SampleFormat::Int,
             },
         };
-        let writer = hound::WavWriter::create(path, spec).with_context(|| {
-            format!(
-                "cannot create the recording {}: check that its folder exists and is writable",
-                path.display()
-            )
-        })?;
+        let writer = hound::WavWriter::new(BufWriter::new(file), spec)
+            .with_context(|| format!("cannot write the header of the recording ({what})"))?;
         Ok(Self {
             writer,
             encoding,
@@ -119,9 +116,9 @@ mod tests {
 
     #[test]
     fn writes_what_it_is_given() {
-        let path =
-            std::env::temp_dir().join(format!("voxring-wav-test-{}.wav", std::process::id()));
-        let mut w = WavSink::create(&path, 48_000, 1, Encoding::S16).unwrap();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let path = file.path().to_path_buf();
+        let mut w = WavSink::new(file.reopen().unwrap(), "test", 48_000, 1, Encoding::S16).unwrap();
         let samples: Vec<i16> = (0..256).map(|i| i * 3 - 300).collect();
         let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_ne_bytes()).collect();
         w.write_bytes(&bytes).unwrap();
@@ -129,7 +126,6 @@ mod tests {
         w.finish().unwrap();
         let mut r = hound::WavReader::open(&path).unwrap();
         let back: Vec<i16> = r.samples::<i16>().map(Result::unwrap).collect();
-        std::fs::remove_file(&path).unwrap();
         assert_eq!(back, samples);
     }
 }
