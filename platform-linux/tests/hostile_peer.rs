@@ -188,7 +188,7 @@ fn run(policy: Policy, writes: u64) {
     let mut round = 0u64;
     loop {
         round += 1;
-        if round % 256 == 0 {
+        if round.is_multiple_of(256) {
             if scribbler.child().try_wait().unwrap().is_some() {
                 break;
             }
