@@ -1,7 +1,8 @@
 //! `voxring bench ipc` end to end: the built binary runs every transport and its JSON holds
 //! every field. Small message counts; no assertion on any time.
 
-use std::path::PathBuf;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const FIELDS: [&str; 9] = [
@@ -28,14 +29,11 @@ fn python_with_numpy() -> bool {
     })
 }
 
-fn temp_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("voxring-test-{}-{name}", std::process::id()))
-}
-
 #[test]
 fn quick_run_covers_every_transport_and_the_json_has_every_field() {
-    let json = temp_path("ipc.json");
-    let svg = temp_path("ipc.svg");
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let json = dir.path().join("ipc.json");
+    let svg = dir.path().join("ipc.svg");
     let out = Command::new(env!("CARGO_BIN_EXE_voxring"))
         .args([
             "bench",
@@ -56,8 +54,6 @@ fn quick_run_covers_every_transport_and_the_json_has_every_field() {
     assert!(out.status.success(), "voxring bench ipc failed: {stderr}");
     let text = std::fs::read_to_string(&json).expect("the JSON file was written");
     let plot = std::fs::read_to_string(&svg).expect("the SVG file was written");
-    let _ = std::fs::remove_file(&json);
-    let _ = std::fs::remove_file(&svg);
 
     let doc: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
     let results = doc["results"].as_array().expect("a results array");
@@ -180,4 +176,151 @@ fn a_producer_without_its_descriptor_fails_cleanly() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not open"), "{stderr}");
+}
+
+/// `nobody` on Debian and Ubuntu: the other local user of the attack below.
+const NOBODY: u32 = 65534;
+/// How many coming PIDs the attacker prepares a folder for.
+const PLANTED_PIDS: u32 = 3000;
+
+fn read_u32(path: &str) -> u32 {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Plants `tmp/voxring-bench-ffi-<pid>` (mode 0777, owned by nobody when this test is root) with
+/// `voxring.h` and `bench_consumer.c` symlinks to `victim` for the next PLANTED_PIDS PIDs.
+/// Returns the PIDs planted.
+fn plant_for_coming_pids(tmp: &Path, victim: &Path) -> Vec<u32> {
+    let root = rustix::process::geteuid().is_root();
+    let pid_max = read_u32("/proc/sys/kernel/pid_max");
+    let last = read_u32("/proc/sys/kernel/ns_last_pid");
+    let mut pids = Vec::new();
+    for k in 1..=PLANTED_PIDS {
+        // PIDs wrap from pid_max back to 300 (RESERVED_PIDS).
+        let mut p = last + k;
+        if p >= pid_max {
+            p = 300 + (p - pid_max);
+        }
+        let d = tmp.join(format!("voxring-bench-ffi-{p}"));
+        std::fs::create_dir(&d).expect("plant a folder");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        for f in ["voxring.h", "bench_consumer.c"] {
+            std::os::unix::fs::symlink(victim, d.join(f)).expect("plant a symlink");
+            if root {
+                std::os::unix::fs::lchown(d.join(f), Some(NOBODY), Some(NOBODY)).expect("lchown");
+            }
+        }
+        if root {
+            std::os::unix::fs::chown(&d, Some(NOBODY), Some(NOBODY)).expect("chown");
+        }
+        pids.push(p);
+    }
+    pids
+}
+
+/// The attack on the old `$TMPDIR/voxring-bench-ffi-<pid>` build folder of c-voxring: another
+/// user prepares that folder for the coming PIDs with `voxring.h` a symlink to a file of the
+/// victim's. The bench must neither write through it nor use the folder, and still work.
+#[test]
+fn c_voxring_ignores_build_folders_planted_for_coming_pids() {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_voxring"));
+    let lib_next_to_exe = exe.with_file_name("libvoxring_ffi.so");
+    assert!(
+        std::env::var_os("VOXRING_LIB").is_some() || lib_next_to_exe.is_file(),
+        "c-voxring needs {}: build the workspace first (`cargo build --workspace`, as \
+         scripts/test does) or set VOXRING_LIB",
+        lib_next_to_exe.display()
+    );
+    // A /tmp of our own (world-writable and sticky, like /tmp) passed as TMPDIR, so the attack is
+    // real and nothing is left in the shared /tmp.
+    let outer = tempfile::tempdir().expect("a temporary folder");
+    std::fs::set_permissions(outer.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let tmp = outer.path().join("tmp");
+    std::fs::create_dir(&tmp).expect("mkdir tmp");
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let victim = outer.path().join("victim");
+    std::fs::write(&victim, "precious\n").expect("write the victim");
+
+    // The bench's PID must be one the attacker prepared; on a machine that starts thousands of
+    // processes between the two steps it may not be, so try again (the bound is a give-up bound).
+    let mut armed = false;
+    for _attempt in 0..3 {
+        let planted = plant_for_coming_pids(&tmp, &victim);
+        let child = Command::new(&exe)
+            .args([
+                "bench",
+                "ipc",
+                "--quick",
+                "--transports",
+                "c-voxring",
+                "--payloads",
+                "64",
+                "--messages",
+                "50",
+                "--json",
+                "-",
+            ])
+            .env("TMPDIR", &tmp)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run voxring");
+        let pid = child.id();
+        let out = child.wait_with_output().expect("wait for voxring");
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("read the victim"),
+            "precious\n",
+            "the victim was overwritten through a planted voxring.h"
+        );
+        assert!(
+            out.status.success(),
+            "the c-voxring bench failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+        let rows = doc["results"].as_array().expect("results");
+        assert!(
+            rows.len() == 1 && rows[0]["transport"] == "c-voxring" && rows[0]["messages"] == 50,
+            "{doc}"
+        );
+        // The planted folders are as the attacker left them, and the bench's own folder is gone.
+        let mut names: Vec<String> = std::fs::read_dir(&tmp)
+            .expect("list tmp")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut expected: Vec<String> = planted
+            .iter()
+            .map(|p| format!("voxring-bench-ffi-{p}"))
+            .collect();
+        expected.sort();
+        assert_eq!(names, expected, "the bench left something in TMPDIR");
+        for p in &planted {
+            let d = tmp.join(format!("voxring-bench-ffi-{p}"));
+            let n = std::fs::read_dir(&d).expect("a planted folder").count();
+            assert_eq!(n, 2, "something was written into {}", d.display());
+            let m = std::fs::symlink_metadata(d.join("voxring.h")).expect("stat");
+            assert!(
+                m.file_type().is_symlink()
+                    && m.uid() == std::fs::symlink_metadata(&d).expect("stat").uid()
+            );
+        }
+        for p in &planted {
+            std::fs::remove_dir_all(tmp.join(format!("voxring-bench-ffi-{p}"))).expect("clean up");
+        }
+        if planted.contains(&pid) {
+            armed = true;
+            break;
+        }
+        eprintln!("the bench ran as pid {pid}, outside the planted range; planting again");
+    }
+    assert!(
+        armed,
+        "in 3 attempts the bench never ran under a PID the attack had prepared ({PLANTED_PIDS} \
+         coming PIDs each time): the attack was not tested"
+    );
 }

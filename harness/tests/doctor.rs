@@ -15,27 +15,18 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
+/// A private temporary directory (tempfile: random name, mode 0700) removed on drop.
+struct TempDir(PathBuf, #[allow(dead_code)] tempfile::TempDir);
 
 impl TempDir {
     fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "voxring-doctor-test-{}-{tag}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ));
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("voxring-doctor-test-{tag}-"))
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()
+            .expect("create temp dir");
+        Self(dir.path().to_path_buf(), dir)
     }
 }
 

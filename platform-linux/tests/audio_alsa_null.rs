@@ -24,22 +24,20 @@ fn params(channels: u32) -> StreamParams {
     }
 }
 
-/// A temp file path removed when dropped.
-struct TempPath(PathBuf);
+/// A path in a private temporary folder (tempfile: random name, mode 0700), removed with the
+/// folder when dropped. ALSA's `file:` plugin opens the path with `O_CREAT | O_TRUNC`, following
+/// symlinks, so the path must not be one another user can predict or reach.
+struct TempPath(PathBuf, #[allow(dead_code)] tempfile::TempDir);
 
 impl TempPath {
     fn new(tag: &str) -> Self {
-        TempPath(std::env::temp_dir().join(format!(
-            "voxring-audio-{tag}-{}-{:?}.raw",
-            std::process::id(),
-            std::thread::current().id()
-        )))
-    }
-}
-
-impl Drop for TempPath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("voxring-audio-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()
+            .expect("a private temporary folder");
+        TempPath(dir.path().join(format!("{tag}.raw")), dir)
     }
 }
 

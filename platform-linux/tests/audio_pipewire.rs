@@ -180,26 +180,49 @@ fn f32_comes_back_bit_exact() {
 fn round_trip_is_one_buffer_plus_at_most_two_quanta() {
     try_rt();
     let p = params();
-    let mut dev = open::<f32>(&p);
+    // Like `bit_exact`: an underrun on a loaded machine shifts the round trip; a wrong delay
+    // fails every attempt, a scheduling hiccup seldom does. One clean run of five is required.
+    let attempts = 5;
+    for attempt in 1..=attempts {
+        let mut dev = open::<f32>(&p);
+        match round_trip_run(&mut dev, &p) {
+            Ok(()) => return,
+            Err(why) if attempt < attempts => eprintln!("attempt {attempt}: {why}; trying again"),
+            Err(why) => panic!(
+                "no clean run in {attempts} (underruns on a loaded machine, or a wrong delay): \
+                 {why}"
+            ),
+        }
+    }
+}
+
+fn round_trip_run(dev: &mut Duplex<f32>, p: &StreamParams) -> Result<(), String> {
     let interval = 4_864u64; // 38 periods: about 0.1 s
     let probe = ImpulseProbe::new(interval, 12_000, 0.5, 64);
     let (mut src, mut det) = (probe.source(), probe.detector());
     let stop = StopFlag::new();
     let st = assert_no_alloc(|| dev.run(&mut det, &mut src, &stop, Some(2 * 48_000)))
-        .expect("the loopback run failed");
-    let s = probe.stats().expect("no impulse came back");
+        .map_err(|e| format!("the loopback run failed: {e:?}"))?;
+    let s = probe.stats().ok_or("no impulse came back")?;
     eprintln!(
         "round trip {s:?}, xruns {:?}, chunk gcd {}",
         st.xruns,
         probe.chunk_gcd()
     );
-    assert!(s.count >= 10, "only {} impulses came back in 2 s", s.count);
+    if s.count < 10 {
+        return Err(format!(
+            "only {} impulses came back in 2 s of frames",
+            s.count
+        ));
+    }
     let (lo, hi) = (p.buffer_frames, p.buffer_frames + 2 * p.period_frames);
-    assert!(
-        (lo..=hi).contains(&s.p50),
-        "median round trip {} frames, expected {lo}..={hi} (one buffer .. one buffer + two quanta)",
-        s.p50
-    );
+    if !(lo..=hi).contains(&s.p50) {
+        return Err(format!(
+            "median round trip {} frames, expected {lo}..={hi} (one buffer .. one buffer + two \
+             quanta)",
+            s.p50
+        ));
+    }
     // An underrun (reported or hidden by PipeWire's plugin) shifts the round trip; most
     // measurements must still be in range.
     let inside = probe
@@ -207,12 +230,14 @@ fn round_trip_is_one_buffer_plus_at_most_two_quanta() {
         .iter()
         .filter(|r| (lo..=hi).contains(*r))
         .count();
-    assert!(
-        inside * 10 >= s.count * 9,
-        "only {inside} of {} round trips within {lo}..={hi}: {:?}",
-        s.count,
-        probe.round_trips()
-    );
+    if inside * 10 < s.count * 9 {
+        return Err(format!(
+            "only {inside} of {} round trips within {lo}..={hi}: {:?}",
+            s.count,
+            probe.round_trips()
+        ));
+    }
+    Ok(())
 }
 
 #[test]

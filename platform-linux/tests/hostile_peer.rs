@@ -11,7 +11,7 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{
     ChildGuard, Rng, ShmCleanup, env, expect_line, fill_payload, role, spawn_role, test_config,
@@ -181,12 +181,22 @@ fn run(policy: Policy, writes: u64) {
     let mut tally = Tally::default();
     let mut rx = seg.consumer().ok();
     let mut copy = Vec::new();
-    // Bounded: the scribbler ends after `writes` stores; the loop cap catches a hang.
-    for round in 0..2_000_000u64 {
-        if round % 256 == 0 {
+    // Produce and consume for as long as the scribbler writes, however slowly it is scheduled
+    // (a cap on rounds could end this loop before a starved scribbler even began, and then no
+    // participant would see the garbage). The deadline only gives up on a hang.
+    let give_up = Instant::now() + Duration::from_secs(600);
+    let mut round = 0u64;
+    loop {
+        round += 1;
+        if round.is_multiple_of(256) {
             if scribbler.child().try_wait().unwrap().is_some() {
                 break;
             }
+            assert!(
+                Instant::now() < give_up,
+                "the scribbler has not finished its {writes} writes in 600 s: something hangs \
+                 ({tally:?})"
+            );
             // Slow-path operations must also survive the garbage.
             let _ = Segment::attach(&name, &AttachOptions::default());
             let _ = list_segments();

@@ -70,13 +70,43 @@ pub fn find_library() -> anyhow::Result<PathBuf> {
     )
 }
 
-/// A temporary folder removed on drop.
-struct TempDir(PathBuf);
+/// A private folder for the C consumer's build, in `parent` (`$TMPDIR` in the bench), removed
+/// on drop.
+///
+/// Its name is random and it is created with `mkdir(2)`, which fails rather than reuse an
+/// existing entry, with mode 0700 (tempfile's default for folders is 0777 minus the umask), so no
+/// other user can have prepared it, plant a symlink in it, or swap the compiled program between
+/// `cc` and its start. (The folder was once `$TMPDIR/voxring-bench-ffi-<pid>`, reused whoever
+/// owned it, with `voxring.h` written through any symlink there.)
+fn private_build_dir(parent: &Path) -> anyhow::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix("voxring-bench-ffi-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(parent)
+        .with_context(|| {
+            format!(
+                "creating a private folder in {} to compile the c-voxring consumer \
+                 (set TMPDIR to a writable folder)",
+                parent.display()
+            )
+        })
+}
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// Writes a new file `name` in `dir` (created, never opened if it exists: no symlink is
+/// followed), mode 0600.
+fn write_new(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Kills (by PID) and reaps the consumer if it is still running.
@@ -93,8 +123,8 @@ impl Drop for Reaped {
 
 fn compile_c(dir: &Path, lib: &Path) -> anyhow::Result<PathBuf> {
     let lib_dir = lib.parent().context("the library has no folder")?;
-    std::fs::write(dir.join("voxring.h"), C_HEADER).context("writing voxring.h")?;
-    std::fs::write(dir.join("bench_consumer.c"), C_SOURCE).context("writing bench_consumer.c")?;
+    write_new(dir, "voxring.h", C_HEADER)?;
+    write_new(dir, "bench_consumer.c", C_SOURCE)?;
     let out = dir.join("bench_consumer");
     let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
         .args([
@@ -141,9 +171,11 @@ pub fn run(
         bail!("a voxring frame holds at most 16 MiB; {payload} bytes do not fit");
     }
     let lib = find_library()?;
-    let tmp =
-        TempDir(std::env::temp_dir().join(format!("voxring-bench-ffi-{}", std::process::id())));
-    std::fs::create_dir_all(&tmp.0).context("creating a temporary folder")?;
+    // Only the C consumer needs a folder; it lives until this function returns.
+    let tmp = match consumer {
+        Consumer::C => Some(private_build_dir(&std::env::temp_dir())?),
+        Consumer::Python(_) => None,
+    };
     let name = format!("bench-ffi-{}-{payload}", std::process::id());
     let cfg = RingConfig {
         frames: 1,
@@ -177,7 +209,8 @@ pub fn run(
             c
         }
         Consumer::C => {
-            let exe = compile_c(&tmp.0, &lib)?;
+            let dir = tmp.as_ref().context("the C consumer's build folder")?;
+            let exe = compile_c(dir.path(), &lib)?;
             let mut c = Command::new("taskset");
             c.arg("-c")
                 .arg(cpus.1.to_string())
@@ -317,4 +350,149 @@ pub fn run(
     }
     drop(seg);
     Ok((parsed.consumer_cpu_ns, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+
+    /// `nobody` on Debian and Ubuntu: the other local user of the attacks below.
+    const NOBODY: u32 = 65534;
+
+    /// A `/tmp`-like parent (world-writable, sticky) in a private temporary folder.
+    fn shared_tmp() -> (tempfile::TempDir, PathBuf) {
+        let outer = tempfile::tempdir().expect("a temporary folder");
+        let tmp = outer.path().join("tmp");
+        std::fs::create_dir(&tmp).expect("mkdir tmp");
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        std::fs::set_permissions(outer.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        (outer, tmp)
+    }
+
+    /// Runs `sh -c script` as `nobody` (or as this user when not root) with `$1`.. = `args`;
+    /// returns whether it succeeded.
+    fn as_other_user(script: &str, args: &[&Path]) -> bool {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(script).arg("attacker").args(args);
+        if rustix::process::geteuid().is_root() {
+            c.uid(NOBODY).gid(NOBODY);
+        }
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run sh")
+            .success()
+    }
+
+    #[test]
+    fn a_planted_build_folder_with_a_symlink_is_never_used() {
+        let (outer, tmp) = shared_tmp();
+        let victim = outer.path().join("victim");
+        std::fs::write(&victim, "precious\n").expect("write the victim");
+        // The attacker prepares the folder the bench used to take ($TMPDIR/voxring-bench-ffi-
+        // <pid>) for this process and its neighbours, each with `voxring.h` and
+        // `bench_consumer.c` pointing at the victim.
+        let pid = std::process::id();
+        let planted = as_other_user(
+            "tmp=$1; victim=$2; shift 2; for p in \"$@\"; do \
+               d=$tmp/voxring-bench-ffi-$p; mkdir -m 777 \"$d\" && \
+               ln -s \"$victim\" \"$d/voxring.h\" && ln -s \"$victim\" \"$d/bench_consumer.c\" \
+               || exit 1; done",
+            &[
+                &tmp,
+                &victim,
+                Path::new(&pid.to_string()),
+                Path::new(&(pid + 1).to_string()),
+            ],
+        );
+        assert!(planted, "the attacker could not plant its folders");
+
+        let dir = private_build_dir(&tmp).expect("a private build folder");
+        write_new(dir.path(), "voxring.h", C_HEADER).expect("write voxring.h");
+        write_new(dir.path(), "bench_consumer.c", C_SOURCE).expect("write the C source");
+
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("read the victim"),
+            "precious\n",
+            "the victim was overwritten through a planted symlink"
+        );
+        let name = dir
+            .path()
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("");
+        assert!(
+            name.starts_with("voxring-bench-ffi-") && name != format!("voxring-bench-ffi-{pid}"),
+            "{name}"
+        );
+        let meta = std::fs::symlink_metadata(dir.path()).expect("stat the build folder");
+        assert!(meta.is_dir(), "the build folder is not a folder");
+        assert_eq!(meta.uid(), rustix::process::geteuid().as_raw());
+        assert_eq!(
+            meta.mode() & 0o777,
+            0o700,
+            "the build folder is not private"
+        );
+        for f in ["voxring.h", "bench_consumer.c"] {
+            let m = std::fs::symlink_metadata(dir.path().join(f)).expect("stat");
+            assert!(m.is_file(), "{f} is not a plain file");
+            assert_eq!(m.mode() & 0o777, 0o600, "{f}");
+        }
+        // The planted folders are left as they were: nothing was written into them.
+        let planted_dir = tmp.join(format!("voxring-bench-ffi-{pid}"));
+        let mut left: Vec<String> = std::fs::read_dir(&planted_dir)
+            .expect("the planted folder")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["bench_consumer.c", "voxring.h"]);
+    }
+
+    #[test]
+    fn an_existing_file_or_symlink_is_not_written_through() {
+        let (outer, tmp) = shared_tmp();
+        let victim = outer.path().join("victim");
+        std::fs::write(&victim, "precious\n").expect("write the victim");
+        std::os::unix::fs::symlink(&victim, tmp.join("voxring.h")).expect("plant a symlink");
+        let err = write_new(&tmp, "voxring.h", C_HEADER).expect_err("a symlink was followed");
+        assert!(format!("{err:#}").contains("voxring.h"), "{err:#}");
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("read"),
+            "precious\n"
+        );
+    }
+
+    #[test]
+    fn another_user_cannot_swap_the_compiled_consumer() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: needs root to act as another user (nobody)");
+            return;
+        }
+        let (_outer, tmp) = shared_tmp();
+        let dir = private_build_dir(&tmp).expect("a private build folder");
+        let exe = dir.path().join("bench_consumer");
+        write_new(dir.path(), "bench_consumer", "#!/bin/sh\necho genuine\n").expect("write");
+        // Between `cc` and the consumer's start, the attacker tries to replace the program,
+        // add a file beside it, or rename it away.
+        for attack in [
+            "printf '#!/bin/sh\\necho evil\\n' > \"$1/bench_consumer\"",
+            "rm -f \"$1/bench_consumer\" && printf evil > \"$1/bench_consumer\"",
+            "printf evil > \"$1/evil\" && mv -f \"$1/evil\" \"$1/bench_consumer\"",
+            "mv \"$1/bench_consumer\" \"$1/../gone\"",
+            "ls \"$1\"",
+        ] {
+            assert!(
+                !as_other_user(attack, &[dir.path()]),
+                "nobody succeeded in: {attack}"
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(&exe).expect("the consumer is still there"),
+            "#!/bin/sh\necho genuine\n"
+        );
+    }
 }
