@@ -131,7 +131,7 @@ pub enum ParticipantError {
     Ticket(Errno),
     /// A live producer holds the ring.
     ProducerTaken {
-        /// Its owner token (PID in the high half).
+        /// Its owner token (see [`crate::liveness::identity_of`]).
         owner: u64,
     },
     /// Every consumer slot is held by a live consumer.
@@ -162,7 +162,7 @@ impl fmt::Display for ParticipantError {
                 f,
                 "the ring already has a live producer (pid {} in its own PID namespace); stop \
                  it first or use another segment",
-                owner >> 32
+                liveness::pid_of(*owner)
             ),
             ParticipantError::ConsumersFull { max_consumers } => write!(
                 f,
@@ -403,10 +403,11 @@ impl Segment {
         Ok((fd, t))
     }
 
-    /// Whether the owner behind `token` is alive. Errors count as alive: a segment is never
-    /// cleaned or a slot evicted on a guess.
+    /// Whether the owner behind `token` is alive: its ticket is write-locked and, when this
+    /// process can look its PID up, it is still the process that took the slot (see
+    /// [`crate::liveness`]). Errors count as alive: a slot is never evicted on a guess.
     fn token_alive(&self, token: u64) -> bool {
-        liveness::ticket_held(self.inner.fd(), liveness::ticket_of(token)).unwrap_or(true)
+        liveness::token_alive(self.inner.fd(), token).unwrap_or(true)
     }
 
     /// The producer side's state.
@@ -469,7 +470,7 @@ impl Segment {
         Ok(ShmProducer {
             producer,
             _lock_fd: lock_fd,
-            ticket,
+            token,
             segment: self.clone(),
             waiter: FutexWaiter::default(),
             liveness_interval: DEFAULT_LIVENESS_INTERVAL,
@@ -503,7 +504,7 @@ impl Segment {
             joined_at,
             consumer: std::mem::ManuallyDrop::new(consumer),
             _lock_fd: lock_fd,
-            ticket,
+            token,
             segment: self.clone(),
             waiter: FutexWaiter::default(),
             liveness_interval: DEFAULT_LIVENESS_INTERVAL,
@@ -525,7 +526,7 @@ pub struct ShmProducer {
     // (whose closing releases the ticket), and both before the segment (the mapping).
     producer: voxring_core::Producer,
     _lock_fd: OwnedFd,
-    ticket: u32,
+    token: u64,
     segment: Segment,
     waiter: FutexWaiter,
     liveness_interval: Duration,
@@ -572,9 +573,9 @@ impl ShmProducer {
         &self.segment
     }
 
-    /// The owner token in the ring (PID << 32 | ticket).
+    /// The owner token in the ring (identity and ticket, see [`crate::liveness`]).
     pub fn owner_token(&self) -> u64 {
-        liveness::owner_token(self.ticket)
+        self.token
     }
 
     /// Lossless policy: waits until a frame may be free, at most `timeout`, evicting dead
@@ -700,7 +701,7 @@ pub struct ShmConsumer {
     // lossless producer is woken), before the lock fd is closed.
     consumer: std::mem::ManuallyDrop<voxring_core::Consumer>,
     _lock_fd: OwnedFd,
-    ticket: u32,
+    token: u64,
     segment: Segment,
     waiter: FutexWaiter,
     liveness_interval: Duration,
@@ -740,9 +741,9 @@ impl ShmConsumer {
         &self.segment
     }
 
-    /// The owner token in the ring (PID << 32 | ticket).
+    /// The owner token in the ring (identity and ticket, see [`crate::liveness`]).
     pub fn owner_token(&self) -> u64 {
-        liveness::owner_token(self.ticket)
+        self.token
     }
 
     /// True once a peer truncated the segment: data read since is zero pages, not frames.
@@ -825,9 +826,10 @@ impl Drop for ShmConsumer {
 pub struct ParticipantInfo {
     /// Consumer slot (None for the producer).
     pub slot: Option<u16>,
-    /// The PID the participant wrote in its token (in its own PID namespace).
+    /// The PID the participant wrote in its token (in its own PID namespace; 0 = unknown).
     pub pid: u32,
-    /// Whether its liveness lock is held.
+    /// Whether it is alive: its ticket is write-locked and, in this PID namespace, its
+    /// process is still the one that joined.
     pub alive: bool,
     /// Frames committed but not yet released by this consumer (None for the producer, or
     /// when the cursor read is impossible: a corrupt or racing value).
@@ -939,10 +941,10 @@ pub fn list_segments() -> std::io::Result<Vec<SegmentInfo>> {
 }
 
 fn ring_info(ring: &Ring, fd: BorrowedFd<'_>) -> RingInfo {
-    let alive = |token: u64| liveness::ticket_held(fd, liveness::ticket_of(token)).unwrap_or(true);
+    let alive = |token: u64| liveness::token_alive(fd, token).unwrap_or(true);
     let producer = ring.producer_owner().map(|o| ParticipantInfo {
         slot: None,
-        pid: (o >> 32) as u32,
+        pid: liveness::pid_of(o),
         alive: alive(o),
         lag: None,
     });
@@ -950,7 +952,7 @@ fn ring_info(ring: &Ring, fd: BorrowedFd<'_>) -> RingInfo {
         .filter_map(|i| {
             ring.consumer_owner(i).map(|o| ParticipantInfo {
                 slot: Some(i),
-                pid: (o >> 32) as u32,
+                pid: liveness::pid_of(o),
                 alive: alive(o),
                 lag: ring
                     .consumer_read_pos(i)
