@@ -131,7 +131,7 @@ pub enum ParticipantError {
     Ticket(Errno),
     /// A live producer holds the ring.
     ProducerTaken {
-        /// Its owner token (PID in the high half).
+        /// Its owner token (see [`crate::liveness::identity_of`]).
         owner: u64,
     },
     /// Every consumer slot is held by a live consumer.
@@ -162,7 +162,7 @@ impl fmt::Display for ParticipantError {
                 f,
                 "the ring already has a live producer (pid {} in its own PID namespace); stop \
                  it first or use another segment",
-                owner >> 32
+                liveness::pid_of(*owner)
             ),
             ParticipantError::ConsumersFull { max_consumers } => write!(
                 f,
@@ -369,6 +369,37 @@ impl Segment {
         self.inner.mapping().check_size(self.inner.fd())
     }
 
+    /// The slow-path check the waits run between park slices: the segment was not truncated
+    /// (the fault flag, then [`Segment::check_size`]), and its header still holds voxring's
+    /// magic number (nothing in voxring changes it after creation: a different value means
+    /// the creator or a peer with write access destroyed the ring). `fstat` and one load: not
+    /// for the real-time path.
+    pub fn check_health(&self) -> Result<(), WaitError> {
+        if self.is_truncated() || self.check_size().is_err() {
+            return Err(WaitError::Truncated);
+        }
+        // SAFETY: a mapping holding a validated ring is at least 384 bytes long and
+        // page-aligned, so its first 8 bytes are an aligned u64 inside it, and every access
+        // to the region's words is atomic.
+        let magic = unsafe {
+            &*self
+                .mapping()
+                .as_ptr()
+                .cast::<std::sync::atomic::AtomicU64>()
+        };
+        // Relaxed: only the value is compared; nothing else is read on the strength of it.
+        if magic.load(std::sync::atomic::Ordering::Relaxed) != voxring_core::MAGIC {
+            let unlinked = match &self.inner.backing {
+                Backing::Named(_) => {
+                    rustix::fs::fstat(self.inner.fd()).is_ok_and(|st| st.st_nlink == 0)
+                }
+                Backing::Memfd(_) => false,
+            };
+            return Err(WaitError::Abandoned { unlinked });
+        }
+        Ok(())
+    }
+
     fn reopen(&self) -> Result<OwnedFd, ParticipantError> {
         let fd = rustix::fs::open(
             format!("/proc/self/fd/{}", self.inner.fd().as_raw_fd()),
@@ -403,10 +434,11 @@ impl Segment {
         Ok((fd, t))
     }
 
-    /// Whether the owner behind `token` is alive. Errors count as alive: a segment is never
-    /// cleaned or a slot evicted on a guess.
+    /// Whether the owner behind `token` is alive: its ticket is write-locked and, when this
+    /// process can look its PID up, it is still the process that took the slot (see
+    /// [`crate::liveness`]). Errors count as alive: a slot is never evicted on a guess.
     fn token_alive(&self, token: u64) -> bool {
-        liveness::ticket_held(self.inner.fd(), liveness::ticket_of(token)).unwrap_or(true)
+        liveness::token_alive(self.inner.fd(), token).unwrap_or(true)
     }
 
     /// The producer side's state.
@@ -469,7 +501,7 @@ impl Segment {
         Ok(ShmProducer {
             producer,
             _lock_fd: lock_fd,
-            ticket,
+            token,
             segment: self.clone(),
             waiter: FutexWaiter::default(),
             liveness_interval: DEFAULT_LIVENESS_INTERVAL,
@@ -503,7 +535,7 @@ impl Segment {
             joined_at,
             consumer: std::mem::ManuallyDrop::new(consumer),
             _lock_fd: lock_fd,
-            ticket,
+            token,
             segment: self.clone(),
             waiter: FutexWaiter::default(),
             liveness_interval: DEFAULT_LIVENESS_INTERVAL,
@@ -525,7 +557,7 @@ pub struct ShmProducer {
     // (whose closing releases the ticket), and both before the segment (the mapping).
     producer: voxring_core::Producer,
     _lock_fd: OwnedFd,
-    ticket: u32,
+    token: u64,
     segment: Segment,
     waiter: FutexWaiter,
     liveness_interval: Duration,
@@ -572,15 +604,19 @@ impl ShmProducer {
         &self.segment
     }
 
-    /// The owner token in the ring (PID << 32 | ticket).
+    /// The owner token in the ring (identity and ticket, see [`crate::liveness`]).
     pub fn owner_token(&self) -> u64 {
-        liveness::owner_token(self.ticket)
+        self.token
     }
 
     /// Lossless policy: waits until a frame may be free, at most `timeout`, evicting dead
     /// consumers every liveness interval so a crashed consumer never stalls the ring.
     /// It spins (the waiter's `spin`) before it lets core announce it as parked, so consumers
     /// releasing during the spin make no wake syscall; then it parks on the futex.
+    /// When a park slice ends with no space, it also checks the file size: a segment a peer
+    /// truncated gives `Err(GrantError::Evicted)` (the zeroed memory has no producer;
+    /// `segment().is_truncated()` tells this case apart). A live consumer that never releases
+    /// stalls it as a slow consumer would: bound the wait with `timeout`.
     /// Blocking (spins, then parks): not for an audio callback.
     pub fn wait_for_space(
         &mut self,
@@ -613,6 +649,12 @@ impl ShmProducer {
             {
                 WaitOutcome::Ready | WaitOutcome::Woken => return Ok(SpaceWait::Ready),
                 WaitOutcome::TimedOut => {
+                    // Slow path: a truncated segment holds no ring any more (zero pages:
+                    // core's own check then reports this producer as evicted, as it no
+                    // longer owns anything); say so now rather than wait on it.
+                    if self.segment.is_truncated() || self.segment.check_size().is_err() {
+                        return Err(voxring_core::GrantError::Evicted);
+                    }
                     if self.segment.evict_dead().consumers > 0 {
                         return Ok(SpaceWait::Ready);
                     }
@@ -677,6 +719,12 @@ pub enum WaitError {
     Read(voxring_core::ReadError),
     /// A peer truncated the segment.
     Truncated,
+    /// The segment's header no longer holds a voxring ring (its magic number was
+    /// overwritten): the producer abandoned it or a peer with write access destroyed it.
+    Abandoned {
+        /// Whether its name was removed from `/dev/shm` too (link count 0).
+        unlinked: bool,
+    },
 }
 
 impl fmt::Display for WaitError {
@@ -686,6 +734,18 @@ impl fmt::Display for WaitError {
             WaitError::Truncated => f.write_str(
                 "the segment was truncated by another process: stop reading it and discard \
                  the last grant's data; use a sealed memfd segment with untrusted peers",
+            ),
+            WaitError::Abandoned { unlinked } => write!(
+                f,
+                "the segment no longer holds a voxring ring: its header was overwritten{} while \
+                 this consumer waited (its producer abandoned it, or a peer with write access \
+                 destroyed it); no more frames will come: stop reading it, and attach again by \
+                 name if its producer re-created it",
+                if *unlinked {
+                    " and its name removed from /dev/shm"
+                } else {
+                    ""
+                }
             ),
         }
     }
@@ -700,7 +760,7 @@ pub struct ShmConsumer {
     // lossless producer is woken), before the lock fd is closed.
     consumer: std::mem::ManuallyDrop<voxring_core::Consumer>,
     _lock_fd: OwnedFd,
-    ticket: u32,
+    token: u64,
     segment: Segment,
     waiter: FutexWaiter,
     liveness_interval: Duration,
@@ -740,9 +800,9 @@ impl ShmConsumer {
         &self.segment
     }
 
-    /// The owner token in the ring (PID << 32 | ticket).
+    /// The owner token in the ring (identity and ticket, see [`crate::liveness`]).
     pub fn owner_token(&self) -> u64 {
-        liveness::owner_token(self.ticket)
+        self.token
     }
 
     /// True once a peer truncated the segment: data read since is zero pages, not frames.
@@ -756,7 +816,10 @@ impl ShmConsumer {
     /// without announcing itself, so a producer committing meanwhile makes no wake syscall,
     /// then parks on the futex. Every liveness
     /// interval it checks the producer: once a producer was seen and is now gone with every
-    /// committed frame read, it returns [`FramesWait::EndOfStream`] instead of hanging.
+    /// committed frame read, it returns [`FramesWait::EndOfStream`] instead of hanging. It also
+    /// checks the segment ([`Segment::check_health`]) then: a truncated segment gives
+    /// [`WaitError::Truncated`], one whose header was overwritten (its producer unlinked and
+    /// zeroed it, say, while keeping it open) gives [`WaitError::Abandoned`].
     pub fn wait_for_frames(&mut self, timeout: Option<Duration>) -> Result<FramesWait, WaitError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         // Spin first, before core announces this consumer as parked: a producer committing
@@ -794,6 +857,9 @@ impl ShmConsumer {
                 }
                 WaitOutcome::TimedOut => {}
             }
+            // Slow path only (a slice ended without frames): a truncated, abandoned or
+            // destroyed segment ends the wait with an error instead of parking for ever.
+            self.segment.check_health()?;
             if self.segment.ring().write_pos() != self.joined_at {
                 self.seen_producer = true;
             }
@@ -825,9 +891,10 @@ impl Drop for ShmConsumer {
 pub struct ParticipantInfo {
     /// Consumer slot (None for the producer).
     pub slot: Option<u16>,
-    /// The PID the participant wrote in its token (in its own PID namespace).
+    /// The PID the participant wrote in its token (in its own PID namespace; 0 = unknown).
     pub pid: u32,
-    /// Whether its liveness lock is held.
+    /// Whether it is alive: its ticket is write-locked and, in this PID namespace, its
+    /// process is still the one that joined.
     pub alive: bool,
     /// Frames committed but not yet released by this consumer (None for the producer, or
     /// when the cursor read is impossible: a corrupt or racing value).
@@ -939,10 +1006,10 @@ pub fn list_segments() -> std::io::Result<Vec<SegmentInfo>> {
 }
 
 fn ring_info(ring: &Ring, fd: BorrowedFd<'_>) -> RingInfo {
-    let alive = |token: u64| liveness::ticket_held(fd, liveness::ticket_of(token)).unwrap_or(true);
+    let alive = |token: u64| liveness::token_alive(fd, token).unwrap_or(true);
     let producer = ring.producer_owner().map(|o| ParticipantInfo {
         slot: None,
-        pid: (o >> 32) as u32,
+        pid: liveness::pid_of(o),
         alive: alive(o),
         lag: None,
     });
@@ -950,7 +1017,7 @@ fn ring_info(ring: &Ring, fd: BorrowedFd<'_>) -> RingInfo {
         .filter_map(|i| {
             ring.consumer_owner(i).map(|o| ParticipantInfo {
                 slot: Some(i),
-                pid: (o >> 32) as u32,
+                pid: liveness::pid_of(o),
                 alive: alive(o),
                 lag: ring
                     .consumer_read_pos(i)
