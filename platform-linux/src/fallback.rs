@@ -212,8 +212,10 @@ fn private_dir(dir: &Path, me: u32) -> Result<(), FallbackError> {
         Mode::empty(),
     )
     .map_err(|e| {
+        // With O_DIRECTORY, Linux reports a symbolic link as ENOTDIR (ELOOP elsewhere).
+        let link = std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink());
         let what = match e {
-            rustix::io::Errno::LOOP => "is a symbolic link".to_string(),
+            _ if link => "is a symbolic link".to_string(),
             rustix::io::Errno::NOTDIR => "is not a directory".to_string(),
             e => format!("cannot be opened ({e})"),
         };
