@@ -1065,12 +1065,12 @@ impl FallbackReader {
     }
 }
 
+/// A reader's payload slots and their metadata.
+type ReceiveBuffers = (Box<[Chunk]>, Box<[FrameMeta]>);
+
 /// The receive buffer of `frames` slots of `stride` chunks, bounded by
 /// [`MAX_READER_BUFFER_BYTES`] and allocated fallibly (`try_reserve_exact`).
-fn alloc_buffers(
-    frames: usize,
-    stride: usize,
-) -> Result<(Box<[Chunk]>, Box<[FrameMeta]>), FallbackError> {
+fn alloc_buffers(frames: usize, stride: usize) -> Result<ReceiveBuffers, FallbackError> {
     let per_slot = (stride as u64)
         .saturating_mul(64)
         .saturating_add(std::mem::size_of::<FrameMeta>() as u64);

@@ -178,7 +178,7 @@ fn child_entry_bind_observer() {
     let dir = PathBuf::from(env("VOXRING_TEST_DIR"));
     let stop = PathBuf::from(env("VOXRING_TEST_STOP"));
     let (mut attempts, mut connected) = (0u64, 0u64);
-    let mut pass = |attempts: &mut u64, connected: &mut u64| {
+    let pass = |attempts: &mut u64, connected: &mut u64| {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return;
         };
