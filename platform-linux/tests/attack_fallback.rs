@@ -169,7 +169,8 @@ fn child_entry_bind_server() {
 
 /// Child role (as nobody): tries to connect to every socket that appears in `VOXRING_TEST_DIR`
 /// (and in any directory in it), until the file `VOXRING_TEST_STOP` exists; then one last
-/// pass. Prints `observed sockets=<attempts> connected=<successes>`.
+/// pass. Prints `watching` after its first pass, then `observed sockets=<attempts>
+/// connected=<successes>`.
 #[test]
 fn child_entry_bind_observer() {
     if role().as_deref() != Some("bind-observer") {
@@ -202,6 +203,8 @@ fn child_entry_bind_observer() {
             }
         }
     };
+    pass(&mut attempts, &mut connected);
+    println!("watching");
     while !stop.exists() {
         pass(&mut attempts, &mut connected);
     }
@@ -469,6 +472,8 @@ fn socket_is_never_reachable_by_others_while_bound() {
             ("VOXRING_TEST_STOP", stop.display().to_string()),
         ],
     );
+    // The observer is trying before the first bind.
+    expect_line(observer.child(), "watching");
     let mut server = ChildGuard(Some(
         spawn_role(
             "child_entry_bind_server",
@@ -503,6 +508,7 @@ fn socket_is_never_reachable_by_others_while_bound() {
         common::field(line, "sockets") >= 1,
         "the observer saw the live socket at least in its last pass: {line}"
     );
+    eprintln!("bind race: {line}");
     assert_eq!(common::field(line, "connected"), 0, "{line}");
     assert!(!path.exists(), "the server removed its socket");
 }
