@@ -186,7 +186,9 @@ def test_control_register_round_trip(name):
             assert e.value.name == "VR_E_INVALID" and "64" in str(e.value)
 
 
-def test_errors_say_what_and_why(name):
+def test_errors_say_what_and_why(name, tmp_path, monkeypatch):
+    # The fallback's default directory would be made in the temp dir: use the test's own.
+    monkeypatch.setenv("VOXRING_FALLBACK_DIR", str(tmp_path))
     with pytest.raises(voxring.VoxringError) as e:
         voxring.Reader(name, fallback=False)
     assert e.value.name == "VR_E_NOT_FOUND" and name in str(e.value)
@@ -272,9 +274,10 @@ def test_reader_as_another_user_refuses_the_server_by_default(peer, spawn, name)
     d = Path(tempfile.mkdtemp(prefix="voxring-fb-"))
     try:
         sock = d / f"voxring.{name}.sock"
-        # Lossless, one consumer awaited: the producer starts only once the refused reader's
-        # connection reached it, so the socket is there when the reader connects.
-        prod = spawn([peer, "produce", name, "--count", "50", "--fallback", sock,
+        # A producer that keeps going (paced, lossy, no consumer awaited) until it is told to
+        # stop: its socket is there whenever the reader connects.
+        prod = spawn([peer, "produce", name, "--policy", "lossy", "--consumers", "0",
+                      "--count", "1000000000", "--interval-us", "1000", "--fallback", sock,
                       "--socket-mode", "0666"])
         prod.expect("ready")
         shutil.copy(voxring._lib.lib().path, d / "libvoxring_ffi.so")
@@ -297,8 +300,8 @@ def test_reader_as_another_user_refuses_the_server_by_default(peer, spawn, name)
         assert p.returncode != 0, p.stdout
         assert "VR_E_PERMISSION" in p.stderr, p.stderr
         assert "served by uid 0" in p.stderr and "nothing was read" in p.stderr, p.stderr
-        prod.expect("done")
-        assert prod.wait() == 0
+        prod.p.terminate()  # SIGTERM, by PID: the peer removes its segment and socket
+        prod.wait()
         assert not sock.exists()
     finally:
         shutil.rmtree(d, ignore_errors=True)
