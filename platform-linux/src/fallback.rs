@@ -13,6 +13,25 @@
 //! Nothing here is silent: a reader built by the FFI layer reports `socket-fallback` and the
 //! reason the shared-memory attach failed.
 //!
+//! ## Who can be on the other end
+//!
+//! - Where sockets live by default ([`default_socket_dir`]): a directory only this user can
+//!   create names in (`$XDG_RUNTIME_DIR/voxring`, or `voxring-<uid>` in the temporary
+//!   directory, mode 0700, verified without following links); another user's squatted
+//!   directory is refused. `$VOXRING_FALLBACK_DIR` overrides it for a directory shared on
+//!   purpose, and must be owned by this user or root and not writable by others unless sticky.
+//! - The server binds inside a fresh 0700 directory, sets the socket's mode there and renames
+//!   it into place without replacing anything ([`FallbackServer::serve`]): the socket is
+//!   never reachable with the umask's mode, and nothing found at the path is followed.
+//! - The reader checks the server's uid with `SO_PEERCRED` before reading a byte: the same
+//!   owner rule as a shared-memory attach (this user, or the `expected_owner` given). A
+//!   symbolic link at the socket path is refused.
+//! - The greeting is bounded before anything is allocated ([`MAX_READER_BUFFER_BYTES`]),
+//!   and the allocation is fallible.
+//!
+//! The server does not check who connects: the socket's mode and directory decide that (0600
+//! in a private directory by default: this user only).
+//!
 //! ## Wire format (little-endian)
 //!
 //! Server to client, once: `"VXFB"`, `u32` version (1), then the ring configuration as eight
@@ -46,6 +65,7 @@ use voxring_core::{
 
 use crate::cleanup::ArtifactGuard;
 use crate::ring::{FramesWait, Segment};
+use crate::segment::NameError;
 
 const MAGIC: &[u8; 4] = b"VXFB";
 const VERSION: u32 = 1;
@@ -57,15 +77,174 @@ const MAX_ERROR_LEN: u32 = 4096;
 /// Frames the server moves per read grant.
 const SERVER_BATCH: usize = 16;
 
-/// The socket path a producer serves segment `name` on by default:
-/// `$VOXRING_FALLBACK_DIR/voxring.<name>.sock`, or the same name in the system temporary
-/// directory (`$TMPDIR`, else `/tmp`). Put it on a path both sides see (a bind-mounted
-/// directory for containers).
-pub fn default_socket_path(name: &str) -> PathBuf {
-    let dir = std::env::var_os("VOXRING_FALLBACK_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    dir.join(format!("voxring.{name}.sock"))
+/// The largest receive buffer a [`FallbackReader`] allocates for the ring a server announces
+/// (frames × (slot stride + metadata)): 256 MiB. A greeting asking for more is refused with
+/// [`FallbackError::GreetingTooLarge`] before anything is allocated. Core's own limits
+/// (`MAX_FRAMES` × `MAX_PAYLOAD_BYTES`) allow 16 TiB, which a shared-memory attach never
+/// allocates (it maps the file) but a socket reader would have to.
+pub const MAX_READER_BUFFER_BYTES: usize = 256 << 20;
+
+/// The directory fallback sockets live in by default; see [`socket_dir_in`] for the rules.
+/// Reads `$VOXRING_FALLBACK_DIR`, `$XDG_RUNTIME_DIR` and the system temporary directory.
+pub fn default_socket_dir() -> Result<PathBuf, FallbackError> {
+    let fallback_dir = std::env::var_os("VOXRING_FALLBACK_DIR").filter(|v| !v.is_empty());
+    let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty());
+    socket_dir_in(
+        fallback_dir.as_deref().map(Path::new),
+        runtime_dir.as_deref().map(Path::new),
+        &std::env::temp_dir(),
+    )
+}
+
+/// The socket path a producer serves segment `name` on, and a reader looks for, by default:
+/// `voxring.<name>.sock` in [`default_socket_dir`]. Creates the per-user directory if needed.
+pub fn default_socket_path(name: &str) -> Result<PathBuf, FallbackError> {
+    let file = crate::segment::file_name(name).map_err(FallbackError::Name)?;
+    Ok(default_socket_dir()?.join(format!("{file}.sock")))
+}
+
+/// Chooses (and, for the per-user directory, creates) the fallback socket directory, so that
+/// only this user (or root) can create a socket in it:
+/// 1. `fallback_dir` (`$VOXRING_FALLBACK_DIR`) if given: it must exist and be a directory
+///    owned by this user or by root, and not writable by group or others unless it is sticky
+///    (like `/tmp`: others may then create names there, but not remove or replace ours, and a
+///    reader still refuses a server of another uid). Use it for a directory shared on purpose
+///    (a bind mount into a container).
+/// 2. else `<runtime_dir>/voxring` (`$XDG_RUNTIME_DIR`) when `runtime_dir` is a directory
+///    owned by this user with mode 0700;
+/// 3. else `<temp_dir>/voxring-<uid>`.
+///
+/// The directories of 2 and 3 are made with mode 0700 and then verified without following
+/// symbolic links: a directory, owned by this user, mode exactly 0700. One that another user
+/// made first (to watch or squat the sockets) is refused with [`FallbackError::UnsafeDir`].
+pub fn socket_dir_in(
+    fallback_dir: Option<&Path>,
+    runtime_dir: Option<&Path>,
+    temp_dir: &Path,
+) -> Result<PathBuf, FallbackError> {
+    let me = rustix::process::geteuid().as_raw();
+    if let Some(dir) = fallback_dir {
+        check_chosen_dir(dir, me)?;
+        return Ok(dir.to_path_buf());
+    }
+    if let Some(run) = runtime_dir
+        && std::fs::metadata(run).is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.is_dir() && m.uid() == me && m.mode() & 0o7777 == 0o700
+        })
+    {
+        let dir = run.join("voxring");
+        private_dir(&dir, me)?;
+        return Ok(dir);
+    }
+    let dir = temp_dir.join(format!("voxring-{me}"));
+    private_dir(&dir, me)?;
+    Ok(dir)
+}
+
+fn unsafe_dir(path: &Path, reason: String) -> FallbackError {
+    FallbackError::UnsafeDir {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// `$VOXRING_FALLBACK_DIR`: followed if it is a link (the user named it), then checked.
+fn check_chosen_dir(dir: &Path, me: u32) -> Result<(), FallbackError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(dir).map_err(|e| {
+        unsafe_dir(
+            dir,
+            format!("VOXRING_FALLBACK_DIR cannot be used ({e}); create it, or unset it"),
+        )
+    })?;
+    if !m.is_dir() {
+        return Err(unsafe_dir(
+            dir,
+            "VOXRING_FALLBACK_DIR is not a directory".into(),
+        ));
+    }
+    if m.uid() != me && m.uid() != 0 {
+        return Err(unsafe_dir(
+            dir,
+            format!(
+                "VOXRING_FALLBACK_DIR belongs to uid {}, not to this user ({me}) or root: \
+                 its owner could replace the sockets in it",
+                m.uid()
+            ),
+        ));
+    }
+    let mode = m.mode() & 0o7777;
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(unsafe_dir(
+            dir,
+            format!(
+                "VOXRING_FALLBACK_DIR has mode {mode:04o}: others may write in it and it is not \
+                 sticky, so they could replace the socket; chmod g-w,o-w it (or +t)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Makes `dir` with mode 0700 if it is missing, then verifies it (see [`socket_dir_in`]).
+fn private_dir(dir: &Path, me: u32) -> Result<(), FallbackError> {
+    use rustix::fs::{Mode, OFlags};
+    use std::os::unix::fs::DirBuilderExt;
+    let created = match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+        Err(e) => {
+            return Err(unsafe_dir(
+                dir,
+                format!("could not create the private socket directory ({e})"),
+            ));
+        }
+    };
+    let hint = "another user may have made it to watch or take over the fallback socket; \
+                remove it (it is not voxring's), or set VOXRING_FALLBACK_DIR to a directory \
+                only you can write";
+    // O_NOFOLLOW | O_DIRECTORY: a symbolic link or anything but a directory fails here, and
+    // the checks below are on what was opened (fstat), not on a name that could change.
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        // With O_DIRECTORY, Linux reports a symbolic link as ENOTDIR (ELOOP elsewhere).
+        let link = std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink());
+        let what = match e {
+            _ if link => "is a symbolic link".to_string(),
+            rustix::io::Errno::NOTDIR => "is not a directory".to_string(),
+            e => format!("cannot be opened ({e})"),
+        };
+        unsafe_dir(dir, format!("it {what}; {hint}"))
+    })?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| unsafe_dir(dir, format!("fstat failed ({e})")))?;
+    if st.st_uid != me {
+        return Err(unsafe_dir(
+            dir,
+            format!(
+                "it belongs to uid {}, not to this user ({me}); {hint}",
+                st.st_uid
+            ),
+        ));
+    }
+    if created && st.st_mode & 0o7777 != 0o700 {
+        // Our own fresh directory, narrowed by an unusual umask: set what we asked for.
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700))
+            .map_err(|e| unsafe_dir(dir, format!("chmod 0700 failed ({e})")))?;
+        return Ok(());
+    }
+    let mode = st.st_mode & 0o7777;
+    if mode != 0o700 {
+        return Err(unsafe_dir(
+            dir,
+            format!("it has mode {mode:04o}, not 0700; chmod 700 it if it is yours"),
+        ));
+    }
+    Ok(())
 }
 
 /// Serves a segment's frames to socket readers; see the [module docs](self). Dropping it stops
@@ -80,27 +259,90 @@ pub struct FallbackServer {
 }
 
 impl FallbackServer {
-    /// Binds `path` (mode `mode`, e.g. `0o600` for this user only, `0o660` for a group) and
-    /// starts accepting readers of `segment`. A stale socket file at `path` is replaced.
+    /// Binds `path` with mode `mode` (e.g. `0o600` for this user only, `0o660` for a group)
+    /// and starts accepting readers of `segment`.
+    ///
+    /// The socket is bound inside a fresh 0700 directory next to `path`, given its mode there,
+    /// and only then renamed to `path` (`renameat2(RENAME_NOREPLACE)`): nobody can connect
+    /// while it still has the umask's mode, and nothing at `path` is ever replaced. A stale
+    /// socket of this user at `path` (a crashed server's) is removed first; anything else
+    /// there (another user's socket, a symbolic link, a file) is refused, never followed.
     pub fn serve(segment: &Segment, path: &Path, mode: u32) -> io::Result<Self> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let me = rustix::process::geteuid().as_raw();
+        if path.file_name().is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} has no file name; give a socket path", path.display()),
+            ));
+        }
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
         match std::fs::symlink_metadata(path) {
-            Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+            Ok(m) if m.file_type().is_socket() && m.uid() == me => {
                 std::fs::remove_file(path)?;
             }
-            Ok(_) => {
+            Ok(m) if m.file_type().is_socket() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{} is a socket of uid {}, not of this user ({me}): refused, another \
+                         user may be squatting the name to intercept readers; remove it, or \
+                         serve in a directory only you can write (the default)",
+                        path.display(),
+                        m.uid()
+                    ),
+                ));
+            }
+            Ok(m) => {
+                let what = if m.file_type().is_symlink() {
+                    "a symbolic link"
+                } else {
+                    "not a socket"
+                };
                 return Err(io::Error::new(
                     io::ErrorKind::AlreadyExists,
                     format!(
-                        "{} exists and is not a socket; choose another fallback socket path",
-                        path.display()
+                        "{} exists and is {what} (uid {}): refused, it is never followed or \
+                         replaced; remove it or choose another fallback socket path",
+                        path.display(),
+                        m.uid()
                     ),
                 ));
             }
             Err(_) => {}
         }
-        let listener = UnixListener::bind(path)?;
+        let private = tempfile::Builder::new()
+            .prefix(".vxfb-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir_in(parent)?;
+        let tmp = private.path().join("s");
+        let listener = UnixListener::bind(&tmp).map_err(|e| {
+            io::Error::new(e.kind(), format!("binding {} failed: {e}", tmp.display()))
+        })?;
+        // By path, but inside our 0700 directory: nobody else can reach or swap the name.
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode & 0o777))?;
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &tmp,
+            rustix::fs::CWD,
+            path,
+            rustix::fs::RenameFlags::NOREPLACE,
+        )
+        .map_err(|e| {
+            io::Error::new(
+                io::Error::from(e).kind(),
+                format!(
+                    "could not move the fallback socket to {} ({e}); something appeared \
+                     there meanwhile",
+                    path.display()
+                ),
+            )
+        })?;
         let artifact = ArtifactGuard::register(path.to_path_buf());
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        drop(private);
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let clients = Arc::new(Mutex::new(Vec::new()));
@@ -310,6 +552,40 @@ pub enum FallbackError {
         /// The error.
         error: io::Error,
     },
+    /// The segment name cannot make a socket file name.
+    Name(NameError),
+    /// The socket directory is not one only this user (or root) can create sockets in.
+    UnsafeDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it, and what to do.
+        reason: String,
+    },
+    /// The socket path is a symbolic link (refused: it could point at anyone's socket).
+    Symlink {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// The process serving the socket runs as another user than expected (`SO_PEERCRED`);
+    /// nothing was read from it.
+    PeerNotTrusted {
+        /// The socket path.
+        path: PathBuf,
+        /// The server's uid.
+        uid: u32,
+        /// The uid that was expected (by default, the uid asking).
+        expected: u32,
+        /// The effective uid of this process.
+        asking: u32,
+    },
+    /// The server announced a ring whose receive buffer is above [`MAX_READER_BUFFER_BYTES`],
+    /// or that this machine could not allocate; nothing was allocated.
+    GreetingTooLarge {
+        /// Bytes the buffer would need (saturated at `u64::MAX`).
+        bytes: u64,
+        /// The limit, or the amount that could not be allocated.
+        limit: u64,
+    },
     /// The server sent something that is not this protocol (or an invalid configuration).
     Protocol(String),
     /// The server reported an error and stopped.
@@ -327,6 +603,44 @@ impl fmt::Display for FallbackError {
                  fallback server there (VOXRING_FALLBACK_DIR must name the same directory on \
                  both sides)",
                 path.display()
+            ),
+            FallbackError::Name(e) => e.fmt(f),
+            FallbackError::UnsafeDir { path, reason } => write!(
+                f,
+                "the fallback socket directory {} is refused: {reason}",
+                path.display()
+            ),
+            FallbackError::Symlink { path } => write!(
+                f,
+                "the fallback socket {} is a symbolic link: refused, it could lead to anyone's \
+                 socket; give the socket's real path",
+                path.display()
+            ),
+            FallbackError::PeerNotTrusted {
+                path,
+                uid,
+                expected,
+                asking,
+            } => write!(
+                f,
+                "the fallback socket {} is served by uid {uid}, but uid {expected} was expected \
+                 (this process runs as uid {asking}): refused, nothing was read from it; \
+                 another user may have taken the socket name. If uid {uid} is the producer you \
+                 mean, open the reader with the expected owner set to {uid}",
+                path.display()
+            ),
+            FallbackError::GreetingTooLarge { bytes, limit: 0 } => write!(
+                f,
+                "the fallback server announced a ring needing a {bytes}-byte receive buffer, \
+                 which this machine could not allocate: refused; use a smaller ring (fewer or \
+                 shorter frames), or the shared segment"
+            ),
+            FallbackError::GreetingTooLarge { bytes, limit } => write!(
+                f,
+                "the fallback server announced a ring needing a {bytes}-byte receive buffer, \
+                 above the {limit}-byte limit of a fallback reader (MAX_READER_BUFFER_BYTES): \
+                 refused, nothing was allocated; a hostile server, or a ring too large for the \
+                 fallback: use fewer or shorter frames, or the shared segment"
             ),
             FallbackError::Protocol(m) => write!(
                 f,
@@ -401,12 +715,54 @@ fn u64_at(b: &[u8], i: usize) -> u64 {
 }
 
 impl FallbackReader {
-    /// Connects to a [`FallbackServer`] at `path` and reads the ring configuration it sends.
+    /// Connects to a [`FallbackServer`] at `path` that runs as this process's effective uid,
+    /// and reads the ring configuration it sends. See [`FallbackReader::connect_expecting`].
     pub fn connect(path: &Path, timeout: Duration) -> Result<Self, FallbackError> {
+        Self::connect_expecting(path, timeout, None)
+    }
+
+    /// Connects to a [`FallbackServer`] at `path` and reads the ring configuration it sends.
+    ///
+    /// The same owner rule as a shared-memory attach ([`AttachOptions::expected_owner`]):
+    /// the server's uid, as the kernel reports it (`SO_PEERCRED`), must be `expected_owner`
+    /// (`None`: this process's effective uid), or nothing is read. A symbolic link at `path`
+    /// is refused. The greeting is checked (core's ring limits, then
+    /// [`MAX_READER_BUFFER_BYTES`]) before the receive buffer is allocated, and the
+    /// allocation is fallible: a hostile greeting is an error, never an abort.
+    ///
+    /// [`AttachOptions::expected_owner`]: crate::segment::AttachOptions::expected_owner
+    pub fn connect_expecting(
+        path: &Path,
+        timeout: Duration,
+        expected_owner: Option<u32>,
+    ) -> Result<Self, FallbackError> {
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(FallbackError::Symlink {
+                path: path.to_path_buf(),
+            });
+        }
         let stream = UnixStream::connect(path).map_err(|error| FallbackError::Connect {
             path: path.to_path_buf(),
             error,
         })?;
+        let asking = rustix::process::geteuid().as_raw();
+        let expected = expected_owner.unwrap_or(asking);
+        let cred =
+            rustix::net::sockopt::socket_peercred(&stream).map_err(|e| FallbackError::Connect {
+                path: path.to_path_buf(),
+                error: io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!("SO_PEERCRED failed ({e}): the server's user cannot be checked"),
+                ),
+            })?;
+        if cred.uid.as_raw() != expected {
+            return Err(FallbackError::PeerNotTrusted {
+                path: path.to_path_buf(),
+                uid: cred.uid.as_raw(),
+                expected,
+                asking,
+            });
+        }
         stream
             .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
             .map_err(FallbackError::Io)?;
@@ -467,14 +823,15 @@ impl FallbackReader {
         }
         let stride = payload_bytes.div_ceil(64).max(1);
         let frames = config.frames as usize;
+        let (slab, metas) = alloc_buffers(frames, stride)?;
         Ok(FallbackReader {
             stream,
             path: path.to_path_buf(),
             config,
             payload_bytes,
             stride,
-            slab: vec![Chunk([0; 64]); stride * frames].into_boxed_slice(),
-            metas: vec![FrameMeta::default(); frames].into_boxed_slice(),
+            slab,
+            metas,
             head: 0,
             tail: 0,
             losses: VecDeque::new(),
@@ -708,6 +1065,30 @@ impl FallbackReader {
     }
 }
 
+/// A reader's payload slots and their metadata.
+type ReceiveBuffers = (Box<[Chunk]>, Box<[FrameMeta]>);
+
+/// The receive buffer of `frames` slots of `stride` chunks, bounded by
+/// [`MAX_READER_BUFFER_BYTES`] and allocated fallibly (`try_reserve_exact`).
+fn alloc_buffers(frames: usize, stride: usize) -> Result<ReceiveBuffers, FallbackError> {
+    let per_slot = (stride as u64)
+        .saturating_mul(64)
+        .saturating_add(std::mem::size_of::<FrameMeta>() as u64);
+    let bytes = (frames as u64).saturating_mul(per_slot);
+    let limit = MAX_READER_BUFFER_BYTES as u64;
+    if bytes > limit {
+        return Err(FallbackError::GreetingTooLarge { bytes, limit });
+    }
+    let oom = |_| FallbackError::GreetingTooLarge { bytes, limit: 0 };
+    let mut slab = Vec::new();
+    slab.try_reserve_exact(stride * frames).map_err(oom)?;
+    slab.resize(stride * frames, Chunk([0; 64]));
+    let mut metas = Vec::new();
+    metas.try_reserve_exact(frames).map_err(oom)?;
+    metas.resize(frames, FrameMeta::default());
+    Ok((slab.into_boxed_slice(), metas.into_boxed_slice()))
+}
+
 fn read_error_text(stream: &mut impl Read, len: u32) -> Result<String, FallbackError> {
     if len > MAX_ERROR_LEN {
         return Err(FallbackError::Protocol(format!(
@@ -764,16 +1145,10 @@ mod tests {
     }
 
     /// Serves `bytes` to one client on a fresh socket, then closes; returns the reader's
-    /// connect result and the socket's folder (removed by the caller).
-    fn against(bytes: Vec<u8>) -> (Result<FallbackReader, FallbackError>, PathBuf) {
-        let dir = std::env::temp_dir().join(format!(
-            "voxring-fb-test-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join("s.sock");
-        let _ = std::fs::remove_file(&path);
+    /// connect result and the socket's folder (removed when dropped).
+    fn against(bytes: Vec<u8>) -> (Result<FallbackReader, FallbackError>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("s.sock");
         let listener = UnixListener::bind(&path).expect("bind");
         let server = std::thread::spawn(move || {
             if let Ok((mut s, _)) = listener.accept() {
@@ -812,7 +1187,7 @@ mod tests {
         r.release(1);
         assert_eq!(r.read_grant(4).ok(), Some(FallbackRead::EndOfStream));
         assert_eq!(r.lost_frames(), 5);
-        let _ = std::fs::remove_dir_all(dir);
+        drop(dir);
     }
 
     #[test]
@@ -820,15 +1195,15 @@ mod tests {
         // Not the protocol at all.
         let (r, dir) = against(b"HTTP/1.1 200 OK\r\n\r\n".to_vec());
         assert!(matches!(r, Err(FallbackError::Protocol(_))));
-        let _ = std::fs::remove_dir_all(dir);
+        drop(dir);
         // A payload size that does not match the configuration.
         let (r, dir) = against(greeting(17));
         assert!(matches!(r, Err(FallbackError::Protocol(m)) if m.contains("payload")));
-        let _ = std::fs::remove_dir_all(dir);
+        drop(dir);
         // An error instead of a greeting is passed on.
         let (r, dir) = against(error_message("all consumer slots are taken"));
         assert!(matches!(r, Err(FallbackError::Server(m)) if m.contains("slots")));
-        let _ = std::fs::remove_dir_all(dir);
+        drop(dir);
         // A frame longer than a slot, then an unknown tag.
         for tail in [frame(0, 17, 1), 99u32.to_le_bytes().to_vec()] {
             let mut b = greeting(16);
@@ -837,7 +1212,7 @@ mod tests {
             let mut r = r.expect("the greeting is fine");
             assert!(r.wait(Some(Duration::from_secs(5))).is_err());
             assert!(r.read_grant(1).is_err(), "the stream stays failed");
-            let _ = std::fs::remove_dir_all(dir);
+            drop(dir);
         }
         // An error message longer than the limit is refused, not allocated.
         let mut b = greeting(16);
@@ -849,6 +1224,6 @@ mod tests {
             .wait(Some(Duration::from_secs(5)))
             .unwrap_err();
         assert!(matches!(err, FallbackError::Protocol(_)), "{err}");
-        let _ = std::fs::remove_dir_all(dir);
+        drop(dir);
     }
 }

@@ -43,7 +43,8 @@ fn child_entry_artifacts() {
 fn run(signal: Option<rustix::process::Signal>) {
     let name = unique_name("sig");
     let _c = common::ShmCleanup(name.clone());
-    let sock = std::env::temp_dir().join(format!("voxring-test-{}.sock", unique_name("sock")));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sock = dir.path().join("artifact.sock");
     let mut envs = vec![
         ("VOXRING_TEST_SEGMENT", name.clone()),
         ("VOXRING_TEST_SOCKET", sock.display().to_string()),
@@ -71,7 +72,7 @@ fn run(signal: Option<rustix::process::Signal>) {
     }
     let left_shm = shm_path(&name).exists();
     let left_sock = sock.exists();
-    let _ = std::fs::remove_file(&sock);
+    drop(dir);
     assert!(!left_shm, "segment left behind");
     assert!(!left_sock, "socket left behind");
 }

@@ -253,9 +253,13 @@ int32_t vr_writer_attach(const char *name, struct vr_writer **out);
 void vr_writer_destroy(struct vr_writer *w);
 
 // Starts the socket fallback for this ring: readers that cannot map the segment connect to
-// `socket_path` (null: `$VOXRING_FALLBACK_DIR/voxring.<name>.sock`, else in the temporary
-// directory) and get the same frames. `mode` is the socket file's permission bits (e.g.
-// 0600; 0666 lets any user read the ring through it).
+// `socket_path` and get the same frames. Null: `voxring.<name>.sock` in the default socket
+// directory, one only this user can create names in (`$VOXRING_FALLBACK_DIR` if set and
+// safe, else `$XDG_RUNTIME_DIR/voxring`, else a 0700 `voxring-<uid>` in the temporary
+// directory); a directory another user made first is refused (`VR_E_PERMISSION`). `mode` is
+// the socket file's permission bits (e.g. 0600; 0666 lets any user who can reach the
+// directory read the ring through it); the socket never has a wider mode, not even while it
+// is bound. Anything already at the path but this user's own stale socket is refused.
 //
 // # Safety
 // `w` a live writer; `socket_path` null or a NUL-terminated string.
@@ -303,12 +307,29 @@ int32_t vr_writer_status(struct vr_writer *w, struct vr_status *out);
 // `vr_reader_transport` then says `VR_TRANSPORT_SOCKET_FALLBACK` and
 // `vr_reader_transport_reason` why. If both fail, the error names both reasons.
 //
+// The segment and the fallback server must belong to this process's effective uid (the
+// server's uid is checked with `SO_PEERCRED` before anything is read); to read another
+// user's ring, use `vr_reader_open_ex` with its uid. A server whose greeting asks for a
+// receive buffer above 256 MiB is refused before anything is allocated.
+//
 // # Safety
 // `name` NUL-terminated; `socket_path` null or NUL-terminated; `out` valid.
 int32_t vr_reader_open(const char *name,
                        const char *socket_path,
                        uint32_t flags,
                        struct vr_reader **out);
+
+// As `vr_reader_open`, trusting the user `expected_owner` instead of this process's: the
+// segment file must be owned by that uid and the fallback server must run as it (checked
+// with `SO_PEERCRED`). A negative `expected_owner` means this process's effective uid.
+//
+// # Safety
+// As `vr_reader_open`.
+int32_t vr_reader_open_ex(const char *name,
+                          const char *socket_path,
+                          uint32_t flags,
+                          int64_t expected_owner,
+                          struct vr_reader **out);
 
 // Destroys a reader: drops an open grant (releasing nothing), leaves the ring and unmaps it
 // (or closes the fallback socket). Null is ignored.

@@ -34,7 +34,9 @@ use voxring_core::{
     FrameFlags, GrantError, Policy, ReadError, ReadGrant, ReleaseError, RingConfig, SampleFormat,
     WriteGrant,
 };
-use voxring_linux::fallback::{FallbackRead, FallbackReader, FallbackServer, default_socket_path};
+use voxring_linux::fallback::{
+    FallbackError, FallbackRead, FallbackReader, FallbackServer, default_socket_path,
+};
 use voxring_linux::futex::FutexWaiter;
 use voxring_linux::ring::{
     FramesWait, ParticipantError, Segment, ShmConsumer, ShmProducer, SpaceWait,
@@ -634,9 +636,13 @@ pub unsafe extern "C" fn vr_writer_destroy(w: *mut vr_writer) {
 }
 
 /// Starts the socket fallback for this ring: readers that cannot map the segment connect to
-/// `socket_path` (null: `$VOXRING_FALLBACK_DIR/voxring.<name>.sock`, else in the temporary
-/// directory) and get the same frames. `mode` is the socket file's permission bits (e.g.
-/// 0600; 0666 lets any user read the ring through it).
+/// `socket_path` and get the same frames. Null: `voxring.<name>.sock` in the default socket
+/// directory, one only this user can create names in (`$VOXRING_FALLBACK_DIR` if set and
+/// safe, else `$XDG_RUNTIME_DIR/voxring`, else a 0700 `voxring-<uid>` in the temporary
+/// directory); a directory another user made first is refused (`VR_E_PERMISSION`). `mode` is
+/// the socket file's permission bits (e.g. 0600; 0666 lets any user who can reach the
+/// directory read the ring through it); the socket never has a wider mode, not even while it
+/// is bound. Anything already at the path but this user's own stale socket is refused.
 ///
 /// # Safety
 /// `w` a live writer; `socket_path` null or a NUL-terminated string.
@@ -658,14 +664,19 @@ pub unsafe extern "C" fn vr_writer_serve_fallback(
                 .and_then(|n| n.strip_prefix("voxring."))
                 .unwrap_or("memfd")
                 .to_owned();
-            default_socket_path(&name)
+            default_socket_path(&name).map_err(|e| (fallback_code(&e), e.to_string()))?
         } else {
             // SAFETY: the caller's promise.
             PathBuf::from(unsafe { name_arg(socket_path, "socket_path") }?)
         };
         let server = FallbackServer::serve(&w.segment, &path, mode & 0o777).map_err(|e| {
+            let code = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                VR_E_PERMISSION
+            } else {
+                VR_E_IO
+            };
             (
-                VR_E_IO,
+                code,
                 format!(
                     "could not serve the fallback socket {}: {e}; check the directory exists \
                      and is writable",
@@ -676,6 +687,16 @@ pub unsafe extern "C" fn vr_writer_serve_fallback(
         w.server = Some(server);
         Ok(VR_OK)
     })
+}
+
+fn fallback_code(e: &FallbackError) -> i32 {
+    match e {
+        FallbackError::UnsafeDir { .. }
+        | FallbackError::Symlink { .. }
+        | FallbackError::PeerNotTrusted { .. } => VR_E_PERMISSION,
+        FallbackError::Name(_) => VR_E_INVALID,
+        _ => VR_E_ATTACH,
+    }
 }
 
 /// Lossless ring: waits until a frame may be free, at most `timeout_ns` (negative: forever).
@@ -914,9 +935,12 @@ impl std::fmt::Debug for vr_reader {
     }
 }
 
-fn open_shm(name: &str) -> Fallible<ShmReader> {
-    let seg = Segment::attach(name, &AttachOptions::default())
-        .map_err(|e| (attach_code(&e), e.to_string()))?;
+fn open_shm(name: &str, expected_owner: Option<u32>) -> Fallible<ShmReader> {
+    let opts = AttachOptions {
+        expected_owner,
+        ..AttachOptions::default()
+    };
+    let seg = Segment::attach(name, &opts).map_err(|e| (attach_code(&e), e.to_string()))?;
     let mut c = seg.consumer().map_err(participant_err)?;
     let waiter = *c.waiter();
     let read_pos = c.consumer().read_pos();
@@ -938,6 +962,11 @@ fn open_shm(name: &str) -> Fallible<ShmReader> {
 /// `vr_reader_transport` then says `VR_TRANSPORT_SOCKET_FALLBACK` and
 /// `vr_reader_transport_reason` why. If both fail, the error names both reasons.
 ///
+/// The segment and the fallback server must belong to this process's effective uid (the
+/// server's uid is checked with `SO_PEERCRED` before anything is read); to read another
+/// user's ring, use `vr_reader_open_ex` with its uid. A server whose greeting asks for a
+/// receive buffer above 256 MiB is refused before anything is allocated.
+///
 /// # Safety
 /// `name` NUL-terminated; `socket_path` null or NUL-terminated; `out` valid.
 #[unsafe(no_mangle)]
@@ -947,33 +976,76 @@ pub unsafe extern "C" fn vr_reader_open(
     flags: u32,
     out: *mut *mut vr_reader,
 ) -> i32 {
+    // SAFETY: the caller's promises, passed on.
+    unsafe { vr_reader_open_ex(name, socket_path, flags, -1, out) }
+}
+
+/// As `vr_reader_open`, trusting the user `expected_owner` instead of this process's: the
+/// segment file must be owned by that uid and the fallback server must run as it (checked
+/// with `SO_PEERCRED`). A negative `expected_owner` means this process's effective uid.
+///
+/// # Safety
+/// As `vr_reader_open`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vr_reader_open_ex(
+    name: *const c_char,
+    socket_path: *const c_char,
+    flags: u32,
+    expected_owner: i64,
+    out: *mut *mut vr_reader,
+) -> i32 {
     guard(|| {
         // SAFETY: the caller's promise.
         let name = unsafe { name_arg(name, "name") }?;
         if out.is_null() {
             return err(VR_E_NULL, "out is null");
         }
-        let path = if socket_path.is_null() {
-            default_socket_path(&name)
+        let owner = if expected_owner < 0 {
+            None
+        } else {
+            Some(u32::try_from(expected_owner).map_err(|_| {
+                (
+                    VR_E_INVALID,
+                    format!("expected_owner {expected_owner} is not a uid (0 ..= 4294967295)"),
+                )
+            })?)
+        };
+        let explicit = if socket_path.is_null() {
+            None
         } else {
             // SAFETY: the caller's promise.
-            PathBuf::from(unsafe { name_arg(socket_path, "socket_path") }?)
+            Some(PathBuf::from(unsafe {
+                name_arg(socket_path, "socket_path")
+            }?))
+        };
+        // The default path is only worked out (and its directory made) when it is used.
+        let fallback = |why: &str| -> Fallible<FallbackReader> {
+            let path = match &explicit {
+                Some(p) => p.clone(),
+                None => default_socket_path(&name).map_err(|e| {
+                    (
+                        fallback_code(&e),
+                        format!("{why}; the socket fallback failed too: {e}"),
+                    )
+                })?,
+            };
+            connect_fallback(&path, why, owner)
         };
         let (transport, reason) = if flags & VR_OPEN_FORCE_FALLBACK != 0 {
-            let r = connect_fallback(&path, "VR_OPEN_FORCE_FALLBACK was given")?;
+            let r = fallback("VR_OPEN_FORCE_FALLBACK was given")?;
             (
                 Transport::Socket(r),
                 "VR_OPEN_FORCE_FALLBACK was given".to_owned(),
             )
         } else {
-            match open_shm(&name) {
+            match open_shm(&name, owner) {
                 Ok(r) => (Transport::Shm(r), String::new()),
                 Err((code, msg))
                     if flags & VR_OPEN_NO_FALLBACK == 0
                         && matches!(code, VR_E_NOT_FOUND | VR_E_PERMISSION | VR_E_ATTACH) =>
                 {
                     let reason = format!("attaching the shared segment failed: {msg}");
-                    let r = connect_fallback(&path, &reason)?;
+                    let r = fallback(&reason)?;
                     (Transport::Socket(r), reason)
                 }
                 Err(e) => return Err(e),
@@ -991,10 +1063,14 @@ pub unsafe extern "C" fn vr_reader_open(
     })
 }
 
-fn connect_fallback(path: &std::path::Path, why: &str) -> Fallible<FallbackReader> {
-    FallbackReader::connect(path, Duration::from_secs(5)).map_err(|e| {
+fn connect_fallback(
+    path: &std::path::Path,
+    why: &str,
+    expected_owner: Option<u32>,
+) -> Fallible<FallbackReader> {
+    FallbackReader::connect_expecting(path, Duration::from_secs(5), expected_owner).map_err(|e| {
         (
-            VR_E_ATTACH,
+            fallback_code(&e),
             format!("{why}; the socket fallback failed too: {e}"),
         )
     })

@@ -184,3 +184,112 @@ fn control_register_checks_sizes() {
         vr_control_destroy(c);
     }
 }
+
+/// A greeting the hostile fake server sends: 2^20 frames of 2^22 S32 samples (16 MiB each),
+/// a 16 TiB receive buffer (the wire format is in voxring-linux's fallback module).
+fn huge_greeting() -> Vec<u8> {
+    let mut b = b"VXFB".to_vec();
+    for v in [1u32, 2, 1 << 20, 1 << 22, 1, 2, 48_000, 1, 1 << 24] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b
+}
+
+/// Attack: a hostile fallback server (same user, so the uid check passes) greets a C reader
+/// with a 16 TiB ring. Defeated: an error code and a message, no allocation, no abort.
+#[test]
+fn hostile_greeting_is_an_error_code_not_an_abort() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sock = dir.path().join("hostile.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+    let server = std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let _ = s.write_all(&huge_greeting());
+            let _ = s.read(&mut [0u8; 1]);
+        }
+    });
+    let name = unique("hostile");
+    let path = std::ffi::CString::new(sock.to_str().expect("utf-8")).expect("no NUL");
+    let mut r: *mut vr_reader = ptr::null_mut();
+    // SAFETY: valid strings and out-pointer.
+    let code =
+        unsafe { vr_reader_open(name.as_ptr(), path.as_ptr(), VR_OPEN_FORCE_FALLBACK, &mut r) };
+    let msg = last_error();
+    assert_eq!(code, VR_E_ATTACH, "{msg}");
+    assert!(r.is_null());
+    assert!(
+        msg.contains("nothing was allocated") && msg.contains("MAX_READER_BUFFER_BYTES"),
+        "{msg}"
+    );
+    server.join().expect("fake server");
+}
+
+/// A reader that expects the producer to be another uid refuses this user's server
+/// (SO_PEERCRED), with `VR_E_PERMISSION` and both uids; expecting this user reads it.
+#[test]
+fn reader_refuses_a_fallback_server_of_an_unexpected_uid() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sock = dir.path().join("peer.sock");
+    let path = std::ffi::CString::new(sock.to_str().expect("utf-8")).expect("no NUL");
+    let name = unique("peeruid");
+    let me = rustix::process::geteuid().as_raw();
+    let other = i64::from(me) + 4242;
+    let cfg = vr_config {
+        frames: 8,
+        samples_per_frame: 64,
+        channels: 1,
+        format: VR_FORMAT_S16,
+        sample_rate: 48_000,
+        max_consumers: 2,
+        policy: VR_POLICY_LOSSY,
+    };
+    let mut w: *mut vr_writer = ptr::null_mut();
+    let mut r: *mut vr_reader = ptr::null_mut();
+    // SAFETY: valid strings, config and out-pointers; handles destroyed at the end.
+    unsafe {
+        assert_eq!(
+            vr_writer_create(name.as_ptr(), &cfg, &mut w),
+            VR_OK,
+            "{}",
+            last_error()
+        );
+        assert_eq!(
+            vr_writer_serve_fallback(w, path.as_ptr(), 0o600),
+            VR_OK,
+            "{}",
+            last_error()
+        );
+        let code = vr_reader_open_ex(
+            name.as_ptr(),
+            path.as_ptr(),
+            VR_OPEN_FORCE_FALLBACK,
+            other,
+            &mut r,
+        );
+        let msg = last_error();
+        assert_eq!(code, VR_E_PERMISSION, "{msg}");
+        assert!(r.is_null());
+        assert!(
+            msg.contains(&format!("served by uid {me}"))
+                && msg.contains(&format!("uid {other} was expected")),
+            "{msg}"
+        );
+        assert_eq!(
+            vr_reader_open_ex(
+                name.as_ptr(),
+                path.as_ptr(),
+                VR_OPEN_FORCE_FALLBACK,
+                -1,
+                &mut r
+            ),
+            VR_OK,
+            "{}",
+            last_error()
+        );
+        assert_eq!(vr_reader_transport(r), VR_TRANSPORT_SOCKET_FALLBACK);
+        vr_reader_destroy(r);
+        vr_writer_destroy(w);
+    }
+    assert!(!sock.exists(), "the server removed its socket");
+}

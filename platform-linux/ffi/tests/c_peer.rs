@@ -19,15 +19,6 @@ impl Drop for Reaped {
     }
 }
 
-/// Removes a directory when dropped.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn unique(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     // Relaxed: only uniqueness matters.
@@ -120,9 +111,8 @@ fn field(line: &str, key: &str) -> String {
 }
 
 fn rust_producer_c_reader(policy: &str, count: u64) {
-    let dir = TempDir(std::env::temp_dir().join(unique("build")));
-    std::fs::create_dir_all(&dir.0).expect("temp dir");
-    let c_peer = build_c_peer(&dir.0);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let c_peer = build_c_peer(dir.path());
     let name = unique(policy);
     let (mut prod, mut pout) = spawn(Command::new(peer_bin()).args([
         "produce",
@@ -168,9 +158,8 @@ fn c_reads_a_rust_producer_lossy() {
 }
 
 fn c_writer_rust_reader(policy: &str) {
-    let dir = TempDir(std::env::temp_dir().join(unique("build")));
-    std::fs::create_dir_all(&dir.0).expect("temp dir");
-    let c_peer = build_c_peer(&dir.0);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let c_peer = build_c_peer(dir.path());
     let name = unique("cw");
     let (mut writer, mut wout) =
         spawn(Command::new(&c_peer).args(["write", &name, policy, "1500"]));
@@ -204,11 +193,15 @@ fn rust_reads_a_c_writer_lossy() {
 
 #[test]
 fn c_reader_falls_back_to_the_socket_when_the_segment_is_missing() {
-    let dir = TempDir(std::env::temp_dir().join(unique("fb")));
-    std::fs::create_dir_all(&dir.0).expect("temp dir");
-    let c_peer = build_c_peer(&dir.0);
+    // A private (0700) directory of ours: it passes the reader's VOXRING_FALLBACK_DIR check.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let c_peer = build_c_peer(dir.path());
     let name = unique("fb");
-    let sock = dir.0.join(format!("voxring.{name}.sock"));
+    // The reader looks for the segment under another name, as a peer whose /dev/shm is not
+    // the producer's would: the attach fails (not found) and the socket serves it. The
+    // producer serves its socket under that other name.
+    let missing = format!("{name}-elsewhere");
+    let sock = dir.path().join(format!("voxring.{missing}.sock"));
     let (mut prod, mut pout) = spawn(Command::new(peer_bin()).args([
         "produce",
         &name,
@@ -218,15 +211,10 @@ fn c_reader_falls_back_to_the_socket_when_the_segment_is_missing() {
         sock.to_str().expect("utf-8 path"),
     ]));
     expect_line(&mut pout, "ready");
-    // The reader looks for the segment under another name, as a peer whose /dev/shm is not
-    // the producer's would: the attach fails (not found) and the socket serves it.
-    let missing = format!("{name}-elsewhere");
-    std::os::unix::fs::symlink(&sock, dir.0.join(format!("voxring.{missing}.sock")))
-        .expect("symlink the socket under the other name");
     let (mut reader, mut rout) = spawn(
         Command::new(&c_peer)
             .args(["read", &missing])
-            .env("VOXRING_FALLBACK_DIR", &dir.0),
+            .env("VOXRING_FALLBACK_DIR", dir.path()),
     );
     let produced = expect_line(&mut pout, "done");
     let read = expect_line(&mut rout, "done");

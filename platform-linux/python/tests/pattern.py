@@ -1,10 +1,12 @@
 """The frame pattern of voxring-ffi-peer and c/voxring_peer.c, and a checking reader loop.
 
 Run as a program (`python pattern.py NAME`) it reads ring NAME to the end and prints one JSON
-line: used by the fallback test, which runs the reader as another user.
+line: used by the fallback test, which runs the reader as another user
+($VOXRING_TEST_EXPECTED_OWNER: the producer's uid it trusts).
 """
 
 import json
+import os
 import sys
 import zlib
 from pathlib import Path
@@ -57,5 +59,7 @@ def read_all(r, timeout=30.0):
 
 
 if __name__ == "__main__":
-    with voxring.Reader(sys.argv[1]) as r:
+    # The producer's uid when it is another user's ring (the fallback test sets it).
+    owner = os.environ.get("VOXRING_TEST_EXPECTED_OWNER")
+    with voxring.Reader(sys.argv[1], expected_owner=None if owner is None else int(owner)) as r:
         print(json.dumps(read_all(r)), flush=True)

@@ -107,16 +107,15 @@ def test_wait_releases_the_gil(name):
         t = threading.Thread(target=waiter)
         t.start()
         entered.wait()
-        time.sleep(0.2)  # the waiter is inside vr_reader_wait by now
-        spins = 0
-        end = time.monotonic() + 0.2
-        while time.monotonic() < end:  # pure Python work: needs the GIL
-            spins += 1
-        # Had the wait kept the GIL, this thread could not have run until it returned.
-        assert t.is_alive() and spins > 0
+        time.sleep(0.2)  # most likely inside vr_reader_wait by now (not relied on below)
+        # Pure Python work, then the frame the waiter waits for: both need the GIL. Had the
+        # wait kept it, none of this could run before the wait timed out (20 s), and the
+        # waiter would report TIMEOUT instead of READY. No time is measured or asserted.
+        total = sum(i * i for i in range(100_000))
+        assert total > 0 and t.is_alive()
         with w.grant(1) as g:
             g[0].samples[:] = 1
-        t.join(20)
+        t.join(60)
         assert result == [voxring.READY]
 
 
@@ -187,7 +186,9 @@ def test_control_register_round_trip(name):
             assert e.value.name == "VR_E_INVALID" and "64" in str(e.value)
 
 
-def test_errors_say_what_and_why(name):
+def test_errors_say_what_and_why(name, tmp_path, monkeypatch):
+    # The fallback's default directory would be made in the temp dir: use the test's own.
+    monkeypatch.setenv("VOXRING_FALLBACK_DIR", str(tmp_path))
     with pytest.raises(voxring.VoxringError) as e:
         voxring.Reader(name, fallback=False)
     assert e.value.name == "VR_E_NOT_FOUND" and name in str(e.value)
@@ -242,8 +243,11 @@ def test_fallback_when_the_segment_is_refused(peer, spawn, name, policy):
         for p in [d, *d.rglob("*")]:
             if not p.is_socket():  # the producer's socket keeps its own mode
                 os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        # The reader trusts the producer's uid on purpose (it checks the server with
+        # SO_PEERCRED; see test_reader_as_another_user_refuses_the_server_by_default).
         env = dict(os.environ, VOXRING_FALLBACK_DIR=str(d), PYTHONDONTWRITEBYTECODE="1",
-                   VOXRING_LIB=str(d / "libvoxring_ffi.so"))
+                   VOXRING_LIB=str(d / "libvoxring_ffi.so"),
+                   VOXRING_TEST_EXPECTED_OWNER=str(os.geteuid()))
         child = spawn([sys.executable, d / "pattern.py", name], env=env, cwd=d, **kw)
         produced = prod.expect("done")
         got = json.loads(child.p.stdout.readline())
@@ -260,6 +264,78 @@ def test_fallback_when_the_segment_is_refused(peer, spawn, name, policy):
         assert not sock.exists()
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the reader as another user")
+def test_reader_as_another_user_refuses_the_server_by_default(peer, spawn, name):
+    """Attack seen from the other side: a reader running as `nobody` finds a fallback socket
+    it may connect to (mode 0666), served by root. Without expected_owner it refuses the server
+    (SO_PEERCRED: uid 0, not its own) before reading anything, and says which uid it found."""
+    d = Path(tempfile.mkdtemp(prefix="voxring-fb-"))
+    try:
+        sock = d / f"voxring.{name}.sock"
+        # A producer that keeps going (paced, lossy, no consumer awaited) until it is told to
+        # stop: its socket is there whenever the reader connects.
+        prod = spawn([peer, "produce", name, "--policy", "lossy", "--consumers", "0",
+                      "--count", "1000000000", "--interval-us", "1000", "--fallback", sock,
+                      "--socket-mode", "0666"])
+        prod.expect("ready")
+        shutil.copy(voxring._lib.lib().path, d / "libvoxring_ffi.so")
+        shutil.copytree(HERE.parent / "voxring", d / "voxring",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(HERE / "pattern.py", d / "pattern.py")
+        for p in [d, *d.rglob("*")]:
+            if not p.is_socket():
+                os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        env = dict(os.environ, VOXRING_FALLBACK_DIR=str(d), PYTHONDONTWRITEBYTECODE="1",
+                   VOXRING_LIB=str(d / "libvoxring_ffi.so"))
+        env.pop("VOXRING_TEST_EXPECTED_OWNER", None)
+
+        def drop():
+            os.setgid(65534)
+            os.setuid(65534)
+
+        p = subprocess.run([sys.executable, d / "pattern.py", name], env=env, cwd=d,
+                           preexec_fn=drop, capture_output=True, text=True, timeout=120)
+        assert p.returncode != 0, p.stdout
+        assert "VR_E_PERMISSION" in p.stderr, p.stderr
+        assert "served by uid 0" in p.stderr and "nothing was read" in p.stderr, p.stderr
+        prod.p.terminate()  # SIGTERM, by PID: the peer removes its segment and socket
+        prod.wait()
+        assert not sock.exists()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_hostile_greeting_is_an_error_not_an_abort(name, tmp_path):
+    """Attack: a fake fallback server greets with 2^20 frames of 16 MiB (16 TiB). The reader
+    raises VoxringError before allocating anything; the process lives on."""
+    import socket
+    import struct
+
+    sock_path = tmp_path / "hostile.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(sock_path))
+    srv.listen(1)
+    greeting = b"VXFB" + struct.pack("<9I", 1, 2, 1 << 20, 1 << 22, 1, 2, 48000, 1, 1 << 24)
+
+    def serve():
+        c, _ = srv.accept()
+        with c:
+            c.sendall(greeting)
+            c.recv(1)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        with pytest.raises(voxring.VoxringError) as e:
+            voxring.Reader(name, socket_path=sock_path, force_fallback=True)
+        assert e.value.name == "VR_E_ATTACH", e.value
+        assert "nothing was allocated" in str(e.value), e.value
+    finally:
+        t.join(60)
+        srv.close()
+    assert voxring.monotonic_ns() > 0  # still alive
 
 
 def test_forced_fallback_reads_the_same_frames(peer, spawn, name, tmp_path):

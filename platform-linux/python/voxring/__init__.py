@@ -225,9 +225,19 @@ class Reader(_Mapped):
     is refused or the segment is not visible here, reads through the producer's socket
     fallback (`transport == "socket-fallback"`, `transport_reason` says why). Pass
     `fallback=False` to refuse the fallback, `force_fallback=True` to skip the segment.
-    `socket_path` defaults to $VOXRING_FALLBACK_DIR (or the temp dir)/voxring.<name>.sock."""
 
-    def __init__(self, name, socket_path=None, fallback=True, force_fallback=False):
+    `socket_path` defaults to voxring.<name>.sock in a directory only this user can create
+    names in: $VOXRING_FALLBACK_DIR if set (owned by this user or root, not writable by others
+    unless sticky), else $XDG_RUNTIME_DIR/voxring, else a 0700 voxring-<uid> in the temp dir;
+    a directory another user made first is refused.
+
+    The segment's owner and the fallback server's user (checked with SO_PEERCRED before
+    anything is read) must be `expected_owner`: by default this process's effective uid. To
+    read another user's ring, pass that user's uid. A server whose greeting asks for a
+    receive buffer above 256 MiB is refused (VoxringError, nothing allocated)."""
+
+    def __init__(self, name, socket_path=None, fallback=True, force_fallback=False,
+                 expected_owner=None):
         L = _lib.lib()
         self._L = L
         h = ctypes.c_void_p()
@@ -235,7 +245,11 @@ class Reader(_Mapped):
             _lib.VR_OPEN_FORCE_FALLBACK if force_fallback else 0
         )
         sp = None if socket_path is None else str(socket_path).encode()
-        _check(L.vr_reader_open(name.encode(), sp, flags, ctypes.byref(h)), f"open reader {name!r}")
+        owner = -1 if expected_owner is None else int(expected_owner)
+        if expected_owner is not None and not 0 <= owner <= 0xFFFFFFFF:
+            raise ValueError(f"expected_owner {expected_owner!r} is not a uid")
+        _check(L.vr_reader_open_ex(name.encode(), sp, flags, owner, ctypes.byref(h)),
+               f"open reader {name!r}")
         self._h = h
         self._hp = ctypes.c_void_p(h.value)
         self._F = _lib.fast()
@@ -399,7 +413,10 @@ class Writer(_Mapped):
         return cls(h, name)
 
     def serve_fallback(self, socket_path=None, mode=0o600):
-        """Serves this ring over a Unix socket to readers that cannot map it."""
+        """Serves this ring over a Unix socket to readers that cannot map it: at `socket_path`,
+        or voxring.<name>.sock in the default directory (see Reader). The socket has mode
+        `mode` from the moment it can be reached; anything at the path but this user's own
+        stale socket is refused (VoxringError)."""
         sp = None if socket_path is None else str(socket_path).encode()
         _check(self._L.vr_writer_serve_fallback(self._h, sp, mode), "vr_writer_serve_fallback")
 

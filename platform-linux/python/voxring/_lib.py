@@ -165,6 +165,10 @@ def _declare(lib):
         "vr_writer_info": (c.c_int32, [c.c_void_p, P(vr_info)]),
         "vr_writer_status": (c.c_int32, [c.c_void_p, P(vr_status)]),
         "vr_reader_open": (c.c_int32, [c.c_char_p, c.c_char_p, c.c_uint32, P(c.c_void_p)]),
+        "vr_reader_open_ex": (
+            c.c_int32,
+            [c.c_char_p, c.c_char_p, c.c_uint32, c.c_int64, P(c.c_void_p)],
+        ),
         "vr_reader_destroy": (None, [c.c_void_p]),
         "vr_reader_transport": (c.c_int32, [c.c_void_p]),
         "vr_reader_transport_reason": (c.c_size_t, [c.c_void_p, c.c_char_p, c.c_size_t]),
