@@ -7,9 +7,9 @@ use common::{Region, byte, config, make, meta_for};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use voxring_core::{
-    AtomicU32, AttachError, ClaimError, CommitError, CreateError, EvictError, FrameFlags,
-    GrantError, JoinError, LayoutError, Policy, Producer, ReadError, ReleaseError, Ring,
-    RingConfig, SampleFormat, SpinWaiter, WaitOutcome, Waiter,
+    ABI_VERSION, AtomicU32, AttachError, ClaimError, CommitError, CreateError, EvictError,
+    FrameFlags, GrantError, JoinError, LayoutError, Policy, Producer, ReadError, ReleaseError,
+    Ring, RingConfig, SampleFormat, SpinWaiter, WaitOutcome, Waiter,
 };
 
 /// Writes up to `n` frames with the test pattern and commits `k` of them; returns how many
@@ -173,8 +173,10 @@ fn attach_validates_every_layout_field() {
     };
     assert_eq!(with(0, &[0; 8]), Err(AttachError::BadMagic { found: 0 }));
     assert_eq!(
-        with(8, &2u32.to_le_bytes()),
-        Err(AttachError::AbiMismatch { found: 2 })
+        with(8, &(ABI_VERSION + 1).to_le_bytes()),
+        Err(AttachError::AbiMismatch {
+            found: ABI_VERSION + 1
+        })
     );
     assert_eq!(
         with(12, &9u32.to_le_bytes()),
