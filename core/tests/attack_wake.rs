@@ -16,6 +16,7 @@ use voxring_core::{AtomicU32, Policy, ReadError, WaitOutcome, Waiter};
 /// Byte offsets of the wait words in a ring region (core/LAYOUT.md, "Wait block").
 const DATA_FUTEX: usize = 256;
 const CONSUMERS_PARKED: usize = 260;
+const PRODUCER_PARKED: usize = 268;
 
 /// The value the forger keeps in `consumers_parked`: "a billion consumers are asleep".
 const FORGED: u32 = 1 << 30;
@@ -214,4 +215,91 @@ fn a_really_parked_consumer_still_gets_every_frame_under_a_forged_count() {
         FRAMES as usize,
         "one wake per frame, each for a consumer that really slept"
     );
+}
+
+/// The other direction: a forged `producer_parked` (offset 268) while consumers release.
+/// Releases make no wake call unless the producer really armed `space_futex`.
+#[test]
+fn forged_producer_parked_costs_releases_no_wake_call() {
+    const FRAMES: usize = 20_000;
+    let (mut region, ring) = make(&config(8, 3, Policy::Lossless));
+    let base = region.ptr() as usize;
+    // SAFETY: offset 268 is `producer_parked`; the region outlives the scope below.
+    let parked = unsafe { word(base, PRODUCER_PARKED) };
+    let waiter = FutexLike::default();
+    let mut producer = ring.producer(1).unwrap();
+    let mut consumer = ring.consumer(2).unwrap();
+    let mut needed = 0usize;
+    with_forger(
+        || parked.store(1, portable_atomic::Ordering::Relaxed),
+        || {
+            for _ in 0..FRAMES {
+                producer.write_grant(1).unwrap().commit_all().wake(&waiter);
+                let wake = consumer.read_grant(1).unwrap().release_all().unwrap();
+                needed += usize::from(wake.needed());
+                wake.wake(&waiter);
+            }
+        },
+    );
+    assert_eq!(
+        needed, 0,
+        "a forged producer_parked asked for {needed} wakes"
+    );
+    assert_eq!(waiter.wakes.load(Ordering::SeqCst), 0);
+}
+
+/// Under a forged `producer_parked`, a producer that really sleeps on a full ring is still
+/// woken by the consumer's release, every time.
+#[test]
+fn a_really_parked_producer_is_still_woken_under_a_forged_count() {
+    const FRAMES: u64 = 300;
+    let (mut region, ring) = make(&config(1, 1, Policy::Lossless));
+    let base = region.ptr() as usize;
+    // SAFETY: offset 268 is `producer_parked`; the region outlives the scope below.
+    let parked = unsafe { word(base, PRODUCER_PARKED) };
+    let waiter = FutexLike::default();
+    let mut producer = ring.producer(1).unwrap();
+    let mut consumer = ring.consumer(2).unwrap();
+    with_forger(
+        || parked.store(1, portable_atomic::Ordering::Relaxed),
+        || {
+            std::thread::scope(|s| {
+                let writer = s.spawn(|| {
+                    let mut sent = 0u64;
+                    while sent < FRAMES {
+                        if let Ok(g) = producer.write_grant(1) {
+                            g.commit_all();
+                            sent += 1;
+                            continue;
+                        }
+                        let outcome = producer.wait_writable(&waiter, None).unwrap();
+                        assert_ne!(
+                            outcome,
+                            WaitOutcome::TimedOut,
+                            "the producer was never woken"
+                        );
+                    }
+                });
+                for i in 0..FRAMES as usize {
+                    // The ring holds one frame: once the producer sleeps after committing
+                    // frame `i` (all but the last), release it (a give-up bound, not a timing).
+                    let mut spins = 0u64;
+                    while i + 1 < FRAMES as usize && waiter.sleeps.load(Ordering::SeqCst) <= i {
+                        spins += 1;
+                        assert!(
+                            spins < 100_000_000 && !writer.is_finished(),
+                            "the producer never fell asleep"
+                        );
+                        std::thread::yield_now();
+                    }
+                    let g = consumer.read_grant(1).unwrap();
+                    assert_eq!(g.first_seq(), i as u64);
+                    g.release_all().unwrap().wake(&waiter);
+                }
+                writer.join().unwrap();
+            });
+        },
+    );
+    // One wake per release of a frame the producer slept on: all but the last.
+    assert_eq!(waiter.wakes.load(Ordering::SeqCst), FRAMES as usize - 1);
 }
