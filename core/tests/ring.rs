@@ -536,6 +536,17 @@ fn parked_consumer_and_parked_producer_are_woken_across_threads() {
             got
         });
         let mut p = ring.producer(1).unwrap();
+        // Commit nothing until the reader is inside its first wait, so at least one park
+        // really happens whatever the scheduler does (a give-up bound, not a timing).
+        let mut spins = 0u64;
+        while waiter.waits.load(Ordering::SeqCst) == 0 {
+            spins += 1;
+            assert!(
+                spins < 100_000_000 && !reader.is_finished(),
+                "the reader never parked on the empty ring"
+            );
+            std::thread::yield_now();
+        }
         let mut sent = 0;
         while sent < 200 {
             match p.write_grant(1) {
