@@ -621,8 +621,10 @@ mod tests {
                 let stop = Arc::clone(&stop);
                 std::thread::spawn(move || {
                     let (mut last, mut ok) = (0u64, 0u64);
+                    // Until stopped and at least one value was checked: a reader the scheduler
+                    // starts late still checks one (without assuming it runs during the writes).
                     // Relaxed: a stop flag; the join below orders everything else.
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    while ok == 0 || !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         if let Ok((v, version)) = r.read_versioned() {
                             assert!(v.iter().all(|&x| x == v[0]), "torn: {v:?}");
                             assert!(version >= last);

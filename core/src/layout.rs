@@ -13,7 +13,7 @@ use crate::sync::{AtomicU32, AtomicU64, UnsafeCell};
 /// `b"VOXRING\0"` read as a little-endian `u64`: the first eight bytes of every ring region.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"VOXRING\0");
 /// Version of the binary layout in `core/LAYOUT.md`; attach refuses any other.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 /// Cache-line size the layout pads to. 128, not 64: x86 CPUs prefetch cache lines in adjacent
 /// pairs (the "spatial prefetcher"), and several aarch64 cores (Apple M-series, Neoverse
 /// with 128-byte lines in some caches) use 128-byte lines, so 64-byte padding still lets the

@@ -54,7 +54,7 @@ use crate::layout::{
 };
 use crate::meta::{FormatMismatch, FrameFlags, FrameMeta, LenError, Sample};
 use crate::sync::{Ordering, fence};
-use crate::wait::{WaitOutcome, Waiter, Wake};
+use crate::wait::{SLEEPER, WaitOutcome, Waiter, Wake, arm};
 
 /// The ordering of the producer's commit store of `write_pos`: Release, or Relaxed when the
 /// planted bug is switched on to prove the loom suite can fail.
@@ -763,11 +763,15 @@ impl Ring {
         }
         // Acquire: pairs with the predecessor's commit store.
         let write_pos = p.write_pos.load(Ordering::Acquire);
+        // Relaxed: only a starting point for this producer's own sequence of futex values;
+        // a sleeper armed on it (odd) is woken by the first commit whatever is read here.
+        let data_word = self.waits().data_futex.load(Ordering::Relaxed) & !SLEEPER;
         Ok(Producer {
             ring: *self,
             owner,
             write_pos,
             limit: write_pos,
+            data_word,
         })
     }
 
@@ -985,9 +989,18 @@ impl Ring {
         // SeqCst fence: the Dekker handshake with `Producer::wait_writable` (our cursor or
         // state store before it, its `producer_parked` store before its own fence).
         fence(Ordering::SeqCst);
-        if p.producer_parked.load(Ordering::Relaxed) != 0 {
-            // Release: pairs with the Acquire load of `space_futex` in `wait_writable`.
-            p.space_futex.fetch_add(1, Ordering::Release);
+        if p.producer_parked.load(Ordering::Relaxed) == 0 {
+            return Wake::none();
+        }
+        // Move the word on by 2 (keeping `SLEEPER` as it is: only the producer sets and
+        // clears it), so a producer that has not gone to sleep yet will not; make the wake
+        // syscall only if the producer armed the word. A forged `producer_parked` alone costs
+        // this add and no syscall.
+        // Release: pairs with the Acquire load of `space_futex` in `wait_writable`. The add and
+        // the producer's arming CAS are read-modify-writes of the same word: whichever comes
+        // second sees the first.
+        let old = p.space_futex.fetch_add(2, Ordering::Release);
+        if old & SLEEPER != 0 {
             Wake::on(&p.space_futex)
         } else {
             Wake::none()
@@ -1063,6 +1076,10 @@ pub struct Producer {
     /// Positions below `limit` may be written without looking at the consumers again (the
     /// cached slowest consumer plus the capacity; rtrb's trick).
     limit: u64,
+    /// The value this producer last stored in `data_futex` (always even: `SLEEPER` clear).
+    /// Producer-local, never re-read from the region: the next bump stores `data_word + 2`
+    /// whatever a peer wrote there, so a forged word costs at most one wake per commit.
+    data_word: u32,
 }
 
 impl Producer {
@@ -1206,7 +1223,17 @@ impl Producer {
         let outcome = match self.refresh_limit() {
             Err(e) => Err(e),
             Ok(()) if self.limit != self.write_pos => Ok(WaitOutcome::Ready),
-            Ok(()) => Ok(waiter.wait(&p.space_futex, seen, timeout_ns)),
+            Ok(()) => match arm(&p.space_futex, seen) {
+                Some(armed) => {
+                    let woke = waiter.wait(&p.space_futex, armed, timeout_ns);
+                    // Disarm: we are the only sleeper on this word, and awake now. Relaxed: a
+                    // releaser that still sees the mark makes one needless wake, no more.
+                    p.space_futex.fetch_and(!SLEEPER, Ordering::Relaxed);
+                    Ok(woke)
+                }
+                // A consumer moved the word on since we read it: space may be free.
+                None => Ok(WaitOutcome::Ready),
+            },
         };
         p.producer_parked.store(0, Ordering::Relaxed);
         outcome
@@ -1274,9 +1301,20 @@ impl Producer {
         // SeqCst fence: Dekker with `Consumer::wait_readable` (its `consumers_parked`
         // increment, then fence, then its `write_pos` load).
         fence(Ordering::SeqCst);
-        if waits.consumers_parked.load(Ordering::Relaxed) != 0 {
-            // Release: pairs with the Acquire load of `data_futex` in `wait_readable`.
-            waits.data_futex.fetch_add(1, Ordering::Release);
+        if waits.consumers_parked.load(Ordering::Relaxed) == 0 {
+            return Wake::none();
+        }
+        // Someone announced itself (or a peer forged the count): move the word on, so a
+        // consumer that has not gone to sleep yet will not (its arming CAS or its futex wait
+        // sees the new value), and make the wake syscall only if a consumer armed the word,
+        // i.e. really went to sleep on it. A forged `consumers_parked` alone therefore costs
+        // this swap and no syscall; see `crate::wait` for the bound.
+        self.data_word = self.data_word.wrapping_add(2) & !SLEEPER;
+        // Release: pairs with the Acquire load of `data_futex` in `wait_readable` (a consumer
+        // that reads the new value sees this commit). The swap and the consumers' arming CAS
+        // are read-modify-writes of the same word: whichever comes second sees the first.
+        let old = waits.data_futex.swap(self.data_word, Ordering::Release);
+        if old & SLEEPER != 0 {
             Wake::on(&waits.data_futex)
         } else {
             Wake::none()
@@ -1718,7 +1756,11 @@ impl Consumer {
         let outcome = if w != self.read_pos {
             WaitOutcome::Ready
         } else {
-            waiter.wait(&waits.data_futex, seen, timeout_ns)
+            match arm(&waits.data_futex, seen) {
+                Some(armed) => waiter.wait(&waits.data_futex, armed, timeout_ns),
+                // The producer moved the word on since we read it: a frame may be ready.
+                None => WaitOutcome::Ready,
+            }
         };
         waits.consumers_parked.fetch_sub(1, Ordering::Relaxed);
         Ok(outcome)

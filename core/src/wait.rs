@@ -15,6 +15,31 @@
 //! waker sees the announcement, or the sleeper sees the progress. A bump that lands between
 //! the sleeper's read of the futex word and its `wait` makes the wait return at once (the
 //! word no longer holds the expected value). loom models this in `loom-tests/tests/ring_park.rs`.
+//!
+//! # What a forged `parked` count costs the waker
+//!
+//! The `parked` words are written by peers, so they are hints, not facts: a peer can store
+//! any value there at any time. On its own a non-zero count only makes the waker move the
+//! futex word on (one atomic read-modify-write, no syscall). The wake syscall is made only
+//! when a sleeper *armed* the word, just before sleeping:
+//!
+//! * a sleeper that found nothing to do sets the [`SLEEPER`] bit (bit 0) of the futex word it
+//!   read, with a compare-exchange ([`arm`]), and waits on the armed value; if the CAS fails
+//!   the word moved on (progress was made) and it does not sleep;
+//! * the waker moves the word on by 2 (so the bit of a sleeper that has not slept yet, or its
+//!   CAS, fails) and asks for a wake only if the value it replaced had the bit set.
+//!
+//! The producer wakes consumers: it is the only legitimate writer of even values of
+//! `data_futex`, keeps the last one in a producer-local field and stores that + 2 (a swap that
+//! clears the bit). Consumers wake the (single) producer: they add 2 to `space_futex`, which
+//! keeps the bit, and the producer clears it when it wakes up.
+//!
+//! The bound, whatever peers write to the wait block: each commit, release or eviction makes
+//! **at most one** wake call; a forged `consumers_parked`/`producer_parked` with an unarmed
+//! word makes **none**; to get one wake per commit a peer must re-arm the futex word between
+//! every two commits, which is exactly what one genuinely sleeping consumer costs. The
+//! `Waiter` wakes every sleeper on the word, so a peer that parks its own threads on the word
+//! pays for their wake-ups in the same syscall (see `platform-linux`'s futex wake).
 
 // The futex word type is the shim's `AtomicU32` (portable-atomic's, the same layout as a `u32`,
 // so a platform can futex on its address; loom's under the model checker). It is re-exported
@@ -27,6 +52,30 @@ pub use loom::sync::atomic::AtomicU32;
 
 use crate::sync::Ordering;
 use core::ptr::NonNull;
+
+/// Bit 0 of a futex word: a sleeper armed the word and is (about to be) asleep on it, so the
+/// side that moves the word on must make the wake call. Wakers move the word in steps of 2.
+pub(crate) const SLEEPER: u32 = 1;
+
+/// Arms `word` for a sleep: sets [`SLEEPER`] in `seen` (the value the sleeper read before
+/// re-checking its condition) and returns the value to wait on, or `None` when the word no
+/// longer holds `seen`, i.e. the other side made progress since: re-check, do not sleep.
+///
+/// If `seen` is already armed (another consumer sleeps on it), returns it as it is.
+pub(crate) fn arm(word: &AtomicU32, seen: u32) -> Option<u32> {
+    if seen & SLEEPER != 0 {
+        return Some(seen);
+    }
+    // Relaxed: the wake decision rests on the modification order of this one word alone
+    // (the waker's swap or add is a read-modify-write of it too: whichever of the two comes
+    // second sees the first); no other memory is published through the bit.
+    match word.compare_exchange(seen, seen | SLEEPER, Ordering::Relaxed, Ordering::Relaxed) {
+        Ok(_) => Some(seen | SLEEPER),
+        // Another consumer armed the same value first: sleep on it too.
+        Err(now) if now == seen | SLEEPER => Some(now),
+        Err(_) => None,
+    }
+}
 
 /// How a wait ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

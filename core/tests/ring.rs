@@ -7,9 +7,9 @@ use common::{Region, byte, config, make, meta_for};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use voxring_core::{
-    AtomicU32, AttachError, ClaimError, CommitError, CreateError, EvictError, FrameFlags,
-    GrantError, JoinError, LayoutError, Policy, Producer, ReadError, ReleaseError, Ring,
-    RingConfig, SampleFormat, SpinWaiter, WaitOutcome, Waiter,
+    ABI_VERSION, AtomicU32, AttachError, ClaimError, CommitError, CreateError, EvictError,
+    FrameFlags, GrantError, JoinError, LayoutError, Policy, Producer, ReadError, ReleaseError,
+    Ring, RingConfig, SampleFormat, SpinWaiter, WaitOutcome, Waiter,
 };
 
 /// Writes up to `n` frames with the test pattern and commits `k` of them; returns how many
@@ -173,8 +173,10 @@ fn attach_validates_every_layout_field() {
     };
     assert_eq!(with(0, &[0; 8]), Err(AttachError::BadMagic { found: 0 }));
     assert_eq!(
-        with(8, &2u32.to_le_bytes()),
-        Err(AttachError::AbiMismatch { found: 2 })
+        with(8, &(ABI_VERSION + 1).to_le_bytes()),
+        Err(AttachError::AbiMismatch {
+            found: ABI_VERSION + 1
+        })
     );
     assert_eq!(
         with(12, &9u32.to_le_bytes()),
@@ -534,6 +536,17 @@ fn parked_consumer_and_parked_producer_are_woken_across_threads() {
             got
         });
         let mut p = ring.producer(1).unwrap();
+        // Commit nothing until the reader is inside its first wait, so at least one park
+        // really happens whatever the scheduler does (a give-up bound, not a timing).
+        let mut spins = 0u64;
+        while waiter.waits.load(Ordering::SeqCst) == 0 {
+            spins += 1;
+            assert!(
+                spins < 100_000_000 && !reader.is_finished(),
+                "the reader never parked on the empty ring"
+            );
+            std::thread::yield_now();
+        }
         let mut sent = 0;
         while sent < 200 {
             match p.write_grant(1) {

@@ -1,0 +1,305 @@
+//! Issue 11, finding 8 (wake storms), in-process: a peer with write access to the ring forges
+//! `consumers_parked` (and the futex word) while the producer commits. The attacks run in
+//! threads that write the wait block through their own pointer into the region, as a process
+//! mapping the segment would; every assertion is a count of wake calls or of frames, never a
+//! time. See `platform-linux/tests/attack_wake.rs` for the same attack across processes with
+//! real futexes.
+
+mod common;
+
+use common::{config, make};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+use voxring_core::{AtomicU32, Policy, ReadError, WaitOutcome, Waiter};
+
+/// Byte offsets of the wait words in a ring region (core/LAYOUT.md, "Wait block").
+const DATA_FUTEX: usize = 256;
+const CONSUMERS_PARKED: usize = 260;
+const PRODUCER_PARKED: usize = 268;
+
+/// The value the forger keeps in `consumers_parked`: "a billion consumers are asleep".
+const FORGED: u32 = 1 << 30;
+
+/// How long a sleeper waits for a wake before the test gives up (a bound, never asserted).
+const GIVE_UP: Duration = Duration::from_secs(60);
+
+/// A waiter that behaves like a futex: `wait` checks the word and goes to sleep atomically
+/// with respect to `wake`, and only a `wake` call (or a word that already changed) ends the
+/// sleep. A needed wake call that the producer skips leaves the sleeper asleep, so the test
+/// fails at its give-up bound. Counts the wake calls (the futex syscalls a platform makes).
+#[derive(Default)]
+struct FutexLike {
+    generation: Mutex<u64>,
+    cv: Condvar,
+    /// How many sleeps began (monotonic).
+    sleeps: AtomicUsize,
+    wakes: AtomicUsize,
+}
+
+impl Waiter for FutexLike {
+    fn wait(&self, word: &AtomicU32, expected: u32, _timeout_ns: Option<u64>) -> WaitOutcome {
+        let g = self.generation.lock().unwrap();
+        // Acquire: pairs with the producer's Release swap of the word (core's wait protocol).
+        if word.load(portable_atomic::Ordering::Acquire) != expected {
+            return WaitOutcome::Ready;
+        }
+        let start = *g;
+        // SeqCst (both counters): test bookkeeping read by the producer thread.
+        self.sleeps.fetch_add(1, Ordering::SeqCst);
+        let (g, _) = self
+            .cv
+            .wait_timeout_while(g, GIVE_UP, |g| *g == start)
+            .unwrap();
+        if *g == start {
+            WaitOutcome::TimedOut
+        } else {
+            WaitOutcome::Woken
+        }
+    }
+
+    fn wake(&self, _word: &AtomicU32) {
+        self.wakes.fetch_add(1, Ordering::SeqCst);
+        *self.generation.lock().unwrap() += 1;
+        self.cv.notify_all();
+    }
+}
+
+/// A view of the `u32` at `offset` of the region starting at `base`.
+///
+/// # Safety
+/// `base + offset` must be a 4-aligned `u32` of a live ring region that outlives the result.
+unsafe fn word<'a>(base: usize, offset: usize) -> &'a AtomicU32 {
+    // SAFETY: the caller's contract; `AtomicU32` has the layout of a `u32`, and every access
+    // to the region's words is atomic.
+    unsafe { &*((base + offset) as *const AtomicU32) }
+}
+
+/// Runs `forge` in a loop in its own thread (the hostile peer) while `body` runs.
+fn with_forger<R>(forge: impl Fn() + Sync, body: impl FnOnce() -> R + Send) -> R {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // The forger writes once before the body starts, so every commit below sees it.
+        forge();
+        s.spawn(|| {
+            // Relaxed: a stop flag; the scope's join orders the rest.
+            while !stop.load(Ordering::Relaxed) {
+                forge();
+                std::hint::spin_loop();
+            }
+        });
+        let r = body();
+        stop.store(true, Ordering::Relaxed);
+        r
+    })
+}
+
+/// A forged `consumers_parked`, kept there, with nobody really asleep: the producer commits
+/// 20,000 frames and makes no wake call at all (before the fix: one per commit).
+#[test]
+fn forged_parked_count_costs_no_wake_call() {
+    const COMMITS: usize = 20_000;
+    let (mut region, ring) = make(&config(8, 3, Policy::Lossy));
+    let base = region.ptr() as usize;
+    // SAFETY: offset 260 is `consumers_parked`; the region outlives the scope below.
+    let parked = unsafe { word(base, CONSUMERS_PARKED) };
+    let waiter = FutexLike::default();
+    let mut producer = ring.producer(1).unwrap();
+    // A consumer that only polls (never parks), so the frames go somewhere.
+    let mut consumer = ring.consumer(2).unwrap();
+    let mut needed = 0usize;
+    with_forger(
+        || parked.store(FORGED, portable_atomic::Ordering::Relaxed),
+        || {
+            for _ in 0..COMMITS {
+                let wake = producer.write_grant(1).unwrap().commit_all();
+                needed += usize::from(wake.needed());
+                wake.wake(&waiter);
+                let _ = consumer.read_grant(8).map(|g| g.release_all());
+            }
+        },
+    );
+    assert_eq!(parked.load(portable_atomic::Ordering::Relaxed), FORGED);
+    assert_eq!(needed, 0, "a forged count alone asked for {needed} wakes");
+    assert_eq!(waiter.wakes.load(Ordering::SeqCst), 0);
+}
+
+/// A forger that also re-arms the futex word as fast as it can gets at most one wake call
+/// per commit: what one genuinely sleeping consumer costs, never more.
+#[test]
+fn forged_count_and_armed_word_cost_at_most_one_wake_per_commit() {
+    const COMMITS: usize = 20_000;
+    let (mut region, ring) = make(&config(8, 3, Policy::Lossy));
+    let base = region.ptr() as usize;
+    // SAFETY: offsets 256 and 260 are `data_futex` and `consumers_parked`; the region
+    // outlives the scope below.
+    let (futex, parked) = unsafe { (word(base, DATA_FUTEX), word(base, CONSUMERS_PARKED)) };
+    let waiter = FutexLike::default();
+    let mut producer = ring.producer(1).unwrap();
+    with_forger(
+        || {
+            parked.store(FORGED, portable_atomic::Ordering::Relaxed);
+            futex.fetch_or(1, portable_atomic::Ordering::Relaxed);
+        },
+        || {
+            for _ in 0..COMMITS {
+                producer.write_grant(1).unwrap().commit_all().wake(&waiter);
+            }
+        },
+    );
+    let wakes = waiter.wakes.load(Ordering::SeqCst);
+    assert!(wakes <= COMMITS, "{wakes} wake calls for {COMMITS} commits");
+}
+
+/// Under the same forged count, a consumer that really sleeps is still woken for every frame:
+/// the producer commits each frame only once the consumer is asleep inside the futex-like
+/// waiter, so every commit needs exactly one wake call, and a skipped one would leave the
+/// consumer asleep (the test then fails at its give-up bound).
+#[test]
+fn a_really_parked_consumer_still_gets_every_frame_under_a_forged_count() {
+    const FRAMES: u64 = 300;
+    let (mut region, ring) = make(&config(4, 3, Policy::Lossless));
+    let base = region.ptr() as usize;
+    // SAFETY: offset 260 is `consumers_parked`; the region outlives the scope below.
+    let parked = unsafe { word(base, CONSUMERS_PARKED) };
+    let waiter = FutexLike::default();
+    let mut producer = ring.producer(1).unwrap();
+    let mut consumer = ring.consumer(2).unwrap();
+    with_forger(
+        || parked.store(FORGED, portable_atomic::Ordering::Relaxed),
+        || {
+            std::thread::scope(|s| {
+                let reader = s.spawn(|| {
+                    let mut got = Vec::new();
+                    while (got.len() as u64) < FRAMES {
+                        match consumer.read_grant(1) {
+                            Ok(g) => {
+                                got.push(g.first_seq());
+                                g.release_all().unwrap().wake(&waiter);
+                                continue;
+                            }
+                            Err(ReadError::Empty) => {}
+                            Err(e) => panic!("{e}"),
+                        }
+                        let outcome = consumer.wait_readable(&waiter, None).unwrap();
+                        assert_ne!(
+                            outcome,
+                            WaitOutcome::TimedOut,
+                            "a parked consumer was never woken (after {} frames)",
+                            got.len()
+                        );
+                    }
+                    got
+                });
+                for i in 0..FRAMES as usize {
+                    // Let the consumer fall asleep for frame `i` first (its sleep `i + 1`;
+                    // only a wake call ends it). A give-up bound, not a timing.
+                    let mut spins = 0u64;
+                    while waiter.sleeps.load(Ordering::SeqCst) <= i {
+                        spins += 1;
+                        assert!(
+                            spins < 100_000_000 && !reader.is_finished(),
+                            "the consumer never fell asleep"
+                        );
+                        std::thread::yield_now();
+                    }
+                    producer.write_grant(1).unwrap().commit_all().wake(&waiter);
+                }
+                let got = reader.join().unwrap();
+                assert_eq!(got, (0..FRAMES).collect::<Vec<_>>());
+            });
+        },
+    );
+    assert_eq!(
+        waiter.wakes.load(Ordering::SeqCst),
+        FRAMES as usize,
+        "one wake per frame, each for a consumer that really slept"
+    );
+}
+
+/// The other direction: a forged `producer_parked` (offset 268) while consumers release.
+/// Releases make no wake call unless the producer really armed `space_futex`.
+#[test]
+fn forged_producer_parked_costs_releases_no_wake_call() {
+    const FRAMES: usize = 20_000;
+    let (mut region, ring) = make(&config(8, 3, Policy::Lossless));
+    let base = region.ptr() as usize;
+    // SAFETY: offset 268 is `producer_parked`; the region outlives the scope below.
+    let parked = unsafe { word(base, PRODUCER_PARKED) };
+    let waiter = FutexLike::default();
+    let mut producer = ring.producer(1).unwrap();
+    let mut consumer = ring.consumer(2).unwrap();
+    let mut needed = 0usize;
+    with_forger(
+        || parked.store(1, portable_atomic::Ordering::Relaxed),
+        || {
+            for _ in 0..FRAMES {
+                producer.write_grant(1).unwrap().commit_all().wake(&waiter);
+                let wake = consumer.read_grant(1).unwrap().release_all().unwrap();
+                needed += usize::from(wake.needed());
+                wake.wake(&waiter);
+            }
+        },
+    );
+    assert_eq!(
+        needed, 0,
+        "a forged producer_parked asked for {needed} wakes"
+    );
+    assert_eq!(waiter.wakes.load(Ordering::SeqCst), 0);
+}
+
+/// Under a forged `producer_parked`, a producer that really sleeps on a full ring is still
+/// woken by the consumer's release, every time.
+#[test]
+fn a_really_parked_producer_is_still_woken_under_a_forged_count() {
+    const FRAMES: u64 = 300;
+    let (mut region, ring) = make(&config(1, 1, Policy::Lossless));
+    let base = region.ptr() as usize;
+    // SAFETY: offset 268 is `producer_parked`; the region outlives the scope below.
+    let parked = unsafe { word(base, PRODUCER_PARKED) };
+    let waiter = FutexLike::default();
+    let mut producer = ring.producer(1).unwrap();
+    let mut consumer = ring.consumer(2).unwrap();
+    with_forger(
+        || parked.store(1, portable_atomic::Ordering::Relaxed),
+        || {
+            std::thread::scope(|s| {
+                let writer = s.spawn(|| {
+                    let mut sent = 0u64;
+                    while sent < FRAMES {
+                        if let Ok(g) = producer.write_grant(1) {
+                            g.commit_all();
+                            sent += 1;
+                            continue;
+                        }
+                        let outcome = producer.wait_writable(&waiter, None).unwrap();
+                        assert_ne!(
+                            outcome,
+                            WaitOutcome::TimedOut,
+                            "the producer was never woken"
+                        );
+                    }
+                });
+                for i in 0..FRAMES as usize {
+                    // The ring holds one frame: once the producer sleeps after committing
+                    // frame `i` (all but the last), release it (a give-up bound, not a timing).
+                    let mut spins = 0u64;
+                    while i + 1 < FRAMES as usize && waiter.sleeps.load(Ordering::SeqCst) <= i {
+                        spins += 1;
+                        assert!(
+                            spins < 100_000_000 && !writer.is_finished(),
+                            "the producer never fell asleep"
+                        );
+                        std::thread::yield_now();
+                    }
+                    let g = consumer.read_grant(1).unwrap();
+                    assert_eq!(g.first_seq(), i as u64);
+                    g.release_all().unwrap().wake(&waiter);
+                }
+                writer.join().unwrap();
+            });
+        },
+    );
+    // One wake per release of a frame the producer slept on: all but the last.
+    assert_eq!(waiter.wakes.load(Ordering::SeqCst), FRAMES as usize - 1);
+}
