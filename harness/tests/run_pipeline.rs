@@ -10,6 +10,13 @@ use std::os::unix::fs::MetadataExt as _;
 
 use serde_json::Value;
 
+/// The run's JSON report; a missing or unreadable one fails with what the run printed.
+fn read_report(path: &Path, context: &str) -> Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("no JSON report at {}: {e}\n{context}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{context}"))
+}
+
 fn voxring() -> Command {
     Command::new(env!("CARGO_BIN_EXE_voxring"))
 }
@@ -205,8 +212,7 @@ fn run_and_check(device: &str, seconds: &str, name: &str) {
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap())
-        .unwrap_or_else(|e| panic!("{e}\nstdout:\n{stdout}\nstderr:\n{stderr}"));
+    let report = read_report(&json, &format!("stdout:\n{stdout}\nstderr:\n{stderr}"));
     assert_ran_correctly(
         out.status.code(),
         &report,
@@ -472,7 +478,7 @@ fn a_python_agent_gets_every_frame_over_shared_memory() {
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = read_report(&json, &format!("stdout:\n{stdout}\nstderr:\n{stderr}"));
     assert_ran_correctly(
         out.status.code(),
         &report,
