@@ -359,7 +359,7 @@ pub fn clean_segments_with_hooks(
         between_check_and_move(&shown);
         let private = match &mut private {
             Some(p) => p,
-            None => match PrivateDir::new(dir.as_fd()) {
+            None => match PrivateDir::new(dir.as_fd(), opts.all_users) {
                 Ok(p) => private.insert(p),
                 Err(reason) => {
                     report.skipped.push((shown, reason));
@@ -673,12 +673,14 @@ struct PrivateDir {
     path: PathBuf,
     /// Something could not be moved out again: leave the directory for a person to see.
     keep: bool,
+    /// [`CleanOptions::all_users`] of the clean-up using it (for the unwinding path).
+    all_users: bool,
 }
 
 impl PrivateDir {
     /// Makes `/dev/shm/.voxring-clean-<pid>-<start time>-XXXXXX`, mode 0700, and checks
     /// through its descriptor that it is this user's and closed to everyone else.
-    fn new(shm: BorrowedFd<'_>) -> Result<Self, String> {
+    fn new(shm: BorrowedFd<'_>, all_users: bool) -> Result<Self, String> {
         use std::os::unix::fs::PermissionsExt;
         let pid = std::process::id();
         let start = process_start(pid)
@@ -716,6 +718,7 @@ impl PrivateDir {
             fd,
             path,
             keep: false,
+            all_users,
         })
     }
 }
@@ -729,17 +732,18 @@ impl Drop for PrivateDir {
         // settling, finish the job: unlink what is dead, move the rest out under a
         // `.displaced-` name.
         let me = rustix::process::geteuid().as_raw();
-        if let Ok(inside) = std::fs::read_dir(&self.path) {
-            if let Ok(shm) = rustix::fs::open(
+        if let (Ok(inside), Ok(shm)) = (
+            std::fs::read_dir(&self.path),
+            rustix::fs::open(
                 SHM_DIR,
                 OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
                 Mode::empty(),
-            ) {
-                for slot in inside.filter_map(|e| e.ok()).map(|e| e.file_name()) {
-                    if let Settled::Kept(_) = try_remove(self.fd.as_fd(), &slot, me, true) {
-                        let name = slot.to_string_lossy().into_owned();
-                        let _ = move_out_displaced(self.fd.as_fd(), &slot, shm.as_fd(), &name);
-                    }
+            ),
+        ) {
+            for slot in inside.filter_map(|e| e.ok()).map(|e| e.file_name()) {
+                if let Settled::Kept(_) = try_remove(self.fd.as_fd(), &slot, me, self.all_users) {
+                    let name = slot.to_string_lossy().into_owned();
+                    let _ = move_out_displaced(self.fd.as_fd(), &slot, shm.as_fd(), &name);
                 }
             }
         }
