@@ -275,8 +275,16 @@ pub fn clean_segments_matching(filter: impl Fn(&str) -> bool) -> std::io::Result
 ///    this user and root can change names in there;
 /// 3. open the moved file and run every check of step 1 again, on that descriptor;
 /// 4. only if it passes, unlink it there. Otherwise it goes back under its name
-///    (`RENAME_NOREPLACE`); if something took the name meanwhile, it is put under
-///    `<name>.displaced-<pid>-<n>` and reported, never removed.
+///    (`RENAME_NOREPLACE`); if something took the name meanwhile, it is judged once more
+///    (unlinked if it is dead by now), else put under a fresh `<name>.displaced-<pid>-<n>`
+///    and reported. A displaced file is a segment like any other: a later clean-up removes
+///    it once nobody uses it.
+///
+/// The private directory is named `.voxring-clean-<pid>-<start time>-XXXXXX` and removed
+/// before this returns, also when a panic unwinds through it. Only a SIGKILL between steps
+/// 2 and 4 leaves it (with the segment inside, under its own name); every clean-up first
+/// sweeps such directories of this user whose creator is gone (by the pid and start time
+/// in the name), judging each file inside like any segment.
 ///
 /// Whatever was swapped in before step 2 is judged by step 3, so it is removed only if it is
 /// itself a dead segment this call may remove. An attacher takes its presence lock and then
@@ -300,7 +308,19 @@ pub fn clean_segments_with(
 pub fn clean_segments_with_hook(
     opts: &CleanOptions,
     filter: impl Fn(&str) -> bool,
+    between_check_and_move: impl FnMut(&str),
+) -> std::io::Result<CleanReport> {
+    clean_segments_with_hooks(opts, filter, between_check_and_move, |_| {})
+}
+
+/// [`clean_segments_with_hook`], also calling `after_move` with each file name right after
+/// it was moved into the private directory (for the test that kills a clean-up there).
+#[doc(hidden)]
+pub fn clean_segments_with_hooks(
+    opts: &CleanOptions,
+    filter: impl Fn(&str) -> bool,
     mut between_check_and_move: impl FnMut(&str),
+    mut after_move: impl FnMut(&str),
 ) -> std::io::Result<CleanReport> {
     let mut report = CleanReport::default();
     let dir = rustix::fs::open(
@@ -310,6 +330,7 @@ pub fn clean_segments_with_hook(
     )
     .map_err(crate::mapping::io_err)?;
     let me = rustix::process::geteuid().as_raw();
+    sweep_stale_private_dirs(dir.as_fd(), me, opts, &filter, &mut report);
     let mut private: Option<PrivateDir> = None;
     for name in segment_file_names()? {
         let shown = name.to_string_lossy().into_owned();
@@ -338,7 +359,7 @@ pub fn clean_segments_with_hook(
         between_check_and_move(&shown);
         let private = match &mut private {
             Some(p) => p,
-            None => match PrivateDir::new(dir.as_fd()) {
+            None => match PrivateDir::new(dir.as_fd(), opts.all_users) {
                 Ok(p) => private.insert(p),
                 Err(reason) => {
                     report.skipped.push((shown, reason));
@@ -346,101 +367,302 @@ pub fn clean_segments_with_hook(
                 }
             },
         };
-        remove_one(dir.as_fd(), &name, shown, private, me, opts, &mut report);
+        // Step 2: the slot in the private directory is the file's own name (unique in
+        // /dev/shm, so unique in this call), so that whatever a killed clean-up leaves
+        // behind says what it was.
+        match rustix::fs::renameat_with(
+            dir.as_fd(),
+            &name,
+            private.fd.as_fd(),
+            &name,
+            RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => {}
+            // Gone already (another clean-up removed it): what was asked for is true.
+            Err(Errno::NOENT) => {
+                report.removed.push(shown);
+                continue;
+            }
+            Err(e) => {
+                report
+                    .skipped
+                    .push((shown, format!("could not move it away to remove it: {e}")));
+                continue;
+            }
+        }
+        after_move(&shown);
+        settle(
+            dir.as_fd(),
+            private,
+            &name,
+            shown,
+            me,
+            opts.all_users,
+            &mut report,
+        );
     }
     Ok(report)
 }
 
-/// Steps 2 to 4 of [`clean_segments_with`] for one name that passed step 1.
-fn remove_one(
+/// Steps 3 and 4 of [`clean_segments_with`] for the file moved to `slot` in the private
+/// directory: judges it there and unlinks it if dead; otherwise gives it its name back, or,
+/// if that name was taken meanwhile, judges it once more (what kept it may have let go) and
+/// either unlinks it or moves it to a fresh `<name>.displaced-<pid>-<n>`. The file is left
+/// in the private directory only if every rename out of it fails (reported with its path;
+/// a later clean-up sweeps it once this process is gone).
+fn settle(
     dir: BorrowedFd<'_>,
-    name: &OsStr,
-    shown: String,
     private: &mut PrivateDir,
+    slot: &OsStr,
+    shown: String,
     me: u32,
-    opts: &CleanOptions,
+    all_users: bool,
     report: &mut CleanReport,
 ) {
-    let slot = private.next_slot();
-    match rustix::fs::renameat_with(
-        dir,
-        name,
-        private.fd.as_fd(),
-        slot.as_str(),
-        RenameFlags::NOREPLACE,
-    ) {
-        Ok(()) => {}
-        // Gone already (another clean-up removed it): what was asked for is true.
-        Err(Errno::NOENT) => return report.removed.push(shown),
-        Err(e) => {
+    let pfd = private.fd.as_fd();
+    let verdict = match try_remove(pfd, slot, me, all_users) {
+        Settled::Removed => return report.removed.push(shown),
+        Settled::Gone => {
+            return report.skipped.push((
+                shown,
+                "it disappeared from the private directory it was moved to (another process \
+                 of this user, or root, removed it)"
+                    .into(),
+            ));
+        }
+        Settled::Kept(v) => v,
+    };
+    match rustix::fs::renameat_with(pfd, slot, dir, &*shown, RenameFlags::NOREPLACE) {
+        Ok(()) => {
+            return match verdict {
+                Verdict::Dead => report
+                    .skipped
+                    .push((shown, "could not remove it; put back".into())),
+                Verdict::InUse => report.in_use.push(shown),
+                Verdict::OtherUser(uid) => report.other_users.push((shown, uid)),
+                Verdict::Skip(reason) => report.skipped.push((shown, reason)),
+            };
+        }
+        Err(Errno::NOENT) => {
+            // Our slot vanished (nobody else can rename in there but this user or root).
             return report
                 .skipped
-                .push((shown, format!("could not move it away to remove it: {e}")));
+                .push((shown, "it disappeared from the private directory".into()));
         }
+        Err(_) => {}
     }
-    let verdict = judge(
-        private.fd.as_fd(),
-        OsStr::new(&slot),
-        me,
-        opts.all_users,
-        false,
-    );
+    // The name was taken meanwhile. Whatever made the file look in use may have let go
+    // (typically an attacher that found the name gone and retried): judge it again.
+    let verdict = match try_remove(pfd, slot, me, all_users) {
+        Settled::Removed => return report.removed.push(shown),
+        Settled::Gone => {
+            return report
+                .skipped
+                .push((shown, "it disappeared from the private directory".into()));
+        }
+        Settled::Kept(v) => v,
+    };
+    let where_now = match move_out_displaced(pfd, slot, dir, &shown) {
+        Some(displaced) => Path::new(SHM_DIR).join(displaced),
+        None => {
+            private.keep = true;
+            private.path.join(slot)
+        }
+    };
+    report.skipped.push((
+        shown,
+        format!(
+            "another file took this name while it was being removed; the file that was there \
+             is not removable ({}) and is now at {}: rename it back by hand (a later \
+             `voxring segments clean` removes it once nobody uses it)",
+            verdict.describe(),
+            where_now.display()
+        ),
+    ));
+}
+
+/// What [`try_remove`] did with a file in a private directory.
+enum Settled {
+    Removed,
+    Gone,
+    Kept(Verdict),
+}
+
+/// Judges `slot` in the private directory `pfd` and unlinks it if it is dead.
+fn try_remove(pfd: BorrowedFd<'_>, slot: &OsStr, me: u32, all_users: bool) -> Settled {
+    if let Err(Errno::NOENT) = rustix::fs::statat(pfd, slot, AtFlags::SYMLINK_NOFOLLOW) {
+        return Settled::Gone;
+    }
+    let verdict = judge(pfd, slot, me, all_users, false);
     if verdict == Verdict::Dead {
-        match rustix::fs::unlinkat(private.fd.as_fd(), slot.as_str(), AtFlags::empty()) {
-            Ok(()) => return report.removed.push(shown),
+        match rustix::fs::unlinkat(pfd, slot, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => return Settled::Removed,
             Err(e) => {
-                // Not removed: put it back below, and say why.
-                report
-                    .skipped
-                    .push((shown.clone(), format!("could not remove it: {e}")));
+                return Settled::Kept(Verdict::Skip(format!("could not remove it: {e}")));
             }
         }
     }
-    // Something else was at the name by the time it was moved (or it came into use): give
-    // it its name back.
-    let back = rustix::fs::renameat_with(
-        private.fd.as_fd(),
-        slot.as_str(),
-        dir,
-        name,
-        RenameFlags::NOREPLACE,
-    );
-    match back {
-        Ok(()) => match verdict {
-            Verdict::Dead => {}
-            Verdict::InUse => report.in_use.push(shown),
-            Verdict::OtherUser(uid) => report.other_users.push((shown, uid)),
-            Verdict::Skip(reason) => report.skipped.push((shown, reason)),
-        },
-        Err(_) => {
-            let displaced = format!(
-                "{shown}.displaced-{}-{}",
-                rustix::process::getpid().as_raw_nonzero(),
-                private.next
-            );
-            let moved = rustix::fs::renameat_with(
-                private.fd.as_fd(),
-                slot.as_str(),
-                dir,
-                displaced.as_str(),
-                RenameFlags::NOREPLACE,
-            );
-            let where_now = match moved {
-                Ok(()) => Path::new(SHM_DIR).join(&displaced),
-                Err(_) => {
-                    private.keep = true;
-                    private.path.join(&slot)
+    Settled::Kept(verdict)
+}
+
+/// Moves `slot` out of a private directory to a fresh `<name>.displaced-<pid>-<n>` in
+/// `/dev/shm` (never replacing anything). Returns the new name, or `None` if every try failed.
+fn move_out_displaced(
+    pfd: BorrowedFd<'_>,
+    slot: &OsStr,
+    dir: BorrowedFd<'_>,
+    name: &str,
+) -> Option<String> {
+    static DISPLACED: AtomicU64 = AtomicU64::new(1);
+    let pid = rustix::process::getpid().as_raw_nonzero();
+    for _ in 0..16 {
+        // Relaxed: the counter only makes names unique; NOREPLACE below decides.
+        let n = DISPLACED.fetch_add(1, Ordering::Relaxed);
+        let displaced = format!("{name}.displaced-{pid}-{n}");
+        match rustix::fs::renameat_with(pfd, slot, dir, displaced.as_str(), RenameFlags::NOREPLACE)
+        {
+            Ok(()) => return Some(displaced),
+            Err(Errno::EXIST) => continue,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// Prefix of the private directories clean-ups move segments into:
+/// `.voxring-clean-<pid>-<start time>-XXXXXX`, naming the process that made it.
+pub const PRIVATE_DIR_PREFIX: &str = ".voxring-clean-";
+
+/// The start time of process `pid` (field 22 of `/proc/<pid>/stat`, in clock ticks since
+/// boot), or `None` if there is no such process. With the pid it names a process uniquely.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces or ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the process that made the private directory called `name` is still running:
+/// `Some(true)`/`Some(false)` from the pid and start time in the name, `None` if the name
+/// does not carry them (made by an older version).
+fn creator_alive(name: &str) -> Option<bool> {
+    let rest = name.strip_prefix(PRIVATE_DIR_PREFIX)?;
+    let mut parts = rest.splitn(3, '-');
+    let pid: u32 = parts.next()?.parse().ok()?;
+    let start: u64 = parts.next()?.parse().ok()?;
+    parts.next()?;
+    Some(process_start(pid) == Some(start))
+}
+
+/// Removes what clean-ups killed mid-way (SIGKILL between moving a segment into their
+/// private directory and unlinking it) left behind: every `/dev/shm/.voxring-clean-*`
+/// directory of this user (any user's with `all_users`) whose creator is no longer running
+/// (judged by the pid and start time in its name; a directory without them, made by an
+/// older version, once it is older than [`TEMPORARY_GRACE_SECS`]). Each file inside whose
+/// name passes `filter` is judged like any segment: unlinked if nobody holds a lock on it,
+/// otherwise given its name back (or a `.displaced-` one). The directory is removed once
+/// empty. In a dry run, only reports.
+fn sweep_stale_private_dirs(
+    dir: BorrowedFd<'_>,
+    me: u32,
+    opts: &CleanOptions,
+    filter: &impl Fn(&str) -> bool,
+    report: &mut CleanReport,
+) {
+    let Ok(entries) = std::fs::read_dir(SHM_DIR) else {
+        return;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let dname = entry.file_name();
+        let Some(dname) = dname.to_str() else {
+            continue;
+        };
+        if !dname.starts_with(PRIVATE_DIR_PREFIX) {
+            continue;
+        }
+        let Ok(pfd) = rustix::fs::openat(
+            dir,
+            dname,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            continue; // not a directory, or not ours to open
+        };
+        let Ok(st) = rustix::fs::fstat(&pfd) else {
+            continue;
+        };
+        if st.st_uid != me && !opts.all_users {
+            continue;
+        }
+        let stale = match creator_alive(dname) {
+            Some(alive) => !alive,
+            None => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                now - st.st_ctime >= TEMPORARY_GRACE_SECS
+            }
+        };
+        if !stale {
+            continue;
+        }
+        let dpath = Path::new(SHM_DIR).join(dname);
+        let Ok(inside) = std::fs::read_dir(&dpath) else {
+            continue;
+        };
+        for slot in inside.filter_map(|e| e.ok()).map(|e| e.file_name()) {
+            let shown = slot.to_string_lossy().into_owned();
+            if !filter(&shown) {
+                continue;
+            }
+            if opts.dry_run {
+                if judge(pfd.as_fd(), &slot, me, opts.all_users, false) == Verdict::Dead {
+                    report.removed.push(shown);
                 }
+                continue;
+            }
+            match try_remove(pfd.as_fd(), &slot, me, opts.all_users) {
+                Settled::Removed | Settled::Gone => {
+                    report.removed.push(shown);
+                    continue;
+                }
+                Settled::Kept(_) => {}
+            }
+            // In use (or not removable): out to /dev/shm, under its own name if free.
+            let back = segment::is_segment_file_name(&slot)
+                && rustix::fs::renameat_with(
+                    pfd.as_fd(),
+                    &slot,
+                    dir,
+                    &slot,
+                    RenameFlags::NOREPLACE,
+                )
+                .is_ok();
+            let now_at = if back {
+                Some(shown.clone())
+            } else {
+                move_out_displaced(pfd.as_fd(), &slot, dir, &shown)
             };
             report.skipped.push((
                 shown,
-                format!(
-                    "another file took this name while it was being removed; the file that \
-                     was there is not removable ({}) and is now at {}: rename it back by hand",
-                    verdict.describe(),
-                    where_now.display()
-                ),
+                match now_at {
+                    Some(n) => format!(
+                        "left behind in {} by a clean-up that was killed; in use, so moved \
+                         back to {SHM_DIR}/{n}",
+                        dpath.display()
+                    ),
+                    None => format!(
+                        "left behind in {} by a clean-up that was killed; in use and could \
+                         not be moved out: move it by hand",
+                        dpath.display()
+                    ),
+                },
             ));
+        }
+        if !opts.dry_run {
+            // rmdir: fails, and leaves everything, if anything is still inside.
+            let _ = rustix::fs::unlinkat(dir, dname, AtFlags::REMOVEDIR);
         }
     }
 }
@@ -449,18 +671,22 @@ fn remove_one(
 struct PrivateDir {
     fd: OwnedFd,
     path: PathBuf,
-    next: u64,
     /// Something could not be moved out again: leave the directory for a person to see.
     keep: bool,
+    /// [`CleanOptions::all_users`] of the clean-up using it (for the unwinding path).
+    all_users: bool,
 }
 
 impl PrivateDir {
-    /// Makes `/dev/shm/.voxring-clean-XXXXXX`, mode 0700, and checks through its descriptor
-    /// that it is this user's and closed to everyone else.
-    fn new(shm: BorrowedFd<'_>) -> Result<Self, String> {
+    /// Makes `/dev/shm/.voxring-clean-<pid>-<start time>-XXXXXX`, mode 0700, and checks
+    /// through its descriptor that it is this user's and closed to everyone else.
+    fn new(shm: BorrowedFd<'_>, all_users: bool) -> Result<Self, String> {
         use std::os::unix::fs::PermissionsExt;
+        let pid = std::process::id();
+        let start = process_start(pid)
+            .ok_or_else(|| format!("could not read /proc/{pid}/stat (is /proc mounted?)"))?;
         let made = tempfile::Builder::new()
-            .prefix(".voxring-clean-")
+            .prefix(&format!("{PRIVATE_DIR_PREFIX}{pid}-{start}-"))
             .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir_in(SHM_DIR)
             .map_err(|e| format!("could not make a private directory in {SHM_DIR}: {e}"))?;
@@ -491,23 +717,38 @@ impl PrivateDir {
         Ok(PrivateDir {
             fd,
             path,
-            next: 0,
             keep: false,
+            all_users,
         })
-    }
-
-    fn next_slot(&mut self) -> String {
-        self.next += 1;
-        format!("s{}", self.next)
     }
 }
 
 impl Drop for PrivateDir {
     fn drop(&mut self) {
-        if !self.keep {
-            // rmdir: fails, and leaves everything, if anything is still inside.
-            let _ = std::fs::remove_dir(&self.path);
+        if self.keep {
+            return;
         }
+        // Normally empty by now. If a panic unwound through a clean-up between a move and its
+        // settling, finish the job: unlink what is dead, move the rest out under a
+        // `.displaced-` name.
+        let me = rustix::process::geteuid().as_raw();
+        if let (Ok(inside), Ok(shm)) = (
+            std::fs::read_dir(&self.path),
+            rustix::fs::open(
+                SHM_DIR,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            ),
+        ) {
+            for slot in inside.filter_map(|e| e.ok()).map(|e| e.file_name()) {
+                if let Settled::Kept(_) = try_remove(self.fd.as_fd(), &slot, me, self.all_users) {
+                    let name = slot.to_string_lossy().into_owned();
+                    let _ = move_out_displaced(self.fd.as_fd(), &slot, shm.as_fd(), &name);
+                }
+            }
+        }
+        // rmdir: fails, and leaves everything, if anything is still inside.
+        let _ = std::fs::remove_dir(&self.path);
     }
 }
 

@@ -17,11 +17,14 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use common::{ShmCleanup, consume, produce, shm_path, test_config, unique_name};
+use common::{
+    ChildGuard, ShmCleanup, consume, produce, role, shm_path, spawn_role, test_config, unique_name,
+};
 use rustix::fs::{MemfdFlags, Mode, OFlags, RenameFlags, SealFlags};
 use voxring_core::{Policy, Ring};
 use voxring_linux::cleanup::{
-    CleanOptions, clean_segments_matching, clean_segments_with, clean_segments_with_hook,
+    CleanOptions, PRIVATE_DIR_PREFIX, clean_segments_matching, clean_segments_with,
+    clean_segments_with_hook, clean_segments_with_hooks,
 };
 use voxring_linux::mapping::{MapOptions, SharedMapping};
 use voxring_linux::ring::{Segment, list_segments};
@@ -88,6 +91,42 @@ fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
 
 fn fd_links(fd: BorrowedFd<'_>) -> u64 {
     rustix::fs::fstat(fd).unwrap().st_nlink
+}
+
+/// Whether `n` is the segment file `fname` or one derived from it (`.displaced-`, `.tmp-`).
+fn of(fname: &str, n: &str) -> bool {
+    n == fname || n.strip_prefix(fname).is_some_and(|r| r.starts_with('.'))
+}
+
+/// What this test left behind for the segments `names`: displaced copies in /dev/shm, and
+/// anything of theirs inside a clean-up's private directory made by this process (other
+/// tests of this process may be using theirs right now, so only our names count).
+fn residue(names: &[&str]) -> Vec<String> {
+    let fnames: Vec<String> = names.iter().map(|n| file_name(n).unwrap()).collect();
+    let mine = format!("{PRIVATE_DIR_PREFIX}{}-", std::process::id());
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(SHM_DIR).unwrap().filter_map(|e| e.ok()) {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if fnames
+            .iter()
+            .any(|f| of(f, &n) && n.contains(".displaced-"))
+        {
+            found.push(n);
+        } else if n.starts_with(&mine) {
+            for inner in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
+                let i = inner.file_name().to_string_lossy().into_owned();
+                if fnames.iter().any(|f| of(f, &i)) {
+                    found.push(format!("{n}/{i}"));
+                }
+            }
+        }
+    }
+    found
+}
+
+fn assert_no_residue(names: &[&str]) {
+    let left = residue(names);
+    assert!(left.is_empty(), "left behind in {SHM_DIR}: {left:?}");
 }
 
 #[test]
@@ -285,6 +324,7 @@ fn clean_leaves_another_users_dead_segment_unless_all_users() {
     let report = clean_segments_with(&all, |n| n == fname).unwrap();
     assert_eq!(report.removed, vec![fname.clone()], "{report:?}");
     assert!(!path.exists());
+    assert_no_residue(&[&name]);
 }
 
 #[test]
@@ -350,6 +390,7 @@ fn a_live_segment_swapped_in_between_check_and_removal_is_not_removed() {
         file_name(&live).unwrap().as_str(),
     )
     .unwrap();
+    assert_no_residue(&[&dead, &live, &aside]);
 }
 
 #[test]
@@ -379,6 +420,7 @@ fn another_users_segment_swapped_in_is_not_removed_either() {
     assert_eq!(report.other_users, vec![(dead_fname.clone(), NOBODY)]);
     let now = std::fs::metadata(shm_path(&dead)).unwrap();
     assert!(same_file(&now, &theirs_meta));
+    assert_no_residue(&[&dead, &theirs]);
 }
 
 #[test]
@@ -471,6 +513,7 @@ fn names_exchanged_in_a_loop_never_cost_a_live_segment_its_file() {
             .unwrap_or(false)
     });
     assert!(named, "the live segment is under neither name");
+    assert_no_residue(&[&a, &b]);
 }
 
 #[test]
@@ -526,4 +569,140 @@ fn an_attach_racing_a_clean_up_never_holds_a_removed_segment() {
     let removed = removed.load(Ordering::Relaxed);
     eprintln!("{rounds} rounds, {attached} attaches, {removed} removals");
     assert!(attached > 0 && removed > 0, "the race was never run");
+    // Whatever the race displaced (a file put back while the name had been re-created) is a
+    // dead segment by now: a later clean-up removes it like any other.
+    let report = clean_segments_matching(|n| of(&fname, n)).unwrap();
+    assert!(
+        report.in_use.is_empty() && report.skipped.is_empty(),
+        "{report:?}"
+    );
+    assert!(!shm_path(&name).exists());
+    assert_no_residue(&[&name]);
+}
+
+/// The attacker keeps a file "in use" while clean-up has it in its private directory, and
+/// re-creates the name meanwhile, twice with the same name in one process: each time the
+/// file goes to a fresh `.displaced-` name (the same name twice once made the second one
+/// stay in the private directory, and the directory with it). Once the attacker lets go, a
+/// later clean-up removes the displaced files as the dead segments they are.
+#[test]
+fn a_name_displaced_twice_leaves_no_private_dir_and_a_later_clean_removes_both() {
+    let name = unique_name("twice");
+    let _c = ShmCleanup(name.clone());
+    let fname = file_name(&name).unwrap();
+    let mut held = Vec::new();
+    for round in 0..2 {
+        dead_segment(&name, None);
+        // The attacker's own descriptor of the dead file, opened before clean-up moves it.
+        let fd = rustix::fs::open(
+            shm_path(&name),
+            OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        let report = clean_segments_with_hooks(
+            &CleanOptions::default(),
+            |n| n == fname,
+            |_| {},
+            |_| {
+                // In the window after the move: make it look in use, and take its name.
+                voxring_linux::liveness::hold_presence(fd.as_fd()).unwrap();
+                dead_segment(&name, None);
+            },
+        )
+        .unwrap();
+        assert!(report.removed.is_empty(), "round {round}: {report:?}");
+        assert_eq!(report.skipped.len(), 1, "round {round}: {report:?}");
+        assert!(report.skipped[0].1.contains(".displaced-"), "{report:?}");
+        assert_eq!(
+            fd_links(fd.as_fd()),
+            1,
+            "round {round}: the held file lost its name"
+        );
+        held.push(fd);
+        // The re-created file is dead: remove it for the next round.
+        std::fs::remove_file(shm_path(&name)).unwrap();
+        let displaced: Vec<String> = residue(&[&name]);
+        assert_eq!(displaced.len(), round + 1, "{displaced:?}");
+        assert!(
+            displaced.iter().all(|d| !d.starts_with('.')),
+            "{displaced:?}"
+        );
+    }
+    // While held, a clean-up keeps them.
+    let report = clean_segments_matching(|n| of(&fname, n)).unwrap();
+    assert_eq!(report.in_use.len(), 2, "{report:?}");
+    drop(held);
+    let report = clean_segments_matching(|n| of(&fname, n)).unwrap();
+    assert_eq!(report.removed.len(), 2, "{report:?}");
+    assert_no_residue(&[&name]);
+}
+
+/// A clean-up killed (SIGKILL) right after moving a dead segment into its private directory
+/// leaves that directory behind; the next clean-up sees its creator is gone, removes the
+/// dead segment inside and the directory.
+#[test]
+fn what_a_clean_up_killed_mid_way_leaves_is_removed_by_the_next() {
+    const ENTRY: &str = "what_a_clean_up_killed_mid_way_leaves_is_removed_by_the_next";
+    if role().as_deref() == Some("killed-cleaner") {
+        let fname = common::env("VOXRING_TEST_SEGMENT");
+        let _ = clean_segments_with_hooks(
+            &CleanOptions::default(),
+            |n| n == fname,
+            |_| {},
+            |_| {
+                let _ = rustix::process::kill_process(
+                    rustix::process::getpid(),
+                    rustix::process::Signal::KILL,
+                );
+                loop {
+                    std::thread::park();
+                }
+            },
+        );
+        unreachable!("the cleaner survived its SIGKILL");
+    }
+    let name = unique_name("killed");
+    let _c = ShmCleanup(name.clone());
+    let fname = file_name(&name).unwrap();
+    dead_segment(&name, None);
+    let mut child = ChildGuard(Some(
+        spawn_role(
+            ENTRY,
+            "killed-cleaner",
+            &[("VOXRING_TEST_SEGMENT", fname.clone())],
+        )
+        .spawn()
+        .unwrap(),
+    ));
+    let pid = child.pid();
+    let status = child.wait();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc_sigkill()),
+        "{status:?}"
+    );
+    // The residue: the child's private directory, the segment inside under its own name.
+    let theirs = format!("{PRIVATE_DIR_PREFIX}{pid}-");
+    let dirs: Vec<std::path::PathBuf> = std::fs::read_dir(SHM_DIR)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&theirs))
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    assert!(dirs[0].join(&fname).exists(), "{dirs:?}");
+    assert!(!shm_path(&name).exists());
+
+    let report = clean_segments_matching(|n| n == fname).unwrap();
+    assert_eq!(report.removed, vec![fname.clone()], "{report:?}");
+    assert!(
+        !dirs[0].exists(),
+        "the killed clean-up's directory is still there"
+    );
+    assert_no_residue(&[&name]);
+}
+
+fn libc_sigkill() -> i32 {
+    rustix::process::Signal::KILL.as_raw()
 }
