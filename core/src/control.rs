@@ -161,77 +161,9 @@ impl core::fmt::Display for ReadError {
     }
 }
 
-/// Why a register region could not be initialised or attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RegionError {
-    /// The pointer was null.
-    Null,
-    /// The region does not start on a 64-byte boundary.
-    Misaligned {
-        /// The address given.
-        addr: usize,
-    },
-    /// The region is shorter than the register.
-    TooSmall {
-        /// Bytes needed.
-        need: usize,
-        /// Bytes given.
-        got: usize,
-    },
-    /// The first eight bytes are not [`CONTROL_MAGIC`].
-    BadMagic {
-        /// What was there.
-        found: u64,
-    },
-    /// The layout version is not [`CONTROL_VERSION`].
-    UnsupportedVersion {
-        /// What was there.
-        found: u32,
-    },
-    /// The region's word count or payload size differs from this `ControlRegister<T, WORDS>`.
-    TypeMismatch {
-        /// Words in the region.
-        words: u32,
-        /// Payload bytes in the region.
-        payload_bytes: u32,
-    },
-}
-
-impl core::fmt::Display for RegionError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::Null => write!(f, "register region pointer is null; map the region first"),
-            Self::Misaligned { addr } => write!(
-                f,
-                "register region at {addr:#x} is not 64-byte aligned; place it at an aligned \
-                 offset of the mapping"
-            ),
-            Self::TooSmall { need, got } => write!(
-                f,
-                "register region is {got} bytes but this register needs {need}; map a larger \
-                 region"
-            ),
-            Self::BadMagic { found } => write!(
-                f,
-                "no control register in this region (magic {found:#018x}, expected \
-                 {CONTROL_MAGIC:#018x}): not initialised yet or something else"
-            ),
-            Self::UnsupportedVersion { found } => write!(
-                f,
-                "control register layout version {found} is not supported (this build speaks \
-                 {CONTROL_VERSION}); build both sides from the same voxring version"
-            ),
-            Self::TypeMismatch {
-                words,
-                payload_bytes,
-            } => write!(
-                f,
-                "the region holds a {payload_bytes}-byte payload in {words} words, not the \
-                 type this side expects; both sides must use the same payload type"
-            ),
-        }
-    }
-}
+/// Why a region could not be initialised or attached: the error every shared object
+/// reports (see [`crate::region`]).
+pub use crate::region::RegionError;
 
 /// The payload's bytes as words, zero-padded.
 #[inline(always)]
@@ -455,19 +387,7 @@ impl<T: Plain, const WORDS: usize> ControlRegister<T, WORDS> {
 #[cfg(not(voxring_loom))]
 impl<T: Plain, const WORDS: usize> ControlRegister<T, WORDS> {
     fn check_region(ptr: *const u8, len: usize) -> Result<(), RegionError> {
-        if ptr.is_null() {
-            return Err(RegionError::Null);
-        }
-        if !(ptr as usize).is_multiple_of(Self::REGION_ALIGN) {
-            return Err(RegionError::Misaligned { addr: ptr as usize });
-        }
-        if len < Self::REGION_SIZE {
-            return Err(RegionError::TooSmall {
-                need: Self::REGION_SIZE,
-                got: len,
-            });
-        }
-        Ok(())
+        crate::region::check_region(ptr, len, Self::REGION_ALIGN, Self::REGION_SIZE)
     }
 
     /// Creates a register holding `initial` in the first [`REGION_SIZE`](Self::REGION_SIZE)
@@ -522,22 +442,62 @@ impl<T: Plain, const WORDS: usize> ControlRegister<T, WORDS> {
         // Acquire: pairs with the Release store of the magic in `init_in`.
         let magic = reg.magic.load(Ordering::Acquire);
         if magic != CONTROL_MAGIC {
-            return Err(RegionError::BadMagic { found: magic });
+            return Err(RegionError::BadMagic {
+                found: magic,
+                expected: CONTROL_MAGIC,
+            });
         }
         // Relaxed: ordered by the Acquire above.
         let version = reg.version.load(Ordering::Relaxed);
         if version != CONTROL_VERSION {
-            return Err(RegionError::UnsupportedVersion { found: version });
+            return Err(RegionError::UnsupportedVersion {
+                found: version,
+                expected: CONTROL_VERSION,
+            });
         }
         let words = reg.words.load(Ordering::Relaxed);
         let payload_bytes = reg.payload_bytes.load(Ordering::Relaxed);
-        if words as usize != WORDS || payload_bytes as usize != size_of::<T>() {
-            return Err(RegionError::TypeMismatch {
-                words,
-                payload_bytes,
+        if words as usize != WORDS {
+            return Err(RegionError::Mismatch {
+                field: "control register word count",
+                found: u64::from(words),
+                expected: WORDS as u64,
+            });
+        }
+        if payload_bytes as usize != size_of::<T>() {
+            return Err(RegionError::Mismatch {
+                field: "control register payload size",
+                found: u64::from(payload_bytes),
+                expected: size_of::<T>() as u64,
             });
         }
         Ok(reg)
+    }
+}
+
+// SAFETY: `init_in` and `attach` below are the inherent ones: they check null, alignment
+// and `REGION_SIZE` before touching the region, touch only `REGION_SIZE` bytes, and every
+// field is an atomic integer (valid for any bit pattern a peer writes).
+unsafe impl<T: Plain, const WORDS: usize> crate::region::InRegion for ControlRegister<T, WORDS> {
+    type Init = T;
+    type Handle<'a>
+        = &'a Self
+    where
+        Self: 'a;
+    const ALIGN: usize = Self::REGION_ALIGN;
+
+    fn size_for(_: &T) -> Result<usize, RegionError> {
+        Ok(Self::REGION_SIZE)
+    }
+
+    unsafe fn init_in<'a>(ptr: *mut u8, len: usize, init: T) -> Result<&'a Self, RegionError> {
+        // SAFETY: the caller's promise is the inherent function's.
+        unsafe { Self::init_in(ptr, len, init) }
+    }
+
+    unsafe fn attach<'a>(ptr: *mut u8, len: usize) -> Result<&'a Self, RegionError> {
+        // SAFETY: the caller's promise is the inherent function's.
+        unsafe { Self::attach(ptr, len) }
     }
 }
 
@@ -685,7 +645,10 @@ mod tests {
         unsafe {
             assert_eq!(
                 R::attach(ptr, 256).unwrap_err(),
-                RegionError::BadMagic { found: 0 }
+                RegionError::BadMagic {
+                    found: 0,
+                    expected: CONTROL_MAGIC
+                }
             );
             let owner = R::init_in(ptr, 256, [0.5; 4]).unwrap();
             let peer = R::attach(ptr, 256).unwrap();
@@ -693,9 +656,10 @@ mod tests {
             assert_eq!(peer.read(), Ok([1.0, 2.0, 3.0, 4.0]));
             assert_eq!(
                 ControlRegister::<[f32; 3], 2>::attach(ptr, 256).unwrap_err(),
-                RegionError::TypeMismatch {
-                    words: 2,
-                    payload_bytes: 16
+                RegionError::Mismatch {
+                    field: "control register payload size",
+                    found: 16,
+                    expected: 12
                 }
             );
             assert_eq!(
@@ -713,7 +677,10 @@ mod tests {
             ptr.add(8).cast::<u32>().write(9);
             assert_eq!(
                 R::attach(ptr, 256).unwrap_err(),
-                RegionError::UnsupportedVersion { found: 9 }
+                RegionError::UnsupportedVersion {
+                    found: 9,
+                    expected: CONTROL_VERSION
+                }
             );
         }
     }

@@ -221,73 +221,9 @@ impl core::fmt::Display for DoneError {
     }
 }
 
-/// Why a fence region could not be initialised or attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RegionError {
-    /// The pointer was null.
-    Null,
-    /// The region does not start on a [`CycleFence::REGION_ALIGN`]-byte boundary.
-    Misaligned {
-        /// The address given.
-        addr: usize,
-    },
-    /// The region is shorter than [`CycleFence::REGION_SIZE`].
-    TooSmall {
-        /// Bytes needed.
-        need: usize,
-        /// Bytes given.
-        got: usize,
-    },
-    /// The first eight bytes are not [`FENCE_MAGIC`]: not a fence, or not initialised yet.
-    BadMagic {
-        /// What was there.
-        found: u64,
-    },
-    /// The layout version is not [`FENCE_VERSION`].
-    UnsupportedVersion {
-        /// What was there.
-        found: u32,
-    },
-    /// The agent count field is not [`MAX_AGENTS`].
-    AgentCount {
-        /// What was there.
-        found: u32,
-    },
-}
-
-impl core::fmt::Display for RegionError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::Null => write!(f, "fence region pointer is null; map the region first"),
-            Self::Misaligned { addr } => write!(
-                f,
-                "fence region at {addr:#x} is not {}-byte aligned; place it at an aligned \
-                 offset of the mapping",
-                CycleFence::REGION_ALIGN
-            ),
-            Self::TooSmall { need, got } => write!(
-                f,
-                "fence region is {got} bytes but a fence needs {need}; map a larger region"
-            ),
-            Self::BadMagic { found } => write!(
-                f,
-                "no fence in this region (magic {found:#018x}, expected {FENCE_MAGIC:#018x}): \
-                 it is not initialised yet or is something else; wait for the owner to \
-                 create it"
-            ),
-            Self::UnsupportedVersion { found } => write!(
-                f,
-                "fence layout version {found} is not supported (this build speaks \
-                 {FENCE_VERSION}); build both sides from the same voxring version"
-            ),
-            Self::AgentCount { found } => write!(
-                f,
-                "fence region declares {found} agents, this build expects {MAX_AGENTS}; build \
-                 both sides from the same voxring version"
-            ),
-        }
-    }
-}
+/// Why a region could not be initialised or attached: the error every shared object
+/// reports (see [`crate::region`]).
+pub use crate::region::RegionError;
 
 impl Default for CycleFence {
     fn default() -> Self {
@@ -506,19 +442,7 @@ impl CycleFence {
 #[cfg(not(voxring_loom))]
 impl CycleFence {
     fn check_region(ptr: *const u8, len: usize) -> Result<(), RegionError> {
-        if ptr.is_null() {
-            return Err(RegionError::Null);
-        }
-        if !(ptr as usize).is_multiple_of(Self::REGION_ALIGN) {
-            return Err(RegionError::Misaligned { addr: ptr as usize });
-        }
-        if len < Self::REGION_SIZE {
-            return Err(RegionError::TooSmall {
-                need: Self::REGION_SIZE,
-                got: len,
-            });
-        }
-        Ok(())
+        crate::region::check_region(ptr, len, Self::REGION_ALIGN, Self::REGION_SIZE)
     }
 
     /// Creates a fresh fence in the first [`REGION_SIZE`](Self::REGION_SIZE) bytes at `ptr`
@@ -568,18 +492,51 @@ impl CycleFence {
         // Acquire: pairs with the Release store of the magic in `init_in`.
         let magic = fence.magic.load(Ordering::Acquire);
         if magic != FENCE_MAGIC {
-            return Err(RegionError::BadMagic { found: magic });
+            return Err(RegionError::BadMagic {
+                found: magic,
+                expected: FENCE_MAGIC,
+            });
         }
         // Relaxed: ordered by the Acquire above.
         let version = fence.version.load(Ordering::Relaxed);
         if version != FENCE_VERSION {
-            return Err(RegionError::UnsupportedVersion { found: version });
+            return Err(RegionError::UnsupportedVersion {
+                found: version,
+                expected: FENCE_VERSION,
+            });
         }
         let agents = fence.agents.load(Ordering::Relaxed);
         if agents != MAX_AGENTS as u32 {
-            return Err(RegionError::AgentCount { found: agents });
+            return Err(RegionError::Mismatch {
+                field: "fence agent count",
+                found: u64::from(agents),
+                expected: MAX_AGENTS as u64,
+            });
         }
         Ok(fence)
+    }
+}
+
+// SAFETY: `init_in` and `attach` below are the inherent ones: they check null, alignment
+// and `REGION_SIZE` before touching the region, touch only `REGION_SIZE` bytes, and every
+// field is an atomic integer (valid for any bit pattern a peer writes).
+unsafe impl crate::region::InRegion for CycleFence {
+    type Init = ();
+    type Handle<'a> = &'a Self;
+    const ALIGN: usize = Self::REGION_ALIGN;
+
+    fn size_for(_: &()) -> Result<usize, RegionError> {
+        Ok(Self::REGION_SIZE)
+    }
+
+    unsafe fn init_in<'a>(ptr: *mut u8, len: usize, _: ()) -> Result<&'a Self, RegionError> {
+        // SAFETY: the caller's promise is the inherent function's.
+        unsafe { Self::init_in(ptr, len) }
+    }
+
+    unsafe fn attach<'a>(ptr: *mut u8, len: usize) -> Result<&'a Self, RegionError> {
+        // SAFETY: the caller's promise is the inherent function's.
+        unsafe { Self::attach(ptr, len) }
     }
 }
 
@@ -752,7 +709,13 @@ mod tests {
         let ptr = region.0.as_mut_ptr();
         // SAFETY: `region` outlives both references and is only used through them here.
         let err = unsafe { CycleFence::attach(ptr, 512) }.unwrap_err();
-        assert_eq!(err, RegionError::BadMagic { found: 0 });
+        assert_eq!(
+            err,
+            RegionError::BadMagic {
+                found: 0,
+                expected: FENCE_MAGIC
+            }
+        );
         // SAFETY: as above.
         let owner = unsafe { CycleFence::init_in(ptr, 512) }.unwrap();
         // SAFETY: as above.
@@ -791,13 +754,20 @@ mod tests {
             ptr.add(8).cast::<u32>().write(2);
             assert_eq!(
                 CycleFence::attach(ptr, 512).unwrap_err(),
-                RegionError::UnsupportedVersion { found: 2 }
+                RegionError::UnsupportedVersion {
+                    found: 2,
+                    expected: FENCE_VERSION
+                }
             );
             ptr.add(8).cast::<u32>().write(FENCE_VERSION);
             ptr.add(12).cast::<u32>().write(64);
             assert_eq!(
                 CycleFence::attach(ptr, 512).unwrap_err(),
-                RegionError::AgentCount { found: 64 }
+                RegionError::Mismatch {
+                    field: "fence agent count",
+                    found: 64,
+                    expected: MAX_AGENTS as u64
+                }
             );
         }
     }

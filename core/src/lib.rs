@@ -7,6 +7,7 @@ pub(crate) mod sync;
 
 pub mod layout;
 pub mod meta;
+pub mod region;
 pub mod ring;
 pub mod static_ring;
 pub mod wait;
