@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 use rustix::thread::futex;
+use voxring_core::{WaitOutcome, Waiter};
 
 /// How a futex wait ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +146,40 @@ impl FutexWaiter {
             }
         }
     }
+}
+
+/// voxring-core's waits (`wait_readable`, `wait_writable`) and wakes (`Wake::wake`) on a
+/// shared futex: spin for [`FutexWaiter::spin`], then park.
+impl Waiter for FutexWaiter {
+    fn wait(
+        &self,
+        word: &voxring_core::AtomicU32,
+        expected: u32,
+        timeout_ns: Option<u64>,
+    ) -> WaitOutcome {
+        let word = std_atomic(word);
+        // Acquire pairs with the waker's Release bump of the word (core's wait protocol).
+        if word.load(std::sync::atomic::Ordering::Acquire) != expected {
+            return WaitOutcome::Ready;
+        }
+        match self.wait_until_changed(word, expected, timeout_ns.map(Duration::from_nanos)) {
+            WaitResult::ChangedWhileSpinning | WaitResult::Woken => WaitOutcome::Woken,
+            WaitResult::TimedOut => WaitOutcome::TimedOut,
+        }
+    }
+
+    fn wake(&self, word: &voxring_core::AtomicU32) {
+        wake_all(std_atomic(word));
+    }
+}
+
+/// Views core's futex word as the standard atomic rustix's futex calls take.
+fn std_atomic(word: &voxring_core::AtomicU32) -> &std::sync::atomic::AtomicU32 {
+    // SAFETY: portable-atomic documents `AtomicU32` as having the same size, alignment and
+    // in-memory representation as `u32`, as does `std::sync::atomic::AtomicU32`; both only
+    // allow atomic access to the value, so viewing one as the other for the same lifetime is
+    // sound.
+    unsafe { &*(word as *const voxring_core::AtomicU32).cast::<std::sync::atomic::AtomicU32>() }
 }
 
 #[cfg(test)]

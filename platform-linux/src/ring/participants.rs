@@ -1,0 +1,421 @@
+//! The two sides of a shared ring: [`ShmProducer`] and [`ShmConsumer`], what they share
+//! ([`Participant`]: the liveness ticket, the segment, the waiter), and their waits.
+
+use std::fmt;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use voxring_core::WaitOutcome;
+
+use super::{ParticipantError, PeerState, Segment};
+use crate::futex::FutexWaiter;
+use crate::liveness;
+
+impl Segment {
+    /// Takes a liveness ticket for a new participant (see [`crate::liveness`]).
+    fn participant(&self) -> Result<Participant, ParticipantError> {
+        if self.is_truncated() {
+            return Err(ParticipantError::Truncated);
+        }
+        let (lock_fd, ticket) = self.take_ticket()?;
+        Ok(Participant {
+            _lock_fd: lock_fd,
+            token: liveness::owner_token(ticket),
+            segment: self.clone(),
+            waiter: FutexWaiter::default(),
+            liveness_interval: DEFAULT_LIVENESS_INTERVAL,
+        })
+    }
+
+    /// Claims the producer side: takes a liveness ticket, evicts a dead previous producer if
+    /// there is one, and claims the ring.
+    pub fn producer(&self) -> Result<ShmProducer, ParticipantError> {
+        let part = self.participant()?;
+        let token = part.token;
+        let producer = match self.inner.ring.producer(token) {
+            Ok(p) => p,
+            Err(voxring_core::ClaimError::Taken { owner }) => {
+                if self.token_alive(owner) {
+                    return Err(ParticipantError::ProducerTaken { owner });
+                }
+                let _ = self.inner.ring.evict_producer(owner);
+                self.inner.ring.producer(token).map_err(|e| match e {
+                    voxring_core::ClaimError::Taken { owner } => {
+                        ParticipantError::ProducerTaken { owner }
+                    }
+                    e => ParticipantError::Core(e.to_string()),
+                })?
+            }
+            Err(e) => return Err(ParticipantError::Core(e.to_string())),
+        };
+        Ok(ShmProducer { producer, part })
+    }
+
+    /// Joins as a consumer: takes a liveness ticket, then joins a free slot (evicting dead
+    /// consumers first if every slot is taken). Reading starts at the current write position.
+    pub fn consumer(&self) -> Result<ShmConsumer, ParticipantError> {
+        let part = self.participant()?;
+        let token = part.token;
+        let consumer = match self.inner.ring.consumer(token) {
+            Ok(c) => c,
+            Err(voxring_core::JoinError::Full { .. }) => {
+                self.evict_dead();
+                self.inner.ring.consumer(token).map_err(|e| match e {
+                    voxring_core::JoinError::Full { max_consumers } => {
+                        ParticipantError::ConsumersFull { max_consumers }
+                    }
+                    e => ParticipantError::Core(e.to_string()),
+                })?
+            }
+            Err(e) => return Err(ParticipantError::Core(e.to_string())),
+        };
+        let seen_producer = self.producer_state() == PeerState::Alive;
+        let joined_at = consumer.read_pos();
+        Ok(ShmConsumer {
+            joined_at,
+            consumer: std::mem::ManuallyDrop::new(consumer),
+            part,
+            seen_producer,
+        })
+    }
+}
+
+/// How often a waiting participant checks its peers' liveness.
+pub const DEFAULT_LIVENESS_INTERVAL: Duration = Duration::from_millis(50);
+
+/// What a producer and a consumer both hold: the liveness ticket's lock (released when the
+/// fd closes), the owner token written in the ring, the segment (which keeps the mapping the
+/// core side points into alive), the waiter and the liveness interval.
+#[derive(Debug)]
+struct Participant {
+    _lock_fd: OwnedFd,
+    token: u64,
+    segment: Segment,
+    waiter: FutexWaiter,
+    liveness_interval: Duration,
+}
+
+/// The accessors [`ShmProducer`] and [`ShmConsumer`] share, written once over their
+/// `part: Participant` field. `$interval` says what the liveness interval is for.
+macro_rules! participant_accessors {
+    ($interval:literal) => {
+        /// The futex waiter (spin, then park) to wake the other side with after a commit or
+        /// release. It is `Copy`: copy it out before borrowing the core side mutably, or use
+        /// `parts()`.
+        pub fn waiter(&self) -> &FutexWaiter {
+            &self.part.waiter
+        }
+
+        /// Sets how long waits spin before parking.
+        pub fn set_spin(&mut self, spin: Duration) {
+            self.part.waiter = FutexWaiter::new(spin);
+        }
+
+        #[doc = concat!("Sets how often ", $interval, " (at least 1 ms).")]
+        pub fn set_liveness_interval(&mut self, d: Duration) {
+            self.part.liveness_interval = d.max(Duration::from_millis(1));
+        }
+
+        /// The segment.
+        pub fn segment(&self) -> &Segment {
+            &self.part.segment
+        }
+
+        /// The owner token in the ring (identity and ticket, see [`crate::liveness`]).
+        pub fn owner_token(&self) -> u64 {
+            self.part.token
+        }
+    };
+}
+
+/// The producer side of a shared ring, with its liveness ticket held.
+///
+/// Write with [`ShmProducer::producer`] (core's API); after a commit, pass the returned
+/// `Wake` to [`ShmProducer::waiter`]: it makes a futex syscall only when a consumer is parked.
+#[derive(Debug)]
+pub struct ShmProducer {
+    // Field order matters: the core producer (which frees the side) drops before the
+    // participant (whose lock fd releases the ticket, and whose segment holds the mapping).
+    producer: voxring_core::Producer,
+    part: Participant,
+}
+
+/// How a wait for space or frames ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpaceWait {
+    /// There may be space now: try `write_grant` again.
+    Ready,
+    /// The timeout passed.
+    TimedOut,
+}
+
+impl ShmProducer {
+    /// Core's producer: `write_grant`, `commit`.
+    pub fn producer(&mut self) -> &mut voxring_core::Producer {
+        &mut self.producer
+    }
+
+    /// Core's producer and the waiter at once (for `grant.commit(k)?.wake(waiter)`).
+    pub fn parts(&mut self) -> (&mut voxring_core::Producer, &FutexWaiter) {
+        (&mut self.producer, &self.part.waiter)
+    }
+
+    participant_accessors!("a waiting producer checks for dead consumers");
+
+    /// Lossless policy: waits until a frame may be free, at most `timeout`, evicting dead
+    /// consumers every liveness interval so a crashed consumer never stalls the ring.
+    /// It spins (the waiter's `spin`) before it lets core announce it as parked, so consumers
+    /// releasing during the spin make no wake syscall; then it parks on the futex.
+    /// When a park slice ends with no space, it also checks the file size: a segment a peer
+    /// truncated gives `Err(GrantError::Evicted)` (the zeroed memory has no producer;
+    /// `segment().is_truncated()` tells this case apart). A live consumer that never releases
+    /// stalls it as a slow consumer would: bound the wait with `timeout`.
+    /// Blocking (spins, then parks): not for an audio callback.
+    pub fn wait_for_space(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<SpaceWait, voxring_core::GrantError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        // Spin first, before core announces this producer as parked: consumers that release
+        // during the spin then see nobody parked and make no wake syscall.
+        let spin = self
+            .part
+            .waiter
+            .spin
+            .min(timeout.unwrap_or(self.part.waiter.spin));
+        if self.part.segment.config().policy == voxring_core::Policy::Lossless {
+            let producer = &mut self.producer;
+            // A grant of one frame that is dropped commits nothing: a pure space probe.
+            let probe = || match producer.write_grant(1) {
+                Ok(g) if !g.is_empty() => Some(Ok(SpaceWait::Ready)),
+                Ok(_) | Err(voxring_core::GrantError::Full) => None,
+                Err(e) => Some(Err(e)),
+            };
+            if let Some(done) = spin_for(spin, 16, probe) {
+                return done;
+            }
+        }
+        let park = FutexWaiter::new(Duration::ZERO);
+        loop {
+            let Some(slice) = park_slice(deadline, self.part.liveness_interval) else {
+                return Ok(SpaceWait::TimedOut);
+            };
+            match self
+                .producer
+                .wait_writable(&park, Some(slice.as_nanos() as u64))?
+            {
+                WaitOutcome::Ready | WaitOutcome::Woken => return Ok(SpaceWait::Ready),
+                WaitOutcome::TimedOut => {
+                    // Slow path: a truncated segment holds no ring any more (zero pages:
+                    // core's own check then reports this producer as evicted, as it no
+                    // longer owns anything); say so now rather than wait on it.
+                    if self.part.segment.is_truncated() || self.part.segment.check_size().is_err() {
+                        return Err(voxring_core::GrantError::Evicted);
+                    }
+                    if self.part.segment.evict_dead().consumers > 0 {
+                        return Ok(SpaceWait::Ready);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Spins for at most `spin`, calling `probe` until it answers; reads the clock only every
+/// `check_every` probes. `None` when the spin ran out (or `spin` is zero) without an answer.
+fn spin_for<R>(
+    spin: Duration,
+    check_every: u32,
+    mut probe: impl FnMut() -> Option<R>,
+) -> Option<R> {
+    if spin.is_zero() {
+        return None;
+    }
+    let until = Instant::now() + spin;
+    let mut i: u32 = 0;
+    loop {
+        if let Some(answer) = probe() {
+            return Some(answer);
+        }
+        i = i.wrapping_add(1);
+        if i.is_multiple_of(check_every) && Instant::now() >= until {
+            return None;
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// How long the next park may last: until `deadline`, and at most one liveness `interval`
+/// (so the waiter checks its peers that often). `None` once the deadline has passed.
+fn park_slice(deadline: Option<Instant>, interval: Duration) -> Option<Duration> {
+    match deadline {
+        Some(d) => d
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())
+            .map(|left| left.min(interval)),
+        None => Some(interval),
+    }
+}
+
+/// How [`ShmConsumer::wait_for_frames`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FramesWait {
+    /// Frames may be ready: call `read_grant`.
+    Ready,
+    /// The producer is gone (exited, crashed or was evicted) and every committed frame was
+    /// read: no more frames will come from it.
+    EndOfStream,
+    /// The timeout passed (the producer is alive, or has not appeared yet).
+    TimedOut,
+}
+
+/// Why [`ShmConsumer::wait_for_frames`] failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitError {
+    /// Core reported a problem (evicted, corrupt cursor).
+    Read(voxring_core::ReadError),
+    /// A peer truncated the segment.
+    Truncated,
+    /// The segment's header no longer holds a voxring ring (its magic number was
+    /// overwritten): the producer abandoned it or a peer with write access destroyed it.
+    Abandoned {
+        /// Whether its name was removed from `/dev/shm` too (link count 0).
+        unlinked: bool,
+    },
+}
+
+impl fmt::Display for WaitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaitError::Read(e) => e.fmt(f),
+            WaitError::Truncated => f.write_str(
+                "the segment was truncated by another process: stop reading it and discard \
+                 the last grant's data; use a sealed memfd segment with untrusted peers",
+            ),
+            WaitError::Abandoned { unlinked } => write!(
+                f,
+                "the segment no longer holds a voxring ring: its header was overwritten{} while \
+                 this consumer waited (its producer abandoned it, or a peer with write access \
+                 destroyed it); no more frames will come: stop reading it, and attach again by \
+                 name if its producer re-created it",
+                if *unlinked {
+                    " and its name removed from /dev/shm"
+                } else {
+                    ""
+                }
+            ),
+        }
+    }
+}
+
+impl std::error::Error for WaitError {}
+
+/// A consumer of a shared ring, with its liveness ticket held.
+#[derive(Debug)]
+pub struct ShmConsumer {
+    // Field order: see ShmProducer. `consumer` leaves the ring in `Drop::drop` (so a parked
+    // lossless producer is woken), before the participant's lock fd is closed.
+    consumer: std::mem::ManuallyDrop<voxring_core::Consumer>,
+    part: Participant,
+    /// Whether a producer was ever seen: alive at a check, or frames committed since joining.
+    seen_producer: bool,
+    joined_at: u64,
+}
+
+impl ShmConsumer {
+    /// Core's consumer: `read_grant`, `release`.
+    pub fn consumer(&mut self) -> &mut voxring_core::Consumer {
+        &mut self.consumer
+    }
+
+    /// Core's consumer and the waiter at once (for `grant.release(k)?.wake(waiter)`).
+    pub fn parts(&mut self) -> (&mut voxring_core::Consumer, &FutexWaiter) {
+        (&mut *self.consumer, &self.part.waiter)
+    }
+
+    participant_accessors!("a waiting consumer checks that the producer is alive");
+
+    /// True once a peer truncated the segment: data read since is zero pages, not frames.
+    /// One relaxed load; check it after reading a grant if peers are not trusted.
+    #[inline]
+    pub fn is_truncated(&self) -> bool {
+        self.part.segment.is_truncated()
+    }
+
+    /// Waits until a frame may be ready, at most `timeout`: first spins (the waiter's `spin`)
+    /// without announcing itself, so a producer committing meanwhile makes no wake syscall,
+    /// then parks on the futex. Every liveness
+    /// interval it checks the producer: once a producer was seen and is now gone with every
+    /// committed frame read, it returns [`FramesWait::EndOfStream`] instead of hanging. It also
+    /// checks the segment ([`Segment::check_health`]) then: a truncated segment gives
+    /// [`WaitError::Truncated`], one whose header was overwritten (its producer unlinked and
+    /// zeroed it, say, while keeping it open) gives [`WaitError::Abandoned`].
+    pub fn wait_for_frames(&mut self, timeout: Option<Duration>) -> Result<FramesWait, WaitError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        // Spin first, before core announces this consumer as parked: a producer committing
+        // during the spin sees nobody parked and makes no wake syscall.
+        let spin = self
+            .part
+            .waiter
+            .spin
+            .min(timeout.unwrap_or(self.part.waiter.spin));
+        let probe = || {
+            if self.is_truncated() {
+                Some(Err(WaitError::Truncated))
+            } else if self.part.segment.ring().write_pos() != self.consumer.read_pos() {
+                Some(Ok(FramesWait::Ready))
+            } else {
+                None
+            }
+        };
+        if let Some(done) = spin_for(spin, 64, probe) {
+            return done;
+        }
+        let park = FutexWaiter::new(Duration::ZERO);
+        loop {
+            if self.is_truncated() {
+                return Err(WaitError::Truncated);
+            }
+            let Some(slice) = park_slice(deadline, self.part.liveness_interval) else {
+                return Ok(FramesWait::TimedOut);
+            };
+            match self
+                .consumer
+                .wait_readable(&park, Some(slice.as_nanos() as u64))
+                .map_err(WaitError::Read)?
+            {
+                WaitOutcome::Ready | WaitOutcome::Woken => {
+                    if self.part.segment.ring().write_pos() != self.consumer.read_pos() {
+                        return Ok(FramesWait::Ready);
+                    }
+                }
+                WaitOutcome::TimedOut => {}
+            }
+            // Slow path only (a slice ended without frames): a truncated, abandoned or
+            // destroyed segment ends the wait with an error instead of parking for ever.
+            self.part.segment.check_health()?;
+            if self.part.segment.ring().write_pos() != self.joined_at {
+                self.seen_producer = true;
+            }
+            match self.part.segment.producer_state() {
+                PeerState::Alive => self.seen_producer = true,
+                PeerState::Absent if !self.seen_producer => {}
+                PeerState::Absent | PeerState::Dead => {
+                    if self.part.segment.ring().write_pos() != self.consumer.read_pos() {
+                        return Ok(FramesWait::Ready);
+                    }
+                    return Ok(FramesWait::EndOfStream);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ShmConsumer {
+    fn drop(&mut self) {
+        // SAFETY: `consumer` is taken exactly once, here, and never touched again: the
+        // remaining fields drop after this and do not use it.
+        let consumer = unsafe { std::mem::ManuallyDrop::take(&mut self.consumer) };
+        consumer.leave().wake(&self.part.waiter);
+    }
+}
