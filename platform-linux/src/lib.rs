@@ -6,6 +6,7 @@ pub mod audio;
 pub mod cleanup;
 pub mod fallback;
 pub mod futex;
+pub mod guard;
 pub mod liveness;
 pub mod mapping;
 pub mod memfd;

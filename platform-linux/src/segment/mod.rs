@@ -37,7 +37,7 @@ use rustix::fs::{AtFlags, FallocateFlags, FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 use rustix::process::Gid;
 
-use crate::cleanup::ArtifactGuard;
+use crate::guard::ArtifactGuard;
 use crate::mapping::{MapError, MapOptions, SharedMapping};
 
 /// The directory named segments live in.
