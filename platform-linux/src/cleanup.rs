@@ -60,6 +60,32 @@ pub const TEMPORARY_GRACE_SECS: i64 = 60;
 /// holds a liveness lock (every participant is gone). A segment in use is never removed,
 /// and neither is another user's (see [`clean_segments_with`] and
 /// [`CleanOptions::all_users`]).
+///
+/// ```
+/// use voxring_linux::cleanup::clean_segments_matching;
+/// use voxring_linux::ring::Segment;
+/// use voxring_linux::segment::CreateOptions;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # use voxring_core::{Policy, RingConfig, SampleFormat};
+/// # let cfg = RingConfig {
+/// #     frames: 4, samples_per_frame: 16, channels: 1, format: SampleFormat::S16,
+/// #     sample_rate: 48_000, max_consumers: 2, policy: Policy::Lossless,
+/// # };
+/// let name = format!("doc-clean-{}", std::process::id());
+/// let file = format!("voxring.{name}");
+/// // Left behind on purpose, as a crashed creator would leave it.
+/// let keep = CreateOptions { remove_on_drop: false, ..CreateOptions::default() };
+/// let seg = Segment::create(&name, &cfg, &keep)?;
+///
+/// // In use (this process holds its lock): kept.
+/// let report = clean_segments_matching(|f| f == file)?;
+/// assert_eq!(report.in_use, [file.clone()]);
+///
+/// drop(seg); // nobody uses it any more
+/// let report = clean_segments_matching(|f| f == file)?;
+/// assert_eq!(report.removed, [file]);
+/// # Ok(()) }
+/// ```
 pub fn clean_segments() -> std::io::Result<CleanReport> {
     clean_segments_with(&CleanOptions::default(), |_| true)
 }

@@ -59,6 +59,25 @@ pub fn wake_all(word: &AtomicU32) -> usize {
 /// Spinning keeps the hand-off sub-microsecond when the producer is about to publish (a wake
 /// from the futex costs ~10-20 µs on the development VMs); parking keeps an idle consumer off
 /// the CPU. The spin phase reads the clock (vDSO, no syscall) every 64 iterations.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use std::time::Duration;
+/// use voxring_linux::futex::{FutexWaiter, WaitResult, wake_all};
+///
+/// let word = AtomicU32::new(0);
+/// let waiter = FutexWaiter::new(Duration::ZERO); // park at once
+/// std::thread::scope(|s| {
+///     s.spawn(|| {
+///         // Release pairs with the waiter's Acquire load of the word.
+///         word.store(1, Ordering::Release);
+///         wake_all(&word);
+///     });
+///     // Returns once the word is no longer 0 (a wake-up that finds it still 0 parks again).
+///     let r = waiter.wait_until_changed(&word, 0, Some(Duration::from_secs(10)));
+///     assert_ne!(r, WaitResult::TimedOut);
+/// });
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct FutexWaiter {
     /// How long to spin before parking. Zero parks at once.

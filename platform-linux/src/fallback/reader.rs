@@ -40,7 +40,20 @@ pub enum FallbackRead {
 #[repr(C, align(64))]
 struct Chunk([u8; 64]);
 
-/// The reading side of the socket fallback; see the [module docs](super).
+/// The reading side of the socket fallback; see the [module docs](super), and
+/// [`FallbackServer`](super::FallbackServer) for a whole round trip. Nothing is trusted
+/// before the server's uid is checked, and every error says what to do:
+///
+/// ```
+/// use std::time::Duration;
+/// use voxring_linux::fallback::{FallbackError, FallbackReader};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let err = FallbackReader::connect(&dir.path().join("nobody.sock"), Duration::from_secs(1))
+///     .unwrap_err();
+/// assert!(matches!(err, FallbackError::Connect { .. }));
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct FallbackReader {
     stream: BufReader<UnixStream>,

@@ -22,6 +22,39 @@ const SERVER_BATCH: usize = 16;
 
 /// Serves a segment's frames to socket readers; see the [module docs](super). Dropping it stops
 /// the server threads (each reader then sees its stream end) and removes the socket file.
+///
+/// ```
+/// use std::time::Duration;
+/// use voxring_linux::fallback::{FallbackRead, FallbackReader, FallbackServer};
+/// use voxring_linux::mapping::MapOptions;
+/// use voxring_linux::ring::{FramesWait, Segment};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # use voxring_core::{Policy, RingConfig, SampleFormat};
+/// # let cfg = RingConfig {
+/// #     frames: 4, samples_per_frame: 16, channels: 1, format: SampleFormat::S16,
+/// #     sample_rate: 48_000, max_consumers: 2, policy: Policy::Lossless,
+/// # };
+/// let seg = Segment::create_memfd("example", &cfg, MapOptions::default())?;
+/// let mut tx = seg.producer()?;
+/// let dir = tempfile::tempdir()?; // in practice: fallback::default_socket_path(name)
+/// let server = FallbackServer::serve(&seg, &dir.path().join("mic.sock"), 0o600)?;
+///
+/// // The reader's side: it checks the server's uid before reading a byte.
+/// let mut rx = FallbackReader::connect(server.path(), Duration::from_secs(10))?;
+/// assert_eq!(rx.config(), cfg);
+///
+/// let (producer, waiter) = tx.parts();
+/// let mut grant = producer.write_grant(1)?;
+/// grant.frame_mut(0).expect("one frame").samples_mut::<i16>()?.fill(7);
+/// grant.commit_all().wake(waiter);
+///
+/// assert_eq!(rx.wait(Some(Duration::from_secs(10)))?, FramesWait::Ready);
+/// assert_eq!(rx.read_grant(4)?, FallbackRead::Frames(1));
+/// assert_eq!(rx.frame(0).expect("frame 0").payload, &[7, 0].repeat(16)[..]);
+/// rx.release(1);
+/// drop(server); // stops its threads and removes the socket
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct FallbackServer {
     path: PathBuf,

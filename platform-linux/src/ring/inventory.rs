@@ -74,6 +74,25 @@ impl SegmentInfo {
 /// Lists `/dev/shm/voxring.*` (segments being created are left out) with size, owner,
 /// whether they are in use, and each participant's liveness. Read-only: nothing is locked,
 /// evicted or removed. Segments this user may not open are listed with the reason.
+///
+/// ```
+/// use voxring_linux::ring::{Segment, list_segments};
+/// use voxring_linux::segment::CreateOptions;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # use voxring_core::{Policy, RingConfig, SampleFormat};
+/// # let cfg = RingConfig {
+/// #     frames: 4, samples_per_frame: 16, channels: 1, format: SampleFormat::S16,
+/// #     sample_rate: 48_000, max_consumers: 2, policy: Policy::Lossless,
+/// # };
+/// let name = format!("doc-list-{}", std::process::id());
+/// let seg = Segment::create(&name, &cfg, &CreateOptions::default())?;
+/// let _tx = seg.producer()?;
+/// let all = list_segments()?;
+/// let mine = all.iter().find(|s| s.name == name).expect("listed");
+/// assert!(mine.in_use);
+/// assert_eq!(mine.participants(), (1, 0)); // one alive (the producer), none dead
+/// # Ok(()) }
+/// ```
 pub fn list_segments() -> std::io::Result<Vec<SegmentInfo>> {
     let mut out = Vec::new();
     for fname in crate::cleanup::segment_file_names()? {

@@ -95,6 +95,28 @@ impl Inner {
 /// A voxring-core ring in a shared segment (named in `/dev/shm`, or a sealed memfd), mapped
 /// into this process. Cheap to clone; the mapping lives while any clone, producer or consumer
 /// made from it lives.
+///
+/// A memfd segment has no name in `/dev/shm` (nothing to clean up, and its seals stop a peer
+/// from resizing it); it is handed to a peer over a Unix socket with [`Segment::send`]:
+///
+/// ```
+/// use voxring_linux::mapping::MapOptions;
+/// use voxring_linux::ring::{PeerState, Segment};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # use voxring_core::{Policy, RingConfig, SampleFormat};
+/// # let cfg = RingConfig {
+/// #     frames: 4, samples_per_frame: 16, channels: 1, format: SampleFormat::S16,
+/// #     sample_rate: 48_000, max_consumers: 2, policy: Policy::Lossless,
+/// # };
+/// let seg = Segment::create_memfd("example", &cfg, MapOptions::default())?;
+/// assert_eq!(seg.config().frames, 4);
+/// assert_eq!(seg.producer_state(), PeerState::Absent);
+/// let tx = seg.producer()?;
+/// assert_eq!(seg.producer_state(), PeerState::Alive);
+/// drop(tx); // frees the producer side (and its liveness lock)
+/// assert_eq!(seg.producer_state(), PeerState::Absent);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Segment {
     inner: Arc<Inner>,

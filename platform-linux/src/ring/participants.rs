@@ -132,6 +132,29 @@ macro_rules! participant_accessors {
 ///
 /// Write with [`ShmProducer::producer`] (core's API); after a commit, pass the returned
 /// `Wake` to [`ShmProducer::waiter`]: it makes a futex syscall only when a consumer is parked.
+///
+/// In the lossless policy a full ring makes the producer wait for its slowest consumer; the
+/// wait is bounded:
+///
+/// ```
+/// use std::time::Duration;
+/// use voxring_linux::mapping::MapOptions;
+/// use voxring_linux::ring::{Segment, SpaceWait};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # use voxring_core::{Policy, RingConfig, SampleFormat};
+/// # let cfg = RingConfig {
+/// #     frames: 4, samples_per_frame: 16, channels: 1, format: SampleFormat::S16,
+/// #     sample_rate: 48_000, max_consumers: 2, policy: Policy::Lossless,
+/// # };
+/// let seg = Segment::create_memfd("example", &cfg, MapOptions::default())?;
+/// let mut tx = seg.producer()?;
+/// let _rx = seg.consumer()?; // joins, and never releases anything
+/// let (producer, waiter) = tx.parts();
+/// producer.write_grant(4)?.commit_all().wake(waiter); // the ring is full now
+/// let waited = tx.wait_for_space(Some(Duration::from_millis(10)))?;
+/// assert_eq!(waited, SpaceWait::TimedOut);
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct ShmProducer {
     // Field order matters: the core producer (which frees the side) drops before the
@@ -311,6 +334,34 @@ impl fmt::Display for WaitError {
 impl std::error::Error for WaitError {}
 
 /// A consumer of a shared ring, with its liveness ticket held.
+///
+/// A consumer never hangs on a producer that is gone: once every frame it committed was read,
+/// the wait says so.
+///
+/// ```
+/// use std::time::Duration;
+/// use voxring_linux::mapping::MapOptions;
+/// use voxring_linux::ring::{FramesWait, Segment};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # use voxring_core::{Policy, RingConfig, SampleFormat};
+/// # let cfg = RingConfig {
+/// #     frames: 4, samples_per_frame: 16, channels: 1, format: SampleFormat::S16,
+/// #     sample_rate: 48_000, max_consumers: 2, policy: Policy::Lossless,
+/// # };
+/// let seg = Segment::create_memfd("example", &cfg, MapOptions::default())?;
+/// let mut rx = seg.consumer()?;
+/// let mut tx = seg.producer()?;
+/// let (producer, waiter) = tx.parts();
+/// producer.write_grant(1)?.commit_all().wake(waiter);
+/// drop(tx); // the producer leaves (or crashes: its liveness lock goes either way)
+///
+/// let give_up = Some(Duration::from_secs(10));
+/// assert_eq!(rx.wait_for_frames(give_up)?, FramesWait::Ready);
+/// let (consumer, waiter) = rx.parts();
+/// consumer.read_grant(4)?.release_all()?.wake(waiter);
+/// assert_eq!(rx.wait_for_frames(give_up)?, FramesWait::EndOfStream);
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct ShmConsumer {
     // Field order: see ShmProducer. `consumer` leaves the ring in `Drop::drop` (so a parked

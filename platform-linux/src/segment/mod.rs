@@ -91,6 +91,19 @@ fn lookup_group(name: &str) -> Option<u32> {
 }
 
 /// Options for creating a segment file.
+///
+/// ```
+/// use voxring_linux::segment::{Access, CreateOptions, GroupSpec};
+///
+/// // Members of group `audio` may attach too (mode 0660); the file stays after this
+/// // process exits, for `voxring segments clean` to remove once nobody uses it.
+/// let opts = CreateOptions {
+///     access: Access::Group(GroupSpec::Name("audio".into())),
+///     remove_on_drop: false,
+///     ..CreateOptions::default()
+/// };
+/// assert!(opts.prefault);
+/// ```
 #[derive(Debug, Clone)]
 pub struct CreateOptions {
     /// Who else may open it (default: nobody).

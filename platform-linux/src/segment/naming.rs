@@ -17,6 +17,15 @@ pub const MAX_NAME_LEN: usize = 200;
 
 /// Checks a segment name: 1 to 200 bytes of `[A-Za-z0-9._-]`, not starting with a dot.
 /// Returns the file name in `/dev/shm` (`voxring.<name>`).
+///
+/// ```
+/// use voxring_linux::segment::{file_name, path_of};
+///
+/// assert_eq!(file_name("mic").unwrap(), "voxring.mic");
+/// assert_eq!(path_of("tts-out.1").unwrap().to_str(), Some("/dev/shm/voxring.tts-out.1"));
+/// let err = file_name("../etc/passwd").unwrap_err();
+/// assert!(err.to_string().contains("not valid"));
+/// ```
 pub fn file_name(name: &str) -> Result<String, NameError> {
     let name = name.strip_prefix(PREFIX).unwrap_or(name);
     if name.is_empty() || name.len() > MAX_NAME_LEN {
