@@ -59,6 +59,9 @@ pub use participants::{
     DEFAULT_LIVENESS_INTERVAL, FramesWait, ShmConsumer, ShmProducer, SpaceWait, WaitError,
 };
 
+/// What `create_with` calls on a fresh mapping: here, creating the ring in it.
+type InitRing<'a> = &'a mut dyn FnMut(&OwnedFd, &SharedMapping) -> Result<(), CreateError>;
+
 #[derive(Debug)]
 enum Backing {
     Named(SegmentFile),
@@ -206,22 +209,8 @@ impl Segment {
     /// last handle of this process on it is dropped, on normal exit and on SIGINT/SIGTERM
     /// (with [`crate::cleanup::install_signal_cleanup`]), unless `opts.remove_on_drop` is false.
     pub fn create(name: &str, cfg: &RingConfig, opts: &CreateOptions) -> Result<Self, CreateError> {
-        let size = cfg
-            .region_size()
-            .map_err(|e| CreateError::Layout(voxring_core::CreateError::Layout(e)))?;
-        let mut ring = None;
-        let file = SegmentFile::create_with(name, size, opts, |_, m| {
-            // SAFETY: the mapping is `m.len()` bytes, page-aligned, private to this process
-            // until the segment is published, and outlives the ring (both live in `Inner`).
-            ring = Some(unsafe { Ring::create(m.as_ptr(), m.len(), cfg) }?);
-            Ok::<(), CreateError>(())
-        })?;
-        let ring = ring.ok_or(CreateError::Layout(voxring_core::CreateError::NullRegion))?;
-        Ok(Segment {
-            inner: Arc::new(Inner {
-                ring,
-                backing: Backing::Named(file),
-            }),
+        Self::create_in(cfg, |size, init| {
+            SegmentFile::create_with(name, size, opts, init).map(Backing::Named)
         })
     }
 
@@ -246,12 +235,7 @@ impl Segment {
             path: file.path().to_path_buf(),
             errno,
         })?;
-        Ok(Segment {
-            inner: Arc::new(Inner {
-                ring,
-                backing: Backing::Named(file),
-            }),
-        })
+        Ok(Self::from_parts(ring, Backing::Named(file)))
     }
 
     /// Creates a ring for `cfg` in a sealed memfd (no name; hand it over with
@@ -261,22 +245,36 @@ impl Segment {
         cfg: &RingConfig,
         opts: MapOptions,
     ) -> Result<Self, CreateError> {
+        Self::create_in(cfg, |size, init| {
+            MemfdFile::create_with(debug_name, size, opts, init).map(Backing::Memfd)
+        })
+    }
+
+    /// Makes the file with `make` (which maps `size` bytes and calls `init` on the fresh
+    /// mapping before anyone else can reach it), and creates the ring for `cfg` in it.
+    fn create_in(
+        cfg: &RingConfig,
+        make: impl FnOnce(usize, InitRing<'_>) -> Result<Backing, CreateError>,
+    ) -> Result<Self, CreateError> {
         let size = cfg
             .region_size()
             .map_err(|e| CreateError::Layout(voxring_core::CreateError::Layout(e)))?;
         let mut ring = None;
-        let file = MemfdFile::create_with(debug_name, size, opts, |_, m| {
-            // SAFETY: as in `create`: a fresh mapping nobody else has yet, kept in `Inner`.
+        let backing = make(size, &mut |_, m| {
+            // SAFETY: the mapping is `m.len()` bytes, page-aligned, private to this process
+            // until the segment is published (or the memfd sent), and outlives the ring: both
+            // live in `Inner`.
             ring = Some(unsafe { Ring::create(m.as_ptr(), m.len(), cfg) }?);
-            Ok::<(), CreateError>(())
+            Ok(())
         })?;
         let ring = ring.ok_or(CreateError::Layout(voxring_core::CreateError::NullRegion))?;
-        Ok(Segment {
-            inner: Arc::new(Inner {
-                ring,
-                backing: Backing::Memfd(file),
-            }),
-        })
+        Ok(Self::from_parts(ring, backing))
+    }
+
+    fn from_parts(ring: Ring, backing: Backing) -> Self {
+        Segment {
+            inner: Arc::new(Inner { ring, backing }),
+        }
     }
 
     /// Sends this segment's memfd over a connected Unix stream socket (`SCM_RIGHTS`).
@@ -312,12 +310,7 @@ impl Segment {
             path,
             errno,
         })?;
-        Ok(Segment {
-            inner: Arc::new(Inner {
-                ring,
-                backing: Backing::Memfd(file),
-            }),
-        })
+        Ok(Self::from_parts(ring, Backing::Memfd(file)))
     }
 
     /// The ring handle (validated layout). Its memory stays mapped while this segment lives.

@@ -39,14 +39,9 @@ impl Segment {
                     return Err(ParticipantError::ProducerTaken { owner });
                 }
                 let _ = self.inner.ring.evict_producer(owner);
-                self.inner.ring.producer(token).map_err(|e| match e {
-                    voxring_core::ClaimError::Taken { owner } => {
-                        ParticipantError::ProducerTaken { owner }
-                    }
-                    e => ParticipantError::Core(e.to_string()),
-                })?
+                self.inner.ring.producer(token).map_err(claim_error)?
             }
-            Err(e) => return Err(ParticipantError::Core(e.to_string())),
+            Err(e) => return Err(claim_error(e)),
         };
         Ok(ShmProducer { producer, part })
     }
@@ -60,14 +55,9 @@ impl Segment {
             Ok(c) => c,
             Err(voxring_core::JoinError::Full { .. }) => {
                 self.evict_dead();
-                self.inner.ring.consumer(token).map_err(|e| match e {
-                    voxring_core::JoinError::Full { max_consumers } => {
-                        ParticipantError::ConsumersFull { max_consumers }
-                    }
-                    e => ParticipantError::Core(e.to_string()),
-                })?
+                self.inner.ring.consumer(token).map_err(join_error)?
             }
-            Err(e) => return Err(ParticipantError::Core(e.to_string())),
+            Err(e) => return Err(join_error(e)),
         };
         let seen_producer = self.producer_state() == PeerState::Alive;
         let joined_at = consumer.read_pos();
@@ -77,6 +67,22 @@ impl Segment {
             part,
             seen_producer,
         })
+    }
+}
+
+fn claim_error(e: voxring_core::ClaimError) -> ParticipantError {
+    match e {
+        voxring_core::ClaimError::Taken { owner } => ParticipantError::ProducerTaken { owner },
+        e => ParticipantError::Core(e.to_string()),
+    }
+}
+
+fn join_error(e: voxring_core::JoinError) -> ParticipantError {
+    match e {
+        voxring_core::JoinError::Full { max_consumers } => {
+            ParticipantError::ConsumersFull { max_consumers }
+        }
+        e => ParticipantError::Core(e.to_string()),
     }
 }
 
