@@ -101,6 +101,18 @@ struct Participant {
     liveness_interval: Duration,
 }
 
+impl Participant {
+    /// A wait of `timeout` (`None`: no limit): its deadline, and how long it spins before it
+    /// parks (the waiter's spin, at most the timeout).
+    fn wait_bounds(&self, timeout: Option<Duration>) -> (Option<Instant>, Duration) {
+        let spin = self.waiter.spin;
+        (
+            timeout.map(|t| Instant::now() + t),
+            spin.min(timeout.unwrap_or(spin)),
+        )
+    }
+}
+
 /// The accessors [`ShmProducer`] and [`ShmConsumer`] share, written once over their
 /// `part: Participant` field. `$interval` says what the liveness interval is for.
 macro_rules! participant_accessors {
@@ -204,14 +216,9 @@ impl ShmProducer {
         &mut self,
         timeout: Option<Duration>,
     ) -> Result<SpaceWait, voxring_core::GrantError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
         // Spin first, before core announces this producer as parked: consumers that release
         // during the spin then see nobody parked and make no wake syscall.
-        let spin = self
-            .part
-            .waiter
-            .spin
-            .min(timeout.unwrap_or(self.part.waiter.spin));
+        let (deadline, spin) = self.part.wait_bounds(timeout);
         if self.part.segment.config().policy == voxring_core::Policy::Lossless {
             let producer = &mut self.producer;
             // A grant of one frame that is dropped commits nothing: a pure space probe.
@@ -408,14 +415,9 @@ impl ShmConsumer {
     /// [`WaitError::Truncated`], one whose header was overwritten (its producer unlinked and
     /// zeroed it, say, while keeping it open) gives [`WaitError::Abandoned`].
     pub fn wait_for_frames(&mut self, timeout: Option<Duration>) -> Result<FramesWait, WaitError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
         // Spin first, before core announces this consumer as parked: a producer committing
         // during the spin sees nobody parked and makes no wake syscall.
-        let spin = self
-            .part
-            .waiter
-            .spin
-            .min(timeout.unwrap_or(self.part.waiter.spin));
+        let (deadline, spin) = self.part.wait_bounds(timeout);
         let probe = || {
             if self.is_truncated() {
                 Some(Err(WaitError::Truncated))
