@@ -2,7 +2,7 @@
 //! to readers that cannot map the segment (another container without a shared `/dev/shm`, a
 //! user without permission on the segment file).
 //!
-//! The producer process runs a [`FallbackServer`] next to its [`Segment`]. Every client that
+//! The producer process runs a [`FallbackServer`] next to its [`Segment`](crate::ring::Segment). Every client that
 //! connects gets its own consumer slot in the ring, so the ring's policy holds end to end:
 //! in the lossless policy a slow socket reader holds the producer back exactly as a slow
 //! shared-memory consumer would; in the lossy policy it is lapped and told how many frames it

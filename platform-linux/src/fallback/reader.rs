@@ -75,13 +75,13 @@ pub struct FallbackReader {
 }
 
 impl FallbackReader {
-    /// Connects to a [`FallbackServer`] at `path` that runs as this process's effective uid,
+    /// Connects to a [`FallbackServer`](super::FallbackServer) at `path` that runs as this process's effective uid,
     /// and reads the ring configuration it sends. See [`FallbackReader::connect_expecting`].
     pub fn connect(path: &Path, timeout: Duration) -> Result<Self, FallbackError> {
         Self::connect_expecting(path, timeout, None)
     }
 
-    /// Connects to a [`FallbackServer`] at `path` and reads the ring configuration it sends.
+    /// Connects to a [`FallbackServer`](super::FallbackServer) at `path` and reads the ring configuration it sends.
     ///
     /// The same owner rule as a shared-memory attach ([`AttachOptions::expected_owner`]):
     /// the server's uid, as the kernel reports it (`SO_PEERCRED`), must be `expected_owner`

@@ -41,7 +41,7 @@ pub enum CreateError {
         /// Its path.
         path: PathBuf,
     },
-    /// The group asked for in [`Access::Group`] is not in `/etc/group`.
+    /// The group asked for in [`Access::Group`](super::Access::Group) is not in `/etc/group`.
     UnknownGroup {
         /// The name given.
         group: String,
