@@ -97,6 +97,13 @@ pub fn inherit_fd(cmd: &mut Command, fd: BorrowedFd<'_>) -> io::Result<RawFd> {
 }
 
 /// Why [`take_inherited_fd`] refused a descriptor number.
+///
+/// ```
+/// use voxring_linux::process::{InheritError, take_inherited_fd};
+/// let e = take_inherited_fd(-1).unwrap_err();
+/// assert_eq!(e, InheritError::NotOpen { fd: -1 });
+/// assert!(e.to_string().contains("not open"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum InheritError {
@@ -168,8 +175,8 @@ impl std::error::Error for InheritError {}
 /// let file = tempfile::tempfile()?;
 /// // Opened here (close-on-exec), so owned by `file`: refused.
 /// let fd = file.as_raw_fd();
-/// assert_eq!(take_inherited_fd(fd), Err(InheritError::NotInherited { fd }));
-/// assert_eq!(take_inherited_fd(1), Err(InheritError::StandardStream { fd: 1 }));
+/// assert_eq!(take_inherited_fd(fd).err(), Some(InheritError::NotInherited { fd }));
+/// assert_eq!(take_inherited_fd(1).err(), Some(InheritError::StandardStream { fd: 1 }));
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub fn take_inherited_fd(fd: RawFd) -> Result<OwnedFd, InheritError> {

@@ -103,12 +103,7 @@ impl<T> Copy for Slot<T> {}
 
 impl<T> fmt::Debug for Slot<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Slot<{}> at {}",
-            std::any::type_name::<T>(),
-            self.offset
-        )
+        write!(f, "Slot<{}> at {}", std::any::type_name::<T>(), self.offset)
     }
 }
 
@@ -198,7 +193,10 @@ impl Plan {
         }
         let size = T::size_for(&init).map_err(|e| refuse(e.to_string()))?;
         let offset = place_after(self.end, T::ALIGN)
-            .filter(|o| o.checked_add(size).is_some_and(|end| end <= isize::MAX as usize))
+            .filter(|o| {
+                o.checked_add(size)
+                    .is_some_and(|end| end <= isize::MAX as usize)
+            })
             .ok_or_else(|| refuse("the segment would exceed the address space".to_owned()))?;
         self.end = offset + size;
         self.entries.push(Entry {
@@ -246,7 +244,11 @@ fn check_at<T: Resident>(m: &SharedMapping, offset: usize) -> Result<(), RegionE
     unsafe { <T as InRegion>::attach(ptr, len) }.map(|_| ())
 }
 
-fn init_at<T: Resident>(m: &SharedMapping, offset: usize, init: T::Init) -> Result<(), RegionError> {
+fn init_at<T: Resident>(
+    m: &SharedMapping,
+    offset: usize,
+    init: T::Init,
+) -> Result<(), RegionError> {
     let (ptr, len) = region_at(m, offset)?;
     // SAFETY: as in `check_at`; called only by `SharedObjects::create` on a fresh mapping
     // nobody else can see yet, once per object, and the plan's objects do not overlap.

@@ -153,6 +153,9 @@ impl SyncHandle {
 
     /// Reads the VAD state (never torn; the default when the writer keeps it busy).
     pub fn read_vad(&self) -> VadState {
-        self.vad.read().map(VadState::from_words).unwrap_or_default()
+        self.vad
+            .read()
+            .map(VadState::from_words)
+            .unwrap_or_default()
     }
 }
