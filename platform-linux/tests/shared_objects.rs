@@ -42,6 +42,30 @@ fn plan() -> (Plan, Slot<CycleFence>, Slot<Reg>) {
     (plan, fence, reg)
 }
 
+/// A fresh segment of [`plan`], created with default options (removed when dropped, and by
+/// the guard if a test fails first).
+struct Fixture {
+    name: String,
+    seg: SharedObjects,
+    fence: Slot<CycleFence>,
+    reg: Slot<Reg>,
+    _clean: ShmCleanup,
+}
+
+fn created(tag: &str) -> Fixture {
+    let name = unique_name(tag);
+    let _clean = ShmCleanup(name.clone());
+    let (p, fence, reg) = plan();
+    let seg = SharedObjects::create(&name, &CreateOptions::default(), p).unwrap();
+    Fixture {
+        name,
+        seg,
+        fence,
+        reg,
+        _clean,
+    }
+}
+
 fn attach(name: &str) -> Result<SharedObjects, PlaceError> {
     SharedObjects::attach(name, &AttachOptions::default(), &plan().0)
 }
@@ -104,11 +128,14 @@ fn an_attached_segment_holds_the_presence_lock_until_the_last_reference_goes() {
 
 #[test]
 fn a_grown_or_shrunk_segment_is_refused_and_earlier_participants_go_on() {
-    let name = unique_name("shared-grow");
-    let _clean = ShmCleanup(name.clone());
-    let (p, _, reg) = plan();
-    let size = p.size() as u64;
-    let created = SharedObjects::create(&name, &CreateOptions::default(), p).unwrap();
+    let Fixture {
+        name,
+        seg: created,
+        reg,
+        _clean,
+        ..
+    } = created("shared-grow");
+    let size = plan().0.size() as u64;
     let before = attach(&name).unwrap().placed(reg).unwrap();
     // Attack: a writer grows the file.
     raw(&name).set_len(size + 4096).unwrap();
@@ -132,10 +159,13 @@ fn a_grown_or_shrunk_segment_is_refused_and_earlier_participants_go_on() {
 
 #[test]
 fn forged_magic_version_and_word_count_are_refused_naming_the_object() {
-    let name = unique_name("shared-forge");
-    let _clean = ShmCleanup(name.clone());
-    let (p, _, reg) = plan();
-    let _created = SharedObjects::create(&name, &CreateOptions::default(), p).unwrap();
+    let Fixture {
+        name,
+        seg: _seg,
+        fence,
+        reg,
+        _clean,
+    } = created("shared-forge");
     let file = raw(&name);
     let reg_at = reg.offset() as u64;
 
@@ -169,8 +199,9 @@ fn forged_magic_version_and_word_count_are_refused_naming_the_object() {
     );
     file.write_all_at(&4u32.to_ne_bytes(), reg_at + 12).unwrap();
     assert!(attach(&name).is_ok(), "restored, accepted again");
-    // The fence's magic (offset 0).
-    file.write_all_at(&0xdead_beef_u64.to_ne_bytes(), 0)
+    // The fence's magic (offset 0 of the fence).
+    let fence_at = fence.offset() as u64;
+    file.write_all_at(&0xdead_beef_u64.to_ne_bytes(), fence_at)
         .unwrap();
     let e = attach(&name).unwrap_err();
     assert!(
@@ -221,15 +252,12 @@ fn a_slot_of_another_plan_is_validated_not_trusted() {
 
 #[test]
 fn a_planted_symlink_or_a_squatted_name_is_refused_and_left_alone() {
-    let target_name = unique_name("shared-target");
-    let _clean_target = ShmCleanup(target_name.clone());
-    let (p, _, _) = plan();
-    let _target = SharedObjects::create(&target_name, &CreateOptions::default(), p).unwrap();
+    let target = created("shared-target");
 
     // Attack: a symlink under the name, to a valid segment.
     let link = unique_name("shared-link");
     let _clean_link = ShmCleanup(link.clone());
-    std::os::unix::fs::symlink(shm_path(&target_name), shm_path(&link)).unwrap();
+    std::os::unix::fs::symlink(shm_path(&target.name), shm_path(&link)).unwrap();
     match attach(&link) {
         Err(PlaceError::Attach(AttachError::Symlink { .. })) => {}
         other => panic!("a symlink was followed: {other:?}"),
@@ -266,10 +294,12 @@ fn a_segment_of_another_user_is_refused() {
         eprintln!("skipped: needs root to give a segment to another user");
         return;
     }
-    let name = unique_name("shared-owner");
-    let _clean = ShmCleanup(name.clone());
-    let (p, _, _) = plan();
-    let _created = SharedObjects::create(&name, &CreateOptions::default(), p).unwrap();
+    let Fixture {
+        name,
+        seg: _seg,
+        _clean,
+        ..
+    } = created("shared-owner");
     // Attack: the segment now belongs to `nobody`, who could rewrite it at will.
     std::os::unix::fs::chown(shm_path(&name), Some(65534), None).unwrap();
     match attach(&name) {
