@@ -75,7 +75,7 @@ fn child_entry_forger() {
     if role().as_deref() != Some("forger") {
         return; // Not a test by itself: the entry point of the forging child process.
     }
-    let file = SegmentFile::attach(&env("VOXRING_TEST_SEGMENT"), 1, &AttachOptions::default())
+    let file = SegmentFile::attach_ring(&env("VOXRING_TEST_SEGMENT"), &AttachOptions::default())
         .expect("forger attaches");
     let m = file.mapping();
     let parked = parked_word(m);
