@@ -16,15 +16,15 @@
 //! use voxring_core::control::ControlRegister;
 //! use voxring_core::fence::CycleFence;
 //! use voxring_linux::segment::{AttachOptions, CreateOptions};
-//! use voxring_linux::shared::{Plan, SharedObjects};
+//! use voxring_linux::shared::{PlaceError, Plan, SharedObjects, Slot};
+//!
+//! type Reg = ControlRegister<u64, 4>;
 //!
 //! // The same plan on both sides: a fence, then a register of four words.
-//! fn plan() -> Result<(Plan, voxring_linux::shared::Slot<CycleFence>,
-//!                      voxring_linux::shared::Slot<ControlRegister<u64, 4>>),
-//!                     voxring_linux::shared::PlaceError> {
+//! fn plan() -> Result<(Plan, Slot<CycleFence>, Slot<Reg>), PlaceError> {
 //!     let mut plan = Plan::new();
 //!     let fence = plan.place::<CycleFence>(())?;
-//!     let reg = plan.place::<ControlRegister<u64, 4>>(7)?;
+//!     let reg = plan.place::<Reg>(7)?;
 //!     Ok((plan, fence, reg))
 //! }
 //!
@@ -258,7 +258,8 @@ fn init_at<T: Resident>(
 /// A named segment holding the objects of a [`Plan`]: owns the mapping and this process's
 /// presence lock (so a clean-up never removes it while in use), and removes the file when the
 /// creating side drops its last handle (unless [`CreateOptions::remove_on_drop`] is false).
-/// Cloning is cheap and shares the mapping.
+/// Cloning is cheap and shares the mapping; every [`Placed`] holds a clone, so the mapping,
+/// the lock and the file go only after the last reference into the segment.
 ///
 /// ```
 /// use voxring_core::fence::CycleFence;
