@@ -230,6 +230,13 @@ size_t vr_last_error(char *buf, size_t len);
 // CLOCK_MONOTONIC in nanoseconds (the clock voxring's producers stamp frames with).
 uint64_t vr_monotonic_ns(void);
 
+// The payload checksum voxring's tests and tools use: CRC-32 (IEEE) of `len` bytes,
+// continuing from `crc` (start with 0).
+//
+// # Safety
+// `data` valid for `len` reads (or null with `len == 0`).
+uint32_t vr_crc32(uint32_t crc, const uint8_t *data, size_t len);
+
 // Creates `/dev/shm/voxring.<name>` holding a new ring and claims its producer side. The
 // segment is removed when the writer is destroyed.
 //
@@ -422,13 +429,6 @@ int32_t vr_control_write(struct vr_control *c, const void *data, size_t len);
 // # Safety
 // `c` a live handle; `out` valid for `len` writes; `version` null or valid.
 int32_t vr_control_read(struct vr_control *c, void *out, size_t len, uint64_t *version);
-
-// The payload checksum voxring's tests and tools use: CRC-32 (IEEE) of `len` bytes,
-// continuing from `crc` (start with 0).
-//
-// # Safety
-// `data` valid for `len` reads (or null with `len == 0`).
-uint32_t vr_crc32(uint32_t crc, const uint8_t *data, size_t len);
 
 #ifdef __cplusplus
 }  // extern "C"
