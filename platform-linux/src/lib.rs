@@ -9,6 +9,8 @@ pub mod futex;
 pub mod liveness;
 pub mod mapping;
 pub mod memfd;
+pub mod process;
 pub mod ring;
 pub mod rt;
 pub mod segment;
+pub mod shared;

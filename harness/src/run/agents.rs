@@ -19,7 +19,6 @@
 
 use std::fs::File;
 use std::io::Write as _;
-use std::os::fd::{FromRawFd as _, OwnedFd};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -111,19 +110,12 @@ pub fn return_name(prefix: &str) -> String {
 
 /// The recording's file, inherited from the orchestrator as descriptor `fd`.
 fn inherited_file(fd: i32) -> anyhow::Result<File> {
-    // SAFETY: F_GETFD only reads the descriptor's flags; any integer is a valid argument.
-    let open = fd > 2 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
-    anyhow::ensure!(
-        open,
-        "--wav-fd {fd} is not an open descriptor: `voxring agent` is started by `voxring run`, \
-         which passes the recording's descriptor"
-    );
-    // SAFETY: `fd` is open (checked above) and owned by nothing else in this process: the
-    // orchestrator handed it to this recorder for the recording alone.
-    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    // Not inherited any further.
-    rustix::io::fcntl_setfd(&file, rustix::io::FdFlags::CLOEXEC)
-        .context("cannot make the recording's descriptor close-on-exec")?;
+    let file = File::from(voxring_linux::process::take_inherited_fd(fd).map_err(|e| {
+        anyhow::anyhow!(
+            "--wav-fd {fd}: {e} (`voxring agent` is started by `voxring run`, which passes the \
+             recording's descriptor)"
+        )
+    })?);
     let meta = file
         .metadata()
         .context("cannot read the recording's descriptor")?;
