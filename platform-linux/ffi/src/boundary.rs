@@ -11,6 +11,7 @@ use voxring_core::{GrantError, ReadError};
 use voxring_linux::fallback::FallbackError;
 use voxring_linux::ring::ParticipantError;
 use voxring_linux::segment::{AttachError, CreateError};
+use voxring_linux::shared::PlaceError;
 
 use crate::status::*;
 
@@ -117,6 +118,16 @@ pub(crate) fn create_code(e: &CreateError) -> i32 {
         CreateError::AlreadyExists { .. } => VR_E_EXISTS,
         CreateError::Name(_) => VR_E_INVALID,
         _ => VR_E_CREATE,
+    }
+}
+
+/// The code of a failure to place an object in a segment: as creating or attaching failed,
+/// else `otherwise` (the object in the segment is not valid: not one, another version, damaged).
+pub(crate) fn place_code(e: &PlaceError, otherwise: i32) -> i32 {
+    match e {
+        PlaceError::Create(e) => create_code(e),
+        PlaceError::Attach(e) => attach_code(e),
+        _ => otherwise,
     }
 }
 

@@ -2,11 +2,10 @@
 
 use std::ffi::{c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
-use std::ptr::NonNull;
 
 use voxring_core::control::ControlRegister;
-use voxring_linux::segment::{AttachOptions, CreateError, CreateOptions, SegmentFile};
+use voxring_linux::segment::{AttachOptions, CreateOptions};
+use voxring_linux::shared::Placed;
 
 use crate::boundary::*;
 use crate::status::*;
@@ -16,9 +15,8 @@ type Register = ControlRegister<[u64; 8], 8>;
 /// A control register handle (opaque): a latest-value seqlock of `VR_CONTROL_BYTES` bytes
 /// in its own segment `/dev/shm/voxring.<name>`.
 pub struct vr_control {
-    // The register lives in `file`'s mapping, which lives as long as this handle.
-    reg: NonNull<Register>,
-    _file: SegmentFile,
+    /// The register, placed and validated by voxring-linux, with the segment it lives in.
+    reg: Placed<Register>,
 }
 
 impl std::fmt::Debug for vr_control {
@@ -29,9 +27,7 @@ impl std::fmt::Debug for vr_control {
 
 impl vr_control {
     fn reg(&self) -> &Register {
-        // SAFETY: `reg` points into `_file`'s mapping (checked by `init_in`/`attach`), which
-        // lives as long as `self`; the register is only accessed atomically.
-        unsafe { self.reg.as_ref() }
+        &self.reg
     }
 }
 
@@ -48,39 +44,9 @@ pub unsafe extern "C" fn vr_control_create(name: *const c_char, out: *mut *mut v
         if out.is_null() {
             return err(VR_E_NULL, "out is null");
         }
-        let mut reg = None;
-        let mut region_err = None;
-        let file = SegmentFile::create_with(
-            &name,
-            Register::REGION_SIZE,
-            &CreateOptions::default(),
-            |_, m| {
-                // SAFETY: a fresh mapping of `m.len()` bytes, private until published, kept
-                // alive with the handle (`_file`).
-                match unsafe { Register::init_in(m.as_ptr(), m.len(), [0; 8]) } {
-                    Ok(r) => {
-                        reg = Some(NonNull::from(r));
-                        Ok(())
-                    }
-                    Err(e) => {
-                        region_err = Some(e.to_string());
-                        Err(CreateError::Io {
-                            op: "initialise a control register in",
-                            path: PathBuf::from(&name),
-                            errno: rustix::io::Errno::INVAL,
-                        })
-                    }
-                }
-            },
-        )
-        .map_err(|e| {
-            (
-                create_code(&e),
-                format!("{e} {}", region_err.clone().unwrap_or_default()),
-            )
-        })?;
-        let reg = reg.ok_or((VR_E_CREATE, "control register not initialised".to_owned()))?;
-        let c = Box::new(vr_control { reg, _file: file });
+        let reg = Placed::<Register>::create(&name, &CreateOptions::default(), [0; 8])
+            .map_err(|e| (place_code(&e, VR_E_CREATE), e.to_string()))?;
+        let c = Box::new(vr_control { reg });
         // SAFETY: checked non-null.
         unsafe { write_out(out, Box::into_raw(c)) }?;
         Ok(VR_OK)
@@ -99,23 +65,13 @@ pub unsafe extern "C" fn vr_control_attach(name: *const c_char, out: *mut *mut v
         if out.is_null() {
             return err(VR_E_NULL, "out is null");
         }
-        let file = SegmentFile::attach(
-            &name,
-            Register::REGION_SIZE as u64,
-            &AttachOptions::default(),
-        )
-        .map_err(|e| (attach_code(&e), e.to_string()))?;
-        let m = file.mapping();
-        // SAFETY: the mapping covers the file (at least REGION_SIZE bytes, checked by
-        // `attach`) and lives with the handle; only atomic access follows.
-        let reg = unsafe { Register::attach(m.as_ptr(), m.len()) }.map_err(|e| {
+        let reg = Placed::<Register>::attach(&name, &AttachOptions::default()).map_err(|e| {
             (
-                VR_E_ATTACH,
-                format!("{name} is not a control register: {e}"),
+                place_code(&e, VR_E_ATTACH),
+                format!("{name} is not a control register this process may use: {e}"),
             )
         })?;
-        let reg = NonNull::from(reg);
-        let c = Box::new(vr_control { reg, _file: file });
+        let c = Box::new(vr_control { reg });
         // SAFETY: checked non-null.
         unsafe { write_out(out, Box::into_raw(c)) }?;
         Ok(VR_OK)

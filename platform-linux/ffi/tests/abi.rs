@@ -185,6 +185,66 @@ fn control_register_checks_sizes() {
     }
 }
 
+/// Attacks on a control register's segment by a peer with write access to it: its magic
+/// overwritten, then the file grown. Attaching refuses both with a code and a message (core
+/// validates the register; the segment must be exactly the register's size), and never
+/// hands out a handle to the damaged segment.
+#[test]
+fn control_register_attach_refuses_a_forged_or_grown_segment() {
+    use std::io::{Seek, SeekFrom, Write};
+    let name = unique("ctl-forged");
+    let path = format!("/dev/shm/voxring.{}", name.to_str().expect("utf-8"));
+    let mut owner: *mut vr_control = ptr::null_mut();
+    let mut c: *mut vr_control = ptr::null_mut();
+    // SAFETY: valid pointers; the handles are destroyed at the end.
+    unsafe {
+        assert_eq!(
+            vr_control_create(name.as_ptr(), &mut owner),
+            VR_OK,
+            "{}",
+            last_error()
+        );
+        assert_eq!(
+            vr_control_attach(name.as_ptr(), &mut c),
+            VR_OK,
+            "{}",
+            last_error()
+        );
+        vr_control_destroy(c);
+        c = ptr::null_mut();
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("the segment is this user's");
+    let size = file.metadata().expect("stat").len();
+    // The attack: the magic forged.
+    file.seek(SeekFrom::Start(0)).expect("seek");
+    file.write_all(&[0x5a; 8]).expect("forge the magic");
+    // SAFETY: valid pointers.
+    unsafe {
+        assert_eq!(vr_control_attach(name.as_ptr(), &mut c), VR_E_ATTACH);
+        assert!(c.is_null(), "no handle to a forged register");
+        let msg = last_error();
+        assert!(msg.contains("not a control register"), "{msg}");
+        assert!(msg.contains("magic"), "{msg}");
+    }
+    // The attack: the segment grown by a page.
+    file.set_len(size + 4096).expect("grow the segment");
+    // SAFETY: valid pointers.
+    unsafe {
+        assert_eq!(vr_control_attach(name.as_ptr(), &mut c), VR_E_ATTACH);
+        assert!(c.is_null(), "no handle to a grown register segment");
+        let msg = last_error();
+        assert!(msg.contains(&format!("{}", size + 4096)), "{msg}");
+        vr_control_destroy(owner);
+    }
+    assert!(
+        !std::path::Path::new(&path).exists(),
+        "the creator removed its segment"
+    );
+}
+
 /// A greeting the hostile fake server sends: 2^20 frames of 2^22 S32 samples (16 MiB each),
 /// a 16 TiB receive buffer (the wire format is in voxring-linux's fallback module).
 fn huge_greeting() -> Vec<u8> {
