@@ -152,6 +152,104 @@ fn calls_out_of_order_and_bad_values_are_refused() {
     );
 }
 
+fn empty_frames<const N: usize>() -> [vr_frame; N] {
+    [vr_frame {
+        seq: 0,
+        sample_pos: 0,
+        timestamp_ns: 0,
+        flags: 0,
+        len: 0,
+        data: ptr::null_mut(),
+        capacity: 0,
+        reserved: 0,
+    }; N]
+}
+
+/// The grants a handle holds between calls are checked on every commit and release: a second
+/// commit or release of the same grant, one of more frames than granted, and waits while a
+/// grant is open are refused with a code and change nothing; a refused oversized commit or
+/// release leaves the grant open for a correct one.
+#[test]
+fn grants_are_checked_on_commit_and_release() {
+    let name = unique("grants");
+    let cfg = vr_config {
+        frames: 4,
+        samples_per_frame: 16,
+        channels: 1,
+        format: VR_FORMAT_S16,
+        sample_rate: 48_000,
+        max_consumers: 1,
+        policy: VR_POLICY_LOSSLESS,
+    };
+    let mut w: *mut vr_writer = ptr::null_mut();
+    let mut r: *mut vr_reader = ptr::null_mut();
+    let mut f = empty_frames::<4>();
+    let mut n = 0usize;
+    let mut st = vr_status::default();
+    // SAFETY: valid pointers throughout; the handles are destroyed at the end.
+    unsafe {
+        assert_eq!(vr_writer_create(name.as_ptr(), &cfg, &mut w), VR_OK, "{}", last_error());
+        assert_eq!(
+            vr_reader_open(name.as_ptr(), ptr::null(), VR_OPEN_NO_FALLBACK, &mut r),
+            VR_OK,
+            "{}",
+            last_error()
+        );
+
+        // Writer: commit without a grant, twice the same grant, more than granted.
+        assert_eq!(vr_write_commit(w, ptr::null(), 0), VR_E_NO_GRANT);
+        assert_eq!(vr_write_grant(w, 2, f.as_mut_ptr(), &mut n), VR_OK);
+        assert_eq!((n, f[0].seq, f[1].seq), (2, 0, 1));
+        assert_eq!(vr_writer_wait(w, 0), VR_E_GRANT_OPEN);
+        assert_eq!(vr_write_commit(w, ptr::null(), 3), VR_E_NO_GRANT);
+        assert!(last_error().contains("3 frames, 2 granted"), "{}", last_error());
+        assert_eq!(vr_writer_status(w, &mut st), VR_OK);
+        assert_eq!(st.write_pos, 0, "a refused commit publishes nothing");
+        assert_eq!(vr_write_commit(w, ptr::null(), 1), VR_OK, "{}", last_error());
+        assert_eq!(vr_write_commit(w, ptr::null(), 1), VR_E_NO_GRANT);
+        assert!(last_error().contains("vr_write_grant"), "{}", last_error());
+        assert_eq!(vr_writer_status(w, &mut st), VR_OK);
+        assert_eq!((st.write_pos, st.frames), (1, 1), "the second commit did nothing");
+        // The abandoned frame (seq 1) is granted again.
+        assert_eq!(vr_write_grant(w, 1, f.as_mut_ptr(), &mut n), VR_OK);
+        assert_eq!((n, f[0].seq), (1, 1));
+        assert_eq!(vr_write_commit(w, ptr::null(), 1), VR_OK);
+
+        // Reader: release without a grant, twice the same grant, more than granted.
+        assert_eq!(vr_read_release(r, 0), VR_E_NO_GRANT);
+        assert_eq!(vr_read_grant(r, 4, f.as_mut_ptr(), &mut n), VR_OK);
+        assert_eq!((n, f[0].seq, f[1].seq), (2, 0, 1));
+        assert_eq!(vr_reader_wait(r, 0), VR_E_GRANT_OPEN);
+        assert_eq!(
+            vr_read_grant(r, 1, f.as_mut_ptr(), &mut n),
+            VR_E_GRANT_OPEN
+        );
+        assert_eq!(vr_read_release(r, 3), VR_E_NO_GRANT);
+        assert!(last_error().contains("3 frames, 2 granted"), "{}", last_error());
+        assert_eq!(vr_reader_status(r, &mut st), VR_OK);
+        assert_eq!((st.read_pos, st.lag), (0, 2), "a refused release frees nothing");
+        assert_eq!(vr_read_release(r, 1), VR_OK, "{}", last_error());
+        assert_eq!(vr_read_release(r, 1), VR_E_NO_GRANT);
+        assert!(last_error().contains("vr_read_grant"), "{}", last_error());
+        assert_eq!(vr_reader_status(r, &mut st), VR_OK);
+        assert_eq!(
+            (st.read_pos, st.frames),
+            (1, 1),
+            "the second release did nothing"
+        );
+        // The unreleased frame (seq 1) is granted again.
+        assert_eq!(vr_read_grant(r, 4, f.as_mut_ptr(), &mut n), VR_OK);
+        assert_eq!((n, f[0].seq), (1, 1));
+
+        // Destroying handles with open grants commits and releases nothing and frees them.
+        assert_eq!(vr_write_grant(w, 2, f.as_mut_ptr(), &mut n), VR_OK);
+        vr_reader_destroy(r);
+        assert_eq!(vr_writer_status(w, &mut st), VR_OK);
+        assert_eq!((st.write_pos, st.consumers), (2, 0));
+        vr_writer_destroy(w);
+    }
+}
+
 #[test]
 fn control_register_checks_sizes() {
     let name = unique("ctl");
