@@ -188,7 +188,12 @@ fn grants_are_checked_on_commit_and_release() {
     let mut st = vr_status::default();
     // SAFETY: valid pointers throughout; the handles are destroyed at the end.
     unsafe {
-        assert_eq!(vr_writer_create(name.as_ptr(), &cfg, &mut w), VR_OK, "{}", last_error());
+        assert_eq!(
+            vr_writer_create(name.as_ptr(), &cfg, &mut w),
+            VR_OK,
+            "{}",
+            last_error()
+        );
         assert_eq!(
             vr_reader_open(name.as_ptr(), ptr::null(), VR_OPEN_NO_FALLBACK, &mut r),
             VR_OK,
@@ -202,14 +207,27 @@ fn grants_are_checked_on_commit_and_release() {
         assert_eq!((n, f[0].seq, f[1].seq), (2, 0, 1));
         assert_eq!(vr_writer_wait(w, 0), VR_E_GRANT_OPEN);
         assert_eq!(vr_write_commit(w, ptr::null(), 3), VR_E_NO_GRANT);
-        assert!(last_error().contains("3 frames, 2 granted"), "{}", last_error());
+        assert!(
+            last_error().contains("3 frames, 2 granted"),
+            "{}",
+            last_error()
+        );
         assert_eq!(vr_writer_status(w, &mut st), VR_OK);
         assert_eq!(st.write_pos, 0, "a refused commit publishes nothing");
-        assert_eq!(vr_write_commit(w, ptr::null(), 1), VR_OK, "{}", last_error());
+        assert_eq!(
+            vr_write_commit(w, ptr::null(), 1),
+            VR_OK,
+            "{}",
+            last_error()
+        );
         assert_eq!(vr_write_commit(w, ptr::null(), 1), VR_E_NO_GRANT);
         assert!(last_error().contains("vr_write_grant"), "{}", last_error());
         assert_eq!(vr_writer_status(w, &mut st), VR_OK);
-        assert_eq!((st.write_pos, st.frames), (1, 1), "the second commit did nothing");
+        assert_eq!(
+            (st.write_pos, st.frames),
+            (1, 1),
+            "the second commit did nothing"
+        );
         // The abandoned frame (seq 1) is granted again.
         assert_eq!(vr_write_grant(w, 1, f.as_mut_ptr(), &mut n), VR_OK);
         assert_eq!((n, f[0].seq), (1, 1));
@@ -220,14 +238,19 @@ fn grants_are_checked_on_commit_and_release() {
         assert_eq!(vr_read_grant(r, 4, f.as_mut_ptr(), &mut n), VR_OK);
         assert_eq!((n, f[0].seq, f[1].seq), (2, 0, 1));
         assert_eq!(vr_reader_wait(r, 0), VR_E_GRANT_OPEN);
-        assert_eq!(
-            vr_read_grant(r, 1, f.as_mut_ptr(), &mut n),
-            VR_E_GRANT_OPEN
-        );
+        assert_eq!(vr_read_grant(r, 1, f.as_mut_ptr(), &mut n), VR_E_GRANT_OPEN);
         assert_eq!(vr_read_release(r, 3), VR_E_NO_GRANT);
-        assert!(last_error().contains("3 frames, 2 granted"), "{}", last_error());
+        assert!(
+            last_error().contains("3 frames, 2 granted"),
+            "{}",
+            last_error()
+        );
         assert_eq!(vr_reader_status(r, &mut st), VR_OK);
-        assert_eq!((st.read_pos, st.lag), (0, 2), "a refused release frees nothing");
+        assert_eq!(
+            (st.read_pos, st.lag),
+            (0, 2),
+            "a refused release frees nothing"
+        );
         assert_eq!(vr_read_release(r, 1), VR_OK, "{}", last_error());
         assert_eq!(vr_read_release(r, 1), VR_E_NO_GRANT);
         assert!(last_error().contains("vr_read_grant"), "{}", last_error());
