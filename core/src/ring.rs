@@ -343,6 +343,9 @@ pub enum CommitError {
         /// Frames granted.
         granted: usize,
     },
+    /// [`Producer::commit_token`]: the token is not the producer's open grant (it was
+    /// committed already, replaced by a later grant, or belongs to another producer).
+    StaleToken,
 }
 
 impl core::fmt::Display for CommitError {
@@ -351,6 +354,9 @@ impl core::fmt::Display for CommitError {
             CommitError::TooMany { commit, granted } => write!(
                 f,
                 "cannot commit {commit} frames from a grant of {granted}: nothing was committed"
+            ),
+            CommitError::StaleToken => f.write_str(
+                "this write token is not the open grant (already committed, or replaced by a later grant): nothing was committed; take a new grant",
             ),
         }
     }
@@ -423,6 +429,9 @@ pub enum ReleaseError {
     /// The consumer was evicted while it held the grant: the data may have been overwritten
     /// and must be discarded; join again.
     Evicted,
+    /// [`Consumer::release_token`]: the token is not the consumer's open grant (it was
+    /// released already, replaced by a later grant, or belongs to another consumer).
+    StaleToken,
 }
 
 impl core::fmt::Display for ReleaseError {
@@ -438,6 +447,9 @@ impl core::fmt::Display for ReleaseError {
             ),
             ReleaseError::Evicted => f.write_str(
                 "this consumer was evicted while reading: discard the data and join again",
+            ),
+            ReleaseError::StaleToken => f.write_str(
+                "this read token is not the open grant (already released, or replaced by a later grant): nothing was released; take a new grant",
             ),
         }
     }
@@ -738,6 +750,53 @@ impl Ring {
         self.layout.payload_bytes
     }
 
+    /// Byte offset of the first frame slot from the start of the region (validated at
+    /// create/attach and kept in the handle: a peer rewriting the header later changes
+    /// nothing). Slot `i` starts at `slots_offset() + i * slot_size()`.
+    ///
+    /// These geometry accessors are for bindings that hand the mapping to another language
+    /// (C, Python) and must say where frames live; Rust code uses the grants instead.
+    ///
+    /// ```
+    /// # use voxring_core::{Policy, Ring, RingConfig, SampleFormat};
+    /// # #[repr(C, align(128))] struct Region([u8; 4096]);
+    /// # let mut region = Region([0; 4096]);
+    /// let cfg = RingConfig { frames: 4, samples_per_frame: 8, channels: 1,
+    ///     format: SampleFormat::S16, sample_rate: 16_000, max_consumers: 1,
+    ///     policy: Policy::Lossless };
+    /// // SAFETY: valid, aligned, unused region that outlives the handles.
+    /// let ring = unsafe { Ring::create(region.0.as_mut_ptr(), 4096, &cfg) }?;
+    /// let (slots, stride, payload) = (ring.slots_offset(), ring.slot_size(), ring.payload_offset());
+    /// assert!(payload < stride && payload + ring.payload_bytes() as usize <= stride);
+    /// assert!(slots + 4 * stride <= ring.region_size());
+    /// // Frame 5 lives in slot 5 & (frames - 1) = 1.
+    /// assert_eq!(ring.frame_payload_offset(5), slots + stride + payload);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn slots_offset(&self) -> usize {
+        self.layout.slots_offset
+    }
+
+    /// Bytes from one frame slot to the next (the slot stride: metadata, then payload, padded
+    /// to the cache line). See [`Ring::slots_offset`].
+    pub fn slot_size(&self) -> usize {
+        self.layout.slot_size
+    }
+
+    /// Byte offset of the payload within a slot (the slot's metadata comes first). See
+    /// [`Ring::slots_offset`].
+    pub fn payload_offset(&self) -> usize {
+        self.layout.payload_offset
+    }
+
+    /// Byte offset, from the start of the region, of the payload of the frame with sequence
+    /// number `seq` (its slot is `seq & (frames - 1)`); always inside the region, with
+    /// [`Ring::payload_bytes`] bytes after it in the slot. See [`Ring::slots_offset`].
+    pub fn frame_payload_offset(&self, seq: u64) -> usize {
+        let index = (seq & self.layout.mask) as usize;
+        self.layout.slots_offset + index * self.layout.slot_size + self.layout.payload_offset
+    }
+
     /// Frames committed so far, as the shared header says (informative; may be anything if
     /// the producer is hostile).
     pub fn write_pos(&self) -> u64 {
@@ -772,6 +831,8 @@ impl Ring {
             write_pos,
             limit: write_pos,
             data_word,
+            open: None,
+            token_seq: 0,
         })
     }
 
@@ -825,6 +886,8 @@ impl Ring {
                 read_pos: w1,
                 cached_write: w1,
                 lost_total: 0,
+                open: None,
+                token_seq: 0,
             });
         }
         Err(JoinError::Full {
@@ -1080,6 +1143,111 @@ pub struct Producer {
     /// Producer-local, never re-read from the region: the next bump stores `data_word + 2`
     /// whatever a peer wrote there, so a forged word costs at most one wake per commit.
     data_word: u32,
+    /// The grant handed out as a token ([`Producer::grant_token`]) and not yet committed.
+    open: Option<WriteToken>,
+    /// Tokens handed out so far: each token carries its number, so a stale copy never
+    /// matches a later grant at the same position.
+    token_seq: u64,
+}
+
+/// A write grant held by value: for bindings that keep a grant between calls (the C ABI,
+/// Python), where the borrowing [`WriteGrant`] cannot be stored.
+///
+/// Opaque and `Copy`: it names the producer's open grant (first position, length, and a
+/// grant number). [`Producer::commit_token`] checks it, so a token that was committed
+/// already, replaced by a later grant, or made by another producer is an error
+/// ([`CommitError::StaleToken`]), never a commit of the wrong frames. A producer has at most
+/// one open grant: taking any new grant (token or borrowing) abandons an open token, as
+/// dropping a [`WriteGrant`] does.
+///
+/// ```
+/// # use voxring_core::{Policy, Ring, RingConfig, SampleFormat, CommitError};
+/// # #[repr(C, align(128))] struct Region([u8; 4096]);
+/// # let mut region = Region([0; 4096]);
+/// # let cfg = RingConfig { frames: 4, samples_per_frame: 8, channels: 1,
+/// #     format: SampleFormat::S16, sample_rate: 16_000, max_consumers: 1,
+/// #     policy: Policy::Lossless };
+/// # // SAFETY: valid, aligned, unused region that outlives the handles.
+/// # let ring = unsafe { Ring::create(region.0.as_mut_ptr(), 4096, &cfg) }?;
+/// let mut producer = ring.producer(1)?;
+/// let mut consumer = ring.consumer(2)?;
+///
+/// let token = producer.grant_token(2)?; // no borrow of `producer` is kept
+/// assert_eq!((token.first_seq(), token.len()), (0, 2));
+/// for i in 0..token.len() {
+///     let mut frame = producer.token_frame_mut(token, i).unwrap();
+///     frame.samples_mut::<i16>()?.fill(i as i16);
+/// }
+/// let _wake = producer.commit_token(token, 2)?; // nobody is parked here
+/// // The same token again is stale: an error, nothing happens.
+/// assert_eq!(producer.commit_token(token, 2).unwrap_err(), CommitError::StaleToken);
+///
+/// let read = consumer.read_token(4)?;
+/// assert_eq!(read.len(), 2);
+/// assert_eq!(consumer.token_frame(read, 1).unwrap().samples::<i16>()?[0], 1);
+/// let _wake = consumer.release_token(read, 2)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteToken {
+    start: u64,
+    len: usize,
+    /// The grant's number in its producer's sequence.
+    id: u64,
+    /// Which producer: the ring's address and the claim's owner token.
+    ring: usize,
+    owner: u64,
+}
+
+impl WriteToken {
+    /// Frames granted.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no frame was granted.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Sequence number of the first granted frame.
+    pub fn first_seq(&self) -> u64 {
+        self.start
+    }
+}
+
+/// A read grant held by value: the consumer's counterpart of [`WriteToken`] (see there for an
+/// example). [`Consumer::release_token`] checks it: a token released already, replaced by a
+/// later grant, or made by another consumer is [`ReleaseError::StaleToken`]. Taking any new
+/// read grant abandons an open token (releasing nothing), as dropping a [`ReadGrant`] does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadToken {
+    start: u64,
+    len: usize,
+    /// The grant's number in its consumer's sequence.
+    id: u64,
+    /// Which consumer: the ring's address, the slot, and the join's state word (which
+    /// carries the slot's generation).
+    ring: usize,
+    index: u16,
+    word: u32,
+}
+
+impl ReadToken {
+    /// Frames granted.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no frame was granted.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Sequence number of the first granted frame.
+    pub fn first_seq(&self) -> u64 {
+        self.start
+    }
 }
 
 impl Producer {
@@ -1099,6 +1267,83 @@ impl Producer {
     ///
     /// A grant of zero frames (`n == 0`) is valid and commits nothing.
     pub fn write_grant(&mut self, n: usize) -> Result<WriteGrant<'_>, GrantError> {
+        self.abandon_open_token();
+        let (start, len) = self.grant_inner(n)?;
+        Ok(WriteGrant {
+            start,
+            len,
+            producer: self,
+            done: false,
+        })
+    }
+
+    /// [`Producer::write_grant`] held by value, for bindings that keep the grant between
+    /// calls: the frames are reached with [`Producer::token_frame_mut`] and published with
+    /// [`Producer::commit_token`]. An open token is abandoned first. See [`WriteToken`].
+    pub fn grant_token(&mut self, n: usize) -> Result<WriteToken, GrantError> {
+        self.abandon_open_token();
+        let (start, len) = self.grant_inner(n)?;
+        self.token_seq = self.token_seq.wrapping_add(1);
+        let token = WriteToken {
+            start,
+            len,
+            id: self.token_seq,
+            ring: self.ring.base.as_ptr() as usize,
+            owner: self.owner,
+        };
+        self.open = Some(token);
+        Ok(token)
+    }
+
+    /// Frame `i` of the open grant `token`; `None` when `i >= token.len()` or the token is
+    /// not the open grant (stale).
+    pub fn token_frame_mut(&mut self, token: WriteToken, i: usize) -> Option<FrameMut<'_>> {
+        if self.open != Some(token) || i >= token.len {
+            return None;
+        }
+        // SAFETY: `token` is the open grant (checked), `i < len <= capacity`, so the slot is
+        // one this grant owns exclusively; the returned borrow of `self` keeps any other
+        // `FrameMut` (and any new grant) from existing meanwhile.
+        Some(unsafe { FrameMut::new(&self.ring, token.start.wrapping_add(i as u64)) })
+    }
+
+    /// Every frame of the open grant `token`, in order; `None` when the token is stale.
+    pub fn token_frames_mut(&mut self, token: WriteToken) -> Option<FramesMut<'_>> {
+        (self.open == Some(token)).then(|| FramesMut {
+            ring: &self.ring,
+            next: token.start,
+            end: token.start.wrapping_add(token.len as u64),
+            _grant: PhantomData,
+        })
+    }
+
+    /// Publishes the first `k` frames of the open grant `token` (the rest are abandoned), as
+    /// [`WriteGrant::commit`] does. A stale token is [`CommitError::StaleToken`]; `k` over
+    /// the grant is [`CommitError::TooMany`] and leaves the token open.
+    pub fn commit_token(&mut self, token: WriteToken, k: usize) -> Result<Wake, CommitError> {
+        if self.open != Some(token) {
+            return Err(CommitError::StaleToken);
+        }
+        if k > token.len {
+            return Err(CommitError::TooMany {
+                commit: k,
+                granted: token.len,
+            });
+        }
+        self.open = None;
+        Ok(self.commit_inner(token.start, token.len, k))
+    }
+
+    /// Abandons the open token grant, if any (commits nothing).
+    fn abandon_open_token(&mut self) {
+        if let Some(t) = self.open.take() {
+            // Committing zero frames wakes nobody: the Wake is always empty.
+            let _ = self.commit_inner(t.start, t.len, 0);
+        }
+    }
+
+    /// Takes a grant of up to `n` frames: its first position and length.
+    fn grant_inner(&mut self, n: usize) -> Result<(u64, usize), GrantError> {
         let ring = self.ring;
         if ring.prod().owner.load(Ordering::Relaxed) != self.owner {
             return Err(GrantError::Evicted);
@@ -1137,12 +1382,7 @@ impl Producer {
                 s.payload_cell.with_mut(|_| ());
             }
         }
-        Ok(WriteGrant {
-            start: self.write_pos,
-            len: len as usize,
-            producer: self,
-            done: false,
-        })
+        Ok((self.write_pos, len as usize))
     }
 
     /// Copies `payload` into one new frame with the given metadata and commits it: the
@@ -1324,6 +1564,7 @@ impl Producer {
 
 impl Drop for Producer {
     fn drop(&mut self) {
+        self.abandon_open_token();
         // Release: pairs with the next claimer's Acquire CAS. Fails harmlessly if evicted.
         let _ = self.ring.prod().owner.compare_exchange(
             self.owner,
@@ -1530,6 +1771,10 @@ pub struct Consumer {
     /// Last `write_pos` seen (rtrb's cached cursor).
     cached_write: u64,
     lost_total: u64,
+    /// The grant handed out as a token ([`Consumer::read_token`]) and not yet released.
+    open: Option<ReadToken>,
+    /// Tokens handed out so far (see `Producer::token_seq`).
+    token_seq: u64,
 }
 
 impl Consumer {
@@ -1593,6 +1838,78 @@ impl Consumer {
     /// Lossy policy: if the producer lapped this consumer, returns [`ReadError::Lost`] with
     /// the exact number of frames skipped and resyncs; read again.
     pub fn read_grant(&mut self, n: usize) -> Result<ReadGrant<'_>, ReadError> {
+        self.abandon_open_token();
+        let (start, len) = self.read_inner(n)?;
+        Ok(ReadGrant {
+            start,
+            len,
+            consumer: self,
+            done: false,
+        })
+    }
+
+    /// [`Consumer::read_grant`] held by value, for bindings that keep the grant between
+    /// calls: the frames are reached with [`Consumer::token_frame`] and released with
+    /// [`Consumer::release_token`]. An open token is abandoned first. See [`WriteToken`] for
+    /// an example.
+    pub fn read_token(&mut self, n: usize) -> Result<ReadToken, ReadError> {
+        self.abandon_open_token();
+        let (start, len) = self.read_inner(n)?;
+        self.token_seq = self.token_seq.wrapping_add(1);
+        let token = ReadToken {
+            start,
+            len,
+            id: self.token_seq,
+            ring: self.ring.base.as_ptr() as usize,
+            index: self.index,
+            word: self.word,
+        };
+        self.open = Some(token);
+        Ok(token)
+    }
+
+    /// Frame `i` of the open grant `token`; `None` when `i >= token.len()` or the token is
+    /// not the open grant (stale).
+    pub fn token_frame(&self, token: ReadToken, i: usize) -> Option<FrameRef<'_>> {
+        (self.open == Some(token) && i < token.len)
+            .then(|| FrameRef::new(&self.ring, token.start.wrapping_add(i as u64)))
+    }
+
+    /// Every frame of the open grant `token`, in order; `None` when the token is stale.
+    pub fn token_frames(&self, token: ReadToken) -> Option<impl Iterator<Item = FrameRef<'_>>> {
+        let ring = &self.ring;
+        (self.open == Some(token)).then(move || {
+            (0..token.len as u64).map(move |i| FrameRef::new(ring, token.start.wrapping_add(i)))
+        })
+    }
+
+    /// Releases the first `k` frames of the open grant `token`, as [`ReadGrant::release`]
+    /// does. A stale token is [`ReleaseError::StaleToken`]; `k` over the grant is
+    /// [`ReleaseError::TooMany`] and leaves the token open.
+    pub fn release_token(&mut self, token: ReadToken, k: usize) -> Result<Wake, ReleaseError> {
+        if self.open != Some(token) {
+            return Err(ReleaseError::StaleToken);
+        }
+        if k > token.len {
+            return Err(ReleaseError::TooMany {
+                release: k,
+                granted: token.len,
+            });
+        }
+        self.open = None;
+        self.release_inner(token.start, token.len, k)
+    }
+
+    /// Abandons the open token grant, if any (releases nothing).
+    fn abandon_open_token(&mut self) {
+        if let Some(t) = self.open.take() {
+            // Releasing zero frames only ends loom's access tracking: it cannot fail.
+            let _ = self.release_inner(t.start, t.len, 0);
+        }
+    }
+
+    /// Takes a read grant of up to `n` frames: its first position and length.
+    fn read_inner(&mut self, n: usize) -> Result<(u64, usize), ReadError> {
         if !self.is_member() {
             return Err(ReadError::Evicted);
         }
@@ -1648,12 +1965,7 @@ impl Consumer {
                     .with(|_| ());
             }
         }
-        Ok(ReadGrant {
-            start: self.read_pos,
-            len: len as usize,
-            consumer: self,
-            done: false,
-        })
+        Ok((self.read_pos, len as usize))
     }
 
     /// Lossy resync after finding position `from` overwritten: skip to the oldest frame
@@ -1816,6 +2128,7 @@ impl Consumer {
 
 impl Drop for Consumer {
     fn drop(&mut self) {
+        self.abandon_open_token();
         if self.word != STATE_FREE {
             let _ = self.leave_inner();
         }
