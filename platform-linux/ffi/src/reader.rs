@@ -4,12 +4,10 @@
 use std::ffi::c_char;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::ptr::NonNull;
 use std::time::Duration;
 
-use voxring_core::{FrameFlags, ReadError, ReadGrant, ReleaseError};
+use voxring_core::{FrameFlags, ReadToken, ReleaseError};
 use voxring_linux::fallback::{FallbackRead, FallbackReader, default_socket_path};
-use voxring_linux::futex::FutexWaiter;
 use voxring_linux::ring::{FramesWait, Segment, ShmConsumer};
 use voxring_linux::segment::AttachOptions;
 
@@ -18,25 +16,16 @@ use crate::status::*;
 use crate::types::*;
 
 struct ShmReader {
-    // Field order: the grant borrows `*consumer` and is dropped first (see Drop).
-    grant: Option<ReadGrant<'static>>,
-    consumer: NonNull<ShmConsumer>,
-    waiter: FutexWaiter,
+    /// The open read grant, held by value: core checks it on release (a stale one is an
+    /// error), and dropping the consumer abandons it (releases nothing).
+    grant: Option<ReadToken>,
+    // Field order: the consumer leaves the ring before the segment is unmapped.
+    consumer: ShmConsumer,
     segment: Segment,
-    /// `read_pos` and `lost_frames` as of the last grant or release.
-    read_pos: u64,
-    lost: u64,
-}
-
-impl Drop for ShmReader {
-    fn drop(&mut self) {
-        self.grant = None;
-        // SAFETY: from `Box::leak` in `vr_reader_open`, freed only here, no grant borrows it.
-        drop(unsafe { Box::from_raw(self.consumer.as_ptr()) });
-    }
 }
 
 impl ShmReader {
+    /// The consumer, when no grant is open.
     fn consumer(&mut self) -> Fallible<&mut ShmConsumer> {
         if self.grant.is_some() {
             return err(
@@ -44,9 +33,7 @@ impl ShmReader {
                 "a read grant is open: release it (vr_read_release) first",
             );
         }
-        // SAFETY: leaked in `vr_reader_open`, freed only in Drop; no grant borrows it
-        // (checked), and `&mut self` makes this the only reference.
-        Ok(unsafe { self.consumer.as_mut() })
+        Ok(&mut self.consumer)
     }
 }
 
@@ -78,16 +65,11 @@ fn open_shm(name: &str, expected_owner: Option<u32>) -> Fallible<ShmReader> {
         ..AttachOptions::default()
     };
     let seg = Segment::attach(name, &opts).map_err(|e| (attach_code(&e), e.to_string()))?;
-    let mut c = seg.consumer().map_err(participant_err)?;
-    let waiter = *c.waiter();
-    let read_pos = c.consumer().read_pos();
+    let consumer = seg.consumer().map_err(participant_err)?;
     Ok(ShmReader {
         grant: None,
-        consumer: NonNull::from(Box::leak(Box::new(c))),
-        waiter,
+        consumer,
         segment: seg,
-        read_pos,
-        lost: 0,
     })
 }
 
@@ -334,31 +316,16 @@ pub unsafe extern "C" fn vr_read_grant(
         };
         let len = match &mut r.transport {
             Transport::Shm(s) => {
-                let c: *mut ShmConsumer = s.consumer()?;
-                // SAFETY: as in `vr_write_grant`: the leaked consumer outlives the grant,
-                // which is dropped first, and no other reference exists while it lives.
-                let c: &'static mut ShmConsumer = unsafe { &mut *c };
-                let cons = c.consumer();
-                let grant = match cons.read_grant(n) {
-                    Ok(g) => g,
-                    Err(e) => {
-                        if let ReadError::Lost { .. } = e {
-                            // The consumer resynced; record the new position and count.
-                            // SAFETY: no grant exists (this one failed), sole reference.
-                            let c = unsafe { s.consumer.as_mut() };
-                            s.read_pos = c.consumer().read_pos();
-                            s.lost = c.consumer().lost_frames();
-                        }
-                        return Err(read_err(e));
-                    }
-                };
                 let cap = s.segment.ring().payload_bytes();
-                for (i, f) in grant.frames().enumerate() {
-                    put(i, f.meta(), f.payload().as_ptr(), cap);
+                let c = s.consumer()?.consumer();
+                let token = c.read_token(n).map_err(read_err)?;
+                for i in 0..token.len() {
+                    if let Some(f) = c.token_frame(token, i) {
+                        put(i, f.meta(), f.payload().as_ptr(), cap);
+                    }
                 }
-                let len = grant.len();
-                s.grant = Some(grant);
-                len
+                s.grant = Some(token);
+                token.len()
             }
             Transport::Socket(f) => match f.read_grant(n).map_err(|e| (VR_E_IO, e.to_string()))? {
                 FallbackRead::Frames(len) => {
@@ -398,36 +365,30 @@ pub unsafe extern "C" fn vr_read_release(r: *mut vr_reader, k: usize) -> i32 {
         let mut xruns = 0u64;
         match &mut r.transport {
             Transport::Shm(s) => {
-                let Some(grant) = s.grant.take() else {
+                let Some(token) = s.grant else {
                     return err(
                         VR_E_NO_GRANT,
                         "no read grant is open: call vr_read_grant first",
                     );
                 };
-                if k > grant.len() {
-                    let len = grant.len();
-                    s.grant = Some(grant);
+                if k > token.len() {
                     return err(
                         VR_E_NO_GRANT,
-                        format!("release of {k} frames, {len} granted"),
+                        format!("release of {k} frames, {} granted", token.len()),
                     );
                 }
+                let (c, waiter) = s.consumer.parts();
                 for i in 0..k {
-                    if grant
-                        .frame(i)
+                    if c.token_frame(token, i)
                         .is_some_and(|f| f.meta().flags.contains(FrameFlags::XRUN))
                     {
                         xruns += 1;
                     }
                 }
-                let res = grant.release(k);
-                let waiter = s.waiter;
-                let c = s.consumer()?;
-                let (read_pos, lost) = (c.consumer().read_pos(), c.consumer().lost_frames());
-                s.read_pos = read_pos;
-                s.lost = lost;
-                match res {
-                    Ok(wake) => wake.wake(&waiter),
+                // Whatever the outcome, this grant is over: a stale token stays an error.
+                s.grant = None;
+                match c.release_token(token, k) {
+                    Ok(wake) => wake.wake(waiter),
                     Err(e @ ReleaseError::Overwritten { .. }) => {
                         r.frames += k as u64;
                         return err(VR_E_OVERWRITTEN, e.to_string());
@@ -505,8 +466,11 @@ pub unsafe extern "C" fn vr_reader_status(r: *mut vr_reader, out: *mut vr_status
     guard(|| {
         // SAFETY: the caller's promise.
         let r = unsafe { handle(r) }?;
-        let (write_pos, read_pos, lost) = match &r.transport {
-            Transport::Shm(s) => (s.segment.ring().write_pos(), s.read_pos, s.lost),
+        let (write_pos, read_pos, lost) = match &mut r.transport {
+            Transport::Shm(s) => {
+                let c = s.consumer.consumer();
+                (s.segment.ring().write_pos(), c.read_pos(), c.lost_frames())
+            }
             Transport::Socket(f) => (r.frames + f.buffered(), r.frames, f.lost_frames()),
         };
         let s = vr_status {

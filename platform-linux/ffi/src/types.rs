@@ -135,53 +135,20 @@ pub struct vr_status {
     pub reserved: u32,
 }
 
-/// `slots_offset`, `slot_size` and `payload_offset` as the ring's header states them
-/// (`core/LAYOUT.md`, header block: u64 at 56, u32 at 44, u32 at 76). voxring-core checked them
-/// against the configuration at attach; they are re-read here only to report where frames live
-/// (nothing is accessed through them), and zeros are reported if a peer has since changed them
-/// to something that does not fit the mapping.
-pub(crate) fn header_geometry(seg: &Segment) -> (u64, u64, u64) {
-    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-    let m = seg.mapping();
-    if m.len() < 128 {
-        return (0, 0, 0);
-    }
-    let base = m.as_ptr();
-    // SAFETY: offsets 44, 56 and 76 lie inside the 128-byte header at the start of the
-    // mapping (len >= 128, checked), are naturally aligned in a page-aligned mapping, and the
-    // header is only ever accessed atomically (LAYOUT.md conventions).
-    let (slots_offset, slot_size, payload_offset) = unsafe {
-        (
-            (*base.add(56).cast::<AtomicU64>()).load(Ordering::Relaxed),
-            u64::from((*base.add(44).cast::<AtomicU32>()).load(Ordering::Relaxed)),
-            u64::from((*base.add(76).cast::<AtomicU32>()).load(Ordering::Relaxed)),
-        )
-    };
-    let frames = u64::from(seg.config().frames);
-    let fits = slot_size
-        .checked_mul(frames)
-        .and_then(|n| n.checked_add(slots_offset))
-        .is_some_and(|end| end <= m.len() as u64)
-        && payload_offset < slot_size;
-    if fits {
-        (slots_offset, slot_size, payload_offset)
-    } else {
-        (0, 0, 0)
-    }
-}
-
+/// Where a shared ring's frames live: the mapping, and the slot geometry core validated at
+/// create/attach (kept in the ring handle, so a peer rewriting the header later changes
+/// nothing here).
 pub(crate) fn shm_info(seg: &Segment) -> vr_info {
     let cfg = seg.config();
-    let payload_bytes = seg.ring().payload_bytes();
-    let (slots_offset, slot_size, payload_offset) = header_geometry(seg);
+    let ring = seg.ring();
     vr_info {
         config: vr_config::from_ring(&cfg),
-        payload_bytes,
+        payload_bytes: ring.payload_bytes(),
         transport: VR_TRANSPORT_SHM,
         memory: seg.mapping().as_ptr(),
         memory_len: seg.mapping().len() as u64,
-        slots_offset,
-        slot_size,
-        payload_offset,
+        slots_offset: ring.slots_offset() as u64,
+        slot_size: ring.slot_size() as u64,
+        payload_offset: ring.payload_offset() as u64,
     }
 }

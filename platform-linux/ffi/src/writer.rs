@@ -3,11 +3,9 @@
 use std::ffi::c_char;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::ptr::NonNull;
 
-use voxring_core::{FrameFlags, WriteGrant};
+use voxring_core::{FrameFlags, WriteToken};
 use voxring_linux::fallback::{FallbackServer, default_socket_path};
-use voxring_linux::futex::FutexWaiter;
 use voxring_linux::ring::{Segment, ShmProducer, SpaceWait};
 use voxring_linux::segment::{AttachOptions, CreateOptions};
 
@@ -17,10 +15,12 @@ use crate::types::*;
 
 /// A producer handle (opaque).
 pub struct vr_writer {
-    // Field order matters: the grant borrows `*producer` and is dropped first (see Drop).
-    grant: Option<WriteGrant<'static>>,
-    producer: NonNull<ShmProducer>,
-    waiter: FutexWaiter,
+    /// The open write grant, held by value: core checks it on commit (a stale one is an
+    /// error), and dropping the producer abandons it (commits nothing).
+    grant: Option<WriteToken>,
+    // Field order: the producer gives up its side before the fallback server (which joined the
+    // ring as a consumer) stops, and both before the segment is unmapped.
+    producer: ShmProducer,
     server: Option<FallbackServer>,
     segment: Segment,
     xruns: u64,
@@ -38,11 +38,9 @@ impl std::fmt::Debug for vr_writer {
 impl vr_writer {
     fn new(segment: Segment) -> Fallible<Box<Self>> {
         let producer = segment.producer().map_err(participant_err)?;
-        let waiter = *producer.waiter();
         Ok(Box::new(vr_writer {
             grant: None,
-            producer: NonNull::from(Box::leak(Box::new(producer))),
-            waiter,
+            producer,
             server: None,
             segment,
             xruns: 0,
@@ -50,7 +48,7 @@ impl vr_writer {
         }))
     }
 
-    /// The producer, when no grant borrows it.
+    /// The producer, when no grant is open.
     fn producer(&mut self) -> Fallible<&mut ShmProducer> {
         if self.grant.is_some() {
             return err(
@@ -58,9 +56,7 @@ impl vr_writer {
                 "a write grant is open: commit it (vr_write_commit) first",
             );
         }
-        // SAFETY: `producer` came from `Box::leak` and is freed only in Drop; no grant
-        // borrows it (checked above), and `&mut self` makes this the only reference.
-        Ok(unsafe { self.producer.as_mut() })
+        Ok(&mut self.producer)
     }
 
     fn consumers(&self) -> u32 {
@@ -68,16 +64,6 @@ impl vr_writer {
         (0..ring.config().max_consumers)
             .filter(|&i| ring.consumer_owner(i).is_some())
             .count() as u32
-    }
-}
-
-impl Drop for vr_writer {
-    fn drop(&mut self) {
-        // The grant (commits nothing) before the producer it borrows.
-        self.grant = None;
-        // SAFETY: from `Box::leak` in `new`, not freed before, and no grant borrows it now.
-        drop(unsafe { Box::from_raw(self.producer.as_ptr()) });
-        self.server = None;
     }
 }
 
@@ -239,17 +225,14 @@ pub unsafe extern "C" fn vr_write_grant(
         if (frames.is_null() && n > 0) || granted.is_null() {
             return err(VR_E_NULL, "frames or granted is null");
         }
-        let p: *mut ShmProducer = w.producer()?;
-        // SAFETY: `p` is the leaked producer (see `producer`); the grant made from it is kept
-        // in `w.grant` and dropped before the producer is freed (Drop), and no other
-        // reference to the producer is made while it exists (`producer()` refuses).
-        let p: &'static mut ShmProducer = unsafe { &mut *p };
-        let mut grant = p
-            .producer()
-            .write_grant(n)
+        let p = w.producer()?.producer();
+        let token = p
+            .grant_token(n)
             .map_err(|e| (grant_code(&e), e.to_string()))?;
-        let len = grant.len();
-        for (i, mut f) in grant.frames_mut().enumerate() {
+        for i in 0..token.len() {
+            let Some(mut f) = p.token_frame_mut(token, i) else {
+                break;
+            };
             let seq = f.seq();
             let payload = f.payload_mut();
             let v = vr_frame {
@@ -262,12 +245,12 @@ pub unsafe extern "C" fn vr_write_grant(
                 capacity: payload.len() as u32,
                 reserved: 0,
             };
-            // SAFETY: `i < len <= n` and `frames` has room for `n` (caller).
+            // SAFETY: `i < token.len() <= n` and `frames` has room for `n` (caller).
             unsafe { frames.add(i).write(v) };
         }
-        w.grant = Some(grant);
+        w.grant = Some(token);
         // SAFETY: checked non-null.
-        unsafe { write_out(granted, len) }?;
+        unsafe { write_out(granted, token.len()) }?;
         Ok(VR_OK)
     })
 }
@@ -287,31 +270,29 @@ pub unsafe extern "C" fn vr_write_commit(
     guard(|| {
         // SAFETY: the caller's promise.
         let w = unsafe { handle(w) }?;
-        let Some(mut grant) = w.grant.take() else {
+        let Some(token) = w.grant else {
             return err(
                 VR_E_NO_GRANT,
                 "no write grant is open: call vr_write_grant first",
             );
         };
-        if k > grant.len() {
-            let len = grant.len();
-            w.grant = Some(grant);
+        if k > token.len() {
             return err(
                 VR_E_NO_GRANT,
-                format!("commit of {k} frames, {len} granted"),
+                format!("commit of {k} frames, {} granted", token.len()),
             );
         }
+        let (p, waiter) = w.producer.parts();
         let mut xruns = 0;
         if !meta.is_null() {
             for i in 0..k {
                 // SAFETY: `meta` valid for `k` reads (caller).
                 let m = unsafe { meta.add(i).read() };
-                if let Some(mut f) = grant.frame_mut(i) {
+                if let Some(mut f) = p.token_frame_mut(token, i) {
                     f.set_sample_pos(m.sample_pos);
                     f.set_timestamp_ns(m.timestamp_ns);
                     f.set_flags(FrameFlags(m.flags));
                     if f.set_len(m.len).is_err() {
-                        w.grant = Some(grant);
                         return err(
                             VR_E_INVALID,
                             format!("frame {i}: len {} exceeds the slot capacity", m.len),
@@ -323,8 +304,12 @@ pub unsafe extern "C" fn vr_write_commit(
                 }
             }
         }
-        let wake = grant.commit(k).map_err(|e| (VR_E_INVALID, e.to_string()))?;
-        wake.wake(&w.waiter);
+        // Whatever the outcome, this grant is over: a stale token stays an error.
+        w.grant = None;
+        let wake = p
+            .commit_token(token, k)
+            .map_err(|e| (VR_E_INVALID, e.to_string()))?;
+        wake.wake(waiter);
         w.xruns += xruns;
         w.frames += k as u64;
         Ok(VR_OK)
