@@ -167,6 +167,32 @@ pub(crate) unsafe fn write_out<T>(p: *mut T, v: T) -> Fallible<()> {
     Ok(())
 }
 
+/// Hands a new handle to C: boxes it and writes the pointer into `*out` (freed by
+/// [`destroy`]).
+///
+/// # Safety
+/// `out` must be null (refused) or valid for one write.
+pub(crate) unsafe fn give_out<T>(out: *mut *mut T, handle: T) -> Fallible<i32> {
+    // SAFETY: the caller's promise.
+    unsafe { write_out(out, Box::into_raw(Box::new(handle))) }?;
+    Ok(VR_OK)
+}
+
+/// Frees a handle made by [`give_out`]: runs its drop (leave the ring, unmap...) with panics
+/// caught. Null is ignored.
+///
+/// # Safety
+/// `p` must be null or a live handle from [`give_out`], not used afterwards.
+pub(crate) unsafe fn destroy<T>(p: *mut T) {
+    if p.is_null() {
+        return;
+    }
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: from `Box::into_raw` in `give_out`; the caller gives it up.
+        drop(unsafe { Box::from_raw(p) });
+    }));
+}
+
 /// Checks a handle pointer and borrows it mutably.
 ///
 /// # Safety

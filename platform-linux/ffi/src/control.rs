@@ -1,7 +1,6 @@
 //! Control registers: [`vr_control`], a latest-value seqlock in its own segment.
 
 use std::ffi::{c_char, c_void};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use voxring_core::control::ControlRegister;
 use voxring_linux::segment::{AttachOptions, CreateOptions};
@@ -46,10 +45,9 @@ pub unsafe extern "C" fn vr_control_create(name: *const c_char, out: *mut *mut v
         }
         let reg = Placed::<Register>::create(&name, &CreateOptions::default(), [0; 8])
             .map_err(|e| (place_code(&e, VR_E_CREATE), e.to_string()))?;
-        let c = Box::new(vr_control { reg });
-        // SAFETY: checked non-null.
-        unsafe { write_out(out, Box::into_raw(c)) }?;
-        Ok(VR_OK)
+        let c = vr_control { reg };
+        // SAFETY: `out` checked non-null, valid (caller).
+        unsafe { give_out(out, c) }
     })
 }
 
@@ -71,10 +69,9 @@ pub unsafe extern "C" fn vr_control_attach(name: *const c_char, out: *mut *mut v
                 format!("{name} is not a control register this process may use: {e}"),
             )
         })?;
-        let c = Box::new(vr_control { reg });
-        // SAFETY: checked non-null.
-        unsafe { write_out(out, Box::into_raw(c)) }?;
-        Ok(VR_OK)
+        let c = vr_control { reg };
+        // SAFETY: `out` checked non-null, valid (caller).
+        unsafe { give_out(out, c) }
     })
 }
 
@@ -85,13 +82,8 @@ pub unsafe extern "C" fn vr_control_attach(name: *const c_char, out: *mut *mut v
 /// `c` null or a live handle, not used afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vr_control_destroy(c: *mut vr_control) {
-    if c.is_null() {
-        return;
-    }
-    let _ = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: from `Box::into_raw`; the caller gives it up.
-        drop(unsafe { Box::from_raw(c) });
-    }));
+    // SAFETY: the caller's promise; handles are made by `give_out`.
+    unsafe { destroy(c) }
 }
 
 /// Writes `len` bytes (at most `VR_CONTROL_BYTES`; the rest become zero) as the register's

@@ -6,7 +6,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use voxring_core::{FrameFlags, ReadToken, ReleaseError};
+use voxring_core::{FrameFlags, FrameMeta, ReadToken, ReleaseError};
 use voxring_linux::fallback::{FallbackRead, FallbackReader, default_socket_path};
 use voxring_linux::ring::{FramesWait, Segment, ShmConsumer};
 use voxring_linux::segment::AttachOptions;
@@ -170,15 +170,14 @@ pub unsafe extern "C" fn vr_reader_open_ex(
                 Err(e) => return Err(e),
             }
         };
-        let r = Box::new(vr_reader {
+        let r = vr_reader {
             transport,
             reason,
             xruns: 0,
             frames: 0,
-        });
-        // SAFETY: checked non-null.
-        unsafe { write_out(out, Box::into_raw(r)) }?;
-        Ok(VR_OK)
+        };
+        // SAFETY: `out` checked non-null, valid (caller).
+        unsafe { give_out(out, r) }
     })
 }
 
@@ -202,13 +201,8 @@ fn connect_fallback(
 /// `r` null or a live reader, not used afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vr_reader_destroy(r: *mut vr_reader) {
-    if r.is_null() {
-        return;
-    }
-    let _ = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: from `Box::into_raw` in `vr_reader_open`; the caller gives it up.
-        drop(unsafe { Box::from_raw(r) });
-    }));
+    // SAFETY: the caller's promise; handles are made by `give_out`.
+    unsafe { destroy(r) }
 }
 
 /// `VR_TRANSPORT_SHM` or `VR_TRANSPORT_SOCKET_FALLBACK` (or `VR_E_NULL`).
@@ -362,29 +356,12 @@ pub unsafe extern "C" fn vr_read_release(r: *mut vr_reader, k: usize) -> i32 {
     guard(|| {
         // SAFETY: the caller's promise.
         let r = unsafe { handle(r) }?;
-        let mut xruns = 0u64;
+        let xruns;
         match &mut r.transport {
             Transport::Shm(s) => {
-                let Some(token) = s.grant else {
-                    return err(
-                        VR_E_NO_GRANT,
-                        "no read grant is open: call vr_read_grant first",
-                    );
-                };
-                if k > token.len() {
-                    return err(
-                        VR_E_NO_GRANT,
-                        format!("release of {k} frames, {} granted", token.len()),
-                    );
-                }
+                let token = check_release(s.grant, ReadToken::len, k)?;
                 let (c, waiter) = s.consumer.parts();
-                for i in 0..k {
-                    if c.token_frame(token, i)
-                        .is_some_and(|f| f.meta().flags.contains(FrameFlags::XRUN))
-                    {
-                        xruns += 1;
-                    }
-                }
+                xruns = xruns_in((0..k).filter_map(|i| c.token_frame(token, i).map(|f| f.meta())));
                 // Whatever the outcome, this grant is over: a stale token stays an error.
                 s.grant = None;
                 match c.release_token(token, k) {
@@ -398,25 +375,8 @@ pub unsafe extern "C" fn vr_read_release(r: *mut vr_reader, k: usize) -> i32 {
                 }
             }
             Transport::Socket(f) => {
-                if f.granted() == 0 {
-                    return err(
-                        VR_E_NO_GRANT,
-                        "no read grant is open: call vr_read_grant first",
-                    );
-                }
-                if k > f.granted() {
-                    return err(
-                        VR_E_NO_GRANT,
-                        format!("release of {k} frames, {} granted", f.granted()),
-                    );
-                }
-                for i in 0..k {
-                    if f.frame(i)
-                        .is_some_and(|fr| fr.meta.flags.contains(FrameFlags::XRUN))
-                    {
-                        xruns += 1;
-                    }
-                }
+                check_release((f.granted() > 0).then(|| f.granted()), |n| *n, k)?;
+                xruns = xruns_in((0..k).filter_map(|i| f.frame(i).map(|fr| fr.meta)));
                 f.release(k);
             }
         }
@@ -424,6 +384,29 @@ pub unsafe extern "C" fn vr_read_release(r: *mut vr_reader, k: usize) -> i32 {
         r.frames += k as u64;
         Ok(VR_OK)
     })
+}
+
+/// The open grant, if `k` frames of it may be released: refused when none is open or it
+/// holds fewer than `k`.
+fn check_release<G>(grant: Option<G>, len: impl Fn(&G) -> usize, k: usize) -> Fallible<G> {
+    match grant {
+        None => err(
+            VR_E_NO_GRANT,
+            "no read grant is open: call vr_read_grant first",
+        ),
+        Some(g) if k > len(&g) => err(
+            VR_E_NO_GRANT,
+            format!("release of {k} frames, {} granted", len(&g)),
+        ),
+        Some(g) => Ok(g),
+    }
+}
+
+/// How many of `frames` carry `VR_FLAG_XRUN`.
+fn xruns_in(frames: impl Iterator<Item = FrameMeta>) -> u64 {
+    frames
+        .filter(|m| m.flags.contains(FrameFlags::XRUN))
+        .count() as u64
 }
 
 /// Where the reader's frames live: the shared mapping, or the fallback reader's buffer.

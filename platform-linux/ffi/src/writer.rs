@@ -1,7 +1,6 @@
 //! The producer side: [`vr_writer`], its grants and commits, and its socket fallback server.
 
 use std::ffi::c_char;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 
 use voxring_core::{FrameFlags, WriteToken};
@@ -36,16 +35,16 @@ impl std::fmt::Debug for vr_writer {
 }
 
 impl vr_writer {
-    fn new(segment: Segment) -> Fallible<Box<Self>> {
+    fn new(segment: Segment) -> Fallible<Self> {
         let producer = segment.producer().map_err(participant_err)?;
-        Ok(Box::new(vr_writer {
+        Ok(vr_writer {
             grant: None,
             producer,
             server: None,
             segment,
             xruns: 0,
             frames: 0,
-        }))
+        })
     }
 
     /// The producer, when no grant is open.
@@ -90,9 +89,8 @@ pub unsafe extern "C" fn vr_writer_create(
         let seg = Segment::create(&name, &cfg, &CreateOptions::default())
             .map_err(|e| (create_code(&e), e.to_string()))?;
         let w = vr_writer::new(seg)?;
-        // SAFETY: checked non-null above.
-        unsafe { write_out(out, Box::into_raw(w)) }?;
-        Ok(VR_OK)
+        // SAFETY: `out` checked non-null, valid (caller).
+        unsafe { give_out(out, w) }
     })
 }
 
@@ -111,9 +109,8 @@ pub unsafe extern "C" fn vr_writer_attach(name: *const c_char, out: *mut *mut vr
         let seg = Segment::attach(&name, &AttachOptions::default())
             .map_err(|e| (attach_code(&e), e.to_string()))?;
         let w = vr_writer::new(seg)?;
-        // SAFETY: checked non-null above.
-        unsafe { write_out(out, Box::into_raw(w)) }?;
-        Ok(VR_OK)
+        // SAFETY: `out` checked non-null, valid (caller).
+        unsafe { give_out(out, w) }
     })
 }
 
@@ -125,13 +122,8 @@ pub unsafe extern "C" fn vr_writer_attach(name: *const c_char, out: *mut *mut vr
 /// `w` must be null or a live writer, not used afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vr_writer_destroy(w: *mut vr_writer) {
-    if w.is_null() {
-        return;
-    }
-    let _ = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: from `Box::into_raw` in create/attach; the caller gives it up.
-        drop(unsafe { Box::from_raw(w) });
-    }));
+    // SAFETY: the caller's promise; handles are made by `give_out`.
+    unsafe { destroy(w) }
 }
 
 /// Starts the socket fallback for this ring: readers that cannot map the segment connect to

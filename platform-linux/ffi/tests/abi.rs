@@ -21,10 +21,9 @@ fn unique(tag: &str) -> std::ffi::CString {
     std::ffi::CString::new(format!("abi-{tag}-{}", std::process::id())).expect("no NUL")
 }
 
-#[test]
-fn null_pointers_are_refused_with_a_code() {
-    let mut n = 0usize;
-    let mut f = [vr_frame {
+/// `N` zeroed frames for grants to fill.
+fn empty_frames<const N: usize>() -> [vr_frame; N] {
+    [vr_frame {
         seq: 0,
         sample_pos: 0,
         timestamp_ns: 0,
@@ -33,7 +32,13 @@ fn null_pointers_are_refused_with_a_code() {
         data: ptr::null_mut(),
         capacity: 0,
         reserved: 0,
-    }; 1];
+    }; N]
+}
+
+#[test]
+fn null_pointers_are_refused_with_a_code() {
+    let mut n = 0usize;
+    let mut f = empty_frames::<1>();
     // SAFETY: null handles and pointers are exactly what these calls must refuse.
     unsafe {
         assert_eq!(
@@ -107,16 +112,7 @@ fn calls_out_of_order_and_bad_values_are_refused() {
             last_error()
         );
         assert_eq!(vr_write_commit(w, ptr::null(), 1), VR_E_NO_GRANT);
-        let mut f = [vr_frame {
-            seq: 0,
-            sample_pos: 0,
-            timestamp_ns: 0,
-            flags: 0,
-            len: 0,
-            data: ptr::null_mut(),
-            capacity: 0,
-            reserved: 0,
-        }; 2];
+        let mut f = empty_frames::<2>();
         let mut n = 0;
         assert_eq!(vr_write_grant(w, 2, f.as_mut_ptr(), &mut n), VR_OK);
         assert_eq!(n, 2);
@@ -150,19 +146,6 @@ fn calls_out_of_order_and_bad_values_are_refused() {
         !std::path::Path::new(&path).exists(),
         "the writer removed its segment"
     );
-}
-
-fn empty_frames<const N: usize>() -> [vr_frame; N] {
-    [vr_frame {
-        seq: 0,
-        sample_pos: 0,
-        timestamp_ns: 0,
-        flags: 0,
-        len: 0,
-        data: ptr::null_mut(),
-        capacity: 0,
-        reserved: 0,
-    }; N]
 }
 
 /// The grants a handle holds between calls are checked on every commit and release: a second
