@@ -2,7 +2,7 @@
 //! it descriptors by inheritance, collects its report and stops it; and its `main`.
 
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,15 +10,13 @@ use anyhow::{Context, bail};
 
 use super::measure::{SyscallCounter, pin_to};
 use super::{
-    Args, PEER_TIMEOUT_NS, Plan, ProducerReport, Transport, Tx, http, produce, shm, stream,
-    voxring,
+    Args, PEER_TIMEOUT_NS, Plan, ProducerReport, Transport, Tx, http, produce, shm, stream, voxring,
 };
 
 /// Clears close-on-exec on `fd` so the child we spawn next inherits it.
 pub(super) fn inheritable(fd: &OwnedFd) -> anyhow::Result<i32> {
-    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())
-        .context("clearing close-on-exec on a descriptor for the child")?;
-    Ok(fd.as_raw_fd())
+    voxring_linux::inherit::make_inheritable(fd)
+        .context("clearing close-on-exec on a descriptor for the child")
 }
 
 pub(super) fn spawn_peer(
@@ -99,7 +97,6 @@ pub(super) fn finish_child(child: &mut Child) -> anyhow::Result<ProducerReport> 
     serde_json::from_str(line).context("parsing the producer's report")
 }
 
-
 pub(super) fn vox_mode(t: Transport) -> voxring::Mode {
     match t {
         Transport::ShmWait => voxring::Mode::Wait,
@@ -108,22 +105,12 @@ pub(super) fn vox_mode(t: Transport) -> voxring::Mode {
     }
 }
 
-/// Takes ownership of a descriptor number the parent passed on the command line.
+/// Takes ownership of descriptor `i` of those the parent passed on the command line.
 fn inherited_fd(fds: &[i32], i: usize) -> anyhow::Result<OwnedFd> {
     let fd = *fds
         .get(i)
         .with_context(|| format!("--peer-fds needs at least {} descriptors", i + 1))?;
-    if fd < 3 {
-        bail!("--peer-fds: descriptor {fd} is not one the parent passed");
-    }
-    // Checks the descriptor is open before claiming it.
-    // SAFETY: only used for fcntl below; not owned.
-    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    rustix::io::fcntl_getfd(borrowed)
-        .with_context(|| format!("descriptor {fd} from the parent is not open"))?;
-    // SAFETY: the parent handed this descriptor to us by inheritance for this purpose; nothing
-    // else in this process knows or owns it, and it is claimed once.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    voxring_linux::inherit::claim_inherited(fd).context("--peer-fds")
 }
 
 /// The producer process: `voxring bench ipc --peer <transport> ...`.
@@ -143,8 +130,7 @@ pub(super) fn peer_main(t: Transport, args: &Args) -> anyhow::Result<()> {
     let mut tx: Box<dyn Tx> = match t {
         Transport::Cacheline => {
             let fd = inherited_fd(&args.peer.peer_fds, 0)?;
-            let shared = shm::Shared::attach(&fd, shm::mapping_len())?;
-            drop(fd);
+            let shared = shm::Shared::attach(fd, shm::mapping_len())?;
             Box::new(shm::CachelineTx { shared })
         }
         Transport::ShmSpin | Transport::ShmWait | Transport::ShmPark => {
@@ -197,4 +183,3 @@ pub(super) fn peer_main(t: Transport, args: &Args) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }
-
