@@ -255,11 +255,6 @@ pub struct ResultRow {
     pub syscall_count_method: String,
 }
 
-fn new_hist() -> anyhow::Result<hdrhistogram::Histogram<u64>> {
-    hdrhistogram::Histogram::new_with_bounds(1, 120_000_000_000, 3)
-        .context("creating the latency histogram")
-}
-
 /// The producer loop (child process, or thread).
 fn produce(
     tx: &mut dyn Tx,
@@ -467,7 +462,7 @@ fn run_one(
     tracepoint_id: Option<u64>,
     python: Option<&str>,
 ) -> anyhow::Result<ResultRow> {
-    let mut hist = new_hist()?;
+    let mut hist = crate::hist::new_hist();
     let (consumer_cpu, report) = match t {
         Transport::Rtrb => inproc::run(plan, payload, cpus, &mut hist)?,
         Transport::PythonMparray => {
