@@ -5,7 +5,7 @@ use std::panic::catch_unwind;
 /// CLOCK_MONOTONIC in nanoseconds (the clock voxring's producers stamp frames with).
 #[unsafe(no_mangle)]
 pub extern "C" fn vr_monotonic_ns() -> u64 {
-    catch_unwind(voxring_linux::audio::monotonic_ns).unwrap_or(0)
+    catch_unwind(voxring_linux::clock::monotonic_ns).unwrap_or(0)
 }
 
 /// The payload checksum voxring's tests and tools use: CRC-32 (IEEE) of `len` bytes,
