@@ -4,11 +4,14 @@
 
 pub mod audio;
 pub mod cleanup;
+pub mod clock;
 pub mod fallback;
 pub mod futex;
+pub mod inherit;
 pub mod liveness;
 pub mod mapping;
 pub mod memfd;
+pub mod perf;
 pub mod process;
 pub mod ring;
 pub mod rt;

@@ -211,7 +211,7 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<AgentOutput> {
     let mut echo_ipc_ns = 0u64;
     let mut return_dropped = 0u64;
     let mut expected_seq: Option<u64> = None;
-    let bytes_per_sample = enc.bytes() as u32;
+    let bytes_per_sample = enc.bytes();
 
     println!("ready");
     std::io::stdout()
@@ -259,7 +259,8 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<AgentOutput> {
                 record(&mut handoff, t_got.saturating_sub(meta.timestamp_ns));
                 // `len` is clamped to the slot by core; cut to whole samples.
                 let payload = frame.payload();
-                let len = (meta.len as usize).min(payload.len()) / enc.bytes() * enc.bytes();
+                let len = (meta.len as usize).min(payload.len()) / enc.bytes() as usize
+                    * enc.bytes() as usize;
                 let payload = &payload[..len];
                 let c0 = monotonic_ns();
                 match role {
