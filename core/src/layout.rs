@@ -411,3 +411,62 @@ const _: () = {
     assert!(offset_of!(SlotMeta, len) == 28);
     assert!(CACHE_LINE == 128);
 };
+
+impl HeaderBlock {
+    pub(crate) fn new(l: &Layout) -> Self {
+        use crate::sync::{AtomicU32, AtomicU64};
+        HeaderBlock {
+            magic: AtomicU64::new(0),
+            abi_version: AtomicU32::new(ABI_VERSION),
+            policy: AtomicU32::new(l.config.policy as u32),
+            frames: AtomicU32::new(l.config.frames),
+            samples_per_frame: AtomicU32::new(l.config.samples_per_frame),
+            channels: AtomicU32::new(u32::from(l.config.channels)),
+            format: AtomicU32::new(l.config.format as u32),
+            sample_rate: AtomicU32::new(l.config.sample_rate),
+            max_consumers: AtomicU32::new(u32::from(l.config.max_consumers)),
+            payload_bytes: AtomicU32::new(l.payload_bytes),
+            slot_size: AtomicU32::new(l.slot_size as u32),
+            consumers_offset: AtomicU64::new(l.consumers_offset as u64),
+            slots_offset: AtomicU64::new(l.slots_offset as u64),
+            region_size: AtomicU64::new(l.region_size as u64),
+            cache_line: AtomicU32::new(CACHE_LINE as u32),
+            payload_offset: AtomicU32::new(l.payload_offset as u32),
+        }
+    }
+}
+
+impl ProducerBlock {
+    pub(crate) fn new() -> Self {
+        use crate::sync::AtomicU64;
+        ProducerBlock {
+            write_pos: AtomicU64::new(0),
+            owner: AtomicU64::new(0),
+        }
+    }
+}
+
+impl WaitBlock {
+    pub(crate) fn new() -> Self {
+        use crate::sync::AtomicU32;
+        WaitBlock {
+            data_futex: AtomicU32::new(0),
+            consumers_parked: AtomicU32::new(0),
+            space_futex: AtomicU32::new(0),
+            producer_parked: AtomicU32::new(0),
+        }
+    }
+}
+
+impl ConsumerBlock {
+    pub(crate) fn new() -> Self {
+        use crate::sync::{AtomicU32, AtomicU64};
+        ConsumerBlock {
+            read_pos: AtomicU64::new(0),
+            owner: AtomicU64::new(0),
+            state: AtomicU32::new(STATE_FREE),
+            _reserved: AtomicU32::new(0),
+            lost: AtomicU64::new(0),
+        }
+    }
+}

@@ -20,7 +20,7 @@ pub use meta::{FormatMismatch, FrameFlags, FrameMeta, LenError, Sample};
 pub use ring::{
     AttachError, ClaimError, CommitError, Consumer, CreateError, EvictError, FrameMut, FrameRef,
     FramesMut, GrantError, JoinError, PopFrameError, Producer, PushFrameError, ReadError,
-    ReadGrant, ReleaseError, Ring, WriteGrant,
+    ReadGrant, ReadToken, ReleaseError, Ring, WriteGrant, WriteToken,
 };
 pub use static_ring::{
     ChunkError, PopError, Popper, PushError, Pusher, ReadChunk, SplitError, StaticRing, TooMany,

@@ -163,6 +163,7 @@ impl Waiter for SpinWaiter {
 /// Returned by the operations that make progress; when nobody is parked it holds nothing and
 /// [`Wake::wake`] makes no call at all, so the common case costs no syscall.
 #[derive(Debug, Default)]
+#[must_use = "a parked peer sleeps until its timeout unless this is woken: call .wake(&waiter)"]
 pub struct Wake {
     word: Option<NonNull<AtomicU32>>,
 }

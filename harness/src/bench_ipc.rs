@@ -11,10 +11,9 @@
 //!
 //! What each figure means is written in `docs/ipc-benchmarks.md`.
 
-use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -24,6 +23,7 @@ mod bindings;
 mod http;
 mod inproc;
 mod measure;
+mod peer;
 mod plot;
 mod python;
 mod shm;
@@ -31,6 +31,7 @@ mod stream;
 mod voxring;
 
 use measure::{SyscallCounter, pin_to, process_cpu_ns};
+use peer::{finish_child, inheritable, peer_main, spawn_peer, stop_child, vox_mode};
 
 /// How long a side waits for its peer before it decides the peer is gone.
 pub(crate) const PEER_TIMEOUT_NS: u64 = 10_000_000_000;
@@ -254,11 +255,6 @@ pub struct ResultRow {
     pub syscall_count_method: String,
 }
 
-fn new_hist() -> anyhow::Result<hdrhistogram::Histogram<u64>> {
-    hdrhistogram::Histogram::new_with_bounds(1, 120_000_000_000, 3)
-        .context("creating the latency histogram")
-}
-
 /// The producer loop (child process, or thread).
 fn produce(
     tx: &mut dyn Tx,
@@ -466,7 +462,7 @@ fn run_one(
     tracepoint_id: Option<u64>,
     python: Option<&str>,
 ) -> anyhow::Result<ResultRow> {
-    let mut hist = new_hist()?;
+    let mut hist = crate::hist::new_hist();
     let (consumer_cpu, report) = match t {
         Transport::Rtrb => inproc::run(plan, payload, cpus, &mut hist)?,
         Transport::PythonMparray => {
@@ -504,91 +500,6 @@ fn run_one(
         producer_syscalls_per_msg: report.syscalls_per_msg,
         syscall_count_method: report.method,
     })
-}
-
-/// Clears close-on-exec on `fd` so the child we spawn next inherits it.
-fn inheritable(fd: &OwnedFd) -> anyhow::Result<i32> {
-    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())
-        .context("clearing close-on-exec on a descriptor for the child")?;
-    Ok(fd.as_raw_fd())
-}
-
-fn spawn_peer(
-    t: Transport,
-    payload: usize,
-    plan: &Plan,
-    cpus: (usize, usize),
-    tracepoint_id: Option<u64>,
-    fds: &[i32],
-    port: Option<u16>,
-) -> anyhow::Result<Child> {
-    let exe = std::env::current_exe().context("finding this program to start the producer")?;
-    let mut cmd = Command::new(exe);
-    cmd.args(["bench", "ipc", "--peer", t.name()])
-        .arg("--peer-payload")
-        .arg(payload.to_string())
-        .arg("--peer-cpu")
-        .arg(cpus.0.to_string())
-        .arg("--messages")
-        .arg(plan.messages.to_string())
-        .arg("--warmup")
-        .arg(plan.warmup.to_string())
-        .arg("--count-messages")
-        .arg(plan.count_messages.to_string());
-    if !fds.is_empty() {
-        let list: Vec<String> = fds.iter().map(|f| f.to_string()).collect();
-        cmd.arg("--peer-fds").arg(list.join(","));
-    }
-    if let Some(p) = port {
-        cmd.arg("--peer-port").arg(p.to_string());
-    }
-    if let Some(id) = tracepoint_id {
-        cmd.arg("--tracepoint-id").arg(id.to_string());
-    }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting the producer process")
-}
-
-/// Kills (by PID) and reaps a child that is still running.
-fn stop_child(child: &mut Child) {
-    if let Ok(None) = child.try_wait() {
-        let _ = child.kill();
-    }
-    let _ = child.wait();
-}
-
-/// Waits for the producer's exit and parses its report.
-fn finish_child(child: &mut Child) -> anyhow::Result<ProducerReport> {
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .context("producer stdout")?
-        .read_to_string(&mut out)
-        .context("reading the producer's report")?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait()? {
-            break s;
-        }
-        if Instant::now() > deadline {
-            stop_child(child);
-            bail!("the producer (pid {}) did not exit; killed it", child.id());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    if !status.success() {
-        bail!("the producer exited with {status} (its message is above)");
-    }
-    let line = out
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .context("the producer printed no report")?;
-    serde_json::from_str(line).context("parsing the producer's report")
 }
 
 fn run_process_pair(
@@ -709,104 +620,6 @@ fn run_process_pair(
             Err(e)
         }
     }
-}
-
-fn vox_mode(t: Transport) -> voxring::Mode {
-    match t {
-        Transport::ShmWait => voxring::Mode::Wait,
-        Transport::ShmPark => voxring::Mode::Park,
-        _ => voxring::Mode::Spin,
-    }
-}
-
-/// Takes ownership of a descriptor number the parent passed on the command line.
-fn inherited_fd(fds: &[i32], i: usize) -> anyhow::Result<OwnedFd> {
-    let fd = *fds
-        .get(i)
-        .with_context(|| format!("--peer-fds needs at least {} descriptors", i + 1))?;
-    if fd < 3 {
-        bail!("--peer-fds: descriptor {fd} is not one the parent passed");
-    }
-    // Checks the descriptor is open before claiming it.
-    // SAFETY: only used for fcntl below; not owned.
-    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    rustix::io::fcntl_getfd(borrowed)
-        .with_context(|| format!("descriptor {fd} from the parent is not open"))?;
-    // SAFETY: the parent handed this descriptor to us by inheritance for this purpose; nothing
-    // else in this process knows or owns it, and it is claimed once.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// The producer process: `voxring bench ipc --peer <transport> ...`.
-fn peer_main(t: Transport, args: &Args) -> anyhow::Result<()> {
-    let payload = args
-        .peer
-        .peer_payload
-        .context("--peer needs --peer-payload")?;
-    let plan = Plan {
-        warmup: args.warmup.unwrap_or(0),
-        messages: args.messages.context("--peer needs --messages")?,
-        count_messages: args.peer.count_messages.unwrap_or(0),
-    };
-    if let Some(cpu) = args.peer.peer_cpu {
-        pin_to(cpu)?;
-    }
-    let mut tx: Box<dyn Tx> = match t {
-        Transport::Cacheline => {
-            let fd = inherited_fd(&args.peer.peer_fds, 0)?;
-            let shared = shm::Shared::attach(&fd, shm::mapping_len())?;
-            drop(fd);
-            Box::new(shm::CachelineTx { shared })
-        }
-        Transport::ShmSpin | Transport::ShmWait | Transport::ShmPark => {
-            let socket =
-                std::os::unix::net::UnixStream::from(inherited_fd(&args.peer.peer_fds, 0)?);
-            Box::new(voxring::VoxTx::receive(&socket, payload, vox_mode(t))?)
-        }
-        Transport::Uds => {
-            let s = std::os::unix::net::UnixStream::from(inherited_fd(&args.peer.peer_fds, 0)?);
-            s.set_read_timeout(Some(Duration::from_nanos(PEER_TIMEOUT_NS)))?;
-            let s2 = s.try_clone()?;
-            Box::new(stream::StreamTx::new(s, s2, payload))
-        }
-        Transport::Pipe => {
-            let w = std::fs::File::from(inherited_fd(&args.peer.peer_fds, 0)?);
-            let r = std::fs::File::from(inherited_fd(&args.peer.peer_fds, 1)?);
-            Box::new(stream::StreamTx::new(w, r, payload))
-        }
-        Transport::Tcp => {
-            let port = args
-                .peer
-                .peer_port
-                .context("--peer tcp needs --peer-port")?;
-            let s = std::net::TcpStream::connect(("127.0.0.1", port))
-                .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
-            s.set_nodelay(true)?;
-            s.set_read_timeout(Some(Duration::from_nanos(PEER_TIMEOUT_NS)))?;
-            let s2 = s.try_clone()?;
-            Box::new(stream::StreamTx::new(s, s2, payload))
-        }
-        Transport::Http => {
-            let port = args
-                .peer
-                .peer_port
-                .context("--peer http needs --peer-port")?;
-            Box::new(http::HttpTx::new(port, payload))
-        }
-        Transport::Rtrb
-        | Transport::PythonMparray
-        | Transport::PythonVoxring
-        | Transport::CVoxring => {
-            bail!("{} has no producer process", t.name())
-        }
-    };
-    let mut counter = match args.peer.tracepoint_id {
-        Some(id) => Some(SyscallCounter::open(id)?),
-        None => None,
-    };
-    let report = produce(tx.as_mut(), &plan, counter.as_mut())?;
-    println!("{}", serde_json::to_string(&report)?);
-    Ok(())
 }
 
 /// The results as a text table, one row per transport and payload.

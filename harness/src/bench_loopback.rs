@@ -18,8 +18,8 @@ use voxring_linux::audio::alsa_pcm::MmapPreference;
 use voxring_linux::audio::loopback::{ImpulseProbe, RoundTripStats};
 use voxring_linux::audio::pipewire::{self, PwClock};
 use voxring_linux::audio::{
-    AudioError, DeviceSpec, Duplex, Granted, RunStats, Sample, SampleFormat, StopFlag,
-    StreamParams, monotonic_ns, open_duplex, rt,
+    AudioError, DeviceSpec, Duplex, Granted, RunStats, Sample, SampleFormat, SampleFormatExt,
+    StopFlag, StreamParams, monotonic_ns, open_duplex, parse_sample_format, rt,
 };
 
 /// Options of this command.
@@ -49,7 +49,7 @@ pub struct Args {
     #[arg(long, default_value_t = 2)]
     channels: u32,
     /// Sample format: S16, S32 or F32.
-    #[arg(long, default_value = "F32")]
+    #[arg(long, default_value = "F32", value_parser = parse_sample_format)]
     format: SampleFormat,
     /// Milliseconds between impulses (rounded up to whole quanta); must exceed the round trip.
     #[arg(long, default_value_t = 100)]
@@ -196,7 +196,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         "buffer_frames": o.playback.buffer_frames,
         "capture_buffer_frames": o.capture.buffer_frames,
         "channels": o.capture.channels,
-        "format": o.capture.format.to_string(),
+        "format": o.capture.format.name(),
         "access": o.capture.alsa_access,
         "access_mode": format!("{:?}", o.capture.mode),
         "requested": { "rate": args.rate, "quantum": args.quantum, "buffer": params.buffer_frames },
@@ -238,7 +238,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         "granted:     {} Hz, {} ch, {}, period {} frames, buffer {} (playback) / {} (capture) frames, {} ({:?})",
         rate,
         o.capture.channels,
-        o.capture.format,
+        o.capture.format.name(),
         o.capture.period_frames,
         o.playback.buffer_frames,
         o.capture.buffer_frames,

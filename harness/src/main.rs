@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 mod bench_ipc;
 mod bench_loopback;
 mod doctor;
+mod hist;
+mod locate;
 mod run;
 mod segments;
 

@@ -118,15 +118,14 @@ impl std::str::FromStr for AgentSpec {
     }
 }
 
-/// Sample format of the stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    /// Signed 16-bit.
-    S16,
-    /// Signed 32-bit.
-    S32,
-    /// 32-bit float.
-    F32,
+/// Sample format of the stream: voxring-core's one [`SampleFormat`].
+pub use voxring_core::SampleFormat as Format;
+
+/// `--format`: `s16`, `s32` or `f32` (listed in `--help`, parsed by voxring-linux's parser).
+pub fn format_parser() -> impl clap::builder::TypedValueParser<Value = Format> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["s16", "s32", "f32"])
+        .map(|s| voxring_linux::audio::parse_sample_format(&s).expect("every listed value parses"))
 }
 
 /// Options of `voxring run`.
@@ -171,7 +170,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub channels: u16,
     /// Sample format.
-    #[arg(long, value_enum, default_value = "s16")]
+    #[arg(long, value_parser = format_parser(), default_value = "s16")]
     pub format: Format,
     /// SCHED_FIFO priority of the audio thread and the agents' processing threads (0: do not
     /// ask for real-time scheduling). A refusal is a warning in the report, not an error.

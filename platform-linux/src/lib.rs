@@ -4,12 +4,17 @@
 
 pub mod audio;
 pub mod cleanup;
+pub mod clock;
 pub mod fallback;
 pub mod futex;
 pub mod guard;
+pub mod inherit;
 pub mod liveness;
 pub mod mapping;
 pub mod memfd;
+pub mod perf;
+pub mod process;
 pub mod ring;
 pub mod rt;
 pub mod segment;
+pub mod shared;

@@ -280,6 +280,21 @@ impl SharedMapping {
         self.len == 0
     }
 
+    /// The mapping as 64-bit atomic words (`len / 8` of them), for callers that share plain
+    /// counters through it (the IPC benchmark's cache-line floor). Another process may store
+    /// any value in any word at any time; every value is a valid `u64`.
+    pub fn as_atomic_u64s(&self) -> &[std::sync::atomic::AtomicU64] {
+        // SAFETY: the mapping starts on a page boundary (so 8-aligned), spans `len` bytes, and
+        // stays mapped while `&self` lives; AtomicU64 has the size and alignment of u64, any bit
+        // pattern is valid, and all access to the words goes through atomics.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.ptr.as_ptr().cast::<std::sync::atomic::AtomicU64>(),
+                self.len / 8,
+            )
+        }
+    }
+
     /// Whether the mapping is `mlock`ed.
     pub fn is_locked(&self) -> bool {
         self.locked

@@ -175,20 +175,30 @@ pub fn is_fifo() -> bool {
     )
 }
 
-/// Pins the calling thread to `cpu`.
+/// Pins the calling thread to `cpu` (`sched_setaffinity(2)`).
+///
+/// The kernel decides: a thread already pinned elsewhere (or spawned by a pinned thread, whose
+/// mask it inherits) may still move to any CPU its cpuset allows. When the kernel refuses, the
+/// error says whether the CPU is outside the thread's current mask or was refused anyway.
+///
+/// ```
+/// let first = core_affinity::get_core_ids().unwrap()[0].id;
+/// std::thread::spawn(move || voxring_linux::rt::pin_to_cpu(first)).join().unwrap()?;
+/// # Ok::<(), voxring_linux::rt::RtError>(())
+/// ```
 pub fn pin_to_cpu(cpu: usize) -> Result<(), RtError> {
+    if core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+        return Ok(());
+    }
     let available: Vec<usize> = core_affinity::get_core_ids()
         .unwrap_or_default()
         .into_iter()
         .map(|c| c.id)
         .collect();
-    if !available.contains(&cpu) {
-        return Err(RtError::CpuNotAvailable { cpu, available });
-    }
-    if core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
-        Ok(())
-    } else {
+    if available.contains(&cpu) {
         Err(RtError::PinRefused { cpu })
+    } else {
+        Err(RtError::CpuNotAvailable { cpu, available })
     }
 }
 
@@ -378,6 +388,27 @@ mod tests {
                 .unwrap(),
             Ok(())
         );
+    }
+
+    /// A thread spawned by a pinned thread inherits its one-CPU mask; it may still pin itself
+    /// to another CPU (the IPC benchmark's producer and consumer do exactly this).
+    #[test]
+    fn a_thread_pinned_elsewhere_can_still_move() {
+        let ids: Vec<usize> = core_affinity::get_core_ids()
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        let [a, b, ..] = ids[..] else {
+            return; // one CPU: nothing to move between
+        };
+        let r = std::thread::spawn(move || {
+            pin_to_cpu(a)?;
+            std::thread::spawn(move || pin_to_cpu(b)).join().unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(r, Ok(()));
     }
 
     #[test]

@@ -9,7 +9,8 @@ use assert_no_alloc::{AllocDisabler, assert_no_alloc};
 use voxring_linux::audio::alsa_pcm::{AlsaStream, MmapPreference};
 use voxring_linux::audio::loopback::{PatternSource, Recorder, pattern_sample};
 use voxring_linux::audio::{
-    AccessMode, AudioError, CaptureSink, ChunkInfo, Sample, SampleFormat, StreamParams, flags,
+    AccessMode, AudioError, CaptureSink, ChunkInfo, Sample, SampleFormat, SampleFormatExt,
+    StreamParams, flags, parse_sample_format,
 };
 
 #[global_allocator]
@@ -44,8 +45,9 @@ impl TempPath {
 fn granted_as_asked<T: Sample>(channels: u32) {
     for dir in [Direction::Playback, Direction::Capture] {
         let p = params(channels);
-        let s = AlsaStream::<T>::open("null", dir, &p, MmapPreference::Auto)
-            .unwrap_or_else(|e| panic!("null {dir:?} {} x{channels}: {e}", T::SAMPLE_FORMAT));
+        let s = AlsaStream::<T>::open("null", dir, &p, MmapPreference::Auto).unwrap_or_else(|e| {
+            panic!("null {dir:?} {} x{channels}: {e}", T::SAMPLE_FORMAT.name())
+        });
         let g = s.granted();
         assert_eq!(g.format, T::SAMPLE_FORMAT);
         assert_eq!(g.channels, channels);
@@ -114,19 +116,18 @@ fn bad_requests_say_what_to_do() {
     assert!(msg.contains("voxring_no_such_pcm"), "{msg}");
     assert!(msg.contains("aplay -L"), "{msg}");
     assert!(
-        "S24"
-            .parse::<SampleFormat>()
+        parse_sample_format("S24")
             .unwrap_err()
             .contains("S16, S32 or F32")
     );
-    assert_eq!("float_le".parse::<SampleFormat>(), Ok(SampleFormat::F32));
+    assert_eq!(parse_sample_format("float_le"), Ok(SampleFormat::F32));
 }
 
 /// Plays the pattern into `file:` through the mmap path, forces one xrun recovery in the
 /// middle, and checks the file: the pattern in order, bit for bit in the format's little-endian
 /// layout, with exactly the silence the recovery wrote.
 fn file_holds_the_pattern<T: Sample>(channels: u32, to_bytes: fn(T) -> Vec<u8>) {
-    let tmp = TempPath::new(&format!("{}-{channels}", T::SAMPLE_FORMAT));
+    let tmp = TempPath::new(&format!("{}-{channels}", T::SAMPLE_FORMAT.name()));
     let name = format!("file:'{}',raw", tmp.0.display());
     let p = params(channels);
     let total = 10_000u64;
@@ -153,7 +154,7 @@ fn file_holds_the_pattern<T: Sample>(channels: u32, to_bytes: fn(T) -> Vec<u8>) 
         s.stop().unwrap();
     }
     let bytes = std::fs::read(&tmp.0).unwrap();
-    let frame_bytes = T::SAMPLE_FORMAT.bytes() * channels as usize;
+    let frame_bytes = T::SAMPLE_FORMAT.bytes() as usize * channels as usize;
     assert_eq!(bytes.len() % frame_bytes, 0);
     let silent_frame = vec![0u8; frame_bytes];
     let mut k = 0u64; // pattern frames seen
@@ -174,7 +175,7 @@ fn file_holds_the_pattern<T: Sample>(channels: u32, to_bytes: fn(T) -> Vec<u8>) 
             f,
             want.as_slice(),
             "{} x{channels}: frame {k}",
-            T::SAMPLE_FORMAT
+            T::SAMPLE_FORMAT.name()
         );
         k += 1;
     }

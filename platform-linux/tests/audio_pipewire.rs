@@ -8,7 +8,9 @@ use assert_no_alloc::{AllocDisabler, assert_no_alloc};
 use voxring_linux::audio::alsa_pcm::{AlsaStream, MmapPreference};
 use voxring_linux::audio::duplex::AlsaDuplex;
 use voxring_linux::audio::loopback::{ImpulseProbe, PatternSource, Recorder, pattern_sample};
-use voxring_linux::audio::{AccessMode, Duplex, Sample, StopFlag, StreamParams, pipewire, rt};
+use voxring_linux::audio::{
+    AccessMode, Duplex, Sample, SampleFormatExt, StopFlag, StreamParams, pipewire, rt,
+};
 
 #[global_allocator]
 static ALLOC: AllocDisabler = AllocDisabler;
@@ -142,7 +144,7 @@ fn bit_exact_run<T: Sample>(dev: &mut Duplex<T>, p: &StreamParams) -> Result<(),
             panic!(
                 "{} channel {c}: recorded frame {i} holds {v:?}, which was never played on \
                  this channel (expected pattern frame {k}: {:?}; offset {offset}, xruns {:?})",
-                T::SAMPLE_FORMAT,
+                T::SAMPLE_FORMAT.name(),
                 want(k),
                 st.xruns
             );
@@ -151,7 +153,7 @@ fn bit_exact_run<T: Sample>(dev: &mut Duplex<T>, p: &StreamParams) -> Result<(),
     eprintln!(
         "{}: {total} frames bit-exact on every channel after an offset of {offset} frames; \
          xruns {:?}",
-        T::SAMPLE_FORMAT,
+        T::SAMPLE_FORMAT.name(),
         st.xruns
     );
     Ok(())

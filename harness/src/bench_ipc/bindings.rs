@@ -27,9 +27,9 @@ use voxring_linux::segment::CreateOptions;
 use super::measure::{SyscallCounter, now_ns, pin_to, thread_cpu_ns};
 use super::{Plan, ProducerReport};
 
-const C_SOURCE: &str = include_str!("../../../platform-linux/ffi/c/bench_consumer.c");
-const C_HEADER: &str = include_str!("../../../platform-linux/ffi/include/voxring.h");
-const PYTHON_PACKAGE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../platform-linux/python");
+/// The C consumer's source and the header it includes, under `platform-linux/ffi`.
+const C_SOURCE: &str = "c/bench_consumer.c";
+const C_HEADER: &str = "include/voxring.h";
 const MARK_MOD: u64 = 1 << 24;
 
 /// Which consumer reads the ring.
@@ -39,35 +39,6 @@ pub enum Consumer<'a> {
     Python(&'a str),
     /// The C bench consumer.
     C,
-}
-
-/// `libvoxring_ffi.so`: `$VOXRING_LIB`, else next to this program, in its `deps/` (where
-/// `cargo test` leaves the cdylib), or in its parent folder (for test binaries in `deps/`).
-pub fn find_library() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("VOXRING_LIB") {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return Ok(p);
-        }
-        bail!("VOXRING_LIB={} does not exist", p.display());
-    }
-    let exe = std::env::current_exe().context("finding this program")?;
-    let dir = exe.parent().context("this program has no folder")?;
-    let deps = dir.join("deps");
-    for d in [Some(dir), Some(deps.as_path()), dir.parent()]
-        .into_iter()
-        .flatten()
-    {
-        let p = d.join("libvoxring_ffi.so");
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    bail!(
-        "libvoxring_ffi.so is not next to {} (build the bindings with the same profile: \
-         `cargo build --release -p voxring-ffi`, or set VOXRING_LIB)",
-        exe.display()
-    )
 }
 
 /// A private folder for the C consumer's build, in `parent` (`$TMPDIR` in the bench), removed
@@ -123,8 +94,12 @@ impl Drop for Reaped {
 
 fn compile_c(dir: &Path, lib: &Path) -> anyhow::Result<PathBuf> {
     let lib_dir = lib.parent().context("the library has no folder")?;
-    write_new(dir, "voxring.h", C_HEADER)?;
-    write_new(dir, "bench_consumer.c", C_SOURCE)?;
+    write_new(dir, "voxring.h", &crate::locate::ffi_source(C_HEADER)?)?;
+    write_new(
+        dir,
+        "bench_consumer.c",
+        &crate::locate::ffi_source(C_SOURCE)?,
+    )?;
     let out = dir.join("bench_consumer");
     let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
         .args([
@@ -170,7 +145,7 @@ pub fn run(
     if payload > 1 << 24 {
         bail!("a voxring frame holds at most 16 MiB; {payload} bytes do not fit");
     }
-    let lib = find_library()?;
+    let lib = crate::locate::library()?;
     // Only the C consumer needs a folder; it lives until this function returns.
     let tmp = match consumer {
         Consumer::C => Some(private_build_dir(&std::env::temp_dir())?),
@@ -191,6 +166,10 @@ pub fn run(
     let extra = plan.count_messages;
     let mut cmd = match consumer {
         Consumer::Python(py) => {
+            let package = crate::locate::python_package_dir().context(
+                "the voxring Python package (platform-linux/python) was not found: run from \
+                 voxring's source tree or set VOXRING_PYTHONPATH to its folder",
+            )?;
             let mut c = Command::new(py);
             c.args(["-m", "voxring._bench", "--ring", &name])
                 .arg("--payload")
@@ -203,7 +182,7 @@ pub fn run(
                 .arg(extra.to_string())
                 .arg("--cpu")
                 .arg(cpus.1.to_string())
-                .env("PYTHONPATH", PYTHON_PACKAGE)
+                .env("PYTHONPATH", package)
                 .env("PYTHONDONTWRITEBYTECODE", "1")
                 .env("VOXRING_LIB", &lib);
             c
@@ -412,8 +391,10 @@ mod tests {
         assert!(planted, "the attacker could not plant its folders");
 
         let dir = private_build_dir(&tmp).expect("a private build folder");
-        write_new(dir.path(), "voxring.h", C_HEADER).expect("write voxring.h");
-        write_new(dir.path(), "bench_consumer.c", C_SOURCE).expect("write the C source");
+        let header = crate::locate::ffi_source(C_HEADER).expect("the header");
+        let source = crate::locate::ffi_source(C_SOURCE).expect("the C source");
+        write_new(dir.path(), "voxring.h", &header).expect("write voxring.h");
+        write_new(dir.path(), "bench_consumer.c", &source).expect("write the C source");
 
         assert_eq!(
             std::fs::read_to_string(&victim).expect("read the victim"),
@@ -458,7 +439,7 @@ mod tests {
         let victim = outer.path().join("victim");
         std::fs::write(&victim, "precious\n").expect("write the victim");
         std::os::unix::fs::symlink(&victim, tmp.join("voxring.h")).expect("plant a symlink");
-        let err = write_new(&tmp, "voxring.h", C_HEADER).expect_err("a symlink was followed");
+        let err = write_new(&tmp, "voxring.h", "int x;\n").expect_err("a symlink was followed");
         assert!(format!("{err:#}").contains("voxring.h"), "{err:#}");
         assert_eq!(
             std::fs::read_to_string(&victim).expect("read"),

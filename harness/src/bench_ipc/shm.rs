@@ -6,11 +6,13 @@
 //! The mapping is a `memfd` handed to the child by descriptor inheritance, so nothing is ever
 //! created in `/dev/shm` and nothing can be left behind.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, bail};
-use rustix::mm::{MapFlags, ProtFlags};
+use voxring_linux::mapping::MapOptions;
+use voxring_linux::memfd::MemfdFile;
+use voxring_linux::segment::CreateError;
 
 use super::measure::now_ns;
 use super::{PEER_TIMEOUT_NS, Received, Rx, Tx};
@@ -25,70 +27,37 @@ pub fn mapping_len() -> usize {
     4096
 }
 
-/// A `MAP_SHARED` mapping of a memfd; unmapped on drop.
+/// A sealed memfd mapped `MAP_SHARED` (voxring-linux's [`MemfdFile`]); unmapped on drop.
 #[derive(Debug)]
 pub struct Shared {
-    ptr: *mut u8,
-    len: usize,
+    file: MemfdFile,
 }
 
 impl Shared {
-    /// Creates a zeroed memfd of `len` bytes (close-on-exec; the caller clears that flag on the
-    /// descriptor it hands to the child) and maps it.
+    /// Creates a zeroed, sealed memfd of `len` bytes and maps it; returns it with a close-on-exec
+    /// copy of its descriptor (the caller clears that flag on the copy it hands to the child).
     pub fn create(len: usize) -> anyhow::Result<(Self, OwnedFd)> {
-        let fd = rustix::fs::memfd_create("voxring-bench-ipc", rustix::fs::MemfdFlags::CLOEXEC)
-            .context("memfd_create for the benchmark mapping")?;
-        rustix::fs::ftruncate(&fd, len as u64)
-            .with_context(|| format!("sizing the benchmark memfd to {len} bytes"))?;
-        let shared = Self::map(&fd, len)?;
-        Ok((shared, fd))
-    }
-
-    /// Maps an inherited memfd after checking it is at least `len` bytes long.
-    pub fn attach(fd: &OwnedFd, len: usize) -> anyhow::Result<Self> {
-        let st = rustix::fs::fstat(fd).context("fstat of the inherited benchmark memfd")?;
-        if (st.st_size as u64) < len as u64 {
-            bail!(
-                "the inherited mapping has {} bytes, {len} are needed: parent and child disagree",
-                st.st_size
-            );
-        }
-        Self::map(fd, len)
-    }
-
-    fn map(fd: impl AsFd, len: usize) -> anyhow::Result<Self> {
-        // SAFETY: a fresh mapping chosen by the kernel (null hint) of a descriptor we hold; no
-        // existing memory is affected.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                fd,
-                0,
-            )
-        }
-        .with_context(|| format!("mmap of {len} shared bytes"))?;
-        Ok(Self {
-            ptr: ptr.cast(),
-            len,
+        let file = MemfdFile::create_with("bench-ipc", len, MapOptions::default(), |_, _| {
+            Ok::<(), CreateError>(())
         })
+        .context("creating the benchmark memfd")?;
+        let fd = file
+            .fd()
+            .try_clone_to_owned()
+            .context("duplicating the benchmark memfd for the child")?;
+        Ok((Self { file }, fd))
+    }
+
+    /// Maps an inherited memfd after checking its seals and that it is exactly `len` bytes.
+    pub fn attach(fd: OwnedFd, len: usize) -> anyhow::Result<Self> {
+        let file = MemfdFile::from_received(fd, len as u64, MapOptions::default())
+            .context("the inherited benchmark mapping: parent and child disagree")?;
+        Ok(Self { file })
     }
 
     fn u64_at(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset.is_multiple_of(8) && offset + 8 <= self.len);
-        // SAFETY: in bounds and 8-aligned (checked above); lives as long as `self`; any bit
-        // pattern is a valid u64.
-        unsafe { &*self.ptr.add(offset).cast::<AtomicU64>() }
-    }
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are exactly the mapping created in `map`, and no reference into it
-        // outlives `self` (all accessors borrow `self`).
-        let _ = unsafe { rustix::mm::munmap(self.ptr.cast(), self.len) };
+        assert!(offset.is_multiple_of(8), "word offset {offset}");
+        &self.file.mapping().as_atomic_u64s()[offset / 8]
     }
 }
 

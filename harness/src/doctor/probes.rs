@@ -14,11 +14,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rustix::thread::futex;
-use rustix::time::{ClockId, Timespec, clock_gettime};
-use thread_priority::{
-    RealtimeThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
-    set_thread_priority_and_policy, thread_native_id,
-};
+use rustix::time::{ClockId, Timespec};
+use voxring_linux::clock::monotonic_ns as now_ns;
 
 use super::{Check, Status, check};
 
@@ -26,33 +23,14 @@ use super::{Check, Status, check};
 /// xrun in the making.
 const QUANTUM_NS: u64 = 2_666_667;
 
-fn now_ns() -> u64 {
-    let ts = clock_gettime(ClockId::Monotonic);
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 fn us(ns: u64) -> String {
     format!("{:.1} µs", ns as f64 / 1000.0)
 }
 
-/// Tries SCHED_FIFO 80 for the calling thread.
+/// Tries SCHED_FIFO 80 for the calling thread, as voxring's audio threads ask for it
+/// ([`voxring_linux::rt::set_fifo`]).
 fn try_fifo80() -> Result<(), String> {
-    let prio = ThreadPriority::Crossplatform(
-        80u8.try_into()
-            .map_err(|e| format!("priority 80 not representable: {e:?}"))?,
-    );
-    set_thread_priority_and_policy(
-        thread_native_id(),
-        prio,
-        ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
-    )
-    .map_err(|e| match e {
-        thread_priority::Error::OS(errno) => {
-            let io = std::io::Error::from_raw_os_error(errno);
-            format!("{io} (errno {errno})")
-        }
-        other => other.to_string(),
-    })
+    voxring_linux::rt::set_fifo(80).map_err(|e| e.to_string())
 }
 
 /// Runs every probe; `seconds` is the timer-jitter duration.
@@ -170,13 +148,9 @@ pub fn run(seconds: f64) -> Vec<Check> {
     out
 }
 
-fn hist() -> Result<hdrhistogram::Histogram<u64>, String> {
-    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| e.to_string())
-}
-
 /// Sleeps to absolute 1 ms deadlines for `seconds`; returns how late each wake-up was.
 fn timer_jitter(seconds: f64) -> Result<hdrhistogram::Histogram<u64>, String> {
-    let mut h = hist()?;
+    let mut h = crate::hist::new_hist();
     let period = 1_000_000u64;
     let n = ((seconds * 1000.0) as u64).max(1);
     let mut next = now_ns() + period;
@@ -217,9 +191,10 @@ fn futex_wake(rounds: u32) -> Result<(hdrhistogram::Histogram<u64>, bool), Strin
         .name("doctor-futex-sleeper".into())
         .spawn(move || -> Result<hdrhistogram::Histogram<u64>, String> {
             if let Some(c) = sleeper_cpu {
-                core_affinity::set_for_current(c);
+                // Best effort: unpinned, the probe still measures a wake-up.
+                let _ = voxring_linux::rt::pin_to_cpu(c.id);
             }
-            let mut h = hist()?;
+            let mut h = crate::hist::new_hist();
             for round in 1..=rounds {
                 let deadline = now_ns() + 5_000_000_000;
                 // Wait until the word becomes `round`, parking on it.
@@ -251,7 +226,7 @@ fn futex_wake(rounds: u32) -> Result<(hdrhistogram::Histogram<u64>, bool), Strin
     if let Some(c) = cpus.first().copied()
         && cross
     {
-        core_affinity::set_for_current(c);
+        let _ = voxring_linux::rt::pin_to_cpu(c.id);
     }
     let mut result = Ok(());
     for round in 1..=rounds {

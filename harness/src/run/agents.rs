@@ -19,7 +19,6 @@
 
 use std::fs::File;
 use std::io::Write as _;
-use std::os::fd::{FromRawFd as _, OwnedFd};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -111,19 +110,12 @@ pub fn return_name(prefix: &str) -> String {
 
 /// The recording's file, inherited from the orchestrator as descriptor `fd`.
 fn inherited_file(fd: i32) -> anyhow::Result<File> {
-    // SAFETY: F_GETFD only reads the descriptor's flags; any integer is a valid argument.
-    let open = fd > 2 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
-    anyhow::ensure!(
-        open,
-        "--wav-fd {fd} is not an open descriptor: `voxring agent` is started by `voxring run`, \
-         which passes the recording's descriptor"
-    );
-    // SAFETY: `fd` is open (checked above) and owned by nothing else in this process: the
-    // orchestrator handed it to this recorder for the recording alone.
-    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    // Not inherited any further.
-    rustix::io::fcntl_setfd(&file, rustix::io::FdFlags::CLOEXEC)
-        .context("cannot make the recording's descriptor close-on-exec")?;
+    let file = File::from(voxring_linux::process::take_inherited_fd(fd).map_err(|e| {
+        anyhow::anyhow!(
+            "--wav-fd {fd}: {e} (`voxring agent` is started by `voxring run`, which passes the \
+             recording's descriptor)"
+        )
+    })?);
     let meta = file
         .metadata()
         .context("cannot read the recording's descriptor")?;
@@ -219,7 +211,7 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<AgentOutput> {
     let mut echo_ipc_ns = 0u64;
     let mut return_dropped = 0u64;
     let mut expected_seq: Option<u64> = None;
-    let bytes_per_sample = enc.bytes() as u32;
+    let bytes_per_sample = enc.bytes();
 
     println!("ready");
     std::io::stdout()
@@ -267,7 +259,8 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<AgentOutput> {
                 record(&mut handoff, t_got.saturating_sub(meta.timestamp_ns));
                 // `len` is clamped to the slot by core; cut to whole samples.
                 let payload = frame.payload();
-                let len = (meta.len as usize).min(payload.len()) / enc.bytes() * enc.bytes();
+                let len = (meta.len as usize).min(payload.len()) / enc.bytes() as usize
+                    * enc.bytes() as usize;
                 let payload = &payload[..len];
                 let c0 = monotonic_ns();
                 match role {

@@ -119,7 +119,8 @@ impl Vad {
 /// saturating integer formats. Returns the number of bytes written (the shorter length,
 /// rounded down to whole samples).
 pub fn apply_gain(input: &[u8], output: &mut [u8], encoding: Encoding, gain: f32) -> usize {
-    let n = input.len().min(output.len()) / encoding.bytes() * encoding.bytes();
+    let width = encoding.bytes() as usize;
+    let n = input.len().min(output.len()) / width * width;
     let (input, output) = (&input[..n], &mut output[..n]);
     match encoding {
         Encoding::S16 => {

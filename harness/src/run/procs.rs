@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::io::{BufRead as _, BufReader};
-use std::os::fd::{AsRawFd as _, BorrowedFd};
+use std::os::fd::AsFd as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -61,20 +61,11 @@ fn self_command(args: &[String]) -> anyhow::Result<Command> {
 
 /// Like [`spawn_self`], and the child inherits `file` under the same descriptor number
 /// (`file.as_raw_fd()`, to be passed on its command line). Every other descriptor of this
-/// process stays close-on-exec; the caller keeps `file` open until the child is started.
+/// process stays close-on-exec.
 pub fn spawn_self_with_fd(name: &str, args: &[String], file: &File) -> anyhow::Result<Proc> {
     let mut cmd = self_command(args)?;
-    let raw = file.as_raw_fd();
-    // SAFETY: the closure runs in the forked child before exec. It makes one fcntl system call
-    // (async-signal-safe), allocates nothing and takes no lock. `raw` is open in the child: its
-    // descriptor table is a copy of this process's, where `file` is open for the whole spawn.
-    unsafe {
-        cmd.pre_exec(move || {
-            // SAFETY: `raw` is open in this (child) process, see above; borrowed for one call.
-            let fd = BorrowedFd::borrow_raw(raw);
-            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).map_err(Into::into)
-        });
-    }
+    voxring_linux::process::inherit_fd(&mut cmd, file.as_fd())
+        .with_context(|| format!("cannot pass the recording's descriptor to the {name} process"))?;
     spawn(name, cmd)
 }
 
@@ -82,21 +73,9 @@ pub fn spawn_self_with_fd(name: &str, args: &[String], file: &File) -> anyhow::R
 /// (`PR_SET_PDEATHSIG`, set in the child between fork and exec, so it holds for any program,
 /// e.g. a user's Python script that does not ask for it), and refuse to start if `parent`
 /// is already gone. Spawn from the main thread: the signal follows the thread that forked.
+/// See [`voxring_linux::process::die_with_parent_before_exec`].
 pub fn die_with_parent_before_exec(cmd: &mut Command, parent: u32) {
-    // SAFETY: the closure runs in the forked child before exec. It makes two system calls
-    // (prctl, getppid), both async-signal-safe, allocates nothing (the error is a raw errno)
-    // and takes no lock.
-    unsafe {
-        cmd.pre_exec(move || {
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
-            // The parent may have died between fork and the prctl: then nobody would signal.
-            let ppid = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
-            if ppid as u32 != parent {
-                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            Ok(())
-        });
-    }
+    voxring_linux::process::die_with_parent_before_exec(cmd, parent);
 }
 
 /// Starts `cmd` as a child named `name`: stdin closed, stdout and stderr collected, in its own

@@ -12,13 +12,10 @@
 //! `PR_SET_PDEATHSIG` (SIGKILL) in the child between fork and exec
 //! ([`super::procs::die_with_parent_before_exec`]), as for the Rust agents.
 //!
-//! Where things are found:
-//! - the interpreter: `$VOXRING_PYTHON`, else the first of `python3` (on `PATH`) and
-//!   `/usr/bin/python3` that can `import numpy`;
-//! - the library: `$VOXRING_LIB`, else `libvoxring_ffi.so` next to this executable (its
-//!   `target/<profile>` folder, or its `deps/`, or the profile folder above a test's `deps/`);
-//! - the package: `$VOXRING_PYTHONPATH`, else `platform-linux/python` of the source tree this
-//!   binary was built from.
+//! Where things are found: the interpreter is `$VOXRING_PYTHON`, else the first of `python3` (on
+//! `PATH`) and `/usr/bin/python3` that can `import numpy`; the library and the package are found
+//! by [`crate::locate`] (`$VOXRING_LIB`, `$VOXRING_PYTHONPATH`, else next to this program and in
+//! its source tree).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -77,36 +74,6 @@ fn imports_numpy(python: &OsString) -> bool {
         .unwrap_or(false)
 }
 
-fn find_lib() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("VOXRING_LIB") {
-        return Some(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().ok()?;
-    let dir = exe.parent()?;
-    let name = "libvoxring_ffi.so";
-    // target/<profile>/voxring, or target/<profile>/deps/<test> (unit tests).
-    let mut candidates = vec![dir.join(name), dir.join("deps").join(name)];
-    if let Some(up) = dir.parent() {
-        candidates.push(up.join(name));
-    }
-    candidates.into_iter().find(|p| p.is_file())
-}
-
-fn find_package_dir() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("VOXRING_PYTHONPATH") {
-        return Some(PathBuf::from(p));
-    }
-    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../platform-linux/python");
-    if built.join("voxring").is_dir() {
-        return built.canonicalize().ok().or(Some(built));
-    }
-    // A binary moved with its tree: <repo>/target/<profile>/voxring.
-    let exe = std::env::current_exe().ok()?;
-    let repo = exe.parent()?.parent()?.parent()?;
-    let p = repo.join("platform-linux/python");
-    p.join("voxring").is_dir().then_some(p)
-}
-
 impl PythonLauncher {
     /// Finds an interpreter with numpy, the library and the package; checks the scripts exist.
     pub fn find(scripts: &[&Path]) -> anyhow::Result<Self> {
@@ -145,8 +112,8 @@ impl PythonLauncher {
         };
         Ok(Self {
             interpreter,
-            lib: find_lib(),
-            package_dir: find_package_dir(),
+            lib: crate::locate::library().ok(),
+            package_dir: crate::locate::python_package_dir(),
         })
     }
 

@@ -12,19 +12,7 @@ use serde::{Deserialize, Serialize};
 /// The voice budget the verdict is judged against: mouth-to-ear p99.9, in milliseconds.
 pub const BUDGET_MS: f64 = 150.0;
 
-/// Highest latency a histogram records (60 s, in ns); larger values are clamped to it.
-const HIST_MAX_NS: u64 = 60_000_000_000;
-
-/// A latency histogram in nanoseconds, 3 significant digits, 1 ns to 60 s.
-pub fn new_hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, HIST_MAX_NS, 3).expect("constant bounds are valid")
-}
-
-/// Records `ns` (clamped to the histogram's range; a 0 becomes 1 ns).
-pub fn record(hist: &mut Histogram<u64>, ns: u64) {
-    // Cannot fail: the value is clamped into the histogram's bounds first.
-    let _ = hist.record(ns.clamp(1, HIST_MAX_NS));
-}
+pub use crate::hist::{new_hist, record};
 
 /// Encodes a histogram (HdrHistogram V2 format, base64) so an agent can hand it over in JSON.
 pub fn hist_to_base64(hist: &Histogram<u64>) -> anyhow::Result<String> {

@@ -2,17 +2,16 @@
 //! [`CycleFence`] (which agents finished each cycle, and who was late) and the VAD's control
 //! register (speech on/off, published by the `vad` agent, read by anyone).
 //!
-//! Layout: the fence at offset 0 (its own magic and version, `core/LAYOUT.md`), the control
-//! register at the next 128-byte boundary after it.
+//! Both live in one segment placed by [`voxring_linux::shared`]: the fence first, the register
+//! after it (offsets computed there, from core's `place_after`); this module only names them.
 
-use anyhow::Context as _;
-use voxring_core::control::{ControlRegister, Plain};
+use voxring_core::control::ControlRegister;
 use voxring_core::fence::CycleFence;
-use voxring_linux::segment::{AttachOptions, CreateError, CreateOptions, SegmentFile};
+use voxring_linux::segment::{AttachOptions, CreateOptions};
+use voxring_linux::shared::{PlaceError, Placed, Plan, SharedObjects, Slot};
 
 /// What the `vad` agent publishes after every frame.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[repr(C)]
 pub struct VadState {
     /// 1 while speech is on.
     pub speaking: u32,
@@ -26,42 +25,56 @@ pub struct VadState {
     pub seq: u64,
 }
 
-// SAFETY: repr(C) of u32, i32 and three u64: 4 + 4 + 24 bytes, no padding; every bit
-// pattern is a valid value.
-unsafe impl Plain for VadState {}
+impl VadState {
+    /// The register's four words: `speaking` and `energy_millibel` share the first, in memory
+    /// order (the bytes of a `repr(C)` struct of these fields).
+    fn to_words(self) -> [u64; 4] {
+        let mut first = [0; 8];
+        first[..4].copy_from_slice(&self.speaking.to_ne_bytes());
+        first[4..].copy_from_slice(&self.energy_millibel.to_ne_bytes());
+        [
+            u64::from_ne_bytes(first),
+            self.segments,
+            self.speech_frames,
+            self.seq,
+        ]
+    }
+
+    fn from_words(w: [u64; 4]) -> Self {
+        let first = w[0].to_ne_bytes();
+        let [a, b, c, d, e, f, g, h] = first;
+        Self {
+            speaking: u32::from_ne_bytes([a, b, c, d]),
+            energy_millibel: i32::from_ne_bytes([e, f, g, h]),
+            segments: w[1],
+            speech_frames: w[2],
+            seq: w[3],
+        }
+    }
+}
 
 /// The VAD's register: 4 words (32 bytes) hold a [`VadState`].
-type VadRegister = ControlRegister<VadState, 4>;
+type VadRegister = ControlRegister<[u64; 4], 4>;
 
-fn register_offset() -> usize {
-    let align = VadRegister::REGION_ALIGN.max(128);
-    CycleFence::REGION_SIZE.div_ceil(align) * align
-}
-
-fn region_size() -> usize {
-    (register_offset() + VadRegister::REGION_SIZE).div_ceil(4096) * 4096
-}
-
-/// The sync region of a run, mapped.
+/// The sync region of a run, mapped: the fence and the register, each keeping the segment
+/// (and this process's presence in it) alive.
 #[derive(Debug)]
 pub struct SyncHandle {
-    /// The fence and the register, checked once at create/attach; they point into `file`'s
-    /// mapping, which lives as long as this handle.
-    fence: std::ptr::NonNull<CycleFence>,
-    vad: std::ptr::NonNull<VadRegister>,
-    /// Keeps the mapping (and this process's presence lock) alive.
-    _file: SegmentFile,
+    fence: Placed<CycleFence>,
+    vad: Placed<VadRegister>,
 }
-
-// SAFETY: the pointers lead to structs made only of atomics inside a shared mapping owned by
-// `file` (itself Send and Sync); any thread may use atomics.
-unsafe impl Send for SyncHandle {}
-// SAFETY: as above: shared access goes through atomics only.
-unsafe impl Sync for SyncHandle {}
 
 /// The segment name of a run's sync region.
 pub fn sync_name(prefix: &str) -> String {
     format!("{prefix}.sync")
+}
+
+/// What the sync region holds, the same on both sides.
+fn plan() -> Result<(Plan, Slot<CycleFence>, Slot<VadRegister>), PlaceError> {
+    let mut plan = Plan::new();
+    let fence = plan.place::<CycleFence>(())?;
+    let vad = plan.place::<VadRegister>(VadState::default().to_words())?;
+    Ok((plan, fence, vad))
 }
 
 impl SyncHandle {
@@ -72,73 +85,33 @@ impl SyncHandle {
             "at most {} agents",
             voxring_core::fence::MAX_AGENTS
         );
-        let name = sync_name(prefix);
-        let file =
-            SegmentFile::create_with(&name, region_size(), &CreateOptions::default(), |_, m| {
-                // SAFETY: a fresh shared mapping of `m.len()` bytes, page-aligned, not yet visible
-                // to any other process; it lives in the SegmentFile returned with it.
-                let fence = unsafe { CycleFence::init_in(m.as_ptr(), m.len()) }.map(|_| ());
-                let off = register_offset();
-                // SAFETY: as above; `off` is within the mapping (region_size() covers it), aligned
-                // (the mapping is page-aligned and `off` a multiple of the register's alignment),
-                // and these bytes are disjoint from the fence's.
-                let reg = unsafe {
-                    VadRegister::init_in(m.as_ptr().add(off), m.len() - off, VadState::default())
-                }
-                .map(|_| ());
-                fence.ok().and(reg.ok()).ok_or_else(|| CreateError::Io {
-                    op: "initialise the cycle fence and control register in",
-                    path: std::path::PathBuf::from(&name),
-                    errno: rustix::io::Errno::INVAL,
-                })
-            })
+        let (plan, fence, vad) = plan()?;
+        let seg = SharedObjects::create(&sync_name(prefix), &CreateOptions::default(), plan)
             .map_err(|e| anyhow::anyhow!("cannot create the run's sync region: {e}"))?;
-        Self::from_file(file)
+        Self::from_segment(&seg, fence, vad)
     }
 
     /// Attaches to the region (agents).
     pub fn attach(prefix: &str) -> anyhow::Result<Self> {
-        let file = SegmentFile::attach(
-            &sync_name(prefix),
-            region_size() as u64,
-            &AttachOptions::default(),
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-        voxring_linux::liveness::hold_presence(file.fd()).map_err(|e| {
-            anyhow::anyhow!("cannot mark this process present in the sync region: {e}")
-        })?;
-        Self::from_file(file).context("attaching to the run's sync region")
+        let (plan, fence, vad) = plan()?;
+        let seg = SharedObjects::attach(&sync_name(prefix), &AttachOptions::default(), &plan)
+            .map_err(|e| anyhow::anyhow!("cannot attach to the run's sync region: {e}"))?;
+        Self::from_segment(&seg, fence, vad)
     }
 
-    /// Checks the fence and the register in `file` and keeps pointers to them.
-    fn from_file(file: SegmentFile) -> anyhow::Result<Self> {
-        let m = file.mapping();
-        // SAFETY: the mapping covers the whole file and lives in `file`; only atomics follow.
-        let fence = unsafe { CycleFence::attach(m.as_ptr(), m.len()) }.map_err(|e| {
-            anyhow::anyhow!("the run's sync region holds no valid cycle fence: {e:?}")
-        })?;
-        let fence = std::ptr::NonNull::from(fence);
-        let off = register_offset();
-        anyhow::ensure!(m.len() >= off, "the run's sync region is too small");
-        // SAFETY: the mapping covers `m.len()` bytes; `off` is within it and aligned (see
-        // `create`); only atomics are accessed.
-        let vad =
-            unsafe { VadRegister::attach(m.as_ptr().add(off), m.len() - off) }.map_err(|e| {
-                anyhow::anyhow!("the run's sync region holds no valid control register: {e:?}")
-            })?;
-        let vad = std::ptr::NonNull::from(vad);
+    fn from_segment(
+        seg: &SharedObjects,
+        fence: Slot<CycleFence>,
+        vad: Slot<VadRegister>,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
-            fence,
-            vad,
-            _file: file,
+            fence: seg.placed(fence)?,
+            vad: seg.placed(vad)?,
         })
     }
 
     fn fence(&self) -> &CycleFence {
-        // SAFETY: checked at create/attach (aligned, large enough, magic and version); it
-        // points into the mapping `self._file` keeps alive, and holds only atomics, for which
-        // every value a peer may write is valid.
-        unsafe { self.fence.as_ref() }
+        &self.fence
     }
 
     /// Arms cycle `seq` (orchestrator, real-time thread). A refusal is ignored: it only
@@ -172,20 +145,17 @@ impl SyncHandle {
             .collect()
     }
 
-    fn vad(&self) -> &VadRegister {
-        // SAFETY: as for `fence`: checked once, inside the mapping `self._file` keeps alive,
-        // atomics only.
-        unsafe { self.vad.as_ref() }
-    }
-
     /// Publishes the VAD state (the `vad` agent; never waits). A refused write (another
     /// writer active) is dropped: the next frame publishes again.
     pub fn publish_vad(&self, s: VadState) {
-        let _ = self.vad().write(s);
+        let _ = self.vad.write(s.to_words());
     }
 
     /// Reads the VAD state (never torn; the default when the writer keeps it busy).
     pub fn read_vad(&self) -> VadState {
-        self.vad().read().unwrap_or_default()
+        self.vad
+            .read()
+            .map(VadState::from_words)
+            .unwrap_or_default()
     }
 }

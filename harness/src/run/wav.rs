@@ -5,26 +5,9 @@ use std::io::BufWriter;
 
 use anyhow::Context as _;
 
-/// Sample encodings a capture ring can carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    /// Signed 16-bit integers.
-    S16,
-    /// Signed 32-bit integers.
-    S32,
-    /// 32-bit IEEE floats.
-    F32,
-}
-
-impl Encoding {
-    /// Bytes per sample.
-    pub fn bytes(self) -> usize {
-        match self {
-            Self::S16 => 2,
-            Self::S32 | Self::F32 => 4,
-        }
-    }
-}
+/// Sample encodings a capture ring can carry: voxring-core's one [`voxring_core::SampleFormat`]
+/// (the name stays for the recorder's callers).
+pub use voxring_core::SampleFormat as Encoding;
 
 /// A WAV file being written; `finish` writes the final sizes into its header.
 pub struct WavSink {
@@ -73,7 +56,7 @@ impl WavSink {
     /// Appends interleaved samples given as native-endian bytes (a ring frame's payload).
     /// A trailing partial sample is an error (the payload length is not a whole sample count).
     pub fn write_bytes(&mut self, payload: &[u8]) -> anyhow::Result<()> {
-        let n = self.encoding.bytes();
+        let n = self.encoding.bytes() as usize;
         anyhow::ensure!(
             payload.len().is_multiple_of(n),
             "a frame payload of {} bytes is not a whole number of {n}-byte samples",

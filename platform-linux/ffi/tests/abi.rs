@@ -21,10 +21,9 @@ fn unique(tag: &str) -> std::ffi::CString {
     std::ffi::CString::new(format!("abi-{tag}-{}", std::process::id())).expect("no NUL")
 }
 
-#[test]
-fn null_pointers_are_refused_with_a_code() {
-    let mut n = 0usize;
-    let mut f = [vr_frame {
+/// `N` zeroed frames for grants to fill.
+fn empty_frames<const N: usize>() -> [vr_frame; N] {
+    [vr_frame {
         seq: 0,
         sample_pos: 0,
         timestamp_ns: 0,
@@ -33,7 +32,13 @@ fn null_pointers_are_refused_with_a_code() {
         data: ptr::null_mut(),
         capacity: 0,
         reserved: 0,
-    }; 1];
+    }; N]
+}
+
+#[test]
+fn null_pointers_are_refused_with_a_code() {
+    let mut n = 0usize;
+    let mut f = empty_frames::<1>();
     // SAFETY: null handles and pointers are exactly what these calls must refuse.
     unsafe {
         assert_eq!(
@@ -107,16 +112,7 @@ fn calls_out_of_order_and_bad_values_are_refused() {
             last_error()
         );
         assert_eq!(vr_write_commit(w, ptr::null(), 1), VR_E_NO_GRANT);
-        let mut f = [vr_frame {
-            seq: 0,
-            sample_pos: 0,
-            timestamp_ns: 0,
-            flags: 0,
-            len: 0,
-            data: ptr::null_mut(),
-            capacity: 0,
-            reserved: 0,
-        }; 2];
+        let mut f = empty_frames::<2>();
         let mut n = 0;
         assert_eq!(vr_write_grant(w, 2, f.as_mut_ptr(), &mut n), VR_OK);
         assert_eq!(n, 2);
@@ -152,6 +148,114 @@ fn calls_out_of_order_and_bad_values_are_refused() {
     );
 }
 
+/// The grants a handle holds between calls are checked on every commit and release: a second
+/// commit or release of the same grant, one of more frames than granted, and waits while a
+/// grant is open are refused with a code and change nothing; a refused oversized commit or
+/// release leaves the grant open for a correct one.
+#[test]
+fn grants_are_checked_on_commit_and_release() {
+    let name = unique("grants");
+    let cfg = vr_config {
+        frames: 4,
+        samples_per_frame: 16,
+        channels: 1,
+        format: VR_FORMAT_S16,
+        sample_rate: 48_000,
+        max_consumers: 1,
+        policy: VR_POLICY_LOSSLESS,
+    };
+    let mut w: *mut vr_writer = ptr::null_mut();
+    let mut r: *mut vr_reader = ptr::null_mut();
+    let mut f = empty_frames::<4>();
+    let mut n = 0usize;
+    let mut st = vr_status::default();
+    // SAFETY: valid pointers throughout; the handles are destroyed at the end.
+    unsafe {
+        assert_eq!(
+            vr_writer_create(name.as_ptr(), &cfg, &mut w),
+            VR_OK,
+            "{}",
+            last_error()
+        );
+        assert_eq!(
+            vr_reader_open(name.as_ptr(), ptr::null(), VR_OPEN_NO_FALLBACK, &mut r),
+            VR_OK,
+            "{}",
+            last_error()
+        );
+
+        // Writer: commit without a grant, twice the same grant, more than granted.
+        assert_eq!(vr_write_commit(w, ptr::null(), 0), VR_E_NO_GRANT);
+        assert_eq!(vr_write_grant(w, 2, f.as_mut_ptr(), &mut n), VR_OK);
+        assert_eq!((n, f[0].seq, f[1].seq), (2, 0, 1));
+        assert_eq!(vr_writer_wait(w, 0), VR_E_GRANT_OPEN);
+        assert_eq!(vr_write_commit(w, ptr::null(), 3), VR_E_NO_GRANT);
+        assert!(
+            last_error().contains("3 frames, 2 granted"),
+            "{}",
+            last_error()
+        );
+        assert_eq!(vr_writer_status(w, &mut st), VR_OK);
+        assert_eq!(st.write_pos, 0, "a refused commit publishes nothing");
+        assert_eq!(
+            vr_write_commit(w, ptr::null(), 1),
+            VR_OK,
+            "{}",
+            last_error()
+        );
+        assert_eq!(vr_write_commit(w, ptr::null(), 1), VR_E_NO_GRANT);
+        assert!(last_error().contains("vr_write_grant"), "{}", last_error());
+        assert_eq!(vr_writer_status(w, &mut st), VR_OK);
+        assert_eq!(
+            (st.write_pos, st.frames),
+            (1, 1),
+            "the second commit did nothing"
+        );
+        // The abandoned frame (seq 1) is granted again.
+        assert_eq!(vr_write_grant(w, 1, f.as_mut_ptr(), &mut n), VR_OK);
+        assert_eq!((n, f[0].seq), (1, 1));
+        assert_eq!(vr_write_commit(w, ptr::null(), 1), VR_OK);
+
+        // Reader: release without a grant, twice the same grant, more than granted.
+        assert_eq!(vr_read_release(r, 0), VR_E_NO_GRANT);
+        assert_eq!(vr_read_grant(r, 4, f.as_mut_ptr(), &mut n), VR_OK);
+        assert_eq!((n, f[0].seq, f[1].seq), (2, 0, 1));
+        assert_eq!(vr_reader_wait(r, 0), VR_E_GRANT_OPEN);
+        assert_eq!(vr_read_grant(r, 1, f.as_mut_ptr(), &mut n), VR_E_GRANT_OPEN);
+        assert_eq!(vr_read_release(r, 3), VR_E_NO_GRANT);
+        assert!(
+            last_error().contains("3 frames, 2 granted"),
+            "{}",
+            last_error()
+        );
+        assert_eq!(vr_reader_status(r, &mut st), VR_OK);
+        assert_eq!(
+            (st.read_pos, st.lag),
+            (0, 2),
+            "a refused release frees nothing"
+        );
+        assert_eq!(vr_read_release(r, 1), VR_OK, "{}", last_error());
+        assert_eq!(vr_read_release(r, 1), VR_E_NO_GRANT);
+        assert!(last_error().contains("vr_read_grant"), "{}", last_error());
+        assert_eq!(vr_reader_status(r, &mut st), VR_OK);
+        assert_eq!(
+            (st.read_pos, st.frames),
+            (1, 1),
+            "the second release did nothing"
+        );
+        // The unreleased frame (seq 1) is granted again.
+        assert_eq!(vr_read_grant(r, 4, f.as_mut_ptr(), &mut n), VR_OK);
+        assert_eq!((n, f[0].seq), (1, 1));
+
+        // Destroying handles with open grants commits and releases nothing and frees them.
+        assert_eq!(vr_write_grant(w, 2, f.as_mut_ptr(), &mut n), VR_OK);
+        vr_reader_destroy(r);
+        assert_eq!(vr_writer_status(w, &mut st), VR_OK);
+        assert_eq!((st.write_pos, st.consumers), (2, 0));
+        vr_writer_destroy(w);
+    }
+}
+
 #[test]
 fn control_register_checks_sizes() {
     let name = unique("ctl");
@@ -183,6 +287,66 @@ fn control_register_checks_sizes() {
         );
         vr_control_destroy(c);
     }
+}
+
+/// Attacks on a control register's segment by a peer with write access to it: its magic
+/// overwritten, then the file grown. Attaching refuses both with a code and a message (core
+/// validates the register; the segment must be exactly the register's size), and never
+/// hands out a handle to the damaged segment.
+#[test]
+fn control_register_attach_refuses_a_forged_or_grown_segment() {
+    use std::io::{Seek, SeekFrom, Write};
+    let name = unique("ctl-forged");
+    let path = format!("/dev/shm/voxring.{}", name.to_str().expect("utf-8"));
+    let mut owner: *mut vr_control = ptr::null_mut();
+    let mut c: *mut vr_control = ptr::null_mut();
+    // SAFETY: valid pointers; the handles are destroyed at the end.
+    unsafe {
+        assert_eq!(
+            vr_control_create(name.as_ptr(), &mut owner),
+            VR_OK,
+            "{}",
+            last_error()
+        );
+        assert_eq!(
+            vr_control_attach(name.as_ptr(), &mut c),
+            VR_OK,
+            "{}",
+            last_error()
+        );
+        vr_control_destroy(c);
+        c = ptr::null_mut();
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("the segment is this user's");
+    let size = file.metadata().expect("stat").len();
+    // The attack: the magic forged.
+    file.seek(SeekFrom::Start(0)).expect("seek");
+    file.write_all(&[0x5a; 8]).expect("forge the magic");
+    // SAFETY: valid pointers.
+    unsafe {
+        assert_eq!(vr_control_attach(name.as_ptr(), &mut c), VR_E_ATTACH);
+        assert!(c.is_null(), "no handle to a forged register");
+        let msg = last_error();
+        assert!(msg.contains("not a control register"), "{msg}");
+        assert!(msg.contains("magic"), "{msg}");
+    }
+    // The attack: the segment grown by a page.
+    file.set_len(size + 4096).expect("grow the segment");
+    // SAFETY: valid pointers.
+    unsafe {
+        assert_eq!(vr_control_attach(name.as_ptr(), &mut c), VR_E_ATTACH);
+        assert!(c.is_null(), "no handle to a grown register segment");
+        let msg = last_error();
+        assert!(msg.contains(&format!("{}", size + 4096)), "{msg}");
+        vr_control_destroy(owner);
+    }
+    assert!(
+        !std::path::Path::new(&path).exists(),
+        "the creator removed its segment"
+    );
 }
 
 /// A greeting the hostile fake server sends: 2^20 frames of 2^22 S32 samples (16 MiB each),

@@ -22,8 +22,8 @@ use alsa::pcm::{Access, Frames, HwParams, PCM, State};
 use alsa::{Direction, ValueOr};
 
 use super::{
-    AccessMode, AudioError, CaptureSink, ChunkInfo, Granted, PlaybackSource, Sample, StreamParams,
-    flags, monotonic_ns,
+    AccessMode, AudioError, CaptureSink, ChunkInfo, Granted, PlaybackSource, Sample,
+    SampleFormatExt, StreamParams, flags, monotonic_ns,
 };
 
 /// Which way to reach the device buffer.
@@ -167,7 +167,7 @@ impl<T: Sample> AlsaStream<T> {
                     format!(
                         "'{name}' does not take {} samples for {d}; ask for another format or put \
                          'plug:' in front of the device",
-                        T::SAMPLE_FORMAT
+                        T::SAMPLE_FORMAT.name()
                     ),
                     e,
                 )
@@ -638,7 +638,7 @@ fn read_granted<T: Sample>(pcm: &PCM, name: &str, d: &str) -> Result<Granted, Au
     if format != T::SAMPLE_FORMAT.alsa() {
         return Err(AudioError::NotGranted(format!(
             "'{name}' granted {format} for {d} although {} was set",
-            T::SAMPLE_FORMAT
+            T::SAMPLE_FORMAT.name()
         )));
     }
     Ok(Granted {

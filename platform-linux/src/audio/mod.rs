@@ -43,65 +43,76 @@ pub mod flags {
     pub const DISCONTINUITY: u32 = 1 << 1;
 }
 
-/// The sample formats voxring moves: signed 16-bit, signed 32-bit and 32-bit float,
-/// native-endian, interleaved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SampleFormat {
-    /// Signed 16-bit integer (`S16_LE` on x86).
-    S16,
-    /// Signed 32-bit integer (`S32_LE` on x86).
-    S32,
-    /// 32-bit IEEE float, full scale ±1.0 (`FLOAT_LE` on x86).
-    F32,
+/// The sample formats voxring moves (signed 16-bit, signed 32-bit and 32-bit float,
+/// native-endian, interleaved): voxring-core's one [`SampleFormat`], re-exported. What a device
+/// needs to know of it is in [`SampleFormatExt`]; text is parsed by [`parse_sample_format`].
+pub use voxring_core::SampleFormat;
+
+/// What the audio devices need to know of a [`SampleFormat`].
+///
+/// ```
+/// use voxring_linux::audio::{SampleFormat, SampleFormatExt, parse_sample_format};
+///
+/// let f = parse_sample_format("float_le")?;
+/// assert_eq!(f, SampleFormat::F32);
+/// assert_eq!(f.name(), "F32");
+/// assert_eq!(f.alsa(), alsa::pcm::Format::float());
+/// # Ok::<(), String>(())
+/// ```
+pub trait SampleFormatExt {
+    /// The ALSA format of this sample format.
+    fn alsa(self) -> alsa::pcm::Format;
+    /// `S16`, `S32` or `F32`.
+    fn name(self) -> &'static str;
 }
 
-impl SampleFormat {
-    /// Bytes per sample.
-    pub const fn bytes(self) -> usize {
-        match self {
-            SampleFormat::S16 => 2,
-            SampleFormat::S32 | SampleFormat::F32 => 4,
-        }
-    }
-
-    /// The ALSA format of this sample format.
-    pub fn alsa(self) -> alsa::pcm::Format {
+impl SampleFormatExt for SampleFormat {
+    fn alsa(self) -> alsa::pcm::Format {
         match self {
             SampleFormat::S16 => alsa::pcm::Format::s16(),
             SampleFormat::S32 => alsa::pcm::Format::s32(),
             SampleFormat::F32 => alsa::pcm::Format::float(),
         }
     }
-}
 
-impl fmt::Display for SampleFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+    fn name(self) -> &'static str {
+        match self {
             SampleFormat::S16 => "S16",
             SampleFormat::S32 => "S32",
             SampleFormat::F32 => "F32",
-        })
-    }
-}
-
-impl core::str::FromStr for SampleFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_uppercase().as_str() {
-            "S16" | "S16_LE" | "I16" => Ok(SampleFormat::S16),
-            "S32" | "S32_LE" | "I32" => Ok(SampleFormat::S32),
-            "F32" | "FLOAT" | "FLOAT_LE" => Ok(SampleFormat::F32),
-            _ => Err(format!("unknown sample format '{s}': use S16, S32 or F32")),
         }
     }
 }
 
-/// A sample type the audio path can move: `i16`, `i32` or `f32`.
+/// Parses a sample format as people and ALSA write it: `S16`/`S16_LE`/`I16`, `S32`/`S32_LE`/
+/// `I32`, `F32`/`FLOAT`/`FLOAT_LE`, in any case.
+pub fn parse_sample_format(s: &str) -> Result<SampleFormat, String> {
+    match s.to_ascii_uppercase().as_str() {
+        "S16" | "S16_LE" | "I16" => Ok(SampleFormat::S16),
+        "S32" | "S32_LE" | "I32" => Ok(SampleFormat::S32),
+        "F32" | "FLOAT" | "FLOAT_LE" => Ok(SampleFormat::F32),
+        _ => Err(format!("unknown sample format '{s}': use S16, S32 or F32")),
+    }
+}
+
+/// A sample type the audio path can move: `i16`, `i32` or `f32`. It extends voxring-core's
+/// [`voxring_core::Sample`] with what devices and tests need, so one bound `T: Sample` serves
+/// both the ring and the device.
+///
+/// ```
+/// use voxring_linux::audio::{Sample, SampleFormat};
+///
+/// fn describe<T: Sample>() -> (SampleFormat, T) {
+///     (T::SAMPLE_FORMAT, T::from_f32(0.5))
+/// }
+/// assert_eq!(describe::<i16>(), (SampleFormat::S16, 16383));
+/// ```
 pub trait Sample:
-    alsa::pcm::IoFormat + Copy + Default + PartialEq + Send + fmt::Debug + 'static
+    voxring_core::Sample + alsa::pcm::IoFormat + Default + PartialEq + Send + fmt::Debug
 {
-    /// The format tag of this type.
-    const SAMPLE_FORMAT: SampleFormat;
+    /// The ring format of this type: voxring-core's [`voxring_core::Sample::FORMAT`] (named
+    /// apart because ALSA's `IoFormat` has a `FORMAT` of its own). Not to be overridden.
+    const SAMPLE_FORMAT: SampleFormat = <Self as voxring_core::Sample>::FORMAT;
     /// Silence.
     const SILENCE: Self;
     /// Converts from a float in -1.0..=1.0 (clamped).
@@ -115,7 +126,6 @@ pub trait Sample:
 }
 
 impl Sample for i16 {
-    const SAMPLE_FORMAT: SampleFormat = SampleFormat::S16;
     const SILENCE: Self = 0;
     fn from_f32(v: f32) -> Self {
         (v.clamp(-1.0, 1.0) * 32767.0) as i16
@@ -129,7 +139,6 @@ impl Sample for i16 {
 }
 
 impl Sample for i32 {
-    const SAMPLE_FORMAT: SampleFormat = SampleFormat::S32;
     const SILENCE: Self = 0;
     fn from_f32(v: f32) -> Self {
         (f64::from(v.clamp(-1.0, 1.0)) * 2_147_483_647.0) as i32
@@ -144,7 +153,6 @@ impl Sample for i32 {
 }
 
 impl Sample for f32 {
-    const SAMPLE_FORMAT: SampleFormat = SampleFormat::F32;
     const SILENCE: Self = 0.0;
     fn from_f32(v: f32) -> Self {
         v.clamp(-1.0, 1.0)
@@ -378,8 +386,6 @@ impl fmt::Display for AudioError {
 /// reporter that prints the chain would show it twice.
 impl std::error::Error for AudioError {}
 
-/// CLOCK_MONOTONIC now, in nanoseconds (vDSO: no system call, never blocks).
-pub fn monotonic_ns() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+/// CLOCK_MONOTONIC now, in nanoseconds: [`crate::clock::monotonic_ns`], re-exported here for
+/// the callers that found it in this module first.
+pub use crate::clock::monotonic_ns;

@@ -23,11 +23,11 @@
 
 use core::marker::PhantomData;
 
-use voxring_core::{
-    Consumer, FrameFlags, Producer, ReadError, ReleaseError, Sample as CoreSample, Waiter,
-};
+use voxring_core::{Consumer, FrameFlags, Producer, ReadError, ReleaseError, Waiter};
 
-use super::{AudioError, CaptureSink, ChunkInfo, Granted, PlaybackSource, Sample, flags};
+use super::{
+    AudioError, CaptureSink, ChunkInfo, Granted, PlaybackSource, Sample, SampleFormatExt, flags,
+};
 
 /// What a ring adapter counted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -58,14 +58,11 @@ fn check(
             ring.channels, granted.channels
         )));
     }
-    let ring_format = match ring.format {
-        voxring_core::SampleFormat::S16 => super::SampleFormat::S16,
-        voxring_core::SampleFormat::S32 => super::SampleFormat::S32,
-        voxring_core::SampleFormat::F32 => super::SampleFormat::F32,
-    };
-    if ring_format != format {
+    if ring.format != format {
         return Err(AudioError::NotGranted(format!(
-            "the {what} ring holds {ring_format} samples but the stream moves {format}"
+            "the {what} ring holds {} samples but the stream moves {}",
+            ring.format.name(),
+            format.name()
         )));
     }
     if spf == 0 || !(granted.buffer_frames as usize).is_multiple_of(spf) {
@@ -90,7 +87,7 @@ pub struct RingSink<'a, T, W> {
     _t: PhantomData<T>,
 }
 
-impl<'a, T: Sample + CoreSample, W: Waiter> RingSink<'a, T, W> {
+impl<'a, T: Sample, W: Waiter> RingSink<'a, T, W> {
     /// A sink writing into `producer`'s ring, waking parked consumers through `waiter`.
     /// Checks the ring matches what the device granted (channels, format, and a buffer that
     /// is a multiple of the ring's frames per slot).
@@ -132,7 +129,7 @@ fn core_flags(bits: u32) -> FrameFlags {
     f
 }
 
-impl<T: Sample + CoreSample, W: Waiter> CaptureSink<T> for RingSink<'_, T, W> {
+impl<T: Sample, W: Waiter> CaptureSink<T> for RingSink<'_, T, W> {
     fn push(&mut self, samples: &[T], info: &ChunkInfo) -> usize {
         let slot = self.spf * self.channels;
         let whole = samples.len() / slot;
@@ -184,7 +181,7 @@ pub struct RingSource<'a, T, W> {
     _t: PhantomData<T>,
 }
 
-impl<'a, T: Sample + CoreSample, W: Waiter> RingSource<'a, T, W> {
+impl<'a, T: Sample, W: Waiter> RingSource<'a, T, W> {
     /// A source reading from `consumer`'s ring, waking a parked producer through `waiter`.
     /// Checks as [`RingSink::new`] does.
     pub fn new(
@@ -214,7 +211,7 @@ impl<'a, T: Sample + CoreSample, W: Waiter> RingSource<'a, T, W> {
     }
 }
 
-impl<T: Sample + CoreSample, W: Waiter> PlaybackSource<T> for RingSource<'_, T, W> {
+impl<T: Sample, W: Waiter> PlaybackSource<T> for RingSource<'_, T, W> {
     fn pull(&mut self, out: &mut [T], _info: &ChunkInfo) -> usize {
         let slot = self.spf * self.channels;
         let whole = out.len() / slot;

@@ -23,8 +23,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use voxring_core::{FrameFlags, Policy, ReadError, ReleaseError, RingConfig, SampleFormat};
-use voxring_linux::audio::monotonic_ns;
 use voxring_linux::cleanup::{SignalMode, install_signal_cleanup};
+use voxring_linux::clock::monotonic_ns;
 use voxring_linux::fallback::FallbackServer;
 use voxring_linux::ring::{FramesWait, Segment};
 use voxring_linux::segment::{AttachOptions, CreateOptions};

@@ -1,0 +1,732 @@
+//! The file checks of `voxring doctor`, in the order of `kernel-tuning/CHECKS.md`: the user's
+//! limits and scheduling rights (root, the audio group, limits.conf, RLIMIT_RTPRIO and
+//! RLIMIT_MEMLOCK, `chrt -f 80`), then the kernel, CPUs, memory, interrupts and the audio server
+//! (governor, kernel config, timers, preemption, threaded IRQs, mitigations, isolation,
+//! swappiness, RT throttling, THP, /dev/shm, file systems, IRQ sharing, affinity and threads,
+//! cpu_dma_latency, PipeWire). Each check reads files under the doctor's root only.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use super::sys::{self, Sys, is_uint, size_to_bytes};
+use super::{Check, Status, check};
+use Status::{Fail, Ok as Good, Warn};
+
+/// Every file check, in the order of CHECKS.md.
+pub fn file_checks(s: &Sys) -> Vec<Check> {
+    vec![
+        c_root(s),
+        c_audio_group(s),
+        c_limits_conf(s),
+        c_rtprio(s),
+        c_memlock(s),
+        c_rt_probe(s),
+        c_governor(s),
+        c_kernel_config(s),
+        c_hires(s),
+        c_tickless(s),
+        c_preempt(s),
+        c_threadirqs(s),
+        c_mitigations(s),
+        c_isolation(s),
+        c_swappiness(s),
+        c_rt_throttling(s),
+        c_thp(s),
+        c_shm_size(s),
+        c_filesystems(s),
+        c_irq_sharing(s),
+        c_irq_affinity(s),
+        c_irq_threads(s),
+        c_cpu_dma_latency(s),
+        c_pipewire(s),
+    ]
+}
+
+fn c_root(s: &Sys) -> Check {
+    if s.euid == 0 {
+        check(
+            "root",
+            Warn,
+            "running as root (euid 0); limits and group checks describe root",
+            "run voxring doctor as the audio user (or set VOXRING_USER=<name>)",
+        )
+    } else {
+        check("root", Good, format!("euid {}", s.euid), "")
+    }
+}
+
+fn c_audio_group(s: &Sys) -> Check {
+    let u = &s.user;
+    if u == "root" {
+        check(
+            "audio-group",
+            Warn,
+            "the checked user is root (needs no group: CAP_SYS_NICE)",
+            "set VOXRING_USER=<the user who runs voxring> (or run through sudo)",
+        )
+    } else if !s.group_exists("audio") {
+        check(
+            "audio-group",
+            Fail,
+            "no group 'audio' in /etc/group",
+            &format!("kernel-tuning/apply --limits (groupadd audio; usermod -a -G audio {u})"),
+        )
+    } else if s.user_groups(u).iter().any(|g| g == "audio") {
+        check(
+            "audio-group",
+            Good,
+            format!("user {u} is in group audio"),
+            "",
+        )
+    } else {
+        check(
+            "audio-group",
+            Fail,
+            format!("user {u} is not in group audio"),
+            &format!("kernel-tuning/apply --limits (usermod -a -G audio {u}), then log in again"),
+        )
+    }
+}
+
+fn memlock_kib_ok(v: &str) -> bool {
+    matches!(v, "unlimited" | "infinity" | "-1")
+        || (is_uint(v) && v.parse::<u64>().is_ok_and(|n| n >= 262_144))
+}
+
+fn uint_ge(v: &str, min: u64) -> bool {
+    is_uint(v) && v.parse::<u64>().map_or(true, |n| n >= min)
+}
+
+fn c_limits_conf(s: &Sys) -> Check {
+    let u = &s.user;
+    let rt = s.limits_conf(u, "rtprio");
+    let ml = s.limits_conf(u, "memlock");
+    let ml_val = ml.clone().unwrap_or_else(|| "8192".into());
+    let mut mls = ml_val.clone();
+    if is_uint(&mls) {
+        mls.push_str(" KiB");
+    }
+    if ml.is_none() {
+        mls.push_str(" (none set)");
+    }
+    let found = format!(
+        "pam_limits will give {u}: hard rtprio {}, hard memlock {mls}",
+        rt.as_deref().unwrap_or("0 (none set)")
+    );
+    let rt_ok = rt
+        .as_deref()
+        .is_some_and(|r| matches!(r, "unlimited" | "infinity" | "-1") || uint_ge(r, 80));
+    if u == "root" {
+        check(
+            "limits-conf",
+            Warn,
+            format!("{found}; the checked user is root (root ignores rtprio)"),
+            "set VOXRING_USER=<the user who runs voxring> (or run through sudo)",
+        )
+    } else if !rt_ok {
+        check(
+            "limits-conf",
+            Fail,
+            found,
+            "kernel-tuning/apply --limits (@audio rtprio 95, memlock unlimited in /etc/security/limits.d)",
+        )
+    } else if !memlock_kib_ok(&ml_val) {
+        check(
+            "limits-conf",
+            Warn,
+            found,
+            "kernel-tuning/apply --limits (@audio memlock unlimited)",
+        )
+    } else {
+        check("limits-conf", Good, found, "")
+    }
+}
+
+fn c_rtprio(s: &Sys) -> Check {
+    let Some(h) = s
+        .proc_limit_hard("Max realtime priority")
+        .filter(|h| !h.is_empty())
+    else {
+        return check(
+            "rtprio",
+            Warn,
+            "cannot read /proc/self/limits",
+            "check that /proc is mounted",
+        );
+    };
+    if h == "unlimited" || uint_ge(&h, 80) {
+        check("rtprio", Good, format!("hard RLIMIT_RTPRIO {h}"), "")
+    } else if s.euid == 0 {
+        check(
+            "rtprio",
+            Warn,
+            format!("hard RLIMIT_RTPRIO {h}, but running as root (root ignores it)"),
+            "run voxring doctor as the audio user; kernel-tuning/apply --limits gives @audio rtprio 95",
+        )
+    } else {
+        check(
+            "rtprio",
+            Fail,
+            format!("hard RLIMIT_RTPRIO {h} (SCHED_FIFO 80 needs 80)"),
+            "kernel-tuning/apply --limits, then log out and in again",
+        )
+    }
+}
+
+fn c_memlock(s: &Sys) -> Check {
+    let Some(h) = s
+        .proc_limit_hard("Max locked memory")
+        .filter(|h| !h.is_empty())
+    else {
+        return check(
+            "memlock",
+            Warn,
+            "cannot read /proc/self/limits",
+            "check that /proc is mounted",
+        );
+    };
+    if h == "unlimited" || uint_ge(&h, 268_435_456) {
+        check("memlock", Good, format!("hard RLIMIT_MEMLOCK {h}"), "")
+    } else {
+        check(
+            "memlock",
+            Warn,
+            format!(
+                "hard RLIMIT_MEMLOCK {h} bytes (under 256 MiB: segments cannot all be locked in RAM)"
+            ),
+            "kernel-tuning/apply --limits, then log out and in again",
+        )
+    }
+}
+
+fn c_rt_probe(s: &Sys) -> Check {
+    let chrt = s.cmd("chrt");
+    let ok = Command::new(&chrt)
+        .args(["-f", "80", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|st| st.success());
+    if ok {
+        check("rt-probe", Good, "chrt -f 80 true succeeded", "")
+    } else {
+        check(
+            "rt-probe",
+            Fail,
+            "chrt -f 80 true failed (SCHED_FIFO 80 refused)",
+            "kernel-tuning/apply --limits, then log in again (or grant CAP_SYS_NICE)",
+        )
+    }
+}
+
+fn c_governor(s: &Sys) -> Check {
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir(s.p("/sys/devices/system/cpu")) {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let is_cpu = name
+                .strip_prefix("cpu")
+                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()));
+            let f = e.path().join("cpufreq/scaling_governor");
+            if is_cpu && std::fs::File::open(&f).is_ok() {
+                files.push((name, f));
+            }
+        }
+    }
+    // The shell glob's order: byte order of the names.
+    files.sort();
+    let mut bad = String::new();
+    for (cpu, f) in &files {
+        let g = sys::first_line(f).unwrap_or_default();
+        if g != "performance" {
+            bad.push_str(&format!(" {cpu}={g}"));
+        }
+    }
+    if files.is_empty() {
+        check(
+            "governor",
+            Good,
+            "no cpufreq scaling_governor (frequency scaling not exposed)",
+            "",
+        )
+    } else if !bad.is_empty() {
+        check(
+            "governor",
+            Warn,
+            format!("not performance:{bad}"),
+            "kernel-tuning/apply --governor",
+        )
+    } else {
+        check(
+            "governor",
+            Good,
+            format!("performance on all {} CPUs", files.len()),
+            "",
+        )
+    }
+}
+
+fn c_kernel_config(s: &Sys) -> Check {
+    match s.kconfig() {
+        Some((_, src)) => check("kernel-config", Good, src.clone(), ""),
+        None => check(
+            "kernel-config",
+            Warn,
+            "no /proc/config.gz or /boot/config-<release>",
+            "modprobe configs, or install the kernel's config file",
+        ),
+    }
+}
+
+fn c_hires(s: &Sys) -> Check {
+    if s.kconfig().is_none() {
+        check(
+            "hires-timers",
+            Warn,
+            "unknown (no kernel config)",
+            "see kernel-config",
+        )
+    } else if s.kconfig_has("HIGH_RES_TIMERS") {
+        check("hires-timers", Good, "CONFIG_HIGH_RES_TIMERS=y", "")
+    } else {
+        check(
+            "hires-timers",
+            Warn,
+            "CONFIG_HIGH_RES_TIMERS not set",
+            "a kernel built with CONFIG_HIGH_RES_TIMERS=y",
+        )
+    }
+}
+
+fn c_tickless(s: &Sys) -> Check {
+    for sym in ["NO_HZ", "NO_HZ_IDLE", "NO_HZ_COMMON", "NO_HZ_FULL"] {
+        if s.kconfig_has(sym) {
+            return check("tickless", Good, format!("CONFIG_{sym}=y"), "");
+        }
+    }
+    if s.p("/sys/devices/system/cpu/nohz_full").exists() {
+        check(
+            "tickless",
+            Good,
+            "/sys/devices/system/cpu/nohz_full exists",
+            "",
+        )
+    } else if s.kconfig().is_none() {
+        check(
+            "tickless",
+            Warn,
+            "unknown (no kernel config)",
+            "see kernel-config",
+        )
+    } else {
+        check(
+            "tickless",
+            Warn,
+            "no CONFIG_NO_HZ*",
+            "a kernel built with CONFIG_NO_HZ_IDLE=y",
+        )
+    }
+}
+
+fn c_preempt(s: &Sys) -> Check {
+    let m = s.preempt_model();
+    match m.as_str() {
+        "full" | "lazy" | "rt" => check("preempt", Good, format!("preemption model {m}"), ""),
+        "none" | "voluntary" if s.kconfig_has("PREEMPT_DYNAMIC") => check(
+            "preempt",
+            Warn,
+            format!("preemption model {m} (PREEMPT_DYNAMIC kernel)"),
+            "add preempt=full to the kernel command line (kernel-tuning/apply --cmdline prints the line)",
+        ),
+        "none" | "voluntary" => check(
+            "preempt",
+            Warn,
+            format!("preemption model {m}"),
+            "boot a preemptible kernel (Debian: linux-image-rt-amd64)",
+        ),
+        _ => check(
+            "preempt",
+            Warn,
+            "preemption model unknown",
+            "see kernel-config",
+        ),
+    }
+}
+
+fn c_threadirqs(s: &Sys) -> Check {
+    if s.cmdline_has("threadirqs") {
+        check(
+            "threadirqs",
+            Good,
+            "threadirqs on the kernel command line",
+            "",
+        )
+    } else if s.preempt_model() == "rt" {
+        check(
+            "threadirqs",
+            Good,
+            "PREEMPT_RT kernel (IRQs always threaded)",
+            "",
+        )
+    } else {
+        check(
+            "threadirqs",
+            Warn,
+            "IRQ handlers not threaded (no threadirqs)",
+            "add threadirqs to the kernel command line (kernel-tuning/apply --cmdline prints the line)",
+        )
+    }
+}
+
+fn c_mitigations(s: &Sys) -> Check {
+    match s.cmdline_value("mitigations").as_deref() {
+        Some("off") => check(
+            "mitigations",
+            Good,
+            "mitigations=off (faster, less secure)",
+            "",
+        ),
+        v => check(
+            "mitigations",
+            Good,
+            format!(
+                "CPU vulnerability mitigations on{}; kept on deliberately (README)",
+                v.map(|v| format!(" (mitigations={v})")).unwrap_or_default()
+            ),
+            "",
+        ),
+    }
+}
+
+fn c_isolation(s: &Sys) -> Check {
+    let iso = s.isolated_cpus();
+    let on = s.online_cpus();
+    let n = sys::cpulist_expand(&on).len();
+    if !iso.trim().is_empty() {
+        check("isolation", Good, format!("isolated CPUs: {iso}"), "")
+    } else if n < 4 {
+        check(
+            "isolation",
+            Good,
+            format!("no isolated CPU; {n} CPUs online (too few to dedicate one)"),
+            "",
+        )
+    } else {
+        check(
+            "isolation",
+            Warn,
+            format!("no isolated CPU; {n} CPUs online ({on})"),
+            "isolcpus=/nohz_full= for one audio core (kernel-tuning/apply --cmdline prints the line)",
+        )
+    }
+}
+
+fn c_swappiness(s: &Sys) -> Check {
+    let swaps = std::fs::read_to_string(s.p("/proc/swaps"))
+        .map(|t| t.lines().skip(1).filter(|l| !l.is_empty()).count())
+        .unwrap_or(0);
+    let sw = s.first_line("/proc/sys/vm/swappiness");
+    if swaps == 0 {
+        check(
+            "swappiness",
+            Good,
+            format!(
+                "no swap (swappiness {} does not apply)",
+                sw.as_deref().filter(|v| !v.is_empty()).unwrap_or("?")
+            ),
+            "",
+        )
+    } else if let Some(v) = sw.as_deref().filter(|v| is_uint(v))
+        && v.parse::<u64>().is_ok_and(|n| n <= 10)
+    {
+        check("swappiness", Good, format!("vm.swappiness {v}"), "")
+    } else {
+        check(
+            "swappiness",
+            Warn,
+            format!(
+                "vm.swappiness {} with swap on",
+                sw.as_deref()
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or("unreadable")
+            ),
+            "kernel-tuning/apply --sysctl (vm.swappiness = 10)",
+        )
+    }
+}
+
+fn c_rt_throttling(s: &Sys) -> Check {
+    let r = s
+        .first_line("/proc/sys/kernel/sched_rt_runtime_us")
+        .unwrap_or_default();
+    let per = s
+        .first_line("/proc/sys/kernel/sched_rt_period_us")
+        .unwrap_or_default();
+    let nums = (is_uint(&r) && is_uint(&per))
+        .then(|| Some((r.parse::<u128>().ok()?, per.parse::<u128>().ok()?)))
+        .flatten();
+    if r == "-1" {
+        check(
+            "rt-throttling",
+            Warn,
+            "sched_rt_runtime_us -1: RT throttling disabled (a spinning RT thread can hang the machine)",
+            "echo 950000 > /proc/sys/kernel/sched_rt_runtime_us (the default; README explains)",
+        )
+    } else if let Some((rv, pv)) = nums
+        && pv > 0
+        && rv * 100 >= pv * 95
+    {
+        check(
+            "rt-throttling",
+            Good,
+            format!("RT tasks may use {r} of every {per} us (the rest is kept for others)"),
+            "",
+        )
+    } else if nums.is_some() {
+        check(
+            "rt-throttling",
+            Warn,
+            format!("RT tasks limited to {r} of every {per} us (under 95 %)"),
+            "echo 950000 > /proc/sys/kernel/sched_rt_runtime_us (the default)",
+        )
+    } else {
+        check(
+            "rt-throttling",
+            Warn,
+            "cannot read sched_rt_runtime_us/sched_rt_period_us",
+            "check that /proc is mounted",
+        )
+    }
+}
+
+fn c_thp(s: &Sys) -> Check {
+    let e = s
+        .bracket_value("/sys/kernel/mm/transparent_hugepage/enabled")
+        .unwrap_or_default();
+    let d = s
+        .bracket_value("/sys/kernel/mm/transparent_hugepage/defrag")
+        .unwrap_or_default();
+    let dshow = if d.is_empty() { "?" } else { d.as_str() };
+    if e.is_empty() {
+        check("thp", Good, "no transparent huge pages", "")
+    } else if (e == "madvise" || e == "never") && d != "always" {
+        check("thp", Good, format!("enabled={e} defrag={dshow}"), "")
+    } else {
+        check(
+            "thp",
+            Warn,
+            format!("enabled={e} defrag={dshow} (khugepaged/compaction stalls)"),
+            "kernel-tuning/apply --thp (madvise)",
+        )
+    }
+}
+
+fn c_shm_size(s: &Sys) -> Check {
+    let mounts = std::fs::read_to_string(s.p("/proc/mounts")).unwrap_or_default();
+    let line = mounts
+        .lines()
+        .rfind(|l| l.split_whitespace().nth(1) == Some("/dev/shm"));
+    let Some(line) = line else {
+        return check(
+            "shm-size",
+            Fail,
+            "no /dev/shm mount",
+            "mount -t tmpfs -o size=512m tmpfs /dev/shm (and add it to /etc/fstab)",
+        );
+    };
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let ty = f.get(2).copied().unwrap_or("");
+    let opts = f.get(3).copied().unwrap_or("");
+    if ty != "tmpfs" {
+        return check(
+            "shm-size",
+            Fail,
+            format!("/dev/shm is {ty}, not tmpfs"),
+            "mount -t tmpfs tmpfs /dev/shm",
+        );
+    }
+    let Some(size) = opts
+        .split(',')
+        .filter_map(|o| o.strip_prefix("size="))
+        .next_back()
+    else {
+        return check("shm-size", Good, "tmpfs, default size (half of RAM)", "");
+    };
+    let ok = match size_to_bytes(size) {
+        Some(Err(())) => true,
+        Some(Ok(b)) => b >= 67_108_864,
+        None => false,
+    };
+    if ok {
+        check("shm-size", Good, format!("tmpfs size={size}"), "")
+    } else {
+        check(
+            "shm-size",
+            Warn,
+            format!("tmpfs size={size} (under 64 MiB)"),
+            "mount -o remount,size=512m /dev/shm (containers: --shm-size=512m)",
+        )
+    }
+}
+
+fn c_filesystems(s: &Sys) -> Check {
+    let mounts = std::fs::read_to_string(s.p("/proc/mounts")).unwrap_or_default();
+    let mut bad = String::new();
+    for line in mounts.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(mp), Some(ty)) = (f.get(1), f.get(2)) else {
+            continue;
+        };
+        let base = ty.split('.').next().unwrap_or("");
+        if matches!(
+            base,
+            "fuse" | "fuseblk" | "nfs" | "nfs4" | "cifs" | "smb3" | "reiserfs"
+        ) && !mp.starts_with("/run/")
+        {
+            bad.push_str(&format!(" {mp}({ty})"));
+        }
+    }
+    if bad.is_empty() {
+        check(
+            "filesystems",
+            Good,
+            "no FUSE, NFS, CIFS or reiserfs mounts",
+            "",
+        )
+    } else {
+        check(
+            "filesystems",
+            Warn,
+            format!("network/FUSE/reiserfs mounts:{bad}"),
+            "keep audio files and voxring binaries on a local ext4/xfs/btrfs disk",
+        )
+    }
+}
+
+fn c_irq_sharing(s: &Sys) -> Check {
+    let irqs = s.sound_usb_irqs();
+    let bad: String = irqs
+        .iter()
+        .filter(|(_, a)| a.contains(", "))
+        .map(|(n, a)| format!(" {n}({a})"))
+        .collect();
+    if irqs.is_empty() {
+        check("irq-sharing", Good, "no sound or USB IRQs", "")
+    } else if !bad.is_empty() {
+        check(
+            "irq-sharing",
+            Warn,
+            format!("shared sound/USB IRQs:{bad}"),
+            "move the sound card/USB interface to a port or slot with its own IRQ",
+        )
+    } else {
+        check(
+            "irq-sharing",
+            Good,
+            format!("{} sound/USB IRQs, none shared", irqs.len()),
+            "",
+        )
+    }
+}
+
+fn c_irq_affinity(s: &Sys) -> Check {
+    let irqs = s.sound_usb_irqs();
+    let core = s.audio_core();
+    let mut bad = String::new();
+    for (n, _) in &irqs {
+        let a = s
+            .first_line(&format!("/proc/irq/{n}/smp_affinity_list"))
+            .unwrap_or_else(|| "?".into());
+        if a != core {
+            bad.push_str(&format!(" {n}->{a}"));
+        }
+    }
+    if irqs.is_empty() {
+        check("irq-affinity", Good, "no sound or USB IRQs", "")
+    } else if !bad.is_empty() {
+        check(
+            "irq-affinity",
+            Warn,
+            format!("not on the audio core {core}:{bad}"),
+            "kernel-tuning/apply --irq",
+        )
+    } else {
+        check(
+            "irq-affinity",
+            Good,
+            format!("{} sound/USB IRQs on the audio core {core}", irqs.len()),
+            "",
+        )
+    }
+}
+
+fn c_irq_threads(s: &Sys) -> Check {
+    let mut n = 0;
+    let mut bad = String::new();
+    for (irq, _) in s.sound_usb_irqs() {
+        for (_pid, pol, prio, comm) in s.irq_threads(&irq) {
+            n += 1;
+            let prio_ok = is_uint(&prio) && prio.parse::<u64>().map_or(true, |p| p >= 81);
+            if pol != "1" || !prio_ok {
+                bad.push_str(&format!(" {comm}(policy {pol}, priority {prio})"));
+            }
+        }
+    }
+    if n == 0 {
+        check("irq-threads", Good, "no threads for sound/USB IRQs", "")
+    } else if !bad.is_empty() {
+        check(
+            "irq-threads",
+            Warn,
+            format!("below the audio threads (FIFO 80):{bad}"),
+            "kernel-tuning/apply --irq (chrt -f -p 90)",
+        )
+    } else {
+        check(
+            "irq-threads",
+            Good,
+            format!("{n} sound/USB IRQ threads at SCHED_FIFO >= 81"),
+            "",
+        )
+    }
+}
+
+fn c_cpu_dma_latency(s: &Sys) -> Check {
+    let f = s.p("/dev/cpu_dma_latency");
+    if !f.exists() {
+        check("cpu-dma-latency", Good, "absent", "")
+    } else if rustix::fs::access(&f, rustix::fs::Access::WRITE_OK).is_ok() {
+        check("cpu-dma-latency", Good, "/dev/cpu_dma_latency writable", "")
+    } else {
+        check(
+            "cpu-dma-latency",
+            Warn,
+            "/dev/cpu_dma_latency not writable by this user",
+            "kernel-tuning/apply --limits (udev rule: group audio, mode 0660), then reboot or udevadm trigger",
+        )
+    }
+}
+
+fn c_pipewire(s: &Sys) -> Check {
+    let Some([rate, q, mn, mx, eff]) = s.pw_clock() else {
+        return check("pipewire-quantum", Good, "PipeWire not installed", "");
+    };
+    let vm = if s.in_vm() {
+        ", VM overrides applied"
+    } else {
+        ""
+    };
+    let found =
+        format!("rate {rate}, quantum {q} (min {mn}, max {mx}{vm}): effective quantum {eff}");
+    if rate == 48000 && eff <= 256 {
+        check("pipewire-quantum", Good, found, "")
+    } else {
+        check(
+            "pipewire-quantum",
+            Warn,
+            found,
+            "kernel-tuning/apply --pipewire (48000 Hz, quantum 128)",
+        )
+    }
+}
