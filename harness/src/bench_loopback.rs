@@ -233,6 +233,27 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         })),
     });
 
+    print_summary(&args, &o, st, pw_after, &latencies);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if st.is_none() {
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The human-readable summary of a run, on stdout.
+fn print_summary(
+    args: &Args,
+    o: &Outcome,
+    st: Option<RoundTripStats>,
+    pw_after: Option<PwClock>,
+    latencies: &[(String, String)],
+) {
+    let rate = o.capture.rate;
+    let ms = |f: u32| RoundTripStats::ms(f, rate);
     println!("device:      {} ({})", args.device, o.label);
     println!(
         "granted:     {} Hz, {} ch, {}, period {} frames, buffer {} (playback) / {} (capture) frames, {} ({:?})",
@@ -280,14 +301,6 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         o.measured_rate
             .map_or_else(|| "not measured".to_owned(), |r| format!("{r:.1} Hz"))
     );
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if st.is_none() {
-        return Ok(ExitCode::from(1));
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 struct RunSpec<'a> {

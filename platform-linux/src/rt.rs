@@ -187,14 +187,24 @@ pub fn is_fifo() -> bool {
 /// # Ok::<(), voxring_linux::rt::RtError>(())
 /// ```
 pub fn pin_to_cpu(cpu: usize) -> Result<(), RtError> {
+    let available = || -> Vec<usize> {
+        core_affinity::get_core_ids()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.id)
+            .collect()
+    };
+    // A cpu_set_t holds CPU_SETSIZE CPUs; core_affinity would index past it (and abort).
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(RtError::CpuNotAvailable {
+            cpu,
+            available: available(),
+        });
+    }
     if core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
         return Ok(());
     }
-    let available: Vec<usize> = core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
+    let available = available();
     if available.contains(&cpu) {
         Err(RtError::PinRefused { cpu })
     } else {

@@ -227,68 +227,7 @@ pub fn run(
     let seg_p = seg.clone();
     let producer = std::thread::Builder::new()
         .name("bench-ffi-producer".into())
-        .spawn(move || -> anyhow::Result<ProducerReport> {
-            pin_to(cpus.0)?;
-            let mut counter = tracepoint_id.and_then(|id| SyscallCounter::open(id).ok());
-            let mut tx = seg_p.producer().context("claiming the producer side")?;
-            let waiter = *tx.waiter();
-            let (mut cpu0, mut cpu_ns, mut counted) = (0, 0, 0u64);
-            let mut i = 0u64;
-            let deadline_after = Duration::from_secs(10);
-            let mut since = Instant::now();
-            while i < plan_p.total() {
-                if i == plan_p.warmup {
-                    cpu0 = thread_cpu_ns();
-                }
-                let full = match tx.producer().write_grant(1) {
-                    Ok(mut g) => {
-                        let mut f = g.frame_mut(0).context("a granted frame")?;
-                        let s = f.samples_mut::<f32>().context("F32 ring")?;
-                        let mark = (i % MARK_MOD) as f32;
-                        s[0] = mark;
-                        if let Some(last) = s.last_mut() {
-                            *last = mark;
-                        }
-                        f.set_timestamp_ns(now_ns());
-                        let counting = i >= plan_p.warmup + plan_p.messages;
-                        let before = match (&mut counter, counting) {
-                            (Some(c), true) => Some(c.read()?),
-                            _ => None,
-                        };
-                        g.commit_all().wake(&waiter);
-                        if let (Some(c), Some(b)) = (&mut counter, before) {
-                            let after = c.read()?;
-                            counted += c.between(b, after);
-                        }
-                        if i + 1 == plan_p.warmup + plan_p.messages {
-                            cpu_ns = thread_cpu_ns() - cpu0;
-                        }
-                        i += 1;
-                        since = Instant::now();
-                        false
-                    }
-                    Err(GrantError::Full) => true,
-                    Err(e) => bail!("write grant: {e}"),
-                };
-                if full {
-                    if since.elapsed() > deadline_after {
-                        bail!("the consumer stopped releasing frames (no progress for 10 s)");
-                    }
-                    tx.wait_for_space(Some(Duration::from_millis(100)))
-                        .context("waiting for the consumer's release")?;
-                }
-            }
-            let n = plan_p.count_messages.max(1) as f64;
-            Ok(ProducerReport {
-                cpu_ns,
-                syscalls_per_msg: counter.as_ref().map(|_| counted as f64 / n),
-                method: if counter.is_some() {
-                    "perf:raw_syscalls:sys_enter".into()
-                } else {
-                    "unavailable".into()
-                },
-            })
-        })
+        .spawn(move || produce(&seg_p, &plan_p, cpus.0, tracepoint_id))
         .context("starting the producer thread")?;
     let report = producer
         .join()
@@ -329,6 +268,76 @@ pub fn run(
     }
     drop(seg);
     Ok((parsed.consumer_cpu_ns, report))
+}
+
+/// The producer thread: commits message `i` (markers and a CLOCK_MONOTONIC stamp) and waits for
+/// the consumer's release before the next, counting syscalls over the extra messages.
+fn produce(
+    seg_p: &Segment,
+    plan_p: &Plan,
+    cpu: usize,
+    tracepoint_id: Option<u64>,
+) -> anyhow::Result<ProducerReport> {
+    pin_to(cpu)?;
+    let mut counter = tracepoint_id.and_then(|id| SyscallCounter::open(id).ok());
+    let mut tx = seg_p.producer().context("claiming the producer side")?;
+    let waiter = *tx.waiter();
+    let (mut cpu0, mut cpu_ns, mut counted) = (0, 0, 0u64);
+    let mut i = 0u64;
+    let deadline_after = Duration::from_secs(10);
+    let mut since = Instant::now();
+    while i < plan_p.total() {
+        if i == plan_p.warmup {
+            cpu0 = thread_cpu_ns();
+        }
+        let full = match tx.producer().write_grant(1) {
+            Ok(mut g) => {
+                let mut f = g.frame_mut(0).context("a granted frame")?;
+                let s = f.samples_mut::<f32>().context("F32 ring")?;
+                let mark = (i % MARK_MOD) as f32;
+                s[0] = mark;
+                if let Some(last) = s.last_mut() {
+                    *last = mark;
+                }
+                f.set_timestamp_ns(now_ns());
+                let counting = i >= plan_p.warmup + plan_p.messages;
+                let before = match (&mut counter, counting) {
+                    (Some(c), true) => Some(c.read()?),
+                    _ => None,
+                };
+                g.commit_all().wake(&waiter);
+                if let (Some(c), Some(b)) = (&mut counter, before) {
+                    let after = c.read()?;
+                    counted += c.between(b, after);
+                }
+                if i + 1 == plan_p.warmup + plan_p.messages {
+                    cpu_ns = thread_cpu_ns() - cpu0;
+                }
+                i += 1;
+                since = Instant::now();
+                false
+            }
+            Err(GrantError::Full) => true,
+            Err(e) => bail!("write grant: {e}"),
+        };
+        if full {
+            if since.elapsed() > deadline_after {
+                bail!("the consumer stopped releasing frames (no progress for 10 s)");
+            }
+            tx.wait_for_space(Some(Duration::from_millis(100)))
+                .context("waiting for the consumer's release")?;
+        }
+    }
+    let n = plan_p.count_messages.max(1) as f64;
+    Ok(ProducerReport {
+        cpu_ns,
+        syscalls_per_msg: counter.as_ref().map(|_| counted as f64 / n),
+        method: if counter.is_some() {
+            "perf:raw_syscalls:sys_enter".into()
+        } else {
+            "unavailable".into()
+        },
+    })
 }
 
 #[cfg(test)]

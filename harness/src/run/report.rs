@@ -459,6 +459,34 @@ impl RunReport {
             "| frames produced / CRC-32 | {} / {} |",
             self.producer.frames, self.producer.checksum
         );
+        self.agents_markdown(&mut s);
+        if let Some(v) = &self.vad {
+            let _ = writeln!(
+                s,
+                "\nVoice activity: {} speech segment(s), {} speech frames.",
+                v.speech_segments, v.speech_frames
+            );
+        }
+        if let Some(w) = &self.wav {
+            let _ = writeln!(s, "\nRecording: `{w}`.");
+        }
+        if !self.warnings.is_empty() {
+            let _ = writeln!(s, "\n## Warnings\n");
+            for w in &self.warnings {
+                let _ = writeln!(s, "- {w}");
+            }
+        }
+        if !plots.is_empty() {
+            let _ = writeln!(s, "\n## Plots\n");
+            for (title, file) in plots {
+                let _ = writeln!(s, "### {title}\n\n![{title}]({file})\n");
+            }
+        }
+        s
+    }
+
+    /// The agents' table of the Markdown report.
+    fn agents_markdown(&self, s: &mut String) {
         let _ = writeln!(s, "\n## Agents\n");
         let _ = writeln!(
             s,
@@ -488,29 +516,6 @@ impl RunReport {
                 a.exit
             );
         }
-        if let Some(v) = &self.vad {
-            let _ = writeln!(
-                s,
-                "\nVoice activity: {} speech segment(s), {} speech frames.",
-                v.speech_segments, v.speech_frames
-            );
-        }
-        if let Some(w) = &self.wav {
-            let _ = writeln!(s, "\nRecording: `{w}`.");
-        }
-        if !self.warnings.is_empty() {
-            let _ = writeln!(s, "\n## Warnings\n");
-            for w in &self.warnings {
-                let _ = writeln!(s, "- {w}");
-            }
-        }
-        if !plots.is_empty() {
-            let _ = writeln!(s, "\n## Plots\n");
-            for (title, file) in plots {
-                let _ = writeln!(s, "### {title}\n\n![{title}]({file})\n");
-            }
-        }
-        s
     }
 }
 
