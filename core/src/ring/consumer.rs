@@ -46,6 +46,36 @@ impl ReadToken {
 /// A consumer of a ring: one of up to `max_consumers`, with its own cursor.
 ///
 /// Dropping it leaves the ring (frees its slot).
+///
+/// Lossy policy: a consumer the producer lapped learns exactly how many frames it lost.
+///
+/// ```
+/// # use voxring_core::{Policy, Ring, RingConfig, SampleFormat};
+/// # #[repr(C, align(128))] struct Region([u8; 4096]);
+/// # let mut region = Region([0; 4096]);
+/// # let cfg = RingConfig { frames: 4, samples_per_frame: 8, channels: 1,
+/// #     format: SampleFormat::S16, sample_rate: 16_000, max_consumers: 2,
+/// #     policy: Policy::Lossy };
+/// # // SAFETY: valid, aligned, unused region that outlives the handles.
+/// # let ring = unsafe { Ring::create(region.0.as_mut_ptr(), 4096, &cfg) }?;
+/// use voxring_core::{JoinError, ReadError};
+/// let mut producer = ring.producer(1)?;
+/// let mut consumer = ring.consumer(2)?;
+/// for i in 0..6u8 {
+///     let _wake = producer.push(&[i], 0, 0, Default::default())?; // never waits (lossy)
+/// }
+/// // 6 frames went into 4 slots: the two oldest were overwritten.
+/// assert_eq!(consumer.read_grant(8).unwrap_err(), ReadError::Lost { frames: 2 });
+/// let grant = consumer.read_grant(8)?;
+/// assert_eq!((grant.first_seq(), grant.len()), (2, 4));
+/// let _wake = grant.release_all()?;
+/// assert_eq!(consumer.lost_frames(), 2);
+///
+/// // Consumer slots are fixed at creation (here 2).
+/// let _other = ring.consumer(3)?;
+/// assert_eq!(ring.consumer(4).unwrap_err(), JoinError::Full { max_consumers: 2 });
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Consumer {
     pub(super) ring: Ring,
@@ -424,6 +454,28 @@ impl Drop for Consumer {
 /// [`release`](ReadGrant::release).
 ///
 /// Dropping a grant releases nothing (the frames will be granted again).
+///
+/// ```
+/// # use voxring_core::{Policy, Ring, RingConfig, SampleFormat};
+/// # #[repr(C, align(128))] struct Region([u8; 4096]);
+/// # let mut region = Region([0; 4096]);
+/// # let cfg = RingConfig { frames: 4, samples_per_frame: 8, channels: 1,
+/// #     format: SampleFormat::S16, sample_rate: 16_000, max_consumers: 2,
+/// #     policy: Policy::Lossless };
+/// # // SAFETY: valid, aligned, unused region that outlives the handles.
+/// # let ring = unsafe { Ring::create(region.0.as_mut_ptr(), 4096, &cfg) }?;
+/// let mut producer = ring.producer(1)?;
+/// let mut consumer = ring.consumer(2)?;
+/// let _wake = producer.write_grant(3)?.commit_all();
+/// drop(consumer.read_grant(8)?); // releases nothing
+/// let grant = consumer.read_grant(8)?;
+/// assert_eq!((grant.first_seq(), grant.len()), (0, 3));
+/// let seqs: Vec<u64> = grant.frames().map(|f| f.seq()).collect();
+/// assert_eq!(seqs, [0, 1, 2]);
+/// let _wake = grant.release(1)?; // the other two will be granted again
+/// assert_eq!(consumer.read_grant(8)?.first_seq(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct ReadGrant<'a> {
     consumer: &'a mut Consumer,
@@ -489,7 +541,8 @@ impl Drop for ReadGrant<'_> {
     }
 }
 
-/// One committed frame being read: its metadata and its payload.
+/// One committed frame being read: its metadata and its payload; see [`FrameMut`](super::FrameMut) and
+/// [`FrameMeta`] for examples.
 #[derive(Debug)]
 pub struct FrameRef<'g> {
     meta: &'g SlotMeta,
