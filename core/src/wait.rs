@@ -23,8 +23,8 @@
 //! futex word on (one atomic read-modify-write, no syscall). The wake syscall is made only
 //! when a sleeper *armed* the word, just before sleeping:
 //!
-//! * a sleeper that found nothing to do sets the [`SLEEPER`] bit (bit 0) of the futex word it
-//!   read, with a compare-exchange ([`arm`]), and waits on the armed value; if the CAS fails
+//! * a sleeper that found nothing to do sets the `SLEEPER` bit (bit 0) of the futex word it
+//!   read, with a compare-exchange (`arm`), and waits on the armed value; if the CAS fails
 //!   the word moved on (progress was made) and it does not sleep;
 //! * the waker moves the word on by 2 (so the bit of a sleeper that has not slept yet, or its
 //!   CAS, fails) and asks for a wake only if the value it replaced had the bit set.

@@ -9,7 +9,7 @@ use crate::meta::{FormatMismatch, FrameFlags, FrameMeta, Sample};
 use crate::sync::{Ordering, fence};
 use crate::wait::{WaitOutcome, Waiter, Wake, arm};
 
-/// A read grant held by value: the consumer's counterpart of [`WriteToken`] (see there for an
+/// A read grant held by value: the consumer's counterpart of [`WriteToken`](super::WriteToken) (see there for an
 /// example). [`Consumer::release_token`] checks it: a token released already, replaced by a
 /// later grant, or made by another consumer is [`ReleaseError::StaleToken`]. Taking any new
 /// read grant abandons an open token (releasing nothing), as dropping a [`ReadGrant`] does.
@@ -165,7 +165,7 @@ impl Consumer {
 
     /// [`Consumer::read_grant`] held by value, for bindings that keep the grant between
     /// calls: the frames are reached with [`Consumer::token_frame`] and released with
-    /// [`Consumer::release_token`]. An open token is abandoned first. See [`WriteToken`] for
+    /// [`Consumer::release_token`]. An open token is abandoned first. See [`WriteToken`](super::WriteToken) for
     /// an example.
     pub fn read_token(&mut self, n: usize) -> Result<ReadToken, ReadError> {
         self.abandon_open_token();
@@ -329,7 +329,7 @@ impl Consumer {
     /// of [`Consumer::read_grant`]. Returns the frame's metadata (`len` bytes of `out` were
     /// written) and whether a parked producer must be woken. In the lossy policy a frame
     /// overwritten during the copy is reported as [`PopFrameError::Release`] and must be
-    /// discarded. See [`Producer::push`] for an example.
+    /// discarded. See [`Producer::push`](super::Producer::push) for an example.
     pub fn pop(&mut self, out: &mut [u8]) -> Result<(FrameMeta, Wake), PopFrameError> {
         let g = self.read_grant(1)?;
         let Some(f) = g.frame(0) else {

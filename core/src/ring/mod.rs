@@ -42,7 +42,7 @@
 //! mask`; lengths are clamped to the slot. A corrupt value yields an error (or a resync in
 //! the lossy policy), never an access outside the region, a panic, or an unbounded loop: all
 //! loops are bounded by the capacity or the consumer count, and waiting happens only in a
-//! [`Waiter`] with its timeout.
+//! [`Waiter`](crate::Waiter) with its timeout.
 
 use core::ptr::NonNull;
 
