@@ -27,20 +27,7 @@ pub struct ReadToken {
 }
 
 impl ReadToken {
-    /// Frames granted.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when no frame was granted.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Sequence number of the first granted frame.
-    pub fn first_seq(&self) -> u64 {
-        self.start
-    }
+    span_accessors!();
 }
 
 /// A consumer of a ring: one of up to `max_consumers`, with its own cursor.
@@ -485,20 +472,7 @@ pub struct ReadGrant<'a> {
 }
 
 impl<'a> ReadGrant<'a> {
-    /// Frames granted.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when no frame was granted.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Sequence number of the first granted frame.
-    pub fn first_seq(&self) -> u64 {
-        self.start
-    }
+    span_accessors!();
 
     /// Frame `i` of the grant (`None` when `i >= len()`).
     pub fn frame(&self, i: usize) -> Option<FrameRef<'_>> {

@@ -55,6 +55,27 @@ use crate::region::{InRegion, RegionError};
 use crate::sync::{Ordering, fence};
 use crate::wait::{SLEEPER, Wake};
 
+/// `len`, `is_empty` and `first_seq` of a grant or a token (a type with `start` and `len`
+/// fields).
+macro_rules! span_accessors {
+    () => {
+        /// Frames granted.
+        pub fn len(&self) -> usize {
+            self.len
+        }
+
+        /// True when no frame was granted.
+        pub fn is_empty(&self) -> bool {
+            self.len == 0
+        }
+
+        /// Sequence number of the first granted frame.
+        pub fn first_seq(&self) -> u64 {
+            self.start
+        }
+    };
+}
+
 mod consumer;
 mod error;
 mod producer;

@@ -105,20 +105,7 @@ pub struct WriteToken {
 }
 
 impl WriteToken {
-    /// Frames granted.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when no frame was granted.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Sequence number of the first granted frame.
-    pub fn first_seq(&self) -> u64 {
-        self.start
-    }
+    span_accessors!();
 }
 
 impl Producer {
@@ -481,20 +468,7 @@ pub struct WriteGrant<'a> {
 }
 
 impl<'a> WriteGrant<'a> {
-    /// Frames granted.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when no frame was granted.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Sequence number of the first granted frame.
-    pub fn first_seq(&self) -> u64 {
-        self.start
-    }
+    span_accessors!();
 
     /// Frame `i` of the grant (`None` when `i >= len()`).
     pub fn frame_mut(&mut self, i: usize) -> Option<FrameMut<'_>> {
