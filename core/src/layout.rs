@@ -43,6 +43,14 @@ pub(crate) const STATE_MASK: u32 = 3;
 pub(crate) const GEN_STEP: u32 = 4;
 
 /// Sample encoding of a frame's payload (interleaved by channel).
+///
+/// ```
+/// use voxring_core::SampleFormat;
+/// assert_eq!(SampleFormat::S16.bytes(), 2);
+/// // The code stored in a ring's header, and back.
+/// assert_eq!(SampleFormat::from_code(SampleFormat::F32 as u32), Some(SampleFormat::F32));
+/// assert_eq!(SampleFormat::from_code(9), None);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum SampleFormat {
@@ -75,6 +83,16 @@ impl SampleFormat {
 }
 
 /// What the producer does when a consumer falls a whole ring behind.
+///
+/// ```
+/// use voxring_core::Policy;
+/// // A capture ring that must never drop audio waits for its slowest reader...
+/// let archive = Policy::Lossless;
+/// // ...a monitoring tap never holds the producer back.
+/// let meter = Policy::Lossy;
+/// assert_ne!(archive, meter);
+/// assert_eq!(Policy::from_code(meter as u32), Some(meter));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum Policy {
@@ -98,6 +116,20 @@ impl Policy {
 }
 
 /// The run-time layout of a ring, chosen by whoever creates it.
+///
+/// ```
+/// use voxring_core::{LayoutError, Policy, RingConfig, SampleFormat};
+/// let cfg = RingConfig {
+///     frames: 8, samples_per_frame: 480, channels: 2, format: SampleFormat::F32,
+///     sample_rate: 48_000, max_consumers: 4, policy: Policy::Lossy,
+/// };
+/// // Map at least this many bytes for the ring (8 slots of 480 * 2 * 4 payload bytes).
+/// assert!(cfg.region_size()? > 8 * 480 * 2 * 4);
+/// // A capacity that is not a power of two is refused, with the reason.
+/// let bad = RingConfig { frames: 6, ..cfg };
+/// assert_eq!(bad.region_size(), Err(LayoutError::BadFrames { frames: 6 }));
+/// # Ok::<(), LayoutError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RingConfig {
     /// Capacity in frames; a power of two, at most [`MAX_FRAMES`].

@@ -48,6 +48,28 @@ impl core::ops::BitOrAssign for FrameFlags {
 }
 
 /// The metadata of one frame, as a consumer sees it.
+///
+/// ```
+/// # use voxring_core::{Policy, Ring, RingConfig, SampleFormat};
+/// # #[repr(C, align(128))] struct Region([u8; 4096]);
+/// # let mut region = Region([0; 4096]);
+/// # let cfg = RingConfig { frames: 4, samples_per_frame: 8, channels: 1,
+/// #     format: SampleFormat::S16, sample_rate: 16_000, max_consumers: 1,
+/// #     policy: Policy::Lossless };
+/// # // SAFETY: valid, aligned, unused region that outlives the handles.
+/// # let ring = unsafe { Ring::create(region.0.as_mut_ptr(), 4096, &cfg) }?;
+/// use voxring_core::{FrameFlags, FrameMeta};
+/// let (mut producer, mut consumer) = (ring.producer(1)?, ring.consumer(2)?);
+/// let _wake = producer.push(&[1, 2, 3, 4], 480, 1_000_000, FrameFlags::DISCONTINUITY)?;
+/// let grant = consumer.read_grant(1)?;
+/// let meta: FrameMeta = grant.frame(0).unwrap().meta();
+/// assert_eq!(meta, FrameMeta {
+///     seq: 0, sample_pos: 480, timestamp_ns: 1_000_000,
+///     flags: FrameFlags::DISCONTINUITY, len: 4,
+/// });
+/// let _wake = grant.release_all()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FrameMeta {
     /// Sequence number: the frame's position in the stream, assigned by the ring.
@@ -71,6 +93,13 @@ mod sealed {
 }
 
 /// A sample type a payload can be viewed as: `i16` (S16), `i32` (S32), `f32` (F32).
+///
+/// ```
+/// use voxring_core::{Sample, SampleFormat};
+/// fn format_of<S: Sample>() -> SampleFormat { S::FORMAT }
+/// assert_eq!(format_of::<f32>(), SampleFormat::F32);
+/// assert_eq!(format_of::<i16>(), SampleFormat::S16);
+/// ```
 pub trait Sample: sealed::Sealed + Copy + 'static {
     /// The ring format this type matches.
     const FORMAT: SampleFormat;

@@ -78,6 +78,14 @@ pub enum RegionError {
     },
     /// The object's own layout is invalid (a ring's header fields, or its configuration).
     Layout(LayoutError),
+    /// A header field holds a value no object of this kind can have (a ring's policy or
+    /// sample-format code, say).
+    BadField {
+        /// Which field.
+        field: &'static str,
+        /// What was there.
+        found: u64,
+    },
 }
 
 impl From<LayoutError> for RegionError {
@@ -119,6 +127,11 @@ impl fmt::Display for RegionError {
                  must use the same type"
             ),
             Self::Layout(e) => write!(f, "{e}"),
+            Self::BadField { field, found } => write!(
+                f,
+                "header field {field} holds {found}, which no such object can have: the \
+                 memory is corrupt or not this kind of object; recreate it"
+            ),
         }
     }
 }
@@ -158,9 +171,11 @@ pub unsafe trait InRegion {
     /// The first check that failed.
     ///
     /// # Safety
-    /// `ptr` must be valid for reads and writes of `len` bytes for all of `'a`, and nothing
-    /// in this process may access those bytes other than through the returned handle during
-    /// `'a` (other processes may: shared objects are made of atomics).
+    /// `ptr` must be valid for reads and writes of `len` bytes for all of `'a` and for as long
+    /// as the returned handle or anything derived from it is alive (the same thing for a
+    /// `&'a Self` handle; a [`Ring`](crate::Ring) handle is `Copy` and not tied to `'a`),
+    /// and nothing in this process may access those bytes other than through the returned
+    /// handle meanwhile (other processes may: shared objects are made of atomics).
     unsafe fn init_in<'a>(
         ptr: *mut u8,
         len: usize,
@@ -173,8 +188,10 @@ pub unsafe trait InRegion {
     /// The first check that failed.
     ///
     /// # Safety
-    /// `ptr` must be valid for reads and writes of `len` bytes for all of `'a`, and this
-    /// process must not access those bytes non-atomically during `'a`.
+    /// `ptr` must be valid for reads and writes of `len` bytes for all of `'a` and for as long
+    /// as the returned handle or anything derived from it is alive (see
+    /// [`init_in`](Self::init_in)), and this process must not access those bytes
+    /// non-atomically meanwhile.
     unsafe fn attach<'a>(ptr: *mut u8, len: usize) -> Result<Self::Handle<'a>, RegionError>;
 }
 

@@ -23,8 +23,8 @@
 //! futex word on (one atomic read-modify-write, no syscall). The wake syscall is made only
 //! when a sleeper *armed* the word, just before sleeping:
 //!
-//! * a sleeper that found nothing to do sets the [`SLEEPER`] bit (bit 0) of the futex word it
-//!   read, with a compare-exchange ([`arm`]), and waits on the armed value; if the CAS fails
+//! * a sleeper that found nothing to do sets the `SLEEPER` bit (bit 0) of the futex word it
+//!   read, with a compare-exchange (`arm`), and waits on the armed value; if the CAS fails
 //!   the word moved on (progress was made) and it does not sleep;
 //! * the waker moves the word on by 2 (so the bit of a sleeper that has not slept yet, or its
 //!   CAS, fails) and asks for a wake only if the value it replaced had the bit set.
@@ -162,6 +162,27 @@ impl Waiter for SpinWaiter {
 ///
 /// Returned by the operations that make progress; when nobody is parked it holds nothing and
 /// [`Wake::wake`] makes no call at all, so the common case costs no syscall.
+///
+/// It is `#[must_use]`: dropping one that is [`needed`](Wake::needed) leaves the parked side
+/// asleep until its timeout. Hand it to the same waiter the other side parks with.
+///
+/// ```
+/// # use voxring_core::{Policy, Ring, RingConfig, SampleFormat};
+/// # #[repr(C, align(128))] struct Region([u8; 4096]);
+/// # let mut region = Region([0; 4096]);
+/// # let cfg = RingConfig { frames: 4, samples_per_frame: 8, channels: 1,
+/// #     format: SampleFormat::S16, sample_rate: 16_000, max_consumers: 2,
+/// #     policy: Policy::Lossless };
+/// # // SAFETY: valid, aligned, unused region that outlives the handles.
+/// # let ring = unsafe { Ring::create(region.0.as_mut_ptr(), 4096, &cfg) }?;
+/// use voxring_core::SpinWaiter;
+/// let waiter = SpinWaiter::default();
+/// let mut producer = ring.producer(1)?;
+/// let wake = producer.write_grant(1)?.commit_all();
+/// assert!(!wake.needed()); // no consumer is parked
+/// wake.wake(&waiter); // makes no call
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Default)]
 #[must_use = "a parked peer sleeps until its timeout unless this is woken: call .wake(&waiter)"]
 pub struct Wake {

@@ -268,7 +268,7 @@ fn a_really_parked_producer_is_still_woken_under_a_forged_count() {
                     let mut sent = 0u64;
                     while sent < FRAMES {
                         if let Ok(g) = producer.write_grant(1) {
-                            g.commit_all();
+                            g.commit_all().wake(&waiter);
                             sent += 1;
                             continue;
                         }

@@ -128,7 +128,7 @@ fn child_entry_parking_consumer() {
                 _ => bad += 1,
             }
         }
-        grant.release_all().expect("release");
+        grant.release_all().expect("release").wake(rx.waiter());
     }
     println!("result got={got} bad={bad} stuck=0");
 }

@@ -9,7 +9,7 @@ use crate::meta::{FormatMismatch, FrameFlags, FrameMeta, Sample};
 use crate::sync::{Ordering, fence};
 use crate::wait::{WaitOutcome, Waiter, Wake, arm};
 
-/// A read grant held by value: the consumer's counterpart of [`WriteToken`] (see there for an
+/// A read grant held by value: the consumer's counterpart of [`WriteToken`](super::WriteToken) (see there for an
 /// example). [`Consumer::release_token`] checks it: a token released already, replaced by a
 /// later grant, or made by another consumer is [`ReleaseError::StaleToken`]. Taking any new
 /// read grant abandons an open token (releasing nothing), as dropping a [`ReadGrant`] does.
@@ -27,25 +27,42 @@ pub struct ReadToken {
 }
 
 impl ReadToken {
-    /// Frames granted.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when no frame was granted.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Sequence number of the first granted frame.
-    pub fn first_seq(&self) -> u64 {
-        self.start
-    }
+    span_accessors!();
 }
 
 /// A consumer of a ring: one of up to `max_consumers`, with its own cursor.
 ///
 /// Dropping it leaves the ring (frees its slot).
+///
+/// Lossy policy: a consumer the producer lapped learns exactly how many frames it lost.
+///
+/// ```
+/// # use voxring_core::{Policy, Ring, RingConfig, SampleFormat};
+/// # #[repr(C, align(128))] struct Region([u8; 4096]);
+/// # let mut region = Region([0; 4096]);
+/// # let cfg = RingConfig { frames: 4, samples_per_frame: 8, channels: 1,
+/// #     format: SampleFormat::S16, sample_rate: 16_000, max_consumers: 2,
+/// #     policy: Policy::Lossy };
+/// # // SAFETY: valid, aligned, unused region that outlives the handles.
+/// # let ring = unsafe { Ring::create(region.0.as_mut_ptr(), 4096, &cfg) }?;
+/// use voxring_core::{JoinError, ReadError};
+/// let mut producer = ring.producer(1)?;
+/// let mut consumer = ring.consumer(2)?;
+/// for i in 0..6u8 {
+///     let _wake = producer.push(&[i], 0, 0, Default::default())?; // never waits (lossy)
+/// }
+/// // 6 frames went into 4 slots: the two oldest were overwritten.
+/// assert_eq!(consumer.read_grant(8).unwrap_err(), ReadError::Lost { frames: 2 });
+/// let grant = consumer.read_grant(8)?;
+/// assert_eq!((grant.first_seq(), grant.len()), (2, 4));
+/// let _wake = grant.release_all()?;
+/// assert_eq!(consumer.lost_frames(), 2);
+///
+/// // Consumer slots are fixed at creation (here 2).
+/// let _other = ring.consumer(3)?;
+/// assert_eq!(ring.consumer(4).unwrap_err(), JoinError::Full { max_consumers: 2 });
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Consumer {
     pub(super) ring: Ring,
@@ -135,7 +152,7 @@ impl Consumer {
 
     /// [`Consumer::read_grant`] held by value, for bindings that keep the grant between
     /// calls: the frames are reached with [`Consumer::token_frame`] and released with
-    /// [`Consumer::release_token`]. An open token is abandoned first. See [`WriteToken`] for
+    /// [`Consumer::release_token`]. An open token is abandoned first. See [`WriteToken`](super::WriteToken) for
     /// an example.
     pub fn read_token(&mut self, n: usize) -> Result<ReadToken, ReadError> {
         self.abandon_open_token();
@@ -299,7 +316,7 @@ impl Consumer {
     /// of [`Consumer::read_grant`]. Returns the frame's metadata (`len` bytes of `out` were
     /// written) and whether a parked producer must be woken. In the lossy policy a frame
     /// overwritten during the copy is reported as [`PopFrameError::Release`] and must be
-    /// discarded. See [`Producer::push`] for an example.
+    /// discarded. See [`Producer::push`](super::Producer::push) for an example.
     pub fn pop(&mut self, out: &mut [u8]) -> Result<(FrameMeta, Wake), PopFrameError> {
         let g = self.read_grant(1)?;
         let Some(f) = g.frame(0) else {
@@ -424,6 +441,28 @@ impl Drop for Consumer {
 /// [`release`](ReadGrant::release).
 ///
 /// Dropping a grant releases nothing (the frames will be granted again).
+///
+/// ```
+/// # use voxring_core::{Policy, Ring, RingConfig, SampleFormat};
+/// # #[repr(C, align(128))] struct Region([u8; 4096]);
+/// # let mut region = Region([0; 4096]);
+/// # let cfg = RingConfig { frames: 4, samples_per_frame: 8, channels: 1,
+/// #     format: SampleFormat::S16, sample_rate: 16_000, max_consumers: 2,
+/// #     policy: Policy::Lossless };
+/// # // SAFETY: valid, aligned, unused region that outlives the handles.
+/// # let ring = unsafe { Ring::create(region.0.as_mut_ptr(), 4096, &cfg) }?;
+/// let mut producer = ring.producer(1)?;
+/// let mut consumer = ring.consumer(2)?;
+/// let _wake = producer.write_grant(3)?.commit_all();
+/// drop(consumer.read_grant(8)?); // releases nothing
+/// let grant = consumer.read_grant(8)?;
+/// assert_eq!((grant.first_seq(), grant.len()), (0, 3));
+/// let seqs: Vec<u64> = grant.frames().map(|f| f.seq()).collect();
+/// assert_eq!(seqs, [0, 1, 2]);
+/// let _wake = grant.release(1)?; // the other two will be granted again
+/// assert_eq!(consumer.read_grant(8)?.first_seq(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct ReadGrant<'a> {
     consumer: &'a mut Consumer,
@@ -433,20 +472,7 @@ pub struct ReadGrant<'a> {
 }
 
 impl<'a> ReadGrant<'a> {
-    /// Frames granted.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when no frame was granted.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Sequence number of the first granted frame.
-    pub fn first_seq(&self) -> u64 {
-        self.start
-    }
+    span_accessors!();
 
     /// Frame `i` of the grant (`None` when `i >= len()`).
     pub fn frame(&self, i: usize) -> Option<FrameRef<'_>> {
@@ -489,7 +515,8 @@ impl Drop for ReadGrant<'_> {
     }
 }
 
-/// One committed frame being read: its metadata and its payload.
+/// One committed frame being read: its metadata and its payload; see [`FrameMut`](super::FrameMut) and
+/// [`FrameMeta`] for examples.
 #[derive(Debug)]
 pub struct FrameRef<'g> {
     meta: &'g SlotMeta,

@@ -1,7 +1,8 @@
 //! The errors of the frame ring's operations: one enum per operation, each message saying
 //! what happened, why, and what to do.
 
-use crate::layout::{ABI_VERSION, LayoutError};
+use crate::layout::{ABI_VERSION, CACHE_LINE, LayoutError, MAGIC};
+use crate::region::RegionError;
 
 #[allow(unused_imports)] // for intra-doc links
 use super::{Consumer, Producer, ReadGrant, Ring, WriteGrant};
@@ -458,3 +459,49 @@ impl core::fmt::Display for PopFrameError {
 }
 
 impl core::error::Error for PopFrameError {}
+
+impl From<CreateError> for RegionError {
+    fn from(e: CreateError) -> Self {
+        match e {
+            CreateError::Layout(e) => RegionError::Layout(e),
+            CreateError::NullRegion => RegionError::Null,
+            CreateError::Misaligned { addr } => RegionError::Misaligned {
+                addr,
+                align: CACHE_LINE,
+            },
+            CreateError::TooSmall { needed, got } => RegionError::TooSmall { need: needed, got },
+        }
+    }
+}
+
+impl From<AttachError> for RegionError {
+    fn from(e: AttachError) -> Self {
+        match e {
+            AttachError::NullRegion => RegionError::Null,
+            AttachError::Misaligned { addr } => RegionError::Misaligned {
+                addr,
+                align: CACHE_LINE,
+            },
+            AttachError::TooSmall { needed, got } => RegionError::TooSmall { need: needed, got },
+            AttachError::BadMagic { found } => RegionError::BadMagic {
+                found,
+                expected: MAGIC,
+            },
+            AttachError::AbiMismatch { found } => RegionError::UnsupportedVersion {
+                found,
+                expected: ABI_VERSION,
+            },
+            AttachError::BadField { field, found } => RegionError::BadField { field, found },
+            AttachError::Layout(e) => RegionError::Layout(e),
+            AttachError::Inconsistent {
+                field,
+                found,
+                expected,
+            } => RegionError::Mismatch {
+                field,
+                found,
+                expected,
+            },
+        }
+    }
+}

@@ -42,7 +42,7 @@
 //! mask`; lengths are clamped to the slot. A corrupt value yields an error (or a resync in
 //! the lossy policy), never an access outside the region, a panic, or an unbounded loop: all
 //! loops are bounded by the capacity or the consumer count, and waiting happens only in a
-//! [`Waiter`] with its timeout.
+//! [`Waiter`](crate::Waiter) with its timeout.
 
 use core::ptr::NonNull;
 
@@ -51,8 +51,30 @@ use crate::layout::{
     ProducerBlock, RingConfig, STATE_ACTIVE, STATE_FREE, STATE_JOINING, STATE_MASK, SampleFormat,
     SlotMeta, WaitBlock,
 };
+use crate::region::{InRegion, RegionError};
 use crate::sync::{Ordering, fence};
 use crate::wait::{SLEEPER, Wake};
+
+/// `len`, `is_empty` and `first_seq` of a grant or a token (a type with `start` and `len`
+/// fields).
+macro_rules! span_accessors {
+    () => {
+        /// Frames granted.
+        pub fn len(&self) -> usize {
+            self.len
+        }
+
+        /// True when no frame was granted.
+        pub fn is_empty(&self) -> bool {
+            self.len == 0
+        }
+
+        /// Sequence number of the first granted frame.
+        pub fn first_seq(&self) -> u64 {
+            self.start
+        }
+    };
+}
 
 mod consumer;
 mod error;
@@ -624,5 +646,60 @@ impl Ring {
         } else {
             Wake::none()
         }
+    }
+}
+
+// SAFETY: `Ring::create` and `Ring::attach` check the pointer, the 128-byte alignment and the
+// length before touching the region, access only the `region_size` bytes of the validated
+// layout (never more than `len`), and read every peer-writable field through atomics, with
+// every value range-checked (see "Hostile peers" above).
+unsafe impl InRegion for Ring {
+    type Init = RingConfig;
+    type Handle<'a> = Ring;
+    const ALIGN: usize = CACHE_LINE;
+
+    fn size_for(init: &RingConfig) -> Result<usize, RegionError> {
+        Ok(init.region_size()?)
+    }
+
+    /// [`Ring::create`], with its errors as a [`RegionError`].
+    ///
+    /// ```
+    /// use voxring_core::region::{InRegion, RegionError};
+    /// use voxring_core::{Policy, Ring, RingConfig, SampleFormat};
+    ///
+    /// #[repr(C, align(128))]
+    /// struct Region([u8; 4096]);
+    /// let mut region = Region([0; 4096]);
+    /// let cfg = RingConfig { frames: 4, samples_per_frame: 8, channels: 1,
+    ///     format: SampleFormat::S16, sample_rate: 16_000, max_consumers: 1,
+    ///     policy: Policy::Lossless };
+    /// assert!(Ring::size_for(&cfg)? <= 4096);
+    /// let ptr = region.0.as_mut_ptr();
+    /// // SAFETY: the buffer is ours, valid for 4096 bytes, outlives both handles, and is used
+    /// // only through them.
+    /// let ring = unsafe { <Ring as InRegion>::init_in(ptr, 4096, cfg) }?;
+    /// // SAFETY: as above.
+    /// let again = unsafe { <Ring as InRegion>::attach(ptr, 4096) }?;
+    /// assert_eq!(again.config(), ring.config());
+    /// // A region too short for the ring the header describes is refused.
+    /// // SAFETY: as above (a shorter length of the same buffer).
+    /// let short = unsafe { <Ring as InRegion>::attach(ptr, 256) };
+    /// assert!(matches!(short, Err(RegionError::TooSmall { .. })));
+    /// # Ok::<(), RegionError>(())
+    /// ```
+    unsafe fn init_in<'a>(
+        ptr: *mut u8,
+        len: usize,
+        init: RingConfig,
+    ) -> Result<Self::Handle<'a>, RegionError> {
+        // SAFETY: the caller's contract (trait docs) is `Ring::create`'s: valid for `len`
+        // bytes while any handle lives, and no other use of the region meanwhile.
+        Ok(unsafe { Ring::create(ptr, len, &init) }?)
+    }
+
+    unsafe fn attach<'a>(ptr: *mut u8, len: usize) -> Result<Self::Handle<'a>, RegionError> {
+        // SAFETY: the caller's contract (trait docs) is `Ring::attach`'s.
+        Ok(unsafe { Ring::attach(ptr, len) }?)
     }
 }

@@ -10,6 +10,32 @@ use crate::sync::{Ordering, fence};
 use crate::wait::{SLEEPER, WaitOutcome, Waiter, Wake, arm};
 
 /// The producer side of a ring. At most one exists per ring at a time.
+///
+/// Lossless policy: when every slot holds a frame some consumer has not released, a grant
+/// fails with [`GrantError::Full`]; [`Producer::wait_writable`] sleeps until one is free.
+///
+/// ```
+/// # use voxring_core::{Policy, Ring, RingConfig, SampleFormat};
+/// # #[repr(C, align(128))] struct Region([u8; 4096]);
+/// # let mut region = Region([0; 4096]);
+/// # let cfg = RingConfig { frames: 4, samples_per_frame: 8, channels: 1,
+/// #     format: SampleFormat::S16, sample_rate: 16_000, max_consumers: 2,
+/// #     policy: Policy::Lossless };
+/// # // SAFETY: valid, aligned, unused region that outlives the handles.
+/// # let ring = unsafe { Ring::create(region.0.as_mut_ptr(), 4096, &cfg) }?;
+/// use voxring_core::{ClaimError, GrantError, SpinWaiter, WaitOutcome};
+/// let mut producer = ring.producer(1)?;
+/// // One producer at a time: a second claim says who holds the side.
+/// assert_eq!(ring.producer(7).unwrap_err(), ClaimError::Taken { owner: 1 });
+/// let mut consumer = ring.consumer(2)?;
+///
+/// assert_eq!(producer.write_grant(8)?.commit_all().needed(), false); // 4 frames: full
+/// assert_eq!(producer.write_grant(1).unwrap_err(), GrantError::Full);
+/// let _wake = consumer.read_grant(1)?.release_all()?; // frees one slot
+/// assert_eq!(producer.wait_writable(&SpinWaiter::default(), Some(0))?, WaitOutcome::Ready);
+/// assert_eq!(producer.write_grant(8)?.len(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Producer {
     pub(super) ring: Ring,
@@ -79,20 +105,7 @@ pub struct WriteToken {
 }
 
 impl WriteToken {
-    /// Frames granted.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when no frame was granted.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Sequence number of the first granted frame.
-    pub fn first_seq(&self) -> u64 {
-        self.start
-    }
+    span_accessors!();
 }
 
 impl Producer {
@@ -423,6 +436,29 @@ impl Drop for Producer {
 /// Frames granted to the producer, to fill in place and then [`commit`](WriteGrant::commit).
 ///
 /// Dropping a grant commits nothing.
+///
+/// ```
+/// # use voxring_core::{Policy, Ring, RingConfig, SampleFormat};
+/// # #[repr(C, align(128))] struct Region([u8; 4096]);
+/// # let mut region = Region([0; 4096]);
+/// # let cfg = RingConfig { frames: 4, samples_per_frame: 8, channels: 1,
+/// #     format: SampleFormat::S16, sample_rate: 16_000, max_consumers: 2,
+/// #     policy: Policy::Lossless };
+/// # // SAFETY: valid, aligned, unused region that outlives the handles.
+/// # let ring = unsafe { Ring::create(region.0.as_mut_ptr(), 4096, &cfg) }?;
+/// use voxring_core::CommitError;
+/// let mut producer = ring.producer(1)?;
+/// let grant = producer.write_grant(3)?;
+/// assert_eq!((grant.len(), grant.first_seq()), (3, 0));
+/// drop(grant); // commits nothing: the same frames are granted again
+/// let grant = producer.write_grant(3)?;
+/// assert_eq!(grant.first_seq(), 0);
+/// let _wake = grant.commit(2)?; // publish two, abandon the third
+/// assert_eq!(producer.write_pos(), 2);
+/// let grant = producer.write_grant(1)?;
+/// assert_eq!(grant.commit(2).unwrap_err(), CommitError::TooMany { commit: 2, granted: 1 });
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct WriteGrant<'a> {
     producer: &'a mut Producer,
@@ -432,20 +468,7 @@ pub struct WriteGrant<'a> {
 }
 
 impl<'a> WriteGrant<'a> {
-    /// Frames granted.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when no frame was granted.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Sequence number of the first granted frame.
-    pub fn first_seq(&self) -> u64 {
-        self.start
-    }
+    span_accessors!();
 
     /// Frame `i` of the grant (`None` when `i >= len()`).
     pub fn frame_mut(&mut self, i: usize) -> Option<FrameMut<'_>> {
@@ -495,7 +518,7 @@ impl Drop for WriteGrant<'_> {
     }
 }
 
-/// Iterator over the frames of a [`WriteGrant`].
+/// Iterator over the frames of a [`WriteGrant`]; see [`Ring`] for an example.
 #[derive(Debug)]
 pub struct FramesMut<'g> {
     ring: &'g Ring,
@@ -519,6 +542,34 @@ impl<'g> Iterator for FramesMut<'g> {
 }
 
 /// One frame being written: its metadata setters and its payload.
+///
+/// ```
+/// # use voxring_core::{Policy, Ring, RingConfig, SampleFormat};
+/// # #[repr(C, align(128))] struct Region([u8; 4096]);
+/// # let mut region = Region([0; 4096]);
+/// # let cfg = RingConfig { frames: 4, samples_per_frame: 8, channels: 1,
+/// #     format: SampleFormat::S16, sample_rate: 16_000, max_consumers: 2,
+/// #     policy: Policy::Lossless };
+/// # // SAFETY: valid, aligned, unused region that outlives the handles.
+/// # let ring = unsafe { Ring::create(region.0.as_mut_ptr(), 4096, &cfg) }?;
+/// use voxring_core::{FrameFlags, LenError};
+/// let (mut producer, mut consumer) = (ring.producer(1)?, ring.consumer(2)?);
+/// let mut grant = producer.write_grant(1)?;
+/// let mut frame = grant.frame_mut(0).unwrap();
+/// frame.samples_mut::<i16>()?[..3].copy_from_slice(&[1, -1, 7]);
+/// frame.set_len(6)?; // three S16 samples are valid
+/// frame.set_flags(FrameFlags::END_OF_STREAM);
+/// // The slot holds 8 samples of 2 bytes: more is refused.
+/// assert_eq!(frame.set_len(17).unwrap_err(), LenError { len: 17, capacity: 16 });
+/// // The wrong sample type is refused too.
+/// assert!(frame.samples_mut::<f32>().is_err());
+/// let _wake = grant.commit_all();
+///
+/// let read = consumer.read_grant(1)?;
+/// assert_eq!(read.frame(0).unwrap().samples::<i16>()?, &[1, -1, 7]);
+/// let _wake = read.release_all()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct FrameMut<'g> {
     meta: &'g SlotMeta,
