@@ -12,8 +12,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{
-    create_segment, env, expect_line, idle_until_killed, mapped_u64, produce, scratch, shm_path,
-    start_role, test_config,
+    create_segment, env, expect_line, idle_until_killed, mapped_u64, produce, scratch,
+    set_file_len, shm_path, start_role, test_config,
 };
 use voxring_core::{GrantError, Policy, RingConfig};
 use voxring_linux::ring::{PeerState, Segment, ShmConsumer, ShmProducer, WaitError, list_segments};
@@ -40,16 +40,6 @@ fn waiting_consumer(name: &str, config: &RingConfig) -> (Segment, ShmProducer, S
     let mut rx = seg.consumer().expect("join");
     rx.set_liveness_interval(Duration::from_millis(5));
     (seg, tx, rx)
-}
-
-/// The attacker, a process with write access to the file: shrinks it to its first page.
-fn shrink_to_first_page(name: &str) {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(shm_path(name))
-        .expect("open the segment's file for writing")
-        .set_len(4096)
-        .expect("shrink the segment's file");
 }
 
 /// Child role: create the segment and claim the producer side; once a consumer has joined,
@@ -124,7 +114,7 @@ fn a_consumer_waiting_on_a_segment_a_peer_shrinks_gets_an_error() {
     let (_seg, _tx, mut rx) = waiting_consumer(&name, &several_pages(Policy::Lossy));
     // The attacker shrinks the file to its first page: the control blocks the wait touches
     // are still there (no SIGBUS), so only the size check can notice.
-    shrink_to_first_page(&name);
+    set_file_len(&name, 4096);
     assert_eq!(rx.wait_for_frames(Some(GIVE_UP)), Err(WaitError::Truncated));
     assert!(
         !rx.is_truncated(),
@@ -146,7 +136,7 @@ fn a_producer_waiting_for_space_on_a_segment_a_peer_shrinks_gets_an_error() {
         tx.producer().write_grant(1),
         Err(GrantError::Full)
     ));
-    shrink_to_first_page(&name);
+    set_file_len(&name, 4096);
     assert_eq!(tx.wait_for_space(Some(GIVE_UP)), Err(GrantError::Evicted));
     assert_eq!(seg.check_size(), Err(4096));
 }

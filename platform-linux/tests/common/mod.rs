@@ -176,6 +176,17 @@ pub fn attach_from_env() -> voxring_linux::ring::Segment {
         .unwrap_or_else(|e| panic!("child attaches to {name:?}: {e}"))
 }
 
+/// The attacker, a process with write access to the segment's file: sets its length
+/// (shrinks or grows it) under the participants' mappings.
+pub fn set_file_len(name: &str, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(shm_path(name))
+        .expect("open the segment's file for writing")
+        .set_len(len)
+        .expect("set the length of the segment's file");
+}
+
 /// Child side: idles until the parent kills this process (by PID).
 pub fn idle_until_killed() -> ! {
     loop {
