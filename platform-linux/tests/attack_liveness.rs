@@ -55,14 +55,19 @@ fn lock_seen(name: &str, t: u32) -> i32 {
     ticket_lock(f.as_fd(), libc::F_OFD_GETLK, libc::F_WRLCK, t).expect("F_OFD_GETLK")
 }
 
+/// A victim's last words: `<word> token=<its owner token>`; then it idles until killed.
+fn say_token_and_idle(word: &str, token: u64) -> ! {
+    println!("{word} token={token}");
+    idle_until_killed();
+}
+
 /// Child role: attach, join as a consumer, print the owner token, then idle until killed.
 #[test]
 fn child_entry_liveness_victim_consumer() {
     common::child_role!("victim-consumer");
     let seg = attach_from_env();
     let rx = seg.consumer().expect("victim joins");
-    println!("joined token={}", rx.owner_token());
-    idle_until_killed();
+    say_token_and_idle("joined", rx.owner_token());
 }
 
 /// Child role: create the segment, claim the producer side, print the token, idle until killed.
@@ -71,8 +76,7 @@ fn child_entry_liveness_victim_producer() {
     common::child_role!("victim-producer");
     let seg = create_segment(&env("VOXRING_TEST_SEGMENT"), &test_config(Policy::Lossless));
     let tx = seg.producer().expect("victim claims the producer side");
-    println!("ready token={}", tx.owner_token());
-    idle_until_killed();
+    say_token_and_idle("ready", tx.owner_token());
 }
 
 /// Child role: a consumer in another process that reads every frame until the end of stream.

@@ -33,10 +33,12 @@ fn several_pages(policy: Policy) -> voxring_core::RingConfig {
     cfg
 }
 
-/// A segment of `config` with its producer, and a consumer that checks liveness every 5 ms.
-fn waiting_consumer(name: &str, config: &RingConfig) -> (Segment, ShmProducer, ShmConsumer) {
+/// A segment of `config` with its producer and a consumer, both checking liveness every 5 ms
+/// when they wait.
+fn participants(name: &str, config: &RingConfig) -> (Segment, ShmProducer, ShmConsumer) {
     let seg = create_segment(name, config);
-    let tx = seg.producer().expect("producer");
+    let mut tx = seg.producer().expect("producer");
+    tx.set_liveness_interval(Duration::from_millis(5));
     let mut rx = seg.consumer().expect("join");
     rx.set_liveness_interval(Duration::from_millis(5));
     (seg, tx, rx)
@@ -96,7 +98,7 @@ fn a_consumer_waiting_on_an_unlinked_zeroed_segment_gets_an_error() {
 fn a_consumer_waiting_on_a_header_a_peer_zeroed_gets_an_error() {
     common::parent_only!();
     let (name, _c) = scratch("zeroed");
-    let (_seg, _tx, mut rx) = waiting_consumer(&name, &test_config(Policy::Lossy));
+    let (_seg, _tx, mut rx) = participants(&name, &test_config(Policy::Lossy));
     // The attacker: another descriptor on the file, with write access, zeroes the magic.
     let peer = Segment::attach(&name, &AttachOptions::default()).expect("peer attaches");
     // The magic is the u64 at offset 0. Relaxed: see the abandoner.
@@ -111,7 +113,7 @@ fn a_consumer_waiting_on_a_header_a_peer_zeroed_gets_an_error() {
 fn a_consumer_waiting_on_a_segment_a_peer_shrinks_gets_an_error() {
     common::parent_only!();
     let (name, _c) = scratch("shrunk");
-    let (_seg, _tx, mut rx) = waiting_consumer(&name, &several_pages(Policy::Lossy));
+    let (_seg, _tx, mut rx) = participants(&name, &several_pages(Policy::Lossy));
     // The attacker shrinks the file to its first page: the control blocks the wait touches
     // are still there (no SIGBUS), so only the size check can notice.
     set_file_len(&name, 4096);
@@ -126,11 +128,8 @@ fn a_consumer_waiting_on_a_segment_a_peer_shrinks_gets_an_error() {
 fn a_producer_waiting_for_space_on_a_segment_a_peer_shrinks_gets_an_error() {
     common::parent_only!();
     let (name, _c) = scratch("shrunk-tx");
-    let seg = create_segment(&name, &several_pages(Policy::Lossless));
-    let mut tx = seg.producer().expect("producer");
-    tx.set_liveness_interval(Duration::from_millis(5));
     // A live consumer that never reads holds the lossless ring full.
-    let _rx = seg.consumer().expect("join");
+    let (seg, mut tx, _rx) = participants(&name, &several_pages(Policy::Lossless));
     produce(&mut tx, Some(64), 64);
     assert!(matches!(
         tx.producer().write_grant(1),

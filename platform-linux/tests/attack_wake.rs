@@ -20,7 +20,6 @@ use voxring_core::{AtomicU32 as CoreAtomicU32, Policy, WaitOutcome, Waiter};
 use voxring_linux::futex::FutexWaiter;
 use voxring_linux::mapping::SharedMapping;
 use voxring_linux::ring::FramesWait;
-use voxring_linux::segment::{AttachOptions, SegmentFile};
 
 /// Byte offset of `consumers_parked` in a ring region (core/LAYOUT.md, "Wait block").
 const CONSUMERS_PARKED: usize = 260;
@@ -61,8 +60,7 @@ fn parked_word(m: &SharedMapping) -> &AtomicU32 {
 #[test]
 fn child_entry_forger() {
     common::child_role!("forger");
-    let file = SegmentFile::attach_ring(&env("VOXRING_TEST_SEGMENT"), &AttachOptions::default())
-        .expect("forger attaches");
+    let file = common::attach_file_from_env();
     let m = file.mapping();
     let parked = parked_word(m);
     // Relaxed: a hostile peer needs no ordering; the victims must not rely on any.

@@ -26,6 +26,19 @@ fn attach(name: &str, opts: AttachOptions) -> Result<SegmentFile, AttachError> {
     SegmentFile::attach(name, SIZE as u64, &opts)
 }
 
+/// The (owner, expected, asking) uids of an `OwnerMismatch`; panics on any other error.
+fn owner_mismatch(err: &AttachError) -> (u32, u32, u32) {
+    match err {
+        AttachError::OwnerMismatch {
+            owner,
+            expected,
+            asking,
+            ..
+        } => (*owner, *expected, *asking),
+        other => panic!("expected OwnerMismatch, got {other}"),
+    }
+}
+
 /// Options that accept a group-writable segment.
 fn group_writable_ok() -> AttachOptions {
     AttachOptions {
@@ -184,15 +197,7 @@ fn owner_mismatch_names_both_uids_and_the_container_docs() {
         },
     )
     .unwrap_err();
-    match &err {
-        AttachError::OwnerMismatch {
-            owner,
-            expected,
-            asking,
-            ..
-        } => assert_eq!((*owner, *expected, *asking), (me, me + 4242, me)),
-        other => panic!("expected OwnerMismatch, got {other}"),
-    }
+    assert_eq!(owner_mismatch(&err), (me, me + 4242, me));
     let msg = err.to_string();
     assert!(msg.contains(&format!("created by uid {me}")), "{msg}");
     assert!(msg.contains("containers.md"), "{msg}");
@@ -269,15 +274,7 @@ fn another_users_segment_is_refused_with_both_uids() {
     let meta = std::fs::symlink_metadata(shm_path(&name)).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), uid);
     let err = attach(&name, AttachOptions::default()).unwrap_err();
-    match &err {
-        AttachError::OwnerMismatch {
-            owner,
-            expected,
-            asking,
-            ..
-        } => assert_eq!((*owner, *expected, *asking), (uid, 0, 0)),
-        other => panic!("expected OwnerMismatch, got {other}"),
-    }
+    assert_eq!(owner_mismatch(&err), (uid, 0, 0));
     let msg = err.to_string();
     assert!(msg.contains(&format!("created by uid {uid}")), "{msg}");
     assert!(msg.contains("runs as uid 0"), "{msg}");

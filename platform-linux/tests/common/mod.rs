@@ -187,6 +187,17 @@ pub fn set_file_len(name: &str, len: u64) {
         .expect("set the length of the segment's file");
 }
 
+/// Child side: maps the ring the parent named in `VOXRING_TEST_SEGMENT` as a plain file, as a
+/// hostile peer does (no participant, no checks beyond the file's).
+pub fn attach_file_from_env() -> voxring_linux::segment::SegmentFile {
+    let name = env("VOXRING_TEST_SEGMENT");
+    voxring_linux::segment::SegmentFile::attach_ring(
+        &name,
+        &voxring_linux::segment::AttachOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("child maps the ring {name:?}: {e}"))
+}
+
 /// Child side: idles until the parent kills this process (by PID).
 pub fn idle_until_killed() -> ! {
     loop {
