@@ -54,7 +54,9 @@ impl Drop for RemoveOwn {
 
 #[test]
 fn list_shows_live_and_dead_and_clean_removes_only_the_dead() {
-    let prefix = format!("segtest-{}-", std::process::id());
+    // Not a prefix of the other tests' names: their segments are not this test's to list,
+    // clean or remove (they run in parallel).
+    let prefix = format!("segtest-{}-own-", std::process::id());
     let _cleanup = RemoveOwn(prefix.clone());
     let live_name = format!("{prefix}live");
     let dead_name = format!("{prefix}dead");
