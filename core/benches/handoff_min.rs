@@ -22,6 +22,10 @@ const ITEM_BATCH: u64 = 20_000;
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+// The generate / consume / push / pop work, shared with `rings`.
+mod work;
+use work::{consume, generate, keep, pop_all, push_all};
+
 /// The frame ring both hand-over benchmarks use: 8 slots of one 512-sample stereo f32 frame,
 /// lossless, one consumer. The region is returned with the ring and must outlive its handles.
 fn frame_ring() -> (common::Region, Ring) {
@@ -36,27 +40,24 @@ fn frame_ring() -> (common::Region, Ring) {
     })
 }
 
-#[inline(always)]
-fn generate(out: &mut [f32], n: u64) {
-    let base = n as i32;
-    for (i, s) in (0i32..).zip(out.iter_mut()) {
-        *s = base.wrapping_add(i) as f32;
-    }
-}
-
-#[inline(always)]
-fn consume(samples: &[f32]) -> u32 {
-    samples
-        .iter()
-        .fold(0u32, |acc, s| acc.wrapping_add(s.to_bits()))
-}
-
 /// One variant: a name and a closure running `n` hand-overs.
 struct Variant<'a> {
     name: &'static str,
     batch: u64,
     run: Box<dyn FnMut(u64) + 'a>,
     per_op_ns: Vec<f64>,
+}
+
+impl<'a> Variant<'a> {
+    /// `run` does `batch` hand-overs a call; no batch timed yet.
+    fn new(name: &'static str, batch: u64, run: impl FnMut(u64) + 'a) -> Self {
+        Self {
+            name,
+            batch,
+            run: Box::new(run),
+            per_op_ns: Vec::new(),
+        }
+    }
 }
 
 fn report(title: &str, variants: &mut [Variant<'_>], baseline: Option<&str>, rtrb: &str) {
@@ -128,60 +129,40 @@ fn frames() {
     let mut work = vec![0f32; FRAME_VALUES];
 
     let mut variants = vec![
-        Variant {
-            name: "work_only_no_ring",
-            batch: FRAME_BATCH,
-            run: Box::new(|n| {
-                for i in 0..n {
-                    generate(&mut work, i);
-                    black_box(consume(black_box(&work)));
-                }
-            }),
-            per_op_ns: Vec::new(),
-        },
-        Variant {
-            name: "voxring_ring_in_place",
-            batch: FRAME_BATCH,
-            run: Box::new(|n| {
-                for i in 0..n {
-                    let mut w = tx.write_grant(1).unwrap();
-                    generate(w.frame_mut(0).unwrap().samples_mut::<f32>().unwrap(), i);
-                    let _ = w.commit_all();
-                    let r = rx.read_grant(1).unwrap();
-                    black_box(consume(r.frame(0).unwrap().samples::<f32>().unwrap()));
-                    let _ = r.release_all().unwrap();
-                }
-            }),
-            per_op_ns: Vec::new(),
-        },
-        Variant {
-            name: "voxring_static_ring_in_place",
-            batch: FRAME_BATCH,
-            run: Box::new(|n| {
-                for i in 0..n {
-                    let mut w = stx.write_chunk(FRAME_VALUES).unwrap();
-                    generate(w.as_mut_slices().0, i);
-                    w.commit(FRAME_VALUES).unwrap();
-                    let r = srx.read_chunk(FRAME_VALUES).unwrap();
-                    black_box(consume(r.as_slices().0));
-                    r.release(FRAME_VALUES).unwrap();
-                }
-            }),
-            per_op_ns: Vec::new(),
-        },
-        Variant {
-            name: "rtrb_copy_in_out",
-            batch: FRAME_BATCH,
-            run: Box::new(|n| {
-                for i in 0..n {
-                    generate(&mut src, i);
-                    rtx.push_entire_slice(&src).unwrap();
-                    rrx.pop_entire_slice(&mut dst).unwrap();
-                    black_box(consume(&dst));
-                }
-            }),
-            per_op_ns: Vec::new(),
-        },
+        Variant::new("work_only_no_ring", FRAME_BATCH, |n| {
+            for i in 0..n {
+                generate(&mut work, i);
+                black_box(consume(black_box(&work)));
+            }
+        }),
+        Variant::new("voxring_ring_in_place", FRAME_BATCH, |n| {
+            for i in 0..n {
+                let mut w = tx.write_grant(1).unwrap();
+                generate(w.frame_mut(0).unwrap().samples_mut::<f32>().unwrap(), i);
+                let _ = w.commit_all();
+                let r = rx.read_grant(1).unwrap();
+                black_box(consume(r.frame(0).unwrap().samples::<f32>().unwrap()));
+                let _ = r.release_all().unwrap();
+            }
+        }),
+        Variant::new("voxring_static_ring_in_place", FRAME_BATCH, |n| {
+            for i in 0..n {
+                let mut w = stx.write_chunk(FRAME_VALUES).unwrap();
+                generate(w.as_mut_slices().0, i);
+                w.commit(FRAME_VALUES).unwrap();
+                let r = srx.read_chunk(FRAME_VALUES).unwrap();
+                black_box(consume(r.as_slices().0));
+                r.release(FRAME_VALUES).unwrap();
+            }
+        }),
+        Variant::new("rtrb_copy_in_out", FRAME_BATCH, |n| {
+            for i in 0..n {
+                generate(&mut src, i);
+                rtx.push_entire_slice(&src).unwrap();
+                rrx.pop_entire_slice(&mut dst).unwrap();
+                black_box(consume(&dst));
+            }
+        }),
     ];
     run_rounds(&mut variants);
     report(
@@ -197,28 +178,18 @@ fn items() {
     let (mut stx, mut srx) = sring.split().unwrap();
     let (mut rtx, mut rrx) = rtrb::RingBuffer::<u64>::new(1024);
     let mut variants = vec![
-        Variant {
-            name: "voxring_static_ring_push_pop",
-            batch: ITEM_BATCH,
-            run: Box::new(|n| {
-                for i in 0..n {
-                    stx.push(black_box(i)).unwrap();
-                    black_box(srx.pop().unwrap());
-                }
-            }),
-            per_op_ns: Vec::new(),
-        },
-        Variant {
-            name: "rtrb_push_pop",
-            batch: ITEM_BATCH,
-            run: Box::new(|n| {
-                for i in 0..n {
-                    rtx.push(black_box(i)).unwrap();
-                    black_box(rrx.pop().unwrap());
-                }
-            }),
-            per_op_ns: Vec::new(),
-        },
+        Variant::new("voxring_static_ring_push_pop", ITEM_BATCH, |n| {
+            for i in 0..n {
+                stx.push(black_box(i)).unwrap();
+                black_box(srx.pop().unwrap());
+            }
+        }),
+        Variant::new("rtrb_push_pop", ITEM_BATCH, |n| {
+            for i in 0..n {
+                rtx.push(black_box(i)).unwrap();
+                black_box(rrx.pop().unwrap());
+            }
+        }),
     ];
     run_rounds(&mut variants);
     report(
@@ -324,29 +295,9 @@ fn two_threads() {
     let (mut vs, mut vr, mut fv, mut fr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     std::thread::scope(|s| {
         let mut srx = srx;
-        let vox = Remote::spawn(s, &ctls[0], move |n| {
-            let mut got = 0;
-            while got < n {
-                if let Ok(v) = srx.pop() {
-                    black_box(v);
-                    got += 1;
-                } else {
-                    std::hint::spin_loop();
-                }
-            }
-        });
+        let vox = Remote::spawn(s, &ctls[0], move |n| pop_all(n, || srx.pop().ok(), keep));
         let mut rrx = rrx;
-        let rt = Remote::spawn(s, &ctls[1], move |n| {
-            let mut got = 0;
-            while got < n {
-                if let Ok(v) = rrx.pop() {
-                    black_box(v);
-                    got += 1;
-                } else {
-                    std::hint::spin_loop();
-                }
-            }
-        });
+        let rt = Remote::spawn(s, &ctls[1], move |n| pop_all(n, || rrx.pop().ok(), keep));
         let mut frx = frx;
         let fvox = Remote::spawn(s, &ctls[2], move |n| {
             let mut got = 0u64;
@@ -379,22 +330,16 @@ fn two_threads() {
         let mut src = vec![0f32; FRAME_VALUES];
         for _ in 0..ROUNDS_X {
             vs.push(vox.batch(ITEM_BATCH, &mut |n| {
-                for i in 0..n {
-                    let mut v = i;
-                    while let Err(voxring_core::PushError::Full(b)) = stx.push(v) {
-                        v = b;
-                        std::hint::spin_loop();
-                    }
-                }
+                push_all(n, |v| match stx.push(v) {
+                    Err(voxring_core::PushError::Full(b)) => Err(b),
+                    _ => Ok(()),
+                })
             }));
             vr.push(rt.batch(ITEM_BATCH, &mut |n| {
-                for i in 0..n {
-                    let mut v = i;
-                    while let Err(rtrb::PushError::Full(b)) = rtx.push(v) {
-                        v = b;
-                        std::hint::spin_loop();
-                    }
-                }
+                push_all(n, |v| match rtx.push(v) {
+                    Err(rtrb::PushError::Full(b)) => Err(b),
+                    _ => Ok(()),
+                })
             }));
             fv.push(fvox.batch(FRAME_BATCH, &mut |n| {
                 let mut i = 0;

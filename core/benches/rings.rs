@@ -31,6 +31,10 @@ const FRAME_VALUES: usize = FRAME_SAMPLES as usize * CHANNELS as usize;
 mod common;
 use common::make as ring;
 
+// The generate / consume / push / pop work, shared with `handoff_min`.
+mod work;
+use work::{consume, generate, pop_all, push_all};
+
 fn frame_config(frames: u32, policy: Policy, consumers: u16) -> RingConfig {
     RingConfig {
         frames,
@@ -43,24 +47,25 @@ fn frame_config(frames: u32, policy: Policy, consumers: u16) -> RingConfig {
     }
 }
 
-/// The producer's work on a frame: generate samples (a ramp depending on the frame number).
+/// Times `producer` on this thread while `consumer` runs on another; a barrier starts both,
+/// and the clock stops once the consumer is done.
 #[inline(always)]
-fn generate(out: &mut [f32], n: u64) {
-    // An i32 index converts to f32 with packed instructions (a usize would not), so this
-    // loop vectorises like `consume` and the work stays small next to the hand-over.
-    let base = n as i32;
-    for (i, s) in (0i32..).zip(out.iter_mut()) {
-        *s = base.wrapping_add(i) as f32;
-    }
-}
-
-/// The consumer's work on a frame: reduce it (an integer sum of the sample bits, which the
-/// compiler vectorises, so the benchmark measures the hand-over rather than an `f32` add chain).
-#[inline(always)]
-fn consume(samples: &[f32]) -> u32 {
-    samples
-        .iter()
-        .fold(0u32, |acc, s| acc.wrapping_add(s.to_bits()))
+fn timed_pair<T: Send>(consumer: impl FnOnce() -> T + Send, producer: impl FnOnce()) -> Duration {
+    let start = Barrier::new(2);
+    std::thread::scope(|s| {
+        // `move`: the consumer's handle (its cached cursor) lives on its own thread's
+        // stack, not beside the producer's handle on this one (false sharing).
+        let start = &start;
+        let consumer = s.spawn(move || {
+            start.wait();
+            black_box(consumer())
+        });
+        start.wait();
+        let t0 = Instant::now();
+        producer();
+        consumer.join().unwrap();
+        t0.elapsed()
+    })
 }
 
 fn item(c: &mut Criterion) {
@@ -92,75 +97,37 @@ fn item(c: &mut Criterion) {
             // On the heap like rtrb's buffer (on this stack it would sit beside the producer's locals).
             let ring = Box::new(StaticRing::<u64, 1024>::new(0));
             let (mut tx, mut rx) = ring.split().unwrap();
-            let start = Barrier::new(2);
-            std::thread::scope(|s| {
-                // `move`: the consumer's handle (its cached cursor) lives on its own thread's
-                // stack, not beside the producer's handle on this one (false sharing).
-                let start = &start;
-                let consumer = s.spawn(move || {
-                    start.wait();
+            timed_pair(
+                move || {
                     let mut sum = 0u64;
-                    let mut got = 0;
-                    while got < iters {
-                        match rx.pop() {
-                            Ok(v) => {
-                                sum = sum.wrapping_add(v);
-                                got += 1;
-                            }
-                            Err(_) => std::hint::spin_loop(),
-                        }
-                    }
-                    black_box(sum)
-                });
-                start.wait();
-                let t0 = Instant::now();
-                for i in 0..iters {
-                    let mut v = i;
-                    while let Err(PushError::Full(back)) = tx.push(v) {
-                        v = back;
-                        std::hint::spin_loop();
-                    }
-                }
-                consumer.join().unwrap();
-                t0.elapsed()
-            })
+                    pop_all(iters, || rx.pop().ok(), |v| sum = sum.wrapping_add(v));
+                    sum
+                },
+                || {
+                    push_all(iters, |v| match tx.push(v) {
+                        Err(PushError::Full(back)) => Err(back),
+                        _ => Ok(()),
+                    })
+                },
+            )
         });
     });
     g.bench_function("rtrb/two_threads", |b| {
         b.iter_custom(|iters| {
             let (mut tx, mut rx) = rtrb::RingBuffer::<u64>::new(1024);
-            let start = Barrier::new(2);
-            std::thread::scope(|s| {
-                // `move`: the consumer's handle (its cached cursor) lives on its own thread's
-                // stack, not beside the producer's handle on this one (false sharing).
-                let start = &start;
-                let consumer = s.spawn(move || {
-                    start.wait();
+            timed_pair(
+                move || {
                     let mut sum = 0u64;
-                    let mut got = 0;
-                    while got < iters {
-                        match rx.pop() {
-                            Ok(v) => {
-                                sum = sum.wrapping_add(v);
-                                got += 1;
-                            }
-                            Err(_) => std::hint::spin_loop(),
-                        }
-                    }
-                    black_box(sum)
-                });
-                start.wait();
-                let t0 = Instant::now();
-                for i in 0..iters {
-                    let mut v = i;
-                    while let Err(rtrb::PushError::Full(back)) = tx.push(v) {
-                        v = back;
-                        std::hint::spin_loop();
-                    }
-                }
-                consumer.join().unwrap();
-                t0.elapsed()
-            })
+                    pop_all(iters, || rx.pop().ok(), |v| sum = sum.wrapping_add(v));
+                    sum
+                },
+                || {
+                    push_all(iters, |v| match tx.push(v) {
+                        Err(rtrb::PushError::Full(back)) => Err(back),
+                        _ => Ok(()),
+                    })
+                },
+            )
         });
     });
     g.finish();
@@ -233,13 +200,8 @@ fn frame(c: &mut Criterion) {
             let (_region, ring) = ring(&frame_config(8, Policy::Lossless, 1));
             let mut tx = ring.producer(1).unwrap();
             let mut rx = ring.consumer(2).unwrap();
-            let start = Barrier::new(2);
-            std::thread::scope(|s| {
-                // `move`: the consumer's handle (its cached cursor) lives on its own thread's
-                // stack, not beside the producer's handle on this one (false sharing).
-                let start = &start;
-                let consumer = s.spawn(move || {
-                    start.wait();
+            timed_pair(
+                move || {
                     let (mut got, mut acc) = (0u64, 0u32);
                     while got < iters {
                         match rx.read_grant(8) {
@@ -254,38 +216,33 @@ fn frame(c: &mut Criterion) {
                             Err(e) => panic!("read: {e}"),
                         }
                     }
-                    black_box(acc)
-                });
-                start.wait();
-                let t0 = Instant::now();
-                let mut n = 0u64;
-                while n < iters {
-                    match tx.write_grant(1) {
-                        Ok(mut w) => {
-                            generate(w.frame_mut(0).unwrap().samples_mut::<f32>().unwrap(), n);
-                            let _ = w.commit_all();
-                            n += 1;
+                    acc
+                },
+                || {
+                    let mut n = 0u64;
+                    while n < iters {
+                        match tx.write_grant(1) {
+                            Ok(mut w) => {
+                                generate(w.frame_mut(0).unwrap().samples_mut::<f32>().unwrap(), n);
+                                let _ = w.commit_all();
+                                n += 1;
+                            }
+                            Err(GrantError::Full) => std::hint::spin_loop(),
+                            Err(e) => panic!("write: {e}"),
                         }
-                        Err(GrantError::Full) => std::hint::spin_loop(),
-                        Err(e) => panic!("write: {e}"),
                     }
-                }
-                consumer.join().unwrap();
-                t0.elapsed()
-            })
+                },
+            )
         });
     });
     g.bench_function("rtrb_copy_in_out/two_threads", |b| {
         b.iter_custom(|iters| {
             let (mut tx, mut rx) = rtrb::RingBuffer::<f32>::new(8 * FRAME_VALUES);
-            let start = Barrier::new(2);
-            std::thread::scope(|s| {
-                // `move`: the consumer's handle (its cached cursor) lives on its own thread's
-                // stack, not beside the producer's handle on this one (false sharing).
-                let start = &start;
-                let consumer = s.spawn(move || {
-                    let mut dst = vec![0f32; FRAME_VALUES];
-                    start.wait();
+            // Both buffers made before the clock starts.
+            let mut dst = vec![0f32; FRAME_VALUES];
+            let mut src = vec![0f32; FRAME_VALUES];
+            timed_pair(
+                move || {
                     let (mut got, mut acc) = (0u64, 0u32);
                     while got < iters {
                         if rx.pop_entire_slice(&mut dst).is_ok() {
@@ -295,20 +252,17 @@ fn frame(c: &mut Criterion) {
                             std::hint::spin_loop();
                         }
                     }
-                    black_box(acc)
-                });
-                let mut src = vec![0f32; FRAME_VALUES];
-                start.wait();
-                let t0 = Instant::now();
-                for n in 0..iters {
-                    generate(&mut src, n);
-                    while tx.push_entire_slice(&src).is_err() {
-                        std::hint::spin_loop();
+                    acc
+                },
+                || {
+                    for n in 0..iters {
+                        generate(&mut src, n);
+                        while tx.push_entire_slice(&src).is_err() {
+                            std::hint::spin_loop();
+                        }
                     }
-                }
-                consumer.join().unwrap();
-                t0.elapsed()
-            })
+                },
+            )
         });
     });
     g.finish();

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{config, make};
+use common::{Region, config, make};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
@@ -65,14 +65,19 @@ impl Waiter for FutexLike {
     }
 }
 
-/// A view of the `u32` at `offset` of the region starting at `base`.
-///
-/// # Safety
-/// `base + offset` must be a 4-aligned `u32` of a live ring region that outlives the result.
-unsafe fn word<'a>(base: usize, offset: usize) -> &'a AtomicU32 {
-    // SAFETY: the caller's contract; `AtomicU32` has the layout of a `u32`, and every access
-    // to the region's words is atomic.
-    unsafe { &*((base + offset) as *const AtomicU32) }
+/// The `u32` words at `offsets` of a ring region, as a peer with write access sees them.
+fn words<const N: usize>(region: &mut Region, offsets: [usize; N]) -> [&AtomicU32; N] {
+    let (base, len) = (region.ptr(), region.len());
+    offsets.map(|off| {
+        assert!(
+            off + 4 <= len && off % 4 == 0,
+            "offset {off} is not a u32 of the region"
+        );
+        // SAFETY: in bounds and 4-aligned (asserted; the region is 128-aligned); `AtomicU32`
+        // has the layout of a `u32` and every access to the region's words is atomic; borrowed
+        // from `region`, so it cannot outlive it.
+        unsafe { &*base.add(off).cast::<AtomicU32>() }
+    })
 }
 
 /// Runs `forge` in a loop in its own thread (the hostile peer) while `body` runs.
@@ -100,9 +105,8 @@ fn with_forger<R>(forge: impl Fn() + Sync, body: impl FnOnce() -> R + Send) -> R
 fn forged_parked_count_costs_no_wake_call() {
     const COMMITS: usize = 20_000;
     let (mut region, ring) = make(&config(8, 3, Policy::Lossy));
-    let base = region.ptr() as usize;
-    // SAFETY: offset 260 is `consumers_parked`; the region outlives the scope below.
-    let parked = unsafe { word(base, CONSUMERS_PARKED) };
+    // `consumers_parked`, forged below.
+    let [parked] = words(&mut region, [CONSUMERS_PARKED]);
     let waiter = FutexLike::default();
     let mut producer = ring.producer(1).unwrap();
     // A consumer that only polls (never parks), so the frames go somewhere.
@@ -130,10 +134,8 @@ fn forged_parked_count_costs_no_wake_call() {
 fn forged_count_and_armed_word_cost_at_most_one_wake_per_commit() {
     const COMMITS: usize = 20_000;
     let (mut region, ring) = make(&config(8, 3, Policy::Lossy));
-    let base = region.ptr() as usize;
-    // SAFETY: offsets 256 and 260 are `data_futex` and `consumers_parked`; the region
-    // outlives the scope below.
-    let (futex, parked) = unsafe { (word(base, DATA_FUTEX), word(base, CONSUMERS_PARKED)) };
+    // `data_futex` and `consumers_parked`, forged below.
+    let [futex, parked] = words(&mut region, [DATA_FUTEX, CONSUMERS_PARKED]);
     let waiter = FutexLike::default();
     let mut producer = ring.producer(1).unwrap();
     with_forger(
@@ -159,9 +161,8 @@ fn forged_count_and_armed_word_cost_at_most_one_wake_per_commit() {
 fn a_really_parked_consumer_still_gets_every_frame_under_a_forged_count() {
     const FRAMES: u64 = 300;
     let (mut region, ring) = make(&config(4, 3, Policy::Lossless));
-    let base = region.ptr() as usize;
-    // SAFETY: offset 260 is `consumers_parked`; the region outlives the scope below.
-    let parked = unsafe { word(base, CONSUMERS_PARKED) };
+    // `consumers_parked`, forged below.
+    let [parked] = words(&mut region, [CONSUMERS_PARKED]);
     let waiter = FutexLike::default();
     let mut producer = ring.producer(1).unwrap();
     let mut consumer = ring.consumer(2).unwrap();
@@ -223,9 +224,8 @@ fn a_really_parked_consumer_still_gets_every_frame_under_a_forged_count() {
 fn forged_producer_parked_costs_releases_no_wake_call() {
     const FRAMES: usize = 20_000;
     let (mut region, ring) = make(&config(8, 3, Policy::Lossless));
-    let base = region.ptr() as usize;
-    // SAFETY: offset 268 is `producer_parked`; the region outlives the scope below.
-    let parked = unsafe { word(base, PRODUCER_PARKED) };
+    // `producer_parked`, forged below.
+    let [parked] = words(&mut region, [PRODUCER_PARKED]);
     let waiter = FutexLike::default();
     let mut producer = ring.producer(1).unwrap();
     let mut consumer = ring.consumer(2).unwrap();
@@ -254,9 +254,8 @@ fn forged_producer_parked_costs_releases_no_wake_call() {
 fn a_really_parked_producer_is_still_woken_under_a_forged_count() {
     const FRAMES: u64 = 300;
     let (mut region, ring) = make(&config(1, 1, Policy::Lossless));
-    let base = region.ptr() as usize;
-    // SAFETY: offset 268 is `producer_parked`; the region outlives the scope below.
-    let parked = unsafe { word(base, PRODUCER_PARKED) };
+    // `producer_parked`, forged below.
+    let [parked] = words(&mut region, [PRODUCER_PARKED]);
     let waiter = FutexLike::default();
     let mut producer = ring.producer(1).unwrap();
     let mut consumer = ring.consumer(2).unwrap();

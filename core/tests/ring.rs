@@ -3,13 +3,13 @@
 
 mod common;
 
-use common::{Region, byte, config, make, meta_for};
+use common::{Region, check_frame, config, fill_frame, make};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use voxring_core::{
-    ABI_VERSION, AtomicU32, AttachError, ClaimError, CommitError, CreateError, EvictError,
-    FrameFlags, GrantError, JoinError, LayoutError, Policy, Producer, ReadError, ReleaseError,
-    Ring, RingConfig, SampleFormat, SpinWaiter, WaitOutcome, Waiter,
+    ABI_VERSION, AtomicU32, AttachError, ClaimError, CommitError, Consumer, CreateError,
+    EvictError, FrameFlags, GrantError, JoinError, LayoutError, Policy, Producer, ReadError,
+    ReleaseError, Ring, RingConfig, SampleFormat, SpinWaiter, WaitOutcome, Waiter,
 };
 
 /// Writes up to `n` frames with the test pattern and commits `k` of them; returns how many
@@ -19,19 +19,25 @@ fn write(p: &mut Producer, n: usize, k: usize) -> Result<usize, GrantError> {
     let mut g = p.write_grant(n)?;
     let granted = g.len();
     for mut f in g.frames_mut() {
-        let seq = f.seq();
-        let (sp, ts, fl, len) = meta_for(seq, pb);
-        f.set_sample_pos(sp);
-        f.set_timestamp_ns(ts);
-        f.set_flags(FrameFlags(fl));
-        f.set_len(len).unwrap();
-        for (i, b) in f.payload_mut().iter_mut().enumerate() {
-            *b = byte(seq, i);
-        }
+        fill_frame(&mut f, pb);
     }
     // No consumer of these helpers is parked: the Wake is empty.
     let _ = g.commit(k.min(granted)).unwrap();
     Ok(granted)
+}
+
+/// Joins `count` consumers (owners 10, 11, ...) and runs `body` on each in a thread of its own.
+fn reader_threads<T: Send + 'static>(
+    ring: &Ring,
+    count: u64,
+    body: impl Fn(Consumer) -> T + Copy + Send + 'static,
+) -> Vec<std::thread::JoinHandle<T>> {
+    (0..count)
+        .map(|i| ring.consumer(10 + i).unwrap())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|c| std::thread::spawn(move || body(c)))
+        .collect()
 }
 
 /// Reads up to `n` frames, checks each against the pattern, releases them; returns the seqs.
@@ -41,14 +47,7 @@ fn read(c: &mut voxring_core::Consumer, n: usize) -> Result<Vec<u64>, ReadError>
     let mut seqs = Vec::new();
     for f in g.frames() {
         let m = f.meta();
-        let (sp, ts, fl, len) = meta_for(m.seq, pb);
-        assert_eq!(
-            (m.sample_pos, m.timestamp_ns, m.flags.bits(), m.len),
-            (sp, ts, fl, len)
-        );
-        for (i, &b) in f.payload().iter().enumerate() {
-            assert_eq!(b, byte(m.seq, i), "frame {} byte {}", m.seq, i);
-        }
+        check_frame(&m, f.payload(), pb);
         seqs.push(m.seq);
     }
     // No producer of these helpers is parked: the Wake is empty.
@@ -558,16 +557,7 @@ fn parked_consumer_and_parked_producer_are_woken_across_threads() {
             match p.write_grant(1) {
                 Ok(mut g) => {
                     let pb = ring.payload_bytes();
-                    let mut f = g.frame_mut(0).unwrap();
-                    let seq = f.seq();
-                    let (sp, ts, fl, len) = meta_for(seq, pb);
-                    f.set_sample_pos(sp);
-                    f.set_timestamp_ns(ts);
-                    f.set_flags(FrameFlags(fl));
-                    f.set_len(len).unwrap();
-                    for (i, b) in f.payload_mut().iter_mut().enumerate() {
-                        *b = byte(seq, i);
-                    }
+                    fill_frame(&mut g.frame_mut(0).unwrap(), pb);
                     g.commit_all().wake(&*waiter);
                     sent += 1;
                     continue;
@@ -590,27 +580,21 @@ fn parked_consumer_and_parked_producer_are_woken_across_threads() {
 fn lossless_threads_deliver_every_frame_to_every_consumer_in_order() {
     const N: u64 = 5_000;
     let (_region, ring) = make(&config(8, 3, Policy::Lossless));
-    let consumers: Vec<_> = (0..3).map(|i| ring.consumer(10 + i).unwrap()).collect();
-    let readers: Vec<_> = consumers
-        .into_iter()
-        .map(|mut c| {
-            std::thread::spawn(move || {
-                let mut next = 0u64;
-                while next < N {
-                    match read(&mut c, 3) {
-                        Ok(seqs) => {
-                            for s in seqs {
-                                assert_eq!(s, next);
-                                next += 1;
-                            }
-                        }
-                        Err(ReadError::Empty) => std::thread::yield_now(),
-                        Err(e) => panic!("{e}"),
+    let readers = reader_threads(&ring, 3, |mut c| {
+        let mut next = 0u64;
+        while next < N {
+            match read(&mut c, 3) {
+                Ok(seqs) => {
+                    for s in seqs {
+                        assert_eq!(s, next);
+                        next += 1;
                     }
                 }
-            })
-        })
-        .collect();
+                Err(ReadError::Empty) => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    });
     let mut p = ring.producer(1).unwrap();
     let mut sent = 0;
     while sent < N as usize {
@@ -629,59 +613,46 @@ fn lossless_threads_deliver_every_frame_to_every_consumer_in_order() {
 fn lossy_threads_account_for_every_frame() {
     const N: u64 = 20_000;
     let (_region, ring) = make(&config(4, 2, Policy::Lossy));
-    let consumers: Vec<_> = (0..2).map(|i| ring.consumer(10 + i).unwrap()).collect();
-    let readers: Vec<_> = consumers
-        .into_iter()
-        .map(|mut c| {
-            std::thread::spawn(move || {
-                let pb = c.ring().payload_bytes();
-                let (mut delivered, mut lost, mut next) = (0u64, 0u64, 0u64);
-                loop {
-                    match c.read_grant(2) {
-                        Ok(g) => {
-                            assert_eq!(g.first_seq(), next);
-                            // Copy out, then validate at release (seqlock style).
-                            let frames: Vec<_> = g
-                                .frames()
-                                .map(|f| (f.meta(), f.payload().to_vec()))
-                                .collect();
-                            let bad = match g.release_all() {
-                                Ok(_) => 0,
-                                Err(ReleaseError::Overwritten { frames }) => frames as usize,
-                                Err(e) => panic!("{e}"),
-                            };
-                            lost += bad as u64;
-                            for (m, data) in &frames[bad..] {
-                                let (sp, ts, fl, len) = meta_for(m.seq, pb);
-                                assert_eq!(
-                                    (m.sample_pos, m.timestamp_ns, m.flags.bits(), m.len),
-                                    (sp, ts, fl, len)
-                                );
-                                for (i, &b) in data.iter().enumerate() {
-                                    assert_eq!(b, byte(m.seq, i));
-                                }
-                                delivered += 1;
-                            }
-                            next += frames.len() as u64;
-                        }
-                        Err(ReadError::Lost { frames }) => {
-                            lost += frames;
-                            next += frames;
-                        }
-                        Err(ReadError::Empty) => {
-                            if next >= N {
-                                break;
-                            }
-                            std::thread::yield_now();
-                        }
+    let readers = reader_threads(&ring, 2, |mut c| {
+        let pb = c.ring().payload_bytes();
+        let (mut delivered, mut lost, mut next) = (0u64, 0u64, 0u64);
+        loop {
+            match c.read_grant(2) {
+                Ok(g) => {
+                    assert_eq!(g.first_seq(), next);
+                    // Copy out, then validate at release (seqlock style).
+                    let frames: Vec<_> = g
+                        .frames()
+                        .map(|f| (f.meta(), f.payload().to_vec()))
+                        .collect();
+                    let bad = match g.release_all() {
+                        Ok(_) => 0,
+                        Err(ReleaseError::Overwritten { frames }) => frames as usize,
                         Err(e) => panic!("{e}"),
+                    };
+                    lost += bad as u64;
+                    for (m, data) in &frames[bad..] {
+                        check_frame(m, data, pb);
+                        delivered += 1;
                     }
-                    assert_eq!(c.read_pos(), next);
+                    next += frames.len() as u64;
                 }
-                (delivered, lost, c.lost_frames())
-            })
-        })
-        .collect();
+                Err(ReadError::Lost { frames }) => {
+                    lost += frames;
+                    next += frames;
+                }
+                Err(ReadError::Empty) => {
+                    if next >= N {
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+                Err(e) => panic!("{e}"),
+            }
+            assert_eq!(c.read_pos(), next);
+        }
+        (delivered, lost, c.lost_frames())
+    });
     let mut p = ring.producer(1).unwrap();
     let mut sent = 0;
     while sent < N as usize {

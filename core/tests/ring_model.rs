@@ -11,11 +11,11 @@
 
 mod common;
 
-use common::{byte, config, make, meta_for};
+use common::{check_frame, config, fill_frame, make};
 use proptest::prelude::*;
 use std::collections::VecDeque;
 use voxring_core::{
-    Consumer, FrameFlags, GrantError, JoinError, Policy, Producer, ReadError, ReleaseError, Ring,
+    Consumer, GrantError, JoinError, Policy, Producer, ReadError, ReleaseError, Ring,
 };
 
 #[derive(Clone, Debug)]
@@ -180,15 +180,7 @@ impl Harness {
         assert_eq!(g.len() as u64, expected);
         assert_eq!(g.first_seq(), self.w);
         for mut f in g.frames_mut() {
-            let seq = f.seq();
-            let (sp, ts, fl, len) = meta_for(seq, pb);
-            f.set_sample_pos(sp);
-            f.set_timestamp_ns(ts);
-            f.set_flags(FrameFlags(fl));
-            f.set_len(len).unwrap();
-            for (i, b) in f.payload_mut().iter_mut().enumerate() {
-                *b = byte(seq, i);
-            }
+            fill_frame(&mut f, pb);
         }
         let k = k.min(g.len());
         let granted = g.len() as u64;
@@ -233,22 +225,7 @@ impl Harness {
             for (f, &seq) in g.frames().zip(&granted) {
                 let meta = f.meta();
                 assert_eq!(meta.seq, seq);
-                let (sp, ts, fl, l) = meta_for(seq, pb);
-                assert_eq!(
-                    (
-                        meta.sample_pos,
-                        meta.timestamp_ns,
-                        meta.flags.bits(),
-                        meta.len
-                    ),
-                    (sp, ts, fl, l)
-                );
-                assert!(
-                    f.payload()
-                        .iter()
-                        .enumerate()
-                        .all(|(i, &b)| b == byte(seq, i))
-                );
+                check_frame(&meta, f.payload(), pb);
             }
             let k = k.min(len);
             if let Some((wn, wk)) = during {

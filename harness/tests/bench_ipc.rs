@@ -5,6 +5,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
+use common::voxring;
+
 const FIELDS: [&str; 9] = [
     "transport",
     "payload_bytes",
@@ -16,6 +20,9 @@ const FIELDS: [&str; 9] = [
     "cpu_ns_per_msg",
     "producer_syscalls_per_msg",
 ];
+
+/// One 64-byte payload, 50 messages, the JSON on stdout.
+const SMALL_RUN_JSON_TO_STDOUT: [&str; 6] = ["--payloads", "64", "--messages", "50", "--json", "-"];
 
 fn python_with_numpy() -> bool {
     let mut candidates: Vec<String> = std::env::var("VOXRING_PYTHON").into_iter().collect();
@@ -34,7 +41,7 @@ fn quick_run_covers_every_transport_and_the_json_has_every_field() {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let json = dir.path().join("ipc.json");
     let svg = dir.path().join("ipc.svg");
-    let out = Command::new(env!("CARGO_BIN_EXE_voxring"))
+    let out = voxring()
         .args([
             "bench",
             "ipc",
@@ -118,19 +125,9 @@ fn quick_run_covers_every_transport_and_the_json_has_every_field() {
 
 #[test]
 fn json_to_stdout_is_only_json() {
-    let out = Command::new(env!("CARGO_BIN_EXE_voxring"))
-        .args([
-            "bench",
-            "ipc",
-            "--transports",
-            "cacheline,uds",
-            "--payloads",
-            "64",
-            "--messages",
-            "50",
-            "--json",
-            "-",
-        ])
+    let out = voxring()
+        .args(["bench", "ipc", "--transports", "cacheline,uds"])
+        .args(SMALL_RUN_JSON_TO_STDOUT)
         .output()
         .expect("run voxring");
     assert!(
@@ -147,7 +144,7 @@ fn json_to_stdout_is_only_json() {
 
 #[test]
 fn bad_payload_is_refused_with_a_reason() {
-    let out = Command::new(env!("CARGO_BIN_EXE_voxring"))
+    let out = voxring()
         .args(["bench", "ipc", "--payloads", "100"])
         .output()
         .expect("run voxring");
@@ -158,7 +155,7 @@ fn bad_payload_is_refused_with_a_reason() {
 
 #[test]
 fn a_producer_without_its_descriptor_fails_cleanly() {
-    let out = Command::new(env!("CARGO_BIN_EXE_voxring"))
+    let out = voxring()
         .args([
             "bench",
             "ipc",
@@ -251,19 +248,8 @@ fn c_voxring_ignores_build_folders_planted_for_coming_pids() {
     for _attempt in 0..3 {
         let planted = plant_for_coming_pids(&tmp, &victim);
         let child = Command::new(&exe)
-            .args([
-                "bench",
-                "ipc",
-                "--quick",
-                "--transports",
-                "c-voxring",
-                "--payloads",
-                "64",
-                "--messages",
-                "50",
-                "--json",
-                "-",
-            ])
+            .args(["bench", "ipc", "--quick", "--transports", "c-voxring"])
+            .args(SMALL_RUN_JSON_TO_STDOUT)
             .env("TMPDIR", &tmp)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

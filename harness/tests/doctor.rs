@@ -8,6 +8,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+
+use common::voxring;
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -89,7 +93,7 @@ fn compare(root: &Path, label: &str) -> BTreeMap<String, String> {
     check.arg("--json");
     with_env(&mut check, root);
     let check_out = check.output().expect("run kernel-tuning/check");
-    let mut doctor = Command::new(env!("CARGO_BIN_EXE_voxring"));
+    let mut doctor = voxring();
     doctor.args(["doctor", "--json", "-", "--no-probes"]);
     with_env(&mut doctor, root);
     let doctor_out = doctor.output().expect("run voxring doctor");
@@ -245,7 +249,7 @@ fn root_option_and_probes_report_their_own_ids() {
     let t = TempDir::new("probes");
     make_tree("good", &t.0);
     let json = t.0.join("out.json");
-    let mut doctor = Command::new(env!("CARGO_BIN_EXE_voxring"));
+    let mut doctor = voxring();
     doctor
         .args(["doctor", "--probe-seconds", "0.05", "--root"])
         .arg(&t.0)
@@ -288,7 +292,7 @@ fn root_option_and_probes_report_their_own_ids() {
 
 #[test]
 fn bad_probe_duration_is_a_usage_error() {
-    let out = Command::new(env!("CARGO_BIN_EXE_voxring"))
+    let out = voxring()
         .args(["doctor", "--probe-seconds", "0"])
         .output()
         .expect("run voxring doctor");

@@ -10,6 +10,10 @@ use std::os::unix::fs::MetadataExt as _;
 
 use serde_json::Value;
 
+mod common;
+
+use common::{TestDir, is_root, voxring_run};
+
 /// The run's JSON report; a missing or unreadable one fails with what the run printed.
 fn read_report(path: &Path, context: &str) -> Value {
     let text = std::fs::read_to_string(path)
@@ -17,26 +21,34 @@ fn read_report(path: &Path, context: &str) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{context}"))
 }
 
-fn voxring() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_voxring"))
+/// Spawns `cmd` with its stdout and stderr piped.
+fn spawn_piped(cmd: &mut Command) -> std::process::Child {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start voxring")
 }
 
-/// A private folder for this test's files (tempfile), removed when dropped.
-struct TestDir(tempfile::TempDir);
+/// Waits for a run to end, reads its JSON report at `json` and checks the run went right
+/// ([`assert_ran_correctly`]); returns the report, the run's stdout and its PID.
+fn finish_and_check(child: std::process::Child, json: &Path) -> (Value, String, u32) {
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let context = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    let report = read_report(json, &context);
+    assert_ran_correctly(out.status.code(), &report, &context);
+    (report, stdout, pid)
+}
 
-impl TestDir {
-    fn new(name: &str) -> Self {
-        Self(
-            tempfile::Builder::new()
-                .prefix(&format!("voxring-test-{name}-"))
-                .tempdir()
-                .unwrap(),
-        )
-    }
-
-    fn path(&self) -> &Path {
-        self.0.path()
-    }
+/// Whether one of the report's `failures` contains `text`.
+fn failures_mention(report: &Value, text: &str) -> bool {
+    report["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f.as_str().unwrap().contains(text))
 }
 
 /// `/dev/shm` entries a run with orchestrator `pid` would create (`voxring.run-<pid>-...`).
@@ -188,36 +200,17 @@ fn run_and_check(device: &str, seconds: &str, name: &str) {
     .iter()
     .map(|p| plant_symlink(p, victims.path()))
     .collect();
-    let child = voxring()
-        .args([
-            "run",
-            "--device",
-            device,
-            "--seconds",
-            seconds,
-            "--no-progress",
-        ])
-        .args(["--agents", "vad,recorder,echo"])
-        .arg("--json")
-        .arg(&json)
-        .arg("--wav")
-        .arg(&wav)
-        .arg("--report")
-        .arg(&report_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let report = read_report(&json, &format!("stdout:\n{stdout}\nstderr:\n{stderr}"));
-    assert_ran_correctly(
-        out.status.code(),
-        &report,
-        &format!("stdout:\n{stdout}\nstderr:\n{stderr}"),
+    let child = spawn_piped(
+        voxring_run(device, seconds)
+            .args(["--agents", "vad,recorder,echo"])
+            .arg("--json")
+            .arg(&json)
+            .arg("--wav")
+            .arg(&wav)
+            .arg("--report")
+            .arg(&report_dir),
     );
+    let (report, stdout, pid) = finish_and_check(child, &json);
     for victim in &planted {
         assert_eq!(
             std::fs::read(victim).unwrap(),
@@ -341,23 +334,12 @@ fn ctrl_c_stops_with_a_partial_report_exit_130_and_no_leftovers() {
     let dir = TestDir::new("sigint");
     let json = dir.path().join("run.json");
     // No --wav: the recording goes to a temporary file that must be gone afterwards.
-    let mut child = voxring()
-        .args([
-            "run",
-            "--device",
-            "synthetic",
-            "--seconds",
-            "120",
-            "--no-progress",
-            "--load",
-            "1",
-        ])
-        .arg("--json")
-        .arg(&json)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(
+        voxring_run("synthetic", "120")
+            .args(["--load", "1"])
+            .arg("--json")
+            .arg(&json),
+    );
     let pid = child.id();
     // Wait until the pipeline runs (the CPU hog is started once every agent is ready, just
     // before the device), then let frames flow.
@@ -389,7 +371,7 @@ fn ctrl_c_stops_with_a_partial_report_exit_130_and_no_leftovers() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("interrupted"), "{stdout}");
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = read_report(&json, &stdout);
     assert_eq!(report["interrupted"], true);
     let produced = report["producer"]["frames"].as_u64().unwrap();
     assert!(produced > 0, "{report}");
@@ -403,17 +385,7 @@ fn ctrl_c_stops_with_a_partial_report_exit_130_and_no_leftovers() {
 
 #[test]
 fn a_missing_alsa_device_is_a_clear_error() {
-    let out = voxring()
-        .args([
-            "run",
-            "--device",
-            "no-such-pcm-xyz",
-            "--seconds",
-            "1",
-            "--no-progress",
-        ])
-        .output()
-        .unwrap();
+    let out = voxring_run("no-such-pcm-xyz", "1").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -439,16 +411,24 @@ fn python_with_numpy() -> Option<String> {
     })
 }
 
+/// True (and says the test is skipped) when there is no Python 3 with numpy; under CI
+/// nothing is skipped: a missing numpy is a failure there.
+fn skip_without_numpy() -> bool {
+    if python_with_numpy().is_some() {
+        return false;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "no Python 3 with numpy (VOXRING_PYTHON, python3, /usr/bin/python3): install \
+         python3-numpy or set VOXRING_PYTHON"
+    );
+    println!("skipped: no Python 3 with numpy (set VOXRING_PYTHON to run this test)");
+    true
+}
+
 #[test]
 fn a_python_agent_gets_every_frame_over_shared_memory() {
-    if python_with_numpy().is_none() {
-        // Under CI nothing is skipped: a missing numpy is a failure there.
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "no Python 3 with numpy (VOXRING_PYTHON, python3, /usr/bin/python3): install \
-             python3-numpy or set VOXRING_PYTHON"
-        );
-        println!("skipped: no Python 3 with numpy (set VOXRING_PYTHON to run this test)");
+    if skip_without_numpy() {
         return;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -457,33 +437,14 @@ fn a_python_agent_gets_every_frame_over_shared_memory() {
         .unwrap();
     let dir = TestDir::new("python");
     let json = dir.path().join("run.json");
-    let child = voxring()
-        .args([
-            "run",
-            "--device",
-            "synthetic",
-            "--seconds",
-            "3",
-            "--no-progress",
-        ])
-        .arg("--agents")
-        .arg(format!("recorder,python:{}", script.display()))
-        .arg("--json")
-        .arg(&json)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let report = read_report(&json, &format!("stdout:\n{stdout}\nstderr:\n{stderr}"));
-    assert_ran_correctly(
-        out.status.code(),
-        &report,
-        &format!("stdout:\n{stdout}\nstderr:\n{stderr}"),
+    let child = spawn_piped(
+        voxring_run("synthetic", "3")
+            .arg("--agents")
+            .arg(format!("recorder,python:{}", script.display()))
+            .arg("--json")
+            .arg(&json),
     );
+    let (report, stdout, pid) = finish_and_check(child, &json);
     let produced = report["producer"]["frames"].as_u64().unwrap();
     assert!(produced > 0, "no frame was produced: {report}");
     let py = agent(&report, "python:agent.py");
@@ -511,15 +472,7 @@ fn a_python_agent_gets_every_frame_over_shared_memory() {
 
 #[test]
 fn a_missing_python_agent_script_is_a_clear_error() {
-    let out = voxring()
-        .args([
-            "run",
-            "--device",
-            "synthetic",
-            "--seconds",
-            "1",
-            "--no-progress",
-        ])
+    let out = voxring_run("synthetic", "1")
         .args(["--agents", "recorder,python:/nonexistent/agent.py"])
         .output()
         .unwrap();
@@ -537,10 +490,6 @@ fn a_missing_python_agent_script_is_a_clear_error() {
 
 /// A generous bound to give up waiting (never asserted as a time).
 const GIVE_UP: Duration = Duration::from_secs(120);
-
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
 
 /// The process exists and is not a zombie.
 fn alive(pid: u32) -> bool {
@@ -603,6 +552,39 @@ fn remove_segments_of(pid: u32) {
 /// A started `voxring run`, killed (SIGKILL, by PID) and reaped when dropped if still running.
 struct Running(std::process::Child);
 
+impl Running {
+    /// Starts `cmd` with its output discarded.
+    fn quiet(cmd: &mut Command) -> Self {
+        Self(
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start voxring"),
+        )
+    }
+
+    /// Waits (giving up after [`GIVE_UP`]) until the run ends; its exit code. `hung` says
+    /// what it means when the run never ends.
+    fn exit_code(&mut self, hung: &str) -> Option<i32> {
+        let mut status = None;
+        assert!(
+            wait_until(|| {
+                status = self.0.try_wait().unwrap();
+                status.is_some()
+            }),
+            "{hung}"
+        );
+        status.unwrap().code()
+    }
+
+    /// What the ended run wrote to its piped stdout.
+    fn stdout(&mut self) -> String {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut self.0.stdout.take().unwrap(), &mut text).unwrap();
+        text
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         if self.0.try_wait().ok().flatten().is_none() {
@@ -621,15 +603,11 @@ fn the_temporary_recording_cannot_be_redirected_is_private_and_dies_with_a_kille
     for round in 0..3 {
         let tmp = TestDir::new(&format!("tmpdir-{round}"));
         let victims = TestDir::new(&format!("tmpdir-victims-{round}"));
-        let child = voxring()
-            .args(["run", "--device", "synthetic", "--seconds", "600"])
-            .args(["--no-progress", "--agents", "vad,recorder,echo"])
-            .env("TMPDIR", tmp.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let run = Running(child);
+        let run = Running::quiet(
+            voxring_run("synthetic", "600")
+                .args(["--agents", "vad,recorder,echo"])
+                .env("TMPDIR", tmp.path()),
+        );
         let pid = run.0.id();
         // The prefix is readable from /dev/shm before the recorder starts: plant at once.
         assert!(
@@ -710,22 +688,12 @@ fn the_temporary_recording_cannot_be_redirected_is_private_and_dies_with_a_kille
 fn killing_an_agent_fails_the_run(role: &str) {
     let dir = TestDir::new(&format!("kill-{role}"));
     let json = dir.path().join("run.json");
-    let child = voxring()
-        .args(["run", "--device", "synthetic", "--seconds", "600"])
-        .args([
-            "--no-progress",
-            "--load",
-            "1",
-            "--agents",
-            "vad,recorder,echo",
-        ])
-        .arg("--json")
-        .arg(&json)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut run = Running(child);
+    let mut run = Running(spawn_piped(
+        voxring_run("synthetic", "600")
+            .args(["--load", "1", "--agents", "vad,recorder,echo"])
+            .arg("--json")
+            .arg(&json),
+    ));
     let pid = run.0.id();
     // The CPU hog starts once every agent said `ready`: the pipeline is running then.
     assert!(
@@ -734,17 +702,11 @@ fn killing_an_agent_fails_the_run(role: &str) {
     );
     let agent = child_with(pid, &["--role", role]).expect("the agent's process");
     sigkill(agent);
-    let mut code = None;
-    assert!(
-        wait_until(|| {
-            code = run.0.try_wait().unwrap();
-            code.is_some()
-        }),
+    let code = run.exit_code(&format!(
         "voxring run did not stop after its {role} agent died"
-    );
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut run.0.stdout.take().unwrap(), &mut stdout).unwrap();
-    assert_eq!(code.unwrap().code(), Some(1), "{stdout}");
+    ));
+    let stdout = run.stdout();
+    assert_eq!(code, Some(1), "{stdout}");
     let verdict = stdout
         .lines()
         .find(|l| l.starts_with("verdict:"))
@@ -753,14 +715,10 @@ fn killing_an_agent_fails_the_run(role: &str) {
         verdict.starts_with("verdict: failed") && verdict.contains(&format!("the {role} agent")),
         "{stdout}"
     );
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = read_report(&json, &stdout);
     assert_eq!(report["verdict"], "failed");
     assert!(
-        report["failures"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f.as_str().unwrap().contains(&format!("the {role} agent"))),
+        failures_mention(&report, &format!("the {role} agent")),
         "{report}"
     );
     assert_nothing_left(pid);
@@ -778,17 +736,7 @@ fn killing_the_recorder_fails_the_run() {
 
 #[test]
 fn a_run_shorter_than_one_cycle_is_a_usage_error() {
-    let out = voxring()
-        .args([
-            "run",
-            "--device",
-            "synthetic",
-            "--seconds",
-            "1e-9",
-            "--no-progress",
-        ])
-        .output()
-        .unwrap();
+    let out = voxring_run("synthetic", "1e-9").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("shorter than one cycle"), "{err}");
@@ -800,35 +748,21 @@ fn a_run_shorter_than_one_cycle_is_a_usage_error() {
 fn a_recording_that_differs_from_what_was_produced_fails_the_run() {
     let dir = TestDir::new("crc");
     let json = dir.path().join("run.json");
-    let child = voxring()
-        .args([
-            "run",
-            "--device",
-            "synthetic",
-            "--seconds",
-            "1",
-            "--no-progress",
-        ])
-        .args(["--agents", "recorder"])
-        .arg("--json")
-        .arg(&json)
-        .env("VOXRING_TEST_CORRUPT_RECORDING", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_piped(
+        voxring_run("synthetic", "1")
+            .args(["--agents", "recorder"])
+            .arg("--json")
+            .arg(&json)
+            .env("VOXRING_TEST_CORRUPT_RECORDING", "1"),
+    );
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = read_report(&json, &stdout);
     assert_eq!(report["verdict"], "failed");
     assert!(
-        report["failures"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f.as_str().unwrap().contains("recorder agent's CRC-32")),
+        failures_mention(&report, "recorder agent's CRC-32"),
         "{report}"
     );
     assert!(stdout.contains("verdict: failed"), "{stdout}");
@@ -872,35 +806,17 @@ fn an_unwritable_json_folder_is_refused_before_the_run_starts() {
     let mut targets = vec![PathBuf::from("/nonexistent-voxring-dir/run.json")];
     targets.extend(ro.as_ref().map(|m| m.path().join("run.json")));
     for json in targets {
-        let child = voxring()
-            .args([
-                "run",
-                "--device",
-                "synthetic",
-                "--seconds",
-                "86400",
-                "--no-progress",
-            ])
-            .arg("--json")
-            .arg(&json)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut run = Running(child);
+        let mut run = Running(spawn_piped(
+            voxring_run("synthetic", "86400").arg("--json").arg(&json),
+        ));
         let pid = run.0.id();
-        let mut code = None;
-        assert!(
-            wait_until(|| {
-                code = run.0.try_wait().unwrap();
-                code.is_some()
-            }),
+        let code = run.exit_code(&format!(
             "voxring run started a run with an unwritable --json {}",
             json.display()
-        );
+        ));
         let mut err = String::new();
         std::io::Read::read_to_string(&mut run.0.stderr.take().unwrap(), &mut err).unwrap();
-        assert_eq!(code.unwrap().code(), Some(2), "{err}");
+        assert_eq!(code, Some(2), "{err}");
         assert!(
             err.contains(&json.display().to_string()) && err.contains("nothing was run"),
             "{err}"
@@ -916,22 +832,11 @@ fn an_unwritable_json_folder_is_refused_before_the_run_starts() {
 /// 2, results still on stdout), and no partial file is left.
 #[test]
 fn a_json_on_a_full_disk_leaves_no_partial_file() {
-    if !is_root() {
-        println!("skipped: needs root to mount a small tmpfs");
-        return;
-    }
+    common::root_only!("mount a small tmpfs");
     let fs = Tmpfs::mount("fulljson", c"size=64k", rustix::mount::MountFlags::empty());
     fill(fs.path());
     let json = fs.path().join("run.json");
-    let out = voxring()
-        .args([
-            "run",
-            "--device",
-            "synthetic",
-            "--seconds",
-            "0.5",
-            "--no-progress",
-        ])
+    let out = voxring_run("synthetic", "0.5")
         .args(["--agents", "vad"])
         .arg("--json")
         .arg(&json)
@@ -960,46 +865,24 @@ fn a_json_on_a_full_disk_leaves_no_partial_file() {
 /// dies on ENOSPC, the run stops and fails (exit 1) saying so, and leaves no partial WAV.
 #[test]
 fn a_recording_on_a_full_disk_fails_the_run_and_leaves_nothing() {
-    if !is_root() {
-        println!("skipped: needs root to mount a small tmpfs");
-        return;
-    }
+    common::root_only!("mount a small tmpfs");
     let fs = Tmpfs::mount("fullwav", c"size=64k", rustix::mount::MountFlags::empty());
     let dir = TestDir::new("fullwav-json");
     let json = dir.path().join("run.json");
     let wav = fs.path().join("rec.wav");
-    let child = voxring()
-        .args([
-            "run",
-            "--device",
-            "synthetic",
-            "--seconds",
-            "600",
-            "--no-progress",
-        ])
-        .args(["--agents", "vad,recorder"])
-        .arg("--json")
-        .arg(&json)
-        .arg("--wav")
-        .arg(&wav)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut run = Running(child);
+    let mut run = Running(spawn_piped(
+        voxring_run("synthetic", "600")
+            .args(["--agents", "vad,recorder"])
+            .arg("--json")
+            .arg(&json)
+            .arg("--wav")
+            .arg(&wav),
+    ));
     let pid = run.0.id();
-    let mut code = None;
-    assert!(
-        wait_until(|| {
-            code = run.0.try_wait().unwrap();
-            code.is_some()
-        }),
-        "voxring run went on after its recorder hit a full disk"
-    );
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut run.0.stdout.take().unwrap(), &mut stdout).unwrap();
-    assert_eq!(code.unwrap().code(), Some(1), "{stdout}");
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let code = run.exit_code("voxring run went on after its recorder hit a full disk");
+    let stdout = run.stdout();
+    assert_eq!(code, Some(1), "{stdout}");
+    let report = read_report(&json, &stdout);
     assert_eq!(report["verdict"], "failed");
     let failures = report["failures"].to_string();
     assert!(
@@ -1019,12 +902,7 @@ fn a_recording_on_a_full_disk_fails_the_run_and_leaves_nothing() {
 /// `voxring run` it must be gone too (the harness asked for it before exec).
 #[test]
 fn a_python_agent_dies_with_a_killed_run_without_asking() {
-    if python_with_numpy().is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "no Python 3 with numpy (VOXRING_PYTHON, python3, /usr/bin/python3)"
-        );
-        println!("skipped: no Python 3 with numpy (set VOXRING_PYTHON to run this test)");
+    if skip_without_numpy() {
         return;
     }
     let dir = TestDir::new("pdeathsig");
@@ -1034,23 +912,12 @@ fn a_python_agent_dies_with_a_killed_run_without_asking() {
         "import time\nprint('ready', flush=True)\nwhile True:\n    time.sleep(1)\n",
     )
     .unwrap();
-    let child = voxring()
-        .args([
-            "run",
-            "--device",
-            "synthetic",
-            "--seconds",
-            "600",
-            "--no-progress",
-        ])
-        .arg("--agents")
-        // The vad agent is started once the script said `ready` (agents start in order).
-        .arg(format!("python:{},vad", script.display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let run = Running(child);
+    let run = Running::quiet(
+        voxring_run("synthetic", "600")
+            .arg("--agents")
+            // The vad agent is started once the script said `ready` (agents start in order).
+            .arg(format!("python:{},vad", script.display())),
+    );
     let pid = run.0.id();
     let script_arg = script.display().to_string();
     let mut py = None;

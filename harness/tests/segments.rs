@@ -7,9 +7,9 @@ use voxring_core::{Policy, RingConfig, SampleFormat};
 use voxring_linux::ring::Segment;
 use voxring_linux::segment::CreateOptions;
 
-fn voxring() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_voxring"))
-}
+mod common;
+
+use common::voxring;
 
 fn cfg() -> RingConfig {
     RingConfig {
@@ -54,7 +54,9 @@ impl Drop for RemoveOwn {
 
 #[test]
 fn list_shows_live_and_dead_and_clean_removes_only_the_dead() {
-    let prefix = format!("segtest-{}-", std::process::id());
+    // Not a prefix of the other tests' names: their segments are not this test's to list,
+    // clean or remove (they run in parallel).
+    let prefix = format!("segtest-{}-own-", std::process::id());
     let _cleanup = RemoveOwn(prefix.clone());
     let live_name = format!("{prefix}live");
     let dead_name = format!("{prefix}dead");
@@ -239,29 +241,18 @@ fn clean_leaves_another_users_segment_unless_all_users() {
         "{text}"
     );
 
-    let dry = json_of(&[
+    let dry_run = [
         "segments",
         "clean",
         "--dry-run",
         "--all-users",
         "--prefix",
         &prefix,
-        "--json",
-        "-",
-    ]);
+    ];
+    let dry = json_of(&[&dry_run[..], &["--json", "-"]].concat());
     assert_eq!(dry["removed"], serde_json::json!([file]), "{dry}");
     assert!(std::path::Path::new(&path).exists(), "--dry-run removed it");
-    let text = voxring()
-        .args([
-            "segments",
-            "clean",
-            "--dry-run",
-            "--all-users",
-            "--prefix",
-            &prefix,
-        ])
-        .output()
-        .unwrap();
+    let text = voxring().args(dry_run).output().unwrap();
     assert!(
         String::from_utf8_lossy(&text.stdout)
             .contains(&format!("would remove {file} (no live participant)")),

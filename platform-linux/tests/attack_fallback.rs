@@ -13,13 +13,12 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{ChildGuard, ShmCleanup, env, expect_line, role, spawn_role, unique_name};
+use common::{ChildGuard, env, expect_line, role, spawn_role};
 use voxring_core::Policy;
 use voxring_linux::fallback::{
     FallbackError, FallbackReader, FallbackServer, MAX_READER_BUFFER_BYTES, socket_dir_in,
 };
 use voxring_linux::ring::Segment;
-use voxring_linux::segment::CreateOptions;
 
 /// `nobody`'s uid and gid (65534 where /etc/passwd has no entry).
 fn nobody() -> (u32, u32) {
@@ -80,12 +79,7 @@ fn greeting(frames: u32, spf: u32, format: u32, payload_bytes: u32) -> Vec<u8> {
 }
 
 fn segment(name: &str) -> Segment {
-    Segment::create(
-        name,
-        &common::test_config(Policy::Lossy),
-        &CreateOptions::default(),
-    )
-    .expect("create the segment")
+    common::create_segment(name, &common::test_config(Policy::Lossy))
 }
 
 // ---- child roles (not tests by themselves) ----
@@ -95,9 +89,7 @@ fn segment(name: &str) -> Segment {
 /// a file of ours (`VOXRING_TEST_KIND`).
 #[test]
 fn child_entry_squat() {
-    if role().as_deref() != Some("squat") {
-        return;
-    }
+    common::child_role!("squat");
     let path = PathBuf::from(env("VOXRING_TEST_PATH"));
     let target = path.with_extension("target");
     match env("VOXRING_TEST_KIND").as_str() {
@@ -133,9 +125,7 @@ fn child_entry_squat() {
 /// greeting to everyone who connects, until killed.
 #[test]
 fn child_entry_fake_server() {
-    if role().as_deref() != Some("fake-server") {
-        return;
-    }
+    common::child_role!("fake-server");
     let path = PathBuf::from(env("VOXRING_TEST_PATH"));
     let l = UnixListener::bind(&path).expect("bind");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).expect("chmod");
@@ -151,9 +141,7 @@ fn child_entry_fake_server() {
 /// waits for its stdin to close.
 #[test]
 fn child_entry_bind_server() {
-    if role().as_deref() != Some("bind-server") {
-        return;
-    }
+    common::child_role!("bind-server");
     rustix::process::umask(rustix::fs::Mode::empty());
     let seg = segment(&env("VOXRING_TEST_SEGMENT"));
     let path = PathBuf::from(env("VOXRING_TEST_PATH"));
@@ -173,9 +161,7 @@ fn child_entry_bind_server() {
 /// connected=<successes>`.
 #[test]
 fn child_entry_bind_observer() {
-    if role().as_deref() != Some("bind-observer") {
-        return;
-    }
+    common::child_role!("bind-observer");
     let dir = PathBuf::from(env("VOXRING_TEST_DIR"));
     let stop = PathBuf::from(env("VOXRING_TEST_STOP"));
     let (mut attempts, mut connected) = (0u64, 0u64);
@@ -274,9 +260,7 @@ fn per_user_dir_made_first_by_another_user_is_refused() {
 /// user needed).
 #[test]
 fn loose_socket_directories_are_refused() {
-    if role().is_some() {
-        return;
-    }
+    common::parent_only!();
     let tmp = tempfile::tempdir().expect("temp dir");
     let ours = tmp.path().join(format!("voxring-{}", me()));
     std::fs::create_dir(&ours).expect("mkdir");
@@ -319,8 +303,7 @@ fn squatted_socket_name_is_refused_and_left_alone() {
         return;
     }
     let (nobody_uid, _) = nobody();
-    let name = unique_name("fbsquat");
-    let _c = ShmCleanup(name.clone());
+    let (name, _c) = common::scratch("fbsquat");
     let seg = segment(&name);
     for (kind, says) in [
         ("socket", format!("socket of uid {nobody_uid}")),
@@ -409,9 +392,7 @@ fn reader_refuses_a_server_run_by_another_user() {
 /// the limit allows still connects.
 #[test]
 fn hostile_greeting_of_16_tib_is_refused_before_allocating() {
-    if role().is_some() {
-        return;
-    }
+    common::parent_only!();
     let serve_once = |bytes: Vec<u8>| {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("s.sock");
@@ -456,8 +437,7 @@ fn socket_is_never_reachable_by_others_while_bound() {
     if role().is_some() || !root() {
         return;
     }
-    let name = unique_name("fbrace");
-    let _c = ShmCleanup(name.clone());
+    let (name, _c) = common::scratch("fbrace");
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let flags = tempfile::tempdir().expect("temp dir");
@@ -517,11 +497,8 @@ fn socket_is_never_reachable_by_others_while_bound() {
 /// the mode asked for, and the reader (same user) connects.
 #[test]
 fn server_and_reader_meet_in_the_private_directory() {
-    if role().is_some() {
-        return;
-    }
-    let name = unique_name("fbdir");
-    let _c = ShmCleanup(name.clone());
+    common::parent_only!();
+    let (name, _c) = common::scratch("fbdir");
     let seg = segment(&name);
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = socket_dir_in(None, None, tmp.path()).expect("private dir");

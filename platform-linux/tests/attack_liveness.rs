@@ -5,7 +5,7 @@
 //! or another, are never judged dead, squatters or not.
 //!
 //! Every participant and attacker is a real process (this test binary re-executed in a role,
-//! see `common::spawn_role`). Nothing asserts a time: loops run "until evicted" with a generous
+//! see `common::start_role`). Nothing asserts a time: loops run "until evicted" with a generous
 //! give-up bound.
 
 mod common;
@@ -14,13 +14,13 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use common::{
-    ChildGuard, ShmCleanup, consume, env, expect_line, field, produce, role, shm_path, spawn_role,
-    test_config, unique_name,
+    attach_from_env, consume, create_segment, env, expect_line, field, idle_until_killed, produce,
+    scratch, shm_path, start_role, test_config,
 };
 use voxring_core::Policy;
 use voxring_linux::liveness::{TICKET_BASE, pid_of, ticket_of};
 use voxring_linux::ring::{FramesWait, PeerState, Segment, list_segments};
-use voxring_linux::segment::{AttachOptions, CreateOptions};
+use voxring_linux::segment::AttachOptions;
 
 /// How long a loop may try before the test gives up (a bound, never the thing asserted).
 const GIVE_UP: Duration = Duration::from_secs(120);
@@ -55,48 +55,35 @@ fn lock_seen(name: &str, t: u32) -> i32 {
     ticket_lock(f.as_fd(), libc::F_OFD_GETLK, libc::F_WRLCK, t).expect("F_OFD_GETLK")
 }
 
+/// A victim's last words: `<word> token=<its owner token>`; then it idles until killed.
+fn say_token_and_idle(word: &str, token: u64) -> ! {
+    println!("{word} token={token}");
+    idle_until_killed();
+}
+
 /// Child role: attach, join as a consumer, print the owner token, then idle until killed.
 #[test]
 fn child_entry_liveness_victim_consumer() {
-    if role().as_deref() != Some("victim-consumer") {
-        return; // Not a test by itself: the entry point of victim child processes.
-    }
-    let seg = Segment::attach(&env("VOXRING_TEST_SEGMENT"), &AttachOptions::default())
-        .expect("victim attaches");
+    common::child_role!("victim-consumer");
+    let seg = attach_from_env();
     let rx = seg.consumer().expect("victim joins");
-    println!("joined token={}", rx.owner_token());
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    say_token_and_idle("joined", rx.owner_token());
 }
 
 /// Child role: create the segment, claim the producer side, print the token, idle until killed.
 #[test]
 fn child_entry_liveness_victim_producer() {
-    if role().as_deref() != Some("victim-producer") {
-        return; // Not a test by itself: the entry point of victim child processes.
-    }
-    let seg = Segment::create(
-        &env("VOXRING_TEST_SEGMENT"),
-        &test_config(Policy::Lossless),
-        &CreateOptions::default(),
-    )
-    .expect("victim creates");
+    common::child_role!("victim-producer");
+    let seg = create_segment(&env("VOXRING_TEST_SEGMENT"), &test_config(Policy::Lossless));
     let tx = seg.producer().expect("victim claims the producer side");
-    println!("ready token={}", tx.owner_token());
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    say_token_and_idle("ready", tx.owner_token());
 }
 
 /// Child role: a consumer in another process that reads every frame until the end of stream.
 #[test]
 fn child_entry_liveness_reader() {
-    if role().as_deref() != Some("reader") {
-        return; // Not a test by itself: the entry point of reader child processes.
-    }
-    let seg = Segment::attach(&env("VOXRING_TEST_SEGMENT"), &AttachOptions::default())
-        .expect("reader attaches");
+    common::child_role!("reader");
+    let seg = attach_from_env();
     let mut rx = seg.consumer().expect("reader joins");
     rx.set_liveness_interval(Duration::from_millis(5));
     println!("joined token={}", rx.owner_token());
@@ -112,9 +99,7 @@ fn child_entry_liveness_reader() {
 /// the victim's own lock goes (`F_OFD_SETLKW` blocks until then). Holds it until killed.
 #[test]
 fn child_entry_liveness_squatter() {
-    if role().as_deref() != Some("squatter") {
-        return; // Not a test by itself: the entry point of attacker child processes.
-    }
+    common::child_role!("squatter");
     let path = shm_path(&env("VOXRING_TEST_SEGMENT"));
     let token: u64 = env("VOXRING_TEST_TOKEN").parse().unwrap();
     let t = ticket_of(token);
@@ -141,17 +126,7 @@ fn child_entry_liveness_squatter() {
     println!("waiting");
     ticket_lock(file.as_fd(), libc::F_OFD_SETLKW, kind, t).expect("squat the ticket");
     println!("squatting");
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
-fn spawn(entry: &str, role: &str, envs: &[(&str, String)]) -> ChildGuard {
-    ChildGuard(Some(
-        spawn_role(entry, role, envs)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {role}: {e}")),
-    ))
+    idle_until_killed();
 }
 
 /// Kills a consumer, squats its ticket (read-only or with write access), and checks that the
@@ -159,17 +134,11 @@ fn spawn(entry: &str, role: &str, envs: &[(&str, String)]) -> ChildGuard {
 /// `reap`: reap the victim at once (else it stays a zombie until the end: its PID still
 /// exists, and only its state tells it is dead).
 fn squatted_consumer_is_evicted(mode: &str, reap: bool) {
-    let name = unique_name(&format!("squat-{mode}"));
-    let _c = ShmCleanup(name.clone());
-    let seg = Segment::create(
-        &name,
-        &test_config(Policy::Lossless),
-        &CreateOptions::default(),
-    )
-    .expect("create");
+    let (name, _c) = scratch(&format!("squat-{mode}"));
+    let seg = create_segment(&name, &test_config(Policy::Lossless));
     let mut tx = seg.producer().expect("producer");
     let envs = vec![("VOXRING_TEST_SEGMENT", name.clone())];
-    let mut victim = spawn(
+    let mut victim = start_role(
         "child_entry_liveness_victim_consumer",
         "victim-consumer",
         &envs,
@@ -185,7 +154,7 @@ fn squatted_consumer_is_evicted(mode: &str, reap: bool) {
     let mut squat_env = envs.clone();
     squat_env.push(("VOXRING_TEST_TOKEN", token.to_string()));
     squat_env.push(("VOXRING_TEST_MODE", mode.to_owned()));
-    let mut squatter = spawn("child_entry_liveness_squatter", "squatter", &squat_env);
+    let mut squatter = start_role("child_entry_liveness_squatter", "squatter", &squat_env);
     expect_line(squatter.child(), "waiting");
     // Fill the lossless ring: the victim never reads, so the producer is held back by it.
     produce(&mut tx, Some(16), 16);
@@ -245,37 +214,28 @@ fn squatted_consumer_is_evicted(mode: &str, reap: bool) {
 
 #[test]
 fn a_read_only_squatter_cannot_keep_a_killed_consumer_alive() {
-    if role().is_some() {
-        return;
-    }
+    common::parent_only!();
     squatted_consumer_is_evicted("read", true);
 }
 
 #[test]
 fn a_write_capable_squatter_cannot_keep_a_killed_consumer_alive() {
-    if role().is_some() {
-        return;
-    }
+    common::parent_only!();
     squatted_consumer_is_evicted("write", true);
 }
 
 #[test]
 fn a_write_capable_squatter_cannot_keep_a_zombie_consumer_alive() {
-    if role().is_some() {
-        return;
-    }
+    common::parent_only!();
     squatted_consumer_is_evicted("write", false);
 }
 
 #[test]
 fn a_squatted_dead_producer_still_ends_the_stream_and_can_be_replaced() {
-    if role().is_some() {
-        return;
-    }
-    let name = unique_name("squat-prod");
-    let _c = ShmCleanup(name.clone());
+    common::parent_only!();
+    let (name, _c) = scratch("squat-prod");
     let envs = vec![("VOXRING_TEST_SEGMENT", name.clone())];
-    let mut victim = spawn(
+    let mut victim = start_role(
         "child_entry_liveness_victim_producer",
         "victim-producer",
         &envs,
@@ -288,7 +248,7 @@ fn a_squatted_dead_producer_still_ends_the_stream_and_can_be_replaced() {
     let mut squat_env = envs.clone();
     squat_env.push(("VOXRING_TEST_TOKEN", token.to_string()));
     squat_env.push(("VOXRING_TEST_MODE", "write".to_owned()));
-    let mut squatter = spawn("child_entry_liveness_squatter", "squatter", &squat_env);
+    let mut squatter = start_role("child_entry_liveness_squatter", "squatter", &squat_env);
     expect_line(squatter.child(), "waiting");
     victim.kill9();
     expect_line(squatter.child(), "squatting");
@@ -310,20 +270,12 @@ fn a_squatted_dead_producer_still_ends_the_stream_and_can_be_replaced() {
 
 #[test]
 fn live_participants_are_never_judged_dead_even_beside_squatters() {
-    if role().is_some() {
-        return;
-    }
-    let name = unique_name("nofp");
-    let _c = ShmCleanup(name.clone());
-    let seg = Segment::create(
-        &name,
-        &test_config(Policy::Lossless),
-        &CreateOptions::default(),
-    )
-    .expect("create");
+    common::parent_only!();
+    let (name, _c) = scratch("nofp");
+    let seg = create_segment(&name, &test_config(Policy::Lossless));
     let mut tx = seg.producer().expect("producer");
     let envs = vec![("VOXRING_TEST_SEGMENT", name.clone())];
-    let mut reader = spawn("child_entry_liveness_reader", "reader", &envs);
+    let mut reader = start_role("child_entry_liveness_reader", "reader", &envs);
     let token = field(&expect_line(reader.child(), "joined"), "token");
     assert_eq!(pid_of(token), reader.pid());
 

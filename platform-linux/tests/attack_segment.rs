@@ -36,10 +36,6 @@ const FOUR_GIB: u64 = 4 << 30;
 /// `nobody` on Debian and most distributions.
 const NOBODY: u32 = 65534;
 
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
 fn shm() -> OwnedFd {
     rustix::fs::open(
         SHM_DIR,
@@ -131,11 +127,10 @@ fn assert_no_residue(names: &[&str]) {
 
 #[test]
 fn a_segment_grown_to_4_gib_is_refused_without_being_mapped() {
-    let name = unique_name("grown");
-    let _c = ShmCleanup(name.clone());
+    let (name, _c) = common::scratch("grown");
     let cfg = test_config(Policy::Lossless);
     let region = cfg.region_size().unwrap() as u64;
-    let seg = Segment::create(&name, &cfg, &CreateOptions::default()).unwrap();
+    let seg = common::create_segment(&name, &cfg);
     let mut tx = seg.producer().unwrap();
     // A participant attached before the attack.
     let early = Segment::attach(&name, &AttachOptions::default()).unwrap();
@@ -203,14 +198,8 @@ fn a_segment_grown_to_4_gib_is_refused_without_being_mapped() {
 fn a_grown_segment_is_refused_even_with_a_header_claiming_the_larger_size() {
     // The attacker also rewrites the header's region_size to match the grown file: the copy
     // of the header no longer validates (region_size is recomputed from the configuration).
-    let name = unique_name("grownhdr");
-    let _c = ShmCleanup(name.clone());
-    let seg = Segment::create(
-        &name,
-        &test_config(Policy::Lossless),
-        &CreateOptions::default(),
-    )
-    .unwrap();
+    let (name, _c) = common::scratch("grownhdr");
+    let seg = common::create_segment(&name, &test_config(Policy::Lossless));
     let path = shm_path(&name);
     std::fs::OpenOptions::new()
         .write(true)
@@ -290,12 +279,8 @@ fn a_huge_sealed_memfd_is_refused_by_the_receiver() {
 
 #[test]
 fn clean_leaves_another_users_dead_segment_unless_all_users() {
-    if !is_root() {
-        eprintln!("skipped: needs root to give a segment to another user");
-        return;
-    }
-    let name = unique_name("nobody");
-    let _c = ShmCleanup(name.clone());
+    common::root_only!("give a segment to another user");
+    let (name, _c) = common::scratch("nobody");
     dead_segment(&name, Some(NOBODY));
     let fname = file_name(&name).unwrap();
     let path = shm_path(&name);
@@ -338,12 +323,7 @@ fn a_live_segment_swapped_in_between_check_and_removal_is_not_removed() {
         ShmCleanup(aside.clone()),
     );
     dead_segment(&dead, None);
-    let seg = Segment::create(
-        &live,
-        &test_config(Policy::Lossless),
-        &CreateOptions::default(),
-    )
-    .unwrap();
+    let seg = common::create_segment(&live, &test_config(Policy::Lossless));
     let mut rx = seg.consumer().unwrap();
     let mut tx = seg.producer().unwrap();
     let live_meta = std::fs::metadata(shm_path(&live)).unwrap();
@@ -395,10 +375,7 @@ fn a_live_segment_swapped_in_between_check_and_removal_is_not_removed() {
 
 #[test]
 fn another_users_segment_swapped_in_is_not_removed_either() {
-    if !is_root() {
-        eprintln!("skipped: needs root to give a segment to another user");
-        return;
-    }
+    common::root_only!("give a segment to another user");
     let dead = unique_name("swap2dead");
     let theirs = unique_name("swap2theirs");
     let _c = (ShmCleanup(dead.clone()), ShmCleanup(theirs.clone()));
@@ -518,8 +495,7 @@ fn names_exchanged_in_a_loop_never_cost_a_live_segment_its_file() {
 
 #[test]
 fn an_attach_racing_a_clean_up_never_holds_a_removed_segment() {
-    let name = unique_name("attachrace");
-    let _c = ShmCleanup(name.clone());
+    let (name, _c) = common::scratch("attachrace");
     let fname = file_name(&name).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let removed = Arc::new(AtomicU64::new(0));
@@ -587,8 +563,7 @@ fn an_attach_racing_a_clean_up_never_holds_a_removed_segment() {
 /// later clean-up removes the displaced files as the dead segments they are.
 #[test]
 fn a_name_displaced_twice_leaves_no_private_dir_and_a_later_clean_removes_both() {
-    let name = unique_name("twice");
-    let _c = ShmCleanup(name.clone());
+    let (name, _c) = common::scratch("twice");
     let fname = file_name(&name).unwrap();
     let mut held = Vec::new();
     for round in 0..2 {
@@ -662,8 +637,7 @@ fn what_a_clean_up_killed_mid_way_leaves_is_removed_by_the_next() {
         );
         unreachable!("the cleaner survived its SIGKILL");
     }
-    let name = unique_name("killed");
-    let _c = ShmCleanup(name.clone());
+    let (name, _c) = common::scratch("killed");
     let fname = file_name(&name).unwrap();
     dead_segment(&name, None);
     let mut child = ChildGuard(Some(

@@ -8,16 +8,16 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{
-    ChildGuard, ShmCleanup, env, expect_line, produce, role, shm_path, spawn_role, test_config,
-    unique_name,
+    create_segment, env, expect_line, idle_until_killed, mapped_u64, produce, scratch,
+    set_file_len, shm_path, start_role, test_config,
 };
-use voxring_core::{GrantError, Policy};
-use voxring_linux::ring::{PeerState, Segment, WaitError, list_segments};
-use voxring_linux::segment::{AttachOptions, CreateOptions};
+use voxring_core::{GrantError, Policy, RingConfig};
+use voxring_linux::ring::{PeerState, Segment, ShmConsumer, ShmProducer, WaitError, list_segments};
+use voxring_linux::segment::AttachOptions;
 
 /// A bound after which a wait counts as hung (never the thing asserted).
 const GIVE_UP: Duration = Duration::from_secs(120);
@@ -33,20 +33,24 @@ fn several_pages(policy: Policy) -> voxring_core::RingConfig {
     cfg
 }
 
+/// A segment of `config` with its producer and a consumer, both checking liveness every 5 ms
+/// when they wait.
+fn participants(name: &str, config: &RingConfig) -> (Segment, ShmProducer, ShmConsumer) {
+    let seg = create_segment(name, config);
+    let mut tx = seg.producer().expect("producer");
+    tx.set_liveness_interval(Duration::from_millis(5));
+    let mut rx = seg.consumer().expect("join");
+    rx.set_liveness_interval(Duration::from_millis(5));
+    (seg, tx, rx)
+}
+
 /// Child role: create the segment and claim the producer side; once a consumer has joined,
 /// unlink the segment's name and zero its header, keep everything open, and idle until killed.
 #[test]
 fn child_entry_waits_abandoner() {
-    if role().as_deref() != Some("abandoner") {
-        return; // Not a test by itself: the entry point of the abandoning producer.
-    }
+    common::child_role!("abandoner");
     let name = env("VOXRING_TEST_SEGMENT");
-    let seg = Segment::create(
-        &name,
-        &test_config(Policy::Lossless),
-        &CreateOptions::default(),
-    )
-    .expect("abandoner creates");
+    let seg = create_segment(&name, &test_config(Policy::Lossless));
     let _tx = seg.producer().expect("abandoner claims the producer side");
     println!("ready");
     let ring = seg.ring();
@@ -56,36 +60,23 @@ fn child_entry_waits_abandoner() {
         std::thread::sleep(Duration::from_millis(1));
     }
     voxring_linux::segment::unlink(&name).expect("unlink the name");
-    let base = seg.mapping().as_ptr();
     for off in (0..128).step_by(8) {
-        // SAFETY: the header block (128 bytes) is inside the mapping, 8-aligned, and every
-        // word of the region is accessed atomically.
-        let word = unsafe { &*base.add(off).cast::<AtomicU64>() };
         // Relaxed: the waiter's check does not order anything on this store.
-        word.store(0, Ordering::Relaxed);
+        mapped_u64(seg.mapping(), off).store(0, Ordering::Relaxed);
     }
     println!("abandoned");
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    idle_until_killed();
 }
 
 #[test]
 fn a_consumer_waiting_on_an_unlinked_zeroed_segment_gets_an_error() {
-    if role().is_some() {
-        return;
-    }
-    let name = unique_name("abandon");
-    let _c = ShmCleanup(name.clone());
-    let mut producer = ChildGuard(Some(
-        spawn_role(
-            "child_entry_waits_abandoner",
-            "abandoner",
-            &[("VOXRING_TEST_SEGMENT", name.clone())],
-        )
-        .spawn()
-        .expect("spawn the producer"),
-    ));
+    common::parent_only!();
+    let (name, _c) = scratch("abandon");
+    let mut producer = start_role(
+        "child_entry_waits_abandoner",
+        "abandoner",
+        &[("VOXRING_TEST_SEGMENT", name.clone())],
+    );
     expect_line(producer.child(), "ready");
     let seg = Segment::attach(&name, &AttachOptions::default()).expect("attach");
     let mut rx = seg.consumer().expect("join");
@@ -105,26 +96,13 @@ fn a_consumer_waiting_on_an_unlinked_zeroed_segment_gets_an_error() {
 
 #[test]
 fn a_consumer_waiting_on_a_header_a_peer_zeroed_gets_an_error() {
-    if role().is_some() {
-        return;
-    }
-    let name = unique_name("zeroed");
-    let _c = ShmCleanup(name.clone());
-    let seg = Segment::create(
-        &name,
-        &test_config(Policy::Lossy),
-        &CreateOptions::default(),
-    )
-    .expect("create");
-    let _tx = seg.producer().expect("producer");
-    let mut rx = seg.consumer().expect("join");
-    rx.set_liveness_interval(Duration::from_millis(5));
+    common::parent_only!();
+    let (name, _c) = scratch("zeroed");
+    let (_seg, _tx, mut rx) = participants(&name, &test_config(Policy::Lossy));
     // The attacker: another descriptor on the file, with write access, zeroes the magic.
     let peer = Segment::attach(&name, &AttachOptions::default()).expect("peer attaches");
-    // SAFETY: the magic (offset 0, u64) is inside the mapping, aligned, accessed atomically.
-    let magic = unsafe { &*peer.mapping().as_ptr().cast::<AtomicU64>() };
-    // Relaxed: see the abandoner.
-    magic.store(0, Ordering::Relaxed);
+    // The magic is the u64 at offset 0. Relaxed: see the abandoner.
+    mapped_u64(peer.mapping(), 0).store(0, Ordering::Relaxed);
     assert_eq!(
         rx.wait_for_frames(Some(GIVE_UP)),
         Err(WaitError::Abandoned { unlinked: false })
@@ -133,27 +111,12 @@ fn a_consumer_waiting_on_a_header_a_peer_zeroed_gets_an_error() {
 
 #[test]
 fn a_consumer_waiting_on_a_segment_a_peer_shrinks_gets_an_error() {
-    if role().is_some() {
-        return;
-    }
-    let name = unique_name("shrunk");
-    let _c = ShmCleanup(name.clone());
-    let seg = Segment::create(
-        &name,
-        &several_pages(Policy::Lossy),
-        &CreateOptions::default(),
-    )
-    .expect("create");
-    let _tx = seg.producer().expect("producer");
-    let mut rx = seg.consumer().expect("join");
-    rx.set_liveness_interval(Duration::from_millis(5));
+    common::parent_only!();
+    let (name, _c) = scratch("shrunk");
+    let (_seg, _tx, mut rx) = participants(&name, &several_pages(Policy::Lossy));
     // The attacker shrinks the file to its first page: the control blocks the wait touches
     // are still there (no SIGBUS), so only the size check can notice.
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(shm_path(&name))
-        .unwrap();
-    f.set_len(4096).unwrap();
+    set_file_len(&name, 4096);
     assert_eq!(rx.wait_for_frames(Some(GIVE_UP)), Err(WaitError::Truncated));
     assert!(
         !rx.is_truncated(),
@@ -163,31 +126,16 @@ fn a_consumer_waiting_on_a_segment_a_peer_shrinks_gets_an_error() {
 
 #[test]
 fn a_producer_waiting_for_space_on_a_segment_a_peer_shrinks_gets_an_error() {
-    if role().is_some() {
-        return;
-    }
-    let name = unique_name("shrunk-tx");
-    let _c = ShmCleanup(name.clone());
-    let seg = Segment::create(
-        &name,
-        &several_pages(Policy::Lossless),
-        &CreateOptions::default(),
-    )
-    .expect("create");
-    let mut tx = seg.producer().expect("producer");
-    tx.set_liveness_interval(Duration::from_millis(5));
+    common::parent_only!();
+    let (name, _c) = scratch("shrunk-tx");
     // A live consumer that never reads holds the lossless ring full.
-    let _rx = seg.consumer().expect("join");
+    let (seg, mut tx, _rx) = participants(&name, &several_pages(Policy::Lossless));
     produce(&mut tx, Some(64), 64);
     assert!(matches!(
         tx.producer().write_grant(1),
         Err(GrantError::Full)
     ));
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(shm_path(&name))
-        .unwrap();
-    f.set_len(4096).unwrap();
+    set_file_len(&name, 4096);
     assert_eq!(tx.wait_for_space(Some(GIVE_UP)), Err(GrantError::Evicted));
     assert_eq!(seg.check_size(), Err(4096));
 }

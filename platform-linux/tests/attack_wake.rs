@@ -13,14 +13,13 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{
-    ChildGuard, ShmCleanup, env, expect_line, field, fill_payload, role, spawn_role, test_config,
-    unique_name, verify_payload,
+    ChildGuard, attach_from_env, create_segment, env, expect_line, field, fill_payload, mapped_u32,
+    scratch, start_role, test_config, verify_payload,
 };
-use voxring_core::{Policy, WaitOutcome, Waiter};
+use voxring_core::{AtomicU32 as CoreAtomicU32, Policy, WaitOutcome, Waiter};
 use voxring_linux::futex::FutexWaiter;
 use voxring_linux::mapping::SharedMapping;
-use voxring_linux::ring::{FramesWait, Segment};
-use voxring_linux::segment::{AttachOptions, CreateOptions, SegmentFile};
+use voxring_linux::ring::FramesWait;
 
 /// Byte offset of `consumers_parked` in a ring region (core/LAYOUT.md, "Wait block").
 const CONSUMERS_PARKED: usize = 260;
@@ -41,16 +40,11 @@ struct CountingFutex {
 }
 
 impl Waiter for CountingFutex {
-    fn wait(
-        &self,
-        word: &voxring_core::AtomicU32,
-        expected: u32,
-        timeout_ns: Option<u64>,
-    ) -> WaitOutcome {
+    fn wait(&self, word: &CoreAtomicU32, expected: u32, timeout_ns: Option<u64>) -> WaitOutcome {
         self.inner.wait(word, expected, timeout_ns)
     }
 
-    fn wake(&self, word: &voxring_core::AtomicU32) {
+    fn wake(&self, word: &CoreAtomicU32) {
         // Relaxed: a counter read by this thread only.
         self.wakes.fetch_add(1, Ordering::Relaxed);
         self.inner.wake(word);
@@ -59,26 +53,14 @@ impl Waiter for CountingFutex {
 
 /// The `consumers_parked` word of a mapped ring.
 fn parked_word(m: &SharedMapping) -> &AtomicU32 {
-    assert!(
-        m.len() >= CONSUMERS_PARKED + 4,
-        "mapping too small for a ring"
-    );
-    // SAFETY: in bounds (asserted), 4-aligned (the mapping is page-aligned), a `u32` of the
-    // ring layout that every participant accesses atomically; borrowed from the mapping, so
-    // it cannot outlive it.
-    unsafe { &*m.as_ptr().add(CONSUMERS_PARKED).cast::<AtomicU32>() }
+    mapped_u32(m, CONSUMERS_PARKED)
 }
 
 /// Child role: keep `consumers_parked` at a huge value until killed.
 #[test]
 fn child_entry_forger() {
-    if role().as_deref() != Some("forger") {
-        return; // Not a test by itself: the entry point of the forging child process.
-    }
-    // attach_ring: the size comes from the ring's header (a plain `attach` wants the exact
-    // size and refuses a larger file since the issue-11 size checks).
-    let file = SegmentFile::attach_ring(&env("VOXRING_TEST_SEGMENT"), &AttachOptions::default())
-        .expect("forger attaches");
+    common::child_role!("forger");
+    let file = common::attach_file_from_env();
     let m = file.mapping();
     let parked = parked_word(m);
     // Relaxed: a hostile peer needs no ordering; the victims must not rely on any.
@@ -95,12 +77,9 @@ fn child_entry_forger() {
 /// reads `VOXRING_TEST_FRAMES` frames, checking each; prints what it got.
 #[test]
 fn child_entry_parking_consumer() {
-    if role().as_deref() != Some("parker") {
-        return; // Not a test by itself: the entry point of a consumer child process.
-    }
+    common::child_role!("parker");
     let frames: u64 = env("VOXRING_TEST_FRAMES").parse().unwrap();
-    let seg = Segment::attach(&env("VOXRING_TEST_SEGMENT"), &AttachOptions::default())
-        .expect("consumer attaches");
+    let seg = attach_from_env();
     let mut rx = seg.consumer().expect("consumer joins");
     rx.set_spin(Duration::ZERO);
     // One park slice as long as the give-up bound: only a wake call (or a frame already
@@ -157,29 +136,17 @@ fn commit_one(tx: &mut voxring_linux::ring::ShmProducer, n: u64, waiter: &Counti
 
 #[test]
 fn forged_parked_count_costs_no_futex_wake_and_parked_consumers_get_every_frame() {
-    if role().is_some() {
-        return;
-    }
-    let name = unique_name("wake");
-    let _cleanup = ShmCleanup(name.clone());
-    let seg = Segment::create(
-        &name,
-        &test_config(Policy::Lossless),
-        &CreateOptions::default(),
-    )
-    .unwrap();
+    common::parent_only!();
+    let (name, _cleanup) = scratch("wake");
+    let seg = create_segment(&name, &test_config(Policy::Lossless));
     let mut tx = seg.producer().unwrap();
     let parked = parked_word(seg.mapping());
 
-    let mut forger = ChildGuard(Some(
-        spawn_role(
-            "child_entry_forger",
-            "forger",
-            &[("VOXRING_TEST_SEGMENT", name.clone())],
-        )
-        .spawn()
-        .unwrap(),
-    ));
+    let mut forger = start_role(
+        "child_entry_forger",
+        "forger",
+        &[("VOXRING_TEST_SEGMENT", name.clone())],
+    );
     expect_line(forger.child(), "forging");
 
     // 1. The forged count, nobody asleep: the audio thread's commits make no futex syscall.
@@ -203,18 +170,14 @@ fn forged_parked_count_costs_no_futex_wake_and_parked_consumers_get_every_frame(
     //    every frame reaches every one of them, with at most one wake call per commit.
     let mut parkers: Vec<ChildGuard> = (0..3)
         .map(|_| {
-            ChildGuard(Some(
-                spawn_role(
-                    "child_entry_parking_consumer",
-                    "parker",
-                    &[
-                        ("VOXRING_TEST_SEGMENT", name.clone()),
-                        ("VOXRING_TEST_FRAMES", FRAMES.to_string()),
-                    ],
-                )
-                .spawn()
-                .unwrap(),
-            ))
+            start_role(
+                "child_entry_parking_consumer",
+                "parker",
+                &[
+                    ("VOXRING_TEST_SEGMENT", name.clone()),
+                    ("VOXRING_TEST_FRAMES", FRAMES.to_string()),
+                ],
+            )
         })
         .collect();
     for p in &mut parkers {

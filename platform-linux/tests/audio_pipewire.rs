@@ -57,18 +57,33 @@ fn bit_exact<T: Sample>() {
         ..params()
     };
     let attempts = 5;
+    if let Err(why) = first_clean_run(attempts, || bit_exact_run(&mut open::<T>(&p), &p)) {
+        panic!(
+            "no clean run in {attempts}: the machine is too loaded for a {}-frame buffer \
+             (last: {why})",
+            p.buffer_frames
+        );
+    }
+}
+
+/// Runs `run` up to `attempts` times, until one run is clean; else the last run's failure.
+fn first_clean_run(
+    attempts: u32,
+    mut run: impl FnMut() -> Result<(), String>,
+) -> Result<(), String> {
+    let mut last = String::new();
     for attempt in 1..=attempts {
-        let mut dev = open::<T>(&p);
-        match bit_exact_run(&mut dev, &p) {
-            Ok(()) => return,
-            Err(why) if attempt < attempts => eprintln!("attempt {attempt}: {why}; trying again"),
-            Err(why) => panic!(
-                "no clean run in {attempts}: the machine is too loaded for a {}-frame buffer \
-                 (last: {why})",
-                p.buffer_frames
-            ),
+        match run() {
+            Ok(()) => return Ok(()),
+            Err(why) => {
+                if attempt < attempts {
+                    eprintln!("attempt {attempt}: {why}; trying again");
+                }
+                last = why;
+            }
         }
     }
+    Err(last)
 }
 
 fn bit_exact_run<T: Sample>(dev: &mut Duplex<T>, p: &StreamParams) -> Result<(), String> {
@@ -185,16 +200,10 @@ fn round_trip_is_one_buffer_plus_at_most_two_quanta() {
     // Like `bit_exact`: an underrun on a loaded machine shifts the round trip; a wrong delay
     // fails every attempt, a scheduling hiccup seldom does. One clean run of five is required.
     let attempts = 5;
-    for attempt in 1..=attempts {
-        let mut dev = open::<f32>(&p);
-        match round_trip_run(&mut dev, &p) {
-            Ok(()) => return,
-            Err(why) if attempt < attempts => eprintln!("attempt {attempt}: {why}; trying again"),
-            Err(why) => panic!(
-                "no clean run in {attempts} (underruns on a loaded machine, or a wrong delay): \
-                 {why}"
-            ),
-        }
+    if let Err(why) = first_clean_run(attempts, || round_trip_run(&mut open::<f32>(&p), &p)) {
+        panic!(
+            "no clean run in {attempts} (underruns on a loaded machine, or a wrong delay): {why}"
+        );
     }
 }
 

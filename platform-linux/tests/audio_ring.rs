@@ -147,11 +147,11 @@ fn a_ring_that_does_not_fit_the_device_is_refused() {
     let (_region, ring) = LocalRegion::new(&cfg(8));
     let waiter = SpinWaiter::default();
     let mut p = ring.producer(1).unwrap();
+    // A 96-frame period: the ring's 128-sample frames do not divide it.
     let params = StreamParams {
-        rate: 48_000,
-        channels: 2,
         period_frames: 96,
         buffer_frames: 288,
+        ..StreamParams::DEFAULT
     };
     let dev = SyntheticDevice::<f32>::new(&params, None).unwrap();
     let e = RingSink::<f32, _>::new(&mut p, &waiter, &dev.granted()).unwrap_err();

@@ -7,27 +7,17 @@
 
 mod common;
 
-use common::{
-    ChildGuard, Rng, ShmCleanup, consume, env, expect_line, field, produce, role, spawn_role,
-    test_config, unique_name,
-};
+use common::{ChildGuard, Rng, consume, env, expect_line, field, produce, test_config};
 use voxring_core::Policy;
 use voxring_linux::cleanup::clean_segments_matching;
 use voxring_linux::ring::{PeerState, Segment, list_segments};
-use voxring_linux::segment::{AttachOptions, CreateOptions};
+use voxring_linux::segment::AttachOptions;
 
 /// Child role: create the segment, claim the producer side, produce until killed.
 #[test]
 fn child_entry_crash_producer() {
-    if role().as_deref() != Some("crash-producer") {
-        return; // Not a test by itself: the entry point of producer child processes.
-    }
-    let seg = Segment::create(
-        &env("VOXRING_TEST_SEGMENT"),
-        &test_config(Policy::Lossless),
-        &CreateOptions::default(),
-    )
-    .expect("producer creates the segment");
+    common::child_role!("crash-producer");
+    let seg = common::create_segment(&env("VOXRING_TEST_SEGMENT"), &test_config(Policy::Lossless));
     let mut tx = seg.producer().expect("producer claims");
     tx.set_liveness_interval(std::time::Duration::from_millis(5));
     println!("ready");
@@ -38,11 +28,8 @@ fn child_entry_crash_producer() {
 /// Child role: attach, join, consume until the end of stream, report.
 #[test]
 fn child_entry_crash_consumer() {
-    if role().as_deref() != Some("crash-consumer") {
-        return; // Not a test by itself: the entry point of consumer child processes.
-    }
-    let seg = Segment::attach(&env("VOXRING_TEST_SEGMENT"), &AttachOptions::default())
-        .expect("consumer attaches");
+    common::child_role!("crash-consumer");
+    let seg = common::attach_from_env();
     let mut rx = seg.consumer().expect("consumer joins");
     rx.set_liveness_interval(std::time::Duration::from_millis(5));
     println!("joined");
@@ -66,33 +53,24 @@ fn sleep_ms(rng: &mut Rng, max: u64) {
 
 #[test]
 fn survivors_carry_on_or_end_cleanly_and_nothing_is_left_behind() {
-    if role().is_some() {
-        return;
-    }
+    common::parent_only!();
     let seed = common::seed();
     eprintln!("crash test seed {seed} (VOXRING_TEST_SEED={seed} replays it)");
     let mut rng = Rng(seed);
     for round in 0..iterations() {
-        let name = unique_name("crash");
-        let _c = ShmCleanup(name.clone());
+        let (name, _c) = common::scratch("crash");
         let file_name = format!("voxring.{name}");
         let envs = vec![
             ("VOXRING_TEST_SEGMENT", name.clone()),
             ("VOXRING_TEST_BATCH", (1 + rng.below(8)).to_string()),
         ];
-        let mut producer = ChildGuard(Some(
-            spawn_role("child_entry_crash_producer", "crash-producer", &envs)
-                .spawn()
-                .expect("spawn producer"),
-        ));
+        let mut producer =
+            common::start_role("child_entry_crash_producer", "crash-producer", &envs);
         expect_line(producer.child(), "ready");
         let mut consumers: Vec<ChildGuard> = (0..2)
             .map(|_| {
-                let mut g = ChildGuard(Some(
-                    spawn_role("child_entry_crash_consumer", "crash-consumer", &envs)
-                        .spawn()
-                        .expect("spawn consumer"),
-                ));
+                let mut g =
+                    common::start_role("child_entry_crash_consumer", "crash-consumer", &envs);
                 expect_line(g.child(), "joined");
                 g
             })

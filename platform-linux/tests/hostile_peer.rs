@@ -13,22 +13,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{
-    ChildGuard, Rng, ShmCleanup, env, expect_line, fill_payload, role, spawn_role, test_config,
-    unique_name,
-};
+use common::{ChildGuard, Rng, env, expect_line, fill_payload, spawn_role, test_config};
 use voxring_core::{GrantError, Policy, ReadError};
 use voxring_linux::ring::{Segment, ShmConsumer, list_segments};
-use voxring_linux::segment::{AttachOptions, CreateOptions, SegmentFile};
+use voxring_linux::segment::AttachOptions;
 
 /// Child role: scribble random words over the ring's control areas, then say "done".
 #[test]
 fn child_entry_scribbler() {
-    if role().as_deref() != Some("scribbler") {
-        return; // Not a test by itself: the entry point of the hostile child process.
-    }
-    let file = SegmentFile::attach_ring(&env("VOXRING_TEST_SEGMENT"), &AttachOptions::default())
-        .expect("scribbler attaches");
+    common::child_role!("scribbler");
+    let file = common::attach_file_from_env();
     let m = file.mapping();
     let writes: u64 = env("VOXRING_TEST_WRITES").parse().unwrap();
     let mut rng = Rng(env("VOXRING_TEST_SEED").parse().unwrap());
@@ -99,9 +93,8 @@ fn rejoin(seg: &Segment, rx: &mut Option<ShmConsumer>, tally: &mut Tally) {
 }
 
 fn run(policy: Policy, writes: u64) {
-    let name = unique_name("hostile");
-    let _c = ShmCleanup(name.clone());
-    let seg = Segment::create(&name, &test_config(policy), &CreateOptions::default()).unwrap();
+    let (name, _c) = common::scratch("hostile");
+    let seg = common::create_segment(&name, &test_config(policy));
     let stop = Arc::new(AtomicBool::new(false));
 
     // Producer thread: writes frames, takes every error in stride, reclaims when evicted.
@@ -265,16 +258,12 @@ fn run(policy: Policy, writes: u64) {
 
 #[test]
 fn hostile_writes_never_crash_a_lossless_ring() {
-    if role().is_some() {
-        return;
-    }
+    common::parent_only!();
     run(Policy::Lossless, 20_000);
 }
 
 #[test]
 fn hostile_writes_never_crash_a_lossy_ring() {
-    if role().is_some() {
-        return;
-    }
+    common::parent_only!();
     run(Policy::Lossy, 20_000);
 }

@@ -7,27 +7,54 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 
-use common::{ChildGuard, ShmCleanup, role, shm_path, spawn_role, unique_name};
-use voxring_linux::segment::{AttachError, AttachOptions, CreateOptions, SegmentFile};
+use common::{ChildGuard, scratch, shm_path, spawn_role, unique_name};
+use voxring_linux::segment::{AttachError, AttachOptions, CreateError, CreateOptions, SegmentFile};
 
 const SIZE: usize = 64 * 1024;
 
+/// Creates a plain segment file of SIZE bytes (no ring in it) with `opts`.
+fn create_file(name: &str, opts: &CreateOptions) -> Result<SegmentFile, CreateError> {
+    SegmentFile::create_with(name, SIZE, opts, |_, _| Ok::<(), CreateError>(()))
+}
+
 fn create(name: &str) -> SegmentFile {
-    SegmentFile::create_with(name, SIZE, &CreateOptions::default(), |_, _| {
-        Ok::<(), voxring_linux::segment::CreateError>(())
-    })
-    .expect("create segment")
+    create_file(name, &CreateOptions::default()).expect("create segment")
+}
+
+/// Attaches to the segment file `name` of SIZE bytes with `opts`.
+fn attach(name: &str, opts: AttachOptions) -> Result<SegmentFile, AttachError> {
+    SegmentFile::attach(name, SIZE as u64, &opts)
+}
+
+/// The (owner, expected, asking) uids of an `OwnerMismatch`; panics on any other error.
+fn owner_mismatch(err: &AttachError) -> (u32, u32, u32) {
+    match err {
+        AttachError::OwnerMismatch {
+            owner,
+            expected,
+            asking,
+            ..
+        } => (*owner, *expected, *asking),
+        other => panic!("expected OwnerMismatch, got {other}"),
+    }
+}
+
+/// Options that accept a group-writable segment.
+fn group_writable_ok() -> AttachOptions {
+    AttachOptions {
+        allow_group_writable: true,
+        ..Default::default()
+    }
 }
 
 #[test]
 fn created_segment_is_0600_and_attachable_by_its_owner() {
-    let name = unique_name("own");
-    let _c = ShmCleanup(name.clone());
+    let (name, _c) = scratch("own");
     let seg = create(&name);
     let meta = std::fs::symlink_metadata(shm_path(&name)).unwrap();
     assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
     assert_eq!(meta.len(), SIZE as u64);
-    let att = SegmentFile::attach(&name, SIZE as u64, &AttachOptions::default()).unwrap();
+    let att = attach(&name, AttachOptions::default()).unwrap();
     // SAFETY: both mappings are SIZE bytes of the same file; nobody else touches it.
     unsafe {
         seg.mapping().as_ptr().add(100).write(7);
@@ -43,52 +70,30 @@ fn created_segment_is_0600_and_attachable_by_its_owner() {
 
 #[test]
 fn creating_an_existing_name_is_refused() {
-    let name = unique_name("dup");
-    let _c = ShmCleanup(name.clone());
+    let (name, _c) = scratch("dup");
     let _seg = create(&name);
-    let err = SegmentFile::create_with(&name, SIZE, &CreateOptions::default(), |_, _| {
-        Ok::<(), voxring_linux::segment::CreateError>(())
-    })
-    .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            voxring_linux::segment::CreateError::AlreadyExists { .. }
-        ),
-        "{err}"
-    );
+    let err = create_file(&name, &CreateOptions::default()).unwrap_err();
+    assert!(matches!(err, CreateError::AlreadyExists { .. }), "{err}");
     assert!(err.to_string().contains("voxring segments clean"));
 }
 
 #[test]
 fn group_access_gives_0660_and_needs_allow_group_writable() {
-    let name = unique_name("grp");
-    let _c = ShmCleanup(name.clone());
+    let (name, _c) = scratch("grp");
     let gid = rustix::process::getegid().as_raw();
     let opts = CreateOptions {
         access: voxring_linux::segment::Access::Group(voxring_linux::segment::GroupSpec::Id(gid)),
         ..Default::default()
     };
-    let _seg = SegmentFile::create_with(&name, SIZE, &opts, |_, _| {
-        Ok::<(), voxring_linux::segment::CreateError>(())
-    })
-    .unwrap();
+    let _seg = create_file(&name, &opts).unwrap();
     let meta = std::fs::symlink_metadata(shm_path(&name)).unwrap();
     assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
-    let err = SegmentFile::attach(&name, SIZE as u64, &AttachOptions::default()).unwrap_err();
+    let err = attach(&name, AttachOptions::default()).unwrap_err();
     assert!(
         matches!(err, AttachError::GroupWritable { mode: 0o660, .. }),
         "{err}"
     );
-    let ok = SegmentFile::attach(
-        &name,
-        SIZE as u64,
-        &AttachOptions {
-            allow_group_writable: true,
-            ..Default::default()
-        },
-    );
-    assert!(ok.is_ok());
+    assert!(attach(&name, group_writable_ok()).is_ok());
 }
 
 #[test]
@@ -99,34 +104,16 @@ fn unknown_group_name_is_an_error() {
         )),
         ..Default::default()
     };
-    let err = SegmentFile::create_with(&unique_name("nogrp"), SIZE, &opts, |_, _| {
-        Ok::<(), voxring_linux::segment::CreateError>(())
-    })
-    .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            voxring_linux::segment::CreateError::UnknownGroup { .. }
-        ),
-        "{err}"
-    );
+    let err = create_file(&unique_name("nogrp"), &opts).unwrap_err();
+    assert!(matches!(err, CreateError::UnknownGroup { .. }), "{err}");
 }
 
 #[test]
 fn world_writable_segment_is_refused() {
-    let name = unique_name("world");
-    let _c = ShmCleanup(name.clone());
+    let (name, _c) = scratch("world");
     let _seg = create(&name);
     std::fs::set_permissions(shm_path(&name), std::fs::Permissions::from_mode(0o666)).unwrap();
-    let err = SegmentFile::attach(
-        &name,
-        SIZE as u64,
-        &AttachOptions {
-            allow_group_writable: true,
-            ..Default::default()
-        },
-    )
-    .unwrap_err();
+    let err = attach(&name, group_writable_ok()).unwrap_err();
     assert!(
         matches!(err, AttachError::WorldWritable { mode: 0o666, .. }),
         "{err}"
@@ -136,21 +123,18 @@ fn world_writable_segment_is_refused() {
 
 #[test]
 fn symlink_is_refused() {
-    let target = unique_name("target");
-    let link = unique_name("link");
-    let _c1 = ShmCleanup(target.clone());
-    let _c2 = ShmCleanup(link.clone());
+    let (target, _c1) = scratch("target");
+    let (link, _c2) = scratch("link");
     let _seg = create(&target);
     std::os::unix::fs::symlink(shm_path(&target), shm_path(&link)).unwrap();
-    let err = SegmentFile::attach(&link, SIZE as u64, &AttachOptions::default()).unwrap_err();
+    let err = attach(&link, AttachOptions::default()).unwrap_err();
     assert!(matches!(err, AttachError::Symlink { .. }), "{err}");
     assert!(err.to_string().contains("symbolic link"));
 }
 
 #[test]
 fn fifo_is_refused_as_not_a_regular_file() {
-    let name = unique_name("fifo");
-    let _c = ShmCleanup(name.clone());
+    let (name, _c) = scratch("fifo");
     rustix::fs::mknodat(
         rustix::fs::CWD,
         shm_path(&name),
@@ -159,7 +143,7 @@ fn fifo_is_refused_as_not_a_regular_file() {
         0,
     )
     .unwrap();
-    let err = SegmentFile::attach(&name, SIZE as u64, &AttachOptions::default()).unwrap_err();
+    let err = attach(&name, AttachOptions::default()).unwrap_err();
     assert!(
         matches!(err, AttachError::NotRegularFile { kind: "FIFO", .. }),
         "{err}"
@@ -168,8 +152,7 @@ fn fifo_is_refused_as_not_a_regular_file() {
 
 #[test]
 fn too_small_segment_is_refused() {
-    let name = unique_name("small");
-    let _c = ShmCleanup(name.clone());
+    let (name, _c) = scratch("small");
     let _seg = create(&name);
     let err = SegmentFile::attach(&name, SIZE as u64 + 1, &AttachOptions::default()).unwrap_err();
     match err {
@@ -203,28 +186,18 @@ fn missing_segment_and_bad_names_have_their_own_errors() {
 fn owner_mismatch_names_both_uids_and_the_container_docs() {
     // The same check as another user's segment, reachable without a second user: expect an
     // owner that is not the file's.
-    let name = unique_name("owner");
-    let _c = ShmCleanup(name.clone());
+    let (name, _c) = scratch("owner");
     let _seg = create(&name);
     let me = rustix::process::geteuid().as_raw();
-    let err = SegmentFile::attach(
+    let err = attach(
         &name,
-        SIZE as u64,
-        &AttachOptions {
+        AttachOptions {
             expected_owner: Some(me + 4242),
             ..Default::default()
         },
     )
     .unwrap_err();
-    match &err {
-        AttachError::OwnerMismatch {
-            owner,
-            expected,
-            asking,
-            ..
-        } => assert_eq!((*owner, *expected, *asking), (me, me + 4242, me)),
-        other => panic!("expected OwnerMismatch, got {other}"),
-    }
+    assert_eq!(owner_mismatch(&err), (me, me + 4242, me));
     let msg = err.to_string();
     assert!(msg.contains(&format!("created by uid {me}")), "{msg}");
     assert!(msg.contains("containers.md"), "{msg}");
@@ -243,32 +216,22 @@ fn lookup_user(name: &str) -> Option<(u32, u32)> {
 /// Child role: creates a segment (kept after exit) as whatever user it runs as.
 #[test]
 fn child_entry_create_segment() {
-    if role().as_deref() != Some("create-as-other") {
-        return; // Not a test by itself: the entry point of the child process below.
-    }
+    common::child_role!("create-as-other");
     let name = common::env("VOXRING_TEST_SEGMENT");
     let opts = CreateOptions {
         remove_on_drop: false,
         ..Default::default()
     };
-    SegmentFile::create_with(&name, SIZE, &opts, |_, _| {
-        Ok::<(), voxring_linux::segment::CreateError>(())
-    })
-    .expect("child creates the segment");
+    create_file(&name, &opts).expect("child creates the segment");
     println!("created");
 }
 
 #[test]
 fn another_users_segment_is_refused_with_both_uids() {
-    if role().is_some() {
-        return;
-    }
-    if !rustix::process::geteuid().is_root() {
-        // Without root no second user can be made or switched to; the owner check itself is
-        // covered by owner_mismatch_names_both_uids_and_the_container_docs.
-        eprintln!("not root: no second user can be created; this case needs root");
-        return;
-    }
+    common::parent_only!();
+    // Without root no second user can be made or switched to; the owner check itself is
+    // covered by owner_mismatch_names_both_uids_and_the_container_docs.
+    common::root_only!("create a second user");
     let created_user = if lookup_user(TEST_USER).is_none() {
         let st = std::process::Command::new("useradd")
             .args([
@@ -290,8 +253,7 @@ fn another_users_segment_is_refused_with_both_uids() {
         false
     };
     let (uid, gid) = lookup_user(TEST_USER).expect("test user exists");
-    let name = unique_name("other");
-    let _c = ShmCleanup(name.clone());
+    let (name, _c) = scratch("other");
     let mut cmd = spawn_role(
         "child_entry_create_segment",
         "create-as-other",
@@ -311,24 +273,15 @@ fn another_users_segment_is_refused_with_both_uids() {
     );
     let meta = std::fs::symlink_metadata(shm_path(&name)).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), uid);
-    let err = SegmentFile::attach(&name, SIZE as u64, &AttachOptions::default()).unwrap_err();
-    match &err {
-        AttachError::OwnerMismatch {
-            owner,
-            expected,
-            asking,
-            ..
-        } => assert_eq!((*owner, *expected, *asking), (uid, 0, 0)),
-        other => panic!("expected OwnerMismatch, got {other}"),
-    }
+    let err = attach(&name, AttachOptions::default()).unwrap_err();
+    assert_eq!(owner_mismatch(&err), (uid, 0, 0));
     let msg = err.to_string();
     assert!(msg.contains(&format!("created by uid {uid}")), "{msg}");
     assert!(msg.contains("runs as uid 0"), "{msg}");
     // Expecting that owner explicitly lets us in.
-    let ok = SegmentFile::attach(
+    let ok = attach(
         &name,
-        SIZE as u64,
-        &AttachOptions {
+        AttachOptions {
             expected_owner: Some(uid),
             ..Default::default()
         },
@@ -342,29 +295,15 @@ use voxring_core::Policy;
 use voxring_linux::ring::Segment;
 
 fn ring_segment(name: &str) -> Segment {
-    Segment::create(
-        name,
-        &common::test_config(Policy::Lossless),
-        &CreateOptions::default(),
-    )
-    .expect("create ring segment")
+    common::create_segment(name, &common::test_config(Policy::Lossless))
 }
 
 #[test]
 fn wrong_layout_version_is_refused() {
-    let name = unique_name("version");
-    let _c = ShmCleanup(name.clone());
+    let (name, _c) = scratch("version");
     let seg = ring_segment(&name);
     // abi_version is the u32 at offset 8 (core/LAYOUT.md).
-    // SAFETY: offset 8..12 is inside the mapped header; the word is accessed atomically.
-    let word = unsafe {
-        &*seg
-            .mapping()
-            .as_ptr()
-            .add(8)
-            .cast::<std::sync::atomic::AtomicU32>()
-    };
-    word.store(
+    common::mapped_u32(seg.mapping(), 8).store(
         voxring_core::ABI_VERSION + 1,
         std::sync::atomic::Ordering::Relaxed,
     );
@@ -383,8 +322,7 @@ fn wrong_layout_version_is_refused() {
 
 #[test]
 fn not_a_ring_is_refused_by_the_layout_checks() {
-    let name = unique_name("garbage");
-    let _c = ShmCleanup(name.clone());
+    let (name, _c) = scratch("garbage");
     let _seg = create(&name); // a zero-filled file: the right kind, but no ring in it
     let err = Segment::attach(&name, &AttachOptions::default()).unwrap_err();
     assert!(
@@ -401,16 +339,11 @@ fn not_a_ring_is_refused_by_the_layout_checks() {
 
 #[test]
 fn ring_segment_cut_short_is_refused_as_too_small() {
-    let name = unique_name("short");
-    let _c = ShmCleanup(name.clone());
+    let (name, _c) = scratch("short");
     let seg = ring_segment(&name);
     let full = seg.config().region_size().unwrap() as u64;
     // Someone truncates the file before we attach.
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(shm_path(&name))
-        .unwrap();
-    f.set_len(full / 2).unwrap();
+    common::set_file_len(&name, full / 2);
     let err = Segment::attach(&name, &AttachOptions::default()).unwrap_err();
     match err {
         AttachError::TooSmall { size, needed, .. } => {
@@ -444,7 +377,6 @@ fn memfd_ring_crosses_a_socket_and_carries_frames() {
     drop(tx);
     assert_eq!(got.producer_state(), voxring_linux::ring::PeerState::Absent);
     // A named segment is not sent over sockets.
-    let name = unique_name("nosend");
-    let _c = ShmCleanup(name.clone());
+    let (name, _c) = scratch("nosend");
     assert!(ring_segment(&name).send(&a).is_err());
 }

@@ -4,13 +4,8 @@
 
 mod common;
 
-use common::{
-    ChildGuard, ShmCleanup, consume, env, expect_line, field, produce, role, spawn_role,
-    test_config, unique_name,
-};
+use common::{ShmCleanup, consume, env, expect_line, field, produce, test_config, unique_name};
 use voxring_core::Policy;
-use voxring_linux::ring::Segment;
-use voxring_linux::segment::{AttachOptions, CreateOptions};
 
 fn policy_from_env() -> Policy {
     match env("VOXRING_TEST_POLICY").as_str() {
@@ -22,11 +17,8 @@ fn policy_from_env() -> Policy {
 /// Child role "consumer": attach, join, say so, read until the end, print what was seen.
 #[test]
 fn child_entry_consumer() {
-    if role().as_deref() != Some("consumer") {
-        return; // Not a test by itself: the entry point of consumer child processes.
-    }
-    let seg = Segment::attach(&env("VOXRING_TEST_SEGMENT"), &AttachOptions::default())
-        .expect("consumer attaches");
+    common::child_role!("consumer");
+    let seg = common::attach_from_env();
     assert_eq!(seg.config().policy, policy_from_env());
     let mut rx = seg.consumer().expect("consumer joins");
     println!("joined");
@@ -47,11 +39,8 @@ fn child_entry_consumer() {
 /// Child role "producer": attach, claim, write the frames, exit.
 #[test]
 fn child_entry_producer() {
-    if role().as_deref() != Some("producer") {
-        return; // Not a test by itself: the entry point of producer child processes.
-    }
-    let seg = Segment::attach(&env("VOXRING_TEST_SEGMENT"), &AttachOptions::default())
-        .expect("producer attaches");
+    common::child_role!("producer");
+    let seg = common::attach_from_env();
     let mut tx = seg.producer().expect("producer claims");
     let total: u64 = env("VOXRING_TEST_FRAMES").parse().unwrap();
     produce(&mut tx, Some(total), 4);
@@ -64,8 +53,7 @@ fn run(policy: Policy, consumers: usize, lagging: usize, total: u64) -> Vec<Stri
         Policy::Lossy => "lossy",
     });
     let _c = ShmCleanup(name.clone());
-    let seg = Segment::create(&name, &test_config(policy), &CreateOptions::default())
-        .expect("create segment");
+    let seg = common::create_segment(&name, &test_config(policy));
     let pol = match policy {
         Policy::Lossless => "lossless",
         Policy::Lossy => "lossy",
@@ -81,19 +69,11 @@ fn run(policy: Policy, consumers: usize, lagging: usize, total: u64) -> Vec<Stri
         if i < lagging {
             env.push(("VOXRING_TEST_LAG", "1".into()));
         }
-        let mut g = ChildGuard(Some(
-            spawn_role("child_entry_consumer", "consumer", &env)
-                .spawn()
-                .expect("spawn consumer"),
-        ));
+        let mut g = common::start_role("child_entry_consumer", "consumer", &env);
         expect_line(g.child(), "joined");
         kids.push(g);
     }
-    let mut producer = ChildGuard(Some(
-        spawn_role("child_entry_producer", "producer", &base)
-            .spawn()
-            .expect("spawn producer"),
-    ));
+    let mut producer = common::start_role("child_entry_producer", "producer", &base);
     let (st, out) = producer.wait_output();
     assert!(st.success(), "producer failed: {out}");
     assert!(out.contains(&format!("produced {total}")), "{out}");
@@ -111,9 +91,7 @@ fn run(policy: Policy, consumers: usize, lagging: usize, total: u64) -> Vec<Stri
 
 #[test]
 fn lossless_frames_arrive_intact_and_in_order_in_every_consumer() {
-    if role().is_some() {
-        return;
-    }
+    common::parent_only!();
     let total = 3000;
     for line in run(Policy::Lossless, 3, 0, total) {
         assert_eq!(field(&line, "delivered"), total, "{line}");
@@ -125,9 +103,7 @@ fn lossless_frames_arrive_intact_and_in_order_in_every_consumer() {
 
 #[test]
 fn lossy_loss_is_reported_exactly() {
-    if role().is_some() {
-        return;
-    }
+    common::parent_only!();
     let total = 3000;
     let lines = run(Policy::Lossy, 3, 1, total);
     for line in &lines {

@@ -2,27 +2,21 @@
 
 mod common;
 
-use common::{ChildGuard, env, expect_line, role, shm_path, spawn_role, unique_name};
+use common::{ChildGuard, env, expect_line, shm_path, spawn_role, unique_name};
 use std::os::unix::process::ExitStatusExt;
 use voxring_core::Policy;
 use voxring_linux::cleanup::{ArtifactGuard, SignalMode, install_signal_cleanup};
-use voxring_linux::ring::Segment;
-use voxring_linux::segment::CreateOptions;
 
 /// Child role: create a segment and a socket file, install the signal clean-up, then either
 /// wait to be signalled or exit normally (through `std::process::exit`, which skips drops).
 #[test]
 fn child_entry_artifacts() {
-    if role().as_deref() != Some("artifacts") {
-        return; // Not a test by itself: the entry point of the child processes below.
-    }
+    common::child_role!("artifacts");
     install_signal_cleanup(SignalMode::Exit).expect("install signal clean-up");
-    let seg = Segment::create(
+    let seg = common::create_segment(
         &env("VOXRING_TEST_SEGMENT"),
         &common::test_config(Policy::Lossless),
-        &CreateOptions::default(),
-    )
-    .expect("create");
+    );
     let sock_path = std::path::PathBuf::from(env("VOXRING_TEST_SOCKET"));
     let _listener = std::os::unix::net::UnixListener::bind(&sock_path).expect("bind");
     let guard = ArtifactGuard::register(sock_path);
@@ -79,24 +73,18 @@ fn run(signal: Option<rustix::process::Signal>) {
 
 #[test]
 fn sigterm_removes_own_artifacts_and_dies_of_sigterm() {
-    if role().is_some() {
-        return;
-    }
+    common::parent_only!();
     run(Some(rustix::process::Signal::TERM));
 }
 
 #[test]
 fn sigint_removes_own_artifacts_and_dies_of_sigint() {
-    if role().is_some() {
-        return;
-    }
+    common::parent_only!();
     run(Some(rustix::process::Signal::INT));
 }
 
 #[test]
 fn normal_exit_removes_own_artifacts() {
-    if role().is_some() {
-        return;
-    }
+    common::parent_only!();
     run(None);
 }

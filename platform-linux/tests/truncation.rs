@@ -3,13 +3,11 @@
 
 mod common;
 
-use common::{ShmCleanup, unique_name};
 use voxring_linux::segment::{AttachOptions, CreateError, CreateOptions, SegmentFile};
 
 #[test]
 fn truncation_by_a_peer_is_survived_and_reported() {
-    let name = unique_name("trunc");
-    let _c = ShmCleanup(name.clone());
+    let (name, _c) = common::scratch("trunc");
     let size = 256 * 1024;
     let seg = SegmentFile::create_with(&name, size, &CreateOptions::default(), |_, m| {
         // SAFETY: the fresh mapping is `size` bytes long; nobody else has it yet.

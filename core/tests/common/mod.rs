@@ -1,7 +1,7 @@
 //! Helpers shared by core's integration tests.
 #![allow(dead_code)]
 
-use voxring_core::{Policy, Ring, RingConfig, SampleFormat};
+use voxring_core::{FrameFlags, FrameMeta, FrameMut, Policy, Ring, RingConfig, SampleFormat};
 
 /// One 128-byte aligned line of a test region.
 #[derive(Clone, Copy)]
@@ -69,4 +69,32 @@ pub fn meta_for(seq: u64, payload_bytes: u32) -> (u64, u64, u32, u32) {
         (seq % 8) as u32,
         payload_bytes - (seq % 3) as u32,
     )
+}
+
+/// Writes the test pattern into frame `f`: the metadata of [`meta_for`] and the bytes of
+/// [`byte`], for a ring of `payload_bytes` per frame.
+pub fn fill_frame(f: &mut FrameMut<'_>, payload_bytes: u32) {
+    let seq = f.seq();
+    let (sp, ts, fl, len) = meta_for(seq, payload_bytes);
+    f.set_sample_pos(sp);
+    f.set_timestamp_ns(ts);
+    f.set_flags(FrameFlags(fl));
+    f.set_len(len).unwrap();
+    for (i, b) in f.payload_mut().iter_mut().enumerate() {
+        *b = byte(seq, i);
+    }
+}
+
+/// Asserts that a frame read back (`m`, `payload`) holds the pattern [`fill_frame`] wrote.
+pub fn check_frame(m: &FrameMeta, payload: &[u8], payload_bytes: u32) {
+    let (sp, ts, fl, len) = meta_for(m.seq, payload_bytes);
+    assert_eq!(
+        (m.sample_pos, m.timestamp_ns, m.flags.bits(), m.len),
+        (sp, ts, fl, len),
+        "frame {} metadata",
+        m.seq
+    );
+    for (i, &b) in payload.iter().enumerate() {
+        assert_eq!(b, byte(m.seq, i), "frame {} byte {}", m.seq, i);
+    }
 }

@@ -1,10 +1,10 @@
 //! Helpers shared by the integration tests: unique segment names, child processes that are
 //! this same test binary re-executed in a role, and clean-up that leaves nothing behind.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Environment variable selecting the role a re-executed test binary plays.
 pub const ROLE_VAR: &str = "VOXRING_TEST_ROLE";
@@ -96,6 +96,15 @@ pub fn spawn_role(entry: &str, role: &str, env: &[(&str, String)]) -> Command {
     cmd
 }
 
+/// Starts [`spawn_role`] as a child process, killed (by PID) and reaped when the guard drops.
+pub fn start_role(entry: &str, role: &str, env: &[(&str, String)]) -> ChildGuard {
+    ChildGuard(Some(
+        spawn_role(entry, role, env)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn the {role} child: {e}")),
+    ))
+}
+
 /// The role this process was started in, if it is a child.
 pub fn role() -> Option<String> {
     std::env::var(ROLE_VAR).ok()
@@ -104,6 +113,115 @@ pub fn role() -> Option<String> {
 /// Reads an env var set by the parent.
 pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("child needs {name}"))
+}
+
+/// Ends the `#[test]` it stands in at once when this process is a child (the body is the
+/// parent's; a child runs only its own `child_entry_*` role).
+macro_rules! parent_only {
+    () => {
+        if $crate::common::role().is_some() {
+            return;
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use parent_only;
+
+/// Ends the `#[test]` it stands in at once unless this process is a child started in `$role`:
+/// the entry point of a child role, not a test by itself.
+macro_rules! child_role {
+    ($role:expr) => {
+        if $crate::common::role().as_deref() != Some($role) {
+            return;
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use child_role;
+
+/// Ends the `#[test]` it stands in, saying it was skipped and why, unless running as root.
+macro_rules! root_only {
+    ($why:expr) => {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: needs root to {}", $why);
+            return;
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use root_only;
+
+/// A fresh segment name and the guard that removes its files at the end of the test:
+/// `let (name, _c) = scratch("tag");`.
+pub fn scratch(tag: &str) -> (String, ShmCleanup) {
+    let name = unique_name(tag);
+    let cleanup = ShmCleanup(name.clone());
+    (name, cleanup)
+}
+
+/// Creates the ring segment `name` with `config` and the default options.
+pub fn create_segment(name: &str, config: &RingConfig) -> voxring_linux::ring::Segment {
+    voxring_linux::ring::Segment::create(
+        name,
+        config,
+        &voxring_linux::segment::CreateOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("create the segment {name:?}: {e}"))
+}
+
+/// Child side: attaches to the segment the parent named in `VOXRING_TEST_SEGMENT`.
+pub fn attach_from_env() -> voxring_linux::ring::Segment {
+    let name = env("VOXRING_TEST_SEGMENT");
+    voxring_linux::ring::Segment::attach(&name, &voxring_linux::segment::AttachOptions::default())
+        .unwrap_or_else(|e| panic!("child attaches to {name:?}: {e}"))
+}
+
+/// The attacker, a process with write access to the segment's file: sets its length
+/// (shrinks or grows it) under the participants' mappings.
+pub fn set_file_len(name: &str, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(shm_path(name))
+        .expect("open the segment's file for writing")
+        .set_len(len)
+        .expect("set the length of the segment's file");
+}
+
+/// Child side: maps the ring the parent named in `VOXRING_TEST_SEGMENT` as a plain file, as a
+/// hostile peer does (no participant, no checks beyond the file's).
+pub fn attach_file_from_env() -> voxring_linux::segment::SegmentFile {
+    let name = env("VOXRING_TEST_SEGMENT");
+    voxring_linux::segment::SegmentFile::attach_ring(
+        &name,
+        &voxring_linux::segment::AttachOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("child maps the ring {name:?}: {e}"))
+}
+
+/// Child side: idles until the parent kills this process (by PID).
+pub fn idle_until_killed() -> ! {
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+/// The `u32` word at byte `offset` of a mapping, as a hostile peer sees it: every word of a
+/// ring region is accessed atomically (core/LAYOUT.md gives the offsets).
+pub fn mapped_u32(m: &voxring_linux::mapping::SharedMapping, offset: usize) -> &AtomicU32 {
+    assert!(offset + 4 <= m.len(), "offset {offset} is past the mapping");
+    assert_eq!(offset % 4, 0, "offset {offset} is not 4-aligned");
+    // SAFETY: in bounds and aligned (asserted; the mapping is page-aligned); the region's
+    // words are only ever accessed atomically; borrowed from the mapping, so it cannot
+    // outlive it.
+    unsafe { &*m.as_ptr().add(offset).cast::<AtomicU32>() }
+}
+
+/// The `u64` word at byte `offset` of a mapping (see [`mapped_u32`]).
+pub fn mapped_u64(m: &voxring_linux::mapping::SharedMapping, offset: usize) -> &AtomicU64 {
+    assert!(offset + 8 <= m.len(), "offset {offset} is past the mapping");
+    assert_eq!(offset % 8, 0, "offset {offset} is not 8-aligned");
+    // SAFETY: as in `mapped_u32`, for an 8-byte word.
+    unsafe { &*m.as_ptr().add(offset).cast::<AtomicU64>() }
 }
 
 /// A small deterministic PRNG (xorshift64*), so children and parents agree on payloads.

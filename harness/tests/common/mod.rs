@@ -1,0 +1,59 @@
+//! Helpers shared by the harness's end-to-end tests: the built `voxring` binary, private
+//! folders for a test's files, and the root check of the tests that need it.
+#![allow(dead_code, unused_macros)]
+
+use std::path::Path;
+use std::process::Command;
+
+/// The `voxring` binary cargo built for these tests.
+pub fn voxring() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_voxring"))
+}
+
+/// `voxring run --device <device> --seconds <seconds> --no-progress`: add the rest.
+pub fn voxring_run(device: &str, seconds: &str) -> Command {
+    let mut cmd = voxring();
+    cmd.args([
+        "run",
+        "--device",
+        device,
+        "--seconds",
+        seconds,
+        "--no-progress",
+    ]);
+    cmd
+}
+
+/// A private folder for this test's files (tempfile), removed when dropped.
+pub struct TestDir(tempfile::TempDir);
+
+impl TestDir {
+    pub fn new(name: &str) -> Self {
+        Self(
+            tempfile::Builder::new()
+                .prefix(&format!("voxring-test-{name}-"))
+                .tempdir()
+                .unwrap(),
+        )
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Ends the `#[test]` it stands in, saying it was skipped and why, unless running as root.
+macro_rules! root_only {
+    ($why:expr) => {
+        if !$crate::common::is_root() {
+            println!("skipped: needs root to {}", $why);
+            return;
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use root_only;
