@@ -9,7 +9,6 @@ mod common;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -58,9 +57,7 @@ fn public_sticky_dir() -> tempfile::TempDir {
 /// This test binary re-executed as `nobody` in `role`.
 fn as_nobody(entry: &str, role: &str, envs: &[(&str, String)]) -> ChildGuard {
     let (uid, gid) = nobody();
-    let mut cmd = spawn_role(entry, role, envs);
-    cmd.uid(uid).gid(gid);
-    ChildGuard(Some(cmd.spawn().expect("spawn a child as nobody")))
+    common::start_role_as(entry, role, envs, uid, gid)
 }
 
 /// Runs a role as `nobody` to completion; panics unless it succeeded.

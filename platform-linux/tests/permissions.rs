@@ -5,9 +5,8 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 
-use common::{ChildGuard, scratch, shm_path, spawn_role, unique_name};
+use common::{scratch, shm_path, unique_name};
 use voxring_linux::segment::{AttachError, AttachOptions, CreateError, CreateOptions, SegmentFile};
 
 const SIZE: usize = 64 * 1024;
@@ -254,13 +253,13 @@ fn another_users_segment_is_refused_with_both_uids() {
     };
     let (uid, gid) = lookup_user(TEST_USER).expect("test user exists");
     let (name, _c) = scratch("other");
-    let mut cmd = spawn_role(
+    let mut child = common::start_role_as(
         "child_entry_create_segment",
         "create-as-other",
         &[("VOXRING_TEST_SEGMENT", name.clone())],
+        uid,
+        gid,
     );
-    cmd.uid(uid).gid(gid);
-    let mut child = ChildGuard(Some(cmd.spawn().expect("spawn child as the test user")));
     let (status, out) = child.wait_output();
     if created_user {
         let _ = std::process::Command::new("userdel")

@@ -105,6 +105,51 @@ pub fn start_role(entry: &str, role: &str, env: &[(&str, String)]) -> ChildGuard
     ))
 }
 
+/// Starts [`spawn_role`] as `uid`/`gid` (root only), killed and reaped when the guard drops.
+///
+/// The checkout may sit in a folder the other user cannot enter (a 0700 home or temporary
+/// folder), so the child runs a copy of this test binary in a fresh 0755 folder made by
+/// `tempfile`; the copy is removed as soon as the child has started (`spawn` returns after
+/// the `exec`, and the running program needs no path).
+pub fn start_role_as(
+    entry: &str,
+    role: &str,
+    env: &[(&str, String)],
+    uid: u32,
+    gid: u32,
+) -> ChildGuard {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::process::CommandExt as _;
+    let dir = tempfile::Builder::new()
+        .prefix("voxring-test-exe-")
+        .permissions(std::fs::Permissions::from_mode(0o755))
+        .tempdir()
+        .expect("a folder for the test binary's copy");
+    let exe = dir.path().join("test-binary");
+    std::fs::copy(std::env::current_exe().expect("current exe"), &exe)
+        .expect("copy the test binary");
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod the copy");
+    let cmd = spawn_role(entry, role, env);
+    let args: Vec<_> = cmd.get_args().map(std::ffi::OsStr::to_owned).collect();
+    let mut other = Command::new(&exe);
+    other.args(args).current_dir(dir.path()).uid(uid).gid(gid);
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            other.env(k, v);
+        }
+    }
+    other
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let child = other
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn the {role} child as uid {uid}: {e}"));
+    drop(cmd);
+    drop(dir);
+    ChildGuard(Some(child))
+}
+
 /// The role this process was started in, if it is a child.
 pub fn role() -> Option<String> {
     std::env::var(ROLE_VAR).ok()
