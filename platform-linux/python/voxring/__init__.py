@@ -119,7 +119,32 @@ class RingConfig:
         return f"RingConfig({self.__dict__})"
 
 
-class _Mapped:
+class _Handle:
+    """A handle of the C library, freed by `close()`, on leaving a `with` block, or when
+    collected."""
+
+    def _close(self, destroy):
+        # `destroy` is the name of the vr_*_destroy function that frees `self._h`.
+        if getattr(self, "_h", None):
+            self._forget()
+            getattr(self._L, destroy)(self._h)
+            self._h = None
+
+    def _forget(self):
+        """Drops what points into the handle's memory, before the handle is freed."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __del__(self):
+        self.close()
+
+
+class _Mapped(_Handle):
     """The memory a handle's frames live in, viewed once as a numpy byte array; frame views
     are slices of it (no copy, no per-frame ctypes object)."""
 
@@ -151,6 +176,15 @@ class _Mapped:
             self._views[off] = v
         return v if nbytes == f.capacity else v[: nbytes // v.itemsize]
 
+    def _status(self, fn):
+        s = _lib.vr_status()
+        _check(getattr(self._L, fn)(self._h, ctypes.byref(s)), fn)
+        return {k: getattr(s, k) for k, _ in _lib.vr_status._fields_ if k != "reserved"}
+
+    def _forget(self):
+        self._mem = None
+        self._views = {}
+
     @property
     def memory_address(self):
         """Address of the memory frames live in (the shared mapping for `shm`)."""
@@ -178,15 +212,13 @@ class Frame:
         return bool(self.flags & FLAG_END_OF_STREAM)
 
 
-class ReadGrant:
-    """Frames granted to a Reader (iterable, indexable). Release with `release()` or by
-    leaving the `with` block. `lost` is the number of frames this read found lost (lossy ring,
-    reader lapped); the grant is then empty."""
+class _Grant:
+    """Frames granted to a Reader or a Writer (iterable, indexable); an empty grant has
+    nothing to release or commit."""
 
-    def __init__(self, reader, frames, lost=0):
-        self._reader = reader
+    def __init__(self, owner, frames):
+        self._owner = owner
         self.frames = frames
-        self.lost = lost
         self._open = bool(frames)
 
     def __len__(self):
@@ -198,6 +230,19 @@ class ReadGrant:
     def __getitem__(self, i):
         return self.frames[i]
 
+    def __enter__(self):
+        return self
+
+
+class ReadGrant(_Grant):
+    """Frames granted to a Reader (iterable, indexable). Release with `release()` or by
+    leaving the `with` block. `lost` is the number of frames this read found lost (lossy ring,
+    reader lapped); the grant is then empty."""
+
+    def __init__(self, reader, frames, lost=0):
+        super().__init__(reader, frames)
+        self.lost = lost
+
     def release(self, k=None):
         """Releases the first k frames (all by default). Returns True, or False when the
         lossy ring overwrote some of them while they were read (discard their data)."""
@@ -205,15 +250,12 @@ class ReadGrant:
             return True
         self._open = False
         k = len(self.frames) if k is None else k
-        r = self._reader
+        r = self._owner
         code = r._F.vr_read_release(r._hp, r._n[k] if k <= _BATCH else ctypes.c_size_t(k))
         if code == _lib.VR_E_OVERWRITTEN:
             return False
         _check(code, "vr_read_release")
         return True
-
-    def __enter__(self):
-        return self
 
     def __exit__(self, *exc):
         self.release()
@@ -302,28 +344,15 @@ class Reader(_Mapped):
 
     def status(self):
         """Counters: write_pos, read_pos, lag, lost_frames, xruns, frames."""
-        s = _lib.vr_status()
-        _check(self._L.vr_reader_status(self._h, ctypes.byref(s)), "vr_reader_status")
-        return {k: getattr(s, k) for k, _ in _lib.vr_status._fields_ if k != "reserved"}
+        return self._status("vr_reader_status")
+
+    def _forget(self):
+        self._hp = None  # later calls pass NULL: VR_E_NULL, not a freed handle
+        super()._forget()
 
     def close(self):
         """Leaves the ring and unmaps it (frame views must not be used after this)."""
-        if getattr(self, "_h", None):
-            self._hp = None  # later calls pass NULL: VR_E_NULL, not a freed handle
-            self._L.vr_reader_destroy(self._h)
-            self._h = None
-            self._mem = None
-            self._views = {}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-    def __del__(self):
-        self.close()
+        self._close("vr_reader_destroy")
 
 
 class WriteFrame(Frame):
@@ -333,40 +362,23 @@ class WriteFrame(Frame):
     __slots__ = ()
 
 
-class WriteGrant:
+class WriteGrant(_Grant):
     """Frames granted to a Writer. `commit(k)` publishes the first k (all by default); leaving
     the `with` block commits all, unless an exception is leaving it (then nothing is
-    committed)."""
-
-    def __init__(self, writer, frames):
-        self._writer = writer
-        self.frames = frames
-        self._open = bool(frames)  # an empty grant (ring full) has nothing to commit
-
-    def __len__(self):
-        return len(self.frames)
-
-    def __iter__(self):
-        return iter(self.frames)
-
-    def __getitem__(self, i):
-        return self.frames[i]
+    committed). An empty grant (ring full) has nothing to commit."""
 
     def commit(self, k=None):
         if not self._open:
             return
         self._open = False
         k = len(self.frames) if k is None else k
-        w = self._writer
+        w = self._owner
         fr = w._frames
         for i in range(k):
             f = self.frames[i]
             c = fr[i]
             c.sample_pos, c.timestamp_ns, c.flags, c.len = f.sample_pos, f.timestamp_ns, f.flags, f.len
         _check(w._L.vr_write_commit(w._h, fr, k), "vr_write_commit")
-
-    def __enter__(self):
-        return self
 
     def __exit__(self, exc_type, *exc):
         self.commit(None if exc_type is None else 0)
@@ -450,30 +462,15 @@ class Writer(_Mapped):
 
     def status(self):
         """Counters: write_pos, frames, xruns, consumers."""
-        s = _lib.vr_status()
-        _check(self._L.vr_writer_status(self._h, ctypes.byref(s)), "vr_writer_status")
-        return {k: getattr(s, k) for k, _ in _lib.vr_status._fields_ if k != "reserved"}
+        return self._status("vr_writer_status")
 
     def close(self):
         """Gives up the producer side, stops the fallback server, unmaps (and removes the
         segment if this writer created it)."""
-        if getattr(self, "_h", None):
-            self._L.vr_writer_destroy(self._h)
-            self._h = None
-            self._mem = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-    def __del__(self):
-        self.close()
+        self._close("vr_writer_destroy")
 
 
-class Control:
+class Control(_Handle):
     """A control register: the latest value of up to 64 bytes, written by one writer and read
     by anyone without tearing (a seqlock in its own segment)."""
 
@@ -496,16 +493,5 @@ class Control:
         return buf.raw, v.value
 
     def close(self):
-        if getattr(self, "_h", None):
-            self._L.vr_control_destroy(self._h)
-            self._h = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-    def __del__(self):
-        self.close()
+        """Frees the register's handle and unmaps it."""
+        self._close("vr_control_destroy")
