@@ -76,15 +76,47 @@ fn check(
     Ok(spf)
 }
 
-/// Captured frames straight into a ring's write grants.
+/// What both adapters keep besides their end of the ring: the waiter, the checked geometry
+/// and the counters.
 #[derive(Debug)]
-pub struct RingSink<'a, T, W> {
-    producer: &'a mut Producer,
+struct Io<'a, T, W> {
     waiter: &'a W,
     spf: usize,
     channels: usize,
     stats: RingIoStats,
     _t: PhantomData<T>,
+}
+
+impl<'a, T: Sample, W> Io<'a, T, W> {
+    /// Checks `ring` against what the device granted (see [`check`]).
+    fn new(
+        ring: voxring_core::RingConfig,
+        waiter: &'a W,
+        granted: &Granted,
+        what: &str,
+    ) -> Result<Self, AudioError> {
+        let spf = check(ring, granted, T::SAMPLE_FORMAT, what)?;
+        Ok(Io {
+            waiter,
+            spf,
+            channels: granted.channels as usize,
+            stats: RingIoStats::default(),
+            _t: PhantomData,
+        })
+    }
+
+    /// The samples of one ring frame, and how many whole ring frames `samples` holds.
+    fn whole(&self, samples: usize) -> (usize, usize) {
+        let slot = self.spf * self.channels;
+        (slot, samples / slot)
+    }
+}
+
+/// Captured frames straight into a ring's write grants.
+#[derive(Debug)]
+pub struct RingSink<'a, T, W> {
+    producer: &'a mut Producer,
+    io: Io<'a, T, W>,
 }
 
 impl<'a, T: Sample, W: Waiter> RingSink<'a, T, W> {
@@ -96,25 +128,13 @@ impl<'a, T: Sample, W: Waiter> RingSink<'a, T, W> {
         waiter: &'a W,
         granted: &Granted,
     ) -> Result<Self, AudioError> {
-        let spf = check(
-            producer.ring().config(),
-            granted,
-            T::SAMPLE_FORMAT,
-            "capture",
-        )?;
-        Ok(RingSink {
-            producer,
-            waiter,
-            spf,
-            channels: granted.channels as usize,
-            stats: RingIoStats::default(),
-            _t: PhantomData,
-        })
+        let io = Io::new(producer.ring().config(), waiter, granted, "capture")?;
+        Ok(RingSink { producer, io })
     }
 
     /// What it counted.
     pub fn stats(&self) -> RingIoStats {
-        self.stats
+        self.io.stats
     }
 }
 
@@ -131,19 +151,18 @@ fn core_flags(bits: u32) -> FrameFlags {
 
 impl<T: Sample, W: Waiter> CaptureSink<T> for RingSink<'_, T, W> {
     fn push(&mut self, samples: &[T], info: &ChunkInfo) -> usize {
-        let slot = self.spf * self.channels;
-        let whole = samples.len() / slot;
+        let (slot, whole) = self.io.whole(samples.len());
         if whole == 0 {
             return 0;
         }
         let mut grant = match self.producer.write_grant(whole) {
             Ok(g) => g,
             Err(voxring_core::GrantError::Full) => {
-                self.stats.starved += 1;
+                self.io.stats.starved += 1;
                 return 0;
             }
             Err(_) => {
-                self.stats.errors += 1;
+                self.io.stats.errors += 1;
                 return 0;
             }
         };
@@ -155,7 +174,7 @@ impl<T: Sample, W: Waiter> CaptureSink<T> for RingSink<'_, T, W> {
             if let Ok(dst) = frame.samples_mut::<T>() {
                 dst[..slot].copy_from_slice(src);
             }
-            frame.set_sample_pos(info.sample_pos + (i * self.spf) as u64);
+            frame.set_sample_pos(info.sample_pos + (i * self.io.spf) as u64);
             frame.set_timestamp_ns(info.timestamp_ns);
             // The xrun flag belongs to the first frame after the gap.
             frame.set_flags(if i == 0 {
@@ -164,9 +183,9 @@ impl<T: Sample, W: Waiter> CaptureSink<T> for RingSink<'_, T, W> {
                 FrameFlags::NONE
             });
         }
-        grant.commit_all().wake(self.waiter);
-        self.stats.ring_frames += n as u64;
-        n * self.spf
+        grant.commit_all().wake(self.io.waiter);
+        self.io.stats.ring_frames += n as u64;
+        n * self.io.spf
     }
 }
 
@@ -174,11 +193,7 @@ impl<T: Sample, W: Waiter> CaptureSink<T> for RingSink<'_, T, W> {
 #[derive(Debug)]
 pub struct RingSource<'a, T, W> {
     consumer: &'a mut Consumer,
-    waiter: &'a W,
-    spf: usize,
-    channels: usize,
-    stats: RingIoStats,
-    _t: PhantomData<T>,
+    io: Io<'a, T, W>,
 }
 
 impl<'a, T: Sample, W: Waiter> RingSource<'a, T, W> {
@@ -189,32 +204,19 @@ impl<'a, T: Sample, W: Waiter> RingSource<'a, T, W> {
         waiter: &'a W,
         granted: &Granted,
     ) -> Result<Self, AudioError> {
-        let spf = check(
-            consumer.ring().config(),
-            granted,
-            T::SAMPLE_FORMAT,
-            "playback",
-        )?;
-        Ok(RingSource {
-            consumer,
-            waiter,
-            spf,
-            channels: granted.channels as usize,
-            stats: RingIoStats::default(),
-            _t: PhantomData,
-        })
+        let io = Io::new(consumer.ring().config(), waiter, granted, "playback")?;
+        Ok(RingSource { consumer, io })
     }
 
     /// What it counted.
     pub fn stats(&self) -> RingIoStats {
-        self.stats
+        self.io.stats
     }
 }
 
 impl<T: Sample, W: Waiter> PlaybackSource<T> for RingSource<'_, T, W> {
     fn pull(&mut self, out: &mut [T], _info: &ChunkInfo) -> usize {
-        let slot = self.spf * self.channels;
-        let whole = out.len() / slot;
+        let (slot, whole) = self.io.whole(out.len());
         if whole == 0 {
             return 0;
         }
@@ -224,15 +226,15 @@ impl<T: Sample, W: Waiter> PlaybackSource<T> for RingSource<'_, T, W> {
             match self.consumer.read_grant(whole) {
                 Ok(g) => break g,
                 Err(ReadError::Lost { frames }) if tries < 2 => {
-                    self.stats.lost += frames;
+                    self.io.stats.lost += frames;
                     tries += 1;
                 }
                 Err(ReadError::Empty) => {
-                    self.stats.starved += 1;
+                    self.io.stats.starved += 1;
                     return 0;
                 }
                 Err(_) => {
-                    self.stats.errors += 1;
+                    self.io.stats.errors += 1;
                     return 0;
                 }
             }
@@ -251,11 +253,11 @@ impl<T: Sample, W: Waiter> PlaybackSource<T> for RingSource<'_, T, W> {
             }
         }
         match grant.release_all() {
-            Ok(wake) => wake.wake(self.waiter),
-            Err(ReleaseError::Overwritten { frames }) => self.stats.lost += frames,
-            Err(_) => self.stats.errors += 1,
+            Ok(wake) => wake.wake(self.io.waiter),
+            Err(ReleaseError::Overwritten { frames }) => self.io.stats.lost += frames,
+            Err(_) => self.io.stats.errors += 1,
         }
-        self.stats.ring_frames += n as u64;
-        n * self.spf
+        self.io.stats.ring_frames += n as u64;
+        n * self.io.spf
     }
 }
