@@ -164,6 +164,20 @@ fn shm_dir() -> Result<OwnedFd, Errno> {
     )
 }
 
+/// Where segment `name` lives: its file name in `/dev/shm`, its path, and `/dev/shm` opened.
+/// A bad name becomes `name_error`'s error; failing to open `/dev/shm`, `io_error`'s (called
+/// with the operation, "open", the path and the errno).
+fn locate<E>(
+    name: &str,
+    name_error: impl FnOnce(NameError) -> E,
+    io_error: impl FnOnce(&'static str, PathBuf, Errno) -> E,
+) -> Result<(String, PathBuf, OwnedFd), E> {
+    let fname = file_name(name).map_err(name_error)?;
+    let path = Path::new(SHM_DIR).join(&fname);
+    let dir = shm_dir().map_err(|errno| io_error("open", PathBuf::from(SHM_DIR), errno))?;
+    Ok((fname, path, dir))
+}
+
 /// A segment file in `/dev/shm`, open and mapped. The ring types build on this.
 #[derive(Debug)]
 pub struct SegmentFile {
@@ -188,12 +202,8 @@ impl SegmentFile {
     where
         E: Into<CreateError>,
     {
-        let final_name = file_name(name).map_err(CreateError::Name)?;
-        let path = Path::new(SHM_DIR).join(&final_name);
-        let dir = shm_dir().map_err(|errno| CreateError::Io {
-            op: "open",
-            path: PathBuf::from(SHM_DIR),
-            errno,
+        let (final_name, path, dir) = locate(name, CreateError::Name, |op, path, errno| {
+            CreateError::Io { op, path, errno }
         })?;
         if rustix::fs::statat(&dir, final_name.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok() {
             return Err(CreateError::AlreadyExists { path });
@@ -348,12 +358,8 @@ impl SegmentFile {
         presence: Presence,
         layout_size: impl Fn(BorrowedFd<'_>, &Path, u64) -> Result<u64, AttachError>,
     ) -> Result<Self, AttachError> {
-        let fname = file_name(name).map_err(AttachError::Name)?;
-        let path = Path::new(SHM_DIR).join(&fname);
-        let dir = shm_dir().map_err(|errno| AttachError::Io {
-            op: "open",
-            path: PathBuf::from(SHM_DIR),
-            errno,
+        let (fname, path, dir) = locate(name, AttachError::Name, |op, path, errno| {
+            AttachError::Io { op, path, errno }
         })?;
         let mut attempt = 0;
         loop {
@@ -630,19 +636,16 @@ fn unique() -> u64 {
 /// Removes `/dev/shm/voxring.<name>` by name, whatever its state. Prefer
 /// [`crate::cleanup::clean_segments`], which removes only unused segments.
 pub fn unlink(name: &str) -> Result<(), AttachError> {
-    let fname = file_name(name).map_err(AttachError::Name)?;
-    let dir = shm_dir().map_err(|errno| AttachError::Io {
-        op: "open",
-        path: PathBuf::from(SHM_DIR),
+    let (fname, path, dir) = locate(name, AttachError::Name, |op, path, errno| AttachError::Io {
+        op,
+        path,
         errno,
     })?;
     rustix::fs::unlinkat(&dir, fname.as_str(), AtFlags::empty()).map_err(|errno| match errno {
-        Errno::NOENT => AttachError::NotFound {
-            path: Path::new(SHM_DIR).join(&fname),
-        },
+        Errno::NOENT => AttachError::NotFound { path },
         errno => AttachError::Io {
             op: "unlink",
-            path: Path::new(SHM_DIR).join(&fname),
+            path,
             errno,
         },
     })
