@@ -386,13 +386,18 @@ mod tests {
     use rustix::fs::{MemfdFlags, OFlags};
     use std::os::fd::AsFd;
 
-    fn reopen(fd: BorrowedFd<'_>) -> std::os::fd::OwnedFd {
+    /// A new open file description of `fd`'s file, with access `mode`.
+    fn reopen_as(fd: BorrowedFd<'_>, mode: OFlags) -> std::os::fd::OwnedFd {
         rustix::fs::open(
             format!("/proc/self/fd/{}", fd.as_raw_fd()),
-            OFlags::RDWR | OFlags::CLOEXEC,
+            mode | OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
         )
         .unwrap()
+    }
+
+    fn reopen(fd: BorrowedFd<'_>) -> std::os::fd::OwnedFd {
+        reopen_as(fd, OFlags::RDWR)
     }
 
     #[test]
@@ -424,12 +429,7 @@ mod tests {
     }
 
     fn reopen_read_only(fd: BorrowedFd<'_>) -> std::os::fd::OwnedFd {
-        rustix::fs::open(
-            format!("/proc/self/fd/{}", fd.as_raw_fd()),
-            OFlags::RDONLY | OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .unwrap()
+        reopen_as(fd, OFlags::RDONLY)
     }
 
     fn set_lock(fd: BorrowedFd<'_>, kind: libc::c_int, t: u32) -> Result<(), Errno> {
