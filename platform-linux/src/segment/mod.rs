@@ -284,6 +284,11 @@ impl SegmentFile {
         )
         .map_err(CreateError::Map)?;
         init(&fd, &mapping).map_err(Into::into)?;
+        // Giving the file its final name: a name already there is `AlreadyExists`.
+        let published = |errno, op| match errno {
+            Errno::EXIST => CreateError::AlreadyExists { path: path.clone() },
+            e => io(op, e),
+        };
         match temporary {
             None => rustix::fs::linkat(
                 rustix::fs::CWD,
@@ -292,10 +297,7 @@ impl SegmentFile {
                 final_name.as_str(),
                 AtFlags::SYMLINK_FOLLOW,
             )
-            .map_err(|errno| match errno {
-                Errno::EXIST => CreateError::AlreadyExists { path: path.clone() },
-                e => io("publish (link /proc/self/fd, is /proc mounted?)", e),
-            })?,
+            .map_err(|errno| published(errno, "publish (link /proc/self/fd, is /proc mounted?)"))?,
             Some((tmp_name, guard)) => {
                 rustix::fs::renameat_with(
                     &dir,
@@ -304,10 +306,7 @@ impl SegmentFile {
                     final_name.as_str(),
                     RenameFlags::NOREPLACE,
                 )
-                .map_err(|errno| match errno {
-                    Errno::EXIST => CreateError::AlreadyExists { path: path.clone() },
-                    e => io("publish (rename)", e),
-                })?;
+                .map_err(|errno| published(errno, "publish (rename)"))?;
                 guard.forget();
             }
         }
