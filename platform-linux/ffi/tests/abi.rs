@@ -17,6 +17,12 @@ fn last_error() -> String {
         .into_owned()
 }
 
+/// Asserts that a call returned `VR_OK`, with the library's last error as the message if not.
+#[track_caller]
+fn ok(code: i32) {
+    assert_eq!(code, VR_OK, "{}", last_error());
+}
+
 fn unique(tag: &str) -> std::ffi::CString {
     std::ffi::CString::new(format!("abi-{tag}-{}", std::process::id())).expect("no NUL")
 }
@@ -105,12 +111,7 @@ fn calls_out_of_order_and_bad_values_are_refused() {
             vr_writer_create(name.as_ptr(), &bad_policy, &mut w),
             VR_E_INVALID
         );
-        assert_eq!(
-            vr_writer_create(name.as_ptr(), &cfg, &mut w),
-            VR_OK,
-            "{}",
-            last_error()
-        );
+        ok(vr_writer_create(name.as_ptr(), &cfg, &mut w));
         assert_eq!(vr_write_commit(w, ptr::null(), 1), VR_E_NO_GRANT);
         let mut f = empty_frames::<2>();
         let mut n = 0;
@@ -171,18 +172,13 @@ fn grants_are_checked_on_commit_and_release() {
     let mut st = vr_status::default();
     // SAFETY: valid pointers throughout; the handles are destroyed at the end.
     unsafe {
-        assert_eq!(
-            vr_writer_create(name.as_ptr(), &cfg, &mut w),
-            VR_OK,
-            "{}",
-            last_error()
-        );
-        assert_eq!(
-            vr_reader_open(name.as_ptr(), ptr::null(), VR_OPEN_NO_FALLBACK, &mut r),
-            VR_OK,
-            "{}",
-            last_error()
-        );
+        ok(vr_writer_create(name.as_ptr(), &cfg, &mut w));
+        ok(vr_reader_open(
+            name.as_ptr(),
+            ptr::null(),
+            VR_OPEN_NO_FALLBACK,
+            &mut r,
+        ));
 
         // Writer: commit without a grant, twice the same grant, more than granted.
         assert_eq!(vr_write_commit(w, ptr::null(), 0), VR_E_NO_GRANT);
@@ -197,12 +193,7 @@ fn grants_are_checked_on_commit_and_release() {
         );
         assert_eq!(vr_writer_status(w, &mut st), VR_OK);
         assert_eq!(st.write_pos, 0, "a refused commit publishes nothing");
-        assert_eq!(
-            vr_write_commit(w, ptr::null(), 1),
-            VR_OK,
-            "{}",
-            last_error()
-        );
+        ok(vr_write_commit(w, ptr::null(), 1));
         assert_eq!(vr_write_commit(w, ptr::null(), 1), VR_E_NO_GRANT);
         assert!(last_error().contains("vr_write_grant"), "{}", last_error());
         assert_eq!(vr_writer_status(w, &mut st), VR_OK);
@@ -262,12 +253,7 @@ fn control_register_checks_sizes() {
     let mut c: *mut vr_control = ptr::null_mut();
     // SAFETY: valid pointers; the handle is destroyed at the end.
     unsafe {
-        assert_eq!(
-            vr_control_create(name.as_ptr(), &mut c),
-            VR_OK,
-            "{}",
-            last_error()
-        );
+        ok(vr_control_create(name.as_ptr(), &mut c));
         let big = [1u8; 65];
         assert_eq!(
             vr_control_write(c, big.as_ptr().cast(), big.len()),
@@ -302,18 +288,8 @@ fn control_register_attach_refuses_a_forged_or_grown_segment() {
     let mut c: *mut vr_control = ptr::null_mut();
     // SAFETY: valid pointers; the handles are destroyed at the end.
     unsafe {
-        assert_eq!(
-            vr_control_create(name.as_ptr(), &mut owner),
-            VR_OK,
-            "{}",
-            last_error()
-        );
-        assert_eq!(
-            vr_control_attach(name.as_ptr(), &mut c),
-            VR_OK,
-            "{}",
-            last_error()
-        );
+        ok(vr_control_create(name.as_ptr(), &mut owner));
+        ok(vr_control_attach(name.as_ptr(), &mut c));
         vr_control_destroy(c);
         c = ptr::null_mut();
     }
@@ -412,18 +388,8 @@ fn reader_refuses_a_fallback_server_of_an_unexpected_uid() {
     let mut r: *mut vr_reader = ptr::null_mut();
     // SAFETY: valid strings, config and out-pointers; handles destroyed at the end.
     unsafe {
-        assert_eq!(
-            vr_writer_create(name.as_ptr(), &cfg, &mut w),
-            VR_OK,
-            "{}",
-            last_error()
-        );
-        assert_eq!(
-            vr_writer_serve_fallback(w, path.as_ptr(), 0o600),
-            VR_OK,
-            "{}",
-            last_error()
-        );
+        ok(vr_writer_create(name.as_ptr(), &cfg, &mut w));
+        ok(vr_writer_serve_fallback(w, path.as_ptr(), 0o600));
         let code = vr_reader_open_ex(
             name.as_ptr(),
             path.as_ptr(),
@@ -439,18 +405,13 @@ fn reader_refuses_a_fallback_server_of_an_unexpected_uid() {
                 && msg.contains(&format!("uid {other} was expected")),
             "{msg}"
         );
-        assert_eq!(
-            vr_reader_open_ex(
-                name.as_ptr(),
-                path.as_ptr(),
-                VR_OPEN_FORCE_FALLBACK,
-                -1,
-                &mut r
-            ),
-            VR_OK,
-            "{}",
-            last_error()
-        );
+        ok(vr_reader_open_ex(
+            name.as_ptr(),
+            path.as_ptr(),
+            VR_OPEN_FORCE_FALLBACK,
+            -1,
+            &mut r,
+        ));
         assert_eq!(vr_reader_transport(r), VR_TRANSPORT_SOCKET_FALLBACK);
         vr_reader_destroy(r);
         vr_writer_destroy(w);
