@@ -29,6 +29,7 @@ mod python;
 mod shm;
 mod stream;
 mod voxring;
+mod wire;
 
 use measure::{SyscallCounter, pin_to, process_cpu_ns};
 use peer::{finish_child, inheritable, peer_main, spawn_peer, stop_child, vox_mode};
