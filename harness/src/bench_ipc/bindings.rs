@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
-use voxring_core::{GrantError, Policy, RingConfig, SampleFormat};
+use voxring_core::GrantError;
 use voxring_linux::ring::Segment;
 use voxring_linux::segment::CreateOptions;
 
@@ -152,15 +152,7 @@ pub fn run(
         Consumer::Python(_) => None,
     };
     let name = format!("bench-ffi-{}-{payload}", std::process::id());
-    let cfg = RingConfig {
-        frames: 1,
-        samples_per_frame: (payload / 4) as u32,
-        channels: 1,
-        format: SampleFormat::F32,
-        sample_rate: 48_000,
-        max_consumers: 1,
-        policy: Policy::Lossless,
-    };
+    let cfg = super::voxring::config(payload)?;
     let seg = Segment::create(&name, &cfg, &CreateOptions::default())
         .with_context(|| format!("creating the ring {name}"))?;
     let extra = plan.count_messages;
