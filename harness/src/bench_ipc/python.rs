@@ -23,15 +23,9 @@ pub fn find_python() -> Option<String> {
     }
     candidates.push("python3".into());
     candidates.push("/usr/bin/python3".into());
-    candidates.into_iter().find(|py| {
-        Command::new(py)
-            .args(["-c", "import numpy"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
+    candidates
+        .into_iter()
+        .find(|py| crate::run::python::imports_numpy(py.as_ref()))
 }
 
 #[derive(Debug, Deserialize)]
