@@ -195,6 +195,10 @@ impl Plan {
     pub fn total(&self) -> u64 {
         self.warmup + self.messages + self.count_messages
     }
+    /// When a consumer process must have finished: a minute, and a millisecond per message.
+    pub fn peer_deadline(&self) -> Instant {
+        Instant::now() + Duration::from_secs(60 + self.total() / 1000)
+    }
     pub fn is_measured(&self, i: u64) -> bool {
         i >= self.warmup && i < self.warmup + self.messages
     }
