@@ -227,10 +227,7 @@ pub fn run(
         .map_err(|_| anyhow::anyhow!("the producer thread panicked"))??;
     let status = wait_child(&mut child.0, "the consumer", plan.peer_deadline())?;
     let _ = reader.join();
-    if !status.success() {
-        bail!("the binding consumer exited with {status} (its message is above)");
-    }
-    let parsed: Line = result_line(lines_rx.try_iter(), "the consumer")?;
+    let parsed: Line = result_line(status, lines_rx.try_iter(), "the binding consumer")?;
     if parsed.latencies_ns.len() as u64 != plan.messages || parsed.transport != "shm" {
         bail!(
             "the consumer reported {} latencies over {} (expected {} over shm)",

@@ -91,11 +91,16 @@ pub(super) fn wait_child(
     }
 }
 
-/// The result line a binding's consumer printed (the first JSON object among `lines`), parsed.
+/// The result line a consumer process printed (the first JSON object among `lines`), parsed,
+/// once it has exited with `status` (a failure says so: its own message is on stderr).
 pub(super) fn result_line<T: serde::de::DeserializeOwned>(
+    status: std::process::ExitStatus,
     mut lines: impl Iterator<Item = String>,
     who: &str,
 ) -> anyhow::Result<T> {
+    if !status.success() {
+        bail!("{who} exited with {status} (its message is above)");
+    }
     let line = lines
         .find(|l| l.starts_with('{'))
         .with_context(|| format!("{who} printed no result line"))?;

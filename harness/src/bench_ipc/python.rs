@@ -88,10 +88,7 @@ pub fn run(
     let lines = reader
         .join()
         .map_err(|_| anyhow::anyhow!("python output reader panicked"))?;
-    if !status.success() {
-        bail!("python-mparray exited with {status} (its message is above)");
-    }
-    let parsed: Line = result_line(lines.into_iter(), "python-mparray")?;
+    let parsed: Line = result_line(status, lines.into_iter(), "python-mparray")?;
     if parsed.payload_bytes != payload || parsed.latencies_ns.len() as u64 != plan.messages {
         bail!(
             "python-mparray reported {} latencies for {} bytes, expected {} for {payload}",
