@@ -29,6 +29,7 @@ mod python;
 mod shm;
 mod stream;
 mod voxring;
+mod wire;
 
 use measure::{SyscallCounter, pin_to, process_cpu_ns};
 use peer::{finish_child, inheritable, peer_main, spawn_peer, stop_child, vox_mode};
@@ -193,6 +194,10 @@ pub(crate) struct Plan {
 impl Plan {
     pub fn total(&self) -> u64 {
         self.warmup + self.messages + self.count_messages
+    }
+    /// When a consumer process must have finished: a minute, and a millisecond per message.
+    pub fn peer_deadline(&self) -> Instant {
+        Instant::now() + Duration::from_secs(60 + self.total() / 1000)
     }
     pub fn is_measured(&self, i: u64) -> bool {
         i >= self.warmup && i < self.warmup + self.messages

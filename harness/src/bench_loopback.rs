@@ -124,40 +124,14 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     };
 
     let stop = std::sync::Arc::new(StopFlag::new());
-    let thread = {
-        let stop = stop.clone();
-        let mmap = args.mmap;
-        let format = args.format;
-        let rt_priority = args.rt_priority;
-        std::thread::Builder::new()
-            .name("voxring-audio".into())
-            .spawn(move || -> Result<Outcome, AudioError> {
-                let rt = if rt_priority == 0 {
-                    Err("not asked for (--rt-priority 0)".to_owned())
-                } else {
-                    rt::promote_current_thread(rt_priority)
-                        .map(|()| rt_priority)
-                        .map_err(|e| e.to_string())
-                };
-                let go = RunSpec {
-                    spec: &spec,
-                    params: &params,
-                    mmap,
-                    interval,
-                    warmup,
-                    frames: warmup + measure,
-                    stop: &stop,
-                };
-                let mut out = match format {
-                    SampleFormat::S16 => run_typed::<i16>(&go),
-                    SampleFormat::S32 => run_typed::<i32>(&go),
-                    SampleFormat::F32 => run_typed::<f32>(&go),
-                }?;
-                out.rt = rt;
-                Ok(out)
-            })
-            .context("starting the audio thread")?
+    let go = Plan {
+        spec,
+        params,
+        interval,
+        warmup,
+        frames: warmup + measure,
     };
+    let thread = spawn_audio(&args, go, stop.clone())?;
 
     // While the streams run, read back what PipeWire's nodes asked for.
     let mut latencies = Vec::new();
@@ -177,8 +151,81 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     let o = outcome;
-    let rate = o.capture.rate;
     let st = RoundTripStats::from_frames(&o.round_trips);
+    let pw = pw_after.map(|after| (pw_before, after));
+    let report = report_json(&args, &params, &o, st, interval, pw, &latencies);
+
+    print_summary(&args, &o, st, pw_after, &latencies);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if st.is_none() {
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What the audio thread runs: the device, its parameters, and the impulses' schedule.
+struct Plan {
+    spec: DeviceSpec,
+    params: StreamParams,
+    interval: u64,
+    warmup: u64,
+    /// Warm-up and measurement, in frames.
+    frames: u64,
+}
+
+/// Starts the audio thread: SCHED_FIFO when asked for and allowed, then the probe.
+fn spawn_audio(
+    args: &Args,
+    plan: Plan,
+    stop: std::sync::Arc<StopFlag>,
+) -> anyhow::Result<std::thread::JoinHandle<Result<Outcome, AudioError>>> {
+    let mmap = args.mmap;
+    let format = args.format;
+    let rt_priority = args.rt_priority;
+    std::thread::Builder::new()
+        .name("voxring-audio".into())
+        .spawn(move || -> Result<Outcome, AudioError> {
+            let rt = if rt_priority == 0 {
+                Err("not asked for (--rt-priority 0)".to_owned())
+            } else {
+                rt::promote_current_thread(rt_priority)
+                    .map(|()| rt_priority)
+                    .map_err(|e| e.to_string())
+            };
+            let go = RunSpec {
+                spec: &plan.spec,
+                params: &plan.params,
+                mmap,
+                interval: plan.interval,
+                warmup: plan.warmup,
+                frames: plan.frames,
+                stop: &stop,
+            };
+            let mut out = match format {
+                SampleFormat::S16 => run_typed::<i16>(&go),
+                SampleFormat::S32 => run_typed::<i32>(&go),
+                SampleFormat::F32 => run_typed::<f32>(&go),
+            }?;
+            out.rt = rt;
+            Ok(out)
+        })
+        .context("starting the audio thread")
+}
+
+/// The JSON report of a run; `pw` is PipeWire's clock before and after forcing it.
+fn report_json(
+    args: &Args,
+    params: &StreamParams,
+    o: &Outcome,
+    st: Option<RoundTripStats>,
+    interval: u64,
+    pw: Option<(Option<PwClock>, PwClock)>,
+    latencies: &[(String, String)],
+) -> serde_json::Value {
+    let rate = o.capture.rate;
     let ms = |f: u32| RoundTripStats::ms(f, rate);
     let clock_json = |c: &PwClock| {
         json!({
@@ -188,7 +235,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             "effective_rate": c.effective_rate(), "effective_quantum": c.effective_quantum(),
         })
     };
-    let report = json!({
+    json!({
         "device": args.device,
         "device_opened": o.label,
         "rate": rate,
@@ -222,8 +269,8 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             Ok(p) => json!({ "granted": true, "priority": p }),
             Err(e) => json!({ "granted": false, "why": e }),
         },
-        "pipewire": pw_after.map(|after| json!({
-            "before": pw_before.as_ref().map(clock_json),
+        "pipewire": pw.map(|(before, after)| json!({
+            "before": before.as_ref().map(clock_json),
             "after_forcing": clock_json(&after),
             "stream_node_latency": latencies
                 .iter()
@@ -231,17 +278,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
                 .collect::<Vec<_>>(),
             "restored": true,
         })),
-    });
-
-    print_summary(&args, &o, st, pw_after, &latencies);
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if st.is_none() {
-        return Ok(ExitCode::from(1));
-    }
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// The human-readable summary of a run, on stdout.

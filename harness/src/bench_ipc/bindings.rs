@@ -20,11 +20,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
-use voxring_core::{GrantError, Policy, RingConfig, SampleFormat};
+use voxring_core::GrantError;
 use voxring_linux::ring::Segment;
 use voxring_linux::segment::CreateOptions;
 
 use super::measure::{SyscallCounter, now_ns, pin_to, thread_cpu_ns};
+use super::peer::{record_latencies, result_line, wait_child};
 use super::{Plan, ProducerReport};
 
 /// The C consumer's source and the header it includes, under `platform-linux/ffi`.
@@ -152,15 +153,7 @@ pub fn run(
         Consumer::Python(_) => None,
     };
     let name = format!("bench-ffi-{}-{payload}", std::process::id());
-    let cfg = RingConfig {
-        frames: 1,
-        samples_per_frame: (payload / 4) as u32,
-        channels: 1,
-        format: SampleFormat::F32,
-        sample_rate: 48_000,
-        max_consumers: 1,
-        policy: Policy::Lossless,
-    };
+    let cfg = super::voxring::config(payload)?;
     let seg = Segment::create(&name, &cfg, &CreateOptions::default())
         .with_context(|| format!("creating the ring {name}"))?;
     let extra = plan.count_messages;
@@ -232,28 +225,9 @@ pub fn run(
     let report = producer
         .join()
         .map_err(|_| anyhow::anyhow!("the producer thread panicked"))??;
-    let deadline = Instant::now() + Duration::from_secs(60 + plan.total() / 1000);
-    let status = loop {
-        if let Some(s) = child.0.try_wait().context("waiting for the consumer")? {
-            break s;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the consumer (pid {}) did not finish; killing it",
-                child.0.id()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let status = wait_child(&mut child.0, "the consumer", plan.peer_deadline())?;
     let _ = reader.join();
-    if !status.success() {
-        bail!("the binding consumer exited with {status} (its message is above)");
-    }
-    let line = lines_rx
-        .try_iter()
-        .find(|l| l.starts_with('{'))
-        .context("the consumer printed no result line")?;
-    let parsed: Line = serde_json::from_str(&line).context("parsing the consumer's result")?;
+    let parsed: Line = result_line(status, lines_rx.try_iter(), "the binding consumer")?;
     if parsed.latencies_ns.len() as u64 != plan.messages || parsed.transport != "shm" {
         bail!(
             "the consumer reported {} latencies over {} (expected {} over shm)",
@@ -262,10 +236,7 @@ pub fn run(
             plan.messages
         );
     }
-    for l in parsed.latencies_ns {
-        hist.record(l.max(1) as u64)
-            .context("recording a latency")?;
-    }
+    record_latencies(hist, &parsed.latencies_ns)?;
     drop(seg);
     Ok((parsed.consumer_cpu_ns, report))
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use super::measure::now_ns;
-use super::{PEER_TIMEOUT_NS, Received, Rx, Tx};
+use super::{PEER_TIMEOUT_NS, Received, Rx, Tx, wire};
 
 /// The client (producer) side.
 #[derive(Debug)]
@@ -32,13 +32,11 @@ impl HttpTx {
 
 impl Tx for HttpTx {
     fn prepare(&mut self, seq: u64) -> anyhow::Result<()> {
-        let n = self.buf.len();
-        self.buf[0..8].copy_from_slice(&seq.to_le_bytes());
-        self.buf[n - 8..].copy_from_slice(&seq.to_le_bytes());
+        wire::mark(&mut self.buf, seq);
         Ok(())
     }
     fn send(&mut self, _seq: u64) -> anyhow::Result<()> {
-        self.buf[8..16].copy_from_slice(&now_ns().to_le_bytes());
+        wire::stamp(&mut self.buf);
         let response = self
             .agent
             .post(&self.url)
@@ -95,12 +93,6 @@ impl HttpRx {
     }
 }
 
-fn le_u64(bytes: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&bytes[..8]);
-    u64::from_le_bytes(a)
-}
-
 impl Rx for HttpRx {
     fn recv(&mut self) -> anyhow::Result<Received> {
         let mut request = self
@@ -121,20 +113,19 @@ impl Rx for HttpRx {
                 self.payload
             );
         }
-        let seq = le_u64(&self.buf[0..8]);
+        let seq = wire::seq(&self.buf);
         if seq != self.next {
             bail!("received message {seq}, expected {}", self.next);
         }
         self.pending = Some(request);
         Ok(Received {
             seq,
-            stamp_ns: le_u64(&self.buf[8..16]),
+            stamp_ns: wire::stamp_ns(&self.buf),
             recv_ns,
         })
     }
     fn finish(&mut self, msg: &Received) -> anyhow::Result<()> {
-        let n = self.buf.len();
-        if le_u64(&self.buf[n - 8..]) != msg.seq {
+        if wire::last_seq(&self.buf) != msg.seq {
             bail!("body of message {} does not end with its seq", msg.seq);
         }
         let request = self

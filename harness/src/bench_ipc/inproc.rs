@@ -6,7 +6,7 @@
 use anyhow::{Context, bail};
 
 use super::measure::{now_ns, pin_to, thread_cpu_ns};
-use super::{PEER_TIMEOUT_NS, Plan, ProducerReport};
+use super::{PEER_TIMEOUT_NS, Plan, ProducerReport, wire};
 
 fn spin_until(mut ready: impl FnMut() -> bool, what: &str) -> anyhow::Result<()> {
     let deadline = now_ns() + PEER_TIMEOUT_NS;
@@ -19,12 +19,6 @@ fn spin_until(mut ready: impl FnMut() -> bool, what: &str) -> anyhow::Result<()>
         }
     }
     Ok(())
-}
-
-fn le_u64(bytes: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&bytes[..8]);
-    u64::from_le_bytes(a)
 }
 
 /// Runs one `rtrb` measurement; returns the consumer's latencies (ns), its CPU time over the
@@ -49,9 +43,8 @@ pub fn run(
                 if i == plan_p.warmup {
                     cpu0 = thread_cpu_ns();
                 }
-                buf[0..8].copy_from_slice(&i.to_le_bytes());
-                buf[payload - 8..].copy_from_slice(&i.to_le_bytes());
-                buf[8..16].copy_from_slice(&now_ns().to_le_bytes());
+                wire::mark(&mut buf, i);
+                wire::stamp(&mut buf);
                 data_tx
                     .push_entire_slice(&buf)
                     .map_err(|e| anyhow::anyhow!("rtrb ring full ({e}): protocol error"))?;
@@ -100,9 +93,9 @@ pub fn run(
             if !b.is_empty() || a.len() != payload {
                 bail!("an rtrb message wrapped around the ring: protocol error");
             }
-            let seq = le_u64(&a[0..8]);
-            let stamp = le_u64(&a[8..16]);
-            if seq != i || le_u64(&a[payload - 8..]) != i {
+            let seq = wire::seq(a);
+            let stamp = wire::stamp_ns(a);
+            if seq != i || wire::last_seq(a) != i {
                 bail!("rtrb message {i} arrived as {seq}: out of step");
             }
             chunk.commit_all();

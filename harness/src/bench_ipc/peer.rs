@@ -66,6 +66,59 @@ pub(super) fn stop_child(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Waits for `child` (named `who` in errors) to exit; past `deadline` stops it (by its PID:
+/// `Child::kill` sends SIGKILL to it) and fails.
+pub(super) fn wait_child(
+    child: &mut Child,
+    who: &str,
+    deadline: Instant,
+) -> anyhow::Result<std::process::ExitStatus> {
+    loop {
+        if let Some(s) = child
+            .try_wait()
+            .with_context(|| format!("waiting for {who}"))?
+        {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            stop_child(child);
+            bail!(
+                "{who} (pid {}) did not finish in time; killed it",
+                child.id()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The result line a consumer process printed (the first JSON object among `lines`), parsed,
+/// once it has exited with `status` (a failure says so: its own message is on stderr).
+pub(super) fn result_line<T: serde::de::DeserializeOwned>(
+    status: std::process::ExitStatus,
+    mut lines: impl Iterator<Item = String>,
+    who: &str,
+) -> anyhow::Result<T> {
+    if !status.success() {
+        bail!("{who} exited with {status} (its message is above)");
+    }
+    let line = lines
+        .find(|l| l.starts_with('{'))
+        .with_context(|| format!("{who} printed no result line"))?;
+    serde_json::from_str(&line).with_context(|| format!("parsing {who}'s result"))
+}
+
+/// Records a consumer's latencies (ns; a clock that did not advance counts as 1 ns).
+pub(super) fn record_latencies(
+    hist: &mut hdrhistogram::Histogram<u64>,
+    latencies_ns: &[i64],
+) -> anyhow::Result<()> {
+    for &l in latencies_ns {
+        hist.record(l.max(1) as u64)
+            .context("recording a latency")?;
+    }
+    Ok(())
+}
+
 /// Waits for the producer's exit and parses its report.
 pub(super) fn finish_child(child: &mut Child) -> anyhow::Result<ProducerReport> {
     let mut out = String::new();
@@ -75,17 +128,11 @@ pub(super) fn finish_child(child: &mut Child) -> anyhow::Result<ProducerReport> 
         .context("producer stdout")?
         .read_to_string(&mut out)
         .context("reading the producer's report")?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait()? {
-            break s;
-        }
-        if Instant::now() > deadline {
-            stop_child(child);
-            bail!("the producer (pid {}) did not exit; killed it", child.id());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let status = wait_child(
+        child,
+        "the producer",
+        Instant::now() + Duration::from_secs(10),
+    )?;
     if !status.success() {
         bail!("the producer exited with {status} (its message is above)");
     }

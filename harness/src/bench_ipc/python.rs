@@ -4,11 +4,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+use super::peer::{record_latencies, result_line, wait_child};
 use super::{Plan, ProducerReport};
 
 const SCRIPT: &str = include_str!("../../python/mparray_peer.py");
@@ -23,15 +23,9 @@ pub fn find_python() -> Option<String> {
     }
     candidates.push("python3".into());
     candidates.push("/usr/bin/python3".into());
-    candidates.into_iter().find(|py| {
-        Command::new(py)
-            .args(["-c", "import numpy"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
+    candidates
+        .into_iter()
+        .find(|py| crate::run::python::imports_numpy(py.as_ref()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,33 +84,11 @@ pub fn run(
         }
         lines
     });
-    let deadline = Instant::now() + Duration::from_secs(60 + plan.total() / 1000);
-    let status = loop {
-        if let Some(status) = child.try_wait().context("waiting for python")? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            // Stop the child we started, by its PID (Child::kill sends SIGKILL to it).
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "python-mparray did not finish in time; killed pid {}",
-                child.id()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = wait_child(&mut child, "python-mparray", plan.peer_deadline())?;
     let lines = reader
         .join()
         .map_err(|_| anyhow::anyhow!("python output reader panicked"))?;
-    if !status.success() {
-        bail!("python-mparray exited with {status} (its message is above)");
-    }
-    let line = lines
-        .iter()
-        .find(|l| l.starts_with('{'))
-        .context("python-mparray printed no result line")?;
-    let parsed: Line = serde_json::from_str(line).context("parsing python-mparray's result")?;
+    let parsed: Line = result_line(status, lines.into_iter(), "python-mparray")?;
     if parsed.payload_bytes != payload || parsed.latencies_ns.len() as u64 != plan.messages {
         bail!(
             "python-mparray reported {} latencies for {} bytes, expected {} for {payload}",
@@ -125,10 +97,7 @@ pub fn run(
             plan.messages
         );
     }
-    for l in parsed.latencies_ns {
-        hist.record(l.max(1) as u64)
-            .context("recording a latency")?;
-    }
+    record_latencies(hist, &parsed.latencies_ns)?;
     Ok((
         parsed.consumer_cpu_ns,
         ProducerReport {

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use anyhow::{Context, bail};
 
 use super::measure::now_ns;
-use super::{Received, Rx, Tx};
+use super::{Received, Rx, Tx, wire};
 
 /// Producer side of a byte stream.
 #[derive(Debug)]
@@ -32,13 +32,11 @@ impl<W: Write, R: Read> StreamTx<W, R> {
 
 impl<W: Write, R: Read> Tx for StreamTx<W, R> {
     fn prepare(&mut self, seq: u64) -> anyhow::Result<()> {
-        let n = self.buf.len();
-        self.buf[0..8].copy_from_slice(&seq.to_le_bytes());
-        self.buf[n - 8..].copy_from_slice(&seq.to_le_bytes());
+        wire::mark(&mut self.buf, seq);
         Ok(())
     }
     fn send(&mut self, _seq: u64) -> anyhow::Result<()> {
-        self.buf[8..16].copy_from_slice(&now_ns().to_le_bytes());
+        wire::stamp(&mut self.buf);
         let mut off = 0;
         while off < self.buf.len() {
             self.writes += 1;
@@ -87,31 +85,24 @@ impl<R: Read, W: Write> StreamRx<R, W> {
     }
 }
 
-fn le_u64(bytes: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&bytes[..8]);
-    u64::from_le_bytes(a)
-}
-
 impl<R: Read, W: Write> Rx for StreamRx<R, W> {
     fn recv(&mut self) -> anyhow::Result<Received> {
         self.r
             .read_exact(&mut self.buf)
             .context("receiving a message (did the producer process die?)")?;
         let recv_ns = now_ns();
-        let seq = le_u64(&self.buf[0..8]);
+        let seq = wire::seq(&self.buf);
         if seq != self.next {
             bail!("received message {seq}, expected {}", self.next);
         }
         Ok(Received {
             seq,
-            stamp_ns: le_u64(&self.buf[8..16]),
+            stamp_ns: wire::stamp_ns(&self.buf),
             recv_ns,
         })
     }
     fn finish(&mut self, msg: &Received) -> anyhow::Result<()> {
-        let n = self.buf.len();
-        let last = le_u64(&self.buf[n - 8..]);
+        let last = wire::last_seq(&self.buf);
         if last != msg.seq {
             bail!("message {} ends with {last}: stream out of step", msg.seq);
         }

@@ -65,7 +65,9 @@ fn spin_until<T>(
     }
 }
 
-fn config(payload: usize) -> anyhow::Result<RingConfig> {
+/// The ring of one benchmark message: one lossless F32 slot of `payload` bytes, one consumer.
+/// Also the ring of the binding consumers (`bindings`).
+pub(super) fn config(payload: usize) -> anyhow::Result<RingConfig> {
     if !payload.is_multiple_of(4) {
         bail!("voxring rings carry whole f32 samples: {payload} bytes is not a multiple of 4");
     }

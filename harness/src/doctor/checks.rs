@@ -142,17 +142,24 @@ fn c_limits_conf(s: &Sys) -> Check {
     }
 }
 
-fn c_rtprio(s: &Sys) -> Check {
-    let Some(h) = s
-        .proc_limit_hard("Max realtime priority")
+/// The hard limit `prefix` of /proc/self/limits, or check `id`'s warning that it is unreadable.
+fn hard_limit(s: &Sys, id: &'static str, prefix: &str) -> Result<String, Check> {
+    s.proc_limit_hard(prefix)
         .filter(|h| !h.is_empty())
-    else {
-        return check(
-            "rtprio",
-            Warn,
-            "cannot read /proc/self/limits",
-            "check that /proc is mounted",
-        );
+        .ok_or_else(|| {
+            check(
+                id,
+                Warn,
+                "cannot read /proc/self/limits",
+                "check that /proc is mounted",
+            )
+        })
+}
+
+fn c_rtprio(s: &Sys) -> Check {
+    let h = match hard_limit(s, "rtprio", "Max realtime priority") {
+        Ok(h) => h,
+        Err(c) => return c,
     };
     if h == "unlimited" || uint_ge(&h, 80) {
         check("rtprio", Good, format!("hard RLIMIT_RTPRIO {h}"), "")
@@ -174,16 +181,9 @@ fn c_rtprio(s: &Sys) -> Check {
 }
 
 fn c_memlock(s: &Sys) -> Check {
-    let Some(h) = s
-        .proc_limit_hard("Max locked memory")
-        .filter(|h| !h.is_empty())
-    else {
-        return check(
-            "memlock",
-            Warn,
-            "cannot read /proc/self/limits",
-            "check that /proc is mounted",
-        );
+    let h = match hard_limit(s, "memlock", "Max locked memory") {
+        Ok(h) => h,
+        Err(c) => return c,
     };
     if h == "unlimited" || uint_ge(&h, 268_435_456) {
         check("memlock", Good, format!("hard RLIMIT_MEMLOCK {h}"), "")

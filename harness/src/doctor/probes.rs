@@ -100,12 +100,7 @@ pub fn run(seconds: f64) -> Vec<Check> {
                 check("timer-jitter", Status::Ok, found, "")
             }
         }
-        Err(why) => check(
-            "timer-jitter",
-            Status::Warn,
-            format!("could not measure: {why}"),
-            "run voxring doctor again; report a bug if it persists",
-        ),
+        Err(why) => unmeasured("timer-jitter", &why),
     });
     let futex = std::thread::Builder::new()
         .name("doctor-futex-probe".into())
@@ -138,12 +133,7 @@ pub fn run(seconds: f64) -> Vec<Check> {
                 check("futex-wake", Status::Ok, found, "")
             }
         }
-        Err(why) => check(
-            "futex-wake",
-            Status::Warn,
-            format!("could not measure: {why}"),
-            "run voxring doctor again; report a bug if it persists",
-        ),
+        Err(why) => unmeasured("futex-wake", &why),
     });
     out
 }
@@ -263,4 +253,14 @@ fn futex_wake(rounds: u32) -> Result<(hdrhistogram::Histogram<u64>, bool), Strin
         .map_err(|_| "the sleeper thread panicked".to_string())?;
     result?;
     Ok((h?, cross))
+}
+
+/// The warning of a probe that could not measure.
+fn unmeasured(id: &'static str, why: &str) -> Check {
+    check(
+        id,
+        Status::Warn,
+        format!("could not measure: {why}"),
+        "run voxring doctor again; report a bug if it persists",
+    )
 }

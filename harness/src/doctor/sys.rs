@@ -319,22 +319,9 @@ impl Sys {
         if std::fs::File::open(&main).is_ok() {
             files.push(main);
         }
-        if let Ok(dir) = std::fs::read_dir(self.p("/etc/security/limits.d")) {
-            let mut names: Vec<PathBuf> = dir
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| is_conf_name(p))
-                .filter(|p| {
-                    std::fs::File::open(p).is_ok_and(|f| f.metadata().is_ok_and(|m| !m.is_dir()))
-                })
-                .collect();
-            names.sort_by(|a, b| {
-                a.as_os_str()
-                    .as_encoded_bytes()
-                    .cmp(b.as_os_str().as_encoded_bytes())
-            });
-            files.extend(names);
-        }
+        files.extend(conf_files(&self.p("/etc/security/limits.d"), |f| {
+            f.metadata().is_ok_and(|m| !m.is_dir())
+        }));
         let mut best = 0;
         let mut val = None;
         for f in files {
@@ -393,21 +380,7 @@ impl Sys {
             self.p("/etc/pipewire/pipewire.conf.d"),
             PathBuf::from(format!("{}/.config/pipewire/pipewire.conf.d", self.home())),
         ] {
-            let Ok(dir) = std::fs::read_dir(&d) else {
-                continue;
-            };
-            let mut names: Vec<PathBuf> = dir
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| is_conf_name(p))
-                .filter(|p| std::fs::File::open(p).is_ok())
-                .collect();
-            names.sort_by(|a, b| {
-                a.as_os_str()
-                    .as_encoded_bytes()
-                    .cmp(b.as_os_str().as_encoded_bytes())
-            });
-            out.extend(names);
+            out.extend(conf_files(&d, |_| true));
         }
         out
     }
@@ -587,6 +560,26 @@ pub fn cpulist_expand(list: &str) -> Vec<u64> {
 }
 
 /// What the shell glob `*.conf` matches: not hidden, ends in `.conf`.
+/// The `*.conf` files of `dir` (none when it cannot be read) that open and pass `keep`, in
+/// byte order of their paths (the order the tools read them in).
+fn conf_files(dir: &Path, keep: impl Fn(&std::fs::File) -> bool) -> Vec<PathBuf> {
+    let Ok(dir) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<PathBuf> = dir
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| is_conf_name(p))
+        .filter(|p| std::fs::File::open(p).is_ok_and(|f| keep(&f)))
+        .collect();
+    names.sort_by(|a, b| {
+        a.as_os_str()
+            .as_encoded_bytes()
+            .cmp(b.as_os_str().as_encoded_bytes())
+    });
+    names
+}
+
 fn is_conf_name(p: &Path) -> bool {
     p.file_name()
         .map(|n| n.to_string_lossy())

@@ -23,10 +23,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use voxring_core::{FrameFlags, ReadError, SampleFormat};
+use voxring_core::{FrameFlags, FrameMeta, ReadError, RingConfig, SampleFormat};
 use voxring_linux::audio::monotonic_ns;
-use voxring_linux::ring::{FramesWait, Segment, ShmProducer};
+use voxring_linux::ring::{FramesWait, Segment, ShmConsumer, ShmProducer};
 use voxring_linux::segment::AttachOptions;
 
 use super::dsp::{Vad, apply_gain, energy_dbfs};
@@ -138,80 +139,29 @@ pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_agent(args: &AgentArgs) -> anyhow::Result<AgentOutput> {
-    let role = args.role;
-    let name = match role {
+    let name = match args.role {
         Role::Vad => "vad",
         Role::Recorder => "recorder",
         Role::Echo => "echo",
         Role::Hog => "hog",
     };
-    let opts = AttachOptions::default();
-    let capture = Segment::attach(&capture_name(&args.segments), &opts)
-        .with_context(|| format!("the {name} agent cannot attach to the capture ring"))?;
-    let cfg = capture.config();
-    let enc = encoding(cfg.format);
-    let frames_per_second = f64::from(cfg.sample_rate) / f64::from(cfg.samples_per_frame);
-    let mut rx = capture
-        .consumer()
-        .with_context(|| format!("the {name} agent cannot join the capture ring"))?;
-    // Park at once: a frame comes every quantum, spinning for it would burn a core per agent.
-    rx.set_spin(Duration::ZERO);
-    let sync = SyncHandle::attach(&args.segments)
-        .with_context(|| format!("the {name} agent cannot attach to the run's sync region"))?;
-    let mut ret: Option<ShmProducer> = None;
-    let _ret_seg;
-    if role == Role::Echo {
-        let seg = Segment::attach(&return_name(&args.segments), &opts)
-            .context("the echo agent cannot attach to the return ring")?;
-        ret = Some(
-            seg.producer()
-                .context("the echo agent cannot claim the return ring")?,
-        );
-        _ret_seg = Some(seg);
-    } else {
-        _ret_seg = None;
-    }
-    let mut wav = match (role, args.wav_fd) {
-        (Role::Recorder, Some(fd)) => Some(WavSink::new(
-            inherited_file(fd)?,
-            "the recorder's --wav-fd",
-            cfg.sample_rate,
-            cfg.channels,
-            enc,
-        )?),
-        (Role::Recorder, None) => anyhow::bail!("the recorder needs --wav-fd N"),
-        _ => None,
-    };
-    // Test hook (read once, here): the recorder flips one byte of the first frame it records,
-    // so the tests can show that a recording that differs from what was produced fails the
-    // run. It only spoils this run's own recording.
-    let mut corrupt_once =
-        role == Role::Recorder && std::env::var_os(CORRUPT_RECORDING_ENV).is_some();
+    // Declared first, dropped last: the consumer and its segment outlive the agent's links.
+    let (mut capture, links, cfg) = attach(args, name)?;
     let mut warnings = Vec::new();
-    let scheduling = if args.rt_priority > 0 {
-        match voxring_linux::rt::set_fifo(args.rt_priority) {
-            Ok(()) => format!("SCHED_FIFO {}", args.rt_priority),
-            Err(e) => {
-                warnings.push(e.to_string());
-                "SCHED_OTHER (SCHED_FIFO refused)".to_owned()
-            }
-        }
-    } else {
-        "SCHED_OTHER".to_owned()
+    let scheduling = scheduling(args.rt_priority, &mut warnings);
+    let mut agent = Agent {
+        role: args.role,
+        index: args.index,
+        enc: encoding(cfg.format),
+        links,
+        tally: Tally::new(),
+        vad: Vad::for_speech(f64::from(cfg.sample_rate) / f64::from(cfg.samples_per_frame)),
+        // Test hook (read once, here): the recorder flips one byte of the first frame it
+        // records, so the tests can show that a recording that differs from what was produced
+        // fails the run. It only spoils this run's own recording.
+        corrupt_once: args.role == Role::Recorder
+            && std::env::var_os(CORRUPT_RECORDING_ENV).is_some(),
     };
-    let mut vad = Vad::for_speech(frames_per_second);
-    let mut handoff = new_hist();
-    let mut compute = new_hist();
-    let mut crc = crc32fast::Hasher::new();
-    let (mut frames, mut samples, mut lost, mut late) = (0u64, 0u64, 0u64, 0u64);
-    let mut late_cycles = Vec::with_capacity(MAX_LATE_LISTED);
-    let mut ipc_ns = 0u64;
-    let mut wait_cpu_ns = 0u64;
-    // The return ring's share of the current frame's work (taken out of "compute").
-    let mut echo_ipc_ns = 0u64;
-    let mut return_dropped = 0u64;
-    let mut expected_seq: Option<u64> = None;
-    let bytes_per_sample = enc.bytes();
 
     println!("ready");
     std::io::stdout()
@@ -219,144 +169,10 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<AgentOutput> {
         .context("cannot tell the orchestrator this agent is ready")?;
     let cpu0 = process_cpu_ns();
     let wall0 = monotonic_ns();
-    let exit = 'run: loop {
-        let w0 = thread_cpu_ns();
-        let waited = rx.wait_for_frames(Some(Duration::from_millis(500)));
-        wait_cpu_ns += thread_cpu_ns().saturating_sub(w0);
-        match waited.context("waiting for frames failed")? {
-            FramesWait::Ready => {}
-            FramesWait::TimedOut => continue,
-            FramesWait::EndOfStream => break "the producer is gone".to_owned(),
-        }
-        loop {
-            let t_acq = monotonic_ns();
-            let (consumer, waiter) = rx.parts();
-            let grant = match consumer.read_grant(16) {
-                Ok(g) => g,
-                Err(ReadError::Empty) => {
-                    ipc_ns += monotonic_ns().saturating_sub(t_acq);
-                    break;
-                }
-                Err(ReadError::Lost { frames: n }) => {
-                    lost += n;
-                    continue;
-                }
-                Err(e) => break 'run format!("reading the capture ring failed: {e}"),
-            };
-            let t_got = monotonic_ns();
-            ipc_ns += t_got.saturating_sub(t_acq);
-            let mut eos = false;
-            for frame in grant.frames() {
-                let meta = frame.meta();
-                if let Some(e) = expected_seq {
-                    lost += meta.seq.saturating_sub(e);
-                }
-                expected_seq = Some(meta.seq.wrapping_add(1));
-                if meta.flags.contains(FrameFlags::END_OF_STREAM) {
-                    eos = true;
-                    break;
-                }
-                record(&mut handoff, t_got.saturating_sub(meta.timestamp_ns));
-                // `len` is clamped to the slot by core; cut to whole samples.
-                let payload = frame.payload();
-                let len = (meta.len as usize).min(payload.len()) / enc.bytes() as usize
-                    * enc.bytes() as usize;
-                let payload = &payload[..len];
-                let c0 = monotonic_ns();
-                match role {
-                    Role::Vad => {
-                        let last_energy = energy_dbfs(payload, enc);
-                        let speaking = vad.update(last_energy);
-                        sync.publish_vad(VadState {
-                            speaking: u32::from(speaking),
-                            segments: vad.segments,
-                            speech_frames: vad.speech_frames,
-                            energy_millibel: (last_energy * 100.0) as i32,
-                            seq: meta.seq,
-                        });
-                    }
-                    Role::Recorder => {
-                        let corrupted;
-                        let payload = if corrupt_once && !payload.is_empty() {
-                            corrupt_once = false;
-                            // Test hook only (see CORRUPT_RECORDING_ENV): one copy, once.
-                            let mut copy = payload.to_vec();
-                            copy[0] ^= 0x5a;
-                            corrupted = copy;
-                            &corrupted[..]
-                        } else {
-                            payload
-                        };
-                        crc.update(payload);
-                        if let Some(w) = wav.as_mut() {
-                            w.write_bytes(payload)?;
-                        }
-                    }
-                    Role::Echo => {
-                        crc.update(payload);
-                        let Some(tx) = ret.as_mut() else {
-                            unreachable!("echo has a return ring")
-                        };
-                        let (producer, rwaiter) = tx.parts();
-                        let g0 = monotonic_ns();
-                        let granted = producer.write_grant(1);
-                        let g1 = monotonic_ns();
-                        match granted {
-                            Ok(mut g) => {
-                                if let Some(mut out) = g.frame_mut(0) {
-                                    let n = apply_gain(payload, out.payload_mut(), enc, ECHO_GAIN);
-                                    let _ = out.set_len(n as u32);
-                                    out.set_sample_pos(meta.sample_pos);
-                                    out.set_flags(meta.flags);
-                                    out.set_timestamp_ns(monotonic_ns());
-                                }
-                                let k0 = monotonic_ns();
-                                g.commit_all().wake(rwaiter);
-                                // The grant and the commit are IPC, the gain in between compute.
-                                ipc_ns += (g1 - g0) + monotonic_ns().saturating_sub(k0);
-                                echo_ipc_ns += (g1 - g0) + monotonic_ns().saturating_sub(k0);
-                            }
-                            Err(_) => {
-                                return_dropped += 1;
-                                ipc_ns += g1 - g0;
-                                echo_ipc_ns += g1 - g0;
-                            }
-                        }
-                    }
-                    Role::Hog => {}
-                }
-                if role == Role::Vad {
-                    crc.update(payload);
-                }
-                let c1 = monotonic_ns();
-                record(
-                    &mut compute,
-                    c1.saturating_sub(c0).saturating_sub(echo_ipc_ns),
-                );
-                echo_ipc_ns = 0;
-                frames += 1;
-                samples += u64::from(meta.len / bytes_per_sample);
-                if sync.fence_done(args.index, meta.seq, c1) {
-                    late += 1;
-                    if late_cycles.len() < MAX_LATE_LISTED {
-                        late_cycles.push(meta.seq);
-                    }
-                }
-            }
-            let r0 = monotonic_ns();
-            match grant.release_all() {
-                Ok(wake) => wake.wake(waiter),
-                Err(e) => break 'run format!("releasing frames failed: {e}"),
-            }
-            ipc_ns += monotonic_ns().saturating_sub(r0);
-            if eos {
-                break 'run "end of stream".to_owned();
-            }
-        }
-    };
+    let exit = agent.run(&mut capture.rx)?;
     let wall_ns = monotonic_ns().saturating_sub(wall0);
     let cpu_ns = process_cpu_ns().saturating_sub(cpu0);
-    let wav_samples = match wav.take() {
+    let wav_samples = match agent.links.wav.take() {
         Some(w) => {
             let n = w.samples();
             w.finish()?;
@@ -364,18 +180,24 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<AgentOutput> {
         }
         None => None,
     };
+    let Agent {
+        role,
+        vad,
+        tally: t,
+        ..
+    } = agent;
     Ok(AgentOutput {
         role: name.to_owned(),
-        frames,
-        samples,
-        lost,
-        late,
-        late_cycles,
-        checksum: format!("{:08x}", crc.finalize()),
-        handoff_hist: hist_to_base64(&handoff)?,
-        compute_hist: hist_to_base64(&compute)?,
-        ipc_ns,
-        wait_cpu_ns,
+        frames: t.frames,
+        samples: t.samples,
+        lost: t.lost,
+        late: t.late,
+        late_cycles: t.late_cycles,
+        checksum: format!("{:08x}", t.crc.finalize()),
+        handoff_hist: hist_to_base64(&t.handoff)?,
+        compute_hist: hist_to_base64(&t.compute)?,
+        ipc_ns: t.ipc_ns,
+        wait_cpu_ns: t.wait_cpu_ns,
         cpu_ns,
         wall_ns,
         scheduling,
@@ -383,7 +205,304 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<AgentOutput> {
         wav_samples,
         speech_segments: (role == Role::Vad).then_some(vad.segments),
         speech_frames: (role == Role::Vad).then_some(vad.speech_frames),
-        return_dropped: (role == Role::Echo).then_some(return_dropped),
+        return_dropped: (role == Role::Echo).then_some(t.return_dropped),
         warnings,
     })
+}
+
+/// The capture ring, as this agent's consumer.
+struct Capture {
+    rx: ShmConsumer,
+    _segment: Segment,
+}
+
+/// Where an agent's work goes. Fields drop in this order: the recording, the return ring's
+/// segment, its producer, the sync region.
+struct Links {
+    /// The recorder's WAV file.
+    wav: Option<WavSink>,
+    /// The echo agent's return ring: its segment (kept for the run) and its producer.
+    _ret_seg: Option<Segment>,
+    ret: Option<ShmProducer>,
+    sync: SyncHandle,
+}
+
+/// Attaches to the capture ring (as a consumer), the sync region, the return ring (echo) and
+/// the recording (recorder).
+fn attach(args: &AgentArgs, name: &str) -> anyhow::Result<(Capture, Links, RingConfig)> {
+    let role = args.role;
+    let opts = AttachOptions::default();
+    let segment = Segment::attach(&capture_name(&args.segments), &opts)
+        .with_context(|| format!("the {name} agent cannot attach to the capture ring"))?;
+    let cfg = segment.config();
+    let mut rx = segment
+        .consumer()
+        .with_context(|| format!("the {name} agent cannot join the capture ring"))?;
+    // Park at once: a frame comes every quantum, spinning for it would burn a core per agent.
+    rx.set_spin(Duration::ZERO);
+    let capture = Capture {
+        rx,
+        _segment: segment,
+    };
+    let sync = SyncHandle::attach(&args.segments)
+        .with_context(|| format!("the {name} agent cannot attach to the run's sync region"))?;
+    let (ret_seg, ret) = if role == Role::Echo {
+        let seg = Segment::attach(&return_name(&args.segments), &opts)
+            .context("the echo agent cannot attach to the return ring")?;
+        let tx = seg
+            .producer()
+            .context("the echo agent cannot claim the return ring")?;
+        (Some(seg), Some(tx))
+    } else {
+        (None, None)
+    };
+    let wav = match (role, args.wav_fd) {
+        (Role::Recorder, Some(fd)) => Some(WavSink::new(
+            inherited_file(fd)?,
+            "the recorder's --wav-fd",
+            cfg.sample_rate,
+            cfg.channels,
+            encoding(cfg.format),
+        )?),
+        (Role::Recorder, None) => anyhow::bail!("the recorder needs --wav-fd N"),
+        _ => None,
+    };
+    let links = Links {
+        wav,
+        _ret_seg: ret_seg,
+        ret,
+        sync,
+    };
+    Ok((capture, links, cfg))
+}
+
+/// Asks for SCHED_FIFO when `--rt-priority` is set; says what the agent runs under.
+fn scheduling(rt_priority: u8, warnings: &mut Vec<String>) -> String {
+    if rt_priority > 0 {
+        match voxring_linux::rt::set_fifo(rt_priority) {
+            Ok(()) => format!("SCHED_FIFO {rt_priority}"),
+            Err(e) => {
+                warnings.push(e.to_string());
+                "SCHED_OTHER (SCHED_FIFO refused)".to_owned()
+            }
+        }
+    } else {
+        "SCHED_OTHER".to_owned()
+    }
+}
+
+/// What an agent counts while it runs.
+struct Tally {
+    handoff: Histogram<u64>,
+    compute: Histogram<u64>,
+    crc: crc32fast::Hasher,
+    frames: u64,
+    samples: u64,
+    lost: u64,
+    late: u64,
+    late_cycles: Vec<u64>,
+    ipc_ns: u64,
+    wait_cpu_ns: u64,
+    return_dropped: u64,
+    expected_seq: Option<u64>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            handoff: new_hist(),
+            compute: new_hist(),
+            crc: crc32fast::Hasher::new(),
+            frames: 0,
+            samples: 0,
+            lost: 0,
+            late: 0,
+            late_cycles: Vec::with_capacity(MAX_LATE_LISTED),
+            ipc_ns: 0,
+            wait_cpu_ns: 0,
+            return_dropped: 0,
+            expected_seq: None,
+        }
+    }
+}
+
+/// One agent at work: its role, where its work goes, and what it counts.
+struct Agent {
+    role: Role,
+    /// This agent's place in the cycle fence.
+    index: u32,
+    enc: Encoding,
+    links: Links,
+    tally: Tally,
+    vad: Vad,
+    corrupt_once: bool,
+}
+
+impl Agent {
+    /// Waits for frames and handles them until the stream ends; returns how it ended.
+    fn run(&mut self, rx: &mut ShmConsumer) -> anyhow::Result<String> {
+        loop {
+            let w0 = thread_cpu_ns();
+            let waited = rx.wait_for_frames(Some(Duration::from_millis(500)));
+            self.tally.wait_cpu_ns += thread_cpu_ns().saturating_sub(w0);
+            match waited.context("waiting for frames failed")? {
+                FramesWait::Ready => {}
+                FramesWait::TimedOut => continue,
+                FramesWait::EndOfStream => return Ok("the producer is gone".to_owned()),
+            }
+            if let Some(exit) = self.drain(rx)? {
+                return Ok(exit);
+            }
+        }
+    }
+
+    /// Reads grants until the ring is empty (`None`) or the run ends (`Some`: how it ended).
+    fn drain(&mut self, rx: &mut ShmConsumer) -> anyhow::Result<Option<String>> {
+        loop {
+            let t_acq = monotonic_ns();
+            let (consumer, waiter) = rx.parts();
+            let grant = match consumer.read_grant(16) {
+                Ok(g) => g,
+                Err(ReadError::Empty) => {
+                    self.tally.ipc_ns += monotonic_ns().saturating_sub(t_acq);
+                    return Ok(None);
+                }
+                Err(ReadError::Lost { frames: n }) => {
+                    self.tally.lost += n;
+                    continue;
+                }
+                Err(e) => return Ok(Some(format!("reading the capture ring failed: {e}"))),
+            };
+            let t_got = monotonic_ns();
+            self.tally.ipc_ns += t_got.saturating_sub(t_acq);
+            let mut eos = false;
+            for frame in grant.frames() {
+                if self.frame(frame.meta(), frame.payload(), t_got)? {
+                    eos = true;
+                    break;
+                }
+            }
+            let r0 = monotonic_ns();
+            match grant.release_all() {
+                Ok(wake) => wake.wake(waiter),
+                Err(e) => return Ok(Some(format!("releasing frames failed: {e}"))),
+            }
+            self.tally.ipc_ns += monotonic_ns().saturating_sub(r0);
+            if eos {
+                return Ok(Some("end of stream".to_owned()));
+            }
+        }
+    }
+
+    /// Handles one frame read at `t_got`; `true` when it is the END_OF_STREAM frame.
+    fn frame(&mut self, meta: FrameMeta, payload: &[u8], t_got: u64) -> anyhow::Result<bool> {
+        let t = &mut self.tally;
+        if let Some(e) = t.expected_seq {
+            t.lost += meta.seq.saturating_sub(e);
+        }
+        t.expected_seq = Some(meta.seq.wrapping_add(1));
+        if meta.flags.contains(FrameFlags::END_OF_STREAM) {
+            return Ok(true);
+        }
+        record(&mut t.handoff, t_got.saturating_sub(meta.timestamp_ns));
+        // `len` is clamped to the slot by core; cut to whole samples.
+        let bytes = self.enc.bytes() as usize;
+        let payload = &payload[..(meta.len as usize).min(payload.len()) / bytes * bytes];
+        let c0 = monotonic_ns();
+        // The return ring's share of the frame's work (taken out of "compute").
+        let echo_ipc_ns = match self.role {
+            Role::Vad => {
+                self.vad_frame(meta, payload);
+                self.tally.crc.update(payload);
+                0
+            }
+            Role::Recorder => {
+                self.record_frame(payload)?;
+                0
+            }
+            Role::Echo => self.echo_frame(meta, payload),
+            Role::Hog => 0,
+        };
+        let c1 = monotonic_ns();
+        let t = &mut self.tally;
+        record(
+            &mut t.compute,
+            c1.saturating_sub(c0).saturating_sub(echo_ipc_ns),
+        );
+        t.frames += 1;
+        t.samples += u64::from(meta.len / self.enc.bytes());
+        if self.links.sync.fence_done(self.index, meta.seq, c1) {
+            t.late += 1;
+            if t.late_cycles.len() < MAX_LATE_LISTED {
+                t.late_cycles.push(meta.seq);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The vad's work: the frame's energy, the hysteresis, and publishing speech on/off.
+    fn vad_frame(&mut self, meta: FrameMeta, payload: &[u8]) {
+        let last_energy = energy_dbfs(payload, self.enc);
+        let speaking = self.vad.update(last_energy);
+        self.links.sync.publish_vad(VadState {
+            speaking: u32::from(speaking),
+            segments: self.vad.segments,
+            speech_frames: self.vad.speech_frames,
+            energy_millibel: (last_energy * 100.0) as i32,
+            seq: meta.seq,
+        });
+    }
+
+    /// The recorder's work: the CRC-32 and the WAV file.
+    fn record_frame(&mut self, payload: &[u8]) -> anyhow::Result<()> {
+        let corrupted;
+        let payload = if self.corrupt_once && !payload.is_empty() {
+            self.corrupt_once = false;
+            // Test hook only (see CORRUPT_RECORDING_ENV): one copy, once.
+            let mut copy = payload.to_vec();
+            copy[0] ^= 0x5a;
+            corrupted = copy;
+            &corrupted[..]
+        } else {
+            payload
+        };
+        self.tally.crc.update(payload);
+        if let Some(w) = self.links.wav.as_mut() {
+            w.write_bytes(payload)?;
+        }
+        Ok(())
+    }
+
+    /// The echo's work: the gain, into the return ring. Returns the time spent in the ring.
+    fn echo_frame(&mut self, meta: FrameMeta, payload: &[u8]) -> u64 {
+        self.tally.crc.update(payload);
+        let Some(tx) = self.links.ret.as_mut() else {
+            unreachable!("echo has a return ring")
+        };
+        let (producer, rwaiter) = tx.parts();
+        let g0 = monotonic_ns();
+        let granted = producer.write_grant(1);
+        let g1 = monotonic_ns();
+        let ring_ns = match granted {
+            Ok(mut g) => {
+                if let Some(mut out) = g.frame_mut(0) {
+                    let n = apply_gain(payload, out.payload_mut(), self.enc, ECHO_GAIN);
+                    let _ = out.set_len(n as u32);
+                    out.set_sample_pos(meta.sample_pos);
+                    out.set_flags(meta.flags);
+                    out.set_timestamp_ns(monotonic_ns());
+                }
+                let k0 = monotonic_ns();
+                g.commit_all().wake(rwaiter);
+                // The grant and the commit are IPC, the gain in between compute.
+                (g1 - g0) + monotonic_ns().saturating_sub(k0)
+            }
+            Err(_) => {
+                self.tally.return_dropped += 1;
+                g1 - g0
+            }
+        };
+        self.tally.ipc_ns += ring_ns;
+        ring_ns
+    }
 }

@@ -63,7 +63,8 @@ pub struct PythonLauncher {
     pub package_dir: Option<PathBuf>,
 }
 
-fn imports_numpy(python: &OsString) -> bool {
+/// Whether `python` runs and can `import numpy` (what every Python peer of the harness needs).
+pub(crate) fn imports_numpy(python: &std::ffi::OsStr) -> bool {
     Command::new(python)
         .args(["-c", "import numpy"])
         .stdin(Stdio::null())
@@ -100,7 +101,7 @@ impl PythonLauncher {
             None => ["python3", "/usr/bin/python3"]
                 .into_iter()
                 .map(OsString::from)
-                .find(imports_numpy)
+                .find(|p| imports_numpy(p))
                 .ok_or_else(|| {
                     anyhow::anyhow!(
                         "no Python 3 with numpy found (tried python3 on PATH and \
