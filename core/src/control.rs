@@ -37,6 +37,8 @@
 use core::marker::PhantomData;
 use core::mem::size_of;
 
+#[cfg(not(voxring_loom))]
+use crate::region::check_stamp;
 use crate::sync::{AtomicU32, AtomicU64, Ordering, fence};
 
 /// Plain data that can travel through a [`ControlRegister`] as raw bytes.
@@ -432,22 +434,7 @@ impl<T: Plain, const WORDS: usize> ControlRegister<T, WORDS> {
         // SAFETY: checked non-null, aligned, long enough; validity for 'a is the caller's
         // promise. Every field is an atomic integer, valid for any bit pattern.
         let reg = unsafe { &*ptr.cast::<Self>() };
-        // Acquire: pairs with the Release store of the magic in `init_in`.
-        let magic = reg.magic.load(Ordering::Acquire);
-        if magic != CONTROL_MAGIC {
-            return Err(RegionError::BadMagic {
-                found: magic,
-                expected: CONTROL_MAGIC,
-            });
-        }
-        // Relaxed: ordered by the Acquire above.
-        let version = reg.version.load(Ordering::Relaxed);
-        if version != CONTROL_VERSION {
-            return Err(RegionError::UnsupportedVersion {
-                found: version,
-                expected: CONTROL_VERSION,
-            });
-        }
+        check_stamp((&reg.magic, CONTROL_MAGIC), (&reg.version, CONTROL_VERSION))?;
         let words = reg.words.load(Ordering::Relaxed);
         let payload_bytes = reg.payload_bytes.load(Ordering::Relaxed);
         if words as usize != WORDS {
