@@ -68,6 +68,39 @@ fn timed_pair<T: Send>(consumer: impl FnOnce() -> T + Send, producer: impl FnOnc
     })
 }
 
+/// One item pushed then popped per iteration, on one thread: the same code for every ring
+/// compared (a macro: the rings share no trait).
+macro_rules! same_thread_items {
+    ($b:expr, $tx:ident, $rx:ident) => {
+        let mut i = 0u64;
+        $b.iter(|| {
+            $tx.push(black_box(i)).unwrap();
+            i += 1;
+            black_box($rx.pop().unwrap())
+        });
+    };
+}
+
+/// `iters` items from a pushing thread to a popping one (see `timed_pair`): the same code for
+/// every ring compared; `$full` is the ring's "full, here is your item back" error variant.
+macro_rules! two_thread_items {
+    ($iters:expr, $tx:ident, $rx:ident, $full:path) => {
+        timed_pair(
+            move || {
+                let mut sum = 0u64;
+                pop_all($iters, || $rx.pop().ok(), |v| sum = sum.wrapping_add(v));
+                sum
+            },
+            || {
+                push_all($iters, |v| match $tx.push(v) {
+                    Err($full(back)) => Err(back),
+                    _ => Ok(()),
+                })
+            },
+        )
+    };
+}
+
 fn item(c: &mut Criterion) {
     let mut g = c.benchmark_group("item");
     g.throughput(Throughput::Elements(1));
@@ -75,21 +108,11 @@ fn item(c: &mut Criterion) {
     g.bench_function("voxring_static_ring/same_thread", |b| {
         let ring = StaticRing::<u64, 1024>::new(0);
         let (mut tx, mut rx) = ring.split().unwrap();
-        let mut i = 0u64;
-        b.iter(|| {
-            tx.push(black_box(i)).unwrap();
-            i += 1;
-            black_box(rx.pop().unwrap())
-        });
+        same_thread_items!(b, tx, rx);
     });
     g.bench_function("rtrb/same_thread", |b| {
         let (mut tx, mut rx) = rtrb::RingBuffer::<u64>::new(1024);
-        let mut i = 0u64;
-        b.iter(|| {
-            tx.push(black_box(i)).unwrap();
-            i += 1;
-            black_box(rx.pop().unwrap())
-        });
+        same_thread_items!(b, tx, rx);
     });
 
     g.bench_function("voxring_static_ring/two_threads", |b| {
@@ -97,37 +120,13 @@ fn item(c: &mut Criterion) {
             // On the heap like rtrb's buffer (on this stack it would sit beside the producer's locals).
             let ring = Box::new(StaticRing::<u64, 1024>::new(0));
             let (mut tx, mut rx) = ring.split().unwrap();
-            timed_pair(
-                move || {
-                    let mut sum = 0u64;
-                    pop_all(iters, || rx.pop().ok(), |v| sum = sum.wrapping_add(v));
-                    sum
-                },
-                || {
-                    push_all(iters, |v| match tx.push(v) {
-                        Err(PushError::Full(back)) => Err(back),
-                        _ => Ok(()),
-                    })
-                },
-            )
+            two_thread_items!(iters, tx, rx, PushError::Full)
         });
     });
     g.bench_function("rtrb/two_threads", |b| {
         b.iter_custom(|iters| {
             let (mut tx, mut rx) = rtrb::RingBuffer::<u64>::new(1024);
-            timed_pair(
-                move || {
-                    let mut sum = 0u64;
-                    pop_all(iters, || rx.pop().ok(), |v| sum = sum.wrapping_add(v));
-                    sum
-                },
-                || {
-                    push_all(iters, |v| match tx.push(v) {
-                        Err(rtrb::PushError::Full(back)) => Err(back),
-                        _ => Ok(()),
-                    })
-                },
-            )
+            two_thread_items!(iters, tx, rx, rtrb::PushError::Full)
         });
     });
     g.finish();

@@ -173,6 +173,15 @@ fn floor_i64(x: f64) -> i64 {
     }
 }
 
+/// `a - b` as a float, negative when `b > a` (exact where the unsigned difference is).
+fn signed_diff(a: u64, b: u64) -> f64 {
+    if a >= b {
+        (a - b) as f64
+    } else {
+        -((b - a) as f64)
+    }
+}
+
 /// `x` rounded to the nearest integer, as `i64` (saturating, NaN → 0), without libm.
 fn round_i64(x: f64) -> i64 {
     floor_i64(x + 0.5)
@@ -378,12 +387,7 @@ impl FrameClock {
     /// `None` before the first update or when the result would not fit in a `u64`.
     pub fn predict_ns(&self, pos: u64) -> Option<u64> {
         let l = self.lock?;
-        let n = if pos >= l.base_pos {
-            (pos - l.base_pos) as f64
-        } else {
-            -((l.base_pos - pos) as f64)
-        };
-        let offset = l.base_frac + n * l.ns_per_sample;
+        let offset = l.base_frac + signed_diff(pos, l.base_pos) * l.ns_per_sample;
         let whole = round_i64(offset);
         if whole >= 0 {
             l.base_ns.checked_add(whole as u64)
@@ -397,11 +401,7 @@ impl FrameClock {
     /// the result would not fit in a `u64`.
     pub fn predict_pos(&self, time_ns: u64) -> Option<u64> {
         let l = self.lock?;
-        let dt = if time_ns >= l.base_ns {
-            (time_ns - l.base_ns) as f64
-        } else {
-            -((l.base_ns - time_ns) as f64)
-        } - l.base_frac;
+        let dt = signed_diff(time_ns, l.base_ns) - l.base_frac;
         let samples = floor_i64(dt / l.ns_per_sample);
         if samples >= 0 {
             l.base_pos.checked_add(samples as u64)

@@ -37,6 +37,8 @@
 use core::marker::PhantomData;
 use core::mem::size_of;
 
+#[cfg(not(voxring_loom))]
+use crate::region::check_stamp;
 use crate::sync::{AtomicU32, AtomicU64, Ordering, fence};
 
 /// Plain data that can travel through a [`ControlRegister`] as raw bytes.
@@ -165,9 +167,9 @@ impl core::fmt::Display for ReadError {
 /// reports (see [`crate::region`]).
 pub use crate::region::RegionError;
 
-/// The payload's bytes as words, zero-padded.
+/// The payload's bytes as words, zero-padded. `const` so that [`ControlRegister::new`] can be.
 #[inline(always)]
-fn to_words<T: Plain, const WORDS: usize>(value: &T) -> [u64; WORDS] {
+const fn to_words<T: Plain, const WORDS: usize>(value: &T) -> [u64; WORDS] {
     let mut words = [0u64; WORDS];
     // SAFETY: `size_of::<T>() <= WORDS * 8` (asserted at compile time by every constructor,
     // the only way to get a `ControlRegister<T, WORDS>` to call this on); `T: Plain` has no
@@ -199,6 +201,24 @@ fn from_words<T: Plain, const WORDS: usize>(words: &[u64; WORDS]) -> T {
     }
 }
 
+/// A fresh register (header stamped, version 0) around the payload words `data`: the one
+/// struct literal both builds' `new` share (a macro, since only the non-loom `new` is `const`
+/// and loom's atomics have no `const fn new`).
+macro_rules! fresh_register {
+    ($data:expr) => {
+        Self {
+            magic: AtomicU64::new(CONTROL_MAGIC),
+            version: AtomicU32::new(CONTROL_VERSION),
+            words: AtomicU32::new(WORDS as u32),
+            payload_bytes: AtomicU32::new(size_of::<T>() as u32),
+            _reserved: AtomicU32::new(0),
+            seq: AtomicU64::new(0),
+            data: $data,
+            _marker: PhantomData,
+        }
+    };
+}
+
 impl<T: Plain, const WORDS: usize> ControlRegister<T, WORDS> {
     const FITS: () = assert!(
         size_of::<T>() <= WORDS * 8 && WORDS <= u32::MAX as usize,
@@ -215,31 +235,14 @@ impl<T: Plain, const WORDS: usize> ControlRegister<T, WORDS> {
     pub const fn new(initial: T) -> Self {
         #[allow(clippy::let_unit_value)]
         let () = Self::FITS;
-        let mut words = [0u64; WORDS];
-        // SAFETY: as in `to_words` (this is its `const` twin: `FITS` checked the size).
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                (&initial as *const T).cast::<u8>(),
-                words.as_mut_ptr().cast::<u8>(),
-                size_of::<T>(),
-            );
-        }
+        let words = to_words::<T, WORDS>(&initial);
         let mut data = [const { AtomicU64::new(0) }; WORDS];
         let mut i = 0;
         while i < WORDS {
             data[i] = AtomicU64::new(words[i]);
             i += 1;
         }
-        Self {
-            magic: AtomicU64::new(CONTROL_MAGIC),
-            version: AtomicU32::new(CONTROL_VERSION),
-            words: AtomicU32::new(WORDS as u32),
-            payload_bytes: AtomicU32::new(size_of::<T>() as u32),
-            _reserved: AtomicU32::new(0),
-            seq: AtomicU64::new(0),
-            data,
-            _marker: PhantomData,
-        }
+        fresh_register!(data)
     }
 
     /// A register holding `initial` (version 0).
@@ -248,16 +251,8 @@ impl<T: Plain, const WORDS: usize> ControlRegister<T, WORDS> {
         #[allow(clippy::let_unit_value)]
         let () = Self::FITS;
         let words = to_words::<T, WORDS>(&initial);
-        Self {
-            magic: AtomicU64::new(CONTROL_MAGIC),
-            version: AtomicU32::new(CONTROL_VERSION),
-            words: AtomicU32::new(WORDS as u32),
-            payload_bytes: AtomicU32::new(size_of::<T>() as u32),
-            _reserved: AtomicU32::new(0),
-            seq: AtomicU64::new(0),
-            data: core::array::from_fn(|i| AtomicU64::new(words[i])),
-            _marker: PhantomData,
-        }
+        // loom's atomics have no `const fn new`: the array is built at run time.
+        fresh_register!(core::array::from_fn(|i| AtomicU64::new(words[i])))
     }
 
     /// Publishes `value`. Wait-free: never spins, never blocks.
@@ -439,22 +434,7 @@ impl<T: Plain, const WORDS: usize> ControlRegister<T, WORDS> {
         // SAFETY: checked non-null, aligned, long enough; validity for 'a is the caller's
         // promise. Every field is an atomic integer, valid for any bit pattern.
         let reg = unsafe { &*ptr.cast::<Self>() };
-        // Acquire: pairs with the Release store of the magic in `init_in`.
-        let magic = reg.magic.load(Ordering::Acquire);
-        if magic != CONTROL_MAGIC {
-            return Err(RegionError::BadMagic {
-                found: magic,
-                expected: CONTROL_MAGIC,
-            });
-        }
-        // Relaxed: ordered by the Acquire above.
-        let version = reg.version.load(Ordering::Relaxed);
-        if version != CONTROL_VERSION {
-            return Err(RegionError::UnsupportedVersion {
-                found: version,
-                expected: CONTROL_VERSION,
-            });
-        }
+        check_stamp((&reg.magic, CONTROL_MAGIC), (&reg.version, CONTROL_VERSION))?;
         let words = reg.words.load(Ordering::Relaxed);
         let payload_bytes = reg.payload_bytes.load(Ordering::Relaxed);
         if words as usize != WORDS {

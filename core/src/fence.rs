@@ -36,6 +36,8 @@
 //! assert!(fence.done(2, 2, 31_000_000).is_err()); // stale mark for cycle 2
 //! ```
 
+#[cfg(not(voxring_loom))]
+use crate::region::check_stamp;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 /// The most agents one fence can wait for (bits of the pending mask).
@@ -489,22 +491,7 @@ impl CycleFence {
         // SAFETY: checked non-null, aligned, long enough; the caller guarantees validity for
         // 'a. Every field is an atomic integer, valid for any bit pattern.
         let fence = unsafe { &*ptr.cast::<Self>() };
-        // Acquire: pairs with the Release store of the magic in `init_in`.
-        let magic = fence.magic.load(Ordering::Acquire);
-        if magic != FENCE_MAGIC {
-            return Err(RegionError::BadMagic {
-                found: magic,
-                expected: FENCE_MAGIC,
-            });
-        }
-        // Relaxed: ordered by the Acquire above.
-        let version = fence.version.load(Ordering::Relaxed);
-        if version != FENCE_VERSION {
-            return Err(RegionError::UnsupportedVersion {
-                found: version,
-                expected: FENCE_VERSION,
-            });
-        }
+        check_stamp((&fence.magic, FENCE_MAGIC), (&fence.version, FENCE_VERSION))?;
         let agents = fence.agents.load(Ordering::Relaxed);
         if agents != MAX_AGENTS as u32 {
             return Err(RegionError::Mismatch {

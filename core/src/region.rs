@@ -31,6 +31,8 @@
 use core::fmt;
 
 use crate::layout::LayoutError;
+#[cfg(not(voxring_loom))]
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 /// Why an object could not be initialised in, or attached to, a region of memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +219,35 @@ pub fn check_region(
     }
     if len < need {
         return Err(RegionError::TooSmall { need, got: len });
+    }
+    Ok(())
+}
+
+/// Checks the stamp every fixed-size object's header starts with: its `magic` word, then its
+/// `version` (read after the magic, which the object's `init_in` stores last).
+///
+/// # Errors
+/// [`RegionError::BadMagic`], [`RegionError::UnsupportedVersion`].
+#[cfg(not(voxring_loom))] // like the `InRegion` impls that call it
+pub(crate) fn check_stamp(
+    (magic, expected_magic): (&AtomicU64, u64),
+    (version, expected_version): (&AtomicU32, u32),
+) -> Result<(), RegionError> {
+    // Acquire: pairs with the Release store of the magic in the object's `init_in`.
+    let found = magic.load(Ordering::Acquire);
+    if found != expected_magic {
+        return Err(RegionError::BadMagic {
+            found,
+            expected: expected_magic,
+        });
+    }
+    // Relaxed: ordered by the Acquire above.
+    let found = version.load(Ordering::Relaxed);
+    if found != expected_version {
+        return Err(RegionError::UnsupportedVersion {
+            found,
+            expected: expected_version,
+        });
     }
     Ok(())
 }

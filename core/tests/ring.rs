@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Region, check_frame, config, fill_frame, make};
+use common::{Region, check_frame, config, fill_frame, make, make_pair};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use voxring_core::{
@@ -286,9 +286,7 @@ fn consumers_join_up_to_the_limit_and_leave() {
 
 #[test]
 fn spsc_lossless_fills_wraps_and_never_overwrites() {
-    let (_region, ring) = make(&config(4, 1, Policy::Lossless));
-    let mut p = ring.producer(1).unwrap();
-    let mut c = ring.consumer(2).unwrap();
+    let (_region, _, mut p, mut c) = make_pair(&config(4, 1, Policy::Lossless));
     assert_eq!(read(&mut c, 4), Err(ReadError::Empty));
     assert_eq!(write(&mut p, 3, 3), Ok(3));
     assert_eq!(write(&mut p, 5, 5), Ok(1), "only one slot left");
@@ -309,9 +307,7 @@ fn spsc_lossless_fills_wraps_and_never_overwrites() {
 
 #[test]
 fn partial_commit_release_and_dropped_grants() {
-    let (_region, ring) = make(&config(8, 1, Policy::Lossless));
-    let mut p = ring.producer(1).unwrap();
-    let mut c = ring.consumer(2).unwrap();
+    let (_region, _, mut p, mut c) = make_pair(&config(8, 1, Policy::Lossless));
     {
         let g = p.write_grant(4).unwrap();
         assert_eq!(g.len(), 4);
@@ -424,9 +420,7 @@ fn lossless_broadcast_waits_for_the_slowest_until_evicted() {
 
 #[test]
 fn eviction_while_reading_is_reported_at_release() {
-    let (_region, ring) = make(&config(4, 2, Policy::Lossless));
-    let mut p = ring.producer(1).unwrap();
-    let mut c = ring.consumer(2).unwrap();
+    let (_region, ring, mut p, mut c) = make_pair(&config(4, 2, Policy::Lossless));
     write(&mut p, 2, 2).unwrap();
     let g = c.read_grant(2).unwrap();
     // The grant borrows `c`; evict through the ring handle as the platform would.
@@ -437,9 +431,7 @@ fn eviction_while_reading_is_reported_at_release() {
 
 #[test]
 fn lossy_lapped_consumer_learns_exactly_how_many_frames_it_lost() {
-    let (_region, ring) = make(&config(4, 2, Policy::Lossy));
-    let mut p = ring.producer(1).unwrap();
-    let mut c = ring.consumer(2).unwrap();
+    let (_region, ring, mut p, mut c) = make_pair(&config(4, 2, Policy::Lossy));
     let mut keen = ring.consumer(3).unwrap();
     write(&mut p, 4, 4).unwrap();
     assert_eq!(read(&mut keen, 4).unwrap(), vec![0, 1, 2, 3]);
@@ -457,9 +449,7 @@ fn lossy_lapped_consumer_learns_exactly_how_many_frames_it_lost() {
 
 #[test]
 fn lossy_frames_overwritten_while_read_are_reported_at_release() {
-    let (_region, ring) = make(&config(4, 1, Policy::Lossy));
-    let mut p = ring.producer(1).unwrap();
-    let mut c = ring.consumer(2).unwrap();
+    let (_region, _, mut p, mut c) = make_pair(&config(4, 1, Policy::Lossy));
     write(&mut p, 4, 4).unwrap();
     let g = c.read_grant(4).unwrap();
     assert_eq!(g.len(), 4);
@@ -498,9 +488,7 @@ impl Waiter for CountingWaiter {
 
 #[test]
 fn wake_is_requested_only_when_someone_is_parked() {
-    let (_region, ring) = make(&config(4, 1, Policy::Lossless));
-    let mut p = ring.producer(1).unwrap();
-    let mut c = ring.consumer(2).unwrap();
+    let (_region, _, mut p, mut c) = make_pair(&config(4, 1, Policy::Lossless));
     let w = CountingWaiter::default();
     let g = p.write_grant(1).unwrap();
     let wake = g.commit_all();

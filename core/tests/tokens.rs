@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{config, make};
+use common::{config, make, make_pair};
 use voxring_core::{CommitError, GrantError, Policy, ReleaseError};
 
 #[test]
@@ -80,9 +80,7 @@ fn committing_more_than_the_token_grants_fails_and_keeps_it_open() {
 
 #[test]
 fn read_tokens_are_checked_like_write_tokens() {
-    let (_region, ring) = make(&config(4, 2, Policy::Lossless));
-    let mut p = ring.producer(1).unwrap();
-    let mut c = ring.consumer(2).unwrap();
+    let (_region, ring, mut p, mut c) = make_pair(&config(4, 2, Policy::Lossless));
     let mut other = ring.consumer(3).unwrap();
     let t = p.grant_token(3).unwrap();
     for i in 0..3 {
@@ -124,9 +122,7 @@ fn read_tokens_are_checked_like_write_tokens() {
 
 #[test]
 fn an_open_read_token_keeps_a_lossless_producer_off_its_frames() {
-    let (_region, ring) = make(&config(4, 1, Policy::Lossless));
-    let mut p = ring.producer(1).unwrap();
-    let mut c = ring.consumer(2).unwrap();
+    let (_region, _, mut p, mut c) = make_pair(&config(4, 1, Policy::Lossless));
     let t = p.grant_token(4).unwrap();
     let _ = p.commit_token(t, 4).unwrap();
     let r = c.read_token(4).unwrap();

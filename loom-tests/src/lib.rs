@@ -87,6 +87,16 @@ pub mod ring {
         unsafe { Ring::create(mem.as_mut_ptr().cast(), len, cfg) }.unwrap()
     }
 
+    /// A region and a ring created in it from [`cfg`]`(frames, max_consumers, policy)`; keep
+    /// the region alive (bind it, e.g. `let (_mem, ring) = ...`) until every thread holding a
+    /// handle is joined.
+    pub fn new_ring(frames: u32, max_consumers: u16, policy: Policy) -> (Vec<Line>, Ring) {
+        let cfg = cfg(frames, max_consumers, policy);
+        let mut mem = region(&cfg);
+        let ring = create(&mut mem, &cfg);
+        (mem, ring)
+    }
+
     /// A tiny ring: `frames` slots of 2 mono S16 samples.
     pub fn cfg(frames: u32, max_consumers: u16, policy: Policy) -> RingConfig {
         RingConfig {
@@ -118,6 +128,44 @@ pub mod ring {
             Err(GrantError::Full) => false,
             Err(e) => panic!("unexpected grant error: {e}"),
         }
+    }
+
+    /// A model thread's body: `tries` calls of [`write_one`] (a full lossless ring makes one a
+    /// no-op); the producer back, and how many frames went in.
+    pub fn write_up_to(mut p: Producer, tries: usize) -> (Producer, usize) {
+        let mut sent = 0;
+        for _ in 0..tries {
+            if write_one(&mut p) {
+                sent += 1;
+            }
+        }
+        (p, sent)
+    }
+
+    /// A model thread's body: one [`read_checked`] of at most `n` frames; the consumer back,
+    /// and what it read.
+    pub fn read_once(mut c: Consumer, n: usize) -> (Consumer, Vec<u64>) {
+        let got = read_checked(&mut c, n);
+        (c, got)
+    }
+
+    /// After the model's threads are joined, from what [`write_up_to`] and [`read_once`]
+    /// returned: reads what is ready, then writes the rest of a `total`-frame stream, each
+    /// write (which must succeed, else the model fails with `why`) followed by a read of at
+    /// most `n`. Returns both handles and every frame the consumer read, in order.
+    pub fn finish_stream(
+        (mut p, sent): (Producer, usize),
+        (mut c, mut got): (Consumer, Vec<u64>),
+        total: usize,
+        n: usize,
+        why: &str,
+    ) -> (Producer, Consumer, Vec<u64>) {
+        got.extend(read_checked(&mut c, n));
+        for _ in sent..total {
+            assert!(write_one(&mut p), "{why}");
+            got.extend(read_checked(&mut c, n));
+        }
+        (p, c, got)
     }
 
     /// Lossless read of what is ready (at most `n`): checks every frame's metadata and payload

@@ -13,7 +13,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use voxring_core::{Consumer, Policy, ReadError, ReleaseError};
 use voxring_loom_tests::assert_explored_many;
-use voxring_loom_tests::ring::{cfg, create, read_checked, region, write_one};
+use voxring_loom_tests::ring::{
+    finish_stream, new_ring, read_checked, read_once, write_one, write_up_to,
+};
 
 /// What a lossy consumer has seen: frames accepted intact and frames reported lost.
 #[derive(Default, Debug)]
@@ -75,20 +77,10 @@ fn assert_accounted(seen: &Seen, start: u64, c: &Consumer) {
 #[test]
 fn lossless_late_join_and_leave_race_the_producer() {
     assert_explored_many("ring: lossless late join, leave", || {
-        let cfg = cfg(2, 2, Policy::Lossless);
-        let mut mem = region(&cfg);
-        let ring = create(&mut mem, &cfg);
-        let mut producer = ring.producer(1).unwrap();
-        let mut early = ring.consumer(2).unwrap();
-        let p = loom::thread::spawn(move || {
-            let mut sent = 0;
-            for _ in 0..3 {
-                if write_one(&mut producer) {
-                    sent += 1;
-                }
-            }
-            (producer, sent)
-        });
+        let (_mem, ring) = new_ring(2, 2, Policy::Lossless);
+        let producer = ring.producer(1).unwrap();
+        let early = ring.consumer(2).unwrap();
+        let p = loom::thread::spawn(move || write_up_to(producer, 3));
         let late = loom::thread::spawn(move || {
             let mut c = ring.consumer(3).unwrap();
             let start = c.read_pos();
@@ -102,20 +94,12 @@ fn lossless_late_join_and_leave_race_the_producer() {
             }
             let _ = c.leave();
         });
-        let e = loom::thread::spawn(move || {
-            let got = read_checked(&mut early, 1);
-            (early, got)
-        });
+        let e = loom::thread::spawn(move || read_once(early, 1));
         late.join().unwrap();
-        let (mut producer, mut sent) = p.join().unwrap();
-        let (mut early, mut got) = e.join().unwrap();
-        got.extend(read_checked(&mut early, 2));
         // The late joiner left: only `early` holds the producer back now.
-        while sent < 3 {
-            assert!(write_one(&mut producer));
-            sent += 1;
-            got.extend(read_checked(&mut early, 2));
-        }
+        let why = "the late joiner's slot still blocks";
+        let (mut producer, _early, got) =
+            finish_stream(p.join().unwrap(), e.join().unwrap(), 3, 2, why);
         assert_eq!(
             got,
             vec![0, 1, 2],
@@ -131,42 +115,23 @@ fn lossless_late_join_and_leave_race_the_producer() {
 #[test]
 fn lossless_evicting_a_dead_consumer_unblocks_the_producer() {
     assert_explored_many("ring: lossless eviction", || {
-        let cfg = cfg(1, 2, Policy::Lossless);
-        let mut mem = region(&cfg);
-        let ring = create(&mut mem, &cfg);
-        let mut producer = ring.producer(1).unwrap();
-        let mut alive = ring.consumer(2).unwrap();
+        let (_mem, ring) = new_ring(1, 2, Policy::Lossless);
+        let producer = ring.producer(1).unwrap();
+        let alive = ring.consumer(2).unwrap();
         let dead = ring.consumer(3).unwrap();
         let dead_index = dead.index();
         // A dead process runs no destructor.
         std::mem::forget(dead);
-        let p = loom::thread::spawn(move || {
-            let mut sent = 0;
-            for _ in 0..2 {
-                if write_one(&mut producer) {
-                    sent += 1;
-                }
-            }
-            (producer, sent)
-        });
+        let p = loom::thread::spawn(move || write_up_to(producer, 2));
         let platform = loom::thread::spawn(move || {
             assert_eq!(ring.consumer_owner(dead_index), Some(3));
             // This model polls: nobody parks.
             let _ = ring.evict(dead_index, 3).unwrap();
         });
-        let a = loom::thread::spawn(move || {
-            let got = read_checked(&mut alive, 1);
-            (alive, got)
-        });
+        let a = loom::thread::spawn(move || read_once(alive, 1));
         platform.join().unwrap();
-        let (mut producer, mut sent) = p.join().unwrap();
-        let (mut alive, mut got) = a.join().unwrap();
-        got.extend(read_checked(&mut alive, 1));
-        while sent < 2 {
-            assert!(write_one(&mut producer), "the dead consumer still blocks");
-            sent += 1;
-            got.extend(read_checked(&mut alive, 1));
-        }
+        let why = "the dead consumer still blocks";
+        let (_, _, got) = finish_stream(p.join().unwrap(), a.join().unwrap(), 2, 1, why);
         assert_eq!(got, vec![0, 1]);
     });
 }
@@ -177,9 +142,7 @@ fn lossy_lapped_consumer_never_accepts_a_torn_frame_and_counts_every_loss() {
     let events = std::sync::Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
     let counts = events.clone();
     assert_explored_many("ring: lossy lapping", move || {
-        let cfg = cfg(2, 1, Policy::Lossy);
-        let mut mem = region(&cfg);
-        let ring = create(&mut mem, &cfg);
+        let (_mem, ring) = new_ring(2, 1, Policy::Lossy);
         let mut producer = ring.producer(1).unwrap();
         let mut c = ring.consumer(2).unwrap();
         let p = loom::thread::spawn(move || {
@@ -220,9 +183,7 @@ fn lossy_lapped_consumer_never_accepts_a_torn_frame_and_counts_every_loss() {
 #[test]
 fn lossy_late_joiner_starts_cleanly_while_the_producer_laps() {
     assert_explored_many("ring: lossy late join", || {
-        let cfg = cfg(2, 2, Policy::Lossy);
-        let mut mem = region(&cfg);
-        let ring = create(&mut mem, &cfg);
+        let (_mem, ring) = new_ring(2, 2, Policy::Lossy);
         let mut producer = ring.producer(1).unwrap();
         let p = loom::thread::spawn(move || {
             for _ in 0..3 {

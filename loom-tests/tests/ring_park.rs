@@ -15,7 +15,7 @@ use std::sync::Arc;
 use loom::sync::{Condvar, Mutex};
 use voxring_core::{AtomicU32, GrantError, Policy, Producer, ReadError, WaitOutcome, Waiter};
 use voxring_loom_tests::assert_explored_many;
-use voxring_loom_tests::ring::{cfg, create, region};
+use voxring_loom_tests::ring::new_ring;
 
 /// A futex stand-in: wake generations keyed by the word's address, under one lock.
 struct FutexModel {
@@ -69,9 +69,7 @@ impl Waiter for FutexModel {
 #[test]
 fn parked_sides_are_always_woken() {
     assert_explored_many("ring: park/wake, no lost wake-up", || {
-        let cfg = cfg(1, 1, Policy::Lossless);
-        let mut mem = region(&cfg);
-        let ring = create(&mut mem, &cfg);
+        let (_mem, ring) = new_ring(1, 1, Policy::Lossless);
         let futex = FutexModel::new();
         let futex2 = Arc::clone(&futex);
         let mut producer: Producer = ring.producer(1).unwrap();
@@ -126,9 +124,7 @@ fn parked_sides_are_always_woken() {
 #[test]
 fn two_parked_consumers_are_both_woken() {
     assert_explored_many("ring: two consumers park on one armed word", || {
-        let cfg = cfg(1, 2, Policy::Lossless);
-        let mut mem = region(&cfg);
-        let ring = create(&mut mem, &cfg);
+        let (_mem, ring) = new_ring(1, 2, Policy::Lossless);
         let futex = FutexModel::new();
         let mut producer: Producer = ring.producer(1).unwrap();
         let consumers = [ring.consumer(2).unwrap(), ring.consumer(3).unwrap()];

@@ -10,7 +10,9 @@
 
 use voxring_core::{Policy, Producer};
 use voxring_loom_tests::assert_explored_many;
-use voxring_loom_tests::ring::{cfg, create, read_checked, region, write_one};
+use voxring_loom_tests::ring::{
+    finish_stream, new_ring, read_checked, read_once, write_one, write_up_to,
+};
 
 /// The producer's steps for two frames (grant, metadata, payload, commit; twice); it dies
 /// (stops, no destructors) once `steps` of them are done.
@@ -47,16 +49,11 @@ fn produce_then_die(mut p: Producer, steps: usize) {
 fn producer_dying_after_any_step_loses_no_committed_frame() {
     for steps in 0..=8 {
         assert_explored_many("ring: producer dies mid-stream", move || {
-            let cfg = cfg(2, 1, Policy::Lossless);
-            let mut mem = region(&cfg);
-            let ring = create(&mut mem, &cfg);
+            let (_mem, ring) = new_ring(2, 1, Policy::Lossless);
             let producer = ring.producer(1).unwrap();
-            let mut consumer = ring.consumer(2).unwrap();
+            let consumer = ring.consumer(2).unwrap();
             let p = loom::thread::spawn(move || produce_then_die(producer, steps));
-            let c = loom::thread::spawn(move || {
-                let got = read_checked(&mut consumer, 2);
-                (consumer, got)
-            });
+            let c = loom::thread::spawn(move || read_once(consumer, 2));
             p.join().unwrap();
             let (mut consumer, mut got) = c.join().unwrap();
             let committed = ring.write_pos();
@@ -82,11 +79,9 @@ fn consumer_dying_after_any_step_is_evicted_without_harm() {
     // Steps of the dying consumer: joined, took a read grant, released it.
     for die_after in 0..3 {
         assert_explored_many("ring: consumer dies mid-read", move || {
-            let cfg = cfg(1, 2, Policy::Lossless);
-            let mut mem = region(&cfg);
-            let ring = create(&mut mem, &cfg);
-            let mut producer = ring.producer(1).unwrap();
-            let mut survivor = ring.consumer(2).unwrap();
+            let (_mem, ring) = new_ring(1, 2, Policy::Lossless);
+            let producer = ring.producer(1).unwrap();
+            let survivor = ring.consumer(2).unwrap();
             let mut dying = ring.consumer(3).unwrap();
             let dying_index = dying.index();
             let d = loom::thread::spawn(move || {
@@ -102,34 +97,14 @@ fn consumer_dying_after_any_step_is_evicted_without_harm() {
                 }
                 std::mem::forget(dying);
             });
-            let p = loom::thread::spawn(move || {
-                let mut sent = 0;
-                for _ in 0..2 {
-                    if write_one(&mut producer) {
-                        sent += 1;
-                    }
-                }
-                (producer, sent)
-            });
-            let s = loom::thread::spawn(move || {
-                let got = read_checked(&mut survivor, 1);
-                (survivor, got)
-            });
+            let p = loom::thread::spawn(move || write_up_to(producer, 2));
+            let s = loom::thread::spawn(move || read_once(survivor, 1));
             // The platform notices the death, then evicts while the others run on.
             d.join().unwrap();
             // This model polls: nobody parks.
             let _ = ring.evict(dying_index, 3).unwrap();
-            let (mut producer, mut sent) = p.join().unwrap();
-            let (mut survivor, mut got) = s.join().unwrap();
-            got.extend(read_checked(&mut survivor, 1));
-            while sent < 2 {
-                assert!(
-                    write_one(&mut producer),
-                    "the evicted consumer still blocks"
-                );
-                sent += 1;
-                got.extend(read_checked(&mut survivor, 1));
-            }
+            let why = "the evicted consumer still blocks";
+            let (_, _, got) = finish_stream(p.join().unwrap(), s.join().unwrap(), 2, 1, why);
             assert_eq!(got, vec![0, 1], "the survivor lost or repeated a frame");
         });
     }

@@ -10,14 +10,12 @@
 
 use voxring_core::{Policy, StaticRing};
 use voxring_loom_tests::assert_explored_many;
-use voxring_loom_tests::ring::{cfg, create, read_checked, region, write_one};
+use voxring_loom_tests::ring::{finish_stream, new_ring, read_checked, write_one};
 
 #[test]
 fn spsc_grants_wrap_without_stale_or_lost_frames() {
     assert_explored_many("ring: SPSC lossless grants across the wrap", || {
-        let cfg = cfg(2, 1, Policy::Lossless);
-        let mut mem = region(&cfg);
-        let ring = create(&mut mem, &cfg);
+        let (_mem, ring) = new_ring(2, 1, Policy::Lossless);
         let mut producer = ring.producer(1).unwrap();
         let mut consumer = ring.consumer(2).unwrap();
         let p = loom::thread::spawn(move || {
@@ -41,18 +39,9 @@ fn spsc_grants_wrap_without_stale_or_lost_frames() {
             }
             (consumer, got)
         });
-        let (mut producer, mut sent) = p.join().unwrap();
-        let (mut consumer, mut got) = c.join().unwrap();
         // Both threads are done: finish the stream and check it is exactly 0..sent, in order.
-        got.extend(read_checked(&mut consumer, 2));
-        while sent < 3 {
-            assert!(
-                write_one(&mut producer),
-                "free slots after the consumer drained"
-            );
-            sent += 1;
-            got.extend(read_checked(&mut consumer, 2));
-        }
+        let why = "no free slot after the consumer drained";
+        let (_, _, got) = finish_stream(p.join().unwrap(), c.join().unwrap(), 3, 2, why);
         assert_eq!(got, vec![0, 1, 2]);
     });
 }

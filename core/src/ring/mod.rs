@@ -476,31 +476,28 @@ impl Ring {
     /// The owner token of consumer slot `index`, or `None` when the slot is free or does not
     /// exist. For the platform's liveness checker.
     pub fn consumer_owner(&self, index: u16) -> Option<u64> {
-        if index >= self.layout.config.max_consumers {
-            return None;
-        }
-        let c = self.consumer_block(index);
-        // Acquire: pairs with the joiner's SeqCst store of `state`, which published `owner`.
-        if c.state.load(Ordering::Acquire) & STATE_MASK == STATE_FREE {
-            return None;
-        }
-        Some(c.owner.load(Ordering::Relaxed))
+        // Relaxed: `joined_block`'s Acquire load of `state` published `owner`.
+        Some(self.joined_block(index)?.owner.load(Ordering::Relaxed))
     }
 
     /// Consumer `index`'s read position (the next sequence number it will read), or `None`
     /// when the slot is free or out of range. For monitoring (`write_pos() - read_pos` is its
     /// lag); the value comes from shared memory, so a caller must range-check what it derives.
     pub fn consumer_read_pos(&self, index: u16) -> Option<u64> {
+        let c = self.joined_block(index)?;
+        // Acquire: pairs with the consumer's Release store of `read_pos` at release.
+        Some(c.read_pos.load(Ordering::Acquire))
+    }
+
+    /// Consumer slot `index`'s block, or `None` when the slot is free or does not exist.
+    fn joined_block(&self, index: u16) -> Option<&ConsumerBlock> {
         if index >= self.layout.config.max_consumers {
             return None;
         }
         let c = self.consumer_block(index);
-        // Acquire: pairs with the joiner's SeqCst store of `state`, which published `read_pos`.
-        if c.state.load(Ordering::Acquire) & STATE_MASK == STATE_FREE {
-            return None;
-        }
-        // Acquire: pairs with the consumer's Release store of `read_pos` at release.
-        Some(c.read_pos.load(Ordering::Acquire))
+        // Acquire: pairs with the joiner's SeqCst store of `state`, which published the
+        // block's `owner` and `read_pos`.
+        (c.state.load(Ordering::Acquire) & STATE_MASK != STATE_FREE).then_some(c)
     }
 
     /// The producer's owner token, or `None` when no producer holds the ring.

@@ -1,7 +1,9 @@
 //! Helpers shared by core's integration tests.
 #![allow(dead_code)]
 
-use voxring_core::{FrameFlags, FrameMeta, FrameMut, Policy, Ring, RingConfig, SampleFormat};
+use voxring_core::{
+    Consumer, FrameFlags, FrameMeta, FrameMut, Policy, Producer, Ring, RingConfig, SampleFormat,
+};
 
 /// One 128-byte aligned line of a test region.
 #[derive(Clone, Copy)]
@@ -54,6 +56,14 @@ pub fn make(cfg: &RingConfig) -> (Region, Ring) {
     // SAFETY: the region is valid, aligned, unused, and the caller keeps it alive.
     let ring = unsafe { Ring::create(region.ptr(), len, cfg) }.unwrap();
     (region, ring)
+}
+
+/// [`make`], then producer 1 and consumer 2 (owner tokens) on the new ring.
+pub fn make_pair(cfg: &RingConfig) -> (Region, Ring, Producer, Consumer) {
+    let (region, ring) = make(cfg);
+    let p = ring.producer(1).unwrap();
+    let c = ring.consumer(2).unwrap();
+    (region, ring, p, c)
 }
 
 /// Deterministic payload byte `i` of frame `seq`.
