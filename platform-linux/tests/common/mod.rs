@@ -142,9 +142,19 @@ pub fn start_role_as(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    let child = other
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn the {role} child as uid {uid}: {e}"));
+    // ETXTBSY: another test thread may fork while the copy's write descriptor is open, and
+    // its child holds that descriptor until its own exec; retry until that child has
+    // exec'd (a give-up bound, not a timing).
+    let mut tries = 0;
+    let child = loop {
+        match other.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 500 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => break r.unwrap_or_else(|e| panic!("spawn the {role} child as uid {uid}: {e}")),
+        }
+    };
     drop(cmd);
     drop(dir);
     ChildGuard(Some(child))
