@@ -1,0 +1,167 @@
+//! The protocol document is enough: a C consumer written only from `docs/protocol.md` and
+//! `core/LAYOUT.md` (`protocol/consumer.c`: C11 atomics, raw futex and fcntl, no voxring code)
+//! joins a ring a Rust producer feeds, keeps its liveness lock through the producer's eviction
+//! checks, parks and is woken on the futex, reads every frame bit-exact and leaves. And the
+//! control: the same reader without the lock (what `LAYOUT.md` alone used to lead to) is
+//! evicted at the first check, so the document's liveness section is what keeps it alive.
+
+mod common;
+mod protocol;
+
+use std::io::{BufReader, Read};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use common::{ChildGuard, ShmCleanup, unique_name};
+use protocol::{Feed, GIVE_UP, build_consumer, config, feed, field, has_consumer, wait_until};
+use voxring_linux::segment::CreateOptions;
+
+/// A consumer run: its exit code and its `done` line.
+struct Finished {
+    code: Option<i32>,
+    done: String,
+    stderr: String,
+}
+
+/// Starts the C consumer on ring `name` with `args`, waits until it joined, runs `producer`,
+/// then waits (at most [`GIVE_UP`]) for the consumer to end.
+fn run_consumer<T>(
+    name: &str,
+    args: &[&str],
+    seg: &voxring_linux::ring::Segment,
+    producer: impl FnOnce(&mut dyn FnMut() -> bool) -> T,
+) -> (T, Finished) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bin = build_consumer(dir.path(), false);
+    let mut child = ChildGuard(Some(
+        Command::new(&bin)
+            .arg(name)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the C consumer"),
+    ));
+    let mut exited = || child.child().try_wait().expect("try_wait").is_some();
+    wait_until("the C consumer joins", || has_consumer(seg), &mut exited);
+    let produced = producer(&mut exited);
+    let give_up = Instant::now() + GIVE_UP;
+    while !exited() {
+        assert!(Instant::now() < give_up, "the C consumer did not end");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let mut c = child.0.take().expect("child");
+    let status = c.wait().expect("wait");
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    BufReader::new(c.stdout.take().expect("stdout"))
+        .read_to_string(&mut stdout)
+        .expect("read stdout");
+    c.stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    let done = stdout
+        .lines()
+        .find(|l| l.starts_with("done "))
+        .unwrap_or_else(|| panic!("no `done` line; stdout: {stdout}; stderr: {stderr}"))
+        .to_owned();
+    assert!(
+        stdout
+            .lines()
+            .next()
+            .is_some_and(|l| l.starts_with("joined ")),
+        "{stdout}"
+    );
+    (
+        produced,
+        Finished {
+            code: status.code(),
+            done,
+            stderr,
+        },
+    )
+}
+
+#[test]
+fn a_consumer_written_from_the_document_reads_every_frame_bit_exact_and_stays_alive() {
+    let name = unique_name("proto");
+    let _clean = ShmCleanup(name.clone());
+    let seg = voxring_linux::ring::Segment::create(&name, &config(), &CreateOptions::default())
+        .expect("create the ring");
+    // Parks of up to 60 s: a wake the document got wrong would leave the consumer asleep
+    // until the test gives up, instead of being covered by a short timeout.
+    let feed_opts = Feed {
+        frames: 300,
+        min_checks: 8,
+        park_every: 10,
+        end_of_stream: true,
+    };
+    let (produced, fin) = run_consumer(&name, &["--park-ms", "60000"], &seg, |stop| {
+        feed(&seg, feed_opts, stop)
+    });
+    let d = &fin.done;
+    assert_eq!(fin.code, Some(0), "{d}; stderr: {}", fin.stderr);
+    assert_eq!(field(d, "end"), "eos", "{d}");
+    assert_eq!(field(d, "frames"), produced.frames.to_string(), "{d}");
+    assert_eq!(field(d, "crc"), format!("{:08x}", produced.crc), "{d}");
+    assert_eq!(field(d, "stamps_ok"), "1", "CLOCK_MONOTONIC stamps: {d}");
+    // Survived every liveness check, 50 ms apart, over more than the 250 ms interval.
+    assert!(produced.checks >= 8, "{produced:?}");
+    assert_eq!(
+        produced.evicted, 0,
+        "the producer's checks evicted it: {produced:?}"
+    );
+    // It parked armed (the producer waited for the bit) and every park ended in a wake.
+    let parks: u32 = field(d, "parks").parse().expect("parks");
+    assert!(parks >= produced.forced_parks, "{d} {produced:?}");
+    assert!(produced.forced_parks >= 30, "{produced:?}");
+    assert_eq!(field(d, "timeouts"), "0", "{d}");
+    // It left: its slot is free again (its process is gone, but the slot would still be
+    // active had it not left).
+    assert!(!has_consumer(&seg), "the consumer did not free its slot");
+}
+
+#[test]
+fn a_reader_without_the_liveness_lock_is_evicted_at_the_first_check() {
+    let name = unique_name("nolock");
+    let _clean = ShmCleanup(name.clone());
+    let seg = voxring_linux::ring::Segment::create(&name, &config(), &CreateOptions::default())
+        .expect("create the ring");
+    let feed_opts = Feed {
+        frames: 40,
+        min_checks: 3,
+        park_every: 0,
+        end_of_stream: true,
+    };
+    let (produced, fin) = run_consumer(&name, &["--no-ticket", "--park-ms", "20"], &seg, |stop| {
+        feed(&seg, feed_opts, stop)
+    });
+    assert_eq!(produced.evicted, 1, "{produced:?}");
+    assert_eq!(fin.code, Some(3), "{}; {}", fin.done, fin.stderr);
+    assert_eq!(field(&fin.done, "end"), "evicted", "{}", fin.done);
+}
+
+#[test]
+fn the_document_consumer_ends_when_the_producer_leaves_without_end_of_stream() {
+    let name = unique_name("noeos");
+    let _clean = ShmCleanup(name.clone());
+    let seg = voxring_linux::ring::Segment::create(&name, &config(), &CreateOptions::default())
+        .expect("create the ring");
+    let feed_opts = Feed {
+        frames: 50,
+        min_checks: 1,
+        park_every: 0,
+        end_of_stream: false,
+    };
+    // `feed` drops its producer when it returns: the ring's producer side is freed.
+    let (produced, fin) = run_consumer(&name, &["--park-ms", "20"], &seg, |stop| {
+        feed(&seg, feed_opts, stop)
+    });
+    let d = &fin.done;
+    assert_eq!(fin.code, Some(0), "{d}; {}", fin.stderr);
+    assert_eq!(field(d, "end"), "producer-gone", "{d}");
+    assert_eq!(field(d, "frames"), produced.frames.to_string(), "{d}");
+    assert_eq!(field(d, "crc"), format!("{:08x}", produced.crc), "{d}");
+}
