@@ -8,23 +8,13 @@
 mod common;
 mod protocol;
 
-use std::io::{BufReader, Read};
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::process::Command;
 
-use common::{ChildGuard, ShmCleanup, unique_name};
-use protocol::{Feed, GIVE_UP, build_consumer, config, feed, field, has_consumer, wait_until};
+use common::{ShmCleanup, unique_name};
+use protocol::{Feed, Finished, build_consumer, config, consume_while, feed, field, has_consumer};
 use voxring_linux::segment::CreateOptions;
 
-/// A consumer run: its exit code and its `done` line.
-struct Finished {
-    code: Option<i32>,
-    done: String,
-    stderr: String,
-}
-
-/// Starts the C consumer on ring `name` with `args`, waits until it joined, runs `producer`,
-/// then waits (at most [`GIVE_UP`]) for the consumer to end.
+/// Builds the C consumer and runs it on ring `name` with `args` while `producer` runs.
 fn run_consumer<T>(
     name: &str,
     args: &[&str],
@@ -33,55 +23,9 @@ fn run_consumer<T>(
 ) -> (T, Finished) {
     let dir = tempfile::tempdir().expect("temp dir");
     let bin = build_consumer(dir.path(), false);
-    let mut child = ChildGuard(Some(
-        Command::new(&bin)
-            .arg(name)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the C consumer"),
-    ));
-    let mut exited = || child.child().try_wait().expect("try_wait").is_some();
-    wait_until("the C consumer joins", || has_consumer(seg), &mut exited);
-    let produced = producer(&mut exited);
-    let give_up = Instant::now() + GIVE_UP;
-    while !exited() {
-        assert!(Instant::now() < give_up, "the C consumer did not end");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    let mut c = child.0.take().expect("child");
-    let status = c.wait().expect("wait");
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    BufReader::new(c.stdout.take().expect("stdout"))
-        .read_to_string(&mut stdout)
-        .expect("read stdout");
-    c.stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr)
-        .expect("read stderr");
-    let done = stdout
-        .lines()
-        .find(|l| l.starts_with("done "))
-        .unwrap_or_else(|| panic!("no `done` line; stdout: {stdout}; stderr: {stderr}"))
-        .to_owned();
-    assert!(
-        stdout
-            .lines()
-            .next()
-            .is_some_and(|l| l.starts_with("joined ")),
-        "{stdout}"
-    );
-    (
-        produced,
-        Finished {
-            code: status.code(),
-            done,
-            stderr,
-        },
-    )
+    let mut cmd = Command::new(&bin);
+    cmd.arg(name).args(args);
+    consume_while(cmd, seg, producer)
 }
 
 #[test]

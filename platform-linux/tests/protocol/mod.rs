@@ -3,8 +3,9 @@
 //! same liveness checks a lossless producer and `voxring run` make.
 #![allow(dead_code)]
 
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use voxring_core::{FrameFlags, GrantError, Policy, PushFrameError, RingConfig, SampleFormat};
@@ -187,4 +188,72 @@ pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
         .unwrap_or_else(|| panic!("no {key}= in `{line}`"))
+}
+
+/// A consumer run: its exit code and its `done` line.
+pub struct Finished {
+    /// Exit code.
+    pub code: Option<i32>,
+    /// The `joined ...` line.
+    pub joined: String,
+    /// The `done ...` line.
+    pub done: String,
+    /// What it wrote to stderr.
+    pub stderr: String,
+}
+
+/// Starts `cmd` (the C consumer, directly or through a container), waits until it joined
+/// `seg`, runs `producer` (which may poll "has the consumer exited?"), then waits (at most
+/// [`GIVE_UP`]) for the consumer to end and collects its `done` line.
+pub fn consume_while<T>(
+    mut cmd: Command,
+    seg: &Segment,
+    producer: impl FnOnce(&mut dyn FnMut() -> bool) -> T,
+) -> (T, Finished) {
+    let mut child = super::common::ChildGuard(Some(
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the C consumer"),
+    ));
+    let mut exited = || child.child().try_wait().expect("try_wait").is_some();
+    wait_until("the C consumer joins", || has_consumer(seg), &mut exited);
+    let produced = producer(&mut exited);
+    let give_up = Instant::now() + GIVE_UP;
+    while !exited() {
+        assert!(Instant::now() < give_up, "the C consumer did not end");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let mut c = child.0.take().expect("child");
+    let status = c.wait().expect("wait");
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    BufReader::new(c.stdout.take().expect("stdout"))
+        .read_to_string(&mut stdout)
+        .expect("read stdout");
+    c.stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    let done = stdout
+        .lines()
+        .find(|l| l.starts_with("done "))
+        .unwrap_or_else(|| panic!("no `done` line; stdout: {stdout}; stderr: {stderr}"))
+        .to_owned();
+    let joined = stdout
+        .lines()
+        .next()
+        .filter(|l| l.starts_with("joined "))
+        .unwrap_or_else(|| panic!("no `joined` line first: {stdout}"))
+        .to_owned();
+    (
+        produced,
+        Finished {
+            code: status.code(),
+            joined,
+            done,
+            stderr,
+        },
+    )
 }
