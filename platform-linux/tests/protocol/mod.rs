@@ -147,7 +147,7 @@ pub fn feed(seg: &Segment, feed: Feed, mut stop: impl FnMut() -> bool) -> Produc
             k += 1;
             continue;
         }
-        if feed.park_every > 0 && k % feed.park_every == 0 && has_consumer(seg) {
+        if feed.park_every > 0 && k.is_multiple_of(feed.park_every) && has_consumer(seg) {
             wait_until("the consumer parks", || data_futex_armed(seg), &mut stop);
             out.forced_parks += 1;
         }
