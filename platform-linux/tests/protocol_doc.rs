@@ -3,7 +3,8 @@
 //! joins a ring a Rust producer feeds, keeps its liveness lock through the producer's eviction
 //! checks, parks and is woken on the futex, reads every frame bit-exact and leaves. And the
 //! control: the same reader without the lock (what `LAYOUT.md` alone used to lead to) is
-//! evicted at the first check, so the document's liveness section is what keeps it alive.
+//! evicted at the first check, so the document's liveness section is what keeps it alive;
+//! killed with `-9`, the reader loses its lock and the next check evicts it.
 
 mod common;
 mod protocol;
@@ -108,4 +109,35 @@ fn the_document_consumer_ends_when_the_producer_leaves_without_end_of_stream() {
     assert_eq!(field(d, "end"), "producer-gone", "{d}");
     assert_eq!(field(d, "frames"), produced.frames.to_string(), "{d}");
     assert_eq!(field(d, "crc"), format!("{:08x}", produced.crc), "{d}");
+}
+
+#[test]
+fn a_killed_document_consumer_loses_its_lock_and_the_next_check_evicts_it() {
+    let name = unique_name("kill");
+    let _clean = ShmCleanup(name.clone());
+    let seg = voxring_linux::ring::Segment::create(&name, &config(), &CreateOptions::default())
+        .expect("create the ring");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bin = build_consumer(dir.path(), false);
+    let mut child = common::ChildGuard(Some(
+        Command::new(&bin)
+            .arg(&name)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the C consumer"),
+    ));
+    let mut exited = || child.child().try_wait().expect("try_wait").is_some();
+    protocol::wait_until("the C consumer joins", || has_consumer(&seg), &mut exited);
+    // Alive: its lock is held and its identity matches.
+    assert_eq!(seg.evict_dead().consumers, 0);
+    assert!(has_consumer(&seg));
+    // kill -9 (by PID) and reap: the kernel dropped its lock with its descriptors.
+    child.kill9();
+    assert!(has_consumer(&seg), "nobody freed the slot yet");
+    assert_eq!(
+        seg.evict_dead().consumers,
+        1,
+        "the dead reader was not evicted"
+    );
+    assert!(!has_consumer(&seg));
 }
