@@ -1,0 +1,699 @@
+//! [`Reader`]: the consumer side, over the shared segment or the producer's socket fallback;
+//! its grants ([`ReadGrant`]) and frames ([`Frame`]).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use pyo3::exceptions::{PyStopIteration, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use voxring_core::{FrameFlags, FrameMeta, ReadToken, ReleaseError, RingConfig};
+use voxring_linux::fallback::{FallbackRead, FallbackReader, default_socket_path};
+use voxring_linux::ring::{FramesWait, Segment, ShmConsumer, WaitError};
+use voxring_linux::segment::AttachOptions;
+
+use crate::config::PyRingConfig;
+use crate::error::{self, Failure, Res};
+use crate::memory::{Keep, Memory, lock, view};
+use crate::wait::{Deadline, WaitResult};
+
+// One per reader, made once: the size difference costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+enum Transport {
+    Shm {
+        /// The open read grant, checked by core on release (a stale one is an error).
+        token: Option<ReadToken>,
+        consumer: ShmConsumer,
+    },
+    Socket(Arc<Mutex<FallbackReader>>),
+}
+
+/// A grant handed to Python and not yet released: its frames' flags (for the xrun count) and
+/// the flag its frames check.
+struct Open {
+    live: Arc<AtomicBool>,
+    flags: Vec<u32>,
+}
+
+struct State {
+    /// `None` once closed.
+    transport: Option<Transport>,
+    open: Option<Open>,
+    /// The grant the iterator handed out last (released by the next step).
+    iter_grant: Option<Py<ReadGrant>>,
+    /// The views' base: dropped on close, so the mapping (or the fallback socket and buffer)
+    /// goes once no view of it is left.
+    memory: Option<Py<Memory>>,
+    lost_seen: u64,
+    xruns: u64,
+    frames: u64,
+}
+
+/// Reads ring `name`. See the package docs (`help(voxring.Reader)`).
+#[pyclass(frozen, subclass, module = "voxring._voxring")]
+pub struct Reader {
+    name: String,
+    state: Mutex<State>,
+    address: usize,
+    config: RingConfig,
+    transport: &'static str,
+    reason: String,
+}
+
+fn open_shm(name: &str, owner: Option<u32>) -> Res<(Transport, Segment)> {
+    let opts = AttachOptions {
+        expected_owner: owner,
+        ..AttachOptions::default()
+    };
+    let seg = Segment::attach(name, &opts).map_err(error::attach)?;
+    let consumer = seg.consumer().map_err(error::participant)?;
+    Ok((
+        Transport::Shm {
+            token: None,
+            consumer,
+        },
+        seg,
+    ))
+}
+
+fn connect(
+    path: Option<&PathBuf>,
+    name: &str,
+    why: &str,
+    owner: Option<u32>,
+) -> Res<FallbackReader> {
+    let failed =
+        |name, e: String| Failure::new(name, format!("{why}; the socket fallback failed too: {e}"));
+    let path = match path {
+        Some(p) => p.clone(),
+        None => {
+            default_socket_path(name).map_err(|e| failed(error::fallback(&e), e.to_string()))?
+        }
+    };
+    FallbackReader::connect_expecting(&path, Duration::from_secs(5), owner)
+        .map_err(|e| failed(error::fallback(&e), e.to_string()))
+}
+
+impl Reader {
+    fn state(&self, py: Python<'_>) -> std::sync::MutexGuard<'_, State> {
+        lock(py, &self.state)
+    }
+
+    /// One wait of at most `slice`, without the GIL.
+    fn wait_slice(&self, py: Python<'_>, slice: Duration) -> Res<FramesWait> {
+        py.detach(|| {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            match st.transport.as_mut() {
+                None => Err(error::closed("Reader")),
+                Some(Transport::Shm { consumer, .. }) => {
+                    consumer.wait_for_frames(Some(slice)).map_err(|e| match e {
+                        WaitError::Read(e) => error::read(e),
+                        e => Failure::new("VR_E_TRUNCATED", e.to_string()),
+                    })
+                }
+                Some(Transport::Socket(f)) => {
+                    let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+                    f.wait(Some(slice))
+                        .map_err(|e| Failure::new("VR_E_IO", e.to_string()))
+                }
+            }
+        })
+    }
+
+    fn wait_until(&self, py: Python<'_>, deadline: Deadline) -> PyResult<WaitResult> {
+        loop {
+            let slice = deadline.slice();
+            match self.wait_slice(py, slice)? {
+                FramesWait::Ready => return Ok(WaitResult::Ready),
+                FramesWait::EndOfStream => return Ok(WaitResult::End),
+                FramesWait::TimedOut if deadline.passed() => return Ok(WaitResult::Timeout),
+                // Between slices: Ctrl-C (and other signals) reach Python.
+                FramesWait::TimedOut => py.check_signals()?,
+            }
+        }
+    }
+
+    /// Grants up to `n` frames: the grant object, or a `lost` count (lossy ring, lapped).
+    fn grant(slf: &Bound<'_, Self>, n: usize) -> PyResult<Py<ReadGrant>> {
+        let py = slf.py();
+        let this = slf.get();
+        let mut st = this.state(py);
+        if st.open.is_some() {
+            return Err(Failure::new(
+                "VR_E_GRANT_OPEN",
+                "a read grant is open: release it first (grant.release(), or leave its `with` \
+                 block)",
+            )
+            .into());
+        }
+        let fmt = this.config.format;
+        let Some(mem) = st.memory.as_ref().map(|m| m.clone_ref(py)) else {
+            return Err(error::closed("Reader").into());
+        };
+        let live = Arc::new(AtomicBool::new(true));
+        let mut metas: Vec<(FrameMeta, *const u8)> = Vec::new();
+        let mut lost = 0;
+        match st.transport.as_mut() {
+            None => return Err(error::closed("Reader").into()),
+            Some(Transport::Shm { token, consumer }) => {
+                let c = consumer.consumer();
+                match c.read_token(n) {
+                    Ok(t) => {
+                        for i in 0..t.len() {
+                            if let Some(f) = c.token_frame(t, i) {
+                                metas.push((f.meta(), f.payload().as_ptr()));
+                            }
+                        }
+                        *token = Some(t);
+                    }
+                    Err(voxring_core::ReadError::Empty) => {}
+                    Err(voxring_core::ReadError::Lost { .. }) => {
+                        let total = c.lost_frames();
+                        lost = total - st.lost_seen;
+                        st.lost_seen = total;
+                    }
+                    Err(e) => return Err(error::read(e).into()),
+                }
+            }
+            Some(Transport::Socket(f)) => {
+                let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+                match f
+                    .read_grant(n)
+                    .map_err(|e| Failure::new("VR_E_IO", e.to_string()))?
+                {
+                    FallbackRead::Frames(k) => {
+                        for i in 0..k {
+                            if let Some(fr) = f.frame(i) {
+                                metas.push((fr.meta, fr.payload.as_ptr()));
+                            }
+                        }
+                    }
+                    FallbackRead::Empty | FallbackRead::EndOfStream => {}
+                    FallbackRead::Lost(k) => lost = k,
+                }
+            }
+        }
+        let mut frames = Vec::with_capacity(metas.len());
+        for (m, ptr) in &metas {
+            frames.push(Frame {
+                meta: *m,
+                ptr: *ptr as usize,
+                nbytes: m.len as usize,
+                format: fmt,
+                memory: mem.clone_ref(py),
+                live: live.clone(),
+                samples: OnceLock::new(),
+            });
+        }
+        if !frames.is_empty() {
+            st.open = Some(Open {
+                live: live.clone(),
+                flags: metas.iter().map(|(m, _)| m.flags.0).collect(),
+            });
+        }
+        drop(st);
+        let list = PyList::empty(py);
+        for f in frames {
+            list.append(Py::new(py, f)?)?;
+        }
+        Py::new(
+            py,
+            ReadGrant {
+                reader: slf.clone().unbind(),
+                frames: list.unbind(),
+                lost,
+                live,
+            },
+        )
+    }
+
+    /// Releases the frame the iterator handed out last, if any.
+    fn release_iterated(&self, py: Python<'_>) -> PyResult<()> {
+        let prev = self.state(py).iter_grant.take();
+        if let Some(g) = prev {
+            g.get().release_k(py, None)?;
+        }
+        Ok(())
+    }
+
+    /// Releases the iterator's last frame and grants the next one, if one is ready.
+    fn next_frame(slf: &Bound<'_, Self>) -> PyResult<Option<Py<Frame>>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.release_iterated(py)?;
+        let g = Reader::grant(slf, 1)?;
+        let first = g.bind(py).get().frames.bind(py).get_item(0).ok();
+        let Some(f) = first else {
+            return Ok(None);
+        };
+        this.state(py).iter_grant = Some(g);
+        Ok(Some(f.cast_into::<Frame>()?.unbind()))
+    }
+
+    /// Releases the first `k` frames of the open grant whose flag is `live`. False: a lossy
+    /// ring overwrote some while they were read.
+    fn release(&self, py: Python<'_>, live: &AtomicBool, k: Option<usize>) -> PyResult<bool> {
+        let mut st = self.state(py);
+        let st = &mut *st;
+        let Some(open) = st
+            .open
+            .as_ref()
+            .filter(|o| std::ptr::eq(Arc::as_ptr(&o.live), live))
+        else {
+            return Ok(true); // released already (or the reader was closed)
+        };
+        let n = open.flags.len();
+        let k = k.unwrap_or(n);
+        if k > n {
+            return Err(PyValueError::new_err(format!(
+                "release of {k} frames, {n} granted: pass at most {n}"
+            )));
+        }
+        let xruns = open.flags[..k]
+            .iter()
+            .filter(|f| FrameFlags(**f).contains(FrameFlags::XRUN))
+            .count() as u64;
+        // Whatever the outcome, this grant is over: its frames' views are refused from now.
+        open.live.store(false, Ordering::Release);
+        st.open = None;
+        let mut intact = true;
+        match st.transport.as_mut() {
+            None => return Ok(true),
+            Some(Transport::Shm { token, consumer }) => {
+                let Some(t) = token.take() else {
+                    return Ok(true);
+                };
+                let (c, waiter) = consumer.parts();
+                match c.release_token(t, k) {
+                    Ok(wake) => wake.wake(waiter),
+                    Err(ReleaseError::Overwritten { .. }) => intact = false,
+                    Err(e @ ReleaseError::Evicted) => {
+                        return Err(Failure::new("VR_E_EVICTED", e.to_string()).into());
+                    }
+                    Err(e) => return Err(Failure::new("VR_E_INVALID", e.to_string()).into()),
+                }
+            }
+            Some(Transport::Socket(f)) => {
+                f.lock().unwrap_or_else(|p| p.into_inner()).release(k);
+            }
+        }
+        st.xruns += xruns;
+        st.frames += k as u64;
+        Ok(intact)
+    }
+}
+
+#[pymethods]
+impl Reader {
+    #[new]
+    #[pyo3(signature = (name, socket_path=None, fallback=true, force_fallback=false, expected_owner=None))]
+    fn new(
+        py: Python<'_>,
+        name: String,
+        socket_path: Option<PathBuf>,
+        fallback: bool,
+        force_fallback: bool,
+        expected_owner: Option<i64>,
+    ) -> PyResult<Self> {
+        let owner = expected_owner
+            .map(|o| {
+                u32::try_from(o).map_err(|_| {
+                    PyValueError::new_err(format!(
+                        "expected_owner {o} is not a uid (0 ..= 4294967295): pass the ring \
+                         owner's numeric user id"
+                    ))
+                })
+            })
+            .transpose()?;
+        let opened = py.detach(|| -> Res<_> {
+            if force_fallback {
+                let why = "force_fallback=True was given";
+                let f = connect(socket_path.as_ref(), &name, why, owner)?;
+                return Ok((
+                    Transport::Socket(Arc::new(Mutex::new(f))),
+                    None,
+                    why.to_owned(),
+                ));
+            }
+            match open_shm(&name, owner) {
+                Ok((t, seg)) => Ok((t, Some(seg), String::new())),
+                Err(e)
+                    if fallback
+                        && matches!(
+                            e.name,
+                            "VR_E_NOT_FOUND" | "VR_E_PERMISSION" | "VR_E_ATTACH"
+                        ) =>
+                {
+                    let why = format!("attaching the shared segment failed: {}", e.msg);
+                    let f = connect(socket_path.as_ref(), &name, &why, owner).map_err(|f| {
+                        // The first failure names the kind of error (a missing ring, say).
+                        Failure::new(e.name, f.msg)
+                    })?;
+                    Ok((Transport::Socket(Arc::new(Mutex::new(f))), None, why))
+                }
+                Err(e) => Err(e),
+            }
+        });
+        let (transport, seg, reason) =
+            opened.map_err(|e| PyErr::from(e.context(&format!("open reader {name:?}"))))?;
+        let (keep, config, kind) = match (&transport, seg) {
+            (_, Some(seg)) => {
+                let cfg = seg.config();
+                (Keep::Segment(seg), cfg, "shm")
+            }
+            (Transport::Socket(f), None) => {
+                let cfg = f.lock().unwrap_or_else(|p| p.into_inner()).config();
+                (Keep::Fallback(f.clone()), cfg, "socket-fallback")
+            }
+            (Transport::Shm { .. }, None) => unreachable!("a shared transport has a segment"),
+        };
+        let memory = Py::new(py, Memory::new(keep))?;
+        Ok(Reader {
+            name,
+            address: memory.get().address(),
+            state: Mutex::new(State {
+                transport: Some(transport),
+                open: None,
+                iter_grant: None,
+                memory: Some(memory),
+                lost_seen: 0,
+                xruns: 0,
+                frames: 0,
+            }),
+            config,
+            transport: kind,
+            reason,
+        })
+    }
+
+    /// Blocks, without holding the GIL, until a frame may be ready or `timeout` seconds pass
+    /// (None: no limit; Ctrl-C still interrupts). Returns "ready", "timeout" or "end" (the
+    /// producer is gone and everything was read).
+    #[pyo3(signature = (timeout=None))]
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<&'static str> {
+        Ok(self.wait_until(py, Deadline::after(timeout)?)?.as_str())
+    }
+
+    /// Grants up to `max_frames` ready frames to read in place (an empty grant if none is
+    /// ready; `grant.lost` > 0 if a lossy ring lapped this reader).
+    #[pyo3(signature = (max_frames=1))]
+    fn read(slf: &Bound<'_, Self>, max_frames: usize) -> PyResult<Py<ReadGrant>> {
+        slf.get().release_iterated(slf.py())?;
+        Reader::grant(slf, max_frames)
+    }
+
+    /// Counters: write_pos, read_pos, lag, lost_frames, xruns, frames.
+    fn status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let mut st = self.state(py);
+        let done = st.frames;
+        let (write_pos, read_pos, lost) = match st.transport.as_mut() {
+            None => return Err(error::closed("Reader").into()),
+            Some(Transport::Shm { consumer, .. }) => {
+                let write_pos = consumer.segment().ring().write_pos();
+                let c = consumer.consumer();
+                (write_pos, c.read_pos(), c.lost_frames())
+            }
+            Some(Transport::Socket(f)) => {
+                let f = f.lock().unwrap_or_else(|p| p.into_inner());
+                (done + f.buffered(), done, f.lost_frames())
+            }
+        };
+        let d = PyDict::new(py);
+        d.set_item("write_pos", write_pos)?;
+        d.set_item("read_pos", read_pos)?;
+        d.set_item("lag", write_pos.saturating_sub(read_pos))?;
+        d.set_item("lost_frames", lost)?;
+        d.set_item("xruns", st.xruns)?;
+        d.set_item("frames", st.frames)?;
+        Ok(d)
+    }
+
+    /// Leaves the ring (or closes the fallback socket). Frames still granted are abandoned
+    /// (their `samples` raise ReleasedError); arrays taken from them stay readable memory
+    /// (the mapping lives until the last one is gone) but the producer may overwrite them.
+    /// Closing twice is allowed.
+    fn close(&self, py: Python<'_>) {
+        let mut st = self.state(py);
+        if let Some(o) = st.open.take() {
+            o.live.store(false, Ordering::Release);
+        }
+        let transport = st.transport.take();
+        let it = st.iter_grant.take();
+        let memory = st.memory.take();
+        drop(st);
+        drop((it, memory));
+        // Leaving the ring may wake a parked producer; closing a socket may block briefly.
+        py.detach(|| drop(transport));
+    }
+
+    /// True once closed.
+    #[getter]
+    fn closed(&self, py: Python<'_>) -> bool {
+        self.state(py).transport.is_none()
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+        self.close(py);
+        false
+    }
+
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    /// The next frame, waiting for it without the GIL; the frame before it is released
+    /// first (a frame from `for frame in reader` is valid until the next step, or the next
+    /// `read()`). Ends when the producer is gone and everything was read.
+    fn __next__(slf: &Bound<'_, Self>) -> PyResult<Py<Frame>> {
+        let py = slf.py();
+        loop {
+            if let Some(f) = Reader::next_frame(slf)? {
+                return Ok(f);
+            }
+            if slf.get().wait_until(py, Deadline::never())? == WaitResult::End {
+                return Err(PyStopIteration::new_err(()));
+            }
+        }
+    }
+
+    /// One step of iteration without waiting: releases the frame the last step handed out,
+    /// then grants the next one (None if none is ready). What `async for` is made of.
+    fn _next_frame(slf: &Bound<'_, Self>) -> PyResult<Option<Py<Frame>>> {
+        Reader::next_frame(slf)
+    }
+
+    /// The ring's name.
+    #[getter]
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// "shm", or "socket-fallback" (`transport_reason` says why).
+    #[getter]
+    fn transport(&self) -> &'static str {
+        self.transport
+    }
+
+    /// Why the socket fallback is used (empty over shared memory).
+    #[getter]
+    fn transport_reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// The ring's configuration.
+    #[getter]
+    fn config(&self) -> PyRingConfig {
+        PyRingConfig(self.config)
+    }
+
+    /// The memory frames live in (the shared mapping over shared memory): what every view's
+    /// `base` is.
+    #[getter]
+    fn memory(&self, py: Python<'_>) -> Option<Py<Memory>> {
+        self.state(py).memory.as_ref().map(|m| m.clone_ref(py))
+    }
+
+    /// Address of the memory frames live in.
+    #[getter]
+    fn memory_address(&self) -> usize {
+        self.address
+    }
+}
+
+/// Frames granted to a Reader (iterable, indexable). Release with `release()` or by leaving
+/// the `with` block; `lost` counts frames a lossy ring overwrote before this reader got to
+/// them (the grant is then empty).
+#[pyclass(frozen, module = "voxring._voxring")]
+pub struct ReadGrant {
+    reader: Py<Reader>,
+    frames: Py<PyList>,
+    lost: u64,
+    live: Arc<AtomicBool>,
+}
+
+impl ReadGrant {
+    fn release_k(&self, py: Python<'_>, k: Option<usize>) -> PyResult<bool> {
+        if !self.live.load(Ordering::Acquire) {
+            return Ok(true);
+        }
+        self.reader.get().release(py, &self.live, k)
+    }
+}
+
+#[pymethods]
+impl ReadGrant {
+    /// Releases the first k frames (all by default; the rest are granted again by the next
+    /// read). True, or False when a lossy ring overwrote some of them while they were read
+    /// (discard their data). Releasing twice does nothing.
+    #[pyo3(signature = (k=None))]
+    fn release(&self, py: Python<'_>, k: Option<usize>) -> PyResult<bool> {
+        self.release_k(py, k)
+    }
+
+    /// The granted frames.
+    #[getter]
+    fn frames(&self, py: Python<'_>) -> Py<PyList> {
+        self.frames.clone_ref(py)
+    }
+
+    /// Frames lost before this grant (lossy ring, reader lapped).
+    #[getter]
+    fn lost(&self) -> u64 {
+        self.lost
+    }
+
+    /// False once released.
+    #[getter]
+    fn open(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    fn __len__(&self, py: Python<'_>) -> usize {
+        self.frames.bind(py).len()
+    }
+
+    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.frames.bind(py).try_iter().map(Bound::into_any)
+    }
+
+    fn __getitem__<'py>(&self, py: Python<'py>, i: isize) -> PyResult<Bound<'py, PyAny>> {
+        self.frames.bind(py).as_any().get_item(i)
+    }
+
+    fn __bool__(&self, py: Python<'_>) -> bool {
+        !self.frames.bind(py).is_empty()
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        self.release_k(py, None)?;
+        Ok(false)
+    }
+}
+
+/// A granted frame: its metadata, and `samples`, a read-only numpy view of its payload in the
+/// ring (interleaved channels). `samples` raises ReleasedError once the grant is released; an
+/// array taken before stays readable but the producer may overwrite it: copy what you keep.
+#[pyclass(frozen, module = "voxring._voxring")]
+pub struct Frame {
+    meta: FrameMeta,
+    ptr: usize,
+    nbytes: usize,
+    format: voxring_core::SampleFormat,
+    memory: Py<Memory>,
+    live: Arc<AtomicBool>,
+    samples: OnceLock<Py<PyAny>>,
+}
+
+#[pymethods]
+impl Frame {
+    /// The frame's payload, in place (read-only).
+    #[getter]
+    fn samples(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        if !self.live.load(Ordering::Acquire) {
+            return Err(Failure::new(
+                "VR_E_RELEASED",
+                format!(
+                    "frame {} was released: its slot belongs to the producer again; read \
+                     `samples` before releasing the grant, and copy what you keep \
+                     (frame.samples.copy())",
+                    self.meta.seq
+                ),
+            )
+            .into());
+        }
+        if let Some(a) = self.samples.get() {
+            return Ok(a.clone_ref(py));
+        }
+        let a = view(
+            self.memory.bind(py),
+            self.ptr as *mut u8,
+            self.nbytes,
+            self.format,
+            false,
+        )?
+        .unbind();
+        Ok(self.samples.get_or_init(|| a).clone_ref(py))
+    }
+
+    #[getter]
+    fn seq(&self) -> u64 {
+        self.meta.seq
+    }
+
+    #[getter]
+    fn sample_pos(&self) -> u64 {
+        self.meta.sample_pos
+    }
+
+    #[getter]
+    fn timestamp_ns(&self) -> u64 {
+        self.meta.timestamp_ns
+    }
+
+    #[getter]
+    fn flags(&self) -> u32 {
+        self.meta.flags.0
+    }
+
+    /// Payload bytes.
+    #[getter]
+    fn len(&self) -> u32 {
+        self.meta.len
+    }
+
+    #[getter]
+    fn xrun(&self) -> bool {
+        self.meta.flags.contains(FrameFlags::XRUN)
+    }
+
+    #[getter]
+    fn end_of_stream(&self) -> bool {
+        self.meta.flags.contains(FrameFlags::END_OF_STREAM)
+    }
+
+    /// False once its grant is released.
+    #[getter]
+    fn valid(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    fn __repr__(&self) -> String {
+        let m = &self.meta;
+        format!(
+            "Frame(seq={}, sample_pos={}, timestamp_ns={}, flags={}, len={})",
+            m.seq, m.sample_pos, m.timestamp_ns, m.flags.0, m.len
+        )
+    }
+}
