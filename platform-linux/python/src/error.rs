@@ -54,10 +54,12 @@ impl Failure {
 
 impl From<Failure> for PyErr {
     fn from(f: Failure) -> PyErr {
+        // The code ends the message, so a traceback shows it too.
+        let msg = format!("{} [{}]", f.msg, f.name);
         let err = match f.name {
-            "VR_E_CLOSED" => ClosedError::new_err(f.msg),
-            "VR_E_RELEASED" => ReleasedError::new_err(f.msg),
-            _ => VoxringError::new_err(f.msg),
+            "VR_E_CLOSED" => ClosedError::new_err(msg),
+            "VR_E_RELEASED" => ReleasedError::new_err(msg),
+            _ => VoxringError::new_err(msg),
         };
         Python::attach(|py| {
             // An attribute on a fresh exception object cannot fail; if it did, the message

@@ -59,11 +59,7 @@ impl Writer {
             return Ok(()); // committed already, or the writer was closed
         };
         flag.store(false, Ordering::Release);
-        for f in &frames {
-            if let Some(a) = f.borrow(py).samples.as_ref() {
-                set_readonly(a.bind(py));
-            }
-        }
+        retire(py, &frames);
         let k = k.unwrap_or(frames.len());
         if k > frames.len() {
             return Err(PyValueError::new_err(format!(
@@ -349,7 +345,8 @@ impl Writer {
 
     /// Gives up the producer side (an open grant is abandoned: nothing of it is committed)
     /// and stops the fallback server. The segment is unmapped, and removed if this writer
-    /// created it, once the last view of it is gone. Closing twice is allowed.
+    /// created it, at once, or, if the caller still holds arrays of it, when the last of them
+    /// is gone (so an array never points into unmapped memory). Closing twice is allowed.
     fn close(&self, py: Python<'_>) {
         let mut st = self.state(py);
         let open = st.token.take();
@@ -360,11 +357,7 @@ impl Writer {
         drop(st);
         if let Some((_, frames, flag)) = open {
             flag.store(false, Ordering::Release);
-            for f in &frames {
-                if let Some(a) = f.borrow(py).samples.as_ref() {
-                    set_readonly(a.bind(py));
-                }
-            }
+            retire(py, &frames);
         }
         drop(producer);
         py.detach(|| drop(server));
@@ -407,6 +400,16 @@ impl Writer {
     #[getter]
     fn memory_address(&self) -> usize {
         self.address
+    }
+}
+
+/// Ends the frames of a grant: their arrays become read-only and the frames let go of them
+/// (only arrays the caller kept still hold the mapping, and the segment's name).
+fn retire(py: Python<'_>, frames: &[Py<WriteFrame>]) {
+    for f in frames {
+        if let Some(a) = f.borrow_mut(py).samples.take() {
+            set_readonly(a.bind(py));
+        }
     }
 }
 
@@ -498,12 +501,28 @@ pub struct WriteFrame {
     /// The slot's size in bytes.
     #[pyo3(get)]
     capacity: u32,
-    #[pyo3(get)]
     samples: Option<Py<PyAny>>,
 }
 
 #[pymethods]
 impl WriteFrame {
+    /// The slot's payload, in place (writable until the commit).
+    #[getter]
+    fn samples(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        match &self.samples {
+            Some(a) => Ok(a.clone_ref(py)),
+            None => Err(Failure::new(
+                "VR_E_RELEASED",
+                format!(
+                    "frame {} was committed (or abandoned): its slot belongs to the readers \
+                     now; fill `samples` before the commit",
+                    self.seq
+                ),
+            )
+            .into()),
+        }
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "WriteFrame(seq={}, sample_pos={}, timestamp_ns={}, flags={}, len={})",
