@@ -475,8 +475,8 @@ fn run_one(
             python::run(py, plan, payload, cpus, tracepoint_id, &mut hist)?
         }
         Transport::PythonVoxring => {
-            let py = python.context("no python3 with numpy")?;
-            let c = bindings::Consumer::Python(py);
+            let py = python::voxring_python()?;
+            let c = bindings::Consumer::Python(&py);
             bindings::run(c, plan, payload, cpus, tracepoint_id, &mut hist)?
         }
         Transport::CVoxring => {
