@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyStopIteration, PyValueError};
 use pyo3::prelude::*;
@@ -30,6 +30,10 @@ enum Transport {
     Socket(Arc<Mutex<FallbackReader>>),
 }
 
+/// How long a wait spins with the GIL held before it releases it (and spins, then parks,
+/// without it): a frame that comes this soon is handed over without a thread switch.
+const GIL_SPIN: Duration = Duration::from_micros(20);
+
 /// A grant handed to Python and not yet released: its frames' flags (for the xrun count) and
 /// the flag its frames check.
 struct Open {
@@ -46,6 +50,10 @@ struct State {
     /// The views' base: dropped on close, so the mapping (or the fallback socket and buffer)
     /// goes once no view of it is left.
     memory: Option<Py<Memory>>,
+    /// A read-only view of each slot's whole payload, made the first time the slot is read
+    /// and reused (slots never move): a frame's `samples` costs no new numpy array. Keyed by
+    /// `seq % frames`, checked against the payload's address.
+    views: Vec<Option<(usize, Py<PyAny>)>>,
     lost_seen: u64,
     xruns: u64,
     frames: u64,
@@ -58,6 +66,8 @@ pub struct Reader {
     state: Mutex<State>,
     address: usize,
     config: RingConfig,
+    /// Bytes of a slot's payload (a frame's capacity).
+    payload_bytes: usize,
     transport: &'static str,
     reason: String,
 }
@@ -122,7 +132,40 @@ impl Reader {
         })
     }
 
+    /// Spins for at most `spin` with the GIL held, watching the ring for a frame: true when
+    /// one may be ready. A frame that comes during the spin is taken without giving up and
+    /// re-taking the GIL (a thread switch in CPython); the GIL is held no longer than `spin`,
+    /// far below CPython's own switch interval (5 ms). Shared memory only; false if another
+    /// thread holds the reader.
+    fn spin_holding_the_gil(&self, spin: Duration) -> bool {
+        let Ok(mut st) = self.state.try_lock() else {
+            return false;
+        };
+        let Some(Transport::Shm { consumer, .. }) = st.transport.as_mut() else {
+            return false;
+        };
+        let until = Instant::now() + spin;
+        let mut i: u32 = 0;
+        loop {
+            if consumer.is_truncated() {
+                return false; // the full wait reports it
+            }
+            let written = consumer.segment().ring().write_pos();
+            if written != consumer.consumer().read_pos() {
+                return true;
+            }
+            i = i.wrapping_add(1);
+            if i.is_multiple_of(64) && Instant::now() >= until {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
     fn wait_until(&self, py: Python<'_>, deadline: Deadline) -> PyResult<WaitResult> {
+        if !deadline.passed() && self.spin_holding_the_gil(GIL_SPIN) {
+            return Ok(WaitResult::Ready);
+        }
         loop {
             let slice = deadline.slice();
             match self.wait_slice(py, slice)? {
@@ -195,14 +238,29 @@ impl Reader {
                 }
             }
         }
+        let cap = this.payload_bytes;
         let mut frames = Vec::with_capacity(metas.len());
         for (m, ptr) in &metas {
+            let slot = (m.seq % u64::from(this.config.frames)) as usize;
+            let cached = st
+                .views
+                .get(slot)
+                .and_then(|v| v.as_ref())
+                .filter(|(p, _)| *p == *ptr as usize);
+            let full = match cached {
+                Some((_, a)) => a.clone_ref(py),
+                None => {
+                    let a = view(mem.bind(py), ptr.cast_mut(), cap, fmt, false)?.unbind();
+                    if let Some(v) = st.views.get_mut(slot) {
+                        *v = Some((*ptr as usize, a.clone_ref(py)));
+                    }
+                    a
+                }
+            };
             frames.push(Frame {
                 meta: *m,
-                ptr: *ptr as usize,
-                nbytes: m.len as usize,
-                format: fmt,
-                memory: mem.clone_ref(py),
+                full,
+                whole: m.len as usize == cap,
                 live: live.clone(),
                 samples: OnceLock::new(),
             });
@@ -358,14 +416,16 @@ impl Reader {
         });
         let (transport, seg, reason) =
             opened.map_err(|e| PyErr::from(e.context(&format!("open reader {name:?}"))))?;
-        let (keep, config, kind) = match (&transport, seg) {
+        let (keep, config, kind, payload_bytes) = match (&transport, seg) {
             (_, Some(seg)) => {
-                let cfg = seg.config();
-                (Keep::Segment(seg), cfg, "shm")
+                let (cfg, n) = (seg.config(), seg.ring().payload_bytes() as usize);
+                (Keep::Segment(seg), cfg, "shm", n)
             }
             (Transport::Socket(f), None) => {
-                let cfg = f.lock().unwrap_or_else(|p| p.into_inner()).config();
-                (Keep::Fallback(f.clone()), cfg, "socket-fallback")
+                let f0 = f.lock().unwrap_or_else(|p| p.into_inner());
+                let (cfg, n) = (f0.config(), f0.payload_bytes());
+                drop(f0);
+                (Keep::Fallback(f.clone()), cfg, "socket-fallback", n)
             }
             (Transport::Shm { .. }, None) => unreachable!("a shared transport has a segment"),
         };
@@ -373,11 +433,13 @@ impl Reader {
         Ok(Reader {
             name,
             address: memory.get().address(),
+            payload_bytes,
             state: Mutex::new(State {
                 transport: Some(transport),
                 open: None,
                 iter_grant: None,
                 memory: Some(memory),
+                views: (0..config.frames).map(|_| None).collect(),
                 lost_seen: 0,
                 xruns: 0,
                 frames: 0,
@@ -442,8 +504,9 @@ impl Reader {
         let transport = st.transport.take();
         let it = st.iter_grant.take();
         let memory = st.memory.take();
+        let views = std::mem::take(&mut st.views);
         drop(st);
-        drop((it, memory));
+        drop((it, memory, views));
         // Leaving the ring may wake a parked producer; closing a socket may block briefly.
         py.detach(|| drop(transport));
     }
@@ -608,10 +671,10 @@ impl ReadGrant {
 #[pyclass(frozen, module = "voxring._voxring")]
 pub struct Frame {
     meta: FrameMeta,
-    ptr: usize,
-    nbytes: usize,
-    format: voxring_core::SampleFormat,
-    memory: Py<Memory>,
+    /// The view of the slot's whole payload (its base keeps the memory mapped).
+    full: Py<PyAny>,
+    /// Whether the frame fills its slot (else `samples` is the first `len` bytes of `full`).
+    whole: bool,
     live: Arc<AtomicBool>,
     samples: OnceLock<Py<PyAny>>,
 }
@@ -633,17 +696,17 @@ impl Frame {
             )
             .into());
         }
+        if self.whole {
+            return Ok(self.full.clone_ref(py));
+        }
         if let Some(a) = self.samples.get() {
             return Ok(a.clone_ref(py));
         }
-        let a = view(
-            self.memory.bind(py),
-            self.ptr as *mut u8,
-            self.nbytes,
-            self.format,
-            false,
-        )?
-        .unbind();
+        let full = self.full.bind(py);
+        let n = self.meta.len as usize / full.getattr("itemsize")?.extract::<usize>()?;
+        let a = full
+            .get_item(pyo3::types::PySlice::new(py, 0, n as isize, 1))?
+            .unbind();
         Ok(self.samples.get_or_init(|| a).clone_ref(py))
     }
 
