@@ -144,7 +144,8 @@ impl Reader {
         let Some(Transport::Shm { consumer, .. }) = st.transport.as_mut() else {
             return false;
         };
-        let until = Instant::now() + spin;
+        // The clock is read only once the first look found nothing.
+        let mut until = None;
         let mut i: u32 = 0;
         loop {
             if consumer.is_truncated() {
@@ -154,6 +155,7 @@ impl Reader {
             if written != consumer.consumer().read_pos() {
                 return true;
             }
+            let until = *until.get_or_insert_with(|| Instant::now() + spin);
             i = i.wrapping_add(1);
             if i.is_multiple_of(64) && Instant::now() >= until {
                 return false;
@@ -455,6 +457,11 @@ impl Reader {
     /// producer is gone and everything was read).
     #[pyo3(signature = (timeout=None))]
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<&'static str> {
+        // A frame that is already there (or comes within the spin) needs no deadline.
+        Deadline::check(timeout)?;
+        if timeout != Some(0.0) && self.spin_holding_the_gil(GIL_SPIN) {
+            return Ok(WaitResult::Ready.as_str());
+        }
         Ok(self.wait_until(py, Deadline::after(timeout)?)?.as_str())
     }
 

@@ -16,14 +16,22 @@ pub const SLICE: Duration = Duration::from_millis(50);
 pub struct Deadline(Option<Instant>);
 
 impl Deadline {
-    /// `timeout` seconds from now (None: never).
-    pub fn after(timeout: Option<f64>) -> PyResult<Self> {
+    /// Refuses a timeout that is not a number of seconds >= 0 (None is "no limit").
+    pub fn check(timeout: Option<f64>) -> PyResult<()> {
         match timeout {
-            None => Ok(Deadline(None)),
             Some(t) if t.is_nan() || t < 0.0 => Err(PyValueError::new_err(format!(
                 "timeout {t} is not a number of seconds >= 0: pass seconds, or None to wait \
                  without a limit"
             ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// `timeout` seconds from now (None: never).
+    pub fn after(timeout: Option<f64>) -> PyResult<Self> {
+        Self::check(timeout)?;
+        match timeout {
+            None => Ok(Deadline(None)),
             Some(t) => Ok(Deadline(Some(
                 Instant::now() + Duration::try_from_secs_f64(t).unwrap_or(Duration::MAX / 4),
             ))),
