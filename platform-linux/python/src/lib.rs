@@ -15,6 +15,7 @@
 mod config;
 mod control;
 mod error;
+mod grant;
 mod memory;
 mod reader;
 mod wait;
@@ -32,8 +33,8 @@ fn monotonic_ns() -> u64 {
 fn _voxring(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<reader::Reader>()?;
-    m.add_class::<reader::ReadGrant>()?;
-    m.add_class::<reader::Frame>()?;
+    m.add_class::<grant::ReadGrant>()?;
+    m.add_class::<grant::Frame>()?;
     m.add_class::<writer::Writer>()?;
     m.add_class::<writer::WriteGrant>()?;
     m.add_class::<writer::WriteFrame>()?;
