@@ -63,7 +63,7 @@ pub enum Transport {
     /// A multiprocessing shared Array read through np.frombuffer (needs python3 with numpy).
     PythonMparray,
     /// voxring's Python package (numpy views in place) reading a ring this process writes
-    /// (needs python3 with numpy and libvoxring_ffi.so; run only when named in --transports).
+    /// (needs a Python with the package installed, $VOXRING_PYTHON; run only when named).
     PythonVoxring,
     /// A C program on voxring's C ABI reading a ring this process writes (needs cc and
     /// libvoxring_ffi.so; run only when named in --transports).
