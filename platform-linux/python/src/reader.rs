@@ -47,7 +47,7 @@ struct State {
     transport: Option<Transport>,
     open: Option<Open>,
     /// The grant the iterator handed out last (released by the next step).
-    iter_grant: Option<Py<ReadGrant>>,
+    iter_grant: Option<Arc<AtomicBool>>,
     /// The views' base: dropped on close, so the mapping (or the fallback socket and buffer)
     /// goes once no view of it is left.
     memory: Option<Py<Memory>>,
@@ -184,7 +184,30 @@ impl Reader {
     /// Grants up to `n` frames: the grant object, or a `lost` count (lossy ring, lapped).
     fn grant(slf: &Bound<'_, Self>, n: usize) -> PyResult<Py<ReadGrant>> {
         let py = slf.py();
-        let this = slf.get();
+        let (frames, lost, live) = slf.get().grant_frames(py, n)?;
+        let list = PyList::empty(py);
+        for f in frames {
+            list.append(Py::new(py, f)?)?;
+        }
+        Py::new(
+            py,
+            ReadGrant {
+                reader: slf.clone().unbind(),
+                frames: list.unbind(),
+                lost,
+                live,
+            },
+        )
+    }
+
+    /// Grants up to `n` frames: their Frame values (not yet Python objects), the frames a
+    /// lossy ring lost before them, and the flag that says the grant is open.
+    fn grant_frames(
+        &self,
+        py: Python<'_>,
+        n: usize,
+    ) -> PyResult<(Vec<Frame>, u64, Arc<AtomicBool>)> {
+        let this = self;
         let mut st = this.state(py);
         if st.open.is_some() {
             return Err(Failure::new(
@@ -275,28 +298,16 @@ impl Reader {
             });
         }
         drop(st);
-        let list = PyList::empty(py);
-        for f in frames {
-            list.append(Py::new(py, f)?)?;
-        }
-        Py::new(
-            py,
-            ReadGrant {
-                reader: slf.clone().unbind(),
-                frames: list.unbind(),
-                lost,
-                live,
-            },
-        )
+        Ok((frames, lost, live))
     }
 
     /// Releases the frame the iterator handed out last, if any.
     fn release_iterated(&self, py: Python<'_>) -> PyResult<()> {
         let prev = self.state(py).iter_grant.take();
-        if let Some(g) = prev {
-            g.get().release_k(py, None)?;
+        match prev {
+            Some(live) if live.load(Ordering::Acquire) => self.release(py, &live, None).map(drop),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Releases the iterator's last frame and grants the next one, if one is ready.
@@ -304,13 +315,13 @@ impl Reader {
         let py = slf.py();
         let this = slf.get();
         this.release_iterated(py)?;
-        let g = Reader::grant(slf, 1)?;
-        let first = g.bind(py).get().frames.bind(py).get_item(0).ok();
-        let Some(f) = first else {
+        // No ReadGrant or list: the frame alone (its grant is the reader's `iter_grant`).
+        let (frames, _lost, live) = this.grant_frames(py, 1)?;
+        let Some(f) = frames.into_iter().next() else {
             return Ok(None);
         };
-        this.state(py).iter_grant = Some(g);
-        Ok(Some(f.cast_into::<Frame>()?.unbind()))
+        this.state(py).iter_grant = Some(live);
+        Ok(Some(Py::new(py, f)?))
     }
 
     /// Releases the first `k` frames of the open grant whose flag is `live`. False: a lossy
