@@ -63,7 +63,7 @@ pub enum Transport {
     /// A multiprocessing shared Array read through np.frombuffer (needs python3 with numpy).
     PythonMparray,
     /// voxring's Python package (numpy views in place) reading a ring this process writes
-    /// (needs python3 with numpy and libvoxring_ffi.so; run only when named in --transports).
+    /// (needs a Python with the package installed, $VOXRING_PYTHON; run only when named).
     PythonVoxring,
     /// A C program on voxring's C ABI reading a ring this process writes (needs cc and
     /// libvoxring_ffi.so; run only when named in --transports).
@@ -475,8 +475,8 @@ fn run_one(
             python::run(py, plan, payload, cpus, tracepoint_id, &mut hist)?
         }
         Transport::PythonVoxring => {
-            let py = python.context("no python3 with numpy")?;
-            let c = bindings::Consumer::Python(py);
+            let py = python::voxring_python()?;
+            let c = bindings::Consumer::Python(&py);
             bindings::run(c, plan, payload, cpus, tracepoint_id, &mut hist)?
         }
         Transport::CVoxring => {

@@ -1,15 +1,14 @@
-//! Where the program finds the files of voxring's bindings at run time: the C library
-//! `libvoxring_ffi.so`, the C header and sources of `platform-linux/ffi`, and the Python package
-//! of `platform-linux/python`. One finder for each, shared by `voxring run` (Python agents) and
-//! `voxring bench ipc` (`python-voxring`, `c-voxring`).
+//! Where the program finds the files of voxring's C bindings at run time: the C library
+//! `libvoxring_ffi.so` and the C header and sources of `platform-linux/ffi`, for `voxring bench
+//! ipc` (`c-voxring`). (The Python package is installed into the interpreter that runs it:
+//! see `run::python`.)
 //!
 //! - the library: `$VOXRING_LIB`, else `libvoxring_ffi.so` next to this program (its
 //!   `target/<profile>` folder), in its `deps/` (where `cargo test` leaves the cdylib), or in
 //!   the profile folder above a test binary's `deps/`;
 //! - the sources of `platform-linux/ffi` (`include/voxring.h`, `c/bench_consumer.c`):
 //!   `$VOXRING_FFI_DIR`, else the source tree this binary was built from, else the tree around
-//!   a binary moved with it (`<repo>/target/<profile>/voxring`);
-//! - the Python package: `$VOXRING_PYTHONPATH`, else `platform-linux/python` found the same way.
+//!   a binary moved with it (`<repo>/target/<profile>/voxring`).
 
 use std::path::{Path, PathBuf};
 
@@ -63,18 +62,6 @@ fn source_tree_candidates(rel: &str) -> Vec<PathBuf> {
     out
 }
 
-/// The folder of the `voxring` Python package: `$VOXRING_PYTHONPATH`, else
-/// `platform-linux/python` of the source tree; `None` when neither holds it.
-pub fn python_package_dir() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("VOXRING_PYTHONPATH") {
-        return Some(PathBuf::from(p));
-    }
-    source_tree_candidates("platform-linux/python")
-        .into_iter()
-        .find(|p| p.join("voxring").is_dir())
-        .map(|p| p.canonicalize().unwrap_or(p))
-}
-
 /// The text of `rel` (e.g. `include/voxring.h`) under `platform-linux/ffi`: from
 /// `$VOXRING_FFI_DIR`, else the source tree.
 pub fn ffi_source(rel: &str) -> anyhow::Result<String> {
@@ -118,13 +105,5 @@ mod tests {
             e.contains("no-such-file.h") && e.contains("VOXRING_FFI_DIR"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn the_python_package_is_found_in_the_source_tree() {
-        if std::env::var_os("VOXRING_PYTHONPATH").is_none() {
-            let d = python_package_dir().expect("platform-linux/python");
-            assert!(d.join("voxring").is_dir());
-        }
     }
 }

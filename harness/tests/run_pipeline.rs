@@ -394,8 +394,8 @@ fn a_missing_alsa_device_is_a_clear_error() {
     );
 }
 
-/// A Python 3 that imports numpy, found as `voxring run` finds one (`VOXRING_PYTHON`, else
-/// `python3`, else `/usr/bin/python3`).
+/// A Python 3 that imports the voxring package (and numpy), found as `voxring run` finds one
+/// (`VOXRING_PYTHON`, else `python3`, else `/usr/bin/python3`).
 fn python_with_numpy() -> Option<String> {
     let candidates: Vec<String> = match std::env::var("VOXRING_PYTHON") {
         Ok(p) => vec![p],
@@ -403,7 +403,7 @@ fn python_with_numpy() -> Option<String> {
     };
     candidates.into_iter().find(|p| {
         Command::new(p)
-            .args(["-c", "import numpy"])
+            .args(["-c", "import numpy, voxring"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -419,10 +419,10 @@ fn skip_without_numpy() -> bool {
     }
     assert!(
         std::env::var("CI").as_deref() != Ok("true"),
-        "no Python 3 with numpy (VOXRING_PYTHON, python3, /usr/bin/python3): install \
-         python3-numpy or set VOXRING_PYTHON"
+        "no Python 3 with the voxring package (VOXRING_PYTHON, python3, /usr/bin/python3): \
+         pip install platform-linux/python into a venv and set VOXRING_PYTHON to its python"
     );
-    println!("skipped: no Python 3 with numpy (set VOXRING_PYTHON to run this test)");
+    println!("skipped: no Python 3 with the voxring package (set VOXRING_PYTHON to run this test)");
     true
 }
 

@@ -7,10 +7,11 @@
 //! sample = `i mod 2^24`, stamped with CLOCK_MONOTONIC at commit) and then waits for space, i.e.
 //! for the consumer's release (the acknowledgement). The consumer process, pinned to the other
 //! CPU, reads the frame in place, takes the hand-off time, checks the markers and releases.
-//! Consumers: `python3 -m voxring._bench` (platform-linux/python/voxring/_bench.py) and
-//! `platform-linux/ffi/c/bench_consumer.c`, compiled here with `cc` into a temporary folder.
-//! Both need `libvoxring_ffi.so` (built with the workspace: `cargo build --release`), found next
-//! to this program or through `$VOXRING_LIB`.
+//! Consumers: `python -m voxring._bench` (platform-linux/python/python/voxring/_bench.py, run
+//! by a Python with the native package installed: `$VOXRING_PYTHON`) and
+//! `platform-linux/ffi/c/bench_consumer.c`, compiled here with `cc` into a temporary folder,
+//! which needs `libvoxring_ffi.so` (built with the workspace: `cargo build --release`), found
+//! next to this program or through `$VOXRING_LIB`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -146,7 +147,6 @@ pub fn run(
     if payload > 1 << 24 {
         bail!("a voxring frame holds at most 16 MiB; {payload} bytes do not fit");
     }
-    let lib = crate::locate::library()?;
     // Only the C consumer needs a folder; it lives until this function returns.
     let tmp = match consumer {
         Consumer::C => Some(private_build_dir(&std::env::temp_dir())?),
@@ -158,11 +158,8 @@ pub fn run(
         .with_context(|| format!("creating the ring {name}"))?;
     let extra = plan.count_messages;
     let mut cmd = match consumer {
+        // The interpreter has the native package installed (see bench_ipc::python).
         Consumer::Python(py) => {
-            let package = crate::locate::python_package_dir().context(
-                "the voxring Python package (platform-linux/python) was not found: run from \
-                 voxring's source tree or set VOXRING_PYTHONPATH to its folder",
-            )?;
             let mut c = Command::new(py);
             c.args(["-m", "voxring._bench", "--ring", &name])
                 .arg("--payload")
@@ -175,14 +172,12 @@ pub fn run(
                 .arg(extra.to_string())
                 .arg("--cpu")
                 .arg(cpus.1.to_string())
-                .env("PYTHONPATH", package)
-                .env("PYTHONDONTWRITEBYTECODE", "1")
-                .env("VOXRING_LIB", &lib);
+                .env("PYTHONDONTWRITEBYTECODE", "1");
             c
         }
         Consumer::C => {
             let dir = tmp.as_ref().context("the C consumer's build folder")?;
-            let exe = compile_c(dir.path(), &lib)?;
+            let exe = compile_c(dir.path(), &crate::locate::library()?)?;
             let mut c = Command::new("taskset");
             c.arg("-c")
                 .arg(cpus.1.to_string())

@@ -28,6 +28,15 @@ pub fn find_python() -> Option<String> {
         .find(|py| crate::run::python::imports_numpy(py.as_ref()))
 }
 
+/// The interpreter for `python-voxring`: one with the native voxring package installed
+/// (`$VOXRING_PYTHON`, else `python3`, else `/usr/bin/python3`), or an error saying how to
+/// install it.
+pub fn voxring_python() -> anyhow::Result<String> {
+    let py = crate::run::python::find_voxring_python()
+        .context("python-voxring reads through the voxring Python package")?;
+    Ok(py.to_string_lossy().into_owned())
+}
+
 #[derive(Debug, Deserialize)]
 struct Line {
     payload_bytes: usize,

@@ -1,10 +1,10 @@
 //! Python agents of `voxring run` (`--agents python:path/to/agent.py`).
 //!
 //! The script is started as
-//! `<python> PATH --segments <prefix> --parent <pid> --index <i>` with the voxring Python
-//! package importable (`PYTHONPATH`) and the C library it loads named (`VOXRING_LIB`). It
-//! follows the same protocol as the Rust agents: it joins `<prefix>.capture` as a consumer,
-//! prints `ready`, and at the end one JSON line ([`PythonOutput`]; the example is
+//! `<python> PATH --segments <prefix> --parent <pid> --index <i>` by an interpreter that can
+//! `import voxring` (the native package: `pip install platform-linux/python`). It follows the
+//! same protocol as the Rust agents: it joins `<prefix>.capture` as a consumer, prints `ready`,
+//! and at the end one JSON line ([`PythonOutput`]; the example is
 //! `platform-linux/python/examples/agent.py`). It does not mark the cycle fence, so it is
 //! left out of the fence's mask: its lateness is not measured (the report says `-`).
 //!
@@ -12,13 +12,13 @@
 //! `PR_SET_PDEATHSIG` (SIGKILL) in the child between fork and exec
 //! ([`super::procs::die_with_parent_before_exec`]), as for the Rust agents.
 //!
-//! Where things are found: the interpreter is `$VOXRING_PYTHON`, else the first of `python3` (on
-//! `PATH`) and `/usr/bin/python3` that can `import numpy`; the library and the package are found
-//! by [`crate::locate`] (`$VOXRING_LIB`, `$VOXRING_PYTHONPATH`, else next to this program and in
-//! its source tree).
+//! Where the interpreter is found: `$VOXRING_PYTHON` (it must import voxring and numpy), else
+//! the first of `python3` (on `PATH`) and `/usr/bin/python3` that does. The package is
+//! installed into that interpreter (or its virtual environment); nothing is put on
+//! `PYTHONPATH` and no library path is passed.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde::Deserialize;
@@ -55,18 +55,53 @@ pub struct PythonOutput {
 /// How to start Python agents on this machine.
 #[derive(Debug, Clone)]
 pub struct PythonLauncher {
-    /// The interpreter (one that imports numpy).
+    /// The interpreter (one that imports voxring and numpy).
     pub interpreter: OsString,
-    /// `libvoxring_ffi.so`, when found (else the package looks for it itself).
-    pub lib: Option<PathBuf>,
-    /// The folder holding the `voxring` package, when found.
-    pub package_dir: Option<PathBuf>,
 }
+
+/// What to tell a user whose Python lacks the voxring package.
+pub(crate) const INSTALL_VOXRING: &str = "install the package into a virtual environment \
+     (`python3 -m venv ~/voxring-venv && ~/voxring-venv/bin/pip install platform-linux/python`, \
+     from voxring's source tree; it needs a Rust toolchain) and set \
+     VOXRING_PYTHON=~/voxring-venv/bin/python";
 
 /// Whether `python` runs and can `import numpy` (what every Python peer of the harness needs).
 pub(crate) fn imports_numpy(python: &std::ffi::OsStr) -> bool {
+    imports(python, "numpy")
+}
+
+/// Whether `python` runs and can import the voxring package (and numpy, which it needs).
+pub(crate) fn imports_voxring(python: &std::ffi::OsStr) -> bool {
+    imports(python, "numpy, voxring")
+}
+
+/// The first interpreter that imports voxring: `$VOXRING_PYTHON` if set (else an error saying
+/// what it lacks), else `python3`, else `/usr/bin/python3`.
+pub(crate) fn find_voxring_python() -> anyhow::Result<OsString> {
+    if let Some(p) = std::env::var_os("VOXRING_PYTHON").filter(|p| !p.is_empty()) {
+        anyhow::ensure!(
+            imports_voxring(&p),
+            "VOXRING_PYTHON={} cannot `import voxring` (or numpy, or does not run): {INSTALL_VOXRING}",
+            p.to_string_lossy()
+        );
+        return Ok(p);
+    }
+    ["python3", "/usr/bin/python3"]
+        .into_iter()
+        .map(OsString::from)
+        .find(|p| imports_voxring(p))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no Python 3 with the voxring package found (tried python3 on PATH and \
+                 /usr/bin/python3): {INSTALL_VOXRING}"
+            )
+        })
+}
+
+/// Whether `python` runs and `import {modules}` succeeds.
+fn imports(python: &std::ffi::OsStr, modules: &str) -> bool {
     Command::new(python)
-        .args(["-c", "import numpy"])
+        .args(["-c", &format!("import {modules}")])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -76,7 +111,7 @@ pub(crate) fn imports_numpy(python: &std::ffi::OsStr) -> bool {
 }
 
 impl PythonLauncher {
-    /// Finds an interpreter with numpy, the library and the package; checks the scripts exist.
+    /// Finds an interpreter with the voxring package; checks the scripts exist.
     pub fn find(scripts: &[&Path]) -> anyhow::Result<Self> {
         for s in scripts {
             anyhow::ensure!(
@@ -86,35 +121,8 @@ impl PythonLauncher {
                 s.display()
             );
         }
-        let interpreter = match std::env::var_os("VOXRING_PYTHON") {
-            Some(p) => {
-                anyhow::ensure!(
-                    imports_numpy(&p),
-                    "VOXRING_PYTHON={} cannot `import numpy` (or does not run): install numpy \
-                     for it (`{} -m pip install numpy`) or point VOXRING_PYTHON at a Python 3 \
-                     that has it",
-                    p.to_string_lossy(),
-                    p.to_string_lossy()
-                );
-                p
-            }
-            None => ["python3", "/usr/bin/python3"]
-                .into_iter()
-                .map(OsString::from)
-                .find(|p| imports_numpy(p))
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "no Python 3 with numpy found (tried python3 on PATH and \
-                         /usr/bin/python3): Python agents need numpy. Install it (`apt-get \
-                         install python3-numpy` or `python3 -m pip install numpy`), or set \
-                         VOXRING_PYTHON to an interpreter that has it"
-                    )
-                })?,
-        };
         Ok(Self {
-            interpreter,
-            lib: crate::locate::library().ok(),
-            package_dir: crate::locate::python_package_dir(),
+            interpreter: find_voxring_python()?,
         })
     }
 
@@ -130,18 +138,6 @@ impl PythonLauncher {
             .arg(parent.to_string())
             .arg("--index")
             .arg(index.to_string());
-        if let Some(lib) = &self.lib {
-            cmd.env("VOXRING_LIB", lib);
-        }
-        if let Some(dir) = &self.package_dir {
-            let mut paths = vec![dir.clone()];
-            if let Some(old) = std::env::var_os("PYTHONPATH") {
-                paths.extend(std::env::split_paths(&old));
-            }
-            if let Ok(joined) = std::env::join_paths(paths) {
-                cmd.env("PYTHONPATH", joined);
-            }
-        }
         cmd
     }
 }

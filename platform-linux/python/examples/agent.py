@@ -19,7 +19,9 @@ hidden `voxring agent` subcommand of the Rust agents):
    "level_dbfs_mean", "cpu_ns", "wall_ns", "transport", "transport_reason", "exit"}.
 
 It waits with `Reader.wait`, which sleeps on the ring's futex without holding the GIL: other
-Python threads of the agent keep running, and an idle agent costs no CPU.
+Python threads of the agent keep running, and an idle agent costs no CPU. The frames it reads
+are numpy arrays over the ring's slots (the native voxring package: no copy, no per-frame
+ctypes call).
 """
 
 import argparse
@@ -30,15 +32,10 @@ import signal
 import sys
 import time
 import zlib
-from pathlib import Path
 
 import numpy as np
 
-try:
-    import voxring
-except ImportError:  # run from the source tree: the package is next to this folder
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import voxring
+import voxring  # pip install platform-linux/python
 
 
 def die_with_parent(parent):

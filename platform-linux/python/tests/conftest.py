@@ -1,54 +1,49 @@
-"""Shared set-up of the binding tests: the package on sys.path, the library and the Rust
-peer binary (voxring-ffi-peer, built next to the library by `cargo test --workspace`)."""
+"""Shared set-up of the package's tests: the installed `voxring` package (a native extension:
+`pip install platform-linux/python`, which scripts/test does into its venv) and the Rust peer
+binary voxring-ffi-peer (built by `cargo build --workspace`), which plays the producer or the
+consumer in another process."""
 
+import gc
 import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-PKG = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PKG))
+try:
+    import voxring  # noqa: F401
+except ImportError as e:
+    pytest.exit(
+        f"the voxring package is not installed in this Python ({e}): install it with "
+        f"`python3 -m pip install platform-linux/python` in a virtual environment (scripts/test "
+        f"does this in target/pyvenv)",
+        returncode=1,
+    )
 
-from voxring import _lib  # noqa: E402
-
-
-def _library():
-    try:
-        return _lib.find_library()
-    except OSError as e:
-        pytest.exit(
-            f"voxring Python tests: {e}. scripts/test runs `cargo test --workspace` first, "
-            f"which builds target/debug/{_lib.LIB_NAME}.",
-            returncode=1,
-        )
-
-
-LIB = _library()
-os.environ.setdefault("VOXRING_LIB", str(LIB))
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="session")
 def peer():
-    # Next to the library, or one level up when the library is in deps/ (after cargo test).
-    exe = LIB.parent / "voxring-ffi-peer"
-    if not exe.is_file():
-        exe = LIB.parent.parent / "voxring-ffi-peer"
-    if not exe.is_file():
-        pytest.fail(
-            f"{exe} is missing: build it with `cargo build -p voxring-ffi` (cargo test "
-            f"--workspace builds it too)"
-        )
-    return exe
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    for exe in (target / "debug" / "voxring-ffi-peer", target / "release" / "voxring-ffi-peer"):
+        if exe.is_file():
+            return exe
+    pytest.fail(
+        f"voxring-ffi-peer is not built in {target}: run `cargo build -p voxring-ffi` (scripts/test "
+        f"runs `cargo build --workspace` first)"
+    )
 
 
 @pytest.fixture
 def name():
     n = f"pytest-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     yield n
-    # Nothing may be left behind, whatever the test did.
+    # Nothing may be left behind, whatever the test did. An array kept by a test keeps its
+    # segment until it is collected (documented: a view never outlives its mapping), and an
+    # exception caught by pytest.raises can hold the test's frame in a cycle: collect first.
+    gc.collect()
     for p in (Path(f"/dev/shm/voxring.{n}"), Path(f"/dev/shm/voxring.{n}.control")):
         assert not p.exists(), f"{p} was left behind"
 

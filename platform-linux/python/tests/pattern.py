@@ -9,14 +9,10 @@ import json
 import os
 import sys
 import zlib
-from pathlib import Path
 
 import numpy as np
 
-# The package next to this file (a copy, in the fallback test) wins; else the source tree's.
-sys.path.append(str(Path(__file__).resolve().parents[1]))
-
-import voxring  # noqa: E402
+import voxring
 
 
 def pattern(seq, n):

@@ -3,9 +3,10 @@
 A Python agent reading a voxring ring through this package: the Rust producer (the voxring
 binary) creates ring NAME (lossless, one frame of F32 samples), commits frame `i` stamped with
 CLOCK_MONOTONIC, and waits until it is released before writing the next (a ping-pong, as
-python-mparray's acknowledgement does). Here, for every frame: read it if it is there, else
-wait (spin, then futex park, GIL released); hand-off = time.monotonic_ns() once the frame is
-granted minus its stamp; check its markers (first and last sample = i mod 2^24); release.
+python-mparray's acknowledgement does). Here, `for frame in reader` (by hand: next()): each
+step releases the previous frame and waits for the next (20 us spin holding the GIL, then
+spin and futex park without it); hand-off = time.monotonic_ns() once the frame is granted
+minus its stamp; check its markers (first and last sample = i mod 2^24).
 
     python3 -m voxring._bench --ring NAME --payload BYTES --warmup W --messages M [--cpu N]
 
@@ -43,23 +44,22 @@ def main():
     now_ns = time.monotonic_ns
     with voxring.Reader(a.ring, fallback=False) as r:
         print("ready", flush=True)
+        frames = iter(r)
         for i in range(total):
             if i == a.warmup:
                 cpu0 = time.process_time_ns()
-            g = r.read(1)
-            while not g.frames:
-                if r.wait(10.0) != voxring.READY:
-                    sys.exit(f"frame {i} did not come within 10 s (or the producer left)")
-                g = r.read(1)
+            # One call: releases frame i-1 (the producer's acknowledgement), then waits for
+            # frame i (spin with the GIL, spin, futex park) and grants it.
+            f = next(frames, None)
+            if f is None:
+                sys.exit(f"frame {i} never came: the producer left")
             t = now_ns()
-            f = g.frames[0]
             s = f.samples
             mark = float(i % MARK_MOD)
             if s[0] != mark or s[-1] != mark or f.seq != i:
                 sys.exit(f"frame {i}: seq {f.seq}, markers {s[0]}, {s[-1]}: expected {mark}")
             if a.warmup <= i < a.warmup + a.messages:
                 lat[i - a.warmup] = t - f.timestamp_ns
-            g.release()
             if i == a.warmup + a.messages - 1:
                 cpu_ns = time.process_time_ns() - cpu0
         transport = r.transport

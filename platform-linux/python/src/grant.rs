@@ -1,0 +1,183 @@
+//! What a read hands to Python: [`ReadGrant`] (the granted frames, released as one) and
+//! [`Frame`] (one frame's metadata and its view).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use pyo3::prelude::*;
+use pyo3::types::PyList;
+use voxring_core::{FrameFlags, FrameMeta};
+
+use crate::error::Failure;
+use crate::reader::Reader;
+
+/// Frames granted to a Reader (iterable, indexable). Release with `release()` or by leaving
+/// the `with` block; `lost` counts frames a lossy ring overwrote before this reader got to
+/// them (the grant is then empty).
+#[pyclass(frozen, module = "voxring._voxring")]
+pub struct ReadGrant {
+    pub(crate) reader: Py<Reader>,
+    pub(crate) frames: Py<PyList>,
+    pub(crate) lost: u64,
+    pub(crate) live: Arc<AtomicBool>,
+}
+
+impl ReadGrant {
+    pub(crate) fn release_k(&self, py: Python<'_>, k: Option<usize>) -> PyResult<bool> {
+        if !self.live.load(Ordering::Acquire) {
+            return Ok(true);
+        }
+        self.reader.get().release(py, &self.live, k)
+    }
+}
+
+#[pymethods]
+impl ReadGrant {
+    /// Releases the first k frames (all by default; the rest are granted again by the next
+    /// read). True, or False when a lossy ring overwrote some of them while they were read
+    /// (discard their data). Releasing twice does nothing.
+    #[pyo3(signature = (k=None))]
+    fn release(&self, py: Python<'_>, k: Option<usize>) -> PyResult<bool> {
+        self.release_k(py, k)
+    }
+
+    /// The granted frames.
+    #[getter]
+    fn frames(&self, py: Python<'_>) -> Py<PyList> {
+        self.frames.clone_ref(py)
+    }
+
+    /// Frames lost before this grant (lossy ring, reader lapped).
+    #[getter]
+    fn lost(&self) -> u64 {
+        self.lost
+    }
+
+    /// False once released.
+    #[getter]
+    fn open(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    fn __len__(&self, py: Python<'_>) -> usize {
+        self.frames.bind(py).len()
+    }
+
+    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.frames.bind(py).try_iter().map(Bound::into_any)
+    }
+
+    fn __getitem__<'py>(&self, py: Python<'py>, i: isize) -> PyResult<Bound<'py, PyAny>> {
+        self.frames.bind(py).as_any().get_item(i)
+    }
+
+    fn __bool__(&self, py: Python<'_>) -> bool {
+        !self.frames.bind(py).is_empty()
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        self.release_k(py, None)?;
+        Ok(false)
+    }
+}
+
+/// A granted frame: its metadata, and `samples`, a read-only numpy view of its payload in the
+/// ring (interleaved channels). `samples` raises ReleasedError once the grant is released; an
+/// array taken before stays readable but the producer may overwrite it: copy what you keep.
+#[pyclass(frozen, module = "voxring._voxring")]
+pub struct Frame {
+    pub(crate) meta: FrameMeta,
+    /// The view of the slot's whole payload (its base keeps the memory mapped).
+    pub(crate) full: Py<PyAny>,
+    /// Whether the frame fills its slot (else `samples` is the first `len` bytes of `full`).
+    pub(crate) whole: bool,
+    pub(crate) live: Arc<AtomicBool>,
+    pub(crate) samples: OnceLock<Py<PyAny>>,
+}
+
+#[pymethods]
+impl Frame {
+    /// The frame's payload, in place (read-only).
+    #[getter]
+    fn samples(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        if !self.live.load(Ordering::Acquire) {
+            return Err(Failure::new(
+                "VR_E_RELEASED",
+                format!(
+                    "frame {} was released: its slot belongs to the producer again; read \
+                     `samples` before releasing the grant, and copy what you keep \
+                     (frame.samples.copy())",
+                    self.meta.seq
+                ),
+            )
+            .into());
+        }
+        if self.whole {
+            return Ok(self.full.clone_ref(py));
+        }
+        if let Some(a) = self.samples.get() {
+            return Ok(a.clone_ref(py));
+        }
+        let full = self.full.bind(py);
+        let n = self.meta.len as usize / full.getattr("itemsize")?.extract::<usize>()?;
+        let a = full
+            .get_item(pyo3::types::PySlice::new(py, 0, n as isize, 1))?
+            .unbind();
+        Ok(self.samples.get_or_init(|| a).clone_ref(py))
+    }
+
+    #[getter]
+    fn seq(&self) -> u64 {
+        self.meta.seq
+    }
+
+    #[getter]
+    fn sample_pos(&self) -> u64 {
+        self.meta.sample_pos
+    }
+
+    #[getter]
+    fn timestamp_ns(&self) -> u64 {
+        self.meta.timestamp_ns
+    }
+
+    #[getter]
+    fn flags(&self) -> u32 {
+        self.meta.flags.0
+    }
+
+    /// Payload bytes.
+    #[getter]
+    fn len(&self) -> u32 {
+        self.meta.len
+    }
+
+    #[getter]
+    fn xrun(&self) -> bool {
+        self.meta.flags.contains(FrameFlags::XRUN)
+    }
+
+    #[getter]
+    fn end_of_stream(&self) -> bool {
+        self.meta.flags.contains(FrameFlags::END_OF_STREAM)
+    }
+
+    /// False once its grant is released.
+    #[getter]
+    fn valid(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    fn __repr__(&self) -> String {
+        let m = &self.meta;
+        format!(
+            "Frame(seq={}, sample_pos={}, timestamp_ns={}, flags={}, len={})",
+            m.seq, m.sample_pos, m.timestamp_ns, m.flags.0, m.len
+        )
+    }
+}
