@@ -14,6 +14,7 @@ mod hist;
 mod locate;
 mod run;
 mod segments;
+mod voice;
 
 #[derive(Debug, Parser)]
 #[command(
