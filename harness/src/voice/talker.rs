@@ -104,6 +104,7 @@ impl Script {
     }
 
     /// The script as S16 samples (what a 16-bit device carries).
+    #[cfg(test)]
     pub fn to_s16(&self) -> Vec<i16> {
         self.samples.iter().map(|&v| i16::from_f32(v)).collect()
     }

@@ -160,16 +160,6 @@ impl EarshotVad {
         })
     }
 
-    /// The settings.
-    pub fn settings(&self) -> VadSettings {
-        self.settings
-    }
-
-    /// True while speech is on.
-    pub fn speaking(&self) -> bool {
-        self.speaking
-    }
-
     /// Takes `samples` (mono S16) whose first sample is at input position `pos`, and calls
     /// `on_event` for every decision. No allocation.
     pub fn push(&mut self, pos: u64, samples: &[i16], mut on_event: impl FnMut(VadEvent)) {
@@ -295,9 +285,6 @@ pub struct VadRecord {
 }
 
 impl VadRecord {
-    /// Bytes as published: 4 + 4 + 7 × 8 = 60 of the register's 64.
-    pub const BYTES: usize = 64;
-
     /// The register's words (the last four bytes are zero).
     pub fn to_words(self) -> [u64; 8] {
         let mut first = [0u8; 8];
@@ -315,8 +302,9 @@ impl VadRecord {
         ]
     }
 
-    /// From the register's words (any bit pattern is a record: a hostile writer can only make
+    /// From the register's words (the recogniser reads them in Python; any bit pattern is a record: a hostile writer can only make
     /// it wrong, not unsafe).
+    #[cfg(test)]
     pub fn from_words(w: [u64; 8]) -> Self {
         let [a, b, c, d, e, f, g, h] = w[0].to_ne_bytes();
         Self {
