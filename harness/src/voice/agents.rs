@@ -15,8 +15,8 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use voxring_core::control::ControlRegister;
 use voxring_core::{FrameFlags, Policy, ReadError, RingConfig, SampleFormat};
-use voxring_linux::audio::duplex::{DeviceSpec, StopFlag, open_duplex};
 use voxring_linux::audio::alsa_pcm::MmapPreference;
+use voxring_linux::audio::duplex::{DeviceSpec, StopFlag, open_duplex};
 use voxring_linux::audio::ring_io::RingSink;
 use voxring_linux::audio::{StreamParams, monotonic_ns};
 use voxring_linux::ring::{FramesWait, Segment, ShmProducer, SpaceWait};
@@ -61,7 +61,9 @@ fn wait_consumers(seg: &Segment, n: u16, what: &str) -> anyhow::Result<()> {
     let max = seg.config().max_consumers;
     anyhow::ensure!(n <= max, "{what}: at most {max} consumers");
     loop {
-        let joined = (0..max).filter(|&i| ring.consumer_owner(i).is_some()).count();
+        let joined = (0..max)
+            .filter(|&i| ring.consumer_owner(i).is_some())
+            .count();
         if joined >= usize::from(n) {
             return Ok(());
         }
@@ -102,8 +104,12 @@ pub fn talk(args: &TalkArgs) -> anyhow::Result<ExitCode> {
         tail_s: args.tail_s,
     };
     let script = Script::build(&Synth::default(), &args.texts(), args.rate, &layout)?;
-    let seg = Segment::create(&args.ring, &mono_ring(args.rate, args.period), &CreateOptions::default())
-        .with_context(|| format!("cannot create the mic ring {:?}", args.ring))?;
+    let seg = Segment::create(
+        &args.ring,
+        &mono_ring(args.rate, args.period),
+        &CreateOptions::default(),
+    )
+    .with_context(|| format!("cannot create the mic ring {:?}", args.ring))?;
     let mut tx = seg.producer().context("cannot claim the mic ring")?;
     emit(&json!({"event": "ready"}))?;
     wait_consumers(&seg, args.readers, "the talker")?;
@@ -183,7 +189,9 @@ pub fn vad(args: &VadArgs) -> anyhow::Result<ExitCode> {
     let mut engine = EarshotVad::new(cfg.sample_rate, settings)?;
     let reg = Placed::<VadRegister>::create(&args.register, &CreateOptions::default(), [0; 8])
         .with_context(|| format!("cannot create the VAD's register {:?}", args.register))?;
-    let mut rx = seg.consumer().context("the VAD agent cannot join the ring")?;
+    let mut rx = seg
+        .consumer()
+        .context("the VAD agent cannot join the ring")?;
     rx.set_spin(Duration::ZERO);
     emit(&json!({"event": "ready", "hangover_ms": settings.hangover_ms()}))?;
 
@@ -223,7 +231,9 @@ pub fn vad(args: &VadArgs) -> anyhow::Result<ExitCode> {
                     eos = true;
                     break;
                 }
-                let Ok(samples) = f.samples::<i16>() else { continue };
+                let Ok(samples) = f.samples::<i16>() else {
+                    continue;
+                };
                 let c0 = monotonic_ns();
                 engine.push(meta.sample_pos, samples, |e| {
                     let now = monotonic_ns();
@@ -259,8 +269,10 @@ pub fn vad(args: &VadArgs) -> anyhow::Result<ExitCode> {
     }
     let list: Vec<_> = events
         .iter()
-        .map(|(e, ns, commit)| json!({"kind": format!("{:?}", e.kind), "boundary_pos": e.boundary_pos,
-            "decided_pos": e.decided_pos, "decided_ns": ns, "frame_commit_ns": commit}))
+        .map(|(e, ns, commit)| {
+            json!({"kind": format!("{:?}", e.kind), "boundary_pos": e.boundary_pos,
+            "decided_pos": e.decided_pos, "decided_ns": ns, "frame_commit_ns": commit})
+        })
         .collect();
     let q = |p: f64| cost.value_at_quantile(p);
     emit(&json!({
@@ -269,7 +281,11 @@ pub fn vad(args: &VadArgs) -> anyhow::Result<ExitCode> {
         "cost_per_ring_frame_ns": {"p50": q(0.5), "p99": q(0.99), "max": cost.max(), "count": cost.len()},
         "samples_per_ring_frame": cfg.samples_per_frame,
     }))?;
-    Ok(if lost == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if lost == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// `voxring voice reply`: speaks each line of stdin into its output ring.
@@ -289,7 +305,8 @@ pub fn reply(args: &ReplyArgs) -> anyhow::Result<ExitCode> {
             continue;
         }
         let speech = synth.speak(text)?;
-        let out = super::synth::to_i16(&resample(&to_f32(&speech.samples), speech.rate, args.rate)?);
+        let out =
+            super::synth::to_i16(&resample(&to_f32(&speech.samples), speech.rate, args.rate)?);
         let first_seq = tx.producer().write_pos();
         let first_pos = pos;
         let mut first_commit_ns = 0;
