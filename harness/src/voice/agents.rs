@@ -220,6 +220,8 @@ pub fn vad(args: &VadArgs) -> anyhow::Result<ExitCode> {
                 }
                 Err(e) => anyhow::bail!("reading {:?} failed: {e}", args.ring),
             };
+            // The frames are in this agent's hands: the hand-off ends here.
+            let t_got = monotonic_ns();
             let mut eos = false;
             for f in grant.frames() {
                 let meta = f.meta();
@@ -255,7 +257,7 @@ pub fn vad(args: &VadArgs) -> anyhow::Result<ExitCode> {
                     // publishes again.
                     let _ = reg.write(rec.to_words());
                     if events.len() < events.capacity() {
-                        events.push((e, now, meta.timestamp_ns));
+                        events.push((e, now, meta.timestamp_ns, t_got));
                     }
                 });
                 let _ = cost.record(monotonic_ns().saturating_sub(c0).max(1));
@@ -269,9 +271,10 @@ pub fn vad(args: &VadArgs) -> anyhow::Result<ExitCode> {
     }
     let list: Vec<_> = events
         .iter()
-        .map(|(e, ns, commit)| {
+        .map(|(e, ns, commit, got)| {
             json!({"kind": format!("{:?}", e.kind), "boundary_pos": e.boundary_pos,
-            "decided_pos": e.decided_pos, "decided_ns": ns, "frame_commit_ns": commit})
+            "decided_pos": e.decided_pos, "decided_ns": ns, "frame_commit_ns": commit,
+            "handoff_ns": got.saturating_sub(*commit)})
         })
         .collect();
     let q = |p: f64| cost.value_at_quantile(p);

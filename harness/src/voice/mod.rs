@@ -36,6 +36,26 @@ pub enum Command {
     Vad(VadArgs),
     /// Speak each line of stdin (espeak-ng) into a new reply ring.
     Reply(ReplyArgs),
+    /// Draw per-utterance records (JSON lines) as a table and a stacked-bar SVG.
+    Report(ReportArgs),
+}
+
+/// `voxring voice report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Per-utterance records, one JSON object a line (measure::UtteranceRecord).
+    #[arg(long)]
+    pub records: std::path::PathBuf,
+    /// An existing directory for voice-latency.md and voice-latency.svg.
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Also draw each utterance with every hand-off costing this many ns (what `voxring
+    /// bench ipc` measured for Unix sockets or HTTP at the same frame size).
+    #[arg(long)]
+    pub compare_handoff_ns: Option<u64>,
+    /// The name of that transport in the plot.
+    #[arg(long, default_value = "sockets")]
+    pub compare_name: String,
 }
 
 /// `voxring voice talk`.
@@ -134,5 +154,6 @@ pub fn main(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Talk(a) => agents::talk(&a),
         Command::Vad(a) => agents::vad(&a),
         Command::Reply(a) => agents::reply(&a),
+        Command::Report(a) => measure::report(&a),
     }
 }
