@@ -353,7 +353,7 @@ fn the_reply_agent_writes_every_synthesised_sample_into_its_ring() {
         let ns = |k: &str| v[k].as_u64().unwrap();
         assert!(ns("requested_ns") <= ns("first_sample_synth_ns"));
         assert!(ns("first_sample_synth_ns") <= ns("synth_done_ns"));
-        assert!(ns("synth_done_ns") <= ns("first_commit_ns"));
+        assert!(ns("first_sample_synth_ns") <= ns("first_commit_ns"));
     }
     assert_eq!(
         replies[1]["first_sample_pos"].as_u64(),
@@ -381,5 +381,167 @@ fn a_vad_pointed_at_a_missing_ring_says_what_to_do() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot attach"), "{err}");
+    assert_no_segments(&p);
+}
+
+/// What the reply ring's reader saw of one frame: sample_pos, commit time, in-hand time.
+type Seen = (u64, u64, u64);
+
+/// Reads a reply ring to its END_OF_STREAM (the hub's part, stood in for by the test).
+fn read_reply_ring(seg: Segment) -> Vec<Seen> {
+    let mut rx = seg.consumer().unwrap();
+    let mut seen = Vec::new();
+    loop {
+        match rx.wait_for_frames(Some(Duration::from_secs(120))).unwrap() {
+            FramesWait::Ready => {}
+            FramesWait::TimedOut => panic!("nothing on the reply ring for 120 s"),
+            FramesWait::EndOfStream => panic!("the reply agent left without END_OF_STREAM"),
+        }
+        loop {
+            let (c, waiter) = rx.parts();
+            let g = match c.read_grant(16) {
+                Ok(g) => g,
+                Err(ReadError::Empty) => break,
+                Err(e) => panic!("{e}"),
+            };
+            let got = voxring_linux::audio::monotonic_ns();
+            let mut eos = false;
+            for f in g.frames() {
+                let m = f.meta();
+                eos |= m.flags.contains(FrameFlags::END_OF_STREAM);
+                if !eos {
+                    seen.push((m.sample_pos, m.timestamp_ns, got));
+                }
+            }
+            g.release_all().unwrap().wake(waiter);
+            if eos {
+                return seen;
+            }
+        }
+    }
+}
+
+/// The parts chained without the hub: talker → mic ring → VAD (register) + recogniser →
+/// (the test relays the text) → reply agent → reply ring → the test, standing in for the hub.
+/// Asserts the words and that nothing was lost; builds the per-utterance records and the
+/// report from them (times printed, never asserted).
+#[test]
+fn the_parts_chained_without_the_hub_answer_each_utterance_and_report_it() {
+    let Some(py) = recogniser_python() else {
+        return;
+    };
+    let p = prefix("chain");
+    let (mic, reg, out) = (format!("{p}.mic"), format!("{p}.vad"), format!("{p}.reply"));
+    let t = talk(&mic, 2);
+    let v = vad(&mic, &reg);
+    let mut cmd = voxring();
+    cmd.args(["voice", "reply", "--ring", &out])
+        .stdin(Stdio::piped());
+    let mut reply = Part::start("voxring voice reply", &mut cmd);
+    let reader = std::thread::spawn({
+        let seg = Segment::attach(&out, &AttachOptions::default()).unwrap();
+        move || read_reply_ring(seg)
+    });
+    let mut r = Part::start(
+        "recogniser.py",
+        Command::new(&py)
+            .arg(repo().join("harness/python/voice/recogniser.py"))
+            .args(["--ring", &mic, "--vad", &reg])
+            .env("PYTHONPATH", repo().join("platform-linux/python")),
+    );
+    let mut stdin = reply.child.stdin.take().unwrap();
+    let mut results = Vec::new();
+    while let Some(line) = r.line() {
+        if line["event"] == "result" {
+            writeln!(stdin, "okay: {}", line["text"].as_str().unwrap()).unwrap();
+            stdin.flush().unwrap();
+            results.push(line);
+        } else if line["event"] == "end" {
+            assert_eq!(
+                (line["lost"].as_u64(), line["missed"].as_u64()),
+                (Some(0), Some(0)),
+                "{line}"
+            );
+        }
+    }
+    drop(stdin);
+    assert!(r.child.wait().unwrap().success());
+    let (t_lines, t_ok) = t.finish();
+    let (v_lines, v_ok) = v.finish();
+    let (reply_lines, reply_ok) = reply.finish();
+    assert!(
+        t_ok && v_ok && reply_ok,
+        "{t_lines:?}\n{v_lines:?}\n{reply_lines:?}"
+    );
+    let seen = reader.join().unwrap();
+    let placed = placements(&end_of(&t_lines, "talk"));
+    let vad_end = end_of(&v_lines, "vad");
+    check_vad(&vad_end, &placed);
+    let replies: Vec<_> = reply_lines
+        .iter()
+        .filter(|l| l["event"] == "reply")
+        .collect();
+    assert_eq!((results.len(), replies.len()), (placed.len(), placed.len()));
+    let total: u64 = replies.iter().map(|l| l["samples"].as_u64().unwrap()).sum();
+    assert_eq!(
+        seen.len() as u64,
+        total.div_ceil(480).max(seen.len() as u64),
+        "reply frames lost"
+    );
+
+    let dir = common::TestDir::new("voice-chain");
+    let mut records = String::new();
+    let ends: Vec<_> = vad_end["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "End")
+        .collect();
+    for (i, (said, _, end)) in placed.iter().enumerate() {
+        let (res, rep, ev) = (&results[i], replies[i], ends[i]);
+        assert_eq!(res["text"].as_str(), Some(said.as_str()), "{res}");
+        let first = rep["first_sample_pos"].as_u64().unwrap();
+        let &(_, commit, got) = seen
+            .iter()
+            .find(|s| s.0 == first)
+            .expect("the reply's first frame");
+        let u = |v: &Value, k: &str| v[k].as_u64().unwrap();
+        let record = serde_json::json!({
+            "said": said, "heard": res["text"], "rate": 48_000, "speech_end_pos": end,
+            "vad_decided_pos": u(ev, "decided_pos"), "vad_decided_ns": u(ev, "decided_ns"),
+            "hangover_ms": u(res, "hangover_ms"), "recognised_ns": u(res, "recognised_ns"),
+            "reply_first_synth_ns": u(rep, "first_sample_synth_ns"),
+            "reply_first_commit_ns": u(rep, "first_commit_ns"), "reply_heard_ns": got,
+            "handoffs": [
+                {"name": "mic ring -> VAD", "within": "vad", "ns": u(ev, "handoff_ns")},
+                {"name": "recogniser -> reply agent (pipes, through the test)", "within": "synthesis",
+                 "ns": u(rep, "requested_ns").saturating_sub(u(res, "recognised_ns"))},
+                {"name": "reply ring -> reader", "within": "playback", "ns": got.saturating_sub(commit)},
+            ],
+        });
+        records.push_str(&format!("{record}\n"));
+    }
+    let path = dir.path().join("records.jsonl");
+    std::fs::write(&path, &records).unwrap();
+    let rep = voxring()
+        .args(["voice", "report", "--records"])
+        .arg(&path)
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        rep.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rep.stderr)
+    );
+    let table = std::fs::read_to_string(dir.path().join("voice-latency.md")).unwrap();
+    println!("{table}");
+    assert!(
+        table.contains("Word error rate over the scenario: 0.000"),
+        "{table}"
+    );
+    let svg = std::fs::read_to_string(dir.path().join("voice-latency.svg")).unwrap();
+    assert!(svg.contains("mic ring -&gt; VAD"), "{svg}");
     assert_no_segments(&p);
 }

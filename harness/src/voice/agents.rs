@@ -23,7 +23,7 @@ use voxring_linux::ring::{FramesWait, Segment, ShmProducer, SpaceWait};
 use voxring_linux::segment::{AttachOptions, CreateOptions};
 use voxring_linux::shared::Placed;
 
-use super::synth::{Synth, resample, to_f32};
+use super::synth::{StreamResampler, Synth, to_f32};
 use super::talker::{Layout, Script, TalkerSource};
 use super::vad::{EarshotVad, VadEventKind, VadRecord};
 use super::{ReplyArgs, TalkArgs, VadArgs};
@@ -291,6 +291,58 @@ pub fn vad(args: &VadArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Cuts the reply into ring frames and writes them (waiting for room: the ring is lossless).
+struct ReplyWriter<'a> {
+    tx: &'a mut ShmProducer,
+    frame: Vec<i16>,
+    period: usize,
+    /// Sample position of the next sample.
+    pos: u64,
+    first_commit_ns: u64,
+}
+
+impl ReplyWriter<'_> {
+    fn write(&mut self, samples: &[f32]) -> anyhow::Result<()> {
+        for &v in samples {
+            self.frame
+                .push((v * 32767.0).round().clamp(-32768.0, 32767.0) as i16);
+            if self.frame.len() == self.period {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the frame gathered so far (shorter than a period at the end of a reply).
+    fn flush(&mut self) -> anyhow::Result<()> {
+        if self.frame.is_empty() {
+            return Ok(());
+        }
+        let bytes: Vec<u8> = self.frame.iter().flat_map(|s| s.to_ne_bytes()).collect();
+        loop {
+            let (p, waiter) = self.tx.parts();
+            match p.push(&bytes, self.pos, monotonic_ns(), FrameFlags::NONE) {
+                Ok(wake) => {
+                    wake.wake(waiter);
+                    break;
+                }
+                Err(voxring_core::PushFrameError::Grant(voxring_core::GrantError::Full)) => {
+                    if self.tx.wait_for_space(Some(JOIN_TIMEOUT))? == SpaceWait::TimedOut {
+                        anyhow::bail!("the reply ring's reader stopped reading");
+                    }
+                }
+                Err(e) => anyhow::bail!("writing the reply failed: {e}"),
+            }
+        }
+        if self.first_commit_ns == 0 {
+            self.first_commit_ns = monotonic_ns();
+        }
+        self.pos += self.frame.len() as u64;
+        self.frame.clear();
+        Ok(())
+    }
+}
+
 /// `voxring voice reply`: speaks each line of stdin into its output ring.
 pub fn reply(args: &ReplyArgs) -> anyhow::Result<ExitCode> {
     let cfg = mono_ring(args.rate, args.period);
@@ -307,40 +359,37 @@ pub fn reply(args: &ReplyArgs) -> anyhow::Result<ExitCode> {
         if text.is_empty() {
             continue;
         }
-        let speech = synth.speak(text)?;
-        let out =
-            super::synth::to_i16(&resample(&to_f32(&speech.samples), speech.rate, args.rate)?);
         let first_seq = tx.producer().write_pos();
         let first_pos = pos;
-        let mut first_commit_ns = 0;
-        for chunk in out.chunks(args.period as usize) {
-            let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_ne_bytes()).collect();
-            loop {
-                let (p, waiter) = tx.parts();
-                match p.push(&bytes, pos, monotonic_ns(), FrameFlags::NONE) {
-                    Ok(wake) => {
-                        wake.wake(waiter);
-                        break;
-                    }
-                    Err(voxring_core::PushFrameError::Grant(voxring_core::GrantError::Full)) => {
-                        if tx.wait_for_space(Some(JOIN_TIMEOUT))? == SpaceWait::TimedOut {
-                            anyhow::bail!("the reply ring's reader stopped reading");
-                        }
-                    }
-                    Err(e) => anyhow::bail!("writing the reply failed: {e}"),
-                }
-            }
-            if first_commit_ns == 0 {
-                first_commit_ns = monotonic_ns();
-            }
-            pos += chunk.len() as u64;
+        let mut w = ReplyWriter {
+            tx: &mut tx,
+            frame: Vec::with_capacity(args.period as usize),
+            period: args.period as usize,
+            pos,
+            first_commit_ns: 0,
+        };
+        // Converted and written as espeak-ng's samples arrive: the first frame goes out
+        // before the rest of the reply is converted.
+        let mut rs: Option<StreamResampler> = None;
+        let times = synth.stream(text, &mut |rate, s| {
+            let r = match rs.as_mut() {
+                Some(r) => r,
+                None => rs.insert(StreamResampler::new(rate, args.rate, 1024)?),
+            };
+            r.push(&to_f32(s), &mut |o| w.write(o))
+        })?;
+        if let Some(r) = rs {
+            r.finish(&mut |o| w.write(o))?;
         }
+        w.flush()?;
+        let (samples, first_commit_ns) = (w.pos - first_pos, w.first_commit_ns);
+        pos = w.pos;
         replies += 1;
         emit(&json!({
-            "event": "reply", "text": text, "requested_ns": speech.requested_ns,
-            "first_sample_synth_ns": speech.first_sample_ns, "synth_done_ns": speech.done_ns,
+            "event": "reply", "text": text, "requested_ns": times.requested_ns,
+            "first_sample_synth_ns": times.first_sample_ns, "synth_done_ns": times.done_ns,
             "first_frame_seq": first_seq, "first_sample_pos": first_pos,
-            "first_commit_ns": first_commit_ns, "samples": out.len(),
+            "first_commit_ns": first_commit_ns, "samples": samples,
         }))?;
     }
     end_stream(&mut tx, pos)?;
