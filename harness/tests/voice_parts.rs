@@ -489,6 +489,25 @@ fn the_parts_chained_without_the_hub_answer_each_utterance_and_report_it() {
         "reply frames lost"
     );
 
+    // The parts' own costs, for docs/voice-round-trip.md (printed, never asserted).
+    let c = &vad_end["cost_per_ring_frame_ns"];
+    println!(
+        "VAD agent, per 480-sample ring frame (resample + earshot): p50 {} ns, p99 {} ns, max {} ns over {} frames",
+        c["p50"], c["p99"], c["max"], c["count"]
+    );
+    for (res, rep) in results.iter().zip(&replies) {
+        let u = |v: &Value, k: &str| v[k].as_f64().unwrap();
+        println!(
+            "{}: resample {:.2} ms + decode {:.1} ms; reply {:?}: espeak-ng start -> first sample {:.1} ms, -> done {:.1} ms, first sample -> first frame committed {:.2} ms",
+            res["text"],
+            u(res, "resample_ns") / 1e6,
+            u(res, "decode_ns") / 1e6,
+            rep["text"].as_str().unwrap(),
+            (u(rep, "first_sample_synth_ns") - u(rep, "requested_ns")) / 1e6,
+            (u(rep, "synth_done_ns") - u(rep, "requested_ns")) / 1e6,
+            (u(rep, "first_commit_ns") - u(rep, "first_sample_synth_ns")) / 1e6,
+        );
+    }
     let dir = common::TestDir::new("voice-chain");
     let mut records = String::new();
     let ends: Vec<_> = vad_end["events"]
@@ -543,5 +562,39 @@ fn the_parts_chained_without_the_hub_answer_each_utterance_and_report_it() {
     );
     let svg = std::fs::read_to_string(dir.path().join("voice-latency.svg")).unwrap();
     assert!(svg.contains("mic ring -&gt; VAD"), "{svg}");
+    assert_no_segments(&p);
+}
+
+#[test]
+fn a_vad_pointed_at_a_stereo_ring_refuses_it_and_says_why() {
+    let p = prefix("stereo");
+    let cfg = voxring_core::RingConfig {
+        frames: 8,
+        samples_per_frame: 480,
+        channels: 2,
+        format: voxring_core::SampleFormat::S16,
+        sample_rate: 48_000,
+        max_consumers: 2,
+        policy: voxring_core::Policy::Lossless,
+    };
+    let seg = Segment::create(&format!("{p}.mic"), &cfg, &Default::default()).unwrap();
+    let out = voxring()
+        .args([
+            "voice",
+            "vad",
+            "--ring",
+            &format!("{p}.mic"),
+            "--register",
+            &format!("{p}.vad"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("2 channel(s)") && err.contains("mono S16"),
+        "{err}"
+    );
+    drop(seg);
     assert_no_segments(&p);
 }

@@ -138,13 +138,21 @@ impl<'a> TalkerSource<'a> {
     }
 }
 
+impl TalkerSource<'_> {
+    /// The next mono sample (silence once the script is over): for a capture side that mixes
+    /// the talker into captured frames, as `voxring run` does with its synthetic talker.
+    pub fn next_sample(&mut self) -> f32 {
+        let v = self.script.get(self.pos).copied().unwrap_or(0.0);
+        self.pos = (self.pos + 1).min(self.script.len());
+        v
+    }
+}
+
 impl<T: Sample> PlaybackSource<T> for TalkerSource<'_> {
     fn pull(&mut self, out: &mut [T], info: &ChunkInfo) -> usize {
         let ch = info.channels.max(1) as usize;
         for frame in out.chunks_exact_mut(ch) {
-            let v = self.script.get(self.pos).copied().unwrap_or(0.0);
-            self.pos = (self.pos + 1).min(self.script.len());
-            frame.fill(T::from_f32(v));
+            frame.fill(T::from_f32(self.next_sample()));
         }
         out.len() / ch
     }
