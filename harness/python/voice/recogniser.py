@@ -32,6 +32,9 @@ import voxring
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The VAD agent's record (harness/src/voice/vad.rs, VadRecord): eight native-endian words.
 VAD_RECORD = struct.Struct("=II7Q")
+VAD_STREAM_ENDED = 2  # VadRecord::STREAM_ENDED: every decision is published
+# How long to wait for the VAD's last decisions once the ring has ended (a give-up bound).
+VAD_FINISH_S = 60.0
 ASR_RATE = 16000
 # Audio kept before the VAD's start boundary and after its end (the boundaries are within
 # 60 ms of the truth; pocketsphinx also wants a little silence around the words).
@@ -134,12 +137,24 @@ def main(argv=None):
         hist = History(rate)
         emit({"event": "ready"})
         handled, results, missed, state = 0, 0, 0, voxring.READY
-        while state != voxring.END:
-            state = read_ready(reader, hist.add)
+        give_up = None
+        while True:
+            if state != voxring.END:
+                state = read_ready(reader, hist.add)
+            else:
+                # The ring has ended, the VAD (another process) may still be judging its
+                # last frames: wait for its "stream ended" mark.
+                give_up = give_up or time.monotonic() + VAD_FINISH_S
+                if time.monotonic() > give_up:
+                    sys.exit(f"the VAD agent did not finish within {VAD_FINISH_S} s of the "
+                             "end of the stream: is it running on this ring?")
+                time.sleep(0.005)
             rec = VAD_RECORD.unpack(vad.read(VAD_RECORD.size)[0])
-            speaking, hangover_ms, starts, ends = rec[0], rec[1], rec[2], rec[3]
+            vad_state, hangover_ms, starts, ends = rec[0], rec[1], rec[2], rec[3]
             start_pos, end_pos, decided_pos, decided_ns, commit_ns = rec[4:]
             if ends <= handled or starts != ends:
+                if state == voxring.END and vad_state == VAD_STREAM_ENDED:
+                    break
                 continue
             if ends > handled + 1:
                 missed += ends - handled - 1  # the register keeps the latest decision only

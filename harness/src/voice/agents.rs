@@ -40,11 +40,11 @@ fn emit(v: &serde_json::Value) -> anyhow::Result<()> {
     out.flush().context("cannot write to stdout")
 }
 
-/// A mono S16 ring of `spf`-sample frames at `rate`, lossless: a slow reader holds the
-/// writer back rather than losing audio (and the writer reports it).
-fn mono_ring(rate: u32, spf: u32) -> RingConfig {
+/// A mono S16 ring of `frames` frames of `spf` samples at `rate`, lossless: a slow reader
+/// holds the writer back rather than losing audio (and the writer reports it).
+fn mono_ring(rate: u32, spf: u32, frames: u32) -> RingConfig {
     RingConfig {
-        frames: 64,
+        frames,
         samples_per_frame: spf,
         channels: 1,
         format: SampleFormat::S16,
@@ -104,12 +104,11 @@ pub fn talk(args: &TalkArgs) -> anyhow::Result<ExitCode> {
         tail_s: args.tail_s,
     };
     let script = Script::build(&Synth::default(), &args.texts(), args.rate, &layout)?;
-    let seg = Segment::create(
-        &args.ring,
-        &mono_ring(args.rate, args.period),
-        &CreateOptions::default(),
-    )
-    .with_context(|| format!("cannot create the mic ring {:?}", args.ring))?;
+    // 256 frames (2.56 s of 10 ms frames): a reader that stalls (a Python agent on a loaded
+    // machine) holds the device back that long before the device buffer has to absorb it.
+    let cfg = mono_ring(args.rate, args.period, 256);
+    let seg = Segment::create(&args.ring, &cfg, &CreateOptions::default())
+        .with_context(|| format!("cannot create the mic ring {:?}", args.ring))?;
     let mut tx = seg.producer().context("cannot claim the mic ring")?;
     emit(&json!({"event": "ready"}))?;
     wait_consumers(&seg, args.readers, "the talker")?;
@@ -269,6 +268,9 @@ pub fn vad(args: &VadArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // Every decision is out: say so, so that readers of the register stop waiting for more.
+    rec.speaking = VadRecord::STREAM_ENDED;
+    let _ = reg.write(rec.to_words());
     let list: Vec<_> = events
         .iter()
         .map(|(e, ns, commit, got)| {
@@ -345,7 +347,7 @@ impl ReplyWriter<'_> {
 
 /// `voxring voice reply`: speaks each line of stdin into its output ring.
 pub fn reply(args: &ReplyArgs) -> anyhow::Result<ExitCode> {
-    let cfg = mono_ring(args.rate, args.period);
+    let cfg = mono_ring(args.rate, args.period, 64);
     let seg = Segment::create(&args.ring, &cfg, &CreateOptions::default())
         .with_context(|| format!("cannot create the reply ring {:?}", args.ring))?;
     let mut tx = seg.producer().context("cannot claim the reply ring")?;

@@ -264,7 +264,8 @@ impl EarshotVad {
 /// order (Python: `struct.unpack("=IIQQQQQQ", data)`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VadRecord {
-    /// 1 while speech is on.
+    /// 0 silence, 1 speech, [`VadRecord::STREAM_ENDED`] once the agent has judged the whole
+    /// stream (every decision it will make is published).
     pub speaking: u32,
     /// The hangover setting, ms.
     pub hangover_ms: u32,
@@ -285,6 +286,9 @@ pub struct VadRecord {
 }
 
 impl VadRecord {
+    /// `speaking` once the stream has ended.
+    pub const STREAM_ENDED: u32 = 2;
+
     /// The register's words (the last four bytes are zero).
     pub fn to_words(self) -> [u64; 8] {
         let mut first = [0u8; 8];
