@@ -540,6 +540,22 @@ fn the_parts_chained_without_the_hub_answer_each_utterance_and_report_it() {
         });
         records.push_str(&format!("{record}\n"));
     }
+    for line in records.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let h: Vec<_> = v["handoffs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                format!(
+                    "{} {:.3} ms",
+                    h["name"].as_str().unwrap(),
+                    h["ns"].as_f64().unwrap() / 1e6
+                )
+            })
+            .collect();
+        println!("{}: hand-offs: {}", v["said"], h.join(", "));
+    }
     let path = dir.path().join("records.jsonl");
     std::fs::write(&path, &records).unwrap();
     let rep = voxring()
