@@ -614,3 +614,71 @@ fn a_vad_pointed_at_a_stereo_ring_refuses_it_and_says_why() {
     drop(seg);
     assert_no_segments(&p);
 }
+
+/// Attack: the VAD's register is another process's memory. A writer claiming an utterance of
+/// 10^12 samples (and another ending before it starts) must make the recogniser refuse them,
+/// not decode (or allocate for) that span, and fail its run.
+#[test]
+fn a_hostile_vad_record_is_refused_not_decoded() {
+    let Some(py) = recogniser_python() else {
+        return;
+    };
+    let p = prefix("hostile");
+    let (mic, reg) = (format!("{p}.mic"), format!("{p}.vad"));
+    let cfg = voxring_core::RingConfig {
+        frames: 64,
+        samples_per_frame: 480,
+        channels: 1,
+        format: voxring_core::SampleFormat::S16,
+        sample_rate: 48_000,
+        max_consumers: 2,
+        policy: voxring_core::Policy::Lossless,
+    };
+    let seg = Segment::create(&mic, &cfg, &Default::default()).unwrap();
+    let mut tx = seg.producer().unwrap();
+    type Reg = voxring_core::control::ControlRegister<[u64; 8], 8>;
+    let register =
+        voxring_linux::shared::Placed::<Reg>::create(&reg, &Default::default(), [0; 8]).unwrap();
+    let r = Part::start(
+        "recogniser.py",
+        Command::new(&py)
+            .arg(repo().join("harness/python/voice/recogniser.py"))
+            .args(["--ring", &mic, "--vad", &reg])
+            .env("PYTHONPATH", repo().join("platform-linux/python")),
+    );
+    let silence = [0u8; 960];
+    for i in 0..20u64 {
+        tx.producer()
+            .push(&silence, i * 480, 0, FrameFlags::NONE)
+            .unwrap()
+            .wake(tx.parts().1);
+    }
+    // "Speech" from 0 to 10^12, ended, decided at 10^12; then the stream is over.
+    let word0 = u64::from_ne_bytes([2, 0, 0, 0, 192, 0, 0, 0]);
+    register
+        .write([word0, 1, 1, 0, 1_000_000_000_000, 1_000_000_000_000, 1, 1])
+        .unwrap();
+    tx.producer()
+        .push(&[], 20 * 480, 0, FrameFlags::END_OF_STREAM)
+        .unwrap()
+        .wake(tx.parts().1);
+    let (lines, ok) = r.finish();
+    assert!(
+        !ok,
+        "a refused record must fail the recogniser's run: {lines:?}"
+    );
+    let refused: Vec<_> = lines.iter().filter(|l| l["event"] == "refused").collect();
+    assert_eq!(refused.len(), 1, "{lines:?}");
+    assert!(
+        refused[0]["why"]
+            .as_str()
+            .unwrap()
+            .contains("more than the 15 s"),
+        "{lines:?}"
+    );
+    assert!(lines.iter().all(|l| l["event"] != "result"), "{lines:?}");
+    let end = end_of(&lines, "recogniser");
+    assert_eq!(end["refused"], 1, "{end}");
+    drop((register, tx, seg));
+    assert_no_segments(&p);
+}

@@ -9,8 +9,10 @@ Lines on stdout (JSON): {"event": "ready"} once it has joined the ring; then per
 boundaries, ring samples), "vad_decided_pos", "vad_decided_ns", "vad_frame_commit_ns",
 "hangover_ms", "recognised_ns" (CLOCK_MONOTONIC when the text was known), "decode_ns",
 "resample_ns", "read_pos" (how far it had read the ring when it decided)}; at the end
-{"event": "end", "frames", "lost", "results", "missed"}. Exit status 0 unless something was
-lost (a result must be true: a missed decision or a lost frame fails the run).
+{"event": "end", "frames", "lost", "results", "missed", "refused"}. A VAD record that cannot
+be an utterance (end before start, longer than 15 s, decided before its end) is refused with
+{"event": "refused", "why": ...}, not decoded. Exit status 0 unless something was lost or
+refused (a result must be true: a missed decision or a lost frame fails the run).
 
 The ring is read by `read_ready` alone (today's ctypes package; the native package keeps the
 Reader API, so moving is a change of import).
@@ -36,6 +38,8 @@ VAD_STREAM_ENDED = 2  # VadRecord::STREAM_ENDED: every decision is published
 # How long to wait for the VAD's last decisions once the ring has ended (a give-up bound).
 VAD_FINISH_S = 60.0
 ASR_RATE = 16000
+# The longest utterance decoded; a longer span in the VAD's record is refused.
+MAX_UTTERANCE_S = 15.0
 # Audio kept before the VAD's start boundary and after its end (the boundaries are within
 # 60 ms of the truth; pocketsphinx also wants a little silence around the words).
 PAD_S = 0.3
@@ -91,6 +95,18 @@ class History:
         return self.buf[idx]
 
 
+def implausible(start_pos, end_pos, decided_pos, rate):
+    """Why a VAD record cannot describe an utterance, or None."""
+    if end_pos <= start_pos:
+        return f"its end ({end_pos}) is not after its start ({start_pos})"
+    if end_pos - start_pos > MAX_UTTERANCE_S * rate:
+        return (f"it spans {(end_pos - start_pos) / rate:.1f} s, more than the "
+                f"{MAX_UTTERANCE_S:.0f} s an utterance may last")
+    if decided_pos < end_pos:
+        return f"it was decided ({decided_pos}) before its end ({end_pos})"
+    return None
+
+
 def decoder(grammar):
     # Tried on these machines with espeak-ng's speech (docs/voice-round-trip.md):
     # - fwdflat/bestpath on cut commands short ("turn on" for "turn on the kitchen light");
@@ -136,7 +152,7 @@ def main(argv=None):
         rate = cfg.sample_rate
         hist = History(rate)
         emit({"event": "ready"})
-        handled, results, missed, state = 0, 0, 0, voxring.READY
+        handled, results, missed, refused, state = 0, 0, 0, 0, voxring.READY
         give_up = None
         while True:
             if state != voxring.END:
@@ -162,6 +178,13 @@ def main(argv=None):
             if hist.end is not None and hist.end < stop and state != voxring.END:
                 continue  # the VAD is ahead of us: read on
             handled = ends
+            # The register is another process's memory: a record that cannot be an utterance
+            # is refused, not decoded (a bounded amount of work per decision, whatever it says).
+            why = implausible(start_pos, end_pos, decided_pos, rate)
+            if why:
+                refused += 1
+                emit({"event": "refused", "utterance": ends, "why": why})
+                continue
             audio = hist.get(start_pos - int(PAD_S * rate), stop)
             text, resample_ns, decode_ns = recognise(dec, audio, rate)
             results += 1
@@ -173,8 +196,8 @@ def main(argv=None):
         lost = reader.status()["lost_frames"] + hist.gaps
     vad.close()
     emit({"event": "end", "frames": hist.frames, "lost": lost, "results": results,
-          "missed": missed})
-    return 1 if lost or missed else 0
+          "missed": missed, "refused": refused})
+    return 1 if lost or missed or refused else 0
 
 
 if __name__ == "__main__":
