@@ -570,6 +570,12 @@ fn the_parts_chained_without_the_hub_answer_each_utterance_and_report_it() {
         "{}",
         String::from_utf8_lossy(&rep.stderr)
     );
+    // To keep the report (e.g. for docs/): VOXRING_VOICE_REPORT_DIR=<existing directory>.
+    if let Some(keep) = std::env::var_os("VOXRING_VOICE_REPORT_DIR") {
+        for f in ["voice-latency.md", "voice-latency.svg", "records.jsonl"] {
+            std::fs::copy(dir.path().join(f), Path::new(&keep).join(f)).unwrap();
+        }
+    }
     let table = std::fs::read_to_string(dir.path().join("voice-latency.md")).unwrap();
     println!("{table}");
     assert!(

@@ -323,9 +323,14 @@ impl ReplyWriter<'_> {
         let bytes: Vec<u8> = self.frame.iter().flat_map(|s| s.to_ne_bytes()).collect();
         loop {
             let (p, waiter) = self.tx.parts();
-            match p.push(&bytes, self.pos, monotonic_ns(), FrameFlags::NONE) {
+            // The frame's stamp is its commit time (what readers measure hand-offs from).
+            let stamp = monotonic_ns();
+            match p.push(&bytes, self.pos, stamp, FrameFlags::NONE) {
                 Ok(wake) => {
                     wake.wake(waiter);
+                    if self.first_commit_ns == 0 {
+                        self.first_commit_ns = stamp;
+                    }
                     break;
                 }
                 Err(voxring_core::PushFrameError::Grant(voxring_core::GrantError::Full)) => {
@@ -335,9 +340,6 @@ impl ReplyWriter<'_> {
                 }
                 Err(e) => anyhow::bail!("writing the reply failed: {e}"),
             }
-        }
-        if self.first_commit_ns == 0 {
-            self.first_commit_ns = monotonic_ns();
         }
         self.pos += self.frame.len() as u64;
         self.frame.clear();
