@@ -14,6 +14,7 @@ mod hist;
 mod locate;
 mod run;
 mod segments;
+mod voice;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,6 +39,9 @@ enum Command {
     /// List or clean voxring shared-memory segments.
     #[command(subcommand)]
     Segments(segments::Command),
+    /// The voice round trip's parts, each alone: talker, VAD agent, reply agent.
+    #[command(subcommand)]
+    Voice(voice::Command),
     /// An agent process of `voxring run` (started by it, not by people).
     #[command(hide = true)]
     Agent(run::AgentArgs),
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => doctor::main(args),
         Command::Segments(cmd) => segments::main(cmd),
         Command::Agent(args) => run::agent_main(args),
+        Command::Voice(cmd) => voice::main(cmd),
     };
     match result {
         Ok(code) => code,

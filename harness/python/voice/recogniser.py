@@ -1,0 +1,204 @@
+"""The speech recogniser agent: reads the mic ring, waits for the VAD agent's end-of-speech
+decision (its control register), decodes that utterance with pocketsphinx against a JSGF
+grammar of the scenario's commands, and prints one JSON line per result.
+
+    python3 recogniser.py --ring NAME.mic --vad NAME.vad [--grammar commands.jsgf]
+
+Lines on stdout (JSON): {"event": "ready"} once it has joined the ring; then per utterance
+{"event": "result", "utterance": k, "text": ..., "start_pos", "end_pos" (the VAD's
+boundaries, ring samples), "vad_decided_pos", "vad_decided_ns", "vad_frame_commit_ns",
+"hangover_ms", "recognised_ns" (CLOCK_MONOTONIC when the text was known), "decode_ns",
+"resample_ns", "read_pos" (how far it had read the ring when it decided)}; at the end
+{"event": "end", "frames", "lost", "results", "missed", "refused"}. A VAD record that cannot
+be an utterance (end before start, longer than 15 s, decided before its end) is refused with
+{"event": "refused", "why": ...}, not decoded. Exit status 0 unless something was lost or
+refused (a result must be true: a missed decision or a lost frame fails the run).
+
+The ring is read by `read_ready` alone (today's ctypes package; the native package keeps the
+Reader API, so moving is a change of import).
+"""
+
+import argparse
+import json
+import os
+import struct
+import sys
+import time
+
+import numpy as np
+import soxr
+from pocketsphinx import Decoder
+
+import voxring
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# The VAD agent's record (harness/src/voice/vad.rs, VadRecord): eight native-endian words.
+VAD_RECORD = struct.Struct("=II7Q")
+VAD_STREAM_ENDED = 2  # VadRecord::STREAM_ENDED: every decision is published
+# How long to wait for the VAD's last decisions once the ring has ended (a give-up bound).
+VAD_FINISH_S = 60.0
+ASR_RATE = 16000
+# The longest utterance decoded; a longer span in the VAD's record is refused.
+MAX_UTTERANCE_S = 15.0
+# Audio kept before the VAD's start boundary and after its end (the boundaries are within
+# 60 ms of the truth; pocketsphinx also wants a little silence around the words).
+PAD_S = 0.3
+
+
+def read_ready(reader, on_frame, timeout=0.5):
+    """Waits up to `timeout` s for frames of `reader`, hands every ready frame to
+    on_frame(sample_pos, samples) (the view is valid only during the call), and returns
+    voxring.READY, voxring.TIMEOUT or voxring.END. Raises on lost frames."""
+    state = reader.wait(timeout=timeout)
+    if state != voxring.READY:
+        return state
+    while True:
+        with reader.read(16) as grant:
+            if grant.lost:
+                raise RuntimeError(f"the recogniser lost {grant.lost} frames of {reader.name}")
+            if not len(grant):
+                return voxring.READY
+            for f in grant:
+                if f.end_of_stream:
+                    return voxring.END
+                on_frame(f.sample_pos, f.samples)
+
+
+class History:
+    """The last `seconds` of the mono ring, addressed by sample position."""
+
+    def __init__(self, rate, seconds=30.0):
+        self.size = int(rate * seconds)
+        self.buf = np.zeros(self.size, dtype=np.int16)
+        self.end = None  # one past the last sample position written
+        self.frames = 0
+        self.gaps = 0
+
+    def add(self, pos, samples):
+        n = len(samples)
+        if self.end is not None and pos != self.end:
+            self.gaps += 1
+        i = pos % self.size
+        k = min(n, self.size - i)
+        self.buf[i:i + k] = samples[:k]
+        self.buf[:n - k] = samples[k:]
+        self.end = pos + n
+        self.frames += 1
+
+    def get(self, a, b):
+        """Samples [a, b) (clamped to what is held)."""
+        if self.end is None:
+            return np.zeros(0, dtype=np.int16)
+        a = max(a, self.end - self.size, 0)
+        b = min(b, self.end)
+        idx = np.arange(a, b) % self.size
+        return self.buf[idx]
+
+
+def implausible(start_pos, end_pos, decided_pos, rate):
+    """Why a VAD record cannot describe an utterance, or None."""
+    if end_pos <= start_pos:
+        return f"its end ({end_pos}) is not after its start ({start_pos})"
+    if end_pos - start_pos > MAX_UTTERANCE_S * rate:
+        return (f"it spans {(end_pos - start_pos) / rate:.1f} s, more than the "
+                f"{MAX_UTTERANCE_S:.0f} s an utterance may last")
+    if decided_pos < end_pos:
+        return f"it was decided ({decided_pos}) before its end ({end_pos})"
+    return None
+
+
+def decoder(grammar):
+    # Tried on these machines with espeak-ng's speech (docs/voice-round-trip.md):
+    # - fwdflat/bestpath on cut commands short ("turn on" for "turn on the kitchen light");
+    # - without dither, the exact digital silence between utterances (log of zero energy in
+    #   the features) made "what time is it" decode to nothing; the front end's dither (with
+    #   a fixed seed, so a result is reproducible) fixes it.
+    return Decoder(jsgf=grammar, samprate=ASR_RATE, loglevel="FATAL", fwdflat=False,
+                   bestpath=False, dither=True, seed=1)
+
+
+def recognise(dec, audio, rate):
+    """Text of `audio` (int16 at `rate`), and the ns spent resampling and decoding."""
+    t0 = time.monotonic_ns()
+    x = soxr.resample(audio.astype(np.float32) / 32768.0, rate, ASR_RATE)
+    pcm = (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16).tobytes()
+    t1 = time.monotonic_ns()
+    dec.start_utt()
+    dec.process_raw(pcm, full_utt=True)
+    dec.end_utt()
+    hyp = dec.hyp()
+    t2 = time.monotonic_ns()
+    return (hyp.hypstr if hyp is not None else ""), t1 - t0, t2 - t1
+
+
+def emit(obj):
+    print(json.dumps(obj), flush=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ring", required=True, help="the mic ring (mono S16)")
+    ap.add_argument("--vad", required=True, help="the VAD agent's control register")
+    ap.add_argument("--grammar", default=os.path.join(HERE, "commands.jsgf"))
+    args = ap.parse_args(argv)
+
+    dec = decoder(args.grammar)
+    vad = voxring.Control(args.vad)
+    with voxring.Reader(args.ring, fallback=False) as reader:
+        cfg = reader.config
+        if cfg.channels != 1 or cfg.format != "s16":
+            sys.exit(f"{args.ring} carries {cfg.channels} channel(s) of {cfg.format}: the "
+                     "recogniser reads mono S16 (the hub's NAME.mic)")
+        rate = cfg.sample_rate
+        hist = History(rate)
+        emit({"event": "ready"})
+        handled, results, missed, refused, state = 0, 0, 0, 0, voxring.READY
+        give_up = None
+        while True:
+            if state != voxring.END:
+                state = read_ready(reader, hist.add)
+            else:
+                # The ring has ended, the VAD (another process) may still be judging its
+                # last frames: wait for its "stream ended" mark.
+                give_up = give_up or time.monotonic() + VAD_FINISH_S
+                if time.monotonic() > give_up:
+                    sys.exit(f"the VAD agent did not finish within {VAD_FINISH_S} s of the "
+                             "end of the stream: is it running on this ring?")
+                time.sleep(0.005)
+            rec = VAD_RECORD.unpack(vad.read(VAD_RECORD.size)[0])
+            vad_state, hangover_ms, starts, ends = rec[0], rec[1], rec[2], rec[3]
+            start_pos, end_pos, decided_pos, decided_ns, commit_ns = rec[4:]
+            if ends <= handled or starts != ends:
+                if state == voxring.END and vad_state == VAD_STREAM_ENDED:
+                    break
+                continue
+            if ends > handled + 1:
+                missed += ends - handled - 1  # the register keeps the latest decision only
+            stop = min(decided_pos, end_pos + int(PAD_S * rate))
+            if hist.end is not None and hist.end < stop and state != voxring.END:
+                continue  # the VAD is ahead of us: read on
+            handled = ends
+            # The register is another process's memory: a record that cannot be an utterance
+            # is refused, not decoded (a bounded amount of work per decision, whatever it says).
+            why = implausible(start_pos, end_pos, decided_pos, rate)
+            if why:
+                refused += 1
+                emit({"event": "refused", "utterance": ends, "why": why})
+                continue
+            audio = hist.get(start_pos - int(PAD_S * rate), stop)
+            text, resample_ns, decode_ns = recognise(dec, audio, rate)
+            results += 1
+            emit({"event": "result", "utterance": ends, "text": text, "start_pos": start_pos,
+                  "end_pos": end_pos, "vad_decided_pos": decided_pos, "vad_decided_ns": decided_ns,
+                  "vad_frame_commit_ns": commit_ns, "hangover_ms": hangover_ms,
+                  "recognised_ns": time.monotonic_ns(), "decode_ns": decode_ns,
+                  "resample_ns": resample_ns, "read_pos": hist.end})
+        lost = reader.status()["lost_frames"] + hist.gaps
+    vad.close()
+    emit({"event": "end", "frames": hist.frames, "lost": lost, "results": results,
+          "missed": missed, "refused": refused})
+    return 1 if lost or missed or refused else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
