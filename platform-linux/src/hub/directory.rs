@@ -214,7 +214,7 @@ pub type MicReg = Reg<MicRow, 9>;
 /// [`AgentStats`]'s register.
 pub type StatsReg = Reg<AgentStats, 16>;
 /// [`OutRow`]'s register.
-pub type OutReg = Reg<OutRow, 13>;
+pub type OutReg = Reg<OutRow, 12>;
 
 /// Where every row sits: the same on the hub's and every agent's side.
 #[derive(Debug, Clone)]
@@ -305,7 +305,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<HubInfo>(), 22 * 8);
         assert_eq!(std::mem::size_of::<MicRow>(), 9 * 8);
         assert_eq!(std::mem::size_of::<AgentStats>(), 16 * 8);
-        assert_eq!(std::mem::size_of::<OutRow>(), 13 * 8);
+        assert_eq!(std::mem::size_of::<OutRow>(), 12 * 8);
         let (p, l) = plan().unwrap();
         assert_eq!(l.mic.len(), MAX_SLOTS);
         assert!(p.size() > 0);
