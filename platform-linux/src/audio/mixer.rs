@@ -294,14 +294,22 @@ mod tests {
     fn a_lane_primes_plays_repeats_once_then_gaps_and_drops_above_the_band() {
         let (_seg, mut tx, mut q) = lane("seq");
         put(&mut tx, 1);
-        assert_eq!(cycle(&mut q), 0, "one frame is below the target: still priming");
+        assert_eq!(
+            cycle(&mut q),
+            0,
+            "one frame is below the target: still priming"
+        );
         put(&mut tx, 2);
         assert_eq!(cycle(&mut q), 1, "primed: plays in order");
         put(&mut tx, 3);
         assert_eq!(cycle(&mut q), 2);
         assert_eq!(cycle(&mut q), 3);
         assert_eq!(cycle(&mut q), 3, "dry: the last frame once more");
-        assert_eq!(cycle(&mut q), 0, "dry past the band: silence, priming again");
+        assert_eq!(
+            cycle(&mut q),
+            0,
+            "dry past the band: silence, priming again"
+        );
         let c = q.counters();
         assert_eq!((c.mixed, c.repeated, c.gaps, c.primes), (3, 1, 1, 2));
         for v in 10..16 {

@@ -108,10 +108,13 @@ pub struct MicReader {
 
 impl MicReader {
     pub(super) fn join(hub: Hub, agent: &str, delivery: Delivery) -> Result<Self, HubError> {
-        let rx = hub.mic_segment().consumer().map_err(HubError::Participant)?;
+        let rx = hub
+            .mic_segment()
+            .consumer()
+            .map_err(HubError::Participant)?;
         let cfg = hub.config();
-        let period_ns = u64::from(cfg.samples_per_frame) * 1_000_000_000
-            / u64::from(cfg.sample_rate.max(1));
+        let period_ns =
+            u64::from(cfg.samples_per_frame) * 1_000_000_000 / u64::from(cfg.sample_rate.max(1));
         let mut r = MicReader {
             row: None,
             rx,
@@ -336,8 +339,8 @@ impl Speaker {
             access: hub.inner.opts.access(),
             ..CreateOptions::default()
         };
-        let seg = Segment::create(&out_name(hub.name(), agent), &cfg, &opts)
-            .map_err(HubError::Create)?;
+        let seg =
+            Segment::create(&out_name(hub.name(), agent), &cfg, &opts).map_err(HubError::Create)?;
         let tx = seg.producer().map_err(HubError::Participant)?;
         Ok(Speaker {
             tx,

@@ -264,13 +264,15 @@ impl Hub {
     /// The hub's own row.
     pub fn info(&self) -> Result<HubInfo, HubError> {
         let r = self.reg(self.inner.layout.info)?;
-        r.read().map_err(|e| HubError::Ring(format!("the hub's row: {e}")))
+        r.read()
+            .map_err(|e| HubError::Ring(format!("the hub's row: {e}")))
     }
 
     /// Speech on/off (written by a VAD agent).
     pub fn speech(&self) -> Result<Speech, HubError> {
         let r = self.reg(self.inner.layout.speech)?;
-        r.read().map_err(|e| HubError::Ring(format!("the speech register: {e}")))
+        r.read()
+            .map_err(|e| HubError::Ring(format!("the speech register: {e}")))
     }
 
     /// Publishes speech on/off (the VAD's job; one writer at a time).
