@@ -14,6 +14,8 @@ mod hist;
 mod locate;
 mod run;
 mod segments;
+mod serve;
+mod top;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,6 +40,14 @@ enum Command {
     /// List or clean voxring shared-memory segments.
     #[command(subcommand)]
     Segments(segments::Command),
+    /// A hub any process joins by name: owns the device, publishes the mic, mixes what
+    /// agents say (see docs/hub.md).
+    Serve(serve::Args),
+    /// A live view of a hub (rings, agents, lag, losses, queues), like pw-top.
+    Top(top::Args),
+    /// An outside agent of `voxring serve` on the public client (for tests and benchmarks).
+    #[command(hide = true)]
+    HubAgent(serve::agent::AgentArgs),
     /// An agent process of `voxring run` (started by it, not by people).
     #[command(hide = true)]
     Agent(run::AgentArgs),
@@ -60,6 +70,9 @@ fn main() -> ExitCode {
         Command::Doctor(args) => doctor::main(args),
         Command::Segments(cmd) => segments::main(cmd),
         Command::Agent(args) => run::agent_main(args),
+        Command::Serve(args) => serve::main(args),
+        Command::Top(args) => top::main(args),
+        Command::HubAgent(args) => serve::agent::main(args),
     };
     match result {
         Ok(code) => code,

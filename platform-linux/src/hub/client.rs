@@ -183,6 +183,13 @@ impl MicReader {
         self.published = self.stats.frames;
     }
 
+    /// Closes the current CRC window (however short) and publishes this reader's row: call
+    /// it before leaving when the hub should check everything read.
+    pub fn flush(&mut self) {
+        self.close_window();
+        self.publish();
+    }
+
     fn close_window(&mut self) {
         if self.window_n == 0 {
             return;
