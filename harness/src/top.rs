@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use voxring_linux::cleanup::{SignalMode, install_signal_cleanup, termination_requested};
 use voxring_linux::hub::directory::{MIC_JOINED, SLOT_FREE, unpack_name};
 use voxring_linux::hub::{Hub, HubOptions};
+use voxring_linux::segment::GroupSpec;
 
 /// Options of `voxring top`.
 #[derive(Debug, Clone, clap::Args)]
@@ -27,6 +28,9 @@ pub struct Args {
     /// The hub's owner (uid), when it is not this user (a `--group` hub).
     #[arg(long)]
     pub owner: Option<u32>,
+    /// The hub was started with `--group` (its segments are 0660 in this group).
+    #[arg(long)]
+    pub group: Option<String>,
 }
 
 /// One snapshot of the directory.
@@ -178,7 +182,10 @@ pub fn main(a: Args) -> anyhow::Result<ExitCode> {
         &a.name,
         &HubOptions {
             owner: a.owner,
-            group: None,
+            group: a.group.as_ref().map(|g| {
+                g.parse::<u32>()
+                    .map_or_else(|_| GroupSpec::Name(g.clone()), GroupSpec::Id)
+            }),
         },
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;

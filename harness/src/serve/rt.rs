@@ -417,7 +417,11 @@ mod tests {
         for l in 0..3 {
             let seg = Segment::create(&format!("rthub-{tag}.out.{l}"), &cfg(16, 1), &opts).unwrap();
             let tx = seg.producer().unwrap();
-            let q = OutputQueue::new(seg.consumer().unwrap(), QueueParams { target: 2, band: 1 }, SPF as usize);
+            let q = OutputQueue::new(
+                seg.consumer().unwrap(),
+                QueueParams { target: 2, band: 1 },
+                SPF as usize,
+            );
             assert!(cmd_tx.push(Cmd::Add(l, q)).is_ok());
             lanes.push((seg, tx));
         }
@@ -429,7 +433,10 @@ mod tests {
                     let mut crc = crc32fast::Hasher::new();
                     let mut n = 0;
                     while n < CYCLES {
-                        match rx.wait_for_frames(Some(std::time::Duration::from_secs(30))).unwrap() {
+                        match rx
+                            .wait_for_frames(Some(std::time::Duration::from_secs(30)))
+                            .unwrap()
+                        {
                             FramesWait::Ready => {}
                             other => panic!("reader: {other:?}"),
                         }
@@ -458,7 +465,12 @@ mod tests {
                 let _ = g.commit_all();
             }
             let input: Vec<i16> = (0..SPF as i16).map(|i| i * 7 + k as i16).collect();
-            expect.update(&input.iter().flat_map(|s| s.to_ne_bytes()).collect::<Vec<u8>>());
+            expect.update(
+                &input
+                    .iter()
+                    .flat_map(|s| s.to_ne_bytes())
+                    .collect::<Vec<u8>>(),
+            );
             assert_no_alloc::assert_no_alloc(|| {
                 assert_eq!(sink.push(&input, &info(k)), SPF as usize);
                 assert_eq!(source.pull(&mut out, &info(k)), SPF as usize);

@@ -228,6 +228,21 @@ impl Hub {
                 cause,
             }
         })?;
+        if let Some(group) = &opts.group {
+            let gid = group.resolve().map_err(HubError::Create)?;
+            for (what, fd) in [("directory", dir.file().fd()), ("mic ring", mic.fd())] {
+                let st = rustix::fs::fstat(fd).map_err(|e| {
+                    HubError::Ring(format!("cannot check the hub's {what}: fstat: {e}"))
+                })?;
+                if st.st_gid != gid {
+                    return Err(HubError::BadName(format!(
+                        "the hub's {what} belongs to group {}, not {gid} as expected: it is not \
+                         the hub shared with this group; check --group on both sides",
+                        st.st_gid
+                    )));
+                }
+            }
+        }
         Ok(Hub {
             inner: Arc::new(HubInner {
                 name: name.to_owned(),
