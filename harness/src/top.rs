@@ -98,6 +98,7 @@ pub fn snapshot(hub: &Hub) -> anyhow::Result<Value> {
         "target_depth": info.target_depth,
         "band": info.band,
         "cycles": info.cycles,
+        "play_cycles": info.play_cycles,
         "wakes": info.wakes,
         "xruns_capture": info.xruns_capture,
         "xruns_playback": info.xruns_playback,

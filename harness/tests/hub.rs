@@ -516,9 +516,14 @@ fn a_group_hub_shares_with_its_group_only() {
 fn pipewire_echo_path_plays_no_silence() {
     let device = std::env::var("VOXRING_AUDIO_DEVICE").unwrap_or_else(|_| "pipewire".to_owned());
     let name = hub_name("pw");
-    let h = hub(&name, &device, &[]);
-    let mut listener = agent(&name, "listener", &["--lossless", "--seconds", "12"]);
-    let _echo = agent(&name, "echo", &["--echo", "--seconds", "15"]);
+    let h = hub(&name, &device, &["--rt-priority", "70"]);
+    let rt = ["--rt-priority", "60"];
+    let mut listener = agent(
+        &name,
+        "listener",
+        &["--lossless", "--seconds", "12", rt[0], rt[1]],
+    );
+    let _echo = agent(&name, "echo", &["--echo", "--seconds", "15", rt[0], rt[1]]);
     wait_top(&name, "the echo plays", |v| {
         lane(v, "echo").is_some_and(|l| l["state"] == "playing")
     });

@@ -43,6 +43,9 @@ pub struct AgentArgs {
     /// The hub shares its segments with this group (name or gid).
     #[arg(long)]
     pub group: Option<String>,
+    /// SCHED_FIFO priority of this agent (0: none). A refusal is a warning on stderr.
+    #[arg(long, default_value_t = 0)]
+    pub rt_priority: u8,
 }
 
 /// `voxring hub-agent`.
@@ -55,6 +58,9 @@ pub fn main(a: AgentArgs) -> anyhow::Result<ExitCode> {
         }),
     };
     let hub = Hub::find(&a.hub, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let (_, Some(w)) = crate::run::device::promote(a.rt_priority) {
+        eprintln!("voxring hub-agent {}: warning: {w}", a.name);
+    }
     match hub.config().format {
         SampleFormat::S16 => run::<i16>(&hub, &a),
         SampleFormat::S32 => run::<i32>(&hub, &a),

@@ -384,6 +384,7 @@ fn fill_counters(info: &mut HubInfo, shared: &RtShared, xruns: (u64, u64)) {
     use std::sync::atomic::Ordering::Relaxed;
     // Relaxed: counters.
     info.cycles = shared.cycles.load(Relaxed);
+    info.play_cycles = shared.play_cycles.load(Relaxed);
     info.wakes = shared.wakes.load(Relaxed);
     info.evicted_lag = shared.evicted_lag.load(Relaxed);
     info.mic_dropped = shared.mic_dropped.load(Relaxed);
@@ -402,6 +403,7 @@ fn summary_json(
     serde_json::json!({
         "hub": a.name,
         "cycles": info.cycles,
+        "play_cycles": info.play_cycles,
         "wakes": info.wakes,
         "evicted_lag": info.evicted_lag,
         "evicted_dead": info.evicted_dead,

@@ -49,6 +49,8 @@ pub struct RtShared {
     pub stop: StopFlag,
     /// Mic frames committed.
     pub cycles: AtomicU64,
+    /// Playback periods mixed.
+    pub play_cycles: AtomicU64,
     /// Wake syscalls made (a parked mic reader was woken).
     pub wakes: AtomicU64,
     /// Readers evicted for lagging a whole ring behind.
@@ -69,6 +71,7 @@ impl RtShared {
         RtShared {
             stop: StopFlag::new(),
             cycles: AtomicU64::new(0),
+            play_cycles: AtomicU64::new(0),
             wakes: AtomicU64::new(0),
             evicted_lag: AtomicU64::new(0),
             slot_evicted: (0..MAX_SLOTS).map(|_| AtomicU64::new(0)).collect(),
@@ -345,6 +348,8 @@ impl<'a, T: Mix> MixSource<'a, T> {
             }
         }
         self.cur_off = 0;
+        // Relaxed: counter.
+        self.shared.play_cycles.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -8,11 +8,16 @@
 //!   (PipeWire's ALSA plugin serves them as two streams) is absorbed by the queue instead of
 //!   becoming a gap.
 //! - **Correction only outside the band**: while `target - band <= depth <= target + band`,
-//!   one frame is taken per cycle and nothing is corrected. Above the band the oldest frames
-//!   are dropped down to the target (`dropped`); below it, or when the queue is empty, the
-//!   last frame is played again instead of taking one (`repeated`), at most `band` cycles in
-//!   a row; after that the lane has stopped talking: it plays silence (`gaps`) and primes
-//!   again (`primes`). Every correction is counted in [`LaneCounters`].
+//!   one frame is taken per cycle and nothing is corrected. Below the band, or when the queue
+//!   is empty, the last frame is played again instead of taking one (`repeated`), at most
+//!   `band` cycles in a row; after that the lane has stopped talking: it plays silence
+//!   (`gaps`) and primes again (`primes`). Above the band the queue is corrected only when it
+//!   *stays* above: a late agent catching up leaves a burst that drains by itself, and
+//!   dropping it would only make the next late wake-up a gap. So the lowest depth over
+//!   [`DRIFT_WINDOW`] cycles is watched, and only when even that low-water mark is above the
+//!   band are the excess oldest frames dropped down to the target (`dropped`): a standing
+//!   excess (clock drift, a burst that never drained). A queue about to fill its ring is cut
+//!   back at once. Every correction is counted in [`LaneCounters`].
 //! - **Mix**: every playing lane's frame is summed into the cycle's buffer with saturation
 //!   ([`Mix::mix`]), so an earcon and a reply overlap instead of queueing.
 //!
@@ -21,6 +26,10 @@
 //! wait for room in their output ring, so the hub's thread makes no wake call per lane.
 
 use voxring_core::ReadError;
+
+/// Cycles over which a lane's lowest depth is watched before frames above the band are
+/// dropped (about 0.7 s at 48 kHz / 128).
+pub const DRIFT_WINDOW: u32 = 256;
 
 use super::Sample;
 use crate::ring::ShmConsumer;
@@ -118,6 +127,9 @@ pub struct OutputQueue<T> {
     last: Box<[T]>,
     last_len: usize,
     dry: u32,
+    /// Lowest depth seen in this drift window, and cycles left in it.
+    low_water: u64,
+    window_left: u32,
     counters: LaneCounters,
 }
 
@@ -132,6 +144,8 @@ impl<T: Mix> OutputQueue<T> {
             last: vec![T::SILENCE; frame_samples].into_boxed_slice(),
             last_len: 0,
             dry: 0,
+            low_water: u64::MAX,
+            window_left: DRIFT_WINDOW,
             counters: LaneCounters {
                 state: LaneState::Priming,
                 depth: 0,
@@ -225,11 +239,27 @@ impl<T: Mix> OutputQueue<T> {
             self.counters.state = LaneState::Playing;
             self.dry = 0;
         }
-        if depth > target + band {
-            // Drop the oldest down to the target, then take one as usual.
-            let drop_n = (depth - target) as usize;
-            if self.release(drop_n, false, acc) {
-                self.counters.dropped += drop_n as u64;
+        self.low_water = self.low_water.min(depth);
+        self.window_left = self.window_left.saturating_sub(1);
+        let ring_frames = u64::from(self.rx.segment().config().frames);
+        let standing = if self.window_left == 0 {
+            let low = std::mem::replace(&mut self.low_water, u64::MAX);
+            self.window_left = DRIFT_WINDOW;
+            low
+        } else {
+            0
+        };
+        let excess = if depth + 1 >= ring_frames {
+            depth - target
+        } else if standing > target + band {
+            standing - target
+        } else {
+            0
+        };
+        if excess > 0 {
+            // Drop the oldest excess frames, then take one as usual.
+            if self.release(excess as usize, false, acc) {
+                self.counters.dropped += excess;
             }
         } else if depth < target.saturating_sub(band).max(1) {
             if self.last_len > 0 && u64::from(self.dry) < band.max(1) {
@@ -315,10 +345,53 @@ mod tests {
         for v in 10..16 {
             put(&mut tx, v);
         }
-        // Depth 6 > target 2 + band 1: the four oldest go, then 14 plays.
-        assert_eq!(cycle(&mut q), 14);
-        assert_eq!(q.counters().dropped, 4);
-        assert_eq!(cycle(&mut q), 15);
+        // Depth 6 > target 2 + band 1, but a burst drains by itself: played in order while
+        // the agent keeps pace, until the drift window ends with depth never below 6.
+        let mut next = 16;
+        let mut played = Vec::new();
+        // (The current window still holds the dry cycles above: two windows.)
+        for _ in 0..2 * DRIFT_WINDOW + 2 {
+            played.push(cycle(&mut q));
+            put(&mut tx, next);
+            next += 1;
+        }
+        assert_eq!(&played[..4], &[10, 11, 12, 13]);
+        let c = q.counters();
+        assert_eq!(
+            c.dropped, 4,
+            "the standing excess (6 - target 2) went at once"
+        );
+        assert_eq!(c.repeated, 1);
+        // In order throughout; one step skips the four dropped frames.
+        let steps: Vec<i16> = played.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(steps.iter().all(|&d| d == 1 || d == 5), "{played:?}");
+        assert_eq!(steps.iter().filter(|&&d| d == 5).count(), 1);
+    }
+
+    #[test]
+    fn a_late_burst_is_played_not_dropped() {
+        let (_seg, mut tx, mut q) = lane("burst");
+        let mut next = 0;
+        let mut put_next = |tx: &mut ShmProducer| {
+            next += 1;
+            put(tx, next);
+        };
+        put_next(&mut tx);
+        put_next(&mut tx);
+        let mut played = Vec::new();
+        for c in 0..100 {
+            // The agent is late every 10th cycle and writes two frames the next.
+            if c % 10 != 3 {
+                put_next(&mut tx);
+            }
+            if c % 10 == 4 {
+                put_next(&mut tx);
+            }
+            played.push(cycle(&mut q));
+        }
+        let c = q.counters();
+        assert_eq!((c.dropped, c.repeated, c.gaps), (0, 0, 0), "{c:?}");
+        assert!(played.windows(2).all(|w| w[1] == w[0] + 1), "{played:?}");
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub struct HubInfo {
     pub started_ns: u64,
     /// Cycles (mic frames committed).
     pub cycles: u64,
+    /// Playback cycles mixed (periods handed to the device).
+    pub play_cycles: u64,
     /// Device xruns, capture side.
     pub xruns_capture: u64,
     /// Device xruns, playback side.
@@ -204,7 +206,7 @@ plain_u64_struct!(OutRow);
 /// A register holding a `T` of `size_of::<T>() / 8` words.
 pub type Reg<T, const W: usize> = ControlRegister<T, W>;
 /// [`HubInfo`]'s register.
-pub type InfoReg = Reg<HubInfo, 22>;
+pub type InfoReg = Reg<HubInfo, 23>;
 /// [`Speech`]'s register.
 pub type SpeechReg = Reg<Speech, 4>;
 /// A published value: four words.
@@ -302,7 +304,7 @@ mod tests {
 
     #[test]
     fn rows_fit_their_registers() {
-        assert_eq!(std::mem::size_of::<HubInfo>(), 22 * 8);
+        assert_eq!(std::mem::size_of::<HubInfo>(), 23 * 8);
         assert_eq!(std::mem::size_of::<MicRow>(), 9 * 8);
         assert_eq!(std::mem::size_of::<AgentStats>(), 16 * 8);
         assert_eq!(std::mem::size_of::<OutRow>(), 12 * 8);
