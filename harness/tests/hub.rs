@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -126,15 +126,10 @@ impl Drop for Proc {
 
 /// Starts a hub on `device` and waits until it is ready.
 fn hub(name: &str, device: &str, extra: &[&str]) -> Proc {
-    let mut args = vec![
-        "serve",
-        "--name",
-        name,
-        "--device",
-        device,
-        "--rt-priority",
-        "0",
-    ];
+    let mut args = vec!["serve", "--name", name, "--device", device];
+    if !extra.contains(&"--rt-priority") {
+        args.extend(["--rt-priority", "0"]);
+    }
     args.extend_from_slice(extra);
     let mut p = Proc::start(&args);
     p.line("voxring serve: hub");

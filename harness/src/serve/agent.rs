@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use voxring_core::SampleFormat;
 use voxring_linux::audio::Sample;
+use voxring_linux::hub::directory::MicRow;
 use voxring_linux::hub::{Delivery, Hub, HubOptions, Read, Speaker};
 use voxring_linux::segment::GroupSpec;
 
@@ -66,6 +67,19 @@ pub fn main(a: AgentArgs) -> anyhow::Result<ExitCode> {
         SampleFormat::S32 => run::<i32>(&hub, &a),
         SampleFormat::F32 => run::<f32>(&hub, &a),
     }
+}
+
+/// This reader's row once the hub checked every window it published (giving up after 5 s,
+/// or at once when the hub is gone).
+fn checked(hub: &Hub, mic: &voxring_linux::hub::MicReader, live: bool) -> MicRow {
+    let windows = mic.stats().windows;
+    let give_up = Instant::now() + Duration::from_secs(5);
+    let mut row = hub.mic_row(usize::from(mic.slot())).unwrap_or_default();
+    while live && row.crc_ok + row.crc_bad + row.crc_unknown < windows && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(5));
+        row = hub.mic_row(usize::from(mic.slot())).unwrap_or_default();
+    }
+    row
 }
 
 fn tone_value<T: Sample>(v: i32) -> T {
@@ -135,19 +149,15 @@ fn run<T: Sample>(hub: &Hub, a: &AgentArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // The hub checks the latest window of each row every round: let it see the last full
+    // window before the final partial one replaces it, then that one.
+    let live = !eos && error.is_none();
+    let mut row = checked(hub, &mic, live);
     mic.flush();
-    let st = mic.stats();
-    // Wait (bounded) until the hub checked every window this agent published.
-    let give_up = Instant::now() + Duration::from_secs(5);
-    let mut row = hub.mic_row(usize::from(mic.slot())).unwrap_or_default();
-    while !eos
-        && error.is_none()
-        && row.crc_ok + row.crc_bad + row.crc_unknown < st.windows
-        && Instant::now() < give_up
-    {
-        std::thread::sleep(Duration::from_millis(10));
-        row = hub.mic_row(usize::from(mic.slot())).unwrap_or_default();
+    if live {
+        row = checked(hub, &mic, live);
     }
+    let st = mic.stats();
     let (written, dropped) = speaker.as_ref().map_or((0, 0), Speaker::counts);
     let out = serde_json::json!({
         "name": a.name,

@@ -339,6 +339,8 @@ impl<T: Mix> Control<T> {
                 let verdict =
                     self.check_window(shared, a.window_seq, a.window_frames, a.window_crc);
                 let st = &mut self.slots[i];
+                // Windows published between two rounds were overwritten unseen: not checked.
+                st.crc_unknown += a.windows.saturating_sub(st.windows_seen).saturating_sub(1);
                 st.windows_seen = a.windows;
                 match verdict {
                     Some(true) => st.crc_ok += 1,
