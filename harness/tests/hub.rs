@@ -195,7 +195,7 @@ fn lane<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
         .find(|o| o["name"] == name && o["state"] != "free")
 }
 
-fn reader<'a>(v: &'a Value, pid: u32) -> Option<&'a Value> {
+fn reader(v: &Value, pid: u32) -> Option<&Value> {
     v["readers"]
         .as_array()?
         .iter()
@@ -319,11 +319,11 @@ fn churn_leaves_steady_agents_whole_and_nothing_behind() {
         let n = format!("churn{round}");
         let frames = (20 + (round * 37) % 180).to_string();
         let mut extra = vec!["--frames", frames.as_str()];
-        if round % 2 == 0 {
+        if round.is_multiple_of(2) {
             extra.push("--echo");
         }
         live.push(agent(&name, &n, &extra));
-        if round % 3 == 0
+        if round.is_multiple_of(3)
             && let Some(p) = live.first()
         {
             p.signal(rustix::process::Signal::KILL);
@@ -533,5 +533,60 @@ fn pipewire_echo_path_plays_no_silence() {
     assert!(l["mixed"].as_u64().unwrap() > 1000, "{l}");
     let r = listener.result();
     assert_exact(&r);
+    stop(h, &name);
+}
+
+/// The CRC check can fail: a reader that claims a window it did not read (this test process,
+/// joined through the public client, writing a false row) is counted bad, not ok.
+#[test]
+fn a_false_crc_window_is_caught() {
+    use voxring_linux::hub::{Delivery, Hub, HubOptions};
+    let name = hub_name("falsecrc");
+    let h = hub(&name, "synthetic", &[]);
+    let hub_handle = Hub::find(&name, &HubOptions::default()).unwrap();
+    let mut mic = hub_handle.join_mic("liar", Delivery::Lossless).unwrap();
+    let mut seq0 = None;
+    for _ in 0..8 {
+        let got = mic
+            .read(Some(GIVE_UP), |f| (f.seq(), f.payload().to_vec()))
+            .unwrap();
+        if let voxring_linux::hub::Read::Frame((seq, _)) = got {
+            seq0.get_or_insert(seq);
+        }
+    }
+    // What it read, honestly: checked ok.
+    mic.flush();
+    let slot = usize::from(mic.slot());
+    let ok = wait_top(&name, "the honest window is checked", |v| {
+        v["readers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["slot"] == slot && r["crc_ok"] == 1)
+    });
+    assert_eq!(reader(&ok, std::process::id()).unwrap()["crc_bad"], 0);
+    // Now a false claim over the same frames: one bit off.
+    let mut st = mic.stats();
+    st.window_seq = seq0.unwrap();
+    st.window_frames = 8;
+    st.window_crc ^= 1;
+    st.windows += 1;
+    let stats_row = voxring_linux::hub::directory::plan().unwrap().1.stats[slot];
+    let dir = voxring_linux::shared::SharedObjects::attach(
+        &voxring_linux::hub::directory_name(&name),
+        &Default::default(),
+        &voxring_linux::hub::directory::plan().unwrap().0,
+    )
+    .unwrap();
+    dir.get(stats_row).unwrap().write(st).unwrap();
+    wait_top(&name, "the false window is counted bad", |v| {
+        v["readers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["slot"] == slot && r["crc_bad"] == 1)
+    });
+    drop(mic);
+    drop((dir, hub_handle));
     stop(h, &name);
 }

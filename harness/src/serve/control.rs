@@ -31,7 +31,7 @@ use voxring_linux::ring::{PeerState, Segment};
 use voxring_linux::segment::{AttachOptions, SHM_DIR, is_temporary_name};
 use voxring_linux::shared::SharedObjects;
 
-use super::rt::{Cmd, FRAME_LOG, RtShared};
+use super::rt::{Cmd, FRAME_LOG, Returned, RtShared};
 
 /// How often dead participants are looked for.
 const LIVENESS_EVERY_MS: u128 = 50;
@@ -68,7 +68,7 @@ pub struct Control<T> {
     dir: SharedObjects,
     layout: Layout,
     cmds: rtrb::Producer<Cmd<T>>,
-    back: rtrb::Consumer<(usize, OutputQueue<T>)>,
+    back: rtrb::Consumer<Returned<T>>,
     params: QueueParams,
     /// `--group`: its gid.
     group: Option<u32>,
@@ -96,10 +96,7 @@ pub struct ControlSetup<T> {
     /// The directory and where its rows are.
     pub dir: (SharedObjects, Layout),
     /// Commands to the real-time thread, and lanes coming back.
-    pub queues: (
-        rtrb::Producer<Cmd<T>>,
-        rtrb::Consumer<(usize, OutputQueue<T>)>,
-    ),
+    pub queues: (rtrb::Producer<Cmd<T>>, rtrb::Consumer<Returned<T>>),
     /// Output queues' target and band.
     pub params: QueueParams,
     /// `--group`'s gid.
@@ -270,7 +267,7 @@ impl<T: Mix> Control<T> {
         let mut rx = seg.consumer().map_err(|e| e.to_string())?;
         rx.set_spin(std::time::Duration::ZERO);
         let samples = m.samples_per_frame as usize * usize::from(m.channels);
-        let q = OutputQueue::new(rx, self.params, samples);
+        let q = Box::new(OutputQueue::new(rx, self.params, samples));
         if self.cmds.push(Cmd::Add(free, q)).is_err() {
             return Err("the real-time thread's command queue is full".to_owned());
         }

@@ -248,19 +248,23 @@ fn fill_and_commit<T: Mix>(
     n
 }
 
+/// A lane coming back from the real-time thread: its index, and the queue (boxed: moving
+/// and storing it never copies more than a pointer, and it is freed by the control thread).
+pub type Returned<T> = (usize, Box<OutputQueue<T>>);
+
 /// A command from the control thread.
 pub enum Cmd<T> {
     /// Play this lane at this index.
-    Add(usize, OutputQueue<T>),
+    Add(usize, Box<OutputQueue<T>>),
     /// Send the lane at this index back.
     Remove(usize),
 }
 
 /// Every agent's output queue → one mixed period at a time → the device.
 pub struct MixSource<'a, T> {
-    lanes: Vec<Option<OutputQueue<T>>>,
+    lanes: Vec<Option<Box<OutputQueue<T>>>>,
     cmds: rtrb::Consumer<Cmd<T>>,
-    back: rtrb::Producer<(usize, OutputQueue<T>)>,
+    back: rtrb::Producer<Returned<T>>,
     shared: &'a RtShared,
     cur: Box<[T]>,
     /// Frames of `cur` already handed to the device.
@@ -273,7 +277,7 @@ impl<'a, T: Mix> MixSource<'a, T> {
     /// A source mixing up to `MAX_SLOTS` lanes into periods of `spf` frames × `channels`.
     pub fn new(
         cmds: rtrb::Consumer<Cmd<T>>,
-        back: rtrb::Producer<(usize, OutputQueue<T>)>,
+        back: rtrb::Producer<Returned<T>>,
         shared: &'a RtShared,
         spf: u32,
         channels: u16,
@@ -427,7 +431,7 @@ mod tests {
                 QueueParams { target: 2, band: 1 },
                 SPF as usize,
             );
-            assert!(cmd_tx.push(Cmd::Add(l, q)).is_ok());
+            assert!(cmd_tx.push(Cmd::Add(l, Box::new(q))).is_ok());
             lanes.push((seg, tx));
         }
         const CYCLES: u64 = 40;
@@ -466,7 +470,6 @@ mod tests {
                 let mut f = g.frame_mut(0).unwrap();
                 f.samples_mut::<i16>().unwrap().fill(100 * (l as i16 + 1));
                 f.set_len(SPF * 2).unwrap();
-                drop(f);
                 let _ = g.commit_all();
             }
             let input: Vec<i16> = (0..SPF as i16).map(|i| i * 7 + k as i16).collect();

@@ -309,7 +309,6 @@ mod tests {
         let mut f = g.frame_mut(0).unwrap();
         f.samples_mut::<i16>().unwrap().fill(v);
         f.set_len(8).unwrap();
-        drop(f);
         let _ = g.commit_all();
     }
 
@@ -347,13 +346,11 @@ mod tests {
         }
         // Depth 6 > target 2 + band 1, but a burst drains by itself: played in order while
         // the agent keeps pace, until the drift window ends with depth never below 6.
-        let mut next = 16;
         let mut played = Vec::new();
         // (The current window still holds the dry cycles above: two windows.)
-        for _ in 0..2 * DRIFT_WINDOW + 2 {
+        for next in (16..).take(2 * DRIFT_WINDOW as usize + 2) {
             played.push(cycle(&mut q));
             put(&mut tx, next);
-            next += 1;
         }
         assert_eq!(&played[..4], &[10, 11, 12, 13]);
         let c = q.counters();
