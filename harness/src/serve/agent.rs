@@ -58,14 +58,15 @@ pub fn main(a: AgentArgs) -> anyhow::Result<ExitCode> {
                 .map_or_else(|_| GroupSpec::Name(g.clone()), GroupSpec::Id)
         }),
     };
+    let t0 = voxring_linux::clock::monotonic_ns();
     let hub = Hub::find(&a.hub, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
     if let (_, Some(w)) = crate::run::device::promote(a.rt_priority) {
         eprintln!("voxring hub-agent {}: warning: {w}", a.name);
     }
     match hub.config().format {
-        SampleFormat::S16 => run::<i16>(&hub, &a),
-        SampleFormat::S32 => run::<i32>(&hub, &a),
-        SampleFormat::F32 => run::<f32>(&hub, &a),
+        SampleFormat::S16 => run::<i16>(&hub, &a, t0),
+        SampleFormat::S32 => run::<i32>(&hub, &a, t0),
+        SampleFormat::F32 => run::<f32>(&hub, &a, t0),
     }
 }
 
@@ -90,7 +91,8 @@ fn tone_value<T: Sample>(v: i32) -> T {
     }
 }
 
-fn run<T: Sample>(hub: &Hub, a: &AgentArgs) -> anyhow::Result<ExitCode> {
+/// `t0`: CLOCK_MONOTONIC before `Hub::find` (for the join-to-first-frame figure).
+fn run<T: Sample>(hub: &Hub, a: &AgentArgs, t0: u64) -> anyhow::Result<ExitCode> {
     let delivery = if a.lossless {
         Delivery::Lossless
     } else {
@@ -99,6 +101,8 @@ fn run<T: Sample>(hub: &Hub, a: &AgentArgs) -> anyhow::Result<ExitCode> {
     let mut mic = hub
         .join_mic(&a.name, delivery)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let joined_ns = voxring_linux::clock::monotonic_ns() - t0;
+    let mut first_frame_ns = None;
     let mut speaker: Option<Speaker> = if a.echo || a.tone.is_some() {
         Some(hub.speaker(&a.name).map_err(|e| anyhow::anyhow!("{e}"))?)
     } else {
@@ -133,6 +137,7 @@ fn run<T: Sample>(hub: &Hub, a: &AgentArgs) -> anyhow::Result<ExitCode> {
         });
         match got {
             Ok(Read::Frame(loud)) => {
+                first_frame_ns.get_or_insert_with(|| voxring_linux::clock::monotonic_ns() - t0);
                 nonzero += u64::from(loud);
                 if a.slow_ms > 0 {
                     std::thread::sleep(Duration::from_millis(a.slow_ms));
@@ -174,6 +179,8 @@ fn run<T: Sample>(hub: &Hub, a: &AgentArgs) -> anyhow::Result<ExitCode> {
         "error": error,
         "written": written,
         "write_dropped": dropped,
+        "join_ns": joined_ns,
+        "first_frame_ns": first_frame_ns,
         "wake_p50_ns": st.wake_p50_ns,
         "wake_max_ns": st.wake_max_ns,
     });
