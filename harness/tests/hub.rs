@@ -223,8 +223,17 @@ fn assert_exact(r: &Value) {
 
 #[test]
 fn an_outside_agent_reads_bit_exact_and_its_output_reaches_the_mix() {
-    let name = hub_name("join");
-    let h = hub(&name, "synthetic", &[]);
+    join_read_and_speak("join", &[]);
+}
+
+#[test]
+fn a_stereo_float_hub_reads_bit_exact_and_mixes() {
+    join_read_and_speak("f32", &["--format", "f32", "--channels", "2"]);
+}
+
+fn join_read_and_speak(test: &str, hub_args: &[&str]) {
+    let name = hub_name(test);
+    let h = hub(&name, "synthetic", hub_args);
     for f in shm_of(&name) {
         let md = std::fs::metadata(format!("/dev/shm/{f}")).unwrap();
         use std::os::unix::fs::PermissionsExt as _;
