@@ -599,3 +599,49 @@ fn a_false_crc_window_is_caught() {
     drop((dir, hub_handle));
     stop(h, &name);
 }
+
+/// Attack from a speaking agent: it scribbles on its own output ring (its producer cursor
+/// jumps by billions, then every byte of its frame slots turns to 0xff). The hub takes that
+/// lane off or keeps it silent, never reads outside the ring, and the other lane and the
+/// mic's reader go on exactly.
+#[test]
+fn a_scribbling_agent_cannot_hurt_the_hub_or_the_others() {
+    use std::os::unix::fs::FileExt as _;
+    let name = hub_name("scribble");
+    let h = hub(&name, "synthetic", &[]);
+    let mut listener = agent(&name, "listener", &["--lossless", "--frames", "1500"]);
+    let _tone = agent(&name, "tone", &["--tone", "1000"]);
+    let hub_handle =
+        voxring_linux::hub::Hub::find(&name, &voxring_linux::hub::HubOptions::default()).unwrap();
+    let mut evil = hub_handle.speaker("evil").unwrap();
+    let samples = vec![7i16; evil.config().samples_per_frame as usize];
+    wait_top(&name, "both lanes play", |v| {
+        for _ in 0..2 {
+            let _ = evil.write(&samples);
+        }
+        lane(v, "evil").is_some_and(|l| l["state"] == "playing")
+            && lane(v, "tone").is_some_and(|l| l["state"] == "playing")
+    });
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/dev/shm/voxring.{name}.out.evil"))
+        .unwrap();
+    // The producer block's write_pos (core/LAYOUT.md: offset 128).
+    file.write_at(&(u64::MAX / 3).to_ne_bytes(), 128).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let size = file.metadata().unwrap().len();
+    let slots = 384 + 128; // one consumer block
+    file.write_at(&vec![0xff; size as usize - slots], slots as u64)
+        .unwrap();
+    let before = lane(&top(&name), "tone").unwrap()["mixed"]
+        .as_u64()
+        .unwrap();
+    wait_top(&name, "the tone goes on being mixed", |v| {
+        lane(v, "tone").is_some_and(|l| l["mixed"].as_u64().unwrap() > before + 100)
+    });
+    let r = listener.result();
+    assert_exact(&r);
+    drop(evil);
+    drop(hub_handle);
+    stop(h, &name);
+}

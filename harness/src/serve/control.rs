@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use voxring_core::RingConfig;
-use voxring_linux::audio::mixer::{Mix, OutputQueue, QueueParams};
+use voxring_linux::audio::mixer::{LaneCounters, LaneState, Mix, OutputQueue, QueueParams};
 use voxring_linux::cleanup::clean_segments_matching;
 use voxring_linux::hub::directory::{
     HubInfo, Layout, MAX_SLOTS, MIC_JOINED, MicRow, OutRow, SLOT_FREE, pack_name,
@@ -85,6 +85,21 @@ pub struct Control<T> {
     pub lanes_refused: u64,
     /// Why lanes were refused (for the log; one line per name).
     pub refusals: Vec<String>,
+    /// Lanes that left, with their final counters (for the final report).
+    retired: Vec<serde_json::Value>,
+}
+
+/// One lane's counters for the final report.
+fn lane_json(agent: &str, c: &LaneCounters, how: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": agent,
+        "end": how,
+        "mixed": c.mixed,
+        "dropped": c.dropped,
+        "repeated": c.repeated,
+        "gaps": c.gaps,
+        "primes": c.primes,
+    })
 }
 
 /// How the control thread is set up.
@@ -128,6 +143,7 @@ impl<T: Mix> Control<T> {
             evicted_dead: 0,
             lanes_refused: 0,
             refusals: Vec::new(),
+            retired: Vec::new(),
         }
     }
 
@@ -146,13 +162,26 @@ impl<T: Mix> Control<T> {
     /// Drops lanes the real-time thread handed back; removes a dead producer's segment.
     fn take_back(&mut self) {
         while let Ok((i, q)) = self.back.pop() {
+            let counters = q.counters();
             drop(q);
             let Some(lane) = self.lanes.get_mut(i).and_then(Option::take) else {
                 continue;
             };
             let Lane {
-                file, seg, dead, ..
+                agent,
+                file,
+                seg,
+                dead,
+                ..
             } = lane;
+            let how = if dead {
+                "died"
+            } else if counters.state == LaneState::Failed {
+                "its ring failed"
+            } else {
+                "left"
+            };
+            self.retired.push(lane_json(&agent, &counters, how));
             drop(seg);
             if dead {
                 // Nobody holds it now (its producer is dead, we let go): remove it. A live
@@ -400,8 +429,20 @@ impl<T: Mix> Control<T> {
         }
     }
 
-    /// Sends every lane back and drops them (at shutdown, after the real-time thread ended:
-    /// its queues are gone with it, so the lanes are dropped with the `MixSource`).
+    /// Every lane of the run with its final counters: those that left, then `playing` (the
+    /// real-time side's lanes at the end, by index).
+    pub fn lanes_report(&self, playing: &[(usize, LaneCounters)]) -> Vec<serde_json::Value> {
+        let mut out = self.retired.clone();
+        for (i, c) in playing {
+            if let Some(Some(l)) = self.lanes.get(*i) {
+                out.push(lane_json(&l.agent, c, "playing at the end"));
+            }
+        }
+        out
+    }
+
+    /// The output rings' file names still in use at the end (after the real-time thread
+    /// ended, its lanes are dropped with the `MixSource`).
     pub fn lanes_files(&self) -> Vec<String> {
         self.lanes
             .iter()

@@ -350,20 +350,22 @@ fn serve_with<T: Mix>(a: &Args) -> anyhow::Result<ExitCode> {
     let xruns = duplex.xruns();
     let mut tx = sink.into_producer();
     end_of_stream(&mut tx);
+    let playing = source.lane_counters();
     drop(source);
     fill_counters(&mut info, &shared, (xruns.capture, xruns.playback));
     info.state = STATE_STOPPED;
     control.tick(&shared, info);
-    let leftover = control.lanes_files();
-    drop(control);
-    // Output rings whose agents died are removed; live agents keep theirs.
-    let _ = clean_segments_matching(|f| leftover.iter().any(|l| l == f));
-    let summary = summary_json(a, &info, &scheduling, run_error.as_deref());
+    let mut summary = summary_json(a, &info, &scheduling, run_error.as_deref());
+    summary["lanes"] = serde_json::Value::from(control.lanes_report(&playing));
     if let Some(path) = &a.json {
         std::fs::write(path, serde_json::to_string_pretty(&summary)? + "\n")
             .with_context(|| format!("cannot write --json {}", path.display()))?;
     }
     println!("voxring serve: hub '{}' stopped: {summary}", a.name);
+    let leftover = control.lanes_files();
+    drop(control);
+    // Output rings whose agents died are removed; live agents keep theirs.
+    let _ = clean_segments_matching(|f| leftover.iter().any(|l| l == f));
     drop((tx, dir, mic));
     Ok(match run_error {
         Some(e) => {

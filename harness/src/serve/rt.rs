@@ -12,7 +12,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use voxring_core::{FrameFlags, GrantError, Ring};
-use voxring_linux::audio::mixer::{LaneState, Mix, OutputQueue};
+use voxring_linux::audio::mixer::{LaneCounters, LaneState, Mix, OutputQueue};
 use voxring_linux::audio::{CaptureSink, ChunkInfo, PlaybackSource, StopFlag, flags, monotonic_ns};
 use voxring_linux::hub::directory::MAX_SLOTS;
 use voxring_linux::ring::ShmProducer;
@@ -294,6 +294,15 @@ impl<'a, T: Mix> MixSource<'a, T> {
             spf,
             ch,
         }
+    }
+
+    /// Every lane still playing, with its counters (for the final report).
+    pub fn lane_counters(&self) -> Vec<(usize, LaneCounters)> {
+        self.lanes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, q)| Some((i, q.as_ref()?.counters())))
+            .collect()
     }
 
     /// Hands lane `i` back to the control thread (it drops it there: munmap, close).
