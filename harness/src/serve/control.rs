@@ -147,8 +147,9 @@ impl<T: Mix> Control<T> {
         }
     }
 
-    /// One round: lanes back, liveness, discovery, CRC checks, the directory.
-    pub fn tick(&mut self, shared: &RtShared, info: HubInfo) {
+    /// One round: lanes back, liveness, discovery, CRC checks, the directory. Returns the
+    /// hub's row as published (with the control thread's own counters filled in).
+    pub fn tick(&mut self, shared: &RtShared, info: HubInfo) -> HubInfo {
         self.take_back();
         if self.last_liveness.elapsed().as_millis() >= LIVENESS_EVERY_MS {
             self.last_liveness = Instant::now();
@@ -156,7 +157,7 @@ impl<T: Mix> Control<T> {
             self.check_lanes();
         }
         self.discover();
-        self.publish(shared, info);
+        self.publish(shared, info)
     }
 
     /// Drops lanes the real-time thread handed back; removes a dead producer's segment.
@@ -332,7 +333,7 @@ impl<T: Mix> Control<T> {
     }
 
     /// Writes every row of the directory.
-    fn publish(&mut self, shared: &RtShared, mut info: HubInfo) {
+    fn publish(&mut self, shared: &RtShared, mut info: HubInfo) -> HubInfo {
         let ring = self.mic.ring();
         let wpos = ring.write_pos();
         for i in 0..usize::from(self.mic_cfg.max_consumers).min(MAX_SLOTS) {
@@ -427,6 +428,7 @@ impl<T: Mix> Control<T> {
         if let Ok(r) = self.dir.get(self.layout.info) {
             let _ = r.write(info);
         }
+        info
     }
 
     /// Every lane of the run with its final counters: those that left, then `playing` (the

@@ -295,7 +295,7 @@ fn serve_with<T: Mix>(a: &Args) -> anyhow::Result<ExitCode> {
         started_ns: monotonic_ns(),
         ..HubInfo::default()
     };
-    control.tick(&shared, info);
+    info = control.tick(&shared, info);
     let mut duplex = dev.duplex;
     let rt_priority = a.rt_priority;
     let deadline = a
@@ -336,7 +336,7 @@ fn serve_with<T: Mix>(a: &Args) -> anyhow::Result<ExitCode> {
                 shared.stop.request();
             }
             fill_counters(&mut info, shared, duplex_xruns_unknown());
-            control.tick(shared, info);
+            info = control.tick(shared, info);
             for r in &control.refusals[said..] {
                 eprintln!("voxring serve: {r}");
             }
@@ -354,7 +354,7 @@ fn serve_with<T: Mix>(a: &Args) -> anyhow::Result<ExitCode> {
     drop(source);
     fill_counters(&mut info, &shared, (xruns.capture, xruns.playback));
     info.state = STATE_STOPPED;
-    control.tick(&shared, info);
+    info = control.tick(&shared, info);
     let mut summary = summary_json(a, &info, &scheduling, run_error.as_deref());
     summary["lanes"] = serde_json::Value::from(control.lanes_report(&playing));
     if let Some(path) = &a.json {
