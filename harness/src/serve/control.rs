@@ -31,7 +31,10 @@ use voxring_linux::ring::{PeerState, Segment};
 use voxring_linux::segment::{AttachOptions, SHM_DIR, is_temporary_name};
 use voxring_linux::shared::SharedObjects;
 
-use super::rt::{Cmd, FRAME_LOG, Returned, RtShared};
+use super::rt::{Cmd, Returned, RtShared};
+
+/// The longest CRC window checked, in frames (the clients' windows are 256).
+const MAX_CHECKED_WINDOW: u64 = 4 * voxring_linux::hub::WINDOW_FRAMES;
 
 /// How often dead participants are looked for.
 const LIVENESS_EVERY_MS: u128 = 50;
@@ -318,7 +321,9 @@ impl<T: Mix> Control<T> {
 
     /// Checks one claimed CRC window against the hub's frame log.
     fn check_window(&self, shared: &RtShared, seq: u64, frames: u64, crc: u64) -> Option<bool> {
-        if frames == 0 || frames > FRAME_LOG as u64 {
+        // An agent's claim is input: a window longer than the clients make (256 frames) is
+        // not checked, so a hostile row cannot make this thread combine 65536 CRCs a round.
+        if frames == 0 || frames > MAX_CHECKED_WINDOW {
             return None;
         }
         let mut acc = crc32fast::Hasher::new();
