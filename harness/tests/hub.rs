@@ -222,7 +222,12 @@ fn reader(v: &Value, pid: u32) -> Option<&Value> {
 fn stop(mut h: Proc, name: &str) {
     h.signal(rustix::process::Signal::TERM);
     assert_eq!(h.wait(), Some(0), "the hub did not stop cleanly");
-    assert_eq!(shm_of(name), Vec::<String>::new(), "left in /dev/shm");
+    // Agents still running get the end of stream and remove their output rings as they exit.
+    assert!(
+        wait_for(|| shm_of(name).is_empty()),
+        "left in /dev/shm: {:?}",
+        shm_of(name)
+    );
 }
 
 /// A lossless reader's result: every frame read bit-exact, nothing lost.

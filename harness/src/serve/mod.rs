@@ -296,57 +296,32 @@ fn serve_with<T: Mix>(a: &Args) -> anyhow::Result<ExitCode> {
         ..HubInfo::default()
     };
     info = control.tick(&shared, info);
+    let ready = format!(
+        "voxring serve: hub '{}' ready: {} Hz, {} frames per cycle, {} channel(s), {:?}, \
+         device {}, up to {} agents (pid {})",
+        a.name,
+        dev.rate,
+        dev.quantum,
+        dev.channels,
+        a.format,
+        dev.label,
+        a.max_agents,
+        std::process::id()
+    );
     let mut duplex = dev.duplex;
-    let rt_priority = a.rt_priority;
-    let deadline = a
-        .seconds
-        .map(|s| Instant::now() + Duration::from_secs_f64(s));
-    let (run_error, scheduling) = std::thread::scope(|s| -> anyhow::Result<_> {
-        let (shared, sink, source, duplex) = (&shared, &mut sink, &mut source, &mut duplex);
-        let audio = std::thread::Builder::new()
-            .name("voxring-hub-audio".into())
-            .spawn_scoped(s, move || {
-                let sched = device::promote(rt_priority);
-                let r = duplex.run(sink, source, &shared.stop, None);
-                (
-                    r.err()
-                        .map(|e| voxring_linux::audio::AudioError::from(e).to_string()),
-                    sched,
-                )
-            })
-            .context("cannot start the audio thread")?;
-        println!(
-            "voxring serve: hub '{}' ready: {} Hz, {} frames per cycle, {} channel(s), {:?}, \
-             device {}, up to {} agents (pid {})",
-            a.name,
-            dev.rate,
-            dev.quantum,
-            dev.channels,
-            a.format,
-            dev.label,
-            a.max_agents,
-            std::process::id()
-        );
-        for w in &warnings {
-            eprintln!("voxring serve: warning: {w}");
-        }
-        let mut said = 0;
-        while !audio.is_finished() {
-            if termination_requested() || deadline.is_some_and(|d| Instant::now() >= d) {
-                shared.stop.request();
-            }
-            fill_counters(&mut info, shared, duplex_xruns_unknown());
-            info = control.tick(shared, info);
-            for r in &control.refusals[said..] {
-                eprintln!("voxring serve: {r}");
-            }
-            said = control.refusals.len();
-            std::thread::sleep(TICK);
-        }
-        audio
-            .join()
-            .map_err(|_| anyhow::anyhow!("the audio thread panicked"))
-    })?;
+    let (run_error, scheduling) = run_until_stopped(
+        a,
+        Running {
+            duplex: &mut duplex,
+            sink: &mut sink,
+            source: &mut source,
+            shared: &shared,
+            control: &mut control,
+            info: &mut info,
+        },
+        &ready,
+        &warnings,
+    )?;
     let xruns = duplex.xruns();
     let mut tx = sink.into_producer();
     end_of_stream(&mut tx);
@@ -373,6 +348,78 @@ fn serve_with<T: Mix>(a: &Args) -> anyhow::Result<ExitCode> {
             ExitCode::from(1)
         }
         None => ExitCode::SUCCESS,
+    })
+}
+
+/// What runs while the hub runs: the device and the two sides of the audio thread, and the
+/// control thread's state.
+struct Running<'r, 'a, T: Mix> {
+    duplex: &'r mut voxring_linux::audio::Duplex<T>,
+    sink: &'r mut MicSink<'a>,
+    source: &'r mut MixSource<'a, T>,
+    shared: &'a RtShared,
+    control: &'r mut Control<T>,
+    info: &'r mut HubInfo,
+}
+
+/// How the audio thread ended: the device's error, and its scheduling (and why SCHED_FIFO
+/// was refused).
+type Outcome = (Option<String>, (String, Option<String>));
+
+/// Runs the device on the audio thread while this (the control) thread ticks, until Ctrl-C,
+/// SIGTERM, `--seconds` or a device error: the device's error, and the audio thread's
+/// scheduling (and why SCHED_FIFO was refused).
+fn run_until_stopped<T: Mix>(
+    a: &Args,
+    r: Running<'_, '_, T>,
+    ready: &str,
+    warnings: &[String],
+) -> anyhow::Result<Outcome> {
+    let Running {
+        duplex,
+        sink,
+        source,
+        shared,
+        control,
+        info,
+    } = r;
+    let rt_priority = a.rt_priority;
+    let deadline = a
+        .seconds
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    std::thread::scope(|s| -> anyhow::Result<_> {
+        let audio = std::thread::Builder::new()
+            .name("voxring-hub-audio".into())
+            .spawn_scoped(s, move || {
+                let sched = device::promote(rt_priority);
+                let r = duplex.run(sink, source, &shared.stop, None);
+                (
+                    r.err()
+                        .map(|e| voxring_linux::audio::AudioError::from(e).to_string()),
+                    sched,
+                )
+            })
+            .context("cannot start the audio thread")?;
+        println!("{ready}");
+        for w in warnings {
+            eprintln!("voxring serve: warning: {w}");
+        }
+        let mut said = 0;
+        while !audio.is_finished() {
+            if termination_requested() || deadline.is_some_and(|d| Instant::now() >= d) {
+                shared.stop.request();
+            }
+            fill_counters(info, shared, duplex_xruns_unknown());
+            *info = control.tick(shared, *info);
+            for r in &control.refusals[said..] {
+                eprintln!("voxring serve: {r}");
+            }
+            said = control.refusals.len();
+            std::thread::sleep(TICK);
+        }
+        audio
+            .join()
+            .map_err(|_| anyhow::anyhow!("the audio thread panicked"))
     })
 }
 
