@@ -14,6 +14,8 @@ mod hist;
 mod locate;
 mod run;
 mod segments;
+mod serve;
+mod top;
 mod voice;
 
 #[derive(Debug, Parser)]
@@ -39,6 +41,14 @@ enum Command {
     /// List or clean voxring shared-memory segments.
     #[command(subcommand)]
     Segments(segments::Command),
+    /// A hub any process joins by name: owns the device, publishes the mic, mixes what
+    /// agents say (see docs/hub.md).
+    Serve(serve::Args),
+    /// A live view of a hub (rings, agents, lag, losses, queues), like pw-top.
+    Top(top::Args),
+    /// An outside agent of `voxring serve` on the public client (for tests and benchmarks).
+    #[command(hide = true)]
+    HubAgent(serve::agent::AgentArgs),
     /// The voice round trip's parts, each alone: talker, VAD agent, reply agent.
     #[command(subcommand)]
     Voice(voice::Command),
@@ -64,6 +74,9 @@ fn main() -> ExitCode {
         Command::Doctor(args) => doctor::main(args),
         Command::Segments(cmd) => segments::main(cmd),
         Command::Agent(args) => run::agent_main(args),
+        Command::Serve(args) => serve::main(args),
+        Command::Top(args) => top::main(args),
+        Command::HubAgent(args) => serve::agent::main(args),
         Command::Voice(cmd) => voice::main(cmd),
     };
     match result {

@@ -29,6 +29,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 pub mod agents;
+pub mod device;
 pub mod dsp;
 pub mod outfile;
 pub mod pipeline;

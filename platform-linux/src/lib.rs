@@ -8,6 +8,7 @@ pub mod clock;
 pub mod fallback;
 pub mod futex;
 pub mod guard;
+pub mod hub;
 pub mod inherit;
 pub mod liveness;
 pub mod mapping;

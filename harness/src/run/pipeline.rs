@@ -32,8 +32,7 @@ use hdrhistogram::Histogram;
 use voxring_core::clock::FrameClock;
 use voxring_core::{FrameFlags, GrantError, Policy, ReadError, RingConfig};
 use voxring_linux::audio::{
-    CaptureSink, ChunkInfo, DeviceSpec, Duplex, PlaybackSource, Sample, StopFlag, StreamParams,
-    XrunCounts, alsa_pcm::MmapPreference, flags, monotonic_ns, open_duplex,
+    CaptureSink, ChunkInfo, PlaybackSource, Sample, StopFlag, XrunCounts, flags, monotonic_ns,
 };
 use voxring_linux::cleanup::{SignalMode, install_signal_cleanup, termination_requested};
 use voxring_linux::ring::{Segment, ShmConsumer, ShmProducer};
@@ -628,46 +627,26 @@ fn run_with<T: Sample>(
     outputs: Outputs,
     mut warnings: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
-    let params = StreamParams {
-        rate: args.rate,
-        channels: u32::from(args.channels),
-        period_frames: args.quantum,
-        buffer_frames: args.quantum.saturating_mul(args.periods),
-    };
-    params.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let spec = DeviceSpec::parse(&args.device, &params).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (mut duplex, device_label) = open_duplex::<T>(&spec, &params, MmapPreference::Auto).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot open the audio device '{}': {e}. Try `--device synthetic` (a clocked device \
-             that needs no sound card), or list devices with `aplay -L`",
-            args.device
-        )
-    })?;
-    // `auto` says in the label why it fell back; that belongs with the warnings.
-    let device_label = match device_label.split_once(" (auto: ") {
-        Some((dev, why)) => {
-            warnings.push(format!(
-                "--device auto chose {dev}: {}",
-                why.strip_suffix(')').unwrap_or(why)
-            ));
-            dev.to_owned()
-        }
-        None => device_label,
-    };
-    let synthetic = matches!(duplex, Duplex::Synthetic(_));
-    let cg = duplex.capture_granted();
-    let pg = duplex.playback_granted();
-    if cg.rate != args.rate || cg.period_frames != args.quantum {
-        warnings.push(format!(
-            "the device granted {} Hz with {}-frame periods (asked {} Hz, {}); the pipeline runs at what was granted",
-            cg.rate, cg.period_frames, args.rate, args.quantum
-        ));
-    }
-    let rate = cg.rate;
-    let quantum = cg.period_frames;
-    let channels = cg.channels as u16;
-    let period_ns = u64::from(quantum) * 1_000_000_000 / u64::from(rate);
-    let buffer_ns = u64::from(pg.buffer_frames) * 1_000_000_000 / u64::from(rate);
+    let dev = super::device::open::<T>(
+        &super::device::DeviceRequest {
+            device: &args.device,
+            rate: args.rate,
+            quantum: args.quantum,
+            periods: args.periods,
+            channels: args.channels,
+        },
+        &mut warnings,
+    )?;
+    let super::device::OpenDevice {
+        mut duplex,
+        label: device_label,
+        synthetic,
+        rate,
+        quantum,
+        channels,
+        period_ns,
+        buffer_ns,
+    } = dev;
 
     // Segments: the capture ring (room for ~0.5 s, at least 64 frames), the return ring, and
     // the sync region (cycle fence + VAD control register).
@@ -848,17 +827,7 @@ fn run_with<T: Sample>(
             .spawn_scoped(s, move || {
                 let mut capture = capture;
                 let mut playback = playback;
-                let (scheduling, rt_warning) = if rt_priority > 0 {
-                    match voxring_linux::rt::set_fifo(rt_priority) {
-                        Ok(()) => (format!("SCHED_FIFO {rt_priority}"), None),
-                        Err(e) => (
-                            "SCHED_OTHER (SCHED_FIFO refused)".to_owned(),
-                            Some(e.to_string()),
-                        ),
-                    }
-                } else {
-                    ("SCHED_OTHER".to_owned(), None)
-                };
+                let (scheduling, rt_warning) = super::device::promote(rt_priority);
                 let r = duplex.run(
                     &mut capture,
                     &mut playback,

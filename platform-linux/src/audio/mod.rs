@@ -24,6 +24,7 @@
 pub mod alsa_pcm;
 pub mod duplex;
 pub mod loopback;
+pub mod mixer;
 pub mod pipewire;
 pub mod ring_io;
 pub mod rt;

@@ -333,6 +333,11 @@ impl Segment {
         self.inner.mapping()
     }
 
+    /// The segment's open descriptor (for `fstat(2)` checks such as its group).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.inner.fd()
+    }
+
     /// True once a peer truncated the segment under us (see [`crate::mapping`]).
     pub fn is_truncated(&self) -> bool {
         self.inner.mapping().is_truncated()

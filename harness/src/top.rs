@@ -1,0 +1,214 @@
+//! `voxring top [NAME]`: a live view of a hub from its directory, like `pw-top`: the hub's
+//! cycles, xruns, wakes and evictions, each mic reader's lag and CRC checks with the counters
+//! it publishes itself (frames, lost, late, CPU, wake-up latency), and each output lane's
+//! queue. `--json` prints one snapshot.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use voxring_linux::cleanup::{SignalMode, install_signal_cleanup, termination_requested};
+use voxring_linux::hub::directory::{MIC_JOINED, SLOT_FREE, unpack_name};
+use voxring_linux::hub::{Hub, HubOptions};
+use voxring_linux::segment::GroupSpec;
+
+/// Options of `voxring top`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The hub's name.
+    #[arg(default_value = voxring_linux::hub::DEFAULT_HUB)]
+    pub name: String,
+    /// Print one snapshot as JSON and exit.
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh interval, milliseconds.
+    #[arg(long, default_value_t = 500)]
+    pub interval_ms: u64,
+    /// The hub's owner (uid), when it is not this user (a `--group` hub).
+    #[arg(long)]
+    pub owner: Option<u32>,
+    /// The hub was started with `--group` (its segments are 0660 in this group).
+    #[arg(long)]
+    pub group: Option<String>,
+}
+
+/// One snapshot of the directory.
+pub fn snapshot(hub: &Hub) -> anyhow::Result<Value> {
+    let info = hub.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut readers = Vec::new();
+    for i in 0..info
+        .max_agents
+        .min(voxring_linux::hub::directory::MAX_SLOTS as u64) as usize
+    {
+        let Some(row) = hub.mic_row(i) else { continue };
+        if row.state != MIC_JOINED && row.evicted_lag == 0 && row.crc_ok + row.crc_bad == 0 {
+            continue;
+        }
+        let a = hub.agent_stats(i).unwrap_or_default();
+        let own = a.token == row.token;
+        readers.push(json!({
+            "slot": i,
+            "joined": row.state == MIC_JOINED,
+            "pid": row.pid,
+            "name": if own { unpack_name(&a.name) } else { String::new() },
+            "lag": row.lag,
+            "max_lag": row.max_lag,
+            "evicted_lag": row.evicted_lag,
+            "crc_ok": row.crc_ok,
+            "crc_bad": row.crc_bad,
+            "crc_unknown": row.crc_unknown,
+            "frames": own.then_some(a.frames),
+            "lost": own.then_some(a.lost),
+            "late": own.then_some(a.late),
+            "cpu_percent": (own && a.wall_ns > 0).then(|| a.cpu_ns as f64 * 100.0 / a.wall_ns as f64),
+            "wake_p50_us": own.then(|| a.wake_p50_ns as f64 / 1e3),
+            "wake_max_us": own.then(|| a.wake_max_ns as f64 / 1e3),
+        }));
+    }
+    let mut outputs = Vec::new();
+    for i in 0..voxring_linux::hub::directory::MAX_SLOTS {
+        let Some(o) = hub.out_row(i) else { continue };
+        if o.state == SLOT_FREE && o.mixed == 0 && o.name == [0; 4] {
+            continue;
+        }
+        outputs.push(json!({
+            "lane": i,
+            "name": unpack_name(&o.name),
+            "pid": o.pid,
+            "state": match o.state { 1 => "priming", 2 => "playing", _ => "free" },
+            "depth": o.depth,
+            "mixed": o.mixed,
+            "dropped": o.dropped,
+            "repeated": o.repeated,
+            "gaps": o.gaps,
+            "primes": o.primes,
+        }));
+    }
+    let speech = hub.speech().ok();
+    Ok(json!({
+        "hub": hub.name(),
+        "pid": info.pid,
+        "state": match info.state { 1 => "running", 2 => "stopped", _ => "unknown" },
+        "rate": info.rate,
+        "quantum": info.quantum,
+        "channels": info.channels,
+        "mic_frames": info.mic_frames,
+        "max_agents": info.max_agents,
+        "target_depth": info.target_depth,
+        "band": info.band,
+        "cycles": info.cycles,
+        "play_cycles": info.play_cycles,
+        "wakes": info.wakes,
+        "xruns_capture": info.xruns_capture,
+        "xruns_playback": info.xruns_playback,
+        "evicted_lag": info.evicted_lag,
+        "evicted_dead": info.evicted_dead,
+        "mic_dropped": info.mic_dropped,
+        "lanes": info.lanes,
+        "lanes_refused": info.lanes_refused,
+        "cpu_ms": info.cpu_ns as f64 / 1e6,
+        "speech": speech.map(|s| s.active),
+        "readers": readers,
+        "outputs": outputs,
+    }))
+}
+
+fn text(v: &Value) -> String {
+    let g = |k: &str| v[k].to_string();
+    let mut s = format!(
+        "hub {} (pid {}, {}): {} Hz x {} frames, cycles {}, wakes {}, xruns {}/{}, evicted {} lag / {} dead, mic dropped {}, cpu {:.0} ms\n\n",
+        v["hub"].as_str().unwrap_or(""),
+        g("pid"),
+        v["state"].as_str().unwrap_or(""),
+        g("rate"),
+        g("quantum"),
+        g("cycles"),
+        g("wakes"),
+        g("xruns_capture"),
+        g("xruns_playback"),
+        g("evicted_lag"),
+        g("evicted_dead"),
+        g("mic_dropped"),
+        v["cpu_ms"].as_f64().unwrap_or(0.0),
+    );
+    s += "SLOT  PID      NAME              LAG  MAXLAG  FRAMES     LOST   LATE   CPU%  WAKE p50/max us   CRC ok/bad/?\n";
+    for r in v["readers"].as_array().into_iter().flatten() {
+        s += &format!(
+            "{:<5} {:<8} {:<16} {:>4} {:>7} {:>7} {:>8} {:>6} {:>6} {:>8}/{:<8} {}/{}/{}\n",
+            r["slot"],
+            r["pid"],
+            r["name"].as_str().unwrap_or(""),
+            r["lag"],
+            r["max_lag"],
+            r["frames"],
+            r["lost"],
+            r["late"],
+            r["cpu_percent"]
+                .as_f64()
+                .map_or("-".into(), |c| format!("{c:.1}")),
+            r["wake_p50_us"]
+                .as_f64()
+                .map_or("-".into(), |c| format!("{c:.0}")),
+            r["wake_max_us"]
+                .as_f64()
+                .map_or("-".into(), |c| format!("{c:.0}")),
+            r["crc_ok"],
+            r["crc_bad"],
+            r["crc_unknown"],
+        );
+    }
+    s += "\nLANE  PID      NAME              STATE    DEPTH   MIXED  DROPPED  REPEATED  GAPS  PRIMES\n";
+    for o in v["outputs"].as_array().into_iter().flatten() {
+        s += &format!(
+            "{:<5} {:<8} {:<16} {:<8} {:>5} {:>7} {:>8} {:>9} {:>5} {:>7}\n",
+            o["lane"],
+            o["pid"],
+            o["name"].as_str().unwrap_or(""),
+            o["state"].as_str().unwrap_or(""),
+            o["depth"],
+            o["mixed"],
+            o["dropped"],
+            o["repeated"],
+            o["gaps"],
+            o["primes"],
+        );
+    }
+    s
+}
+
+/// `voxring top`.
+pub fn main(a: Args) -> anyhow::Result<ExitCode> {
+    let hub = Hub::find(
+        &a.name,
+        &HubOptions {
+            owner: a.owner,
+            group: a.group.as_ref().map(|g| {
+                g.parse::<u32>()
+                    .map_or_else(|_| GroupSpec::Name(g.clone()), GroupSpec::Id)
+            }),
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&snapshot(&hub)?)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let _ = install_signal_cleanup(SignalMode::Notify);
+    let tty = std::io::stdout().is_terminal();
+    while !termination_requested() {
+        let v = snapshot(&hub)?;
+        let mut out = std::io::stdout().lock();
+        if tty {
+            // Clear the screen and go home, like top.
+            write!(out, "\x1b[2J\x1b[H")?;
+        }
+        write!(out, "{}", text(&v))?;
+        out.flush()?;
+        if v["state"] == "stopped" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(a.interval_ms.max(50)));
+    }
+    Ok(ExitCode::SUCCESS)
+}
