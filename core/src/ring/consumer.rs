@@ -336,6 +336,26 @@ impl Consumer {
         Ok((meta, wake))
     }
 
+    /// The metadata of the next frame to read, if it is committed: a look without a grant
+    /// (nothing is released, no loom access is recorded). For the periodic wait's estimator
+    /// ([`super::periodic`]), which reads the frame's timestamp. `None` when no frame is
+    /// ready, the cursor is corrupt, or (lossy) the slot was overwritten meanwhile. A hint:
+    /// the fields come from shared memory and may be anything a hostile producer wrote.
+    pub fn next_frame_meta(&self) -> Option<FrameMeta> {
+        let ring = self.ring;
+        // Acquire: pairs with the producer's commit store (COMMIT_ORDER).
+        let w = ring.prod().write_pos.load(Ordering::Acquire);
+        let d = w.wrapping_sub(self.read_pos);
+        if d == 0 || d > ring.layout.frames() {
+            return None;
+        }
+        // Acquire: pairs with the producer's Release store of `seq` at commit (lossy).
+        if ring.slot(self.read_pos).seq.load(Ordering::Acquire) != self.read_pos {
+            return None;
+        }
+        Some(FrameRef::new(&ring, self.read_pos).meta())
+    }
+
     /// Sleeps through `waiter` until a frame may be ready, at most `timeout_ns`. Makes no
     /// call at all when a frame is already known to be ready. Re-check with
     /// [`Consumer::read_grant`] after it returns.

@@ -78,6 +78,7 @@ macro_rules! span_accessors {
 
 mod consumer;
 mod error;
+pub mod periodic;
 mod producer;
 
 pub use consumer::{Consumer, FrameRef, ReadGrant, ReadToken};
