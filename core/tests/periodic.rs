@@ -79,34 +79,38 @@ fn nothing_learned_means_park() {
 }
 
 #[test]
-fn oversleeping_widens_the_margin_and_polling_narrows_it_again() {
+fn a_late_timer_widens_the_margin_and_a_punctual_one_narrows_it_again() {
     let t0 = 1_000_000_000;
     let mut a = locked(t0);
-    // The timer fired late: frame 1 was already there.
+    // The timer fired 80 µs late, and frame 1 was already there.
+    let planned = t0 + PERIOD - EARLY;
+    a.woke(planned, planned + 80_000);
+    assert_eq!(a.early_ns(), EARLY + 2 * (80_000 / 8));
     a.observe(
         1,
         t0 + PERIOD - 1_000,
-        t0 + PERIOD + 80_000,
+        planned + 80_000,
         Sighting::AfterSleep,
     );
-    assert_eq!(a.early_ns(), 2 * EARLY);
     // Its arrival came from its timestamp and the learned lag (1 µs), not from when we saw it.
     let due2 = t0 + 2 * PERIOD;
+    let early = a.early_ns();
     assert_eq!(
-        a.plan(2, t0 + PERIOD + 90_000),
+        a.plan(2, planned + 90_000),
         Plan::Sleep {
-            until_ns: due2 - 2 * EARLY,
-            poll_until_ns: due2 + 2 * EARLY
+            until_ns: due2 - early,
+            poll_until_ns: due2 + early
         }
     );
-    // The margin never reaches half a period, however often we oversleep.
+    // However late the timer, the margin stays under half a period.
     for _ in 0..64 {
-        a.observe(1, 0, t0, Sighting::AfterSleep);
+        a.woke(0, u64::MAX);
     }
     assert!(a.early_ns() < PERIOD / 2);
-    // Prompt sightings bring it back down to the minimum.
-    for n in 2..400u64 {
-        a.observe(n, 0, t0 + n * PERIOD, Sighting::Polling);
+    assert!(a.early_ns() > EARLY);
+    // Punctual wake-ups bring it back down to the minimum.
+    for _ in 0..400 {
+        a.woke(t0, t0);
     }
     assert_eq!(a.early_ns(), EARLY);
 }
@@ -164,6 +168,40 @@ fn hostile_timestamps_never_make_it_sleep_far_or_through_a_frame() {
     let a = locked(t0);
     assert_eq!(a.plan(u64::MAX, t0), Plan::Park);
     assert_eq!(a.plan(1 << 40, t0), Plan::Park);
+}
+
+#[test]
+fn a_late_frame_keeps_the_schedule_so_a_catching_up_producer_is_not_slept_through() {
+    let t0 = 1_000_000_000;
+    let mut a = locked(t0);
+    // Frame 1 came 2.6 ms late (the producer stalled); seen after a park.
+    let late = t0 + PERIOD + 2_600_000;
+    a.missed();
+    a.observe(1, late - 1_000, late + 30_000, Sighting::Late);
+    // Frame 2 is due on the schedule about now: poll, do not sleep a period.
+    let now = late + 40_000;
+    let due2 = t0 + 2 * PERIOD;
+    assert_eq!(
+        a.plan(2, now),
+        Plan::Poll {
+            poll_until_ns: due2 + EARLY
+        }
+    );
+    // Lateness that persists moves the schedule.
+    for _ in 0..MAX_MISSES {
+        a.missed();
+    }
+    let seen = now + 10 * PERIOD;
+    a.observe(2, 0, seen, Sighting::Late);
+    // (Irregular now: the timer is tried again on frame RETRY_EVERY, due on the new schedule.)
+    let due = seen + (RETRY_EVERY - 2) * PERIOD;
+    assert_eq!(
+        a.plan(RETRY_EVERY, due - PERIOD),
+        Plan::Sleep {
+            until_ns: due - EARLY,
+            poll_until_ns: due + EARLY
+        }
+    );
 }
 
 #[test]

@@ -12,16 +12,21 @@
 //! The estimate is kept on the consumer's own clock (any monotonic nanosecond clock):
 //!
 //! * an **anchor**: the arrival time of one frame, by sequence number; frame `n` is predicted
-//!   at `anchor + (n - anchor_seq) · period`;
+//!   at `anchor + (n - anchor_seq) · period` (the schedule). Frames seen arriving while polling
+//!   re-anchor it; a frame that came late does not move it (the next frame may be on time, or
+//!   come at once as the producer catches up: a schedule moved later would sleep through it),
+//!   unless lateness persists ([`MAX_MISSES`]); a frame that came early moves it earlier;
 //! * the **lag** between a frame's producer timestamp (`timestamp_ns`, on the producer's clock)
 //!   and its arrival on ours, learned from frames seen arriving while polling. It lets a frame
 //!   seen late (the consumer woke after it arrived) still give its true arrival time, so the
 //!   phase does not drift later with every late wake-up. Clocks that differ by a constant
 //!   offset are fine: only the difference is used;
-//! * an adaptive **margin** (`early`): how long before the predicted arrival the timer fires.
-//!   It doubles (up to half a period) each time the consumer overslept (the frame was already
-//!   there when the timer woke it) and shrinks by 1/16 towards its minimum with each frame seen
-//!   arriving while polling.
+//! * an adaptive **margin** (`early`): how long before the predicted arrival the timer fires:
+//!   the minimum asked for plus twice the timer's average lateness (how long after the planned
+//!   time the sleep really ended, reported through [`Arrivals::woke`]; each report clipped to
+//!   an eighth of a period and averaged over about eight wake-ups), at most just under half a
+//!   period. The margin is the price of the wait: the consumer polls from `due - early` until
+//!   the frame comes, so a machine whose timers fire late costs more polling, never a frame.
 //!
 //! Frame metadata comes from shared memory and may be anything: a timestamp that would put
 //! the arrival in the future or more than [`MAX_BACKDATE_PERIODS`] periods back is ignored,
@@ -141,6 +146,8 @@ pub struct Arrivals {
     period_ns: u64,
     min_early_ns: u64,
     early_ns: u64,
+    /// Average lateness of the timer's wake-ups (ns).
+    late_ns: u64,
     /// `(seq, arrival_ns)` of the last frame whose arrival time is known.
     anchor: Option<(u64, u64)>,
     /// Arrival minus producer timestamp, learned from frames seen while polling.
@@ -165,6 +172,7 @@ impl Arrivals {
             period_ns,
             min_early_ns: early_ns,
             early_ns,
+            late_ns: 0,
             anchor: None,
             lag_ns: None,
             misses: 0,
@@ -196,19 +204,25 @@ impl Arrivals {
         self.misses >= MAX_MISSES
     }
 
+    /// When frame `seq` is due on the schedule, if there is one and it is not stale.
+    fn due(&self, seq: u64) -> Option<u64> {
+        let (anchor_seq, anchor_ns) = self.anchor?;
+        let ahead = seq.wrapping_sub(anchor_seq);
+        (ahead <= MAX_ANCHOR_AGE)
+            .then(|| anchor_ns.saturating_add(ahead.saturating_mul(self.period_ns)))
+    }
+
     /// What to do at `now_ns` to wait for frame `seq`, which is not there yet.
     pub fn plan(&self, seq: u64, now_ns: u64) -> Plan {
-        let Some((anchor_seq, anchor_ns)) = self.anchor else {
+        if self.anchor.is_none() {
             return Plan::Park;
-        };
+        }
         if self.is_irregular() && !seq.is_multiple_of(RETRY_EVERY) {
             return Plan::Park;
         }
-        let ahead = seq.wrapping_sub(anchor_seq);
-        if ahead > MAX_ANCHOR_AGE {
+        let Some(due) = self.due(seq) else {
             return Plan::Park;
-        }
-        let due = anchor_ns.saturating_add(ahead.saturating_mul(self.period_ns));
+        };
         let wake = due.saturating_sub(self.early_ns);
         let poll_until_ns = due.saturating_add(self.early_ns);
         if poll_until_ns <= now_ns {
@@ -228,6 +242,18 @@ impl Arrivals {
         }
     }
 
+    /// The consumer's timer, set for `planned_ns`, woke it at `now_ns`: learns how late the
+    /// timer fires and widens or narrows the margin accordingly.
+    pub fn woke(&mut self, planned_ns: u64, now_ns: u64) {
+        let late = now_ns.saturating_sub(planned_ns).min(self.period_ns / 8);
+        // An average over about eight wake-ups: (7 · old + new) / 8, in integers.
+        self.late_ns = (self.late_ns * 7 + late) / 8;
+        self.early_ns = self
+            .min_early_ns
+            .saturating_add(2 * self.late_ns)
+            .min(self.period_ns / 2 - 1);
+    }
+
     /// The consumer's poll window for a planned frame ended without it: counts a miss (the
     /// consumer then parks).
     pub fn missed(&mut self) {
@@ -241,7 +267,6 @@ impl Arrivals {
             Sighting::Polling => {
                 self.anchor = Some((seq, now_ns));
                 self.misses = 0;
-                self.early_ns = self.min_early_ns.max(self.early_ns - self.early_ns / 16);
                 if timestamp_ns != 0 {
                     let lag = now_ns.wrapping_sub(timestamp_ns) as i64;
                     // Track the smallest lag (the prompt sightings), creeping up slowly so a
@@ -253,11 +278,13 @@ impl Arrivals {
                 }
             }
             Sighting::AfterSleep | Sighting::Late => {
-                if how == Sighting::AfterSleep {
-                    self.early_ns = (self.early_ns.saturating_mul(2)).min(self.period_ns / 2 - 1);
-                }
                 let arrival = self.backdate(timestamp_ns, now_ns).unwrap_or(now_ns);
-                self.anchor = Some((seq, arrival));
+                match self.due(seq) {
+                    // A late frame does not move the schedule (the next one may come on time,
+                    // or at once, as a producer catches up): unless lateness persists.
+                    Some(due) if arrival >= due && !self.is_irregular() => {}
+                    _ => self.anchor = Some((seq, arrival)),
+                }
             }
         }
     }

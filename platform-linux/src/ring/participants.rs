@@ -415,7 +415,16 @@ impl ShmConsumer {
     /// wake-free periodic wait (see [`WaitMode`]). Fails when the period cannot be known (no
     /// period given and a ring whose rate or samples per frame is zero) or the margin is not
     /// shorter than half the period.
+    ///
+    /// The periodic mode also sets the calling thread's timer slack to 1 ns
+    /// (`PR_SET_TIMERSLACK`; the kernel may otherwise defer a normal thread's timer by up to
+    /// 50 µs, which the margin would have to cover with polling): call it on the thread that
+    /// waits. Real-time threads (`SCHED_FIFO`) have no slack anyway.
     pub fn set_wait_mode(&mut self, mode: WaitMode) -> Result<(), PeriodError> {
+        if matches!(mode, WaitMode::Periodic(_)) {
+            // Best effort: without it the wait still works, with a wider margin.
+            let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1));
+        }
         self.arrivals = match mode {
             WaitMode::SpinThenPark => None,
             WaitMode::Periodic(p) => {
@@ -495,7 +504,12 @@ impl ShmConsumer {
                 until_ns,
                 poll_until_ns,
             } => {
-                crate::futex::sleep_until_ns(until_ns.min(deadline_ns));
+                let planned = until_ns.min(deadline_ns);
+                crate::futex::sleep_until_ns(planned);
+                let woke = monotonic_ns();
+                if let Some(a) = self.arrivals.as_mut() {
+                    a.woke(planned, woke);
+                }
                 if self.is_truncated() {
                     return Err(WaitError::Truncated);
                 }
@@ -618,7 +632,7 @@ impl Default for Periodic {
     fn default() -> Self {
         Periodic {
             period: None,
-            early: Duration::from_micros(100),
+            early: Duration::from_micros(20),
         }
     }
 }
