@@ -34,7 +34,7 @@ mod voxring;
 mod wire;
 
 use measure::{SyscallCounter, now_ns, pin_to, process_cpu_ns};
-use peer::{finish_child, inheritable, peer_main, spawn_peer, stop_child, vox_mode};
+use peer::{PeerLink, finish_child, inheritable, peer_main, spawn_peer, stop_child, vox_mode};
 
 /// How long a side waits for its peer before it decides the peer is gone.
 pub(crate) const PEER_TIMEOUT_NS: u64 = 10_000_000_000;
@@ -575,7 +575,12 @@ fn run_process_pair(
     hist: &mut hdrhistogram::Histogram<u64>,
 ) -> anyhow::Result<(u64, ProducerReport)> {
     let spawn = |fds: &[i32], port: Option<u16>| {
-        spawn_peer(t, payload, plan, cpus, tracepoint_id, fds, port, None)
+        let link = PeerLink {
+            fds,
+            port,
+            dir: None,
+        };
+        spawn_peer(t, payload, plan, cpus, tracepoint_id, link)
     };
     // Each arm builds the consumer, starts the producer with its end, and drops the parent's
     // copy of the child's descriptors right after the spawn.
@@ -671,16 +676,11 @@ fn run_process_pair(
             {
                 // The consumer subscribes before the producer exists, so it sees every message.
                 let rx = iox::IoxRx::create(payload)?;
-                let child = spawn_peer(
-                    t,
-                    payload,
-                    plan,
-                    cpus,
-                    tracepoint_id,
-                    &[],
-                    None,
-                    Some(rx.dir()),
-                )?;
+                let link = PeerLink {
+                    dir: Some(rx.dir()),
+                    ..PeerLink::default()
+                };
+                let child = spawn_peer(t, payload, plan, cpus, tracepoint_id, link)?;
                 (Box::new(rx), child)
             }
             #[cfg(not(feature = "iceoryx2"))]

@@ -25,6 +25,10 @@ use super::measure::now_ns;
 use super::{PEER_TIMEOUT_NS, Received, Rx, Tx, wire};
 
 type Ipc = ipc::Service;
+/// The data service: `[u8]` slices.
+type DataService = iceoryx2::service::port_factory::publish_subscribe::PortFactory<Ipc, [u8], ()>;
+/// The acknowledgement service: one `u64`.
+type AckService = iceoryx2::service::port_factory::publish_subscribe::PortFactory<Ipc, u64, ()>;
 
 /// The node of one side, with the run's root path and prefix.
 fn node(dir: &Path) -> anyhow::Result<Node<Ipc>> {
@@ -53,12 +57,7 @@ fn prefix(dir: &Path) -> anyhow::Result<String> {
 }
 
 /// Opens (or creates) the run's two services: data (`[u8]` slices) and acknowledgements.
-fn services(
-    node: &Node<Ipc>,
-) -> anyhow::Result<(
-    iceoryx2::service::port_factory::publish_subscribe::PortFactory<Ipc, [u8], ()>,
-    iceoryx2::service::port_factory::publish_subscribe::PortFactory<Ipc, u64, ()>,
-)> {
+fn services(node: &Node<Ipc>) -> anyhow::Result<(DataService, AckService)> {
     let name = |s: &str| ServiceName::new(s).map_err(|e| anyhow!("{e:?}"));
     let data = node
         .service_builder(&name("voxring/bench-ipc/data")?)

@@ -19,16 +19,24 @@ pub(super) fn inheritable(fd: &OwnedFd) -> anyhow::Result<i32> {
         .context("clearing close-on-exec on a descriptor for the child")
 }
 
+/// How the producer process reaches the consumer: descriptors it inherits, a 127.0.0.1 port,
+/// a directory (iceoryx2's).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct PeerLink<'a> {
+    pub fds: &'a [i32],
+    pub port: Option<u16>,
+    pub dir: Option<&'a std::path::Path>,
+}
+
 pub(super) fn spawn_peer(
     t: Transport,
     payload: usize,
     plan: &Plan,
     cpus: (usize, usize),
     tracepoint_id: Option<u64>,
-    fds: &[i32],
-    port: Option<u16>,
-    dir: Option<&std::path::Path>,
+    link: PeerLink<'_>,
 ) -> anyhow::Result<Child> {
+    let PeerLink { fds, port, dir } = link;
     let exe = std::env::current_exe().context("finding this program to start the producer")?;
     let mut cmd = Command::new(exe);
     cmd.args(["bench", "ipc", "--peer", t.name()])
