@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 mod bindings;
 mod http;
 mod inproc;
+#[cfg(feature = "iceoryx2")]
+mod iox;
 mod measure;
 mod peer;
 mod plot;
@@ -31,8 +33,8 @@ mod stream;
 mod voxring;
 mod wire;
 
-use measure::{SyscallCounter, pin_to, process_cpu_ns};
-use peer::{finish_child, inheritable, peer_main, spawn_peer, stop_child, vox_mode};
+use measure::{SyscallCounter, now_ns, pin_to, process_cpu_ns};
+use peer::{PeerLink, finish_child, inheritable, peer_main, spawn_peer, stop_child, vox_mode};
 
 /// How long a side waits for its peer before it decides the peer is gone.
 pub(crate) const PEER_TIMEOUT_NS: u64 = 10_000_000_000;
@@ -50,6 +52,13 @@ pub enum Transport {
     ShmWait,
     /// The same ring, both sides parking on a futex at once (woken only when parked).
     ShmPark,
+    /// The same ring, the consumer in the wake-free periodic wait (`WaitMode::Periodic`: its own
+    /// timer, a poll window, the futex park only when late); with `--pace-us` (run only when
+    /// named in --transports).
+    ShmPeriodic,
+    /// iceoryx2 publish-subscribe (zero-copy, both sides polling); needs the `iceoryx2` cargo
+    /// feature (run by default only in a build with it).
+    Iceoryx2,
     /// A Unix stream socket pair.
     Uds,
     /// TCP over 127.0.0.1 with TCP_NODELAY.
@@ -90,6 +99,8 @@ impl Transport {
             Transport::ShmSpin => "shm-spin",
             Transport::ShmWait => "shm-wait",
             Transport::ShmPark => "shm-park",
+            Transport::ShmPeriodic => "shm-periodic",
+            Transport::Iceoryx2 => "iceoryx2",
             Transport::Uds => "uds",
             Transport::Tcp => "tcp",
             Transport::Pipe => "pipe",
@@ -128,6 +139,11 @@ pub struct Args {
     /// Producer and consumer CPUs, e.g. `0,1` (default: 0,1 when there are two CPUs).
     #[arg(long, value_delimiter = ',', num_args = 2)]
     cpus: Vec<usize>,
+    /// Pace the producer: one message every N µs on an absolute CLOCK_MONOTONIC schedule (e.g.
+    /// 2667 for 48 kHz / 128), as an audio device's cycle would; the consumer then waits
+    /// between messages. Default: none (the next message follows the acknowledgement).
+    #[arg(long, value_name = "N")]
+    pace_us: Option<u64>,
     /// Write the results as JSON to FILE (`-` for stdout).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -157,6 +173,9 @@ struct PeerArgs {
     count_messages: Option<u64>,
     #[arg(long, hide = true)]
     tracepoint_id: Option<u64>,
+    /// The iceoryx2 transport's directory (its root path and file prefix).
+    #[arg(long, hide = true)]
+    peer_dir: Option<PathBuf>,
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -189,6 +208,8 @@ pub(crate) struct Plan {
     /// Messages after the measured ones whose send path is wrapped in syscall-counter reads
     /// (kept out of the timed messages so the reads do not disturb them).
     pub count_messages: u64,
+    /// The producer sends message `i` at its start plus `(i + 1) · pace_ns` (`--pace-us`).
+    pub pace_ns: Option<u64>,
 }
 
 impl Plan {
@@ -258,6 +279,11 @@ pub struct ResultRow {
     /// Syscalls the producer makes in its send path per message (`null` when not countable).
     pub producer_syscalls_per_msg: Option<f64>,
     pub syscall_count_method: String,
+    /// The consumer's CPU time over the measured messages, per message (part of
+    /// `cpu_ns_per_msg`).
+    pub consumer_cpu_ns_per_msg: f64,
+    /// The producer's pace (`--pace-us`), if any.
+    pub pace_us: Option<u64>,
 }
 
 /// The producer loop (child process, or thread).
@@ -270,7 +296,11 @@ fn produce(
     let mut cpu_ns = 0;
     let mut counted = 0u64;
     let mut own_before = None;
+    let start = now_ns();
     for i in 0..plan.total() {
+        if let Some(pace) = plan.pace_ns {
+            voxring_linux::futex::sleep_until_ns(start + (i + 1) * pace);
+        }
         if i == plan.warmup {
             cpu0 = process_cpu_ns();
         }
@@ -334,6 +364,23 @@ fn consume(
     Ok(cpu_ns)
 }
 
+/// The transports run when none are named: [`Transport::ALL`], with `shm-periodic` when the
+/// producer is paced and `iceoryx2` in a build with that feature.
+fn default_transports(paced: bool) -> Vec<Transport> {
+    let mut all = Transport::ALL.to_vec();
+    let after_park = all
+        .iter()
+        .position(|t| *t == Transport::ShmPark)
+        .map_or(0, |i| i + 1);
+    if cfg!(feature = "iceoryx2") {
+        all.insert(after_park, Transport::Iceoryx2);
+    }
+    if paced {
+        all.insert(after_park, Transport::ShmPeriodic);
+    }
+    all
+}
+
 /// Entry point of `voxring bench ipc`.
 pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(t) = args.peer.peer {
@@ -362,10 +409,19 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     };
     let python = python::find_python();
     let mut transports = if args.transports.is_empty() {
-        Transport::ALL.to_vec()
+        default_transports(args.pace_us.is_some())
     } else {
         args.transports.clone()
     };
+    if transports.contains(&Transport::ShmPeriodic) && args.pace_us.is_none() {
+        bail!(
+            "shm-periodic measures the wake-free wait of a periodic stream: give the producer's \
+             period with --pace-us (e.g. --pace-us 2667 for 48 kHz / 128)"
+        );
+    }
+    if args.pace_us == Some(0) {
+        bail!("--pace-us must be at least 1 (µs between messages)");
+    }
     if python.is_none() {
         if args.transports.contains(&Transport::PythonMparray) {
             bail!(
@@ -416,6 +472,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
                 warmup: args.warmup.unwrap_or((n / 10).max(10)),
                 messages: n,
                 count_messages: n.min(if quick { 100 } else { 1000 }),
+                pace_ns: args.pace_us.map(|us| us * 1000),
             };
             let row = run_one(t, payload, &plan, cpus, tracepoint_id, python.as_deref())
                 .with_context(|| format!("{} at {payload} bytes", t.name()))?;
@@ -502,6 +559,8 @@ fn run_one(
         max_ns: hist.max(),
         mean_ns: hist.mean(),
         cpu_ns_per_msg: (consumer_cpu + report.cpu_ns) as f64 / plan.messages as f64,
+        consumer_cpu_ns_per_msg: consumer_cpu as f64 / plan.messages as f64,
+        pace_us: plan.pace_ns.map(|p| p / 1000),
         producer_syscalls_per_msg: report.syscalls_per_msg,
         syscall_count_method: report.method,
     })
@@ -516,7 +575,12 @@ fn run_process_pair(
     hist: &mut hdrhistogram::Histogram<u64>,
 ) -> anyhow::Result<(u64, ProducerReport)> {
     let spawn = |fds: &[i32], port: Option<u16>| {
-        spawn_peer(t, payload, plan, cpus, tracepoint_id, fds, port)
+        let link = PeerLink {
+            fds,
+            port,
+            dir: None,
+        };
+        spawn_peer(t, payload, plan, cpus, tracepoint_id, link)
     };
     // Each arm builds the consumer, starts the producer with its end, and drops the parent's
     // copy of the child's descriptors right after the spawn.
@@ -527,9 +591,9 @@ fn run_process_pair(
             drop(fd);
             (Box::new(shm::CachelineRx { shared, next: 0 }), child)
         }
-        Transport::ShmSpin | Transport::ShmWait | Transport::ShmPark => {
+        Transport::ShmSpin | Transport::ShmWait | Transport::ShmPark | Transport::ShmPeriodic => {
             // The consumer joins before the producer exists, so it sees every frame.
-            let rx = voxring::VoxRx::create(payload, vox_mode(t))?;
+            let rx = voxring::VoxRx::create(payload, vox_mode(t, plan.pace_ns))?;
             let (mine, theirs) =
                 std::os::unix::net::UnixStream::pair().context("socketpair for the segment")?;
             let theirs = OwnedFd::from(theirs);
@@ -607,24 +671,41 @@ fn run_process_pair(
             let child = spawn(&[], Some(port))?;
             (Box::new(rx), child)
         }
+        Transport::Iceoryx2 => {
+            #[cfg(feature = "iceoryx2")]
+            {
+                // The consumer subscribes before the producer exists, so it sees every message.
+                let rx = iox::IoxRx::create(payload)?;
+                let link = PeerLink {
+                    dir: Some(rx.dir()),
+                    ..PeerLink::default()
+                };
+                let child = spawn_peer(t, payload, plan, cpus, tracepoint_id, link)?;
+                (Box::new(rx), child)
+            }
+            #[cfg(not(feature = "iceoryx2"))]
+            bail!("{}", iceoryx2_missing())
+        }
         Transport::Rtrb
         | Transport::PythonMparray
         | Transport::PythonVoxring
         | Transport::CVoxring => unreachable!("not a process pair"),
     };
     let consumed = consume(rx.as_mut(), plan, hist);
+    // After the producer's exit, so that the iceoryx2 transport can remove every file of its
+    // run (the producer's too).
+    let result = consumed.and_then(|cpu| Ok((cpu, finish_child(&mut child)?)));
+    stop_child(&mut child);
     drop(rx);
-    match consumed {
-        Ok(cpu) => {
-            let report = finish_child(&mut child);
-            stop_child(&mut child);
-            Ok((cpu, report?))
-        }
-        Err(e) => {
-            stop_child(&mut child);
-            Err(e)
-        }
-    }
+    result
+}
+
+/// Why the iceoryx2 transport cannot run in this build, and what to do.
+#[cfg(not(feature = "iceoryx2"))]
+fn iceoryx2_missing() -> &'static str {
+    "this voxring was built without the iceoryx2 transport (it takes minutes to build, so it \
+     is a cargo feature): build with `cargo build --release -p voxring-harness --features \
+     iceoryx2` and run that binary"
 }
 
 /// The results as a text table, one row per transport and payload.
@@ -633,7 +714,7 @@ fn table(rows: &[ResultRow]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<15} {:>9} {:>8} {:>11} {:>11} {:>11} {:>12} {:>12} {:>9}",
+        "{:<15} {:>9} {:>8} {:>11} {:>11} {:>11} {:>12} {:>12} {:>12} {:>9}",
         "transport",
         "payload",
         "messages",
@@ -642,6 +723,7 @@ fn table(rows: &[ResultRow]) -> String {
         "p99.9 ns",
         "max ns",
         "cpu ns/msg",
+        "rx cpu ns",
         "sys/msg"
     );
     for r in rows {
@@ -650,7 +732,7 @@ fn table(rows: &[ResultRow]) -> String {
             .map_or_else(|| "n/a".to_string(), |s| format!("{s:.2}"));
         let _ = writeln!(
             out,
-            "{:<15} {:>9} {:>8} {:>11} {:>11} {:>11} {:>12} {:>12.0} {:>9}",
+            "{:<15} {:>9} {:>8} {:>11} {:>11} {:>11} {:>12} {:>12.0} {:>12.0} {:>9}",
             r.transport,
             r.payload_bytes,
             r.messages,
@@ -659,6 +741,7 @@ fn table(rows: &[ResultRow]) -> String {
             r.p999_ns,
             r.max_ns,
             r.cpu_ns_per_msg,
+            r.consumer_cpu_ns_per_msg,
             sys
         );
     }
@@ -686,6 +769,7 @@ mod tests {
             warmup: 2,
             messages: 3,
             count_messages: 4,
+            pace_ns: None,
         };
         assert_eq!(p.total(), 9);
         let measured: Vec<u64> = (0..p.total()).filter(|&i| p.is_measured(i)).collect();

@@ -1,70 +1,16 @@
 //! loom models of park/wake: a lossless producer and consumers on a one-frame ring, sleeping
 //! through a `Waiter` whenever they cannot proceed.
 //!
-//! The waiter models a futex faithfully enough to catch a skipped wake call: `wait` checks the
-//! word and records the word's wake generation under one lock (the kernel's hash-bucket lock),
-//! then blocks on a condition variable until a `wake` call on that word bumps the generation.
-//! A word that merely changes does not end the sleep. So a waker that moves the word on but
-//! wrongly decides no wake call is needed (core's `SLEEPER` bit, see `voxring_core::wait`)
-//! leaves the sleeper blocked, and loom fails the model (deadlock), as it does for a lost
-//! wake-up.
+//! The waiter is `voxring_loom_tests::futex::FutexModel`, a futex stand-in that catches a
+//! skipped wake call as a deadlock.
 #![cfg(voxring_loom)]
 
 use std::sync::Arc;
 
-use loom::sync::{Condvar, Mutex};
-use voxring_core::{AtomicU32, GrantError, Policy, Producer, ReadError, WaitOutcome, Waiter};
+use voxring_core::{GrantError, Policy, Producer, ReadError};
 use voxring_loom_tests::assert_explored_many;
+use voxring_loom_tests::futex::FutexModel;
 use voxring_loom_tests::ring::new_ring;
-
-/// A futex stand-in: wake generations keyed by the word's address, under one lock.
-struct FutexModel {
-    gens: Mutex<Vec<(usize, u64)>>,
-    cv: Condvar,
-}
-
-impl FutexModel {
-    fn new() -> Arc<Self> {
-        Arc::new(FutexModel {
-            gens: Mutex::new(Vec::new()),
-            cv: Condvar::new(),
-        })
-    }
-}
-
-/// The generation of `word` in `gens` (0 until its first wake).
-fn generation<'a>(gens: &'a mut Vec<(usize, u64)>, word: &AtomicU32) -> &'a mut u64 {
-    let addr = word as *const AtomicU32 as usize;
-    let i = match gens.iter().position(|&(a, _)| a == addr) {
-        Some(i) => i,
-        None => {
-            gens.push((addr, 0));
-            gens.len() - 1
-        }
-    };
-    &mut gens[i].1
-}
-
-impl Waiter for FutexModel {
-    fn wait(&self, word: &AtomicU32, expected: u32, _timeout_ns: Option<u64>) -> WaitOutcome {
-        let mut gens = self.gens.lock().unwrap();
-        // Acquire: pairs with the waker's Release swap or add of the word. Under the lock,
-        // like FUTEX_WAIT's check: a wake that comes after it bumps the generation.
-        if word.load(loom::sync::atomic::Ordering::Acquire) != expected {
-            return WaitOutcome::Ready;
-        }
-        let start = *generation(&mut gens, word);
-        while *generation(&mut gens, word) == start {
-            gens = self.cv.wait(gens).unwrap();
-        }
-        WaitOutcome::Woken
-    }
-
-    fn wake(&self, word: &AtomicU32) {
-        *generation(&mut self.gens.lock().unwrap(), word) += 1;
-        self.cv.notify_all();
-    }
-}
 
 #[test]
 fn parked_sides_are_always_woken() {

@@ -54,6 +54,28 @@ pub fn wake_all(word: &AtomicU32) -> usize {
     wake(word, i32::MAX as u32)
 }
 
+/// Sleeps until `CLOCK_MONOTONIC` reads `deadline_ns` (`clock_nanosleep` with
+/// `TIMER_ABSTIME`): the timer of the periodic wait, which sleeps until just before a frame is
+/// due instead of being woken by its producer. An absolute deadline does not drift with the
+/// time spent before the call; a signal ends the sleep early (the caller re-checks its
+/// condition anyway). A deadline in the past returns at once. Blocking: not for the real-time
+/// path.
+///
+/// ```
+/// let t = voxring_linux::clock::monotonic_ns() + 100_000;
+/// voxring_linux::futex::sleep_until_ns(t);
+/// assert!(voxring_linux::clock::monotonic_ns() >= t);
+/// ```
+pub fn sleep_until_ns(deadline_ns: u64) {
+    let ts = rustix::time::Timespec {
+        tv_sec: (deadline_ns / 1_000_000_000) as i64,
+        tv_nsec: (deadline_ns % 1_000_000_000) as i64,
+    };
+    // EINTR: woken early by a signal; the caller re-checks. No other error is possible for a
+    // valid clock and a normalised timespec.
+    let _ = rustix::thread::clock_nanosleep_absolute(rustix::thread::ClockId::Monotonic, &ts);
+}
+
 /// Spin for a while, then park on the futex.
 ///
 /// Spinning keeps the hand-off sub-microsecond when the producer is about to publish (a wake

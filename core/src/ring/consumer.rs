@@ -3,7 +3,7 @@
 
 use core::marker::PhantomData;
 
-use super::{PopFrameError, ReadError, ReleaseError, Ring};
+use super::{OpenToken, PopFrameError, ReadError, ReleaseError, Ring, TokenRefused};
 use crate::layout::{ConsumerBlock, STATE_FREE, STATE_MASK, SampleFormat, SlotMeta};
 use crate::meta::{FormatMismatch, FrameFlags, FrameMeta, Sample};
 use crate::sync::{Ordering, fence};
@@ -26,9 +26,7 @@ pub struct ReadToken {
     word: u32,
 }
 
-impl ReadToken {
-    span_accessors!();
-}
+span_accessors!(ReadToken);
 
 /// A consumer of a ring: one of up to `max_consumers`, with its own cursor.
 ///
@@ -74,9 +72,7 @@ pub struct Consumer {
     pub(super) cached_write: u64,
     pub(super) lost_total: u64,
     /// The grant handed out as a token ([`Consumer::read_token`]) and not yet released.
-    pub(super) open: Option<ReadToken>,
-    /// Tokens handed out so far (see `Producer::token_seq`).
-    pub(super) token_seq: u64,
+    pub(super) tokens: OpenToken<ReadToken>,
 }
 
 impl Consumer {
@@ -157,30 +153,28 @@ impl Consumer {
     pub fn read_token(&mut self, n: usize) -> Result<ReadToken, ReadError> {
         self.abandon_open_token();
         let (start, len) = self.read_inner(n)?;
-        self.token_seq = self.token_seq.wrapping_add(1);
-        let token = ReadToken {
+        let (ring, index, word) = (self.ring.base.as_ptr() as usize, self.index, self.word);
+        Ok(self.tokens.issue(|id| ReadToken {
             start,
             len,
-            id: self.token_seq,
-            ring: self.ring.base.as_ptr() as usize,
-            index: self.index,
-            word: self.word,
-        };
-        self.open = Some(token);
-        Ok(token)
+            id,
+            ring,
+            index,
+            word,
+        }))
     }
 
     /// Frame `i` of the open grant `token`; `None` when `i >= token.len()` or the token is
     /// not the open grant (stale).
     pub fn token_frame(&self, token: ReadToken, i: usize) -> Option<FrameRef<'_>> {
-        (self.open == Some(token) && i < token.len)
+        (self.tokens.is_open(token) && i < token.len)
             .then(|| FrameRef::new(&self.ring, token.start.wrapping_add(i as u64)))
     }
 
     /// Every frame of the open grant `token`, in order; `None` when the token is stale.
     pub fn token_frames(&self, token: ReadToken) -> Option<impl Iterator<Item = FrameRef<'_>>> {
         let ring = &self.ring;
-        (self.open == Some(token)).then(move || {
+        self.tokens.is_open(token).then(move || {
             (0..token.len as u64).map(move |i| FrameRef::new(ring, token.start.wrapping_add(i)))
         })
     }
@@ -189,24 +183,21 @@ impl Consumer {
     /// does. A stale token is [`ReleaseError::StaleToken`]; `k` over the grant is
     /// [`ReleaseError::TooMany`] and leaves the token open.
     pub fn release_token(&mut self, token: ReadToken, k: usize) -> Result<Wake, ReleaseError> {
-        if self.open != Some(token) {
-            return Err(ReleaseError::StaleToken);
-        }
-        if k > token.len {
-            return Err(ReleaseError::TooMany {
+        let (start, len) = self.tokens.close(token, k).map_err(|e| match e {
+            TokenRefused::Stale => ReleaseError::StaleToken,
+            TokenRefused::TooMany { granted } => ReleaseError::TooMany {
                 release: k,
-                granted: token.len,
-            });
-        }
-        self.open = None;
-        self.release_inner(token.start, token.len, k)
+                granted,
+            },
+        })?;
+        self.release_inner(start, len, k)
     }
 
     /// Abandons the open token grant, if any (releases nothing).
     fn abandon_open_token(&mut self) {
-        if let Some(t) = self.open.take() {
+        if let Some((start, len)) = self.tokens.abandon() {
             // Releasing zero frames only ends loom's access tracking: it cannot fail.
-            let _ = self.release_inner(t.start, t.len, 0);
+            let _ = self.release_inner(start, len, 0);
         }
     }
 
@@ -334,6 +325,26 @@ impl Consumer {
         meta.len = data.len() as u32;
         let wake = g.release_all().map_err(PopFrameError::Release)?;
         Ok((meta, wake))
+    }
+
+    /// The metadata of the next frame to read, if it is committed: a look without a grant
+    /// (nothing is released, no loom access is recorded). For the periodic wait's estimator
+    /// ([`super::periodic`]), which reads the frame's timestamp. `None` when no frame is
+    /// ready, the cursor is corrupt, or (lossy) the slot was overwritten meanwhile. A hint:
+    /// the fields come from shared memory and may be anything a hostile producer wrote.
+    pub fn next_frame_meta(&self) -> Option<FrameMeta> {
+        let ring = self.ring;
+        // Acquire: pairs with the producer's commit store (COMMIT_ORDER).
+        let w = ring.prod().write_pos.load(Ordering::Acquire);
+        let d = w.wrapping_sub(self.read_pos);
+        if d == 0 || d > ring.layout.frames() {
+            return None;
+        }
+        // Acquire: pairs with the producer's Release store of `seq` at commit (lossy).
+        if ring.slot(self.read_pos).seq.load(Ordering::Acquire) != self.read_pos {
+            return None;
+        }
+        Some(FrameRef::new(&ring, self.read_pos).meta())
     }
 
     /// Sleeps through `waiter` until a frame may be ready, at most `timeout_ns`. Makes no

@@ -7,6 +7,21 @@ use crate::region::RegionError;
 #[allow(unused_imports)] // for intra-doc links
 use super::{Consumer, Producer, ReadGrant, Ring, WriteGrant};
 
+/// The message of an error type (what happened, and what to do): its `Display`, from the body
+/// of `fmt` with the error as `$this` and the formatter as `$f`, and its `core::error::Error`.
+macro_rules! describe {
+    ($ty:ident, |$this:ident, $f:ident| $body:block) => {
+        impl core::fmt::Display for $ty {
+            fn fmt(&self, $f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let $this = self;
+                $body
+            }
+        }
+
+        impl core::error::Error for $ty {}
+    };
+}
+
 /// Why [`Ring::create`] refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CreateError {
@@ -28,26 +43,22 @@ pub enum CreateError {
     },
 }
 
-impl core::fmt::Display for CreateError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            CreateError::Layout(e) => write!(f, "cannot create the ring: {e}"),
-            CreateError::NullRegion => {
-                f.write_str("cannot create the ring: the region pointer is null")
-            }
-            CreateError::Misaligned { addr } => write!(
-                f,
-                "cannot create the ring: the region at {addr:#x} is not 128-byte aligned; map it page-aligned (mmap does) or align the static buffer"
-            ),
-            CreateError::TooSmall { needed, got } => write!(
-                f,
-                "cannot create the ring: the region has {got} bytes but the configuration needs {needed}; size it with RingConfig::region_size"
-            ),
+describe!(CreateError, |this, f| {
+    match this {
+        CreateError::Layout(e) => write!(f, "cannot create the ring: {e}"),
+        CreateError::NullRegion => {
+            f.write_str("cannot create the ring: the region pointer is null")
         }
+        CreateError::Misaligned { addr } => write!(
+            f,
+            "cannot create the ring: the region at {addr:#x} is not 128-byte aligned; map it page-aligned (mmap does) or align the static buffer"
+        ),
+        CreateError::TooSmall { needed, got } => write!(
+            f,
+            "cannot create the ring: the region has {got} bytes but the configuration needs {needed}; size it with RingConfig::region_size"
+        ),
     }
-}
-
-impl core::error::Error for CreateError {}
+});
 
 /// Why [`Ring::attach`] refused: the region does not hold a ring this build can use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,46 +107,42 @@ pub enum AttachError {
     },
 }
 
-impl core::fmt::Display for AttachError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            AttachError::NullRegion => f.write_str("cannot attach: the region pointer is null"),
-            AttachError::Misaligned { addr } => write!(
-                f,
-                "cannot attach: the region at {addr:#x} is not 128-byte aligned; map the segment page-aligned"
-            ),
-            AttachError::TooSmall { needed, got } => write!(
-                f,
-                "cannot attach: the region has {got} bytes but the ring needs {needed}; the segment was truncated or is not a ring"
-            ),
-            AttachError::BadMagic { found } => write!(
-                f,
-                "cannot attach: the region starts with {found:#018x}, not the voxring magic; it is not a ring or its creator has not finished; retry or recreate it"
-            ),
-            AttachError::AbiMismatch { found } => write!(
-                f,
-                "cannot attach: the ring has layout version {found} but this build speaks {ABI_VERSION}; rebuild both sides from the same voxring"
-            ),
-            AttachError::BadField { field, found } => write!(
-                f,
-                "cannot attach: header field {field} holds {found}, which no ring can have; the segment is corrupt, recreate it"
-            ),
-            AttachError::Layout(e) => {
-                write!(f, "cannot attach: the header describes a bad layout: {e}")
-            }
-            AttachError::Inconsistent {
-                field,
-                found,
-                expected,
-            } => write!(
-                f,
-                "cannot attach: header field {field} is {found} but the layout implies {expected}; the segment is corrupt or from another build, recreate it"
-            ),
+describe!(AttachError, |this, f| {
+    match this {
+        AttachError::NullRegion => f.write_str("cannot attach: the region pointer is null"),
+        AttachError::Misaligned { addr } => write!(
+            f,
+            "cannot attach: the region at {addr:#x} is not 128-byte aligned; map the segment page-aligned"
+        ),
+        AttachError::TooSmall { needed, got } => write!(
+            f,
+            "cannot attach: the region has {got} bytes but the ring needs {needed}; the segment was truncated or is not a ring"
+        ),
+        AttachError::BadMagic { found } => write!(
+            f,
+            "cannot attach: the region starts with {found:#018x}, not the voxring magic; it is not a ring or its creator has not finished; retry or recreate it"
+        ),
+        AttachError::AbiMismatch { found } => write!(
+            f,
+            "cannot attach: the ring has layout version {found} but this build speaks {ABI_VERSION}; rebuild both sides from the same voxring"
+        ),
+        AttachError::BadField { field, found } => write!(
+            f,
+            "cannot attach: header field {field} holds {found}, which no ring can have; the segment is corrupt, recreate it"
+        ),
+        AttachError::Layout(e) => {
+            write!(f, "cannot attach: the header describes a bad layout: {e}")
         }
+        AttachError::Inconsistent {
+            field,
+            found,
+            expected,
+        } => write!(
+            f,
+            "cannot attach: header field {field} is {found} but the layout implies {expected}; the segment is corrupt or from another build, recreate it"
+        ),
     }
-}
-
-impl core::error::Error for AttachError {}
+});
 
 /// Why [`Ring::producer`] could not claim the producer side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,19 +156,15 @@ pub enum ClaimError {
     },
 }
 
-impl core::fmt::Display for ClaimError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            ClaimError::ZeroOwner => f.write_str("owner token 0 is reserved for 'free': pass a non-zero token (e.g. pid << 32 | generation)"),
-            ClaimError::Taken { owner } => write!(
-                f,
-                "the ring already has a producer (owner {owner:#x}); if that process is dead, evict it with Ring::evict_producer"
-            ),
-        }
+describe!(ClaimError, |this, f| {
+    match this {
+        ClaimError::ZeroOwner => f.write_str("owner token 0 is reserved for 'free': pass a non-zero token (e.g. pid << 32 | generation)"),
+        ClaimError::Taken { owner } => write!(
+            f,
+            "the ring already has a producer (owner {owner:#x}); if that process is dead, evict it with Ring::evict_producer"
+        ),
     }
-}
-
-impl core::error::Error for ClaimError {}
+});
 
 /// Why [`Ring::consumer`] could not join.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,21 +178,17 @@ pub enum JoinError {
     },
 }
 
-impl core::fmt::Display for JoinError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            JoinError::ZeroOwner => {
-                f.write_str("owner token 0 is reserved for 'free': pass a non-zero token")
-            }
-            JoinError::Full { max_consumers } => write!(
-                f,
-                "all {max_consumers} consumer slots are taken; evict dead consumers or create the ring with a larger max_consumers"
-            ),
+describe!(JoinError, |this, f| {
+    match this {
+        JoinError::ZeroOwner => {
+            f.write_str("owner token 0 is reserved for 'free': pass a non-zero token")
         }
+        JoinError::Full { max_consumers } => write!(
+            f,
+            "all {max_consumers} consumer slots are taken; evict dead consumers or create the ring with a larger max_consumers"
+        ),
     }
-}
-
-impl core::error::Error for JoinError {}
+});
 
 /// Why [`Producer::write_grant`] or [`Producer::wait_writable`] failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -207,20 +206,16 @@ pub enum GrantError {
     },
 }
 
-impl core::fmt::Display for GrantError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            GrantError::Full => f.write_str("the ring is full: the slowest consumer has not released any frame; wait (wait_writable) or evict it"),
-            GrantError::Evicted => f.write_str("this producer was evicted and no longer owns the ring; claim it again"),
-            GrantError::CorruptConsumer { index, read_pos } => write!(
-                f,
-                "consumer {index} reports read position {read_pos}, which is impossible; the peer is corrupt: evict it"
-            ),
-        }
+describe!(GrantError, |this, f| {
+    match this {
+        GrantError::Full => f.write_str("the ring is full: the slowest consumer has not released any frame; wait (wait_writable) or evict it"),
+        GrantError::Evicted => f.write_str("this producer was evicted and no longer owns the ring; claim it again"),
+        GrantError::CorruptConsumer { index, read_pos } => write!(
+            f,
+            "consumer {index} reports read position {read_pos}, which is impossible; the peer is corrupt: evict it"
+        ),
     }
-}
-
-impl core::error::Error for GrantError {}
+});
 
 /// Why [`WriteGrant::commit`] failed (nothing was committed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -237,21 +232,17 @@ pub enum CommitError {
     StaleToken,
 }
 
-impl core::fmt::Display for CommitError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            CommitError::TooMany { commit, granted } => write!(
-                f,
-                "cannot commit {commit} frames from a grant of {granted}: nothing was committed"
-            ),
-            CommitError::StaleToken => f.write_str(
-                "this write token is not the open grant (already committed, or replaced by a later grant): nothing was committed; take a new grant",
-            ),
-        }
+describe!(CommitError, |this, f| {
+    match this {
+        CommitError::TooMany { commit, granted } => write!(
+            f,
+            "cannot commit {commit} frames from a grant of {granted}: nothing was committed"
+        ),
+        CommitError::StaleToken => f.write_str(
+            "this write token is not the open grant (already committed, or replaced by a later grant): nothing was committed; take a new grant",
+        ),
     }
-}
-
-impl core::error::Error for CommitError {}
+});
 
 /// Why [`Consumer::read_grant`] or [`Consumer::wait_readable`] returned no frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -275,28 +266,20 @@ pub enum ReadError {
     },
 }
 
-impl core::fmt::Display for ReadError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            ReadError::Empty => {
-                f.write_str("no frame ready yet; wait (wait_readable) and read again")
-            }
-            ReadError::Lost { frames } => write!(
-                f,
-                "this consumer fell a whole ring behind and lost {frames} frames; it was resynced, read again"
-            ),
-            ReadError::Evicted => {
-                f.write_str("this consumer was evicted (judged dead); join again")
-            }
-            ReadError::Corrupt { pos, found } => write!(
-                f,
-                "reading frame {pos}: the ring holds {found} where that is impossible; the producer is corrupt, recreate the ring"
-            ),
-        }
+describe!(ReadError, |this, f| {
+    match this {
+        ReadError::Empty => f.write_str("no frame ready yet; wait (wait_readable) and read again"),
+        ReadError::Lost { frames } => write!(
+            f,
+            "this consumer fell a whole ring behind and lost {frames} frames; it was resynced, read again"
+        ),
+        ReadError::Evicted => f.write_str("this consumer was evicted (judged dead); join again"),
+        ReadError::Corrupt { pos, found } => write!(
+            f,
+            "reading frame {pos}: the ring holds {found} where that is impossible; the producer is corrupt, recreate the ring"
+        ),
     }
-}
-
-impl core::error::Error for ReadError {}
+});
 
 /// Why [`ReadGrant::release`] failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -323,28 +306,24 @@ pub enum ReleaseError {
     StaleToken,
 }
 
-impl core::fmt::Display for ReleaseError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            ReleaseError::TooMany { release, granted } => write!(
-                f,
-                "cannot release {release} frames from a grant of {granted}: nothing was released"
-            ),
-            ReleaseError::Overwritten { frames } => write!(
-                f,
-                "{frames} frames were overwritten by the producer while being read: discard their data (the consumer is too slow for the lossy ring)"
-            ),
-            ReleaseError::Evicted => f.write_str(
-                "this consumer was evicted while reading: discard the data and join again",
-            ),
-            ReleaseError::StaleToken => f.write_str(
-                "this read token is not the open grant (already released, or replaced by a later grant): nothing was released; take a new grant",
-            ),
-        }
+describe!(ReleaseError, |this, f| {
+    match this {
+        ReleaseError::TooMany { release, granted } => write!(
+            f,
+            "cannot release {release} frames from a grant of {granted}: nothing was released"
+        ),
+        ReleaseError::Overwritten { frames } => write!(
+            f,
+            "{frames} frames were overwritten by the producer while being read: discard their data (the consumer is too slow for the lossy ring)"
+        ),
+        ReleaseError::Evicted => f.write_str(
+            "this consumer was evicted while reading: discard the data and join again",
+        ),
+        ReleaseError::StaleToken => f.write_str(
+            "this read token is not the open grant (already released, or replaced by a later grant): nothing was released; take a new grant",
+        ),
     }
-}
-
-impl core::error::Error for ReleaseError {}
+});
 
 /// Why [`Ring::evict`] or [`Ring::evict_producer`] did nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -367,26 +346,22 @@ pub enum EvictError {
     Raced,
 }
 
-impl core::fmt::Display for EvictError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            EvictError::OutOfRange {
-                index,
-                max_consumers,
-            } => write!(f, "no consumer slot {index}: the ring has {max_consumers}"),
-            EvictError::NotMember => f.write_str("nothing to evict: the slot is free already"),
-            EvictError::OwnerMismatch { found } => write!(
-                f,
-                "not evicted: the slot now belongs to owner {found:#x}, not the one judged dead"
-            ),
-            EvictError::Raced => {
-                f.write_str("not evicted: the slot changed state meanwhile; check its owner again")
-            }
+describe!(EvictError, |this, f| {
+    match this {
+        EvictError::OutOfRange {
+            index,
+            max_consumers,
+        } => write!(f, "no consumer slot {index}: the ring has {max_consumers}"),
+        EvictError::NotMember => f.write_str("nothing to evict: the slot is free already"),
+        EvictError::OwnerMismatch { found } => write!(
+            f,
+            "not evicted: the slot now belongs to owner {found:#x}, not the one judged dead"
+        ),
+        EvictError::Raced => {
+            f.write_str("not evicted: the slot changed state meanwhile; check its owner again")
         }
     }
-}
-
-impl core::error::Error for EvictError {}
+});
 
 /// Why [`Producer::push`] wrote nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -408,19 +383,15 @@ impl From<GrantError> for PushFrameError {
     }
 }
 
-impl core::fmt::Display for PushFrameError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            PushFrameError::TooLong { len, capacity } => write!(
-                f,
-                "cannot push {len} bytes: a frame holds {capacity}; split the data or create the ring with larger frames"
-            ),
-            PushFrameError::Grant(e) => write!(f, "cannot push: {e}"),
-        }
+describe!(PushFrameError, |this, f| {
+    match this {
+        PushFrameError::TooLong { len, capacity } => write!(
+            f,
+            "cannot push {len} bytes: a frame holds {capacity}; split the data or create the ring with larger frames"
+        ),
+        PushFrameError::Grant(e) => write!(f, "cannot push: {e}"),
     }
-}
-
-impl core::error::Error for PushFrameError {}
+});
 
 /// Why [`Consumer::pop`] returned no frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -445,20 +416,16 @@ impl From<ReadError> for PopFrameError {
     }
 }
 
-impl core::fmt::Display for PopFrameError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            PopFrameError::Read(e) => write!(f, "cannot pop: {e}"),
-            PopFrameError::Release(e) => write!(f, "popped frame is invalid: {e}"),
-            PopFrameError::BufferTooSmall { needed, got } => write!(
-                f,
-                "cannot pop: the frame holds {needed} bytes but the buffer has {got}; pass a buffer of Ring::payload_bytes()"
-            ),
-        }
+describe!(PopFrameError, |this, f| {
+    match this {
+        PopFrameError::Read(e) => write!(f, "cannot pop: {e}"),
+        PopFrameError::Release(e) => write!(f, "popped frame is invalid: {e}"),
+        PopFrameError::BufferTooSmall { needed, got } => write!(
+            f,
+            "cannot pop: the frame holds {needed} bytes but the buffer has {got}; pass a buffer of Ring::payload_bytes()"
+        ),
     }
-}
-
-impl core::error::Error for PopFrameError {}
+});
 
 impl From<CreateError> for RegionError {
     fn from(e: CreateError) -> Self {

@@ -56,8 +56,20 @@ use crate::sync::{Ordering, fence};
 use crate::wait::{SLEEPER, Wake};
 
 /// `len`, `is_empty` and `first_seq` of a grant or a token (a type with `start` and `len`
-/// fields).
+/// fields): `span_accessors!()` inside its `impl`; for a token, `span_accessors!(Token)` at
+/// item level also implements [`TokenSpan`] for it.
 macro_rules! span_accessors {
+    ($token:ident) => {
+        impl super::TokenSpan for $token {
+            fn span(&self) -> (u64, usize) {
+                (self.start, self.len)
+            }
+        }
+
+        impl $token {
+            span_accessors!();
+        }
+    };
     () => {
         /// Frames granted.
         pub fn len(&self) -> usize {
@@ -76,8 +88,72 @@ macro_rules! span_accessors {
     };
 }
 
+/// A token's span: its first position and its length.
+pub(crate) trait TokenSpan: Copy + PartialEq {
+    fn span(&self) -> (u64, usize);
+}
+
+/// Why [`OpenToken::close`] refused a token.
+pub(crate) enum TokenRefused {
+    /// Not the open grant (finished already, replaced, or another side's).
+    Stale,
+    /// More frames than the grant holds; the token stays open.
+    TooMany { granted: usize },
+}
+
+/// The by-value grant a side has handed out and not finished, and the numbering of its tokens:
+/// the bookkeeping [`Producer`] and [`Consumer`] share for the bindings' token API.
+#[derive(Debug)]
+pub(crate) struct OpenToken<T> {
+    open: Option<T>,
+    /// Tokens handed out so far: each carries its number, so a stale copy never matches a
+    /// later grant at the same position.
+    issued: u64,
+}
+
+impl<T: TokenSpan> OpenToken<T> {
+    pub(crate) const fn new() -> Self {
+        OpenToken {
+            open: None,
+            issued: 0,
+        }
+    }
+
+    /// Numbers a new token (`make` gets its number), makes it the open grant, returns it.
+    pub(crate) fn issue(&mut self, make: impl FnOnce(u64) -> T) -> T {
+        self.issued = self.issued.wrapping_add(1);
+        let token = make(self.issued);
+        self.open = Some(token);
+        token
+    }
+
+    /// Whether `token` is the open grant.
+    pub(crate) fn is_open(&self, token: T) -> bool {
+        self.open == Some(token)
+    }
+
+    /// Closes the open grant `token` to finish `k` of its frames: its span, or why not.
+    pub(crate) fn close(&mut self, token: T, k: usize) -> Result<(u64, usize), TokenRefused> {
+        if !self.is_open(token) {
+            return Err(TokenRefused::Stale);
+        }
+        let (start, len) = token.span();
+        if k > len {
+            return Err(TokenRefused::TooMany { granted: len });
+        }
+        self.open = None;
+        Ok((start, len))
+    }
+
+    /// Closes the open grant, if any, finishing nothing: its span.
+    pub(crate) fn abandon(&mut self) -> Option<(u64, usize)> {
+        self.open.take().map(|t| t.span())
+    }
+}
+
 mod consumer;
 mod error;
+pub mod periodic;
 mod producer;
 
 pub use consumer::{Consumer, FrameRef, ReadGrant, ReadToken};
@@ -409,8 +485,7 @@ impl Ring {
             write_pos,
             limit: write_pos,
             data_word,
-            open: None,
-            token_seq: 0,
+            tokens: OpenToken::new(),
         })
     }
 
@@ -464,8 +539,7 @@ impl Ring {
                 read_pos: w1,
                 cached_write: w1,
                 lost_total: 0,
-                open: None,
-                token_seq: 0,
+                tokens: OpenToken::new(),
             });
         }
         Err(JoinError::Full {

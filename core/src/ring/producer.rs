@@ -3,7 +3,7 @@
 
 use core::marker::PhantomData;
 
-use super::{COMMIT_ORDER, CommitError, GrantError, PushFrameError, Ring};
+use super::{COMMIT_ORDER, CommitError, GrantError, OpenToken, PushFrameError, Ring, TokenRefused};
 use crate::layout::{SEQ_WRITING, STATE_ACTIVE, STATE_MASK, SampleFormat, SlotMeta};
 use crate::meta::{FormatMismatch, FrameFlags, LenError, Sample};
 use crate::sync::{Ordering, fence};
@@ -49,10 +49,7 @@ pub struct Producer {
     /// whatever a peer wrote there, so a forged word costs at most one wake per commit.
     pub(super) data_word: u32,
     /// The grant handed out as a token ([`Producer::grant_token`]) and not yet committed.
-    pub(super) open: Option<WriteToken>,
-    /// Tokens handed out so far: each token carries its number, so a stale copy never
-    /// matches a later grant at the same position.
-    pub(super) token_seq: u64,
+    pub(super) tokens: OpenToken<WriteToken>,
 }
 
 /// A write grant held by value: for bindings that keep a grant between calls (the C ABI,
@@ -104,9 +101,7 @@ pub struct WriteToken {
     owner: u64,
 }
 
-impl WriteToken {
-    span_accessors!();
-}
+span_accessors!(WriteToken);
 
 impl Producer {
     /// The ring this producer writes.
@@ -141,22 +136,20 @@ impl Producer {
     pub fn grant_token(&mut self, n: usize) -> Result<WriteToken, GrantError> {
         self.abandon_open_token();
         let (start, len) = self.grant_inner(n)?;
-        self.token_seq = self.token_seq.wrapping_add(1);
-        let token = WriteToken {
+        let (ring, owner) = (self.ring.base.as_ptr() as usize, self.owner);
+        Ok(self.tokens.issue(|id| WriteToken {
             start,
             len,
-            id: self.token_seq,
-            ring: self.ring.base.as_ptr() as usize,
-            owner: self.owner,
-        };
-        self.open = Some(token);
-        Ok(token)
+            id,
+            ring,
+            owner,
+        }))
     }
 
     /// Frame `i` of the open grant `token`; `None` when `i >= token.len()` or the token is
     /// not the open grant (stale).
     pub fn token_frame_mut(&mut self, token: WriteToken, i: usize) -> Option<FrameMut<'_>> {
-        if self.open != Some(token) || i >= token.len {
+        if !self.tokens.is_open(token) || i >= token.len {
             return None;
         }
         // SAFETY: `token` is the open grant (checked), `i < len <= capacity`, so the slot is
@@ -167,7 +160,7 @@ impl Producer {
 
     /// Every frame of the open grant `token`, in order; `None` when the token is stale.
     pub fn token_frames_mut(&mut self, token: WriteToken) -> Option<FramesMut<'_>> {
-        (self.open == Some(token)).then(|| FramesMut {
+        self.tokens.is_open(token).then(|| FramesMut {
             ring: &self.ring,
             next: token.start,
             end: token.start.wrapping_add(token.len as u64),
@@ -179,24 +172,18 @@ impl Producer {
     /// [`WriteGrant::commit`] does. A stale token is [`CommitError::StaleToken`]; `k` over
     /// the grant is [`CommitError::TooMany`] and leaves the token open.
     pub fn commit_token(&mut self, token: WriteToken, k: usize) -> Result<Wake, CommitError> {
-        if self.open != Some(token) {
-            return Err(CommitError::StaleToken);
-        }
-        if k > token.len {
-            return Err(CommitError::TooMany {
-                commit: k,
-                granted: token.len,
-            });
-        }
-        self.open = None;
-        Ok(self.commit_inner(token.start, token.len, k))
+        let (start, len) = self.tokens.close(token, k).map_err(|e| match e {
+            TokenRefused::Stale => CommitError::StaleToken,
+            TokenRefused::TooMany { granted } => CommitError::TooMany { commit: k, granted },
+        })?;
+        Ok(self.commit_inner(start, len, k))
     }
 
     /// Abandons the open token grant, if any (commits nothing).
     fn abandon_open_token(&mut self) {
-        if let Some(t) = self.open.take() {
+        if let Some((start, len)) = self.tokens.abandon() {
             // Committing zero frames wakes nobody: the Wake is always empty.
-            let _ = self.commit_inner(t.start, t.len, 0);
+            let _ = self.commit_inner(start, len, 0);
         }
     }
 

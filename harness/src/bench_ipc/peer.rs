@@ -19,15 +19,24 @@ pub(super) fn inheritable(fd: &OwnedFd) -> anyhow::Result<i32> {
         .context("clearing close-on-exec on a descriptor for the child")
 }
 
+/// How the producer process reaches the consumer: descriptors it inherits, a 127.0.0.1 port,
+/// a directory (iceoryx2's).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct PeerLink<'a> {
+    pub fds: &'a [i32],
+    pub port: Option<u16>,
+    pub dir: Option<&'a std::path::Path>,
+}
+
 pub(super) fn spawn_peer(
     t: Transport,
     payload: usize,
     plan: &Plan,
     cpus: (usize, usize),
     tracepoint_id: Option<u64>,
-    fds: &[i32],
-    port: Option<u16>,
+    link: PeerLink<'_>,
 ) -> anyhow::Result<Child> {
+    let PeerLink { fds, port, dir } = link;
     let exe = std::env::current_exe().context("finding this program to start the producer")?;
     let mut cmd = Command::new(exe);
     cmd.args(["bench", "ipc", "--peer", t.name()])
@@ -47,6 +56,12 @@ pub(super) fn spawn_peer(
     }
     if let Some(p) = port {
         cmd.arg("--peer-port").arg(p.to_string());
+    }
+    if let Some(pace) = plan.pace_ns {
+        cmd.arg("--pace-us").arg((pace / 1000).to_string());
+    }
+    if let Some(d) = dir {
+        cmd.arg("--peer-dir").arg(d);
     }
     if let Some(id) = tracepoint_id {
         cmd.arg("--tracepoint-id").arg(id.to_string());
@@ -144,10 +159,14 @@ pub(super) fn finish_child(child: &mut Child) -> anyhow::Result<ProducerReport> 
     serde_json::from_str(line).context("parsing the producer's report")
 }
 
-pub(super) fn vox_mode(t: Transport) -> voxring::Mode {
-    match t {
-        Transport::ShmWait => voxring::Mode::Wait,
-        Transport::ShmPark => voxring::Mode::Park,
+/// How the voxring transport `t` waits; `pace_ns` is the producer's period (`--pace-us`).
+pub(super) fn vox_mode(t: Transport, pace_ns: Option<u64>) -> voxring::Mode {
+    match (t, pace_ns) {
+        (Transport::ShmWait, _) => voxring::Mode::Wait,
+        (Transport::ShmPark, _) => voxring::Mode::Park,
+        (Transport::ShmPeriodic, Some(period_ns)) => voxring::Mode::Periodic { period_ns },
+        // Without a pace (refused earlier), the periodic consumer's waits are shm-wait's.
+        (Transport::ShmPeriodic, None) => voxring::Mode::Wait,
         _ => voxring::Mode::Spin,
     }
 }
@@ -170,6 +189,7 @@ pub(super) fn peer_main(t: Transport, args: &Args) -> anyhow::Result<()> {
         warmup: args.warmup.unwrap_or(0),
         messages: args.messages.context("--peer needs --messages")?,
         count_messages: args.peer.count_messages.unwrap_or(0),
+        pace_ns: args.pace_us.map(|us| us * 1000),
     };
     if let Some(cpu) = args.peer.peer_cpu {
         pin_to(cpu)?;
@@ -180,10 +200,19 @@ pub(super) fn peer_main(t: Transport, args: &Args) -> anyhow::Result<()> {
             let shared = shm::Shared::attach(fd, shm::mapping_len())?;
             Box::new(shm::CachelineTx { shared })
         }
-        Transport::ShmSpin | Transport::ShmWait | Transport::ShmPark => {
+        Transport::ShmSpin | Transport::ShmWait | Transport::ShmPark | Transport::ShmPeriodic => {
             let socket =
                 std::os::unix::net::UnixStream::from(inherited_fd(&args.peer.peer_fds, 0)?);
-            Box::new(voxring::VoxTx::receive(&socket, payload, vox_mode(t))?)
+            let mode = vox_mode(t, plan.pace_ns);
+            Box::new(voxring::VoxTx::receive(&socket, payload, mode)?)
+        }
+        #[cfg(feature = "iceoryx2")]
+        Transport::Iceoryx2 => {
+            let dir = args.peer.peer_dir.as_deref();
+            Box::new(super::iox::IoxTx::open(
+                dir.context("--peer iceoryx2 needs --peer-dir")?,
+                payload,
+            )?)
         }
         Transport::Uds => {
             let s = std::os::unix::net::UnixStream::from(inherited_fd(&args.peer.peer_fds, 0)?);
@@ -215,6 +244,8 @@ pub(super) fn peer_main(t: Transport, args: &Args) -> anyhow::Result<()> {
                 .context("--peer http needs --peer-port")?;
             Box::new(http::HttpTx::new(port, payload))
         }
+        #[cfg(not(feature = "iceoryx2"))]
+        Transport::Iceoryx2 => bail!("this build has no iceoryx2 transport"),
         Transport::Rtrb
         | Transport::PythonMparray
         | Transport::PythonVoxring

@@ -12,6 +12,10 @@
 //! - `shm-wait`: voxring-linux's blocking waits (`wait_for_frames`, `wait_for_space`) with the
 //!   default `FutexWaiter` (spin 50 µs, then park).
 //! - `shm-park`: the same waits with spin 0: every hand-off is a futex wake-up of a parked peer.
+//! - `shm-periodic` (with `--pace-us`): the consumer in the wake-free periodic wait
+//!   (`WaitMode::Periodic` with the pace as its period): it sleeps on its own timer until just
+//!   before the next frame is due and polls, so the producer's commit wakes nobody; the
+//!   producer waits for the acknowledgement as in `shm-wait`.
 
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
@@ -19,7 +23,9 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use voxring_core::{Policy, RingConfig, SampleFormat};
 use voxring_linux::mapping::MapOptions;
-use voxring_linux::ring::{FramesWait, Segment, ShmConsumer, ShmProducer, SpaceWait};
+use voxring_linux::ring::{
+    FramesWait, Periodic, Segment, ShmConsumer, ShmProducer, SpaceWait, WaitMode,
+};
 
 use super::measure::now_ns;
 use super::{PEER_TIMEOUT_NS, Received, Rx, Tx};
@@ -33,6 +39,11 @@ pub enum Mode {
     Wait,
     /// voxring-linux's waits, parking at once.
     Park,
+    /// The consumer in the periodic wait for frames every `period_ns`; the producer as `Wait`.
+    Periodic {
+        /// The producer's pace.
+        period_ns: u64,
+    },
 }
 
 impl Mode {
@@ -40,7 +51,9 @@ impl Mode {
     fn spin(self) -> Option<Duration> {
         match self {
             Mode::Spin => None,
-            Mode::Wait => Some(voxring_linux::futex::FutexWaiter::default().spin),
+            Mode::Wait | Mode::Periodic { .. } => {
+                Some(voxring_linux::futex::FutexWaiter::default().spin)
+            }
             Mode::Park => Some(Duration::ZERO),
         }
     }
@@ -112,6 +125,13 @@ impl VoxRx {
             .map_err(|e| anyhow!("joining the benchmark ring as its consumer: {e}"))?;
         if let Some(spin) = mode.spin() {
             rx.set_spin(spin);
+        }
+        if let Mode::Periodic { period_ns } = mode {
+            rx.set_wait_mode(WaitMode::Periodic(Periodic {
+                period: Some(Duration::from_nanos(period_ns)),
+                ..Periodic::default()
+            }))
+            .map_err(|e| anyhow!("the periodic wait: {e}"))?;
         }
         Ok(Self {
             segment,

@@ -56,7 +56,8 @@ mod participants;
 
 pub use inventory::{ParticipantInfo, RingInfo, SegmentInfo, list_segments};
 pub use participants::{
-    DEFAULT_LIVENESS_INTERVAL, FramesWait, ShmConsumer, ShmProducer, SpaceWait, WaitError,
+    DEFAULT_LIVENESS_INTERVAL, FramesWait, Periodic, ShmConsumer, ShmProducer, SpaceWait,
+    WaitError, WaitMode,
 };
 
 /// What `create_with` calls on a fresh mapping: here, creating the ring in it.

@@ -6,8 +6,10 @@ use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use voxring_core::WaitOutcome;
+use voxring_core::ring::periodic::{Arrivals, PeriodError, Plan, Sighting};
 
 use super::{ParticipantError, PeerState, Segment};
+use crate::clock::monotonic_ns;
 use crate::futex::FutexWaiter;
 use crate::liveness;
 
@@ -66,6 +68,7 @@ impl Segment {
             consumer: std::mem::ManuallyDrop::new(consumer),
             part,
             seen_producer,
+            arrivals: None,
         })
     }
 }
@@ -384,6 +387,8 @@ pub struct ShmConsumer {
     /// Whether a producer was ever seen: alive at a check, or frames committed since joining.
     seen_producer: bool,
     joined_at: u64,
+    /// The periodic wait's estimator, when that mode is on ([`ShmConsumer::set_wait_mode`]).
+    arrivals: Option<Arrivals>,
 }
 
 impl ShmConsumer {
@@ -406,22 +411,60 @@ impl ShmConsumer {
         self.part.segment.is_truncated()
     }
 
-    /// Waits until a frame may be ready, at most `timeout`: first spins (the waiter's `spin`)
-    /// without announcing itself, so a producer committing meanwhile makes no wake syscall,
-    /// then parks on the futex. Every liveness
+    /// Sets how [`ShmConsumer::wait_for_frames`] waits: spin then park (the default), or the
+    /// wake-free periodic wait (see [`WaitMode`]). Fails when the period cannot be known (no
+    /// period given and a ring whose rate or samples per frame is zero) or the margin is not
+    /// shorter than half the period.
+    ///
+    /// The periodic mode also sets the calling thread's timer slack to 1 ns
+    /// (`PR_SET_TIMERSLACK`; the kernel may otherwise defer a normal thread's timer by up to
+    /// 50 µs, which the margin would have to cover with polling): call it on the thread that
+    /// waits. Real-time threads (`SCHED_FIFO`) have no slack anyway.
+    pub fn set_wait_mode(&mut self, mode: WaitMode) -> Result<(), PeriodError> {
+        if matches!(mode, WaitMode::Periodic(_)) {
+            // Best effort: without it the wait still works, with a wider margin.
+            let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1));
+        }
+        self.arrivals = match mode {
+            WaitMode::SpinThenPark => None,
+            WaitMode::Periodic(p) => {
+                let early = p.early.as_nanos().min(u128::from(u64::MAX)) as u64;
+                Some(match p.period {
+                    Some(period) => Arrivals::new(period.as_nanos() as u64, early)?,
+                    None => Arrivals::for_ring(&self.part.segment.config(), early)?,
+                })
+            }
+        };
+        Ok(())
+    }
+
+    /// The periodic wait's estimator, when that mode is on (for monitoring: its margin, and
+    /// whether it judged the stream irregular).
+    pub fn arrivals(&self) -> Option<&Arrivals> {
+        self.arrivals.as_ref()
+    }
+
+    /// Waits until a frame may be ready, at most `timeout`. In the default mode it first spins
+    /// (the waiter's `spin`) without announcing itself, so a producer committing meanwhile
+    /// makes no wake syscall, then parks on the futex; in the periodic mode it sleeps on its
+    /// own timer until just before the frame is due and polls (see [`WaitMode::Periodic`]),
+    /// parking only when the frame is late. Every liveness
     /// interval it checks the producer: once a producer was seen and is now gone with every
     /// committed frame read, it returns [`FramesWait::EndOfStream`] instead of hanging. It also
     /// checks the segment ([`Segment::check_health`]) then: a truncated segment gives
     /// [`WaitError::Truncated`], one whose header was overwritten (its producer unlinked and
     /// zeroed it, say, while keeping it open) gives [`WaitError::Abandoned`].
     pub fn wait_for_frames(&mut self, timeout: Option<Duration>) -> Result<FramesWait, WaitError> {
+        if self.arrivals.is_some() {
+            return self.wait_periodic(timeout);
+        }
         // Spin first, before core announces this consumer as parked: a producer committing
         // during the spin sees nobody parked and makes no wake syscall.
         let (deadline, spin) = self.part.wait_bounds(timeout);
         let probe = || {
             if self.is_truncated() {
                 Some(Err(WaitError::Truncated))
-            } else if self.part.segment.ring().write_pos() != self.consumer.read_pos() {
+            } else if self.frame_ready() {
                 Some(Ok(FramesWait::Ready))
             } else {
                 None
@@ -430,6 +473,92 @@ impl ShmConsumer {
         if let Some(done) = spin_for(spin, 64, probe) {
             return done;
         }
+        self.park_for_frames(deadline)
+    }
+
+    /// Whether the next frame is committed (one Acquire load of the write position).
+    fn frame_ready(&self) -> bool {
+        self.part.segment.ring().write_pos() != self.consumer.read_pos()
+    }
+
+    /// The periodic wait: timer, poll window, and the park as fall-back (see [`WaitMode`]).
+    fn wait_periodic(&mut self, timeout: Option<Duration>) -> Result<FramesWait, WaitError> {
+        let start_ns = monotonic_ns();
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline_ns = timeout.map_or(u64::MAX, |t| {
+            start_ns.saturating_add(t.as_nanos().min(u128::from(u64::MAX)) as u64)
+        });
+        if self.is_truncated() {
+            return Err(WaitError::Truncated);
+        }
+        if self.frame_ready() {
+            // Already there (a backlog, or a late call): it arrived at some earlier time.
+            self.sighted(Sighting::Late);
+            return Ok(FramesWait::Ready);
+        }
+        let Some(arrivals) = self.arrivals else {
+            return self.park_for_frames(deadline);
+        };
+        let poll_until = match arrivals.plan(self.consumer.read_pos(), start_ns) {
+            Plan::Sleep {
+                until_ns,
+                poll_until_ns,
+            } => {
+                let planned = until_ns.min(deadline_ns);
+                crate::futex::sleep_until_ns(planned);
+                let woke = monotonic_ns();
+                if let Some(a) = self.arrivals.as_mut() {
+                    a.woke(planned, woke);
+                }
+                if self.is_truncated() {
+                    return Err(WaitError::Truncated);
+                }
+                if self.frame_ready() {
+                    self.sighted(Sighting::AfterSleep);
+                    return Ok(FramesWait::Ready);
+                }
+                Some(poll_until_ns)
+            }
+            Plan::Poll { poll_until_ns } => Some(poll_until_ns),
+            Plan::Park => None,
+        };
+        if let Some(until) = poll_until {
+            // Poll without announcing: a commit now sees nobody parked and makes no syscall.
+            let until = until.min(deadline_ns);
+            let mut i: u32 = 0;
+            loop {
+                if self.frame_ready() {
+                    self.sighted(Sighting::Polling);
+                    return Ok(FramesWait::Ready);
+                }
+                i = i.wrapping_add(1);
+                if i.is_multiple_of(16) && monotonic_ns() >= until {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            if let Some(a) = self.arrivals.as_mut() {
+                a.missed();
+            }
+        }
+        let waited = self.park_for_frames(deadline)?;
+        if waited == FramesWait::Ready {
+            self.sighted(Sighting::Late);
+        }
+        Ok(waited)
+    }
+
+    /// Feeds the periodic estimator the next frame's timestamp, seen now as `how` says.
+    fn sighted(&mut self, how: Sighting) {
+        let now = monotonic_ns();
+        if let (Some(a), Some(m)) = (self.arrivals.as_mut(), self.consumer.next_frame_meta()) {
+            a.observe(m.seq, m.timestamp_ns, now, how);
+        }
+    }
+
+    /// Parks on the futex in liveness-interval slices until a frame is ready, the producer is
+    /// gone, the segment is damaged, or `deadline` passes.
+    fn park_for_frames(&mut self, deadline: Option<Instant>) -> Result<FramesWait, WaitError> {
         let park = FutexWaiter::new(Duration::ZERO);
         loop {
             if self.is_truncated() {
@@ -444,7 +573,7 @@ impl ShmConsumer {
                 .map_err(WaitError::Read)?
             {
                 WaitOutcome::Ready | WaitOutcome::Woken => {
-                    if self.part.segment.ring().write_pos() != self.consumer.read_pos() {
+                    if self.frame_ready() {
                         return Ok(FramesWait::Ready);
                     }
                 }
@@ -460,12 +589,50 @@ impl ShmConsumer {
                 PeerState::Alive => self.seen_producer = true,
                 PeerState::Absent if !self.seen_producer => {}
                 PeerState::Absent | PeerState::Dead => {
-                    if self.part.segment.ring().write_pos() != self.consumer.read_pos() {
+                    if self.frame_ready() {
                         return Ok(FramesWait::Ready);
                     }
                     return Ok(FramesWait::EndOfStream);
                 }
             }
+        }
+    }
+}
+
+/// How [`ShmConsumer::wait_for_frames`] waits ([`ShmConsumer::set_wait_mode`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WaitMode {
+    /// Spin for the waiter's `spin`, then park on the futex; the producer's commit wakes a
+    /// parked consumer (one futex syscall per commit while a consumer is parked).
+    #[default]
+    SpinThenPark,
+    /// The wake-free wait for a periodic stream (an audio device's cycle): sleep on an absolute
+    /// `CLOCK_MONOTONIC` timer until just before the next frame is due, poll for a short window
+    /// around that time, and park on the futex only when the frame is late (an irregular
+    /// stream, a miss). While it sleeps or polls the consumer has not announced itself, so the
+    /// producer's commit makes **no syscall**. The due time comes from the frames' timestamps
+    /// and the arrivals seen ([`voxring_core::ring::periodic`]). docs/wake-free.md has the
+    /// protocol and the measurements.
+    Periodic(Periodic),
+}
+
+/// The settings of [`WaitMode::Periodic`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Periodic {
+    /// The frame period; `None`: one frame of the ring's `samples_per_frame` at its
+    /// `sample_rate`.
+    pub period: Option<Duration>,
+    /// How long before a frame is due the timer fires, at least (the margin grows by itself
+    /// when the timer wakes the consumer late, up to half a period). The poll window is this
+    /// long on each side of the due time.
+    pub early: Duration,
+}
+
+impl Default for Periodic {
+    fn default() -> Self {
+        Periodic {
+            period: None,
+            early: Duration::from_micros(20),
         }
     }
 }
