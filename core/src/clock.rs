@@ -69,27 +69,25 @@ pub enum ClockConfigError {
     InvalidDriftLimit(f64),
 }
 
-impl core::fmt::Display for ClockConfigError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::InvalidRate(r) => write!(
-                f,
-                "nominal sample rate {r} Hz is not usable: it must be finite and in (0, 1e9]; \
-                 pass the device's configured rate, e.g. 48000"
-            ),
-            Self::InvalidBandwidth(b) => write!(
-                f,
-                "DLL bandwidth {b} Hz is not usable: it must be finite, above 0 and at most a \
-                 quarter of the sample rate; 0.1 to 2 Hz is typical"
-            ),
-            Self::InvalidDriftLimit(d) => write!(
-                f,
-                "drift limit {d} ppm is not usable: it must be finite and in (0, 100000]; \
-                 real crystals drift well under 1000 ppm"
-            ),
-        }
+error_message!(ClockConfigError, |self, f| {
+    match self {
+        Self::InvalidRate(r) => write!(
+            f,
+            "nominal sample rate {r} Hz is not usable: it must be finite and in (0, 1e9]; \
+             pass the device's configured rate, e.g. 48000"
+        ),
+        Self::InvalidBandwidth(b) => write!(
+            f,
+            "DLL bandwidth {b} Hz is not usable: it must be finite, above 0 and at most a \
+             quarter of the sample rate; 0.1 to 2 Hz is typical"
+        ),
+        Self::InvalidDriftLimit(d) => write!(
+            f,
+            "drift limit {d} ppm is not usable: it must be finite and in (0, 100000]; \
+             real crystals drift well under 1000 ppm"
+        ),
     }
-}
+});
 
 /// Why the loop threw away its phase (and maybe its rate) and started again at an update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

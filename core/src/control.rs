@@ -126,18 +126,16 @@ impl<T> WriteError<T> {
     }
 }
 
-impl<T> core::fmt::Display for WriteError<T> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::Busy(_) => write!(
-                f,
-                "control register write refused: another write is in progress; a register \
-                 has one writer at a time (if the writer died mid-write, its owner can call \
-                 recover_abandoned_write)"
-            ),
-        }
+error_message!(WriteError<T>, |self, f| {
+    match self {
+        Self::Busy(_) => write!(
+            f,
+            "control register write refused: another write is in progress; a register \
+             has one writer at a time (if the writer died mid-write, its owner can call \
+             recover_abandoned_write)"
+        ),
     }
-}
+});
 
 /// Why a read returned no value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,17 +149,15 @@ pub enum ReadError {
     },
 }
 
-impl core::fmt::Display for ReadError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::Contended { retries } => write!(
-                f,
-                "control register read gave up after {retries} attempts: every one overlapped \
-                 a write; the writer is writing in a loop or died mid-write"
-            ),
-        }
+error_message!(ReadError, |self, f| {
+    match self {
+        Self::Contended { retries } => write!(
+            f,
+            "control register read gave up after {retries} attempts: every one overlapped \
+             a write; the writer is writing in a loop or died mid-write"
+        ),
     }
-}
+});
 
 /// Why a region could not be initialised or attached: the error every shared object
 /// reports (see [`crate::region`]).
@@ -487,16 +483,10 @@ unsafe impl<T: Plain, const WORDS: usize> crate::region::InRegion for ControlReg
 // The byte layout documented in core/LAYOUT.md ("Control register").
 #[cfg(not(voxring_loom))]
 const _: () = {
-    use core::mem::offset_of;
     type R = ControlRegister<u64, 3>;
-    assert!(offset_of!(R, magic) == 0);
-    assert!(offset_of!(R, version) == 8);
-    assert!(offset_of!(R, words) == 12);
-    assert!(offset_of!(R, payload_bytes) == 16);
-    assert!(offset_of!(R, _reserved) == 20);
-    assert!(offset_of!(R, seq) == 24);
-    assert!(offset_of!(R, data) == 32);
-    assert!(size_of::<R>() == 64);
+    assert_layout!(R, size 64, {
+        magic: 0, version: 8, words: 12, payload_bytes: 16, _reserved: 20, seq: 24, data: 32,
+    });
     assert!(size_of::<ControlRegister<u64, 4>>() == 64);
     assert!(size_of::<ControlRegister<u64, 5>>() == 128);
 };

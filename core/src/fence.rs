@@ -142,23 +142,21 @@ pub enum ArmError {
     },
 }
 
-impl core::fmt::Display for ArmError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::NoAgents => write!(
-                f,
-                "cannot arm a cycle with no required agents: the mask was 0; pass one bit per \
-                 agent that must finish the frame"
-            ),
-            Self::NotNewer { cycle, armed } => write!(
-                f,
-                "cannot arm cycle {cycle}: cycle {armed} was already armed and cycle numbers \
-                 must increase; use the frame sequence number, or reset() the fence if its \
-                 owner restarted"
-            ),
-        }
+error_message!(ArmError, |self, f| {
+    match self {
+        Self::NoAgents => write!(
+            f,
+            "cannot arm a cycle with no required agents: the mask was 0; pass one bit per \
+             agent that must finish the frame"
+        ),
+        Self::NotNewer { cycle, armed } => write!(
+            f,
+            "cannot arm cycle {cycle}: cycle {armed} was already armed and cycle numbers \
+             must increase; use the frame sequence number, or reset() the fence if its \
+             owner restarted"
+        ),
     }
-}
+});
 
 /// Why [`CycleFence::done`] refused a mark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,37 +189,35 @@ pub enum DoneError {
     Contended,
 }
 
-impl core::fmt::Display for DoneError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::AgentOutOfRange { agent } => write!(
-                f,
-                "agent index {agent} is out of range: a fence has {MAX_AGENTS} agent slots \
-                 (0..{MAX_AGENTS}); use the index the driver assigned"
-            ),
-            Self::Stale { cycle } => write!(
-                f,
-                "mark for cycle {cycle} refused: a later cycle is already armed (this agent \
-                 missed its deadline by a whole cycle); drop the frame and catch up"
-            ),
-            Self::NotArmed { cycle } => write!(
-                f,
-                "mark for cycle {cycle} refused: that cycle is not armed yet; an agent must \
-                 mark the cycle of the frame it processed"
-            ),
-            Self::NotPending { agent, cycle } => write!(
-                f,
-                "agent {agent} is not pending in cycle {cycle}: it was not required or has \
-                 already marked it done; mark each cycle once"
-            ),
-            Self::Contended => write!(
-                f,
-                "the fence state changed on every one of {DONE_RETRIES} attempts: another \
-                 process is writing it in a loop; treat that peer as faulty"
-            ),
-        }
+error_message!(DoneError, |self, f| {
+    match self {
+        Self::AgentOutOfRange { agent } => write!(
+            f,
+            "agent index {agent} is out of range: a fence has {MAX_AGENTS} agent slots \
+             (0..{MAX_AGENTS}); use the index the driver assigned"
+        ),
+        Self::Stale { cycle } => write!(
+            f,
+            "mark for cycle {cycle} refused: a later cycle is already armed (this agent \
+             missed its deadline by a whole cycle); drop the frame and catch up"
+        ),
+        Self::NotArmed { cycle } => write!(
+            f,
+            "mark for cycle {cycle} refused: that cycle is not armed yet; an agent must \
+             mark the cycle of the frame it processed"
+        ),
+        Self::NotPending { agent, cycle } => write!(
+            f,
+            "agent {agent} is not pending in cycle {cycle}: it was not required or has \
+             already marked it done; mark each cycle once"
+        ),
+        Self::Contended => write!(
+            f,
+            "the fence state changed on every one of {DONE_RETRIES} attempts: another \
+             process is writing it in a loop; treat that peer as faulty"
+        ),
     }
-}
+});
 
 /// Why a region could not be initialised or attached: the error every shared object
 /// reports (see [`crate::region`]).
@@ -533,18 +529,10 @@ unsafe impl crate::region::InRegion for CycleFence {
 // The byte layout documented in core/LAYOUT.md ("Cycle fence"); loom's atomics differ in size.
 #[cfg(not(voxring_loom))]
 const _: () = {
-    use core::mem::offset_of;
-    assert!(offset_of!(CycleFence, magic) == 0);
-    assert!(offset_of!(CycleFence, version) == 8);
-    assert!(offset_of!(CycleFence, agents) == 12);
-    assert!(offset_of!(CycleFence, armed_cycle) == 16);
-    assert!(offset_of!(CycleFence, deadline) == 24);
-    assert!(offset_of!(CycleFence, state) == 40);
-    assert!(offset_of!(CycleFence, required) == 48);
-    assert!(offset_of!(CycleFence, _reserved) == 52);
-    assert!(offset_of!(CycleFence, late) == 56);
-    assert!(offset_of!(CycleFence, missed) == 184);
-    assert!(core::mem::size_of::<CycleFence>() == 384);
+    assert_layout!(CycleFence, size 384, {
+        magic: 0, version: 8, agents: 12, armed_cycle: 16, deadline: 24, state: 40, required: 48,
+        _reserved: 52, late: 56, missed: 184,
+    });
     assert!(core::mem::align_of::<CycleFence>() == 128);
 };
 

@@ -124,17 +124,13 @@ pub struct FormatMismatch {
     pub asked: SampleFormat,
 }
 
-impl core::fmt::Display for FormatMismatch {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(
-            f,
-            "the ring holds {:?} samples but the payload was viewed as {:?}: use the matching type (i16, i32 or f32)",
-            self.ring, self.asked
-        )
-    }
-}
-
-impl core::error::Error for FormatMismatch {}
+error_message!(FormatMismatch, |self, f| {
+    write!(
+        f,
+        "the ring holds {:?} samples but the payload was viewed as {:?}: use the matching type (i16, i32 or f32)",
+        self.ring, self.asked
+    )
+});
 
 /// `set_len` was given more bytes than a slot holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,14 +141,10 @@ pub struct LenError {
     pub capacity: u32,
 }
 
-impl core::fmt::Display for LenError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(
-            f,
-            "payload length {} exceeds the slot's {} bytes: the ring was created for smaller frames",
-            self.len, self.capacity
-        )
-    }
-}
-
-impl core::error::Error for LenError {}
+error_message!(LenError, |self, f| {
+    write!(
+        f,
+        "payload length {} exceeds the slot's {} bytes: the ring was created for smaller frames",
+        self.len, self.capacity
+    )
+});

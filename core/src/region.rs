@@ -28,8 +28,6 @@
 //! # Ok::<(), RegionError>(())
 //! ```
 
-use core::fmt;
-
 use crate::layout::LayoutError;
 #[cfg(not(voxring_loom))]
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
@@ -96,49 +94,45 @@ impl From<LayoutError> for RegionError {
     }
 }
 
-impl fmt::Display for RegionError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            Self::Null => write!(f, "the region pointer is null: map the memory first"),
-            Self::Misaligned { addr, align } => write!(
-                f,
-                "the region at {addr:#x} is not aligned to {align} bytes: place the object \
-                 at an offset that is a multiple of {align} in a page-aligned mapping"
-            ),
-            Self::TooSmall { need, got } => write!(
-                f,
-                "the region is {got} bytes but the object needs {need}: map a larger region"
-            ),
-            Self::BadMagic { found, expected } => write!(
-                f,
-                "magic {found:#018x} where {expected:#018x} was expected: this memory does not \
-                 hold this kind of object, or its creator has not finished initialising it"
-            ),
-            Self::UnsupportedVersion { found, expected } => write!(
-                f,
-                "layout version {found}, but this build reads version {expected}: run the same \
-                 voxring version on both sides"
-            ),
-            Self::Mismatch {
-                field,
-                found,
-                expected,
-            } => write!(
-                f,
-                "{field} is {found} in the region but {expected} in this build: both sides \
-                 must use the same type"
-            ),
-            Self::Layout(e) => write!(f, "{e}"),
-            Self::BadField { field, found } => write!(
-                f,
-                "header field {field} holds {found}, which no such object can have: the \
-                 memory is corrupt or not this kind of object; recreate it"
-            ),
-        }
+error_message!(RegionError, |self, f| {
+    match *self {
+        Self::Null => write!(f, "the region pointer is null: map the memory first"),
+        Self::Misaligned { addr, align } => write!(
+            f,
+            "the region at {addr:#x} is not aligned to {align} bytes: place the object \
+             at an offset that is a multiple of {align} in a page-aligned mapping"
+        ),
+        Self::TooSmall { need, got } => write!(
+            f,
+            "the region is {got} bytes but the object needs {need}: map a larger region"
+        ),
+        Self::BadMagic { found, expected } => write!(
+            f,
+            "magic {found:#018x} where {expected:#018x} was expected: this memory does not \
+             hold this kind of object, or its creator has not finished initialising it"
+        ),
+        Self::UnsupportedVersion { found, expected } => write!(
+            f,
+            "layout version {found}, but this build reads version {expected}: run the same \
+             voxring version on both sides"
+        ),
+        Self::Mismatch {
+            field,
+            found,
+            expected,
+        } => write!(
+            f,
+            "{field} is {found} in the region but {expected} in this build: both sides \
+             must use the same type"
+        ),
+        Self::Layout(e) => write!(f, "{e}"),
+        Self::BadField { field, found } => write!(
+            f,
+            "header field {field} holds {found}, which no such object can have: the \
+             memory is corrupt or not this kind of object; recreate it"
+        ),
     }
-}
-
-impl core::error::Error for RegionError {}
+});
 
 /// An object that lives in a region of memory shared by processes.
 ///

@@ -59,13 +59,9 @@ unsafe impl<T: Copy + Send, const N: usize> Sync for StaticRing<T, N> {}
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SplitError;
 
-impl core::fmt::Display for SplitError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("this StaticRing was already split: it has one pusher and one popper for its whole life")
-    }
-}
-
-impl core::error::Error for SplitError {}
+error_message!(SplitError, |self, f| f.write_str(
+    "this StaticRing was already split: it has one pusher and one popper for its whole life"
+));
 
 /// A push failed: the ring was full. The value is handed back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,15 +70,11 @@ pub enum PushError<T> {
     Full(T),
 }
 
-impl<T> core::fmt::Display for PushError<T> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(
-            "the ring is full: the consumer has not popped; the value is handed back, retry later",
-        )
-    }
-}
-
-impl<T: core::fmt::Debug> core::error::Error for PushError<T> {}
+error_message!(PushError<T>, |self, f| {
+    f.write_str(
+        "the ring is full: the consumer has not popped; the value is handed back, retry later",
+    )
+});
 
 /// A pop found nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,13 +83,8 @@ pub enum PopError {
     Empty,
 }
 
-impl core::fmt::Display for PopError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("the ring is empty: nothing was pushed since the last pop")
-    }
-}
-
-impl core::error::Error for PopError {}
+error_message!(PopError, |self, f| f
+    .write_str("the ring is empty: nothing was pushed since the last pop"));
 
 /// A chunk could not be granted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,13 +93,9 @@ pub enum ChunkError {
     Unavailable,
 }
 
-impl core::fmt::Display for ChunkError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("no slot available for the chunk (ring full for writing, empty for reading); retry later")
-    }
-}
-
-impl core::error::Error for ChunkError {}
+error_message!(ChunkError, |self, f| f.write_str(
+    "no slot available for the chunk (ring full for writing, empty for reading); retry later"
+));
 
 /// A chunk was committed or released with more items than granted (nothing was done).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,17 +106,13 @@ pub struct TooMany {
     pub granted: usize,
 }
 
-impl core::fmt::Display for TooMany {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(
-            f,
-            "asked to commit/release {} items of a chunk of {}: nothing was done",
-            self.asked, self.granted
-        )
-    }
-}
-
-impl core::error::Error for TooMany {}
+error_message!(TooMany, |self, f| {
+    write!(
+        f,
+        "asked to commit/release {} items of a chunk of {}: nothing was done",
+        self.asked, self.granted
+    )
+});
 
 impl<T: Copy, const N: usize> StaticRing<T, N> {
     const CHECK: () = assert!(
