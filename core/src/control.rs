@@ -635,18 +635,7 @@ mod tests {
                     expected: 12
                 }
             );
-            assert_eq!(
-                R::attach(ptr, 10).unwrap_err(),
-                RegionError::TooSmall { need: 64, got: 10 }
-            );
-            assert!(matches!(
-                R::attach(ptr.add(4), 200),
-                Err(RegionError::Misaligned { .. })
-            ));
-            assert_eq!(
-                R::attach(core::ptr::null_mut(), 64).unwrap_err(),
-                RegionError::Null
-            );
+            crate::region::assert_bad_placements_refused::<R>(ptr, 64);
             ptr.add(8).cast::<u32>().write(9);
             assert_eq!(
                 R::attach(ptr, 256).unwrap_err(),

@@ -701,24 +701,8 @@ mod tests {
         owner.arm(1, 0b1, 10).unwrap();
         assert!(peer.done(0, 1, 5).unwrap().last);
         assert!(owner.is_complete(1));
-        // SAFETY: as above (checks fail before any access).
-        unsafe {
-            assert_eq!(
-                CycleFence::attach(ptr, 100).unwrap_err(),
-                RegionError::TooSmall {
-                    need: 384,
-                    got: 100
-                }
-            );
-            assert!(matches!(
-                CycleFence::attach(ptr.add(8), 400),
-                Err(RegionError::Misaligned { .. })
-            ));
-            assert_eq!(
-                CycleFence::attach(core::ptr::null_mut(), 400).unwrap_err(),
-                RegionError::Null
-            );
-        }
+        // SAFETY: `region` holds 512 bytes, more than 385.
+        unsafe { crate::region::assert_bad_placements_refused::<CycleFence>(ptr, 384) };
     }
 
     #[test]

@@ -267,3 +267,34 @@ pub const fn place_after(end: usize, align: usize) -> Option<usize> {
         None => None,
     }
 }
+
+/// Test helper for every [`InRegion`] type: attaching to a null, a misaligned or a too-short
+/// region fails with that check's error (the checks come before any access).
+///
+/// # Safety
+/// `ptr` must point to at least `need + 1` bytes aligned to `T::ALIGN`.
+#[cfg(test)]
+pub(crate) unsafe fn assert_bad_placements_refused<T: InRegion>(ptr: *mut u8, need: usize) {
+    let refused = |p: *mut u8, len: usize| {
+        // SAFETY: the caller's promise; each of these placements fails a check before any
+        // access.
+        match unsafe { T::attach(p, len) } {
+            Ok(_) => panic!("attach accepted a bad placement ({p:?}, {len} bytes)"),
+            Err(e) => e,
+        }
+    };
+    assert_eq!(
+        refused(ptr, need - 1),
+        RegionError::TooSmall {
+            need,
+            got: need - 1
+        }
+    );
+    // SAFETY: in bounds of the caller's `need + 1` bytes.
+    let odd = unsafe { ptr.add(1) };
+    assert!(matches!(
+        refused(odd, need),
+        RegionError::Misaligned { align, .. } if align == T::ALIGN
+    ));
+    assert_eq!(refused(core::ptr::null_mut(), need), RegionError::Null);
+}
