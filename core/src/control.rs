@@ -636,14 +636,7 @@ mod tests {
                 }
             );
             crate::region::assert_bad_placements_refused::<R>(ptr, 64);
-            ptr.add(8).cast::<u32>().write(9);
-            assert_eq!(
-                R::attach(ptr, 256).unwrap_err(),
-                RegionError::UnsupportedVersion {
-                    found: 9,
-                    expected: CONTROL_VERSION
-                }
-            );
+            crate::region::assert_stamp_checked::<R>(ptr, 256, CONTROL_MAGIC, CONTROL_VERSION);
         }
     }
 

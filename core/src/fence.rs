@@ -713,15 +713,7 @@ mod tests {
         // reference is in use.
         unsafe {
             CycleFence::init_in(ptr, 512).unwrap();
-            ptr.add(8).cast::<u32>().write(2);
-            assert_eq!(
-                CycleFence::attach(ptr, 512).unwrap_err(),
-                RegionError::UnsupportedVersion {
-                    found: 2,
-                    expected: FENCE_VERSION
-                }
-            );
-            ptr.add(8).cast::<u32>().write(FENCE_VERSION);
+            crate::region::assert_stamp_checked::<CycleFence>(ptr, 512, FENCE_MAGIC, FENCE_VERSION);
             ptr.add(12).cast::<u32>().write(64);
             assert_eq!(
                 CycleFence::attach(ptr, 512).unwrap_err(),

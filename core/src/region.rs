@@ -298,3 +298,50 @@ pub(crate) unsafe fn assert_bad_placements_refused<T: InRegion>(ptr: *mut u8, ne
     ));
     assert_eq!(refused(core::ptr::null_mut(), need), RegionError::Null);
 }
+
+/// Test helper for the fixed-size objects, whose header starts with the stamp
+/// [`check_stamp`] reads (magic at byte 0, version at byte 8): a forged version, then a
+/// forged magic, are refused with their errors; the stamp is restored after each.
+///
+/// # Safety
+/// `ptr` must hold a `T` initialised in `len` bytes, with no reference to it in use.
+#[cfg(test)]
+pub(crate) unsafe fn assert_stamp_checked<T: InRegion>(
+    ptr: *mut u8,
+    len: usize,
+    magic: u64,
+    version: u32,
+) {
+    let refused = || {
+        // SAFETY: the caller's promise; a forged stamp fails before the handle is made.
+        match unsafe { T::attach(ptr, len) } {
+            Ok(_) => panic!("attach accepted a forged stamp"),
+            Err(e) => e,
+        }
+    };
+    let version_at = ptr.wrapping_add(8).cast::<u32>();
+    // SAFETY: within the object's header (caller), aligned (the object's alignment is at
+    // least 8), no reference in use.
+    unsafe { version_at.write(version.wrapping_add(1)) };
+    assert_eq!(
+        refused(),
+        RegionError::UnsupportedVersion {
+            found: version.wrapping_add(1),
+            expected: version
+        }
+    );
+    // SAFETY: as above.
+    unsafe {
+        version_at.write(version);
+        ptr.cast::<u64>().write(0);
+    }
+    assert_eq!(
+        refused(),
+        RegionError::BadMagic {
+            found: 0,
+            expected: magic
+        }
+    );
+    // SAFETY: as above.
+    unsafe { ptr.cast::<u64>().write(magic) };
+}
