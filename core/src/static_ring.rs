@@ -106,6 +106,16 @@ pub struct TooMany {
     pub granted: usize,
 }
 
+impl TooMany {
+    /// `Ok` when `asked` of the `granted` items may be committed or released.
+    fn check(asked: usize, granted: usize) -> Result<(), TooMany> {
+        if asked > granted {
+            return Err(TooMany { asked, granted });
+        }
+        Ok(())
+    }
+}
+
 error_message!(TooMany, |self, f| {
     write!(
         f,
@@ -177,6 +187,28 @@ impl<T: Copy, const N: usize> StaticRing<T, N> {
     }
 }
 
+/// How many slots a chunk of `n` gets: at most `N`, at most `available(want)` (the free or
+/// ready slots, checked again when the cached count is below `want`); none is an error
+/// unless none was asked.
+fn chunk_len<const N: usize>(
+    n: usize,
+    available: impl FnOnce(u64) -> u64,
+) -> Result<u64, ChunkError> {
+    let want = n.min(N) as u64;
+    let len = want.min(available(want));
+    if len == 0 && n > 0 {
+        return Err(ChunkError::Unavailable);
+    }
+    Ok(len)
+}
+
+/// Where a chunk of `len` slots from cursor `pos` lies: its first slot's index and how many
+/// slots come before the ring wraps (the rest start at index 0).
+fn wrap_split<const N: usize>(pos: u64, len: usize) -> (usize, usize) {
+    let start = (pos as usize) & (N - 1);
+    (start, len.min(N - start))
+}
+
 /// The producing end of a [`StaticRing`].
 #[derive(Debug)]
 pub struct Pusher<'a, T: Copy, const N: usize> {
@@ -224,10 +256,7 @@ impl<'a, T: Copy, const N: usize> Pusher<'a, T, N> {
 
     /// Grants up to `n` free slots to fill in place (fewer if fewer are free).
     pub fn write_chunk(&mut self, n: usize) -> Result<WriteChunk<'_, 'a, T, N>, ChunkError> {
-        let len = (n.min(N) as u64).min(self.free(n.min(N) as u64));
-        if len == 0 && n > 0 {
-            return Err(ChunkError::Unavailable);
-        }
+        let len = chunk_len::<N>(n, |want| self.free(want))?;
         for k in 0..len {
             self.ring.track[(self.tail.wrapping_add(k) as usize) & (N - 1)].with_mut(|_| ());
         }
@@ -259,8 +288,7 @@ impl<T: Copy, const N: usize> WriteChunk<'_, '_, T, N> {
     /// The granted slots, split where the ring wraps (the second slice may be empty). They
     /// hold stale items until written.
     pub fn as_mut_slices(&mut self) -> (&mut [T], &mut [T]) {
-        let start = (self.pusher.tail as usize) & (N - 1);
-        let first = self.len.min(N - start);
+        let (start, first) = wrap_split::<N>(self.pusher.tail, self.len);
         let base = self.pusher.ring.base();
         // SAFETY: `start + first <= N` and `len - first <= start`, so both slices are inside
         // the buffer and disjoint; the slots are free (granted), so the popper does not read
@@ -285,12 +313,7 @@ impl<T: Copy, const N: usize> WriteChunk<'_, '_, T, N> {
 
     /// Publishes the first `k` slots.
     pub fn commit(self, k: usize) -> Result<(), TooMany> {
-        if k > self.len {
-            return Err(TooMany {
-                asked: k,
-                granted: self.len,
-            });
-        }
+        TooMany::check(k, self.len)?;
         let p = self.pusher;
         for i in 0..self.len as u64 {
             p.ring.track[(p.tail.wrapping_add(i) as usize) & (N - 1)].with_mut(|_| ());
@@ -347,10 +370,7 @@ impl<'a, T: Copy, const N: usize> Popper<'a, T, N> {
 
     /// Grants up to `n` ready items to read in place.
     pub fn read_chunk(&mut self, n: usize) -> Result<ReadChunk<'_, 'a, T, N>, ChunkError> {
-        let len = (n.min(N) as u64).min(self.ready(n.min(N) as u64));
-        if len == 0 && n > 0 {
-            return Err(ChunkError::Unavailable);
-        }
+        let len = chunk_len::<N>(n, |want| self.ready(want))?;
         for k in 0..len {
             self.ring.track[(self.head.wrapping_add(k) as usize) & (N - 1)].with(|_| ());
         }
@@ -381,8 +401,7 @@ impl<T: Copy, const N: usize> ReadChunk<'_, '_, T, N> {
 
     /// The granted items, split where the ring wraps.
     pub fn as_slices(&self) -> (&[T], &[T]) {
-        let start = (self.popper.head as usize) & (N - 1);
-        let first = self.len.min(N - start);
+        let (start, first) = wrap_split::<N>(self.popper.head, self.len);
         let base = self.popper.ring.base();
         // SAFETY: both ranges are inside the buffer (see `WriteChunk::as_mut_slices`) and
         // hold published items the pusher does not touch until release.
@@ -396,12 +415,7 @@ impl<T: Copy, const N: usize> ReadChunk<'_, '_, T, N> {
 
     /// Frees the first `k` items.
     pub fn release(self, k: usize) -> Result<(), TooMany> {
-        if k > self.len {
-            return Err(TooMany {
-                asked: k,
-                granted: self.len,
-            });
-        }
+        TooMany::check(k, self.len)?;
         let p = self.popper;
         for i in 0..self.len as u64 {
             p.ring.track[(p.head.wrapping_add(i) as usize) & (N - 1)].with(|_| ());
