@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Region, config, make};
+use common::{Region, config, make, make_pair};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
@@ -80,6 +80,19 @@ fn words<const N: usize>(region: &mut Region, offsets: [usize; N]) -> [&AtomicU3
     })
 }
 
+/// Waits until `waiter` has seen `sleeps` sleeps begin (`who` fell asleep), failing if
+/// `who` finished instead or the give-up bound passed (a bound, not a timing).
+fn await_sleeps(waiter: &FutexLike, sleeps: usize, finished: impl Fn() -> bool, who: &str) {
+    let give_up = std::time::Instant::now() + GIVE_UP;
+    while waiter.sleeps.load(Ordering::SeqCst) < sleeps {
+        assert!(
+            std::time::Instant::now() < give_up && !finished(),
+            "{who} never fell asleep"
+        );
+        std::thread::yield_now();
+    }
+}
+
 /// Runs `forge` in a loop in its own thread (the hostile peer) while `body` runs.
 fn with_forger<R>(forge: impl Fn() + Sync, body: impl FnOnce() -> R + Send) -> R {
     let stop = AtomicBool::new(false);
@@ -112,13 +125,11 @@ fn with_forger<R>(forge: impl Fn() + Sync, body: impl FnOnce() -> R + Send) -> R
 #[test]
 fn forged_parked_count_costs_no_wake_call() {
     const COMMITS: usize = 20_000;
-    let (mut region, ring) = make(&config(8, 3, Policy::Lossy));
+    // The consumer only polls (never parks), so the frames go somewhere.
+    let (mut region, _ring, mut producer, mut consumer) = make_pair(&config(8, 3, Policy::Lossy));
     // `consumers_parked`, forged below.
     let [parked] = words(&mut region, [CONSUMERS_PARKED]);
     let waiter = FutexLike::default();
-    let mut producer = ring.producer(1).unwrap();
-    // A consumer that only polls (never parks), so the frames go somewhere.
-    let mut consumer = ring.consumer(2).unwrap();
     let mut needed = 0usize;
     with_forger(
         || parked.store(FORGED, portable_atomic::Ordering::Relaxed),
@@ -168,12 +179,11 @@ fn forged_count_and_armed_word_cost_at_most_one_wake_per_commit() {
 #[test]
 fn a_really_parked_consumer_still_gets_every_frame_under_a_forged_count() {
     const FRAMES: u64 = 300;
-    let (mut region, ring) = make(&config(4, 3, Policy::Lossless));
+    let (mut region, _ring, mut producer, mut consumer) =
+        make_pair(&config(4, 3, Policy::Lossless));
     // `consumers_parked`, forged below.
     let [parked] = words(&mut region, [CONSUMERS_PARKED]);
     let waiter = FutexLike::default();
-    let mut producer = ring.producer(1).unwrap();
-    let mut consumer = ring.consumer(2).unwrap();
     with_forger(
         || parked.store(FORGED, portable_atomic::Ordering::Relaxed),
         || {
@@ -203,14 +213,7 @@ fn a_really_parked_consumer_still_gets_every_frame_under_a_forged_count() {
                 for i in 0..FRAMES as usize {
                     // Let the consumer fall asleep for frame `i` first (its sleep `i + 1`;
                     // only a wake call ends it). A give-up bound, not a timing.
-                    let give_up = std::time::Instant::now() + GIVE_UP;
-                    while waiter.sleeps.load(Ordering::SeqCst) <= i {
-                        assert!(
-                            std::time::Instant::now() < give_up && !reader.is_finished(),
-                            "the consumer never fell asleep"
-                        );
-                        std::thread::yield_now();
-                    }
+                    await_sleeps(&waiter, i + 1, || reader.is_finished(), "the consumer");
                     producer.write_grant(1).unwrap().commit_all().wake(&waiter);
                 }
                 let got = reader.join().unwrap();
@@ -230,12 +233,11 @@ fn a_really_parked_consumer_still_gets_every_frame_under_a_forged_count() {
 #[test]
 fn forged_producer_parked_costs_releases_no_wake_call() {
     const FRAMES: usize = 20_000;
-    let (mut region, ring) = make(&config(8, 3, Policy::Lossless));
+    let (mut region, _ring, mut producer, mut consumer) =
+        make_pair(&config(8, 3, Policy::Lossless));
     // `producer_parked`, forged below.
     let [parked] = words(&mut region, [PRODUCER_PARKED]);
     let waiter = FutexLike::default();
-    let mut producer = ring.producer(1).unwrap();
-    let mut consumer = ring.consumer(2).unwrap();
     let mut needed = 0usize;
     with_forger(
         || parked.store(1, portable_atomic::Ordering::Relaxed),
@@ -260,12 +262,11 @@ fn forged_producer_parked_costs_releases_no_wake_call() {
 #[test]
 fn a_really_parked_producer_is_still_woken_under_a_forged_count() {
     const FRAMES: u64 = 300;
-    let (mut region, ring) = make(&config(1, 1, Policy::Lossless));
+    let (mut region, _ring, mut producer, mut consumer) =
+        make_pair(&config(1, 1, Policy::Lossless));
     // `producer_parked`, forged below.
     let [parked] = words(&mut region, [PRODUCER_PARKED]);
     let waiter = FutexLike::default();
-    let mut producer = ring.producer(1).unwrap();
-    let mut consumer = ring.consumer(2).unwrap();
     with_forger(
         || parked.store(1, portable_atomic::Ordering::Relaxed),
         || {
@@ -289,13 +290,8 @@ fn a_really_parked_producer_is_still_woken_under_a_forged_count() {
                 for i in 0..FRAMES as usize {
                     // The ring holds one frame: once the producer sleeps after committing
                     // frame `i` (all but the last), release it (a give-up bound, not a timing).
-                    let give_up = std::time::Instant::now() + GIVE_UP;
-                    while i + 1 < FRAMES as usize && waiter.sleeps.load(Ordering::SeqCst) <= i {
-                        assert!(
-                            std::time::Instant::now() < give_up && !writer.is_finished(),
-                            "the producer never fell asleep"
-                        );
-                        std::thread::yield_now();
+                    if i + 1 < FRAMES as usize {
+                        await_sleeps(&waiter, i + 1, || writer.is_finished(), "the producer");
                     }
                     let g = consumer.read_grant(1).unwrap();
                     assert_eq!(g.first_seq(), i as u64);
