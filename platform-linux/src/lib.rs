@@ -8,7 +8,6 @@ pub mod clock;
 pub mod fallback;
 pub mod futex;
 pub mod guard;
-pub mod inherit;
 pub mod liveness;
 pub mod mapping;
 pub mod memfd;
