@@ -21,6 +21,7 @@ use alsa::direct::pcm::{MmapCapture, MmapPlayback};
 use alsa::pcm::{Access, Frames, HwParams, PCM, State};
 use alsa::{Direction, ValueOr};
 
+use super::alsa_messages::AlsaMessages;
 use super::{
     AccessMode, AudioError, CaptureSink, ChunkInfo, Granted, PlaybackSource, Sample,
     SampleFormatExt, StreamParams, flags, monotonic_ns,
@@ -147,8 +148,15 @@ impl<T: Sample> AlsaStream<T> {
     ) -> Result<Self, AudioError> {
         params.validate()?;
         let d = dir_name(dir);
-        let pcm = PCM::new(name, dir, false)
-            .map_err(|e| AudioError::alsa(format!("opening ALSA PCM '{name}' for {d}"), e))?;
+        // alsa-lib's own lines about a missing card go into our error, not to stderr.
+        let said = AlsaMessages::capture();
+        let pcm = PCM::new(name, dir, false).map_err(|e| {
+            AudioError::alsa(
+                format!("opening ALSA PCM '{name}' for {d}{}", said.first()),
+                e,
+            )
+        })?;
+        drop(said);
         {
             let hwp = HwParams::any(&pcm).map_err(|e| {
                 AudioError::alsa(format!("reading the {d} parameters of '{name}'"), e)

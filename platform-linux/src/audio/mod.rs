@@ -21,6 +21,7 @@
 //! [`loopback`] measures the round trip through a device the way `jack_iodelay` does.
 //! [`pipewire`] applies and reads back PipeWire's quantum and rate.
 
+mod alsa_messages;
 pub mod alsa_pcm;
 pub mod duplex;
 pub mod loopback;
