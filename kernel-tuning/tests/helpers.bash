@@ -103,6 +103,8 @@ alice:x:1000:'
     mv "$ROOT/proc/self-limits.tmp" "$ROOT/proc/self/limits"
     w stub/rt-allowed yes
     cpus performance 3
+    w sys/devices/system/cpu/smt/control off
+    w sys/devices/system/cpu/smt/active 0
     printf '%s\n' CONFIG_HIGH_RES_TIMERS=y CONFIG_NO_HZ_IDLE=y CONFIG_NO_HZ_FULL=y \
         CONFIG_PREEMPT_VOLUNTARY=y CONFIG_PREEMPT_DYNAMIC=y | gzip -c >"$ROOT/proc/config.gz"
     w proc/cmdline 'BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro quiet preempt=full threadirqs isolcpus=3 nohz_full=3 -- single'
@@ -136,6 +138,8 @@ alice:x:1000:'
     limits_file 0 8388608 >"$ROOT/proc/self/limits"
     w stub/rt-allowed no
     cpus powersave ''
+    w sys/devices/system/cpu/smt/control on
+    w sys/devices/system/cpu/smt/active 1
     printf '%s\n' '# CONFIG_HIGH_RES_TIMERS is not set' CONFIG_PREEMPT_NONE=y CONFIG_PREEMPT_DYNAMIC=y \
         >"$ROOT/boot-config.tmp"
     mkdir -p "$ROOT/boot"
