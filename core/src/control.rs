@@ -50,6 +50,20 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering, fence};
 ///
 /// e.g. integers, floats, arrays of them, and `#[repr(C)]` structs of them laid out without
 /// gaps. Not `bool`, `char`, enums, references or pointers.
+///
+/// ```
+/// use voxring_core::control::{ControlRegister, Plain};
+/// #[derive(Clone, Copy, Debug, PartialEq)]
+/// #[repr(C)]
+/// struct Mix {
+///     gain: f32,
+///     pan: f32,
+/// }
+/// // SAFETY: two f32 with no gap between them: no padding, valid for every bit pattern.
+/// unsafe impl Plain for Mix {}
+/// let r = ControlRegister::<Mix, 1>::new(Mix { gain: 1.0, pan: 0.0 });
+/// assert_eq!(r.read().unwrap().gain, 1.0);
+/// ```
 pub unsafe trait Plain: Copy + 'static {}
 
 macro_rules! plain {
@@ -82,6 +96,18 @@ pub const CONTROL_VERSION: u32 = 1;
 /// `size_of::<T>() <= 8 * WORDS` is checked at compile time (a `const` assertion in every
 /// constructor). One writer at a time: a second concurrent writer gets
 /// [`WriteError::Busy`] rather than corrupting the value.
+///
+/// ```
+/// use voxring_core::control::ControlRegister;
+/// // A latest-value register of two f32 (8 bytes in 4 words).
+/// let gain = ControlRegister::<[f32; 2]>::new([1.0, 1.0]);
+/// gain.write([0.5, 0.25]).unwrap();
+/// assert_eq!(gain.read(), Ok([0.5, 0.25]));
+/// let (value, version) = gain.read_versioned().unwrap();
+/// assert_eq!((value, version), ([0.5, 0.25], 1));
+/// // Nothing new since version 1:
+/// assert_eq!(gain.read_if_newer(version), Ok(None));
+/// ```
 #[repr(C, align(64))]
 pub struct ControlRegister<T, const WORDS: usize = 4> {
     /// [`CONTROL_MAGIC`]; written last by `init_in` (Release), checked by `attach` (Acquire).
@@ -110,6 +136,13 @@ impl<T, const WORDS: usize> core::fmt::Debug for ControlRegister<T, WORDS> {
 }
 
 /// Why [`ControlRegister::write`] did not write. The value is handed back.
+///
+/// ```
+/// use voxring_core::control::WriteError;
+/// // A refused write hands the value back.
+/// let e: WriteError<u32> = WriteError::Busy(7);
+/// assert_eq!(e.into_inner(), 7);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteError<T> {
     /// Another write is in progress (a second writer, or a writer that died mid-write: see
@@ -138,6 +171,15 @@ error_message!(WriteError<T>, |self, f| {
 });
 
 /// Why a read returned no value.
+///
+/// ```
+/// use voxring_core::control::{ControlRegister, ReadError};
+/// let r = ControlRegister::<u64>::new(3);
+/// // With no writer busy, one attempt is enough.
+/// assert_eq!(r.read_with_retries(1), Ok((3, 0)));
+/// let e = ReadError::Contended { retries: 8 };
+/// assert!(e.to_string().contains("8 attempts"));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadError {
     /// Every attempt overlapped a write (or found one in progress). An honest writer that

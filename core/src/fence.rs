@@ -75,6 +75,19 @@ const fn pending_of(state: u64) -> u32 {
 ///
 /// One driver arms it (arming from two threads at once is a logic error: cycles may then be
 /// skipped, but nothing unsafe happens); any number of agents mark it done concurrently.
+///
+/// ```
+/// use voxring_core::fence::CycleFence;
+/// let fence = CycleFence::new();
+/// // The driver arms cycle 1 for agents 0 and 1, due at t = 1000 ns.
+/// fence.arm(1, 0b11, 1_000).unwrap();
+/// assert!(!fence.done(0, 1, 500).unwrap().last);
+/// let c = fence.done(1, 1, 1_200).unwrap();
+/// assert!(c.last && c.late); // agent 1 finished the cycle, 200 ns late
+/// assert_eq!(c.late_by_ns, 200);
+/// assert!(fence.is_complete(1));
+/// assert_eq!(fence.late_count(1), Some(1));
+/// ```
 #[repr(C, align(128))]
 pub struct CycleFence {
     /// [`FENCE_MAGIC`]; written last by `init_in` (Release), read by `attach` (Acquire).
@@ -110,6 +123,15 @@ impl core::fmt::Debug for CycleFence {
 }
 
 /// What [`CycleFence::arm`] found when it armed a new cycle.
+///
+/// ```
+/// use voxring_core::fence::CycleFence;
+/// let fence = CycleFence::new();
+/// fence.arm(1, 0b11, 1_000).unwrap();
+/// fence.done(0, 1, 10).unwrap();
+/// // Agent 1 never marked cycle 1: arming cycle 2 counts it as missed.
+/// assert_eq!(fence.arm(2, 0b11, 2_000).unwrap().missed, 0b10);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Armed {
     /// Agents of the previous cycle that had not marked it done (each counted as missed).
@@ -117,6 +139,14 @@ pub struct Armed {
 }
 
 /// What an agent's [`CycleFence::done`] mark did.
+///
+/// ```
+/// use voxring_core::fence::CycleFence;
+/// let fence = CycleFence::new();
+/// fence.arm(7, 0b1, 100).unwrap();
+/// let c = fence.done(0, 7, 50).unwrap();
+/// assert!(c.last && !c.late && c.late_by_ns == 0);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use = "the agent that finishes last must wake the sink"]
 pub struct Completion {
@@ -129,6 +159,14 @@ pub struct Completion {
 }
 
 /// Why [`CycleFence::arm`] refused.
+///
+/// ```
+/// use voxring_core::fence::{ArmError, CycleFence};
+/// let fence = CycleFence::new();
+/// assert_eq!(fence.arm(1, 0, 10), Err(ArmError::NoAgents));
+/// fence.arm(5, 1, 10).unwrap();
+/// assert_eq!(fence.arm(5, 1, 20), Err(ArmError::NotNewer { cycle: 5, armed: 5 }));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArmError {
     /// The required-agents mask was 0: a cycle nobody has to finish would never complete.
@@ -159,6 +197,16 @@ error_message!(ArmError, |self, f| {
 });
 
 /// Why [`CycleFence::done`] refused a mark.
+///
+/// ```
+/// use voxring_core::fence::{CycleFence, DoneError};
+/// let fence = CycleFence::new();
+/// fence.arm(3, 0b1, 10).unwrap();
+/// assert_eq!(fence.done(0, 4, 5), Err(DoneError::NotArmed { cycle: 4 }));
+/// fence.done(0, 3, 5).unwrap();
+/// assert_eq!(fence.done(0, 3, 6), Err(DoneError::NotPending { agent: 0, cycle: 3 }));
+/// assert!(matches!(fence.done(99, 3, 6), Err(DoneError::AgentOutOfRange { agent: 99 })));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DoneError {
     /// The agent index is not below [`MAX_AGENTS`].

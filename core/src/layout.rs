@@ -149,6 +149,20 @@ pub struct RingConfig {
 }
 
 /// Why a [`RingConfig`] (or a header read from memory) is not a usable layout.
+///
+/// ```
+/// use voxring_core::{LayoutError, Policy, RingConfig, SampleFormat};
+/// let cfg = RingConfig {
+///     frames: 3, // not a power of two
+///     samples_per_frame: 64,
+///     channels: 2,
+///     format: SampleFormat::F32,
+///     sample_rate: 48_000,
+///     max_consumers: 1,
+///     policy: Policy::Lossless,
+/// };
+/// assert!(matches!(cfg.region_size(), Err(LayoutError::BadFrames { frames: 3 })));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayoutError {
     /// `frames` is zero, not a power of two, or above [`MAX_FRAMES`].

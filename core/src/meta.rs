@@ -116,6 +116,12 @@ impl Sample for f32 {
 }
 
 /// A payload was viewed as a sample type that is not the ring's format.
+///
+/// ```
+/// use voxring_core::{FormatMismatch, SampleFormat};
+/// let e = FormatMismatch { ring: SampleFormat::S16, asked: SampleFormat::F32 };
+/// assert!(e.to_string().contains("use the matching type"));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FormatMismatch {
     /// The ring's format.
@@ -133,6 +139,12 @@ error_message!(FormatMismatch, |self, f| {
 });
 
 /// `set_len` was given more bytes than a slot holds.
+///
+/// ```
+/// use voxring_core::LenError;
+/// let e = LenError { len: 4096, capacity: 1024 };
+/// assert!(e.to_string().contains("exceeds the slot's 1024 bytes"));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LenError {
     /// The length asked for.

@@ -33,6 +33,17 @@ use crate::layout::LayoutError;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 /// Why an object could not be initialised in, or attached to, a region of memory.
+///
+/// ```
+/// use voxring_core::control::ControlRegister;
+/// use voxring_core::region::{InRegion, RegionError};
+/// #[repr(C, align(64))]
+/// struct Region([u8; 64]);
+/// let mut region = Region([0; 64]);
+/// // SAFETY: valid for 64 bytes; the zeroed bytes are refused before any use.
+/// let e = unsafe { <ControlRegister<u64> as InRegion>::attach(region.0.as_mut_ptr(), 64) };
+/// assert!(matches!(e, Err(RegionError::BadMagic { found: 0, .. })));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RegionError {
@@ -142,6 +153,23 @@ error_message!(RegionError, |self, f| {
 /// validated object claims, never more than `len`), check the region's pointer, alignment and
 /// length before touching it, and that every field a peer can write is read in a way that
 /// is sound for any bit pattern.
+///
+/// ```
+/// use voxring_core::control::ControlRegister;
+/// use voxring_core::region::{InRegion, place_after};
+/// type Reg = ControlRegister<u32, 1>;
+/// #[repr(C, align(128))]
+/// struct Region([u8; 512]);
+/// let mut region = Region([0; 512]);
+/// let base = region.0.as_mut_ptr();
+/// // Two registers in one region, at offsets place_after computes.
+/// let size = Reg::size_for(&0)?;
+/// let second = place_after(size, Reg::ALIGN).unwrap();
+/// // SAFETY: both placements lie inside the 512 bytes, which outlive the handles.
+/// let (a, b) = unsafe { (Reg::init_in(base, size, 1)?, Reg::init_in(base.add(second), size, 2)?) };
+/// assert_eq!((a.read(), b.read()), (Ok(1), Ok(2)));
+/// # Ok::<(), voxring_core::region::RegionError>(())
+/// ```
 pub unsafe trait InRegion {
     /// What creating one needs: `()` for a fence, the initial value for a register, the
     /// configuration for a ring.

@@ -56,6 +56,13 @@ impl<T: Copy, const N: usize> core::fmt::Debug for StaticRing<T, N> {
 unsafe impl<T: Copy + Send, const N: usize> Sync for StaticRing<T, N> {}
 
 /// `split` was called a second time.
+///
+/// ```
+/// use voxring_core::{SplitError, StaticRing};
+/// let ring = StaticRing::<u8, 2>::new(0);
+/// let _ends = ring.split().unwrap();
+/// assert_eq!(ring.split().err(), Some(SplitError));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SplitError;
 
@@ -64,6 +71,14 @@ error_message!(SplitError, |self, f| f.write_str(
 ));
 
 /// A push failed: the ring was full. The value is handed back.
+///
+/// ```
+/// use voxring_core::{PushError, StaticRing};
+/// let ring = StaticRing::<u8, 1>::new(0);
+/// let (mut tx, _rx) = ring.split().unwrap();
+/// tx.push(1).unwrap();
+/// assert_eq!(tx.push(2), Err(PushError::Full(2))); // the value comes back
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PushError<T> {
     /// The ring is full; here is the value.
@@ -87,6 +102,13 @@ error_message!(PopError, |self, f| f
     .write_str("the ring is empty: nothing was pushed since the last pop"));
 
 /// A chunk could not be granted.
+///
+/// ```
+/// use voxring_core::{ChunkError, StaticRing};
+/// let ring = StaticRing::<u8, 2>::new(0);
+/// let (_tx, mut rx) = ring.split().unwrap();
+/// assert_eq!(rx.read_chunk(1).err(), Some(ChunkError::Unavailable));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChunkError {
     /// Write chunk: no free slot. Read chunk: no item.
@@ -98,6 +120,14 @@ error_message!(ChunkError, |self, f| f.write_str(
 ));
 
 /// A chunk was committed or released with more items than granted (nothing was done).
+///
+/// ```
+/// use voxring_core::{StaticRing, TooMany};
+/// let ring = StaticRing::<u8, 4>::new(0);
+/// let (mut tx, _rx) = ring.split().unwrap();
+/// let chunk = tx.write_chunk(2).unwrap();
+/// assert_eq!(chunk.commit(3), Err(TooMany { asked: 3, granted: 2 }));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TooMany {
     /// Items asked.
@@ -210,6 +240,15 @@ fn wrap_split<const N: usize>(pos: u64, len: usize) -> (usize, usize) {
 }
 
 /// The producing end of a [`StaticRing`].
+///
+/// ```
+/// use voxring_core::StaticRing;
+/// let ring = StaticRing::<u32, 4>::new(0);
+/// let (mut tx, mut rx) = ring.split().unwrap();
+/// assert_eq!(tx.slots(), 4);
+/// tx.push(1).unwrap();
+/// assert_eq!(rx.pop(), Ok(1));
+/// ```
 #[derive(Debug)]
 pub struct Pusher<'a, T: Copy, const N: usize> {
     ring: &'a StaticRing<T, N>,
@@ -268,6 +307,18 @@ impl<'a, T: Copy, const N: usize> Pusher<'a, T, N> {
 }
 
 /// Slots granted to a [`Pusher`]; fill them, then [`commit`](WriteChunk::commit).
+///
+/// ```
+/// use voxring_core::StaticRing;
+/// let ring = StaticRing::<i16, 8>::new(0);
+/// let (mut tx, mut rx) = ring.split().unwrap();
+/// let mut chunk = tx.write_chunk(3).unwrap();
+/// assert_eq!(chunk.copy_from(&[10, 20, 30, 40]), 3); // only 3 granted
+/// chunk.commit(3).unwrap();
+/// let chunk = rx.read_chunk(8).unwrap();
+/// assert_eq!(chunk.as_slices(), (&[10, 20, 30][..], &[][..]));
+/// chunk.release(3).unwrap();
+/// ```
 #[derive(Debug)]
 pub struct WriteChunk<'p, 'a, T: Copy, const N: usize> {
     pusher: &'p mut Pusher<'a, T, N>,
@@ -326,6 +377,16 @@ impl<T: Copy, const N: usize> WriteChunk<'_, '_, T, N> {
 }
 
 /// The consuming end of a [`StaticRing`].
+///
+/// ```
+/// use voxring_core::{PopError, StaticRing};
+/// let ring = StaticRing::<u8, 2>::new(0);
+/// let (mut tx, mut rx) = ring.split().unwrap();
+/// assert_eq!(rx.pop(), Err(PopError::Empty));
+/// tx.push(9).unwrap();
+/// assert_eq!(rx.items(), 1);
+/// assert_eq!(rx.pop(), Ok(9));
+/// ```
 #[derive(Debug)]
 pub struct Popper<'a, T: Copy, const N: usize> {
     ring: &'a StaticRing<T, N>,
@@ -382,6 +443,19 @@ impl<'a, T: Copy, const N: usize> Popper<'a, T, N> {
 }
 
 /// Items granted to a [`Popper`]; read them, then [`release`](ReadChunk::release).
+///
+/// ```
+/// use voxring_core::StaticRing;
+/// let ring = StaticRing::<u8, 4>::new(0);
+/// let (mut tx, mut rx) = ring.split().unwrap();
+/// for v in 1..=3 {
+///     tx.push(v).unwrap();
+/// }
+/// let chunk = rx.read_chunk(2).unwrap();
+/// assert_eq!(chunk.len(), 2);
+/// chunk.release(1).unwrap(); // keep the second for later
+/// assert_eq!(rx.pop(), Ok(2));
+/// ```
 #[derive(Debug)]
 pub struct ReadChunk<'p, 'a, T: Copy, const N: usize> {
     popper: &'p mut Popper<'a, T, N>,
