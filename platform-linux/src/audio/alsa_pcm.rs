@@ -28,6 +28,16 @@ use super::{
 };
 
 /// Which way to reach the device buffer.
+///
+/// ```
+/// use alsa::Direction;
+/// use voxring_linux::audio::alsa_pcm::{AlsaStream, MmapPreference};
+/// use voxring_linux::audio::{AccessMode, StreamParams};
+/// // ALSA's `null` PCM needs no sound card; it is not `hw:`, so alsa-lib's mmap is used.
+/// let s = AlsaStream::<f32>::open("null", Direction::Playback, &StreamParams::DEFAULT, MmapPreference::Auto)?;
+/// assert_eq!(s.granted().mode, AccessMode::AlsaMmap);
+/// # Ok::<(), voxring_linux::audio::AudioError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MmapPreference {
     /// Direct mmap for `hw:` names (falling back to alsa-lib's mmap), alsa-lib's mmap otherwise.
