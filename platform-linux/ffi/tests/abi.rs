@@ -31,6 +31,28 @@ fn refused(got: i32, code: i32, why: &str) {
     assert!(e.contains(why), "the last error does not say {why:?}: {e}");
 }
 
+/// The writer's status, which the call must give.
+///
+/// # Safety
+/// `w` a live writer.
+unsafe fn writer_status(w: *mut vr_writer) -> vr_status {
+    let mut st = vr_status::default();
+    // SAFETY: the caller's promise; `st` is valid.
+    ok(unsafe { vr_writer_status(w, &mut st) });
+    st
+}
+
+/// The reader's status, which the call must give.
+///
+/// # Safety
+/// `r` a live reader.
+unsafe fn reader_status(r: *mut vr_reader) -> vr_status {
+    let mut st = vr_status::default();
+    // SAFETY: the caller's promise; `st` is valid.
+    ok(unsafe { vr_reader_status(r, &mut st) });
+    st
+}
+
 fn unique(tag: &str) -> std::ffi::CString {
     std::ffi::CString::new(format!("abi-{tag}-{}", std::process::id())).expect("no NUL")
 }
@@ -143,8 +165,7 @@ fn calls_out_of_order_and_bad_values_are_refused() {
         assert_eq!(vr_read_release(r, 1), VR_E_NO_GRANT);
         assert_eq!(vr_read_grant(r, 1, f.as_mut_ptr(), &mut n), VR_E_EMPTY);
         assert_eq!(vr_reader_wait(r, 1_000_000), VR_E_TIMEOUT);
-        let mut st = vr_status::default();
-        assert_eq!(vr_writer_status(w, &mut st), VR_OK);
+        let st = writer_status(w);
         assert_eq!((st.write_pos, st.consumers), (1, 1));
         vr_reader_destroy(r);
         vr_writer_destroy(w);
@@ -176,7 +197,6 @@ fn grants_are_checked_on_commit_and_release() {
     let mut r: *mut vr_reader = ptr::null_mut();
     let mut f = empty_frames::<4>();
     let mut n = 0usize;
-    let mut st = vr_status::default();
     // SAFETY: valid pointers throughout; the handles are destroyed at the end.
     unsafe {
         ok(vr_writer_create(name.as_ptr(), &cfg, &mut w));
@@ -197,7 +217,7 @@ fn grants_are_checked_on_commit_and_release() {
             VR_E_NO_GRANT,
             "3 frames, 2 granted",
         );
-        assert_eq!(vr_writer_status(w, &mut st), VR_OK);
+        let st = writer_status(w);
         assert_eq!(st.write_pos, 0, "a refused commit publishes nothing");
         ok(vr_write_commit(w, ptr::null(), 1));
         refused(
@@ -205,7 +225,7 @@ fn grants_are_checked_on_commit_and_release() {
             VR_E_NO_GRANT,
             "vr_write_grant",
         );
-        assert_eq!(vr_writer_status(w, &mut st), VR_OK);
+        let st = writer_status(w);
         assert_eq!(
             (st.write_pos, st.frames),
             (1, 1),
@@ -223,7 +243,7 @@ fn grants_are_checked_on_commit_and_release() {
         assert_eq!(vr_reader_wait(r, 0), VR_E_GRANT_OPEN);
         assert_eq!(vr_read_grant(r, 1, f.as_mut_ptr(), &mut n), VR_E_GRANT_OPEN);
         refused(vr_read_release(r, 3), VR_E_NO_GRANT, "3 frames, 2 granted");
-        assert_eq!(vr_reader_status(r, &mut st), VR_OK);
+        let st = reader_status(r);
         assert_eq!(
             (st.read_pos, st.lag),
             (0, 2),
@@ -231,7 +251,7 @@ fn grants_are_checked_on_commit_and_release() {
         );
         assert_eq!(vr_read_release(r, 1), VR_OK, "{}", last_error());
         refused(vr_read_release(r, 1), VR_E_NO_GRANT, "vr_read_grant");
-        assert_eq!(vr_reader_status(r, &mut st), VR_OK);
+        let st = reader_status(r);
         assert_eq!(
             (st.read_pos, st.frames),
             (1, 1),
@@ -244,7 +264,7 @@ fn grants_are_checked_on_commit_and_release() {
         // Destroying handles with open grants commits and releases nothing and frees them.
         assert_eq!(vr_write_grant(w, 2, f.as_mut_ptr(), &mut n), VR_OK);
         vr_reader_destroy(r);
-        assert_eq!(vr_writer_status(w, &mut st), VR_OK);
+        let st = writer_status(w);
         assert_eq!((st.write_pos, st.consumers), (2, 0));
         vr_writer_destroy(w);
     }
