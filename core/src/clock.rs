@@ -57,6 +57,12 @@ const TWO_PI: f64 = core::f64::consts::TAU;
 const SQRT_2: f64 = core::f64::consts::SQRT_2;
 
 /// Why [`FrameClock::new`] or a setter refused a parameter.
+///
+/// ```
+/// use voxring_core::clock::{ClockConfigError, FrameClock};
+/// assert_eq!(FrameClock::new(0.0, 1.0).unwrap_err(), ClockConfigError::InvalidRate(0.0));
+/// assert!(FrameClock::new(48_000.0, 1.0e6).is_err()); // bandwidth above rate / 4
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ClockConfigError {
     /// The nominal sample rate must be a finite number of samples per second in
@@ -69,29 +75,38 @@ pub enum ClockConfigError {
     InvalidDriftLimit(f64),
 }
 
-impl core::fmt::Display for ClockConfigError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::InvalidRate(r) => write!(
-                f,
-                "nominal sample rate {r} Hz is not usable: it must be finite and in (0, 1e9]; \
-                 pass the device's configured rate, e.g. 48000"
-            ),
-            Self::InvalidBandwidth(b) => write!(
-                f,
-                "DLL bandwidth {b} Hz is not usable: it must be finite, above 0 and at most a \
-                 quarter of the sample rate; 0.1 to 2 Hz is typical"
-            ),
-            Self::InvalidDriftLimit(d) => write!(
-                f,
-                "drift limit {d} ppm is not usable: it must be finite and in (0, 100000]; \
-                 real crystals drift well under 1000 ppm"
-            ),
-        }
+error_message!(ClockConfigError, |self, f| {
+    match self {
+        Self::InvalidRate(r) => write!(
+            f,
+            "nominal sample rate {r} Hz is not usable: it must be finite and in (0, 1e9]; \
+             pass the device's configured rate, e.g. 48000"
+        ),
+        Self::InvalidBandwidth(b) => write!(
+            f,
+            "DLL bandwidth {b} Hz is not usable: it must be finite, above 0 and at most a \
+             quarter of the sample rate; 0.1 to 2 Hz is typical"
+        ),
+        Self::InvalidDriftLimit(d) => write!(
+            f,
+            "drift limit {d} ppm is not usable: it must be finite and in (0, 100000]; \
+             real crystals drift well under 1000 ppm"
+        ),
     }
-}
+});
 
 /// Why the loop threw away its phase (and maybe its rate) and started again at an update.
+///
+/// ```
+/// use voxring_core::clock::{Discontinuity, FrameClock, Update};
+/// let mut clock = FrameClock::new(48_000.0, 1.0).unwrap();
+/// clock.update(4_800, 100_000_000);
+/// // The position went back: the device restarted; the loop starts again from here.
+/// assert_eq!(
+///     clock.update(0, 200_000_000),
+///     Update::Restarted(Discontinuity::PositionBackwards)
+/// );
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Discontinuity {
     /// The sample position went backwards (a stream restart or a new device).
@@ -109,6 +124,15 @@ pub enum Discontinuity {
 }
 
 /// What one [`FrameClock::update`] did.
+///
+/// ```
+/// use voxring_core::clock::{FrameClock, Update};
+/// let mut clock = FrameClock::new(48_000.0, 1.0).unwrap();
+/// assert_eq!(clock.update(0, 1_000_000), Update::Started);
+/// assert_eq!(clock.update(0, 1_000_500), Update::Ignored); // same position
+/// // 480 samples 10 ms later: on time.
+/// assert!(matches!(clock.update(480, 11_000_000), Update::Tracking { .. }));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Update {
     /// The first pair since creation or [`FrameClock::reset`]: the loop starts here.
@@ -143,6 +167,22 @@ struct Lock {
 /// Plain data (`Copy`, no atomics): keep one per stream, on the thread that sees the
 /// timestamps, and publish results through a [`ControlRegister`](crate::control) if other
 /// threads need them.
+///
+/// ```
+/// use voxring_core::clock::FrameClock;
+/// // A 48 kHz device whose crystal runs 100 ppm fast, read every 10 ms.
+/// let mut clock = FrameClock::new(48_000.0, 1.0).unwrap();
+/// let true_rate = 48_000.0 * (1.0 + 100e-6);
+/// for i in 0..6_000u64 {
+///     let t = i * 10_000_000;
+///     let pos = (t as f64 * true_rate / 1e9) as u64;
+///     clock.update(pos, t);
+/// }
+/// let drift = clock.drift_ppm().unwrap();
+/// assert!((drift - 100.0).abs() < 20.0, "{drift}");
+/// // Where sample 960_000 will be played:
+/// assert!(clock.predict_ns(960_000).is_some());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FrameClock {
     nominal_rate: f64,

@@ -50,6 +50,20 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering, fence};
 ///
 /// e.g. integers, floats, arrays of them, and `#[repr(C)]` structs of them laid out without
 /// gaps. Not `bool`, `char`, enums, references or pointers.
+///
+/// ```
+/// use voxring_core::control::{ControlRegister, Plain};
+/// #[derive(Clone, Copy, Debug, PartialEq)]
+/// #[repr(C)]
+/// struct Mix {
+///     gain: f32,
+///     pan: f32,
+/// }
+/// // SAFETY: two f32 with no gap between them: no padding, valid for every bit pattern.
+/// unsafe impl Plain for Mix {}
+/// let r = ControlRegister::<Mix, 1>::new(Mix { gain: 1.0, pan: 0.0 });
+/// assert_eq!(r.read().unwrap().gain, 1.0);
+/// ```
 pub unsafe trait Plain: Copy + 'static {}
 
 macro_rules! plain {
@@ -82,6 +96,18 @@ pub const CONTROL_VERSION: u32 = 1;
 /// `size_of::<T>() <= 8 * WORDS` is checked at compile time (a `const` assertion in every
 /// constructor). One writer at a time: a second concurrent writer gets
 /// [`WriteError::Busy`] rather than corrupting the value.
+///
+/// ```
+/// use voxring_core::control::ControlRegister;
+/// // A latest-value register of two f32 (8 bytes in 4 words).
+/// let gain = ControlRegister::<[f32; 2]>::new([1.0, 1.0]);
+/// gain.write([0.5, 0.25]).unwrap();
+/// assert_eq!(gain.read(), Ok([0.5, 0.25]));
+/// let (value, version) = gain.read_versioned().unwrap();
+/// assert_eq!((value, version), ([0.5, 0.25], 1));
+/// // Nothing new since version 1:
+/// assert_eq!(gain.read_if_newer(version), Ok(None));
+/// ```
 #[repr(C, align(64))]
 pub struct ControlRegister<T, const WORDS: usize = 4> {
     /// [`CONTROL_MAGIC`]; written last by `init_in` (Release), checked by `attach` (Acquire).
@@ -110,6 +136,13 @@ impl<T, const WORDS: usize> core::fmt::Debug for ControlRegister<T, WORDS> {
 }
 
 /// Why [`ControlRegister::write`] did not write. The value is handed back.
+///
+/// ```
+/// use voxring_core::control::WriteError;
+/// // A refused write hands the value back.
+/// let e: WriteError<u32> = WriteError::Busy(7);
+/// assert_eq!(e.into_inner(), 7);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteError<T> {
     /// Another write is in progress (a second writer, or a writer that died mid-write: see
@@ -126,20 +159,27 @@ impl<T> WriteError<T> {
     }
 }
 
-impl<T> core::fmt::Display for WriteError<T> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::Busy(_) => write!(
-                f,
-                "control register write refused: another write is in progress; a register \
-                 has one writer at a time (if the writer died mid-write, its owner can call \
-                 recover_abandoned_write)"
-            ),
-        }
+error_message!(WriteError<T>, |self, f| {
+    match self {
+        Self::Busy(_) => write!(
+            f,
+            "control register write refused: another write is in progress; a register \
+             has one writer at a time (if the writer died mid-write, its owner can call \
+             recover_abandoned_write)"
+        ),
     }
-}
+});
 
 /// Why a read returned no value.
+///
+/// ```
+/// use voxring_core::control::{ControlRegister, ReadError};
+/// let r = ControlRegister::<u64>::new(3);
+/// // With no writer busy, one attempt is enough.
+/// assert_eq!(r.read_with_retries(1), Ok((3, 0)));
+/// let e = ReadError::Contended { retries: 8 };
+/// assert!(e.to_string().contains("8 attempts"));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadError {
     /// Every attempt overlapped a write (or found one in progress). An honest writer that
@@ -151,17 +191,15 @@ pub enum ReadError {
     },
 }
 
-impl core::fmt::Display for ReadError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::Contended { retries } => write!(
-                f,
-                "control register read gave up after {retries} attempts: every one overlapped \
-                 a write; the writer is writing in a loop or died mid-write"
-            ),
-        }
+error_message!(ReadError, |self, f| {
+    match self {
+        Self::Contended { retries } => write!(
+            f,
+            "control register read gave up after {retries} attempts: every one overlapped \
+             a write; the writer is writing in a loop or died mid-write"
+        ),
     }
-}
+});
 
 /// Why a region could not be initialised or attached: the error every shared object
 /// reports (see [`crate::region`]).
@@ -487,16 +525,10 @@ unsafe impl<T: Plain, const WORDS: usize> crate::region::InRegion for ControlReg
 // The byte layout documented in core/LAYOUT.md ("Control register").
 #[cfg(not(voxring_loom))]
 const _: () = {
-    use core::mem::offset_of;
     type R = ControlRegister<u64, 3>;
-    assert!(offset_of!(R, magic) == 0);
-    assert!(offset_of!(R, version) == 8);
-    assert!(offset_of!(R, words) == 12);
-    assert!(offset_of!(R, payload_bytes) == 16);
-    assert!(offset_of!(R, _reserved) == 20);
-    assert!(offset_of!(R, seq) == 24);
-    assert!(offset_of!(R, data) == 32);
-    assert!(size_of::<R>() == 64);
+    assert_layout!(R, size 64, {
+        magic: 0, version: 8, words: 12, payload_bytes: 16, _reserved: 20, seq: 24, data: 32,
+    });
     assert!(size_of::<ControlRegister<u64, 4>>() == 64);
     assert!(size_of::<ControlRegister<u64, 5>>() == 128);
 };
@@ -645,26 +677,8 @@ mod tests {
                     expected: 12
                 }
             );
-            assert_eq!(
-                R::attach(ptr, 10).unwrap_err(),
-                RegionError::TooSmall { need: 64, got: 10 }
-            );
-            assert!(matches!(
-                R::attach(ptr.add(4), 200),
-                Err(RegionError::Misaligned { .. })
-            ));
-            assert_eq!(
-                R::attach(core::ptr::null_mut(), 64).unwrap_err(),
-                RegionError::Null
-            );
-            ptr.add(8).cast::<u32>().write(9);
-            assert_eq!(
-                R::attach(ptr, 256).unwrap_err(),
-                RegionError::UnsupportedVersion {
-                    found: 9,
-                    expected: CONTROL_VERSION
-                }
-            );
+            crate::region::assert_bad_placements_refused::<R>(ptr, 64);
+            crate::region::assert_stamp_checked::<R>(ptr, 256, CONTROL_MAGIC, CONTROL_VERSION);
         }
     }
 

@@ -75,6 +75,19 @@ const fn pending_of(state: u64) -> u32 {
 ///
 /// One driver arms it (arming from two threads at once is a logic error: cycles may then be
 /// skipped, but nothing unsafe happens); any number of agents mark it done concurrently.
+///
+/// ```
+/// use voxring_core::fence::CycleFence;
+/// let fence = CycleFence::new();
+/// // The driver arms cycle 1 for agents 0 and 1, due at t = 1000 ns.
+/// fence.arm(1, 0b11, 1_000).unwrap();
+/// assert!(!fence.done(0, 1, 500).unwrap().last);
+/// let c = fence.done(1, 1, 1_200).unwrap();
+/// assert!(c.last && c.late); // agent 1 finished the cycle, 200 ns late
+/// assert_eq!(c.late_by_ns, 200);
+/// assert!(fence.is_complete(1));
+/// assert_eq!(fence.late_count(1), Some(1));
+/// ```
 #[repr(C, align(128))]
 pub struct CycleFence {
     /// [`FENCE_MAGIC`]; written last by `init_in` (Release), read by `attach` (Acquire).
@@ -110,6 +123,15 @@ impl core::fmt::Debug for CycleFence {
 }
 
 /// What [`CycleFence::arm`] found when it armed a new cycle.
+///
+/// ```
+/// use voxring_core::fence::CycleFence;
+/// let fence = CycleFence::new();
+/// fence.arm(1, 0b11, 1_000).unwrap();
+/// fence.done(0, 1, 10).unwrap();
+/// // Agent 1 never marked cycle 1: arming cycle 2 counts it as missed.
+/// assert_eq!(fence.arm(2, 0b11, 2_000).unwrap().missed, 0b10);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Armed {
     /// Agents of the previous cycle that had not marked it done (each counted as missed).
@@ -117,6 +139,14 @@ pub struct Armed {
 }
 
 /// What an agent's [`CycleFence::done`] mark did.
+///
+/// ```
+/// use voxring_core::fence::CycleFence;
+/// let fence = CycleFence::new();
+/// fence.arm(7, 0b1, 100).unwrap();
+/// let c = fence.done(0, 7, 50).unwrap();
+/// assert!(c.last && !c.late && c.late_by_ns == 0);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use = "the agent that finishes last must wake the sink"]
 pub struct Completion {
@@ -129,6 +159,14 @@ pub struct Completion {
 }
 
 /// Why [`CycleFence::arm`] refused.
+///
+/// ```
+/// use voxring_core::fence::{ArmError, CycleFence};
+/// let fence = CycleFence::new();
+/// assert_eq!(fence.arm(1, 0, 10), Err(ArmError::NoAgents));
+/// fence.arm(5, 1, 10).unwrap();
+/// assert_eq!(fence.arm(5, 1, 20), Err(ArmError::NotNewer { cycle: 5, armed: 5 }));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArmError {
     /// The required-agents mask was 0: a cycle nobody has to finish would never complete.
@@ -142,25 +180,33 @@ pub enum ArmError {
     },
 }
 
-impl core::fmt::Display for ArmError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::NoAgents => write!(
-                f,
-                "cannot arm a cycle with no required agents: the mask was 0; pass one bit per \
-                 agent that must finish the frame"
-            ),
-            Self::NotNewer { cycle, armed } => write!(
-                f,
-                "cannot arm cycle {cycle}: cycle {armed} was already armed and cycle numbers \
-                 must increase; use the frame sequence number, or reset() the fence if its \
-                 owner restarted"
-            ),
-        }
+error_message!(ArmError, |self, f| {
+    match self {
+        Self::NoAgents => write!(
+            f,
+            "cannot arm a cycle with no required agents: the mask was 0; pass one bit per \
+             agent that must finish the frame"
+        ),
+        Self::NotNewer { cycle, armed } => write!(
+            f,
+            "cannot arm cycle {cycle}: cycle {armed} was already armed and cycle numbers \
+             must increase; use the frame sequence number, or reset() the fence if its \
+             owner restarted"
+        ),
     }
-}
+});
 
 /// Why [`CycleFence::done`] refused a mark.
+///
+/// ```
+/// use voxring_core::fence::{CycleFence, DoneError};
+/// let fence = CycleFence::new();
+/// fence.arm(3, 0b1, 10).unwrap();
+/// assert_eq!(fence.done(0, 4, 5), Err(DoneError::NotArmed { cycle: 4 }));
+/// fence.done(0, 3, 5).unwrap();
+/// assert_eq!(fence.done(0, 3, 6), Err(DoneError::NotPending { agent: 0, cycle: 3 }));
+/// assert!(matches!(fence.done(99, 3, 6), Err(DoneError::AgentOutOfRange { agent: 99 })));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DoneError {
     /// The agent index is not below [`MAX_AGENTS`].
@@ -191,37 +237,35 @@ pub enum DoneError {
     Contended,
 }
 
-impl core::fmt::Display for DoneError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::AgentOutOfRange { agent } => write!(
-                f,
-                "agent index {agent} is out of range: a fence has {MAX_AGENTS} agent slots \
-                 (0..{MAX_AGENTS}); use the index the driver assigned"
-            ),
-            Self::Stale { cycle } => write!(
-                f,
-                "mark for cycle {cycle} refused: a later cycle is already armed (this agent \
-                 missed its deadline by a whole cycle); drop the frame and catch up"
-            ),
-            Self::NotArmed { cycle } => write!(
-                f,
-                "mark for cycle {cycle} refused: that cycle is not armed yet; an agent must \
-                 mark the cycle of the frame it processed"
-            ),
-            Self::NotPending { agent, cycle } => write!(
-                f,
-                "agent {agent} is not pending in cycle {cycle}: it was not required or has \
-                 already marked it done; mark each cycle once"
-            ),
-            Self::Contended => write!(
-                f,
-                "the fence state changed on every one of {DONE_RETRIES} attempts: another \
-                 process is writing it in a loop; treat that peer as faulty"
-            ),
-        }
+error_message!(DoneError, |self, f| {
+    match self {
+        Self::AgentOutOfRange { agent } => write!(
+            f,
+            "agent index {agent} is out of range: a fence has {MAX_AGENTS} agent slots \
+             (0..{MAX_AGENTS}); use the index the driver assigned"
+        ),
+        Self::Stale { cycle } => write!(
+            f,
+            "mark for cycle {cycle} refused: a later cycle is already armed (this agent \
+             missed its deadline by a whole cycle); drop the frame and catch up"
+        ),
+        Self::NotArmed { cycle } => write!(
+            f,
+            "mark for cycle {cycle} refused: that cycle is not armed yet; an agent must \
+             mark the cycle of the frame it processed"
+        ),
+        Self::NotPending { agent, cycle } => write!(
+            f,
+            "agent {agent} is not pending in cycle {cycle}: it was not required or has \
+             already marked it done; mark each cycle once"
+        ),
+        Self::Contended => write!(
+            f,
+            "the fence state changed on every one of {DONE_RETRIES} attempts: another \
+             process is writing it in a loop; treat that peer as faulty"
+        ),
     }
-}
+});
 
 /// Why a region could not be initialised or attached: the error every shared object
 /// reports (see [`crate::region`]).
@@ -533,18 +577,10 @@ unsafe impl crate::region::InRegion for CycleFence {
 // The byte layout documented in core/LAYOUT.md ("Cycle fence"); loom's atomics differ in size.
 #[cfg(not(voxring_loom))]
 const _: () = {
-    use core::mem::offset_of;
-    assert!(offset_of!(CycleFence, magic) == 0);
-    assert!(offset_of!(CycleFence, version) == 8);
-    assert!(offset_of!(CycleFence, agents) == 12);
-    assert!(offset_of!(CycleFence, armed_cycle) == 16);
-    assert!(offset_of!(CycleFence, deadline) == 24);
-    assert!(offset_of!(CycleFence, state) == 40);
-    assert!(offset_of!(CycleFence, required) == 48);
-    assert!(offset_of!(CycleFence, _reserved) == 52);
-    assert!(offset_of!(CycleFence, late) == 56);
-    assert!(offset_of!(CycleFence, missed) == 184);
-    assert!(core::mem::size_of::<CycleFence>() == 384);
+    assert_layout!(CycleFence, size 384, {
+        magic: 0, version: 8, agents: 12, armed_cycle: 16, deadline: 24, state: 40, required: 48,
+        _reserved: 52, late: 56, missed: 184,
+    });
     assert!(core::mem::align_of::<CycleFence>() == 128);
 };
 
@@ -713,24 +749,8 @@ mod tests {
         owner.arm(1, 0b1, 10).unwrap();
         assert!(peer.done(0, 1, 5).unwrap().last);
         assert!(owner.is_complete(1));
-        // SAFETY: as above (checks fail before any access).
-        unsafe {
-            assert_eq!(
-                CycleFence::attach(ptr, 100).unwrap_err(),
-                RegionError::TooSmall {
-                    need: 384,
-                    got: 100
-                }
-            );
-            assert!(matches!(
-                CycleFence::attach(ptr.add(8), 400),
-                Err(RegionError::Misaligned { .. })
-            ));
-            assert_eq!(
-                CycleFence::attach(core::ptr::null_mut(), 400).unwrap_err(),
-                RegionError::Null
-            );
-        }
+        // SAFETY: `region` holds 512 bytes, more than 385.
+        unsafe { crate::region::assert_bad_placements_refused::<CycleFence>(ptr, 384) };
     }
 
     #[test]
@@ -741,15 +761,7 @@ mod tests {
         // reference is in use.
         unsafe {
             CycleFence::init_in(ptr, 512).unwrap();
-            ptr.add(8).cast::<u32>().write(2);
-            assert_eq!(
-                CycleFence::attach(ptr, 512).unwrap_err(),
-                RegionError::UnsupportedVersion {
-                    found: 2,
-                    expected: FENCE_VERSION
-                }
-            );
-            ptr.add(8).cast::<u32>().write(FENCE_VERSION);
+            crate::region::assert_stamp_checked::<CycleFence>(ptr, 512, FENCE_MAGIC, FENCE_VERSION);
             ptr.add(12).cast::<u32>().write(64);
             assert_eq!(
                 CycleFence::attach(ptr, 512).unwrap_err(),

@@ -149,6 +149,20 @@ pub struct RingConfig {
 }
 
 /// Why a [`RingConfig`] (or a header read from memory) is not a usable layout.
+///
+/// ```
+/// use voxring_core::{LayoutError, Policy, RingConfig, SampleFormat};
+/// let cfg = RingConfig {
+///     frames: 3, // not a power of two
+///     samples_per_frame: 64,
+///     channels: 2,
+///     format: SampleFormat::F32,
+///     sample_rate: 48_000,
+///     max_consumers: 1,
+///     policy: Policy::Lossless,
+/// };
+/// assert!(matches!(cfg.region_size(), Err(LayoutError::BadFrames { frames: 3 })));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayoutError {
     /// `frames` is zero, not a power of two, or above [`MAX_FRAMES`].
@@ -176,36 +190,32 @@ pub enum LayoutError {
     RegionTooLarge,
 }
 
-impl core::fmt::Display for LayoutError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            LayoutError::BadFrames { frames } => write!(
-                f,
-                "ring capacity {frames} frames is not a power of two between 1 and {MAX_FRAMES}: pick e.g. 8, 16 or 64"
-            ),
-            LayoutError::ZeroSamples => {
-                f.write_str("samples_per_frame is 0: a frame must hold at least one sample")
-            }
-            LayoutError::ZeroChannels => f.write_str("channels is 0: use 1 for mono, 2 for stereo"),
-            LayoutError::ZeroSampleRate => {
-                f.write_str("sample_rate is 0: give the stream's rate in Hz, e.g. 48000")
-            }
-            LayoutError::BadConsumerCount { max_consumers } => write!(
-                f,
-                "max_consumers {max_consumers} is out of range: use 1 ..= {MAX_CONSUMERS}"
-            ),
-            LayoutError::PayloadTooLarge { bytes } => write!(
-                f,
-                "a frame of {bytes} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit: use fewer samples per frame"
-            ),
-            LayoutError::RegionTooLarge => f.write_str(
-                "the region for this configuration does not fit in the address space: use fewer or smaller frames",
-            ),
+error_message!(LayoutError, |self, f| {
+    match self {
+        LayoutError::BadFrames { frames } => write!(
+            f,
+            "ring capacity {frames} frames is not a power of two between 1 and {MAX_FRAMES}: pick e.g. 8, 16 or 64"
+        ),
+        LayoutError::ZeroSamples => {
+            f.write_str("samples_per_frame is 0: a frame must hold at least one sample")
         }
+        LayoutError::ZeroChannels => f.write_str("channels is 0: use 1 for mono, 2 for stereo"),
+        LayoutError::ZeroSampleRate => {
+            f.write_str("sample_rate is 0: give the stream's rate in Hz, e.g. 48000")
+        }
+        LayoutError::BadConsumerCount { max_consumers } => write!(
+            f,
+            "max_consumers {max_consumers} is out of range: use 1 ..= {MAX_CONSUMERS}"
+        ),
+        LayoutError::PayloadTooLarge { bytes } => write!(
+            f,
+            "a frame of {bytes} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit: use fewer samples per frame"
+        ),
+        LayoutError::RegionTooLarge => f.write_str(
+            "the region for this configuration does not fit in the address space: use fewer or smaller frames",
+        ),
     }
-}
-
-impl core::error::Error for LayoutError {}
+});
 
 const fn round_up(x: usize, align: usize) -> usize {
     (x + align - 1) & !(align - 1)
@@ -404,43 +414,20 @@ impl SlotMeta {
 // have other sizes, so these hold only in the normal build.
 #[cfg(not(voxring_loom))]
 const _: () = {
-    use core::mem::offset_of;
-    assert!(size_of::<HeaderBlock>() == 128);
-    assert!(offset_of!(HeaderBlock, magic) == 0);
-    assert!(offset_of!(HeaderBlock, abi_version) == 8);
-    assert!(offset_of!(HeaderBlock, policy) == 12);
-    assert!(offset_of!(HeaderBlock, frames) == 16);
-    assert!(offset_of!(HeaderBlock, samples_per_frame) == 20);
-    assert!(offset_of!(HeaderBlock, channels) == 24);
-    assert!(offset_of!(HeaderBlock, format) == 28);
-    assert!(offset_of!(HeaderBlock, sample_rate) == 32);
-    assert!(offset_of!(HeaderBlock, max_consumers) == 36);
-    assert!(offset_of!(HeaderBlock, payload_bytes) == 40);
-    assert!(offset_of!(HeaderBlock, slot_size) == 44);
-    assert!(offset_of!(HeaderBlock, consumers_offset) == 48);
-    assert!(offset_of!(HeaderBlock, slots_offset) == 56);
-    assert!(offset_of!(HeaderBlock, region_size) == 64);
-    assert!(offset_of!(HeaderBlock, cache_line) == 72);
-    assert!(offset_of!(HeaderBlock, payload_offset) == 76);
-    assert!(size_of::<ProducerBlock>() == 128);
-    assert!(offset_of!(ProducerBlock, write_pos) == 0);
-    assert!(offset_of!(ProducerBlock, owner) == 8);
-    assert!(size_of::<WaitBlock>() == 128);
-    assert!(offset_of!(WaitBlock, data_futex) == 0);
-    assert!(offset_of!(WaitBlock, consumers_parked) == 4);
-    assert!(offset_of!(WaitBlock, space_futex) == 8);
-    assert!(offset_of!(WaitBlock, producer_parked) == 12);
-    assert!(size_of::<ConsumerBlock>() == 128);
-    assert!(offset_of!(ConsumerBlock, read_pos) == 0);
-    assert!(offset_of!(ConsumerBlock, owner) == 8);
-    assert!(offset_of!(ConsumerBlock, state) == 16);
-    assert!(offset_of!(ConsumerBlock, lost) == 24);
-    assert!(size_of::<SlotMeta>() == 64);
-    assert!(offset_of!(SlotMeta, seq) == 0);
-    assert!(offset_of!(SlotMeta, sample_pos) == 8);
-    assert!(offset_of!(SlotMeta, timestamp_ns) == 16);
-    assert!(offset_of!(SlotMeta, flags) == 24);
-    assert!(offset_of!(SlotMeta, len) == 28);
+    assert_layout!(HeaderBlock, size 128, {
+        magic: 0, abi_version: 8, policy: 12, frames: 16, samples_per_frame: 20, channels: 24,
+        format: 28, sample_rate: 32, max_consumers: 36, payload_bytes: 40, slot_size: 44,
+        consumers_offset: 48, slots_offset: 56, region_size: 64, cache_line: 72,
+        payload_offset: 76,
+    });
+    assert_layout!(ProducerBlock, size 128, { write_pos: 0, owner: 8 });
+    assert_layout!(WaitBlock, size 128, {
+        data_futex: 0, consumers_parked: 4, space_futex: 8, producer_parked: 12,
+    });
+    assert_layout!(ConsumerBlock, size 128, { read_pos: 0, owner: 8, state: 16, lost: 24 });
+    assert_layout!(SlotMeta, size 64, {
+        seq: 0, sample_pos: 8, timestamp_ns: 16, flags: 24, len: 28,
+    });
     assert!(CACHE_LINE == 128);
 };
 

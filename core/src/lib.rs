@@ -3,6 +3,8 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[macro_use]
+mod macros;
 pub(crate) mod sync;
 
 pub mod layout;

@@ -116,6 +116,12 @@ impl Sample for f32 {
 }
 
 /// A payload was viewed as a sample type that is not the ring's format.
+///
+/// ```
+/// use voxring_core::{FormatMismatch, SampleFormat};
+/// let e = FormatMismatch { ring: SampleFormat::S16, asked: SampleFormat::F32 };
+/// assert!(e.to_string().contains("use the matching type"));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FormatMismatch {
     /// The ring's format.
@@ -124,19 +130,21 @@ pub struct FormatMismatch {
     pub asked: SampleFormat,
 }
 
-impl core::fmt::Display for FormatMismatch {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(
-            f,
-            "the ring holds {:?} samples but the payload was viewed as {:?}: use the matching type (i16, i32 or f32)",
-            self.ring, self.asked
-        )
-    }
-}
-
-impl core::error::Error for FormatMismatch {}
+error_message!(FormatMismatch, |self, f| {
+    write!(
+        f,
+        "the ring holds {:?} samples but the payload was viewed as {:?}: use the matching type (i16, i32 or f32)",
+        self.ring, self.asked
+    )
+});
 
 /// `set_len` was given more bytes than a slot holds.
+///
+/// ```
+/// use voxring_core::LenError;
+/// let e = LenError { len: 4096, capacity: 1024 };
+/// assert!(e.to_string().contains("exceeds the slot's 1024 bytes"));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LenError {
     /// The length asked for.
@@ -145,14 +153,10 @@ pub struct LenError {
     pub capacity: u32,
 }
 
-impl core::fmt::Display for LenError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(
-            f,
-            "payload length {} exceeds the slot's {} bytes: the ring was created for smaller frames",
-            self.len, self.capacity
-        )
-    }
-}
-
-impl core::error::Error for LenError {}
+error_message!(LenError, |self, f| {
+    write!(
+        f,
+        "payload length {} exceeds the slot's {} bytes: the ring was created for smaller frames",
+        self.len, self.capacity
+    )
+});

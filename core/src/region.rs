@@ -28,13 +28,22 @@
 //! # Ok::<(), RegionError>(())
 //! ```
 
-use core::fmt;
-
 use crate::layout::LayoutError;
 #[cfg(not(voxring_loom))]
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 /// Why an object could not be initialised in, or attached to, a region of memory.
+///
+/// ```
+/// use voxring_core::control::ControlRegister;
+/// use voxring_core::region::{InRegion, RegionError};
+/// #[repr(C, align(64))]
+/// struct Region([u8; 64]);
+/// let mut region = Region([0; 64]);
+/// // SAFETY: valid for 64 bytes; the zeroed bytes are refused before any use.
+/// let e = unsafe { <ControlRegister<u64> as InRegion>::attach(region.0.as_mut_ptr(), 64) };
+/// assert!(matches!(e, Err(RegionError::BadMagic { found: 0, .. })));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RegionError {
@@ -96,49 +105,45 @@ impl From<LayoutError> for RegionError {
     }
 }
 
-impl fmt::Display for RegionError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            Self::Null => write!(f, "the region pointer is null: map the memory first"),
-            Self::Misaligned { addr, align } => write!(
-                f,
-                "the region at {addr:#x} is not aligned to {align} bytes: place the object \
-                 at an offset that is a multiple of {align} in a page-aligned mapping"
-            ),
-            Self::TooSmall { need, got } => write!(
-                f,
-                "the region is {got} bytes but the object needs {need}: map a larger region"
-            ),
-            Self::BadMagic { found, expected } => write!(
-                f,
-                "magic {found:#018x} where {expected:#018x} was expected: this memory does not \
-                 hold this kind of object, or its creator has not finished initialising it"
-            ),
-            Self::UnsupportedVersion { found, expected } => write!(
-                f,
-                "layout version {found}, but this build reads version {expected}: run the same \
-                 voxring version on both sides"
-            ),
-            Self::Mismatch {
-                field,
-                found,
-                expected,
-            } => write!(
-                f,
-                "{field} is {found} in the region but {expected} in this build: both sides \
-                 must use the same type"
-            ),
-            Self::Layout(e) => write!(f, "{e}"),
-            Self::BadField { field, found } => write!(
-                f,
-                "header field {field} holds {found}, which no such object can have: the \
-                 memory is corrupt or not this kind of object; recreate it"
-            ),
-        }
+error_message!(RegionError, |self, f| {
+    match *self {
+        Self::Null => write!(f, "the region pointer is null: map the memory first"),
+        Self::Misaligned { addr, align } => write!(
+            f,
+            "the region at {addr:#x} is not aligned to {align} bytes: place the object \
+             at an offset that is a multiple of {align} in a page-aligned mapping"
+        ),
+        Self::TooSmall { need, got } => write!(
+            f,
+            "the region is {got} bytes but the object needs {need}: map a larger region"
+        ),
+        Self::BadMagic { found, expected } => write!(
+            f,
+            "magic {found:#018x} where {expected:#018x} was expected: this memory does not \
+             hold this kind of object, or its creator has not finished initialising it"
+        ),
+        Self::UnsupportedVersion { found, expected } => write!(
+            f,
+            "layout version {found}, but this build reads version {expected}: run the same \
+             voxring version on both sides"
+        ),
+        Self::Mismatch {
+            field,
+            found,
+            expected,
+        } => write!(
+            f,
+            "{field} is {found} in the region but {expected} in this build: both sides \
+             must use the same type"
+        ),
+        Self::Layout(e) => write!(f, "{e}"),
+        Self::BadField { field, found } => write!(
+            f,
+            "header field {field} holds {found}, which no such object can have: the \
+             memory is corrupt or not this kind of object; recreate it"
+        ),
     }
-}
-
-impl core::error::Error for RegionError {}
+});
 
 /// An object that lives in a region of memory shared by processes.
 ///
@@ -148,6 +153,23 @@ impl core::error::Error for RegionError {}
 /// validated object claims, never more than `len`), check the region's pointer, alignment and
 /// length before touching it, and that every field a peer can write is read in a way that
 /// is sound for any bit pattern.
+///
+/// ```
+/// use voxring_core::control::ControlRegister;
+/// use voxring_core::region::{InRegion, place_after};
+/// type Reg = ControlRegister<u32, 1>;
+/// #[repr(C, align(128))]
+/// struct Region([u8; 512]);
+/// let mut region = Region([0; 512]);
+/// let base = region.0.as_mut_ptr();
+/// // Two registers in one region, at offsets place_after computes.
+/// let size = Reg::size_for(&0)?;
+/// let second = place_after(size, Reg::ALIGN).unwrap();
+/// // SAFETY: both placements lie inside the 512 bytes, which outlive the handles.
+/// let (a, b) = unsafe { (Reg::init_in(base, size, 1)?, Reg::init_in(base.add(second), size, 2)?) };
+/// assert_eq!((a.read(), b.read()), (Ok(1), Ok(2)));
+/// # Ok::<(), voxring_core::region::RegionError>(())
+/// ```
 pub unsafe trait InRegion {
     /// What creating one needs: `()` for a fence, the initial value for a register, the
     /// configuration for a ring.
@@ -272,4 +294,82 @@ pub const fn place_after(end: usize, align: usize) -> Option<usize> {
         Some(v) => Some(v / a * a),
         None => None,
     }
+}
+
+/// Test helper for every [`InRegion`] type: attaching to a null, a misaligned or a too-short
+/// region fails with that check's error (the checks come before any access).
+///
+/// # Safety
+/// `ptr` must point to at least `need + 1` bytes aligned to `T::ALIGN`.
+#[cfg(test)]
+pub(crate) unsafe fn assert_bad_placements_refused<T: InRegion>(ptr: *mut u8, need: usize) {
+    let refused = |p: *mut u8, len: usize| {
+        // SAFETY: the caller's promise; each of these placements fails a check before any
+        // access.
+        match unsafe { T::attach(p, len) } {
+            Ok(_) => panic!("attach accepted a bad placement ({p:?}, {len} bytes)"),
+            Err(e) => e,
+        }
+    };
+    assert_eq!(
+        refused(ptr, need - 1),
+        RegionError::TooSmall {
+            need,
+            got: need - 1
+        }
+    );
+    // SAFETY: in bounds of the caller's `need + 1` bytes.
+    let odd = unsafe { ptr.add(1) };
+    assert!(matches!(
+        refused(odd, need),
+        RegionError::Misaligned { align, .. } if align == T::ALIGN
+    ));
+    assert_eq!(refused(core::ptr::null_mut(), need), RegionError::Null);
+}
+
+/// Test helper for the fixed-size objects, whose header starts with the stamp
+/// [`check_stamp`] reads (magic at byte 0, version at byte 8): a forged version, then a
+/// forged magic, are refused with their errors; the stamp is restored after each.
+///
+/// # Safety
+/// `ptr` must hold a `T` initialised in `len` bytes, with no reference to it in use.
+#[cfg(test)]
+pub(crate) unsafe fn assert_stamp_checked<T: InRegion>(
+    ptr: *mut u8,
+    len: usize,
+    magic: u64,
+    version: u32,
+) {
+    let refused = || {
+        // SAFETY: the caller's promise; a forged stamp fails before the handle is made.
+        match unsafe { T::attach(ptr, len) } {
+            Ok(_) => panic!("attach accepted a forged stamp"),
+            Err(e) => e,
+        }
+    };
+    let version_at = ptr.wrapping_add(8).cast::<u32>();
+    // SAFETY: within the object's header (caller), aligned (the object's alignment is at
+    // least 8), no reference in use.
+    unsafe { version_at.write(version.wrapping_add(1)) };
+    assert_eq!(
+        refused(),
+        RegionError::UnsupportedVersion {
+            found: version.wrapping_add(1),
+            expected: version
+        }
+    );
+    // SAFETY: as above.
+    unsafe {
+        version_at.write(version);
+        ptr.cast::<u64>().write(0);
+    }
+    assert_eq!(
+        refused(),
+        RegionError::BadMagic {
+            found: 0,
+            expected: magic
+        }
+    );
+    // SAFETY: as above.
+    unsafe { ptr.cast::<u64>().write(magic) };
 }

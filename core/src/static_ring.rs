@@ -56,33 +56,40 @@ impl<T: Copy, const N: usize> core::fmt::Debug for StaticRing<T, N> {
 unsafe impl<T: Copy + Send, const N: usize> Sync for StaticRing<T, N> {}
 
 /// `split` was called a second time.
+///
+/// ```
+/// use voxring_core::{SplitError, StaticRing};
+/// let ring = StaticRing::<u8, 2>::new(0);
+/// let _ends = ring.split().unwrap();
+/// assert_eq!(ring.split().err(), Some(SplitError));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SplitError;
 
-impl core::fmt::Display for SplitError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("this StaticRing was already split: it has one pusher and one popper for its whole life")
-    }
-}
-
-impl core::error::Error for SplitError {}
+error_message!(SplitError, |self, f| f.write_str(
+    "this StaticRing was already split: it has one pusher and one popper for its whole life"
+));
 
 /// A push failed: the ring was full. The value is handed back.
+///
+/// ```
+/// use voxring_core::{PushError, StaticRing};
+/// let ring = StaticRing::<u8, 1>::new(0);
+/// let (mut tx, _rx) = ring.split().unwrap();
+/// tx.push(1).unwrap();
+/// assert_eq!(tx.push(2), Err(PushError::Full(2))); // the value comes back
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PushError<T> {
     /// The ring is full; here is the value.
     Full(T),
 }
 
-impl<T> core::fmt::Display for PushError<T> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(
-            "the ring is full: the consumer has not popped; the value is handed back, retry later",
-        )
-    }
-}
-
-impl<T: core::fmt::Debug> core::error::Error for PushError<T> {}
+error_message!(PushError<T>, |self, f| {
+    f.write_str(
+        "the ring is full: the consumer has not popped; the value is handed back, retry later",
+    )
+});
 
 /// A pop found nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,30 +98,36 @@ pub enum PopError {
     Empty,
 }
 
-impl core::fmt::Display for PopError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("the ring is empty: nothing was pushed since the last pop")
-    }
-}
-
-impl core::error::Error for PopError {}
+error_message!(PopError, |self, f| f
+    .write_str("the ring is empty: nothing was pushed since the last pop"));
 
 /// A chunk could not be granted.
+///
+/// ```
+/// use voxring_core::{ChunkError, StaticRing};
+/// let ring = StaticRing::<u8, 2>::new(0);
+/// let (_tx, mut rx) = ring.split().unwrap();
+/// assert_eq!(rx.read_chunk(1).err(), Some(ChunkError::Unavailable));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChunkError {
     /// Write chunk: no free slot. Read chunk: no item.
     Unavailable,
 }
 
-impl core::fmt::Display for ChunkError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("no slot available for the chunk (ring full for writing, empty for reading); retry later")
-    }
-}
-
-impl core::error::Error for ChunkError {}
+error_message!(ChunkError, |self, f| f.write_str(
+    "no slot available for the chunk (ring full for writing, empty for reading); retry later"
+));
 
 /// A chunk was committed or released with more items than granted (nothing was done).
+///
+/// ```
+/// use voxring_core::{StaticRing, TooMany};
+/// let ring = StaticRing::<u8, 4>::new(0);
+/// let (mut tx, _rx) = ring.split().unwrap();
+/// let chunk = tx.write_chunk(2).unwrap();
+/// assert_eq!(chunk.commit(3), Err(TooMany { asked: 3, granted: 2 }));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TooMany {
     /// Items asked.
@@ -123,17 +136,23 @@ pub struct TooMany {
     pub granted: usize,
 }
 
-impl core::fmt::Display for TooMany {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(
-            f,
-            "asked to commit/release {} items of a chunk of {}: nothing was done",
-            self.asked, self.granted
-        )
+impl TooMany {
+    /// `Ok` when `asked` of the `granted` items may be committed or released.
+    fn check(asked: usize, granted: usize) -> Result<(), TooMany> {
+        if asked > granted {
+            return Err(TooMany { asked, granted });
+        }
+        Ok(())
     }
 }
 
-impl core::error::Error for TooMany {}
+error_message!(TooMany, |self, f| {
+    write!(
+        f,
+        "asked to commit/release {} items of a chunk of {}: nothing was done",
+        self.asked, self.granted
+    )
+});
 
 impl<T: Copy, const N: usize> StaticRing<T, N> {
     const CHECK: () = assert!(
@@ -198,7 +217,38 @@ impl<T: Copy, const N: usize> StaticRing<T, N> {
     }
 }
 
+/// How many slots a chunk of `n` gets: at most `N`, at most `available(want)` (the free or
+/// ready slots, checked again when the cached count is below `want`); none is an error
+/// unless none was asked.
+fn chunk_len<const N: usize>(
+    n: usize,
+    available: impl FnOnce(u64) -> u64,
+) -> Result<u64, ChunkError> {
+    let want = n.min(N) as u64;
+    let len = want.min(available(want));
+    if len == 0 && n > 0 {
+        return Err(ChunkError::Unavailable);
+    }
+    Ok(len)
+}
+
+/// Where a chunk of `len` slots from cursor `pos` lies: its first slot's index and how many
+/// slots come before the ring wraps (the rest start at index 0).
+fn wrap_split<const N: usize>(pos: u64, len: usize) -> (usize, usize) {
+    let start = (pos as usize) & (N - 1);
+    (start, len.min(N - start))
+}
+
 /// The producing end of a [`StaticRing`].
+///
+/// ```
+/// use voxring_core::StaticRing;
+/// let ring = StaticRing::<u32, 4>::new(0);
+/// let (mut tx, mut rx) = ring.split().unwrap();
+/// assert_eq!(tx.slots(), 4);
+/// tx.push(1).unwrap();
+/// assert_eq!(rx.pop(), Ok(1));
+/// ```
 #[derive(Debug)]
 pub struct Pusher<'a, T: Copy, const N: usize> {
     ring: &'a StaticRing<T, N>,
@@ -245,10 +295,7 @@ impl<'a, T: Copy, const N: usize> Pusher<'a, T, N> {
 
     /// Grants up to `n` free slots to fill in place (fewer if fewer are free).
     pub fn write_chunk(&mut self, n: usize) -> Result<WriteChunk<'_, 'a, T, N>, ChunkError> {
-        let len = (n.min(N) as u64).min(self.free(n.min(N) as u64));
-        if len == 0 && n > 0 {
-            return Err(ChunkError::Unavailable);
-        }
+        let len = chunk_len::<N>(n, |want| self.free(want))?;
         for k in 0..len {
             self.ring.track[(self.tail.wrapping_add(k) as usize) & (N - 1)].with_mut(|_| ());
         }
@@ -260,6 +307,18 @@ impl<'a, T: Copy, const N: usize> Pusher<'a, T, N> {
 }
 
 /// Slots granted to a [`Pusher`]; fill them, then [`commit`](WriteChunk::commit).
+///
+/// ```
+/// use voxring_core::StaticRing;
+/// let ring = StaticRing::<i16, 8>::new(0);
+/// let (mut tx, mut rx) = ring.split().unwrap();
+/// let mut chunk = tx.write_chunk(3).unwrap();
+/// assert_eq!(chunk.copy_from(&[10, 20, 30, 40]), 3); // only 3 granted
+/// chunk.commit(3).unwrap();
+/// let chunk = rx.read_chunk(8).unwrap();
+/// assert_eq!(chunk.as_slices(), (&[10, 20, 30][..], &[][..]));
+/// chunk.release(3).unwrap();
+/// ```
 #[derive(Debug)]
 pub struct WriteChunk<'p, 'a, T: Copy, const N: usize> {
     pusher: &'p mut Pusher<'a, T, N>,
@@ -280,8 +339,7 @@ impl<T: Copy, const N: usize> WriteChunk<'_, '_, T, N> {
     /// The granted slots, split where the ring wraps (the second slice may be empty). They
     /// hold stale items until written.
     pub fn as_mut_slices(&mut self) -> (&mut [T], &mut [T]) {
-        let start = (self.pusher.tail as usize) & (N - 1);
-        let first = self.len.min(N - start);
+        let (start, first) = wrap_split::<N>(self.pusher.tail, self.len);
         let base = self.pusher.ring.base();
         // SAFETY: `start + first <= N` and `len - first <= start`, so both slices are inside
         // the buffer and disjoint; the slots are free (granted), so the popper does not read
@@ -306,12 +364,7 @@ impl<T: Copy, const N: usize> WriteChunk<'_, '_, T, N> {
 
     /// Publishes the first `k` slots.
     pub fn commit(self, k: usize) -> Result<(), TooMany> {
-        if k > self.len {
-            return Err(TooMany {
-                asked: k,
-                granted: self.len,
-            });
-        }
+        TooMany::check(k, self.len)?;
         let p = self.pusher;
         for i in 0..self.len as u64 {
             p.ring.track[(p.tail.wrapping_add(i) as usize) & (N - 1)].with_mut(|_| ());
@@ -324,6 +377,16 @@ impl<T: Copy, const N: usize> WriteChunk<'_, '_, T, N> {
 }
 
 /// The consuming end of a [`StaticRing`].
+///
+/// ```
+/// use voxring_core::{PopError, StaticRing};
+/// let ring = StaticRing::<u8, 2>::new(0);
+/// let (mut tx, mut rx) = ring.split().unwrap();
+/// assert_eq!(rx.pop(), Err(PopError::Empty));
+/// tx.push(9).unwrap();
+/// assert_eq!(rx.items(), 1);
+/// assert_eq!(rx.pop(), Ok(9));
+/// ```
 #[derive(Debug)]
 pub struct Popper<'a, T: Copy, const N: usize> {
     ring: &'a StaticRing<T, N>,
@@ -368,10 +431,7 @@ impl<'a, T: Copy, const N: usize> Popper<'a, T, N> {
 
     /// Grants up to `n` ready items to read in place.
     pub fn read_chunk(&mut self, n: usize) -> Result<ReadChunk<'_, 'a, T, N>, ChunkError> {
-        let len = (n.min(N) as u64).min(self.ready(n.min(N) as u64));
-        if len == 0 && n > 0 {
-            return Err(ChunkError::Unavailable);
-        }
+        let len = chunk_len::<N>(n, |want| self.ready(want))?;
         for k in 0..len {
             self.ring.track[(self.head.wrapping_add(k) as usize) & (N - 1)].with(|_| ());
         }
@@ -383,6 +443,19 @@ impl<'a, T: Copy, const N: usize> Popper<'a, T, N> {
 }
 
 /// Items granted to a [`Popper`]; read them, then [`release`](ReadChunk::release).
+///
+/// ```
+/// use voxring_core::StaticRing;
+/// let ring = StaticRing::<u8, 4>::new(0);
+/// let (mut tx, mut rx) = ring.split().unwrap();
+/// for v in 1..=3 {
+///     tx.push(v).unwrap();
+/// }
+/// let chunk = rx.read_chunk(2).unwrap();
+/// assert_eq!(chunk.len(), 2);
+/// chunk.release(1).unwrap(); // keep the second for later
+/// assert_eq!(rx.pop(), Ok(2));
+/// ```
 #[derive(Debug)]
 pub struct ReadChunk<'p, 'a, T: Copy, const N: usize> {
     popper: &'p mut Popper<'a, T, N>,
@@ -402,8 +475,7 @@ impl<T: Copy, const N: usize> ReadChunk<'_, '_, T, N> {
 
     /// The granted items, split where the ring wraps.
     pub fn as_slices(&self) -> (&[T], &[T]) {
-        let start = (self.popper.head as usize) & (N - 1);
-        let first = self.len.min(N - start);
+        let (start, first) = wrap_split::<N>(self.popper.head, self.len);
         let base = self.popper.ring.base();
         // SAFETY: both ranges are inside the buffer (see `WriteChunk::as_mut_slices`) and
         // hold published items the pusher does not touch until release.
@@ -417,12 +489,7 @@ impl<T: Copy, const N: usize> ReadChunk<'_, '_, T, N> {
 
     /// Frees the first `k` items.
     pub fn release(self, k: usize) -> Result<(), TooMany> {
-        if k > self.len {
-            return Err(TooMany {
-                asked: k,
-                granted: self.len,
-            });
-        }
+        TooMany::check(k, self.len)?;
         let p = self.popper;
         for i in 0..self.len as u64 {
             p.ring.track[(p.head.wrapping_add(i) as usize) & (N - 1)].with(|_| ());

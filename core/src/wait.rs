@@ -78,6 +78,13 @@ pub(crate) fn arm(word: &AtomicU32, seen: u32) -> Option<u32> {
 }
 
 /// How a wait ended.
+///
+/// ```
+/// use voxring_core::{AtomicU32, SpinWaiter, WaitOutcome, Waiter};
+/// let word = AtomicU32::new(1);
+/// // The word no longer holds what the caller saw: no sleep at all.
+/// assert_eq!(SpinWaiter::new(10).wait(&word, 0, None), WaitOutcome::Ready);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaitOutcome {
     /// The condition already held (or the word had already changed): no sleep happened.
@@ -92,6 +99,50 @@ pub enum WaitOutcome {
 ///
 /// Implementations must tolerate spurious wake-ups in both directions: callers always
 /// re-check their condition after `wait` returns.
+///
+/// ```
+/// use voxring_core::{AtomicU32, Policy, Ring, RingConfig, SampleFormat, WaitOutcome, Waiter};
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+///
+/// /// A waiter that only counts the wake calls it is asked to make.
+/// #[derive(Default)]
+/// struct Counting(AtomicUsize);
+/// impl Waiter for Counting {
+///     fn wait(&self, word: &AtomicU32, expected: u32, _timeout_ns: Option<u64>) -> WaitOutcome {
+///         if word.load(portable_atomic::Ordering::Acquire) == expected {
+///             WaitOutcome::TimedOut
+///         } else {
+///             WaitOutcome::Ready
+///         }
+///     }
+///     fn wake(&self, _word: &AtomicU32) {
+///         self.0.fetch_add(1, Ordering::Relaxed);
+///     }
+/// }
+///
+/// let waiter = Counting::default();
+/// let cfg = RingConfig {
+///     frames: 4,
+///     samples_per_frame: 16,
+///     channels: 1,
+///     format: SampleFormat::F32,
+///     sample_rate: 48_000,
+///     max_consumers: 1,
+///     policy: Policy::Lossless,
+/// };
+/// #[repr(C, align(128))]
+/// struct Region([u8; 4096]);
+/// let mut region = Region([0; 4096]);
+/// let need = cfg.region_size()?;
+/// assert!(need <= 4096);
+/// // SAFETY: the buffer is ours, aligned, and outlives the ring's handles.
+/// let ring = unsafe { Ring::create(region.0.as_mut_ptr(), need, &cfg) }?;
+/// let mut tx = ring.producer(1)?;
+/// // Nobody is parked: the commit asks for no wake call.
+/// tx.write_grant(1)?.commit_all().wake(&waiter);
+/// assert_eq!(waiter.0.load(Ordering::Relaxed), 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait Waiter {
     /// Sleeps while `word` holds `expected`, at most `timeout_ns` nanoseconds (forever when
     /// `None`). Returns [`WaitOutcome::Ready`] if the word did not hold `expected` on entry.

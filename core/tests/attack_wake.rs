@@ -7,11 +7,13 @@
 
 mod common;
 
-use common::{Region, config, make};
+use common::{Region, config, make, make_pair};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
-use voxring_core::{AtomicU32, Policy, ReadError, WaitOutcome, Waiter};
+use voxring_core::{
+    AtomicU32, Consumer, Policy, Producer, ReadError, RingConfig, WaitOutcome, Waiter,
+};
 
 /// Byte offsets of the wait words in a ring region (core/LAYOUT.md, "Wait block").
 const DATA_FUTEX: usize = 256;
@@ -80,6 +82,19 @@ fn words<const N: usize>(region: &mut Region, offsets: [usize; N]) -> [&AtomicU3
     })
 }
 
+/// Waits until `waiter` has seen `sleeps` sleeps begin (`who` fell asleep), failing if
+/// `who` finished instead or the give-up bound passed (a bound, not a timing).
+fn await_sleeps(waiter: &FutexLike, sleeps: usize, finished: impl Fn() -> bool, who: &str) {
+    let give_up = std::time::Instant::now() + GIVE_UP;
+    while waiter.sleeps.load(Ordering::SeqCst) < sleeps {
+        assert!(
+            std::time::Instant::now() < give_up && !finished(),
+            "{who} never fell asleep"
+        );
+        std::thread::yield_now();
+    }
+}
+
 /// Runs `forge` in a loop in its own thread (the hostile peer) while `body` runs.
 fn with_forger<R>(forge: impl Fn() + Sync, body: impl FnOnce() -> R + Send) -> R {
     let stop = AtomicBool::new(false);
@@ -107,31 +122,47 @@ fn with_forger<R>(forge: impl Fn() + Sync, body: impl FnOnce() -> R + Send) -> R
     })
 }
 
+/// A fresh ring (`cfg`) with producer 1, consumer 2 and a futex-like waiter, and a hostile
+/// peer that keeps writing `value` into the wait word at `offset` while `body` runs. Returns
+/// the waiter (its counts) and the forged word as the body left it.
+fn under_forged_word(
+    cfg: RingConfig,
+    offset: usize,
+    value: u32,
+    body: impl FnOnce(&mut Producer, &mut Consumer, &FutexLike) + Send,
+) -> (FutexLike, u32) {
+    let (mut region, _ring, mut producer, mut consumer) = make_pair(&cfg);
+    let [word] = words(&mut region, [offset]);
+    let waiter = FutexLike::default();
+    with_forger(
+        || word.store(value, portable_atomic::Ordering::Relaxed),
+        || body(&mut producer, &mut consumer, &waiter),
+    );
+    let left = word.load(portable_atomic::Ordering::Relaxed);
+    (waiter, left)
+}
+
 /// A forged `consumers_parked`, kept there, with nobody really asleep: the producer commits
 /// 20,000 frames and makes no wake call at all (before the fix: one per commit).
 #[test]
 fn forged_parked_count_costs_no_wake_call() {
     const COMMITS: usize = 20_000;
-    let (mut region, ring) = make(&config(8, 3, Policy::Lossy));
-    // `consumers_parked`, forged below.
-    let [parked] = words(&mut region, [CONSUMERS_PARKED]);
-    let waiter = FutexLike::default();
-    let mut producer = ring.producer(1).unwrap();
-    // A consumer that only polls (never parks), so the frames go somewhere.
-    let mut consumer = ring.consumer(2).unwrap();
+    // The consumer only polls (never parks), so the frames go somewhere.
     let mut needed = 0usize;
-    with_forger(
-        || parked.store(FORGED, portable_atomic::Ordering::Relaxed),
-        || {
+    let (waiter, parked) = under_forged_word(
+        config(8, 3, Policy::Lossy),
+        CONSUMERS_PARKED,
+        FORGED,
+        |producer, consumer, waiter| {
             for _ in 0..COMMITS {
                 let wake = producer.write_grant(1).unwrap().commit_all();
                 needed += usize::from(wake.needed());
-                wake.wake(&waiter);
+                wake.wake(waiter);
                 let _ = consumer.read_grant(8).map(|g| g.release_all());
             }
         },
     );
-    assert_eq!(parked.load(portable_atomic::Ordering::Relaxed), FORGED);
+    assert_eq!(parked, FORGED);
     assert_eq!(needed, 0, "a forged count alone asked for {needed} wakes");
     assert_eq!(waiter.wakes.load(Ordering::SeqCst), 0);
 }
@@ -168,15 +199,11 @@ fn forged_count_and_armed_word_cost_at_most_one_wake_per_commit() {
 #[test]
 fn a_really_parked_consumer_still_gets_every_frame_under_a_forged_count() {
     const FRAMES: u64 = 300;
-    let (mut region, ring) = make(&config(4, 3, Policy::Lossless));
-    // `consumers_parked`, forged below.
-    let [parked] = words(&mut region, [CONSUMERS_PARKED]);
-    let waiter = FutexLike::default();
-    let mut producer = ring.producer(1).unwrap();
-    let mut consumer = ring.consumer(2).unwrap();
-    with_forger(
-        || parked.store(FORGED, portable_atomic::Ordering::Relaxed),
-        || {
+    let (waiter, _) = under_forged_word(
+        config(4, 3, Policy::Lossless),
+        CONSUMERS_PARKED,
+        FORGED,
+        |producer, consumer, waiter| {
             std::thread::scope(|s| {
                 let reader = s.spawn(|| {
                     let mut got = Vec::new();
@@ -184,13 +211,13 @@ fn a_really_parked_consumer_still_gets_every_frame_under_a_forged_count() {
                         match consumer.read_grant(1) {
                             Ok(g) => {
                                 got.push(g.first_seq());
-                                g.release_all().unwrap().wake(&waiter);
+                                g.release_all().unwrap().wake(waiter);
                                 continue;
                             }
                             Err(ReadError::Empty) => {}
                             Err(e) => panic!("{e}"),
                         }
-                        let outcome = consumer.wait_readable(&waiter, None).unwrap();
+                        let outcome = consumer.wait_readable(waiter, None).unwrap();
                         assert_ne!(
                             outcome,
                             WaitOutcome::TimedOut,
@@ -203,15 +230,8 @@ fn a_really_parked_consumer_still_gets_every_frame_under_a_forged_count() {
                 for i in 0..FRAMES as usize {
                     // Let the consumer fall asleep for frame `i` first (its sleep `i + 1`;
                     // only a wake call ends it). A give-up bound, not a timing.
-                    let give_up = std::time::Instant::now() + GIVE_UP;
-                    while waiter.sleeps.load(Ordering::SeqCst) <= i {
-                        assert!(
-                            std::time::Instant::now() < give_up && !reader.is_finished(),
-                            "the consumer never fell asleep"
-                        );
-                        std::thread::yield_now();
-                    }
-                    producer.write_grant(1).unwrap().commit_all().wake(&waiter);
+                    await_sleeps(waiter, i + 1, || reader.is_finished(), "the consumer");
+                    producer.write_grant(1).unwrap().commit_all().wake(waiter);
                 }
                 let got = reader.join().unwrap();
                 assert_eq!(got, (0..FRAMES).collect::<Vec<_>>());
@@ -230,21 +250,17 @@ fn a_really_parked_consumer_still_gets_every_frame_under_a_forged_count() {
 #[test]
 fn forged_producer_parked_costs_releases_no_wake_call() {
     const FRAMES: usize = 20_000;
-    let (mut region, ring) = make(&config(8, 3, Policy::Lossless));
-    // `producer_parked`, forged below.
-    let [parked] = words(&mut region, [PRODUCER_PARKED]);
-    let waiter = FutexLike::default();
-    let mut producer = ring.producer(1).unwrap();
-    let mut consumer = ring.consumer(2).unwrap();
     let mut needed = 0usize;
-    with_forger(
-        || parked.store(1, portable_atomic::Ordering::Relaxed),
-        || {
+    let (waiter, _) = under_forged_word(
+        config(8, 3, Policy::Lossless),
+        PRODUCER_PARKED,
+        1,
+        |producer, consumer, waiter| {
             for _ in 0..FRAMES {
-                producer.write_grant(1).unwrap().commit_all().wake(&waiter);
+                producer.write_grant(1).unwrap().commit_all().wake(waiter);
                 let wake = consumer.read_grant(1).unwrap().release_all().unwrap();
                 needed += usize::from(wake.needed());
-                wake.wake(&waiter);
+                wake.wake(waiter);
             }
         },
     );
@@ -260,25 +276,21 @@ fn forged_producer_parked_costs_releases_no_wake_call() {
 #[test]
 fn a_really_parked_producer_is_still_woken_under_a_forged_count() {
     const FRAMES: u64 = 300;
-    let (mut region, ring) = make(&config(1, 1, Policy::Lossless));
-    // `producer_parked`, forged below.
-    let [parked] = words(&mut region, [PRODUCER_PARKED]);
-    let waiter = FutexLike::default();
-    let mut producer = ring.producer(1).unwrap();
-    let mut consumer = ring.consumer(2).unwrap();
-    with_forger(
-        || parked.store(1, portable_atomic::Ordering::Relaxed),
-        || {
+    let (waiter, _) = under_forged_word(
+        config(1, 1, Policy::Lossless),
+        PRODUCER_PARKED,
+        1,
+        |producer, consumer, waiter| {
             std::thread::scope(|s| {
                 let writer = s.spawn(|| {
                     let mut sent = 0u64;
                     while sent < FRAMES {
                         if let Ok(g) = producer.write_grant(1) {
-                            g.commit_all().wake(&waiter);
+                            g.commit_all().wake(waiter);
                             sent += 1;
                             continue;
                         }
-                        let outcome = producer.wait_writable(&waiter, None).unwrap();
+                        let outcome = producer.wait_writable(waiter, None).unwrap();
                         assert_ne!(
                             outcome,
                             WaitOutcome::TimedOut,
@@ -289,17 +301,12 @@ fn a_really_parked_producer_is_still_woken_under_a_forged_count() {
                 for i in 0..FRAMES as usize {
                     // The ring holds one frame: once the producer sleeps after committing
                     // frame `i` (all but the last), release it (a give-up bound, not a timing).
-                    let give_up = std::time::Instant::now() + GIVE_UP;
-                    while i + 1 < FRAMES as usize && waiter.sleeps.load(Ordering::SeqCst) <= i {
-                        assert!(
-                            std::time::Instant::now() < give_up && !writer.is_finished(),
-                            "the producer never fell asleep"
-                        );
-                        std::thread::yield_now();
+                    if i + 1 < FRAMES as usize {
+                        await_sleeps(waiter, i + 1, || writer.is_finished(), "the producer");
                     }
                     let g = consumer.read_grant(1).unwrap();
                     assert_eq!(g.first_seq(), i as u64);
-                    g.release_all().unwrap().wake(&waiter);
+                    g.release_all().unwrap().wake(waiter);
                 }
                 writer.join().unwrap();
             });

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Region, config, make};
+use common::{Forge, Region, config};
 use voxring_core::region::{InRegion, RegionError};
 use voxring_core::{ABI_VERSION, CACHE_LINE, MAGIC, Policy, Ring};
 
@@ -42,15 +42,10 @@ fn the_seam_creates_and_attaches_a_ring() {
 
 #[test]
 fn forged_headers_are_refused_through_the_seam() {
-    let cfg = config(8, 2, Policy::Lossless);
-    let (mut region, _ring) = make(&cfg);
-    let len = region.len();
-    let pristine = region.bytes().to_vec();
-    let mut with = |off: usize, val: &[u8], l: usize| {
-        region.bytes().copy_from_slice(&pristine);
-        region.bytes()[off..off + val.len()].copy_from_slice(val);
-        attach_via_seam(&mut region, l).map(|_| ())
-    };
+    let mut forge = Forge::new(&config(8, 2, Policy::Lossless));
+    let len = forge.region.len();
+    let mut with =
+        |off: usize, val: &[u8], l: usize| attach_via_seam(forge.forged(off, val), l).map(|_| ());
     assert_eq!(
         with(0, &[0; 8], len),
         Err(RegionError::BadMagic {

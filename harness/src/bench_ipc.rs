@@ -11,7 +11,7 @@
 //!
 //! What each figure means is written in `docs/ipc-benchmarks.md`.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Child, ExitCode};
 use std::time::{Duration, Instant};
@@ -34,7 +34,7 @@ mod voxring;
 mod wire;
 
 use measure::{SyscallCounter, now_ns, pin_to, process_cpu_ns};
-use peer::{PeerLink, finish_child, inheritable, peer_main, spawn_peer, stop_child, vox_mode};
+use peer::{PeerLink, finish_child, peer_main, spawn_peer, stop_child, vox_mode};
 
 /// How long a side waits for its peer before it decides the peer is gone.
 pub(crate) const PEER_TIMEOUT_NS: u64 = 10_000_000_000;
@@ -574,7 +574,7 @@ fn run_process_pair(
     tracepoint_id: Option<u64>,
     hist: &mut hdrhistogram::Histogram<u64>,
 ) -> anyhow::Result<(u64, ProducerReport)> {
-    let spawn = |fds: &[i32], port: Option<u16>| {
+    let spawn = |fds: &[BorrowedFd<'_>], port: Option<u16>| {
         let link = PeerLink {
             fds,
             port,
@@ -587,7 +587,7 @@ fn run_process_pair(
     let (mut rx, mut child): (Box<dyn Rx>, Child) = match t {
         Transport::Cacheline => {
             let (shared, fd) = shm::Shared::create(shm::mapping_len())?;
-            let child = spawn(&[inheritable(&fd)?], None)?;
+            let child = spawn(&[fd.as_fd()], None)?;
             drop(fd);
             (Box::new(shm::CachelineRx { shared, next: 0 }), child)
         }
@@ -597,7 +597,7 @@ fn run_process_pair(
             let (mine, theirs) =
                 std::os::unix::net::UnixStream::pair().context("socketpair for the segment")?;
             let theirs = OwnedFd::from(theirs);
-            let mut child = spawn(&[inheritable(&theirs)?], None)?;
+            let mut child = spawn(&[theirs.as_fd()], None)?;
             drop(theirs);
             if let Err(e) = rx.send_to(&mine) {
                 stop_child(&mut child);
@@ -613,7 +613,7 @@ fn run_process_pair(
                 None,
             )
             .context("socketpair(AF_UNIX)")?;
-            let child = spawn(&[inheritable(&theirs)?], None)?;
+            let child = spawn(&[theirs.as_fd()], None)?;
             drop(theirs);
             let s = std::os::unix::net::UnixStream::from(mine);
             s.set_read_timeout(Some(Duration::from_nanos(PEER_TIMEOUT_NS)))?;
@@ -625,7 +625,7 @@ fn run_process_pair(
                 .context("pipe for data")?;
             let (ack_r, ack_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
                 .context("pipe for acknowledgements")?;
-            let child = spawn(&[inheritable(&data_w)?, inheritable(&ack_r)?], None)?;
+            let child = spawn(&[data_w.as_fd(), ack_r.as_fd()], None)?;
             drop(data_w);
             drop(ack_r);
             (

@@ -57,45 +57,6 @@ pub struct CleanArgs {
     pub json: Option<PathBuf>,
 }
 
-/// One participant in the JSON list.
-#[derive(Debug, Serialize)]
-pub struct ParticipantJson {
-    /// `producer` or `consumer`.
-    pub role: &'static str,
-    /// Consumer slot.
-    pub slot: Option<u16>,
-    /// PID it wrote in its token (in its own PID namespace).
-    pub pid: u32,
-    /// Whether its liveness lock is held.
-    pub alive: bool,
-    /// Frames committed but not yet released (consumers), when known.
-    pub lag: Option<u64>,
-}
-
-/// One segment in the JSON list.
-#[derive(Debug, Serialize)]
-pub struct SegmentJson {
-    pub name: String,
-    pub path: String,
-    pub size: u64,
-    pub owner_uid: u32,
-    pub owner: String,
-    pub mode: String,
-    /// Whether any process holds a liveness lock on it (false: `clean` removes it).
-    pub in_use: bool,
-    pub alive: usize,
-    pub dead: usize,
-    /// Ring configuration and write position, when the ring could be read.
-    pub frames: Option<u32>,
-    pub samples_per_frame: Option<u32>,
-    pub channels: Option<u16>,
-    pub sample_rate: Option<u32>,
-    pub write_pos: Option<u64>,
-    pub participants: Vec<ParticipantJson>,
-    /// Why the ring could not be read, if it could not.
-    pub error: Option<String>,
-}
-
 fn user_name(uid: u32) -> String {
     std::fs::read_to_string("/etc/passwd")
         .ok()
@@ -110,53 +71,47 @@ fn user_name(uid: u32) -> String {
         .unwrap_or_else(|| uid.to_string())
 }
 
-fn participant(p: &ParticipantInfo) -> ParticipantJson {
-    ParticipantJson {
-        role: if p.slot.is_some() {
-            "consumer"
-        } else {
-            "producer"
-        },
-        slot: p.slot,
-        pid: p.pid,
-        alive: p.alive,
-        lag: p.lag,
+fn role(p: &ParticipantInfo) -> &'static str {
+    if p.slot.is_some() {
+        "consumer"
+    } else {
+        "producer"
     }
 }
 
-fn to_json(s: &SegmentInfo) -> SegmentJson {
+/// The participants of a readable ring: the producer first, then the consumers by slot.
+fn participants(s: &SegmentInfo) -> impl Iterator<Item = &ParticipantInfo> {
+    let ring = s.ring.as_ref().ok();
+    let producer = ring.and_then(|r| r.producer.as_ref());
+    producer
+        .into_iter()
+        .chain(ring.into_iter().flat_map(|r| r.consumers.iter()))
+}
+
+/// A segment as one row of `segments list --json`: the fields of [`SegmentInfo`], its
+/// owner's name, its participants alive and dead, each participant with its role; the ring's
+/// configuration and write position are null when the ring could not be read, and `error`
+/// says why.
+fn to_json(s: &SegmentInfo) -> serde_json::Value {
     let (alive, dead) = s.participants();
-    let (cfg, write_pos, participants, error) = match &s.ring {
-        Ok(r) => (
-            Some(r.config),
-            Some(r.write_pos),
-            r.producer
-                .iter()
-                .chain(r.consumers.iter())
-                .map(participant)
-                .collect(),
-            None,
-        ),
-        Err(e) => (None, None, Vec::new(), Some(e.clone())),
-    };
-    SegmentJson {
-        name: s.name.clone(),
-        path: s.path.display().to_string(),
-        size: s.size,
-        owner_uid: s.owner_uid,
-        owner: user_name(s.owner_uid),
-        mode: format!("{:04o}", s.mode),
-        in_use: s.in_use,
-        alive,
-        dead,
-        frames: cfg.map(|c| c.frames),
-        samples_per_frame: cfg.map(|c| c.samples_per_frame),
-        channels: cfg.map(|c| c.channels),
-        sample_rate: cfg.map(|c| c.sample_rate),
-        write_pos,
-        participants,
-        error,
-    }
+    let ring = s.ring.as_ref().ok();
+    let cfg = ring.map(|r| r.config);
+    let participants: Vec<_> = participants(s)
+        .map(|p| {
+            serde_json::json!({
+                "role": role(p), "slot": p.slot, "pid": p.pid, "alive": p.alive, "lag": p.lag,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "name": s.name, "path": s.path.display().to_string(), "size": s.size,
+        "owner_uid": s.owner_uid, "owner": user_name(s.owner_uid),
+        "mode": format!("{:04o}", s.mode), "in_use": s.in_use, "alive": alive, "dead": dead,
+        "frames": cfg.map(|c| c.frames), "samples_per_frame": cfg.map(|c| c.samples_per_frame),
+        "channels": cfg.map(|c| c.channels), "sample_rate": cfg.map(|c| c.sample_rate),
+        "write_pos": ring.map(|r| r.write_pos), "participants": participants,
+        "error": s.ring.as_ref().err(),
+    })
 }
 
 fn write_json(path: &PathBuf, value: &impl Serialize) -> anyhow::Result<()> {
@@ -184,7 +139,7 @@ fn human_size(bytes: u64) -> String {
     }
 }
 
-fn who(p: &ParticipantJson) -> String {
+fn who(p: &ParticipantInfo) -> String {
     let role = match p.slot {
         Some(i) => format!("consumer {i}"),
         None => "producer".to_owned(),
@@ -200,13 +155,13 @@ fn who(p: &ParticipantJson) -> String {
 /// Lists the segments (table on stdout, or JSON).
 fn list(args: &ListArgs) -> anyhow::Result<ExitCode> {
     let segs = list_segments().context("cannot read /dev/shm to list voxring segments")?;
-    let rows: Vec<SegmentJson> = segs
+    let rows: Vec<&SegmentInfo> = segs
         .iter()
         .filter(|s| s.name.starts_with(&args.prefix))
-        .map(to_json)
         .collect();
     if let Some(path) = &args.json {
-        write_json(path, &rows)?;
+        let json: Vec<_> = rows.iter().map(|s| to_json(s)).collect();
+        write_json(path, &json)?;
         if path.as_os_str() == "-" {
             return Ok(ExitCode::SUCCESS);
         }
@@ -219,26 +174,22 @@ fn list(args: &ListArgs) -> anyhow::Result<ExitCode> {
         "{:<40} {:>10} {:<10} {:<6} {:>5} {:>4}  participants",
         "name", "size", "owner", "in use", "alive", "dead"
     );
-    for r in &rows {
-        let parts = if let Some(e) = &r.error {
-            format!("(ring not readable: {e})")
-        } else if r.participants.is_empty() {
-            "none".to_owned()
-        } else {
-            r.participants
-                .iter()
-                .map(who)
-                .collect::<Vec<_>>()
-                .join(", ")
+    for s in rows {
+        let parts: Vec<String> = participants(s).map(who).collect();
+        let parts = match &s.ring {
+            Err(e) => format!("(ring not readable: {e})"),
+            Ok(_) if parts.is_empty() => "none".to_owned(),
+            Ok(_) => parts.join(", "),
         };
+        let (alive, dead) = s.participants();
         println!(
             "{:<40} {:>10} {:<10} {:<6} {:>5} {:>4}  {}",
-            r.name,
-            human_size(r.size),
-            r.owner,
-            if r.in_use { "yes" } else { "no" },
-            r.alive,
-            r.dead,
+            s.name,
+            human_size(s.size),
+            user_name(s.owner_uid),
+            if s.in_use { "yes" } else { "no" },
+            alive,
+            dead,
             parts
         );
     }

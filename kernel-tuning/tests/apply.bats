@@ -13,43 +13,56 @@ setup() {
 snap() { listing "$ROOT" >"$BATS_TEST_TMPDIR/$1"; }
 same() { diff "$BATS_TEST_TMPDIR/$1" "$BATS_TEST_TMPDIR/$2"; }
 
+# output_has TEXT...: each TEXT appears in $output (of the last bats `run`); says which does not.
+output_has() {
+    local t
+    for t in "$@"; do
+        if [[ "$output" != *"$t"* ]]; then
+            printf 'not in the output: %s\n' "$t" >&2
+            return 1
+        fi
+    done
+}
+
+# unchanged_by COMMAND...: bats-run COMMAND ($status and $output stay set for the test), which
+# must succeed and leave every file under $ROOT as it was.
+unchanged_by() {
+    snap unchanged-before
+    run "$@"
+    [ "$status" -eq 0 ]
+    snap unchanged-after
+    same unchanged-before unchanged-after
+}
+
 @test "apply --dry-run changes nothing, on a bad and on a good system" {
     make_bad_tree "$ROOT"
     kt_env
-    snap before
-    run "$KT_DIR/apply" --all --dry-run
-    [ "$status" -eq 0 ]
-    snap after
-    same before after
+    unchanged_by "$KT_DIR/apply" --all --dry-run
     [ ! -e "$ROOT/var/lib/voxring-tuning" ]
     [ ! -s "$VOXRING_STUB_LOG" ]   # no command ran
 
     rm -rf "$ROOT"
     mkdir -p "$ROOT"
     make_good_tree "$ROOT"
-    snap before
-    run "$KT_DIR/apply" --all --dry-run --scope system
-    [ "$status" -eq 0 ]
-    snap after
-    same before after
+    unchanged_by "$KT_DIR/apply" --all --dry-run --scope system
 }
 
 @test "apply --dry-run shows each change: file, old value, new value, command" {
     make_bad_tree "$ROOT"
     kt_env
     run "$KT_DIR/apply" --all --dry-run
-    [[ "$output" == *"[dry-run] create file $ROOT/etc/security/limits.d/95-voxring-audio.conf (mode 0644)"* ]]
-    [[ "$output" == *"    old: (absent)"* ]]
-    [[ "$output" == *"    + @audio   -   rtprio    95"* ]]
-    [[ "$output" == *"[dry-run] run: groupadd --system audio    (revert runs: groupdel audio)"* ]]
-    [[ "$output" == *"[dry-run] run: usermod -a -G audio alice    (revert runs: gpasswd -d alice audio)"* ]]
-    [[ "$output" == *"[dry-run] write $ROOT/sys/devices/system/cpu/cpu2/cpufreq/scaling_governor: powersave -> performance"* ]]
-    [[ "$output" == *"[dry-run] write $ROOT/proc/irq/30/smp_affinity_list: 0-3 -> 3"* ]]
-    [[ "$output" == *"[dry-run] run: chrt -f -p 90 200    (revert runs: chrt -f -p 50 200)"* ]]
-    [[ "$output" == *"[dry-run] write $ROOT/proc/sys/vm/swappiness: 60 -> 10"* ]]
-    [[ "$output" == *"[dry-run] write $ROOT/sys/kernel/mm/transparent_hugepage/enabled: always -> madvise"* ]]
-    [[ "$output" == *"GRUB_CMDLINE_LINUX_DEFAULT=\"quiet preempt=full threadirqs isolcpus=3\""* ]]
-    [[ "$output" == *"dry run: 21 change(s) would be made"* ]]
+    output_has "[dry-run] create file $ROOT/etc/security/limits.d/95-voxring-audio.conf (mode 0644)" \
+        "    old: (absent)" \
+        "    + @audio   -   rtprio    95" \
+        "[dry-run] run: groupadd --system audio    (revert runs: groupdel audio)" \
+        "[dry-run] run: usermod -a -G audio alice    (revert runs: gpasswd -d alice audio)" \
+        "[dry-run] write $ROOT/sys/devices/system/cpu/cpu2/cpufreq/scaling_governor: powersave -> performance" \
+        "[dry-run] write $ROOT/proc/irq/30/smp_affinity_list: 0-3 -> 3" \
+        "[dry-run] run: chrt -f -p 90 200    (revert runs: chrt -f -p 50 200)" \
+        "[dry-run] write $ROOT/proc/sys/vm/swappiness: 60 -> 10" \
+        "[dry-run] write $ROOT/sys/kernel/mm/transparent_hugepage/enabled: always -> madvise" \
+        "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet preempt=full threadirqs isolcpus=3\"" \
+        "dry run: 21 change(s) would be made"
 }
 
 @test "a replaced file shows its old content under --dry-run" {
@@ -57,8 +70,8 @@ same() { diff "$BATS_TEST_TMPDIR/$1" "$BATS_TEST_TMPDIR/$2"; }
     kt_env
     w etc/security/limits.d/95-voxring-audio.conf '@audio - rtprio 50'
     run "$KT_DIR/apply" --limits --dry-run
-    [[ "$output" == *"[dry-run] replace file $ROOT/etc/security/limits.d/95-voxring-audio.conf (mode 0644)"* ]]
-    [[ "$output" == *"    - @audio - rtprio 50"* ]]
+    output_has "[dry-run] replace file $ROOT/etc/security/limits.d/95-voxring-audio.conf (mode 0644)" \
+        "    - @audio - rtprio 50"
 }
 
 @test "apply then apply again: the second run changes nothing" {
@@ -134,14 +147,10 @@ same() { diff "$BATS_TEST_TMPDIR/$1" "$BATS_TEST_TMPDIR/$2"; }
     make_bad_tree "$ROOT"
     kt_env
     run "$KT_DIR/apply" --all
-    snap applied
-    run "$KT_DIR/revert" --dry-run
-    [ "$status" -eq 0 ]
-    [[ "$output" == *"[dry-run] run: gpasswd -d alice audio"* ]]
-    [[ "$output" == *"[dry-run] write $ROOT/proc/sys/vm/swappiness: 10 -> 60"* ]]
-    [[ "$output" == *"[dry-run] remove $ROOT/etc/sysctl.d/90-voxring.conf (apply created it)"* ]]
-    snap after
-    same applied after
+    unchanged_by "$KT_DIR/revert" --dry-run
+    output_has "[dry-run] run: gpasswd -d alice audio" \
+        "[dry-run] write $ROOT/proc/sys/vm/swappiness: 10 -> 60" \
+        "[dry-run] remove $ROOT/etc/sysctl.d/90-voxring.conf (apply created it)"
 }
 
 @test "a good system: apply --all only adds what is missing, and revert takes it out again" {
@@ -172,13 +181,9 @@ same() { diff "$BATS_TEST_TMPDIR/$1" "$BATS_TEST_TMPDIR/$2"; }
 @test "--cmdline and --containers only print: nothing is written" {
     make_bad_tree "$ROOT"
     kt_env
-    snap before
-    run "$KT_DIR/apply" --cmdline --containers
-    [ "$status" -eq 0 ]
-    [[ "$output" == *"parameters to add: preempt=full threadirqs isolcpus=3"* ]]
-    [[ "$output" == *"containers/"* ]]
-    snap after
-    same before after
+    unchanged_by "$KT_DIR/apply" --cmdline --containers
+    output_has "parameters to add: preempt=full threadirqs isolcpus=3" \
+        "containers/"
 }
 
 @test "usage errors: no item, an unknown flag, a bad scope" {

@@ -21,7 +21,7 @@ expect() {
 }
 
 ALL_IDS="root audio-group limits-conf rtprio memlock rt-probe governor kernel-config hires-timers
-tickless preempt threadirqs mitigations isolation swappiness rt-throttling thp shm-size
+tickless preempt threadirqs mitigations isolation smt swappiness rt-throttling thp shm-size
 filesystems irq-sharing irq-affinity irq-threads cpu-dma-latency pipewire-quantum"
 
 @test "good system: every check is ok and the exit status is 0" {
@@ -30,7 +30,7 @@ filesystems irq-sharing irq-affinity irq-threads cpu-dma-latency pipewire-quantu
     run "$KT_DIR/check"
     [ "$status" -eq 0 ]
     for id in $ALL_IDS; do expect "$id" ok; done
-    [ "$(printf '%s\n' "$output" | wc -l)" -eq 24 ]
+    [ "$(printf '%s\n' "$output" | wc -l)" -eq 25 ]
 }
 
 @test "bad system: each check gives its verdict and the exit status is 1" {
@@ -52,6 +52,7 @@ filesystems irq-sharing irq-affinity irq-threads cpu-dma-latency pipewire-quantu
     expect threadirqs warn
     expect mitigations ok
     expect isolation warn
+    expect smt warn
     expect swappiness warn
     expect rt-throttling warn
     expect thp warn
@@ -185,6 +186,19 @@ alice soft rtprio 1'
     w sys/devices/system/cpu/online '0-1'
     run "$KT_DIR/check"
     expect isolation ok
+}
+
+@test "smt: no SMT control in sysfs (a kernel or CPU without SMT) is ok, and so is SMT forced off" {
+    make_bad_tree "$ROOT"
+    kt_env
+    rm -r "$ROOT/sys/devices/system/cpu/smt"
+    run "$KT_DIR/check"
+    expect smt ok
+    [[ "$output" == *"ok smt: no SMT control exposed"* ]]
+    w sys/devices/system/cpu/smt/control forceoff
+    w sys/devices/system/cpu/smt/active 0
+    run "$KT_DIR/check"
+    expect smt ok
 }
 
 @test "shm-size: no /dev/shm tmpfs is a failure" {

@@ -55,6 +55,17 @@ context.modules = [
     w usr/share/wireplumber/main.lua.d/50-alsa-config.lua 'alsa_monitor.rules = { }'
 }
 
+# cpus GOVERNOR ISOLATED: four online CPUs 0-3 running GOVERNOR, ISOLATED the isolcpus list.
+cpus() {
+    local c
+    w sys/devices/system/cpu/online '0-3'
+    w sys/devices/system/cpu/isolated "$2"
+    for c in 0 1 2 3; do
+        w "sys/devices/system/cpu/cpu$c/cpufreq/scaling_governor" "$1"
+        w "sys/devices/system/cpu/cpu$c/cpufreq/scaling_available_governors" 'performance powersave'
+    done
+}
+
 common_tree() {
     w etc/passwd 'root:x:0:0:root:/root:/bin/bash
 alice:x:1000:1000:Alice:/home/alice:/bin/bash'
@@ -91,12 +102,9 @@ alice:x:1000:'
     mkdir -p "$ROOT/proc/self"
     mv "$ROOT/proc/self-limits.tmp" "$ROOT/proc/self/limits"
     w stub/rt-allowed yes
-    w sys/devices/system/cpu/online '0-3'
-    w sys/devices/system/cpu/isolated '3'
-    for c in 0 1 2 3; do
-        w "sys/devices/system/cpu/cpu$c/cpufreq/scaling_governor" performance
-        w "sys/devices/system/cpu/cpu$c/cpufreq/scaling_available_governors" 'performance powersave'
-    done
+    cpus performance 3
+    w sys/devices/system/cpu/smt/control off
+    w sys/devices/system/cpu/smt/active 0
     printf '%s\n' CONFIG_HIGH_RES_TIMERS=y CONFIG_NO_HZ_IDLE=y CONFIG_NO_HZ_FULL=y \
         CONFIG_PREEMPT_VOLUNTARY=y CONFIG_PREEMPT_DYNAMIC=y | gzip -c >"$ROOT/proc/config.gz"
     w proc/cmdline 'BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro quiet preempt=full threadirqs isolcpus=3 nohz_full=3 -- single'
@@ -129,12 +137,9 @@ alice:x:1000:'
     mkdir -p "$ROOT/proc/self"
     limits_file 0 8388608 >"$ROOT/proc/self/limits"
     w stub/rt-allowed no
-    w sys/devices/system/cpu/online '0-3'
-    w sys/devices/system/cpu/isolated ''
-    for c in 0 1 2 3; do
-        w "sys/devices/system/cpu/cpu$c/cpufreq/scaling_governor" powersave
-        w "sys/devices/system/cpu/cpu$c/cpufreq/scaling_available_governors" 'performance powersave'
-    done
+    cpus powersave ''
+    w sys/devices/system/cpu/smt/control on
+    w sys/devices/system/cpu/smt/active 1
     printf '%s\n' '# CONFIG_HIGH_RES_TIMERS is not set' CONFIG_PREEMPT_NONE=y CONFIG_PREEMPT_DYNAMIC=y \
         >"$ROOT/boot-config.tmp"
     mkdir -p "$ROOT/boot"

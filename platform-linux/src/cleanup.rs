@@ -44,6 +44,15 @@ pub struct CleanReport {
 }
 
 /// Which segments [`clean_segments_with`] considers, and whether it removes anything.
+///
+/// ```
+/// use voxring_linux::cleanup::{CleanOptions, clean_segments_with};
+/// // What would go, among this user's segments whose names start with "doc-":
+/// let opts = CleanOptions { dry_run: true, ..CleanOptions::default() };
+/// let report = clean_segments_with(&opts, |name| name.starts_with("voxring.doc-"))?;
+/// assert!(report.skipped.iter().all(|(_, why)| !why.is_empty()));
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CleanOptions {
     /// Also remove dead segments of other users (root may; others are refused by the sticky

@@ -9,7 +9,6 @@ pub mod fallback;
 pub mod futex;
 pub mod guard;
 pub mod hub;
-pub mod inherit;
 pub mod liveness;
 pub mod mapping;
 pub mod memfd;

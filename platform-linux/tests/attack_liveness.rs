@@ -212,22 +212,21 @@ fn squatted_consumer_is_evicted(mode: &str, reap: bool) {
     victim.kill9();
 }
 
-#[test]
-fn a_read_only_squatter_cannot_keep_a_killed_consumer_alive() {
-    common::parent_only!();
-    squatted_consumer_is_evicted("read", true);
+/// One test per squatter (`mode`) and victim (`reap`: killed and reaped, or a zombie).
+macro_rules! squatter_tests {
+    ($($name:ident: $mode:literal, reap $reap:literal;)*) => {$(
+        #[test]
+        fn $name() {
+            common::parent_only!();
+            squatted_consumer_is_evicted($mode, $reap);
+        }
+    )*};
 }
 
-#[test]
-fn a_write_capable_squatter_cannot_keep_a_killed_consumer_alive() {
-    common::parent_only!();
-    squatted_consumer_is_evicted("write", true);
-}
-
-#[test]
-fn a_write_capable_squatter_cannot_keep_a_zombie_consumer_alive() {
-    common::parent_only!();
-    squatted_consumer_is_evicted("write", false);
+squatter_tests! {
+    a_read_only_squatter_cannot_keep_a_killed_consumer_alive: "read", reap true;
+    a_write_capable_squatter_cannot_keep_a_killed_consumer_alive: "write", reap true;
+    a_write_capable_squatter_cannot_keep_a_zombie_consumer_alive: "write", reap false;
 }
 
 #[test]

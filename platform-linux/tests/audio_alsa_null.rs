@@ -2,11 +2,14 @@
 //! need no server and no sound card. They are not clocked (a second "plays" in microseconds),
 //! so nothing here is timed: every check is on counts and bytes.
 
+mod common;
+
 use std::path::PathBuf;
 
 use alsa::Direction;
 use assert_no_alloc::{AllocDisabler, assert_no_alloc};
 use voxring_linux::audio::alsa_pcm::{AlsaStream, MmapPreference};
+use voxring_linux::audio::duplex::{DeviceSpec, open_duplex};
 use voxring_linux::audio::loopback::{PatternSource, Recorder, pattern_sample};
 use voxring_linux::audio::{
     AccessMode, AudioError, CaptureSink, ChunkInfo, Sample, SampleFormat, SampleFormatExt,
@@ -301,4 +304,54 @@ fn the_duplex_loop_runs_on_null_without_allocating() {
     let st2 =
         assert_no_alloc(|| dev.run(&mut rec2, &mut src, &StopFlag::new(), Some(1_000))).unwrap();
     assert!(st2.capture_frames >= 1_000, "{st2:?}");
+}
+
+/// `--device auto` probes ALSA's `default`. Where that names a card the machine does not have,
+/// alsa-lib prints its own lines to stderr ("ALSA lib confmisc.c:...(parse_card) cannot find
+/// card", "Cannot get card index for ..."). The probe must print none of them: what alsa-lib
+/// said goes into the one label that says what was chosen and why. The child runs the probe
+/// with an ALSA configuration whose `default` is such a card, and its stderr is read whole.
+#[test]
+fn the_auto_probe_prints_none_of_alsa_libs_own_lines() {
+    common::parent_only!();
+    let conf = TempPath::new("asound");
+    std::fs::write(
+        &conf.0,
+        "pcm.default {\n    type hw\n    card \"voxring_no_such_card\"\n}\n",
+    )
+    .expect("write the ALSA configuration");
+    let out = common::spawn_role(
+        "child_entry_auto_probe",
+        "auto-probe",
+        &[("ALSA_CONFIG_PATH", conf.0.display().to_string())],
+    )
+    .stderr(std::process::Stdio::piped())
+    .output()
+    .expect("run the probe child");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        !stderr.contains("ALSA lib") && !stderr.contains("voxring_no_such_card"),
+        "alsa-lib printed its own lines:\n{stderr}"
+    );
+    let label = stdout
+        .lines()
+        .find_map(|l| l.split_once("chosen: ").map(|(_, label)| label))
+        .unwrap_or_else(|| panic!("no label in:\n{stdout}"));
+    assert!(
+        label.starts_with("synthetic") && label.contains("voxring_no_such_card"),
+        "the label should name the fallback and alsa-lib's reason: {label}"
+    );
+}
+
+/// The child of [`the_auto_probe_prints_none_of_alsa_libs_own_lines`].
+#[test]
+fn child_entry_auto_probe() {
+    common::child_role!("auto-probe");
+    let (_device, label) = open_duplex::<f32>(&DeviceSpec::Auto, &params(2), MmapPreference::Auto)
+        .expect("auto falls back to the synthetic device");
+    println!("chosen: {label}");
 }

@@ -66,6 +66,28 @@ pub fn make_pair(cfg: &RingConfig) -> (Region, Ring, Producer, Consumer) {
     (region, ring, p, c)
 }
 
+/// A freshly created ring's region and its pristine bytes, for forging one header field at a
+/// time: every [`forged`](Self::forged) starts again from the good ring.
+pub struct Forge {
+    pub region: Region,
+    pristine: Vec<u8>,
+}
+
+impl Forge {
+    pub fn new(cfg: &RingConfig) -> Self {
+        let (mut region, _ring) = make(cfg);
+        let pristine = region.bytes().to_vec();
+        Forge { region, pristine }
+    }
+
+    /// The pristine region with `val` written at byte `off`.
+    pub fn forged(&mut self, off: usize, val: &[u8]) -> &mut Region {
+        self.region.bytes().copy_from_slice(&self.pristine);
+        self.region.bytes()[off..off + val.len()].copy_from_slice(val);
+        &mut self.region
+    }
+}
+
 /// Deterministic payload byte `i` of frame `seq`.
 pub fn byte(seq: u64, i: usize) -> u8 {
     (seq as u8).wrapping_mul(31).wrapping_add(i as u8)

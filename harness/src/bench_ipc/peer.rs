@@ -2,7 +2,7 @@
 //! it descriptors by inheritance, collects its report and stops it; and its `main`.
 
 use std::io::Read;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,17 +13,11 @@ use super::{
     Args, PEER_TIMEOUT_NS, Plan, ProducerReport, Transport, Tx, http, produce, shm, stream, voxring,
 };
 
-/// Clears close-on-exec on `fd` so the child we spawn next inherits it.
-pub(super) fn inheritable(fd: &OwnedFd) -> anyhow::Result<i32> {
-    voxring_linux::inherit::make_inheritable(fd)
-        .context("clearing close-on-exec on a descriptor for the child")
-}
-
 /// How the producer process reaches the consumer: descriptors it inherits, a 127.0.0.1 port,
 /// a directory (iceoryx2's).
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct PeerLink<'a> {
-    pub fds: &'a [i32],
+    pub fds: &'a [BorrowedFd<'a>],
     pub port: Option<u16>,
     pub dir: Option<&'a std::path::Path>,
 }
@@ -51,7 +45,11 @@ pub(super) fn spawn_peer(
         .arg("--count-messages")
         .arg(plan.count_messages.to_string());
     if !fds.is_empty() {
-        let list: Vec<String> = fds.iter().map(|f| f.to_string()).collect();
+        let list = fds
+            .iter()
+            .map(|&fd| Ok(voxring_linux::process::inherit_fd(&mut cmd, fd)?.to_string()))
+            .collect::<anyhow::Result<Vec<String>>>()
+            .context("handing a descriptor to the producer process")?;
         cmd.arg("--peer-fds").arg(list.join(","));
     }
     if let Some(p) = port {
@@ -176,7 +174,7 @@ fn inherited_fd(fds: &[i32], i: usize) -> anyhow::Result<OwnedFd> {
     let fd = *fds
         .get(i)
         .with_context(|| format!("--peer-fds needs at least {} descriptors", i + 1))?;
-    voxring_linux::inherit::claim_inherited(fd).context("--peer-fds")
+    voxring_linux::process::take_inherited_fd(fd).context("--peer-fds")
 }
 
 /// The producer process: `voxring bench ipc --peer <transport> ...`.

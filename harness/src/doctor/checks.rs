@@ -29,6 +29,7 @@ pub fn file_checks(s: &Sys) -> Vec<Check> {
         c_threadirqs(s),
         c_mitigations(s),
         c_isolation(s),
+        c_smt(s),
         c_swappiness(s),
         c_rt_throttling(s),
         c_thp(s),
@@ -419,6 +420,40 @@ fn c_isolation(s: &Sys) -> Check {
             format!("no isolated CPU; {n} CPUs online ({on})"),
             "isolcpus=/nohz_full= for one audio core (kernel-tuning/apply --cmdline prints the line)",
         )
+    }
+}
+
+fn c_smt(s: &Sys) -> Check {
+    let control = s.first_line("/sys/devices/system/cpu/smt/control");
+    let active = s.first_line("/sys/devices/system/cpu/smt/active");
+    let shown = |v: &Option<String>| v.clone().unwrap_or_else(|| "unreadable".into());
+    match (active.as_deref(), &control) {
+        (Some("1"), _) => check(
+            "smt",
+            Warn,
+            format!(
+                "SMT active (control: {}): the audio core shares its caches and execution units \
+                 with a sibling thread",
+                shown(&control)
+            ),
+            "add nosmt to the kernel command line (or echo off > /sys/devices/system/cpu/smt/control until reboot)",
+        ),
+        (None, None) => check(
+            "smt",
+            Good,
+            "no SMT control exposed (no /sys/devices/system/cpu/smt)",
+            "",
+        ),
+        _ => check(
+            "smt",
+            Good,
+            format!(
+                "SMT not active (control: {}, active: {})",
+                shown(&control),
+                shown(&active)
+            ),
+            "",
+        ),
     }
 }
 

@@ -178,6 +178,51 @@ pub(crate) unsafe fn give_out<T>(out: *mut *mut T, handle: T) -> Fallible<i32> {
     Ok(VR_OK)
 }
 
+/// What every `vr_*_create`, `vr_*_attach` and `vr_reader_open*` does around its own part:
+/// catches panics ([`guard`]), checks `name` and `out`, opens the handle with `open(name)`
+/// and hands it out through `out`.
+///
+/// # Safety
+/// `name` must be null or a NUL-terminated string; `out` null or valid for a write.
+pub(crate) unsafe fn open_named<T>(
+    name: *const c_char,
+    out: *mut *mut T,
+    open: impl FnOnce(String) -> Fallible<T>,
+) -> i32 {
+    guard(|| {
+        // SAFETY: the caller's promise.
+        let name = unsafe { name_arg(name, "name") }?;
+        if out.is_null() {
+            return err(VR_E_NULL, "out is null");
+        }
+        let handle = open(name)?;
+        // SAFETY: `out` checked non-null, valid (caller).
+        unsafe { give_out(out, handle) }
+    })
+}
+
+/// A ring side (`ShmProducer`, `ShmConsumer`) for a call that needs it free: refused with
+/// `VR_E_GRANT_OPEN` and `how_to_close` while `grant` holds an open grant.
+pub(crate) fn unless_grant_open<'a, S, G>(
+    grant: &Option<G>,
+    side: &'a mut S,
+    how_to_close: &str,
+) -> Fallible<&'a mut S> {
+    if grant.is_some() {
+        return err(VR_E_GRANT_OPEN, how_to_close);
+    }
+    Ok(side)
+}
+
+/// Checks the outputs of `vr_write_grant` and `vr_read_grant`: `frames` (room for `n`
+/// entries, may be null when `n` is 0) and `granted`.
+pub(crate) fn check_grant_outs<F>(frames: *mut F, n: usize, granted: *mut usize) -> Fallible<()> {
+    if (frames.is_null() && n > 0) || granted.is_null() {
+        return err(VR_E_NULL, "frames or granted is null");
+    }
+    Ok(())
+}
+
 /// Frees a handle made by [`give_out`]: runs its drop (leave the ring, unmap...) with panics
 /// caught. Null is ignored.
 ///

@@ -30,6 +30,24 @@ impl vr_control {
     }
 }
 
+/// Checks the buffer of a register read or write: non-null unless empty, and at most
+/// `VR_CONTROL_BYTES` long.
+fn check_buffer(is_null: bool, len: usize, what: &str) -> Fallible<()> {
+    if is_null && len > 0 {
+        return err(VR_E_NULL, format!("{what} is null"));
+    }
+    if len > VR_CONTROL_BYTES {
+        return err(
+            VR_E_INVALID,
+            format!(
+                "{what} is {len} bytes but a control register holds {VR_CONTROL_BYTES}: \
+                 pass at most {VR_CONTROL_BYTES}"
+            ),
+        );
+    }
+    Ok(())
+}
+
 /// Creates a control register segment `/dev/shm/voxring.<name>` (removed when destroyed),
 /// holding zeros.
 ///
@@ -37,18 +55,13 @@ impl vr_control {
 /// `name` NUL-terminated; `out` valid.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vr_control_create(name: *const c_char, out: *mut *mut vr_control) -> i32 {
-    guard(|| {
-        // SAFETY: the caller's promise.
-        let name = unsafe { name_arg(name, "name") }?;
-        if out.is_null() {
-            return err(VR_E_NULL, "out is null");
-        }
+    let open = |name: String| -> Fallible<vr_control> {
         let reg = Placed::<Register>::create(&name, &CreateOptions::default(), [0; 8])
             .map_err(|e| (place_code(&e, VR_E_CREATE), e.to_string()))?;
-        let c = vr_control { reg };
-        // SAFETY: `out` checked non-null, valid (caller).
-        unsafe { give_out(out, c) }
-    })
+        Ok(vr_control { reg })
+    };
+    // SAFETY: the caller's promises on `name` and `out`, passed on.
+    unsafe { open_named(name, out, open) }
 }
 
 /// Attaches to a control register segment made by `vr_control_create`.
@@ -57,22 +70,17 @@ pub unsafe extern "C" fn vr_control_create(name: *const c_char, out: *mut *mut v
 /// `name` NUL-terminated; `out` valid.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vr_control_attach(name: *const c_char, out: *mut *mut vr_control) -> i32 {
-    guard(|| {
-        // SAFETY: the caller's promise.
-        let name = unsafe { name_arg(name, "name") }?;
-        if out.is_null() {
-            return err(VR_E_NULL, "out is null");
-        }
+    let open = |name: String| -> Fallible<vr_control> {
         let reg = Placed::<Register>::attach(&name, &AttachOptions::default()).map_err(|e| {
             (
                 place_code(&e, VR_E_ATTACH),
                 format!("{name} is not a control register this process may use: {e}"),
             )
         })?;
-        let c = vr_control { reg };
-        // SAFETY: `out` checked non-null, valid (caller).
-        unsafe { give_out(out, c) }
-    })
+        Ok(vr_control { reg })
+    };
+    // SAFETY: the caller's promises on `name` and `out`, passed on.
+    unsafe { open_named(name, out, open) }
 }
 
 /// Destroys a control register handle (removing the segment if it created it). Null is
@@ -100,15 +108,7 @@ pub unsafe extern "C" fn vr_control_write(
     guard(|| {
         // SAFETY: the caller's promise.
         let c = unsafe { handle(c) }?;
-        if data.is_null() && len > 0 {
-            return err(VR_E_NULL, "data is null");
-        }
-        if len > VR_CONTROL_BYTES {
-            return err(
-                VR_E_INVALID,
-                format!("{len} bytes do not fit a {VR_CONTROL_BYTES}-byte control register"),
-            );
-        }
+        check_buffer(data.is_null(), len, "data")?;
         let mut words = [0u64; 8];
         // SAFETY: `data` valid for `len <= 64` reads (caller); `words` is 64 bytes.
         unsafe { std::ptr::copy_nonoverlapping(data.cast::<u8>(), words.as_mut_ptr().cast(), len) };
@@ -135,15 +135,7 @@ pub unsafe extern "C" fn vr_control_read(
     guard(|| {
         // SAFETY: the caller's promise.
         let c = unsafe { handle(c) }?;
-        if out.is_null() && len > 0 {
-            return err(VR_E_NULL, "out is null");
-        }
-        if len > VR_CONTROL_BYTES {
-            return err(
-                VR_E_INVALID,
-                format!("read of {len} bytes, the register holds 64"),
-            );
-        }
+        check_buffer(out.is_null(), len, "out")?;
         let (words, v) = c
             .reg()
             .read_versioned()

@@ -27,13 +27,11 @@ struct ShmReader {
 impl ShmReader {
     /// The consumer, when no grant is open.
     fn consumer(&mut self) -> Fallible<&mut ShmConsumer> {
-        if self.grant.is_some() {
-            return err(
-                VR_E_GRANT_OPEN,
-                "a read grant is open: release it (vr_read_release) first",
-            );
-        }
-        Ok(&mut self.consumer)
+        unless_grant_open(
+            &self.grant,
+            &mut self.consumer,
+            "a read grant is open: release it (vr_read_release) first",
+        )
     }
 }
 
@@ -113,12 +111,7 @@ pub unsafe extern "C" fn vr_reader_open_ex(
     expected_owner: i64,
     out: *mut *mut vr_reader,
 ) -> i32 {
-    guard(|| {
-        // SAFETY: the caller's promise.
-        let name = unsafe { name_arg(name, "name") }?;
-        if out.is_null() {
-            return err(VR_E_NULL, "out is null");
-        }
+    let open = |name: String| -> Fallible<vr_reader> {
         let owner = if expected_owner < 0 {
             None
         } else {
@@ -170,15 +163,15 @@ pub unsafe extern "C" fn vr_reader_open_ex(
                 Err(e) => return Err(e),
             }
         };
-        let r = vr_reader {
+        Ok(vr_reader {
             transport,
             reason,
             xruns: 0,
             frames: 0,
-        };
-        // SAFETY: `out` checked non-null, valid (caller).
-        unsafe { give_out(out, r) }
-    })
+        })
+    };
+    // SAFETY: the caller's promises on `name` and `out`, passed on.
+    unsafe { open_named(name, out, open) }
 }
 
 fn connect_fallback(
@@ -288,9 +281,7 @@ pub unsafe extern "C" fn vr_read_grant(
     guard(|| {
         // SAFETY: the caller's promise.
         let r = unsafe { handle(r) }?;
-        if (frames.is_null() && n > 0) || granted.is_null() {
-            return err(VR_E_NULL, "frames or granted is null");
-        }
+        check_grant_outs(frames, n, granted)?;
         // SAFETY: checked non-null (the count is written again below).
         unsafe { write_out(granted, 0) }?;
         let put = |i: usize, meta: voxring_core::FrameMeta, data: *const u8, cap: u32| {

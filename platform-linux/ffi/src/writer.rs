@@ -49,13 +49,11 @@ impl vr_writer {
 
     /// The producer, when no grant is open.
     fn producer(&mut self) -> Fallible<&mut ShmProducer> {
-        if self.grant.is_some() {
-            return err(
-                VR_E_GRANT_OPEN,
-                "a write grant is open: commit it (vr_write_commit) first",
-            );
-        }
-        Ok(&mut self.producer)
+        unless_grant_open(
+            &self.grant,
+            &mut self.producer,
+            "a write grant is open: commit it (vr_write_commit) first",
+        )
     }
 
     fn consumers(&self) -> u32 {
@@ -78,20 +76,18 @@ pub unsafe extern "C" fn vr_writer_create(
     config: *const vr_config,
     out: *mut *mut vr_writer,
 ) -> i32 {
-    guard(|| {
-        // SAFETY: the caller's promise on `name`.
-        let name = unsafe { name_arg(name, "name") }?;
-        if config.is_null() || out.is_null() {
-            return err(VR_E_NULL, "config or out is null");
+    let open = |name: String| -> Fallible<vr_writer> {
+        if config.is_null() {
+            return err(VR_E_NULL, "config is null");
         }
         // SAFETY: non-null, valid (caller).
         let cfg = unsafe { *config }.to_ring()?;
         let seg = Segment::create(&name, &cfg, &CreateOptions::default())
             .map_err(|e| (create_code(&e), e.to_string()))?;
-        let w = vr_writer::new(seg)?;
-        // SAFETY: `out` checked non-null, valid (caller).
-        unsafe { give_out(out, w) }
-    })
+        vr_writer::new(seg)
+    };
+    // SAFETY: the caller's promises on `name` and `out`, passed on.
+    unsafe { open_named(name, out, open) }
 }
 
 /// Attaches to an existing segment and claims its producer side.
@@ -100,18 +96,13 @@ pub unsafe extern "C" fn vr_writer_create(
 /// As [`vr_writer_create`].
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vr_writer_attach(name: *const c_char, out: *mut *mut vr_writer) -> i32 {
-    guard(|| {
-        // SAFETY: the caller's promise on `name`.
-        let name = unsafe { name_arg(name, "name") }?;
-        if out.is_null() {
-            return err(VR_E_NULL, "out is null");
-        }
+    let open = |name: String| -> Fallible<vr_writer> {
         let seg = Segment::attach(&name, &AttachOptions::default())
             .map_err(|e| (attach_code(&e), e.to_string()))?;
-        let w = vr_writer::new(seg)?;
-        // SAFETY: `out` checked non-null, valid (caller).
-        unsafe { give_out(out, w) }
-    })
+        vr_writer::new(seg)
+    };
+    // SAFETY: the caller's promises on `name` and `out`, passed on.
+    unsafe { open_named(name, out, open) }
 }
 
 /// Destroys a writer: drops an open grant (committing nothing), gives up the producer side,
@@ -214,9 +205,7 @@ pub unsafe extern "C" fn vr_write_grant(
     guard(|| {
         // SAFETY: the caller's promise.
         let w = unsafe { handle(w) }?;
-        if (frames.is_null() && n > 0) || granted.is_null() {
-            return err(VR_E_NULL, "frames or granted is null");
-        }
+        check_grant_outs(frames, n, granted)?;
         let p = w.producer()?.producer();
         let token = p
             .grant_token(n)

@@ -23,6 +23,36 @@ fn ok(code: i32) {
     assert_eq!(code, VR_OK, "{}", last_error());
 }
 
+/// Asserts that a call was refused with `code` and that the library's last error says `why`.
+#[track_caller]
+fn refused(got: i32, code: i32, why: &str) {
+    let e = last_error();
+    assert_eq!(got, code, "{e}");
+    assert!(e.contains(why), "the last error does not say {why:?}: {e}");
+}
+
+/// The writer's status, which the call must give.
+///
+/// # Safety
+/// `w` a live writer.
+unsafe fn writer_status(w: *mut vr_writer) -> vr_status {
+    let mut st = vr_status::default();
+    // SAFETY: the caller's promise; `st` is valid.
+    ok(unsafe { vr_writer_status(w, &mut st) });
+    st
+}
+
+/// The reader's status, which the call must give.
+///
+/// # Safety
+/// `r` a live reader.
+unsafe fn reader_status(r: *mut vr_reader) -> vr_status {
+    let mut st = vr_status::default();
+    // SAFETY: the caller's promise; `st` is valid.
+    ok(unsafe { vr_reader_status(r, &mut st) });
+    st
+}
+
 fn unique(tag: &str) -> std::ffi::CString {
     std::ffi::CString::new(format!("abi-{tag}-{}", std::process::id())).expect("no NUL")
 }
@@ -47,11 +77,11 @@ fn null_pointers_are_refused_with_a_code() {
     let mut f = empty_frames::<1>();
     // SAFETY: null handles and pointers are exactly what these calls must refuse.
     unsafe {
-        assert_eq!(
+        refused(
             vr_writer_create(ptr::null(), ptr::null(), ptr::null_mut()),
-            VR_E_NULL
+            VR_E_NULL,
+            "null",
         );
-        assert!(last_error().contains("null"));
         assert_eq!(
             vr_reader_open(ptr::null(), ptr::null(), 0, ptr::null_mut()),
             VR_E_NULL
@@ -123,8 +153,7 @@ fn calls_out_of_order_and_bad_values_are_refused() {
         );
         assert_eq!(vr_write_commit(w, ptr::null(), 3), VR_E_NO_GRANT);
         f[0].len = f[0].capacity + 1;
-        assert_eq!(vr_write_commit(w, f.as_ptr(), 1), VR_E_INVALID);
-        assert!(last_error().contains("capacity"));
+        refused(vr_write_commit(w, f.as_ptr(), 1), VR_E_INVALID, "capacity");
         f[0].len = 10;
         assert_eq!(vr_write_commit(w, f.as_ptr(), 1), VR_OK);
 
@@ -136,8 +165,7 @@ fn calls_out_of_order_and_bad_values_are_refused() {
         assert_eq!(vr_read_release(r, 1), VR_E_NO_GRANT);
         assert_eq!(vr_read_grant(r, 1, f.as_mut_ptr(), &mut n), VR_E_EMPTY);
         assert_eq!(vr_reader_wait(r, 1_000_000), VR_E_TIMEOUT);
-        let mut st = vr_status::default();
-        assert_eq!(vr_writer_status(w, &mut st), VR_OK);
+        let st = writer_status(w);
         assert_eq!((st.write_pos, st.consumers), (1, 1));
         vr_reader_destroy(r);
         vr_writer_destroy(w);
@@ -169,7 +197,6 @@ fn grants_are_checked_on_commit_and_release() {
     let mut r: *mut vr_reader = ptr::null_mut();
     let mut f = empty_frames::<4>();
     let mut n = 0usize;
-    let mut st = vr_status::default();
     // SAFETY: valid pointers throughout; the handles are destroyed at the end.
     unsafe {
         ok(vr_writer_create(name.as_ptr(), &cfg, &mut w));
@@ -185,18 +212,20 @@ fn grants_are_checked_on_commit_and_release() {
         assert_eq!(vr_write_grant(w, 2, f.as_mut_ptr(), &mut n), VR_OK);
         assert_eq!((n, f[0].seq, f[1].seq), (2, 0, 1));
         assert_eq!(vr_writer_wait(w, 0), VR_E_GRANT_OPEN);
-        assert_eq!(vr_write_commit(w, ptr::null(), 3), VR_E_NO_GRANT);
-        assert!(
-            last_error().contains("3 frames, 2 granted"),
-            "{}",
-            last_error()
+        refused(
+            vr_write_commit(w, ptr::null(), 3),
+            VR_E_NO_GRANT,
+            "3 frames, 2 granted",
         );
-        assert_eq!(vr_writer_status(w, &mut st), VR_OK);
+        let st = writer_status(w);
         assert_eq!(st.write_pos, 0, "a refused commit publishes nothing");
         ok(vr_write_commit(w, ptr::null(), 1));
-        assert_eq!(vr_write_commit(w, ptr::null(), 1), VR_E_NO_GRANT);
-        assert!(last_error().contains("vr_write_grant"), "{}", last_error());
-        assert_eq!(vr_writer_status(w, &mut st), VR_OK);
+        refused(
+            vr_write_commit(w, ptr::null(), 1),
+            VR_E_NO_GRANT,
+            "vr_write_grant",
+        );
+        let st = writer_status(w);
         assert_eq!(
             (st.write_pos, st.frames),
             (1, 1),
@@ -213,22 +242,16 @@ fn grants_are_checked_on_commit_and_release() {
         assert_eq!((n, f[0].seq, f[1].seq), (2, 0, 1));
         assert_eq!(vr_reader_wait(r, 0), VR_E_GRANT_OPEN);
         assert_eq!(vr_read_grant(r, 1, f.as_mut_ptr(), &mut n), VR_E_GRANT_OPEN);
-        assert_eq!(vr_read_release(r, 3), VR_E_NO_GRANT);
-        assert!(
-            last_error().contains("3 frames, 2 granted"),
-            "{}",
-            last_error()
-        );
-        assert_eq!(vr_reader_status(r, &mut st), VR_OK);
+        refused(vr_read_release(r, 3), VR_E_NO_GRANT, "3 frames, 2 granted");
+        let st = reader_status(r);
         assert_eq!(
             (st.read_pos, st.lag),
             (0, 2),
             "a refused release frees nothing"
         );
         assert_eq!(vr_read_release(r, 1), VR_OK, "{}", last_error());
-        assert_eq!(vr_read_release(r, 1), VR_E_NO_GRANT);
-        assert!(last_error().contains("vr_read_grant"), "{}", last_error());
-        assert_eq!(vr_reader_status(r, &mut st), VR_OK);
+        refused(vr_read_release(r, 1), VR_E_NO_GRANT, "vr_read_grant");
+        let st = reader_status(r);
         assert_eq!(
             (st.read_pos, st.frames),
             (1, 1),
@@ -241,7 +264,7 @@ fn grants_are_checked_on_commit_and_release() {
         // Destroying handles with open grants commits and releases nothing and frees them.
         assert_eq!(vr_write_grant(w, 2, f.as_mut_ptr(), &mut n), VR_OK);
         vr_reader_destroy(r);
-        assert_eq!(vr_writer_status(w, &mut st), VR_OK);
+        let st = writer_status(w);
         assert_eq!((st.write_pos, st.consumers), (2, 0));
         vr_writer_destroy(w);
     }

@@ -21,12 +21,23 @@ use alsa::direct::pcm::{MmapCapture, MmapPlayback};
 use alsa::pcm::{Access, Frames, HwParams, PCM, State};
 use alsa::{Direction, ValueOr};
 
+use super::alsa_messages::AlsaMessages;
 use super::{
     AccessMode, AudioError, CaptureSink, ChunkInfo, Granted, PlaybackSource, Sample,
     SampleFormatExt, StreamParams, flags, monotonic_ns,
 };
 
 /// Which way to reach the device buffer.
+///
+/// ```
+/// use alsa::Direction;
+/// use voxring_linux::audio::alsa_pcm::{AlsaStream, MmapPreference};
+/// use voxring_linux::audio::{AccessMode, StreamParams};
+/// // ALSA's `null` PCM needs no sound card; it is not `hw:`, so alsa-lib's mmap is used.
+/// let s = AlsaStream::<f32>::open("null", Direction::Playback, &StreamParams::DEFAULT, MmapPreference::Auto)?;
+/// assert_eq!(s.granted().mode, AccessMode::AlsaMmap);
+/// # Ok::<(), voxring_linux::audio::AudioError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MmapPreference {
     /// Direct mmap for `hw:` names (falling back to alsa-lib's mmap), alsa-lib's mmap otherwise.
@@ -147,8 +158,15 @@ impl<T: Sample> AlsaStream<T> {
     ) -> Result<Self, AudioError> {
         params.validate()?;
         let d = dir_name(dir);
-        let pcm = PCM::new(name, dir, false)
-            .map_err(|e| AudioError::alsa(format!("opening ALSA PCM '{name}' for {d}"), e))?;
+        // alsa-lib's own lines about a missing card go into our error, not to stderr.
+        let said = AlsaMessages::capture();
+        let pcm = PCM::new(name, dir, false).map_err(|e| {
+            AudioError::alsa(
+                format!("opening ALSA PCM '{name}' for {d}{}", said.first()),
+                e,
+            )
+        })?;
+        drop(said);
         {
             let hwp = HwParams::any(&pcm).map_err(|e| {
                 AudioError::alsa(format!("reading the {d} parameters of '{name}'"), e)

@@ -12,6 +12,20 @@ use super::{
 };
 
 /// Which device to open.
+///
+/// ```
+/// use voxring_linux::audio::StreamParams;
+/// use voxring_linux::audio::duplex::DeviceSpec;
+/// let p = StreamParams::DEFAULT;
+/// assert_eq!(DeviceSpec::parse("auto", &p)?, DeviceSpec::Auto);
+/// assert_eq!(
+///     DeviceSpec::parse("synthetic:480", &p)?,
+///     DeviceSpec::Synthetic { loopback_delay: Some(480) }
+/// );
+/// assert_eq!(DeviceSpec::parse("hw:0,0", &p)?, DeviceSpec::Alsa("hw:0,0".into()));
+/// assert!(DeviceSpec::parse("", &p).is_err());
+/// # Ok::<(), voxring_linux::audio::AudioError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceSpec {
     /// ALSA's `default` PCM (PipeWire on a desktop) if it opens for both directions, else the
@@ -65,6 +79,14 @@ impl DeviceSpec {
 }
 
 /// A flag another thread sets to end [`Duplex::run`].
+///
+/// ```
+/// use voxring_linux::audio::duplex::StopFlag;
+/// static STOP: StopFlag = StopFlag::new();
+/// assert!(!STOP.is_set());
+/// STOP.request(); // from a signal handler or another thread
+/// assert!(STOP.is_set());
+/// ```
 #[derive(Debug, Default)]
 pub struct StopFlag(AtomicBool);
 
@@ -193,6 +215,18 @@ impl<T: Sample> AlsaDuplex<T> {
 }
 
 /// A device open for capture and playback on one clock. Open one with [`open_duplex`].
+///
+/// ```
+/// use voxring_linux::audio::alsa_pcm::MmapPreference;
+/// use voxring_linux::audio::duplex::{DeviceSpec, Duplex, open_duplex};
+/// use voxring_linux::audio::{AccessMode, StreamParams};
+/// let spec = DeviceSpec::Synthetic { loopback_delay: Some(256) };
+/// let (dev, label) = open_duplex::<f32>(&spec, &StreamParams::DEFAULT, MmapPreference::Auto)?;
+/// assert!(matches!(dev, Duplex::Synthetic(_)));
+/// assert_eq!(dev.capture_granted().mode, AccessMode::Synthetic);
+/// assert!(label.starts_with("synthetic"), "{label}");
+/// # Ok::<(), voxring_linux::audio::AudioError>(())
+/// ```
 #[derive(Debug)]
 pub enum Duplex<T: Sample> {
     /// An ALSA PCM (plugin or hw).

@@ -223,6 +223,13 @@ impl<T: Sample> CaptureSink<T> for ImpulseDetector<'_> {
 }
 
 /// Round-trip statistics in frames (nearest-rank percentiles).
+///
+/// ```
+/// use voxring_linux::audio::loopback::RoundTripStats;
+/// let s = RoundTripStats::from_frames(&[300, 288, 290, 1000]).unwrap();
+/// assert_eq!((s.count, s.min, s.p50, s.max), (4, 288, 290, 1000));
+/// assert_eq!(RoundTripStats::ms(480, 48_000), 10.0);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RoundTripStats {
     /// Number of measurements.
@@ -306,6 +313,17 @@ impl<T: Sample> PlaybackSource<T> for PatternSource {
 
 /// Records the capture into a buffer allocated up front (frames beyond its capacity are
 /// counted, not kept), with the position of the first chunk flagged as an xrun.
+///
+/// ```
+/// use voxring_linux::audio::loopback::Recorder;
+/// use voxring_linux::audio::{CaptureSink, ChunkInfo};
+/// let mut rec = Recorder::<f32>::new(2, 1); // room for two mono frames
+/// let info = ChunkInfo { sample_pos: 0, timestamp_ns: 0, flags: 0, capture_pos: 3, channels: 1 };
+/// rec.push(&[0.0, 0.5, 0.25], &info);
+/// assert_eq!(rec.samples(), &[0.0, 0.5]);
+/// assert_eq!(rec.overflow_frames(), 1);
+/// assert_eq!(rec.first_sound(), Some(1));
+/// ```
 #[derive(Debug)]
 pub struct Recorder<T: Sample> {
     samples: Vec<T>,

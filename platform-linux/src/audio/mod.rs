@@ -21,6 +21,7 @@
 //! [`loopback`] measures the round trip through a device the way `jack_iodelay` does.
 //! [`pipewire`] applies and reads back PipeWire's quantum and rate.
 
+mod alsa_messages;
 pub mod alsa_pcm;
 pub mod duplex;
 pub mod loopback;
@@ -169,6 +170,15 @@ impl Sample for f32 {
 }
 
 /// What you ask a device for.
+///
+/// ```
+/// use voxring_linux::audio::StreamParams;
+/// let p = StreamParams { period_frames: 64, buffer_frames: 128, ..StreamParams::DEFAULT };
+/// p.validate()?;
+/// let bad = StreamParams { buffer_frames: 64, ..p }; // one period only
+/// assert!(bad.validate().unwrap_err().to_string().contains("at least two periods"));
+/// # Ok::<(), voxring_linux::audio::AudioError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamParams {
     /// Frames per second.
@@ -300,6 +310,14 @@ impl<T: Sample> CaptureSink<T> for DiscardSink {
 }
 
 /// A source of silence (always provides all frames asked for).
+///
+/// ```
+/// use voxring_linux::audio::{ChunkInfo, PlaybackSource, SilenceSource};
+/// let info = ChunkInfo { sample_pos: 0, timestamp_ns: 0, flags: 0, capture_pos: 0, channels: 2 };
+/// let mut out = [1.0f32; 8];
+/// assert_eq!(SilenceSource.pull(&mut out, &info), 4); // 4 stereo frames
+/// assert_eq!(out, [0.0; 8]);
+/// ```
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SilenceSource;
 
@@ -320,6 +338,13 @@ pub struct XrunCounts {
 }
 
 /// Errors of the audio path. The messages say what happened, why, and what to do.
+///
+/// ```
+/// use voxring_linux::audio::{AudioError, StreamParams};
+/// let e = StreamParams { rate: 1, ..StreamParams::DEFAULT }.validate().unwrap_err();
+/// assert!(matches!(e, AudioError::InvalidParams(_)));
+/// assert!(e.to_string().contains("between 8000 and 768000 Hz"));
+/// ```
 #[derive(Debug)]
 pub enum AudioError {
     /// The stream parameters are out of range.

@@ -13,6 +13,16 @@ use std::process::Command;
 use super::AudioError;
 
 /// The clock entries of PipeWire's `settings` metadata (absent keys are `None`).
+///
+/// ```
+/// use voxring_linux::audio::pipewire::parse_settings;
+/// let text = "update: id:0 key:'clock.rate' value:'48000' type:''\n\
+///             update: id:0 key:'clock.quantum' value:'1024' type:''\n\
+///             update: id:0 key:'clock.force-quantum' value:'128' type:''\n";
+/// let clock = parse_settings(text);
+/// assert_eq!(clock.rate, Some(48_000));
+/// assert_eq!(clock.effective_quantum(), Some(128)); // forced wins
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PwClock {
     /// `clock.rate`: the graph's default rate.

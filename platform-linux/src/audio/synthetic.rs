@@ -25,6 +25,22 @@ use super::{
 };
 
 /// The synthetic device. See the module documentation.
+///
+/// ```
+/// use voxring_linux::audio::loopback::{PatternSource, Recorder};
+/// use voxring_linux::audio::StreamParams;
+/// use voxring_linux::audio::synthetic::SyntheticDevice;
+/// let p = StreamParams { period_frames: 64, buffer_frames: 128, ..StreamParams::DEFAULT };
+/// // Playback comes back in the capture 100 frames later.
+/// let mut dev = SyntheticDevice::<i16>::new(&p, Some(100))?;
+/// let mut rec = Recorder::<i16>::new(1024, p.channels);
+/// let mut src = PatternSource::new(0, 64);
+/// while dev.clock_frames() < 512 {
+///     dev.run_due(&mut rec, &mut src); // sleeps until the next period is due
+/// }
+/// assert_eq!(rec.first_sound(), Some(100));
+/// # Ok::<(), voxring_linux::audio::AudioError>(())
+/// ```
 #[derive(Debug)]
 pub struct SyntheticDevice<T: Sample> {
     params: StreamParams,

@@ -123,6 +123,12 @@ impl FallbackReader {
                 asking,
             });
         }
+        Self::greeted(stream, path, timeout)
+    }
+
+    /// Reads and checks the greeting on a connected `stream` (waiting up to `timeout`), then
+    /// allocates the receive buffer it asks for.
+    fn greeted(stream: UnixStream, path: &Path, timeout: Duration) -> Result<Self, FallbackError> {
         stream
             .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
             .map_err(FallbackError::Io)?;
@@ -418,7 +424,6 @@ mod tests {
     //! a reason, never a panic or an out-of-range access.
 
     use std::io::Write;
-    use std::os::unix::net::UnixListener;
 
     use voxring_core::{Policy, SampleFormat};
 
@@ -449,20 +454,14 @@ mod tests {
         b
     }
 
-    /// Serves `bytes` to one client on a fresh socket, then closes; returns the reader's
-    /// connect result and the socket's folder (removed when dropped).
-    fn against(bytes: Vec<u8>) -> (Result<FallbackReader, FallbackError>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("s.sock");
-        let listener = UnixListener::bind(&path).expect("bind");
-        let server = std::thread::spawn(move || {
-            if let Ok((mut s, _)) = listener.accept() {
-                let _ = s.write_all(&bytes);
-            }
-        });
-        let r = FallbackReader::connect(&path, Duration::from_secs(5));
-        server.join().expect("fake server");
-        (r, dir)
+    /// A reader greeted by a fake server that sent `bytes`, then closed.
+    fn against(bytes: Vec<u8>) -> Result<FallbackReader, FallbackError> {
+        let (reader_end, mut server) = UnixStream::pair().expect("socket pair");
+        server
+            .write_all(&bytes)
+            .expect("the bytes fit the socket buffer");
+        drop(server);
+        FallbackReader::greeted(reader_end, Path::new("fake"), Duration::from_secs(5))
     }
 
     #[test]
@@ -473,7 +472,7 @@ mod tests {
         b.extend(5u64.to_le_bytes());
         b.extend(frame(6, 10, 9));
         b.extend(TAG_END.to_le_bytes());
-        let (r, dir) = against(b);
+        let r = against(b);
         let mut r = r.expect("connect");
         assert_eq!(r.config().frames, 4);
         assert_eq!(
@@ -492,43 +491,37 @@ mod tests {
         r.release(1);
         assert_eq!(r.read_grant(4).ok(), Some(FallbackRead::EndOfStream));
         assert_eq!(r.lost_frames(), 5);
-        drop(dir);
     }
 
     #[test]
     fn hostile_input_is_an_error_with_a_reason() {
         // Not the protocol at all.
-        let (r, dir) = against(b"HTTP/1.1 200 OK\r\n\r\n".to_vec());
+        let r = against(b"HTTP/1.1 200 OK\r\n\r\n".to_vec());
         assert!(matches!(r, Err(FallbackError::Protocol(_))));
-        drop(dir);
         // A payload size that does not match the configuration.
-        let (r, dir) = against(greeting(17));
+        let r = against(greeting(17));
         assert!(matches!(r, Err(FallbackError::Protocol(m)) if m.contains("payload")));
-        drop(dir);
         // An error instead of a greeting is passed on.
-        let (r, dir) = against(error_message("all consumer slots are taken"));
+        let r = against(error_message("all consumer slots are taken"));
         assert!(matches!(r, Err(FallbackError::Server(m)) if m.contains("slots")));
-        drop(dir);
         // A frame longer than a slot, then an unknown tag.
         for tail in [frame(0, 17, 1), 99u32.to_le_bytes().to_vec()] {
             let mut b = greeting(16);
             b.extend(tail);
-            let (r, dir) = against(b);
+            let r = against(b);
             let mut r = r.expect("the greeting is fine");
             assert!(r.wait(Some(Duration::from_secs(5))).is_err());
             assert!(r.read_grant(1).is_err(), "the stream stays failed");
-            drop(dir);
         }
         // An error message longer than the limit is refused, not allocated.
         let mut b = greeting(16);
         b.extend(TAG_ERROR.to_le_bytes());
         b.extend(u32::MAX.to_le_bytes());
-        let (r, dir) = against(b);
+        let r = against(b);
         let err = r
             .expect("greeting")
             .wait(Some(Duration::from_secs(5)))
             .unwrap_err();
         assert!(matches!(err, FallbackError::Protocol(_)), "{err}");
-        drop(dir);
     }
 }

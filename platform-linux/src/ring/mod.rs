@@ -185,6 +185,20 @@ impl fmt::Display for ParticipantError {
 impl std::error::Error for ParticipantError {}
 
 /// What [`Segment::evict_dead`] removed.
+///
+/// ```
+/// use voxring_linux::mapping::MapOptions;
+/// use voxring_linux::ring::{Evicted, Segment};
+/// # use voxring_core::{Policy, RingConfig, SampleFormat};
+/// # let cfg = RingConfig {
+/// #     frames: 4, samples_per_frame: 16, channels: 1, format: SampleFormat::S16,
+/// #     sample_rate: 48_000, max_consumers: 2, policy: Policy::Lossless,
+/// # };
+/// let seg = Segment::create_memfd("evict-example", &cfg, MapOptions::default())?;
+/// let _rx = seg.consumer()?; // alive: never evicted
+/// assert_eq!(seg.evict_dead(), Evicted { consumers: 0, producer: false });
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Evicted {
     /// Dead consumers evicted.

@@ -11,6 +11,13 @@ use super::naming::{CONTAINER_DOCS, SHM_DIR};
 use crate::mapping::MapError;
 
 /// A segment name that cannot be used.
+///
+/// ```
+/// use voxring_linux::ring::Segment;
+/// use voxring_linux::segment::{AttachError, AttachOptions};
+/// let e = Segment::attach("../etc/passwd", &AttachOptions::default()).unwrap_err();
+/// assert!(matches!(e, AttachError::Name(ref n) if n.name == "../etc/passwd"), "{e}");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NameError {
     /// The name as given.
@@ -32,6 +39,21 @@ impl fmt::Display for NameError {
 impl std::error::Error for NameError {}
 
 /// Why creating a segment failed.
+///
+/// ```
+/// use voxring_linux::ring::Segment;
+/// use voxring_linux::segment::{CreateError, CreateOptions};
+/// # use voxring_core::{Policy, RingConfig, SampleFormat};
+/// # let cfg = RingConfig {
+/// #     frames: 4, samples_per_frame: 16, channels: 1, format: SampleFormat::S16,
+/// #     sample_rate: 48_000, max_consumers: 2, policy: Policy::Lossless,
+/// # };
+/// let name = format!("doc-create-error-{}", std::process::id());
+/// let _first = Segment::create(&name, &cfg, &CreateOptions::default())?;
+/// let again = Segment::create(&name, &cfg, &CreateOptions::default());
+/// assert!(matches!(again, Err(CreateError::AlreadyExists { .. })));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub enum CreateError {
     /// The name is not acceptable.
@@ -122,6 +144,14 @@ impl fmt::Display for CreateError {
 impl std::error::Error for CreateError {}
 
 /// Why attaching to a segment was refused.
+///
+/// ```
+/// use voxring_linux::ring::Segment;
+/// use voxring_linux::segment::{AttachError, AttachOptions};
+/// let e = Segment::attach("doc-no-such-segment", &AttachOptions::default()).unwrap_err();
+/// assert!(matches!(e, AttachError::NotFound { .. }));
+/// assert!(e.to_string().contains("doc-no-such-segment"), "{e}");
+/// ```
 #[derive(Debug)]
 pub enum AttachError {
     /// The name is not acceptable.

@@ -48,6 +48,16 @@ pub use naming::{
 };
 
 /// Who may open a segment besides its creator.
+///
+/// ```
+/// use voxring_linux::segment::{Access, CreateOptions, GroupSpec};
+/// // Mode 0660, group `audio`: its members may attach.
+/// let opts = CreateOptions {
+///     access: Access::Group(GroupSpec::Name("audio".into())),
+///     ..CreateOptions::default()
+/// };
+/// assert_ne!(opts.access, Access::OwnerOnly);
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Access {
     /// Mode 0600: only the creating user.
@@ -129,6 +139,17 @@ impl Default for CreateOptions {
 }
 
 /// Options for attaching to an existing segment.
+///
+/// ```
+/// use voxring_linux::segment::AttachOptions;
+/// // Attach to a segment another user (uid 1000) shares with a group.
+/// let opts = AttachOptions {
+///     expected_owner: Some(1000),
+///     allow_group_writable: true,
+///     ..AttachOptions::default()
+/// };
+/// assert!(opts.prefault && !opts.allow_world_writable);
+/// ```
 #[derive(Debug, Clone)]
 pub struct AttachOptions {
     /// The user that must own the file; `None` = the effective uid of this process.
