@@ -105,7 +105,9 @@ impl Side {
     /// SIGKILL, and reap it.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
-            self.signal(Signal::KILL);
+            if let Some(pid) = Pid::from_raw(c.id() as i32) {
+                let _ = kill_process(pid, Signal::KILL);
+            }
             let _ = c.wait();
         }
     }

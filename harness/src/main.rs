@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod bench_ipc;
 mod bench_loopback;
+mod bridge;
 mod doctor;
 mod hist;
 mod locate;
@@ -38,6 +39,8 @@ enum Command {
     /// List or clean voxring shared-memory segments.
     #[command(subcommand)]
     Segments(segments::Command),
+    /// Carry rings across hosts over Zenoh: runs voxring-bridge (export, import, bench).
+    Bridge(bridge::Args),
     /// An agent process of `voxring run` (started by it, not by people).
     #[command(hide = true)]
     Agent(run::AgentArgs),
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => doctor::main(args),
         Command::Segments(cmd) => segments::main(cmd),
         Command::Agent(args) => run::agent_main(args),
+        Command::Bridge(args) => bridge::main(args),
     };
     match result {
         Ok(code) => code,
