@@ -18,6 +18,9 @@ pub const DEFAULT_IMPORT_CONNECT: &str = "tcp/127.0.0.1:7447";
 /// Largest Zenoh message accepted: one frame of the largest ring plus the header.
 const MAX_MESSAGE: usize = (crate::wire::MAX_PAYLOAD as usize) + 4096;
 
+/// See `config`: microseconds a frame may wait for room in Zenoh's queue.
+const WAIT_BEFORE_DROP_US: u64 = 10_000;
+
 /// How a side opens its session.
 #[derive(Debug, Clone, Default)]
 pub struct Endpoints {
@@ -61,6 +64,17 @@ pub fn config(ep: &Endpoints) -> anyhow::Result<zenoh::Config> {
         "transport/link/rx/max_message_size",
         &MAX_MESSAGE.to_string(),
     )?;
+    // How long a `Drop` publication may wait for room in Zenoh's queue before it is dropped.
+    // Only the exporter's sender thread waits (the ring reader hands over through a bounded
+    // queue and never waits), so this may exceed Zenoh's 1 ms default.
+    set(
+        &mut c,
+        "transport/link/tx/queue/congestion_control/drop/wait_before_drop",
+        &WAIT_BEFORE_DROP_US.to_string(),
+    )?;
+    // Express frames take a batch each: Zenoh's default of 2 batches for the real-time
+    // priority drops frames whenever its sending task is two frames late.
+    set(&mut c, "transport/link/tx/queue/size/real_time", "16")?;
     // The file's endpoints count only when no flag was given; without either, Zenoh's default
     // (every interface) is replaced by the empty list or the flag's value.
     let file_listen = ep.config_file.is_some() && !endpoints_empty(&c, "listen/endpoints");
@@ -150,6 +164,11 @@ mod tests {
         assert_eq!(c.get_json("listen/endpoints").unwrap().trim(), "[]");
         assert_eq!(c.get_json("scouting/multicast/enabled").unwrap(), "false");
         assert_eq!(c.get_json("scouting/gossip/enabled").unwrap(), "false");
+        assert_eq!(
+            c.get_json("transport/link/tx/queue/size/real_time")
+                .unwrap(),
+            "16"
+        );
     }
 
     #[test]
