@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod bench_ipc;
 mod bench_loopback;
+mod bridge;
 mod doctor;
 mod hist;
 mod locate;
@@ -41,6 +42,8 @@ enum Command {
     /// List or clean voxring shared-memory segments.
     #[command(subcommand)]
     Segments(segments::Command),
+    /// Carry rings across hosts over Zenoh: runs voxring-bridge (export, import, bench).
+    Bridge(bridge::Args),
     /// A hub any process joins by name: owns the device, publishes the mic, mixes what
     /// agents say (see docs/hub.md).
     Serve(serve::Args),
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => doctor::main(args),
         Command::Segments(cmd) => segments::main(cmd),
         Command::Agent(args) => run::agent_main(args),
+        Command::Bridge(args) => bridge::main(args),
         Command::Serve(args) => serve::main(args),
         Command::Top(args) => top::main(args),
         Command::HubAgent(args) => serve::agent::main(args),
