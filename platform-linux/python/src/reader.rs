@@ -281,14 +281,18 @@ impl Reader {
                 }
             }
         }
-        // Open even if making a frame failed, so the grant can be released.
         if !st.open_flags.is_empty() {
             st.open = Some(grant_no);
             // Pairs with the Acquire loads of Frame/ReadGrant validity checks (all under the
             // GIL, so this is belt and braces).
             self.open_gen.store(grant_no, Ordering::Release);
         }
-        made?;
+        if let Err(e) = made {
+            // No grant reaches Python: give the frames back (read again by the next grant),
+            // or the reader would stay "a read grant is open" for good.
+            self.release_locked(st, grant_no, Some(0))?;
+            return Err(e);
+        }
         Ok((lost, grant_no))
     }
 
