@@ -60,7 +60,8 @@ impl ReadGrant {
         self.lost
     }
 
-    /// False once released.
+    /// True while the grant holds frames: False once released, and for an empty grant (nothing
+    /// to release).
     #[getter]
     fn open(&self) -> bool {
         self.is_open()
