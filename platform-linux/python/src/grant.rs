@@ -1,8 +1,8 @@
 //! What a read hands to Python: [`ReadGrant`] (the granted frames, released as one) and
 //! [`Frame`] (one frame's metadata and its view).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use pyo3::prelude::*;
 use pyo3::types::PyList;
@@ -19,15 +19,22 @@ pub struct ReadGrant {
     pub(crate) reader: Py<Reader>,
     pub(crate) frames: Py<PyList>,
     pub(crate) lost: u64,
-    pub(crate) live: Arc<AtomicBool>,
+    /// The grant's generation, and the reader's open one (equal while this grant is open).
+    pub(crate) grant_no: u64,
+    pub(crate) open: Arc<AtomicU64>,
 }
 
 impl ReadGrant {
     pub(crate) fn release_k(&self, py: Python<'_>, k: Option<usize>) -> PyResult<bool> {
-        if !self.live.load(Ordering::Acquire) {
+        if !self.is_open() {
             return Ok(true);
         }
-        self.reader.get().release(py, &self.live, k)
+        self.reader.get().release(py, self.grant_no, k)
+    }
+
+    fn is_open(&self) -> bool {
+        // Pairs with the Release stores of the reader's grant and release.
+        self.open.load(Ordering::Acquire) == self.grant_no
     }
 }
 
@@ -53,10 +60,11 @@ impl ReadGrant {
         self.lost
     }
 
-    /// False once released.
+    /// True while the grant holds frames: False once released, and for an empty grant (nothing
+    /// to release).
     #[getter]
     fn open(&self) -> bool {
-        self.live.load(Ordering::Acquire)
+        self.is_open()
     }
 
     fn __len__(&self, py: Python<'_>) -> usize {
@@ -89,23 +97,36 @@ impl ReadGrant {
 /// A granted frame: its metadata, and `samples`, a read-only numpy view of its payload in the
 /// ring (interleaved channels). `samples` raises ReleasedError once the grant is released; an
 /// array taken before stays readable but the producer may overwrite it: copy what you keep.
-#[pyclass(frozen, module = "voxring._voxring")]
+///
+/// The reader reuses a Frame object for a later grant of its slot once nothing else holds it
+/// (it is then refilled): a frame kept by Python is never changed, and stays refused.
+#[pyclass(module = "voxring._voxring")]
 pub struct Frame {
     pub(crate) meta: FrameMeta,
     /// The view of the slot's whole payload (its base keeps the memory mapped).
     pub(crate) full: Py<PyAny>,
     /// Whether the frame fills its slot (else `samples` is the first `len` bytes of `full`).
     pub(crate) whole: bool,
-    pub(crate) live: Arc<AtomicBool>,
-    pub(crate) samples: OnceLock<Py<PyAny>>,
+    /// The grant's generation, and the reader's open one (equal while the grant is open).
+    pub(crate) grant_no: u64,
+    pub(crate) open: Arc<AtomicU64>,
+    /// The first `len` bytes of `full`, made on first use when the frame is shorter.
+    pub(crate) samples: Option<Py<PyAny>>,
+}
+
+impl Frame {
+    fn is_valid(&self) -> bool {
+        // Pairs with the Release stores of the reader's grant and release.
+        self.open.load(Ordering::Acquire) == self.grant_no
+    }
 }
 
 #[pymethods]
 impl Frame {
     /// The frame's payload, in place (read-only).
     #[getter]
-    fn samples(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        if !self.live.load(Ordering::Acquire) {
+    fn samples(&mut self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        if !self.is_valid() {
             return Err(Failure::new(
                 "VR_E_RELEASED",
                 format!(
@@ -120,7 +141,7 @@ impl Frame {
         if self.whole {
             return Ok(self.full.clone_ref(py));
         }
-        if let Some(a) = self.samples.get() {
+        if let Some(a) = &self.samples {
             return Ok(a.clone_ref(py));
         }
         let full = self.full.bind(py);
@@ -128,7 +149,7 @@ impl Frame {
         let a = full
             .get_item(pyo3::types::PySlice::new(py, 0, n as isize, 1))?
             .unbind();
-        Ok(self.samples.get_or_init(|| a).clone_ref(py))
+        Ok(self.samples.insert(a).clone_ref(py))
     }
 
     #[getter]
@@ -170,7 +191,7 @@ impl Frame {
     /// False once its grant is released.
     #[getter]
     fn valid(&self) -> bool {
-        self.live.load(Ordering::Acquire)
+        self.is_valid()
     }
 
     fn __repr__(&self) -> String {

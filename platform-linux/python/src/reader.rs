@@ -2,8 +2,8 @@
 //! its grants ([`ReadGrant`]) and frames ([`Frame`]).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyStopIteration, PyValueError};
@@ -35,26 +35,32 @@ enum Transport {
 /// without it): a frame that comes this soon is handed over without a thread switch.
 const GIL_SPIN: Duration = Duration::from_micros(20);
 
-/// A grant handed to Python and not yet released: its frames' flags (for the xrun count) and
-/// the flag its frames check.
-struct Open {
-    live: Arc<AtomicBool>,
-    flags: Vec<u32>,
+/// A slot's cached objects, made the first time the slot is read and reused (slots never
+/// move): a read-only view of the slot's whole payload (a frame's `samples` costs no new numpy
+/// array), and the Frame handed out last for it, reused when nothing else holds it.
+struct Slot {
+    /// The payload's address the view was made for.
+    ptr: usize,
+    view: Py<PyAny>,
+    frame: Option<Py<Frame>>,
 }
 
 struct State {
     /// `None` once closed.
     transport: Option<Transport>,
-    open: Option<Open>,
+    /// The generation of the grant handed to Python and not yet released, and its frames'
+    /// flags (for the xrun count; the vector is reused).
+    open: Option<u64>,
+    open_flags: Vec<u32>,
+    /// The generation the next grant gets (from 1; 0 means "none open" in `Reader::open_gen`).
+    next_gen: u64,
     /// The grant the iterator handed out last (released by the next step).
-    iter_grant: Option<Arc<AtomicBool>>,
+    iter_grant: Option<u64>,
     /// The views' base: dropped on close, so the mapping (or the fallback socket and buffer)
     /// goes once no view of it is left.
     memory: Option<Py<Memory>>,
-    /// A read-only view of each slot's whole payload, made the first time the slot is read
-    /// and reused (slots never move): a frame's `samples` costs no new numpy array. Keyed by
-    /// `seq % frames`, checked against the payload's address.
-    views: Vec<Option<(usize, Py<PyAny>)>>,
+    /// Keyed by `seq % frames`.
+    slots: Vec<Option<Slot>>,
     lost_seen: u64,
     xruns: u64,
     frames: u64,
@@ -65,6 +71,10 @@ struct State {
 pub struct Reader {
     name: String,
     state: Mutex<State>,
+    /// The generation of the open grant (0: none), what frames and grants check to know they
+    /// are still granted: a Frame object is reused for a later grant of its slot, so a
+    /// generation, not a per-grant flag, says which grant it belongs to.
+    open_gen: Arc<AtomicU64>,
     address: usize,
     config: RingConfig,
     /// Bytes of a slot's payload (a frame's capacity).
@@ -107,6 +117,34 @@ fn connect(
         .map_err(|e| failed(error::fallback(&e), e.to_string()))
 }
 
+/// Spins for at most `spin` with the GIL held, watching the ring for a frame: true when one
+/// may be ready. A frame that comes during the spin is taken without giving up and re-taking
+/// the GIL (a thread switch in CPython); the GIL is held no longer than `spin`, far below
+/// CPython's own switch interval (5 ms). Shared memory only.
+fn spin_for(st: &mut State, spin: Duration) -> bool {
+    let Some(Transport::Shm { consumer, .. }) = st.transport.as_mut() else {
+        return false;
+    };
+    // The clock is read only once the first look found nothing.
+    let mut until = None;
+    let mut i: u32 = 0;
+    loop {
+        if consumer.is_truncated() {
+            return false; // the full wait reports it
+        }
+        let written = consumer.segment().ring().write_pos();
+        if written != consumer.consumer().read_pos() {
+            return true;
+        }
+        let until = *until.get_or_insert_with(|| Instant::now() + spin);
+        i = i.wrapping_add(1);
+        if i.is_multiple_of(64) && Instant::now() >= until {
+            return false;
+        }
+        std::hint::spin_loop();
+    }
+}
+
 impl Reader {
     fn state(&self, py: Python<'_>) -> std::sync::MutexGuard<'_, State> {
         lock(py, &self.state)
@@ -134,39 +172,18 @@ impl Reader {
     }
 
     /// Spins for at most `spin` with the GIL held, watching the ring for a frame: true when
-    /// one may be ready. A frame that comes during the spin is taken without giving up and
-    /// re-taking the GIL (a thread switch in CPython); the GIL is held no longer than `spin`,
-    /// far below CPython's own switch interval (5 ms). Shared memory only; false if another
-    /// thread holds the reader.
+    /// one may be ready. False if another thread holds the reader (see [`spin_for`]).
     fn spin_holding_the_gil(&self, spin: Duration) -> bool {
-        let Ok(mut st) = self.state.try_lock() else {
-            return false;
-        };
-        let Some(Transport::Shm { consumer, .. }) = st.transport.as_mut() else {
-            return false;
-        };
-        // The clock is read only once the first look found nothing.
-        let mut until = None;
-        let mut i: u32 = 0;
-        loop {
-            if consumer.is_truncated() {
-                return false; // the full wait reports it
-            }
-            let written = consumer.segment().ring().write_pos();
-            if written != consumer.consumer().read_pos() {
-                return true;
-            }
-            let until = *until.get_or_insert_with(|| Instant::now() + spin);
-            i = i.wrapping_add(1);
-            if i.is_multiple_of(64) && Instant::now() >= until {
-                return false;
-            }
-            std::hint::spin_loop();
+        match self.state.try_lock() {
+            Ok(mut st) => spin_for(&mut st, spin),
+            Err(_) => false,
         }
     }
 
-    fn wait_until(&self, py: Python<'_>, deadline: Deadline) -> PyResult<WaitResult> {
-        if !deadline.passed() && self.spin_holding_the_gil(GIL_SPIN) {
+    /// Waits until `deadline` for a frame, without the GIL (after a spin holding it if
+    /// `spin`).
+    fn wait_until(&self, py: Python<'_>, deadline: Deadline, spin: bool) -> PyResult<WaitResult> {
+        if spin && !deadline.passed() && self.spin_holding_the_gil(GIL_SPIN) {
             return Ok(WaitResult::Ready);
         }
         loop {
@@ -181,34 +198,16 @@ impl Reader {
         }
     }
 
-    /// Grants up to `n` frames: the grant object, or a `lost` count (lossy ring, lapped).
-    fn grant(slf: &Bound<'_, Self>, n: usize) -> PyResult<Py<ReadGrant>> {
-        let py = slf.py();
-        let (frames, lost, live) = slf.get().grant_frames(py, n)?;
-        let list = PyList::empty(py);
-        for f in frames {
-            list.append(Py::new(py, f)?)?;
-        }
-        Py::new(
-            py,
-            ReadGrant {
-                reader: slf.clone().unbind(),
-                frames: list.unbind(),
-                lost,
-                live,
-            },
-        )
-    }
-
-    /// Grants up to `n` frames: their Frame values (not yet Python objects), the frames a
-    /// lossy ring lost before them, and the flag that says the grant is open.
-    fn grant_frames(
+    /// Grants up to `n` frames, the state locked: hands each Frame to `emit` and returns the
+    /// frames a lossy ring lost before them and the grant's generation (open if any frame was
+    /// granted).
+    fn grant_locked(
         &self,
         py: Python<'_>,
+        st: &mut State,
         n: usize,
-    ) -> PyResult<(Vec<Frame>, u64, Arc<AtomicBool>)> {
-        let this = self;
-        let mut st = this.state(py);
+        emit: &mut dyn FnMut(Py<Frame>) -> PyResult<()>,
+    ) -> PyResult<(u64, u64)> {
         if st.open.is_some() {
             return Err(Failure::new(
                 "VR_E_GRANT_OPEN",
@@ -217,14 +216,32 @@ impl Reader {
             )
             .into());
         }
-        let fmt = this.config.format;
-        let Some(mem) = st.memory.as_ref().map(|m| m.clone_ref(py)) else {
+        let grant_no = st.next_gen;
+        st.next_gen += 1;
+        st.open_flags.clear();
+        let State {
+            transport,
+            memory,
+            slots,
+            open_flags,
+            lost_seen,
+            ..
+        } = st;
+        let Some(mem) = memory.as_ref() else {
             return Err(error::closed("Reader").into());
         };
-        let live = Arc::new(AtomicBool::new(true));
-        let mut metas: Vec<(FrameMeta, *const u8)> = Vec::new();
+        let mem = mem.bind(py);
         let mut lost = 0;
-        match st.transport.as_mut() {
+        let mut made = Ok(());
+        let mut each = |meta: FrameMeta, ptr: *const u8, flags: &mut Vec<u32>| {
+            flags.push(meta.flags.0);
+            if made.is_ok() {
+                made = self
+                    .frame_at(py, slots, mem, meta, ptr, grant_no)
+                    .and_then(&mut *emit);
+            }
+        };
+        match transport.as_mut() {
             None => return Err(error::closed("Reader").into()),
             Some(Transport::Shm { token, consumer }) => {
                 let c = consumer.consumer();
@@ -232,7 +249,7 @@ impl Reader {
                     Ok(t) => {
                         for i in 0..t.len() {
                             if let Some(f) = c.token_frame(t, i) {
-                                metas.push((f.meta(), f.payload().as_ptr()));
+                                each(f.meta(), f.payload().as_ptr(), open_flags);
                             }
                         }
                         *token = Some(t);
@@ -240,8 +257,8 @@ impl Reader {
                     Err(voxring_core::ReadError::Empty) => {}
                     Err(voxring_core::ReadError::Lost { .. }) => {
                         let total = c.lost_frames();
-                        lost = total - st.lost_seen;
-                        st.lost_seen = total;
+                        lost = total - *lost_seen;
+                        *lost_seen = total;
                     }
                     Err(e) => return Err(error::read(e).into()),
                 }
@@ -255,7 +272,7 @@ impl Reader {
                     FallbackRead::Frames(k) => {
                         for i in 0..k {
                             if let Some(fr) = f.frame(i) {
-                                metas.push((fr.meta, fr.payload.as_ptr()));
+                                each(fr.meta, fr.payload.as_ptr(), open_flags);
                             }
                         }
                     }
@@ -264,96 +281,139 @@ impl Reader {
                 }
             }
         }
-        let cap = this.payload_bytes;
-        let mut frames = Vec::with_capacity(metas.len());
-        for (m, ptr) in &metas {
-            let slot = (m.seq % u64::from(this.config.frames)) as usize;
-            let cached = st
-                .views
-                .get(slot)
-                .and_then(|v| v.as_ref())
-                .filter(|(p, _)| *p == *ptr as usize);
-            let full = match cached {
-                Some((_, a)) => a.clone_ref(py),
-                None => {
-                    let a = view(mem.bind(py), ptr.cast_mut(), cap, fmt, false)?.unbind();
-                    if let Some(v) = st.views.get_mut(slot) {
-                        *v = Some((*ptr as usize, a.clone_ref(py)));
-                    }
-                    a
-                }
-            };
-            frames.push(Frame {
-                meta: *m,
-                full,
-                whole: m.len as usize == cap,
-                live: live.clone(),
-                samples: OnceLock::new(),
-            });
+        if !st.open_flags.is_empty() {
+            st.open = Some(grant_no);
+            // Pairs with the Acquire loads of Frame/ReadGrant validity checks (all under the
+            // GIL, so this is belt and braces).
+            self.open_gen.store(grant_no, Ordering::Release);
         }
-        if !frames.is_empty() {
-            st.open = Some(Open {
-                live: live.clone(),
-                flags: metas.iter().map(|(m, _)| m.flags.0).collect(),
-            });
+        if let Err(e) = made {
+            // No grant reaches Python: give the frames back (read again by the next grant),
+            // or the reader would stay "a read grant is open" for good.
+            self.release_locked(st, grant_no, Some(0))?;
+            return Err(e);
         }
-        drop(st);
-        Ok((frames, lost, live))
+        Ok((lost, grant_no))
     }
 
-    /// Releases the frame the iterator handed out last, if any.
-    fn release_iterated(&self, py: Python<'_>) -> PyResult<()> {
-        let prev = self.state(py).iter_grant.take();
-        match prev {
-            Some(live) if live.load(Ordering::Acquire) => self.release(py, &live, None).map(drop),
-            _ => Ok(()),
-        }
-    }
-
-    /// Releases the iterator's last frame and grants the next one, if one is ready.
-    fn next_frame(slf: &Bound<'_, Self>) -> PyResult<Option<Py<Frame>>> {
-        let py = slf.py();
-        let this = slf.get();
-        this.release_iterated(py)?;
-        // No ReadGrant or list: the frame alone (its grant is the reader's `iter_grant`).
-        let (frames, _lost, live) = this.grant_frames(py, 1)?;
-        let Some(f) = frames.into_iter().next() else {
-            return Ok(None);
+    /// The Frame for a granted frame: the slot's cached view, and its cached Frame object
+    /// refilled when nothing but the cache holds it (else a new one, which is cached).
+    fn frame_at(
+        &self,
+        py: Python<'_>,
+        slots: &mut [Option<Slot>],
+        mem: &Bound<'_, Memory>,
+        meta: FrameMeta,
+        ptr: *const u8,
+        grant_no: u64,
+    ) -> PyResult<Py<Frame>> {
+        let cap = self.payload_bytes;
+        let i = (meta.seq % u64::from(self.config.frames)) as usize;
+        let Some(entry) = slots.get_mut(i) else {
+            return Err(error::closed("Reader").into());
         };
-        this.state(py).iter_grant = Some(live);
-        Ok(Some(Py::new(py, f)?))
+        let slot = match entry {
+            Some(s) if s.ptr == ptr as usize => s,
+            _ => {
+                let view = view(mem, ptr.cast_mut(), cap, self.config.format, false)?.unbind();
+                entry.insert(Slot {
+                    ptr: ptr as usize,
+                    view,
+                    frame: None,
+                })
+            }
+        };
+        let whole = meta.len as usize == cap;
+        // A count of 1 is the cache's own reference: no Python code can see the object, so
+        // refilling it is invisible (a frame still held elsewhere keeps its old grant).
+        let unshared = |f: &&Py<Frame>| {
+            // SAFETY: `f` is a live object (the cache owns a reference) and the GIL is held.
+            unsafe { pyo3::ffi::Py_REFCNT(f.as_ptr()) == 1 }
+        };
+        if let Some(f) = slot.frame.as_ref().filter(unshared)
+            && let Ok(mut fr) = f.bind(py).try_borrow_mut()
+        {
+            fr.meta = meta;
+            fr.whole = whole;
+            fr.grant_no = grant_no;
+            fr.samples = None;
+            return Ok(f.clone_ref(py));
+        }
+        let f = Py::new(
+            py,
+            Frame {
+                meta,
+                full: slot.view.clone_ref(py),
+                whole,
+                grant_no,
+                open: self.open_gen.clone(),
+                samples: None,
+            },
+        )?;
+        slot.frame = Some(f.clone_ref(py));
+        Ok(f)
     }
 
-    /// Releases the first `k` frames of the open grant whose flag is `live`. False: a lossy
-    /// ring overwrote some while they were read.
+    /// Releases the frame the iterator handed out last, if any, the state locked.
+    fn release_iterated(&self, st: &mut State) -> PyResult<()> {
+        match st.iter_grant.take() {
+            Some(grant_no) => self.release_locked(st, grant_no, None).map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// One step of iteration, under one lock: releases the iterator's last frame and grants
+    /// the next one if one is ready (after a spin holding the GIL for at most [`GIL_SPIN`] if
+    /// `spin`).
+    fn step(&self, py: Python<'_>, spin: bool) -> PyResult<Option<Py<Frame>>> {
+        let mut st = self.state(py);
+        self.release_iterated(&mut st)?;
+        let mut out = None;
+        let (_lost, grant_no) = self.grant_locked(py, &mut st, 1, &mut |f| {
+            out = Some(f);
+            Ok(())
+        })?;
+        if out.is_none() && spin && spin_for(&mut st, GIL_SPIN) {
+            let (_lost, grant_no) = self.grant_locked(py, &mut st, 1, &mut |f| {
+                out = Some(f);
+                Ok(())
+            })?;
+            st.iter_grant = out.as_ref().map(|_| grant_no);
+            return Ok(out);
+        }
+        st.iter_grant = out.as_ref().map(|_| grant_no);
+        Ok(out)
+    }
+
+    /// Releases the first `k` frames of the open grant `grant_no`. False: a lossy ring overwrote
+    /// some while they were read.
     pub(crate) fn release(
         &self,
         py: Python<'_>,
-        live: &AtomicBool,
+        grant_no: u64,
         k: Option<usize>,
     ) -> PyResult<bool> {
-        let mut st = self.state(py);
-        let st = &mut *st;
-        let Some(open) = st
-            .open
-            .as_ref()
-            .filter(|o| std::ptr::eq(Arc::as_ptr(&o.live), live))
-        else {
+        self.release_locked(&mut self.state(py), grant_no, k)
+    }
+
+    fn release_locked(&self, st: &mut State, grant_no: u64, k: Option<usize>) -> PyResult<bool> {
+        if st.open != Some(grant_no) {
             return Ok(true); // released already (or the reader was closed)
-        };
-        let n = open.flags.len();
+        }
+        let n = st.open_flags.len();
         let k = k.unwrap_or(n);
         if k > n {
             return Err(PyValueError::new_err(format!(
                 "release of {k} frames, {n} granted: pass at most {n}"
             )));
         }
-        let xruns = open.flags[..k]
+        let xruns = st.open_flags[..k]
             .iter()
             .filter(|f| FrameFlags(**f).contains(FrameFlags::XRUN))
             .count() as u64;
         // Whatever the outcome, this grant is over: its frames' views are refused from now.
-        open.live.store(false, Ordering::Release);
+        // Pairs with the Acquire loads of the validity checks.
+        self.open_gen.store(0, Ordering::Release);
         st.open = None;
         let mut intact = true;
         match st.transport.as_mut() {
@@ -451,14 +511,17 @@ impl Reader {
         let memory = Py::new(py, Memory::new(keep))?;
         Ok(Reader {
             name,
+            open_gen: Arc::new(AtomicU64::new(0)),
             address: memory.get().address(),
             payload_bytes,
             state: Mutex::new(State {
                 transport: Some(transport),
                 open: None,
+                open_flags: Vec::new(),
+                next_gen: 1,
                 iter_grant: None,
                 memory: Some(memory),
-                views: (0..config.frames).map(|_| None).collect(),
+                slots: (0..config.frames).map(|_| None).collect(),
                 lost_seen: 0,
                 xruns: 0,
                 frames: 0,
@@ -479,15 +542,33 @@ impl Reader {
         if timeout != Some(0.0) && self.spin_holding_the_gil(GIL_SPIN) {
             return Ok(WaitResult::Ready.as_str());
         }
-        Ok(self.wait_until(py, Deadline::after(timeout)?)?.as_str())
+        Ok(self
+            .wait_until(py, Deadline::after(timeout)?, true)?
+            .as_str())
     }
 
     /// Grants up to `max_frames` ready frames to read in place (an empty grant if none is
     /// ready; `grant.lost` > 0 if a lossy ring lapped this reader).
     #[pyo3(signature = (max_frames=1))]
     fn read(slf: &Bound<'_, Self>, max_frames: usize) -> PyResult<Py<ReadGrant>> {
-        slf.get().release_iterated(slf.py())?;
-        Reader::grant(slf, max_frames)
+        let py = slf.py();
+        let this = slf.get();
+        let list = PyList::empty(py);
+        let mut st = this.state(py);
+        this.release_iterated(&mut st)?;
+        let (lost, grant_no) =
+            this.grant_locked(py, &mut st, max_frames, &mut |f| list.append(f))?;
+        drop(st);
+        Py::new(
+            py,
+            ReadGrant {
+                reader: slf.clone().unbind(),
+                frames: list.unbind(),
+                lost,
+                grant_no,
+                open: this.open_gen.clone(),
+            },
+        )
     }
 
     /// Counters: write_pos, read_pos, lag, lost_frames, xruns, frames.
@@ -522,15 +603,15 @@ impl Reader {
     /// Closing twice is allowed.
     fn close(&self, py: Python<'_>) {
         let mut st = self.state(py);
-        if let Some(o) = st.open.take() {
-            o.live.store(false, Ordering::Release);
-        }
+        st.open = None;
+        // Pairs with the Acquire loads of the validity checks.
+        self.open_gen.store(0, Ordering::Release);
         let transport = st.transport.take();
         let it = st.iter_grant.take();
         let memory = st.memory.take();
-        let views = std::mem::take(&mut st.views);
+        let slots = std::mem::take(&mut st.slots);
         drop(st);
-        drop((it, memory, views));
+        drop((it, memory, slots));
         // Leaving the ring may wake a parked producer; closing a socket may block briefly.
         py.detach(|| drop(transport));
     }
@@ -559,12 +640,15 @@ impl Reader {
     /// first (a frame from `for frame in reader` is valid until the next step, or the next
     /// `read()`). Ends when the producer is gone and everything was read.
     fn __next__(slf: &Bound<'_, Self>) -> PyResult<Py<Frame>> {
-        let py = slf.py();
+        let (py, this) = (slf.py(), slf.get());
+        let mut spin = true;
         loop {
-            if let Some(f) = Reader::next_frame(slf)? {
+            // A frame that comes within the spin is granted in the same call.
+            if let Some(f) = this.step(py, spin)? {
                 return Ok(f);
             }
-            if slf.get().wait_until(py, Deadline::never())? == WaitResult::End {
+            spin = false;
+            if this.wait_until(py, Deadline::never(), false)? == WaitResult::End {
                 return Err(PyStopIteration::new_err(()));
             }
         }
@@ -573,7 +657,7 @@ impl Reader {
     /// One step of iteration without waiting: releases the frame the last step handed out,
     /// then grants the next one (None if none is ready). What `async for` is made of.
     fn _next_frame(slf: &Bound<'_, Self>) -> PyResult<Option<Py<Frame>>> {
-        Reader::next_frame(slf)
+        slf.get().step(slf.py(), false)
     }
 
     /// The ring's name.

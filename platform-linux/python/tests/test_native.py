@@ -99,6 +99,68 @@ def test_view_after_release_and_after_commit(name):
             assert rg.release() is True  # twice: nothing happens
 
 
+def write_frames(w, first, n):
+    for i in range(first, first + n):
+        with w.grant(1, timeout=5.0) as g:
+            g[0].samples[:] = i
+            g[0].timestamp_ns = i
+
+
+def test_reused_frame_objects_never_revive_a_released_frame(name):
+    """The reader reuses a slot's Frame object once nothing else holds it (no object is made
+    per frame). A frame Python still holds is never refilled: through it, and through the
+    slot's cached view, access after release raises, while later grants of the same slot
+    (new objects then) read the new data."""
+    with voxring.Writer.create(name, frames=4, samples_per_frame=8, format="s32") as w:
+        with voxring.Reader(name) as r:
+            it = iter(r)
+            write_frames(w, 0, 1)
+            kept = next(it)  # frame 0, slot 0: held from here on
+            assert kept.seq == 0 and kept.samples[0] == 0
+            ids = set()
+            for i in range(1, 24):  # six laps of the ring: slot 0 is granted again and again
+                write_frames(w, i, 1)
+                f = next(it)
+                assert f.seq == i and np.all(f.samples == i) and f.valid
+                assert kept is not f
+                ids.add(id(f))
+                del f
+                # Still frame 0, still refused: its object was never refilled.
+                assert kept.seq == 0 and kept.timestamp_ns == 0 and not kept.valid
+                with pytest.raises(voxring.ReleasedError):
+                    kept.samples
+            # Frames nobody held were reused: fewer objects than frames.
+            assert len(ids) < 23
+            # The iterator's own frame goes with the next read, even if it is a reused one.
+            write_frames(w, 24, 2)
+            f = next(it)
+            s = f.samples
+            r.read(1).release()
+            with pytest.raises(voxring.ReleasedError):
+                f.samples
+            assert not f.valid and s.base is r.memory
+
+
+def test_a_grant_after_a_release_does_not_reopen_old_grants(name):
+    """Validity is the grant's number, not the slot: a grant that was released stays closed
+    when a later grant of the same slots opens (including through `read` after iteration)."""
+    with voxring.Writer.create(name, frames=2, samples_per_frame=8) as w:
+        with voxring.Reader(name) as r:
+            write_frames(w, 0, 1)
+            g1 = r.read(1)
+            f1 = g1[0]
+            g1.release()
+            for i in range(1, 5):
+                write_frames(w, i, 1)
+                with r.read(1) as g:
+                    assert g.open and g[0].valid and g[0].seq == i
+                    assert not g1.open and not f1.valid
+                    with pytest.raises(voxring.ReleasedError):
+                        f1.samples
+                    assert g1.release() is True  # a stale release changes nothing
+                    assert g.open and g[0].valid
+
+
 def test_reader_closed_while_a_view_is_alive(name):
     with voxring.Writer.create(name, frames=4, samples_per_frame=16) as w:
         r = voxring.Reader(name)

@@ -5,8 +5,8 @@ binary) creates ring NAME (lossless, one frame of F32 samples), commits frame `i
 CLOCK_MONOTONIC, and waits until it is released before writing the next (a ping-pong, as
 python-mparray's acknowledgement does). Here, `for frame in reader` (by hand: next()): each
 step releases the previous frame and waits for the next (20 us spin holding the GIL, then
-spin and futex park without it); hand-off = time.monotonic_ns() once the frame is granted
-minus its stamp; check its markers (first and last sample = i mod 2^24).
+spin and futex park without it); hand-off = time.monotonic_ns() once the frame's array
+(`frame.samples`) is in hand minus its stamp (python-mparray stamps the same way); check its markers (first and last sample = i mod 2^24).
 
     python3 -m voxring._bench --ring NAME --payload BYTES --warmup W --messages M [--cpu N]
 
@@ -53,8 +53,9 @@ def main():
             f = next(frames, None)
             if f is None:
                 sys.exit(f"frame {i} never came: the producer left")
-            t = now_ns()
+            # The receive stamp once the frame's array is in hand, as python-mparray takes it.
             s = f.samples
+            t = now_ns()
             mark = float(i % MARK_MOD)
             if s[0] != mark or s[-1] != mark or f.seq != i:
                 sys.exit(f"frame {i}: seq {f.seq}, markers {s[0]}, {s[-1]}: expected {mark}")
