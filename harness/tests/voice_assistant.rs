@@ -17,7 +17,10 @@ fn recogniser_python() -> Option<PathBuf> {
     let py =
         std::env::var_os("VOXRING_VOICE_PYTHON").map_or_else(|| "python3".into(), PathBuf::from);
     let ok = Command::new(&py)
-        .args(["-c", "import pocketsphinx, soxr, numpy, voxring; voxring._voxring"])
+        .args([
+            "-c",
+            "import pocketsphinx, soxr, numpy, voxring; voxring._voxring",
+        ])
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
@@ -86,9 +89,17 @@ fn assert_valid_round_trip(ok: bool, s: &Value, stderr: &str) {
     for p in per {
         let r = &p["record"];
         assert_eq!(r["said"], r["heard"]);
-        assert!(r["reply_heard_ns"].as_u64().is_some(), "a reply was not heard");
+        assert!(
+            r["reply_heard_ns"].as_u64().is_some(),
+            "a reply was not heard"
+        );
     }
-    for k in ["mic_dropped", "evicted_lag", "evicted_dead", "xruns_capture"] {
+    for k in [
+        "mic_dropped",
+        "evicted_lag",
+        "evicted_dead",
+        "xruns_capture",
+    ] {
         assert_eq!(s["hub"][k].as_u64(), Some(0), "hub {k}");
     }
     for a in ["vad", "recogniser", "reply", "talker"] {

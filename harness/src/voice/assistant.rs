@@ -53,6 +53,11 @@ pub struct AssistantArgs {
     /// survives longer stalls of the hub's thread and adds its length to the playback.
     #[arg(long, default_value_t = 2)]
     pub periods: u32,
+    /// The hub's mic ring, in frames (`voxring serve --mic-frames`): how far behind the VAD
+    /// and the recogniser (which reads nothing while it decodes) may fall before the hub
+    /// evicts them. 2048 frames of 128 are 5.5 s.
+    #[arg(long, default_value_t = 2048)]
+    pub mic_frames: u32,
     /// SCHED_FIFO priority of the talker and reply agents (0: none).
     #[arg(long, default_value_t = 60)]
     pub rt_priority: u8,
@@ -532,6 +537,19 @@ fn build_records(
             return (Vec::new(), why);
         }
     };
+    // The hub's lane corrections are counted, not located: one seen near an utterance (a
+    // quarter second either side) may have cut into the user's speech, and fails the run.
+    let slack = u64::from(cap.rate / 4);
+    for (k, p) in placed.iter().enumerate() {
+        let n = super::listen::corrections_during(cap, "talker", p, slack);
+        if n > 0 {
+            why.push(format!(
+                "the hub corrected the talker's lane {n} time(s) (dropped, repeated or gap) \
+                 while utterance {} was on its way: the user's speech did not reach the mic whole",
+                k + 1
+            ));
+        }
+    }
     let rec = run.of("recogniser").map(lines).unwrap_or_default();
     let reply = run.of("reply").map(lines).unwrap_or_default();
     let vad = run.of("vad").map(lines).unwrap_or_default();
@@ -678,6 +696,7 @@ fn summarise(
         "utterances": run.says, "word_error_rate": wer, "per_utterance": per,
         "decision_to_heard_max_ms": after_decision.iter().copied().fold(0.0, f64::max),
         "hub": run.hub_summary, "hub_status": run.hub_status, "lanes": lanes, "agents": agents,
+        "lane_corrections": run.capture.as_ref().map(|c| json!(c.corrections)).unwrap_or_default(),
         "failures": failures,
         "verdict": if failures.is_empty() { "run valid: every utterance recognised, no frame lost" } else { "FAILED" },
     })

@@ -34,6 +34,9 @@ pub struct Capture {
     pub lost: u64,
     /// Per output lane: the hub's largest counts of frames dropped, repeated, and gaps seen.
     pub lanes: BTreeMap<String, (u64, u64, u64)>,
+    /// Every time a lane's corrections grew: the mic position read by then, the lane, and
+    /// how many corrections (drops + repeats + gaps) were added since the previous look.
+    pub corrections: Vec<(u64, String, u64)>,
 }
 
 /// Reads the hub's mic until its end of stream. `ready` is called once joined.
@@ -75,25 +78,33 @@ pub fn listen(hub_name: &str, ready: impl FnOnce()) -> anyhow::Result<Capture> {
         expected = Some(pos + samples.len() as u64);
         cap.frames.push((pos, ts));
         cap.samples.extend_from_slice(&samples);
-        if cap.frames.len() % 64 == 0 {
-            note_lanes(&hub, &mut cap.lanes);
+        if cap.frames.len() % LANE_LOOK_FRAMES == 0 {
+            note_lanes(&hub, pos, &mut cap);
         }
     }
     cap.lost = mic.stats().lost;
     Ok(cap)
 }
 
-fn note_lanes(hub: &Hub, lanes: &mut BTreeMap<String, (u64, u64, u64)>) {
+/// The listener looks at the hub's lane counters every this many mic frames.
+const LANE_LOOK_FRAMES: usize = 8;
+
+fn note_lanes(hub: &Hub, pos: u64, cap: &mut Capture) {
     for i in 0..voxring_linux::hub::directory::MAX_SLOTS {
         let Some(row) = hub.out_row(i) else { break };
         if row.state == voxring_linux::hub::directory::SLOT_FREE {
             continue;
         }
         let name = voxring_linux::hub::directory::unpack_name(&row.name);
-        let e = lanes.entry(name).or_default();
+        let e = cap.lanes.entry(name.clone()).or_default();
+        let before = e.0 + e.1 + e.2;
         e.0 = e.0.max(row.dropped);
         e.1 = e.1.max(row.repeated);
         e.2 = e.2.max(row.gaps);
+        let added = (e.0 + e.1 + e.2).saturating_sub(before);
+        if added > 0 {
+            cap.corrections.push((pos, name, added));
+        }
     }
 }
 
@@ -188,6 +199,17 @@ pub fn place_utterances(
         out.push(Placed { start, end });
     }
     Ok(out)
+}
+
+/// Corrections of `lane` (drops, repeats, gaps) the hub made while utterance `p` could have
+/// been on its way: seen between `slack` samples before its start and after its end (the
+/// listener looks every few frames, and what the hub mixes is heard a playback buffer later).
+pub fn corrections_during(cap: &Capture, lane: &str, p: &Placed, slack: u64) -> u64 {
+    cap.corrections
+        .iter()
+        .filter(|(pos, name, _)| name == lane && *pos + slack >= p.start && *pos <= p.end + slack)
+        .map(|(_, _, n)| n)
+        .sum()
 }
 
 #[cfg(test)]
