@@ -156,12 +156,11 @@ use std::os::unix::process::CommandExt as _;
 fn wait_ready(p: &mut Proc, what: &str) -> anyhow::Result<Value> {
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(120) {
-        if let Some(line) = p.wait_line(Duration::from_millis(200)) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v["event"] == "ready" {
-                    return Ok(v);
-                }
-            }
+        if let Some(line) = p.wait_line(Duration::from_millis(200))
+            && let Ok(v) = serde_json::from_str::<Value>(&line)
+            && v["event"] == "ready"
+        {
+            return Ok(v);
         }
         if let Some(st) = p.exited() {
             anyhow::bail!("the {what} exited before it was ready ({st})");

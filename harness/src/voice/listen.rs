@@ -78,7 +78,7 @@ pub fn listen(hub_name: &str, ready: impl FnOnce()) -> anyhow::Result<Capture> {
         expected = Some(pos + samples.len() as u64);
         cap.frames.push((pos, ts));
         cap.samples.extend_from_slice(&samples);
-        if cap.frames.len() % LANE_LOOK_FRAMES == 0 {
+        if cap.frames.len().is_multiple_of(LANE_LOOK_FRAMES) {
             note_lanes(&hub, pos, &mut cap);
         }
     }
