@@ -375,3 +375,50 @@ pub fn hub_reply(args: &HubReplyArgs) -> anyhow::Result<ExitCode> {
         ExitCode::from(1)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(text: &[u8]) -> [u64; 8] {
+        let mut bytes = [0u8; ASR_TEXT_BYTES];
+        bytes[..text.len()].copy_from_slice(text);
+        let mut w = [3, 7, 123, 456, 0, 0, 0, 0];
+        for (i, c) in bytes.chunks_exact(8).enumerate() {
+            w[4 + i] = u64::from_ne_bytes(c.try_into().unwrap());
+        }
+        w
+    }
+
+    #[test]
+    fn the_recognisers_record_is_read_back() {
+        let (results, utterance, ns, text) = parse_asr(record(b"what time is it")).unwrap();
+        assert_eq!((results, utterance, ns), (3, 7, 123));
+        assert_eq!(text, "what time is it");
+        // All 32 bytes used: no terminating NUL needed.
+        let full = [b'a'; ASR_TEXT_BYTES];
+        assert_eq!(parse_asr(record(&full)).unwrap().3.len(), ASR_TEXT_BYTES);
+    }
+
+    /// Attack: the register is another process's memory; bytes that are not UTF-8 are refused
+    /// with a message, not spoken (or panicked on).
+    #[test]
+    fn a_record_that_is_not_text_is_refused() {
+        let e = parse_asr(record(&[0xff, 0xfe, b'x'])).unwrap_err();
+        assert!(e.to_string().contains("not UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn every_scenario_command_gets_its_own_reply() {
+        assert_eq!(
+            reply_for("turn on the kitchen light"),
+            "the kitchen light is on"
+        );
+        assert_eq!(
+            reply_for("turn off the bedroom light"),
+            "the bedroom light is off"
+        );
+        assert_eq!(reply_for("what time is it"), "it is ten past two");
+        assert_eq!(reply_for(""), "sorry, I did not understand");
+    }
+}
