@@ -3,6 +3,7 @@ decision (its control register), decodes that utterance with pocketsphinx agains
 grammar of the scenario's commands, and prints one JSON line per result.
 
     python3 recogniser.py --ring NAME.mic --vad NAME.vad [--grammar commands.jsgf]
+                          [--asr NAME.asr --said NAME.said]
 
 Lines on stdout (JSON): {"event": "ready"} once it has joined the ring; then per utterance
 {"event": "result", "utterance": k, "text": ..., "start_pos", "end_pos" (the VAD's
@@ -14,8 +15,16 @@ be an utterance (end before start, longer than 15 s, decided before its end) is 
 {"event": "refused", "why": ...}, not decoded. Exit status 0 unless something was lost or
 refused (a result must be true: a missed decision or a lost frame fails the run).
 
-The ring is read by `read_ready` alone (today's ctypes package; the native package keeps the
-Reader API, so moving is a change of import).
+The ring is read by `read_ready` alone, through the native package (`import voxring`, the
+pyo3 extension built from platform-linux/python).
+
+With --asr, each result is also published in a control register it creates (the recogniser →
+reply hop of `voxring voice assistant`): results, utterance, recognised_ns, read_pos, then
+the text (UTF-8, at most 32 bytes). With --said (the reply agent's register: replies done,
+last reply frame's commit ns), it does not decode its own assistant's voice, which the
+loopback brings back into the mic: while a reply is being spoken, and until --echo-margin-s
+after its last frame was committed, the VAD's segments that start after the result was
+published are reported as {"event": "echo"} and not decoded (a half-duplex assistant).
 """
 
 import argparse
@@ -31,6 +40,10 @@ from pocketsphinx import Decoder
 
 import voxring
 
+if not hasattr(voxring, "_voxring"):
+    sys.exit("this `voxring` is not the native package: install platform-linux/python into the "
+             "venv (scripts/test does) and run this with that venv's python")
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The VAD agent's record (harness/src/voice/vad.rs, VadRecord): eight native-endian words.
 VAD_RECORD = struct.Struct("=II7Q")
@@ -43,17 +56,25 @@ MAX_UTTERANCE_S = 15.0
 # Audio kept before the VAD's start boundary and after its end (the boundaries are within
 # 60 ms of the truth; pocketsphinx also wants a little silence around the words).
 PAD_S = 0.3
+# The recogniser -> reply record: four words, then the text.
+ASR_HEAD = struct.Struct("=4Q")
+ASR_TEXT_BYTES = 32
+# The reply agent's record: replies done, last reply frame's commit ns, first's, utterance.
+SAID_RECORD = struct.Struct("=4Q")
 
 
-def read_ready(reader, on_frame, timeout=0.5):
+def read_ready(reader, on_frame, timeout=0.5, on_handoff=None):
     """Waits up to `timeout` s for frames of `reader`, hands every ready frame to
     on_frame(sample_pos, samples) (the view is valid only during the call), and returns
-    voxring.READY, voxring.TIMEOUT or voxring.END. Raises on lost frames."""
+    voxring.READY, voxring.TIMEOUT or voxring.END. Raises on lost frames. on_handoff(ns, ts)
+    gets, per frame, its position, commit stamp and how long it took from its commit to this
+    reader's hands."""
     state = reader.wait(timeout=timeout)
     if state != voxring.READY:
         return state
     while True:
         with reader.read(16) as grant:
+            got = time.monotonic_ns()
             if grant.lost:
                 raise RuntimeError(f"the recogniser lost {grant.lost} frames of {reader.name}")
             if not len(grant):
@@ -62,6 +83,8 @@ def read_ready(reader, on_frame, timeout=0.5):
                 if f.end_of_stream:
                     return voxring.END
                 on_frame(f.sample_pos, f.samples)
+                if on_handoff is not None:
+                    on_handoff(f.sample_pos, f.timestamp_ns, got - f.timestamp_ns)
 
 
 class History:
@@ -135,15 +158,89 @@ def emit(obj):
     print(json.dumps(obj), flush=True)
 
 
-def main(argv=None):
+class HalfDuplex:
+    """Which VAD segments are the assistant's own voice (see the module's doc). Positions are
+    mic samples; `windows` are the closed [from, to) spans during which a reply was spoken."""
+
+    def __init__(self, said_name, margin_s):
+        self.name = said_name
+        self.margin_ns = int(margin_s * 1e9)
+        self.reg = None
+        self.published = 0
+        self.muted_from = None
+        self.until_ns = None
+        self.windows = []
+
+    def published_at(self, pos):
+        if self.name is None:
+            return
+        self.published += 1
+        self.muted_from = pos
+        self.until_ns = None
+
+    def poll(self):
+        """Reads the reply agent's register: is the latest reply written out?"""
+        if self.muted_from is None or self.until_ns is not None:
+            return
+        if self.reg is None:
+            try:
+                self.reg = voxring.Control(self.name)
+            except voxring.VoxringError:
+                return  # the reply agent has not made it yet
+        done, last_ns = SAID_RECORD.unpack(self.reg.read(SAID_RECORD.size)[0])[:2]
+        if done >= self.published:
+            self.until_ns = last_ns + self.margin_ns
+
+    def on_frame(self, pos, ts):
+        """Closes the window at the first frame committed after the reply's end + margin."""
+        if self.until_ns is not None and self.muted_from is not None and ts >= self.until_ns:
+            self.windows.append((self.muted_from, pos))
+            self.muted_from = None
+
+    def close(self, pos):
+        """The stream ended: a window still open ends here."""
+        if self.muted_from is not None:
+            self.windows.append((self.muted_from, pos))
+            self.muted_from = None
+
+    def settled(self):
+        return self.muted_from is None
+
+    def is_echo(self, start_pos):
+        return any(a <= start_pos < b for a, b in self.windows)
+
+    def finish(self):
+        if self.reg is not None:
+            self.reg.close()
+
+
+def publish(asr, results, utterance, recognised_ns, read_pos, text):
+    data = text.encode()
+    if len(data) > ASR_TEXT_BYTES:
+        sys.exit(f"the recognised text {text!r} is {len(data)} bytes; the recogniser -> reply "
+                 f"register carries {ASR_TEXT_BYTES}: shorten the grammar's commands")
+    asr.write(ASR_HEAD.pack(results, utterance, recognised_ns, read_pos or 0)
+              + data.ljust(ASR_TEXT_BYTES, b"\0"))
+
+
+def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ring", required=True, help="the mic ring (mono S16)")
     ap.add_argument("--vad", required=True, help="the VAD agent's control register")
     ap.add_argument("--grammar", default=os.path.join(HERE, "commands.jsgf"))
-    args = ap.parse_args(argv)
+    ap.add_argument("--asr", help="a control register to create and publish results in")
+    ap.add_argument("--said", help="the reply agent's register (half duplex, see above)")
+    ap.add_argument("--echo-margin-s", type=float, default=0.5,
+                    help="how long after a reply's last frame its echo may still be heard")
+    return ap.parse_args(argv)
 
+
+def main(argv=None):
+    args = parse_args(argv)
     dec = decoder(args.grammar)
     vad = voxring.Control(args.vad)
+    asr = voxring.Control(args.asr, create=True) if args.asr else None
+    duplex = HalfDuplex(args.said, args.echo_margin_s)
     with voxring.Reader(args.ring, fallback=False) as reader:
         cfg = reader.config
         if cfg.channels != 1 or cfg.format != "s16":
@@ -151,20 +248,28 @@ def main(argv=None):
                      "recogniser reads mono S16 (the hub's NAME.mic)")
         rate = cfg.sample_rate
         hist = History(rate)
+        last = {"handoff_ns": 0}
+
+        def on_meta(pos, ts, handoff_ns):
+            last["handoff_ns"] = handoff_ns
+            duplex.on_frame(pos, ts)
+
         emit({"event": "ready"})
-        handled, results, missed, refused, state = 0, 0, 0, 0, voxring.READY
+        handled, results, missed, refused, echoes, state = 0, 0, 0, 0, 0, voxring.READY
         give_up = None
         while True:
             if state != voxring.END:
-                state = read_ready(reader, hist.add)
+                state = read_ready(reader, hist.add, on_handoff=on_meta)
             else:
                 # The ring has ended, the VAD (another process) may still be judging its
                 # last frames: wait for its "stream ended" mark.
+                duplex.close(hist.end or 0)
                 give_up = give_up or time.monotonic() + VAD_FINISH_S
                 if time.monotonic() > give_up:
                     sys.exit(f"the VAD agent did not finish within {VAD_FINISH_S} s of the "
                              "end of the stream: is it running on this ring?")
                 time.sleep(0.005)
+            duplex.poll()
             rec = VAD_RECORD.unpack(vad.read(VAD_RECORD.size)[0])
             vad_state, hangover_ms, starts, ends = rec[0], rec[1], rec[2], rec[3]
             start_pos, end_pos, decided_pos, decided_ns, commit_ns = rec[4:]
@@ -172,11 +277,20 @@ def main(argv=None):
                 if state == voxring.END and vad_state == VAD_STREAM_ENDED:
                     break
                 continue
-            if ends > handled + 1:
-                missed += ends - handled - 1  # the register keeps the latest decision only
+            vad_seen_ns = time.monotonic_ns()
             stop = min(decided_pos, end_pos + int(PAD_S * rate))
             if hist.end is not None and hist.end < stop and state != voxring.END:
                 continue  # the VAD is ahead of us: read on
+            if not duplex.settled() and start_pos >= duplex.muted_from:
+                continue  # a reply is being spoken: judge this segment once it is over
+            if duplex.is_echo(start_pos):
+                handled = ends
+                echoes += 1
+                emit({"event": "echo", "utterance": ends, "start_pos": start_pos,
+                      "end_pos": end_pos})
+                continue
+            if ends > handled + 1:
+                missed += ends - handled - 1  # the register keeps the latest decision only
             handled = ends
             # The register is another process's memory: a record that cannot be an utterance
             # is refused, not decoded (a bounded amount of work per decision, whatever it says).
@@ -187,16 +301,25 @@ def main(argv=None):
                 continue
             audio = hist.get(start_pos - int(PAD_S * rate), stop)
             text, resample_ns, decode_ns = recognise(dec, audio, rate)
+            recognised_ns = time.monotonic_ns()
             results += 1
+            if asr is not None:
+                publish(asr, results, ends, recognised_ns, hist.end, text)
+            duplex.published_at(hist.end)
             emit({"event": "result", "utterance": ends, "text": text, "start_pos": start_pos,
                   "end_pos": end_pos, "vad_decided_pos": decided_pos, "vad_decided_ns": decided_ns,
                   "vad_frame_commit_ns": commit_ns, "hangover_ms": hangover_ms,
-                  "recognised_ns": time.monotonic_ns(), "decode_ns": decode_ns,
-                  "resample_ns": resample_ns, "read_pos": hist.end})
+                  "vad_seen_ns": vad_seen_ns, "recognised_ns": recognised_ns,
+                  "decode_ns": decode_ns, "resample_ns": resample_ns, "read_pos": hist.end,
+                  "mic_handoff_ns": last["handoff_ns"]})
         lost = reader.status()["lost_frames"] + hist.gaps
     vad.close()
+    duplex.finish()
     emit({"event": "end", "frames": hist.frames, "lost": lost, "results": results,
-          "missed": missed, "refused": refused})
+          "missed": missed, "refused": refused, "echoes": echoes,
+          "echo_windows": duplex.windows})
+    if asr is not None:
+        asr.close()
     return 1 if lost or missed or refused else 0
 
 

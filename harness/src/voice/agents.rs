@@ -172,15 +172,42 @@ pub fn talk(args: &TalkArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `voxring voice vad`: the earshot agent on a mic ring.
+/// `voxring voice vad`: the earshot agent on a mic ring, or on a hub's mic (`--hub`, joined
+/// through the hub's client).
 pub fn vad(args: &VadArgs) -> anyhow::Result<ExitCode> {
-    let seg = Segment::attach(&args.ring, &AttachOptions::default())
-        .with_context(|| format!("the VAD agent cannot attach to {:?}", args.ring))?;
-    let cfg = seg.config();
+    if let Some(name) = &args.hub {
+        let hub = voxring_linux::hub::Hub::find(name, &voxring_linux::hub::HubOptions::default())
+            .with_context(|| format!("the VAD agent cannot join the hub {name:?}"))?;
+        let mut mic = hub.join_mic("vad", voxring_linux::hub::Delivery::Lossless)?;
+        let cfg = hub.config();
+        return vad_on(
+            args,
+            &voxring_linux::hub::mic_name(name),
+            cfg,
+            mic.consumer(),
+        );
+    }
+    let ring = args
+        .ring
+        .as_deref()
+        .context("the VAD agent needs --ring NAME or --hub NAME")?;
+    let seg = Segment::attach(ring, &AttachOptions::default())
+        .with_context(|| format!("the VAD agent cannot attach to {ring:?}"))?;
+    let mut rx = seg
+        .consumer()
+        .context("the VAD agent cannot join the ring")?;
+    vad_on(args, ring, seg.config(), &mut rx)
+}
+
+fn vad_on(
+    args: &VadArgs,
+    ring: &str,
+    cfg: RingConfig,
+    rx: &mut voxring_linux::ring::ShmConsumer,
+) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         cfg.channels == 1 && cfg.format == SampleFormat::S16,
-        "{:?} carries {} channel(s) of {:?}: the VAD agent reads mono S16 (the hub's NAME.mic)",
-        args.ring,
+        "{ring:?} carries {} channel(s) of {:?}: the VAD agent reads mono S16 (the hub's NAME.mic)",
         cfg.channels,
         cfg.format
     );
@@ -188,9 +215,6 @@ pub fn vad(args: &VadArgs) -> anyhow::Result<ExitCode> {
     let mut engine = EarshotVad::new(cfg.sample_rate, settings)?;
     let reg = Placed::<VadRegister>::create(&args.register, &CreateOptions::default(), [0; 8])
         .with_context(|| format!("cannot create the VAD's register {:?}", args.register))?;
-    let mut rx = seg
-        .consumer()
-        .context("the VAD agent cannot join the ring")?;
     rx.set_spin(Duration::ZERO);
     emit(&json!({"event": "ready", "hangover_ms": settings.hangover_ms()}))?;
 
@@ -217,7 +241,7 @@ pub fn vad(args: &VadArgs) -> anyhow::Result<ExitCode> {
                     lost += n;
                     continue;
                 }
-                Err(e) => anyhow::bail!("reading {:?} failed: {e}", args.ring),
+                Err(e) => anyhow::bail!("reading {ring:?} failed: {e}"),
             };
             // The frames are in this agent's hands: the hand-off ends here.
             let t_got = monotonic_ns();

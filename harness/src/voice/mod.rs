@@ -15,6 +15,9 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 pub mod agents;
+pub mod assistant;
+pub mod hub_agents;
+pub mod listen;
 pub mod measure;
 pub mod synth;
 pub mod talker;
@@ -38,6 +41,14 @@ pub enum Command {
     Reply(ReplyArgs),
     /// Draw per-utterance records (JSON lines) as a table and a stacked-bar SVG.
     Report(ReportArgs),
+    /// The voice round trip through a hub, one command: talker, VAD, recogniser, reply.
+    Assistant(assistant::AssistantArgs),
+    /// The talker as a speaking agent of a hub (started by `voice assistant`).
+    #[command(hide = true)]
+    HubTalk(hub_agents::HubTalkArgs),
+    /// The reply agent as a speaking agent of a hub (started by `voice assistant`).
+    #[command(hide = true)]
+    HubReply(hub_agents::HubReplyArgs),
 }
 
 /// `voxring voice report`.
@@ -105,8 +116,11 @@ impl TalkArgs {
 #[derive(Debug, Args)]
 pub struct VadArgs {
     /// The mic ring to read (mono S16).
-    #[arg(long)]
-    pub ring: String,
+    #[arg(long, required_unless_present = "hub")]
+    pub ring: Option<String>,
+    /// Join this hub's mic (`voxring serve --name NAME`) through its client instead.
+    #[arg(long, conflicts_with = "ring")]
+    pub hub: Option<String>,
     /// The control register to create and publish into.
     #[arg(long)]
     pub register: String,
@@ -155,5 +169,8 @@ pub fn main(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Vad(a) => agents::vad(&a),
         Command::Reply(a) => agents::reply(&a),
         Command::Report(a) => measure::report(&a),
+        Command::Assistant(a) => assistant::assistant(&a),
+        Command::HubTalk(a) => hub_agents::hub_talk(&a),
+        Command::HubReply(a) => hub_agents::hub_reply(&a),
     }
 }

@@ -1,0 +1,702 @@
+//! `voxring voice assistant`: the voice round trip through the hub, one command.
+//!
+//! It starts a hub (a child `voxring serve` with a name of its own, stopped by its PID at the
+//! end), then the parts join it through the public clients: the talker and the reply agent
+//! as speaking agents (`voice hub-talk`, `voice hub-reply`), the earshot VAD agent on
+//! `NAME.mic` publishing into its register `NAME.vad`, the Python recogniser on `NAME.mic`
+//! (native package) publishing each text in the register `NAME.asr`, and a listener (a thread
+//! of this process) keeping everything the mic heard. The talker's speech goes out through the
+//! hub's playback and comes back in its capture (the synthetic device's loopback, or the
+//! headless PipeWire's null-sink monitor); so does the reply, where the listener finds its
+//! first sample. See [`super::listen`] for how the ground truth is placed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use serde_json::{Value, json};
+
+use super::listen::{Capture, Placed, listen, place_utterances};
+use super::measure::{
+    Handoff, StageKind, UtteranceRecord, scenario_wer, stacked_bars_svg, table_markdown,
+};
+use crate::run::procs::{self, Finished, Proc};
+
+/// `voxring voice assistant`.
+#[derive(Debug, Args)]
+pub struct AssistantArgs {
+    /// The hub's device: synthetic (its playback loops back into its capture, bit-exact),
+    /// pipewire (through the headless PipeWire's null sink), or an ALSA PCM.
+    #[arg(long, default_value = "synthetic")]
+    pub device: String,
+    /// CPU hogs running beside the pipeline (as `voxring run --load`).
+    #[arg(long, default_value_t = 0)]
+    pub load: u32,
+    /// Write the run's summary (records, counters, verdict) here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// An existing directory for the records, the table and the stacked-bar SVG.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// An utterance (repeat for several); default: the scenario's three.
+    #[arg(long = "say")]
+    pub say: Vec<String>,
+    /// Silence between utterances, s (the reply is spoken in it).
+    #[arg(long, default_value_t = 5.0)]
+    pub gap_s: f64,
+    /// Frames per hub cycle at 48 kHz.
+    #[arg(long, default_value_t = 128)]
+    pub quantum: u32,
+    /// The hub's device buffer, in quanta (`voxring serve --periods`): a longer buffer
+    /// survives longer stalls of the hub's thread and adds its length to the playback.
+    #[arg(long, default_value_t = 2)]
+    pub periods: u32,
+    /// The hub's mic ring, in frames (`voxring serve --mic-frames`): how far behind the VAD
+    /// and the recogniser (which reads nothing while it decodes) may fall before the hub
+    /// evicts them. 2048 frames of 128 are 5.5 s.
+    #[arg(long, default_value_t = 2048)]
+    pub mic_frames: u32,
+    /// SCHED_FIFO priority of the talker and reply agents (0: none).
+    #[arg(long, default_value_t = 60)]
+    pub rt_priority: u8,
+    /// The Python with pocketsphinx and the native voxring package (default:
+    /// $VOXRING_VOICE_PYTHON, else python3).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// The recogniser script (default: harness/python/voice/recogniser.py of this source tree).
+    #[arg(long)]
+    pub recogniser: Option<PathBuf>,
+    /// Also draw each utterance with every hand-off costing this many ns (e.g. what `voxring
+    /// bench ipc` measured for Unix sockets or HTTP at the same frame size).
+    #[arg(long)]
+    pub compare_handoff_ns: Option<u64>,
+    /// The name of that transport in the plot.
+    #[arg(long, default_value = "sockets")]
+    pub compare_name: String,
+}
+
+/// A `voxring serve` child, stopped by its PID.
+struct HubProc {
+    child: Child,
+}
+
+impl HubProc {
+    fn start(name: &str, a: &AssistantArgs, json: &Path, log: &Path) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find this program's own path")?;
+        let log = std::fs::File::create(log).context("cannot create the hub's log")?;
+        let mut cmd = Command::new(exe);
+        cmd.args([
+            "serve",
+            "--name",
+            name,
+            "--device",
+            &a.device,
+            "--channels",
+            "1",
+        ])
+        .args([
+            "--format",
+            "s16",
+            "--rate",
+            "48000",
+            "--quantum",
+            &a.quantum.to_string(),
+        ])
+        .args(["--periods", &a.periods.to_string()])
+        .arg("--json")
+        .arg(json)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .process_group(0);
+        procs::die_with_parent_before_exec(&mut cmd, std::process::id());
+        let child = cmd.spawn().context("cannot start `voxring serve`")?;
+        let mut hub = HubProc { child };
+        let t0 = Instant::now();
+        loop {
+            if voxring_linux::hub::Hub::find(name, &Default::default()).is_ok() {
+                return Ok(hub);
+            }
+            if let Some(st) = hub.child.try_wait()? {
+                anyhow::bail!("the hub exited before it was ready ({st}); see its log above");
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                hub.stop();
+                anyhow::bail!("the hub did not start within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM by PID (readers get an end of stream), SIGKILL after a grace period.
+    fn stop(&mut self) -> String {
+        if let Ok(Some(st)) = self.child.try_wait() {
+            return st.to_string();
+        }
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.to_string();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        format!("killed after 20 s ({:?})", self.child.wait())
+    }
+}
+
+use std::os::unix::process::CommandExt as _;
+
+/// Waits for a child's `{"event":"ready"}` line (other lines are kept by the child).
+fn wait_ready(p: &mut Proc, what: &str) -> anyhow::Result<Value> {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(120) {
+        if let Some(line) = p.wait_line(Duration::from_millis(200))
+            && let Ok(v) = serde_json::from_str::<Value>(&line)
+            && v["event"] == "ready"
+        {
+            return Ok(v);
+        }
+        if let Some(st) = p.exited() {
+            anyhow::bail!("the {what} exited before it was ready ({st})");
+        }
+    }
+    anyhow::bail!("the {what} was not ready within 120 s")
+}
+
+/// The JSON lines a finished child wrote.
+fn lines(f: &Finished) -> Vec<Value> {
+    f.stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn event<'a>(lines: &'a [Value], kind: &str) -> impl Iterator<Item = &'a Value> {
+    lines.iter().filter(move |v| v["event"] == kind)
+}
+
+struct Children {
+    agents: Vec<(&'static str, Proc)>,
+    hogs: Vec<Proc>,
+}
+
+fn python_and_script(a: &AssistantArgs) -> (PathBuf, PathBuf) {
+    let py = a.python.clone().unwrap_or_else(|| {
+        std::env::var_os("VOXRING_VOICE_PYTHON").map_or_else(|| "python3".into(), PathBuf::from)
+    });
+    let script = a.recogniser.clone().unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("python/voice/recogniser.py")
+    });
+    (py, script)
+}
+
+/// Starts the agents in order (each ready before the next), the hogs, and the talker last.
+fn start_agents(
+    a: &AssistantArgs,
+    name: &str,
+    dir: &Path,
+    says: &[String],
+) -> anyhow::Result<Children> {
+    let mut ch = Children {
+        agents: Vec::new(),
+        hogs: Vec::new(),
+    };
+    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    let (vad_reg, asr, said) = (
+        format!("{name}.vad"),
+        format!("{name}.asr"),
+        format!("{name}.said"),
+    );
+    let mut p = procs::spawn_self(
+        "vad",
+        &s(&["voice", "vad", "--hub", name, "--register", &vad_reg]),
+    )?;
+    wait_ready(&mut p, "VAD agent")?;
+    ch.agents.push(("vad", p));
+    let (py, script) = python_and_script(a);
+    let mut cmd = Command::new(&py);
+    cmd.arg(&script)
+        .args([
+            "--ring",
+            &voxring_linux::hub::mic_name(name),
+            "--vad",
+            &vad_reg,
+        ])
+        .args(["--asr", &asr, "--said", &said]);
+    procs::die_with_parent_before_exec(&mut cmd, std::process::id());
+    let mut p = procs::spawn("recogniser", cmd)
+        .with_context(|| format!("cannot start the recogniser with {}", py.display()))?;
+    wait_ready(
+        &mut p,
+        "recogniser (Python; is pocketsphinx in $VOXRING_VOICE_PYTHON's venv?)",
+    )?;
+    ch.agents.push(("recogniser", p));
+    let rt = a.rt_priority.to_string();
+    let mut p = procs::spawn_self(
+        "reply",
+        &s(&[
+            "voice",
+            "hub-reply",
+            "--hub",
+            name,
+            "--asr",
+            &asr,
+            "--said",
+            &said,
+            "--rt-priority",
+            &rt,
+        ]),
+    )?;
+    wait_ready(&mut p, "reply agent")?;
+    ch.agents.push(("reply", p));
+    for i in 0..a.load {
+        let pid = std::process::id().to_string();
+        ch.hogs.push(procs::spawn_self(
+            &format!("hog {}", i + 1),
+            &s(&["agent", "--role", "hog", "--parent", &pid]),
+        )?);
+    }
+    let mut args = s(&["voice", "hub-talk", "--hub", name, "--rt-priority", &rt]);
+    args.extend(["--gap-s".into(), a.gap_s.to_string()]);
+    args.extend([
+        "--script-out".into(),
+        dir.join("script.s16").display().to_string(),
+    ]);
+    for t in says {
+        args.extend(["--say".into(), t.clone()]);
+    }
+    let mut p = procs::spawn_self("talker", &args)?;
+    wait_ready(&mut p, "talker")?;
+    ch.agents.push(("talker", p));
+    Ok(ch)
+}
+
+/// Waits until the talker has finished and every utterance got its reply written out (or a
+/// give-up bound), then a second for the last reply to come back through the loopback.
+fn wait_scenario(ch: &mut Children, n: usize) {
+    let t0 = Instant::now();
+    let mut replies = 0;
+    let mut talker_done = false;
+    while t0.elapsed() < Duration::from_secs(180) && !(talker_done && replies >= n) {
+        for (who, p) in &mut ch.agents {
+            if *who == "talker" && !talker_done {
+                talker_done = p.exited().is_some();
+            }
+            if *who == "reply" {
+                while let Some(l) = p.wait_line(Duration::from_millis(50)) {
+                    replies += usize::from(l.contains("\"event\":\"reply\""));
+                }
+            }
+        }
+        if ch
+            .agents
+            .iter_mut()
+            .any(|(w, p)| *w != "talker" && p.exited().is_some())
+        {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+}
+
+/// `voxring voice assistant`.
+pub fn assistant(a: &AssistantArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        a.load <= 64,
+        "--load {} is more CPU hogs than makes sense (at most 64)",
+        a.load
+    );
+    let says: Vec<String> = if a.say.is_empty() {
+        super::SCENARIO.iter().map(|s| (*s).to_owned()).collect()
+    } else {
+        a.say.clone()
+    };
+    if let Some(d) = &a.report {
+        anyhow::ensure!(
+            d.is_dir(),
+            "--report {}: not an existing directory; create it first",
+            d.display()
+        );
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("voxring-assistant")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir()
+        .context("cannot make a temporary directory")?;
+    let name = format!("assist-{}", std::process::id());
+    let hub_json = dir.path().join("hub.json");
+    let mut hub = HubProc::start(&name, a, &hub_json, &dir.path().join("hub.log"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let listener = {
+        let name = name.clone();
+        std::thread::Builder::new()
+            .name("listener".into())
+            .spawn(move || {
+                listen(&name, || {
+                    let _ = tx.send(());
+                })
+            })
+            .context("cannot start the listener")?
+    };
+    let started = rx.recv_timeout(Duration::from_secs(60)).is_ok();
+    let children = if started {
+        start_agents(a, &name, dir.path(), &says)
+    } else {
+        Err(anyhow::anyhow!("the listener could not join the hub"))
+    };
+    let mut ch = match children {
+        Ok(ch) => ch,
+        Err(e) => {
+            hub.stop();
+            let _ = listener.join();
+            return Err(e);
+        }
+    };
+    wait_scenario(&mut ch, says.len());
+    let hub_status = hub.stop();
+    let finished: Vec<(&str, Finished)> = ch
+        .agents
+        .into_iter()
+        .map(|(w, p)| (w, p.finish(Duration::from_secs(70))))
+        .collect();
+    for h in ch.hogs {
+        h.kill();
+    }
+    let capture = listener
+        .join()
+        .map_err(|_| anyhow::anyhow!("the listener panicked"))?;
+    let hub_log = std::fs::read_to_string(dir.path().join("hub.log")).unwrap_or_default();
+    let hub_summary: Value = std::fs::read_to_string(&hub_json)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    let script = std::fs::read(dir.path().join("script.s16")).unwrap_or_default();
+    let script: Vec<i16> = script
+        .chunks_exact(2)
+        .map(|b| i16::from_ne_bytes([b[0], b[1]]))
+        .collect();
+    let run = RunOutputs {
+        says: &says,
+        finished: &finished,
+        capture,
+        script,
+        hub_summary,
+        hub_status,
+        hub_log,
+    };
+    conclude(a, &run)
+}
+
+/// Everything a run left, for [`conclude`].
+struct RunOutputs<'a> {
+    says: &'a [String],
+    finished: &'a [(&'a str, Finished)],
+    capture: anyhow::Result<Capture>,
+    script: Vec<i16>,
+    hub_summary: Value,
+    hub_status: String,
+    hub_log: String,
+}
+
+impl RunOutputs<'_> {
+    fn of(&self, who: &str) -> Option<&Finished> {
+        self.finished
+            .iter()
+            .find(|(w, _)| *w == who)
+            .map(|(_, f)| f)
+    }
+}
+
+/// Builds the records, checks the run, writes the JSON and the report, prints the verdict.
+fn conclude(a: &AssistantArgs, run: &RunOutputs<'_>) -> anyhow::Result<ExitCode> {
+    let mut failures = Vec::new();
+    for (who, f) in run.finished {
+        if !f.clean_exit {
+            failures.push(format!(
+                "the {who} agent did not end cleanly ({}): {}",
+                f.status,
+                f.stderr.join(" | ")
+            ));
+        }
+    }
+    let h = &run.hub_summary;
+    for k in [
+        "mic_dropped",
+        "evicted_lag",
+        "evicted_dead",
+        "xruns_capture",
+    ] {
+        if h[k].as_u64() != Some(0) {
+            failures.push(format!("the hub's {k} is {} (frames lost)", h[k]));
+        }
+    }
+    let (records, mut why) = match &run.capture {
+        Ok(cap) => build_records(a, run, cap),
+        Err(e) => (Vec::new(), vec![format!("the listener failed: {e:#}")]),
+    };
+    failures.append(&mut why);
+    let wer = scenario_wer(&records);
+    if records.len() == run.says.len() && wer > 0.0 {
+        failures.push(format!("word error rate {wer:.3}: misrecognised"));
+    }
+    let summary = summarise(a, run, &records, wer, &failures);
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&summary)? + "\n")
+            .with_context(|| format!("cannot write --json {}", p.display()))?;
+    }
+    if let Some(d) = &a.report {
+        write_report(a, d, &records)?;
+    }
+    println!("{}", table_markdown(&records));
+    println!("word error rate {wer:.3}; {}", summary["verdict"]);
+    if failures.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for f in &failures {
+        eprintln!("voxring voice assistant: FAILED: {f}");
+    }
+    if !run.hub_log.trim().is_empty() {
+        eprintln!("hub's log:\n{}", run.hub_log.trim_end());
+    }
+    Ok(ExitCode::from(1))
+}
+
+fn write_report(a: &AssistantArgs, d: &Path, records: &[UtteranceRecord]) -> anyhow::Result<()> {
+    let mut jl = String::new();
+    for r in records {
+        jl.push_str(&serde_json::to_string(r)?);
+        jl.push('\n');
+    }
+    std::fs::write(d.join("records.jsonl"), jl).context("cannot write the records")?;
+    std::fs::write(d.join("voice-latency.md"), table_markdown(records))
+        .context("cannot write the table")?;
+    let mut rows = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        rows.push((format!("{} voxring", i + 1), r.stages()));
+        if let Some(ns) = a.compare_handoff_ns {
+            let other = r
+                .handoffs
+                .iter()
+                .map(|h| Handoff { ns, ..h.clone() })
+                .collect();
+            rows.push((
+                format!("{} {}", i + 1, a.compare_name),
+                r.with_handoffs(other).stages(),
+            ));
+        }
+    }
+    let title = format!("Reply latency by stage ({}, --load {})", a.device, a.load);
+    std::fs::write(d.join("voice-latency.svg"), stacked_bars_svg(&title, &rows))
+        .context("cannot write the SVG")
+}
+
+/// The records of the utterances, and what is wrong with the run.
+fn build_records(
+    a: &AssistantArgs,
+    run: &RunOutputs<'_>,
+    cap: &Capture,
+) -> (Vec<UtteranceRecord>, Vec<String>) {
+    let mut why = Vec::new();
+    if cap.lost > 0 {
+        why.push(format!("the listener lost {} mic frames", cap.lost));
+    }
+    let talker = run.of("talker").map(lines).unwrap_or_default();
+    let Some(ready) = event(&talker, "ready").next() else {
+        why.push("the talker said nothing".into());
+        return (Vec::new(), why);
+    };
+    let placements: Vec<(u64, u64)> = ready["placements"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .map(|p| {
+                    (
+                        p["start"].as_u64().unwrap_or(0),
+                        p["end"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let placed = match place_utterances(
+        cap,
+        &run.script,
+        &placements,
+        a.device.starts_with("synthetic"),
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            why.push(format!("{e:#}"));
+            return (Vec::new(), why);
+        }
+    };
+    // The hub's lane corrections are counted, not located: one seen near an utterance (a
+    // quarter second either side) may have cut into the user's speech, and fails the run.
+    let slack = u64::from(cap.rate / 4);
+    for (k, p) in placed.iter().enumerate() {
+        let n = super::listen::corrections_during(cap, "talker", p, slack);
+        if n > 0 {
+            why.push(format!(
+                "the hub corrected the talker's lane {n} time(s) (dropped, repeated or gap) \
+                 while utterance {} was on its way: the user's speech did not reach the mic whole",
+                k + 1
+            ));
+        }
+    }
+    let rec = run.of("recogniser").map(lines).unwrap_or_default();
+    let reply = run.of("reply").map(lines).unwrap_or_default();
+    let vad = run.of("vad").map(lines).unwrap_or_default();
+    let mut out = Vec::new();
+    for (k, p) in placed.iter().enumerate() {
+        let next = placed.get(k + 1).map_or(u64::MAX, |q| q.start);
+        match record_for(cap, p, next, &run.says[k], &rec, &reply, &vad) {
+            Ok(r) => out.push(r),
+            Err(e) => why.push(format!("utterance {} ({:?}): {e:#}", k + 1, run.says[k])),
+        }
+    }
+    (out, why)
+}
+
+/// One utterance's record from the agents' lines and the capture.
+fn record_for(
+    cap: &Capture,
+    p: &Placed,
+    next_start: u64,
+    said: &str,
+    rec: &[Value],
+    reply: &[Value],
+    vad: &[Value],
+) -> anyhow::Result<UtteranceRecord> {
+    let u = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
+    let r = event(rec, "result")
+        .find(|r| u(r, "start_pos") < p.end && u(r, "end_pos") > p.start)
+        .context(
+            "no recognition result covers it (the VAD did not find it, or its decision was missed)",
+        )?;
+    let utt = u(r, "utterance");
+    let rp = event(reply, "reply")
+        .find(|x| u(x, "utterance") == utt)
+        .context("the reply agent did not answer it")?;
+    let offset = rp["first_loud_offset"]
+        .as_u64()
+        .context("the reply was silent")?;
+    let loud = cap
+        .first_loud(p.end, next_start)
+        .context("its reply was not heard in the mic before the next utterance")?;
+    let heard_pos = loud
+        .checked_sub(offset)
+        .context("the reply was heard before it began")?;
+    let heard_ns = cap
+        .time_of(heard_pos)
+        .context("the reply's place is outside the capture")?;
+    let decided = u(r, "vad_decided_pos");
+    let vad_handoff = vad
+        .iter()
+        .filter(|v| v["event"] == "end")
+        .flat_map(|v| v["events"].as_array().cloned().unwrap_or_default())
+        .find(|e| e["kind"] == "End" && u(e, "decided_pos") == decided)
+        .map_or(0, |e| u(&e, "handoff_ns"));
+    let handoffs = vec![
+        Handoff {
+            name: "mic ring -> VAD".into(),
+            within: StageKind::Vad,
+            ns: vad_handoff,
+        },
+        Handoff {
+            name: "VAD register -> recogniser".into(),
+            within: StageKind::Recognition,
+            ns: u(r, "vad_seen_ns").saturating_sub(u(r, "vad_decided_ns")),
+        },
+        Handoff {
+            name: "mic ring -> recogniser".into(),
+            within: StageKind::Recognition,
+            ns: u(r, "mic_handoff_ns"),
+        },
+        Handoff {
+            name: "recogniser register -> reply".into(),
+            within: StageKind::Synthesis,
+            ns: u(rp, "asr_seen_ns").saturating_sub(u(rp, "recognised_ns")),
+        },
+    ];
+    Ok(UtteranceRecord {
+        said: said.to_owned(),
+        heard: r["text"].as_str().unwrap_or_default().to_owned(),
+        rate: cap.rate,
+        speech_end_pos: p.end,
+        vad_decided_pos: decided,
+        vad_decided_ns: u(r, "vad_decided_ns"),
+        hangover_ms: u(r, "hangover_ms") as u32,
+        recognised_ns: u(r, "recognised_ns"),
+        reply_first_synth_ns: u(rp, "first_sample_synth_ns"),
+        reply_first_commit_ns: u(rp, "first_commit_ns"),
+        reply_heard_ns: Some(heard_ns),
+        handoffs,
+    })
+}
+
+/// The run's JSON summary.
+fn summarise(
+    a: &AssistantArgs,
+    run: &RunOutputs<'_>,
+    records: &[UtteranceRecord],
+    wer: f64,
+    failures: &[String],
+) -> Value {
+    let after_decision: Vec<f64> = records
+        .iter()
+        .map(|r| r.total_ms() - r.stage_ms(StageKind::Hangover) - r.stage_ms(StageKind::Vad))
+        .collect();
+    let per: Vec<Value> = records
+        .iter()
+        .zip(&after_decision)
+        .map(|(r, d)| {
+            let stages: serde_json::Map<String, Value> = StageKind::ALL
+                .iter()
+                .map(|&k| (format!("{k:?}").to_lowercase(), json!(r.stage_ms(k))))
+                .collect();
+            json!({"record": r, "stages_ms": stages, "total_ms": r.total_ms(),
+                "decision_to_heard_ms": d, "handoffs_ms": r.handoff_ms(),
+                "handoff_share": r.handoff_ms() / r.total_ms().max(1e-9)})
+        })
+        .collect();
+    let agents: serde_json::Map<String, Value> = run
+        .finished
+        .iter()
+        .map(|(w, f)| {
+            (
+                (*w).to_owned(),
+                json!({"status": f.status, "end": event(&lines(f), "end").next()}),
+            )
+        })
+        .collect();
+    let lanes = run
+        .capture
+        .as_ref()
+        .map(|c| {
+            c.lanes
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        json!({"dropped": v.0, "repeated": v.1, "gaps": v.2}),
+                    )
+                })
+                .collect::<serde_json::Map<_, _>>()
+        })
+        .unwrap_or_default();
+    json!({
+        "device": a.device, "load": a.load, "quantum": a.quantum, "periods": a.periods, "rate": 48000,
+        "utterances": run.says, "word_error_rate": wer, "per_utterance": per,
+        "decision_to_heard_max_ms": after_decision.iter().copied().fold(0.0, f64::max),
+        "hub": run.hub_summary, "hub_status": run.hub_status, "lanes": lanes, "agents": agents,
+        "lane_corrections": run.capture.as_ref().map(|c| json!(c.corrections)).unwrap_or_default(),
+        "failures": failures,
+        "verdict": if failures.is_empty() { "run valid: every utterance recognised, no frame lost" } else { "FAILED" },
+    })
+}

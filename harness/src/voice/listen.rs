@@ -1,0 +1,260 @@
+//! The listener of `voxring voice assistant`: a lossless reader of the hub's mic that keeps
+//! everything the mic heard (with each frame's commit stamp), and the analysis that places
+//! the ground truth in it.
+//!
+//! Ground truth: the talker's script (its exact S16 samples, written to a file by the talker)
+//! is found in the mic by its first sound: the first mic sample at or above [`LOUD`] is the
+//! first utterance's first sample (the script opens with a second of digital silence and
+//! every utterance is trimmed to its first and last sample above 0.001). Every utterance is
+//! then placed at the same offset and, on a bit-exact device (the synthetic one), its samples
+//! are compared with the script's: a frame the hub repeated or dropped on the way fails the
+//! run. Through PipeWire (not bit-exact) each utterance's first sound is looked for within
+//! 10 ms of where it is placed. A reply is heard at the first sound after the utterance it
+//! answers; its first sample is that position less the reply's own offset of its first sound
+//! (reported by the reply agent), and the moment it was heard is that sample's place in its
+//! mic frame (the frame's commit stamp less the samples after it, at the stream's rate).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use voxring_linux::hub::{Delivery, Hub, HubOptions, Read};
+
+use super::hub_agents::LOUD;
+
+/// What the mic heard.
+#[derive(Debug, Default)]
+pub struct Capture {
+    pub rate: u32,
+    /// Sample position of `samples[0]`.
+    pub first_pos: u64,
+    pub samples: Vec<i16>,
+    /// Per frame: its first sample position and its commit stamp (CLOCK_MONOTONIC ns).
+    pub frames: Vec<(u64, u64)>,
+    pub lost: u64,
+    /// Per output lane: the hub's largest counts of frames dropped, repeated, and gaps seen.
+    pub lanes: BTreeMap<String, (u64, u64, u64)>,
+    /// Every time a lane's corrections grew: the mic position read by then, the lane, and
+    /// how many corrections (drops + repeats + gaps) were added since the previous look.
+    pub corrections: Vec<(u64, String, u64)>,
+}
+
+/// Reads the hub's mic until its end of stream. `ready` is called once joined.
+pub fn listen(hub_name: &str, ready: impl FnOnce()) -> anyhow::Result<Capture> {
+    let hub = Hub::find(hub_name, &HubOptions::default())
+        .with_context(|| format!("the listener cannot join the hub {hub_name:?}"))?;
+    let mut mic = hub.join_mic("listener", Delivery::Lossless)?;
+    let mut cap = Capture {
+        rate: hub.config().sample_rate,
+        ..Capture::default()
+    };
+    cap.samples.reserve(hub.config().sample_rate as usize * 60);
+    ready();
+    let mut expected = None;
+    loop {
+        let r = mic.read(Some(Duration::from_secs(1)), |f| {
+            let m = f.meta();
+            (
+                m.sample_pos,
+                m.timestamp_ns,
+                f.samples::<i16>().map(<[i16]>::to_vec),
+            )
+        })?;
+        let (pos, ts, samples) = match r {
+            Read::Frame(v) => v,
+            Read::TimedOut => continue,
+            Read::EndOfStream => break,
+        };
+        let samples = samples.context("the hub's mic is not S16")?;
+        if cap.frames.is_empty() {
+            cap.first_pos = pos;
+        }
+        if let Some(e) = expected {
+            anyhow::ensure!(
+                pos == e,
+                "the mic jumped from sample {e} to {pos}: frames were lost"
+            );
+        }
+        expected = Some(pos + samples.len() as u64);
+        cap.frames.push((pos, ts));
+        cap.samples.extend_from_slice(&samples);
+        if cap.frames.len().is_multiple_of(LANE_LOOK_FRAMES) {
+            note_lanes(&hub, pos, &mut cap);
+        }
+    }
+    cap.lost = mic.stats().lost;
+    Ok(cap)
+}
+
+/// The listener looks at the hub's lane counters every this many mic frames.
+const LANE_LOOK_FRAMES: usize = 8;
+
+fn note_lanes(hub: &Hub, pos: u64, cap: &mut Capture) {
+    for i in 0..voxring_linux::hub::directory::MAX_SLOTS {
+        let Some(row) = hub.out_row(i) else { break };
+        if row.state == voxring_linux::hub::directory::SLOT_FREE {
+            continue;
+        }
+        let name = voxring_linux::hub::directory::unpack_name(&row.name);
+        let e = cap.lanes.entry(name.clone()).or_default();
+        let before = e.0 + e.1 + e.2;
+        e.0 = e.0.max(row.dropped);
+        e.1 = e.1.max(row.repeated);
+        e.2 = e.2.max(row.gaps);
+        let added = (e.0 + e.1 + e.2).saturating_sub(before);
+        if added > 0 {
+            cap.corrections.push((pos, name, added));
+        }
+    }
+}
+
+impl Capture {
+    fn end_pos(&self) -> u64 {
+        self.first_pos + self.samples.len() as u64
+    }
+
+    fn slice(&self, a: u64, b: u64) -> &[i16] {
+        let a = a.clamp(self.first_pos, self.end_pos()) - self.first_pos;
+        let b = b.clamp(self.first_pos, self.end_pos()) - self.first_pos;
+        &self.samples[a as usize..b.max(a) as usize]
+    }
+
+    /// The first position in [a, b) whose sample is sound.
+    pub fn first_loud(&self, a: u64, b: u64) -> Option<u64> {
+        let lo = a.max(self.first_pos);
+        first_loud(self.slice(lo, b)).map(|i| lo + i as u64)
+    }
+
+    /// When the sample at `pos` was captured: its frame's commit stamp less the samples after
+    /// it in that frame.
+    pub fn time_of(&self, pos: u64) -> Option<u64> {
+        let i = self
+            .frames
+            .partition_point(|&(p, _)| p <= pos)
+            .checked_sub(1)?;
+        let (_, ts) = self.frames[i];
+        let frame_end = self.frames.get(i + 1).map_or(self.end_pos(), |&(p, _)| p);
+        let after = frame_end.saturating_sub(pos + 1);
+        Some(ts.saturating_sub(after * 1_000_000_000 / u64::from(self.rate.max(1))))
+    }
+}
+
+/// Index of the first sample at or above [`LOUD`].
+pub fn first_loud(s: &[i16]) -> Option<usize> {
+    s.iter().position(|v| v.unsigned_abs() >= LOUD as u16)
+}
+
+/// One utterance placed in the mic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Places the talker's utterances (`placements`: [start, end) in the script) in the capture.
+/// `exact`: the device is bit-exact, so every utterance must equal the script.
+pub fn place_utterances(
+    cap: &Capture,
+    script: &[i16],
+    placements: &[(u64, u64)],
+    exact: bool,
+) -> anyhow::Result<Vec<Placed>> {
+    let s0 = first_loud(script).context("the talker's script is silent")? as u64;
+    let m0 = cap
+        .first_loud(cap.first_pos, cap.end_pos())
+        .context("the mic never heard the talker: is the hub's playback looped back?")?;
+    anyhow::ensure!(m0 >= s0, "the talker was heard before it spoke");
+    let offset = m0 - s0;
+    let tolerance = u64::from(cap.rate / 100);
+    let mut out = Vec::with_capacity(placements.len());
+    for (k, &(a, b)) in placements.iter().enumerate() {
+        let (start, end) = (a + offset, b + offset);
+        anyhow::ensure!(
+            end <= cap.end_pos(),
+            "utterance {} ends at mic sample {end}, after the capture ({})",
+            k + 1,
+            cap.end_pos()
+        );
+        if exact {
+            let heard = cap.slice(start, end);
+            let said = &script[a as usize..b as usize];
+            if let Some(i) = heard.iter().zip(said).position(|(h, s)| h != s) {
+                anyhow::bail!(
+                    "utterance {} differs from what the talker said from its sample {i} on \
+                     (mic sample {}): the hub repeated or dropped a frame of the talker, or the \
+                     loopback is not bit-exact",
+                    k + 1,
+                    start + i as u64
+                );
+            }
+        } else {
+            let found = cap.first_loud(start.saturating_sub(tolerance), end);
+            anyhow::ensure!(
+                found.is_some_and(|f| f.abs_diff(start) <= tolerance),
+                "utterance {} was not heard where it belongs (mic sample {start}; first sound \
+                 near it at {found:?}): the talker's lane was corrected on the way",
+                k + 1
+            );
+        }
+        out.push(Placed { start, end });
+    }
+    Ok(out)
+}
+
+/// Corrections of `lane` (drops, repeats, gaps) the hub made while utterance `p` could have
+/// been on its way: seen between `slack` samples before its start and after its end (the
+/// listener looks every few frames, and what the hub mixes is heard a playback buffer later).
+pub fn corrections_during(cap: &Capture, lane: &str, p: &Placed, slack: u64) -> u64 {
+    cap.corrections
+        .iter()
+        .filter(|(pos, name, _)| name == lane && *pos + slack >= p.start && *pos <= p.end + slack)
+        .map(|(_, _, n)| n)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capture(samples: Vec<i16>, first_pos: u64) -> Capture {
+        let frames = (0..samples.len() as u64)
+            .step_by(4)
+            .map(|i| (first_pos + i, 1_000_000 + i * 1000))
+            .collect();
+        Capture {
+            rate: 1_000_000,
+            first_pos,
+            samples,
+            frames,
+            ..Capture::default()
+        }
+    }
+
+    #[test]
+    fn places_the_script_by_its_first_sound_and_checks_every_sample() {
+        let script = [0, 0, 100, 200, 0, 0, 300, 0];
+        let mut heard = vec![0; 5];
+        heard.extend_from_slice(&script);
+        heard.extend_from_slice(&[0; 3]);
+        let cap = capture(heard.clone(), 40);
+        let p = place_utterances(&cap, &script, &[(2, 4), (6, 7)], true).unwrap();
+        assert_eq!(
+            p,
+            [Placed { start: 47, end: 49 }, Placed { start: 51, end: 52 }]
+        );
+        // A sample changed on the way (a repeated frame) fails the exact check.
+        heard[5 + 6] = 200;
+        let cap = capture(heard, 40);
+        let e = place_utterances(&cap, &script, &[(2, 4), (6, 7)], true).unwrap_err();
+        assert!(e.to_string().contains("utterance 2 differs"), "{e}");
+    }
+
+    #[test]
+    fn a_sample_is_heard_at_its_place_in_its_frame() {
+        let cap = capture(vec![0; 8], 100);
+        // Frame [104, 108) committed at 1_004_000 ns; sample 105 has two samples (2 µs at
+        // 1 MHz) after it.
+        assert_eq!(cap.time_of(105), Some(1_002_000));
+        assert_eq!(cap.time_of(99), None);
+    }
+}

@@ -1,0 +1,164 @@
+//! `voxring voice assistant`: the voice round trip through a hub (talker → hub playback →
+//! loopback → mic → VAD + recogniser → reply agent → hub playback → heard in the mic).
+//! Words, frames and agents are asserted; times are only reported.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+mod common;
+use common::voxring;
+
+/// The Python that runs the recogniser: $VOXRING_VOICE_PYTHON (the test venv), else python3,
+/// if it has pocketsphinx, soxr, numpy and the native voxring package. None (skip) when not,
+/// except under CI=true.
+fn recogniser_python() -> Option<PathBuf> {
+    let py =
+        std::env::var_os("VOXRING_VOICE_PYTHON").map_or_else(|| "python3".into(), PathBuf::from);
+    let ok = Command::new(&py)
+        .args([
+            "-c",
+            "import pocketsphinx, soxr, numpy, voxring; voxring._voxring",
+        ])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return Some(py);
+    }
+    let why = format!(
+        "{} cannot import pocketsphinx, soxr, numpy and the native voxring package: install \
+         platform-linux/python and harness/python/voice/requirements.txt into the test venv \
+         and set VOXRING_VOICE_PYTHON (scripts/test does)",
+        py.display()
+    );
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+    println!("skipped: {why}");
+    None
+}
+
+/// Runs `voxring voice assistant` with `args`; returns its exit success, its JSON summary and
+/// its stderr. Checks that nothing of its hub is left in /dev/shm.
+fn assistant(py: &PathBuf, args: &[&str]) -> (bool, Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    let child = voxring()
+        .args(["voice", "assistant", "--python"])
+        .arg(py)
+        .arg("--json")
+        .arg(&json)
+        .arg("--report")
+        .arg(dir.path())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let hub = format!("voxring.assist-{}.", child.id());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    println!("{stdout}\n{stderr}");
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(&json).unwrap_or_else(|e| panic!("no summary ({e}): {stderr}")),
+    )
+    .unwrap();
+    if out.status.success() {
+        for f in ["records.jsonl", "voice-latency.md", "voice-latency.svg"] {
+            assert!(dir.path().join(f).is_file(), "the report has no {f}");
+        }
+    }
+    let left: Vec<_> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&hub))
+        .collect();
+    assert!(left.is_empty(), "segments left behind: {left:?}");
+    (out.status.success(), summary, stderr)
+}
+
+/// Every utterance recognised word for word, its reply heard, no frame lost anywhere.
+fn assert_valid_round_trip(ok: bool, s: &Value, stderr: &str) {
+    assert!(ok, "the run failed: {}\n{stderr}", s["failures"]);
+    assert_eq!(s["failures"].as_array().map(Vec::len), Some(0));
+    assert_eq!(s["word_error_rate"].as_f64(), Some(0.0));
+    let per = s["per_utterance"].as_array().unwrap();
+    assert_eq!(per.len(), 3, "every utterance gets a record");
+    for p in per {
+        let r = &p["record"];
+        assert_eq!(r["said"], r["heard"]);
+        assert!(
+            r["reply_heard_ns"].as_u64().is_some(),
+            "a reply was not heard"
+        );
+    }
+    for k in [
+        "mic_dropped",
+        "evicted_lag",
+        "evicted_dead",
+        "xruns_capture",
+    ] {
+        assert_eq!(s["hub"][k].as_u64(), Some(0), "hub {k}");
+    }
+    for a in ["vad", "recogniser", "reply", "talker"] {
+        let end = &s["agents"][a]["end"];
+        assert!(end.is_object(), "the {a} agent did not report its end");
+        for k in ["lost", "mic_lost", "dropped"] {
+            if let Some(n) = end[k].as_u64() {
+                assert_eq!(n, 0, "{a}: {k}");
+            }
+        }
+    }
+}
+
+/// Three utterances through the synthetic device's loopback: each recognised, its reply heard,
+/// no frame lost. (A 16-quantum device buffer so that a host stall of the hub's thread does
+/// not turn into an xrun: this tests the pipeline, not the machine's wake-up times.)
+#[test]
+fn synthetic_round_trip_recognises_every_utterance_and_loses_nothing() {
+    let Some(py) = recogniser_python() else {
+        return;
+    };
+    let (ok, s, stderr) = assistant(&py, &["--device", "synthetic", "--periods", "16"]);
+    assert_valid_round_trip(ok, &s, &stderr);
+}
+
+/// A command outside the grammar is not recognised as said: the run says so and fails.
+#[test]
+fn a_misrecognised_utterance_fails_the_run() {
+    let Some(py) = recogniser_python() else {
+        return;
+    };
+    let args = [
+        "--device",
+        "synthetic",
+        "--periods",
+        "16",
+        "--gap-s",
+        "3",
+        "--say",
+        "please play some music in the garden",
+    ];
+    let (ok, s, stderr) = assistant(&py, &args);
+    assert!(!ok, "a misrecognised run passed: {s}");
+    assert!(
+        s["word_error_rate"].as_f64().is_some_and(|w| w > 0.0)
+            || s["failures"].to_string().contains("utterance 1"),
+        "{s}\n{stderr}"
+    );
+}
+
+/// The same scenario through the headless PipeWire (scripts/test starts it and runs the
+/// ignored tests with VOXRING_AUDIO_DEVICE=pipewire).
+#[test]
+#[ignore = "needs the headless PipeWire (scripts/test runs it)"]
+fn pipewire_round_trip_recognises_every_utterance_and_loses_nothing() {
+    let Some(py) = recogniser_python() else {
+        return;
+    };
+    let device = std::env::var("VOXRING_AUDIO_DEVICE").unwrap_or_else(|_| "pipewire".to_owned());
+    let (ok, s, stderr) = assistant(&py, &["--device", &device, "--periods", "16"]);
+    assert_valid_round_trip(ok, &s, &stderr);
+}
