@@ -194,7 +194,7 @@ pub fn attribute(facts: &[Fact], cx: &Context<'_>) -> Vec<Glitch> {
             .max_by_key(|w| w.value);
         let (cause, detail) = if let Some(w) = wake {
             host_stall(w, cx)
-        } else if let Some((name, m)) = agent_near(f.cycle, cx) {
+        } else if let Some((name, m)) = agent_near(f.cycle, playback_kind(f.kind), cx) {
             ("agent-late", agent_words(name, m, cx))
         } else {
             (
@@ -217,11 +217,35 @@ pub fn attribute(facts: &[Fact], cx: &Context<'_>) -> Vec<Glitch> {
     }
     for (name, marks) in &cx.agents {
         for m in marks.iter() {
+            // An agent that took less than a cycle was cut short: the audio thread, catching
+            // up after a stall, armed the next cycles at once.
+            let quick = m.handoff_ns + m.compute_ns < cx.period_ns;
+            let stall = late_wakes
+                .iter()
+                .filter(|w| w.cycle + 1 >= m.seq && w.cycle <= m.seq + 4)
+                .max_by_key(|w| w.value);
+            let (cause, detail) = match stall {
+                Some(w) if quick => {
+                    let (c, d) = host_stall(w, cx);
+                    (
+                        c,
+                        format!(
+                            "the {name} agent took {:.2} ms (hand-off {:.2}, compute {:.2}), less \
+                             than a cycle, but the next cycles were armed at once as the audio \
+                             thread caught up: {d}",
+                            (m.handoff_ns + m.compute_ns) as f64 / 1e6,
+                            m.handoff_ns as f64 / 1e6,
+                            m.compute_ns as f64 / 1e6
+                        ),
+                    )
+                }
+                _ => ("agent-late", agent_words(name, m, cx)),
+            };
             out.push(Glitch {
                 cycle: m.seq,
                 kind: "late-cycle".to_owned(),
-                cause: "agent-late".to_owned(),
-                detail: agent_words(name, m, cx),
+                cause: cause.to_owned(),
+                detail,
             });
         }
     }
@@ -257,14 +281,35 @@ fn host_stall(w: &Fact, cx: &Context<'_>) -> (&'static str, String) {
     )
 }
 
-/// An agent that finished one of the four cycles up to `cycle` late.
-fn agent_near<'a>(cycle: u64, cx: &'a Context<'a>) -> Option<(&'a str, &'a LateMark)> {
-    cx.agents.iter().find_map(|(name, marks)| {
-        marks
+/// Whether a glitch is on the playback side (only the echo agent feeds it).
+fn playback_kind(k: FactKind) -> bool {
+    matches!(k, FactKind::Silence | FactKind::Skipped)
+}
+
+/// The agent that took longest among those that finished one of the four cycles up to
+/// `cycle` late (only the echo agent for a playback glitch, when it was late).
+fn agent_near<'a>(
+    cycle: u64,
+    playback: bool,
+    cx: &'a Context<'a>,
+) -> Option<(&'a str, &'a LateMark)> {
+    let near = |only_echo: bool| {
+        cx.agents
             .iter()
-            .find(|m| m.seq <= cycle && m.seq + 4 >= cycle)
-            .map(|m| (name.as_str(), m))
-    })
+            .filter(|(name, _)| !only_echo || name == "echo")
+            .flat_map(|(name, marks)| {
+                marks
+                    .iter()
+                    .filter(|m| m.seq <= cycle && m.seq + 4 >= cycle)
+                    .map(move |m| (name.as_str(), m))
+            })
+            .max_by_key(|(_, m)| m.handoff_ns + m.compute_ns)
+    };
+    if playback {
+        near(true).or_else(|| near(false))
+    } else {
+        near(false)
+    }
 }
 
 fn agent_words(name: &str, m: &LateMark, cx: &Context<'_>) -> String {
@@ -342,8 +387,27 @@ mod tests {
             handoff_ns: 100_000,
             compute_ns: 3_000_000,
         }];
-        let g = attribute(&facts, &cx(&steal, vec![("echo".into(), &marks)]));
-        assert_eq!(g.len(), 4, "{g:#?}");
+        // The vad took 0.1 ms on cycle 60 but was cut short by the catch-up after the stall.
+        let vad = [LateMark {
+            seq: 60,
+            handoff_ns: 50_000,
+            compute_ns: 50_000,
+        }];
+        let g = attribute(
+            &facts,
+            &cx(&steal, vec![("vad".into(), &vad), ("echo".into(), &marks)]),
+        );
+        assert_eq!(g.len(), 5, "{g:#?}");
+        let cut = g
+            .iter()
+            .find(|g| g.kind == "late-cycle" && g.cycle == 60)
+            .unwrap();
+        assert_eq!(cut.cause, "host-stall", "{}", cut.detail);
+        assert!(cut.detail.contains("caught up"), "{}", cut.detail);
+        let g: Vec<Glitch> = g
+            .into_iter()
+            .filter(|g| g.cycle != 60 || g.kind != "late-cycle")
+            .collect();
         assert_eq!(
             (g[0].kind.as_str(), g[0].cause.as_str()),
             ("xrun", "host-stall")
