@@ -1292,6 +1292,7 @@ fn run_with<T: Sample>(
         xruns: xruns.capture + xruns.playback,
         xruns_capture: xruns.capture,
         xruns_playback: xruns.playback,
+        xruns_playback_hidden: xruns.playback_hidden,
         mouth_to_ear_ms: Percentiles::of(&playback.hist_m2e),
         stages,
         agents: agent_rows,

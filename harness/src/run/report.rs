@@ -163,6 +163,10 @@ pub struct RunReport {
     pub xruns: u64,
     pub xruns_capture: u64,
     pub xruns_playback: u64,
+    /// Of `xruns_playback`, those the device did not report (PipeWire's plugin padded
+    /// silence; found by the playback buffer running empty).
+    #[serde(default)]
+    pub xruns_playback_hidden: u64,
     /// `None` when no `echo` agent returned frames to the playback side.
     pub mouth_to_ear_ms: Option<Percentiles>,
     pub stages: Vec<StageRow>,
@@ -315,13 +319,14 @@ impl RunReport {
         }
         let _ = writeln!(
             s,
-            "cycles {}  late {}  frames lost {}  xruns {} (capture {}, playback {})",
+            "cycles {}  late {}  frames lost {}  xruns {} (capture {}, playback {}, of them {} not reported by the device)",
             self.cycles,
             self.cycles_late,
             self.frames_lost,
             self.xruns,
             self.xruns_capture,
-            self.xruns_playback
+            self.xruns_playback,
+            self.xruns_playback_hidden
         );
         if let Some(b) = &self.buffer {
             let _ = writeln!(
@@ -626,6 +631,7 @@ mod tests {
             xruns: 0,
             xruns_capture: 0,
             xruns_playback: 0,
+            xruns_playback_hidden: 0,
             mouth_to_ear_ms: m2e_p999.map(|p| Percentiles {
                 p50: p,
                 p99: p,

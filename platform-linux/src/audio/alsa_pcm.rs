@@ -16,6 +16,15 @@
 //!
 //! xruns: a pump that finds the stream in XRUN (`EPIPE`) or suspended (`ESTRPIPE`) counts it,
 //! re-prepares and restarts the stream, and flags the next chunk with [`flags::XRUN`].
+//!
+//! Hidden underruns: PipeWire's ALSA plugin does not always report one. When the client is
+//! late it plays silence in its place and carries on, so the stream never enters XRUN. The
+//! playback pump fills all free space on every wake-up, so the free space it finds at the next
+//! wake-up is what the device consumed since; when that is the whole buffer, the buffer ran
+//! empty before we came back: silence was played that the device did not report. A hardware
+//! device (stop threshold = buffer) would be in XRUN by then and report `EPIPE`, so nothing is
+//! counted twice. Such an underrun is counted as a playback xrun, flagged like one, and also
+//! counted apart ([`AlsaStream::hidden_xruns`]).
 
 use alsa::direct::pcm::{MmapCapture, MmapPlayback};
 use alsa::pcm::{Access, Frames, HwParams, PCM, State};
@@ -98,6 +107,10 @@ pub struct AlsaStream<T: Sample> {
     /// Why direct mmap was not used, when it was tried.
     direct_refusal: Option<String>,
     xruns: u64,
+    /// Of `xruns`, the playback underruns the device did not report (see the module docs).
+    hidden_xruns: u64,
+    /// The last playback pump left the buffer full (so the next free space is consumption).
+    full_after_pump: bool,
     pending_flags: u32,
     pos: u64,
     channels: usize,
@@ -264,6 +277,8 @@ impl<T: Sample> AlsaStream<T> {
             direct,
             direct_refusal,
             xruns: 0,
+            hidden_xruns: 0,
+            full_after_pump: false,
             pending_flags: 0,
             pos: 0,
             channels,
@@ -291,9 +306,16 @@ impl<T: Sample> AlsaStream<T> {
         &self.pcm
     }
 
-    /// xruns detected and recovered so far.
+    /// xruns detected and recovered so far (the hidden ones included).
     pub fn xruns(&self) -> u64 {
         self.xruns
+    }
+
+    /// Of [`Self::xruns`], the playback underruns the device did not report: the buffer was
+    /// found empty at a wake-up although the last one had filled it (PipeWire's plugin pads
+    /// the gap with silence instead of stopping; see the module docs).
+    pub fn hidden_xruns(&self) -> u64 {
+        self.hidden_xruns
     }
 
     /// Frames moved so far (sink/source position).
@@ -314,6 +336,7 @@ impl<T: Sample> AlsaStream<T> {
 
     /// Stops the stream at once, dropping pending frames.
     pub fn stop(&mut self) -> Result<(), StreamError> {
+        self.full_after_pump = false;
         self.pcm.drop().map_err(|e| self.err(e))
     }
 
@@ -375,6 +398,7 @@ impl<T: Sample> AlsaStream<T> {
 
     /// Re-prepares and restarts after an xrun; playback is refilled with silence first.
     fn restart(&mut self) -> Result<(), StreamError> {
+        self.full_after_pump = false;
         self.pcm.prepare().map_err(|e| self.err(e))?;
         if self.dir == Direction::Playback {
             self.fill_silence()?;
@@ -539,6 +563,14 @@ impl<T: Sample> AlsaStream<T> {
                 return Ok(0);
             }
         };
+        if self.full_after_pump && avail >= self.granted.buffer_frames as usize {
+            // Full at the last wake-up, empty now, and no xrun reported: the device played
+            // silence in our place without saying so.
+            self.xruns += 1;
+            self.hidden_xruns += 1;
+            self.pending_flags |= flags::XRUN;
+        }
+        self.full_after_pump = false;
         let ch = self.channels;
         let mut moved = 0usize;
         while moved < avail {
@@ -574,6 +606,7 @@ impl<T: Sample> AlsaStream<T> {
             self.silence_frames += (wrote - got) as u64;
             moved += wrote;
         }
+        self.full_after_pump = moved >= avail;
         Ok(moved)
     }
 
