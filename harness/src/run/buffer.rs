@@ -104,6 +104,27 @@ pub fn probe(seconds: f64, priority: u8) -> anyhow::Result<Probe> {
     })
 }
 
+/// `--periods` resolved for quanta of `quantum` frames at `rate` Hz: the number forced, or
+/// the probe's choice (3 when the probe fails, said in the reason); with the probe, if run.
+pub fn resolve(
+    periods: Periods,
+    quantum: u32,
+    rate: u32,
+    priority: u8,
+) -> (u32, String, Option<Probe>) {
+    let period_ms = f64::from(quantum) * 1e3 / f64::from(rate.max(1));
+    match periods {
+        Periods::Fixed(n) => (n, format!("--periods {n}"), None),
+        Periods::Auto => match probe(PROBE_SECONDS, priority) {
+            Ok(p) => {
+                let (n, why) = choose(p.max_ms, period_ms);
+                (n, why, Some(p))
+            }
+            Err(e) => (3, format!("{e:#}: 3 periods, not measured"), None),
+        },
+    }
+}
+
 /// The smallest buffer that absorbs a wake-up `max_late_ms` late with periods of `period_ms`:
 /// a wake-up k whole periods late needs k frames in reserve (N = k + 2), with a quarter of
 /// margin; at most [`MAX_AUTO_PERIODS`]. Returns the periods and why.

@@ -1383,25 +1383,15 @@ fn run_with<T: Sample>(
 
 /// `--periods`: the number forced, or the probe's choice; and what the report says of it.
 fn choose_buffer(args: &Args, warnings: &mut Vec<String>) -> (u32, BufferReport) {
-    let period_ms = f64::from(args.quantum) * 1e3 / f64::from(args.rate.max(1));
-    let (mode, periods, reason, probe) = match args.periods {
-        Periods::Fixed(n) => ("forced", n, format!("--periods {n}"), None),
-        Periods::Auto => match super::buffer::probe(super::buffer::PROBE_SECONDS, args.rt_priority)
-        {
-            Ok(p) => {
-                let (n, why) = super::buffer::choose(p.max_ms, period_ms);
-                ("auto", n, why, Some(p))
-            }
-            Err(e) => {
-                warnings.push(format!("{e:#}: the buffer is 3 periods, not measured"));
-                (
-                    "auto",
-                    3,
-                    format!("the wake-up probe failed ({e:#}); 3 periods"),
-                    None,
-                )
-            }
-        },
+    let (periods, reason, probe) =
+        super::buffer::resolve(args.periods, args.quantum, args.rate, args.rt_priority);
+    let mode = if args.periods == Periods::Auto {
+        if probe.is_none() {
+            warnings.push(format!("the buffer was not measured: {reason}"));
+        }
+        "auto"
+    } else {
+        "forced"
     };
     let report = BufferReport {
         mode: mode.to_owned(),
