@@ -71,12 +71,10 @@ fn a_stall_longer_than_the_buffer_is_counted_even_when_pipewire_hides_it() {
     assert!(st.xruns.playback_hidden <= st.xruns.playback, "{st:?}");
 }
 
-/// The rule itself, on ALSA's `null` PCM (no sound card needed): it consumes everything
-/// written at once and never reports an xrun, just as PipeWire's plugin does when it pads a
-/// late client with silence. Each wake-up after the first finds the buffer that the last one
-/// filled empty again: every one must be counted as a hidden playback xrun.
+/// ALSA's `null` PCM empties the buffer at once and never reports an xrun: it is not paced,
+/// so however late the client comes back nothing is counted (no silence was played).
 #[test]
-fn a_buffer_found_empty_without_an_xrun_is_counted_as_one() {
+fn an_unpaced_device_that_empties_the_buffer_is_not_counted() {
     use voxring_linux::audio::SilenceSource;
     use voxring_linux::audio::alsa_pcm::AlsaStream;
     let p = StreamParams {
@@ -95,11 +93,8 @@ fn a_buffer_found_empty_without_an_xrun_is_counted_as_one() {
     s.prefill(&mut SilenceSource, 0).unwrap();
     s.start().unwrap();
     for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(20));
         s.pump_playback(&mut SilenceSource, 0).unwrap();
     }
-    assert_eq!(s.xruns(), s.hidden_xruns());
-    assert!(
-        s.hidden_xruns() >= 1,
-        "null emptied the buffer unseen: {s:?}"
-    );
+    assert_eq!((s.xruns(), s.hidden_xruns()), (0, 0), "{s:?}");
 }

@@ -20,10 +20,13 @@
 //! Hidden underruns: PipeWire's ALSA plugin does not always report one. When the client is
 //! late it plays silence in its place and carries on, so the stream never enters XRUN. The
 //! playback pump fills all free space on every wake-up, so the free space it finds at the next
-//! wake-up is what the device consumed since; when that is the whole buffer, the buffer ran
-//! empty before we came back: silence was played that the device did not report. A hardware
-//! device (stop threshold = buffer) would be in XRUN by then and report `EPIPE`, so nothing is
-//! counted twice. Such an underrun is counted as a playback xrun, flagged like one, and also
+//! wake-up is what the device consumed since. When that is the whole buffer, on a device seen
+//! playing at its clock (it consumed part of the buffer between earlier wake-ups; ALSA's
+//! unpaced `null` and `file` PCMs empty it at once, play no silence and are never counted),
+//! and at least 3/4 of the buffer's duration has passed, the buffer ran empty before we came
+//! back: silence was played that the device did not report. A hardware device (stop
+//! threshold = buffer) would be in XRUN by then and report `EPIPE`, so nothing is counted
+//! twice. Such an underrun is counted as a playback xrun, flagged like one, and also
 //! counted apart ([`AlsaStream::hidden_xruns`]).
 
 use alsa::direct::pcm::{MmapCapture, MmapPlayback};
@@ -111,6 +114,11 @@ pub struct AlsaStream<T: Sample> {
     hidden_xruns: u64,
     /// The last playback pump left the buffer full (so the next free space is consumption).
     full_after_pump: bool,
+    /// When it did (CLOCK_MONOTONIC ns).
+    filled_at_ns: u64,
+    /// The device was seen consuming part of the buffer between two wake-ups: it plays at
+    /// its clock (ALSA's null and file PCMs consume everything at once, and never latch it).
+    paced: bool,
     pending_flags: u32,
     pos: u64,
     channels: usize,
@@ -279,6 +287,8 @@ impl<T: Sample> AlsaStream<T> {
             xruns: 0,
             hidden_xruns: 0,
             full_after_pump: false,
+            filled_at_ns: 0,
+            paced: false,
             pending_flags: 0,
             pos: 0,
             channels,
@@ -563,7 +573,14 @@ impl<T: Sample> AlsaStream<T> {
                 return Ok(0);
             }
         };
-        if self.full_after_pump && avail >= self.granted.buffer_frames as usize {
+        let buffer = self.granted.buffer_frames as usize;
+        let played_ns = monotonic_ns().saturating_sub(self.filled_at_ns);
+        if self.full_after_pump && avail > 0 && avail < buffer {
+            self.paced = true;
+        }
+        if self.full_after_pump
+            && hidden_underrun(self.paced, avail, buffer, played_ns, self.granted.rate)
+        {
             // Full at the last wake-up, empty now, and no xrun reported: the device played
             // silence in our place without saying so.
             self.xruns += 1;
@@ -607,6 +624,7 @@ impl<T: Sample> AlsaStream<T> {
             moved += wrote;
         }
         self.full_after_pump = moved >= avail;
+        self.filled_at_ns = monotonic_ns();
         Ok(moved)
     }
 
@@ -663,6 +681,17 @@ impl<T: Sample> AlsaStream<T> {
     }
 }
 
+/// Whether a playback buffer that was full `played_ns` ago and has `avail` of `buffer` frames
+/// free now ran empty unreported: the device plays at its clock (`paced`: seen consuming part
+/// of the buffer before), consumed all of it, and had the time to (3/4 of the buffer's
+/// duration at `rate`: clocks differ). An unpaced PCM (ALSA's null and file) empties the buffer
+/// at once without playing silence: never counted.
+fn hidden_underrun(paced: bool, avail: usize, buffer: usize, played_ns: u64, rate: u32) -> bool {
+    paced
+        && avail >= buffer
+        && u128::from(played_ns) * u128::from(rate) * 4 >= buffer as u128 * 3_000_000_000
+}
+
 fn read_granted<T: Sample>(pcm: &PCM, name: &str, d: &str) -> Result<Granted, AudioError> {
     let e = |e| AudioError::alsa(format!("reading back the {d} parameters of '{name}'"), e);
     let hwp = pcm.hw_params_current().map_err(e)?;
@@ -683,4 +712,20 @@ fn read_granted<T: Sample>(pcm: &PCM, name: &str, d: &str) -> Result<Granted, Au
         alsa_access: access_name(access),
         mode: AccessMode::AlsaMmap,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hidden_underrun;
+
+    #[test]
+    fn an_empty_buffer_is_a_hidden_underrun_only_on_a_paced_device_given_the_time() {
+        // 256 frames at 48 kHz: 5.33 ms.
+        assert!(hidden_underrun(true, 256, 256, 20_000_000, 48_000));
+        assert!(hidden_underrun(true, 300, 256, 4_000_000, 48_000));
+        // Not empty, too soon to have played it all, or an unpaced device.
+        assert!(!hidden_underrun(true, 255, 256, 20_000_000, 48_000));
+        assert!(!hidden_underrun(true, 256, 256, 3_000_000, 48_000));
+        assert!(!hidden_underrun(false, 256, 256, 20_000_000, 48_000));
+    }
 }
