@@ -13,7 +13,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 mod checks;
-mod probes;
+pub(crate) mod probes;
 mod sys;
 
 use checks::file_checks;

@@ -29,8 +29,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 pub mod agents;
+pub mod buffer;
 pub mod device;
 pub mod dsp;
+pub mod glitch;
 pub mod outfile;
 pub mod pipeline;
 pub mod plots;
@@ -164,9 +166,12 @@ pub struct Args {
     /// Frames per cycle (the device period and the ring's frame size).
     #[arg(long, default_value_t = 128)]
     pub quantum: u32,
-    /// Device buffer, in quanta (at least 2).
-    #[arg(long, default_value_t = 2)]
-    pub periods: u32,
+    /// Device buffer, in quanta: `auto` measures the machine's wake-up jitter first (1.5 s)
+    /// and picks the smallest buffer that absorbs it, then grows the playback reserve by one
+    /// period after each period of played silence (see the report's `buffer`); a number (at
+    /// least 2) forces that size, never grown.
+    #[arg(long, default_value = "auto")]
+    pub periods: buffer::Periods,
     /// Channels.
     #[arg(long, default_value_t = 1)]
     pub channels: u16,

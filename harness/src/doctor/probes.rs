@@ -139,7 +139,7 @@ pub fn run(seconds: f64) -> Vec<Check> {
 }
 
 /// Sleeps to absolute 1 ms deadlines for `seconds`; returns how late each wake-up was.
-fn timer_jitter(seconds: f64) -> Result<hdrhistogram::Histogram<u64>, String> {
+pub(crate) fn timer_jitter(seconds: f64) -> Result<hdrhistogram::Histogram<u64>, String> {
     let mut h = crate::hist::new_hist();
     let period = 1_000_000u64;
     let n = ((seconds * 1000.0) as u64).max(1);

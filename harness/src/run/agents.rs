@@ -31,6 +31,7 @@ use voxring_linux::ring::{FramesWait, Segment, ShmConsumer, ShmProducer};
 use voxring_linux::segment::AttachOptions;
 
 use super::dsp::{Vad, apply_gain, energy_dbfs};
+use super::glitch::LateMark;
 use super::report::{hist_to_base64, new_hist, record};
 use super::sync::{SyncHandle, VadState};
 use super::wav::{Encoding, WavSink};
@@ -41,6 +42,9 @@ pub const ECHO_GAIN: f32 = 0.5;
 /// Test hook: when set, the recorder corrupts one byte of the first frame it records (see
 /// `run_agent`); the run must then fail on the CRC-32 mismatch.
 pub const CORRUPT_RECORDING_ENV: &str = "VOXRING_TEST_CORRUPT_RECORDING";
+/// Test hook: `ROLE:CYCLE:MS` makes that agent's compute take MS milliseconds more on frame
+/// CYCLE (an agent late on demand; the glitch report must name it and its compute).
+pub const LATE_AGENT_ENV: &str = "VOXRING_TEST_LATE_AGENT";
 /// Late cycles listed individually in the output (for the timeline); beyond, only counted.
 const MAX_LATE_LISTED: usize = 20_000;
 
@@ -56,6 +60,9 @@ pub struct AgentOutput {
     pub late: u64,
     /// The first `MAX_LATE_LISTED` late cycles (frame sequence numbers).
     pub late_cycles: Vec<u64>,
+    /// The same cycles with the frame's hand-off and compute times (where the time went).
+    #[serde(default)]
+    pub late_marks: Vec<LateMark>,
     /// CRC-32 of every payload byte read, in order (hex).
     pub checksum: String,
     /// Histogram (HdrHistogram V2, base64) of commit → frame in hand, ns.
@@ -161,6 +168,7 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<AgentOutput> {
         // fails the run. It only spoils this run's own recording.
         corrupt_once: args.role == Role::Recorder
             && std::env::var_os(CORRUPT_RECORDING_ENV).is_some(),
+        late_once: late_hook(name),
     };
 
     println!("ready");
@@ -193,6 +201,7 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<AgentOutput> {
         lost: t.lost,
         late: t.late,
         late_cycles: t.late_cycles,
+        late_marks: t.late_marks,
         checksum: format!("{:08x}", t.crc.finalize()),
         handoff_hist: hist_to_base64(&t.handoff)?,
         compute_hist: hist_to_base64(&t.compute)?,
@@ -301,6 +310,7 @@ struct Tally {
     lost: u64,
     late: u64,
     late_cycles: Vec<u64>,
+    late_marks: Vec<LateMark>,
     ipc_ns: u64,
     wait_cpu_ns: u64,
     return_dropped: u64,
@@ -318,6 +328,7 @@ impl Tally {
             lost: 0,
             late: 0,
             late_cycles: Vec::with_capacity(MAX_LATE_LISTED),
+            late_marks: Vec::with_capacity(MAX_LATE_LISTED),
             ipc_ns: 0,
             wait_cpu_ns: 0,
             return_dropped: 0,
@@ -336,6 +347,17 @@ struct Agent {
     tally: Tally,
     vad: Vad,
     corrupt_once: bool,
+    /// Test hook ([`LATE_AGENT_ENV`]): (cycle, extra compute).
+    late_once: Option<(u64, Duration)>,
+}
+
+/// [`LATE_AGENT_ENV`] for the agent `name`, read once at its start.
+fn late_hook(name: &str) -> Option<(u64, Duration)> {
+    let v = std::env::var(LATE_AGENT_ENV).ok()?;
+    let mut it = v.split(':');
+    let (role, cycle, ms) = (it.next()?, it.next()?, it.next()?);
+    (role == name).then_some(())?;
+    Some((cycle.parse().ok()?, Duration::from_millis(ms.parse().ok()?)))
 }
 
 impl Agent {
@@ -409,6 +431,13 @@ impl Agent {
         let bytes = self.enc.bytes() as usize;
         let payload = &payload[..(meta.len as usize).min(payload.len()) / bytes * bytes];
         let c0 = monotonic_ns();
+        if let Some((cycle, d)) = self.late_once
+            && meta.seq == cycle
+        {
+            self.late_once = None;
+            // Test hook only: this frame's compute takes `d` longer.
+            std::thread::sleep(d);
+        }
         // The return ring's share of the frame's work (taken out of "compute").
         let echo_ipc_ns = match self.role {
             Role::Vad => {
@@ -435,6 +464,11 @@ impl Agent {
             t.late += 1;
             if t.late_cycles.len() < MAX_LATE_LISTED {
                 t.late_cycles.push(meta.seq);
+                t.late_marks.push(LateMark {
+                    seq: meta.seq,
+                    handoff_ns: t_got.saturating_sub(meta.timestamp_ns),
+                    compute_ns: c1.saturating_sub(c0).saturating_sub(echo_ipc_ns),
+                });
             }
         }
         Ok(false)

@@ -39,7 +39,9 @@ use voxring_linux::ring::{Segment, ShmConsumer, ShmProducer};
 use voxring_linux::segment::CreateOptions;
 
 use super::agents::{AgentOutput, capture_name, return_name};
+use super::buffer::{BufferReport, Periods};
 use super::dsp::Talker;
+use super::glitch::{Fact, FactKind, FactLog, Glitch, LateMark, StealSampler};
 use super::outfile::{self, Pending};
 use super::procs::{self, Proc};
 use super::python::{self, PythonLauncher};
@@ -55,10 +57,16 @@ const READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long agents get to drain the ring and report after the end of stream.
 const FINISH_GRACE: Duration = Duration::from_secs(10);
 /// The playback side plays returned frames in order while at most this many wait when it
-/// needs the next one; beyond, it drops all but the newest. In steady state exactly one is
-/// waiting; more means the path fell behind (a stall, a period of silence) and, without
-/// dropping, the latency would stay that much higher for the rest of the run.
+/// needs the next one, plus its reserve (`--periods` - 2, see [`super::buffer`]); beyond, it
+/// drops the oldest. In steady state exactly one (plus the reserve) is waiting; more means the
+/// path fell behind (a stall, a period of silence) and, without dropping, the latency would
+/// stay that much higher for the rest of the run.
 const CATCH_UP_FRAMES: usize = 1;
+/// Facts each real-time half keeps for the glitch report (beyond, counted).
+const MAX_FACTS: usize = 4096;
+/// Test hook: `CYCLE:MS` makes the audio thread sleep MS milliseconds once, before it commits
+/// frame CYCLE (a host stall on demand; the glitch report must name it).
+pub const STALL_AUDIO_ENV: &str = "VOXRING_TEST_STALL_AUDIO";
 /// Per-cycle records kept for the timeline (beyond, cycles are still counted and measured).
 const MAX_TIMELINE_CYCLES: usize = 1 << 20;
 
@@ -108,14 +116,26 @@ struct CaptureSide<'a, T: Sample> {
     drift_clock: FrameClock,
     /// Per committed frame: (seconds since start, capture latency in µs).
     timeline: Vec<(f32, f32)>,
-    xrun_marks: Vec<f32>,
     start_ns: u64,
     ipc_ns: u64,
     error: Option<GrantError>,
+    /// Glitches and late wake-ups seen here (see [`super::glitch`]).
+    log: FactLog,
+    /// When the last `LateWake` was logged (one per wake-up).
+    last_late_t: u64,
+    /// Test hook ([`STALL_AUDIO_ENV`]): sleep this long before committing this frame.
+    stall: Option<(u64, Duration)>,
 }
 
 impl<T: Sample> CaptureSide<'_, T> {
     fn commit_frame(&mut self) {
+        if let Some((cycle, d)) = self.stall
+            && self.frames == cycle
+        {
+            self.stall = None;
+            // Test hook only: a stall of the audio thread on demand (sleeping allocates nothing).
+            std::thread::sleep(d);
+        }
         if let Some(talker) = self.talker.as_mut() {
             for frame in self.staging.chunks_exact_mut(self.ch) {
                 let v = talker.next_sample();
@@ -174,6 +194,12 @@ impl<T: Sample> CaptureSide<'_, T> {
                 // Lossless ring and an agent a whole ring behind: never wait on the audio
                 // thread; the frame is lost and counted.
                 self.dropped += 1;
+                self.log.push(Fact {
+                    kind: FactKind::Dropped,
+                    cycle: self.frames,
+                    t_ns: t0,
+                    value: 1,
+                });
                 self.pending_flags |= FrameFlags::DISCONTINUITY.bits();
             }
             Err(e) => {
@@ -189,12 +215,34 @@ impl<T: Sample> CaptureSink<T> for CaptureSide<'_, T> {
     fn push(&mut self, samples: &[T], info: &ChunkInfo) -> usize {
         let ch = self.ch;
         let n = samples.len() / ch;
-        if info.flags & flags::XRUN != 0 {
-            self.pending_flags |= FrameFlags::XRUN.bits();
-            if self.xrun_marks.len() < self.xrun_marks.capacity() {
-                self.xrun_marks
-                    .push(info.timestamp_ns.saturating_sub(self.start_ns) as f32 / 1e9);
+        // How late this wake-up is against the device clock (once it tracks the device).
+        let end = info.sample_pos + n as u64;
+        if self.clock.is_tracking()
+            && let Some(due) = self.clock.predict_ns(end)
+        {
+            let late = info.timestamp_ns.saturating_sub(due);
+            if late > self.period_ns / 2 && info.timestamp_ns != self.last_late_t {
+                self.last_late_t = info.timestamp_ns;
+                self.log.push(Fact {
+                    kind: FactKind::LateWake,
+                    cycle: self.frames,
+                    t_ns: info.timestamp_ns,
+                    value: late,
+                });
             }
+        }
+        if info.flags & flags::XRUN != 0 {
+            self.log.push(Fact {
+                kind: FactKind::Xrun,
+                cycle: self.frames,
+                t_ns: info.timestamp_ns,
+                value: 0,
+            });
+            self.pending_flags |= FrameFlags::XRUN.bits();
+            // The positions skip the frames the device dropped: restart both clocks' phase
+            // from this chunk (keeping their rate), or every later chunk would look late.
+            self.clock.resync();
+            self.drift_clock.resync();
         }
         let mut off = 0;
         while off < n {
@@ -220,7 +268,6 @@ impl<T: Sample> CaptureSink<T> for CaptureSide<'_, T> {
                 self.filled = 0;
             }
         }
-        let end = info.sample_pos + n as u64;
         self.clock.update(end, info.timestamp_ns);
         self.drift_clock.update(end, info.timestamp_ns);
         n
@@ -253,6 +300,12 @@ struct PlaybackSide<'a, T: Sample> {
     started: bool,
     ipc_ns: u64,
     error: Option<ReadError>,
+    /// Returned frames kept waiting in reserve (see [`super::buffer`]).
+    reserve: usize,
+    /// How far the reserve may grow after silence (= `reserve`: it never grows).
+    max_reserve: usize,
+    /// Glitches seen here, and the reserve's growths.
+    log: FactLog,
 }
 
 impl<T: Sample> PlaybackSide<'_, T> {
@@ -269,11 +322,21 @@ impl<T: Sample> PlaybackSide<'_, T> {
             // frame is counted lost).
             match consumer.read_grant(usize::MAX) {
                 Ok(grant) => {
-                    let skip = if grant.len() > CATCH_UP_FRAMES {
-                        grant.len() - 1
-                    } else {
-                        0
-                    };
+                    let keep = CATCH_UP_FRAMES + self.reserve;
+                    if !self.started && grant.len() < keep {
+                        // Fill the reserve before the first frame plays (the grant's drop
+                        // releases nothing).
+                        break false;
+                    }
+                    let skip = grant.len().saturating_sub(keep);
+                    if skip > 0 {
+                        self.log.push(Fact {
+                            kind: FactKind::Skipped,
+                            cycle: self.shared.committed.load(Ordering::Relaxed),
+                            t_ns: t0,
+                            value: skip as u64,
+                        });
+                    }
                     let mut ok = false;
                     if let Some(f) = grant.frame(skip) {
                         let meta = f.meta();
@@ -350,6 +413,25 @@ impl<T: Sample> PlaybackSource<T> for PlaybackSide<'_, T> {
         }
         if w < n && self.started && !self.shared.stop.is_set() {
             self.gaps += 1;
+            // Relaxed: a cycle number for the report, written on this same thread.
+            let cycle = self.shared.committed.load(Ordering::Relaxed);
+            let t_ns = info.timestamp_ns;
+            self.log.push(Fact {
+                kind: FactKind::Silence,
+                cycle,
+                t_ns,
+                value: (n - w) as u64,
+            });
+            if self.reserve < self.max_reserve {
+                // `--periods auto`: keep one more returned frame in reserve from now on.
+                self.reserve += 1;
+                self.log.push(Fact {
+                    kind: FactKind::Grown,
+                    cycle,
+                    t_ns,
+                    value: self.reserve as u64,
+                });
+            }
         }
         w
     }
@@ -368,6 +450,11 @@ struct RtParams {
     start_ns: u64,
     /// Mix the test talker into the capture (the synthetic device captures no voice).
     talker: bool,
+    /// Returned frames kept in reserve at the start, and the most it may grow to.
+    reserve: u32,
+    max_reserve: u32,
+    /// Test hook: stall the audio thread once ([`STALL_AUDIO_ENV`]).
+    stall: Option<(u64, Duration)>,
 }
 
 impl Shared {
@@ -415,10 +502,12 @@ impl<'a, T: Sample> CaptureSide<'a, T> {
             drift_clock: FrameClock::new(f64::from(p.rate), 0.1)
                 .map_err(|e| anyhow::anyhow!("frame clock: {e:?}"))?,
             timeline: Vec::with_capacity(p.timeline_cap),
-            xrun_marks: Vec::with_capacity(1024),
             start_ns: p.start_ns,
             ipc_ns: 0,
             error: None,
+            log: FactLog::with_capacity(MAX_FACTS),
+            last_late_t: 0,
+            stall: p.stall,
         })
     }
 }
@@ -449,6 +538,9 @@ impl<'a, T: Sample> PlaybackSide<'a, T> {
             started: false,
             ipc_ns: 0,
             error: None,
+            reserve: p.reserve as usize,
+            max_reserve: p.max_reserve.max(p.reserve) as usize,
+            log: FactLog::with_capacity(MAX_FACTS),
         }
     }
 }
@@ -480,10 +572,6 @@ fn check_args(args: &Args) -> anyhow::Result<Vec<AgentSpec>> {
         args.rate,
         f64::from(args.quantum) * 1e3 / f64::from(args.rate.max(1)),
         f64::from(args.quantum) / f64::from(args.rate.max(1))
-    );
-    anyhow::ensure!(
-        args.periods >= 2,
-        "--periods must be at least 2 (the device buffer holds that many quanta)"
     );
     anyhow::ensure!(
         args.load <= 64,
@@ -627,12 +715,13 @@ fn run_with<T: Sample>(
     outputs: Outputs,
     mut warnings: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
+    let (periods, mut buffer_report) = choose_buffer(args, &mut warnings);
     let dev = super::device::open::<T>(
         &super::device::DeviceRequest {
             device: &args.device,
             rate: args.rate,
             quantum: args.quantum,
-            periods: args.periods,
+            periods,
             channels: args.channels,
         },
         &mut warnings,
@@ -803,6 +892,13 @@ fn run_with<T: Sample>(
         timeline_cap,
         start_ns,
         talker: synthetic,
+        reserve: buffer_report.reserve_start,
+        max_reserve: if args.periods == Periods::Auto {
+            super::buffer::MAX_AUTO_PERIODS - 2
+        } else {
+            buffer_report.reserve_start
+        },
+        stall: stall_hook(),
     };
     let capture = CaptureSide::<T>::new(tx, &sync, &shared, &params)?;
     let playback = PlaybackSide::<T>::new(rx, &shared, &params);
@@ -817,6 +913,8 @@ fn run_with<T: Sample>(
         pb
     });
     let rt_priority = args.rt_priority;
+    let mut steal = StealSampler::new();
+    steal.sample(monotonic_ns());
     let mut interrupted = false;
     let mut agent_died: Option<String> = None;
     let result = std::thread::scope(|s| {
@@ -875,6 +973,7 @@ fn run_with<T: Sample>(
                 // Relaxed: progress only.
                 pb.set_position(shared.committed.load(Ordering::Relaxed));
             }
+            steal.sample(monotonic_ns());
             std::thread::sleep(Duration::from_millis(50));
         }
         handle
@@ -897,6 +996,7 @@ fn run_with<T: Sample>(
         }
     };
     let elapsed_s = start.elapsed().as_secs_f64();
+    steal.sample(monotonic_ns());
     interrupted |= termination_requested();
     let RtResult {
         mut capture,
@@ -971,6 +1071,7 @@ fn run_with<T: Sample>(
     let mut wait_cpu_ns = 0u64;
     let mut lost_total = capture.dropped + playback.lost + playback.skipped;
     let mut late_cycles: Vec<u64> = Vec::new();
+    let mut late_marks: Vec<(String, Vec<LateMark>)> = Vec::new();
     let mut recorder_out: Option<AgentOutput> = None;
     for (i, (spec, f)) in finished.iter().enumerate() {
         let name = spec.name();
@@ -1028,6 +1129,7 @@ fn run_with<T: Sample>(
                 };
                 lost_total += o.lost + o.return_dropped.unwrap_or(0);
                 late_cycles.extend(&o.late_cycles);
+                late_marks.push((kind.name().to_owned(), o.late_marks.clone()));
                 for w in &o.warnings {
                     // The same refusal as the audio thread's (SCHED_FIFO) is said once.
                     if !warnings.contains(w) {
@@ -1145,6 +1247,34 @@ fn run_with<T: Sample>(
             "synthetic device: its capture carries no voice, so a test talker (1.2 s speech-like bursts, 0.8 s quiet) is mixed into the captured frames before the ring".to_owned(),
         );
     }
+    let glitches = explain_glitches(
+        &capture.log,
+        &playback.log,
+        &late_marks,
+        &steal,
+        period_ns,
+        start_ns,
+    );
+    buffer_report.reserve_end = playback.reserve as u32;
+    buffer_report.grown_at_cycles = playback
+        .log
+        .facts
+        .iter()
+        .filter(|f| f.kind == FactKind::Grown)
+        .map(|f| f.cycle)
+        .collect();
+    if !buffer_report.grown_at_cycles.is_empty() {
+        warnings.push(format!(
+            "the playback reserve grew from {} to {} frame(s) after silence at cycle(s) {:?} \
+             (each growth adds one period of mouth-to-ear; the device buffer stays {} periods: \
+             it cannot change while the stream runs); next time try --periods {}",
+            buffer_report.reserve_start,
+            buffer_report.reserve_end,
+            buffer_report.grown_at_cycles,
+            buffer_report.periods,
+            buffer_report.reserve_end + 2
+        ));
+    }
     let wall_ns = (elapsed_s * 1e9).max(1.0);
     let mut report = RunReport {
         device: device_label,
@@ -1162,6 +1292,7 @@ fn run_with<T: Sample>(
         xruns: xruns.capture + xruns.playback,
         xruns_capture: xruns.capture,
         xruns_playback: xruns.playback,
+        xruns_playback_hidden: xruns.playback_hidden,
         mouth_to_ear_ms: Percentiles::of(&playback.hist_m2e),
         stages,
         agents: agent_rows,
@@ -1184,6 +1315,8 @@ fn run_with<T: Sample>(
         warnings: Vec::new(),
         wav: None,
         command: command_line(),
+        buffer: Some(buffer_report),
+        glitches,
     };
     // The recording is kept only when the recorder finished it (a dead recorder's WAV has no
     // valid header); else its unnamed file just goes away.
@@ -1222,9 +1355,7 @@ fn run_with<T: Sample>(
         write_errors.extend(p.write_and_publish(text.as_bytes()).err());
     }
     if let Some(files) = report_files {
-        write_errors.extend(
-            write_report_dir(files, &report, &capture, &playback, &late_cycles, period_ns).err(),
-        );
+        write_errors.extend(write_report_dir(files, &report, &capture, &playback, period_ns).err());
     }
     if let Some(p) = keep_wav {
         write_errors.extend(p.publish().err());
@@ -1248,6 +1379,78 @@ fn run_with<T: Sample>(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `--periods`: the number forced, or the probe's choice; and what the report says of it.
+fn choose_buffer(args: &Args, warnings: &mut Vec<String>) -> (u32, BufferReport) {
+    let (periods, reason, probe) =
+        super::buffer::resolve(args.periods, args.quantum, args.rate, args.rt_priority);
+    let mode = if args.periods == Periods::Auto {
+        if probe.is_none() {
+            warnings.push(format!("the buffer was not measured: {reason}"));
+        }
+        "auto"
+    } else {
+        "forced"
+    };
+    let report = BufferReport {
+        mode: mode.to_owned(),
+        periods,
+        reserve_start: periods - 2,
+        reserve_end: periods - 2,
+        grown_at_cycles: Vec::new(),
+        reason,
+        probe,
+    };
+    (periods, report)
+}
+
+/// The test hook [`STALL_AUDIO_ENV`]: `CYCLE:MS`.
+fn stall_hook() -> Option<(u64, Duration)> {
+    let v = std::env::var(STALL_AUDIO_ENV).ok()?;
+    let (c, ms) = v.split_once(':')?;
+    Some((c.parse().ok()?, Duration::from_millis(ms.parse().ok()?)))
+}
+
+/// Every glitch the real-time halves saw and every late cycle the agents reported, explained.
+fn explain_glitches(
+    capture: &FactLog,
+    playback: &FactLog,
+    late_marks: &[(String, Vec<LateMark>)],
+    steal: &StealSampler,
+    period_ns: u64,
+    start_ns: u64,
+) -> Vec<Glitch> {
+    let mut facts: Vec<Fact> = capture
+        .facts
+        .iter()
+        .chain(&playback.facts)
+        .copied()
+        .collect();
+    facts.sort_by_key(|f| f.t_ns);
+    let cx = super::glitch::Context {
+        period_ns,
+        start_ns,
+        agents: late_marks
+            .iter()
+            .map(|(n, m)| (n.clone(), m.as_slice()))
+            .collect(),
+        steal,
+        rt_throttling: super::glitch::rt_throttling(),
+    };
+    let mut g = super::glitch::attribute(&facts, &cx);
+    let unlisted = capture.overflow + playback.overflow;
+    if unlisted > 0 {
+        g.push(Glitch {
+            cycle: u64::MAX,
+            kind: "unlisted".to_owned(),
+            cause: "unknown".to_owned(),
+            detail: format!(
+                "{unlisted} more glitch facts than the report keeps ({MAX_FACTS} per side)"
+            ),
+        });
+    }
+    g
 }
 
 /// The report's row for a Python agent, its hand-off stage (when it reported), and the
@@ -1331,7 +1534,6 @@ fn write_report_dir<T: Sample>(
     report: &RunReport,
     capture: &CaptureSide<'_, T>,
     playback: &PlaybackSide<'_, T>,
-    late_cycles: &[u64],
     period_ns: u64,
 ) -> anyhow::Result<()> {
     let (hist, title) = if playback.hist_m2e.is_empty() {
@@ -1366,19 +1568,23 @@ fn write_report_dir<T: Sample>(
                 .collect(),
         },
     ];
-    let mut marks: Vec<(f64, &str, &str)> = late_cycles
+    // Every glitch at its cycle, coloured by its cause (see `super::glitch`).
+    let marks: Vec<(f64, &str, &str)> = report
+        .glitches
         .iter()
+        .filter(|g| g.cycle != u64::MAX)
         .take(5000)
-        .map(|&seq| (seq as f64 * period_ns as f64 / 1e9, "#d7191c", "late cycle"))
+        .map(|g| {
+            let (color, label) = match g.cause.as_str() {
+                "host-stall" => ("#7b3294", "host stall"),
+                "agent-late" => ("#d7191c", "agent late"),
+                _ => ("#fdae61", "device"),
+            };
+            (g.cycle as f64 * period_ns as f64 / 1e9, color, label)
+        })
         .collect();
-    marks.extend(
-        capture
-            .xrun_marks
-            .iter()
-            .map(|&t| (f64::from(t), "#fdae61", "xrun")),
-    );
     let timeline_svg = plots::timeline_svg(
-        "Per-cycle latency (red ticks: late cycles, orange: xruns)",
+        "Per-cycle latency; glitches by cause (purple: host stall, red: agent late, orange: device)",
         &series,
         &marks,
         Some((super::report::BUDGET_MS, "150 ms budget")),
@@ -1438,16 +1644,21 @@ mod tests {
             timeline_cap: 64,
             start_ns: monotonic_ns(),
             talker: true,
+            reserve: 0,
+            max_reserve: 2,
+            stall: None,
         };
         let mut capture =
             CaptureSide::<i16>::new(cap.producer().unwrap(), &sync, &shared, &p).unwrap();
         let mut playback = PlaybackSide::<i16>::new(Some(ret.consumer().unwrap()), &shared, &p);
         let input: Vec<i16> = (0..64).map(|i| i * 100).collect();
         let mut out = vec![0i16; 64];
+        // Hand-over times on the device clock (so the frame clock tracks it).
+        let base = monotonic_ns();
         for k in 0..32u64 {
             let info = ChunkInfo {
                 sample_pos: k * 64,
-                timestamp_ns: monotonic_ns(),
+                timestamp_ns: base + (k + 1) * p.period_ns,
                 flags: 0,
                 capture_pos: k * 64,
                 channels: 1,
@@ -1476,7 +1687,38 @@ mod tests {
                 assert_eq!(playback.pull(&mut out, &info), 64);
             });
         }
-        assert_eq!(capture.frames, 32);
+        // Nothing returned for the next period: silence is played, recorded, and the
+        // reserve grows (max_reserve 2) — still without allocating.
+        let info = ChunkInfo {
+            sample_pos: 32 * 64,
+            timestamp_ns: monotonic_ns(),
+            flags: 0,
+            capture_pos: 32 * 64,
+            channels: 1,
+        };
+        assert_no_alloc::assert_no_alloc(|| {
+            assert_eq!(playback.pull(&mut out, &info), 0);
+        });
+        assert_eq!(playback.gaps, 1);
+        assert_eq!(playback.reserve, 1);
+        let kinds: Vec<FactKind> = playback.log.facts.iter().map(|f| f.kind).collect();
+        assert_eq!(kinds, [FactKind::Silence, FactKind::Grown]);
+        // A capture chunk handed over 50 periods late, flagged XRUN: both recorded, no
+        // allocation.
+        let late = ChunkInfo {
+            sample_pos: 32 * 64,
+            timestamp_ns: base + (33 + 50) * p.period_ns,
+            flags: voxring_linux::audio::flags::XRUN,
+            capture_pos: 33 * 64,
+            channels: 1,
+        };
+        assert_no_alloc::assert_no_alloc(|| {
+            assert_eq!(capture.push(&input, &late), 64);
+        });
+        let kinds: Vec<FactKind> = capture.log.facts.iter().map(|f| f.kind).collect();
+        assert!(kinds.contains(&FactKind::Xrun), "{kinds:?}");
+        assert!(kinds.contains(&FactKind::LateWake), "{kinds:?}");
+        assert_eq!(capture.frames, 33);
         assert_eq!(capture.dropped, 0);
         assert_eq!(playback.frames, 32);
         assert_eq!(playback.hist_m2e.len(), 32);

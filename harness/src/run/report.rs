@@ -163,6 +163,10 @@ pub struct RunReport {
     pub xruns: u64,
     pub xruns_capture: u64,
     pub xruns_playback: u64,
+    /// Of `xruns_playback`, those the device did not report (PipeWire's plugin padded
+    /// silence; found by the playback buffer running empty).
+    #[serde(default)]
+    pub xruns_playback_hidden: u64,
     /// `None` when no `echo` agent returned frames to the playback side.
     pub mouth_to_ear_ms: Option<Percentiles>,
     pub stages: Vec<StageRow>,
@@ -191,6 +195,13 @@ pub struct RunReport {
     pub warnings: Vec<String>,
     pub wav: Option<String>,
     pub command: String,
+    /// The buffer chosen (`--periods`), why, and how it grew (`None` in reports made before
+    /// it was recorded).
+    #[serde(default)]
+    pub buffer: Option<super::buffer::BufferReport>,
+    /// Every glitch (xrun, lost frame, period of silence, late cycle) with its cause.
+    #[serde(default)]
+    pub glitches: Vec<super::glitch::Glitch>,
 }
 
 impl RunReport {
@@ -308,14 +319,23 @@ impl RunReport {
         }
         let _ = writeln!(
             s,
-            "cycles {}  late {}  frames lost {}  xruns {} (capture {}, playback {})",
+            "cycles {}  late {}  frames lost {}  xruns {} (capture {}, playback {}, of them {} not reported by the device)",
             self.cycles,
             self.cycles_late,
             self.frames_lost,
             self.xruns,
             self.xruns_capture,
-            self.xruns_playback
+            self.xruns_playback,
+            self.xruns_playback_hidden
         );
+        if let Some(b) = &self.buffer {
+            let _ = writeln!(
+                s,
+                "buffer: {} periods ({}; reserve {} → {} frames): {}",
+                b.periods, b.mode, b.reserve_start, b.reserve_end, b.reason
+            );
+        }
+        self.glitches_text(&mut s);
         for a in &self.agents {
             let _ = writeln!(
                 s,
@@ -460,6 +480,7 @@ impl RunReport {
             self.producer.frames, self.producer.checksum
         );
         self.agents_markdown(&mut s);
+        self.glitches_markdown(&mut s);
         if let Some(v) = &self.vad {
             let _ = writeln!(
                 s,
@@ -483,6 +504,60 @@ impl RunReport {
             }
         }
         s
+    }
+
+    /// The glitches, one line each (at most 20, then how many more), as printed on stdout.
+    fn glitches_text(&self, s: &mut String) {
+        if self.glitches.is_empty() {
+            return;
+        }
+        let _ = writeln!(s, "glitches: {}", self.glitches.len());
+        for g in self.glitches.iter().take(20) {
+            let _ = writeln!(
+                s,
+                "  cycle {} {}: {}: {}",
+                g.cycle, g.kind, g.cause, g.detail
+            );
+        }
+        if self.glitches.len() > 20 {
+            let _ = writeln!(
+                s,
+                "  ... {} more (all in --json and --report)",
+                self.glitches.len() - 20
+            );
+        }
+    }
+
+    /// The buffer and the glitches of the Markdown report.
+    fn glitches_markdown(&self, s: &mut String) {
+        if let Some(b) = &self.buffer {
+            let _ = writeln!(s, "\n## Buffer\n");
+            let _ = writeln!(
+                s,
+                "{} periods ({}), returned frames in reserve {} at the start, {} at the end: {}.",
+                b.periods, b.mode, b.reserve_start, b.reserve_end, b.reason
+            );
+            if let Some(p) = &b.probe {
+                let _ = writeln!(
+                    s,
+                    "\nWake-up probe: {} timer wake-ups at {}, late by p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms.",
+                    p.wakeups, p.scheduling, p.p50_ms, p.p99_ms, p.max_ms
+                );
+            }
+        }
+        let _ = writeln!(s, "\n## Glitches\n");
+        if self.glitches.is_empty() {
+            let _ = writeln!(s, "None.");
+            return;
+        }
+        let _ = writeln!(s, "| cycle | kind | cause | detail |\n|---:|---|---|---|");
+        for g in &self.glitches {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                g.cycle, g.kind, g.cause, g.detail
+            );
+        }
     }
 
     /// The agents' table of the Markdown report.
@@ -556,6 +631,7 @@ mod tests {
             xruns: 0,
             xruns_capture: 0,
             xruns_playback: 0,
+            xruns_playback_hidden: 0,
             mouth_to_ear_ms: m2e_p999.map(|p| Percentiles {
                 p50: p,
                 p99: p,
@@ -582,6 +658,8 @@ mod tests {
             warnings: Vec::new(),
             wav: None,
             command: String::new(),
+            buffer: None,
+            glitches: Vec::new(),
         }
     }
 

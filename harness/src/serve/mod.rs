@@ -68,9 +68,11 @@ pub struct Args {
     /// Frames per cycle (the device period and one ring frame).
     #[arg(long, default_value_t = 128)]
     pub quantum: u32,
-    /// Device buffer, in quanta (at least 2).
-    #[arg(long, default_value_t = 2)]
-    pub periods: u32,
+    /// Device buffer, in quanta: `auto` measures the machine's wake-up jitter first (1.5 s)
+    /// and picks the smallest buffer that absorbs it (as `voxring run`); a number (at least
+    /// 2) forces that size.
+    #[arg(long, default_value = "auto")]
+    pub periods: crate::run::buffer::Periods,
     /// Channels.
     #[arg(long, default_value_t = 1)]
     pub channels: u16,
@@ -106,7 +108,6 @@ pub struct Args {
 
 fn check_args(a: &Args) -> anyhow::Result<()> {
     check_hub_name(&a.name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
-    anyhow::ensure!(a.periods >= 2, "--periods must be at least 2");
     anyhow::ensure!(
         (1..=directory::MAX_SLOTS as u16).contains(&a.max_agents),
         "--max-agents must be 1 to {} (the directory's rows)",
@@ -225,12 +226,15 @@ fn end_of_stream(tx: &mut ShmProducer) {
 
 fn serve_with<T: Mix>(a: &Args) -> anyhow::Result<ExitCode> {
     let mut warnings = Vec::new();
+    let (periods, why, _) =
+        crate::run::buffer::resolve(a.periods, a.quantum, a.rate, a.rt_priority);
+    warnings.push(format!("buffer: {periods} periods: {why}"));
     let dev = device::open::<T>(
         &DeviceRequest {
             device: &a.device,
             rate: a.rate,
             quantum: a.quantum,
-            periods: a.periods,
+            periods,
             channels: a.channels,
         },
         &mut warnings,

@@ -16,6 +16,18 @@
 //!
 //! xruns: a pump that finds the stream in XRUN (`EPIPE`) or suspended (`ESTRPIPE`) counts it,
 //! re-prepares and restarts the stream, and flags the next chunk with [`flags::XRUN`].
+//!
+//! Hidden underruns: PipeWire's ALSA plugin does not always report one. When the client is
+//! late it plays silence in its place and carries on, so the stream never enters XRUN. The
+//! playback pump fills all free space on every wake-up, so the free space it finds at the next
+//! wake-up is what the device consumed since. When that is the whole buffer, on a device seen
+//! playing at its clock (it consumed part of the buffer between earlier wake-ups; ALSA's
+//! unpaced `null` and `file` PCMs empty it at once, play no silence and are never counted),
+//! and at least 3/4 of the buffer's duration has passed, the buffer ran empty before we came
+//! back: silence was played that the device did not report. A hardware device (stop
+//! threshold = buffer) would be in XRUN by then and report `EPIPE`, so nothing is counted
+//! twice. Such an underrun is counted as a playback xrun, flagged like one, and also
+//! counted apart ([`AlsaStream::hidden_xruns`]).
 
 use alsa::direct::pcm::{MmapCapture, MmapPlayback};
 use alsa::pcm::{Access, Frames, HwParams, PCM, State};
@@ -109,6 +121,15 @@ pub struct AlsaStream<T: Sample> {
     /// Why direct mmap was not used, when it was tried.
     direct_refusal: Option<String>,
     xruns: u64,
+    /// Of `xruns`, the playback underruns the device did not report (see the module docs).
+    hidden_xruns: u64,
+    /// The last playback pump left the buffer full (so the next free space is consumption).
+    full_after_pump: bool,
+    /// When it did (CLOCK_MONOTONIC ns).
+    filled_at_ns: u64,
+    /// The device was seen consuming part of the buffer between two wake-ups: it plays at
+    /// its clock (ALSA's null and file PCMs consume everything at once, and never latch it).
+    paced: bool,
     pending_flags: u32,
     pos: u64,
     channels: usize,
@@ -282,6 +303,10 @@ impl<T: Sample> AlsaStream<T> {
             direct,
             direct_refusal,
             xruns: 0,
+            hidden_xruns: 0,
+            full_after_pump: false,
+            filled_at_ns: 0,
+            paced: false,
             pending_flags: 0,
             pos: 0,
             channels,
@@ -309,9 +334,16 @@ impl<T: Sample> AlsaStream<T> {
         &self.pcm
     }
 
-    /// xruns detected and recovered so far.
+    /// xruns detected and recovered so far (the hidden ones included).
     pub fn xruns(&self) -> u64 {
         self.xruns
+    }
+
+    /// Of [`Self::xruns`], the playback underruns the device did not report: the buffer was
+    /// found empty at a wake-up although the last one had filled it (PipeWire's plugin pads
+    /// the gap with silence instead of stopping; see the module docs).
+    pub fn hidden_xruns(&self) -> u64 {
+        self.hidden_xruns
     }
 
     /// Frames moved so far (sink/source position).
@@ -332,6 +364,7 @@ impl<T: Sample> AlsaStream<T> {
 
     /// Stops the stream at once, dropping pending frames.
     pub fn stop(&mut self) -> Result<(), StreamError> {
+        self.full_after_pump = false;
         self.pcm.drop().map_err(|e| self.err(e))
     }
 
@@ -393,6 +426,7 @@ impl<T: Sample> AlsaStream<T> {
 
     /// Re-prepares and restarts after an xrun; playback is refilled with silence first.
     fn restart(&mut self) -> Result<(), StreamError> {
+        self.full_after_pump = false;
         self.pcm.prepare().map_err(|e| self.err(e))?;
         if self.dir == Direction::Playback {
             self.fill_silence()?;
@@ -557,6 +591,21 @@ impl<T: Sample> AlsaStream<T> {
                 return Ok(0);
             }
         };
+        let buffer = self.granted.buffer_frames as usize;
+        let played_ns = monotonic_ns().saturating_sub(self.filled_at_ns);
+        if self.full_after_pump && avail > 0 && avail < buffer {
+            self.paced = true;
+        }
+        if self.full_after_pump
+            && hidden_underrun(self.paced, avail, buffer, played_ns, self.granted.rate)
+        {
+            // Full at the last wake-up, empty now, and no xrun reported: the device played
+            // silence in our place without saying so.
+            self.xruns += 1;
+            self.hidden_xruns += 1;
+            self.pending_flags |= flags::XRUN;
+        }
+        self.full_after_pump = false;
         let ch = self.channels;
         let mut moved = 0usize;
         while moved < avail {
@@ -592,6 +641,8 @@ impl<T: Sample> AlsaStream<T> {
             self.silence_frames += (wrote - got) as u64;
             moved += wrote;
         }
+        self.full_after_pump = moved >= avail;
+        self.filled_at_ns = monotonic_ns();
         Ok(moved)
     }
 
@@ -648,6 +699,17 @@ impl<T: Sample> AlsaStream<T> {
     }
 }
 
+/// Whether a playback buffer that was full `played_ns` ago and has `avail` of `buffer` frames
+/// free now ran empty unreported: the device plays at its clock (`paced`: seen consuming part
+/// of the buffer before), consumed all of it, and had the time to (3/4 of the buffer's
+/// duration at `rate`: clocks differ). An unpaced PCM (ALSA's null and file) empties the buffer
+/// at once without playing silence: never counted.
+fn hidden_underrun(paced: bool, avail: usize, buffer: usize, played_ns: u64, rate: u32) -> bool {
+    paced
+        && avail >= buffer
+        && u128::from(played_ns) * u128::from(rate) * 4 >= buffer as u128 * 3_000_000_000
+}
+
 fn read_granted<T: Sample>(pcm: &PCM, name: &str, d: &str) -> Result<Granted, AudioError> {
     let e = |e| AudioError::alsa(format!("reading back the {d} parameters of '{name}'"), e);
     let hwp = pcm.hw_params_current().map_err(e)?;
@@ -668,4 +730,20 @@ fn read_granted<T: Sample>(pcm: &PCM, name: &str, d: &str) -> Result<Granted, Au
         alsa_access: access_name(access),
         mode: AccessMode::AlsaMmap,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hidden_underrun;
+
+    #[test]
+    fn an_empty_buffer_is_a_hidden_underrun_only_on_a_paced_device_given_the_time() {
+        // 256 frames at 48 kHz: 5.33 ms.
+        assert!(hidden_underrun(true, 256, 256, 20_000_000, 48_000));
+        assert!(hidden_underrun(true, 300, 256, 4_000_000, 48_000));
+        // Not empty, too soon to have played it all, or an unpaced device.
+        assert!(!hidden_underrun(true, 255, 256, 20_000_000, 48_000));
+        assert!(!hidden_underrun(true, 256, 256, 3_000_000, 48_000));
+        assert!(!hidden_underrun(false, 256, 256, 20_000_000, 48_000));
+    }
 }

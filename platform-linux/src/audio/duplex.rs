@@ -304,6 +304,7 @@ impl<T: Sample> Duplex<T> {
             Duplex::Alsa(d) => XrunCounts {
                 capture: d.capture.xruns(),
                 playback: d.playback.xruns(),
+                playback_hidden: d.playback.hidden_xruns(),
             },
             Duplex::Synthetic(s) => s.xruns(),
         }
@@ -431,6 +432,7 @@ impl<T: Sample> Duplex<T> {
         st.xruns = XrunCounts {
             capture: x1.capture - x0.capture,
             playback: x1.playback - x0.playback,
+            playback_hidden: x1.playback_hidden - x0.playback_hidden,
         };
         Ok(st)
     }

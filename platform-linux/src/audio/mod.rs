@@ -333,8 +333,11 @@ impl<T: Sample> PlaybackSource<T> for SilenceSource {
 pub struct XrunCounts {
     /// Capture overruns.
     pub capture: u64,
-    /// Playback underruns.
+    /// Playback underruns (the hidden ones included).
     pub playback: u64,
+    /// Of `playback`, the underruns the device did not report (PipeWire's ALSA plugin pads
+    /// silence instead; found by the buffer running empty, see [`alsa_pcm`]).
+    pub playback_hidden: u64,
 }
 
 /// Errors of the audio path. The messages say what happened, why, and what to do.

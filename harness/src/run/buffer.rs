@@ -1,0 +1,179 @@
+//! How deep the audio path's buffer is: `--periods auto` (the default) measures the machine's
+//! wake-up jitter before the run and picks the smallest buffer that absorbs it; `--periods N`
+//! forces one. During an `auto` run, each period of played silence grows the playback queue
+//! by one period (said in the report, never silently).
+//!
+//! What "periods N" buys, and costs: the device buffer holds N periods (a stall shorter than
+//! that loses no captured frame), and the playback side keeps N - 2 returned frames in
+//! reserve, so that after the audio thread was held up for k periods it has k frames to play
+//! when it catches up (k ≤ N - 2) instead of silence. Each period adds one period to the
+//! device queue and one to the reserve: mouth-to-ear grows by two periods per step.
+//!
+//! The device buffer itself is not grown during a run: an ALSA PCM's buffer size is a
+//! hardware parameter, settable only while the PCM is in the SETUP state (after
+//! `snd_pcm_drop` and `snd_pcm_hw_free`, i.e. a reopen that loses the stream's position and a
+//! few periods); the synthetic device keeps it for the same reason (it models one). What grows
+//! live is the reserve in front of it, on the real-time thread, without a syscall.
+
+use serde::{Deserialize, Serialize};
+
+/// The most periods `auto` picks, and the deepest the reserve grows to (N - 2).
+pub const MAX_AUTO_PERIODS: u32 = 8;
+/// How long the wake-up probe runs before an `auto` run.
+pub const PROBE_SECONDS: f64 = 1.5;
+
+/// `--periods`: `auto` or a number of periods (at least 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Periods {
+    /// Measure, choose, and grow the reserve after a glitch.
+    Auto,
+    /// This many, never grown.
+    Fixed(u32),
+}
+
+impl std::str::FromStr for Periods {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case("auto") {
+            return Ok(Self::Auto);
+        }
+        match s.trim().parse::<u32>() {
+            Ok(n) if (2..=64).contains(&n) => Ok(Self::Fixed(n)),
+            _ => Err(format!(
+                "'{s}' is not a buffer size: give `auto` (measure the machine and choose) or a \
+                 number of periods from 2 to 64"
+            )),
+        }
+    }
+}
+
+/// What the wake-up probe measured.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Probe {
+    /// Timer wake-ups measured (1 ms apart).
+    pub wakeups: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// The latest wake-up: what the buffer must absorb.
+    pub max_ms: f64,
+    /// The probe thread's scheduling (the audio thread's).
+    pub scheduling: String,
+}
+
+/// The buffer chosen for a run, why, and how it grew.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BufferReport {
+    /// `auto` or `forced`.
+    pub mode: String,
+    /// The device buffer, in periods.
+    pub periods: u32,
+    /// Returned frames kept in reserve at the start (periods - 2).
+    pub reserve_start: u32,
+    /// ... and at the end (grown by one after each period of played silence, `auto` only).
+    pub reserve_end: u32,
+    /// The cycles after which the reserve grew.
+    pub grown_at_cycles: Vec<u64>,
+    /// Why this many.
+    pub reason: String,
+    /// The probe (`auto` only).
+    pub probe: Option<Probe>,
+}
+
+/// Measures the timer wake-up jitter for `seconds` on a thread at SCHED_FIFO `priority` (the
+/// audio thread's; 0: none), with the doctor's probe.
+pub fn probe(seconds: f64, priority: u8) -> anyhow::Result<Probe> {
+    let h = std::thread::Builder::new()
+        .name("voxring-probe".into())
+        .spawn(move || {
+            let (scheduling, _) = super::device::promote(priority);
+            (crate::doctor::probes::timer_jitter(seconds), scheduling)
+        })
+        .map_err(|e| anyhow::anyhow!("cannot start the wake-up probe: {e}"))?;
+    let (hist, scheduling) = h
+        .join()
+        .map_err(|_| anyhow::anyhow!("the wake-up probe panicked"))?;
+    let hist = hist.map_err(|e| anyhow::anyhow!("the wake-up probe failed: {e}"))?;
+    let ms = |ns: u64| ns as f64 / 1e6;
+    Ok(Probe {
+        wakeups: hist.len(),
+        p50_ms: ms(hist.value_at_quantile(0.5)),
+        p99_ms: ms(hist.value_at_quantile(0.99)),
+        max_ms: ms(hist.max()),
+        scheduling,
+    })
+}
+
+/// `--periods` resolved for quanta of `quantum` frames at `rate` Hz: the number forced, or
+/// the probe's choice (3 when the probe fails, said in the reason); with the probe, if run.
+pub fn resolve(
+    periods: Periods,
+    quantum: u32,
+    rate: u32,
+    priority: u8,
+) -> (u32, String, Option<Probe>) {
+    let period_ms = f64::from(quantum) * 1e3 / f64::from(rate.max(1));
+    match periods {
+        Periods::Fixed(n) => (n, format!("--periods {n}"), None),
+        Periods::Auto => match probe(PROBE_SECONDS, priority) {
+            Ok(p) => {
+                let (n, why) = choose(p.max_ms, period_ms);
+                (n, why, Some(p))
+            }
+            Err(e) => (3, format!("{e:#}: 3 periods, not measured"), None),
+        },
+    }
+}
+
+/// The smallest buffer that absorbs a wake-up `max_late_ms` late with periods of `period_ms`:
+/// a wake-up k whole periods late needs k frames in reserve (N = k + 2), with a quarter of
+/// margin; at most [`MAX_AUTO_PERIODS`]. Returns the periods and why.
+pub fn choose(max_late_ms: f64, period_ms: f64) -> (u32, String) {
+    let k = ((max_late_ms * 1.25) / period_ms).floor().max(0.0) as u32;
+    let want = k.saturating_add(2);
+    let n = want.min(MAX_AUTO_PERIODS);
+    let why = format!(
+        "the latest timer wake-up of the probe was {max_late_ms:.2} ms ({:.2} periods of \
+         {period_ms:.2} ms; with a quarter of margin {k} whole period(s) late): {n} periods \
+         absorb it",
+        max_late_ms / period_ms
+    );
+    if n < want {
+        (
+            n,
+            format!(
+                "{why} only partly: it would need {want}, and auto stops at {MAX_AUTO_PERIODS} \
+                 (the machine stalls for longer than a voice path should buffer; see `voxring \
+                 doctor`)"
+            ),
+        )
+    } else {
+        (n, why)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_parse() {
+        assert_eq!("auto".parse::<Periods>(), Ok(Periods::Auto));
+        assert_eq!("3".parse::<Periods>(), Ok(Periods::Fixed(3)));
+        for bad in ["1", "0", "x", "", "65"] {
+            let e = bad.parse::<Periods>().unwrap_err();
+            assert!(e.contains("auto"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_choice_absorbs_the_latest_wake_up() {
+        let p = 2.667;
+        assert_eq!(choose(0.05, p).0, 2);
+        // 1.9 periods late (2.4 with margin): two frames in reserve.
+        assert_eq!(choose(1.9 * p, p).0, 4);
+        let (n, why) = choose(100.0, p);
+        assert_eq!(n, MAX_AUTO_PERIODS);
+        assert!(why.contains("only partly"), "{why}");
+    }
+}

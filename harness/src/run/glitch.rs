@@ -1,0 +1,446 @@
+//! Every glitch explained: the real-time thread records fixed-size facts (what happened, at
+//! which cycle, when, and how late the audio thread itself was); after the run they are matched
+//! with what the agents reported (which cycles each finished late, and whether its wake-up or
+//! its compute took the time), the host's steal time (`/proc/stat`, sampled every 50 ms by the
+//! main thread) and the RT throttling settings, and each glitch gets a cause:
+//!
+//! - `host-stall`: the audio thread itself ran late (its wake-up against the device clock, by
+//!   X ms); the detail says whether the hypervisor took the CPU then (steal time) and whether
+//!   RT throttling is on.
+//! - `agent-late`: an agent finished one of the cycles just before late (the detail names it
+//!   and says whether its wake-up or its compute took the time), while the audio thread was on
+//!   time.
+//! - `device`: the device reported it while the audio thread was on time and no agent was late.
+//!
+//! The real-time thread only appends [`Fact`]s to a vector allocated before the run (beyond its
+//! capacity they are counted, not kept); nothing here runs on it.
+
+use serde::{Deserialize, Serialize};
+
+/// What the real-time thread saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FactKind {
+    /// A capture chunk came flagged XRUN: the device dropped frames.
+    Xrun,
+    /// A captured frame found the capture ring full (an agent a whole ring behind): lost.
+    Dropped,
+    /// The playback side had no returned frame for a period: silence was played.
+    Silence,
+    /// Returned frames were dropped to catch up after a stall.
+    Skipped,
+    /// The audio thread handled a period more than half a period after it was due.
+    LateWake,
+    /// The playback reserve grew by one frame (after silence, `--periods auto`).
+    Grown,
+}
+
+/// One fact, fixed-size: recorded on the real-time thread without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fact {
+    pub kind: FactKind,
+    /// The cycle (capture frames committed so far).
+    pub cycle: u64,
+    /// CLOCK_MONOTONIC when it was seen.
+    pub t_ns: u64,
+    /// How many (frames dropped, skipped), or how late (ns) for `LateWake`.
+    pub value: u64,
+}
+
+/// Facts in a vector allocated before the run; beyond its capacity only counted.
+#[derive(Debug)]
+pub struct FactLog {
+    pub facts: Vec<Fact>,
+    pub overflow: u64,
+}
+
+impl FactLog {
+    /// Room for `cap` facts (allocated now, before the real-time thread starts).
+    pub fn with_capacity(cap: usize) -> Self {
+        Self {
+            facts: Vec::with_capacity(cap),
+            overflow: 0,
+        }
+    }
+
+    /// Appends a fact without allocating (counted only when full). Real-time safe.
+    pub fn push(&mut self, f: Fact) {
+        if self.facts.len() < self.facts.capacity() {
+            self.facts.push(f);
+        } else {
+            self.overflow += 1;
+        }
+    }
+}
+
+/// One explained glitch, as the JSON, the text report and the timeline show it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Glitch {
+    /// The cycle (capture frame number) it happened at.
+    pub cycle: u64,
+    /// `xrun`, `lost` (frames dropped at the capture ring), `silence` (a period of silence
+    /// played), `skipped` (returned frames dropped to catch up), `late-cycle` (an agent past
+    /// the cycle's deadline).
+    pub kind: String,
+    /// `host-stall`, `agent-late` or `device`.
+    pub cause: String,
+    /// The evidence, in words.
+    pub detail: String,
+}
+
+/// A cycle an agent finished late, and where its time went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LateMark {
+    /// The frame's sequence number (= cycle).
+    pub seq: u64,
+    /// Commit → the frame in the agent's hands, ns (its wake-up).
+    pub handoff_ns: u64,
+    /// Its own work on the frame, ns.
+    pub compute_ns: u64,
+}
+
+/// The host's steal time, sampled by the main thread during the run.
+#[derive(Debug, Default)]
+pub struct StealSampler {
+    /// (CLOCK_MONOTONIC ns, cumulative steal of all CPUs, ns).
+    samples: Vec<(u64, u64)>,
+    tick_ns: u64,
+}
+
+impl StealSampler {
+    /// A sampler; `/proc/stat` counts in USER_HZ ticks (100 per second on Linux).
+    pub fn new() -> Self {
+        Self {
+            samples: Vec::with_capacity(4096),
+            tick_ns: 10_000_000,
+        }
+    }
+
+    /// Reads `/proc/stat` now (not on the real-time thread).
+    pub fn sample(&mut self, now_ns: u64) {
+        if let Some(steal) = read_steal_ticks() {
+            self.samples.push((now_ns, steal * self.tick_ns));
+        }
+    }
+
+    /// Steal time between `from` and `to` (ns), or `None` when not sampled around them.
+    pub fn steal_between(&self, from: u64, to: u64) -> Option<u64> {
+        let before = self.samples.iter().rev().find(|s| s.0 <= from)?;
+        let after = self.samples.iter().find(|s| s.0 >= to)?;
+        Some(after.1.saturating_sub(before.1))
+    }
+}
+
+/// The `steal` column of `/proc/stat`'s `cpu` line (all CPUs), in ticks.
+fn read_steal_ticks() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_steal(&text)
+}
+
+fn parse_steal(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    // user nice system idle iowait irq softirq steal ...
+    line.split_whitespace().nth(8)?.parse().ok()
+}
+
+/// RT throttling as the kernel is set (`/proc/sys/kernel/sched_rt_*`), in words.
+pub fn rt_throttling() -> String {
+    let read = |f: &str| {
+        std::fs::read_to_string(format!("/proc/sys/kernel/{f}"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+    };
+    match (read("sched_rt_runtime_us"), read("sched_rt_period_us")) {
+        (Some(-1), _) => "RT throttling is off (sched_rt_runtime_us -1)".to_owned(),
+        (Some(r), Some(p)) => format!(
+            "RT throttling is on: real-time threads may run {r} of every {p} µs, then wait \
+             {:.0} ms (only when they use that much CPU; voxring's use a few %)",
+            (p - r) as f64 / 1000.0
+        ),
+        _ => "RT throttling settings not readable".to_owned(),
+    }
+}
+
+/// What [`attribute`] matches the facts against.
+pub struct Context<'a> {
+    pub period_ns: u64,
+    pub start_ns: u64,
+    /// Per agent (name, its late cycles).
+    pub agents: Vec<(String, &'a [LateMark])>,
+    pub steal: &'a StealSampler,
+    pub rt_throttling: String,
+}
+
+/// Explains every glitch among `facts` and every late cycle the agents reported.
+pub fn attribute(facts: &[Fact], cx: &Context<'_>) -> Vec<Glitch> {
+    let late_wakes: Vec<&Fact> = facts
+        .iter()
+        .filter(|f| f.kind == FactKind::LateWake)
+        .collect();
+    let mut out = Vec::new();
+    for f in facts {
+        let kind = match f.kind {
+            FactKind::Xrun => "xrun",
+            FactKind::Dropped => "lost",
+            FactKind::Silence => "silence",
+            FactKind::Skipped => "skipped",
+            FactKind::LateWake | FactKind::Grown => continue,
+        };
+        // The audio thread's own lateness around it: a stall that ended at most four periods
+        // before (the burst that follows a stall spans a few periods) or one period after.
+        let window = 4 * cx.period_ns;
+        let wake = late_wakes
+            .iter()
+            .filter(|w| w.t_ns + window >= f.t_ns && w.t_ns <= f.t_ns + cx.period_ns + w.value)
+            .max_by_key(|w| w.value);
+        let (cause, detail) = if let Some(w) = wake {
+            host_stall(w, cx)
+        } else if let Some((name, m)) = agent_near(f.cycle, playback_kind(f.kind), cx) {
+            ("agent-late", agent_words(name, m, cx))
+        } else {
+            (
+                "device",
+                "the device reported it while the audio thread was on time and no agent was \
+                 late"
+                    .to_owned(),
+            )
+        };
+        let detail = match (f.kind, f.value) {
+            (FactKind::Dropped | FactKind::Skipped, n) if n > 1 => format!("{n} frames; {detail}"),
+            _ => detail,
+        };
+        out.push(Glitch {
+            cycle: f.cycle,
+            kind: kind.to_owned(),
+            cause: cause.to_owned(),
+            detail,
+        });
+    }
+    for (name, marks) in &cx.agents {
+        for m in marks.iter() {
+            // An agent that took less than a cycle was cut short: the audio thread, catching
+            // up after a stall, armed the next cycles at once.
+            let quick = m.handoff_ns + m.compute_ns < cx.period_ns;
+            let stall = late_wakes
+                .iter()
+                .filter(|w| w.cycle + 1 >= m.seq && w.cycle <= m.seq + 4)
+                .max_by_key(|w| w.value);
+            let (cause, detail) = match stall {
+                Some(w) if quick => {
+                    let (c, d) = host_stall(w, cx);
+                    (
+                        c,
+                        format!(
+                            "the {name} agent took {:.2} ms (hand-off {:.2}, compute {:.2}), less \
+                             than a cycle, but the next cycles were armed at once as the audio \
+                             thread caught up: {d}",
+                            (m.handoff_ns + m.compute_ns) as f64 / 1e6,
+                            m.handoff_ns as f64 / 1e6,
+                            m.compute_ns as f64 / 1e6
+                        ),
+                    )
+                }
+                _ => ("agent-late", agent_words(name, m, cx)),
+            };
+            out.push(Glitch {
+                cycle: m.seq,
+                kind: "late-cycle".to_owned(),
+                cause: cause.to_owned(),
+                detail,
+            });
+        }
+    }
+    out.sort_by_key(|g| g.cycle);
+    out
+}
+
+fn host_stall(w: &Fact, cx: &Context<'_>) -> (&'static str, String) {
+    let from = w.t_ns.saturating_sub(w.value);
+    // The 50 ms samples around the stall.
+    let steal = cx
+        .steal
+        .steal_between(from.saturating_sub(50_000_000), w.t_ns + 50_000_000);
+    let steal_words = match steal {
+        Some(0) => "no steal time was recorded then (not the hypervisor: another task, an \
+                    interrupt or the kernel held the CPU)"
+            .to_owned(),
+        Some(ns) => format!(
+            "the hypervisor stole {:.1} ms of CPU time (all CPUs) in the 50 ms samples around it",
+            ns as f64 / 1e6
+        ),
+        None => "steal time was not sampled then".to_owned(),
+    };
+    (
+        "host-stall",
+        format!(
+            "the audio thread ran {:.2} ms late ({:.1} periods) at {:.3} s; {steal_words}; {}",
+            w.value as f64 / 1e6,
+            w.value as f64 / cx.period_ns as f64,
+            w.t_ns.saturating_sub(cx.start_ns) as f64 / 1e9,
+            cx.rt_throttling
+        ),
+    )
+}
+
+/// Whether a glitch is on the playback side (only the echo agent feeds it).
+fn playback_kind(k: FactKind) -> bool {
+    matches!(k, FactKind::Silence | FactKind::Skipped)
+}
+
+/// The agent that took longest among those that finished one of the four cycles up to
+/// `cycle` late (only the echo agent for a playback glitch, when it was late).
+fn agent_near<'a>(
+    cycle: u64,
+    playback: bool,
+    cx: &'a Context<'a>,
+) -> Option<(&'a str, &'a LateMark)> {
+    let near = |only_echo: bool| {
+        cx.agents
+            .iter()
+            .filter(|(name, _)| !only_echo || name == "echo")
+            .flat_map(|(name, marks)| {
+                marks
+                    .iter()
+                    .filter(|m| m.seq <= cycle && m.seq + 4 >= cycle)
+                    .map(move |m| (name.as_str(), m))
+            })
+            .max_by_key(|(_, m)| m.handoff_ns + m.compute_ns)
+    };
+    if playback {
+        near(true).or_else(|| near(false))
+    } else {
+        near(false)
+    }
+}
+
+fn agent_words(name: &str, m: &LateMark, cx: &Context<'_>) -> String {
+    let what = if m.handoff_ns >= m.compute_ns {
+        "its wake-up (the frame reached it late)"
+    } else {
+        "its compute"
+    };
+    format!(
+        "the {name} agent finished cycle {} late: hand-off {:.2} ms, compute {:.2} ms (the \
+         cycle is {:.2} ms): {what} took the time",
+        m.seq,
+        m.handoff_ns as f64 / 1e6,
+        m.compute_ns as f64 / 1e6,
+        cx.period_ns as f64 / 1e6
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cx<'a>(steal: &'a StealSampler, agents: Vec<(String, &'a [LateMark])>) -> Context<'a> {
+        Context {
+            period_ns: 1_000_000,
+            start_ns: 0,
+            agents,
+            steal,
+            rt_throttling: "RT throttling is off".into(),
+        }
+    }
+
+    #[test]
+    fn steal_is_the_eighth_number_of_the_cpu_line() {
+        let stat = "cpu  10 0 5 100 1 0 2 37 0 0\ncpu0 5 0 2 50 0 0 1 20 0 0\n";
+        assert_eq!(parse_steal(stat), Some(37));
+        assert_eq!(parse_steal("intr 1 2\n"), None);
+    }
+
+    #[test]
+    fn each_cause_is_named() {
+        let mut steal = StealSampler::new();
+        steal.samples = vec![(0, 0), (100_000_000, 20_000_000), (200_000_000, 20_000_000)];
+        let facts = [
+            // The audio thread 5 ms late at 60 ms, then an xrun right after it.
+            Fact {
+                kind: FactKind::LateWake,
+                cycle: 60,
+                t_ns: 60_000_000,
+                value: 5_000_000,
+            },
+            Fact {
+                kind: FactKind::Xrun,
+                cycle: 60,
+                t_ns: 60_100_000,
+                value: 0,
+            },
+            // Silence at cycle 150, after the echo agent was late at 149.
+            Fact {
+                kind: FactKind::Silence,
+                cycle: 150,
+                t_ns: 150_000_000,
+                value: 0,
+            },
+            // Silence at 500: nothing explains it but the device.
+            Fact {
+                kind: FactKind::Silence,
+                cycle: 500,
+                t_ns: 500_000_000,
+                value: 0,
+            },
+        ];
+        let marks = [LateMark {
+            seq: 149,
+            handoff_ns: 100_000,
+            compute_ns: 3_000_000,
+        }];
+        // The vad took 0.1 ms on cycle 60 but was cut short by the catch-up after the stall.
+        let vad = [LateMark {
+            seq: 60,
+            handoff_ns: 50_000,
+            compute_ns: 50_000,
+        }];
+        let g = attribute(
+            &facts,
+            &cx(&steal, vec![("vad".into(), &vad), ("echo".into(), &marks)]),
+        );
+        assert_eq!(g.len(), 5, "{g:#?}");
+        let cut = g
+            .iter()
+            .find(|g| g.kind == "late-cycle" && g.cycle == 60)
+            .unwrap();
+        assert_eq!(cut.cause, "host-stall", "{}", cut.detail);
+        assert!(cut.detail.contains("caught up"), "{}", cut.detail);
+        let g: Vec<Glitch> = g
+            .into_iter()
+            .filter(|g| g.cycle != 60 || g.kind != "late-cycle")
+            .collect();
+        assert_eq!(
+            (g[0].kind.as_str(), g[0].cause.as_str()),
+            ("xrun", "host-stall")
+        );
+        assert!(g[0].detail.contains("5.00 ms late"), "{}", g[0].detail);
+        assert!(g[0].detail.contains("stole 20.0 ms"), "{}", g[0].detail);
+        assert_eq!(
+            (g[1].kind.as_str(), g[1].cause.as_str()),
+            ("late-cycle", "agent-late")
+        );
+        assert_eq!(
+            (g[2].kind.as_str(), g[2].cause.as_str()),
+            ("silence", "agent-late")
+        );
+        assert!(g[2].detail.contains("echo") && g[2].detail.contains("its compute"));
+        assert_eq!(
+            (g[3].kind.as_str(), g[3].cause.as_str()),
+            ("silence", "device")
+        );
+    }
+
+    #[test]
+    fn the_log_never_grows_past_its_capacity() {
+        let mut log = FactLog::with_capacity(2);
+        let f = Fact {
+            kind: FactKind::Silence,
+            cycle: 0,
+            t_ns: 0,
+            value: 0,
+        };
+        for _ in 0..5 {
+            log.push(f);
+        }
+        assert_eq!((log.facts.len(), log.overflow), (2, 3));
+    }
+}
