@@ -114,6 +114,11 @@ pub fn snapshot(hub: &Hub) -> anyhow::Result<Value> {
     }))
 }
 
+/// A JSON number with `places` decimals, or `-` where the snapshot has none.
+fn decimals(n: &Value, places: usize) -> String {
+    n.as_f64().map_or("-".into(), |c| format!("{c:.places$}"))
+}
+
 fn text(v: &Value) -> String {
     let g = |k: &str| v[k].to_string();
     let mut s = format!(
@@ -144,15 +149,9 @@ fn text(v: &Value) -> String {
             r["frames"],
             r["lost"],
             r["late"],
-            r["cpu_percent"]
-                .as_f64()
-                .map_or("-".into(), |c| format!("{c:.1}")),
-            r["wake_p50_us"]
-                .as_f64()
-                .map_or("-".into(), |c| format!("{c:.0}")),
-            r["wake_max_us"]
-                .as_f64()
-                .map_or("-".into(), |c| format!("{c:.0}")),
+            decimals(&r["cpu_percent"], 1),
+            decimals(&r["wake_p50_us"], 0),
+            decimals(&r["wake_max_us"], 0),
             r["crc_ok"],
             r["crc_bad"],
             r["crc_unknown"],
