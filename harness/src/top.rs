@@ -211,3 +211,16 @@ pub fn main(a: Args) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_number_prints_with_its_decimals_and_a_missing_one_as_a_dash() {
+        assert_eq!(decimals(&json!(12.345), 1), "12.3");
+        assert_eq!(decimals(&json!(7.6), 0), "8");
+        assert_eq!(decimals(&json!(3), 0), "3");
+        assert_eq!(decimals(&Value::Null, 1), "-");
+    }
+}
