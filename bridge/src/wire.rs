@@ -242,32 +242,30 @@ mod tests {
             FrameHeader::decode(&bad),
             Err(DecodeError::Version(9, 64))
         ));
-        let mut bad = good;
-        bad[54] = 77;
-        assert!(matches!(
-            FrameHeader::decode(&bad),
-            Err(DecodeError::Format(_))
-        ));
-        let mut bad = good;
-        bad[52..54].copy_from_slice(&0u16.to_le_bytes());
-        assert!(matches!(
-            FrameHeader::decode(&bad),
-            Err(DecodeError::Format(_))
-        ));
-        // 2^20 samples × 65535 channels × 4 bytes: far beyond a ring's frame.
-        let mut bad = good;
-        bad[44..48].copy_from_slice(&(1u32 << 20).to_le_bytes());
-        bad[52..54].copy_from_slice(&u16::MAX.to_le_bytes());
-        assert!(matches!(
-            FrameHeader::decode(&bad),
-            Err(DecodeError::Format(_))
-        ));
-        let mut bad = good;
-        bad[48..52].copy_from_slice(&0u32.to_le_bytes());
-        assert!(matches!(
-            FrameHeader::decode(&bad),
-            Err(DecodeError::Format(_))
-        ));
+        // Each entry: the bytes written at an offset to make a header with an impossible format.
+        let bad_formats: [&[(usize, &[u8])]; 4] = [
+            // An unknown sample format code.
+            &[(54, &[77])],
+            // Zero channels.
+            &[(52, &0u16.to_le_bytes())],
+            // 2^20 samples × 65535 channels × 4 bytes: far beyond a ring's frame.
+            &[
+                (44, &(1u32 << 20).to_le_bytes()),
+                (52, &u16::MAX.to_le_bytes()),
+            ],
+            // A zero sample rate.
+            &[(48, &0u32.to_le_bytes())],
+        ];
+        for edits in bad_formats {
+            let mut bad = good;
+            for &(at, bytes) in edits {
+                bad[at..at + bytes.len()].copy_from_slice(bytes);
+            }
+            assert!(
+                matches!(FrameHeader::decode(&bad), Err(DecodeError::Format(_))),
+                "{edits:?}"
+            );
+        }
         assert_eq!(
             FrameHeader::decode(&good[..63]),
             Err(DecodeError::Length(63))

@@ -114,6 +114,11 @@ pub fn snapshot(hub: &Hub) -> anyhow::Result<Value> {
     }))
 }
 
+/// A JSON number with `places` decimals, or `-` where the snapshot has none.
+fn decimals(n: &Value, places: usize) -> String {
+    n.as_f64().map_or("-".into(), |c| format!("{c:.places$}"))
+}
+
 fn text(v: &Value) -> String {
     let g = |k: &str| v[k].to_string();
     let mut s = format!(
@@ -144,15 +149,9 @@ fn text(v: &Value) -> String {
             r["frames"],
             r["lost"],
             r["late"],
-            r["cpu_percent"]
-                .as_f64()
-                .map_or("-".into(), |c| format!("{c:.1}")),
-            r["wake_p50_us"]
-                .as_f64()
-                .map_or("-".into(), |c| format!("{c:.0}")),
-            r["wake_max_us"]
-                .as_f64()
-                .map_or("-".into(), |c| format!("{c:.0}")),
+            decimals(&r["cpu_percent"], 1),
+            decimals(&r["wake_p50_us"], 0),
+            decimals(&r["wake_max_us"], 0),
             r["crc_ok"],
             r["crc_bad"],
             r["crc_unknown"],
@@ -211,4 +210,17 @@ pub fn main(a: Args) -> anyhow::Result<ExitCode> {
         std::thread::sleep(Duration::from_millis(a.interval_ms.max(50)));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_number_prints_with_its_decimals_and_a_missing_one_as_a_dash() {
+        assert_eq!(decimals(&json!(12.345), 1), "12.3");
+        assert_eq!(decimals(&json!(7.6), 0), "8");
+        assert_eq!(decimals(&json!(3), 0), "3");
+        assert_eq!(decimals(&Value::Null, 1), "-");
+    }
 }

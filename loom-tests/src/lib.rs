@@ -131,7 +131,7 @@ pub mod futex {
 #[cfg(voxring_loom)]
 pub mod ring {
     use voxring_core::{
-        Consumer, GrantError, Policy, Producer, ReadError, Ring, RingConfig, SampleFormat,
+        Consumer, GrantError, Policy, Producer, ReadError, Ring, RingConfig, SampleFormat, Wake,
     };
 
     /// One 128-byte line; a `Vec<Line>` is a zeroed region with the alignment rings need.
@@ -178,9 +178,9 @@ pub mod ring {
     }
 
     /// Writes one frame with the test pattern (`sample_pos = seq + 100`,
-    /// `timestamp_ns = 2 * seq + 1`, payload bytes `seq + 1`); false when the (lossless) ring
-    /// is full.
-    pub fn write_one(p: &mut Producer) -> bool {
+    /// `timestamp_ns = 2 * seq + 1`, payload bytes `seq + 1`) and hands the commit's [`Wake`]
+    /// to `on_commit`; false when the (lossless) ring is full.
+    pub fn write_one_then(p: &mut Producer, on_commit: impl FnOnce(Wake)) -> bool {
         match p.write_grant(1) {
             Ok(mut g) => {
                 let mut f = g.frame_mut(0).unwrap();
@@ -188,13 +188,17 @@ pub mod ring {
                 f.set_sample_pos(seq + 100);
                 f.set_timestamp_ns(2 * seq + 1);
                 f.payload_mut().fill(seq as u8 + 1);
-                // The models that use this helper poll: nobody parks, the Wake is empty.
-                let _ = g.commit_all();
+                on_commit(g.commit_all());
                 true
             }
             Err(GrantError::Full) => false,
             Err(e) => panic!("unexpected grant error: {e}"),
         }
+    }
+
+    /// [`write_one_then`] for models that poll: nobody parks, so the Wake is empty and dropped.
+    pub fn write_one(p: &mut Producer) -> bool {
+        write_one_then(p, drop)
     }
 
     /// A model thread's body: `tries` calls of [`write_one`] (a full lossless ring makes one a

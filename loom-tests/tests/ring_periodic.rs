@@ -13,10 +13,10 @@
 use std::sync::Arc;
 
 use voxring_core::ring::periodic::{Arrivals, Plan, Sighting};
-use voxring_core::{Consumer, GrantError, Policy, ReadError, WaitOutcome, Waiter};
+use voxring_core::{Consumer, Policy, ReadError, WaitOutcome, Waiter};
 use voxring_loom_tests::assert_explored_many;
 use voxring_loom_tests::futex::FutexModel;
-use voxring_loom_tests::ring::{new_ring, read_checked, write_one};
+use voxring_loom_tests::ring::{new_ring, read_checked, write_one, write_one_then};
 
 /// The fake clock's frame period and margin (ticks).
 const PERIOD: u64 = 10;
@@ -228,19 +228,7 @@ impl Waiter for DiesInWait {
 
 /// [`write_one`]'s frame, committed with its wake passed to `waiter`; false when full.
 fn write_one_waking(p: &mut voxring_core::Producer, waiter: &impl Waiter) -> bool {
-    match p.write_grant(1) {
-        Ok(mut g) => {
-            let mut f = g.frame_mut(0).unwrap();
-            let seq = f.seq();
-            f.set_sample_pos(seq + 100);
-            f.set_timestamp_ns(2 * seq + 1);
-            f.payload_mut().fill(seq as u8 + 1);
-            g.commit_all().wake(waiter);
-            true
-        }
-        Err(GrantError::Full) => false,
-        Err(e) => panic!("unexpected grant error: {e}"),
-    }
+    write_one_then(p, |wake| wake.wake(waiter))
 }
 
 /// [`read_checked`] of one frame, with the release's wake passed to `waiter` (the producer

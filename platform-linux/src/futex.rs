@@ -230,21 +230,18 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     #[test]
-    fn wait_returns_at_once_when_the_value_differs() {
+    fn wait_returns_at_once_when_the_value_differs_and_times_out_when_nobody_wakes() {
         let w = AtomicU32::new(5);
-        assert_eq!(
-            wait(&w, 4, Some(Duration::from_secs(10))),
-            FutexWait::ValueChanged
-        );
-    }
-
-    #[test]
-    fn wait_times_out_when_nobody_wakes() {
-        let w = AtomicU32::new(5);
-        assert_eq!(
-            wait(&w, 5, Some(Duration::from_millis(1))),
-            FutexWait::TimedOut
-        );
+        for (expected, timeout, result) in [
+            (4, Duration::from_secs(10), FutexWait::ValueChanged),
+            (5, Duration::from_millis(1), FutexWait::TimedOut),
+        ] {
+            assert_eq!(
+                wait(&w, expected, Some(timeout)),
+                result,
+                "expected {expected}"
+            );
+        }
         let waiter = FutexWaiter::new(Duration::from_micros(10));
         assert_eq!(
             waiter.wait_until_changed(&w, 5, Some(Duration::from_millis(1))),

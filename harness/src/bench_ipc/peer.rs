@@ -192,6 +192,11 @@ pub(super) fn peer_main(t: Transport, args: &Args) -> anyhow::Result<()> {
     if let Some(cpu) = args.peer.peer_cpu {
         pin_to(cpu)?;
     }
+    let port = |what: &str| {
+        args.peer
+            .peer_port
+            .with_context(|| format!("--peer {what} needs --peer-port"))
+    };
     let mut tx: Box<dyn Tx> = match t {
         Transport::Cacheline => {
             let fd = inherited_fd(&args.peer.peer_fds, 0)?;
@@ -224,10 +229,7 @@ pub(super) fn peer_main(t: Transport, args: &Args) -> anyhow::Result<()> {
             Box::new(stream::StreamTx::new(w, r, payload))
         }
         Transport::Tcp => {
-            let port = args
-                .peer
-                .peer_port
-                .context("--peer tcp needs --peer-port")?;
+            let port = port("tcp")?;
             let s = std::net::TcpStream::connect(("127.0.0.1", port))
                 .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
             s.set_nodelay(true)?;
@@ -236,10 +238,7 @@ pub(super) fn peer_main(t: Transport, args: &Args) -> anyhow::Result<()> {
             Box::new(stream::StreamTx::new(s, s2, payload))
         }
         Transport::Http => {
-            let port = args
-                .peer
-                .peer_port
-                .context("--peer http needs --peer-port")?;
+            let port = port("http")?;
             Box::new(http::HttpTx::new(port, payload))
         }
         #[cfg(not(feature = "iceoryx2"))]
