@@ -440,7 +440,12 @@ fn a_subscriber_with_a_foreign_ca_or_a_refused_common_name_gets_no_frame() {
         acl: false,
         ..box_cfg
     };
-    let mut v1 = run.importer("eavesdropper", &eaves, &eaves_cfg, &[dial.clone()]);
+    let mut v1 = run.importer(
+        "eavesdropper",
+        &eaves,
+        &eaves_cfg,
+        std::slice::from_ref(&dial),
+    );
     // A certificate from another CA, with the hub's own name, trusting the real CA.
     let rogue_cfg = SideConfig {
         certs: &pki.rogue,
@@ -448,7 +453,7 @@ fn a_subscriber_with_a_foreign_ca_or_a_refused_common_name_gets_no_frame() {
         trust: Some(&pki.ca),
         ..eaves_cfg
     };
-    let mut v2 = run.importer("rogue", &rogue, &rogue_cfg, &[dial.clone()]);
+    let mut v2 = run.importer("rogue", &rogue, &rogue_cfg, std::slice::from_ref(&dial));
     let hub_cfg = SideConfig {
         me: "hub",
         peer: "mic-box.room1",
