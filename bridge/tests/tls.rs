@@ -1,0 +1,573 @@
+//! Mutual TLS and access control, end to end and attacked. The certificates are made by the
+//! openssl recipe in docs/bridge.md (the test runs the doc's shell block itself), each side's
+//! configuration is derived from bridge/examples/zenoh-tls-acl.json5 by the doc's procedure,
+//! and `voxring-bridge export` / `import` run as processes over `tls/` locators on loopback.
+//! Attacks: a peer whose certificate comes from another CA, and a peer with a valid
+//! certificate whose common name access control does not allow, each as subscriber and as
+//! publisher, beside a legitimate pair: the legitimate importer gets every frame bit-exact,
+//! the attackers' rings get nothing and the legitimate ring nothing of theirs. No assertion on
+//! elapsed time: durations are only "give up" bounds.
+//!
+//! The ring helpers are a minimal copy of those in tests/bridge.rs (being factored out now).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use voxring_bridge::topo::{Side, free_local_port};
+use voxring_core::{FrameFlags, Policy, ReadError, RingConfig, SampleFormat};
+use voxring_linux::ring::{FramesWait, Segment, ShmConsumer};
+use voxring_linux::segment::{AttachOptions, CreateOptions};
+
+const EXE: &str = env!("CARGO_BIN_EXE_voxring-bridge");
+const GIVE_UP: Duration = Duration::from_secs(90);
+/// 32 samples at 16 kHz: 2 ms frames.
+const SPF: u32 = 32;
+const FORMAT: &str = "32:1:16000:s16";
+const FRAMES: u64 = 300;
+/// Offset of an attacker's frame numbers: its payloads differ from every legitimate one.
+const FORGED: u64 = 1 << 40;
+
+/// A 0700 directory with the certificates of the doc's recipe: `ca/` (the real CA: `hub`,
+/// `mic-box.room1`, `intruder`, `eavesdropper`) and `rogue/` (another CA: `hub`,
+/// `mic-box.room1`). Every certificate's subjectAltName is `localhost`, the name dialled.
+struct Pki {
+    _dir: tempfile::TempDir,
+    ca: PathBuf,
+    rogue: PathBuf,
+}
+
+/// The shell block of docs/bridge.md that defines `cert()`, without its example calls.
+fn doc_recipe() -> String {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/bridge.md"))
+            .expect("docs/bridge.md");
+    let block = doc
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .find(|b| b.contains("cert() {"))
+        .expect("docs/bridge.md has the certificate recipe (a ```sh block defining cert())");
+    let kept: Vec<&str> = block
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("cert "))
+        .collect();
+    assert!(
+        kept.len() + 2 == block.lines().count(),
+        "the recipe's example calls changed; update this test"
+    );
+    kept.join("\n")
+}
+
+fn run_recipe(dir: &Path, names: &[&str]) {
+    std::fs::create_dir(dir).unwrap();
+    let mut script = doc_recipe();
+    for n in names {
+        script.push_str(&format!("\ncert {n} localhost"));
+    }
+    let out = std::process::Command::new("sh")
+        .args(["-eu", "-c", &script])
+        .current_dir(dir)
+        .output()
+        .expect("running sh (the doc's openssl recipe)");
+    assert!(
+        out.status.success(),
+        "the doc's openssl recipe failed (is openssl installed? scripts/setup-system test):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for n in names {
+        assert!(dir.join(format!("{n}-cert.pem")).exists(), "{n}-cert.pem");
+    }
+}
+
+impl Pki {
+    fn make() -> Pki {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("vxtls")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()
+            .unwrap();
+        let ca = dir.path().join("ca");
+        let rogue = dir.path().join("rogue");
+        run_recipe(&ca, &["hub", "mic-box.room1", "intruder", "eavesdropper"]);
+        run_recipe(&rogue, &["hub", "mic-box.room1"]);
+        Pki {
+            _dir: dir,
+            ca,
+            rogue,
+        }
+    }
+}
+
+/// One side's configuration, made from the example by the doc's procedure.
+struct SideConfig<'a> {
+    /// Where this side's key and certificate are (`Pki::ca` or `Pki::rogue`).
+    certs: &'a Path,
+    /// This side's certificate name.
+    me: &'a str,
+    /// The common name its access control allows (the other side's).
+    peer: &'a str,
+    /// Its listen locator, or none for a side that only connects.
+    listen: Option<&'a str>,
+    /// Access control on (an attacker's own side turns it off).
+    acl: bool,
+    /// The CA it trusts, when not that of its own certificate (an attacker with a foreign
+    /// certificate who knows the real CA).
+    trust: Option<&'a Path>,
+}
+
+fn replace_once(s: &str, from: &str, to: &str) -> String {
+    assert_eq!(
+        s.matches(from).count(),
+        1,
+        "the example config changed ({from:?}); update docs/bridge.md's procedure and this test"
+    );
+    s.replace(from, to)
+}
+
+fn write_config(c: &SideConfig, path: &Path) -> PathBuf {
+    let ex = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/zenoh-tls-acl.json5"),
+    )
+    .unwrap();
+    let mut s = ex.replace("/etc/voxring/bridge/", &format!("{}/", c.certs.display()));
+    // Step 1: this machine's own key and certificate.
+    assert_eq!(s.matches("hub-key.pem").count(), 2, "example changed");
+    assert_eq!(s.matches("hub-cert.pem").count(), 2, "example changed");
+    s = s
+        .replace("hub-key.pem", &format!("{}-key.pem", c.me))
+        .replace("hub-cert.pem", &format!("{}-cert.pem", c.me));
+    // Step 2: the other side's common name.
+    s = replace_once(
+        &s,
+        r#"cert_common_names: ["mic-box.room1"]"#,
+        &format!(r#"cert_common_names: ["{}"]"#, c.peer),
+    );
+    // Step 3: this machine's listen address, or none.
+    let listen = c.listen.map_or(String::new(), |l| {
+        format!(r#"listen: {{ endpoints: ["{l}"] }},"#)
+    });
+    s = replace_once(
+        &s,
+        r#"listen: { endpoints: ["tls/192.168.1.10:7447"] },"#,
+        &listen,
+    );
+    if !c.acl {
+        s = replace_once(&s, "enabled: true", "enabled: false");
+    }
+    if let Some(t) = c.trust {
+        let ca = format!("{}/ca.pem", c.certs.display());
+        s = replace_once(&s, &ca, &format!("{}/ca.pem", t.display()));
+    }
+    std::fs::write(path, s).unwrap();
+    path.to_owned()
+}
+
+fn source_ring(name: &str) -> Segment {
+    let cfg = RingConfig {
+        frames: 512,
+        samples_per_frame: SPF,
+        channels: 1,
+        format: SampleFormat::S16,
+        sample_rate: 16_000,
+        max_consumers: 4,
+        policy: Policy::Lossless,
+    };
+    Segment::create(name, &cfg, &CreateOptions::default()).expect("source ring")
+}
+
+/// The bytes and metadata of frame `i` (different for every frame).
+fn frame(i: u64) -> (Vec<u8>, u64, u64, FrameFlags) {
+    let payload = (0..SPF as u64 * 2)
+        .map(|b| (i.wrapping_mul(2654435761).wrapping_add(b * 31) >> 3) as u8)
+        .collect();
+    let flags = if i % 11 == 5 {
+        FrameFlags::XRUN
+    } else {
+        FrameFlags::NONE
+    };
+    (payload, i * u64::from(SPF), 1_000_000 + i * 7_919, flags)
+}
+
+/// Writes frames `base .. base + FRAMES` at 2 ms per frame, stamped with positions from 0.
+fn produce(seg: &Segment, base: u64) {
+    let mut tx = seg.producer().expect("producer");
+    let start = Instant::now();
+    for k in 0..FRAMES {
+        let due = start + Duration::from_millis(2) * k as u32;
+        if let Some(d) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+        let (payload, _, ts, flags) = frame(base + k);
+        let (p, waiter) = tx.parts();
+        p.push(&payload, k * u64::from(SPF), ts, flags)
+            .expect("push")
+            .wake(waiter);
+    }
+}
+
+fn attach_when_there(name: &str) -> Segment {
+    let end = Instant::now() + GIVE_UP;
+    loop {
+        match Segment::attach(name, &AttachOptions::default()) {
+            Ok(s) => return s,
+            Err(e) if Instant::now() > end => panic!("ring {name} never appeared: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Reads until `n` frames were read, or (with `n` = 0) drains what is there now.
+fn read_frames(rx: &mut ShmConsumer, n: usize) -> Vec<(u64, u64, FrameFlags, Vec<u8>)> {
+    let mut out = Vec::new();
+    let end = Instant::now() + GIVE_UP;
+    loop {
+        if n > 0 {
+            if out.len() >= n {
+                return out;
+            }
+            assert!(
+                Instant::now() < end,
+                "only {} of {n} frames arrived",
+                out.len()
+            );
+            if rx
+                .wait_for_frames(Some(Duration::from_millis(100)))
+                .unwrap()
+                != FramesWait::Ready
+            {
+                continue;
+            }
+        }
+        let (c, waiter) = rx.parts();
+        let g = match c.read_grant(64) {
+            Ok(g) => g,
+            Err(ReadError::Empty) if n == 0 => return out,
+            Err(ReadError::Empty) => continue,
+            Err(e) => panic!("reading an imported ring: {e}"),
+        };
+        let got: Vec<_> = g
+            .frames()
+            .map(|f| {
+                let m = f.meta();
+                (m.sample_pos, m.timestamp_ns, m.flags, f.payload().to_vec())
+            })
+            .collect();
+        g.release_all().expect("release").wake(waiter);
+        out.extend(got);
+    }
+}
+
+/// Checks that `got` is exactly the legitimate frames 0..FRAMES.
+fn assert_legitimate(got: &[(u64, u64, FrameFlags, Vec<u8>)]) {
+    assert_eq!(got.len() as u64, FRAMES);
+    for (k, (pos, ts, flags, payload)) in got.iter().enumerate() {
+        let (p, _, t, f) = frame(k as u64);
+        assert_eq!(
+            payload, &p,
+            "frame {k}: payload differs (a forged frame got in?)"
+        );
+        assert_eq!(
+            (*pos, *ts, *flags),
+            (k as u64 * u64::from(SPF), t, f),
+            "frame {k}"
+        );
+    }
+}
+
+struct Run {
+    tag: String,
+    dir: tempfile::TempDir,
+}
+
+impl Run {
+    fn new(tag: &str) -> Run {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("vxtlscfg")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()
+            .unwrap();
+        Run {
+            tag: format!("vxtls{}{tag}", std::process::id()),
+            dir,
+        }
+    }
+    fn ring(&self, what: &str) -> String {
+        format!("{}-{what}", self.tag)
+    }
+    /// The example's key (its access control names it). Tests running at once do not meet:
+    /// no scouting, and each one's processes connect only to its own ports.
+    fn key(&self) -> String {
+        "voxring/room1/mic".to_owned()
+    }
+    fn config(&self, who: &str, c: &SideConfig) -> PathBuf {
+        write_config(c, &self.dir.path().join(format!("{who}.json5")))
+    }
+    fn exporter(&self, who: &str, src: &str, c: &SideConfig) -> Side {
+        let cfg = self.config(who, c);
+        let mut cmd = std::process::Command::new(EXE);
+        cmd.args(["export", src, "--key", &self.key(), "--config"])
+            .arg(&cfg)
+            .args(["--listen", c.listen.expect("an exporter here listens")]);
+        let mut s = Side::spawn(who, cmd).unwrap();
+        s.wait_line("exporting", GIVE_UP).unwrap();
+        s
+    }
+    fn importer(&self, who: &str, dst: &str, c: &SideConfig, connect: &[String]) -> Side {
+        let cfg = self.config(who, c);
+        let mut cmd = std::process::Command::new(EXE);
+        cmd.args(["import", &self.key(), "--ring", dst, "--format", FORMAT])
+            .args(["--ring-frames", "512", "--target-ms", "100", "--config"])
+            .arg(&cfg);
+        for l in connect {
+            cmd.args(["--connect", l]);
+        }
+        let mut s = Side::spawn(who, cmd).unwrap();
+        s.wait_line("importing", GIVE_UP).unwrap();
+        s
+    }
+}
+
+fn stats(side: &mut Side) -> serde_json::Value {
+    serde_json::from_str(&side.terminate(GIVE_UP).unwrap()).unwrap()
+}
+
+fn assert_gone(names: &[&str]) {
+    for n in names {
+        let p = format!("/dev/shm/voxring.{n}");
+        assert!(!Path::new(&p).exists(), "{p} was left behind");
+    }
+}
+
+fn tls_port() -> (String, String) {
+    let port = free_local_port().unwrap();
+    (
+        format!("tls/127.0.0.1:{port}"),
+        format!("tls/localhost:{port}"),
+    )
+}
+
+#[test]
+fn over_mutual_tls_with_access_control_frames_arrive_bit_exact() {
+    let pki = Pki::make();
+    let run = Run::new("ok");
+    let (listen, dial) = tls_port();
+    let (src, dst) = (run.ring("src"), run.ring("dst"));
+    let seg = source_ring(&src);
+    let box_cfg = SideConfig {
+        certs: &pki.ca,
+        me: "mic-box.room1",
+        peer: "hub",
+        listen: Some(&listen),
+        acl: true,
+        trust: None,
+    };
+    let hub_cfg = SideConfig {
+        me: "hub",
+        peer: "mic-box.room1",
+        listen: None,
+        ..box_cfg
+    };
+    let mut ex = run.exporter("box", &src, &box_cfg);
+    let mut im = run.importer("hub", &dst, &hub_cfg, &[dial]);
+    ex.wait_line("importer present", GIVE_UP).unwrap();
+    let out = attach_when_there(&dst);
+    let mut rx = out.consumer().unwrap();
+    produce(&seg, 0);
+    assert_legitimate(&read_frames(&mut rx, FRAMES as usize));
+    drop(rx);
+    drop(out);
+    let s = stats(&mut im);
+    let e = stats(&mut ex);
+    drop(seg);
+    assert_eq!(
+        (s["played"].as_u64(), s["lost"].as_u64()),
+        (Some(FRAMES), Some(0)),
+        "{s}"
+    );
+    assert_eq!(e["read"], FRAMES, "{e}");
+    assert_gone(&[&src, &dst]);
+}
+
+/// Frames in `name` right now, and the importer's final counters.
+fn nothing_arrived(name: &str, side: &mut Side) -> serde_json::Value {
+    let seg = attach_when_there(name);
+    let mut rx = seg.consumer().unwrap();
+    // The consumer joined at the ring's current head: anything already written would show
+    // in the importer's `played` count below, so both are checked.
+    let got = read_frames(&mut rx, 0);
+    drop(rx);
+    drop(seg);
+    let s = stats(side);
+    assert!(
+        got.is_empty(),
+        "{name}: {} frames reached an attacker",
+        got.len()
+    );
+    assert_eq!(
+        (s["received"].as_u64(), s["played"].as_u64()),
+        (Some(0), Some(0)),
+        "{name}: the attacker's importer got frames: {s}"
+    );
+    s
+}
+
+#[test]
+fn a_subscriber_with_a_foreign_ca_or_a_refused_common_name_gets_no_frame() {
+    let pki = Pki::make();
+    let run = Run::new("sub");
+    let (listen, dial) = tls_port();
+    let (src, dst) = (run.ring("src"), run.ring("dst"));
+    let (eaves, rogue) = (run.ring("eaves"), run.ring("rogue"));
+    let seg = source_ring(&src);
+    let box_cfg = SideConfig {
+        certs: &pki.ca,
+        me: "mic-box.room1",
+        peer: "hub",
+        listen: Some(&listen),
+        acl: true,
+        trust: None,
+    };
+    let mut ex = run.exporter("box", &src, &box_cfg);
+    // Attackers first, so they had every chance the legitimate importer had. Their own
+    // access control is off (they control their side).
+    // A valid certificate from the real CA, with a name the box does not allow.
+    let eaves_cfg = SideConfig {
+        me: "eavesdropper",
+        peer: "mic-box.room1",
+        listen: None,
+        acl: false,
+        ..box_cfg
+    };
+    let mut v1 = run.importer(
+        "eavesdropper",
+        &eaves,
+        &eaves_cfg,
+        std::slice::from_ref(&dial),
+    );
+    // A certificate from another CA, with the hub's own name, trusting the real CA.
+    let rogue_cfg = SideConfig {
+        certs: &pki.rogue,
+        me: "hub",
+        trust: Some(&pki.ca),
+        ..eaves_cfg
+    };
+    let mut v2 = run.importer("rogue", &rogue, &rogue_cfg, std::slice::from_ref(&dial));
+    let hub_cfg = SideConfig {
+        me: "hub",
+        peer: "mic-box.room1",
+        listen: None,
+        ..box_cfg
+    };
+    let mut im = run.importer("hub", &dst, &hub_cfg, &[dial]);
+    ex.wait_line("importer present", GIVE_UP).unwrap();
+    let out = attach_when_there(&dst);
+    let mut rx = out.consumer().unwrap();
+    produce(&seg, 0);
+    assert_legitimate(&read_frames(&mut rx, FRAMES as usize));
+    drop(rx);
+    drop(out);
+    nothing_arrived(&eaves, &mut v1);
+    nothing_arrived(&rogue, &mut v2);
+    let s = stats(&mut im);
+    let e = stats(&mut ex);
+    drop(seg);
+    assert_eq!(
+        (s["played"].as_u64(), s["lost"].as_u64()),
+        (Some(FRAMES), Some(0)),
+        "{s}"
+    );
+    assert_eq!(e["read"], FRAMES, "{e}");
+    assert_gone(&[&src, &dst, &eaves, &rogue]);
+}
+
+#[test]
+fn a_publisher_with_a_foreign_ca_or_a_refused_common_name_cannot_put() {
+    let pki = Pki::make();
+    let run = Run::new("pub");
+    let (src, dst) = (run.ring("src"), run.ring("dst"));
+    let (isrc, rsrc) = (run.ring("isrc"), run.ring("rsrc"));
+    let (l_ok, d_ok) = tls_port();
+    let (l_in, d_in) = tls_port();
+    let (l_ro, d_ro) = tls_port();
+    let seg = source_ring(&src);
+    let iseg = source_ring(&isrc);
+    let rseg = source_ring(&rsrc);
+    let box_cfg = SideConfig {
+        certs: &pki.ca,
+        me: "mic-box.room1",
+        peer: "hub",
+        listen: Some(&l_ok),
+        acl: true,
+        trust: None,
+    };
+    let mut ex = run.exporter("box", &src, &box_cfg);
+    // A valid certificate from the real CA, with a name the hub does not allow, publishing
+    // on the same key.
+    let intruder_cfg = SideConfig {
+        me: "intruder",
+        listen: Some(&l_in),
+        acl: false,
+        ..box_cfg
+    };
+    let mut x = run.exporter("intruder", &isrc, &intruder_cfg);
+    // A certificate from another CA with the box's own name, trusting the real CA.
+    let rogue_cfg = SideConfig {
+        certs: &pki.rogue,
+        me: "mic-box.room1",
+        listen: Some(&l_ro),
+        trust: Some(&pki.ca),
+        ..intruder_cfg
+    };
+    let mut r = run.exporter("rogue", &rsrc, &rogue_cfg);
+    let hub_cfg = SideConfig {
+        me: "hub",
+        peer: "mic-box.room1",
+        listen: None,
+        ..box_cfg
+    };
+    let mut im = run.importer("hub", &dst, &hub_cfg, &[d_in, d_ro, d_ok]);
+    ex.wait_line("importer present", GIVE_UP).unwrap();
+    let out = attach_when_there(&dst);
+    let mut rx = out.consumer().unwrap();
+    // The attackers publish their own frames on the key all the while.
+    let got = std::thread::scope(|sc| {
+        sc.spawn(|| produce(&iseg, FORGED));
+        sc.spawn(|| produce(&rseg, 2 * FORGED));
+        produce(&seg, 0);
+        read_frames(&mut rx, FRAMES as usize)
+    });
+    assert_legitimate(&got);
+    // Nothing after them either (a forged frame would have been played after the last).
+    let more = read_frames(&mut rx, 0);
+    assert!(more.is_empty(), "{} more frames arrived", more.len());
+    drop(rx);
+    drop(out);
+    let s = stats(&mut im);
+    let xe = stats(&mut x);
+    let re = stats(&mut r);
+    let e = stats(&mut ex);
+    drop((seg, iseg, rseg));
+    assert_eq!(
+        (
+            s["received"].as_u64(),
+            s["played"].as_u64(),
+            s["lost"].as_u64()
+        ),
+        (Some(FRAMES), Some(FRAMES), Some(0)),
+        "the hub took frames from an attacker: {s}"
+    );
+    assert_eq!(
+        (s["restarts"].as_u64(), s["rejected"].as_u64()),
+        (Some(0), Some(0)),
+        "{s}"
+    );
+    // The attackers did publish.
+    assert_eq!(
+        (xe["read"].as_u64(), re["read"].as_u64()),
+        (Some(FRAMES), Some(FRAMES))
+    );
+    assert_eq!(e["read"], FRAMES, "{e}");
+    assert_gone(&[&src, &dst, &isrc, &rsrc]);
+}
