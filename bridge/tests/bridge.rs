@@ -3,19 +3,16 @@
 //! (`--inject-drop-every`, `--inject-jitter-ms`: this kernel has no netem). No assertion on
 //! elapsed time: durations below are only "give up" bounds.
 
+mod common;
+
 use std::path::Path;
-use std::time::{Duration, Instant};
 
+use common::{
+    EXE, FORMAT, GIVE_UP, assert_gone, attach_when_there, frame, produce, read_frames, source_ring,
+    stats,
+};
 use voxring_bridge::topo::{NETNS_ADDR, NetnsPair, Side, free_local_port};
-use voxring_core::{FrameFlags, FrameMeta, Policy, ReadError, RingConfig, SampleFormat};
-use voxring_linux::ring::{FramesWait, Segment, ShmConsumer};
-use voxring_linux::segment::{AttachOptions, CreateOptions};
-
-const EXE: &str = env!("CARGO_BIN_EXE_voxring-bridge");
-const GIVE_UP: Duration = Duration::from_secs(60);
-/// 32 samples at 16 kHz: 2 ms frames.
-const SPF: u32 = 32;
-const FORMAT: &str = "32:1:16000:s16";
+use voxring_core::FrameFlags;
 
 fn names(tag: &str) -> (String, String, String) {
     let t = format!("vxbt{}{tag}", std::process::id());
@@ -24,91 +21,6 @@ fn names(tag: &str) -> (String, String, String) {
         format!("{t}-dst"),
         format!("voxring/test/{t}"),
     )
-}
-
-fn source_ring(name: &str) -> Segment {
-    let cfg = RingConfig {
-        frames: 512,
-        samples_per_frame: SPF,
-        channels: 1,
-        format: SampleFormat::S16,
-        sample_rate: 16_000,
-        max_consumers: 4,
-        policy: Policy::Lossless,
-    };
-    Segment::create(name, &cfg, &CreateOptions::default()).expect("source ring")
-}
-
-/// The bytes and metadata of frame `i` (different for every frame).
-fn frame(i: u64) -> (Vec<u8>, u64, u64, FrameFlags) {
-    let payload = (0..SPF as u64 * 2)
-        .map(|b| (i.wrapping_mul(2654435761).wrapping_add(b * 31) >> 3) as u8)
-        .collect();
-    let flags = if i % 11 == 5 {
-        FrameFlags::XRUN
-    } else {
-        FrameFlags::NONE
-    };
-    (payload, i * u64::from(SPF), 1_000_000 + i * 7_919, flags)
-}
-
-/// Writes frames `range` at 2 ms per frame.
-fn produce(seg: &Segment, range: std::ops::Range<u64>) {
-    let mut tx = seg.producer().expect("producer");
-    let start = Instant::now();
-    for (k, i) in range.enumerate() {
-        let due = start + Duration::from_millis(2) * k as u32;
-        if let Some(d) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(d);
-        }
-        let (payload, pos, ts, flags) = frame(i);
-        let (p, waiter) = tx.parts();
-        p.push(&payload, pos, ts, flags).expect("push").wake(waiter);
-    }
-}
-
-fn attach_when_there(name: &str) -> Segment {
-    let end = Instant::now() + GIVE_UP;
-    loop {
-        match Segment::attach(name, &AttachOptions::default()) {
-            Ok(s) => return s,
-            Err(e) if Instant::now() > end => panic!("ring {name} never appeared: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
-/// Reads until `n` frames were read (give-up bound: GIVE_UP).
-fn read_frames(rx: &mut ShmConsumer, n: usize) -> Vec<(FrameMeta, Vec<u8>)> {
-    let mut out = Vec::new();
-    let end = Instant::now() + GIVE_UP;
-    while out.len() < n {
-        assert!(
-            Instant::now() < end,
-            "only {} of {n} frames arrived",
-            out.len()
-        );
-        if rx
-            .wait_for_frames(Some(Duration::from_millis(100)))
-            .unwrap()
-            != FramesWait::Ready
-        {
-            continue;
-        }
-        let (c, waiter) = rx.parts();
-        let g = match c.read_grant(64) {
-            Ok(g) => g,
-            Err(ReadError::Empty) => continue,
-            Err(e) => panic!("reading the imported ring: {e}"),
-        };
-        let got: Vec<_> = g
-            .frames()
-            .map(|f| (f.meta(), f.payload().to_vec()))
-            .collect();
-        g.release_all().expect("release").wake(waiter);
-        out.extend(got);
-    }
-    out
 }
 
 /// Where each side runs.
@@ -158,17 +70,6 @@ fn importer(net: &Net, key: &str, dst: &str, extra: &[&str]) -> Side {
     s
 }
 
-fn stats(side: &mut Side) -> serde_json::Value {
-    serde_json::from_str(&side.terminate(GIVE_UP).unwrap()).unwrap()
-}
-
-fn assert_gone(names: &[&str]) {
-    for n in names {
-        let p = format!("/dev/shm/voxring.{n}");
-        assert!(!Path::new(&p).exists(), "{p} was left behind");
-    }
-}
-
 /// Sends `frames` frames through export → import (with `extra` import flags) and checks
 /// what the consumer of the imported ring got against what was sent: every delivered frame
 /// bit-exact, a discontinuity flag exactly after each gap, and the gaps exactly the frames
@@ -188,7 +89,7 @@ fn run_case(
     let out_seg = attach_when_there(&dst);
     let mut rx = out_seg.consumer().unwrap();
     let expected: Vec<u64> = (0..frames).filter(|s| !dropped(*s)).collect();
-    produce(&seg, 0..frames);
+    produce(&seg, 0..frames, 0);
     let got = read_frames(&mut rx, expected.len());
     let mut prev: Option<u64> = None;
     for ((meta, payload), seq) in got.iter().zip(&expected) {

@@ -10,19 +10,17 @@
 //!
 //! The ring helpers are a minimal copy of those in tests/bridge.rs (being factored out now).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
+use common::{
+    EXE, FORMAT, GIVE_UP, SPF, assert_gone, attach_when_there, frame, produce, source_ring, stats,
+};
 use voxring_bridge::topo::{Side, free_local_port};
-use voxring_core::{FrameFlags, Policy, ReadError, RingConfig, SampleFormat};
-use voxring_linux::ring::{FramesWait, Segment, ShmConsumer};
-use voxring_linux::segment::{AttachOptions, CreateOptions};
+use voxring_core::FrameFlags;
+use voxring_linux::ring::{Segment, ShmConsumer};
 
-const EXE: &str = env!("CARGO_BIN_EXE_voxring-bridge");
-const GIVE_UP: Duration = Duration::from_secs(90);
-/// 32 samples at 16 kHz: 2 ms frames.
-const SPF: u32 = 32;
-const FORMAT: &str = "32:1:16000:s16";
 const FRAMES: u64 = 300;
 /// Offset of an attacker's frame numbers: its payloads differ from every legitimate one.
 const FORGED: u64 = 1 << 40;
@@ -163,99 +161,17 @@ fn write_config(c: &SideConfig, path: &Path) -> PathBuf {
     path.to_owned()
 }
 
-fn source_ring(name: &str) -> Segment {
-    let cfg = RingConfig {
-        frames: 512,
-        samples_per_frame: SPF,
-        channels: 1,
-        format: SampleFormat::S16,
-        sample_rate: 16_000,
-        max_consumers: 4,
-        policy: Policy::Lossless,
-    };
-    Segment::create(name, &cfg, &CreateOptions::default()).expect("source ring")
+/// Writes the legitimate frames `base .. base + FRAMES`, stamped with positions from 0.
+fn produce_from(seg: &Segment, base: u64) {
+    produce(seg, base..base + FRAMES, 0);
 }
 
-/// The bytes and metadata of frame `i` (different for every frame).
-fn frame(i: u64) -> (Vec<u8>, u64, u64, FrameFlags) {
-    let payload = (0..SPF as u64 * 2)
-        .map(|b| (i.wrapping_mul(2654435761).wrapping_add(b * 31) >> 3) as u8)
-        .collect();
-    let flags = if i % 11 == 5 {
-        FrameFlags::XRUN
-    } else {
-        FrameFlags::NONE
-    };
-    (payload, i * u64::from(SPF), 1_000_000 + i * 7_919, flags)
-}
-
-/// Writes frames `base .. base + FRAMES` at 2 ms per frame, stamped with positions from 0.
-fn produce(seg: &Segment, base: u64) {
-    let mut tx = seg.producer().expect("producer");
-    let start = Instant::now();
-    for k in 0..FRAMES {
-        let due = start + Duration::from_millis(2) * k as u32;
-        if let Some(d) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(d);
-        }
-        let (payload, _, ts, flags) = frame(base + k);
-        let (p, waiter) = tx.parts();
-        p.push(&payload, k * u64::from(SPF), ts, flags)
-            .expect("push")
-            .wake(waiter);
-    }
-}
-
-fn attach_when_there(name: &str) -> Segment {
-    let end = Instant::now() + GIVE_UP;
-    loop {
-        match Segment::attach(name, &AttachOptions::default()) {
-            Ok(s) => return s,
-            Err(e) if Instant::now() > end => panic!("ring {name} never appeared: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
-/// Reads until `n` frames were read, or (with `n` = 0) drains what is there now.
+/// [`common::read_frames`] as (position, timestamp, flags, bytes).
 fn read_frames(rx: &mut ShmConsumer, n: usize) -> Vec<(u64, u64, FrameFlags, Vec<u8>)> {
-    let mut out = Vec::new();
-    let end = Instant::now() + GIVE_UP;
-    loop {
-        if n > 0 {
-            if out.len() >= n {
-                return out;
-            }
-            assert!(
-                Instant::now() < end,
-                "only {} of {n} frames arrived",
-                out.len()
-            );
-            if rx
-                .wait_for_frames(Some(Duration::from_millis(100)))
-                .unwrap()
-                != FramesWait::Ready
-            {
-                continue;
-            }
-        }
-        let (c, waiter) = rx.parts();
-        let g = match c.read_grant(64) {
-            Ok(g) => g,
-            Err(ReadError::Empty) if n == 0 => return out,
-            Err(ReadError::Empty) => continue,
-            Err(e) => panic!("reading an imported ring: {e}"),
-        };
-        let got: Vec<_> = g
-            .frames()
-            .map(|f| {
-                let m = f.meta();
-                (m.sample_pos, m.timestamp_ns, m.flags, f.payload().to_vec())
-            })
-            .collect();
-        g.release_all().expect("release").wake(waiter);
-        out.extend(got);
-    }
+    common::read_frames(rx, n)
+        .into_iter()
+        .map(|(m, b)| (m.sample_pos, m.timestamp_ns, m.flags, b))
+        .collect()
 }
 
 /// Checks that `got` is exactly the legitimate frames 0..FRAMES.
@@ -329,17 +245,6 @@ impl Run {
     }
 }
 
-fn stats(side: &mut Side) -> serde_json::Value {
-    serde_json::from_str(&side.terminate(GIVE_UP).unwrap()).unwrap()
-}
-
-fn assert_gone(names: &[&str]) {
-    for n in names {
-        let p = format!("/dev/shm/voxring.{n}");
-        assert!(!Path::new(&p).exists(), "{p} was left behind");
-    }
-}
-
 fn tls_port() -> (String, String) {
     let port = free_local_port().unwrap();
     (
@@ -374,7 +279,7 @@ fn over_mutual_tls_with_access_control_frames_arrive_bit_exact() {
     ex.wait_line("importer present", GIVE_UP).unwrap();
     let out = attach_when_there(&dst);
     let mut rx = out.consumer().unwrap();
-    produce(&seg, 0);
+    produce_from(&seg, 0);
     assert_legitimate(&read_frames(&mut rx, FRAMES as usize));
     drop(rx);
     drop(out);
@@ -464,7 +369,7 @@ fn a_subscriber_with_a_foreign_ca_or_a_refused_common_name_gets_no_frame() {
     ex.wait_line("importer present", GIVE_UP).unwrap();
     let out = attach_when_there(&dst);
     let mut rx = out.consumer().unwrap();
-    produce(&seg, 0);
+    produce_from(&seg, 0);
     assert_legitimate(&read_frames(&mut rx, FRAMES as usize));
     drop(rx);
     drop(out);
@@ -533,9 +438,9 @@ fn a_publisher_with_a_foreign_ca_or_a_refused_common_name_cannot_put() {
     let mut rx = out.consumer().unwrap();
     // The attackers publish their own frames on the key all the while.
     let got = std::thread::scope(|sc| {
-        sc.spawn(|| produce(&iseg, FORGED));
-        sc.spawn(|| produce(&rseg, 2 * FORGED));
-        produce(&seg, 0);
+        sc.spawn(|| produce_from(&iseg, FORGED));
+        sc.spawn(|| produce_from(&rseg, 2 * FORGED));
+        produce_from(&seg, 0);
         read_frames(&mut rx, FRAMES as usize)
     });
     assert_legitimate(&got);

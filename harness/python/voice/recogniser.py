@@ -63,6 +63,23 @@ ASR_TEXT_BYTES = 32
 SAID_RECORD = struct.Struct("=4Q")
 
 
+def read_register(reg, size, give_up_s=2.0):
+    """Reads a control register, retrying while its writer is mid-write.
+
+    The package's read gives up (VR_E_CONTENDED) after a burst of attempts that all overlapped
+    a write; on a loaded machine the writer (another process) can be descheduled inside its
+    write for milliseconds. A writer that stays mid-write for `give_up_s` is taken as dead.
+    """
+    deadline = time.monotonic() + give_up_s
+    while True:
+        try:
+            return reg.read(size)[0]
+        except voxring.VoxringError as e:
+            if e.name != "VR_E_CONTENDED" or time.monotonic() > deadline:
+                raise
+            time.sleep(0.001)
+
+
 def read_ready(reader, on_frame, timeout=0.5, on_handoff=None):
     """Waits up to `timeout` s for frames of `reader`, hands every ready frame to
     on_frame(sample_pos, samples) (the view is valid only during the call), and returns
@@ -187,7 +204,7 @@ class HalfDuplex:
                 self.reg = voxring.Control(self.name)
             except voxring.VoxringError:
                 return  # the reply agent has not made it yet
-        done, last_ns = SAID_RECORD.unpack(self.reg.read(SAID_RECORD.size)[0])[:2]
+        done, last_ns = SAID_RECORD.unpack(read_register(self.reg, SAID_RECORD.size))[:2]
         if done >= self.published:
             self.until_ns = last_ns + self.margin_ns
 
@@ -270,7 +287,7 @@ def main(argv=None):
                              "end of the stream: is it running on this ring?")
                 time.sleep(0.005)
             duplex.poll()
-            rec = VAD_RECORD.unpack(vad.read(VAD_RECORD.size)[0])
+            rec = VAD_RECORD.unpack(read_register(vad, VAD_RECORD.size))
             vad_state, hangover_ms, starts, ends = rec[0], rec[1], rec[2], rec[3]
             start_pos, end_pos, decided_pos, decided_ns, commit_ns = rec[4:]
             if ends <= handled or starts != ends:
