@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use serde::Serialize;
-use voxring_core::ReadError;
+use voxring_core::{FrameRef, ReadError, RingConfig};
+use voxring_linux::hub::{Delivery, Hub, HubOptions, MicReader, Read as HubRead};
 use voxring_linux::ring::{FramesWait, Segment, ShmConsumer};
 use voxring_linux::segment::AttachOptions;
 use zenoh::Wait;
@@ -35,8 +36,13 @@ use crate::{Event, EventSink};
 /// How to export.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
-    /// The local ring (its name in `/dev/shm/voxring.<name>`).
+    /// The local ring (its name in `/dev/shm/voxring.<name>`); with `hub_agent`, the name of a
+    /// hub (`voxring serve --name`) whose mic ring is exported.
     pub ring: String,
+    /// Export a hub's mic ring, joined as this agent: the exporter appears in the hub's
+    /// directory (`voxring top`) with its lag and losses, and when it falls a whole ring
+    /// behind the hub skips it ahead, counting what it skipped in `ring_lost`.
+    pub hub_agent: Option<String>,
     /// The Zenoh key.
     pub key: String,
     /// Where to listen / connect.
@@ -114,21 +120,7 @@ impl Exporter {
     /// The ring is missing or full of consumers, the key is invalid, or Zenoh failed to open.
     pub fn start(opts: &ExportOptions, events: EventSink) -> anyhow::Result<Self> {
         net::check_key(&opts.key)?;
-        let seg = Segment::attach(&opts.ring, &AttachOptions::default()).with_context(|| {
-            format!(
-                "attaching to ring {:?} to export it (is its producer running as this user?)",
-                opts.ring
-            )
-        })?;
-        // A consumer slot held by a killed exporter is freed first.
-        seg.evict_dead();
-        let rx = seg.consumer().map_err(|e| {
-            anyhow!(
-                "joining ring {:?} as a consumer: {e:?}; free a consumer slot",
-                opts.ring
-            )
-        })?;
-        let cfg = seg.config();
+        let (source, cfg) = Source::open(opts)?;
         let format = StreamFormat {
             samples_per_frame: cfg.samples_per_frame,
             sample_rate: cfg.sample_rate,
@@ -156,10 +148,17 @@ impl Exporter {
         let epoch = random_u64();
         let reader = {
             let (stop, counters, events) = (stop.clone(), counters.clone(), events.clone());
+            let opts = opts.clone();
             std::thread::Builder::new()
                 .name("bridge-export-read".into())
                 .spawn(move || {
-                    read_loop(rx, &tx, epoch, format, &stop, &counters, &events);
+                    let mut out = Out {
+                        tx: &tx,
+                        epoch,
+                        format,
+                        counters: &counters,
+                    };
+                    reader(&opts, source, &mut out, &stop, &events);
                 })?
         };
         let sender = {
@@ -244,34 +243,166 @@ fn watch_importers(
         .map_err(|e| anyhow!("watching the importers of {key}: {e}"))
 }
 
-/// Reads frames as they are committed and hands copies to the sender; never blocks on it.
-fn read_loop(
-    mut rx: ShmConsumer,
-    tx: &SyncSender<Msg>,
-    epoch: u64,
-    format: StreamFormat,
+/// Where the exported frames come from.
+enum Source {
+    /// A ring, joined as a plain consumer.
+    Ring(Box<ShmConsumer>),
+    /// A hub's mic ring, joined as a named agent.
+    Hub(Box<MicReader>),
+}
+
+impl Source {
+    fn open(opts: &ExportOptions) -> anyhow::Result<(Self, RingConfig)> {
+        if let Some(agent) = &opts.hub_agent {
+            let hub = Hub::find(&opts.ring, &HubOptions::default())
+                .with_context(|| format!("finding hub {:?} to export its mic", opts.ring))?;
+            let cfg = hub.config();
+            let mic = hub
+                .join_mic(agent, Delivery::Lossy)
+                .with_context(|| format!("joining hub {:?}'s mic as agent {agent:?}", opts.ring))?;
+            return Ok((Source::Hub(Box::new(mic)), cfg));
+        }
+        let seg = Segment::attach(&opts.ring, &AttachOptions::default()).with_context(|| {
+            format!(
+                "attaching to ring {:?} to export it (is its producer running as this user?)",
+                opts.ring
+            )
+        })?;
+        // A consumer slot held by a killed exporter is freed first.
+        seg.evict_dead();
+        let rx = seg.consumer().map_err(|e| {
+            anyhow!(
+                "joining ring {:?} as a consumer: {e:?}; free a consumer slot",
+                opts.ring
+            )
+        })?;
+        Ok((Source::Ring(Box::new(rx)), seg.config()))
+    }
+
+    /// Whether a producer is alive behind it (a ring left by a killed producer, or a killed
+    /// hub's, reports its end at once).
+    fn is_live(&mut self) -> bool {
+        let rx = match self {
+            Source::Ring(rx) => rx,
+            Source::Hub(mic) => mic.consumer(),
+        };
+        !matches!(
+            rx.wait_for_frames(Some(Duration::ZERO)),
+            Ok(FramesWait::EndOfStream) | Err(_)
+        )
+    }
+}
+
+/// Why a read loop returned.
+enum Ended {
+    /// Asked to stop, or the sender is gone.
+    Stopped,
+    /// The producer is gone and every frame was read.
+    ProducerGone,
+}
+
+/// The reader thread: exports the source until asked to stop; when its producer goes away,
+/// waits for a live one under the same name (a restarted producer or hub) and goes on with
+/// it under a new epoch, so importers start a fresh sequence instead of counting a restart
+/// as loss.
+fn reader(
+    opts: &ExportOptions,
+    mut source: Source,
+    out: &mut Out<'_>,
     stop: &AtomicBool,
-    counters: &Counters,
     events: &EventSink,
 ) {
+    loop {
+        let ended = match source {
+            Source::Ring(rx) => read_loop(*rx, out, stop, events),
+            Source::Hub(mic) => read_hub_loop(*mic, out, stop, events),
+        };
+        let Some(Ended::ProducerGone) = ended else {
+            return;
+        };
+        events(Event::ProducerGone);
+        source = loop {
+            // Relaxed: see `shutdown`.
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            if let Ok((mut s, cfg)) = Source::open(opts)
+                && s.is_live()
+            {
+                out.format = StreamFormat {
+                    samples_per_frame: cfg.samples_per_frame,
+                    sample_rate: cfg.sample_rate,
+                    channels: cfg.channels,
+                    format: cfg.format,
+                };
+                out.epoch = random_u64();
+                events(Event::ProducerBack);
+                break s;
+            }
+        };
+    }
+}
+
+/// The reader's side of the queue to the sender.
+struct Out<'a> {
+    tx: &'a SyncSender<Msg>,
+    epoch: u64,
+    format: StreamFormat,
+    counters: &'a Counters,
+}
+
+impl Out<'_> {
+    /// The copy of one frame, stamped for the wire.
+    fn msg(&self, f: &FrameRef<'_>) -> Msg {
+        let m = f.meta();
+        Msg {
+            header: FrameHeader {
+                epoch: self.epoch,
+                seq: m.seq,
+                sample_pos: m.sample_pos,
+                timestamp_ns: m.timestamp_ns,
+                flags: m.flags,
+                format: self.format,
+                sent_ns: 0,
+            },
+            payload: f.payload().to_vec(),
+        }
+    }
+
+    /// Hands the copies to the sender without waiting: a full queue drops (counted). False
+    /// when the sender is gone.
+    fn send(&self, batch: impl Iterator<Item = Msg>) -> bool {
+        for m in batch {
+            bump(&self.counters.read, 1);
+            match self.tx.try_send(m) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => bump(&self.counters.dropped_queue, 1),
+                Err(TrySendError::Disconnected(_)) => return false,
+            }
+        }
+        true
+    }
+}
+
+/// Reads frames as they are committed and hands copies to the sender; never blocks on it.
+/// `None`: it failed (reported).
+fn read_loop(
+    mut rx: ShmConsumer,
+    out: &Out<'_>,
+    stop: &AtomicBool,
+    events: &EventSink,
+) -> Option<Ended> {
     let mut batch: Vec<Msg> = Vec::with_capacity(16);
-    let mut producer_gone = false;
     // Relaxed: see `shutdown`.
     while !stop.load(Ordering::Relaxed) {
         match rx.wait_for_frames(Some(Duration::from_millis(100))) {
-            Ok(FramesWait::Ready) => producer_gone = false,
+            Ok(FramesWait::Ready) => {}
             Ok(FramesWait::TimedOut) => continue,
-            Ok(FramesWait::EndOfStream) => {
-                if !producer_gone {
-                    events(Event::ProducerGone);
-                    producer_gone = true;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
+            Ok(FramesWait::EndOfStream) => return Some(Ended::ProducerGone),
             Err(e) => {
                 events(Event::Failed(format!("waiting on the exported ring: {e}")));
-                return;
+                return None;
             }
         }
         let (consumer, waiter) = rx.parts();
@@ -279,47 +410,59 @@ fn read_loop(
             Ok(g) => g,
             Err(ReadError::Empty) => continue,
             Err(ReadError::Lost { frames }) => {
-                bump(&counters.ring_lost, frames);
+                bump(&out.counters.ring_lost, frames);
                 continue;
             }
             Err(e) => {
                 events(Event::Failed(format!("reading the exported ring: {e}")));
-                return;
+                return None;
             }
         };
-        for f in grant.frames() {
-            let m = f.meta();
-            batch.push(Msg {
-                header: FrameHeader {
-                    epoch,
-                    seq: m.seq,
-                    sample_pos: m.sample_pos,
-                    timestamp_ns: m.timestamp_ns,
-                    flags: m.flags,
-                    format,
-                    sent_ns: 0,
-                },
-                payload: f.payload().to_vec(),
-            });
-        }
+        batch.extend(grant.frames().map(|f| out.msg(&f)));
         match grant.release_all() {
             Ok(wake) => wake.wake(waiter),
             Err(_) => {
                 // Lossy ring: overwritten while copied. The copies are torn: drop them.
-                bump(&counters.ring_lost, batch.len() as u64);
+                bump(&out.counters.ring_lost, batch.len() as u64);
                 batch.clear();
                 continue;
             }
         }
-        bump(&counters.read, batch.len() as u64);
-        for m in batch.drain(..) {
-            match tx.try_send(m) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => bump(&counters.dropped_queue, 1),
-                Err(TrySendError::Disconnected(_)) => return,
-            }
+        if !out.send(batch.drain(..)) {
+            return Some(Ended::Stopped);
         }
     }
+    Some(Ended::Stopped)
+}
+
+/// [`read_loop`] for a hub's mic: one frame at a time through the hub client, which keeps
+/// this agent's row in the directory and rejoins (counting the skipped frames) on eviction.
+fn read_hub_loop(
+    mut mic: MicReader,
+    out: &Out<'_>,
+    stop: &AtomicBool,
+    events: &EventSink,
+) -> Option<Ended> {
+    let mut lost = 0;
+    // Relaxed: see `shutdown`.
+    while !stop.load(Ordering::Relaxed) {
+        let got = match mic.read(Some(Duration::from_millis(100)), |f| out.msg(f)) {
+            Ok(HubRead::Frame(m)) => Some(m),
+            Ok(HubRead::TimedOut) => None,
+            Ok(HubRead::EndOfStream) => return Some(Ended::ProducerGone),
+            Err(e) => {
+                events(Event::Failed(format!("reading the hub's mic: {e}")));
+                return None;
+            }
+        };
+        let now_lost = mic.stats().lost;
+        bump(&out.counters.ring_lost, now_lost - lost);
+        lost = now_lost;
+        if !out.send(got.into_iter()) {
+            return Some(Ended::Stopped);
+        }
+    }
+    Some(Ended::Stopped)
 }
 
 fn send_loop(rx: &Receiver<Msg>, publisher: &zenoh::pubsub::Publisher<'_>, counters: &Counters) {

@@ -20,11 +20,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail};
+use anyhow::{Context, anyhow, bail};
 use serde::Serialize;
 use voxring_core::{FrameFlags, Policy, RingConfig};
 use voxring_linux::cleanup::clean_segments_matching;
 use voxring_linux::clock::monotonic_ns;
+use voxring_linux::hub::{Hub, HubOptions, Speaker};
 use voxring_linux::ring::{Segment, ShmProducer};
 use voxring_linux::segment::{CreateError, CreateOptions};
 use zenoh::Wait;
@@ -73,8 +74,13 @@ pub enum Target {
 pub struct ImportOptions {
     /// The Zenoh key.
     pub key: String,
-    /// The local ring to create (`/dev/shm/voxring.<name>`).
+    /// The local ring to create (`/dev/shm/voxring.<name>`); with `hub`, the agent name
+    /// under which the frames are played.
     pub ring: String,
+    /// Play the frames through this hub (`voxring serve --name`) instead of creating a ring:
+    /// the import joins it as a speaking agent named `ring` (its output ring, mixed into
+    /// playback and listed in the hub's directory). The stream must have the hub's format.
+    pub hub: Option<String>,
     /// Where to listen / connect.
     pub endpoints: Endpoints,
     /// Jitter buffer target.
@@ -98,6 +104,7 @@ impl ImportOptions {
         ImportOptions {
             key: key.to_owned(),
             ring: ring.to_owned(),
+            hub: None,
             endpoints: Endpoints {
                 connect: vec![net::DEFAULT_IMPORT_CONNECT.to_owned()],
                 ..Endpoints::default()
@@ -174,9 +181,10 @@ impl Importer {
         if !opts.ring_frames.is_power_of_two() {
             bail!("--ring-frames {} must be a power of two", opts.ring_frames);
         }
-        let ring = match opts.format {
-            Some(f) => Some(LocalRing::create(opts, f)?),
-            None => None,
+        let ring = match (&opts.hub, opts.format) {
+            (Some(hub), _) => Some(LocalRing::join_hub(hub, &opts.ring)?),
+            (None, Some(f)) => Some(LocalRing::create(opts, f)?),
+            (None, None) => None,
         };
         let session = net::open(&opts.endpoints)?;
         let shared = Arc::new(Shared::default());
@@ -315,9 +323,15 @@ fn accept(s: &Sample) -> Result<Frame, String> {
 /// The local ring and its producer side.
 struct LocalRing {
     format: StreamFormat,
-    tx: ShmProducer,
-    // Holds the segment (removed when dropped).
-    _seg: Segment,
+    sink: Sink,
+}
+
+/// Where the played frames go.
+enum Sink {
+    /// A ring of the import's own (the segment is removed when dropped).
+    Ring { tx: ShmProducer, _seg: Segment },
+    /// A hub's output lane.
+    Hub(Speaker),
 }
 
 impl LocalRing {
@@ -348,14 +362,36 @@ impl LocalRing {
             .map_err(|e| anyhow!("claiming ring {name:?}: {e:?}"))?;
         Ok(LocalRing {
             format,
-            tx,
-            _seg: seg,
+            sink: Sink::Ring { tx, _seg: seg },
+        })
+    }
+
+    /// Joins hub `hub` as the speaking agent `agent`; the stream must have the hub's format.
+    fn join_hub(hub: &str, agent: &str) -> anyhow::Result<Self> {
+        let h = Hub::find(hub, &HubOptions::default())
+            .with_context(|| format!("finding hub {hub:?} to play the import through it"))?;
+        let cfg = h.config();
+        let speaker = h
+            .speaker(agent)
+            .with_context(|| format!("joining hub {hub:?} as the speaking agent {agent:?}"))?;
+        Ok(LocalRing {
+            format: StreamFormat {
+                samples_per_frame: cfg.samples_per_frame,
+                sample_rate: cfg.sample_rate,
+                channels: cfg.channels,
+                format: cfg.format,
+            },
+            sink: Sink::Hub(speaker),
         })
     }
 
     /// Writes one frame; false when the ring had no room.
     fn write(&mut self, h: &FrameHeader, payload: &[u8], flags: FrameFlags) -> bool {
-        let (p, waiter) = self.tx.parts();
+        let tx = match &mut self.sink {
+            Sink::Ring { tx, .. } => tx,
+            Sink::Hub(speaker) => speaker.producer(),
+        };
+        let (p, waiter) = tx.parts();
         let Ok(mut g) = p.write_grant(1) else {
             return false;
         };
@@ -446,8 +482,19 @@ impl Worker {
             self.stats.format_mismatch += 1;
             if self.stats.format_mismatch == 1 {
                 (self.events)(Event::Rejected(format!(
-                    "the stream's format {:?} differs from the ring's; restart the import to follow it",
-                    f.header.format
+                    "the stream's format {:?} differs from the {}'s ({:?}); {}",
+                    f.header.format,
+                    if self.opts.hub.is_some() {
+                        "hub"
+                    } else {
+                        "ring"
+                    },
+                    self.ring.as_ref().map(|r| r.format),
+                    if self.opts.hub.is_some() {
+                        "export a ring of the hub's format (voxring serve --rate/--channels/--format/--quantum)"
+                    } else {
+                        "restart the import to follow it"
+                    }
                 )));
             }
             return;

@@ -26,6 +26,9 @@ pub enum Event {
     ExporterLeft,
     /// The exported ring's producer is gone and every frame was read.
     ProducerGone,
+    /// A live producer is back under the exported name (a new ring, or the hub restarted):
+    /// exporting its frames under a new epoch.
+    ProducerBack,
     /// A frame from the network was refused (the reason; reported once per reason).
     Rejected(String),
     /// The side cannot go on.
@@ -47,6 +50,9 @@ impl std::fmt::Display for Event {
             Event::ProducerGone => {
                 f.write_str("the exported ring's producer is gone; waiting for it to come back")
             }
+            Event::ProducerBack => f.write_str(
+                "a producer is back under the exported name; exporting its frames (new epoch)",
+            ),
             Event::Rejected(why) => write!(f, "frame refused: {why}"),
             Event::Failed(why) => write!(f, "failed: {why}"),
         }

@@ -46,7 +46,15 @@ enum Command {
     /// Publish each committed frame of a local ring on a Zenoh key.
     Export {
         /// The local ring's name.
-        ring: String,
+        #[arg(required_unless_present = "hub")]
+        ring: Option<String>,
+        /// Export the mic of this hub (`voxring serve --name`) instead of a ring, joined as an
+        /// agent (listed in the hub's directory and `voxring top`).
+        #[arg(long, conflicts_with = "ring")]
+        hub: Option<String>,
+        /// With --hub: the agent name the exporter joins under.
+        #[arg(long, default_value = "bridge", requires = "hub")]
+        agent: String,
         /// The Zenoh key, e.g. voxring/room1/mic.
         #[arg(long)]
         key: String,
@@ -66,9 +74,13 @@ enum Command {
 struct ImportArgs {
     /// The Zenoh key.
     key: String,
-    /// The local ring to create.
+    /// The local ring to create (with --hub: the agent name of the import in the hub).
     #[arg(long)]
     ring: String,
+    /// Play the frames through this hub (`voxring serve --name`) as a speaking agent named
+    /// by --ring, instead of creating a ring; the stream must have the hub's format.
+    #[arg(long)]
+    hub: Option<String>,
     #[command(flatten)]
     net: NetArgs,
     /// Jitter buffer target in milliseconds (default: 3 frames of the stream).
@@ -185,13 +197,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Export {
             ring,
+            hub,
+            agent,
             key,
             net: n,
             queue_frames,
         } => {
             install_signal_cleanup(SignalMode::Notify).map_err(anyhow::Error::msg)?;
             let opts = ExportOptions {
-                ring,
+                ring: hub.clone().or(ring).unwrap_or_default(),
+                hub_agent: hub.map(|_| agent),
                 key,
                 endpoints: endpoints(n, &[net::DEFAULT_EXPORT_LISTEN], &[]),
                 queue_frames,
@@ -208,6 +223,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             install_signal_cleanup(SignalMode::Notify).map_err(anyhow::Error::msg)?;
             let a = *a;
             let mut opts = ImportOptions::new(&a.key, &a.ring);
+            opts.hub = a.hub;
             opts.endpoints = endpoints(a.net, &[], &[net::DEFAULT_IMPORT_CONNECT]);
             if let Some(ms) = a.target_ms {
                 if !(0.0..=60_000.0).contains(&ms) {

@@ -1,0 +1,273 @@
+//! The bridge and a hub (`voxring serve`): a far ring played through the hub's mix and the
+//! hub's mic exported, both joined through the hub's public client so the hub's directory
+//! lists them like any other agent. The hub runs on the synthetic device, whose playback comes
+//! back bit-exact in its capture, so the whole loop is checked sample for sample:
+//!
+//! source ring → export → import `--hub H --ring far` → H's mix → device → H's mic →
+//! export `--hub H` → import `--ring back` → the test's reader.
+//!
+//! No assertion on elapsed time: durations are only "give up" bounds.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{EXE, GIVE_UP, assert_gone, attach_when_there, stats};
+use voxring_bridge::topo::{Side, free_local_port};
+use voxring_core::{FrameFlags, Policy, ReadError, RingConfig, SampleFormat};
+use voxring_linux::hub::directory::{SLOT_FREE, unpack_name};
+use voxring_linux::hub::{Hub, HubOptions};
+use voxring_linux::ring::{FramesWait, Segment};
+use voxring_linux::segment::CreateOptions;
+
+/// The hub's quantum: the stream's frame.
+const QUANTUM: usize = 128;
+/// Frames the source sends.
+const FRAMES: usize = 300;
+
+/// The `voxring` program built beside `voxring-bridge`.
+fn voxring_exe() -> PathBuf {
+    let p = Path::new(EXE).with_file_name("voxring");
+    assert!(
+        p.exists(),
+        "{} is missing: build it first (cargo build -p voxring-harness)",
+        p.display()
+    );
+    p
+}
+
+/// A `voxring serve` child, stopped by its PID with SIGTERM.
+struct HubChild(Child);
+
+impl HubChild {
+    fn start(name: &str) -> Self {
+        let child = Command::new(voxring_exe())
+            .args(["serve", "--name", name, "--device", "synthetic"])
+            .args(["--channels", "1", "--format", "s16", "--rate", "48000"])
+            .args(["--quantum", &QUANTUM.to_string(), "--periods", "4"])
+            // A deep output queue with the widest band (corrected only when empty or about to
+            // overflow): a late wake-up of the importer on a loaded machine must not become a
+            // correction that breaks the bit-exact comparison. (A band that does not reach
+            // down to 1 would hold the stream's last frames back: below it the mixer repeats.)
+            .args(["--target", "16", "--band", "15"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start voxring serve");
+        let hub = HubChild(child);
+        let end = Instant::now() + GIVE_UP;
+        while Hub::find(name, &HubOptions::default()).is_err() {
+            assert!(Instant::now() < end, "hub {name} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        hub
+    }
+
+    fn stop(mut self) {
+        let pid = rustix::process::Pid::from_raw(self.0.id() as i32).expect("pid");
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let st = self.0.wait().expect("wait for the hub");
+        assert!(st.success(), "the hub exited with {st}");
+    }
+}
+
+impl Drop for HubChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sample `k` of the source's stream: no run of it repeats within the test.
+fn sample(k: usize) -> i16 {
+    (((k as u64 * 7919 + 11) % 60_001) as i32 - 30_000) as i16
+}
+
+fn side(args: &[&str], ready: &str) -> Side {
+    let mut c = Command::new(EXE);
+    c.args(args);
+    let mut s = Side::spawn(args[0], c).unwrap();
+    s.wait_line(ready, GIVE_UP).unwrap();
+    s
+}
+
+/// Writes the source's frames paced at the stream's rate, each stamped on an ideal clock.
+fn produce(seg: &Segment) {
+    let mut tx = seg.producer().expect("producer");
+    let period = Duration::from_nanos(QUANTUM as u64 * 1_000_000_000 / 48_000);
+    let start = Instant::now();
+    for i in 0..FRAMES {
+        if let Some(d) = (start + period * i as u32).checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+        let bytes: Vec<u8> = (i * QUANTUM..(i + 1) * QUANTUM)
+            .flat_map(|k| sample(k).to_ne_bytes())
+            .collect();
+        let (p, waiter) = tx.parts();
+        let pos = (i * QUANTUM) as u64;
+        p.push(&bytes, pos, pos * 20_833, FrameFlags::NONE)
+            .expect("push")
+            .wake(waiter);
+    }
+}
+
+/// Reads the imported copy of the hub's mic until the source's stream has come back whole
+/// (or the give-up bound); returns the samples read.
+fn read_back(name: &str) -> Vec<i16> {
+    let seg = attach_when_there(name);
+    let mut rx = seg.consumer().expect("consumer");
+    let mut got: Vec<i16> = Vec::new();
+    let end = Instant::now() + GIVE_UP;
+    let last = sample(FRAMES * QUANTUM - 1);
+    while Instant::now() < end {
+        if rx
+            .wait_for_frames(Some(Duration::from_millis(100)))
+            .unwrap()
+            != FramesWait::Ready
+        {
+            continue;
+        }
+        let (c, waiter) = rx.parts();
+        let g = match c.read_grant(64) {
+            Ok(g) => g,
+            Err(ReadError::Empty) => continue,
+            Err(e) => panic!("reading the imported mic: {e}"),
+        };
+        for f in g.frames() {
+            got.extend(
+                f.payload()
+                    .chunks_exact(2)
+                    .map(|b| i16::from_ne_bytes([b[0], b[1]])),
+            );
+        }
+        g.release_all().expect("release").wake(waiter);
+        if got.contains(&last) && got.len() > FRAMES * QUANTUM {
+            break;
+        }
+    }
+    got
+}
+
+/// The agent names the hub's directory lists: (mic readers, output lanes).
+fn listed(hub: &str) -> (Vec<String>, Vec<String>) {
+    let h = Hub::find(hub, &HubOptions::default()).expect("find the hub");
+    let mic = (0..128)
+        .filter_map(|i| h.agent_stats(i))
+        .filter(|s| s.token != 0)
+        .map(|s| unpack_name(&s.name))
+        .collect();
+    let out = (0..128)
+        .filter_map(|i| h.out_row(i))
+        .filter(|r| r.state != SLOT_FREE)
+        .map(|r| unpack_name(&r.name))
+        .collect();
+    (mic, out)
+}
+
+#[test]
+fn a_far_ring_plays_through_a_hub_and_its_mic_comes_back_bit_exact() {
+    let t = format!("vxbh{}", std::process::id());
+    let (src, back) = (format!("{t}-src"), format!("{t}-back"));
+    let (key_out, key_mic) = (
+        format!("voxring/test/{t}/out"),
+        format!("voxring/test/{t}/mic"),
+    );
+    let (l_out, l_mic) = (
+        format!("tcp/127.0.0.1:{}", free_local_port().unwrap()),
+        format!("tcp/127.0.0.1:{}", free_local_port().unwrap()),
+    );
+    let hub = HubChild::start(&t);
+    // The hub's mic, exported as agent "bridge" and imported into the ring `back`.
+    let mut ex_mic = side(
+        &["export", "--hub", &t, "--key", &key_mic, "--listen", &l_mic],
+        "exporting",
+    );
+    let mut im_back = side(
+        &["import", &key_mic, "--ring", &back, "--connect", &l_mic]
+            .into_iter()
+            .chain(["--ring-frames", "1024", "--target-ms", "30"])
+            .collect::<Vec<_>>(),
+        "importing",
+    );
+    let reader = std::thread::spawn({
+        let back = back.clone();
+        move || read_back(&back)
+    });
+    // A far source ring, exported and played through the hub as agent "far".
+    let cfg = RingConfig {
+        frames: 512,
+        samples_per_frame: QUANTUM as u32,
+        channels: 1,
+        format: SampleFormat::S16,
+        sample_rate: 48_000,
+        max_consumers: 2,
+        policy: Policy::Lossless,
+    };
+    let seg = Segment::create(&src, &cfg, &CreateOptions::default()).expect("source ring");
+    let mut ex_out = side(
+        &["export", &src, "--key", &key_out, "--listen", &l_out],
+        "exporting",
+    );
+    let mut im_far = side(
+        &[
+            "import",
+            &key_out,
+            "--hub",
+            &t,
+            "--ring",
+            "far",
+            "--connect",
+            &l_out,
+        ]
+        .into_iter()
+        .chain(["--target-ms", "30"])
+        .collect::<Vec<_>>(),
+        "importing",
+    );
+    ex_out.wait_line("importer present", GIVE_UP).unwrap();
+    let (mic_agents, lanes) = listed(&t);
+    produce(&seg);
+    let got = reader.join().expect("reader");
+
+    assert!(
+        mic_agents.contains(&"bridge".to_owned()),
+        "mic readers listed: {mic_agents:?}"
+    );
+    assert!(
+        lanes.contains(&"far".to_owned()),
+        "output lanes listed: {lanes:?}"
+    );
+    let first = got
+        .iter()
+        .position(|&s| s == sample(0))
+        .expect("the far stream never reached the hub's mic");
+    let want: Vec<i16> = (0..FRAMES * QUANTUM).map(sample).collect();
+    let came = &got[first..(first + want.len()).min(got.len())];
+    assert!(
+        came == want.as_slice(),
+        "the stream came back altered: {} of {} samples, first difference at {:?}",
+        came.len(),
+        want.len(),
+        came.iter().zip(&want).position(|(a, b)| a != b)
+    );
+
+    let far = stats(&mut im_far);
+    assert_eq!(far["lost"], 0, "far import: {far}");
+    let e = stats(&mut ex_out);
+    assert_eq!(e["read"], FRAMES as u64, "far export: {e}");
+    let m = stats(&mut ex_mic);
+    assert_eq!(m["ring_lost"], 0, "the hub's mic export lost frames: {m}");
+    let b = stats(&mut im_back);
+    assert_eq!(b["lost"], 0, "mic import: {b}");
+    drop(seg);
+    hub.stop();
+    assert_gone(&[
+        &src,
+        &back,
+        &format!("{t}.mic"),
+        &format!("{t}.hub"),
+        &format!("{t}.out.far"),
+    ]);
+}
