@@ -174,7 +174,6 @@ proptest! {
     }
 }
 
-
 /// A waiter that counts wake calls and, in `wait`, only reports whether the word changed.
 #[derive(Default)]
 struct Counting {
@@ -213,7 +212,11 @@ fn publish_wakes_only_when_a_reader_armed_the_word() {
     }
     assert_eq!(wakes(), 0);
     assert_eq!(r.wait_newer(2, &w, None), ControlWaitOutcome::Newer(3));
-    assert_eq!(r.wake.load(Ordering::Relaxed), 0, "no arm when already newer");
+    assert_eq!(
+        r.wake.load(Ordering::Relaxed),
+        0,
+        "no arm when already newer"
+    );
     // A reader that found nothing new armed the word and slept (timed out here).
     assert_eq!(r.wait_newer(3, &w, Some(1)), ControlWaitOutcome::TimedOut);
     assert_eq!(r.wake.load(Ordering::Relaxed), 1);
