@@ -170,12 +170,17 @@ fn wait_newer(reg: &dyn RawRegister, seen: u64, timeout: Option<Duration>) -> Op
             None => None,
             Some(d) => Some(d.saturating_duration_since(Instant::now())),
         };
+        if left.is_some_and(|l| l.is_zero()) {
+            // Out of time (or a zero timeout: a poll): look without arming the word, so the
+            // writer makes no wake call for a reader that is not going to sleep.
+            let v = reg.version();
+            return (v > seen).then_some(v);
+        }
         let left_ns = left.map(|l| u64::try_from(l.as_nanos()).unwrap_or(u64::MAX));
         match reg.wait_newer_dyn(seen, &WAITER, left_ns) {
             ControlWaitOutcome::Newer(v) => return Some(v),
             ControlWaitOutcome::TimedOut => return None,
             // Woken without news (spurious, or a forged word): wait again with the time left.
-            ControlWaitOutcome::Again if left.is_some_and(|l| l.is_zero()) => return None,
             ControlWaitOutcome::Again => {}
         }
     }
