@@ -166,10 +166,7 @@ impl<T: Plain, const WORDS: usize> ControlExt<T> for ControlRegister<T, WORDS> {
 fn wait_newer(reg: &dyn RawRegister, seen: u64, timeout: Option<Duration>) -> Option<u64> {
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {
-        let left = match deadline {
-            None => None,
-            Some(d) => Some(d.saturating_duration_since(Instant::now())),
-        };
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         if left.is_some_and(|l| l.is_zero()) {
             // Out of time (or a zero timeout: a poll): look without arming the word, so the
             // writer makes no wake call for a reader that is not going to sleep.
