@@ -88,7 +88,9 @@ pub const DEFAULT_READ_RETRIES: u32 = 256;
 pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"VXCTRL\0\0");
 
 /// Version of the register's binary layout (`core/LAYOUT.md`, "Control register").
-pub const CONTROL_VERSION: u32 = 1;
+///
+/// 2: the word at offset 20 (reserved in 1) is the waiting readers' futex word.
+pub const CONTROL_VERSION: u32 = 2;
 
 /// A latest-value seqlock over `WORDS` 64-bit words holding one `T`. See the
 /// [module docs](self).
@@ -118,7 +120,9 @@ pub struct ControlRegister<T, const WORDS: usize = 4> {
     words: AtomicU32,
     /// `size_of::<T>()`.
     payload_bytes: AtomicU32,
-    _reserved: AtomicU32,
+    /// Waiting readers' futex word (see [`wait`]): bit 0 set = a reader is (about to be)
+    /// asleep on it; a waking writer moves it on to the next even value.
+    wake: AtomicU32,
     /// Even: stable, `seq / 2` writes completed. Odd: a write is in progress.
     seq: AtomicU64,
     /// The payload's bytes, native endianness, zero-padded to `WORDS * 8`.
@@ -201,6 +205,9 @@ error_message!(ReadError, |self, f| {
     }
 });
 
+mod wait;
+pub use wait::{ControlWaitOutcome, RawRegister};
+
 /// Why a region could not be initialised or attached: the error every shared object
 /// reports (see [`crate::region`]).
 pub use crate::region::RegionError;
@@ -249,7 +256,7 @@ macro_rules! fresh_register {
             version: AtomicU32::new(CONTROL_VERSION),
             words: AtomicU32::new(WORDS as u32),
             payload_bytes: AtomicU32::new(size_of::<T>() as u32),
-            _reserved: AtomicU32::new(0),
+            wake: AtomicU32::new(0),
             seq: AtomicU64::new(0),
             data: $data,
             _marker: PhantomData,
@@ -297,12 +304,20 @@ impl<T: Plain, const WORDS: usize> ControlRegister<T, WORDS> {
     ///
     /// # Errors
     /// [`WriteError::Busy`] with the value when another write is in progress.
+    ///
+    /// It does not wake readers blocked in a wait ([`publish`](Self::publish) does): use it
+    /// where nobody waits, or on a path that must not pay even the check.
     pub fn write(&self, value: T) -> Result<(), WriteError<T>> {
-        let words = to_words::<T, WORDS>(&value);
+        self.write_words(to_words::<T, WORDS>(&value))
+            .map_err(|()| WriteError::Busy(value))
+    }
+
+    /// [`write`](Self::write) of raw payload words; `Err(())` when busy.
+    fn write_words(&self, words: [u64; WORDS]) -> Result<(), ()> {
         // Relaxed: the writer only needs the current number; ordering comes from the fence.
         let s = self.seq.load(Ordering::Relaxed);
         if s & 1 != 0 {
-            return Err(WriteError::Busy(value));
+            return Err(());
         }
         // Claim the register (even -> odd). Relaxed: the Release fence below orders this
         // store before the payload stores. A failure means another writer got there first.
@@ -311,7 +326,7 @@ impl<T: Plain, const WORDS: usize> ControlRegister<T, WORDS> {
             .compare_exchange(s, s.wrapping_add(1), Ordering::Relaxed, Ordering::Relaxed)
             .is_err()
         {
-            return Err(WriteError::Busy(value));
+            return Err(());
         }
         // Release fence: pairs with the reader's Acquire fence after its payload loads. A
         // reader that sees any payload word stored below also sees the odd `seq` above in its
@@ -327,9 +342,9 @@ impl<T: Plain, const WORDS: usize> ControlRegister<T, WORDS> {
         Ok(())
     }
 
-    /// One attempt: `Some((value, seq))` if no write overlapped it.
+    /// One attempt: `Some((payload words, seq))` if no write overlapped it.
     #[inline(always)]
-    fn try_read(&self) -> Option<(T, u64)> {
+    fn try_read_words(&self) -> Option<([u64; WORDS], u64)> {
         // Acquire: pairs with the writer's final Release store of an even `seq`.
         let s1 = self.seq.load(Ordering::Acquire);
         if s1 & 1 != 0 {
@@ -345,7 +360,7 @@ impl<T: Plain, const WORDS: usize> ControlRegister<T, WORDS> {
         fence(Ordering::Acquire);
         // Relaxed: ordered after the payload loads by the fence above.
         let s2 = self.seq.load(Ordering::Relaxed);
-        (s1 == s2).then(|| (from_words::<T, WORDS>(&words), s1))
+        (s1 == s2).then_some((words, s1))
     }
 
     /// The latest value, retrying up to [`DEFAULT_READ_RETRIES`] times. Never torn.
@@ -371,10 +386,16 @@ impl<T: Plain, const WORDS: usize> ControlRegister<T, WORDS> {
     /// # Errors
     /// [`ReadError::Contended`] when every attempt overlapped a write.
     pub fn read_with_retries(&self, retries: u32) -> Result<(T, u64), ReadError> {
+        self.read_words(retries)
+            .map(|(w, v)| (from_words::<T, WORDS>(&w), v))
+    }
+
+    /// [`read_with_retries`](Self::read_with_retries) of the raw payload words.
+    fn read_words(&self, retries: u32) -> Result<([u64; WORDS], u64), ReadError> {
         let retries = retries.max(1);
         for _ in 0..retries {
-            if let Some((v, s)) = self.try_read() {
-                return Ok((v, s / 2));
+            if let Some((w, s)) = self.try_read_words() {
+                return Ok((w, s / 2));
             }
             crate::sync::spin_hint();
         }
@@ -527,186 +548,11 @@ unsafe impl<T: Plain, const WORDS: usize> crate::region::InRegion for ControlReg
 const _: () = {
     type R = ControlRegister<u64, 3>;
     assert_layout!(R, size 64, {
-        magic: 0, version: 8, words: 12, payload_bytes: 16, _reserved: 20, seq: 24, data: 32,
+        magic: 0, version: 8, words: 12, payload_bytes: 16, wake: 20, seq: 24, data: 32,
     });
     assert!(size_of::<ControlRegister<u64, 4>>() == 64);
     assert!(size_of::<ControlRegister<u64, 5>>() == 128);
 };
 
 #[cfg(all(test, not(voxring_loom)))]
-mod tests {
-    extern crate std;
-    use super::*;
-    use proptest::prelude::*;
-    use std::sync::Arc;
-    use std::sync::atomic::AtomicBool;
-
-    #[test]
-    fn write_then_read_and_versions() {
-        let r = ControlRegister::<[u32; 3], 2>::new([1, 2, 3]);
-        assert_eq!(r.read_versioned(), Ok(([1, 2, 3], 0)));
-        assert_eq!(r.read_if_newer(0), Ok(None));
-        r.write([4, 5, 6]).unwrap();
-        assert_eq!(r.version(), 1);
-        assert_eq!(r.read(), Ok([4, 5, 6]));
-        assert_eq!(r.read_if_newer(0), Ok(Some(([4, 5, 6], 1))));
-        assert_eq!(r.read_if_newer(1), Ok(None));
-    }
-
-    #[test]
-    fn a_write_in_progress_blocks_writers_and_bounds_readers() {
-        let r = ControlRegister::<u64, 1>::new(7);
-        // A writer that died mid-write: seq left odd.
-        r.seq.store(5, Ordering::Relaxed);
-        assert_eq!(r.write(9), Err(WriteError::Busy(9)));
-        assert_eq!(WriteError::Busy(9).into_inner(), 9);
-        assert_eq!(r.read(), Err(ReadError::Contended { retries: 256 }));
-        assert_eq!(
-            r.read_with_retries(0),
-            Err(ReadError::Contended { retries: 1 })
-        );
-        assert!(r.recover_abandoned_write());
-        assert!(!r.recover_abandoned_write());
-        assert_eq!(r.read_versioned(), Ok((7, 3)));
-        r.write(9).unwrap();
-        assert_eq!(r.read(), Ok(9));
-        let msg = std::format!("{}", ReadError::Contended { retries: 3 });
-        assert!(msg.contains("3 attempts"));
-    }
-
-    #[test]
-    fn zero_sized_and_large_payloads() {
-        let r = ControlRegister::<(), 1>::new(());
-        r.write(()).unwrap();
-        assert_eq!(r.read(), Ok(()));
-        let big = ControlRegister::<[u8; 61], 8>::new([0xab; 61]);
-        big.write([0x5a; 61]).unwrap();
-        assert_eq!(big.read().unwrap(), [0x5a; 61]);
-    }
-
-    /// A writer storing `[i; 4]` while readers check every value they get is uniform and
-    /// versions never go back.
-    #[test]
-    fn threads_never_see_torn_values() {
-        let r = Arc::new(ControlRegister::<[u64; 4], 4>::new([0; 4]));
-        let stop = Arc::new(AtomicBool::new(false));
-        let readers: std::vec::Vec<_> = (0..2)
-            .map(|_| {
-                let r = Arc::clone(&r);
-                let stop = Arc::clone(&stop);
-                std::thread::spawn(move || {
-                    let (mut last, mut ok) = (0u64, 0u64);
-                    // Until stopped and at least one value was checked: a reader the scheduler
-                    // starts late still checks one (without assuming it runs during the writes).
-                    // Relaxed: a stop flag; the join below orders everything else.
-                    while ok == 0 || !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        if let Ok((v, version)) = r.read_versioned() {
-                            assert!(v.iter().all(|&x| x == v[0]), "torn: {v:?}");
-                            assert!(version >= last);
-                            assert_eq!(v[0], version, "value i is written as version i");
-                            last = version;
-                            ok += 1;
-                        }
-                    }
-                    ok
-                })
-            })
-            .collect();
-        for i in 1..=200_000u64 {
-            r.write([i; 4]).unwrap();
-        }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for h in readers {
-            assert!(h.join().unwrap() > 0);
-        }
-        assert_eq!(r.read(), Ok([200_000; 4]));
-    }
-
-    #[test]
-    fn concurrent_writers_are_refused_not_torn() {
-        let r = Arc::new(ControlRegister::<[u64; 2], 2>::new([0; 2]));
-        let writers: std::vec::Vec<_> = (1..=2u64)
-            .map(|w| {
-                let r = Arc::clone(&r);
-                std::thread::spawn(move || {
-                    let mut busy = 0u32;
-                    for _ in 0..50_000 {
-                        if r.write([w; 2]).is_err() {
-                            busy += 1;
-                        }
-                        let v = r.read().unwrap_or([1; 2]);
-                        assert_eq!(v[0], v[1], "torn: {v:?}");
-                    }
-                    busy
-                })
-            })
-            .collect();
-        for h in writers {
-            h.join().unwrap();
-        }
-        let v = r.read().unwrap();
-        assert!(v == [1; 2] || v == [2; 2]);
-    }
-
-    #[repr(C, align(64))]
-    struct Region([u8; 256]);
-
-    #[test]
-    fn region_init_attach_and_checks() {
-        type R = ControlRegister<[f32; 4], 2>;
-        let mut region = Region([0; 256]);
-        let ptr = region.0.as_mut_ptr();
-        // SAFETY: `region` outlives every reference made here and is used only through them.
-        unsafe {
-            assert_eq!(
-                R::attach(ptr, 256).unwrap_err(),
-                RegionError::BadMagic {
-                    found: 0,
-                    expected: CONTROL_MAGIC
-                }
-            );
-            let owner = R::init_in(ptr, 256, [0.5; 4]).unwrap();
-            let peer = R::attach(ptr, 256).unwrap();
-            owner.write([1.0, 2.0, 3.0, 4.0]).unwrap();
-            assert_eq!(peer.read(), Ok([1.0, 2.0, 3.0, 4.0]));
-            assert_eq!(
-                ControlRegister::<[f32; 3], 2>::attach(ptr, 256).unwrap_err(),
-                RegionError::Mismatch {
-                    field: "control register payload size",
-                    found: 16,
-                    expected: 12
-                }
-            );
-            crate::region::assert_bad_placements_refused::<R>(ptr, 64);
-            crate::region::assert_stamp_checked::<R>(ptr, 256, CONTROL_MAGIC, CONTROL_VERSION);
-        }
-    }
-
-    proptest! {
-        /// Round trip of arbitrary payloads, and hostile sequence numbers / payload words:
-        /// reads return or fail, never panic; an even seq yields exactly the stored words.
-        #[test]
-        fn hostile_words_and_round_trips(
-            v in any::<[u16; 7]>(),
-            seq in any::<u64>(),
-            words in any::<[u64; 2]>(),
-        ) {
-            let r = ControlRegister::<[u16; 7], 2>::new([0; 7]);
-            r.write(v).unwrap();
-            prop_assert_eq!(r.read(), Ok(v));
-            r.seq.store(seq, Ordering::Relaxed);
-            r.data[0].store(words[0], Ordering::Relaxed);
-            r.data[1].store(words[1], Ordering::Relaxed);
-            match r.read_versioned() {
-                Ok((got, version)) => {
-                    prop_assert_eq!(seq & 1, 0);
-                    prop_assert_eq!(version, seq / 2);
-                    prop_assert_eq!(got, from_words::<[u16; 7], 2>(&words));
-                }
-                Err(ReadError::Contended { .. }) => prop_assert_eq!(seq & 1, 1),
-            }
-            let w = r.write([1; 7]);
-            prop_assert_eq!(w.is_ok(), seq & 1 == 0);
-        }
-    }
-}
+mod tests;

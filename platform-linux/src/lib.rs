@@ -5,6 +5,7 @@
 pub mod audio;
 pub mod cleanup;
 pub mod clock;
+pub mod control;
 pub mod fallback;
 pub mod futex;
 pub mod guard;

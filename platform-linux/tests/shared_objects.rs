@@ -183,7 +183,11 @@ fn forged_magic_version_and_word_count_are_refused_naming_the_object() {
         }
         other => panic!("a forged version was not refused: {other:?}"),
     }
-    file.write_all_at(&1u32.to_ne_bytes(), reg_at + 8).unwrap();
+    file.write_all_at(
+        &voxring_core::control::CONTROL_VERSION.to_ne_bytes(),
+        reg_at + 8,
+    )
+    .unwrap();
     // Its word count (offset 12): a register of another type.
     file.write_all_at(&9u32.to_ne_bytes(), reg_at + 12).unwrap();
     let e = attach(&name).unwrap_err();

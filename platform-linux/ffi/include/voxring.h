@@ -119,8 +119,9 @@
 // Bytes of a control register's value.
 #define VR_CONTROL_BYTES 64
 
-// A control register handle (opaque): a latest-value seqlock of `VR_CONTROL_BYTES` bytes
-// in its own segment `/dev/shm/voxring.<name>`.
+// A control register handle (opaque): a latest-value seqlock of `vr_control_size` bytes (at
+// most `VR_CONTROL_BYTES`), in its own segment `/dev/shm/voxring.<name>` or in a hub's
+// directory.
 typedef struct vr_control vr_control;
 
 // A reader handle (opaque).
@@ -396,7 +397,7 @@ int32_t vr_reader_info(struct vr_reader *r, struct vr_info *out);
 int32_t vr_reader_status(struct vr_reader *r, struct vr_status *out);
 
 // Creates a control register segment `/dev/shm/voxring.<name>` (removed when destroyed),
-// holding zeros.
+// holding `VR_CONTROL_BYTES` zero bytes.
 //
 // # Safety
 // `name` NUL-terminated; `out` valid.
@@ -408,6 +409,16 @@ int32_t vr_control_create(const char *name, struct vr_control **out);
 // `name` NUL-terminated; `out` valid.
 int32_t vr_control_attach(const char *name, struct vr_control **out);
 
+// Opens register `reg` of the running hub `hub` (`voxring serve --name <hub>`; its owner
+// must be this user): `"speech"` (speech on/off, written by a VAD agent: four u64 `active`,
+// `since_sample`, `segments`, `level_mb`) or `"value0"` .. `"value15"` (four u64 an agent
+// publishes). Both hold 32 bytes. `VR_E_NOT_FOUND` when no such hub runs, `VR_E_INVALID` for
+// a bad register name.
+//
+// # Safety
+// `hub` and `reg` NUL-terminated; `out` valid.
+int32_t vr_control_attach_hub(const char *hub, const char *reg, struct vr_control **out);
+
 // Destroys a control register handle (removing the segment if it created it). Null is
 // ignored.
 //
@@ -415,20 +426,63 @@ int32_t vr_control_attach(const char *name, struct vr_control **out);
 // `c` null or a live handle, not used afterwards.
 void vr_control_destroy(struct vr_control *c);
 
-// Writes `len` bytes (at most `VR_CONTROL_BYTES`; the rest become zero) as the register's
-// new value. `VR_E_CONTENDED` if another write is in progress.
+// Writes into `*size` how many bytes the register holds (`VR_CONTROL_BYTES` for one made by
+// `vr_control_create`, 32 for a hub's).
+//
+// # Safety
+// `c` a live handle; `size` valid.
+int32_t vr_control_size(struct vr_control *c, size_t *size);
+
+// Writes `len` bytes (at most the register's size; the rest become zero) as the register's
+// new value and wakes readers blocked in `vr_control_wait` (a `FUTEX_WAKE` only when one
+// waits, otherwise no system call). Never blocks: usable on a real-time thread.
+// `VR_E_CONTENDED` if another write is in progress.
 //
 // # Safety
 // `c` a live handle; `data` valid for `len` reads.
 int32_t vr_control_write(struct vr_control *c, const void *data, size_t len);
 
-// Reads the register's value into `out` (`len` bytes, at most `VR_CONTROL_BYTES`) and its
-// version (writes completed so far) into `*version` (may be null). Never returns a torn
-// value; `VR_E_CONTENDED` if every retry overlapped a write.
+// Reads the register's value into `out` (`len` bytes, at most its size) and its version
+// (writes completed so far) into `*version` (may be null). Never returns a torn value. A
+// write in progress (a writer descheduled mid-write) is waited out: the read retries,
+// yielding and then sleeping (50 µs doubling to 2 ms), for up to 2 s, then returns
+// `VR_E_CONTENDED` with a message saying whether one write stayed in progress (its writer
+// stalled or died) or writes kept overlapping. May block: on a real-time thread use
+// `vr_control_try_read`.
 //
 // # Safety
 // `c` a live handle; `out` valid for `len` writes; `version` null or valid.
 int32_t vr_control_read(struct vr_control *c, void *out, size_t len, uint64_t *version);
+
+// `vr_control_read` with its own bound: waits out a write in progress for up to
+// `patience_ns` (negative: 2 s, as `vr_control_read`) before `VR_E_CONTENDED`. May block.
+//
+// # Safety
+// `c` a live handle; `out` valid for `len` writes; `version` null or valid.
+int32_t vr_control_read_within(struct vr_control *c,
+                               void *out,
+                               size_t len,
+                               uint64_t *version,
+                               int64_t patience_ns);
+
+// `vr_control_read` without waiting: at most 256 quick attempts, then `VR_E_CONTENDED`.
+// Never blocks, makes no system call: for real-time threads.
+//
+// # Safety
+// `c` a live handle; `out` valid for `len` writes; `version` null or valid.
+int32_t vr_control_try_read(struct vr_control *c, void *out, size_t len, uint64_t *version);
+
+// Blocks until the register's version is past `seen` (a version from `vr_control_read` or
+// a previous wait; 0 for "any write"), at most `timeout_ns` (negative: no limit), and writes
+// the new version into `*version` (may be null): `VR_OK`. `VR_E_TIMEOUT` when the time
+// passed first. Returns at once when the version is already past `seen`. The writer's
+// `vr_control_write` (or Rust's `publish_and_wake`) wakes it through a futex on the
+// register; the writer pays a system call only while someone waits. Read the value after it
+// returns (it may have moved further). May block: not for real-time threads.
+//
+// # Safety
+// `c` a live handle; `version` null or valid.
+int32_t vr_control_wait(struct vr_control *c, uint64_t seen, int64_t timeout_ns, uint64_t *version);
 
 #ifdef __cplusplus
 }  // extern "C"

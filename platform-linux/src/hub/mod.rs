@@ -293,7 +293,8 @@ impl Hub {
     /// Publishes speech on/off (the VAD's job; one writer at a time).
     pub fn set_speech(&self, s: Speech) -> Result<(), HubError> {
         let r = self.reg(self.inner.layout.speech)?;
-        r.write(s).map_err(|_| {
+        // publish_and_wake: readers blocked in a wait (C, Python, Rust) are woken.
+        crate::control::ControlExt::publish_and_wake(r, s).map_err(|_| {
             HubError::Ring("another writer is writing the speech register right now".into())
         })
     }
@@ -313,8 +314,8 @@ impl Hub {
         let slot = *self.inner.layout.values.get(i).ok_or_else(|| {
             HubError::BadName(format!("value index {i}: there are {}", directory::VALUES))
         })?;
-        self.reg(slot)?
-            .write(v)
+        // publish_and_wake: as in set_speech.
+        crate::control::ControlExt::publish_and_wake(self.reg(slot)?, v)
             .map_err(|_| HubError::Ring(format!("value {i} is being written by another agent")))
     }
 

@@ -58,7 +58,6 @@ from . import _voxring
 from ._voxring import (
     CONTROL_BYTES,
     ClosedError,
-    Control,
     Frame,
     Memory,
     ReadGrant,
@@ -213,3 +212,34 @@ class Writer(_voxring.Writer):
     async def wait_async(self, timeout=None):
         """`wait()` for asyncio: READY or TIMEOUT, without blocking the event loop."""
         return await _wait_async(self, timeout)
+
+
+class Control(_voxring.Control):
+    """A control register: the latest value of up to 64 bytes (32 for a hub's registers),
+    written by one writer and read by anyone without tearing.
+
+        with voxring.Control("gain", create=True) as c:   # or Control("gain") to attach
+            c.write(b"...")                                 # wakes readers blocked in wait
+        speech = voxring.Control("speech", hub="voxring")   # a running hub's register
+        data, seen = speech.read()                          # waits out a write in progress
+        while (seen := speech.wait(seen, timeout=1.0)) is not None:   # blocks, no GIL
+            data, seen = speech.read()
+
+    `await c.wait_async(seen, timeout)` is wait() for asyncio (50 ms slices on the shared
+    helper threads). try_read() never waits (for loops that must not sleep)."""
+
+    async def wait_async(self, seen, timeout=None):
+        """`wait()` for asyncio: the new version, or None when `timeout` seconds passed,
+        without blocking the event loop."""
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout {timeout} is negative: pass seconds >= 0, or None")
+        v = self.wait(seen, 0)
+        if v is not None or timeout == 0:
+            return v
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            left = _SLICE if deadline is None else max(0.0, min(_SLICE, deadline - loop.time()))
+            v = await loop.run_in_executor(_waiters(), self.wait, seen, left)
+            if v is not None or (deadline is not None and loop.time() >= deadline):
+                return v
