@@ -12,6 +12,7 @@
 // PyO3's generated glue has no Debug impls to derive for the classes.
 #![allow(missing_debug_implementations)]
 
+mod cache;
 mod config;
 mod control;
 mod error;

@@ -14,6 +14,7 @@ use voxring_linux::fallback::{FallbackRead, FallbackReader, default_socket_path}
 use voxring_linux::ring::{FramesWait, Segment, ShmConsumer, WaitError};
 use voxring_linux::segment::AttachOptions;
 
+use crate::cache::Reuse;
 use crate::config::PyRingConfig;
 use crate::error::{self, Failure, Res};
 use crate::grant::{Frame, ReadGrant};
@@ -37,12 +38,12 @@ const GIL_SPIN: Duration = Duration::from_micros(20);
 
 /// A slot's cached objects, made the first time the slot is read and reused (slots never
 /// move): a read-only view of the slot's whole payload (a frame's `samples` costs no new numpy
-/// array), and the Frame handed out last for it, reused when nothing else holds it.
+/// array), and the Frames handed out last for it, each reused when nothing else holds it.
 struct Slot {
     /// The payload's address the view was made for.
     ptr: usize,
     view: Py<PyAny>,
-    frame: Option<Py<Frame>>,
+    frames: Reuse<Frame>,
 }
 
 struct State {
@@ -315,33 +316,27 @@ impl Reader {
         let slot = match entry {
             Some(s) if s.ptr == ptr as usize => s,
             _ => {
-                let view = view(mem, ptr.cast_mut(), cap, self.config.format, false)?.unbind();
+                let view = view(mem, ptr.cast_mut(), cap, self.config.format, false)?
+                    .into_any()
+                    .unbind();
                 entry.insert(Slot {
                     ptr: ptr as usize,
                     view,
-                    frame: None,
+                    frames: Default::default(),
                 })
             }
         };
         let whole = meta.len as usize == cap;
-        // A count of 1 is the cache's own reference: no Python code can see the object, so
-        // refilling it is invisible (a frame still held elsewhere keeps its old grant).
-        let unshared = |f: &&Py<Frame>| {
-            // SAFETY: `f` is a live object (the cache owns a reference) and the GIL is held.
-            unsafe { pyo3::ffi::Py_REFCNT(f.as_ptr()) == 1 }
-        };
-        if let Some(f) = slot.frame.as_ref().filter(unshared)
-            && let Ok(mut fr) = f.bind(py).try_borrow_mut()
-        {
-            fr.meta = meta;
-            fr.whole = whole;
-            fr.grant_no = grant_no;
-            fr.samples = None;
-            return Ok(f.clone_ref(py));
-        }
-        let f = Py::new(
+        // A Frame held elsewhere keeps its old grant (and stays refused once it is over).
+        slot.frames.get(
             py,
-            Frame {
+            |fr| {
+                fr.meta = meta;
+                fr.whole = whole;
+                fr.grant_no = grant_no;
+                fr.samples = None;
+            },
+            || Frame {
                 meta,
                 full: slot.view.clone_ref(py),
                 whole,
@@ -349,9 +344,7 @@ impl Reader {
                 open: self.open_gen.clone(),
                 samples: None,
             },
-        )?;
-        slot.frame = Some(f.clone_ref(py));
-        Ok(f)
+        )
     }
 
     /// Releases the frame the iterator handed out last, if any, the state locked.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use numpy::PyUntypedArray;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
@@ -13,9 +14,10 @@ use voxring_linux::fallback::{FallbackServer, default_socket_path};
 use voxring_linux::ring::{Segment, ShmProducer, SpaceWait};
 use voxring_linux::segment::{AttachOptions, CreateOptions};
 
+use crate::cache::{Reuse, unshared};
 use crate::config::{PyRingConfig, parse_format, parse_policy};
 use crate::error::{self, Failure};
-use crate::memory::{Keep, Memory, lock, set_readonly, view};
+use crate::memory::{Keep, Memory, lock, set_writable, view};
 use crate::wait::Deadline;
 
 struct State {
@@ -29,8 +31,62 @@ struct State {
     /// removed, if this writer created it) once no view of it is left.
     segment: Option<Segment>,
     memory: Option<Py<Memory>>,
+    /// Per slot (`seq % frames`), its cached view and WriteFrames (see [`Slot`]).
+    slots: Vec<Option<Slot>>,
     xruns: u64,
     frames: u64,
+}
+
+/// A slot's cached objects: the writable view made for it last (with the payload's address it
+/// was made for), reused for the slot's next grant when nothing but this cache holds it (no
+/// numpy array made per grant; one the caller kept stays read-only and the slot gets a new
+/// one), and its WriteFrame objects, reused likewise.
+struct Slot {
+    ptr: usize,
+    view: Py<PyUntypedArray>,
+    frames: Reuse<WriteFrame>,
+}
+
+/// The WriteFrame of granted frame `seq` at `ptr`: the slot's cached view (made writable
+/// again: it was made read-only at its last commit) if nothing else holds it, else a new one,
+/// cached; and a cached WriteFrame if nothing else holds one.
+fn slot_frame(
+    slots: &mut [Option<Slot>],
+    seq: u64,
+    mem: &Bound<'_, Memory>,
+    (ptr, cap): (*mut u8, usize),
+    format: voxring_core::SampleFormat,
+) -> PyResult<Py<WriteFrame>> {
+    let py = mem.py();
+    let i = (seq % slots.len().max(1) as u64) as usize;
+    let Some(entry) = slots.get_mut(i) else {
+        return Err(Writer::closed_err());
+    };
+    let slot = match entry {
+        Some(s) if s.ptr == ptr as usize && unshared(&s.view) => {
+            set_writable(s.view.bind(py), true);
+            s
+        }
+        _ => {
+            let view = view(mem, ptr, cap, format, true)?.unbind();
+            let frames = entry.take().map(|s| s.frames).unwrap_or_default();
+            entry.insert(Slot {
+                ptr: ptr as usize,
+                view,
+                frames,
+            })
+        }
+    };
+    let fresh = || WriteFrame {
+        seq,
+        sample_pos: 0,
+        timestamp_ns: 0,
+        flags: 0,
+        len: cap as u32,
+        capacity: cap as u32,
+        samples: Some(slot.view.clone_ref(py)),
+    };
+    slot.frames.get(py, |f| *f = fresh(), fresh)
 }
 
 /// The producer side of ring `name`. See the package docs (`help(voxring.Writer)`).
@@ -175,9 +231,10 @@ impl Writer {
             .producer()
             .map_err(|e| error::participant(e).context(&format!("produce into ring {name:?}")))?;
         let memory = Py::new(py, Memory::new(Keep::Segment(segment.clone())))?;
+        let config = segment.config();
         Ok(Writer {
             name,
-            config: segment.config(),
+            config,
             address: memory.get().address(),
             state: Mutex::new(State {
                 token: None,
@@ -185,6 +242,7 @@ impl Writer {
                 server: None,
                 segment: Some(segment),
                 memory: Some(memory),
+                slots: (0..config.frames).map(|_| None).collect(),
                 xruns: 0,
                 frames: 0,
             }),
@@ -247,16 +305,14 @@ impl Writer {
     fn grant(slf: &Bound<'_, Self>, n: usize, timeout: Option<f64>) -> PyResult<Py<WriteGrant>> {
         let py = slf.py();
         let this = slf.get();
-        let deadline = Deadline::after(timeout)?;
+        Deadline::check(timeout)?;
+        // The clock is read only when the ring is full.
+        let mut deadline = None;
         let live = Arc::new(AtomicBool::new(true));
         loop {
-            let mut st = this.state(py);
-            let mem = st
-                .memory
-                .as_ref()
-                .ok_or_else(Self::closed_err)?
-                .bind(py)
-                .clone();
+            let mut guard = this.state(py);
+            let st = &mut *guard;
+            let mem = st.memory.as_ref().ok_or_else(Self::closed_err)?.bind(py);
             if st.token.is_some() {
                 return Err(Failure::new(
                     "VR_E_GRANT_OPEN",
@@ -273,8 +329,12 @@ impl Writer {
             let token = match p.grant_token(n) {
                 Ok(t) => t,
                 Err(voxring_core::GrantError::Full) => {
-                    drop(st);
-                    if timeout == Some(0.0) || !this.wait_space(py, deadline)? {
+                    drop(guard);
+                    let d = match deadline {
+                        Some(d) => d,
+                        None => *deadline.insert(Deadline::after(timeout)?),
+                    };
+                    if timeout == Some(0.0) || !this.wait_space(py, d)? {
                         let frames = PyList::empty(py).unbind();
                         return Py::new(
                             py,
@@ -296,24 +356,12 @@ impl Writer {
                 };
                 let seq = f.seq();
                 let payload = f.payload_mut();
-                let (ptr, cap) = (payload.as_mut_ptr(), payload.len());
-                let samples = view(&mem, ptr, cap, this.config.format, true)?.unbind();
-                frames.push(Py::new(
-                    py,
-                    WriteFrame {
-                        seq,
-                        sample_pos: 0,
-                        timestamp_ns: 0,
-                        flags: 0,
-                        len: cap as u32,
-                        capacity: cap as u32,
-                        samples: Some(samples),
-                    },
-                )?);
+                let at = (payload.as_mut_ptr(), payload.len());
+                frames.push(slot_frame(&mut st.slots, seq, mem, at, this.config.format)?);
             }
             let list = PyList::new(py, frames.iter().map(|f| f.clone_ref(py)))?.unbind();
             st.token = Some((token, frames, live.clone()));
-            drop(st);
+            drop(guard);
             return Py::new(
                 py,
                 WriteGrant {
@@ -354,6 +402,7 @@ impl Writer {
         let server = st.server.take();
         let segment = st.segment.take();
         let memory = st.memory.take();
+        let slots = std::mem::take(&mut st.slots);
         drop(st);
         if let Some((_, frames, flag)) = open {
             flag.store(false, Ordering::Release);
@@ -361,7 +410,7 @@ impl Writer {
         }
         drop(producer);
         py.detach(|| drop(server));
-        drop((segment, memory));
+        drop((segment, memory, slots));
     }
 
     /// True once closed.
@@ -408,7 +457,7 @@ impl Writer {
 fn retire(py: Python<'_>, frames: &[Py<WriteFrame>]) {
     for f in frames {
         if let Some(a) = f.borrow_mut(py).samples.take() {
-            set_readonly(a.bind(py));
+            set_writable(a.bind(py), false);
         }
     }
 }
@@ -501,14 +550,14 @@ pub struct WriteFrame {
     /// The slot's size in bytes.
     #[pyo3(get)]
     capacity: u32,
-    samples: Option<Py<PyAny>>,
+    samples: Option<Py<PyUntypedArray>>,
 }
 
 #[pymethods]
 impl WriteFrame {
     /// The slot's payload, in place (writable until the commit).
     #[getter]
-    fn samples(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+    fn samples(&self, py: Python<'_>) -> PyResult<Py<PyUntypedArray>> {
         match &self.samples {
             Some(a) => Ok(a.clone_ref(py)),
             None => Err(Failure::new(
