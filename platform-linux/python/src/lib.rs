@@ -15,6 +15,7 @@
 mod cache;
 mod config;
 mod control;
+mod endpoint;
 mod error;
 mod grant;
 mod memory;
@@ -33,6 +34,8 @@ fn monotonic_ns() -> u64 {
 #[pymodule]
 fn _voxring(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    m.add_class::<endpoint::Endpoint>()?;
+    m.add_class::<endpoint::Frames>()?;
     m.add_class::<reader::Reader>()?;
     m.add_class::<grant::ReadGrant>()?;
     m.add_class::<grant::Frame>()?;

@@ -8,14 +8,15 @@ use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyStopIteration, PyValueError};
 use pyo3::prelude::*;
+use pyo3::pyclass_init::PyClassInitializer;
 use pyo3::types::{PyDict, PyList};
-use voxring_core::{FrameFlags, FrameMeta, ReadToken, ReleaseError, RingConfig};
+use voxring_core::{FrameFlags, FrameMeta, ReadToken, ReleaseError, SampleFormat};
 use voxring_linux::fallback::{FallbackRead, FallbackReader, default_socket_path};
 use voxring_linux::ring::{FramesWait, Segment, ShmConsumer, WaitError};
 use voxring_linux::segment::AttachOptions;
 
 use crate::cache::Reuse;
-use crate::config::PyRingConfig;
+use crate::endpoint::{Endpoint, Frames};
 use crate::error::{self, Failure, Res};
 use crate::grant::{Frame, ReadGrant};
 use crate::memory::{Keep, Memory, lock, view};
@@ -68,16 +69,14 @@ struct State {
 }
 
 /// Reads ring `name`. See the package docs (`help(voxring.Reader)`).
-#[pyclass(frozen, subclass, module = "voxring._voxring")]
+#[pyclass(frozen, subclass, extends = Endpoint, module = "voxring._voxring")]
 pub struct Reader {
-    name: String,
     state: Mutex<State>,
     /// The generation of the open grant (0: none), what frames and grants check to know they
     /// are still granted: a Frame object is reused for a later grant of its slot, so a
     /// generation, not a per-grant flag, says which grant it belongs to.
     open_gen: Arc<AtomicU64>,
-    address: usize,
-    config: RingConfig,
+    format: SampleFormat,
     /// Bytes of a slot's payload (a frame's capacity).
     payload_bytes: usize,
     transport: &'static str,
@@ -309,14 +308,14 @@ impl Reader {
         grant_no: u64,
     ) -> PyResult<Py<Frame>> {
         let cap = self.payload_bytes;
-        let i = (meta.seq % u64::from(self.config.frames)) as usize;
+        let i = (meta.seq % slots.len().max(1) as u64) as usize;
         let Some(entry) = slots.get_mut(i) else {
             return Err(error::closed("Reader").into());
         };
         let slot = match entry {
             Some(s) if s.ptr == ptr as usize => s,
             _ => {
-                let view = view(mem, ptr.cast_mut(), cap, self.config.format, false)?
+                let view = view(mem, ptr.cast_mut(), cap, self.format, false)?
                     .into_any()
                     .unbind();
                 entry.insert(Slot {
@@ -446,7 +445,7 @@ impl Reader {
         fallback: bool,
         force_fallback: bool,
         expected_owner: Option<i64>,
-    ) -> PyResult<Self> {
+    ) -> PyResult<PyClassInitializer<Self>> {
         let owner = expected_owner
             .map(|o| {
                 u32::try_from(o).map_err(|_| {
@@ -502,10 +501,9 @@ impl Reader {
             (Transport::Shm { .. }, None) => unreachable!("a shared transport has a segment"),
         };
         let memory = Py::new(py, Memory::new(keep))?;
-        Ok(Reader {
-            name,
+        let endpoint = Endpoint::new(name, config, memory.get().address());
+        Ok(PyClassInitializer::from(endpoint).add_subclass(Reader {
             open_gen: Arc::new(AtomicU64::new(0)),
-            address: memory.get().address(),
             payload_bytes,
             state: Mutex::new(State {
                 transport: Some(transport),
@@ -519,10 +517,10 @@ impl Reader {
                 xruns: 0,
                 frames: 0,
             }),
-            config,
+            format: config.format,
             transport: kind,
             reason,
-        })
+        }))
     }
 
     /// Blocks, without holding the GIL, until a frame may be ready or `timeout` seconds pass
@@ -554,13 +552,12 @@ impl Reader {
         drop(st);
         Py::new(
             py,
-            ReadGrant {
+            PyClassInitializer::from(Frames::new(list.unbind())).add_subclass(ReadGrant {
                 reader: slf.clone().unbind(),
-                frames: list.unbind(),
                 lost,
                 grant_no,
                 open: this.open_gen.clone(),
-            },
+            }),
         )
     }
 
@@ -615,16 +612,6 @@ impl Reader {
         self.state(py).transport.is_none()
     }
 
-    fn __enter__(slf: Py<Self>) -> Py<Self> {
-        slf
-    }
-
-    #[pyo3(signature = (*_exc))]
-    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> bool {
-        self.close(py);
-        false
-    }
-
     fn __iter__(slf: Py<Self>) -> Py<Self> {
         slf
     }
@@ -653,12 +640,6 @@ impl Reader {
         slf.get().step(slf.py(), false)
     }
 
-    /// The ring's name.
-    #[getter]
-    fn name(&self) -> &str {
-        &self.name
-    }
-
     /// "shm", or "socket-fallback" (`transport_reason` says why).
     #[getter]
     fn transport(&self) -> &'static str {
@@ -671,22 +652,10 @@ impl Reader {
         &self.reason
     }
 
-    /// The ring's configuration.
-    #[getter]
-    fn config(&self) -> PyRingConfig {
-        PyRingConfig(self.config)
-    }
-
     /// The memory frames live in (the shared mapping over shared memory): what every view's
     /// `base` is.
     #[getter]
     fn memory(&self, py: Python<'_>) -> Option<Py<Memory>> {
         self.state(py).memory.as_ref().map(|m| m.clone_ref(py))
-    }
-
-    /// Address of the memory frames live in.
-    #[getter]
-    fn memory_address(&self) -> usize {
-        self.address
     }
 }

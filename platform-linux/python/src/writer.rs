@@ -8,14 +8,16 @@ use std::sync::{Arc, Mutex};
 use numpy::PyUntypedArray;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::pyclass_init::PyClassInitializer;
 use pyo3::types::{PyDict, PyList, PyTuple};
-use voxring_core::{FrameFlags, RingConfig, WriteToken};
+use voxring_core::{FrameFlags, RingConfig, SampleFormat, WriteToken};
 use voxring_linux::fallback::{FallbackServer, default_socket_path};
 use voxring_linux::ring::{Segment, ShmProducer, SpaceWait};
 use voxring_linux::segment::{AttachOptions, CreateOptions};
 
 use crate::cache::{Reuse, unshared};
-use crate::config::{PyRingConfig, parse_format, parse_policy};
+use crate::config::{parse_format, parse_policy};
+use crate::endpoint::{Endpoint, Frames};
 use crate::error::{self, Failure};
 use crate::memory::{Keep, Memory, lock, set_writable, view};
 use crate::wait::Deadline;
@@ -90,12 +92,10 @@ fn slot_frame(
 }
 
 /// The producer side of ring `name`. See the package docs (`help(voxring.Writer)`).
-#[pyclass(frozen, subclass, module = "voxring._voxring")]
+#[pyclass(frozen, subclass, extends = Endpoint, module = "voxring._voxring")]
 pub struct Writer {
-    name: String,
     state: Mutex<State>,
-    address: usize,
-    config: RingConfig,
+    format: SampleFormat,
 }
 
 impl Writer {
@@ -207,7 +207,7 @@ impl Writer {
         max_consumers: u16,
         policy: &str,
         attach: bool,
-    ) -> PyResult<Self> {
+    ) -> PyResult<PyClassInitializer<Self>> {
         let segment = if attach {
             py.detach(|| Segment::attach(&name, &AttachOptions::default()))
                 .map_err(|e| error::attach(e).context(&format!("attach to ring {name:?}")))?
@@ -232,10 +232,9 @@ impl Writer {
             .map_err(|e| error::participant(e).context(&format!("produce into ring {name:?}")))?;
         let memory = Py::new(py, Memory::new(Keep::Segment(segment.clone())))?;
         let config = segment.config();
-        Ok(Writer {
-            name,
-            config,
-            address: memory.get().address(),
+        let endpoint = Endpoint::new(name, config, memory.get().address());
+        Ok(PyClassInitializer::from(endpoint).add_subclass(Writer {
+            format: config.format,
             state: Mutex::new(State {
                 token: None,
                 producer: Some(producer),
@@ -246,7 +245,7 @@ impl Writer {
                 xruns: 0,
                 frames: 0,
             }),
-        })
+        }))
     }
 
     /// Serves this ring over a Unix socket to readers that cannot map it: at `socket_path`,
@@ -255,28 +254,23 @@ impl Writer {
     /// stale socket is refused.
     #[pyo3(signature = (socket_path=None, mode=0o600))]
     fn serve_fallback(
-        &self,
-        py: Python<'_>,
+        slf: &Bound<'_, Self>,
         socket_path: Option<PathBuf>,
         mode: u32,
     ) -> PyResult<()> {
-        let mut st = self.state(py);
+        let name = slf.as_super().get().name();
+        let mut st = slf.get().state(slf.py());
         let Some(segment) = st.segment.as_ref() else {
             return Err(Self::closed_err());
         };
         let path = match socket_path {
             Some(p) => p,
-            None => default_socket_path(&self.name)
+            None => default_socket_path(name)
                 .map_err(|e| Failure::new(error::fallback(&e), e.to_string()))?,
         };
         let server = FallbackServer::serve(segment, &path, mode & 0o777).map_err(|e| {
-            let name = if e.kind() == std::io::ErrorKind::PermissionDenied {
-                "VR_E_PERMISSION"
-            } else {
-                "VR_E_IO"
-            };
             Failure::new(
-                name,
+                error::io(&e),
                 format!(
                     "could not serve the fallback socket {}: {e}; check the directory exists \
                      and is writable",
@@ -335,14 +329,13 @@ impl Writer {
                         None => *deadline.insert(Deadline::after(timeout)?),
                     };
                     if timeout == Some(0.0) || !this.wait_space(py, d)? {
-                        let frames = PyList::empty(py).unbind();
+                        let frames = Frames::new(PyList::empty(py).unbind());
                         return Py::new(
                             py,
-                            WriteGrant {
+                            PyClassInitializer::from(frames).add_subclass(WriteGrant {
                                 writer: slf.clone().unbind(),
-                                frames,
                                 live: Arc::new(AtomicBool::new(false)),
-                            },
+                            }),
                         );
                     }
                     continue;
@@ -357,18 +350,17 @@ impl Writer {
                 let seq = f.seq();
                 let payload = f.payload_mut();
                 let at = (payload.as_mut_ptr(), payload.len());
-                frames.push(slot_frame(&mut st.slots, seq, mem, at, this.config.format)?);
+                frames.push(slot_frame(&mut st.slots, seq, mem, at, this.format)?);
             }
             let list = PyList::new(py, frames.iter().map(|f| f.clone_ref(py)))?.unbind();
             st.token = Some((token, frames, live.clone()));
             drop(guard);
             return Py::new(
                 py,
-                WriteGrant {
+                PyClassInitializer::from(Frames::new(list)).add_subclass(WriteGrant {
                     writer: slf.clone().unbind(),
-                    frames: list,
                     live,
-                },
+                }),
             );
         }
     }
@@ -419,36 +411,10 @@ impl Writer {
         self.state(py).producer.is_none()
     }
 
-    fn __enter__(slf: Py<Self>) -> Py<Self> {
-        slf
-    }
-
-    #[pyo3(signature = (*_exc))]
-    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> bool {
-        self.close(py);
-        false
-    }
-
-    #[getter]
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    #[getter]
-    fn config(&self) -> PyRingConfig {
-        PyRingConfig(self.config)
-    }
-
     /// The shared mapping every view's `base` is (None once closed).
     #[getter]
     fn memory(&self, py: Python<'_>) -> Option<Py<Memory>> {
         self.state(py).memory.as_ref().map(|m| m.clone_ref(py))
-    }
-
-    /// Address of the shared mapping.
-    #[getter]
-    fn memory_address(&self) -> usize {
-        self.address
     }
 }
 
@@ -465,10 +431,9 @@ fn retire(py: Python<'_>, frames: &[Py<WriteFrame>]) {
 /// Frames granted to a Writer. `commit(k)` publishes the first k (all by default); leaving
 /// the `with` block commits all, unless an exception is leaving it (then none). After either,
 /// the frames' arrays are read-only. An empty grant (ring full) has nothing to commit.
-#[pyclass(frozen, module = "voxring._voxring")]
+#[pyclass(frozen, extends = Frames, module = "voxring._voxring")]
 pub struct WriteGrant {
     writer: Py<Writer>,
-    frames: Py<PyList>,
     live: Arc<AtomicBool>,
 }
 
@@ -484,35 +449,10 @@ impl WriteGrant {
         self.writer.get().finish(py, &self.live, k)
     }
 
-    #[getter]
-    fn frames(&self, py: Python<'_>) -> Py<PyList> {
-        self.frames.clone_ref(py)
-    }
-
     /// False once committed (or abandoned).
     #[getter]
     fn open(&self) -> bool {
         self.live.load(Ordering::Acquire)
-    }
-
-    fn __len__(&self, py: Python<'_>) -> usize {
-        self.frames.bind(py).len()
-    }
-
-    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.frames.bind(py).try_iter().map(Bound::into_any)
-    }
-
-    fn __getitem__<'py>(&self, py: Python<'py>, i: isize) -> PyResult<Bound<'py, PyAny>> {
-        self.frames.bind(py).as_any().get_item(i)
-    }
-
-    fn __bool__(&self, py: Python<'_>) -> bool {
-        !self.frames.bind(py).is_empty()
-    }
-
-    fn __enter__(slf: Py<Self>) -> Py<Self> {
-        slf
     }
 
     #[pyo3(signature = (exc_type=None, *_rest))]
