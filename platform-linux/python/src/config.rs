@@ -4,31 +4,55 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use voxring_core::{Policy, RingConfig, SampleFormat};
 
-/// Each sample format: its name in Python and its numpy dtype.
-const FORMATS: [(SampleFormat, &str, &str); 3] = [
-    (SampleFormat::S16, "s16", "int16"),
-    (SampleFormat::S32, "s32", "int32"),
-    (SampleFormat::F32, "f32", "float32"),
+/// Each sample format and its name in Python.
+const FORMATS: [(SampleFormat, &str); 3] = [
+    (SampleFormat::S16, "s16"),
+    (SampleFormat::S32, "s32"),
+    (SampleFormat::F32, "f32"),
 ];
 
 /// Each policy and its name in Python.
 const POLICIES: [(Policy, &str); 2] = [(Policy::Lossless, "lossless"), (Policy::Lossy, "lossy")];
 
-/// The row of `FORMATS` for `f` (every format has one).
-fn format_row(f: SampleFormat) -> (SampleFormat, &'static str, &'static str) {
-    FORMATS
-        .into_iter()
-        .find(|row| row.0 == f)
-        .unwrap_or(FORMATS[0])
+/// The name of `v` in `rows` (every value has one).
+fn name_of<T: Copy + PartialEq>(rows: &[(T, &'static str)], v: T) -> &'static str {
+    rows.iter().find(|row| row.0 == v).map_or("?", |row| row.1)
 }
 
-/// The name of policy `p` (every policy has one).
-fn policy_name(p: Policy) -> &'static str {
-    POLICIES
-        .into_iter()
-        .find(|row| row.0 == p)
-        .unwrap_or(POLICIES[0])
-        .1
+/// The value named `s` in `rows`, or a ValueError: argument `arg`, `s`, is not `what`; use
+/// `choices`.
+fn parse<T: Copy>(
+    rows: &[(T, &str)],
+    arg: &str,
+    s: &str,
+    what: &str,
+    choices: &str,
+) -> PyResult<T> {
+    rows.iter()
+        .find(|row| row.1 == s)
+        .map(|row| row.0)
+        .ok_or_else(|| PyValueError::new_err(format!("{arg} {s:?} is not {what}: use {choices}")))
+}
+
+pub fn parse_format(s: &str) -> PyResult<SampleFormat> {
+    parse(
+        &FORMATS,
+        "format",
+        s,
+        "a sample format",
+        "\"s16\", \"s32\" or \"f32\"",
+    )
+}
+
+pub fn parse_policy(s: &str) -> PyResult<Policy> {
+    parse(
+        &POLICIES,
+        "policy",
+        s,
+        "a ring policy",
+        "\"lossless\" (the producer waits for the slowest reader) or \"lossy\" (it never \
+         waits; lapped readers are told)",
+    )
 }
 
 /// A ring's configuration (read from the ring).
@@ -62,43 +86,22 @@ pub struct PyRingConfig {
 
 impl From<RingConfig> for PyRingConfig {
     fn from(c: RingConfig) -> Self {
-        let (_, format, dtype_name) = format_row(c.format);
+        let dtype_name = match c.format {
+            SampleFormat::S16 => "int16",
+            SampleFormat::S32 => "int32",
+            SampleFormat::F32 => "float32",
+        };
         PyRingConfig {
             frames: c.frames,
             samples_per_frame: c.samples_per_frame,
             channels: c.channels,
-            format,
+            format: name_of(&FORMATS, c.format),
             sample_rate: c.sample_rate,
             max_consumers: c.max_consumers,
-            policy: policy_name(c.policy),
+            policy: name_of(&POLICIES, c.policy),
             dtype_name,
         }
     }
-}
-
-pub fn parse_format(s: &str) -> PyResult<SampleFormat> {
-    FORMATS
-        .into_iter()
-        .find(|row| row.1 == s)
-        .map(|row| row.0)
-        .ok_or_else(|| {
-            PyValueError::new_err(format!(
-                "format {s:?} is not a sample format: use \"s16\", \"s32\" or \"f32\""
-            ))
-        })
-}
-
-pub fn parse_policy(s: &str) -> PyResult<Policy> {
-    POLICIES
-        .into_iter()
-        .find(|row| row.1 == s)
-        .map(|row| row.0)
-        .ok_or_else(|| {
-            PyValueError::new_err(format!(
-                "policy {s:?} is not a ring policy: use \"lossless\" (the producer waits for \
-                 the slowest reader) or \"lossy\" (it never waits; lapped readers are told)"
-            ))
-        })
 }
 
 #[pymethods]

@@ -399,6 +399,23 @@ def test_segment_truncated_under_a_view(name):
             assert "truncated" in str(e.value)
 
 
+@pytest.mark.parametrize("fmt,dtype", [("s16", np.int16), ("s32", np.int32), ("f32", np.float32)])
+@pytest.mark.parametrize("policy", ["lossless", "lossy"])
+def test_ring_config_reads_back_what_was_created(name, fmt, dtype, policy):
+    """Every format and policy name goes into the ring and comes back (from the reader's own
+    attach), with the dtype of the views."""
+    with voxring.Writer.create(name, frames=8, samples_per_frame=32, channels=2, format=fmt,
+                               sample_rate=16000, max_consumers=3, policy=policy) as w:
+        with voxring.Reader(name, fallback=False) as r:
+            for c in (w.config, r.config):
+                assert (c.frames, c.samples_per_frame, c.channels) == (8, 32, 2)
+                assert (c.format, c.policy, c.dtype) == (fmt, policy, np.dtype(dtype))
+                assert (c.sample_rate, c.max_consumers) == (16000, 3)
+                assert f'format="{fmt}"' in repr(c)
+            with w.grant(1) as g:
+                assert g[0].samples.dtype == dtype and g[0].samples.size == 64
+
+
 def test_bad_arguments_raise_and_say_what_to_do(name):
     cases = [
         (lambda: voxring.Writer.create(name, frames=3), "power of two"),
