@@ -130,7 +130,8 @@ def run(payload, args, ctx):
     for i in range(total):
         if i == args.warmup:
             cpu0 = time.process_time_ns()
-        while ctl[SEQ] != i + 1:
+        seq = i + 1
+        while ctl[SEQ] != seq:
             pass
         # The receive stamp once the frame's array is in hand, as python-voxring takes it.
         frame = rows[i % ROWS]
@@ -141,8 +142,8 @@ def run(payload, args, ctx):
             sys.exit(f"python-mparray: row of message {i} does not carry its marker")
         if args.warmup <= i < end:
             lat[i - args.warmup] = now - stamp
-        ctl[ACK] = i + 1
-        if i + 1 == end:
+        ctl[ACK] = seq
+        if seq == end:
             cpu_ns = time.process_time_ns() - cpu0
     report = queue.get(timeout=30)
     p.join(timeout=30)

@@ -77,6 +77,22 @@ def main():
         report("frame.seq", best_of(lambda: [f.seq for _ in range(1000)], 1000))
         report("time.monotonic_ns()", best_of(lambda: [time.monotonic_ns() for _ in range(1000)], 1000))
         report("loop baseline", best_of(lambda: [None for _ in range(1000)], 1000))
+    # The writer's grant and commit: a lossy ring with no reader never waits.
+    with voxring.Writer.create(name, frames=16, samples_per_frame=512, format="f32",
+                               policy="lossy") as w:
+        def grant_commit():
+            for _ in range(1000):
+                with w.grant(1) as g:
+                    g[0].timestamp_ns = 1
+
+        def grant_fill_commit():
+            for _ in range(1000):
+                with w.grant(1) as g:
+                    g[0].samples[:] = 0.5
+                    g[0].timestamp_ns = 1
+
+        report("with w.grant(1): commit", best_of(grant_commit, 1000))
+        report("with w.grant(1): fill+commit", best_of(grant_fill_commit, 1000))
     # The mp.Array pattern's equivalents.
     data = mp.Array(ctypes.c_float, 10 * 512)
     ctl = mp.Array(ctypes.c_longlong, 32, lock=False)

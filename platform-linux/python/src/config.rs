@@ -4,103 +4,127 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use voxring_core::{Policy, RingConfig, SampleFormat};
 
-/// A ring's configuration (read from the ring).
-#[pyclass(frozen, name = "RingConfig", module = "voxring._voxring")]
-#[derive(Debug, Clone, Copy)]
-pub struct PyRingConfig(pub RingConfig);
+/// Each sample format and its name in Python.
+const FORMATS: [(SampleFormat, &str); 3] = [
+    (SampleFormat::S16, "s16"),
+    (SampleFormat::S32, "s32"),
+    (SampleFormat::F32, "f32"),
+];
 
-pub fn format_name(f: SampleFormat) -> &'static str {
-    match f {
-        SampleFormat::S16 => "s16",
-        SampleFormat::S32 => "s32",
-        SampleFormat::F32 => "f32",
-    }
+/// Each policy and its name in Python.
+const POLICIES: [(Policy, &str); 2] = [(Policy::Lossless, "lossless"), (Policy::Lossy, "lossy")];
+
+/// The name of `v` in `rows` (every value has one).
+fn name_of<T: Copy + PartialEq>(rows: &[(T, &'static str)], v: T) -> &'static str {
+    rows.iter().find(|row| row.0 == v).map_or("?", |row| row.1)
+}
+
+/// The value named `s` in `rows`, or a ValueError: argument `arg`, `s`, is not `what`; use
+/// `choices`.
+fn parse<T: Copy>(
+    rows: &[(T, &str)],
+    arg: &str,
+    s: &str,
+    what: &str,
+    choices: &str,
+) -> PyResult<T> {
+    rows.iter()
+        .find(|row| row.1 == s)
+        .map(|row| row.0)
+        .ok_or_else(|| PyValueError::new_err(format!("{arg} {s:?} is not {what}: use {choices}")))
 }
 
 pub fn parse_format(s: &str) -> PyResult<SampleFormat> {
-    match s {
-        "s16" => Ok(SampleFormat::S16),
-        "s32" => Ok(SampleFormat::S32),
-        "f32" => Ok(SampleFormat::F32),
-        _ => Err(PyValueError::new_err(format!(
-            "format {s:?} is not a sample format: use \"s16\", \"s32\" or \"f32\""
-        ))),
-    }
+    parse(
+        &FORMATS,
+        "format",
+        s,
+        "a sample format",
+        "\"s16\", \"s32\" or \"f32\"",
+    )
 }
 
 pub fn parse_policy(s: &str) -> PyResult<Policy> {
-    match s {
-        "lossless" => Ok(Policy::Lossless),
-        "lossy" => Ok(Policy::Lossy),
-        _ => Err(PyValueError::new_err(format!(
-            "policy {s:?} is not a ring policy: use \"lossless\" (the producer waits for the \
-             slowest reader) or \"lossy\" (it never waits; lapped readers are told)"
-        ))),
+    parse(
+        &POLICIES,
+        "policy",
+        s,
+        "a ring policy",
+        "\"lossless\" (the producer waits for the slowest reader) or \"lossy\" (it never \
+         waits; lapped readers are told)",
+    )
+}
+
+/// A ring's configuration (read from the ring).
+#[pyclass(frozen, name = "RingConfig", module = "voxring._voxring")]
+#[derive(Debug, Clone, Copy)]
+pub struct PyRingConfig {
+    /// Capacity in frames.
+    #[pyo3(get)]
+    frames: u32,
+    /// Samples per frame and channel.
+    #[pyo3(get)]
+    samples_per_frame: u32,
+    /// Interleaved channels.
+    #[pyo3(get)]
+    channels: u16,
+    /// "s16", "s32" or "f32".
+    #[pyo3(get)]
+    format: &'static str,
+    /// Hz (informative).
+    #[pyo3(get)]
+    sample_rate: u32,
+    /// Consumer slots.
+    #[pyo3(get)]
+    max_consumers: u16,
+    /// "lossless" or "lossy".
+    #[pyo3(get)]
+    policy: &'static str,
+    /// The numpy dtype's name.
+    dtype_name: &'static str,
+}
+
+impl From<RingConfig> for PyRingConfig {
+    fn from(c: RingConfig) -> Self {
+        let dtype_name = match c.format {
+            SampleFormat::S16 => "int16",
+            SampleFormat::S32 => "int32",
+            SampleFormat::F32 => "float32",
+        };
+        PyRingConfig {
+            frames: c.frames,
+            samples_per_frame: c.samples_per_frame,
+            channels: c.channels,
+            format: name_of(&FORMATS, c.format),
+            sample_rate: c.sample_rate,
+            max_consumers: c.max_consumers,
+            policy: name_of(&POLICIES, c.policy),
+            dtype_name,
+        }
     }
 }
 
 #[pymethods]
 impl PyRingConfig {
-    /// Capacity in frames.
-    #[getter]
-    fn frames(&self) -> u32 {
-        self.0.frames
-    }
-    /// Samples per frame and channel.
-    #[getter]
-    fn samples_per_frame(&self) -> u32 {
-        self.0.samples_per_frame
-    }
-    /// Interleaved channels.
-    #[getter]
-    fn channels(&self) -> u16 {
-        self.0.channels
-    }
-    /// "s16", "s32" or "f32".
-    #[getter]
-    fn format(&self) -> &'static str {
-        format_name(self.0.format)
-    }
     /// The numpy dtype of `samples`.
     #[getter]
     fn dtype<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let name = match self.0.format {
-            SampleFormat::S16 => "int16",
-            SampleFormat::S32 => "int32",
-            SampleFormat::F32 => "float32",
-        };
-        py.import("numpy")?.getattr("dtype")?.call1((name,))
+        py.import("numpy")?
+            .getattr("dtype")?
+            .call1((self.dtype_name,))
     }
-    /// Hz (informative).
-    #[getter]
-    fn sample_rate(&self) -> u32 {
-        self.0.sample_rate
-    }
-    /// Consumer slots.
-    #[getter]
-    fn max_consumers(&self) -> u16 {
-        self.0.max_consumers
-    }
-    /// "lossless" or "lossy".
-    #[getter]
-    fn policy(&self) -> &'static str {
-        match self.0.policy {
-            Policy::Lossless => "lossless",
-            Policy::Lossy => "lossy",
-        }
-    }
+
     fn __repr__(&self) -> String {
-        let c = &self.0;
         format!(
             "RingConfig(frames={}, samples_per_frame={}, channels={}, format={:?}, \
              sample_rate={}, max_consumers={}, policy={:?})",
-            c.frames,
-            c.samples_per_frame,
-            c.channels,
-            format_name(c.format),
-            c.sample_rate,
-            c.max_consumers,
-            self.policy()
+            self.frames,
+            self.samples_per_frame,
+            self.channels,
+            self.format,
+            self.sample_rate,
+            self.max_consumers,
+            self.policy
         )
     }
 }

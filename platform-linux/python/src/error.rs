@@ -110,6 +110,15 @@ pub fn participant(e: ParticipantError) -> Failure {
     Failure::new(name, e.to_string())
 }
 
+/// The name of an I/O failure: VR_E_PERMISSION when refused, else VR_E_IO.
+pub fn io(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        "VR_E_PERMISSION"
+    } else {
+        "VR_E_IO"
+    }
+}
+
 pub fn fallback(e: &FallbackError) -> &'static str {
     match e {
         FallbackError::UnsafeDir { .. }

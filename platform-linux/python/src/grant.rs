@@ -5,19 +5,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use pyo3::prelude::*;
-use pyo3::types::PyList;
 use voxring_core::{FrameFlags, FrameMeta};
 
+use crate::endpoint::Frames;
 use crate::error::Failure;
 use crate::reader::Reader;
 
 /// Frames granted to a Reader (iterable, indexable). Release with `release()` or by leaving
 /// the `with` block; `lost` counts frames a lossy ring overwrote before this reader got to
 /// them (the grant is then empty).
-#[pyclass(frozen, module = "voxring._voxring")]
+#[pyclass(frozen, extends = Frames, module = "voxring._voxring")]
 pub struct ReadGrant {
     pub(crate) reader: Py<Reader>,
-    pub(crate) frames: Py<PyList>,
     pub(crate) lost: u64,
     /// The grant's generation, and the reader's open one (equal while this grant is open).
     pub(crate) grant_no: u64,
@@ -48,12 +47,6 @@ impl ReadGrant {
         self.release_k(py, k)
     }
 
-    /// The granted frames.
-    #[getter]
-    fn frames(&self, py: Python<'_>) -> Py<PyList> {
-        self.frames.clone_ref(py)
-    }
-
     /// Frames lost before this grant (lossy ring, reader lapped).
     #[getter]
     fn lost(&self) -> u64 {
@@ -65,26 +58,6 @@ impl ReadGrant {
     #[getter]
     fn open(&self) -> bool {
         self.is_open()
-    }
-
-    fn __len__(&self, py: Python<'_>) -> usize {
-        self.frames.bind(py).len()
-    }
-
-    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.frames.bind(py).try_iter().map(Bound::into_any)
-    }
-
-    fn __getitem__<'py>(&self, py: Python<'py>, i: isize) -> PyResult<Bound<'py, PyAny>> {
-        self.frames.bind(py).as_any().get_item(i)
-    }
-
-    fn __bool__(&self, py: Python<'_>) -> bool {
-        !self.frames.bind(py).is_empty()
-    }
-
-    fn __enter__(slf: Py<Self>) -> Py<Self> {
-        slf
     }
 
     #[pyo3(signature = (*_exc))]

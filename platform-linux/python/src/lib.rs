@@ -12,8 +12,10 @@
 // PyO3's generated glue has no Debug impls to derive for the classes.
 #![allow(missing_debug_implementations)]
 
+mod cache;
 mod config;
 mod control;
+mod endpoint;
 mod error;
 mod grant;
 mod memory;
@@ -32,6 +34,8 @@ fn monotonic_ns() -> u64 {
 #[pymodule]
 fn _voxring(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    m.add_class::<endpoint::Endpoint>()?;
+    m.add_class::<endpoint::Frames>()?;
     m.add_class::<reader::Reader>()?;
     m.add_class::<grant::ReadGrant>()?;
     m.add_class::<grant::Frame>()?;

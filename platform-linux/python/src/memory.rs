@@ -10,7 +10,9 @@
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use numpy::ndarray::ArrayView1;
-use numpy::{PyArray1, PyArrayMethods};
+use numpy::npyffi::NPY_ARRAY_WRITEABLE;
+use numpy::npyffi::objects::_PyArray_GET_ITEM_DATA;
+use numpy::{PyArray1, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use voxring_core::SampleFormat;
 use voxring_linux::fallback::FallbackReader;
@@ -86,7 +88,7 @@ pub fn view<'py>(
     nbytes: usize,
     format: SampleFormat,
     writable: bool,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> PyResult<Bound<'py, PyUntypedArray>> {
     if !mem.get().contains(ptr as usize, nbytes) {
         return Err(pyo3::exceptions::PySystemError::new_err(format!(
             "voxring bug: a frame at {ptr:p} (+{nbytes}) lies outside its memory; please report it"
@@ -97,9 +99,7 @@ pub fn view<'py>(
         SampleFormat::S32 => typed::<i32>(mem, ptr, nbytes),
         SampleFormat::F32 => typed::<f32>(mem, ptr, nbytes),
     };
-    if !writable {
-        set_readonly(&arr);
-    }
+    set_writable(&arr, writable);
     Ok(arr)
 }
 
@@ -107,7 +107,7 @@ fn typed<'py, T: numpy::Element>(
     mem: &Bound<'py, Memory>,
     ptr: *mut u8,
     nbytes: usize,
-) -> Bound<'py, PyAny> {
+) -> Bound<'py, PyUntypedArray> {
     let n = nbytes / std::mem::size_of::<T>();
     // SAFETY: `[ptr, ptr + nbytes)` lies inside `mem` (checked by `view`), which stays mapped
     // (or allocated) as long as `mem` lives; slots and payloads are 64-byte aligned, so `ptr`
@@ -115,25 +115,25 @@ fn typed<'py, T: numpy::Element>(
     let v = unsafe { ArrayView1::<T>::from_shape_ptr(n, ptr.cast_const().cast::<T>()) };
     // SAFETY: `mem` becomes the array's base, and `Memory` never moves or frees what `v`
     // points into while it lives (see `Keep`).
-    unsafe { PyArray1::<T>::borrow_from_array(&v, mem.clone().into_any()) }.into_any()
+    let arr = unsafe { PyArray1::<T>::borrow_from_array(&v, mem.clone().into_any()) };
+    arr.as_untyped().clone()
 }
 
-/// Makes a view read-only (numpy then refuses writes with "assignment destination is
-/// read-only"). Nothing to do if it is not one of ours or is borrowed in Rust.
-pub fn set_readonly(arr: &Bound<'_, PyAny>) {
-    macro_rules! try_as {
-        ($t:ty) => {
-            if let Ok(a) = arr.cast::<PyArray1<$t>>()
-                && let Ok(rw) = a.try_readwrite()
-            {
-                drop(rw.make_nonwriteable());
-                return;
-            }
-        };
+/// Makes one of our views writable or read-only (numpy then refuses writes with "assignment
+/// destination is read-only"). Views taken from it before keep their own flag.
+pub fn set_writable(arr: &Bound<'_, PyUntypedArray>, writable: bool) {
+    // SAFETY: `arr` is a live numpy array (its type says so) and the GIL is held, so its flags
+    // word is ours to change as numpy's PyArray_ENABLEFLAGS does; the memory behind it is a
+    // writable mapping (or buffer), and no Rust borrow of any view exists (this package never
+    // borrows its views in Rust, so rust-numpy's borrow tracking has nothing to lose).
+    unsafe {
+        let fields = _PyArray_GET_ITEM_DATA(arr.as_array_ptr());
+        if writable {
+            (*fields).flags |= NPY_ARRAY_WRITEABLE;
+        } else {
+            (*fields).flags &= !NPY_ARRAY_WRITEABLE;
+        }
     }
-    try_as!(i16);
-    try_as!(i32);
-    try_as!(f32);
 }
 
 /// Locks `m`; if another thread holds it (a wait running with the GIL released), waits for it

@@ -8,13 +8,15 @@ use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyStopIteration, PyValueError};
 use pyo3::prelude::*;
+use pyo3::pyclass_init::PyClassInitializer;
 use pyo3::types::{PyDict, PyList};
-use voxring_core::{FrameFlags, FrameMeta, ReadToken, ReleaseError, RingConfig};
+use voxring_core::{FrameFlags, FrameMeta, ReadToken, ReleaseError, SampleFormat};
 use voxring_linux::fallback::{FallbackRead, FallbackReader, default_socket_path};
 use voxring_linux::ring::{FramesWait, Segment, ShmConsumer, WaitError};
 use voxring_linux::segment::AttachOptions;
 
-use crate::config::PyRingConfig;
+use crate::cache::Reuse;
+use crate::endpoint::{Endpoint, Frames};
 use crate::error::{self, Failure, Res};
 use crate::grant::{Frame, ReadGrant};
 use crate::memory::{Keep, Memory, lock, view};
@@ -37,12 +39,12 @@ const GIL_SPIN: Duration = Duration::from_micros(20);
 
 /// A slot's cached objects, made the first time the slot is read and reused (slots never
 /// move): a read-only view of the slot's whole payload (a frame's `samples` costs no new numpy
-/// array), and the Frame handed out last for it, reused when nothing else holds it.
+/// array), and the Frames handed out last for it, each reused when nothing else holds it.
 struct Slot {
     /// The payload's address the view was made for.
     ptr: usize,
     view: Py<PyAny>,
-    frame: Option<Py<Frame>>,
+    frames: Reuse<Frame>,
 }
 
 struct State {
@@ -67,16 +69,14 @@ struct State {
 }
 
 /// Reads ring `name`. See the package docs (`help(voxring.Reader)`).
-#[pyclass(frozen, subclass, module = "voxring._voxring")]
+#[pyclass(frozen, subclass, extends = Endpoint, module = "voxring._voxring")]
 pub struct Reader {
-    name: String,
     state: Mutex<State>,
     /// The generation of the open grant (0: none), what frames and grants check to know they
     /// are still granted: a Frame object is reused for a later grant of its slot, so a
     /// generation, not a per-grant flag, says which grant it belongs to.
     open_gen: Arc<AtomicU64>,
-    address: usize,
-    config: RingConfig,
+    format: SampleFormat,
     /// Bytes of a slot's payload (a frame's capacity).
     payload_bytes: usize,
     transport: &'static str,
@@ -308,40 +308,34 @@ impl Reader {
         grant_no: u64,
     ) -> PyResult<Py<Frame>> {
         let cap = self.payload_bytes;
-        let i = (meta.seq % u64::from(self.config.frames)) as usize;
+        let i = (meta.seq % slots.len().max(1) as u64) as usize;
         let Some(entry) = slots.get_mut(i) else {
             return Err(error::closed("Reader").into());
         };
         let slot = match entry {
             Some(s) if s.ptr == ptr as usize => s,
             _ => {
-                let view = view(mem, ptr.cast_mut(), cap, self.config.format, false)?.unbind();
+                let view = view(mem, ptr.cast_mut(), cap, self.format, false)?
+                    .into_any()
+                    .unbind();
                 entry.insert(Slot {
                     ptr: ptr as usize,
                     view,
-                    frame: None,
+                    frames: Default::default(),
                 })
             }
         };
         let whole = meta.len as usize == cap;
-        // A count of 1 is the cache's own reference: no Python code can see the object, so
-        // refilling it is invisible (a frame still held elsewhere keeps its old grant).
-        let unshared = |f: &&Py<Frame>| {
-            // SAFETY: `f` is a live object (the cache owns a reference) and the GIL is held.
-            unsafe { pyo3::ffi::Py_REFCNT(f.as_ptr()) == 1 }
-        };
-        if let Some(f) = slot.frame.as_ref().filter(unshared)
-            && let Ok(mut fr) = f.bind(py).try_borrow_mut()
-        {
-            fr.meta = meta;
-            fr.whole = whole;
-            fr.grant_no = grant_no;
-            fr.samples = None;
-            return Ok(f.clone_ref(py));
-        }
-        let f = Py::new(
+        // A Frame held elsewhere keeps its old grant (and stays refused once it is over).
+        slot.frames.get(
             py,
-            Frame {
+            |fr| {
+                fr.meta = meta;
+                fr.whole = whole;
+                fr.grant_no = grant_no;
+                fr.samples = None;
+            },
+            || Frame {
                 meta,
                 full: slot.view.clone_ref(py),
                 whole,
@@ -349,9 +343,7 @@ impl Reader {
                 open: self.open_gen.clone(),
                 samples: None,
             },
-        )?;
-        slot.frame = Some(f.clone_ref(py));
-        Ok(f)
+        )
     }
 
     /// Releases the frame the iterator handed out last, if any, the state locked.
@@ -453,7 +445,7 @@ impl Reader {
         fallback: bool,
         force_fallback: bool,
         expected_owner: Option<i64>,
-    ) -> PyResult<Self> {
+    ) -> PyResult<PyClassInitializer<Self>> {
         let owner = expected_owner
             .map(|o| {
                 u32::try_from(o).map_err(|_| {
@@ -509,10 +501,9 @@ impl Reader {
             (Transport::Shm { .. }, None) => unreachable!("a shared transport has a segment"),
         };
         let memory = Py::new(py, Memory::new(keep))?;
-        Ok(Reader {
-            name,
+        let endpoint = Endpoint::new(name, config, memory.get().address());
+        Ok(PyClassInitializer::from(endpoint).add_subclass(Reader {
             open_gen: Arc::new(AtomicU64::new(0)),
-            address: memory.get().address(),
             payload_bytes,
             state: Mutex::new(State {
                 transport: Some(transport),
@@ -526,10 +517,10 @@ impl Reader {
                 xruns: 0,
                 frames: 0,
             }),
-            config,
+            format: config.format,
             transport: kind,
             reason,
-        })
+        }))
     }
 
     /// Blocks, without holding the GIL, until a frame may be ready or `timeout` seconds pass
@@ -561,13 +552,12 @@ impl Reader {
         drop(st);
         Py::new(
             py,
-            ReadGrant {
+            PyClassInitializer::from(Frames::new(list.unbind())).add_subclass(ReadGrant {
                 reader: slf.clone().unbind(),
-                frames: list.unbind(),
                 lost,
                 grant_no,
                 open: this.open_gen.clone(),
-            },
+            }),
         )
     }
 
@@ -622,16 +612,6 @@ impl Reader {
         self.state(py).transport.is_none()
     }
 
-    fn __enter__(slf: Py<Self>) -> Py<Self> {
-        slf
-    }
-
-    #[pyo3(signature = (*_exc))]
-    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> bool {
-        self.close(py);
-        false
-    }
-
     fn __iter__(slf: Py<Self>) -> Py<Self> {
         slf
     }
@@ -660,12 +640,6 @@ impl Reader {
         slf.get().step(slf.py(), false)
     }
 
-    /// The ring's name.
-    #[getter]
-    fn name(&self) -> &str {
-        &self.name
-    }
-
     /// "shm", or "socket-fallback" (`transport_reason` says why).
     #[getter]
     fn transport(&self) -> &'static str {
@@ -678,22 +652,10 @@ impl Reader {
         &self.reason
     }
 
-    /// The ring's configuration.
-    #[getter]
-    fn config(&self) -> PyRingConfig {
-        PyRingConfig(self.config)
-    }
-
     /// The memory frames live in (the shared mapping over shared memory): what every view's
     /// `base` is.
     #[getter]
     fn memory(&self, py: Python<'_>) -> Option<Py<Memory>> {
         self.state(py).memory.as_ref().map(|m| m.clone_ref(py))
-    }
-
-    /// Address of the memory frames live in.
-    #[getter]
-    fn memory_address(&self) -> usize {
-        self.address
     }
 }

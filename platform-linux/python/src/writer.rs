@@ -5,17 +5,21 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use numpy::PyUntypedArray;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::pyclass_init::PyClassInitializer;
 use pyo3::types::{PyDict, PyList, PyTuple};
-use voxring_core::{FrameFlags, RingConfig, WriteToken};
+use voxring_core::{FrameFlags, RingConfig, SampleFormat, WriteToken};
 use voxring_linux::fallback::{FallbackServer, default_socket_path};
 use voxring_linux::ring::{Segment, ShmProducer, SpaceWait};
 use voxring_linux::segment::{AttachOptions, CreateOptions};
 
-use crate::config::{PyRingConfig, parse_format, parse_policy};
+use crate::cache::{Reuse, unshared};
+use crate::config::{parse_format, parse_policy};
+use crate::endpoint::{Endpoint, Frames};
 use crate::error::{self, Failure};
-use crate::memory::{Keep, Memory, lock, set_readonly, view};
+use crate::memory::{Keep, Memory, lock, set_writable, view};
 use crate::wait::Deadline;
 
 struct State {
@@ -29,17 +33,69 @@ struct State {
     /// removed, if this writer created it) once no view of it is left.
     segment: Option<Segment>,
     memory: Option<Py<Memory>>,
+    /// Per slot (`seq % frames`), its cached view and WriteFrames (see [`Slot`]).
+    slots: Vec<Option<Slot>>,
     xruns: u64,
     frames: u64,
 }
 
+/// A slot's cached objects: the writable view made for it last (with the payload's address it
+/// was made for), reused for the slot's next grant when nothing but this cache holds it (no
+/// numpy array made per grant; one the caller kept stays read-only and the slot gets a new
+/// one), and its WriteFrame objects, reused likewise.
+struct Slot {
+    ptr: usize,
+    view: Py<PyUntypedArray>,
+    frames: Reuse<WriteFrame>,
+}
+
+/// The WriteFrame of granted frame `seq` at `ptr`: the slot's cached view (made writable
+/// again: it was made read-only at its last commit) if nothing else holds it, else a new one,
+/// cached; and a cached WriteFrame if nothing else holds one.
+fn slot_frame(
+    slots: &mut [Option<Slot>],
+    seq: u64,
+    mem: &Bound<'_, Memory>,
+    (ptr, cap): (*mut u8, usize),
+    format: voxring_core::SampleFormat,
+) -> PyResult<Py<WriteFrame>> {
+    let py = mem.py();
+    let i = (seq % slots.len().max(1) as u64) as usize;
+    let Some(entry) = slots.get_mut(i) else {
+        return Err(Writer::closed_err());
+    };
+    let slot = match entry {
+        Some(s) if s.ptr == ptr as usize && unshared(&s.view) => {
+            set_writable(s.view.bind(py), true);
+            s
+        }
+        _ => {
+            let view = view(mem, ptr, cap, format, true)?.unbind();
+            let frames = entry.take().map(|s| s.frames).unwrap_or_default();
+            entry.insert(Slot {
+                ptr: ptr as usize,
+                view,
+                frames,
+            })
+        }
+    };
+    let fresh = || WriteFrame {
+        seq,
+        sample_pos: 0,
+        timestamp_ns: 0,
+        flags: 0,
+        len: cap as u32,
+        capacity: cap as u32,
+        samples: Some(slot.view.clone_ref(py)),
+    };
+    slot.frames.get(py, |f| *f = fresh(), fresh)
+}
+
 /// The producer side of ring `name`. See the package docs (`help(voxring.Writer)`).
-#[pyclass(frozen, subclass, module = "voxring._voxring")]
+#[pyclass(frozen, subclass, extends = Endpoint, module = "voxring._voxring")]
 pub struct Writer {
-    name: String,
     state: Mutex<State>,
-    address: usize,
-    config: RingConfig,
+    format: SampleFormat,
 }
 
 impl Writer {
@@ -151,7 +207,7 @@ impl Writer {
         max_consumers: u16,
         policy: &str,
         attach: bool,
-    ) -> PyResult<Self> {
+    ) -> PyResult<PyClassInitializer<Self>> {
         let segment = if attach {
             py.detach(|| Segment::attach(&name, &AttachOptions::default()))
                 .map_err(|e| error::attach(e).context(&format!("attach to ring {name:?}")))?
@@ -175,20 +231,21 @@ impl Writer {
             .producer()
             .map_err(|e| error::participant(e).context(&format!("produce into ring {name:?}")))?;
         let memory = Py::new(py, Memory::new(Keep::Segment(segment.clone())))?;
-        Ok(Writer {
-            name,
-            config: segment.config(),
-            address: memory.get().address(),
+        let config = segment.config();
+        let endpoint = Endpoint::new(name, config, memory.get().address());
+        Ok(PyClassInitializer::from(endpoint).add_subclass(Writer {
+            format: config.format,
             state: Mutex::new(State {
                 token: None,
                 producer: Some(producer),
                 server: None,
                 segment: Some(segment),
                 memory: Some(memory),
+                slots: (0..config.frames).map(|_| None).collect(),
                 xruns: 0,
                 frames: 0,
             }),
-        })
+        }))
     }
 
     /// Serves this ring over a Unix socket to readers that cannot map it: at `socket_path`,
@@ -197,28 +254,23 @@ impl Writer {
     /// stale socket is refused.
     #[pyo3(signature = (socket_path=None, mode=0o600))]
     fn serve_fallback(
-        &self,
-        py: Python<'_>,
+        slf: &Bound<'_, Self>,
         socket_path: Option<PathBuf>,
         mode: u32,
     ) -> PyResult<()> {
-        let mut st = self.state(py);
+        let name = slf.as_super().get().name();
+        let mut st = slf.get().state(slf.py());
         let Some(segment) = st.segment.as_ref() else {
             return Err(Self::closed_err());
         };
         let path = match socket_path {
             Some(p) => p,
-            None => default_socket_path(&self.name)
+            None => default_socket_path(name)
                 .map_err(|e| Failure::new(error::fallback(&e), e.to_string()))?,
         };
         let server = FallbackServer::serve(segment, &path, mode & 0o777).map_err(|e| {
-            let name = if e.kind() == std::io::ErrorKind::PermissionDenied {
-                "VR_E_PERMISSION"
-            } else {
-                "VR_E_IO"
-            };
             Failure::new(
-                name,
+                error::io(&e),
                 format!(
                     "could not serve the fallback socket {}: {e}; check the directory exists \
                      and is writable",
@@ -247,16 +299,14 @@ impl Writer {
     fn grant(slf: &Bound<'_, Self>, n: usize, timeout: Option<f64>) -> PyResult<Py<WriteGrant>> {
         let py = slf.py();
         let this = slf.get();
-        let deadline = Deadline::after(timeout)?;
+        Deadline::check(timeout)?;
+        // The clock is read only when the ring is full.
+        let mut deadline = None;
         let live = Arc::new(AtomicBool::new(true));
         loop {
-            let mut st = this.state(py);
-            let mem = st
-                .memory
-                .as_ref()
-                .ok_or_else(Self::closed_err)?
-                .bind(py)
-                .clone();
+            let mut guard = this.state(py);
+            let st = &mut *guard;
+            let mem = st.memory.as_ref().ok_or_else(Self::closed_err)?.bind(py);
             if st.token.is_some() {
                 return Err(Failure::new(
                     "VR_E_GRANT_OPEN",
@@ -273,16 +323,19 @@ impl Writer {
             let token = match p.grant_token(n) {
                 Ok(t) => t,
                 Err(voxring_core::GrantError::Full) => {
-                    drop(st);
-                    if timeout == Some(0.0) || !this.wait_space(py, deadline)? {
-                        let frames = PyList::empty(py).unbind();
+                    drop(guard);
+                    let d = match deadline {
+                        Some(d) => d,
+                        None => *deadline.insert(Deadline::after(timeout)?),
+                    };
+                    if timeout == Some(0.0) || !this.wait_space(py, d)? {
+                        let frames = Frames::new(PyList::empty(py).unbind());
                         return Py::new(
                             py,
-                            WriteGrant {
+                            PyClassInitializer::from(frames).add_subclass(WriteGrant {
                                 writer: slf.clone().unbind(),
-                                frames,
                                 live: Arc::new(AtomicBool::new(false)),
-                            },
+                            }),
                         );
                     }
                     continue;
@@ -296,31 +349,18 @@ impl Writer {
                 };
                 let seq = f.seq();
                 let payload = f.payload_mut();
-                let (ptr, cap) = (payload.as_mut_ptr(), payload.len());
-                let samples = view(&mem, ptr, cap, this.config.format, true)?.unbind();
-                frames.push(Py::new(
-                    py,
-                    WriteFrame {
-                        seq,
-                        sample_pos: 0,
-                        timestamp_ns: 0,
-                        flags: 0,
-                        len: cap as u32,
-                        capacity: cap as u32,
-                        samples: Some(samples),
-                    },
-                )?);
+                let at = (payload.as_mut_ptr(), payload.len());
+                frames.push(slot_frame(&mut st.slots, seq, mem, at, this.format)?);
             }
             let list = PyList::new(py, frames.iter().map(|f| f.clone_ref(py)))?.unbind();
             st.token = Some((token, frames, live.clone()));
-            drop(st);
+            drop(guard);
             return Py::new(
                 py,
-                WriteGrant {
+                PyClassInitializer::from(Frames::new(list)).add_subclass(WriteGrant {
                     writer: slf.clone().unbind(),
-                    frames: list,
                     live,
-                },
+                }),
             );
         }
     }
@@ -354,6 +394,7 @@ impl Writer {
         let server = st.server.take();
         let segment = st.segment.take();
         let memory = st.memory.take();
+        let slots = std::mem::take(&mut st.slots);
         drop(st);
         if let Some((_, frames, flag)) = open {
             flag.store(false, Ordering::Release);
@@ -361,7 +402,7 @@ impl Writer {
         }
         drop(producer);
         py.detach(|| drop(server));
-        drop((segment, memory));
+        drop((segment, memory, slots));
     }
 
     /// True once closed.
@@ -370,36 +411,10 @@ impl Writer {
         self.state(py).producer.is_none()
     }
 
-    fn __enter__(slf: Py<Self>) -> Py<Self> {
-        slf
-    }
-
-    #[pyo3(signature = (*_exc))]
-    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> bool {
-        self.close(py);
-        false
-    }
-
-    #[getter]
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    #[getter]
-    fn config(&self) -> PyRingConfig {
-        PyRingConfig(self.config)
-    }
-
     /// The shared mapping every view's `base` is (None once closed).
     #[getter]
     fn memory(&self, py: Python<'_>) -> Option<Py<Memory>> {
         self.state(py).memory.as_ref().map(|m| m.clone_ref(py))
-    }
-
-    /// Address of the shared mapping.
-    #[getter]
-    fn memory_address(&self) -> usize {
-        self.address
     }
 }
 
@@ -408,7 +423,7 @@ impl Writer {
 fn retire(py: Python<'_>, frames: &[Py<WriteFrame>]) {
     for f in frames {
         if let Some(a) = f.borrow_mut(py).samples.take() {
-            set_readonly(a.bind(py));
+            set_writable(a.bind(py), false);
         }
     }
 }
@@ -416,10 +431,9 @@ fn retire(py: Python<'_>, frames: &[Py<WriteFrame>]) {
 /// Frames granted to a Writer. `commit(k)` publishes the first k (all by default); leaving
 /// the `with` block commits all, unless an exception is leaving it (then none). After either,
 /// the frames' arrays are read-only. An empty grant (ring full) has nothing to commit.
-#[pyclass(frozen, module = "voxring._voxring")]
+#[pyclass(frozen, extends = Frames, module = "voxring._voxring")]
 pub struct WriteGrant {
     writer: Py<Writer>,
-    frames: Py<PyList>,
     live: Arc<AtomicBool>,
 }
 
@@ -435,35 +449,10 @@ impl WriteGrant {
         self.writer.get().finish(py, &self.live, k)
     }
 
-    #[getter]
-    fn frames(&self, py: Python<'_>) -> Py<PyList> {
-        self.frames.clone_ref(py)
-    }
-
     /// False once committed (or abandoned).
     #[getter]
     fn open(&self) -> bool {
         self.live.load(Ordering::Acquire)
-    }
-
-    fn __len__(&self, py: Python<'_>) -> usize {
-        self.frames.bind(py).len()
-    }
-
-    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.frames.bind(py).try_iter().map(Bound::into_any)
-    }
-
-    fn __getitem__<'py>(&self, py: Python<'py>, i: isize) -> PyResult<Bound<'py, PyAny>> {
-        self.frames.bind(py).as_any().get_item(i)
-    }
-
-    fn __bool__(&self, py: Python<'_>) -> bool {
-        !self.frames.bind(py).is_empty()
-    }
-
-    fn __enter__(slf: Py<Self>) -> Py<Self> {
-        slf
     }
 
     #[pyo3(signature = (exc_type=None, *_rest))]
@@ -501,14 +490,14 @@ pub struct WriteFrame {
     /// The slot's size in bytes.
     #[pyo3(get)]
     capacity: u32,
-    samples: Option<Py<PyAny>>,
+    samples: Option<Py<PyUntypedArray>>,
 }
 
 #[pymethods]
 impl WriteFrame {
     /// The slot's payload, in place (writable until the commit).
     #[getter]
-    fn samples(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+    fn samples(&self, py: Python<'_>) -> PyResult<Py<PyUntypedArray>> {
         match &self.samples {
             Some(a) => Ok(a.clone_ref(py)),
             None => Err(Failure::new(

@@ -3,6 +3,7 @@ from another process, views that never outlive their memory, waits that release 
 asyncio, and bad input that raises instead of crashing."""
 
 import asyncio
+import gc
 import os
 import subprocess
 import sys
@@ -139,6 +140,75 @@ def test_reused_frame_objects_never_revive_a_released_frame(name):
             with pytest.raises(voxring.ReleasedError):
                 f.samples
             assert not f.valid and s.base is r.memory
+
+
+def test_one_slot_ring_iterates_without_a_new_frame_per_step(name):
+    """On a one-slot ring `for f in reader` holds the previous frame (bound to `f`) while the
+    next one is granted: the reader hands out its other cached Frame object instead of making
+    one per step (no Python object is allocated: counted with sys.getallocatedblocks), and the
+    frame the caller still holds is not refilled."""
+    with voxring.Writer.create(name, frames=1, samples_per_frame=8, format="s32") as w:
+        with voxring.Reader(name) as r:
+            # One step of `for f in r` without waiting (what `async for` uses): single thread.
+            write_frames(w, 0, 1)
+            f = r._next_frame()
+            for _ in range(3):  # the counts' own ints, in the loop's steady state
+                b0 = sys.getallocatedblocks()
+                b1 = sys.getallocatedblocks()
+            base = b1 - b0
+            extra = []
+            gc.disable()
+            try:
+                for i in range(1, 13):
+                    assert r._next_frame() is None  # releases frame i-1; `f` still holds it
+                    write_frames(w, i, 1)
+                    b0 = sys.getallocatedblocks()
+                    g = r._next_frame()
+                    b1 = sys.getallocatedblocks()
+                    extra.append(b1 - b0 - base)
+                    assert g is not f and g.seq == i and np.all(g.samples == i)
+                    assert f.seq == i - 1 and not f.valid  # never refilled, still refused
+                    f = g
+                    del g
+            finally:
+                gc.enable()
+            assert sum(extra) <= 2, f"objects allocated per step: {extra}"
+
+
+def test_writer_reuses_a_slot_view_only_when_nobody_kept_it(name):
+    """The writer hands out the slot's cached view again (no numpy array made per grant),
+    writable again, when nothing else holds it; an array the caller kept from an earlier grant
+    stays read-only for good, even when its slot is granted again, and the slot gets a new
+    view."""
+    with voxring.Writer.create(name, frames=1, samples_per_frame=8, format="s16") as w:
+        with voxring.Reader(name) as r:
+
+            def read_first():
+                with r.read(1) as rg:
+                    return rg[0].samples.copy()
+
+            with w.grant(1) as g:
+                first_id = id(g[0].samples)
+                g[0].samples[:] = 1
+            assert read_first()[0] == 1
+            with w.grant(1, timeout=5.0) as g:
+                s = g[0].samples
+                assert id(s) == first_id, "the slot's view was not reused"
+                s[:] = 2  # writable again
+                kept = s
+            del s
+            assert read_first()[0] == 2
+            with w.grant(1, timeout=5.0) as g:
+                fresh = g[0].samples
+                assert fresh is not kept and not kept.flags.writeable
+                with pytest.raises(ValueError, match="read-only"):
+                    kept[0] = 9  # the kept array never becomes writable again
+                fresh[:] = 3
+                assert fresh.ctypes.data == kept.ctypes.data  # the same slot
+            del fresh
+            assert np.all(read_first() == 3)
+            with pytest.raises(ValueError, match="read-only"):
+                kept[0] = 9
 
 
 def test_a_grant_after_a_release_does_not_reopen_old_grants(name):
@@ -327,6 +397,23 @@ def test_segment_truncated_under_a_view(name):
             with pytest.raises(voxring.VoxringError) as e:
                 r.wait(30.0)
             assert "truncated" in str(e.value)
+
+
+@pytest.mark.parametrize("fmt,dtype", [("s16", np.int16), ("s32", np.int32), ("f32", np.float32)])
+@pytest.mark.parametrize("policy", ["lossless", "lossy"])
+def test_ring_config_reads_back_what_was_created(name, fmt, dtype, policy):
+    """Every format and policy name goes into the ring and comes back (from the reader's own
+    attach), with the dtype of the views."""
+    with voxring.Writer.create(name, frames=8, samples_per_frame=32, channels=2, format=fmt,
+                               sample_rate=16000, max_consumers=3, policy=policy) as w:
+        with voxring.Reader(name, fallback=False) as r:
+            for c in (w.config, r.config):
+                assert (c.frames, c.samples_per_frame, c.channels) == (8, 32, 2)
+                assert (c.format, c.policy, c.dtype) == (fmt, policy, np.dtype(dtype))
+                assert (c.sample_rate, c.max_consumers) == (16000, 3)
+                assert f'format="{fmt}"' in repr(c)
+            with w.grant(1) as g:
+                assert g[0].samples.dtype == dtype and g[0].samples.size == 64
 
 
 def test_bad_arguments_raise_and_say_what_to_do(name):

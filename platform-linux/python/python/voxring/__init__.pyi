@@ -1,7 +1,20 @@
 """Type stubs of the voxring package (the native module voxring._voxring and its wrappers)."""
 
 from os import PathLike
-from typing import Any, AsyncIterator, Iterator, Literal, Optional, Protocol, TypeVar, Union
+from typing import (
+    Any,
+    AsyncIterator,
+    Generic,
+    Iterator,
+    Literal,
+    Optional,
+    Protocol,
+    TypedDict,
+    TypeVar,
+    Union,
+)
+
+from typing_extensions import Self, Unpack
 
 import numpy as np
 import numpy.typing as npt
@@ -40,23 +53,32 @@ class Memory:
     def address(self) -> int: ...
     def __len__(self) -> int: ...
 
+Format = Literal["s16", "s32", "f32"]
+Policy = Literal["lossless", "lossy"]
+
 class RingConfig:
-    @property
-    def frames(self) -> int: ...
-    @property
-    def samples_per_frame(self) -> int: ...
-    @property
-    def channels(self) -> int: ...
-    @property
-    def format(self) -> Literal["s16", "s32", "f32"]: ...
+    frames: int
+    samples_per_frame: int
+    channels: int
+    format: Format
+    sample_rate: int
+    max_consumers: int
+    policy: Policy
     @property
     def dtype(self) -> np.dtype[Any]: ...
-    @property
-    def sample_rate(self) -> int: ...
-    @property
-    def max_consumers(self) -> int: ...
-    @property
-    def policy(self) -> Literal["lossless", "lossy"]: ...
+
+class RingOptions(TypedDict, total=False):
+    """A new ring's configuration (keywords of `Writer.create`; defaults in its docstring:
+    frames 16, samples_per_frame 512, channels 1, format "s16", sample_rate 48000,
+    max_consumers 4, policy "lossless")."""
+
+    frames: int
+    samples_per_frame: int
+    channels: int
+    format: Format
+    sample_rate: int
+    max_consumers: int
+    policy: Policy
 
 class _FrameView(Protocol):
     """What a read frame and a write frame both have (a stub-only base: the runtime classes
@@ -87,9 +109,8 @@ class Frame(_FrameView):
 
 _F = TypeVar("_F", bound=_FrameView)
 
-class _Grant(Protocol[_F]):
-    """What a read grant and a write grant both have (a stub-only base: the runtime classes
-    are separate)."""
+class _Frames(Generic[_F]):
+    """The base of ReadGrant and WriteGrant: the granted frames as a sequence."""
 
     @property
     def frames(self) -> list[_F]: ...
@@ -99,17 +120,17 @@ class _Grant(Protocol[_F]):
     def __iter__(self) -> Iterator[_F]: ...
     def __getitem__(self, i: int) -> _F: ...
     def __bool__(self) -> bool: ...
+    def __enter__(self) -> Self: ...
 
-class ReadGrant(_Grant[Frame]):
+class ReadGrant(_Frames[Frame]):
     @property
     def lost(self) -> int: ...
     def release(self, k: Optional[int] = None) -> bool: ...
-    def __enter__(self) -> ReadGrant: ...
     def __exit__(self, *exc: object) -> bool: ...
 
-class _Endpoint(Protocol):
-    """What a reader and a writer both have (a stub-only base: the runtime classes are
-    separate)."""
+class _Endpoint:
+    """The base of Reader and Writer: the ring's name and configuration, its memory, and the
+    context manager (leaving the `with` block closes)."""
 
     @property
     def name(self) -> str: ...
@@ -123,6 +144,8 @@ class _Endpoint(Protocol):
     def close(self) -> None: ...
     @property
     def closed(self) -> bool: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(self, *exc: object) -> bool: ...
 
 class Reader(_Endpoint):
     def __init__(
@@ -140,8 +163,6 @@ class Reader(_Endpoint):
     def transport(self) -> Literal["shm", "socket-fallback"]: ...
     @property
     def transport_reason(self) -> str: ...
-    def __enter__(self) -> Reader: ...
-    def __exit__(self, *exc: object) -> bool: ...
     def __iter__(self) -> Iterator[Frame]: ...
     def __next__(self) -> Frame: ...
     def __aiter__(self) -> AsyncIterator[Frame]: ...
@@ -157,36 +178,14 @@ class WriteFrame(_FrameView):
     flags: int
     len: int
 
-class WriteGrant(_Grant[WriteFrame]):
+class WriteGrant(_Frames[WriteFrame]):
     def commit(self, k: Optional[int] = None) -> None: ...
-    def __enter__(self) -> WriteGrant: ...
     def __exit__(self, exc_type: object = None, *rest: object) -> bool: ...
 
 class Writer(_Endpoint):
-    def __init__(
-        self,
-        name: str,
-        frames: int = 16,
-        samples_per_frame: int = 512,
-        channels: int = 1,
-        format: Literal["s16", "s32", "f32"] = "s16",
-        sample_rate: int = 48000,
-        max_consumers: int = 4,
-        policy: Literal["lossless", "lossy"] = "lossless",
-        attach: bool = False,
-    ) -> None: ...
+    def __init__(self, name: str, attach: bool = False, **options: Unpack[RingOptions]) -> None: ...
     @classmethod
-    def create(
-        cls,
-        name: str,
-        frames: int = 16,
-        samples_per_frame: int = 512,
-        channels: int = 1,
-        format: Literal["s16", "s32", "f32"] = "s16",
-        sample_rate: int = 48000,
-        max_consumers: int = 4,
-        policy: Literal["lossless", "lossy"] = "lossless",
-    ) -> Writer: ...
+    def create(cls, name: str, **options: Unpack[RingOptions]) -> Writer: ...
     @classmethod
     def attach(cls, name: str) -> Writer: ...
     def serve_fallback(
@@ -195,8 +194,6 @@ class Writer(_Endpoint):
     def wait(self, timeout: Optional[float] = None) -> Literal["ready", "timeout"]: ...
     async def wait_async(self, timeout: Optional[float] = None) -> Literal["ready", "timeout"]: ...
     def grant(self, n: int = 1, timeout: Optional[float] = 0.0) -> WriteGrant: ...
-    def __enter__(self) -> Writer: ...
-    def __exit__(self, *exc: object) -> bool: ...
 
 class Control:
     def __init__(self, name: str, create: bool = False, hub: str | None = None) -> None: ...

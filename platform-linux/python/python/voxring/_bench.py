@@ -3,7 +3,7 @@
 A Python agent reading a voxring ring through this package: the Rust producer (the voxring
 binary) creates ring NAME (lossless, one frame of F32 samples), commits frame `i` stamped with
 CLOCK_MONOTONIC, and waits until it is released before writing the next (a ping-pong, as
-python-mparray's acknowledgement does). Here, `for frame in reader` (by hand: next()): each
+python-mparray's acknowledgement does). Here, `for i, frame in enumerate(reader)`: each
 step releases the previous frame and waits for the next (20 us spin holding the GIL, then
 spin and futex park without it); hand-off = time.monotonic_ns() once the frame's array
 (`frame.samples`) is in hand minus its stamp (python-mparray stamps the same way); check its markers (first and last sample = i mod 2^24).
@@ -40,19 +40,15 @@ def main():
         os.sched_setaffinity(0, {a.cpu})
     total = a.warmup + a.messages + a.extra
     lat = np.zeros(a.messages, dtype=np.int64)
-    cpu0 = cpu_ns = 0
+    cpu_ns = 0
     now_ns = time.monotonic_ns
     with voxring.Reader(a.ring, fallback=False) as r:
         print("ready", flush=True)
-        frames = iter(r)
-        for i in range(total):
-            if i == a.warmup:
-                cpu0 = time.process_time_ns()
-            # One call: releases frame i-1 (the producer's acknowledgement), then waits for
-            # frame i (spin with the GIL, spin, futex park) and grants it.
-            f = next(frames, None)
-            if f is None:
-                sys.exit(f"frame {i} never came: the producer left")
+        i = -1
+        cpu0 = time.process_time_ns()  # (taken again before frame `warmup` if there is one)
+        # As a user iterates: each step releases frame i-1 (the producer's acknowledgement),
+        # then waits for frame i (spin with the GIL, spin, futex park) and grants it.
+        for i, f in enumerate(r):
             # The receive stamp once the frame's array is in hand, as python-mparray takes it.
             s = f.samples
             t = now_ns()
@@ -61,8 +57,14 @@ def main():
                 sys.exit(f"frame {i}: seq {f.seq}, markers {s[0]}, {s[-1]}: expected {mark}")
             if a.warmup <= i < a.warmup + a.messages:
                 lat[i - a.warmup] = t - f.timestamp_ns
-            if i == a.warmup + a.messages - 1:
+            if i + 1 == a.warmup:
+                cpu0 = time.process_time_ns()
+            elif i + 1 == a.warmup + a.messages:
                 cpu_ns = time.process_time_ns() - cpu0
+            if i + 1 == total:
+                break
+        if i + 1 != total:
+            sys.exit(f"frame {i + 1} never came: the producer left")
         transport = r.transport
     out = {
         "payload_bytes": a.payload,
