@@ -5,6 +5,21 @@ use voxring_core::{
     Consumer, FrameFlags, FrameMeta, FrameMut, Policy, Producer, Ring, RingConfig, SampleFormat,
 };
 
+/// A property-test operation: the producer grants up to `n` frames and commits `k` of them.
+#[derive(Clone, Copy, Debug)]
+pub struct WriteOp {
+    pub n: usize,
+    pub k: usize,
+}
+
+/// A property-test operation: consumer `c` grants up to `n` frames and releases `k` of them.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadOp {
+    pub c: usize,
+    pub n: usize,
+    pub k: usize,
+}
+
 /// One 128-byte aligned line of a test region.
 #[derive(Clone, Copy)]
 #[repr(C, align(128))]
