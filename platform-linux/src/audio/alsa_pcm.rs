@@ -29,7 +29,7 @@
 //! twice. Such an underrun is counted as a playback xrun, flagged like one, and also
 //! counted apart ([`AlsaStream::hidden_xruns`]).
 
-use alsa::direct::pcm::{MmapCapture, MmapPlayback};
+use alsa::direct::pcm::{MmapCapture, MmapDir, MmapIO, MmapPlayback};
 use alsa::pcm::{Access, Frames, HwParams, PCM, State};
 use alsa::{Direction, ValueOr};
 
@@ -110,6 +110,16 @@ struct SendDirect<T>(Direct<T>);
 // mappings of the PCM's status, control and data pages exclusively (nothing else in this process
 // holds them), so moving it to another thread together with the `PCM` it belongs to is sound.
 unsafe impl<T: Send> Send for SendDirect<T> {}
+
+/// The non-empty areas of a direct mapping that `data_ptr` describes (one, or two where the
+/// buffer wraps), as (first sample, frames): free frames for playback, captured ones for capture.
+fn areas<S, D: MmapDir>(m: &MmapIO<S, D>) -> impl Iterator<Item = (*mut S, usize)> {
+    let (a, b) = m.data_ptr();
+    core::iter::once(a)
+        .chain(b)
+        .filter(|r| r.frames > 0)
+        .map(|r| (r.ptr, r.frames as usize))
+}
 
 /// Where a stream is: the frames it has moved and the flags its next chunk carries.
 #[derive(Debug, Default)]
@@ -460,7 +470,7 @@ impl<T: Sample> AlsaStream<T> {
     /// it can (the pointers jumped), counts an xrun, flags the next chunk and restarts; true
     /// when it did.
     fn restarted_after_direct_xrun(&mut self) -> Result<bool, StreamError> {
-        fn broken<D: alsa::direct::pcm::MmapDir, S>(m: &alsa::direct::pcm::MmapIO<S, D>) -> bool {
+        fn broken<S, D: MmapDir>(m: &MmapIO<S, D>) -> bool {
             m.status().state() == State::XRun || m.avail() > m.buffer_size()
         }
         let xrun = match &self.direct {
@@ -497,15 +507,13 @@ impl<T: Sample> AlsaStream<T> {
             guard += 1;
             let ch = self.channels;
             if let Some(SendDirect(Direct::Playback(m))) = &mut self.direct {
-                let (a, b) = m.data_ptr();
                 let mut n = 0;
-                for r in core::iter::once(a).chain(b) {
+                for (ptr, frames) in areas(m) {
                     // SAFETY: `data_ptr` describes writable frames of the mapped kernel buffer
                     // (`frames * channels` samples) that the device is not reading now.
-                    let s =
-                        unsafe { core::slice::from_raw_parts_mut(r.ptr, r.frames as usize * ch) };
+                    let s = unsafe { core::slice::from_raw_parts_mut(ptr, frames * ch) };
                     s.fill(T::SILENCE);
-                    n += r.frames;
+                    n += frames as Frames;
                 }
                 m.commit(n);
                 self.silence_frames += n as u64;
@@ -577,18 +585,13 @@ impl<T: Sample> AlsaStream<T> {
         let Some(SendDirect(Direct::Capture(m))) = &mut self.direct else {
             return Ok(0);
         };
-        let (a, b) = m.data_ptr();
         let mut moved = 0usize;
-        let wake_end = self.at.pos + (a.frames.max(0) + b.map_or(0, |b| b.frames.max(0))) as u64;
-        for r in core::iter::once(a).chain(b) {
-            if r.frames <= 0 {
-                continue;
-            }
-            let frames = r.frames as usize;
+        let wake_end = self.at.pos + areas(m).map(|(_, frames)| frames as u64).sum::<u64>();
+        for (ptr, frames) in areas(m) {
             let info = self.at.chunk_info(ch, wake_end);
             // SAFETY: `data_ptr` describes captured frames of the mapped kernel buffer
             // (`frames * channels` samples) that the device will not overwrite until we commit.
-            let s = unsafe { core::slice::from_raw_parts(r.ptr, frames * ch) };
+            let s = unsafe { core::slice::from_raw_parts(ptr, frames * ch) };
             let took = sink.push(s, &info).min(frames);
             m.commit(took as Frames);
             self.at.advance(took);
@@ -678,17 +681,12 @@ impl<T: Sample> AlsaStream<T> {
         let Some(SendDirect(Direct::Playback(m))) = &mut self.direct else {
             return Ok(0);
         };
-        let (a, b) = m.data_ptr();
         let mut moved = 0usize;
-        for r in core::iter::once(a).chain(b) {
-            if r.frames <= 0 {
-                continue;
-            }
-            let frames = r.frames as usize;
+        for (ptr, frames) in areas(m) {
             let info = self.at.chunk_info(ch, capture_pos);
             // SAFETY: `data_ptr` describes free frames of the mapped kernel buffer
             // (`frames * channels` samples) that the device will not read until we commit.
-            let s = unsafe { core::slice::from_raw_parts_mut(r.ptr, frames * ch) };
+            let s = unsafe { core::slice::from_raw_parts_mut(ptr, frames * ch) };
             let got = source.pull(s, &info).min(frames);
             s[got * ch..].fill(T::SILENCE);
             m.commit(frames as Frames);
