@@ -13,10 +13,8 @@
 //! which needs `libvoxring_ffi.so` (built with the workspace: `cargo build --release`), found
 //! next to this program or through `$VOXRING_LIB`.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -26,7 +24,7 @@ use voxring_linux::ring::Segment;
 use voxring_linux::segment::CreateOptions;
 
 use super::measure::{SyscallCounter, now_ns, pin_to, thread_cpu_ns};
-use super::peer::{record_latencies, result_line, wait_child};
+use super::peer::{ConsumerProcess, record_latencies};
 use super::{Plan, ProducerReport};
 
 /// The C consumer's source and the header it includes, under `platform-linux/ffi`.
@@ -80,18 +78,6 @@ fn write_new(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
         .open(&path)
         .and_then(|mut f| f.write_all(text.as_bytes()))
         .with_context(|| format!("writing {}", path.display()))
-}
-
-/// Kills (by PID) and reaps the consumer if it is still running.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
 }
 
 fn compile_c(dir: &Path, lib: &Path) -> anyhow::Result<PathBuf> {
@@ -189,24 +175,8 @@ pub fn run(
             c
         }
     };
-    let mut child = Reaped(
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting the binding consumer")?,
-    );
-    let stdout = child.0.stdout.take().context("consumer stdout")?;
-    let (lines_tx, lines_rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(l) = line else { break };
-            if lines_tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    match lines_rx.recv_timeout(Duration::from_secs(30)) {
+    let child = ConsumerProcess::spawn(&mut cmd, "the binding consumer")?;
+    match child.next_line(Duration::from_secs(30)) {
         Ok(l) if l == "ready" => {}
         other => bail!("the consumer did not join the ring: {other:?} (its message is above)"),
     }
@@ -220,18 +190,14 @@ pub fn run(
     let report = producer
         .join()
         .map_err(|_| anyhow::anyhow!("the producer thread panicked"))??;
-    let status = wait_child(&mut child.0, "the consumer", plan.peer_deadline())?;
-    let _ = reader.join();
-    let parsed: Line = result_line(status, lines_rx.try_iter(), "the binding consumer")?;
-    if parsed.latencies_ns.len() as u64 != plan.messages || parsed.transport != "shm" {
+    let parsed: Line = child.result(plan.peer_deadline())?;
+    if parsed.transport != "shm" {
         bail!(
-            "the consumer reported {} latencies over {} (expected {} over shm)",
-            parsed.latencies_ns.len(),
-            parsed.transport,
-            plan.messages
+            "the binding consumer read over {} (expected shm)",
+            parsed.transport
         );
     }
-    record_latencies(hist, &parsed.latencies_ns)?;
+    record_latencies(hist, &parsed.latencies_ns, plan, "the binding consumer")?;
     drop(seg);
     Ok((parsed.consumer_cpu_ns, report))
 }

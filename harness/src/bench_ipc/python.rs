@@ -2,13 +2,12 @@
 //! `np.frombuffer`), run by `harness/python/mparray_peer.py` (embedded in the binary and passed
 //! with `python3 -c`, so nothing is written to disk).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-use super::peer::{record_latencies, result_line, wait_child};
+use super::peer::{ConsumerProcess, record_latencies};
 use super::{Plan, ProducerReport};
 
 const SCRIPT: &str = include_str!("../../python/mparray_peer.py");
@@ -75,38 +74,15 @@ pub fn run(
     if let Some(id) = tracepoint_id {
         cmd.arg("--tracepoint-id").arg(id.to_string());
     }
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("starting {python} for python-mparray"))?;
-    let stdout = child.stdout.take().context("python stdout")?;
-    // Read in a thread so a big JSON line never blocks the child while we watch the clock.
-    let reader = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            match line {
-                Ok(l) => lines.push(l),
-                Err(_) => break,
-            }
-        }
-        lines
-    });
-    let status = wait_child(&mut child, "python-mparray", plan.peer_deadline())?;
-    let lines = reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("python output reader panicked"))?;
-    let parsed: Line = result_line(status, lines.into_iter(), "python-mparray")?;
-    if parsed.payload_bytes != payload || parsed.latencies_ns.len() as u64 != plan.messages {
+    let child = ConsumerProcess::spawn(&mut cmd, "python-mparray")?;
+    let parsed: Line = child.result(plan.peer_deadline())?;
+    if parsed.payload_bytes != payload {
         bail!(
-            "python-mparray reported {} latencies for {} bytes, expected {} for {payload}",
-            parsed.latencies_ns.len(),
-            parsed.payload_bytes,
-            plan.messages
+            "python-mparray reported {} bytes a message, expected {payload}",
+            parsed.payload_bytes
         );
     }
-    record_latencies(hist, &parsed.latencies_ns)?;
+    record_latencies(hist, &parsed.latencies_ns, plan, "python-mparray")?;
     Ok((
         parsed.consumer_cpu_ns,
         ProducerReport {
