@@ -24,8 +24,8 @@ use voxring_linux::ring::Segment;
 use voxring_linux::segment::CreateOptions;
 
 use super::measure::{SyscallCounter, now_ns, pin_to, thread_cpu_ns};
-use super::peer::{ConsumerProcess, record_latencies};
-use super::{Plan, ProducerReport};
+use super::peer::{ConsumerProcess, options, record_latencies};
+use super::{Measure, Plan, ProducerReport};
 
 /// The C consumer's source and the header it includes, under `platform-linux/ffi`.
 const C_SOURCE: &str = "c/bench_consumer.c";
@@ -124,12 +124,15 @@ struct Line {
 /// report.
 pub fn run(
     consumer: Consumer<'_>,
-    plan: &Plan,
-    payload: usize,
-    cpus: (usize, usize),
-    tracepoint_id: Option<u64>,
+    m: &Measure<'_>,
     hist: &mut hdrhistogram::Histogram<u64>,
 ) -> anyhow::Result<(u64, ProducerReport)> {
+    let Measure {
+        plan,
+        payload,
+        cpus,
+        tracepoint_id,
+    } = *m;
     if payload > 1 << 24 {
         bail!("a voxring frame holds at most 16 MiB; {payload} bytes do not fit");
     }
@@ -148,16 +151,13 @@ pub fn run(
         Consumer::Python(py) => {
             let mut c = Command::new(py);
             c.args(["-m", "voxring._bench", "--ring", &name])
-                .arg("--payload")
-                .arg(payload.to_string())
-                .arg("--warmup")
-                .arg(plan.warmup.to_string())
-                .arg("--messages")
-                .arg(plan.messages.to_string())
-                .arg("--extra")
-                .arg(extra.to_string())
-                .arg("--cpu")
-                .arg(cpus.1.to_string())
+                .args(options(&[
+                    ("--payload", payload as u64),
+                    ("--warmup", plan.warmup),
+                    ("--messages", plan.messages),
+                    ("--extra", extra),
+                    ("--cpu", cpus.1 as u64),
+                ]))
                 .env("PYTHONDONTWRITEBYTECODE", "1");
             c
         }
@@ -277,6 +277,7 @@ mod tests {
     use super::*;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
 
     /// `nobody` on Debian and Ubuntu: the other local user of the attacks below.
     const NOBODY: u32 = 65534;

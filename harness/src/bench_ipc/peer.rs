@@ -11,7 +11,8 @@ use anyhow::{Context, bail};
 
 use super::measure::{SyscallCounter, pin_to};
 use super::{
-    Args, PEER_TIMEOUT_NS, Plan, ProducerReport, Transport, Tx, http, produce, shm, stream, voxring,
+    Args, Measure, PEER_TIMEOUT_NS, Plan, ProducerReport, Transport, Tx, http, produce, shm,
+    stream, voxring,
 };
 
 /// How the producer process reaches the consumer: descriptors it inherits, a 127.0.0.1 port,
@@ -23,28 +24,36 @@ pub(super) struct PeerLink<'a> {
     pub dir: Option<&'a std::path::Path>,
 }
 
+/// `--name value` pairs of a child's command line, in order.
+pub(super) fn options(pairs: &[(&str, u64)]) -> Vec<String> {
+    pairs
+        .iter()
+        .flat_map(|(name, value)| [(*name).to_owned(), value.to_string()])
+        .collect()
+}
+
 pub(super) fn spawn_peer(
     t: Transport,
-    payload: usize,
-    plan: &Plan,
-    cpus: (usize, usize),
-    tracepoint_id: Option<u64>,
+    m: &Measure<'_>,
     link: PeerLink<'_>,
 ) -> anyhow::Result<Child> {
+    let Measure {
+        plan,
+        payload,
+        cpus,
+        tracepoint_id,
+    } = *m;
     let PeerLink { fds, port, dir } = link;
     let exe = std::env::current_exe().context("finding this program to start the producer")?;
     let mut cmd = Command::new(exe);
     cmd.args(["bench", "ipc", "--peer", t.name()])
-        .arg("--peer-payload")
-        .arg(payload.to_string())
-        .arg("--peer-cpu")
-        .arg(cpus.0.to_string())
-        .arg("--messages")
-        .arg(plan.messages.to_string())
-        .arg("--warmup")
-        .arg(plan.warmup.to_string())
-        .arg("--count-messages")
-        .arg(plan.count_messages.to_string());
+        .args(options(&[
+            ("--peer-payload", payload as u64),
+            ("--peer-cpu", cpus.0 as u64),
+            ("--messages", plan.messages),
+            ("--warmup", plan.warmup),
+            ("--count-messages", plan.count_messages),
+        ]));
     if !fds.is_empty() {
         let list = fds
             .iter()

@@ -7,8 +7,8 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-use super::peer::{ConsumerProcess, record_latencies};
-use super::{Plan, ProducerReport};
+use super::peer::{ConsumerProcess, options, record_latencies};
+use super::{Measure, ProducerReport};
 
 const SCRIPT: &str = include_str!("../../python/mparray_peer.py");
 
@@ -50,27 +50,24 @@ struct Line {
 /// producer's report.
 pub fn run(
     python: &str,
-    plan: &Plan,
-    payload: usize,
-    cpus: (usize, usize),
-    tracepoint_id: Option<u64>,
+    m: &Measure<'_>,
     hist: &mut hdrhistogram::Histogram<u64>,
 ) -> anyhow::Result<(u64, ProducerReport)> {
+    let Measure {
+        plan,
+        payload,
+        cpus,
+        tracepoint_id,
+    } = *m;
     let mut cmd = Command::new(python);
-    cmd.arg("-c")
-        .arg(SCRIPT)
-        .arg("--payloads")
-        .arg(payload.to_string())
-        .arg("--messages")
-        .arg(plan.messages.to_string())
-        .arg("--warmup")
-        .arg(plan.warmup.to_string())
-        .arg("--count-messages")
-        .arg(plan.count_messages.to_string())
-        .arg("--producer-cpu")
-        .arg(cpus.0.to_string())
-        .arg("--consumer-cpu")
-        .arg(cpus.1.to_string());
+    cmd.arg("-c").arg(SCRIPT).args(options(&[
+        ("--payloads", payload as u64),
+        ("--messages", plan.messages),
+        ("--warmup", plan.warmup),
+        ("--count-messages", plan.count_messages),
+        ("--producer-cpu", cpus.0 as u64),
+        ("--consumer-cpu", cpus.1 as u64),
+    ]));
     if let Some(id) = tracepoint_id {
         cmd.arg("--tracepoint-id").arg(id.to_string());
     }
