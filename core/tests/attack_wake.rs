@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Region, config, make, make_pair};
+use common::{Region, config, make, make_pair, write_one_parking};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
@@ -267,19 +267,8 @@ fn a_really_parked_producer_is_still_woken_under_a_forged_count() {
         |producer, consumer, waiter| {
             std::thread::scope(|s| {
                 let writer = s.spawn(|| {
-                    let mut sent = 0u64;
-                    while sent < FRAMES {
-                        if let Ok(g) = producer.write_grant(1) {
-                            g.commit_all().wake(waiter);
-                            sent += 1;
-                            continue;
-                        }
-                        let outcome = producer.wait_writable(waiter, None).unwrap();
-                        assert_ne!(
-                            outcome,
-                            WaitOutcome::TimedOut,
-                            "the producer was never woken"
-                        );
+                    for _ in 0..FRAMES {
+                        write_one_parking(producer, waiter);
                     }
                 });
                 for i in 0..FRAMES as usize {

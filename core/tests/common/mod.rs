@@ -2,7 +2,8 @@
 #![allow(dead_code)]
 
 use voxring_core::{
-    Consumer, FrameFlags, FrameMeta, FrameMut, Policy, Producer, Ring, RingConfig, SampleFormat,
+    Consumer, FrameFlags, FrameMeta, FrameMut, GrantError, Policy, Producer, Ring, RingConfig,
+    SampleFormat, WaitOutcome, Waiter,
 };
 
 /// A property-test operation: the producer grants up to `n` frames and commits `k` of them.
@@ -129,6 +130,29 @@ pub fn fill_frame(f: &mut FrameMut<'_>, payload_bytes: u32) {
     f.set_len(len).unwrap();
     for (i, b) in f.payload_mut().iter_mut().enumerate() {
         *b = byte(seq, i);
+    }
+}
+
+/// Commits one frame (filled by [`fill_frame`]), parking on `waiter` while the ring is full
+/// (lossless); waking is `waiter`'s business, so a park that ends in a timeout fails the test.
+pub fn write_one_parking(p: &mut Producer, waiter: &impl Waiter) {
+    let payload_bytes = p.ring().payload_bytes();
+    loop {
+        match p.write_grant(1) {
+            Ok(mut g) => {
+                fill_frame(&mut g.frame_mut(0).unwrap(), payload_bytes);
+                g.commit_all().wake(waiter);
+                return;
+            }
+            Err(GrantError::Full) => {}
+            Err(e) => panic!("{e}"),
+        }
+        let outcome = p.wait_writable(waiter, None).unwrap();
+        assert_ne!(
+            outcome,
+            WaitOutcome::TimedOut,
+            "the parked producer was never woken"
+        );
     }
 }
 

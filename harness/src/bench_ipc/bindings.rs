@@ -127,12 +127,7 @@ pub fn run(
     m: &Measure<'_>,
     hist: &mut hdrhistogram::Histogram<u64>,
 ) -> anyhow::Result<(u64, ProducerReport)> {
-    let Measure {
-        plan,
-        payload,
-        cpus,
-        tracepoint_id,
-    } = *m;
+    let (plan, payload) = (m.plan, m.payload);
     if payload > 1 << 24 {
         bail!("a voxring frame holds at most 16 MiB; {payload} bytes do not fit");
     }
@@ -156,7 +151,7 @@ pub fn run(
                     ("--warmup", plan.warmup),
                     ("--messages", plan.messages),
                     ("--extra", extra),
-                    ("--cpu", cpus.1 as u64),
+                    ("--cpu", m.cpus.1 as u64),
                 ]))
                 .env("PYTHONDONTWRITEBYTECODE", "1");
             c
@@ -166,7 +161,7 @@ pub fn run(
             let exe = compile_c(dir.path(), &crate::locate::library()?)?;
             let mut c = Command::new("taskset");
             c.arg("-c")
-                .arg(cpus.1.to_string())
+                .arg(m.cpus.1.to_string())
                 .arg(exe)
                 .arg(&name)
                 .arg(plan.warmup.to_string())
@@ -182,10 +177,11 @@ pub fn run(
     }
 
     let plan_p = plan.clone();
+    let (cpu, tracepoint_id) = (m.cpus.0, m.tracepoint_id);
     let seg_p = seg.clone();
     let producer = std::thread::Builder::new()
         .name("bench-ffi-producer".into())
-        .spawn(move || produce(&seg_p, &plan_p, cpus.0, tracepoint_id))
+        .spawn(move || produce(&seg_p, &plan_p, cpu, tracepoint_id))
         .context("starting the producer thread")?;
     let report = producer
         .join()

@@ -27,12 +27,7 @@ pub fn run(
     m: &Measure<'_>,
     hist: &mut hdrhistogram::Histogram<u64>,
 ) -> anyhow::Result<(u64, ProducerReport)> {
-    let Measure {
-        plan,
-        payload,
-        cpus,
-        ..
-    } = *m;
+    let (plan, payload, cpus) = (m.plan, m.payload, m.cpus);
     let (mut data_tx, mut data_rx) = rtrb::RingBuffer::<u8>::new(payload);
     let (mut ack_tx, mut ack_rx) = rtrb::RingBuffer::<u64>::new(1);
     let plan_p = plan.clone();

@@ -37,22 +37,16 @@ pub(super) fn spawn_peer(
     m: &Measure<'_>,
     link: PeerLink<'_>,
 ) -> anyhow::Result<Child> {
-    let Measure {
-        plan,
-        payload,
-        cpus,
-        tracepoint_id,
-    } = *m;
     let PeerLink { fds, port, dir } = link;
     let exe = std::env::current_exe().context("finding this program to start the producer")?;
     let mut cmd = Command::new(exe);
     cmd.args(["bench", "ipc", "--peer", t.name()])
         .args(options(&[
-            ("--peer-payload", payload as u64),
-            ("--peer-cpu", cpus.0 as u64),
-            ("--messages", plan.messages),
-            ("--warmup", plan.warmup),
-            ("--count-messages", plan.count_messages),
+            ("--peer-payload", m.payload as u64),
+            ("--peer-cpu", m.cpus.0 as u64),
+            ("--messages", m.plan.messages),
+            ("--warmup", m.plan.warmup),
+            ("--count-messages", m.plan.count_messages),
         ]));
     if !fds.is_empty() {
         let list = fds
@@ -65,13 +59,13 @@ pub(super) fn spawn_peer(
     if let Some(p) = port {
         cmd.arg("--peer-port").arg(p.to_string());
     }
-    if let Some(pace) = plan.pace_ns {
+    if let Some(pace) = m.plan.pace_ns {
         cmd.arg("--pace-us").arg((pace / 1000).to_string());
     }
     if let Some(d) = dir {
         cmd.arg("--peer-dir").arg(d);
     }
-    if let Some(id) = tracepoint_id {
+    if let Some(id) = m.tracepoint_id {
         cmd.arg("--tracepoint-id").arg(id.to_string());
     }
     cmd.stdin(Stdio::null())

@@ -53,33 +53,28 @@ pub fn run(
     m: &Measure<'_>,
     hist: &mut hdrhistogram::Histogram<u64>,
 ) -> anyhow::Result<(u64, ProducerReport)> {
-    let Measure {
-        plan,
-        payload,
-        cpus,
-        tracepoint_id,
-    } = *m;
     let mut cmd = Command::new(python);
     cmd.arg("-c").arg(SCRIPT).args(options(&[
-        ("--payloads", payload as u64),
-        ("--messages", plan.messages),
-        ("--warmup", plan.warmup),
-        ("--count-messages", plan.count_messages),
-        ("--producer-cpu", cpus.0 as u64),
-        ("--consumer-cpu", cpus.1 as u64),
+        ("--payloads", m.payload as u64),
+        ("--messages", m.plan.messages),
+        ("--warmup", m.plan.warmup),
+        ("--count-messages", m.plan.count_messages),
+        ("--producer-cpu", m.cpus.0 as u64),
+        ("--consumer-cpu", m.cpus.1 as u64),
     ]));
-    if let Some(id) = tracepoint_id {
+    if let Some(id) = m.tracepoint_id {
         cmd.arg("--tracepoint-id").arg(id.to_string());
     }
     let child = ConsumerProcess::spawn(&mut cmd, "python-mparray")?;
-    let parsed: Line = child.result(plan.peer_deadline())?;
-    if parsed.payload_bytes != payload {
+    let parsed: Line = child.result(m.plan.peer_deadline())?;
+    if parsed.payload_bytes != m.payload {
         bail!(
-            "python-mparray reported {} bytes a message, expected {payload}",
-            parsed.payload_bytes
+            "python-mparray reported {} bytes a message, expected {}",
+            parsed.payload_bytes,
+            m.payload
         );
     }
-    record_latencies(hist, &parsed.latencies_ns, plan, "python-mparray")?;
+    record_latencies(hist, &parsed.latencies_ns, m.plan, "python-mparray")?;
     Ok((
         parsed.consumer_cpu_ns,
         ProducerReport {

@@ -11,8 +11,11 @@ use std::process::{Command, Stdio};
 use super::sys::{self, Sys, is_uint, size_to_bytes};
 use super::{Check, Finding, fail, good, warn};
 
+/// A file check: what it finds on the system.
+type FileCheck = fn(&Sys) -> Finding;
+
 /// Every file check, in the order of CHECKS.md, with its id.
-const FILE_CHECKS: [(&str, fn(&Sys) -> Finding); 25] = [
+const FILE_CHECKS: [(&str, FileCheck); 25] = [
     ("root", c_root),
     ("audio-group", c_audio_group),
     ("limits-conf", c_limits_conf),
