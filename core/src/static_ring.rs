@@ -217,6 +217,7 @@ impl<T: Copy, const N: usize> StaticRing<T, N> {
     }
 
     /// Shows loom a write to the `len` slots from cursor `from` (a no-op outside loom).
+    #[inline]
     fn track_write(&self, from: u64, len: u64) {
         for k in 0..len {
             self.track[(from.wrapping_add(k) as usize) & (N - 1)].with_mut(|_| ());
@@ -224,6 +225,7 @@ impl<T: Copy, const N: usize> StaticRing<T, N> {
     }
 
     /// Shows loom a read of the `len` slots from cursor `from` (a no-op outside loom).
+    #[inline]
     fn track_read(&self, from: u64, len: u64) {
         for k in 0..len {
             self.track[(from.wrapping_add(k) as usize) & (N - 1)].with(|_| ());
@@ -233,6 +235,7 @@ impl<T: Copy, const N: usize> StaticRing<T, N> {
 
 /// The slots `count(cached)` says are available to one side, where `cached` is its copy of the
 /// other side's cursor; when that is fewer than `want`, the copy is reloaded from `other` first.
+#[inline]
 fn available(cached: &mut u64, other: &AtomicU64, want: u64, count: impl Fn(u64) -> u64) -> u64 {
     let n = count(*cached);
     if n >= want {
@@ -245,7 +248,9 @@ fn available(cached: &mut u64, other: &AtomicU64, want: u64, count: impl Fn(u64)
 }
 
 /// Moves a side's own `cursor` on by `k` and stores it in `shared` with `order` (the caller says
-/// what it pairs with).
+/// what it pairs with). Inline, so that `order` is a constant in the caller: this function is not
+/// generic, and without it the push and pop of another crate call it, store and all.
+#[inline]
 fn publish(cursor: &mut u64, shared: &AtomicU64, k: u64, order: Ordering) {
     *cursor = cursor.wrapping_add(k);
     shared.store(*cursor, order);

@@ -130,6 +130,7 @@ struct Cursor {
 
 impl Cursor {
     /// What the next chunk handed to a sink or source is.
+    #[inline]
     fn chunk_info(&self, channels: usize, capture_pos: u64) -> ChunkInfo {
         ChunkInfo {
             sample_pos: self.pos,
@@ -141,6 +142,7 @@ impl Cursor {
     }
 
     /// `frames` were moved: the position moves on, and the pending flags were delivered.
+    #[inline]
     fn advance(&mut self, frames: usize) {
         self.flags = 0;
         self.pos += frames as u64;
