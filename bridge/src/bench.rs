@@ -21,7 +21,7 @@ use voxring_linux::clock::monotonic_ns;
 use voxring_linux::ring::{FramesWait, Segment};
 use voxring_linux::segment::{AttachOptions, CreateOptions};
 
-use crate::topo::{NETNS_ADDR, NetnsPair, Side, free_local_port};
+use crate::topo::{NETNS_ADDR, NetnsPair, Side, export_args, free_local_port, import_args};
 
 /// `voxring-bridge bench` options.
 #[derive(Debug, clap::Args)]
@@ -230,23 +230,18 @@ pub fn run(exe: &Path, a: &Args) -> anyhow::Result<Report> {
         None => std::process::Command::new(exe),
     };
     let mut ex_cmd = cmd(0);
-    ex_cmd.args(["export", &src, "--key", &key, "--listen", &locator]);
+    export_args(&mut ex_cmd, &src, &key, &locator);
     let mut exporter = Side::spawn("exporter", ex_cmd)?;
     exporter.wait_line("exporting", give_up)?;
     let mut im_cmd = cmd(1);
     let format = format!("{}:1:{}:s16", a.samples_per_frame, a.rate);
     let target = a.target_ms.to_string();
-    im_cmd.args([
-        "import",
-        &key,
-        "--ring",
-        &dst,
-        "--connect",
-        &locator,
-        "--format",
-        &format,
+    import_args(&mut im_cmd, &key, &dst, &locator, &format).args([
+        "--target-ms",
+        &target,
+        "--ring-frames",
+        "256",
     ]);
-    im_cmd.args(["--target-ms", &target, "--ring-frames", "256"]);
     let mut importer = Side::spawn("importer", im_cmd)?;
     exporter.wait_line("importer present", give_up)?;
     wait_ring(&dst, give_up)?;

@@ -260,3 +260,35 @@ pub fn free_local_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
+
+/// Adds an exporter's command line to `cmd` (the program already set):
+/// `export SRC --key KEY --listen LOCATOR`.
+pub fn export_args<'c>(
+    cmd: &'c mut Command,
+    src: &str,
+    key: &str,
+    listen: &str,
+) -> &'c mut Command {
+    cmd.args(["export", src, "--key", key, "--listen", listen])
+}
+
+/// Adds an importer's command line to `cmd` (the program already set):
+/// `import KEY --ring DST --connect LOCATOR --format FORMAT`.
+pub fn import_args<'c>(
+    cmd: &'c mut Command,
+    key: &str,
+    dst: &str,
+    connect: &str,
+    format: &str,
+) -> &'c mut Command {
+    cmd.args([
+        "import",
+        key,
+        "--ring",
+        dst,
+        "--connect",
+        connect,
+        "--format",
+        format,
+    ])
+}

@@ -8,10 +8,12 @@ mod common;
 use std::path::Path;
 
 use common::{
-    EXE, FORMAT, GIVE_UP, assert_gone, attach_when_there, frame, produce, read_frames, source_ring,
-    stats,
+    EXE, FORMAT, GIVE_UP, assert_counters, assert_gone, attach_when_there, frame, produce,
+    read_frames, source_ring, stats,
 };
-use voxring_bridge::topo::{NETNS_ADDR, NetnsPair, Side, free_local_port};
+use voxring_bridge::topo::{
+    NETNS_ADDR, NetnsPair, Side, export_args, free_local_port, import_args,
+};
 use voxring_core::FrameFlags;
 
 fn names(tag: &str) -> (String, String, String) {
@@ -46,7 +48,7 @@ impl Net<'_> {
 
 fn exporter(net: &Net, src: &str, key: &str) -> Side {
     let mut c = net.command(0);
-    c.args(["export", src, "--key", key, "--listen", &net.locator()]);
+    export_args(&mut c, src, key, &net.locator());
     let mut s = Side::spawn("exporter", c).unwrap();
     s.wait_line("exporting", GIVE_UP).unwrap();
     s
@@ -54,17 +56,9 @@ fn exporter(net: &Net, src: &str, key: &str) -> Side {
 
 fn importer(net: &Net, key: &str, dst: &str, extra: &[&str]) -> Side {
     let mut c = net.command(1);
-    c.args([
-        "import",
-        key,
-        "--ring",
-        dst,
-        "--connect",
-        &net.locator(),
-        "--format",
-        FORMAT,
-    ]);
-    c.args(["--ring-frames", "512"]).args(extra);
+    import_args(&mut c, key, dst, &net.locator(), FORMAT)
+        .args(["--ring-frames", "512"])
+        .args(extra);
     let mut s = Side::spawn("importer", c).unwrap();
     s.wait_line("importing", GIVE_UP).unwrap();
     s
@@ -123,11 +117,7 @@ fn run_case(
 fn frames_arrive_bit_exact_over_loopback() {
     let net = Net::Loopback(free_local_port().unwrap());
     let s = run_case(&net, "exact", 300, &[], |_| false);
-    assert_eq!(
-        (s["played"].as_u64(), s["lost"].as_u64()),
-        (Some(300), Some(0)),
-        "{s}"
-    );
+    assert_counters(&s, &[("played", 300), ("lost", 0)], "importer");
 }
 
 #[test]
@@ -142,9 +132,11 @@ fn injected_loss_is_counted_exactly_and_flagged() {
         &["--inject-drop-every", "5", "--target-ms", "100"],
         |q| q % 5 == 4,
     );
-    assert_eq!(s["injected_drops"].as_u64(), Some(60), "{s}");
-    assert_eq!(s["lost"].as_u64(), Some(60), "{s}");
-    assert_eq!(s["played"].as_u64(), Some(241), "{s}");
+    assert_counters(
+        &s,
+        &[("injected_drops", 60), ("lost", 60), ("played", 241)],
+        "importer",
+    );
 }
 
 #[test]
@@ -158,9 +150,7 @@ fn jitter_under_the_target_plays_out_on_time_with_no_loss() {
         &["--inject-jitter-ms", "40", "--target-ms", "250"],
         |_| false,
     );
-    assert_eq!(s["lost"].as_u64(), Some(0), "{s}");
-    assert_eq!(s["late"].as_u64(), Some(0), "{s}");
-    assert_eq!(s["played"].as_u64(), Some(400), "{s}");
+    assert_counters(&s, &[("lost", 0), ("late", 0), ("played", 400)], "importer");
 }
 
 fn netns_pair() -> NetnsPair {
@@ -173,11 +163,7 @@ fn across_a_veth_pair_frames_are_exact_losses_counted_and_jitter_absorbed() {
     let pair = netns_pair();
     let net = Net::Veth(&pair);
     let s = run_case(&net, "vexact", 200, &[], |_| false);
-    assert_eq!(
-        (s["played"].as_u64(), s["lost"].as_u64()),
-        (Some(200), Some(0)),
-        "{s}"
-    );
+    assert_counters(&s, &[("played", 200), ("lost", 0)], "importer");
     let s = run_case(
         &net,
         "vloss",
@@ -185,7 +171,7 @@ fn across_a_veth_pair_frames_are_exact_losses_counted_and_jitter_absorbed() {
         &["--inject-drop-every", "7", "--target-ms", "100"],
         |q| q % 7 == 6,
     );
-    assert_eq!(s["lost"].as_u64(), Some(28), "{s}");
+    assert_counters(&s, &[("lost", 28)], "importer");
     let s = run_case(
         &net,
         "vjit",
@@ -193,10 +179,6 @@ fn across_a_veth_pair_frames_are_exact_losses_counted_and_jitter_absorbed() {
         &["--inject-jitter-ms", "30", "--target-ms", "250"],
         |_| false,
     );
-    assert_eq!(
-        (s["lost"].as_u64(), s["late"].as_u64()),
-        (Some(0), Some(0)),
-        "{s}"
-    );
+    assert_counters(&s, &[("lost", 0), ("late", 0)], "importer");
     drop(pair);
 }

@@ -3,13 +3,14 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use voxring_bridge::Event;
 use voxring_bridge::import::{ImportOptions, Importer};
 use voxring_bridge::net::{self, Endpoints};
-use voxring_bridge::topo::{NetnsPair, Side, free_local_port};
+use voxring_bridge::topo::{NetnsPair, Side, export_args, free_local_port, import_args};
 use voxring_core::{FrameFlags, Policy, ReadError, RingConfig, SampleFormat};
 use voxring_linux::ring::{FramesWait, Segment};
 use voxring_linux::segment::{AttachOptions, CreateOptions};
@@ -31,9 +32,10 @@ fn source_ring(name: &str) -> Segment {
     Segment::create(name, &cfg, &CreateOptions::default()).unwrap()
 }
 
-fn spawn(name: &str, args: &[&str], ready: &str) -> Side {
-    let mut c = std::process::Command::new(EXE);
-    c.args(args);
+/// Starts the bridge as `name`, its command line set by `args`, and waits for its `ready` line.
+fn spawn(name: &str, args: &dyn Fn(&mut Command), ready: &str) -> Side {
+    let mut c = Command::new(EXE);
+    args(&mut c);
     let mut s = Side::spawn(name, c).unwrap();
     s.wait_line(ready, GIVE_UP).unwrap();
     s
@@ -79,19 +81,14 @@ fn either_side_killed_is_reported_and_recovers_when_it_comes_back() {
     let port = free_local_port().unwrap().to_string();
     let locator = format!("tcp/127.0.0.1:{port}");
     let seg = source_ring(&src);
-    let ex_args = ["export", &src, "--key", &key, "--listen", &locator];
+    let ex_args = |c: &mut Command| {
+        export_args(c, &src, &key, &locator);
+    };
     // The ring is made at start (--format): a new importer replaces the dead one's ring
     // before it says "importing".
-    let im_args = [
-        "import",
-        &key,
-        "--ring",
-        &dst,
-        "--connect",
-        &locator,
-        "--format",
-        "32:1:16000:s16",
-    ];
+    let im_args = |c: &mut Command| {
+        import_args(c, &key, &dst, &locator, "32:1:16000:s16");
+    };
     let mut ex = spawn("exporter", &ex_args, "exporting");
     let mut im = spawn("importer", &im_args, "importing");
     ex.wait_line("importer present", GIVE_UP).unwrap();

@@ -7,17 +7,17 @@
 //! publisher, beside a legitimate pair: the legitimate importer gets every frame bit-exact,
 //! the attackers' rings get nothing and the legitimate ring nothing of theirs. No assertion on
 //! elapsed time: durations are only "give up" bounds.
-//!
-//! The ring helpers are a minimal copy of those in tests/bridge.rs (being factored out now).
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::tools::{output_ok, private_dir};
 use common::{
-    EXE, FORMAT, GIVE_UP, SPF, assert_gone, attach_when_there, frame, produce, source_ring, stats,
+    EXE, FORMAT, GIVE_UP, SPF, assert_counters, assert_gone, attach_when_there, frame, produce,
+    source_ring, stats,
 };
-use voxring_bridge::topo::{Side, free_local_port};
+use voxring_bridge::topo::{Side, export_args, free_local_port};
 use voxring_core::FrameFlags;
 use voxring_linux::ring::{Segment, ShmConsumer};
 
@@ -62,15 +62,11 @@ fn run_recipe(dir: &Path, names: &[&str]) {
     for n in names {
         script.push_str(&format!("\ncert {n} localhost"));
     }
-    let out = std::process::Command::new("sh")
-        .args(["-eu", "-c", &script])
-        .current_dir(dir)
-        .output()
-        .expect("running sh (the doc's openssl recipe)");
-    assert!(
-        out.status.success(),
-        "the doc's openssl recipe failed (is openssl installed? scripts/setup-system test):\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    output_ok(
+        std::process::Command::new("sh")
+            .args(["-eu", "-c", &script])
+            .current_dir(dir),
+        "the doc's openssl recipe (is openssl installed? scripts/setup-system test)",
     );
     for n in names {
         assert!(dir.join(format!("{n}-cert.pem")).exists(), "{n}-cert.pem");
@@ -79,12 +75,7 @@ fn run_recipe(dir: &Path, names: &[&str]) {
 
 impl Pki {
     fn make() -> Pki {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::Builder::new()
-            .prefix("vxtls")
-            .permissions(std::fs::Permissions::from_mode(0o700))
-            .tempdir()
-            .unwrap();
+        let dir = private_dir("vxtls");
         let ca = dir.path().join("ca");
         let rogue = dir.path().join("rogue");
         run_recipe(&ca, &["hub", "mic-box.room1", "intruder", "eavesdropper"]);
@@ -98,6 +89,7 @@ impl Pki {
 }
 
 /// One side's configuration, made from the example by the doc's procedure.
+#[derive(Clone, Copy)]
 struct SideConfig<'a> {
     /// Where this side's key and certificate are (`Pki::ca` or `Pki::rogue`).
     certs: &'a Path,
@@ -112,6 +104,30 @@ struct SideConfig<'a> {
     /// The CA it trusts, when not that of its own certificate (an attacker with a foreign
     /// certificate who knows the real CA).
     trust: Option<&'a Path>,
+}
+
+impl<'a> SideConfig<'a> {
+    /// The legitimate box (the real CA, access control on), exporting on `listen`.
+    fn mic_box(pki: &'a Pki, listen: &'a str) -> Self {
+        SideConfig {
+            certs: &pki.ca,
+            me: "mic-box.room1",
+            peer: "hub",
+            listen: Some(listen),
+            acl: true,
+            trust: None,
+        }
+    }
+
+    /// The legitimate hub, importing from the box `mic_box`.
+    fn hub(mic_box: &Self) -> Self {
+        SideConfig {
+            me: "hub",
+            peer: "mic-box.room1",
+            listen: None,
+            ..*mic_box
+        }
+    }
 }
 
 fn replace_once(s: &str, from: &str, to: &str) -> String {
@@ -191,6 +207,33 @@ fn assert_legitimate(got: &[(u64, u64, FrameFlags, Vec<u8>)]) {
     }
 }
 
+/// Once the exporter `ex` has seen the importer: writes the legitimate frames into `seg` (while
+/// `also` runs: attackers publishing) and reads the imported ring `dst` until they all
+/// arrived; checks they are exactly the legitimate ones and that nothing came after them.
+fn deliver_legitimate(ex: &mut Side, seg: &Segment, dst: &str, also: impl FnOnce() + Send) {
+    ex.wait_line("importer present", GIVE_UP).unwrap();
+    let out = attach_when_there(dst);
+    let mut rx = out.consumer().unwrap();
+    let got = std::thread::scope(|sc| {
+        sc.spawn(also);
+        produce_from(seg, 0);
+        read_frames(&mut rx, FRAMES as usize)
+    });
+    assert_legitimate(&got);
+    // Nothing after them either (a forged frame would have been played after the last).
+    let more = read_frames(&mut rx, 0);
+    assert!(more.is_empty(), "{} more frames arrived", more.len());
+}
+
+/// Stops the legitimate importer `im` and exporter `ex`: every frame read, played, none lost.
+/// Returns the importer's counters.
+fn legitimate_counters(im: &mut Side, ex: &mut Side) -> serde_json::Value {
+    let s = stats(im);
+    assert_counters(&stats(ex), &[("read", FRAMES)], "the exporter");
+    assert_counters(&s, &[("played", FRAMES), ("lost", 0)], "the importer");
+    s
+}
+
 struct Run {
     tag: String,
     dir: tempfile::TempDir,
@@ -198,12 +241,7 @@ struct Run {
 
 impl Run {
     fn new(tag: &str) -> Run {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::Builder::new()
-            .prefix("vxtlscfg")
-            .permissions(std::fs::Permissions::from_mode(0o700))
-            .tempdir()
-            .unwrap();
+        let dir = private_dir("vxtlscfg");
         Run {
             tag: format!("vxtls{}{tag}", std::process::id()),
             dir,
@@ -223,9 +261,10 @@ impl Run {
     fn exporter(&self, who: &str, src: &str, c: &SideConfig) -> Side {
         let cfg = self.config(who, c);
         let mut cmd = std::process::Command::new(EXE);
-        cmd.args(["export", src, "--key", &self.key(), "--config"])
-            .arg(&cfg)
-            .args(["--listen", c.listen.expect("an exporter here listens")]);
+        let listen = c.listen.expect("an exporter here listens");
+        export_args(&mut cmd, src, &self.key(), listen)
+            .arg("--config")
+            .arg(&cfg);
         let mut s = Side::spawn(who, cmd).unwrap();
         s.wait_line("exporting", GIVE_UP).unwrap();
         s
@@ -260,38 +299,12 @@ fn over_mutual_tls_with_access_control_frames_arrive_bit_exact() {
     let (listen, dial) = tls_port();
     let (src, dst) = (run.ring("src"), run.ring("dst"));
     let seg = source_ring(&src);
-    let box_cfg = SideConfig {
-        certs: &pki.ca,
-        me: "mic-box.room1",
-        peer: "hub",
-        listen: Some(&listen),
-        acl: true,
-        trust: None,
-    };
-    let hub_cfg = SideConfig {
-        me: "hub",
-        peer: "mic-box.room1",
-        listen: None,
-        ..box_cfg
-    };
+    let box_cfg = SideConfig::mic_box(&pki, &listen);
     let mut ex = run.exporter("box", &src, &box_cfg);
-    let mut im = run.importer("hub", &dst, &hub_cfg, &[dial]);
-    ex.wait_line("importer present", GIVE_UP).unwrap();
-    let out = attach_when_there(&dst);
-    let mut rx = out.consumer().unwrap();
-    produce_from(&seg, 0);
-    assert_legitimate(&read_frames(&mut rx, FRAMES as usize));
-    drop(rx);
-    drop(out);
-    let s = stats(&mut im);
-    let e = stats(&mut ex);
+    let mut im = run.importer("hub", &dst, &SideConfig::hub(&box_cfg), &[dial]);
+    deliver_legitimate(&mut ex, &seg, &dst, || {});
+    legitimate_counters(&mut im, &mut ex);
     drop(seg);
-    assert_eq!(
-        (s["played"].as_u64(), s["lost"].as_u64()),
-        (Some(FRAMES), Some(0)),
-        "{s}"
-    );
-    assert_eq!(e["read"], FRAMES, "{e}");
     assert_gone(&[&src, &dst]);
 }
 
@@ -310,10 +323,10 @@ fn nothing_arrived(name: &str, side: &mut Side) -> serde_json::Value {
         "{name}: {} frames reached an attacker",
         got.len()
     );
-    assert_eq!(
-        (s["received"].as_u64(), s["played"].as_u64()),
-        (Some(0), Some(0)),
-        "{name}: the attacker's importer got frames: {s}"
+    assert_counters(
+        &s,
+        &[("received", 0), ("played", 0)],
+        &format!("{name}: the attacker's importer got frames"),
     );
     s
 }
@@ -326,24 +339,15 @@ fn a_subscriber_with_a_foreign_ca_or_a_refused_common_name_gets_no_frame() {
     let (src, dst) = (run.ring("src"), run.ring("dst"));
     let (eaves, rogue) = (run.ring("eaves"), run.ring("rogue"));
     let seg = source_ring(&src);
-    let box_cfg = SideConfig {
-        certs: &pki.ca,
-        me: "mic-box.room1",
-        peer: "hub",
-        listen: Some(&listen),
-        acl: true,
-        trust: None,
-    };
+    let box_cfg = SideConfig::mic_box(&pki, &listen);
     let mut ex = run.exporter("box", &src, &box_cfg);
     // Attackers first, so they had every chance the legitimate importer had. Their own
     // access control is off (they control their side).
     // A valid certificate from the real CA, with a name the box does not allow.
     let eaves_cfg = SideConfig {
         me: "eavesdropper",
-        peer: "mic-box.room1",
-        listen: None,
         acl: false,
-        ..box_cfg
+        ..SideConfig::hub(&box_cfg)
     };
     let mut v1 = run.importer(
         "eavesdropper",
@@ -359,31 +363,12 @@ fn a_subscriber_with_a_foreign_ca_or_a_refused_common_name_gets_no_frame() {
         ..eaves_cfg
     };
     let mut v2 = run.importer("rogue", &rogue, &rogue_cfg, std::slice::from_ref(&dial));
-    let hub_cfg = SideConfig {
-        me: "hub",
-        peer: "mic-box.room1",
-        listen: None,
-        ..box_cfg
-    };
-    let mut im = run.importer("hub", &dst, &hub_cfg, &[dial]);
-    ex.wait_line("importer present", GIVE_UP).unwrap();
-    let out = attach_when_there(&dst);
-    let mut rx = out.consumer().unwrap();
-    produce_from(&seg, 0);
-    assert_legitimate(&read_frames(&mut rx, FRAMES as usize));
-    drop(rx);
-    drop(out);
+    let mut im = run.importer("hub", &dst, &SideConfig::hub(&box_cfg), &[dial]);
+    deliver_legitimate(&mut ex, &seg, &dst, || {});
     nothing_arrived(&eaves, &mut v1);
     nothing_arrived(&rogue, &mut v2);
-    let s = stats(&mut im);
-    let e = stats(&mut ex);
+    legitimate_counters(&mut im, &mut ex);
     drop(seg);
-    assert_eq!(
-        (s["played"].as_u64(), s["lost"].as_u64()),
-        (Some(FRAMES), Some(0)),
-        "{s}"
-    );
-    assert_eq!(e["read"], FRAMES, "{e}");
     assert_gone(&[&src, &dst, &eaves, &rogue]);
 }
 
@@ -399,14 +384,7 @@ fn a_publisher_with_a_foreign_ca_or_a_refused_common_name_cannot_put() {
     let seg = source_ring(&src);
     let iseg = source_ring(&isrc);
     let rseg = source_ring(&rsrc);
-    let box_cfg = SideConfig {
-        certs: &pki.ca,
-        me: "mic-box.room1",
-        peer: "hub",
-        listen: Some(&l_ok),
-        acl: true,
-        trust: None,
-    };
+    let box_cfg = SideConfig::mic_box(&pki, &l_ok);
     let mut ex = run.exporter("box", &src, &box_cfg);
     // A valid certificate from the real CA, with a name the hub does not allow, publishing
     // on the same key.
@@ -426,53 +404,26 @@ fn a_publisher_with_a_foreign_ca_or_a_refused_common_name_cannot_put() {
         ..intruder_cfg
     };
     let mut r = run.exporter("rogue", &rsrc, &rogue_cfg);
-    let hub_cfg = SideConfig {
-        me: "hub",
-        peer: "mic-box.room1",
-        listen: None,
-        ..box_cfg
-    };
+    let hub_cfg = SideConfig::hub(&box_cfg);
     let mut im = run.importer("hub", &dst, &hub_cfg, &[d_in, d_ro, d_ok]);
-    ex.wait_line("importer present", GIVE_UP).unwrap();
-    let out = attach_when_there(&dst);
-    let mut rx = out.consumer().unwrap();
     // The attackers publish their own frames on the key all the while.
-    let got = std::thread::scope(|sc| {
-        sc.spawn(|| produce_from(&iseg, FORGED));
-        sc.spawn(|| produce_from(&rseg, 2 * FORGED));
-        produce_from(&seg, 0);
-        read_frames(&mut rx, FRAMES as usize)
+    deliver_legitimate(&mut ex, &seg, &dst, || {
+        std::thread::scope(|sc| {
+            sc.spawn(|| produce_from(&iseg, FORGED));
+            produce_from(&rseg, 2 * FORGED);
+        })
     });
-    assert_legitimate(&got);
-    // Nothing after them either (a forged frame would have been played after the last).
-    let more = read_frames(&mut rx, 0);
-    assert!(more.is_empty(), "{} more frames arrived", more.len());
-    drop(rx);
-    drop(out);
-    let s = stats(&mut im);
+    let s = legitimate_counters(&mut im, &mut ex);
     let xe = stats(&mut x);
     let re = stats(&mut r);
-    let e = stats(&mut ex);
     drop((seg, iseg, rseg));
-    assert_eq!(
-        (
-            s["received"].as_u64(),
-            s["played"].as_u64(),
-            s["lost"].as_u64()
-        ),
-        (Some(FRAMES), Some(FRAMES), Some(0)),
-        "the hub took frames from an attacker: {s}"
-    );
-    assert_eq!(
-        (s["restarts"].as_u64(), s["rejected"].as_u64()),
-        (Some(0), Some(0)),
-        "{s}"
+    assert_counters(
+        &s,
+        &[("received", FRAMES), ("restarts", 0), ("rejected", 0)],
+        "the hub took frames from an attacker",
     );
     // The attackers did publish.
-    assert_eq!(
-        (xe["read"].as_u64(), re["read"].as_u64()),
-        (Some(FRAMES), Some(FRAMES))
-    );
-    assert_eq!(e["read"], FRAMES, "{e}");
+    assert_counters(&xe, &[("read", FRAMES)], "the intruder's exporter");
+    assert_counters(&re, &[("read", FRAMES)], "the rogue exporter");
     assert_gone(&[&src, &dst, &isrc, &rsrc]);
 }

@@ -215,6 +215,45 @@ impl<T: Copy, const N: usize> StaticRing<T, N> {
     fn base(&self) -> *mut T {
         self.buf.get().cast::<T>()
     }
+
+    /// Shows loom a write to the `len` slots from cursor `from` (a no-op outside loom).
+    #[inline]
+    fn track_write(&self, from: u64, len: u64) {
+        for k in 0..len {
+            self.track[(from.wrapping_add(k) as usize) & (N - 1)].with_mut(|_| ());
+        }
+    }
+
+    /// Shows loom a read of the `len` slots from cursor `from` (a no-op outside loom).
+    #[inline]
+    fn track_read(&self, from: u64, len: u64) {
+        for k in 0..len {
+            self.track[(from.wrapping_add(k) as usize) & (N - 1)].with(|_| ());
+        }
+    }
+}
+
+/// The slots `count(cached)` says are available to one side, where `cached` is its copy of the
+/// other side's cursor; when that is fewer than `want`, the copy is reloaded from `other` first.
+#[inline]
+fn available(cached: &mut u64, other: &AtomicU64, want: u64, count: impl Fn(u64) -> u64) -> u64 {
+    let n = count(*cached);
+    if n >= want {
+        return n;
+    }
+    // Acquire: pairs with the other side's Release store of its cursor in `publish` (the
+    // pusher's `tail`, the popper's `head`): what it did to the slots before happened before.
+    *cached = other.load(Ordering::Acquire);
+    count(*cached)
+}
+
+/// Moves a side's own `cursor` on by `k` and stores it in `shared` with `order` (the caller says
+/// what it pairs with). Inline, so that `order` is a constant in the caller: this function is not
+/// generic, and without it the push and pop of another crate call it, store and all.
+#[inline]
+fn publish(cursor: &mut u64, shared: &AtomicU64, k: u64, order: Ordering) {
+    *cursor = cursor.wrapping_add(k);
+    shared.store(*cursor, order);
 }
 
 /// How many slots a chunk of `n` gets: at most `N`, at most `available(want)` (the free or
@@ -262,14 +301,12 @@ unsafe impl<T: Copy + Send, const N: usize> Send for Pusher<'_, T, N> {}
 
 impl<'a, T: Copy, const N: usize> Pusher<'a, T, N> {
     fn free(&mut self, want: u64) -> u64 {
-        let mut free = N as u64 - self.tail.wrapping_sub(self.cached_head);
-        if free < want {
-            // Acquire: pairs with the popper's Release store of `head`: its reads of the
-            // slots we are about to reuse happened before.
-            self.cached_head = self.ring.head.0.load(Ordering::Acquire);
-            free = N as u64 - self.tail.wrapping_sub(self.cached_head);
-        }
-        free
+        let tail = self.tail;
+        // Reloads `head` (Acquire, pairs with the popper's Release store of it): its reads of
+        // the slots we are about to reuse happened before.
+        available(&mut self.cached_head, &self.ring.head.0, want, |head| {
+            N as u64 - tail.wrapping_sub(head)
+        })
     }
 
     /// Free slots right now (a lower bound: the popper may free more).
@@ -283,22 +320,24 @@ impl<'a, T: Copy, const N: usize> Pusher<'a, T, N> {
             return Err(PushError::Full(value));
         }
         let i = (self.tail as usize) & (N - 1);
-        self.ring.track[i].with_mut(|_| ());
+        self.ring.track_write(self.tail, 1);
         // SAFETY: `i < N`; the slot is free (tail - head < N), so the popper does not read it
         // until we publish `tail`; we are the only pusher.
         unsafe { self.ring.base().add(i).write(value) };
-        self.tail = self.tail.wrapping_add(1);
         // Release (planted-bug switchable): pairs with the popper's Acquire load of `tail`.
-        self.ring.tail.0.store(self.tail, crate::ring::COMMIT_ORDER);
+        publish(
+            &mut self.tail,
+            &self.ring.tail.0,
+            1,
+            crate::ring::COMMIT_ORDER,
+        );
         Ok(())
     }
 
     /// Grants up to `n` free slots to fill in place (fewer if fewer are free).
     pub fn write_chunk(&mut self, n: usize) -> Result<WriteChunk<'_, 'a, T, N>, ChunkError> {
         let len = chunk_len::<N>(n, |want| self.free(want))?;
-        for k in 0..len {
-            self.ring.track[(self.tail.wrapping_add(k) as usize) & (N - 1)].with_mut(|_| ());
-        }
+        self.ring.track_write(self.tail, len);
         Ok(WriteChunk {
             len: len as usize,
             pusher: self,
@@ -366,12 +405,14 @@ impl<T: Copy, const N: usize> WriteChunk<'_, '_, T, N> {
     pub fn commit(self, k: usize) -> Result<(), TooMany> {
         TooMany::check(k, self.len)?;
         let p = self.pusher;
-        for i in 0..self.len as u64 {
-            p.ring.track[(p.tail.wrapping_add(i) as usize) & (N - 1)].with_mut(|_| ());
-        }
-        p.tail = p.tail.wrapping_add(k as u64);
+        p.ring.track_write(p.tail, self.len as u64);
         // Release (planted-bug switchable): pairs with the popper's Acquire load of `tail`.
-        p.ring.tail.0.store(p.tail, crate::ring::COMMIT_ORDER);
+        publish(
+            &mut p.tail,
+            &p.ring.tail.0,
+            k as u64,
+            crate::ring::COMMIT_ORDER,
+        );
         Ok(())
     }
 }
@@ -399,13 +440,12 @@ unsafe impl<T: Copy + Send, const N: usize> Send for Popper<'_, T, N> {}
 
 impl<'a, T: Copy, const N: usize> Popper<'a, T, N> {
     fn ready(&mut self, want: u64) -> u64 {
-        let mut ready = self.cached_tail.wrapping_sub(self.head);
-        if ready < want {
-            // Acquire: pairs with the pusher's Release store of `tail`.
-            self.cached_tail = self.ring.tail.0.load(Ordering::Acquire);
-            ready = self.cached_tail.wrapping_sub(self.head);
-        }
-        ready
+        let head = self.head;
+        // Reloads `tail` (Acquire, pairs with the pusher's Release store of it): the items
+        // it wrote happened before.
+        available(&mut self.cached_tail, &self.ring.tail.0, want, |tail| {
+            tail.wrapping_sub(head)
+        })
     }
 
     /// Items ready right now (a lower bound).
@@ -419,22 +459,19 @@ impl<'a, T: Copy, const N: usize> Popper<'a, T, N> {
             return Err(PopError::Empty);
         }
         let i = (self.head as usize) & (N - 1);
-        self.ring.track[i].with(|_| ());
+        self.ring.track_read(self.head, 1);
         // SAFETY: `i < N`; the slot holds a published item (head < tail) which the pusher
         // does not overwrite until we publish `head`.
         let value = unsafe { self.ring.base().add(i).read() };
-        self.head = self.head.wrapping_add(1);
         // Release: pairs with the pusher's Acquire load of `head`.
-        self.ring.head.0.store(self.head, Ordering::Release);
+        publish(&mut self.head, &self.ring.head.0, 1, Ordering::Release);
         Ok(value)
     }
 
     /// Grants up to `n` ready items to read in place.
     pub fn read_chunk(&mut self, n: usize) -> Result<ReadChunk<'_, 'a, T, N>, ChunkError> {
         let len = chunk_len::<N>(n, |want| self.ready(want))?;
-        for k in 0..len {
-            self.ring.track[(self.head.wrapping_add(k) as usize) & (N - 1)].with(|_| ());
-        }
+        self.ring.track_read(self.head, len);
         Ok(ReadChunk {
             len: len as usize,
             popper: self,
@@ -491,12 +528,9 @@ impl<T: Copy, const N: usize> ReadChunk<'_, '_, T, N> {
     pub fn release(self, k: usize) -> Result<(), TooMany> {
         TooMany::check(k, self.len)?;
         let p = self.popper;
-        for i in 0..self.len as u64 {
-            p.ring.track[(p.head.wrapping_add(i) as usize) & (N - 1)].with(|_| ());
-        }
-        p.head = p.head.wrapping_add(k as u64);
+        p.ring.track_read(p.head, self.len as u64);
         // Release: pairs with the pusher's Acquire load of `head`.
-        p.ring.head.0.store(p.head, Ordering::Release);
+        publish(&mut p.head, &p.ring.head.0, k as u64, Ordering::Release);
         Ok(())
     }
 }

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Region, config, make, make_pair};
+use common::{Region, config, make, make_pair, write_one_parking};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
@@ -142,29 +142,39 @@ fn under_forged_word(
     (waiter, left)
 }
 
-/// A forged `consumers_parked`, kept there, with nobody really asleep: the producer commits
-/// 20,000 frames and makes no wake call at all (before the fix: one per commit).
+/// A forged parked count, kept there, with nobody really asleep, while the producer commits
+/// 20,000 frames one at a time and the consumer (it only polls, never parks) releases each:
+/// neither side makes a wake call at all. Forged `consumers_parked`: before the fix, one wake
+/// call per commit; forged `producer_parked` (offset 268): releases call only when the producer
+/// really armed `space_futex`.
 #[test]
-fn forged_parked_count_costs_no_wake_call() {
-    const COMMITS: usize = 20_000;
-    // The consumer only polls (never parks), so the frames go somewhere.
-    let mut needed = 0usize;
-    let (waiter, parked) = under_forged_word(
-        config(8, 3, Policy::Lossy),
-        CONSUMERS_PARKED,
-        FORGED,
-        |producer, consumer, waiter| {
-            for _ in 0..COMMITS {
-                let wake = producer.write_grant(1).unwrap().commit_all();
-                needed += usize::from(wake.needed());
-                wake.wake(waiter);
-                let _ = consumer.read_grant(8).map(|g| g.release_all());
-            }
-        },
-    );
-    assert_eq!(parked, FORGED);
-    assert_eq!(needed, 0, "a forged count alone asked for {needed} wakes");
-    assert_eq!(waiter.wakes.load(Ordering::SeqCst), 0);
+fn forged_parked_counts_cost_no_wake_call() {
+    const FRAMES: usize = 20_000;
+    let cases = [
+        ("consumers_parked", CONSUMERS_PARKED, FORGED, Policy::Lossy),
+        ("producer_parked", PRODUCER_PARKED, 1, Policy::Lossless),
+    ];
+    for (name, offset, value, policy) in cases {
+        let mut needed = 0usize;
+        let (waiter, left) = under_forged_word(
+            config(8, 3, policy),
+            offset,
+            value,
+            |producer, consumer, waiter| {
+                for _ in 0..FRAMES {
+                    let commit = producer.write_grant(1).unwrap().commit_all();
+                    needed += usize::from(commit.needed());
+                    commit.wake(waiter);
+                    let release = consumer.read_grant(8).unwrap().release_all().unwrap();
+                    needed += usize::from(release.needed());
+                    release.wake(waiter);
+                }
+            },
+        );
+        assert_eq!(left, value, "forged {name}");
+        assert_eq!(needed, 0, "a forged {name} alone asked for {needed} wakes");
+        assert_eq!(waiter.wakes.load(Ordering::SeqCst), 0, "forged {name}");
+    }
 }
 
 /// A forger that also re-arms the futex word as fast as it can gets at most one wake call
@@ -245,32 +255,6 @@ fn a_really_parked_consumer_still_gets_every_frame_under_a_forged_count() {
     );
 }
 
-/// The other direction: a forged `producer_parked` (offset 268) while consumers release.
-/// Releases make no wake call unless the producer really armed `space_futex`.
-#[test]
-fn forged_producer_parked_costs_releases_no_wake_call() {
-    const FRAMES: usize = 20_000;
-    let mut needed = 0usize;
-    let (waiter, _) = under_forged_word(
-        config(8, 3, Policy::Lossless),
-        PRODUCER_PARKED,
-        1,
-        |producer, consumer, waiter| {
-            for _ in 0..FRAMES {
-                producer.write_grant(1).unwrap().commit_all().wake(waiter);
-                let wake = consumer.read_grant(1).unwrap().release_all().unwrap();
-                needed += usize::from(wake.needed());
-                wake.wake(waiter);
-            }
-        },
-    );
-    assert_eq!(
-        needed, 0,
-        "a forged producer_parked asked for {needed} wakes"
-    );
-    assert_eq!(waiter.wakes.load(Ordering::SeqCst), 0);
-}
-
 /// Under a forged `producer_parked`, a producer that really sleeps on a full ring is still
 /// woken by the consumer's release, every time.
 #[test]
@@ -283,19 +267,8 @@ fn a_really_parked_producer_is_still_woken_under_a_forged_count() {
         |producer, consumer, waiter| {
             std::thread::scope(|s| {
                 let writer = s.spawn(|| {
-                    let mut sent = 0u64;
-                    while sent < FRAMES {
-                        if let Ok(g) = producer.write_grant(1) {
-                            g.commit_all().wake(waiter);
-                            sent += 1;
-                            continue;
-                        }
-                        let outcome = producer.wait_writable(waiter, None).unwrap();
-                        assert_ne!(
-                            outcome,
-                            WaitOutcome::TimedOut,
-                            "the producer was never woken"
-                        );
+                    for _ in 0..FRAMES {
+                        write_one_parking(producer, waiter);
                     }
                 });
                 for i in 0..FRAMES as usize {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Region, config};
+use common::{ReadOp, Region, WriteOp, config};
 use proptest::prelude::*;
 use voxring_core::{Policy, Ring, SpinWaiter};
 
@@ -18,15 +18,8 @@ enum Op {
         width: u8,
         value: u64,
     },
-    Write {
-        n: usize,
-        k: usize,
-    },
-    Read {
-        c: usize,
-        n: usize,
-        k: usize,
-    },
+    Write(WriteOp),
+    Read(ReadOp),
     Join,
     Leave {
         c: usize,
@@ -64,8 +57,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         5 => (0..4096usize, prop::sample::select(vec![1u8, 4, 8]), value())
             .prop_map(|(offset, width, value)| Op::Scribble { offset, width, value }),
-        3 => (0..6usize, 0..6usize).prop_map(|(n, k)| Op::Write { n, k }),
-        3 => (0..2usize, 0..6usize, 0..6usize).prop_map(|(c, n, k)| Op::Read { c, n, k }),
+        3 => (0..6usize, 0..6usize).prop_map(|(n, k)| Op::Write(WriteOp { n, k })),
+        3 => (0..2usize, 0..6usize, 0..6usize).prop_map(|(c, n, k)| Op::Read(ReadOp { c, n, k })),
         1 => Just(Op::Join),
         1 => (0..2usize).prop_map(|c| Op::Leave { c }),
         1 => (0..20u16, value()).prop_map(|(index, owner)| Op::Evict { index, owner }),
@@ -115,7 +108,7 @@ fn run(policy: Policy, frames: u32, ops: &[Op]) {
                 width,
                 value,
             } => scribble(&mut region, size, offset, width, value),
-            Op::Write { n, k } => {
+            Op::Write(WriteOp { n, k }) => {
                 if let Some(p) = producer.as_mut()
                     && let Ok(mut g) = p.write_grant(n)
                 {
@@ -131,7 +124,7 @@ fn run(policy: Policy, frames: u32, ops: &[Op]) {
                     let _ = g.commit(k).map(|w| w.wake(&waiter));
                 }
             }
-            Op::Read { c, n, k } => {
+            Op::Read(ReadOp { c, n, k }) => {
                 if let Some(c) = consumers[c].as_mut()
                     && let Ok(g) = c.read_grant(n)
                 {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Region, check_frame, config, fill_frame, make, make_pair};
+use common::{Region, check_frame, config, fill_frame, make, make_pair, write_one_parking};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use voxring_core::{
@@ -540,20 +540,8 @@ fn parked_consumer_and_parked_producer_are_woken_across_threads() {
             );
             std::thread::yield_now();
         }
-        let mut sent = 0;
-        while sent < 200 {
-            match p.write_grant(1) {
-                Ok(mut g) => {
-                    let pb = ring.payload_bytes();
-                    fill_frame(&mut g.frame_mut(0).unwrap(), pb);
-                    g.commit_all().wake(&*waiter);
-                    sent += 1;
-                    continue;
-                }
-                Err(GrantError::Full) => {}
-                Err(e) => panic!("{e}"),
-            }
-            p.wait_writable(&*waiter, None).unwrap();
+        for _ in 0..200 {
+            write_one_parking(&mut p, &*waiter);
         }
         let got = reader.join().unwrap();
         assert_eq!(got, (0..200).collect::<Vec<_>>());

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{check_frame, config, fill_frame, make};
+use common::{ReadOp, WriteOp, check_frame, config, fill_frame, make};
 use proptest::prelude::*;
 use std::collections::VecDeque;
 use voxring_core::{
@@ -20,15 +20,8 @@ use voxring_core::{
 
 #[derive(Clone, Debug)]
 enum Op {
-    Write {
-        n: usize,
-        k: usize,
-    },
-    Read {
-        c: usize,
-        n: usize,
-        k: usize,
-    },
+    Write(WriteOp),
+    Read(ReadOp),
     /// Take a read grant, let the producer write meanwhile, then release the whole grant.
     ReadDuringWrite {
         c: usize,
@@ -47,8 +40,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0..6usize, 0..6usize).prop_map(|(n, k)| Op::Write { n, k }),
-        4 => (0..3usize, 1..6usize, 0..6usize).prop_map(|(c, n, k)| Op::Read { c, n, k }),
+        4 => (0..6usize, 0..6usize).prop_map(|(n, k)| Op::Write(WriteOp { n, k })),
+        4 => (0..3usize, 1..6usize, 0..6usize).prop_map(|(c, n, k)| Op::Read(ReadOp { c, n, k })),
         1 => (0..3usize, 1..6usize, 0..6usize, 0..6usize)
             .prop_map(|(c, n, wn, wk)| Op::ReadDuringWrite { c, n, wn, wk }),
         1 => Just(Op::Join),
@@ -98,8 +91,8 @@ impl Harness {
 
     fn apply(&mut self, op: &Op) {
         match *op {
-            Op::Write { n, k } => self.write(n, k),
-            Op::Read { c, n, k } => self.read(c % self.max_consumers, n, k, None),
+            Op::Write(WriteOp { n, k }) => self.write(n, k),
+            Op::Read(ReadOp { c, n, k }) => self.read(c % self.max_consumers, n, k, None),
             Op::ReadDuringWrite { c, n, wn, wk } => {
                 self.read(c % self.max_consumers, n, usize::MAX, Some((wn, wk)))
             }

@@ -200,6 +200,18 @@ fn parse_size(s: &str) -> Result<usize, String> {
     Ok(bytes)
 }
 
+/// One measurement: a transport's run at one payload, as every transport's `run` takes it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Measure<'a> {
+    pub plan: &'a Plan,
+    /// Bytes a message.
+    pub payload: usize,
+    /// The producer's CPU, then the consumer's.
+    pub cpus: (usize, usize),
+    /// The `raw_syscalls:sys_enter` tracepoint the producer counts syscalls with, if readable.
+    pub tracepoint_id: Option<u64>,
+}
+
 /// How many messages a run sends: warm-up, measured, then syscall-counting ones.
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
@@ -474,7 +486,13 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
                 count_messages: n.min(if quick { 100 } else { 1000 }),
                 pace_ns: args.pace_us.map(|us| us * 1000),
             };
-            let row = run_one(t, payload, &plan, cpus, tracepoint_id, python.as_deref())
+            let m = Measure {
+                plan: &plan,
+                payload,
+                cpus,
+                tracepoint_id,
+            };
+            let row = run_one(t, &m, python.as_deref())
                 .with_context(|| format!("{} at {payload} bytes", t.name()))?;
             eprintln!(
                 "  {:<15} {:>8} B  p50 {:>9} ns  p99 {:>9} ns",
@@ -516,31 +534,21 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs one transport at one payload and summarises it.
-fn run_one(
-    t: Transport,
-    payload: usize,
-    plan: &Plan,
-    cpus: (usize, usize),
-    tracepoint_id: Option<u64>,
-    python: Option<&str>,
-) -> anyhow::Result<ResultRow> {
+fn run_one(t: Transport, m: &Measure<'_>, python: Option<&str>) -> anyhow::Result<ResultRow> {
+    let Measure { plan, payload, .. } = *m;
     let mut hist = crate::hist::new_hist();
     let (consumer_cpu, report) = match t {
-        Transport::Rtrb => inproc::run(plan, payload, cpus, &mut hist)?,
+        Transport::Rtrb => inproc::run(m, &mut hist)?,
         Transport::PythonMparray => {
             let py = python.context("no python3 with numpy")?;
-            python::run(py, plan, payload, cpus, tracepoint_id, &mut hist)?
+            python::run(py, m, &mut hist)?
         }
         Transport::PythonVoxring => {
             let py = python::voxring_python()?;
-            let c = bindings::Consumer::Python(&py);
-            bindings::run(c, plan, payload, cpus, tracepoint_id, &mut hist)?
+            bindings::run(bindings::Consumer::Python(&py), m, &mut hist)?
         }
-        Transport::CVoxring => {
-            let c = bindings::Consumer::C;
-            bindings::run(c, plan, payload, cpus, tracepoint_id, &mut hist)?
-        }
-        _ => run_process_pair(t, payload, plan, cpus, tracepoint_id, &mut hist)?,
+        Transport::CVoxring => bindings::run(bindings::Consumer::C, m, &mut hist)?,
+        _ => run_process_pair(t, m, &mut hist)?,
     };
     if hist.len() != plan.messages {
         bail!(
@@ -568,19 +576,17 @@ fn run_one(
 
 fn run_process_pair(
     t: Transport,
-    payload: usize,
-    plan: &Plan,
-    cpus: (usize, usize),
-    tracepoint_id: Option<u64>,
+    m: &Measure<'_>,
     hist: &mut hdrhistogram::Histogram<u64>,
 ) -> anyhow::Result<(u64, ProducerReport)> {
+    let Measure { plan, payload, .. } = *m;
     let spawn = |fds: &[BorrowedFd<'_>], port: Option<u16>| {
         let link = PeerLink {
             fds,
             port,
             dir: None,
         };
-        spawn_peer(t, payload, plan, cpus, tracepoint_id, link)
+        spawn_peer(t, m, link)
     };
     // Each arm builds the consumer, starts the producer with its end, and drops the parent's
     // copy of the child's descriptors right after the spawn.
@@ -680,7 +686,7 @@ fn run_process_pair(
                     dir: Some(rx.dir()),
                     ..PeerLink::default()
                 };
-                let child = spawn_peer(t, payload, plan, cpus, tracepoint_id, link)?;
+                let child = spawn_peer(t, m, link)?;
                 (Box::new(rx), child)
             }
             #[cfg(not(feature = "iceoryx2"))]

@@ -69,16 +69,50 @@ pub struct Check {
     pub fix: String,
 }
 
-fn check(id: &'static str, status: Status, found: impl Into<String>, fix: &str) -> Check {
-    Check {
-        id,
-        status,
+/// What one check found, before it is named: [`good`], [`warn`] or [`fail`].
+#[derive(Debug, Clone)]
+pub struct Finding {
+    status: Status,
+    found: String,
+    fix: String,
+}
+
+impl Finding {
+    /// The check `id`'s result.
+    fn named(self, id: &'static str) -> Check {
+        Check {
+            id,
+            status: self.status,
+            found: self.found,
+            fix: self.fix,
+        }
+    }
+}
+
+/// Nothing to fix.
+fn good(found: impl Into<String>) -> Finding {
+    Finding {
+        status: Status::Ok,
         found: found.into(),
-        fix: if status == Status::Ok {
-            "none".into()
-        } else {
-            fix.into()
-        },
+        fix: "none".into(),
+    }
+}
+
+/// Works, but worse than it could: `fix` says how to do better.
+fn warn(found: impl Into<String>, fix: &str) -> Finding {
+    Finding {
+        status: Status::Warn,
+        found: found.into(),
+        fix: fix.into(),
+    }
+}
+
+/// Real-time audio will not work as it should until `fix` is done.
+fn fail(found: impl Into<String>, fix: &str) -> Finding {
+    Finding {
+        status: Status::Fail,
+        found: found.into(),
+        fix: fix.into(),
     }
 }
 

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
+#[path = "../../platform-linux/tests/common/tools.rs"]
+mod tools;
 
 use common::voxring;
 
@@ -125,15 +127,11 @@ fn quick_run_covers_every_transport_and_the_json_has_every_field() {
 
 #[test]
 fn json_to_stdout_is_only_json() {
-    let out = voxring()
-        .args(["bench", "ipc", "--transports", "cacheline,uds"])
-        .args(SMALL_RUN_JSON_TO_STDOUT)
-        .output()
-        .expect("run voxring");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = tools::output_ok(
+        voxring()
+            .args(["bench", "ipc", "--transports", "cacheline,uds"])
+            .args(SMALL_RUN_JSON_TO_STDOUT),
+        "voxring bench ipc",
     );
     let doc: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");

@@ -208,15 +208,7 @@ fn a_grown_segment_is_refused_even_with_a_header_claiming_the_larger_size() {
         .set_len(FOUR_GIB)
         .unwrap();
     // region_size is the u64 at offset 64 (core/LAYOUT.md).
-    // SAFETY: offset 64..72 is inside the creator's mapping of the header; accessed atomically.
-    let word = unsafe {
-        &*seg
-            .mapping()
-            .as_ptr()
-            .add(64)
-            .cast::<std::sync::atomic::AtomicU64>()
-    };
-    word.store(FOUR_GIB, Ordering::Relaxed);
+    common::mapped_u64(seg.mapping(), 64).store(FOUR_GIB, Ordering::Relaxed);
     let before = allocated(&path);
     let err = Segment::attach(&name, &AttachOptions::default()).unwrap_err();
     assert!(

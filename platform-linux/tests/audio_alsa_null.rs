@@ -35,12 +35,7 @@ struct TempPath(PathBuf, #[allow(dead_code)] tempfile::TempDir);
 
 impl TempPath {
     fn new(tag: &str) -> Self {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::Builder::new()
-            .prefix("voxring-audio-")
-            .permissions(std::fs::Permissions::from_mode(0o700))
-            .tempdir()
-            .expect("a private temporary folder");
+        let dir = common::tools::private_dir("voxring-audio-");
         TempPath(dir.path().join(format!("{tag}.raw")), dir)
     }
 }

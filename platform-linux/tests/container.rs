@@ -138,15 +138,8 @@ fn a_container_of_the_owner_joins_a_ring_made_outside_and_reads_bit_exact() {
     };
     let cmd = in_container(owner, true, &bin, &[&name, "--park-ms", "60000"]);
     let (produced, fin) = consume_while(cmd, &seg, |stop| feed(&seg, opts, stop));
-    let d = &fin.done;
-    assert_eq!(fin.code, Some(0), "{d}; stderr: {}", fin.stderr);
-    assert_eq!(field(d, "end"), "eos", "{d}");
-    assert_eq!(field(d, "frames"), produced.frames.to_string(), "{d}");
-    assert_eq!(field(d, "crc"), format!("{:08x}", produced.crc), "{d}");
-    assert_eq!(field(d, "stamps_ok"), "1", "{d}");
-    assert_eq!(field(d, "timeouts"), "0", "{d}");
-    assert_eq!(produced.evicted, 0, "{produced:?}");
-    assert!(produced.checks >= 8, "{produced:?}");
+    fin.assert_read_all(&produced, "eos");
+    fin.assert_kept_alive_and_woken(&produced, 8);
     assert!(!has_consumer(&seg), "the consumer did not leave");
     // It ran in a PID namespace of its own (PID 1 there): the producer judged it by its lock.
     let token = u64::from_str_radix(field(&fin.joined, "token").trim_start_matches("0x"), 16)

@@ -12,29 +12,34 @@ mod protocol;
 use std::process::Command;
 
 use common::{ShmCleanup, unique_name};
-use protocol::{Feed, Finished, build_consumer, config, consume_while, feed, field, has_consumer};
+use protocol::{
+    Feed, Finished, Produced, build_consumer, config, consume_while, feed, field, has_consumer,
+};
+use voxring_linux::ring::Segment;
 use voxring_linux::segment::CreateOptions;
 
-/// Builds the C consumer and runs it on ring `name` with `args` while `producer` runs.
-fn run_consumer<T>(
-    name: &str,
-    args: &[&str],
-    seg: &voxring_linux::ring::Segment,
-    producer: impl FnOnce(&mut dyn FnMut() -> bool) -> T,
-) -> (T, Finished) {
+/// A fresh ring named after `tag`, removed (with whatever is left of it) when the guard drops.
+fn ring(tag: &str) -> (String, ShmCleanup, Segment) {
+    let name = unique_name(tag);
+    let clean = ShmCleanup(name.clone());
+    let seg =
+        Segment::create(&name, &config(), &CreateOptions::default()).expect("create the ring");
+    (name, clean, seg)
+}
+
+/// Builds the C consumer and runs it on ring `name` (`seg`) with `args` while [`feed`] runs
+/// as `opts` says.
+fn run_consumer(name: &str, args: &[&str], seg: &Segment, opts: Feed) -> (Produced, Finished) {
     let dir = tempfile::tempdir().expect("temp dir");
     let bin = build_consumer(dir.path(), false);
     let mut cmd = Command::new(&bin);
     cmd.arg(name).args(args);
-    consume_while(cmd, seg, producer)
+    consume_while(cmd, seg, |stop| feed(seg, opts, stop))
 }
 
 #[test]
 fn a_consumer_written_from_the_document_reads_every_frame_bit_exact_and_stays_alive() {
-    let name = unique_name("proto");
-    let _clean = ShmCleanup(name.clone());
-    let seg = voxring_linux::ring::Segment::create(&name, &config(), &CreateOptions::default())
-        .expect("create the ring");
+    let (name, _clean, seg) = ring("proto");
     // Parks of up to 60 s: a wake the document got wrong would leave the consumer asleep
     // until the test gives up, instead of being covered by a short timeout.
     let feed_opts = Feed {
@@ -43,26 +48,16 @@ fn a_consumer_written_from_the_document_reads_every_frame_bit_exact_and_stays_al
         park_every: 10,
         end_of_stream: true,
     };
-    let (produced, fin) = run_consumer(&name, &["--park-ms", "60000"], &seg, |stop| {
-        feed(&seg, feed_opts, stop)
-    });
+    let (produced, fin) = run_consumer(&name, &["--park-ms", "60000"], &seg, feed_opts);
+    fin.assert_read_all(&produced, "eos");
+    // Survived every liveness check, 50 ms apart, over more than the 250 ms interval, and
+    // every park ended in a wake.
+    fin.assert_kept_alive_and_woken(&produced, 8);
+    // It parked armed (the producer waited for the bit).
     let d = &fin.done;
-    assert_eq!(fin.code, Some(0), "{d}; stderr: {}", fin.stderr);
-    assert_eq!(field(d, "end"), "eos", "{d}");
-    assert_eq!(field(d, "frames"), produced.frames.to_string(), "{d}");
-    assert_eq!(field(d, "crc"), format!("{:08x}", produced.crc), "{d}");
-    assert_eq!(field(d, "stamps_ok"), "1", "CLOCK_MONOTONIC stamps: {d}");
-    // Survived every liveness check, 50 ms apart, over more than the 250 ms interval.
-    assert!(produced.checks >= 8, "{produced:?}");
-    assert_eq!(
-        produced.evicted, 0,
-        "the producer's checks evicted it: {produced:?}"
-    );
-    // It parked armed (the producer waited for the bit) and every park ended in a wake.
     let parks: u32 = field(d, "parks").parse().expect("parks");
     assert!(parks >= produced.forced_parks, "{d} {produced:?}");
     assert!(produced.forced_parks >= 30, "{produced:?}");
-    assert_eq!(field(d, "timeouts"), "0", "{d}");
     // It left: its slot is free again (its process is gone, but the slot would still be
     // active had it not left).
     assert!(!has_consumer(&seg), "the consumer did not free its slot");
@@ -70,19 +65,14 @@ fn a_consumer_written_from_the_document_reads_every_frame_bit_exact_and_stays_al
 
 #[test]
 fn a_reader_without_the_liveness_lock_is_evicted_at_the_first_check() {
-    let name = unique_name("nolock");
-    let _clean = ShmCleanup(name.clone());
-    let seg = voxring_linux::ring::Segment::create(&name, &config(), &CreateOptions::default())
-        .expect("create the ring");
+    let (name, _clean, seg) = ring("nolock");
     let feed_opts = Feed {
         frames: 40,
         min_checks: 3,
         park_every: 0,
         end_of_stream: true,
     };
-    let (produced, fin) = run_consumer(&name, &["--no-ticket", "--park-ms", "20"], &seg, |stop| {
-        feed(&seg, feed_opts, stop)
-    });
+    let (produced, fin) = run_consumer(&name, &["--no-ticket", "--park-ms", "20"], &seg, feed_opts);
     assert_eq!(produced.evicted, 1, "{produced:?}");
     assert_eq!(fin.code, Some(3), "{}; {}", fin.done, fin.stderr);
     assert_eq!(field(&fin.done, "end"), "evicted", "{}", fin.done);
@@ -90,10 +80,7 @@ fn a_reader_without_the_liveness_lock_is_evicted_at_the_first_check() {
 
 #[test]
 fn the_document_consumer_ends_when_the_producer_leaves_without_end_of_stream() {
-    let name = unique_name("noeos");
-    let _clean = ShmCleanup(name.clone());
-    let seg = voxring_linux::ring::Segment::create(&name, &config(), &CreateOptions::default())
-        .expect("create the ring");
+    let (name, _clean, seg) = ring("noeos");
     let feed_opts = Feed {
         frames: 50,
         min_checks: 1,
@@ -101,22 +88,13 @@ fn the_document_consumer_ends_when_the_producer_leaves_without_end_of_stream() {
         end_of_stream: false,
     };
     // `feed` drops its producer when it returns: the ring's producer side is freed.
-    let (produced, fin) = run_consumer(&name, &["--park-ms", "20"], &seg, |stop| {
-        feed(&seg, feed_opts, stop)
-    });
-    let d = &fin.done;
-    assert_eq!(fin.code, Some(0), "{d}; {}", fin.stderr);
-    assert_eq!(field(d, "end"), "producer-gone", "{d}");
-    assert_eq!(field(d, "frames"), produced.frames.to_string(), "{d}");
-    assert_eq!(field(d, "crc"), format!("{:08x}", produced.crc), "{d}");
+    let (produced, fin) = run_consumer(&name, &["--park-ms", "20"], &seg, feed_opts);
+    fin.assert_read_all(&produced, "producer-gone");
 }
 
 #[test]
 fn a_killed_document_consumer_loses_its_lock_and_the_next_check_evicts_it() {
-    let name = unique_name("kill");
-    let _clean = ShmCleanup(name.clone());
-    let seg = voxring_linux::ring::Segment::create(&name, &config(), &CreateOptions::default())
-        .expect("create the ring");
+    let (name, _clean, seg) = ring("kill");
     let dir = tempfile::tempdir().expect("temp dir");
     let bin = build_consumer(dir.path(), false);
     let mut child = common::ChildGuard(Some(

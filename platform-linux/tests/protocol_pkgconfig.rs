@@ -10,6 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use common::tools::{output_ok, strict_cc};
 use common::{ChildGuard, ShmCleanup, unique_name};
 use protocol::{GIVE_UP, field, has_consumer, wait_until};
 use voxring_core::{FrameFlags, GrantError, Policy, PushFrameError, RingConfig, SampleFormat};
@@ -36,15 +37,11 @@ fn install_c(prefix: &Path) {
 }
 
 fn pkg_config(prefix: &Path, what: &str) -> String {
-    let out = Command::new("pkg-config")
-        .args([what, "voxring"])
-        .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig"))
-        .output()
-        .expect("pkg-config runs (apt-get install pkg-config)");
-    assert!(
-        out.status.success(),
-        "pkg-config {what} voxring: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_ok(
+        Command::new("pkg-config")
+            .args([what, "voxring"])
+            .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig")),
+        &format!("pkg-config {what} voxring (apt-get install pkg-config)"),
     );
     String::from_utf8(out.stdout)
         .expect("utf-8")
@@ -116,23 +113,14 @@ fn a_c_agent_built_with_pkg_config_against_the_installed_library_reads_bit_exact
 
     let agent = prefix_dir.path().join("voxring_peer");
     let src = workspace().join("platform-linux/ffi/c/voxring_peer.c");
-    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-        .args([
-            "-std=c11",
-            "-D_POSIX_C_SOURCE=200809L",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-        ])
-        .arg(&src)
-        .args(flags.split_whitespace())
-        .arg("-o")
-        .arg(&agent)
-        .status()
-        .expect("cc runs");
-    assert!(
-        status.success(),
-        "building the agent with pkg-config's flags failed"
+    output_ok(
+        strict_cc()
+            .arg("-D_POSIX_C_SOURCE=200809L")
+            .arg(&src)
+            .args(flags.split_whitespace())
+            .arg("-o")
+            .arg(&agent),
+        "building the agent with pkg-config's flags (cc)",
     );
 
     let name = unique_name("pkgc");

@@ -2,6 +2,9 @@
 //! they wait for, read and check rings. Each test file uses part of it.
 #![allow(dead_code)]
 
+#[path = "../../../platform-linux/tests/common/tools.rs"]
+pub mod tools;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -112,6 +115,14 @@ pub fn read_frames(rx: &mut ShmConsumer, n: usize) -> Vec<(FrameMeta, Vec<u8>)> 
 /// Stops a side and returns the counters it printed.
 pub fn stats(side: &mut Side) -> serde_json::Value {
     serde_json::from_str(&side.terminate(GIVE_UP).unwrap()).unwrap()
+}
+
+/// Checks a side's final counters (its JSON line): each `(name, value)` of `want`. `context`
+/// says what a difference means; the message shows every counter.
+pub fn assert_counters(s: &serde_json::Value, want: &[(&str, u64)], context: &str) {
+    let got: Vec<(&str, Option<u64>)> = want.iter().map(|&(k, _)| (k, s[k].as_u64())).collect();
+    let want: Vec<(&str, Option<u64>)> = want.iter().map(|&(k, v)| (k, Some(v))).collect();
+    assert_eq!(got, want, "{context}: {s}");
 }
 
 pub fn assert_gone(names: &[&str]) {

@@ -2,8 +2,24 @@
 #![allow(dead_code)]
 
 use voxring_core::{
-    Consumer, FrameFlags, FrameMeta, FrameMut, Policy, Producer, Ring, RingConfig, SampleFormat,
+    Consumer, FrameFlags, FrameMeta, FrameMut, GrantError, Policy, Producer, Ring, RingConfig,
+    SampleFormat, WaitOutcome, Waiter,
 };
+
+/// A property-test operation: the producer grants up to `n` frames and commits `k` of them.
+#[derive(Clone, Copy, Debug)]
+pub struct WriteOp {
+    pub n: usize,
+    pub k: usize,
+}
+
+/// A property-test operation: consumer `c` grants up to `n` frames and releases `k` of them.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadOp {
+    pub c: usize,
+    pub n: usize,
+    pub k: usize,
+}
 
 /// One 128-byte aligned line of a test region.
 #[derive(Clone, Copy)]
@@ -114,6 +130,29 @@ pub fn fill_frame(f: &mut FrameMut<'_>, payload_bytes: u32) {
     f.set_len(len).unwrap();
     for (i, b) in f.payload_mut().iter_mut().enumerate() {
         *b = byte(seq, i);
+    }
+}
+
+/// Commits one frame (filled by [`fill_frame`]), parking on `waiter` while the ring is full
+/// (lossless); waking is `waiter`'s business, so a park that ends in a timeout fails the test.
+pub fn write_one_parking(p: &mut Producer, waiter: &impl Waiter) {
+    let payload_bytes = p.ring().payload_bytes();
+    loop {
+        match p.write_grant(1) {
+            Ok(mut g) => {
+                fill_frame(&mut g.frame_mut(0).unwrap(), payload_bytes);
+                g.commit_all().wake(waiter);
+                return;
+            }
+            Err(GrantError::Full) => {}
+            Err(e) => panic!("{e}"),
+        }
+        let outcome = p.wait_writable(waiter, None).unwrap();
+        assert_ne!(
+            outcome,
+            WaitOutcome::TimedOut,
+            "the parked producer was never woken"
+        );
     }
 }
 

@@ -13,10 +13,8 @@
 //! which needs `libvoxring_ffi.so` (built with the workspace: `cargo build --release`), found
 //! next to this program or through `$VOXRING_LIB`.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -26,8 +24,8 @@ use voxring_linux::ring::Segment;
 use voxring_linux::segment::CreateOptions;
 
 use super::measure::{SyscallCounter, now_ns, pin_to, thread_cpu_ns};
-use super::peer::{record_latencies, result_line, wait_child};
-use super::{Plan, ProducerReport};
+use super::peer::{ConsumerProcess, options, record_latencies};
+use super::{Measure, Plan, ProducerReport};
 
 /// The C consumer's source and the header it includes, under `platform-linux/ffi`.
 const C_SOURCE: &str = "c/bench_consumer.c";
@@ -82,18 +80,6 @@ fn write_new(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// Kills (by PID) and reaps the consumer if it is still running.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
-}
-
 fn compile_c(dir: &Path, lib: &Path) -> anyhow::Result<PathBuf> {
     let lib_dir = lib.parent().context("the library has no folder")?;
     write_new(dir, "voxring.h", &crate::locate::ffi_source(C_HEADER)?)?;
@@ -138,12 +124,10 @@ struct Line {
 /// report.
 pub fn run(
     consumer: Consumer<'_>,
-    plan: &Plan,
-    payload: usize,
-    cpus: (usize, usize),
-    tracepoint_id: Option<u64>,
+    m: &Measure<'_>,
     hist: &mut hdrhistogram::Histogram<u64>,
 ) -> anyhow::Result<(u64, ProducerReport)> {
+    let (plan, payload) = (m.plan, m.payload);
     if payload > 1 << 24 {
         bail!("a voxring frame holds at most 16 MiB; {payload} bytes do not fit");
     }
@@ -162,16 +146,13 @@ pub fn run(
         Consumer::Python(py) => {
             let mut c = Command::new(py);
             c.args(["-m", "voxring._bench", "--ring", &name])
-                .arg("--payload")
-                .arg(payload.to_string())
-                .arg("--warmup")
-                .arg(plan.warmup.to_string())
-                .arg("--messages")
-                .arg(plan.messages.to_string())
-                .arg("--extra")
-                .arg(extra.to_string())
-                .arg("--cpu")
-                .arg(cpus.1.to_string())
+                .args(options(&[
+                    ("--payload", payload as u64),
+                    ("--warmup", plan.warmup),
+                    ("--messages", plan.messages),
+                    ("--extra", extra),
+                    ("--cpu", m.cpus.1 as u64),
+                ]))
                 .env("PYTHONDONTWRITEBYTECODE", "1");
             c
         }
@@ -180,7 +161,7 @@ pub fn run(
             let exe = compile_c(dir.path(), &crate::locate::library()?)?;
             let mut c = Command::new("taskset");
             c.arg("-c")
-                .arg(cpus.1.to_string())
+                .arg(m.cpus.1.to_string())
                 .arg(exe)
                 .arg(&name)
                 .arg(plan.warmup.to_string())
@@ -189,49 +170,30 @@ pub fn run(
             c
         }
     };
-    let mut child = Reaped(
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting the binding consumer")?,
-    );
-    let stdout = child.0.stdout.take().context("consumer stdout")?;
-    let (lines_tx, lines_rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(l) = line else { break };
-            if lines_tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    match lines_rx.recv_timeout(Duration::from_secs(30)) {
+    let child = ConsumerProcess::spawn(&mut cmd, "the binding consumer")?;
+    match child.next_line(Duration::from_secs(30)) {
         Ok(l) if l == "ready" => {}
         other => bail!("the consumer did not join the ring: {other:?} (its message is above)"),
     }
 
     let plan_p = plan.clone();
+    let (cpu, tracepoint_id) = (m.cpus.0, m.tracepoint_id);
     let seg_p = seg.clone();
     let producer = std::thread::Builder::new()
         .name("bench-ffi-producer".into())
-        .spawn(move || produce(&seg_p, &plan_p, cpus.0, tracepoint_id))
+        .spawn(move || produce(&seg_p, &plan_p, cpu, tracepoint_id))
         .context("starting the producer thread")?;
     let report = producer
         .join()
         .map_err(|_| anyhow::anyhow!("the producer thread panicked"))??;
-    let status = wait_child(&mut child.0, "the consumer", plan.peer_deadline())?;
-    let _ = reader.join();
-    let parsed: Line = result_line(status, lines_rx.try_iter(), "the binding consumer")?;
-    if parsed.latencies_ns.len() as u64 != plan.messages || parsed.transport != "shm" {
+    let parsed: Line = child.result(plan.peer_deadline())?;
+    if parsed.transport != "shm" {
         bail!(
-            "the consumer reported {} latencies over {} (expected {} over shm)",
-            parsed.latencies_ns.len(),
-            parsed.transport,
-            plan.messages
+            "the binding consumer read over {} (expected shm)",
+            parsed.transport
         );
     }
-    record_latencies(hist, &parsed.latencies_ns)?;
+    record_latencies(hist, &parsed.latencies_ns, plan, "the binding consumer")?;
     drop(seg);
     Ok((parsed.consumer_cpu_ns, report))
 }
@@ -311,6 +273,7 @@ mod tests {
     use super::*;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
 
     /// `nobody` on Debian and Ubuntu: the other local user of the attacks below.
     const NOBODY: u32 = 65534;

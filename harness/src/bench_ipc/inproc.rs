@@ -6,7 +6,7 @@
 use anyhow::{Context, bail};
 
 use super::measure::{now_ns, pin_to, thread_cpu_ns};
-use super::{PEER_TIMEOUT_NS, Plan, ProducerReport, wire};
+use super::{Measure, PEER_TIMEOUT_NS, ProducerReport, wire};
 
 fn spin_until(mut ready: impl FnMut() -> bool, what: &str) -> anyhow::Result<()> {
     let deadline = now_ns() + PEER_TIMEOUT_NS;
@@ -24,11 +24,10 @@ fn spin_until(mut ready: impl FnMut() -> bool, what: &str) -> anyhow::Result<()>
 /// Runs one `rtrb` measurement; returns the consumer's latencies (ns), its CPU time over the
 /// measured messages, and the producer's report.
 pub fn run(
-    plan: &Plan,
-    payload: usize,
-    cpus: (usize, usize),
+    m: &Measure<'_>,
     hist: &mut hdrhistogram::Histogram<u64>,
 ) -> anyhow::Result<(u64, ProducerReport)> {
+    let (plan, payload, cpus) = (m.plan, m.payload, m.cpus);
     let (mut data_tx, mut data_rx) = rtrb::RingBuffer::<u8>::new(payload);
     let (mut ack_tx, mut ack_rx) = rtrb::RingBuffer::<u64>::new(1);
     let plan_p = plan.clone();

@@ -13,6 +13,7 @@
 //! root path and a file prefix of its own, and every `/dev/shm` file with that prefix is
 //! removed when the consumer is dropped, after the producer process has exited.
 
+use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow, bail};
@@ -20,15 +21,18 @@ use iceoryx2::port::publisher::Publisher;
 use iceoryx2::port::subscriber::Subscriber;
 use iceoryx2::prelude::*;
 use iceoryx2::sample_mut::SampleMut;
+use iceoryx2::service::builder::publish_subscribe;
+use iceoryx2::service::port_factory::publish_subscribe::PortFactory;
+use iceoryx2::service::port_factory::publisher::PortFactoryPublisher;
 
-use super::measure::now_ns;
-use super::{PEER_TIMEOUT_NS, Received, Rx, Tx, wire};
+use super::measure::{now_ns, spin_until};
+use super::{Received, Rx, Tx, wire};
 
 type Ipc = ipc::Service;
 /// The data service: `[u8]` slices.
-type DataService = iceoryx2::service::port_factory::publish_subscribe::PortFactory<Ipc, [u8], ()>;
+type DataService = PortFactory<Ipc, [u8], ()>;
 /// The acknowledgement service: one `u64`.
-type AckService = iceoryx2::service::port_factory::publish_subscribe::PortFactory<Ipc, u64, ()>;
+type AckService = PortFactory<Ipc, u64, ()>;
 
 /// The node of one side, with the run's root path and prefix.
 fn node(dir: &Path) -> anyhow::Result<Node<Ipc>> {
@@ -56,46 +60,56 @@ fn prefix(dir: &Path) -> anyhow::Result<String> {
     Ok(format!("iox2_vbench_{tag}_"))
 }
 
-/// Opens (or creates) the run's two services: data (`[u8]` slices) and acknowledgements.
-fn services(node: &Node<Ipc>) -> anyhow::Result<(DataService, AckService)> {
-    let name = |s: &str| ServiceName::new(s).map_err(|e| anyhow!("{e:?}"));
-    let data = node
-        .service_builder(&name("voxring/bench-ipc/data")?)
-        .publish_subscribe::<[u8]>()
-        .history_size(0)
+/// A publish-subscribe service between one publisher and one subscriber that keeps only the
+/// newest message (no history, a buffer of one, overflow safe): each message is acknowledged
+/// before the next is sent.
+fn one_to_one<P: IceoryxSend + Debug + ?Sized>(
+    b: publish_subscribe::Builder<P, (), Ipc>,
+) -> publish_subscribe::Builder<P, (), Ipc> {
+    b.history_size(0)
         .subscriber_max_buffer_size(1)
         .max_publishers(1)
         .max_subscribers(1)
         .enable_safe_overflow(true)
-        .open_or_create()
-        .map_err(|e| anyhow!("the iceoryx2 data service: {e:?}"))?;
-    let ack = node
-        .service_builder(&name("voxring/bench-ipc/ack")?)
-        .publish_subscribe::<u64>()
-        .history_size(0)
-        .subscriber_max_buffer_size(1)
-        .max_publishers(1)
-        .max_subscribers(1)
-        .enable_safe_overflow(true)
-        .open_or_create()
-        .map_err(|e| anyhow!("the iceoryx2 acknowledgement service: {e:?}"))?;
-    Ok((data, ack))
 }
 
-/// Polls `f` until it gives a value; gives up after [`PEER_TIMEOUT_NS`].
-fn poll<T>(mut f: impl FnMut() -> anyhow::Result<Option<T>>, what: &str) -> anyhow::Result<T> {
-    let deadline = now_ns() + PEER_TIMEOUT_NS;
-    let mut i: u32 = 0;
-    loop {
-        if let Some(v) = f()? {
-            return Ok(v);
-        }
-        std::hint::spin_loop();
-        i = i.wrapping_add(1);
-        if i.is_multiple_of(4096) && now_ns() > deadline {
-            bail!("{what}: nothing for 10 s, the peer process stopped");
-        }
-    }
+/// This side's node (in the run's directory `dir`) and the run's two services, opened or
+/// created: data (`[u8]` slices) and acknowledgements.
+fn open(dir: &Path) -> anyhow::Result<(Node<Ipc>, DataService, AckService)> {
+    let node = node(dir)?;
+    let name = |s: &str| ServiceName::new(s).map_err(|e| anyhow!("{e:?}"));
+    let data = one_to_one(
+        node.service_builder(&name("voxring/bench-ipc/data")?)
+            .publish_subscribe::<[u8]>(),
+    )
+    .open_or_create()
+    .map_err(|e| anyhow!("the iceoryx2 data service: {e:?}"))?;
+    let ack = one_to_one(
+        node.service_builder(&name("voxring/bench-ipc/ack")?)
+            .publish_subscribe::<u64>(),
+    )
+    .open_or_create()
+    .map_err(|e| anyhow!("the iceoryx2 acknowledgement service: {e:?}"))?;
+    Ok((node, data, ack))
+}
+
+/// A subscriber of `service`.
+fn subscriber<P: IceoryxSend + Debug + ?Sized>(
+    service: &PortFactory<Ipc, P, ()>,
+) -> anyhow::Result<Subscriber<Ipc, P, ()>> {
+    service
+        .subscriber_builder()
+        .create()
+        .map_err(|e| anyhow!("an iceoryx2 subscriber: {e:?}"))
+}
+
+/// The publisher `builder` describes.
+fn publisher<P: IceoryxSend + Debug + ?Sized>(
+    builder: PortFactoryPublisher<'_, Ipc, P, ()>,
+) -> anyhow::Result<Publisher<Ipc, P, ()>> {
+    builder
+        .create()
+        .map_err(|e| anyhow!("an iceoryx2 publisher: {e:?}"))
 }
 
 /// The consumer side (this process): the run's directory, subscriber and ack publisher.
@@ -131,16 +145,9 @@ impl IoxRx {
             prefix: prefix(dir.path())?,
             dir,
         };
-        let node = node(files.dir.path())?;
-        let (data, ack) = services(&node)?;
-        let data = data
-            .subscriber_builder()
-            .create()
-            .map_err(|e| anyhow!("an iceoryx2 subscriber: {e:?}"))?;
-        let ack = ack
-            .publisher_builder()
-            .create()
-            .map_err(|e| anyhow!("an iceoryx2 publisher: {e:?}"))?;
+        let (node, data, ack) = open(files.dir.path())?;
+        let data = subscriber(&data)?;
+        let ack = publisher(ack.publisher_builder())?;
         Ok(Self {
             data,
             ack,
@@ -161,7 +168,7 @@ impl IoxRx {
 impl Rx for IoxRx {
     fn recv(&mut self) -> anyhow::Result<Received> {
         let data = &self.data;
-        let sample = poll(
+        let sample = spin_until(
             || {
                 data.receive()
                     .map_err(|e| anyhow!("iceoryx2 receive: {e:?}"))
@@ -225,17 +232,9 @@ impl std::fmt::Debug for IoxTx {
 impl IoxTx {
     /// Opens the consumer's services in its directory.
     pub fn open(dir: &Path, payload: usize) -> anyhow::Result<Self> {
-        let node = node(dir)?;
-        let (data, ack) = services(&node)?;
-        let data = data
-            .publisher_builder()
-            .initial_max_slice_len(payload)
-            .create()
-            .map_err(|e| anyhow!("an iceoryx2 publisher: {e:?}"))?;
-        let ack = ack
-            .subscriber_builder()
-            .create()
-            .map_err(|e| anyhow!("an iceoryx2 subscriber: {e:?}"))?;
+        let (node, data, ack) = open(dir)?;
+        let data = publisher(data.publisher_builder().initial_max_slice_len(payload))?;
+        let ack = subscriber(&ack)?;
         Ok(Self {
             data,
             ack,
@@ -267,7 +266,7 @@ impl Tx for IoxTx {
 
     fn wait_ack(&mut self, seq: u64) -> anyhow::Result<()> {
         let ack = &self.ack;
-        let got = poll(
+        let got = spin_until(
             || {
                 ack.receive()
                     .map(|s| s.map(|s| *s.payload()))

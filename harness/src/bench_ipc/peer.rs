@@ -1,16 +1,18 @@
 //! The producer process of `voxring bench ipc`: how the parent starts it (`--peer`, hidden), hands
 //! it descriptors by inheritance, collects its report and stops it; and its `main`.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
 use super::measure::{SyscallCounter, pin_to};
 use super::{
-    Args, PEER_TIMEOUT_NS, Plan, ProducerReport, Transport, Tx, http, produce, shm, stream, voxring,
+    Args, Measure, PEER_TIMEOUT_NS, Plan, ProducerReport, Transport, Tx, http, produce, shm,
+    stream, voxring,
 };
 
 /// How the producer process reaches the consumer: descriptors it inherits, a 127.0.0.1 port,
@@ -22,28 +24,30 @@ pub(super) struct PeerLink<'a> {
     pub dir: Option<&'a std::path::Path>,
 }
 
+/// `--name value` pairs of a child's command line, in order.
+pub(super) fn options(pairs: &[(&str, u64)]) -> Vec<String> {
+    pairs
+        .iter()
+        .flat_map(|(name, value)| [(*name).to_owned(), value.to_string()])
+        .collect()
+}
+
 pub(super) fn spawn_peer(
     t: Transport,
-    payload: usize,
-    plan: &Plan,
-    cpus: (usize, usize),
-    tracepoint_id: Option<u64>,
+    m: &Measure<'_>,
     link: PeerLink<'_>,
 ) -> anyhow::Result<Child> {
     let PeerLink { fds, port, dir } = link;
     let exe = std::env::current_exe().context("finding this program to start the producer")?;
     let mut cmd = Command::new(exe);
     cmd.args(["bench", "ipc", "--peer", t.name()])
-        .arg("--peer-payload")
-        .arg(payload.to_string())
-        .arg("--peer-cpu")
-        .arg(cpus.0.to_string())
-        .arg("--messages")
-        .arg(plan.messages.to_string())
-        .arg("--warmup")
-        .arg(plan.warmup.to_string())
-        .arg("--count-messages")
-        .arg(plan.count_messages.to_string());
+        .args(options(&[
+            ("--peer-payload", m.payload as u64),
+            ("--peer-cpu", m.cpus.0 as u64),
+            ("--messages", m.plan.messages),
+            ("--warmup", m.plan.warmup),
+            ("--count-messages", m.plan.count_messages),
+        ]));
     if !fds.is_empty() {
         let list = fds
             .iter()
@@ -55,13 +59,13 @@ pub(super) fn spawn_peer(
     if let Some(p) = port {
         cmd.arg("--peer-port").arg(p.to_string());
     }
-    if let Some(pace) = plan.pace_ns {
+    if let Some(pace) = m.plan.pace_ns {
         cmd.arg("--pace-us").arg((pace / 1000).to_string());
     }
     if let Some(d) = dir {
         cmd.arg("--peer-dir").arg(d);
     }
-    if let Some(id) = tracepoint_id {
+    if let Some(id) = m.tracepoint_id {
         cmd.arg("--tracepoint-id").arg(id.to_string());
     }
     cmd.stdin(Stdio::null())
@@ -104,27 +108,93 @@ pub(super) fn wait_child(
     }
 }
 
-/// The result line a consumer process printed (the first JSON object among `lines`), parsed,
-/// once it has exited with `status` (a failure says so: its own message is on stderr).
-pub(super) fn result_line<T: serde::de::DeserializeOwned>(
-    status: std::process::ExitStatus,
-    mut lines: impl Iterator<Item = String>,
-    who: &str,
-) -> anyhow::Result<T> {
-    if !status.success() {
-        bail!("{who} exited with {status} (its message is above)");
-    }
-    let line = lines
-        .find(|l| l.starts_with('{'))
-        .with_context(|| format!("{who} printed no result line"))?;
-    serde_json::from_str(&line).with_context(|| format!("parsing {who}'s result"))
+/// A consumer process started by the parent (a binding's or python's), its stdout read line by
+/// line in a thread as it comes (so a big JSON line never blocks it while the parent watches
+/// the clock). Killed (by PID) and reaped when dropped, if it is still running.
+pub(super) struct ConsumerProcess {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    who: &'static str,
 }
 
-/// Records a consumer's latencies (ns; a clock that did not advance counts as 1 ns).
+impl ConsumerProcess {
+    /// Starts `cmd` (stdin closed, stderr passed through) as `who`, named so in errors.
+    pub(super) fn spawn(cmd: &mut Command, who: &'static str) -> anyhow::Result<Self> {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {who}"))?;
+        let stdout = child.stdout.take().context("the consumer's stdout")?;
+        let (tx, lines) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(l) = line else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(ConsumerProcess {
+            child,
+            lines,
+            reader: Some(reader),
+            who,
+        })
+    }
+
+    /// The next line it prints, waiting at most `timeout`.
+    pub(super) fn next_line(&self, timeout: Duration) -> Result<String, mpsc::RecvTimeoutError> {
+        self.lines.recv_timeout(timeout)
+    }
+
+    /// Waits for it to exit (stopping it past `deadline`) and parses its result line (the first
+    /// JSON object it printed); a failed exit says so (its own message is on stderr).
+    pub(super) fn result<T: serde::de::DeserializeOwned>(
+        mut self,
+        deadline: Instant,
+    ) -> anyhow::Result<T> {
+        let who = self.who;
+        let status = wait_child(&mut self.child, who, deadline)?;
+        if let Some(r) = self.reader.take() {
+            r.join()
+                .map_err(|_| anyhow::anyhow!("the reader of {who}'s output panicked"))?;
+        }
+        if !status.success() {
+            bail!("{who} exited with {status} (its message is above)");
+        }
+        let line = self
+            .lines
+            .try_iter()
+            .find(|l| l.starts_with('{'))
+            .with_context(|| format!("{who} printed no result line"))?;
+        serde_json::from_str(&line).with_context(|| format!("parsing {who}'s result"))
+    }
+}
+
+impl Drop for ConsumerProcess {
+    fn drop(&mut self) {
+        stop_child(&mut self.child);
+    }
+}
+
+/// Records the latencies (ns) a consumer reported, `who` in errors; it must have reported one
+/// per measured message (a clock that did not advance counts as 1 ns).
 pub(super) fn record_latencies(
     hist: &mut hdrhistogram::Histogram<u64>,
     latencies_ns: &[i64],
+    plan: &Plan,
+    who: &str,
 ) -> anyhow::Result<()> {
+    if latencies_ns.len() as u64 != plan.messages {
+        bail!(
+            "{who} reported {} latencies, expected {}",
+            latencies_ns.len(),
+            plan.messages
+        );
+    }
     for &l in latencies_ns {
         hist.record(l.max(1) as u64)
             .context("recording a latency")?;

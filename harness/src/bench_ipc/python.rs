@@ -2,14 +2,13 @@
 //! `np.frombuffer`), run by `harness/python/mparray_peer.py` (embedded in the binary and passed
 //! with `python3 -c`, so nothing is written to disk).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-use super::peer::{record_latencies, result_line, wait_child};
-use super::{Plan, ProducerReport};
+use super::peer::{ConsumerProcess, options, record_latencies};
+use super::{Measure, ProducerReport};
 
 const SCRIPT: &str = include_str!("../../python/mparray_peer.py");
 
@@ -51,62 +50,31 @@ struct Line {
 /// producer's report.
 pub fn run(
     python: &str,
-    plan: &Plan,
-    payload: usize,
-    cpus: (usize, usize),
-    tracepoint_id: Option<u64>,
+    m: &Measure<'_>,
     hist: &mut hdrhistogram::Histogram<u64>,
 ) -> anyhow::Result<(u64, ProducerReport)> {
     let mut cmd = Command::new(python);
-    cmd.arg("-c")
-        .arg(SCRIPT)
-        .arg("--payloads")
-        .arg(payload.to_string())
-        .arg("--messages")
-        .arg(plan.messages.to_string())
-        .arg("--warmup")
-        .arg(plan.warmup.to_string())
-        .arg("--count-messages")
-        .arg(plan.count_messages.to_string())
-        .arg("--producer-cpu")
-        .arg(cpus.0.to_string())
-        .arg("--consumer-cpu")
-        .arg(cpus.1.to_string());
-    if let Some(id) = tracepoint_id {
+    cmd.arg("-c").arg(SCRIPT).args(options(&[
+        ("--payloads", m.payload as u64),
+        ("--messages", m.plan.messages),
+        ("--warmup", m.plan.warmup),
+        ("--count-messages", m.plan.count_messages),
+        ("--producer-cpu", m.cpus.0 as u64),
+        ("--consumer-cpu", m.cpus.1 as u64),
+    ]));
+    if let Some(id) = m.tracepoint_id {
         cmd.arg("--tracepoint-id").arg(id.to_string());
     }
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("starting {python} for python-mparray"))?;
-    let stdout = child.stdout.take().context("python stdout")?;
-    // Read in a thread so a big JSON line never blocks the child while we watch the clock.
-    let reader = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            match line {
-                Ok(l) => lines.push(l),
-                Err(_) => break,
-            }
-        }
-        lines
-    });
-    let status = wait_child(&mut child, "python-mparray", plan.peer_deadline())?;
-    let lines = reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("python output reader panicked"))?;
-    let parsed: Line = result_line(status, lines.into_iter(), "python-mparray")?;
-    if parsed.payload_bytes != payload || parsed.latencies_ns.len() as u64 != plan.messages {
+    let child = ConsumerProcess::spawn(&mut cmd, "python-mparray")?;
+    let parsed: Line = child.result(m.plan.peer_deadline())?;
+    if parsed.payload_bytes != m.payload {
         bail!(
-            "python-mparray reported {} latencies for {} bytes, expected {} for {payload}",
-            parsed.latencies_ns.len(),
+            "python-mparray reported {} bytes a message, expected {}",
             parsed.payload_bytes,
-            plan.messages
+            m.payload
         );
     }
-    record_latencies(hist, &parsed.latencies_ns)?;
+    record_latencies(hist, &parsed.latencies_ns, m.plan, "python-mparray")?;
     Ok((
         parsed.consumer_cpu_ns,
         ProducerReport {

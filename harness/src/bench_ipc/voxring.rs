@@ -27,7 +27,7 @@ use voxring_linux::ring::{
     FramesWait, Periodic, Segment, ShmConsumer, ShmProducer, SpaceWait, WaitMode,
 };
 
-use super::measure::now_ns;
+use super::measure::{now_ns, spin_until};
 use super::{PEER_TIMEOUT_NS, Received, Rx, Tx};
 
 /// How a side waits for its peer.
@@ -55,25 +55,6 @@ impl Mode {
                 Some(voxring_linux::futex::FutexWaiter::default().spin)
             }
             Mode::Park => Some(Duration::ZERO),
-        }
-    }
-}
-
-/// Calls `poll` until it gives a value; gives up after [`PEER_TIMEOUT_NS`].
-fn spin_until<T>(
-    mut poll: impl FnMut() -> anyhow::Result<Option<T>>,
-    what: &str,
-) -> anyhow::Result<T> {
-    let deadline = now_ns() + PEER_TIMEOUT_NS;
-    let mut i: u32 = 0;
-    loop {
-        if let Some(v) = poll()? {
-            return Ok(v);
-        }
-        std::hint::spin_loop();
-        i = i.wrapping_add(1);
-        if i.is_multiple_of(4096) && now_ns() > deadline {
-            bail!("{what}: nothing for 10 s, the peer process stopped");
         }
     }
 }

@@ -9,80 +9,94 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use super::sys::{self, Sys, is_uint, size_to_bytes};
-use super::{Check, Status, check};
-use Status::{Fail, Ok as Good, Warn};
+use super::{Check, Finding, fail, good, warn};
 
-/// Every file check, in the order of CHECKS.md.
+/// A file check: what it finds on the system.
+type FileCheck = fn(&Sys) -> Finding;
+
+/// Every file check, in the order of CHECKS.md, with its id.
+const FILE_CHECKS: [(&str, FileCheck); 25] = [
+    ("root", c_root),
+    ("audio-group", c_audio_group),
+    ("limits-conf", c_limits_conf),
+    ("rtprio", c_rtprio),
+    ("memlock", c_memlock),
+    ("rt-probe", c_rt_probe),
+    ("governor", c_governor),
+    ("kernel-config", c_kernel_config),
+    ("hires-timers", c_hires),
+    ("tickless", c_tickless),
+    ("preempt", c_preempt),
+    ("threadirqs", c_threadirqs),
+    ("mitigations", c_mitigations),
+    ("isolation", c_isolation),
+    ("smt", c_smt),
+    ("swappiness", c_swappiness),
+    ("rt-throttling", c_rt_throttling),
+    ("thp", c_thp),
+    ("shm-size", c_shm_size),
+    ("filesystems", c_filesystems),
+    ("irq-sharing", c_irq_sharing),
+    ("irq-affinity", c_irq_affinity),
+    ("irq-threads", c_irq_threads),
+    ("cpu-dma-latency", c_cpu_dma_latency),
+    ("pipewire-quantum", c_pipewire),
+];
+
+/// Runs every file check, in the order of CHECKS.md.
 pub fn file_checks(s: &Sys) -> Vec<Check> {
-    vec![
-        c_root(s),
-        c_audio_group(s),
-        c_limits_conf(s),
-        c_rtprio(s),
-        c_memlock(s),
-        c_rt_probe(s),
-        c_governor(s),
-        c_kernel_config(s),
-        c_hires(s),
-        c_tickless(s),
-        c_preempt(s),
-        c_threadirqs(s),
-        c_mitigations(s),
-        c_isolation(s),
-        c_smt(s),
-        c_swappiness(s),
-        c_rt_throttling(s),
-        c_thp(s),
-        c_shm_size(s),
-        c_filesystems(s),
-        c_irq_sharing(s),
-        c_irq_affinity(s),
-        c_irq_threads(s),
-        c_cpu_dma_latency(s),
-        c_pipewire(s),
-    ]
+    FILE_CHECKS
+        .iter()
+        .map(|(id, run)| run(s).named(id))
+        .collect()
 }
 
-fn c_root(s: &Sys) -> Check {
+/// The verdict of a check over `n` items (CPUs, IRQs, threads): `none` when there are none;
+/// a warning when some are not as they should be (`bad`: what is wrong, then the list of
+/// them, each starting with a space), with `fix`; else `all_good`.
+fn over_items(
+    n: usize,
+    none: &str,
+    all_good: String,
+    (wrong, bad): (&str, &str),
+    fix: &str,
+) -> Finding {
+    if n == 0 {
+        good(none)
+    } else if !bad.is_empty() {
+        warn(format!("{wrong}:{bad}"), fix)
+    } else {
+        good(all_good)
+    }
+}
+
+fn c_root(s: &Sys) -> Finding {
     if s.euid == 0 {
-        check(
-            "root",
-            Warn,
+        warn(
             "running as root (euid 0); limits and group checks describe root",
             "run voxring doctor as the audio user (or set VOXRING_USER=<name>)",
         )
     } else {
-        check("root", Good, format!("euid {}", s.euid), "")
+        good(format!("euid {}", s.euid))
     }
 }
 
-fn c_audio_group(s: &Sys) -> Check {
+fn c_audio_group(s: &Sys) -> Finding {
     let u = &s.user;
     if u == "root" {
-        check(
-            "audio-group",
-            Warn,
+        warn(
             "the checked user is root (needs no group: CAP_SYS_NICE)",
             "set VOXRING_USER=<the user who runs voxring> (or run through sudo)",
         )
     } else if !s.group_exists("audio") {
-        check(
-            "audio-group",
-            Fail,
+        fail(
             "no group 'audio' in /etc/group",
             &format!("kernel-tuning/apply --limits (groupadd audio; usermod -a -G audio {u})"),
         )
     } else if s.user_groups(u).iter().any(|g| g == "audio") {
-        check(
-            "audio-group",
-            Good,
-            format!("user {u} is in group audio"),
-            "",
-        )
+        good(format!("user {u} is in group audio"))
     } else {
-        check(
-            "audio-group",
-            Fail,
+        fail(
             format!("user {u} is not in group audio"),
             &format!("kernel-tuning/apply --limits (usermod -a -G audio {u}), then log in again"),
         )
@@ -98,7 +112,7 @@ fn uint_ge(v: &str, min: u64) -> bool {
     is_uint(v) && v.parse::<u64>().map_or(true, |n| n >= min)
 }
 
-fn c_limits_conf(s: &Sys) -> Check {
+fn c_limits_conf(s: &Sys) -> Finding {
     let u = &s.user;
     let rt = s.limits_conf(u, "rtprio");
     let ml = s.limits_conf(u, "memlock");
@@ -118,80 +132,66 @@ fn c_limits_conf(s: &Sys) -> Check {
         .as_deref()
         .is_some_and(|r| matches!(r, "unlimited" | "infinity" | "-1") || uint_ge(r, 80));
     if u == "root" {
-        check(
-            "limits-conf",
-            Warn,
+        warn(
             format!("{found}; the checked user is root (root ignores rtprio)"),
             "set VOXRING_USER=<the user who runs voxring> (or run through sudo)",
         )
     } else if !rt_ok {
-        check(
-            "limits-conf",
-            Fail,
+        fail(
             found,
             "kernel-tuning/apply --limits (@audio rtprio 95, memlock unlimited in /etc/security/limits.d)",
         )
     } else if !memlock_kib_ok(&ml_val) {
-        check(
-            "limits-conf",
-            Warn,
+        warn(
             found,
             "kernel-tuning/apply --limits (@audio memlock unlimited)",
         )
     } else {
-        check("limits-conf", Good, found, "")
+        good(found)
     }
 }
 
-/// The hard limit `prefix` of /proc/self/limits, or check `id`'s warning that it is unreadable.
-fn hard_limit(s: &Sys, id: &'static str, prefix: &str) -> Result<String, Check> {
+/// The hard limit `prefix` of /proc/self/limits, or the warning that it is unreadable.
+fn hard_limit(s: &Sys, prefix: &str) -> Result<String, Finding> {
     s.proc_limit_hard(prefix)
         .filter(|h| !h.is_empty())
         .ok_or_else(|| {
-            check(
-                id,
-                Warn,
+            warn(
                 "cannot read /proc/self/limits",
                 "check that /proc is mounted",
             )
         })
 }
 
-fn c_rtprio(s: &Sys) -> Check {
-    let h = match hard_limit(s, "rtprio", "Max realtime priority") {
+fn c_rtprio(s: &Sys) -> Finding {
+    let h = match hard_limit(s, "Max realtime priority") {
         Ok(h) => h,
         Err(c) => return c,
     };
     if h == "unlimited" || uint_ge(&h, 80) {
-        check("rtprio", Good, format!("hard RLIMIT_RTPRIO {h}"), "")
+        good(format!("hard RLIMIT_RTPRIO {h}"))
     } else if s.euid == 0 {
-        check(
-            "rtprio",
-            Warn,
+        warn(
             format!("hard RLIMIT_RTPRIO {h}, but running as root (root ignores it)"),
             "run voxring doctor as the audio user; kernel-tuning/apply --limits gives @audio rtprio 95",
         )
     } else {
-        check(
-            "rtprio",
-            Fail,
+        fail(
             format!("hard RLIMIT_RTPRIO {h} (SCHED_FIFO 80 needs 80)"),
             "kernel-tuning/apply --limits, then log out and in again",
         )
     }
 }
 
-fn c_memlock(s: &Sys) -> Check {
-    let h = match hard_limit(s, "memlock", "Max locked memory") {
+fn c_memlock(s: &Sys) -> Finding {
+    let h = match hard_limit(s, "Max locked memory") {
         Ok(h) => h,
         Err(c) => return c,
     };
     if h == "unlimited" || uint_ge(&h, 268_435_456) {
-        check("memlock", Good, format!("hard RLIMIT_MEMLOCK {h}"), "")
+        good(format!("hard RLIMIT_MEMLOCK {h}"))
     } else {
-        check(
-            "memlock",
-            Warn,
+        warn(
             format!(
                 "hard RLIMIT_MEMLOCK {h} bytes (under 256 MiB: segments cannot all be locked in RAM)"
             ),
@@ -200,7 +200,7 @@ fn c_memlock(s: &Sys) -> Check {
     }
 }
 
-fn c_rt_probe(s: &Sys) -> Check {
+fn c_rt_probe(s: &Sys) -> Finding {
     let chrt = s.cmd("chrt");
     let ok = Command::new(&chrt)
         .args(["-f", "80", "true"])
@@ -210,18 +210,16 @@ fn c_rt_probe(s: &Sys) -> Check {
         .status()
         .is_ok_and(|st| st.success());
     if ok {
-        check("rt-probe", Good, "chrt -f 80 true succeeded", "")
+        good("chrt -f 80 true succeeded")
     } else {
-        check(
-            "rt-probe",
-            Fail,
+        fail(
             "chrt -f 80 true failed (SCHED_FIFO 80 refused)",
             "kernel-tuning/apply --limits, then log in again (or grant CAP_SYS_NICE)",
         )
     }
 }
 
-fn c_governor(s: &Sys) -> Check {
+fn c_governor(s: &Sys) -> Finding {
     let mut files: Vec<(String, PathBuf)> = Vec::new();
     if let Ok(dir) = std::fs::read_dir(s.p("/sys/devices/system/cpu")) {
         for e in dir.flatten() {
@@ -244,193 +242,119 @@ fn c_governor(s: &Sys) -> Check {
             bad.push_str(&format!(" {cpu}={g}"));
         }
     }
-    if files.is_empty() {
-        check(
-            "governor",
-            Good,
-            "no cpufreq scaling_governor (frequency scaling not exposed)",
-            "",
-        )
-    } else if !bad.is_empty() {
-        check(
-            "governor",
-            Warn,
-            format!("not performance:{bad}"),
-            "kernel-tuning/apply --governor",
-        )
-    } else {
-        check(
-            "governor",
-            Good,
-            format!("performance on all {} CPUs", files.len()),
-            "",
-        )
-    }
+    over_items(
+        files.len(),
+        "no cpufreq scaling_governor (frequency scaling not exposed)",
+        format!("performance on all {} CPUs", files.len()),
+        ("not performance", &bad),
+        "kernel-tuning/apply --governor",
+    )
 }
 
-fn c_kernel_config(s: &Sys) -> Check {
+fn c_kernel_config(s: &Sys) -> Finding {
     match s.kconfig() {
-        Some((_, src)) => check("kernel-config", Good, src.clone(), ""),
-        None => check(
-            "kernel-config",
-            Warn,
+        Some((_, src)) => good(src.clone()),
+        None => warn(
             "no /proc/config.gz or /boot/config-<release>",
             "modprobe configs, or install the kernel's config file",
         ),
     }
 }
 
-fn c_hires(s: &Sys) -> Check {
+fn c_hires(s: &Sys) -> Finding {
     if s.kconfig().is_none() {
-        check(
-            "hires-timers",
-            Warn,
-            "unknown (no kernel config)",
-            "see kernel-config",
-        )
+        warn("unknown (no kernel config)", "see kernel-config")
     } else if s.kconfig_has("HIGH_RES_TIMERS") {
-        check("hires-timers", Good, "CONFIG_HIGH_RES_TIMERS=y", "")
+        good("CONFIG_HIGH_RES_TIMERS=y")
     } else {
-        check(
-            "hires-timers",
-            Warn,
+        warn(
             "CONFIG_HIGH_RES_TIMERS not set",
             "a kernel built with CONFIG_HIGH_RES_TIMERS=y",
         )
     }
 }
 
-fn c_tickless(s: &Sys) -> Check {
+fn c_tickless(s: &Sys) -> Finding {
     for sym in ["NO_HZ", "NO_HZ_IDLE", "NO_HZ_COMMON", "NO_HZ_FULL"] {
         if s.kconfig_has(sym) {
-            return check("tickless", Good, format!("CONFIG_{sym}=y"), "");
+            return good(format!("CONFIG_{sym}=y"));
         }
     }
     if s.p("/sys/devices/system/cpu/nohz_full").exists() {
-        check(
-            "tickless",
-            Good,
-            "/sys/devices/system/cpu/nohz_full exists",
-            "",
-        )
+        good("/sys/devices/system/cpu/nohz_full exists")
     } else if s.kconfig().is_none() {
-        check(
-            "tickless",
-            Warn,
-            "unknown (no kernel config)",
-            "see kernel-config",
-        )
+        warn("unknown (no kernel config)", "see kernel-config")
     } else {
-        check(
-            "tickless",
-            Warn,
+        warn(
             "no CONFIG_NO_HZ*",
             "a kernel built with CONFIG_NO_HZ_IDLE=y",
         )
     }
 }
 
-fn c_preempt(s: &Sys) -> Check {
+fn c_preempt(s: &Sys) -> Finding {
     let m = s.preempt_model();
     match m.as_str() {
-        "full" | "lazy" | "rt" => check("preempt", Good, format!("preemption model {m}"), ""),
-        "none" | "voluntary" if s.kconfig_has("PREEMPT_DYNAMIC") => check(
-            "preempt",
-            Warn,
+        "full" | "lazy" | "rt" => good(format!("preemption model {m}")),
+        "none" | "voluntary" if s.kconfig_has("PREEMPT_DYNAMIC") => warn(
             format!("preemption model {m} (PREEMPT_DYNAMIC kernel)"),
             "add preempt=full to the kernel command line (kernel-tuning/apply --cmdline prints the line)",
         ),
-        "none" | "voluntary" => check(
-            "preempt",
-            Warn,
+        "none" | "voluntary" => warn(
             format!("preemption model {m}"),
             "boot a preemptible kernel (Debian: linux-image-rt-amd64)",
         ),
-        _ => check(
-            "preempt",
-            Warn,
-            "preemption model unknown",
-            "see kernel-config",
-        ),
+        _ => warn("preemption model unknown", "see kernel-config"),
     }
 }
 
-fn c_threadirqs(s: &Sys) -> Check {
+fn c_threadirqs(s: &Sys) -> Finding {
     if s.cmdline_has("threadirqs") {
-        check(
-            "threadirqs",
-            Good,
-            "threadirqs on the kernel command line",
-            "",
-        )
+        good("threadirqs on the kernel command line")
     } else if s.preempt_model() == "rt" {
-        check(
-            "threadirqs",
-            Good,
-            "PREEMPT_RT kernel (IRQs always threaded)",
-            "",
-        )
+        good("PREEMPT_RT kernel (IRQs always threaded)")
     } else {
-        check(
-            "threadirqs",
-            Warn,
+        warn(
             "IRQ handlers not threaded (no threadirqs)",
             "add threadirqs to the kernel command line (kernel-tuning/apply --cmdline prints the line)",
         )
     }
 }
 
-fn c_mitigations(s: &Sys) -> Check {
+fn c_mitigations(s: &Sys) -> Finding {
     match s.cmdline_value("mitigations").as_deref() {
-        Some("off") => check(
-            "mitigations",
-            Good,
-            "mitigations=off (faster, less secure)",
-            "",
-        ),
-        v => check(
-            "mitigations",
-            Good,
-            format!(
-                "CPU vulnerability mitigations on{}; kept on deliberately (README)",
-                v.map(|v| format!(" (mitigations={v})")).unwrap_or_default()
-            ),
-            "",
-        ),
+        Some("off") => good("mitigations=off (faster, less secure)"),
+        v => good(format!(
+            "CPU vulnerability mitigations on{}; kept on deliberately (README)",
+            v.map(|v| format!(" (mitigations={v})")).unwrap_or_default()
+        )),
     }
 }
 
-fn c_isolation(s: &Sys) -> Check {
+fn c_isolation(s: &Sys) -> Finding {
     let iso = s.isolated_cpus();
     let on = s.online_cpus();
     let n = sys::cpulist_expand(&on).len();
     if !iso.trim().is_empty() {
-        check("isolation", Good, format!("isolated CPUs: {iso}"), "")
+        good(format!("isolated CPUs: {iso}"))
     } else if n < 4 {
-        check(
-            "isolation",
-            Good,
-            format!("no isolated CPU; {n} CPUs online (too few to dedicate one)"),
-            "",
-        )
+        good(format!(
+            "no isolated CPU; {n} CPUs online (too few to dedicate one)"
+        ))
     } else {
-        check(
-            "isolation",
-            Warn,
+        warn(
             format!("no isolated CPU; {n} CPUs online ({on})"),
             "isolcpus=/nohz_full= for one audio core (kernel-tuning/apply --cmdline prints the line)",
         )
     }
 }
 
-fn c_smt(s: &Sys) -> Check {
+fn c_smt(s: &Sys) -> Finding {
     let control = s.first_line("/sys/devices/system/cpu/smt/control");
     let active = s.first_line("/sys/devices/system/cpu/smt/active");
     let shown = |v: &Option<String>| v.clone().unwrap_or_else(|| "unreadable".into());
     match (active.as_deref(), &control) {
-        (Some("1"), _) => check(
-            "smt",
-            Warn,
+        (Some("1"), _) => warn(
             format!(
                 "SMT active (control: {}): the audio core shares its caches and execution units \
                  with a sibling thread",
@@ -438,48 +362,31 @@ fn c_smt(s: &Sys) -> Check {
             ),
             "add nosmt to the kernel command line (or echo off > /sys/devices/system/cpu/smt/control until reboot)",
         ),
-        (None, None) => check(
-            "smt",
-            Good,
-            "no SMT control exposed (no /sys/devices/system/cpu/smt)",
-            "",
-        ),
-        _ => check(
-            "smt",
-            Good,
-            format!(
-                "SMT not active (control: {}, active: {})",
-                shown(&control),
-                shown(&active)
-            ),
-            "",
-        ),
+        (None, None) => good("no SMT control exposed (no /sys/devices/system/cpu/smt)"),
+        _ => good(format!(
+            "SMT not active (control: {}, active: {})",
+            shown(&control),
+            shown(&active)
+        )),
     }
 }
 
-fn c_swappiness(s: &Sys) -> Check {
+fn c_swappiness(s: &Sys) -> Finding {
     let swaps = std::fs::read_to_string(s.p("/proc/swaps"))
         .map(|t| t.lines().skip(1).filter(|l| !l.is_empty()).count())
         .unwrap_or(0);
     let sw = s.first_line("/proc/sys/vm/swappiness");
     if swaps == 0 {
-        check(
-            "swappiness",
-            Good,
-            format!(
-                "no swap (swappiness {} does not apply)",
-                sw.as_deref().filter(|v| !v.is_empty()).unwrap_or("?")
-            ),
-            "",
-        )
+        good(format!(
+            "no swap (swappiness {} does not apply)",
+            sw.as_deref().filter(|v| !v.is_empty()).unwrap_or("?")
+        ))
     } else if let Some(v) = sw.as_deref().filter(|v| is_uint(v))
         && v.parse::<u64>().is_ok_and(|n| n <= 10)
     {
-        check("swappiness", Good, format!("vm.swappiness {v}"), "")
+        good(format!("vm.swappiness {v}"))
     } else {
-        check(
-            "swappiness",
-            Warn,
+        warn(
             format!(
                 "vm.swappiness {} with swap on",
                 sw.as_deref()
@@ -491,7 +398,7 @@ fn c_swappiness(s: &Sys) -> Check {
     }
 }
 
-fn c_rt_throttling(s: &Sys) -> Check {
+fn c_rt_throttling(s: &Sys) -> Finding {
     let r = s
         .first_line("/proc/sys/kernel/sched_rt_runtime_us")
         .unwrap_or_default();
@@ -502,9 +409,7 @@ fn c_rt_throttling(s: &Sys) -> Check {
         .then(|| Some((r.parse::<u128>().ok()?, per.parse::<u128>().ok()?)))
         .flatten();
     if r == "-1" {
-        check(
-            "rt-throttling",
-            Warn,
+        warn(
             "sched_rt_runtime_us -1: RT throttling disabled (a spinning RT thread can hang the machine)",
             "echo 950000 > /proc/sys/kernel/sched_rt_runtime_us (the default; README explains)",
         )
@@ -512,30 +417,23 @@ fn c_rt_throttling(s: &Sys) -> Check {
         && pv > 0
         && rv * 100 >= pv * 95
     {
-        check(
-            "rt-throttling",
-            Good,
-            format!("RT tasks may use {r} of every {per} us (the rest is kept for others)"),
-            "",
-        )
+        good(format!(
+            "RT tasks may use {r} of every {per} us (the rest is kept for others)"
+        ))
     } else if nums.is_some() {
-        check(
-            "rt-throttling",
-            Warn,
+        warn(
             format!("RT tasks limited to {r} of every {per} us (under 95 %)"),
             "echo 950000 > /proc/sys/kernel/sched_rt_runtime_us (the default)",
         )
     } else {
-        check(
-            "rt-throttling",
-            Warn,
+        warn(
             "cannot read sched_rt_runtime_us/sched_rt_period_us",
             "check that /proc is mounted",
         )
     }
 }
 
-fn c_thp(s: &Sys) -> Check {
+fn c_thp(s: &Sys) -> Finding {
     let e = s
         .bracket_value("/sys/kernel/mm/transparent_hugepage/enabled")
         .unwrap_or_default();
@@ -544,28 +442,24 @@ fn c_thp(s: &Sys) -> Check {
         .unwrap_or_default();
     let dshow = if d.is_empty() { "?" } else { d.as_str() };
     if e.is_empty() {
-        check("thp", Good, "no transparent huge pages", "")
+        good("no transparent huge pages")
     } else if (e == "madvise" || e == "never") && d != "always" {
-        check("thp", Good, format!("enabled={e} defrag={dshow}"), "")
+        good(format!("enabled={e} defrag={dshow}"))
     } else {
-        check(
-            "thp",
-            Warn,
+        warn(
             format!("enabled={e} defrag={dshow} (khugepaged/compaction stalls)"),
             "kernel-tuning/apply --thp (madvise)",
         )
     }
 }
 
-fn c_shm_size(s: &Sys) -> Check {
+fn c_shm_size(s: &Sys) -> Finding {
     let mounts = std::fs::read_to_string(s.p("/proc/mounts")).unwrap_or_default();
     let line = mounts
         .lines()
         .rfind(|l| l.split_whitespace().nth(1) == Some("/dev/shm"));
     let Some(line) = line else {
-        return check(
-            "shm-size",
-            Fail,
+        return fail(
             "no /dev/shm mount",
             "mount -t tmpfs -o size=512m tmpfs /dev/shm (and add it to /etc/fstab)",
         );
@@ -574,9 +468,7 @@ fn c_shm_size(s: &Sys) -> Check {
     let ty = f.get(2).copied().unwrap_or("");
     let opts = f.get(3).copied().unwrap_or("");
     if ty != "tmpfs" {
-        return check(
-            "shm-size",
-            Fail,
+        return fail(
             format!("/dev/shm is {ty}, not tmpfs"),
             "mount -t tmpfs tmpfs /dev/shm",
         );
@@ -586,7 +478,7 @@ fn c_shm_size(s: &Sys) -> Check {
         .filter_map(|o| o.strip_prefix("size="))
         .next_back()
     else {
-        return check("shm-size", Good, "tmpfs, default size (half of RAM)", "");
+        return good("tmpfs, default size (half of RAM)");
     };
     let ok = match size_to_bytes(size) {
         Some(Err(())) => true,
@@ -594,18 +486,16 @@ fn c_shm_size(s: &Sys) -> Check {
         None => false,
     };
     if ok {
-        check("shm-size", Good, format!("tmpfs size={size}"), "")
+        good(format!("tmpfs size={size}"))
     } else {
-        check(
-            "shm-size",
-            Warn,
+        warn(
             format!("tmpfs size={size} (under 64 MiB)"),
             "mount -o remount,size=512m /dev/shm (containers: --shm-size=512m)",
         )
     }
 }
 
-fn c_filesystems(s: &Sys) -> Check {
+fn c_filesystems(s: &Sys) -> Finding {
     let mounts = std::fs::read_to_string(s.p("/proc/mounts")).unwrap_or_default();
     let mut bad = String::new();
     for line in mounts.lines() {
@@ -623,49 +513,32 @@ fn c_filesystems(s: &Sys) -> Check {
         }
     }
     if bad.is_empty() {
-        check(
-            "filesystems",
-            Good,
-            "no FUSE, NFS, CIFS or reiserfs mounts",
-            "",
-        )
+        good("no FUSE, NFS, CIFS or reiserfs mounts")
     } else {
-        check(
-            "filesystems",
-            Warn,
+        warn(
             format!("network/FUSE/reiserfs mounts:{bad}"),
             "keep audio files and voxring binaries on a local ext4/xfs/btrfs disk",
         )
     }
 }
 
-fn c_irq_sharing(s: &Sys) -> Check {
+fn c_irq_sharing(s: &Sys) -> Finding {
     let irqs = s.sound_usb_irqs();
     let bad: String = irqs
         .iter()
         .filter(|(_, a)| a.contains(", "))
         .map(|(n, a)| format!(" {n}({a})"))
         .collect();
-    if irqs.is_empty() {
-        check("irq-sharing", Good, "no sound or USB IRQs", "")
-    } else if !bad.is_empty() {
-        check(
-            "irq-sharing",
-            Warn,
-            format!("shared sound/USB IRQs:{bad}"),
-            "move the sound card/USB interface to a port or slot with its own IRQ",
-        )
-    } else {
-        check(
-            "irq-sharing",
-            Good,
-            format!("{} sound/USB IRQs, none shared", irqs.len()),
-            "",
-        )
-    }
+    over_items(
+        irqs.len(),
+        "no sound or USB IRQs",
+        format!("{} sound/USB IRQs, none shared", irqs.len()),
+        ("shared sound/USB IRQs", &bad),
+        "move the sound card/USB interface to a port or slot with its own IRQ",
+    )
 }
 
-fn c_irq_affinity(s: &Sys) -> Check {
+fn c_irq_affinity(s: &Sys) -> Finding {
     let irqs = s.sound_usb_irqs();
     let core = s.audio_core();
     let mut bad = String::new();
@@ -677,26 +550,16 @@ fn c_irq_affinity(s: &Sys) -> Check {
             bad.push_str(&format!(" {n}->{a}"));
         }
     }
-    if irqs.is_empty() {
-        check("irq-affinity", Good, "no sound or USB IRQs", "")
-    } else if !bad.is_empty() {
-        check(
-            "irq-affinity",
-            Warn,
-            format!("not on the audio core {core}:{bad}"),
-            "kernel-tuning/apply --irq",
-        )
-    } else {
-        check(
-            "irq-affinity",
-            Good,
-            format!("{} sound/USB IRQs on the audio core {core}", irqs.len()),
-            "",
-        )
-    }
+    over_items(
+        irqs.len(),
+        "no sound or USB IRQs",
+        format!("{} sound/USB IRQs on the audio core {core}", irqs.len()),
+        (&format!("not on the audio core {core}"), &bad),
+        "kernel-tuning/apply --irq",
+    )
 }
 
-fn c_irq_threads(s: &Sys) -> Check {
+fn c_irq_threads(s: &Sys) -> Finding {
     let mut n = 0;
     let mut bad = String::new();
     for (irq, _) in s.sound_usb_irqs() {
@@ -708,44 +571,32 @@ fn c_irq_threads(s: &Sys) -> Check {
             }
         }
     }
-    if n == 0 {
-        check("irq-threads", Good, "no threads for sound/USB IRQs", "")
-    } else if !bad.is_empty() {
-        check(
-            "irq-threads",
-            Warn,
-            format!("below the audio threads (FIFO 80):{bad}"),
-            "kernel-tuning/apply --irq (chrt -f -p 90)",
-        )
-    } else {
-        check(
-            "irq-threads",
-            Good,
-            format!("{n} sound/USB IRQ threads at SCHED_FIFO >= 81"),
-            "",
-        )
-    }
+    over_items(
+        n,
+        "no threads for sound/USB IRQs",
+        format!("{n} sound/USB IRQ threads at SCHED_FIFO >= 81"),
+        ("below the audio threads (FIFO 80)", &bad),
+        "kernel-tuning/apply --irq (chrt -f -p 90)",
+    )
 }
 
-fn c_cpu_dma_latency(s: &Sys) -> Check {
+fn c_cpu_dma_latency(s: &Sys) -> Finding {
     let f = s.p("/dev/cpu_dma_latency");
     if !f.exists() {
-        check("cpu-dma-latency", Good, "absent", "")
+        good("absent")
     } else if rustix::fs::access(&f, rustix::fs::Access::WRITE_OK).is_ok() {
-        check("cpu-dma-latency", Good, "/dev/cpu_dma_latency writable", "")
+        good("/dev/cpu_dma_latency writable")
     } else {
-        check(
-            "cpu-dma-latency",
-            Warn,
+        warn(
             "/dev/cpu_dma_latency not writable by this user",
             "kernel-tuning/apply --limits (udev rule: group audio, mode 0660), then reboot or udevadm trigger",
         )
     }
 }
 
-fn c_pipewire(s: &Sys) -> Check {
+fn c_pipewire(s: &Sys) -> Finding {
     let Some([rate, q, mn, mx, eff]) = s.pw_clock() else {
-        return check("pipewire-quantum", Good, "PipeWire not installed", "");
+        return good("PipeWire not installed");
     };
     let vm = if s.in_vm() {
         ", VM overrides applied"
@@ -755,11 +606,9 @@ fn c_pipewire(s: &Sys) -> Check {
     let found =
         format!("rate {rate}, quantum {q} (min {mn}, max {mx}{vm}): effective quantum {eff}");
     if rate == 48000 && eff <= 256 {
-        check("pipewire-quantum", Good, found, "")
+        good(found)
     } else {
-        check(
-            "pipewire-quantum",
-            Warn,
+        warn(
             found,
             "kernel-tuning/apply --pipewire (48000 Hz, quantum 128)",
         )

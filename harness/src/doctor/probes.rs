@@ -17,7 +17,7 @@ use rustix::thread::futex;
 use rustix::time::{ClockId, Timespec};
 use voxring_linux::clock::monotonic_ns as now_ns;
 
-use super::{Check, Status, check};
+use super::{Check, fail, good, warn};
 
 /// One audio quantum of 128 frames at 48 kHz, in nanoseconds: a wake-up later than this is an
 /// xrun in the making.
@@ -52,18 +52,12 @@ pub fn run(seconds: f64) -> Vec<Check> {
     let mut out = Vec::new();
     let fifo_ok = fifo.is_ok();
     out.push(match &fifo {
-        Ok(()) => check(
-            "sched-fifo",
-            Status::Ok,
-            "a thread got SCHED_FIFO 80 (pthread_setschedparam)",
-            "",
-        ),
-        Err(why) => check(
-            "sched-fifo",
-            Status::Fail,
+        Ok(()) => good("a thread got SCHED_FIFO 80 (pthread_setschedparam)").named("sched-fifo"),
+        Err(why) => fail(
             format!("SCHED_FIFO 80 refused for a thread: {why}"),
             "kernel-tuning/apply --limits, then log in again (or grant CAP_SYS_NICE)",
-        ),
+        )
+        .named("sched-fifo"),
     });
     let policy = if fifo_ok {
         "SCHED_FIFO 80"
@@ -88,16 +82,11 @@ pub fn run(seconds: f64) -> Vec<Check> {
                        (see the preempt, threadirqs and isolation checks); on a VM, a host with \
                        dedicated cores";
             if max > QUANTUM_NS {
-                check(
-                    "timer-jitter",
-                    Status::Fail,
-                    format!("{found}: a wake-up came later than one 128-frame quantum at 48 kHz (2.7 ms)"),
-                    fix,
-                )
+                fail(format!("{found}: a wake-up came later than one 128-frame quantum at 48 kHz (2.7 ms)"), fix).named("timer-jitter")
             } else if p99 > 100_000 || max > 1_000_000 {
-                check("timer-jitter", Status::Warn, found, fix)
+                warn(found, fix).named("timer-jitter")
             } else {
-                check("timer-jitter", Status::Ok, found, "")
+                good(found).named("timer-jitter")
             }
         }
         Err(why) => unmeasured("timer-jitter", &why),
@@ -122,15 +111,10 @@ pub fn run(seconds: f64) -> Vec<Check> {
                 us(h.max())
             );
             if p99 > 50_000 {
-                check(
-                    "futex-wake",
-                    Status::Warn,
-                    found,
-                    "kernel-tuning/apply --governor (deep C-states slow wake-ups); voxring's shm-spin \
-                     mode avoids the wake-up",
-                )
+                warn(found, "kernel-tuning/apply --governor (deep C-states slow wake-ups); voxring's shm-spin \
+                     mode avoids the wake-up").named("futex-wake")
             } else {
-                check("futex-wake", Status::Ok, found, "")
+                good(found).named("futex-wake")
             }
         }
         Err(why) => unmeasured("futex-wake", &why),
@@ -257,10 +241,9 @@ fn futex_wake(rounds: u32) -> Result<(hdrhistogram::Histogram<u64>, bool), Strin
 
 /// The warning of a probe that could not measure.
 fn unmeasured(id: &'static str, why: &str) -> Check {
-    check(
-        id,
-        Status::Warn,
+    warn(
         format!("could not measure: {why}"),
         "run voxring doctor again; report a bug if it persists",
     )
+    .named(id)
 }

@@ -29,7 +29,7 @@
 //! twice. Such an underrun is counted as a playback xrun, flagged like one, and also
 //! counted apart ([`AlsaStream::hidden_xruns`]).
 
-use alsa::direct::pcm::{MmapCapture, MmapPlayback};
+use alsa::direct::pcm::{MmapCapture, MmapDir, MmapIO, MmapPlayback};
 use alsa::pcm::{Access, Frames, HwParams, PCM, State};
 use alsa::{Direction, ValueOr};
 
@@ -111,6 +111,44 @@ struct SendDirect<T>(Direct<T>);
 // holds them), so moving it to another thread together with the `PCM` it belongs to is sound.
 unsafe impl<T: Send> Send for SendDirect<T> {}
 
+/// The non-empty areas of a direct mapping that `data_ptr` describes (one, or two where the
+/// buffer wraps), as (first sample, frames): free frames for playback, captured ones for capture.
+fn areas<S, D: MmapDir>(m: &MmapIO<S, D>) -> impl Iterator<Item = (*mut S, usize)> {
+    let (a, b) = m.data_ptr();
+    core::iter::once(a)
+        .chain(b)
+        .filter(|r| r.frames > 0)
+        .map(|r| (r.ptr, r.frames as usize))
+}
+
+/// Where a stream is: the frames it has moved and the flags its next chunk carries.
+#[derive(Debug, Default)]
+struct Cursor {
+    pos: u64,
+    flags: u32,
+}
+
+impl Cursor {
+    /// What the next chunk handed to a sink or source is.
+    #[inline]
+    fn chunk_info(&self, channels: usize, capture_pos: u64) -> ChunkInfo {
+        ChunkInfo {
+            sample_pos: self.pos,
+            timestamp_ns: monotonic_ns(),
+            flags: self.flags,
+            capture_pos,
+            channels: channels as u32,
+        }
+    }
+
+    /// `frames` were moved: the position moves on, and the pending flags were delivered.
+    #[inline]
+    fn advance(&mut self, frames: usize) {
+        self.flags = 0;
+        self.pos += frames as u64;
+    }
+}
+
 /// One direction (capture or playback) of an ALSA PCM opened for mmap access.
 pub struct AlsaStream<T: Sample> {
     pcm: PCM,
@@ -130,8 +168,7 @@ pub struct AlsaStream<T: Sample> {
     /// The device was seen consuming part of the buffer between two wake-ups: it plays at
     /// its clock (ALSA's null and file PCMs consume everything at once, and never latch it).
     paced: bool,
-    pending_flags: u32,
-    pos: u64,
+    at: Cursor,
     channels: usize,
     silence_frames: u64,
 }
@@ -143,7 +180,7 @@ impl<T: Sample> std::fmt::Debug for AlsaStream<T> {
             .field("dir", &self.dir)
             .field("granted", &self.granted)
             .field("xruns", &self.xruns)
-            .field("pos", &self.pos)
+            .field("pos", &self.at.pos)
             .finish_non_exhaustive()
     }
 }
@@ -307,8 +344,7 @@ impl<T: Sample> AlsaStream<T> {
             full_after_pump: false,
             filled_at_ns: 0,
             paced: false,
-            pending_flags: 0,
-            pos: 0,
+            at: Cursor::default(),
             channels,
             silence_frames: 0,
         })
@@ -348,7 +384,7 @@ impl<T: Sample> AlsaStream<T> {
 
     /// Frames moved so far (sink/source position).
     pub fn position(&self) -> u64 {
-        self.pos
+        self.at.pos
     }
 
     /// Playback frames of silence written because the source had none or to restart after an
@@ -420,8 +456,36 @@ impl<T: Sample> AlsaStream<T> {
             return Err(self.err(e));
         }
         self.xruns += 1;
-        self.pending_flags |= flags::XRUN;
+        self.at.flags |= flags::XRUN;
         self.restart()
+    }
+
+    /// The frames ready to move (`avail_update`); `None` after an xrun it found and recovered.
+    fn avail_or_recover(&mut self) -> Result<Option<usize>, StreamError> {
+        match self.pcm.avail_update() {
+            Ok(n) => Ok(Some(n as usize)),
+            Err(e) => self.recover(e).map(|()| None),
+        }
+    }
+
+    /// With a direct mapping: when the kernel's status says xrun, or the buffer holds more than
+    /// it can (the pointers jumped), counts an xrun, flags the next chunk and restarts; true
+    /// when it did.
+    fn restarted_after_direct_xrun(&mut self) -> Result<bool, StreamError> {
+        fn broken<S, D: MmapDir>(m: &MmapIO<S, D>) -> bool {
+            m.status().state() == State::XRun || m.avail() > m.buffer_size()
+        }
+        let xrun = match &self.direct {
+            Some(SendDirect(Direct::Capture(m))) => broken(m),
+            Some(SendDirect(Direct::Playback(m))) => broken(m),
+            None => false,
+        };
+        if xrun {
+            self.xruns += 1;
+            self.at.flags |= flags::XRUN;
+            self.restart()?;
+        }
+        Ok(xrun)
     }
 
     /// Re-prepares and restarts after an xrun; playback is refilled with silence first.
@@ -445,15 +509,13 @@ impl<T: Sample> AlsaStream<T> {
             guard += 1;
             let ch = self.channels;
             if let Some(SendDirect(Direct::Playback(m))) = &mut self.direct {
-                let (a, b) = m.data_ptr();
                 let mut n = 0;
-                for r in core::iter::once(a).chain(b) {
+                for (ptr, frames) in areas(m) {
                     // SAFETY: `data_ptr` describes writable frames of the mapped kernel buffer
                     // (`frames * channels` samples) that the device is not reading now.
-                    let s =
-                        unsafe { core::slice::from_raw_parts_mut(r.ptr, r.frames as usize * ch) };
+                    let s = unsafe { core::slice::from_raw_parts_mut(ptr, frames * ch) };
                     s.fill(T::SILENCE);
-                    n += r.frames;
+                    n += frames as Frames;
                 }
                 m.commit(n);
                 self.silence_frames += n as u64;
@@ -480,24 +542,14 @@ impl<T: Sample> AlsaStream<T> {
         if self.direct.is_some() {
             return self.pump_capture_direct(sink);
         }
-        let avail = match self.pcm.avail_update() {
-            Ok(n) => n as usize,
-            Err(e) => {
-                self.recover(e)?;
-                return Ok(0);
-            }
+        let Some(avail) = self.avail_or_recover()? else {
+            return Ok(0);
         };
         let ch = self.channels;
         let mut moved = 0usize;
-        let wake_end = self.pos + avail as u64;
+        let wake_end = self.at.pos + avail as u64;
         while moved < avail {
-            let info = ChunkInfo {
-                sample_pos: self.pos,
-                timestamp_ns: monotonic_ns(),
-                flags: self.pending_flags,
-                capture_pos: wake_end,
-                channels: ch as u32,
-            };
+            let info = self.at.chunk_info(ch, wake_end);
             // SAFETY: the format of `T` was set and verified in `open`, and no other `IO` of
             // this PCM exists (we create one per call and drop it before the next).
             let io = unsafe { self.pcm.io_unchecked::<T>() };
@@ -518,8 +570,7 @@ impl<T: Sample> AlsaStream<T> {
             if took == 0 {
                 break;
             }
-            self.pending_flags = 0;
-            self.pos += took as u64;
+            self.at.advance(took);
             moved += took;
         }
         Ok(moved)
@@ -529,38 +580,23 @@ impl<T: Sample> AlsaStream<T> {
         &mut self,
         sink: &mut S,
     ) -> Result<usize, StreamError> {
+        if self.restarted_after_direct_xrun()? {
+            return Ok(0);
+        }
         let ch = self.channels;
         let Some(SendDirect(Direct::Capture(m))) = &mut self.direct else {
             return Ok(0);
         };
-        if m.status().state() == State::XRun || m.avail() > m.buffer_size() {
-            self.xruns += 1;
-            self.pending_flags |= flags::XRUN;
-            self.restart()?;
-            return Ok(0);
-        }
-        let (a, b) = m.data_ptr();
         let mut moved = 0usize;
-        let wake_end = self.pos + (a.frames.max(0) + b.map_or(0, |b| b.frames.max(0))) as u64;
-        for r in core::iter::once(a).chain(b) {
-            if r.frames <= 0 {
-                continue;
-            }
-            let frames = r.frames as usize;
-            let info = ChunkInfo {
-                sample_pos: self.pos,
-                timestamp_ns: monotonic_ns(),
-                flags: self.pending_flags,
-                capture_pos: wake_end,
-                channels: ch as u32,
-            };
+        let wake_end = self.at.pos + areas(m).map(|(_, frames)| frames as u64).sum::<u64>();
+        for (ptr, frames) in areas(m) {
+            let info = self.at.chunk_info(ch, wake_end);
             // SAFETY: `data_ptr` describes captured frames of the mapped kernel buffer
             // (`frames * channels` samples) that the device will not overwrite until we commit.
-            let s = unsafe { core::slice::from_raw_parts(r.ptr, frames * ch) };
+            let s = unsafe { core::slice::from_raw_parts(ptr, frames * ch) };
             let took = sink.push(s, &info).min(frames);
             m.commit(took as Frames);
-            self.pending_flags = 0;
-            self.pos += took as u64;
+            self.at.advance(took);
             moved += took;
             if took < frames {
                 break;
@@ -584,12 +620,8 @@ impl<T: Sample> AlsaStream<T> {
         if self.direct.is_some() {
             return self.pump_playback_direct(source, capture_pos);
         }
-        let avail = match self.pcm.avail_update() {
-            Ok(n) => n as usize,
-            Err(e) => {
-                self.recover(e)?;
-                return Ok(0);
-            }
+        let Some(avail) = self.avail_or_recover()? else {
+            return Ok(0);
         };
         let buffer = self.granted.buffer_frames as usize;
         let played_ns = monotonic_ns().saturating_sub(self.filled_at_ns);
@@ -603,19 +635,13 @@ impl<T: Sample> AlsaStream<T> {
             // silence in our place without saying so.
             self.xruns += 1;
             self.hidden_xruns += 1;
-            self.pending_flags |= flags::XRUN;
+            self.at.flags |= flags::XRUN;
         }
         self.full_after_pump = false;
         let ch = self.channels;
         let mut moved = 0usize;
         while moved < avail {
-            let info = ChunkInfo {
-                sample_pos: self.pos,
-                timestamp_ns: monotonic_ns(),
-                flags: self.pending_flags,
-                capture_pos,
-                channels: ch as u32,
-            };
+            let info = self.at.chunk_info(ch, capture_pos);
             // SAFETY: the format of `T` was set and verified in `open`, and no other `IO` of
             // this PCM exists (we create one per call and drop it before the next).
             let io = unsafe { self.pcm.io_unchecked::<T>() };
@@ -636,8 +662,7 @@ impl<T: Sample> AlsaStream<T> {
             if wrote == 0 {
                 break;
             }
-            self.pending_flags = 0;
-            self.pos += got as u64;
+            self.at.advance(got);
             self.silence_frames += (wrote - got) as u64;
             moved += wrote;
         }
@@ -651,38 +676,23 @@ impl<T: Sample> AlsaStream<T> {
         source: &mut S,
         capture_pos: u64,
     ) -> Result<usize, StreamError> {
+        if self.restarted_after_direct_xrun()? {
+            return Ok(0);
+        }
         let ch = self.channels;
         let Some(SendDirect(Direct::Playback(m))) = &mut self.direct else {
             return Ok(0);
         };
-        if m.status().state() == State::XRun || m.avail() > m.buffer_size() {
-            self.xruns += 1;
-            self.pending_flags |= flags::XRUN;
-            self.restart()?;
-            return Ok(0);
-        }
-        let (a, b) = m.data_ptr();
         let mut moved = 0usize;
-        for r in core::iter::once(a).chain(b) {
-            if r.frames <= 0 {
-                continue;
-            }
-            let frames = r.frames as usize;
-            let info = ChunkInfo {
-                sample_pos: self.pos,
-                timestamp_ns: monotonic_ns(),
-                flags: self.pending_flags,
-                capture_pos,
-                channels: ch as u32,
-            };
+        for (ptr, frames) in areas(m) {
+            let info = self.at.chunk_info(ch, capture_pos);
             // SAFETY: `data_ptr` describes free frames of the mapped kernel buffer
             // (`frames * channels` samples) that the device will not read until we commit.
-            let s = unsafe { core::slice::from_raw_parts_mut(r.ptr, frames * ch) };
+            let s = unsafe { core::slice::from_raw_parts_mut(ptr, frames * ch) };
             let got = source.pull(s, &info).min(frames);
             s[got * ch..].fill(T::SILENCE);
             m.commit(frames as Frames);
-            self.pending_flags = 0;
-            self.pos += got as u64;
+            self.at.advance(got);
             self.silence_frames += (frames - got) as u64;
             moved += frames;
         }

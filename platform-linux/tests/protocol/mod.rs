@@ -32,18 +32,15 @@ pub fn config() -> RingConfig {
 pub fn build_consumer(dir: &Path, static_link: bool) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/protocol/consumer.c");
     let out = dir.join("consumer");
-    let mut cc = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
-    cc.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1"]);
+    let mut cc = super::common::tools::strict_cc();
+    cc.arg("-O1");
     if static_link {
         cc.arg("-static");
     }
-    let status = cc
-        .arg(&src)
-        .arg("-o")
-        .arg(&out)
-        .status()
-        .expect("cc runs (install a C compiler: apt-get install gcc)");
-    assert!(status.success(), "compiling {} failed", src.display());
+    super::common::tools::output_ok(
+        cc.arg(&src).arg("-o").arg(&out),
+        &format!("compiling {} (apt-get install gcc)", src.display()),
+    );
     out
 }
 
@@ -91,15 +88,7 @@ fn fill(payload: &mut [u8], k: u64, salt: u64) {
 
 /// The armed bit of `data_futex` (`core/LAYOUT.md`, wait block, offset 256).
 fn data_futex_armed(seg: &Segment) -> bool {
-    // SAFETY: a validated ring mapping is at least 384 bytes and page-aligned, so offset 256 is
-    // an aligned u32 inside it; every access to the ring's words is atomic.
-    let word = unsafe {
-        &*seg
-            .mapping()
-            .as_ptr()
-            .add(256)
-            .cast::<std::sync::atomic::AtomicU32>()
-    };
+    let word = super::common::mapped_u32(seg.mapping(), 256);
     // Relaxed: only the bit is looked at; the commit that follows publishes the frame.
     word.load(std::sync::atomic::Ordering::Relaxed) & 1 != 0
 }
@@ -191,6 +180,7 @@ pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
 }
 
 /// A consumer run: its exit code and its `done` line.
+#[derive(Debug)]
 pub struct Finished {
     /// Exit code.
     pub code: Option<i32>,
@@ -200,6 +190,32 @@ pub struct Finished {
     pub done: String,
     /// What it wrote to stderr.
     pub stderr: String,
+}
+
+impl Finished {
+    /// Checks that the consumer exited 0, ending with `end` (`eos`, `producer-gone`), after
+    /// reading exactly the frames `produced` committed: their count and their CRC-32.
+    pub fn assert_read_all(&self, produced: &Produced, end: &str) {
+        let d = &self.done;
+        assert_eq!(self.code, Some(0), "{d}; stderr: {}", self.stderr);
+        assert_eq!(field(d, "end"), end, "{d}");
+        assert_eq!(field(d, "frames"), produced.frames.to_string(), "{d}");
+        assert_eq!(field(d, "crc"), format!("{:08x}", produced.crc), "{d}");
+    }
+
+    /// Checks that every frame's stamp was CLOCK_MONOTONIC and that no park ended in a timeout
+    /// (each was ended by a wake), and that the producer's liveness checks (at least
+    /// `min_checks`) left the consumer alive.
+    pub fn assert_kept_alive_and_woken(&self, produced: &Produced, min_checks: u32) {
+        let d = &self.done;
+        assert_eq!(field(d, "stamps_ok"), "1", "CLOCK_MONOTONIC stamps: {d}");
+        assert_eq!(field(d, "timeouts"), "0", "a park ended in a timeout: {d}");
+        assert!(produced.checks >= min_checks, "{produced:?}");
+        assert_eq!(
+            produced.evicted, 0,
+            "the producer's checks evicted it: {produced:?}"
+        );
+    }
 }
 
 /// Starts `cmd` (the C consumer, directly or through a container), waits until it joined
