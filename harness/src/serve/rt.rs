@@ -111,32 +111,101 @@ impl FrameLog {
     }
 }
 
+/// What a session measures on the hub's real-time capture side (`voxring run`'s latency
+/// budget); `()` measures nothing (`voxring serve`). Called on the real-time thread: no
+/// allocation, lock, print or blocking call.
+pub trait MicProbe<T> {
+    /// A capture chunk holding `frames` whole ring frames arrived (before any is committed).
+    fn chunk(&mut self, _info: &ChunkInfo, _frames: usize) {}
+    /// Ring frame `i` of the chunk, already in its ring slot, before its CRC-32 and commit
+    /// (the samples may be changed: the synthetic device's test talker).
+    fn fill(&mut self, _i: usize, _samples: &mut [T]) {}
+    /// Frame `seq` (first sample at `pos`, stamped `t_ns`, holding `payload`) is about to be
+    /// committed.
+    fn frame(&mut self, _seq: u64, _pos: u64, _t_ns: u64, _payload: &[u8]) {}
+    /// `frames` ring frames of the chunk were refused by the ring and lost.
+    fn dropped(&mut self, _frames: usize, _info: &ChunkInfo) {}
+}
+
+impl<T> MicProbe<T> for () {}
+
+/// What a session measures on the hub's real-time playback side; `()` nothing.
+pub trait MixProbe<T> {
+    /// Lane `i` was just mixed into the period starting `offset` frames into the device's
+    /// chunk `info`; `before` is its counters before this cycle (the queue may be changed,
+    /// e.g. its target grown).
+    fn lane(
+        &mut self,
+        _i: usize,
+        _q: &mut OutputQueue<T>,
+        _before: &LaneCounters,
+        _info: &ChunkInfo,
+        _offset: usize,
+    ) {
+    }
+}
+
+impl<T> MixProbe<T> for () {}
+
 /// Device capture → the mic ring, one copy, whole ring frames only (a device buffer that is a
 /// multiple of the quantum is checked when the hub starts).
-pub struct MicSink<'a> {
+pub struct MicSink<'a, P = ()> {
     tx: ShmProducer,
     shared: &'a RtShared,
     /// Interleaved samples per ring frame.
     slot: usize,
     spf: u64,
     pending: FrameFlags,
+    probe: P,
+    /// Time spent in the ring (grant, copy, commit, wake), ns.
+    ipc_ns: u64,
 }
 
 impl<'a> MicSink<'a> {
     /// A sink committing into `tx`'s ring (frames of `spf` frames × `channels`).
     pub fn new(tx: ShmProducer, shared: &'a RtShared, spf: u32, channels: u16) -> Self {
+        Self::with_probe(tx, shared, spf, channels, ())
+    }
+}
+
+impl<'a, P> MicSink<'a, P> {
+    /// The same, measured by `probe`.
+    pub fn with_probe(
+        tx: ShmProducer,
+        shared: &'a RtShared,
+        spf: u32,
+        channels: u16,
+        probe: P,
+    ) -> Self {
         MicSink {
             tx,
             shared,
             slot: spf as usize * usize::from(channels),
             spf: u64::from(spf),
             pending: FrameFlags::NONE,
+            probe,
+            ipc_ns: 0,
         }
     }
 
     /// The producer, back for the end of stream.
     pub fn into_producer(self) -> ShmProducer {
         self.tx
+    }
+
+    /// The producer and the probe.
+    pub fn into_parts(self) -> (ShmProducer, P) {
+        (self.tx, self.probe)
+    }
+
+    /// The probe.
+    pub fn probe(&self) -> &P {
+        &self.probe
+    }
+
+    /// Time spent in the ring so far (grant, copy, commit, wake; not the CRC-32), ns.
+    pub fn ipc_ns(&self) -> u64 {
+        self.ipc_ns
     }
 }
 
@@ -157,7 +226,7 @@ fn evict_laggards(ring: &Ring, shared: &RtShared) {
     }
 }
 
-impl<T: Mix> CaptureSink<T> for MicSink<'_> {
+impl<T: Mix, P: MicProbe<T>> CaptureSink<T> for MicSink<'_, P> {
     fn push(&mut self, samples: &[T], info: &ChunkInfo) -> usize {
         let whole = samples.len() / self.slot;
         if whole == 0 {
@@ -166,9 +235,11 @@ impl<T: Mix> CaptureSink<T> for MicSink<'_> {
         if info.flags & flags::XRUN != 0 {
             self.pending |= FrameFlags::XRUN;
         }
+        self.probe.chunk(info, whole);
         let shared = self.shared;
         let mut evicted = false;
         loop {
+            let t0 = monotonic_ns();
             let (producer, waiter) = self.tx.parts();
             let refused = match producer.write_grant(whole) {
                 Ok(grant) => {
@@ -177,8 +248,15 @@ impl<T: Mix> CaptureSink<T> for MicSink<'_> {
                         spf: self.spf,
                         pos: info.sample_pos,
                     };
-                    let n =
-                        fill_and_commit(grant, waiter, samples, frame, &mut self.pending, shared);
+                    let mut c = Commit {
+                        pending: &mut self.pending,
+                        shared,
+                        probe: &mut self.probe,
+                        probe_ns: 0,
+                    };
+                    let n = fill_and_commit(grant, waiter, samples, frame, &mut c);
+                    let probe_ns = c.probe_ns;
+                    self.ipc_ns += monotonic_ns().saturating_sub(t0).saturating_sub(probe_ns);
                     return n * self.spf as usize;
                 }
                 Err(e) => e,
@@ -195,6 +273,7 @@ impl<T: Mix> CaptureSink<T> for MicSink<'_> {
                 .mic_dropped
                 .fetch_add(whole as u64, Ordering::Relaxed);
             self.pending |= FrameFlags::DISCONTINUITY;
+            self.probe.dropped(whole, info);
             return whole * self.spf as usize;
         }
     }
@@ -211,15 +290,23 @@ struct FrameSpec {
     pos: u64,
 }
 
+/// What a commit updates beside the ring: the flags for the next frame, the counters, the
+/// probe (and the time spent in it, left out of the ring's time).
+struct Commit<'c, P> {
+    pending: &'c mut FrameFlags,
+    shared: &'c RtShared,
+    probe: &'c mut P,
+    probe_ns: u64,
+}
+
 /// Copies `samples` (whole ring frames) into `grant`'s slots, stamps each frame and logs its
 /// CRC-32, commits, and wakes parked readers (one call at most). Returns the frames committed.
-fn fill_and_commit<T: Mix>(
+fn fill_and_commit<T: Mix, P: MicProbe<T>>(
     mut grant: voxring_core::WriteGrant<'_>,
     waiter: &voxring_linux::futex::FutexWaiter,
     samples: &[T],
     fs: FrameSpec,
-    pending: &mut FrameFlags,
-    shared: &RtShared,
+    c: &mut Commit<'_, P>,
 ) -> usize {
     let n = grant.len();
     let now = monotonic_ns();
@@ -228,23 +315,31 @@ fn fill_and_commit<T: Mix>(
         // The ring's format is T's (checked at start): the view cannot fail.
         if let Ok(dst) = frame.samples_mut::<T>() {
             dst[..fs.slot].copy_from_slice(src);
+            let p0 = monotonic_ns();
+            c.probe.fill(i, &mut dst[..fs.slot]);
+            c.probe_ns += monotonic_ns().saturating_sub(p0);
         }
         let bytes = std::mem::size_of_val(src);
         let _ = frame.set_len(bytes as u32);
-        let crc = crc32fast::hash(&frame.payload_mut()[..bytes]);
-        shared.log.record(frame.seq(), crc);
-        frame.set_sample_pos(fs.pos + i as u64 * fs.spf);
+        let (seq, pos) = (frame.seq(), fs.pos + i as u64 * fs.spf);
+        let p0 = monotonic_ns();
+        let payload = &frame.payload_mut()[..bytes];
+        let crc = crc32fast::hash(payload);
+        c.probe.frame(seq, pos, now, payload);
+        c.probe_ns += monotonic_ns().saturating_sub(p0);
+        c.shared.log.record(seq, crc);
+        frame.set_sample_pos(pos);
         frame.set_timestamp_ns(now);
-        frame.set_flags(std::mem::replace(pending, FrameFlags::NONE));
+        frame.set_flags(std::mem::replace(c.pending, FrameFlags::NONE));
     }
     let wake = grant.commit_all();
     if wake.needed() {
         // Relaxed: counter.
-        shared.wakes.fetch_add(1, Ordering::Relaxed);
+        c.shared.wakes.fetch_add(1, Ordering::Relaxed);
     }
     wake.wake(waiter);
     // Relaxed: counter.
-    shared.cycles.fetch_add(n as u64, Ordering::Relaxed);
+    c.shared.cycles.fetch_add(n as u64, Ordering::Relaxed);
     n
 }
 
@@ -261,7 +356,7 @@ pub enum Cmd<T> {
 }
 
 /// Every agent's output queue → one mixed period at a time → the device.
-pub struct MixSource<'a, T> {
+pub struct MixSource<'a, T, P = ()> {
     lanes: Vec<Option<Box<OutputQueue<T>>>>,
     cmds: rtrb::Consumer<Cmd<T>>,
     back: rtrb::Producer<Returned<T>>,
@@ -271,6 +366,9 @@ pub struct MixSource<'a, T> {
     cur_off: usize,
     spf: usize,
     ch: usize,
+    probe: P,
+    /// Time spent reading and mixing the lanes, ns.
+    ipc_ns: u64,
 }
 
 impl<'a, T: Mix> MixSource<'a, T> {
@@ -281,6 +379,19 @@ impl<'a, T: Mix> MixSource<'a, T> {
         shared: &'a RtShared,
         spf: u32,
         channels: u16,
+    ) -> Self {
+        Self::with_probe((cmds, back), shared, spf, channels, ())
+    }
+}
+
+impl<'a, T: Mix, P: MixProbe<T>> MixSource<'a, T, P> {
+    /// The same, measured by `probe`.
+    pub fn with_probe(
+        (cmds, back): (rtrb::Consumer<Cmd<T>>, rtrb::Producer<Returned<T>>),
+        shared: &'a RtShared,
+        spf: u32,
+        channels: u16,
+        probe: P,
     ) -> Self {
         let spf = spf as usize;
         let ch = usize::from(channels);
@@ -293,7 +404,19 @@ impl<'a, T: Mix> MixSource<'a, T> {
             cur_off: spf,
             spf,
             ch,
+            probe,
+            ipc_ns: 0,
         }
+    }
+
+    /// The probe.
+    pub fn probe(&self) -> &P {
+        &self.probe
+    }
+
+    /// Time spent reading and mixing the lanes so far, ns.
+    pub fn ipc_ns(&self) -> u64 {
+        self.ipc_ns
     }
 
     /// Every lane still playing, with its counters (for the final report).
@@ -332,15 +455,18 @@ impl<'a, T: Mix> MixSource<'a, T> {
         }
     }
 
-    /// Mixes the next period into `cur`.
-    fn next_cycle(&mut self) {
+    /// Mixes the next period into `cur` (it starts `offset` frames into the chunk `info`).
+    fn next_cycle(&mut self, info: &ChunkInfo, offset: usize) {
+        let t0 = monotonic_ns();
         self.apply_commands();
         self.cur.fill(T::SILENCE);
         for i in 0..self.lanes.len() {
             let Some(q) = self.lanes[i].as_mut() else {
                 continue;
             };
+            let before = q.counters();
             q.mix_into(&mut self.cur);
+            self.probe.lane(i, q, &before, info, offset);
             let c = q.counters();
             let a = &self.shared.lanes[i];
             let state = match c.state {
@@ -363,17 +489,18 @@ impl<'a, T: Mix> MixSource<'a, T> {
         self.cur_off = 0;
         // Relaxed: counter.
         self.shared.play_cycles.fetch_add(1, Ordering::Relaxed);
+        self.ipc_ns += monotonic_ns().saturating_sub(t0);
     }
 }
 
-impl<T: Mix> PlaybackSource<T> for MixSource<'_, T> {
-    fn pull(&mut self, out: &mut [T], _info: &ChunkInfo) -> usize {
+impl<T: Mix, P: MixProbe<T>> PlaybackSource<T> for MixSource<'_, T, P> {
+    fn pull(&mut self, out: &mut [T], info: &ChunkInfo) -> usize {
         let ch = self.ch;
         let n = out.len() / ch;
         let mut w = 0;
         while w < n {
             if self.cur_off >= self.spf {
-                self.next_cycle();
+                self.next_cycle(info, w);
             }
             let k = (self.spf - self.cur_off).min(n - w);
             out[w * ch..(w + k) * ch]
