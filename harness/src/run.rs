@@ -30,15 +30,19 @@ use std::process::ExitCode;
 
 pub mod agents;
 pub mod buffer;
+pub mod collect;
 pub mod device;
 pub mod dsp;
 pub mod glitch;
+pub mod measure;
 pub mod outfile;
+pub mod outputs;
 pub mod pipeline;
 pub mod plots;
 pub mod procs;
 pub mod python;
 pub mod report;
+pub mod spawn;
 pub mod sync;
 pub mod wav;
 
@@ -222,9 +226,10 @@ pub struct AgentArgs {
     /// PID of the orchestrator; the agent stops when it dies.
     #[arg(long)]
     pub parent: u32,
-    /// Segment name prefix of this run (`<prefix>.capture`, `<prefix>.return`, `<prefix>.sync`).
+    /// The run's hub (its mic ring `<hub>.mic`, the echo's output ring `<hub>.out.echo`,
+    /// the run's sync region `<hub>.sync`; none for a hog).
     #[arg(long, default_value = "")]
-    pub segments: String,
+    pub hub: String,
     /// This agent's index in the cycle fence.
     #[arg(long, default_value_t = 0)]
     pub index: u32,

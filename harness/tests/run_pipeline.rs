@@ -611,16 +611,16 @@ fn the_temporary_recording_cannot_be_redirected_is_private_and_dies_with_a_kille
         let pid = run.0.id();
         // The prefix is readable from /dev/shm before the recorder starts: plant at once.
         assert!(
-            wait_until(|| shm_of(pid).iter().any(|n| n.ends_with(".capture"))),
-            "the run never created its capture ring"
+            wait_until(|| shm_of(pid).iter().any(|n| n.ends_with(".mic"))),
+            "the run never created its mic ring"
         );
         let seg = shm_of(pid)
             .into_iter()
-            .find(|n| n.ends_with(".capture"))
+            .find(|n| n.ends_with(".mic"))
             .unwrap();
         let prefix = seg
             .strip_prefix("voxring.")
-            .and_then(|n| n.strip_suffix(".capture"))
+            .and_then(|n| n.strip_suffix(".mic"))
             .unwrap()
             .to_owned();
         let old_name = tmp.path().join(format!("voxring-{prefix}.wav"));

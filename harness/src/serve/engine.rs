@@ -15,7 +15,9 @@ use voxring_core::{FrameFlags, GrantError, Policy, RingConfig, SampleFormat};
 use voxring_linux::audio::mixer::{Mix, QueueParams};
 use voxring_linux::audio::{CaptureSink, Duplex, PlaybackSource, XrunCounts, monotonic_ns};
 use voxring_linux::cleanup::clean_segments_matching;
-use voxring_linux::hub::directory::{self, DIRECTORY_VERSION, HubInfo, STATE_RUNNING, STATE_STOPPED};
+use voxring_linux::hub::directory::{
+    self, DIRECTORY_VERSION, HubInfo, STATE_RUNNING, STATE_STOPPED,
+};
 use voxring_linux::hub::{directory_name, mic_name};
 use voxring_linux::ring::{Segment, ShmProducer};
 use voxring_linux::segment::{Access, CreateOptions, GroupSpec};
@@ -53,8 +55,6 @@ pub struct Engine<T: Mix> {
     pub dev: OpenDevice<T>,
     /// The mic ring.
     pub mic: Segment,
-    /// The directory.
-    pub dir: SharedObjects,
     /// The control thread's state.
     pub control: Control<T>,
     /// The hub's row, as last published.
@@ -124,7 +124,6 @@ impl<T: Mix> Engine<T> {
         Ok(Engine {
             dev,
             mic,
-            dir,
             control,
             info,
             rt: Some((tx, (cmd_rx, back_tx))),
@@ -141,11 +140,10 @@ impl<T: Mix> Engine<T> {
         tick(&mut self.control, &mut self.info, shared, None);
     }
 
-    /// Ends the hub after its device stopped: the end of stream to the mic's readers, the
-    /// final counters in the directory, and the output rings of agents that died removed.
-    /// Returns the hub's final row.
-    pub fn stop(mut self, tx: &mut ShmProducer, shared: &RtShared) -> HubInfo {
-        end_of_stream(tx);
+    /// Ends the hub after its device stopped and the end of stream was sent
+    /// ([`end_of_stream`]): the final counters in the directory, and the output rings of
+    /// agents that died removed. Returns the hub's final row.
+    pub fn stop(mut self, shared: &RtShared) -> HubInfo {
         let xruns = self.dev.duplex.xruns();
         fill_counters(&mut self.info, shared, Some(xruns));
         self.info.state = STATE_STOPPED;
@@ -215,8 +213,9 @@ fn make_segments(spec: &EngineSpec<'_>, cfg: &RingConfig) -> anyhow::Result<Made
     Ok((mic, tx, (dir, layout), gid))
 }
 
-/// Sends the end of stream to the mic's readers (waiting for room is fine here, up to 2 s).
-pub fn end_of_stream(tx: &mut ShmProducer) {
+/// Sends the end of stream to the mic's readers (waiting for room is fine here, up to 2 s);
+/// false when the ring stayed full or refused it.
+pub fn end_of_stream(tx: &mut ShmProducer) -> bool {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let (producer, waiter) = tx.parts();
@@ -228,12 +227,12 @@ pub fn end_of_stream(tx: &mut ShmProducer) {
                     f.set_timestamp_ns(monotonic_ns());
                 }
                 g.commit_all().wake(waiter);
-                return;
+                return true;
             }
             Err(e) => e == GrantError::Full,
         };
         if !full || Instant::now() >= deadline {
-            return;
+            return false;
         }
         let _ = tx.wait_for_space(Some(Duration::from_millis(20)));
     }

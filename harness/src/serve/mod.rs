@@ -209,7 +209,8 @@ fn serve_with<T: Mix>(a: &Args) -> anyhow::Result<ExitCode> {
     drop(end.source);
     let mut tx = end.sink.into_producer();
     let lanes = engine.control.lanes_report(&playing);
-    let info = engine.stop(&mut tx, &shared);
+    engine::end_of_stream(&mut tx);
+    let info = engine.stop(&shared);
     drop(tx);
     let mut summary = summary_json(&a.name, &info, &end.scheduling, end.error.as_deref());
     summary["lanes"] = serde_json::Value::from(lanes);

@@ -199,6 +199,7 @@ impl<'a, P> MicSink<'a, P> {
     }
 
     /// The probe.
+    #[cfg(test)]
     pub fn probe(&self) -> &P {
         &self.probe
     }
