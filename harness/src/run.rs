@@ -29,6 +29,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 pub mod agents;
+pub mod assemble;
 pub mod buffer;
 pub mod collect;
 pub mod device;

@@ -128,6 +128,7 @@ pub struct CaptureProbe<'a> {
     pub crc: crc32fast::Hasher,
     pub frames: u64,
     pub samples: u64,
+    /// Frames the mic ring refused (lost for every agent).
     pub dropped: u64,
     pub hist: Histogram<u64>,
     /// Predicts when each sample arrived (1 Hz loop: follows the device closely).
@@ -516,9 +517,12 @@ mod tests {
         assert!(kinds.contains(&FactKind::Grown), "{kinds:?}");
         assert_eq!(pp.target, 3);
         assert!(pp.gaps >= 1 && pp.repeated >= 1, "{kinds:?}");
-        // Primed at depth 2 on the second cycle, one behind from then on: 31 frames played.
-        assert_eq!(pp.frames, 31);
-        assert_eq!(pp.hist_m2e.len(), 31);
+        // Primed at depth 2 on the second cycle, one behind from then on: frames 0..=30
+        // while the echo wrote, then frame 31 (depth 1, within the band), then a repeat and
+        // silence.
+        assert_eq!(pp.frames, 32);
+        assert_eq!(pp.hist_m2e.len(), 32);
+        assert_eq!((pp.repeated, pp.gaps), (1, 1));
         // A capture chunk handed over 50 periods late, flagged XRUN: both recorded, no
         // allocation.
         assert_no_alloc::assert_no_alloc(|| {

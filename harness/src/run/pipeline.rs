@@ -22,19 +22,19 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use voxring_linux::audio::mixer::{Mix, QueueParams};
-use voxring_linux::audio::{XrunCounts, monotonic_ns};
+use voxring_linux::audio::monotonic_ns;
 use voxring_linux::cleanup::{SignalMode, install_signal_cleanup, termination_requested};
 use voxring_linux::hub::directory::HubInfo;
 
+use super::assemble;
 use super::buffer::{BufferReport, Periods};
-use super::collect;
 use super::device::DeviceRequest;
-use super::glitch::{FactKind, StealSampler};
+use super::glitch::StealSampler;
 use super::measure::{CaptureProbe, PlaybackProbe, RtParams, Table, stall_hook};
 use super::outputs::{self, Outputs, Recording};
 use super::procs::{self, Proc};
 use super::python::PythonLauncher;
-use super::report::{HubRow, Percentiles, ProducerRow, RunReport, StageRow, VadRow};
+use super::report::RunReport;
 use super::spawn;
 use super::sync::{SyncHandle, VadState};
 use super::{AgentKind, AgentSpec, Args, EXIT_INTERRUPTED, EXIT_OVER_BUDGET, Format};
@@ -48,7 +48,7 @@ const LANE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Per-cycle records kept for the timeline (beyond, cycles are still counted and measured).
 const MAX_TIMELINE_CYCLES: usize = 1 << 20;
 /// The output queue's band (no correction within target ± band).
-const QUEUE_BAND: u32 = 1;
+pub(super) const QUEUE_BAND: u32 = 1;
 /// The output queue's target depth with no reserve (`--periods 2`): one frame being played,
 /// one behind it, so the phase between the device's capture and playback periods is absorbed.
 const QUEUE_TARGET: u32 = 2;
@@ -134,19 +134,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// What the command line asked for.
-struct Plan<'p> {
-    args: &'p Args,
-    agents: &'p [AgentSpec],
-    launcher: Option<&'p PythonLauncher>,
+pub(super) struct Plan<'p> {
+    pub args: &'p Args,
+    pub agents: &'p [AgentSpec],
+    pub launcher: Option<&'p PythonLauncher>,
 }
 
 impl Plan<'_> {
-    fn has(&self, kind: AgentKind) -> bool {
+    pub fn has(&self, kind: AgentKind) -> bool {
         self.agents.contains(&AgentSpec::Builtin(kind))
     }
 }
 
-fn command_line() -> String {
+pub(super) fn command_line() -> String {
     std::env::args().collect::<Vec<_>>().join(" ")
 }
 
@@ -197,7 +197,7 @@ fn run_with<T: Mix>(
         warnings.push(w.clone());
     }
     buffer.reserve_end = drained.end.source.probe().target - QUEUE_TARGET;
-    let report = report(plan, &drained, buffer, warnings)?;
+    let report = assemble::report(plan, &drained, buffer, warnings)?;
     finish(report, outputs, &drained)
 }
 
@@ -291,7 +291,7 @@ fn rt_params<T: Mix>(plan: &Plan<'_>, engine: &Engine<T>, buffer: &BufferReport)
 
 /// The real-time sides, measured.
 type Sink<'a> = MicSink<'a, CaptureProbe<'a>>;
-type Source<'a, T> = MixSource<'a, T, PlaybackProbe<'a>>;
+pub(super) type Source<'a, T> = MixSource<'a, T, PlaybackProbe<'a>>;
 
 /// What the run's real-time phase left.
 struct Played<'a, T: Mix> {
@@ -413,20 +413,20 @@ fn progress_bar(args: &Args, cycles: u64) -> Option<indicatif::ProgressBar> {
 }
 
 /// What the run left once drained: the measured sides, the agents' ends, the hub's row.
-struct Drained<'a, T: Mix> {
-    end: engine::AudioEnd<CaptureProbe<'a>, Source<'a, T>>,
-    capture_ipc_ns: u64,
-    finished: Vec<(AgentSpec, procs::Finished)>,
-    late_by_agent: Vec<u64>,
-    vad: VadState,
-    hub: HubInfo,
-    interrupted: bool,
-    agent_died: Option<String>,
-    elapsed_s: f64,
-    steal: StealSampler,
-    device: (String, bool, u32, u32, u16, u64),
-    eos_sent: bool,
-    hub_name: String,
+pub(super) struct Drained<'a, T: Mix> {
+    pub end: engine::AudioEnd<CaptureProbe<'a>, Source<'a, T>>,
+    pub capture_ipc_ns: u64,
+    pub finished: Vec<(AgentSpec, procs::Finished)>,
+    pub late_by_agent: Vec<u64>,
+    pub vad: VadState,
+    pub hub: HubInfo,
+    pub interrupted: bool,
+    pub agent_died: Option<String>,
+    pub elapsed_s: f64,
+    pub steal: StealSampler,
+    pub device: (String, bool, u32, u32, u16, u64),
+    pub eos_sent: bool,
+    pub hub_name: String,
 }
 
 /// The end of stream to the agents, their reports, the hogs stopped, the hub stopped (its
@@ -489,238 +489,6 @@ fn drain<'a, T: Mix>(
         device,
         eos_sent,
         hub_name,
-    }
-}
-
-/// Everything that fails the run, whatever its latency (see `RunReport::failures`).
-fn failures<T: Mix>(d: &Drained<'_, T>, agents: &collect::AgentResults) -> (Vec<String>, u64) {
-    let (capture, playback) = (&d.end.sink, d.end.source.probe());
-    let mut f = Vec::new();
-    if let Some(e) = &d.end.error {
-        f.push(format!("the audio device failed: {e}"));
-    }
-    if playback.failed > 0 {
-        f.push("the echo agent's output ring failed (the hub stopped reading it)".to_owned());
-    }
-    if let Some(died) = &d.agent_died {
-        f.push(died.clone());
-    }
-    if !d.eos_sent {
-        f.push(
-            "the end of stream could not be sent to the agents (the mic ring stayed full)"
-                .to_owned(),
-        );
-    }
-    if capture.frames == 0 {
-        f.push("no cycle ran: not a single frame was captured".to_owned());
-    }
-    // Silence played because the echo's frame was missing is a lost frame; so is a frame the
-    // output queue dropped, the mic ring refused, or an agent missed.
-    let lost = capture.dropped + playback.skipped + playback.gaps + agents.lost;
-    if lost > 0 {
-        f.push(format!(
-            "{lost} frames were lost (audible gaps): {} refused by the mic ring, {} missed by \
-             agents, {} dropped by the output queue above its band, {} periods of silence",
-            capture.dropped, agents.lost, playback.skipped, playback.gaps
-        ));
-    }
-    if playback.gaps > 0 {
-        f.push(format!(
-            "{} playback periods ran short of returned frames (silence was played)",
-            playback.gaps
-        ));
-    }
-    (f, lost)
-}
-
-/// Every agent that reported read every committed byte, in order: its CRC-32 must be the
-/// producer's; and the recorder every sample.
-fn check_agents(
-    producer: &ProducerRow,
-    agents: &collect::AgentResults,
-    failures: &mut Vec<String>,
-) {
-    if let Some(r) = &agents.recorder
-        && r.samples != producer.samples
-    {
-        failures.push(format!(
-            "the recorder got {} samples, the producer committed {}: the recording is not what \
-             was captured",
-            r.samples, producer.samples
-        ));
-    }
-    for a in &agents.rows {
-        if !a.checksum.is_empty() && a.checksum != producer.checksum {
-            failures.push(format!(
-                "the {} agent's CRC-32 {} differs from the producer's {}: it did not get exactly \
-                 the frames produced",
-                a.name, a.checksum, producer.checksum
-            ));
-        }
-    }
-}
-
-/// The report's stages: capture, each agent's hand-off and compute, and the way back.
-fn stages<T: Mix>(
-    plan: &Plan<'_>,
-    d: &Drained<'_, T>,
-    agents: &mut collect::AgentResults,
-) -> Vec<StageRow> {
-    let playback = d.end.source.probe();
-    let mut stages = vec![StageRow::new(
-        "capture",
-        "first sample at the device → committed to the hub's mic ring",
-        &d.end.sink.hist,
-    )];
-    stages.append(&mut agents.stages);
-    stages.append(&mut agents.compute);
-    if plan.has(AgentKind::Echo) {
-        stages.push(StageRow::new(
-            "return handoff",
-            "echo committed → taken by the hub's mix (behind the output queue's target depth)",
-            &playback.hist_return,
-        ));
-        stages.push(StageRow::new(
-            "playback",
-            "mixed into the device buffer → heard (the granted buffer ahead of it)",
-            &playback.hist_playback,
-        ));
-    }
-    stages
-}
-
-/// The run's report, judged.
-fn report<T: Mix>(
-    plan: &Plan<'_>,
-    d: &Drained<'_, T>,
-    mut buffer: BufferReport,
-    mut warnings: Vec<String>,
-) -> anyhow::Result<RunReport> {
-    let (capture, playback) = (&d.end.sink, d.end.source.probe());
-    let (label, synthetic, rate, quantum, channels, period_ns) = d.device.clone();
-    let mut agent_failures = Vec::new();
-    let mut agents = collect::agents(
-        &d.finished,
-        &d.late_by_agent,
-        &mut warnings,
-        &mut agent_failures,
-    )?;
-    let (mut failures, lost) = self::failures(d, &agents);
-    failures.extend(agent_failures);
-    let producer = ProducerRow {
-        frames: capture.frames,
-        samples: capture.samples,
-        checksum: format!("{:08x}", capture.crc.clone().finalize()),
-        dropped: capture.dropped,
-    };
-    check_agents(&producer, &agents, &mut failures);
-    if synthetic {
-        warnings.push(
-            "synthetic device: its capture carries no voice, so a test talker (1.2 s speech-like \
-             bursts, 0.8 s quiet) is mixed into the captured frames in the mic ring"
-                .to_owned(),
-        );
-    }
-    queue_warnings(playback, &mut buffer, &mut warnings);
-    let glitches = collect::explain_glitches(
-        &capture.log,
-        &playback.log,
-        &agents.late_marks,
-        &d.steal,
-        period_ns,
-        capture.start_ns(),
-    );
-    let wall_ns = (d.elapsed_s * 1e9).max(1.0);
-    let ipc_ns = d.capture_ipc_ns + d.end.source.ipc_ns() + agents.ipc_ns;
-    let xruns: XrunCounts = d.end.xruns;
-    let stages = stages(plan, d, &mut agents);
-    let report = RunReport {
-        device: label,
-        playback_device: None,
-        rate,
-        quantum,
-        channels,
-        seconds: plan.args.seconds,
-        elapsed_s: d.elapsed_s,
-        interrupted: d.interrupted,
-        load: plan.args.load,
-        cycles: capture.frames,
-        cycles_late: agents.late_cycles.len() as u64,
-        frames_lost: lost,
-        xruns: xruns.capture + xruns.playback,
-        xruns_capture: xruns.capture,
-        xruns_playback: xruns.playback,
-        xruns_playback_hidden: xruns.playback_hidden,
-        mouth_to_ear_ms: Percentiles::of(&playback.hist_m2e),
-        stages,
-        agents: agents.rows,
-        producer,
-        vad: plan.has(AgentKind::Vad).then(|| VadRow {
-            speech_segments: d.vad.segments,
-            speech_frames: d.vad.speech_frames,
-            last_energy_dbfs: Some(f64::from(d.vad.energy_millibel) / 100.0),
-        }),
-        ipc_cpu_percent: ipc_ns as f64 * 100.0 / wall_ns,
-        wait_cpu_percent: agents.wait_cpu_ns as f64 * 100.0 / wall_ns,
-        audio_scheduling: d.end.scheduling.0.clone(),
-        drift_ppm: capture.drift_clock.drift_ppm(),
-        budget_ms: super::report::BUDGET_MS,
-        verdict: String::new(),
-        verdict_reasons: Vec::new(),
-        failures,
-        warnings,
-        wav: None,
-        command: command_line(),
-        buffer: Some(buffer),
-        glitches,
-        hub: Some(hub_row(d, playback)),
-    };
-    Ok(report)
-}
-
-/// The hub session's row of the report.
-fn hub_row<T: Mix>(d: &Drained<'_, T>, playback: &PlaybackProbe<'_>) -> HubRow {
-    HubRow {
-        name: d.hub_name.clone(),
-        wakes: d.hub.wakes,
-        wake_syscalls_per_cycle: d.hub.wakes as f64 / d.hub.cycles.max(1) as f64,
-        queue_target: playback.target,
-        queue_band: QUEUE_BAND,
-        queue_repeated: playback.repeated,
-        queue_dropped: playback.skipped,
-        queue_gaps: playback.gaps,
-        evicted_lag: d.hub.evicted_lag,
-        evicted_dead: d.hub.evicted_dead,
-    }
-}
-
-/// What the report says of the output queue's growth and corrections.
-fn queue_warnings(playback: &PlaybackProbe<'_>, b: &mut BufferReport, warnings: &mut Vec<String>) {
-    b.grown_at_cycles = playback
-        .log
-        .facts
-        .iter()
-        .filter(|f| f.kind == FactKind::Grown)
-        .map(|f| f.cycle)
-        .collect();
-    if !b.grown_at_cycles.is_empty() {
-        warnings.push(format!(
-            "the output queue's reserve grew from {} to {} frame(s) after silence at cycle(s) \
-             {:?} (each growth adds one period of mouth-to-ear; the device buffer stays {} \
-             periods: it cannot change while the stream runs); next time try --periods {}",
-            b.reserve_start,
-            b.reserve_end,
-            b.grown_at_cycles,
-            b.periods,
-            b.reserve_end + 2
-        ));
-    }
-    if playback.repeated > 0 {
-        warnings.push(format!(
-            "the output queue played {} frame(s) twice when the echo's next frame was late (a \
-             correction: no frame was lost, the following ones played one period later)",
-            playback.repeated
-        ));
     }
 }
 

@@ -383,22 +383,7 @@ impl RunReport {
                 b.periods, b.mode, b.reserve_start, b.reserve_end, b.reason
             );
         }
-        if let Some(h) = &self.hub {
-            let _ = writeln!(
-                s,
-                "hub {}: {:.3} wake syscalls per cycle; output queue target {} ± {}: {} \
-                 repeated, {} dropped, {} periods of silence; readers evicted {} (lag) {} (dead)",
-                h.name,
-                h.wake_syscalls_per_cycle,
-                h.queue_target,
-                h.queue_band,
-                h.queue_repeated,
-                h.queue_dropped,
-                h.queue_gaps,
-                h.evicted_lag,
-                h.evicted_dead
-            );
-        }
+        self.hub_text(&mut s);
         self.glitches_text(&mut s);
         for a in &self.agents {
             let _ = writeln!(
@@ -441,6 +426,26 @@ impl RunReport {
             self.verdict_reasons.join("; ")
         );
         s
+    }
+
+    /// The hub session's line (none in reports made before run became one).
+    fn hub_text(&self, s: &mut String) {
+        if let Some(h) = &self.hub {
+            let _ = writeln!(
+                s,
+                "hub {}: {:.3} wake syscalls per cycle; output queue target {} ± {}: {} \
+                 repeated, {} dropped, {} periods of silence; readers evicted {} (lag) {} (dead)",
+                h.name,
+                h.wake_syscalls_per_cycle,
+                h.queue_target,
+                h.queue_band,
+                h.queue_repeated,
+                h.queue_dropped,
+                h.queue_gaps,
+                h.evicted_lag,
+                h.evicted_dead
+            );
+        }
     }
 
     /// The Markdown report; `plots` are (title, file name) pairs of SVGs beside it.
