@@ -531,15 +531,8 @@ fn sigkill(pid: u32) {
 }
 
 /// Waits (giving up after [`GIVE_UP`]) until `cond` holds; false if it never did.
-fn wait_until(mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + GIVE_UP;
-    while !cond() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
+fn wait_until(cond: impl FnMut() -> bool) -> bool {
+    common::wait_until(GIVE_UP, cond)
 }
 
 /// Removes the segments a run killed with SIGKILL could not remove (`segments clean` would).

@@ -30,14 +30,14 @@ use serde::{Deserialize, Serialize};
 use voxring_core::{FrameFlags, FrameMeta, ReadError, RingConfig, SampleFormat};
 use voxring_linux::audio::monotonic_ns;
 use voxring_linux::hub::{Delivery, Hub, HubOptions, MicReader, Speaker};
-use voxring_linux::ring::{FramesWait, ShmConsumer};
+use voxring_linux::ring::{FramesWait, Periodic, ShmConsumer, WaitMode};
 
 use super::dsp::{Vad, apply_gain, energy_dbfs};
 use super::glitch::LateMark;
 use super::report::{hist_to_base64, new_hist, record};
 use super::sync::{SyncHandle, VadState};
 use super::wav::{Encoding, WavSink};
-use super::{AgentArgs, Role, procs};
+use super::{AgentArgs, AgentWait, Role, procs};
 
 /// The gain the echo agent applies (-6 dB): a real loudspeaker-to-microphone loop decays.
 pub const ECHO_GAIN: f32 = 0.5;
@@ -235,6 +235,12 @@ fn attach(args: &AgentArgs, name: &str) -> anyhow::Result<(MicReader, Links, Rin
         .map_err(|e| anyhow::anyhow!("the {name} agent cannot join the mic ring: {e}"))?;
     // Park at once: a frame comes every quantum, spinning for it would burn a core per agent.
     mic.consumer().set_spin(Duration::ZERO);
+    if args.wait == AgentWait::Periodic {
+        // On this thread (the one that waits): it sets this thread's timer slack.
+        mic.consumer()
+            .set_wait_mode(WaitMode::Periodic(Periodic::default()))
+            .map_err(|e| anyhow::anyhow!("the {name} agent cannot wait periodically: {e}"))?;
+    }
     let sync = SyncHandle::attach(&args.hub)
         .with_context(|| format!("the {name} agent cannot attach to the run's sync region"))?;
     let ret = if role == Role::Echo {

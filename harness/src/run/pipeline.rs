@@ -28,7 +28,6 @@ use voxring_linux::hub::directory::HubInfo;
 
 use super::assemble;
 use super::buffer::{BufferReport, Periods};
-use super::device::DeviceRequest;
 use super::glitch::StealSampler;
 use super::measure::{CaptureProbe, PlaybackProbe, RtParams, Table, stall_hook};
 use super::outputs::{self, Outputs, Recording};
@@ -60,16 +59,16 @@ fn check_args(args: &Args) -> anyhow::Result<Vec<AgentSpec>> {
         args.seconds
     );
     // At least one cycle: a run of no cycle proves nothing (and would report no failure).
-    let cycles = args.seconds * f64::from(args.rate) / f64::from(args.quantum.max(1));
+    let cycles = args.seconds * f64::from(args.stream.rate) / f64::from(args.stream.quantum.max(1));
     anyhow::ensure!(
         cycles >= 1.0,
         "--seconds {} is shorter than one cycle ({} frames at {} Hz = {:.3} ms): nothing would \
          run. Give at least --seconds {:.4}",
         args.seconds,
-        args.quantum,
-        args.rate,
-        f64::from(args.quantum) * 1e3 / f64::from(args.rate.max(1)),
-        f64::from(args.quantum) / f64::from(args.rate.max(1))
+        args.stream.quantum,
+        args.stream.rate,
+        f64::from(args.stream.quantum) * 1e3 / f64::from(args.stream.rate.max(1)),
+        f64::from(args.stream.quantum) / f64::from(args.stream.rate.max(1))
     );
     anyhow::ensure!(
         args.load <= 64,
@@ -126,7 +125,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         agents: &agents,
         launcher: launcher.as_ref(),
     };
-    match args.format {
+    match args.stream.format {
         Format::S16 => run_with::<i16>(&plan, outputs, warnings),
         Format::S32 => run_with::<i32>(&plan, outputs, warnings),
         Format::F32 => run_with::<f32>(&plan, outputs, warnings),
@@ -168,6 +167,7 @@ fn run_with<T: Mix>(
         hub: &hub,
         parent: pid,
         rt_priority: args.rt_priority,
+        wait: args.agent_wait,
         wav: outputs.wav.as_ref(),
         launcher: plan.launcher,
     };
@@ -211,19 +211,14 @@ fn open_hub<T: Mix>(
     buffer: &BufferReport,
     warnings: &mut Vec<String>,
 ) -> anyhow::Result<Engine<T>> {
-    let mic_frames = ((f64::from(args.rate) / f64::from(args.quantum) * 0.5).ceil() as u32)
+    let mic_frames = ((f64::from(args.stream.rate) / f64::from(args.stream.quantum) * 0.5).ceil()
+        as u32)
         .next_power_of_two()
         .max(64);
     let spec = EngineSpec {
         name: hub,
-        device: DeviceRequest {
-            device: &args.device,
-            rate: args.rate,
-            quantum: args.quantum,
-            periods,
-            channels: args.channels,
-        },
-        format: args.format,
+        device: args.stream.request(periods),
+        format: args.stream.format,
         max_agents: 64,
         mic_frames,
         params: QueueParams {
@@ -280,7 +275,7 @@ fn rt_params<T: Mix>(plan: &Plan<'_>, engine: &Engine<T>, buffer: &BufferReport)
         start_ns: monotonic_ns(),
         talker: dev.synthetic,
         max_target: QUEUE_TARGET
-            + if plan.args.periods == Periods::Auto {
+            + if plan.args.stream.periods == Periods::Auto {
                 super::buffer::MAX_AUTO_PERIODS - 2
             } else {
                 buffer.reserve_start
@@ -558,9 +553,13 @@ fn finish<T: Mix>(
 
 /// `--periods`: the number forced, or the probe's choice; and what the report says of it.
 fn choose_buffer(args: &Args, warnings: &mut Vec<String>) -> (u32, BufferReport) {
-    let (periods, reason, probe) =
-        super::buffer::resolve(args.periods, args.quantum, args.rate, args.rt_priority);
-    let mode = if args.periods == Periods::Auto {
+    let (periods, reason, probe) = super::buffer::resolve(
+        args.stream.periods,
+        args.stream.quantum,
+        args.stream.rate,
+        args.rt_priority,
+    );
+    let mode = if args.stream.periods == Periods::Auto {
         if probe.is_none() {
             warnings.push(format!("the buffer was not measured: {reason}"));
         }

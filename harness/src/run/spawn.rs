@@ -22,6 +22,8 @@ pub struct Launch<'a> {
     pub parent: u32,
     /// SCHED_FIFO priority of the agents' processing threads (0: none).
     pub rt_priority: u8,
+    /// How the built-in agents wait for frames.
+    pub wait: super::AgentWait,
     /// The recording (the recorder inherits its descriptor).
     pub wav: Option<&'a Recording>,
     /// Python agents' interpreter.
@@ -64,6 +66,12 @@ fn builtin(kind: AgentKind, index: usize, l: &Launch<'_>) -> anyhow::Result<Proc
         index.to_string(),
         "--rt-priority".to_owned(),
         l.rt_priority.to_string(),
+        "--wait".to_owned(),
+        match l.wait {
+            super::AgentWait::Periodic => "periodic",
+            super::AgentWait::Park => "park",
+        }
+        .to_owned(),
     ];
     let mut p = match (kind, l.wav) {
         (AgentKind::Recorder, Some(rec)) => {

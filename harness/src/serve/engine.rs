@@ -20,7 +20,7 @@ use voxring_linux::hub::directory::{
 };
 use voxring_linux::hub::{directory_name, mic_name};
 use voxring_linux::ring::{Segment, ShmProducer};
-use voxring_linux::segment::{Access, CreateOptions, GroupSpec};
+use voxring_linux::segment::{Access, CreateOptions};
 use voxring_linux::shared::SharedObjects;
 
 use super::control::{Control, ControlSetup};
@@ -183,9 +183,7 @@ fn make_segments(spec: &EngineSpec<'_>, cfg: &RingConfig) -> anyhow::Result<Made
     let _ = clean_segments_matching(|f| f.starts_with(&prefix));
     let (access, gid) = match spec.group {
         Some(g) => {
-            let group = g
-                .parse::<u32>()
-                .map_or_else(|_| GroupSpec::Name(g.to_owned()), GroupSpec::Id);
+            let group = super::group_spec(g);
             let gid = group
                 .resolve()
                 .map_err(|e| anyhow::anyhow!("--group: {e}"))?;

@@ -24,8 +24,7 @@ use voxring_linux::cleanup::{SignalMode, install_signal_cleanup, termination_req
 use voxring_linux::hub::check_hub_name;
 use voxring_linux::hub::directory::{self, HubInfo};
 
-use crate::run::device::DeviceRequest;
-use crate::run::{Format, format_parser};
+use crate::run::Format;
 
 pub mod agent;
 pub mod control;
@@ -47,27 +46,9 @@ pub struct Args {
     /// The hub's name: its segments are /dev/shm/voxring.<name>.mic, .hub and .out.<agent>.
     #[arg(long, default_value = voxring_linux::hub::DEFAULT_HUB)]
     pub name: String,
-    /// Capture/playback device: `auto`, `synthetic` (its playback loops back into its
-    /// capture), `synthetic:none`, or an ALSA PCM name (`pipewire`, `default`, `hw:0,0`).
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// Sample rate, Hz.
-    #[arg(long, default_value_t = 48_000)]
-    pub rate: u32,
-    /// Frames per cycle (the device period and one ring frame).
-    #[arg(long, default_value_t = 128)]
-    pub quantum: u32,
-    /// Device buffer, in quanta: `auto` measures the machine's wake-up jitter first (1.5 s)
-    /// and picks the smallest buffer that absorbs it (as `voxring run`); a number (at least
-    /// 2) forces that size.
-    #[arg(long, default_value = "auto")]
-    pub periods: crate::run::buffer::Periods,
-    /// Channels.
-    #[arg(long, default_value_t = 1)]
-    pub channels: u16,
-    /// Sample format.
-    #[arg(long, value_parser = format_parser(), default_value = "s16")]
-    pub format: Format,
+    /// The device and its stream.
+    #[command(flatten)]
+    pub stream: crate::run::device::StreamArgs,
     /// Most agents reading the mic at once (consumer slots, claimed by joiners at any time).
     #[arg(long, default_value_t = 64)]
     pub max_agents: u16,
@@ -93,6 +74,13 @@ pub struct Args {
     /// Write the hub's final counters as JSON to this file when it stops.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+}
+
+/// `--group NAME|GID`: a number is a gid, anything else a group name.
+pub fn group_spec(g: &str) -> voxring_linux::segment::GroupSpec {
+    use voxring_linux::segment::GroupSpec;
+    g.parse::<u32>()
+        .map_or_else(|_| GroupSpec::Name(g.to_owned()), GroupSpec::Id)
 }
 
 fn check_args(a: &Args) -> anyhow::Result<()> {
@@ -131,7 +119,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             "cannot stop cleanly on Ctrl-C ({e}); not starting a hub that would leave segments behind"
         );
     }
-    match args.format {
+    match args.stream.format {
         Format::S16 => serve_with::<i16>(&args),
         Format::S32 => serve_with::<i32>(&args),
         Format::F32 => serve_with::<f32>(&args),
@@ -140,19 +128,17 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
 
 fn serve_with<T: Mix>(a: &Args) -> anyhow::Result<ExitCode> {
     let mut warnings = Vec::new();
-    let (periods, why, _) =
-        crate::run::buffer::resolve(a.periods, a.quantum, a.rate, a.rt_priority);
+    let (periods, why, _) = crate::run::buffer::resolve(
+        a.stream.periods,
+        a.stream.quantum,
+        a.stream.rate,
+        a.rt_priority,
+    );
     warnings.push(format!("buffer: {periods} periods: {why}"));
     let spec = EngineSpec {
         name: &a.name,
-        device: DeviceRequest {
-            device: &a.device,
-            rate: a.rate,
-            quantum: a.quantum,
-            periods,
-            channels: a.channels,
-        },
-        format: a.format,
+        device: a.stream.request(periods),
+        format: a.stream.format,
         max_agents: a.max_agents,
         mic_frames: a.mic_frames,
         params: QueueParams {
@@ -174,7 +160,7 @@ fn serve_with<T: Mix>(a: &Args) -> anyhow::Result<ExitCode> {
         "voxring serve: hub '{}' ready: {rate} Hz, {quantum} frames per cycle, {channels} \
          channel(s), {:?}, device {}, up to {} agents (pid {})",
         a.name,
-        a.format,
+        a.stream.format,
         engine.dev.label,
         a.max_agents,
         std::process::id()
