@@ -2,7 +2,6 @@
 //! (the probes), what the agents reported, and the hub's own counters; and what fails the run.
 
 use voxring_linux::audio::XrunCounts;
-use voxring_linux::audio::mixer::Mix;
 
 use super::AgentKind;
 use super::buffer::BufferReport;
@@ -13,8 +12,8 @@ use super::pipeline::{Drained, Plan, QUEUE_BAND, command_line};
 use super::report::{HubRow, Percentiles, ProducerRow, RunReport, StageRow, VadRow};
 
 /// Everything that fails the run, whatever its latency (see `RunReport::failures`).
-fn failures<T: Mix>(d: &Drained<'_, T>, agents: &collect::AgentResults) -> (Vec<String>, u64) {
-    let (capture, playback) = (&d.end.sink, d.end.source.probe());
+fn failures(d: &Drained<'_>, agents: &collect::AgentResults) -> (Vec<String>, u64) {
+    let (capture, playback) = (&d.end.sink, &d.end.source);
     let mut f = Vec::new();
     if let Some(e) = &d.end.error {
         f.push(format!("the audio device failed: {e}"));
@@ -93,12 +92,8 @@ fn check_agents(
 }
 
 /// The report's stages: capture, each agent's hand-off and compute, and the way back.
-fn stages<T: Mix>(
-    plan: &Plan<'_>,
-    d: &Drained<'_, T>,
-    agents: &mut collect::AgentResults,
-) -> Vec<StageRow> {
-    let playback = d.end.source.probe();
+fn stages(plan: &Plan<'_>, d: &Drained<'_>, agents: &mut collect::AgentResults) -> Vec<StageRow> {
+    let playback = &d.end.source;
     let mut stages = vec![StageRow::new(
         "capture",
         "first sample at the device → committed to the hub's mic ring",
@@ -122,13 +117,13 @@ fn stages<T: Mix>(
 }
 
 /// The run's report, judged.
-pub(super) fn report<T: Mix>(
+pub(super) fn report(
     plan: &Plan<'_>,
-    d: &Drained<'_, T>,
+    d: &Drained<'_>,
     mut buffer: BufferReport,
     mut warnings: Vec<String>,
 ) -> anyhow::Result<RunReport> {
-    let (capture, playback) = (&d.end.sink, d.end.source.probe());
+    let (capture, playback) = (&d.end.sink, &d.end.source);
     let (label, synthetic, rate, quantum, channels, period_ns) = d.device.clone();
     let mut agent_failures = Vec::new();
     let mut agents = collect::agents(
@@ -163,7 +158,7 @@ pub(super) fn report<T: Mix>(
         capture.start_ns(),
     );
     let wall_ns = (d.elapsed_s * 1e9).max(1.0);
-    let ipc_ns = d.capture_ipc_ns + d.end.source.ipc_ns() + agents.ipc_ns;
+    let ipc_ns = d.capture_ipc_ns + d.playback_ipc_ns + agents.ipc_ns;
     let xruns: XrunCounts = d.end.xruns;
     let stages = stages(plan, d, &mut agents);
     let report = RunReport {
@@ -211,7 +206,7 @@ pub(super) fn report<T: Mix>(
 }
 
 /// The hub session's row of the report.
-fn hub_row<T: Mix>(d: &Drained<'_, T>, playback: &PlaybackProbe<'_>) -> HubRow {
+fn hub_row(d: &Drained<'_>, playback: &PlaybackProbe<'_>) -> HubRow {
     HubRow {
         name: d.hub_name.clone(),
         wakes: d.hub.wakes,

@@ -196,7 +196,7 @@ fn run_with<T: Mix>(
     if let Some(w) = &drained.end.scheduling.1 {
         warnings.push(w.clone());
     }
-    buffer.reserve_end = drained.end.source.probe().target - QUEUE_TARGET;
+    buffer.reserve_end = drained.end.source.target - QUEUE_TARGET;
     let report = assemble::report(plan, &drained, buffer, warnings)?;
     finish(report, outputs, &drained)
 }
@@ -408,8 +408,9 @@ fn progress_bar(args: &Args, cycles: u64) -> Option<indicatif::ProgressBar> {
 }
 
 /// What the run left once drained: the measured sides, the agents' ends, the hub's row.
-pub(super) struct Drained<'a, T: Mix> {
-    pub end: engine::AudioEnd<CaptureProbe<'a>, Source<'a, T>>,
+pub(super) struct Drained<'a> {
+    pub end: engine::AudioEnd<CaptureProbe<'a>, PlaybackProbe<'a>>,
+    pub playback_ipc_ns: u64,
     pub capture_ipc_ns: u64,
     pub finished: Vec<(AgentSpec, procs::Finished)>,
     pub late_by_agent: Vec<u64>,
@@ -432,7 +433,7 @@ fn drain<'a, T: Mix>(
     sync: &SyncHandle,
     shared: &RtShared,
     hogs: Vec<Proc>,
-) -> Drained<'a, T> {
+) -> Drained<'a> {
     let Played {
         end,
         procs,
@@ -451,6 +452,9 @@ fn drain<'a, T: Mix>(
         source,
     } = end;
     let (mut tx, capture) = sink.into_parts();
+    let playback_ipc_ns = source.ipc_ns();
+    // The mix's lanes hold the agents' output rings: released before the hub's cleanup.
+    let playback = source.into_probe();
     let eos_sent = end_of_stream(&mut tx);
     let vad = sync.read_vad();
     let finished: Vec<(AgentSpec, procs::Finished)> = procs
@@ -464,14 +468,19 @@ fn drain<'a, T: Mix>(
     let hub_name = engine.control.hub().to_owned();
     let hub = engine.stop(shared);
     drop(tx);
+    // Every agent has ended: an output ring still there belonged to one that was killed (the
+    // hub may have retired its lane before it saw it die). Only unused segments are removed.
+    let out_prefix = voxring_linux::hub::out_file_prefix(&hub_name);
+    let _ = voxring_linux::cleanup::clean_segments_matching(|f| f.starts_with(&out_prefix));
     Drained {
         end: engine::AudioEnd {
             error,
             scheduling,
             xruns,
             sink: capture,
-            source,
+            source: playback,
         },
+        playback_ipc_ns,
         capture_ipc_ns,
         finished,
         late_by_agent,
@@ -488,11 +497,7 @@ fn drain<'a, T: Mix>(
 }
 
 /// Prints the report, writes the outputs (each atomically) and says the exit status.
-fn finish<T: Mix>(
-    mut report: RunReport,
-    outputs: Outputs,
-    d: &Drained<'_, T>,
-) -> anyhow::Result<ExitCode> {
+fn finish(mut report: RunReport, outputs: Outputs, d: &Drained<'_>) -> anyhow::Result<ExitCode> {
     // The recording is kept only when the recorder finished it (a dead recorder's WAV has no
     // valid header); else its unnamed file just goes away.
     let recorder_finished = d.finished.iter().any(|(s, f)| {
@@ -528,7 +533,7 @@ fn finish<T: Mix>(
         write_errors.extend(p.write_and_publish(text.as_bytes()).err());
     }
     if let Some(files) = report_files {
-        let (capture, playback) = (&d.end.sink, d.end.source.probe());
+        let (capture, playback) = (&d.end.sink, &d.end.source);
         write_errors
             .extend(outputs::write_report_dir(files, &report, capture, playback, d.device.5).err());
     }

@@ -411,6 +411,7 @@ impl<'a, T: Mix, P: MixProbe<T>> MixSource<'a, T, P> {
     }
 
     /// The probe.
+    #[cfg(test)]
     pub fn probe(&self) -> &P {
         &self.probe
     }
@@ -418,6 +419,11 @@ impl<'a, T: Mix, P: MixProbe<T>> MixSource<'a, T, P> {
     /// Time spent reading and mixing the lanes so far, ns.
     pub fn ipc_ns(&self) -> u64 {
         self.ipc_ns
+    }
+
+    /// The probe; the lanes still playing are dropped here (their output rings released).
+    pub fn into_probe(self) -> P {
+        self.probe
     }
 
     /// Every lane still playing, with its counters (for the final report).

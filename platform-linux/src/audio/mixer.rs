@@ -422,6 +422,25 @@ mod tests {
     }
 
     #[test]
+    fn taken_names_the_frame_mixed_and_the_target_can_grow_within_the_ring() {
+        let (_seg, mut tx, mut q) = lane("taken");
+        put(&mut tx, 1);
+        put(&mut tx, 2);
+        assert_eq!(cycle(&mut q), 1);
+        let first = q.taken().expect("a frame was taken");
+        assert_eq!(first.seq, 0);
+        assert_eq!(cycle(&mut q), 2);
+        assert_eq!(q.taken().map(|m| m.seq), Some(1));
+        assert_eq!(cycle(&mut q), 2, "dry: a repeat");
+        assert_eq!(q.taken(), None, "a repeat takes no frame");
+        assert!(q.set_target(3).is_ok());
+        assert_eq!(q.params(), QueueParams { target: 3, band: 1 });
+        // target + band must stay inside the 16-frame ring.
+        assert!(q.set_target(15).is_err());
+        assert_eq!(q.params().target, 3, "a refused target changes nothing");
+    }
+
+    #[test]
     fn lanes_sum_with_saturation() {
         let (_a, mut ta, mut qa) = lane("sa");
         let (_b, mut tb, mut qb) = lane("sb");
