@@ -145,10 +145,13 @@ fn agent<'a>(report: &'a Value, name: &str) -> &'a Value {
 }
 
 /// Failures a loaded machine may cause on a correct run: a stall of the audio thread or of an
-/// agent loses a frame or plays a period of silence. Anything else is a bug.
+/// agent loses a frame, plays a period of silence, or makes the device lose audio (an xrun).
+/// Anything else is a bug.
 fn is_timing_failure(f: &Value) -> bool {
     let f = f.as_str().unwrap_or_default();
-    f.contains("frames were lost") || f.contains("silence was played")
+    f.contains("frames were lost")
+        || f.contains("silence was played")
+        || f.contains("the device lost audio")
 }
 
 /// Exit 0 (nothing failed), or exit 1 with only timing failures (see [`is_timing_failure`]):

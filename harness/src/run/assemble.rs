@@ -49,7 +49,7 @@ fn failures(d: &Drained<'_>, agents: &collect::AgentResults) -> (Vec<String>, u6
     if x.capture + x.playback > 0 {
         f.push(format!(
             "the device lost audio in {} xrun(s): {} capture (captured frames dropped before \
-             the hub got them), {} playback (silence played that the hub never gave it)",
+             the hub got them), {} playback (silence was played that the hub never gave it)",
             x.capture + x.playback,
             x.capture,
             x.playback
