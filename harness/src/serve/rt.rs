@@ -1,6 +1,10 @@
 //! The hub's real-time thread: device capture → the mic ring ([`MicSink`], one copy: the
 //! device's samples go straight into the ring slot), and every agent's output queue → one
-//! mixed period → the device ([`MixSource`]).
+//! mixed period → the device ([`MixSource`], one copy: each lane's frame is summed from its
+//! ring slot straight into the device's buffer whenever the device asks for a whole period;
+//! only a period the device's buffer splits goes through a staging period). Both sides take
+//! a probe ([`MicProbe`], [`MixProbe`]; `()` for `voxring serve`) through which `voxring run`
+//! measures the same engine.
 //!
 //! Nothing here allocates, locks, prints or blocks (proved by the `assert_no_alloc` test
 //! below). The only syscall is the mic ring's wake of parked readers, at most one per
@@ -462,17 +466,19 @@ impl<'a, T: Mix, P: MixProbe<T>> MixSource<'a, T, P> {
         }
     }
 
-    /// Mixes the next period into `cur` (it starts `offset` frames into the chunk `info`).
-    fn next_cycle(&mut self, info: &ChunkInfo, offset: usize) {
+    /// Mixes the next period into `dst` (one period of interleaved samples; it starts
+    /// `offset` frames into the device's chunk `info`): each lane's frame is read once, from
+    /// its ring slot, and summed into `dst`.
+    fn mix_cycle(&mut self, dst: &mut [T], info: &ChunkInfo, offset: usize) {
         let t0 = monotonic_ns();
         self.apply_commands();
-        self.cur.fill(T::SILENCE);
+        dst.fill(T::SILENCE);
         for i in 0..self.lanes.len() {
             let Some(q) = self.lanes[i].as_mut() else {
                 continue;
             };
             let before = q.counters();
-            q.mix_into(&mut self.cur);
+            q.mix_into(dst);
             self.probe.lane(i, q, &before, info, offset);
             let c = q.counters();
             let a = &self.shared.lanes[i];
@@ -493,7 +499,6 @@ impl<'a, T: Mix, P: MixProbe<T>> MixSource<'a, T, P> {
                 self.send_back(i);
             }
         }
-        self.cur_off = 0;
         // Relaxed: counter.
         self.shared.play_cycles.fetch_add(1, Ordering::Relaxed);
         self.ipc_ns += monotonic_ns().saturating_sub(t0);
@@ -507,7 +512,21 @@ impl<T: Mix, P: MixProbe<T>> PlaybackSource<T> for MixSource<'_, T, P> {
         let mut w = 0;
         while w < n {
             if self.cur_off >= self.spf {
-                self.next_cycle(info, w);
+                if n - w >= self.spf {
+                    // A whole period fits: mixed straight into the device's buffer (one copy
+                    // from each lane's slot to the device).
+                    let dst = &mut out[w * ch..(w + self.spf) * ch];
+                    self.mix_cycle(dst, info, w);
+                    w += self.spf;
+                    continue;
+                }
+                // The device asked for part of a period (its buffer wraps here): the period
+                // is mixed into `cur` and handed over in pieces. `take` leaves an empty box
+                // (no allocation) while `cur` is borrowed as the target.
+                let mut cur = std::mem::take(&mut self.cur);
+                self.mix_cycle(&mut cur, info, w);
+                self.cur = cur;
+                self.cur_off = 0;
             }
             let k = (self.spf - self.cur_off).min(n - w);
             out[w * ch..(w + k) * ch]
@@ -646,5 +665,54 @@ mod tests {
         assert!(cmd_tx.push(Cmd::Remove(1)).is_ok());
         assert_eq!(source.pull(&mut out, &info(CYCLES)), SPF as usize);
         assert_eq!(back_rx.pop().map(|(i, _)| i).ok(), Some(1));
+    }
+
+    /// Periods go straight into the device's buffer when a whole one fits, and through
+    /// `cur` in pieces when the device asks for part of one: either way the played stream is
+    /// every frame in order, and nothing allocates.
+    #[test]
+    fn whole_and_split_periods_play_the_same_stream() {
+        let tag = std::process::id();
+        let opts = CreateOptions::default();
+        let shared = RtShared::new();
+        let (mut cmd_tx, cmd_rx) = rtrb::RingBuffer::new(4);
+        let (back_tx, _back_rx) = rtrb::RingBuffer::new(4);
+        let mut source = MixSource::<i16>::new(cmd_rx, back_tx, &shared, SPF, 1);
+        let seg = Segment::create(&format!("rtsplit-{tag}.out.a"), &cfg(32, 1), &opts).unwrap();
+        let mut tx = seg.producer().unwrap();
+        let q = OutputQueue::new(
+            seg.consumer().unwrap(),
+            QueueParams { target: 2, band: 1 },
+            SPF as usize,
+        );
+        assert!(cmd_tx.push(Cmd::Add(0, Box::new(q))).is_ok());
+        let mut put = |v: i16| {
+            let (p, _) = tx.parts();
+            let mut g = p.write_grant(1).unwrap();
+            let mut f = g.frame_mut(0).unwrap();
+            let s = f.samples_mut::<i16>().unwrap();
+            for (i, x) in s.iter_mut().enumerate() {
+                *x = v * 100 + i as i16;
+            }
+            f.set_len(SPF * 2).unwrap();
+            let _ = g.commit_all();
+        };
+        for v in 0..12 {
+            put(v);
+        }
+        let mut played = Vec::new();
+        // 32 + 96 + 64 + 48 + 80 + 64 + 128 = 512 frames = 8 periods.
+        for n in [32usize, 96, 64, 48, 80, 64, 128] {
+            let mut out = vec![0i16; n];
+            assert_no_alloc::assert_no_alloc(|| {
+                assert_eq!(source.pull(&mut out, &info(0)), n);
+            });
+            played.extend(out);
+        }
+        let expect: Vec<i16> = (0..8i16)
+            .flat_map(|v| (0..SPF as i16).map(move |i| v * 100 + i))
+            .collect();
+        assert_eq!(played, expect);
+        assert_eq!(shared.lanes[0].repeated.load(Ordering::Relaxed), 0);
     }
 }
