@@ -29,16 +29,21 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 pub mod agents;
+pub mod assemble;
 pub mod buffer;
+pub mod collect;
 pub mod device;
 pub mod dsp;
 pub mod glitch;
+pub mod measure;
 pub mod outfile;
+pub mod outputs;
 pub mod pipeline;
 pub mod plots;
 pub mod procs;
 pub mod python;
 pub mod report;
+pub mod spawn;
 pub mod sync;
 pub mod wav;
 
@@ -143,11 +148,9 @@ segments, child processes and temporary files are removed; outputs are written w
 or not at all."
 )]
 pub struct Args {
-    /// Capture/playback device: `auto` (the system's ALSA/PipeWire default when it answers,
-    /// else the clocked synthetic device), `synthetic`, or an ALSA PCM name (`pipewire`,
-    /// `default`, `hw:0,0`). `synthetic:none` gives the synthetic device a silent capture.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    /// The device and its stream.
+    #[command(flatten)]
+    pub stream: device::StreamArgs,
     /// Agent processes to start, comma-separated: `vad`, `recorder`, `echo`, and
     /// `python:PATH` for a Python agent script (see platform-linux/python/examples/agent.py;
     /// needs a Python 3 with numpy: VOXRING_PYTHON, else python3 or /usr/bin/python3).
@@ -160,24 +163,6 @@ pub struct Args {
     /// How long to run, in seconds.
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
-    /// Sample rate, Hz.
-    #[arg(long, default_value_t = 48_000)]
-    pub rate: u32,
-    /// Frames per cycle (the device period and the ring's frame size).
-    #[arg(long, default_value_t = 128)]
-    pub quantum: u32,
-    /// Device buffer, in quanta: `auto` measures the machine's wake-up jitter first (1.5 s)
-    /// and picks the smallest buffer that absorbs it, then grows the playback reserve by one
-    /// period after each period of played silence (see the report's `buffer`); a number (at
-    /// least 2) forces that size, never grown.
-    #[arg(long, default_value = "auto")]
-    pub periods: buffer::Periods,
-    /// Channels.
-    #[arg(long, default_value_t = 1)]
-    pub channels: u16,
-    /// Sample format.
-    #[arg(long, value_parser = format_parser(), default_value = "s16")]
-    pub format: Format,
     /// SCHED_FIFO priority of the audio thread and the agents' processing threads (0: do not
     /// ask for real-time scheduling). A refusal is a warning in the report, not an error.
     #[arg(long, default_value_t = 70)]
@@ -198,6 +183,23 @@ pub struct Args {
     /// Never show the progress bar (it is shown only when stderr is a terminal anyway).
     #[arg(long)]
     pub no_progress: bool,
+    /// How the built-in agents wait for frames: `periodic` (the hub's real-time thread makes
+    /// no wake syscall for them; the report's `hub.wake_syscalls_per_cycle`) or `park`.
+    #[arg(long, value_enum, default_value = "periodic")]
+    pub agent_wait: AgentWait,
+}
+
+/// How the built-in agents wait for the next mic frame (`--agent-wait`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AgentWait {
+    /// `WaitMode::Periodic` (docs/wake-free.md): sleep on a timer until just before the
+    /// frame is due, poll briefly, park only when it is late; the hub's commit then finds no
+    /// parked reader and makes no wake syscall.
+    #[default]
+    Periodic,
+    /// Park on the mic ring's futex at once; the hub's commit wakes the parked readers (one
+    /// syscall per cycle).
+    Park,
 }
 
 /// A role of a child process (hidden `voxring agent` subcommand).
@@ -222,9 +224,10 @@ pub struct AgentArgs {
     /// PID of the orchestrator; the agent stops when it dies.
     #[arg(long)]
     pub parent: u32,
-    /// Segment name prefix of this run (`<prefix>.capture`, `<prefix>.return`, `<prefix>.sync`).
+    /// The run's hub (its mic ring `<hub>.mic`, the echo's output ring `<hub>.out.echo`,
+    /// the run's sync region `<hub>.sync`; none for a hog).
     #[arg(long, default_value = "")]
-    pub segments: String,
+    pub hub: String,
     /// This agent's index in the cycle fence.
     #[arg(long, default_value_t = 0)]
     pub index: u32,
@@ -235,6 +238,9 @@ pub struct AgentArgs {
     /// SCHED_FIFO priority of the processing thread (0: none).
     #[arg(long, default_value_t = 0)]
     pub rt_priority: u8,
+    /// How to wait for the next mic frame.
+    #[arg(long, value_enum, default_value = "park")]
+    pub wait: AgentWait,
 }
 
 /// `voxring run`.

@@ -11,7 +11,6 @@ use serde_json::{Value, json};
 use voxring_linux::cleanup::{SignalMode, install_signal_cleanup, termination_requested};
 use voxring_linux::hub::directory::{MIC_JOINED, SLOT_FREE, unpack_name};
 use voxring_linux::hub::{Hub, HubOptions};
-use voxring_linux::segment::GroupSpec;
 
 /// Options of `voxring top`.
 #[derive(Debug, Clone, clap::Args)]
@@ -182,10 +181,7 @@ pub fn main(a: Args) -> anyhow::Result<ExitCode> {
         &a.name,
         &HubOptions {
             owner: a.owner,
-            group: a.group.as_ref().map(|g| {
-                g.parse::<u32>()
-                    .map_or_else(|_| GroupSpec::Name(g.clone()), GroupSpec::Id)
-            }),
+            group: a.group.as_deref().map(crate::serve::group_spec),
         },
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -315,15 +315,8 @@ fn killing_an_agent_leaves_the_others_whole_and_it_is_evicted() {
     stop(h, &name);
 }
 
-fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + GIVE_UP;
-    while !cond() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
+fn wait_for(cond: impl FnMut() -> bool) -> bool {
+    common::wait_until(GIVE_UP, cond)
 }
 
 /// Agents join and leave (and some are killed) in a loop while audio runs; the steady

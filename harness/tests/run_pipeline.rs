@@ -145,10 +145,13 @@ fn agent<'a>(report: &'a Value, name: &str) -> &'a Value {
 }
 
 /// Failures a loaded machine may cause on a correct run: a stall of the audio thread or of an
-/// agent loses a frame or plays a period of silence. Anything else is a bug.
+/// agent loses a frame, plays a period of silence, or makes the device lose audio (an xrun).
+/// Anything else is a bug.
 fn is_timing_failure(f: &Value) -> bool {
     let f = f.as_str().unwrap_or_default();
-    f.contains("frames were lost") || f.contains("silence was played")
+    f.contains("frames were lost")
+        || f.contains("silence was played")
+        || f.contains("the device lost audio")
 }
 
 /// Exit 0 (nothing failed), or exit 1 with only timing failures (see [`is_timing_failure`]):
@@ -531,15 +534,8 @@ fn sigkill(pid: u32) {
 }
 
 /// Waits (giving up after [`GIVE_UP`]) until `cond` holds; false if it never did.
-fn wait_until(mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + GIVE_UP;
-    while !cond() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
+fn wait_until(cond: impl FnMut() -> bool) -> bool {
+    common::wait_until(GIVE_UP, cond)
 }
 
 /// Removes the segments a run killed with SIGKILL could not remove (`segments clean` would).
@@ -611,16 +607,16 @@ fn the_temporary_recording_cannot_be_redirected_is_private_and_dies_with_a_kille
         let pid = run.0.id();
         // The prefix is readable from /dev/shm before the recorder starts: plant at once.
         assert!(
-            wait_until(|| shm_of(pid).iter().any(|n| n.ends_with(".capture"))),
-            "the run never created its capture ring"
+            wait_until(|| shm_of(pid).iter().any(|n| n.ends_with(".mic"))),
+            "the run never created its mic ring"
         );
         let seg = shm_of(pid)
             .into_iter()
-            .find(|n| n.ends_with(".capture"))
+            .find(|n| n.ends_with(".mic"))
             .unwrap();
         let prefix = seg
             .strip_prefix("voxring.")
-            .and_then(|n| n.strip_suffix(".capture"))
+            .and_then(|n| n.strip_suffix(".mic"))
             .unwrap()
             .to_owned();
         let old_name = tmp.path().join(format!("voxring-{prefix}.wav"));

@@ -1,7 +1,9 @@
 //! The agent processes of `voxring run` (the hidden `voxring agent` subcommand).
 //!
-//! Each agent attaches to the run's capture ring as a consumer, waits for frames (spinning
-//! briefly, then parking on the ring's futex: an idle agent costs no CPU), and for every frame:
+//! Each agent joins the run's hub the way any outside agent does, through the public client
+//! (`voxring_linux::hub`: `Hub::find`, `join_mic` lossless, and for the echo `speaker`),
+//! waits for frames (parking on the mic ring's futex: an idle agent costs no CPU), and for
+//! every frame:
 //! records the hand-off (the producer stamps each frame with CLOCK_MONOTONIC at commit; the
 //! agent reads the clock when the frame is in its hands), does its work (timed as "compute"),
 //! and tells the cycle fence it is done (late if past the cycle's deadline).
@@ -10,8 +12,8 @@
 //!   publishes speech on/off through the run's control register.
 //! - `recorder` writes every payload byte to a WAV file and a CRC-32 of them, so the
 //!   orchestrator can prove the recording holds exactly the frames produced.
-//! - `echo` applies a gain and writes the frame into the return ring (same `sample_pos`,
-//!   stamped at its own commit), which the orchestrator plays.
+//! - `echo` applies a gain and writes the frame into its output ring `<hub>.out.echo` (same
+//!   `sample_pos`, stamped at its own commit), which the hub mixes into playback.
 //!
 //! Protocol with the orchestrator: the agent prints `ready` on stdout once it has joined the
 //! ring, and at the end one line of JSON ([`AgentOutput`]). It ends on the END_OF_STREAM
@@ -27,15 +29,15 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use voxring_core::{FrameFlags, FrameMeta, ReadError, RingConfig, SampleFormat};
 use voxring_linux::audio::monotonic_ns;
-use voxring_linux::ring::{FramesWait, Segment, ShmConsumer, ShmProducer};
-use voxring_linux::segment::AttachOptions;
+use voxring_linux::hub::{Delivery, Hub, HubOptions, MicReader, Speaker};
+use voxring_linux::ring::{FramesWait, Periodic, ShmConsumer, WaitMode};
 
 use super::dsp::{Vad, apply_gain, energy_dbfs};
 use super::glitch::LateMark;
 use super::report::{hist_to_base64, new_hist, record};
 use super::sync::{SyncHandle, VadState};
 use super::wav::{Encoding, WavSink};
-use super::{AgentArgs, Role, procs};
+use super::{AgentArgs, AgentWait, Role, procs};
 
 /// The gain the echo agent applies (-6 dB): a real loudspeaker-to-microphone loop decays.
 pub const ECHO_GAIN: f32 = 0.5;
@@ -107,15 +109,6 @@ fn encoding(f: SampleFormat) -> Encoding {
     }
 }
 
-/// Segment names of a run.
-pub fn capture_name(prefix: &str) -> String {
-    format!("{prefix}.capture")
-}
-/// The echo agent's return ring.
-pub fn return_name(prefix: &str) -> String {
-    format!("{prefix}.return")
-}
-
 /// The recording's file, inherited from the orchestrator as descriptor `fd`.
 fn inherited_file(fd: i32) -> anyhow::Result<File> {
     let file = File::from(voxring_linux::process::take_inherited_fd(fd).map_err(|e| {
@@ -152,8 +145,8 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<AgentOutput> {
         Role::Echo => "echo",
         Role::Hog => "hog",
     };
-    // Declared first, dropped last: the consumer and its segment outlive the agent's links.
-    let (mut capture, links, cfg) = attach(args, name)?;
+    // Declared first, dropped last: the mic reader outlives the agent's links.
+    let (mut mic, links, cfg) = attach(args, name)?;
     let mut warnings = Vec::new();
     let scheduling = scheduling(args.rt_priority, &mut warnings);
     let mut agent = Agent {
@@ -177,7 +170,7 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<AgentOutput> {
         .context("cannot tell the orchestrator this agent is ready")?;
     let cpu0 = process_cpu_ns();
     let wall0 = monotonic_ns();
-    let exit = agent.run(&mut capture.rx)?;
+    let exit = agent.run(mic.consumer())?;
     let wall_ns = monotonic_ns().saturating_sub(wall0);
     let cpu_ns = process_cpu_ns().saturating_sub(cpu0);
     let wav_samples = match agent.links.wav.take() {
@@ -219,51 +212,44 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<AgentOutput> {
     })
 }
 
-/// The capture ring, as this agent's consumer.
-struct Capture {
-    rx: ShmConsumer,
-    _segment: Segment,
-}
-
-/// Where an agent's work goes. Fields drop in this order: the recording, the return ring's
-/// segment, its producer, the sync region.
+/// Where an agent's work goes. Fields drop in this order: the recording, the echo's output
+/// ring, the sync region.
 struct Links {
     /// The recorder's WAV file.
     wav: Option<WavSink>,
-    /// The echo agent's return ring: its segment (kept for the run) and its producer.
-    _ret_seg: Option<Segment>,
-    ret: Option<ShmProducer>,
+    /// The echo agent's output ring (`<hub>.out.echo`), mixed into playback by the hub.
+    ret: Option<Speaker>,
     sync: SyncHandle,
 }
 
-/// Attaches to the capture ring (as a consumer), the sync region, the return ring (echo) and
+/// Joins the hub's mic ring (lossless: an agent a whole ring behind is evicted and the run
+/// fails, it never skips silently), the run's sync region, the echo's output ring (echo) and
 /// the recording (recorder).
-fn attach(args: &AgentArgs, name: &str) -> anyhow::Result<(Capture, Links, RingConfig)> {
+fn attach(args: &AgentArgs, name: &str) -> anyhow::Result<(MicReader, Links, RingConfig)> {
     let role = args.role;
-    let opts = AttachOptions::default();
-    let segment = Segment::attach(&capture_name(&args.segments), &opts)
-        .with_context(|| format!("the {name} agent cannot attach to the capture ring"))?;
-    let cfg = segment.config();
-    let mut rx = segment
-        .consumer()
-        .with_context(|| format!("the {name} agent cannot join the capture ring"))?;
+    let hub = Hub::find(&args.hub, &HubOptions::default())
+        .map_err(|e| anyhow::anyhow!("the {name} agent cannot find hub '{}': {e}", args.hub))?;
+    let cfg = hub.config();
+    let mut mic = hub
+        .join_mic(name, Delivery::Lossless)
+        .map_err(|e| anyhow::anyhow!("the {name} agent cannot join the mic ring: {e}"))?;
     // Park at once: a frame comes every quantum, spinning for it would burn a core per agent.
-    rx.set_spin(Duration::ZERO);
-    let capture = Capture {
-        rx,
-        _segment: segment,
-    };
-    let sync = SyncHandle::attach(&args.segments)
+    mic.consumer().set_spin(Duration::ZERO);
+    if args.wait == AgentWait::Periodic {
+        // On this thread (the one that waits): it sets this thread's timer slack.
+        mic.consumer()
+            .set_wait_mode(WaitMode::Periodic(Periodic::default()))
+            .map_err(|e| anyhow::anyhow!("the {name} agent cannot wait periodically: {e}"))?;
+    }
+    let sync = SyncHandle::attach(&args.hub)
         .with_context(|| format!("the {name} agent cannot attach to the run's sync region"))?;
-    let (ret_seg, ret) = if role == Role::Echo {
-        let seg = Segment::attach(&return_name(&args.segments), &opts)
-            .context("the echo agent cannot attach to the return ring")?;
-        let tx = seg
-            .producer()
-            .context("the echo agent cannot claim the return ring")?;
-        (Some(seg), Some(tx))
+    let ret = if role == Role::Echo {
+        Some(
+            hub.speaker(name)
+                .map_err(|e| anyhow::anyhow!("the echo agent cannot open its output ring: {e}"))?,
+        )
     } else {
-        (None, None)
+        None
     };
     let wav = match (role, args.wav_fd) {
         (Role::Recorder, Some(fd)) => Some(WavSink::new(
@@ -276,13 +262,7 @@ fn attach(args: &AgentArgs, name: &str) -> anyhow::Result<(Capture, Links, RingC
         (Role::Recorder, None) => anyhow::bail!("the recorder needs --wav-fd N"),
         _ => None,
     };
-    let links = Links {
-        wav,
-        _ret_seg: ret_seg,
-        ret,
-        sync,
-    };
-    Ok((capture, links, cfg))
+    Ok((mic, Links { wav, ret, sync }, cfg))
 }
 
 /// Asks for SCHED_FIFO when `--rt-priority` is set; says what the agent runs under.
@@ -393,7 +373,7 @@ impl Agent {
                     self.tally.lost += n;
                     continue;
                 }
-                Err(e) => return Ok(Some(format!("reading the capture ring failed: {e}"))),
+                Err(e) => return Ok(Some(format!("reading the mic ring failed: {e}"))),
             };
             let t_got = monotonic_ns();
             self.tally.ipc_ns += t_got.saturating_sub(t_acq);
@@ -507,13 +487,14 @@ impl Agent {
         Ok(())
     }
 
-    /// The echo's work: the gain, into the return ring. Returns the time spent in the ring.
+    /// The echo's work: the gain, into its output ring (through the speaker's producer, so
+    /// the frame keeps the mic frame's `sample_pos`). Returns the time spent in the ring.
     fn echo_frame(&mut self, meta: FrameMeta, payload: &[u8]) -> u64 {
         self.tally.crc.update(payload);
-        let Some(tx) = self.links.ret.as_mut() else {
-            unreachable!("echo has a return ring")
+        let Some(speaker) = self.links.ret.as_mut() else {
+            unreachable!("echo has an output ring")
         };
-        let (producer, rwaiter) = tx.parts();
+        let (producer, rwaiter) = speaker.producer().parts();
         let g0 = monotonic_ns();
         let granted = producer.write_grant(1);
         let g1 = monotonic_ns();

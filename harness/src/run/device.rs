@@ -6,6 +6,48 @@ use voxring_linux::audio::{
     DeviceSpec, Duplex, Sample, StreamParams, alsa_pcm::MmapPreference, open_duplex,
 };
 
+/// The device and stream options `voxring run` and `voxring serve` share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StreamArgs {
+    /// Capture/playback device: `auto` (the system's ALSA/PipeWire default when it answers,
+    /// else the clocked synthetic device), `synthetic` (its playback loops back into its
+    /// capture), or an ALSA PCM name (`pipewire`, `default`, `hw:0,0`). `synthetic:none`
+    /// gives the synthetic device a silent capture.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Sample rate, Hz.
+    #[arg(long, default_value_t = 48_000)]
+    pub rate: u32,
+    /// Frames per cycle (the device period and one ring frame).
+    #[arg(long, default_value_t = 128)]
+    pub quantum: u32,
+    /// Device buffer, in quanta: `auto` measures the machine's wake-up jitter first (1.5 s)
+    /// and picks the smallest buffer that absorbs it (`voxring run` then grows its playback
+    /// reserve by one period after each period of played silence, see its report's
+    /// `buffer`); a number (at least 2) forces that size, never grown.
+    #[arg(long, default_value = "auto")]
+    pub periods: super::buffer::Periods,
+    /// Channels.
+    #[arg(long, default_value_t = 1)]
+    pub channels: u16,
+    /// Sample format.
+    #[arg(long, value_parser = super::format_parser(), default_value = "s16")]
+    pub format: super::Format,
+}
+
+impl StreamArgs {
+    /// What to open, with `periods` resolved.
+    pub fn request(&self, periods: u32) -> DeviceRequest<'_> {
+        DeviceRequest {
+            device: &self.device,
+            rate: self.rate,
+            quantum: self.quantum,
+            periods,
+            channels: self.channels,
+        }
+    }
+}
+
 /// What the command line asked of the device.
 #[derive(Debug, Clone)]
 pub struct DeviceRequest<'a> {

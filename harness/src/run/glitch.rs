@@ -26,8 +26,11 @@ pub enum FactKind {
     Dropped,
     /// The playback side had no returned frame for a period: silence was played.
     Silence,
-    /// Returned frames were dropped to catch up after a stall.
+    /// Returned frames were dropped to catch up after a stall (the output queue stayed above
+    /// its band).
     Skipped,
+    /// The output queue played its last frame again (the next was late; a correction).
+    Repeated,
     /// The audio thread handled a period more than half a period after it was due.
     LateWake,
     /// The playback reserve grew by one frame (after silence, `--periods auto`).
@@ -183,6 +186,7 @@ pub fn attribute(facts: &[Fact], cx: &Context<'_>) -> Vec<Glitch> {
             FactKind::Dropped => "lost",
             FactKind::Silence => "silence",
             FactKind::Skipped => "skipped",
+            FactKind::Repeated => "repeated",
             FactKind::LateWake | FactKind::Grown => continue,
         };
         // The audio thread's own lateness around it: a stall that ended at most four periods
@@ -283,7 +287,10 @@ fn host_stall(w: &Fact, cx: &Context<'_>) -> (&'static str, String) {
 
 /// Whether a glitch is on the playback side (only the echo agent feeds it).
 fn playback_kind(k: FactKind) -> bool {
-    matches!(k, FactKind::Silence | FactKind::Skipped)
+    matches!(
+        k,
+        FactKind::Silence | FactKind::Skipped | FactKind::Repeated
+    )
 }
 
 /// The agent that took longest among those that finished one of the four cycles up to

@@ -1,9 +1,10 @@
 //! Python agents of `voxring run` (`--agents python:path/to/agent.py`).
 //!
 //! The script is started as
-//! `<python> PATH --segments <prefix> --parent <pid> --index <i>` by an interpreter that can
-//! `import voxring` (the native package: `pip install platform-linux/python`). It follows the
-//! same protocol as the Rust agents: it joins `<prefix>.capture` as a consumer, prints `ready`,
+//! `<python> PATH --segments <hub> --ring <hub>.mic --parent <pid> --index <i>` by an
+//! interpreter that can `import voxring` (the native package: `pip install
+//! platform-linux/python`). It joins the run's hub as any outside Python agent does (a reader
+//! of the mic ring `<hub>.mic`, docs/hub.md), prints `ready`,
 //! and at the end one JSON line ([`PythonOutput`]; the example is
 //! `platform-linux/python/examples/agent.py`). It does not mark the cycle fence, so it is
 //! left out of the fence's mask: its lateness is not measured (the report says `-`).
@@ -127,14 +128,16 @@ impl PythonLauncher {
     }
 
     /// The command that starts `script` as agent `index` of the run.
-    pub fn command(&self, script: &Path, prefix: &str, parent: u32, index: usize) -> Command {
+    pub fn command(&self, script: &Path, hub: &str, parent: u32, index: usize) -> Command {
         let mut cmd = Command::new(&self.interpreter);
         // A user's script need not ask for PR_SET_PDEATHSIG: the harness does, before exec.
         super::procs::die_with_parent_before_exec(&mut cmd, parent);
         // Unbuffered: `ready` and the report line reach the orchestrator at once.
         cmd.arg("-u")
             .arg(script)
-            .args(["--segments", prefix, "--parent"])
+            .args(["--segments", hub, "--ring"])
+            .arg(voxring_linux::hub::mic_name(hub))
+            .arg("--parent")
             .arg(parent.to_string())
             .arg("--index")
             .arg(index.to_string());

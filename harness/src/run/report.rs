@@ -124,6 +124,26 @@ pub struct AgentRow {
     pub exit: String,
 }
 
+impl AgentRow {
+    /// The row of an agent that gave no report: its name, PID and how it ended.
+    pub fn missing(name: &str, pid: u32, exit: &str) -> Self {
+        AgentRow {
+            name: name.to_owned(),
+            pid,
+            frames: 0,
+            late: None,
+            lost: 0,
+            checksum: String::new(),
+            cpu_percent: 0.0,
+            ipc_cpu_percent: None,
+            wait_cpu_percent: None,
+            transport: String::new(),
+            scheduling: String::new(),
+            exit: exit.to_owned(),
+        }
+    }
+}
+
 /// The producer's own account of what it put into the capture ring.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProducerRow {
@@ -202,6 +222,34 @@ pub struct RunReport {
     /// Every glitch (xrun, lost frame, period of silence, late cycle) with its cause.
     #[serde(default)]
     pub glitches: Vec<super::glitch::Glitch>,
+    /// The hub session the run was (`None` in reports made before run became one).
+    #[serde(default)]
+    pub hub: Option<HubRow>,
+}
+
+/// The hub session of a run: its name, its real-time thread's wake calls, and the output
+/// queue's corrections.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HubRow {
+    /// The hub's name (its segments were `voxring.<name>.*`).
+    pub name: String,
+    /// Wake syscalls the hub's real-time thread made (a parked mic reader was woken; at most
+    /// one per committed grant, whatever the number of agents).
+    pub wakes: u64,
+    /// `wakes` per cycle.
+    pub wake_syscalls_per_cycle: f64,
+    /// The output queue's target depth (frames) at the end, and its band.
+    pub queue_target: u32,
+    pub queue_band: u32,
+    /// Corrections of the output queue: frames played again below the band (not lost: the
+    /// next frame plays one period later), frames dropped above it (lost), and periods of
+    /// silence while it played (lost).
+    pub queue_repeated: u64,
+    pub queue_dropped: u64,
+    pub queue_gaps: u64,
+    /// Mic readers evicted for falling a whole ring behind, and for dying.
+    pub evicted_lag: u64,
+    pub evicted_dead: u64,
 }
 
 impl RunReport {
@@ -335,6 +383,7 @@ impl RunReport {
                 b.periods, b.mode, b.reserve_start, b.reserve_end, b.reason
             );
         }
+        self.hub_text(&mut s);
         self.glitches_text(&mut s);
         for a in &self.agents {
             let _ = writeln!(
@@ -377,6 +426,26 @@ impl RunReport {
             self.verdict_reasons.join("; ")
         );
         s
+    }
+
+    /// The hub session's line (none in reports made before run became one).
+    fn hub_text(&self, s: &mut String) {
+        if let Some(h) = &self.hub {
+            let _ = writeln!(
+                s,
+                "hub {}: {:.3} wake syscalls per cycle; output queue target {} ± {}: {} \
+                 repeated, {} dropped, {} periods of silence; readers evicted {} (lag) {} (dead)",
+                h.name,
+                h.wake_syscalls_per_cycle,
+                h.queue_target,
+                h.queue_band,
+                h.queue_repeated,
+                h.queue_dropped,
+                h.queue_gaps,
+                h.evicted_lag,
+                h.evicted_dead
+            );
+        }
     }
 
     /// The Markdown report; `plots` are (title, file name) pairs of SVGs beside it.
@@ -660,6 +729,7 @@ mod tests {
             command: String::new(),
             buffer: None,
             glitches: Vec::new(),
+            hub: None,
         }
     }
 

@@ -12,7 +12,6 @@ use voxring_core::SampleFormat;
 use voxring_linux::audio::Sample;
 use voxring_linux::hub::directory::MicRow;
 use voxring_linux::hub::{Delivery, Hub, HubOptions, Read, Speaker};
-use voxring_linux::segment::GroupSpec;
 
 /// Options of `voxring hub-agent`.
 #[derive(Debug, Clone, clap::Args)]
@@ -53,10 +52,7 @@ pub struct AgentArgs {
 pub fn main(a: AgentArgs) -> anyhow::Result<ExitCode> {
     let opts = HubOptions {
         owner: None,
-        group: a.group.as_ref().map(|g| {
-            g.parse::<u32>()
-                .map_or_else(|_| GroupSpec::Name(g.clone()), GroupSpec::Id)
-        }),
+        group: a.group.as_deref().map(super::group_spec),
     };
     let t0 = voxring_linux::clock::monotonic_ns();
     let hub = Hub::find(&a.hub, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;

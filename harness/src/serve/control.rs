@@ -448,6 +448,20 @@ impl<T: Mix> Control<T> {
         out
     }
 
+    /// The hub's name.
+    pub fn hub(&self) -> &str {
+        &self.hub
+    }
+
+    /// Output lanes being mixed (found, not leaving, not dead).
+    pub fn lanes_live(&self) -> usize {
+        self.lanes
+            .iter()
+            .flatten()
+            .filter(|l| !l.leaving && !l.dead)
+            .count()
+    }
+
     /// The output rings' file names still in use at the end (after the real-time thread
     /// ended, its lanes are dropped with the `MixSource`).
     pub fn lanes_files(&self) -> Vec<String> {

@@ -19,32 +19,20 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use voxring_core::{FrameFlags, GrantError, Policy, RingConfig};
 use voxring_linux::audio::mixer::{Mix, QueueParams};
-use voxring_linux::audio::monotonic_ns;
-use voxring_linux::cleanup::{
-    SignalMode, clean_segments_matching, install_signal_cleanup, termination_requested,
-};
-use voxring_linux::hub::directory::{
-    self, DIRECTORY_VERSION, HubInfo, STATE_RUNNING, STATE_STOPPED,
-};
-use voxring_linux::hub::{check_hub_name, directory_name, mic_name};
-use voxring_linux::ring::{Segment, ShmProducer};
-use voxring_linux::segment::{Access, CreateOptions, GroupSpec};
-use voxring_linux::shared::SharedObjects;
+use voxring_linux::cleanup::{SignalMode, install_signal_cleanup, termination_requested};
+use voxring_linux::hub::check_hub_name;
+use voxring_linux::hub::directory::{self, HubInfo};
 
-use crate::run::device::{self, DeviceRequest};
-use crate::run::{Format, format_parser};
+use crate::run::Format;
 
 pub mod agent;
 pub mod control;
+pub mod engine;
 pub mod rt;
 
-use control::{Control, ControlSetup};
+use engine::{Engine, EngineSpec, run_audio};
 use rt::{MicSink, MixSource, RtShared};
-
-/// How often the control thread runs.
-const TICK: Duration = Duration::from_millis(20);
 
 /// Options of `voxring serve`.
 #[derive(Debug, Clone, clap::Args)]
@@ -58,27 +46,9 @@ pub struct Args {
     /// The hub's name: its segments are /dev/shm/voxring.<name>.mic, .hub and .out.<agent>.
     #[arg(long, default_value = voxring_linux::hub::DEFAULT_HUB)]
     pub name: String,
-    /// Capture/playback device: `auto`, `synthetic` (its playback loops back into its
-    /// capture), `synthetic:none`, or an ALSA PCM name (`pipewire`, `default`, `hw:0,0`).
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// Sample rate, Hz.
-    #[arg(long, default_value_t = 48_000)]
-    pub rate: u32,
-    /// Frames per cycle (the device period and one ring frame).
-    #[arg(long, default_value_t = 128)]
-    pub quantum: u32,
-    /// Device buffer, in quanta: `auto` measures the machine's wake-up jitter first (1.5 s)
-    /// and picks the smallest buffer that absorbs it (as `voxring run`); a number (at least
-    /// 2) forces that size.
-    #[arg(long, default_value = "auto")]
-    pub periods: crate::run::buffer::Periods,
-    /// Channels.
-    #[arg(long, default_value_t = 1)]
-    pub channels: u16,
-    /// Sample format.
-    #[arg(long, value_parser = format_parser(), default_value = "s16")]
-    pub format: Format,
+    /// The device and its stream.
+    #[command(flatten)]
+    pub stream: crate::run::device::StreamArgs,
     /// Most agents reading the mic at once (consumer slots, claimed by joiners at any time).
     #[arg(long, default_value_t = 64)]
     pub max_agents: u16,
@@ -104,6 +74,13 @@ pub struct Args {
     /// Write the hub's final counters as JSON to this file when it stops.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+}
+
+/// `--group NAME|GID`: a number is a gid, anything else a group name.
+pub fn group_spec(g: &str) -> voxring_linux::segment::GroupSpec {
+    use voxring_linux::segment::GroupSpec;
+    g.parse::<u32>()
+        .map_or_else(|_| GroupSpec::Name(g.to_owned()), GroupSpec::Id)
 }
 
 fn check_args(a: &Args) -> anyhow::Result<()> {
@@ -142,211 +119,93 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             "cannot stop cleanly on Ctrl-C ({e}); not starting a hub that would leave segments behind"
         );
     }
-    match args.format {
+    match args.stream.format {
         Format::S16 => serve_with::<i16>(&args),
         Format::S32 => serve_with::<i32>(&args),
         Format::F32 => serve_with::<f32>(&args),
     }
 }
 
-/// The hub's segments: the mic ring (and its producer) and the directory.
-struct Segments {
-    mic: Segment,
-    tx: ShmProducer,
-    dir: SharedObjects,
-    layout: directory::Layout,
-    gid: Option<u32>,
-}
-
-fn make_segments(a: &Args, cfg: &RingConfig) -> anyhow::Result<Segments> {
-    // A hub of this name killed with -9 left its segments: remove them if nobody uses them.
-    let prefix = format!("{}{}.", voxring_linux::segment::PREFIX, a.name);
-    let _ = clean_segments_matching(|f| f.starts_with(&prefix));
-    let (access, gid) = match &a.group {
-        Some(g) => {
-            let spec = g
-                .parse::<u32>()
-                .map_or_else(|_| GroupSpec::Name(g.clone()), GroupSpec::Id);
-            let gid = spec
-                .resolve()
-                .map_err(|e| anyhow::anyhow!("--group: {e}"))?;
-            (Access::Group(spec), Some(gid))
-        }
-        None => (Access::OwnerOnly, None),
-    };
-    let copts = CreateOptions {
-        access,
-        ..CreateOptions::default()
-    };
-    let mic = Segment::create(&mic_name(&a.name), cfg, &copts).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot create the mic ring of hub '{}': {e}. If a hub of that name runs, stop it \
-             or pick another --name",
-            a.name
-        )
-    })?;
-    let tx = mic
-        .producer()
-        .map_err(|e| anyhow::anyhow!("cannot claim the mic ring: {e}"))?;
-    let (plan, layout) = directory::plan().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let dir = SharedObjects::create(&directory_name(&a.name), &copts, plan)
-        .map_err(|e| anyhow::anyhow!("cannot create the hub's directory: {e}"))?;
-    Ok(Segments {
-        mic,
-        tx,
-        dir,
-        layout,
-        gid,
-    })
-}
-
-/// Sends the end of stream to the mic's readers (waiting for room is fine here).
-fn end_of_stream(tx: &mut ShmProducer) {
-    let deadline = Instant::now() + Duration::from_secs(1);
-    loop {
-        let (producer, waiter) = tx.parts();
-        let full = match producer.write_grant(1) {
-            Ok(mut g) => {
-                if let Some(mut f) = g.frame_mut(0) {
-                    let _ = f.set_len(0);
-                    f.set_flags(FrameFlags::END_OF_STREAM);
-                    f.set_timestamp_ns(monotonic_ns());
-                }
-                g.commit_all().wake(waiter);
-                return;
-            }
-            Err(e) => e == GrantError::Full,
-        };
-        if !full || Instant::now() >= deadline {
-            return;
-        }
-        let _ = tx.wait_for_space(Some(Duration::from_millis(20)));
-    }
-}
-
 fn serve_with<T: Mix>(a: &Args) -> anyhow::Result<ExitCode> {
     let mut warnings = Vec::new();
-    let (periods, why, _) =
-        crate::run::buffer::resolve(a.periods, a.quantum, a.rate, a.rt_priority);
-    warnings.push(format!("buffer: {periods} periods: {why}"));
-    let dev = device::open::<T>(
-        &DeviceRequest {
-            device: &a.device,
-            rate: a.rate,
-            quantum: a.quantum,
-            periods,
-            channels: a.channels,
-        },
-        &mut warnings,
-    )?;
-    let buffer = dev.duplex.capture_granted().buffer_frames;
-    anyhow::ensure!(
-        buffer.is_multiple_of(dev.quantum)
-            && dev
-                .duplex
-                .playback_granted()
-                .buffer_frames
-                .is_multiple_of(dev.quantum),
-        "the device granted a buffer of {buffer} frames, not a multiple of its {}-frame period; \
-         ask for another --quantum or --periods",
-        dev.quantum
+    let (periods, why, _) = crate::run::buffer::resolve(
+        a.stream.periods,
+        a.stream.quantum,
+        a.stream.rate,
+        a.rt_priority,
     );
-    let cfg = RingConfig {
-        frames: a.mic_frames,
-        samples_per_frame: dev.quantum,
-        channels: dev.channels,
-        format: a.format,
-        sample_rate: dev.rate,
-        max_consumers: a.max_agents,
-        policy: Policy::Lossless,
+    warnings.push(format!("buffer: {periods} periods: {why}"));
+    let spec = EngineSpec {
+        name: &a.name,
+        device: a.stream.request(periods),
+        format: a.stream.format,
+        max_agents: a.max_agents,
+        mic_frames: a.mic_frames,
+        params: QueueParams {
+            target: a.target,
+            band: a.band,
+        },
+        group: a.group.as_deref(),
     };
-    let Segments {
-        mic,
-        tx,
-        dir,
-        layout,
-        gid,
-    } = make_segments(a, &cfg)?;
+    let mut engine = Engine::<T>::open(&spec, &mut warnings)?;
     let shared = RtShared::new();
-    let (cmd_tx, cmd_rx) = rtrb::RingBuffer::new(2 * directory::MAX_SLOTS);
-    let (back_tx, back_rx) = rtrb::RingBuffer::new(2 * directory::MAX_SLOTS);
-    let params = QueueParams {
-        target: a.target,
-        band: a.band,
+    let Some((tx, queues)) = engine.take_rt() else {
+        anyhow::bail!("internal: the hub's real-time ends were taken twice");
     };
-    let mut control = Control::<T>::new(ControlSetup {
-        hub: a.name.clone(),
-        mic: mic.clone(),
-        dir: (dir.clone(), layout.clone()),
-        queues: (cmd_tx, back_rx),
-        params,
-        group: gid,
-    });
-    let mut sink = MicSink::new(tx, &shared, dev.quantum, dev.channels);
-    let mut source = MixSource::<T>::new(cmd_rx, back_tx, &shared, dev.quantum, dev.channels);
-    let mut info = HubInfo {
-        version: DIRECTORY_VERSION,
-        pid: u64::from(std::process::id()),
-        state: STATE_RUNNING,
-        rate: u64::from(dev.rate),
-        quantum: u64::from(dev.quantum),
-        channels: u64::from(dev.channels),
-        format: a.format as u64,
-        mic_frames: u64::from(a.mic_frames),
-        max_agents: u64::from(a.max_agents),
-        target_depth: u64::from(a.target),
-        band: u64::from(a.band),
-        started_ns: monotonic_ns(),
-        ..HubInfo::default()
-    };
-    info = control.tick(&shared, info);
-    let ready = format!(
-        "voxring serve: hub '{}' ready: {} Hz, {} frames per cycle, {} channel(s), {:?}, \
-         device {}, up to {} agents (pid {})",
+    let (rate, quantum, channels) = (engine.dev.rate, engine.dev.quantum, engine.dev.channels);
+    let sink = MicSink::new(tx, &shared, quantum, channels);
+    let source = MixSource::<T>::new(queues.0, queues.1, &shared, quantum, channels);
+    engine.tick(&shared);
+    println!(
+        "voxring serve: hub '{}' ready: {rate} Hz, {quantum} frames per cycle, {channels} \
+         channel(s), {:?}, device {}, up to {} agents (pid {})",
         a.name,
-        dev.rate,
-        dev.quantum,
-        dev.channels,
-        a.format,
-        dev.label,
+        a.stream.format,
+        engine.dev.label,
         a.max_agents,
         std::process::id()
     );
-    let mut duplex = dev.duplex;
-    let (run_error, scheduling) = run_until_stopped(
-        a,
-        Running {
-            duplex: &mut duplex,
-            sink: &mut sink,
-            source: &mut source,
-            shared: &shared,
-            control: &mut control,
-            info: &mut info,
+    for w in &warnings {
+        eprintln!("voxring serve: warning: {w}");
+    }
+    let deadline = a
+        .seconds
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let Engine {
+        dev, control, info, ..
+    } = &mut engine;
+    let mut said = 0;
+    let end = run_audio(
+        &mut dev.duplex,
+        (sink, source),
+        &shared,
+        (a.rt_priority, None),
+        || {
+            if termination_requested() || deadline.is_some_and(|d| Instant::now() >= d) {
+                shared.stop.request();
+            }
+            engine::tick(control, info, &shared, None);
+            for r in &control.refusals[said..] {
+                eprintln!("voxring serve: {r}");
+            }
+            said = control.refusals.len();
         },
-        &ready,
-        &warnings,
     )?;
-    let xruns = duplex.xruns();
-    let mut tx = sink.into_producer();
-    end_of_stream(&mut tx);
-    let playing = source.lane_counters();
-    drop(source);
-    fill_counters(&mut info, &shared, (xruns.capture, xruns.playback));
-    info.state = STATE_STOPPED;
-    info = control.tick(&shared, info);
-    let mut summary = summary_json(a, &info, &scheduling, run_error.as_deref());
-    summary["lanes"] = serde_json::Value::from(control.lanes_report(&playing));
+    let playing = end.source.lane_counters();
+    drop(end.source);
+    let mut tx = end.sink.into_producer();
+    let lanes = engine.control.lanes_report(&playing);
+    engine::end_of_stream(&mut tx);
+    let info = engine.stop(&shared);
+    drop(tx);
+    let mut summary = summary_json(&a.name, &info, &end.scheduling, end.error.as_deref());
+    summary["lanes"] = serde_json::Value::from(lanes);
     if let Some(path) = &a.json {
         std::fs::write(path, serde_json::to_string_pretty(&summary)? + "\n")
             .with_context(|| format!("cannot write --json {}", path.display()))?;
     }
     println!("voxring serve: hub '{}' stopped: {summary}", a.name);
-    let leftover = control.lanes_files();
-    drop(control);
-    // Output rings whose agents died are removed; live agents keep theirs.
-    let _ = clean_segments_matching(|f| leftover.iter().any(|l| l == f));
-    drop((tx, dir, mic));
-    Ok(match run_error {
+    Ok(match end.error {
         Some(e) => {
             eprintln!("voxring serve: the audio device failed: {e}");
             ExitCode::from(1)
@@ -355,106 +214,14 @@ fn serve_with<T: Mix>(a: &Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// What runs while the hub runs: the device and the two sides of the audio thread, and the
-/// control thread's state.
-struct Running<'r, 'a, T: Mix> {
-    duplex: &'r mut voxring_linux::audio::Duplex<T>,
-    sink: &'r mut MicSink<'a>,
-    source: &'r mut MixSource<'a, T>,
-    shared: &'a RtShared,
-    control: &'r mut Control<T>,
-    info: &'r mut HubInfo,
-}
-
-/// How the audio thread ended: the device's error, and its scheduling (and why SCHED_FIFO
-/// was refused).
-type Outcome = (Option<String>, (String, Option<String>));
-
-/// Runs the device on the audio thread while this (the control) thread ticks, until Ctrl-C,
-/// SIGTERM, `--seconds` or a device error: the device's error, and the audio thread's
-/// scheduling (and why SCHED_FIFO was refused).
-fn run_until_stopped<T: Mix>(
-    a: &Args,
-    r: Running<'_, '_, T>,
-    ready: &str,
-    warnings: &[String],
-) -> anyhow::Result<Outcome> {
-    let Running {
-        duplex,
-        sink,
-        source,
-        shared,
-        control,
-        info,
-    } = r;
-    let rt_priority = a.rt_priority;
-    let deadline = a
-        .seconds
-        .map(|s| Instant::now() + Duration::from_secs_f64(s));
-    std::thread::scope(|s| -> anyhow::Result<_> {
-        let audio = std::thread::Builder::new()
-            .name("voxring-hub-audio".into())
-            .spawn_scoped(s, move || {
-                let sched = device::promote(rt_priority);
-                let r = duplex.run(sink, source, &shared.stop, None);
-                (
-                    r.err()
-                        .map(|e| voxring_linux::audio::AudioError::from(e).to_string()),
-                    sched,
-                )
-            })
-            .context("cannot start the audio thread")?;
-        println!("{ready}");
-        for w in warnings {
-            eprintln!("voxring serve: warning: {w}");
-        }
-        let mut said = 0;
-        while !audio.is_finished() {
-            if termination_requested() || deadline.is_some_and(|d| Instant::now() >= d) {
-                shared.stop.request();
-            }
-            fill_counters(info, shared, duplex_xruns_unknown());
-            *info = control.tick(shared, *info);
-            for r in &control.refusals[said..] {
-                eprintln!("voxring serve: {r}");
-            }
-            said = control.refusals.len();
-            std::thread::sleep(TICK);
-        }
-        audio
-            .join()
-            .map_err(|_| anyhow::anyhow!("the audio thread panicked"))
-    })
-}
-
-/// The device's xrun counts are read after its run (the real-time thread owns it meanwhile).
-fn duplex_xruns_unknown() -> (u64, u64) {
-    (u64::MAX, u64::MAX)
-}
-
-/// Copies the real-time thread's counters into the hub's row.
-fn fill_counters(info: &mut HubInfo, shared: &RtShared, xruns: (u64, u64)) {
-    use std::sync::atomic::Ordering::Relaxed;
-    // Relaxed: counters.
-    info.cycles = shared.cycles.load(Relaxed);
-    info.play_cycles = shared.play_cycles.load(Relaxed);
-    info.wakes = shared.wakes.load(Relaxed);
-    info.evicted_lag = shared.evicted_lag.load(Relaxed);
-    info.mic_dropped = shared.mic_dropped.load(Relaxed);
-    if xruns.0 != u64::MAX {
-        (info.xruns_capture, info.xruns_playback) = xruns;
-    }
-    info.cpu_ns = voxring_linux::clock::process_cpu_ns();
-}
-
 fn summary_json(
-    a: &Args,
+    hub: &str,
     info: &HubInfo,
     scheduling: &(String, Option<String>),
     error: Option<&str>,
 ) -> serde_json::Value {
     serde_json::json!({
-        "hub": a.name,
+        "hub": hub,
         "cycles": info.cycles,
         "play_cycles": info.play_cycles,
         "wakes": info.wakes,

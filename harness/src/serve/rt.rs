@@ -1,6 +1,10 @@
 //! The hub's real-time thread: device capture → the mic ring ([`MicSink`], one copy: the
 //! device's samples go straight into the ring slot), and every agent's output queue → one
-//! mixed period → the device ([`MixSource`]).
+//! mixed period → the device ([`MixSource`], one copy: each lane's frame is summed from its
+//! ring slot straight into the device's buffer whenever the device asks for a whole period;
+//! only a period the device's buffer splits goes through a staging period). Both sides take
+//! a probe ([`MicProbe`], [`MixProbe`]; `()` for `voxring serve`) through which `voxring run`
+//! measures the same engine.
 //!
 //! Nothing here allocates, locks, prints or blocks (proved by the `assert_no_alloc` test
 //! below). The only syscall is the mic ring's wake of parked readers, at most one per
@@ -111,32 +115,102 @@ impl FrameLog {
     }
 }
 
+/// What a session measures on the hub's real-time capture side (`voxring run`'s latency
+/// budget); `()` measures nothing (`voxring serve`). Called on the real-time thread: no
+/// allocation, lock, print or blocking call.
+pub trait MicProbe<T> {
+    /// A capture chunk holding `frames` whole ring frames arrived (before any is committed).
+    fn chunk(&mut self, _info: &ChunkInfo, _frames: usize) {}
+    /// Ring frame `i` of the chunk, already in its ring slot, before its CRC-32 and commit
+    /// (the samples may be changed: the synthetic device's test talker).
+    fn fill(&mut self, _i: usize, _samples: &mut [T]) {}
+    /// Frame `seq` (first sample at `pos`, stamped `t_ns`, holding `payload`) is about to be
+    /// committed.
+    fn frame(&mut self, _seq: u64, _pos: u64, _t_ns: u64, _payload: &[u8]) {}
+    /// `frames` ring frames of the chunk were refused by the ring and lost.
+    fn dropped(&mut self, _frames: usize, _info: &ChunkInfo) {}
+}
+
+impl<T> MicProbe<T> for () {}
+
+/// What a session measures on the hub's real-time playback side; `()` nothing.
+pub trait MixProbe<T> {
+    /// Lane `i` was just mixed into the period starting `offset` frames into the device's
+    /// chunk `info`; `before` is its counters before this cycle (the queue may be changed,
+    /// e.g. its target grown).
+    fn lane(
+        &mut self,
+        _i: usize,
+        _q: &mut OutputQueue<T>,
+        _before: &LaneCounters,
+        _info: &ChunkInfo,
+        _offset: usize,
+    ) {
+    }
+}
+
+impl<T> MixProbe<T> for () {}
+
 /// Device capture → the mic ring, one copy, whole ring frames only (a device buffer that is a
 /// multiple of the quantum is checked when the hub starts).
-pub struct MicSink<'a> {
+pub struct MicSink<'a, P = ()> {
     tx: ShmProducer,
     shared: &'a RtShared,
     /// Interleaved samples per ring frame.
     slot: usize,
     spf: u64,
     pending: FrameFlags,
+    probe: P,
+    /// Time spent in the ring (grant, copy, commit, wake), ns.
+    ipc_ns: u64,
 }
 
 impl<'a> MicSink<'a> {
     /// A sink committing into `tx`'s ring (frames of `spf` frames × `channels`).
     pub fn new(tx: ShmProducer, shared: &'a RtShared, spf: u32, channels: u16) -> Self {
+        Self::with_probe(tx, shared, spf, channels, ())
+    }
+}
+
+impl<'a, P> MicSink<'a, P> {
+    /// The same, measured by `probe`.
+    pub fn with_probe(
+        tx: ShmProducer,
+        shared: &'a RtShared,
+        spf: u32,
+        channels: u16,
+        probe: P,
+    ) -> Self {
         MicSink {
             tx,
             shared,
             slot: spf as usize * usize::from(channels),
             spf: u64::from(spf),
             pending: FrameFlags::NONE,
+            probe,
+            ipc_ns: 0,
         }
     }
 
     /// The producer, back for the end of stream.
     pub fn into_producer(self) -> ShmProducer {
         self.tx
+    }
+
+    /// The producer and the probe.
+    pub fn into_parts(self) -> (ShmProducer, P) {
+        (self.tx, self.probe)
+    }
+
+    /// The probe.
+    #[cfg(test)]
+    pub fn probe(&self) -> &P {
+        &self.probe
+    }
+
+    /// Time spent in the ring so far (grant, copy, commit, wake; not the CRC-32), ns.
+    pub fn ipc_ns(&self) -> u64 {
+        self.ipc_ns
     }
 }
 
@@ -157,7 +231,7 @@ fn evict_laggards(ring: &Ring, shared: &RtShared) {
     }
 }
 
-impl<T: Mix> CaptureSink<T> for MicSink<'_> {
+impl<T: Mix, P: MicProbe<T>> CaptureSink<T> for MicSink<'_, P> {
     fn push(&mut self, samples: &[T], info: &ChunkInfo) -> usize {
         let whole = samples.len() / self.slot;
         if whole == 0 {
@@ -166,9 +240,11 @@ impl<T: Mix> CaptureSink<T> for MicSink<'_> {
         if info.flags & flags::XRUN != 0 {
             self.pending |= FrameFlags::XRUN;
         }
+        self.probe.chunk(info, whole);
         let shared = self.shared;
         let mut evicted = false;
         loop {
+            let t0 = monotonic_ns();
             let (producer, waiter) = self.tx.parts();
             let refused = match producer.write_grant(whole) {
                 Ok(grant) => {
@@ -177,8 +253,15 @@ impl<T: Mix> CaptureSink<T> for MicSink<'_> {
                         spf: self.spf,
                         pos: info.sample_pos,
                     };
-                    let n =
-                        fill_and_commit(grant, waiter, samples, frame, &mut self.pending, shared);
+                    let mut c = Commit {
+                        pending: &mut self.pending,
+                        shared,
+                        probe: &mut self.probe,
+                        probe_ns: 0,
+                    };
+                    let n = fill_and_commit(grant, waiter, samples, frame, &mut c);
+                    let probe_ns = c.probe_ns;
+                    self.ipc_ns += monotonic_ns().saturating_sub(t0).saturating_sub(probe_ns);
                     return n * self.spf as usize;
                 }
                 Err(e) => e,
@@ -195,6 +278,7 @@ impl<T: Mix> CaptureSink<T> for MicSink<'_> {
                 .mic_dropped
                 .fetch_add(whole as u64, Ordering::Relaxed);
             self.pending |= FrameFlags::DISCONTINUITY;
+            self.probe.dropped(whole, info);
             return whole * self.spf as usize;
         }
     }
@@ -211,15 +295,23 @@ struct FrameSpec {
     pos: u64,
 }
 
+/// What a commit updates beside the ring: the flags for the next frame, the counters, the
+/// probe (and the time spent in it, left out of the ring's time).
+struct Commit<'c, P> {
+    pending: &'c mut FrameFlags,
+    shared: &'c RtShared,
+    probe: &'c mut P,
+    probe_ns: u64,
+}
+
 /// Copies `samples` (whole ring frames) into `grant`'s slots, stamps each frame and logs its
 /// CRC-32, commits, and wakes parked readers (one call at most). Returns the frames committed.
-fn fill_and_commit<T: Mix>(
+fn fill_and_commit<T: Mix, P: MicProbe<T>>(
     mut grant: voxring_core::WriteGrant<'_>,
     waiter: &voxring_linux::futex::FutexWaiter,
     samples: &[T],
     fs: FrameSpec,
-    pending: &mut FrameFlags,
-    shared: &RtShared,
+    c: &mut Commit<'_, P>,
 ) -> usize {
     let n = grant.len();
     let now = monotonic_ns();
@@ -228,23 +320,31 @@ fn fill_and_commit<T: Mix>(
         // The ring's format is T's (checked at start): the view cannot fail.
         if let Ok(dst) = frame.samples_mut::<T>() {
             dst[..fs.slot].copy_from_slice(src);
+            let p0 = monotonic_ns();
+            c.probe.fill(i, &mut dst[..fs.slot]);
+            c.probe_ns += monotonic_ns().saturating_sub(p0);
         }
         let bytes = std::mem::size_of_val(src);
         let _ = frame.set_len(bytes as u32);
-        let crc = crc32fast::hash(&frame.payload_mut()[..bytes]);
-        shared.log.record(frame.seq(), crc);
-        frame.set_sample_pos(fs.pos + i as u64 * fs.spf);
+        let (seq, pos) = (frame.seq(), fs.pos + i as u64 * fs.spf);
+        let p0 = monotonic_ns();
+        let payload = &frame.payload_mut()[..bytes];
+        let crc = crc32fast::hash(payload);
+        c.probe.frame(seq, pos, now, payload);
+        c.probe_ns += monotonic_ns().saturating_sub(p0);
+        c.shared.log.record(seq, crc);
+        frame.set_sample_pos(pos);
         frame.set_timestamp_ns(now);
-        frame.set_flags(std::mem::replace(pending, FrameFlags::NONE));
+        frame.set_flags(std::mem::replace(c.pending, FrameFlags::NONE));
     }
     let wake = grant.commit_all();
     if wake.needed() {
         // Relaxed: counter.
-        shared.wakes.fetch_add(1, Ordering::Relaxed);
+        c.shared.wakes.fetch_add(1, Ordering::Relaxed);
     }
     wake.wake(waiter);
     // Relaxed: counter.
-    shared.cycles.fetch_add(n as u64, Ordering::Relaxed);
+    c.shared.cycles.fetch_add(n as u64, Ordering::Relaxed);
     n
 }
 
@@ -261,7 +361,7 @@ pub enum Cmd<T> {
 }
 
 /// Every agent's output queue → one mixed period at a time → the device.
-pub struct MixSource<'a, T> {
+pub struct MixSource<'a, T, P = ()> {
     lanes: Vec<Option<Box<OutputQueue<T>>>>,
     cmds: rtrb::Consumer<Cmd<T>>,
     back: rtrb::Producer<Returned<T>>,
@@ -271,6 +371,9 @@ pub struct MixSource<'a, T> {
     cur_off: usize,
     spf: usize,
     ch: usize,
+    probe: P,
+    /// Time spent reading and mixing the lanes, ns.
+    ipc_ns: u64,
 }
 
 impl<'a, T: Mix> MixSource<'a, T> {
@@ -281,6 +384,19 @@ impl<'a, T: Mix> MixSource<'a, T> {
         shared: &'a RtShared,
         spf: u32,
         channels: u16,
+    ) -> Self {
+        Self::with_probe((cmds, back), shared, spf, channels, ())
+    }
+}
+
+impl<'a, T: Mix, P: MixProbe<T>> MixSource<'a, T, P> {
+    /// The same, measured by `probe`.
+    pub fn with_probe(
+        (cmds, back): (rtrb::Consumer<Cmd<T>>, rtrb::Producer<Returned<T>>),
+        shared: &'a RtShared,
+        spf: u32,
+        channels: u16,
+        probe: P,
     ) -> Self {
         let spf = spf as usize;
         let ch = usize::from(channels);
@@ -293,7 +409,25 @@ impl<'a, T: Mix> MixSource<'a, T> {
             cur_off: spf,
             spf,
             ch,
+            probe,
+            ipc_ns: 0,
         }
+    }
+
+    /// The probe.
+    #[cfg(test)]
+    pub fn probe(&self) -> &P {
+        &self.probe
+    }
+
+    /// Time spent reading and mixing the lanes so far, ns.
+    pub fn ipc_ns(&self) -> u64 {
+        self.ipc_ns
+    }
+
+    /// The probe; the lanes still playing are dropped here (their output rings released).
+    pub fn into_probe(self) -> P {
+        self.probe
     }
 
     /// Every lane still playing, with its counters (for the final report).
@@ -332,15 +466,20 @@ impl<'a, T: Mix> MixSource<'a, T> {
         }
     }
 
-    /// Mixes the next period into `cur`.
-    fn next_cycle(&mut self) {
+    /// Mixes the next period into `dst` (one period of interleaved samples; it starts
+    /// `offset` frames into the device's chunk `info`): each lane's frame is read once, from
+    /// its ring slot, and summed into `dst`.
+    fn mix_cycle(&mut self, dst: &mut [T], info: &ChunkInfo, offset: usize) {
+        let t0 = monotonic_ns();
         self.apply_commands();
-        self.cur.fill(T::SILENCE);
+        dst.fill(T::SILENCE);
         for i in 0..self.lanes.len() {
             let Some(q) = self.lanes[i].as_mut() else {
                 continue;
             };
-            q.mix_into(&mut self.cur);
+            let before = q.counters();
+            q.mix_into(dst);
+            self.probe.lane(i, q, &before, info, offset);
             let c = q.counters();
             let a = &self.shared.lanes[i];
             let state = match c.state {
@@ -360,20 +499,34 @@ impl<'a, T: Mix> MixSource<'a, T> {
                 self.send_back(i);
             }
         }
-        self.cur_off = 0;
         // Relaxed: counter.
         self.shared.play_cycles.fetch_add(1, Ordering::Relaxed);
+        self.ipc_ns += monotonic_ns().saturating_sub(t0);
     }
 }
 
-impl<T: Mix> PlaybackSource<T> for MixSource<'_, T> {
-    fn pull(&mut self, out: &mut [T], _info: &ChunkInfo) -> usize {
+impl<T: Mix, P: MixProbe<T>> PlaybackSource<T> for MixSource<'_, T, P> {
+    fn pull(&mut self, out: &mut [T], info: &ChunkInfo) -> usize {
         let ch = self.ch;
         let n = out.len() / ch;
         let mut w = 0;
         while w < n {
             if self.cur_off >= self.spf {
-                self.next_cycle();
+                if n - w >= self.spf {
+                    // A whole period fits: mixed straight into the device's buffer (one copy
+                    // from each lane's slot to the device).
+                    let dst = &mut out[w * ch..(w + self.spf) * ch];
+                    self.mix_cycle(dst, info, w);
+                    w += self.spf;
+                    continue;
+                }
+                // The device asked for part of a period (its buffer wraps here): the period
+                // is mixed into `cur` and handed over in pieces. `take` leaves an empty box
+                // (no allocation) while `cur` is borrowed as the target.
+                let mut cur = std::mem::take(&mut self.cur);
+                self.mix_cycle(&mut cur, info, w);
+                self.cur = cur;
+                self.cur_off = 0;
             }
             let k = (self.spf - self.cur_off).min(n - w);
             out[w * ch..(w + k) * ch]
@@ -512,5 +665,54 @@ mod tests {
         assert!(cmd_tx.push(Cmd::Remove(1)).is_ok());
         assert_eq!(source.pull(&mut out, &info(CYCLES)), SPF as usize);
         assert_eq!(back_rx.pop().map(|(i, _)| i).ok(), Some(1));
+    }
+
+    /// Periods go straight into the device's buffer when a whole one fits, and through
+    /// `cur` in pieces when the device asks for part of one: either way the played stream is
+    /// every frame in order, and nothing allocates.
+    #[test]
+    fn whole_and_split_periods_play_the_same_stream() {
+        let tag = std::process::id();
+        let opts = CreateOptions::default();
+        let shared = RtShared::new();
+        let (mut cmd_tx, cmd_rx) = rtrb::RingBuffer::new(4);
+        let (back_tx, _back_rx) = rtrb::RingBuffer::new(4);
+        let mut source = MixSource::<i16>::new(cmd_rx, back_tx, &shared, SPF, 1);
+        let seg = Segment::create(&format!("rtsplit-{tag}.out.a"), &cfg(32, 1), &opts).unwrap();
+        let mut tx = seg.producer().unwrap();
+        let q = OutputQueue::new(
+            seg.consumer().unwrap(),
+            QueueParams { target: 2, band: 1 },
+            SPF as usize,
+        );
+        assert!(cmd_tx.push(Cmd::Add(0, Box::new(q))).is_ok());
+        let mut put = |v: i16| {
+            let (p, _) = tx.parts();
+            let mut g = p.write_grant(1).unwrap();
+            let mut f = g.frame_mut(0).unwrap();
+            let s = f.samples_mut::<i16>().unwrap();
+            for (i, x) in s.iter_mut().enumerate() {
+                *x = v * 100 + i as i16;
+            }
+            f.set_len(SPF * 2).unwrap();
+            let _ = g.commit_all();
+        };
+        for v in 0..12 {
+            put(v);
+        }
+        let mut played = Vec::new();
+        // 32 + 96 + 64 + 48 + 80 + 64 + 128 = 512 frames = 8 periods.
+        for n in [32usize, 96, 64, 48, 80, 64, 128] {
+            let mut out = vec![0i16; n];
+            assert_no_alloc::assert_no_alloc(|| {
+                assert_eq!(source.pull(&mut out, &info(0)), n);
+            });
+            played.extend(out);
+        }
+        let expect: Vec<i16> = (0..8i16)
+            .flat_map(|v| (0..SPF as i16).map(move |i| v * 100 + i))
+            .collect();
+        assert_eq!(played, expect);
+        assert_eq!(shared.lanes[0].repeated.load(Ordering::Relaxed), 0);
     }
 }

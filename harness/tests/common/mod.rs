@@ -4,6 +4,20 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Waits until `cond` holds, checking every 20 ms and giving up after `give_up` (a bound for
+/// a hung test, never a timing expectation); false if it never held.
+pub fn wait_until(give_up: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + give_up;
+    while !cond() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
 
 /// The `voxring` binary cargo built for these tests.
 pub fn voxring() -> Command {

@@ -25,7 +25,7 @@
 //! syscall. It never wakes the agent (a release's wake is dropped on purpose): agents do not
 //! wait for room in their output ring, so the hub's thread makes no wake call per lane.
 
-use voxring_core::ReadError;
+use voxring_core::{FrameMeta, ReadError};
 
 /// Cycles over which a lane's lowest depth is watched before frames above the band are
 /// dropped (about 0.7 s at 48 kHz / 128).
@@ -131,6 +131,8 @@ pub struct OutputQueue<T> {
     low_water: u64,
     window_left: u32,
     counters: LaneCounters,
+    /// The header of the frame taken in the last cycle (`None`: a repeat, silence, priming).
+    taken: Option<FrameMeta>,
 }
 
 impl<T: Mix> OutputQueue<T> {
@@ -155,7 +157,33 @@ impl<T: Mix> OutputQueue<T> {
                 gaps: 0,
                 primes: 1,
             },
+            taken: None,
         }
+    }
+
+    /// The header of the frame the last [`mix_into`](Self::mix_into) took and mixed (its
+    /// `sample_pos` and commit `timestamp_ns` say which frame is being heard and how long it
+    /// waited); `None` when that cycle repeated a frame, played silence or was priming.
+    pub fn taken(&self) -> Option<FrameMeta> {
+        self.taken
+    }
+
+    /// Its target depth and band.
+    pub fn params(&self) -> QueueParams {
+        self.params
+    }
+
+    /// Changes the target depth (e.g. one more frame after a gap): from the next priming on,
+    /// the lane waits for this many frames, and the band is kept around it. Refused (and
+    /// nothing changed) when `target ± band` does not fit the ring.
+    pub fn set_target(&mut self, target: u32) -> Result<(), String> {
+        let p = QueueParams {
+            target,
+            band: self.params.band,
+        };
+        p.check(self.rx.segment().config().frames)?;
+        self.params = p;
+        Ok(())
     }
 
     /// What it counted.
@@ -209,6 +237,7 @@ impl<T: Mix> OutputQueue<T> {
                 let len = len.min(src.len()).min(self.last.len());
                 self.last[..len].copy_from_slice(&src[..len]);
                 self.last_len = len;
+                self.taken = Some(f.meta());
                 for (a, s) in acc.iter_mut().zip(&src[..len]) {
                     *a = T::mix(*a, *s);
                 }
@@ -225,6 +254,7 @@ impl<T: Mix> OutputQueue<T> {
     /// Mixes this cycle's frame of the lane into `acc` (one frame of interleaved samples),
     /// with the corrections of the module docs.
     pub fn mix_into(&mut self, acc: &mut [T]) {
+        self.taken = None;
         if self.counters.state == LaneState::Failed {
             return;
         }
@@ -389,6 +419,25 @@ mod tests {
         let c = q.counters();
         assert_eq!((c.dropped, c.repeated, c.gaps), (0, 0, 0), "{c:?}");
         assert!(played.windows(2).all(|w| w[1] == w[0] + 1), "{played:?}");
+    }
+
+    #[test]
+    fn taken_names_the_frame_mixed_and_the_target_can_grow_within_the_ring() {
+        let (_seg, mut tx, mut q) = lane("taken");
+        put(&mut tx, 1);
+        put(&mut tx, 2);
+        assert_eq!(cycle(&mut q), 1);
+        let first = q.taken().expect("a frame was taken");
+        assert_eq!(first.seq, 0);
+        assert_eq!(cycle(&mut q), 2);
+        assert_eq!(q.taken().map(|m| m.seq), Some(1));
+        assert_eq!(cycle(&mut q), 2, "dry: a repeat");
+        assert_eq!(q.taken(), None, "a repeat takes no frame");
+        assert!(q.set_target(3).is_ok());
+        assert_eq!(q.params(), QueueParams { target: 3, band: 1 });
+        // target + band must stay inside the 16-frame ring.
+        assert!(q.set_target(15).is_err());
+        assert_eq!(q.params().target, 3, "a refused target changes nothing");
     }
 
     #[test]
