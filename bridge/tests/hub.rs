@@ -58,8 +58,15 @@ impl HubChild {
             .expect("start voxring serve");
         let hub = HubChild(child);
         let end = Instant::now() + GIVE_UP;
-        while Hub::find(name, &HubOptions::default()).is_err() {
-            assert!(Instant::now() < end, "hub {name} did not start");
+        let mut hub = hub;
+        while let Err(e) = Hub::find(name, &HubOptions::default()) {
+            let exited = hub.0.try_wait().expect("poll the hub");
+            assert!(
+                exited.is_none() && Instant::now() < end,
+                "hub {name} did not start ({e}; exited: {exited:?}); a stale {} refuses or is \
+                 refused by this build: cargo build -p voxring-harness",
+                voxring_exe().display()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         hub
@@ -227,7 +234,17 @@ fn a_far_ring_plays_through_a_hub_and_its_mic_comes_back_bit_exact() {
         "importing",
     );
     ex_out.wait_line("importer present", GIVE_UP).unwrap();
-    let (mic_agents, lanes) = listed(&t);
+    // The hub lists a new lane when its control thread next scans: wait for it (give-up
+    // bound only).
+    let end = Instant::now() + GIVE_UP;
+    let (mic_agents, lanes) = loop {
+        let (m, l) = listed(&t);
+        if (m.iter().any(|a| a == "bridge") && l.iter().any(|a| a == "far")) || Instant::now() > end
+        {
+            break (m, l);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     produce(&seg);
     let got = reader.join().expect("reader");
 
