@@ -8,7 +8,7 @@
 //! `write_pos` weakened to Relaxed).
 #![cfg(voxring_loom)]
 
-use voxring_core::{Policy, StaticRing};
+use voxring_core::{GrantError, Policy, Producer, StaticRing};
 use voxring_loom_tests::assert_explored_many;
 use voxring_loom_tests::ring::{finish_stream, new_ring, read_checked, write_one};
 
@@ -42,6 +42,68 @@ fn spsc_grants_wrap_without_stale_or_lost_frames() {
         // Both threads are done: finish the stream and check it is exactly 0..sent, in order.
         let why = "no free slot after the consumer drained";
         let (_, _, got) = finish_stream(p.join().unwrap(), c.join().unwrap(), 3, 2, why);
+        assert_eq!(got, vec![0, 1, 2]);
+    });
+}
+
+/// Writes up to `n` frames in one grant with `write_one`'s pattern and commits them together
+/// (the slots' `seq` stores, then one `write_pos` store); how many went in.
+fn write_batch(p: &mut Producer, n: usize) -> usize {
+    match p.write_grant(n) {
+        Ok(mut g) => {
+            for mut f in g.frames_mut() {
+                let seq = f.seq();
+                f.set_sample_pos(seq + 100);
+                f.payload_mut().fill(seq as u8 + 1);
+            }
+            let len = g.len();
+            // This model polls: nobody parks, the Wake is empty.
+            let _ = g.commit_all();
+            len
+        }
+        Err(GrantError::Full) => 0,
+        Err(e) => panic!("unexpected grant error: {e}"),
+    }
+}
+
+/// The slot fast path: a consumer reading one frame at a time takes each frame through its
+/// slot's `seq` alone, so it runs ahead of a two-frame commit's single `write_pos` store and
+/// then finds `write_pos` behind its own position ("behind means empty", never corruption),
+/// across the wrap of a two-slot ring.
+#[test]
+fn one_frame_reads_run_ahead_of_a_batched_commit_across_the_wrap() {
+    assert_explored_many("ring: slot fast path ahead of write_pos", || {
+        let (_mem, ring) = new_ring(2, 1, Policy::Lossless);
+        let mut producer = ring.producer(1).unwrap();
+        let mut consumer = ring.consumer(2).unwrap();
+        let p = loom::thread::spawn(move || {
+            let mut sent = write_batch(&mut producer, 2);
+            if sent == 2 {
+                sent += write_batch(&mut producer, 1);
+            }
+            (producer, sent)
+        });
+        let c = loom::thread::spawn(move || {
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                got.extend(read_checked(&mut consumer, 1));
+            }
+            (consumer, got)
+        });
+        // Both threads are done: drain one frame at a time (the whole backlog is published
+        // now), write what the producer could not, and check the stream is exactly 0..3.
+        let (mut producer, sent) = p.join().unwrap();
+        let (mut consumer, mut got) = c.join().unwrap();
+        for _ in 0..2 {
+            got.extend(read_checked(&mut consumer, 1));
+        }
+        for _ in sent..3 {
+            assert!(
+                write_one(&mut producer),
+                "no free slot after the consumer drained"
+            );
+            got.extend(read_checked(&mut consumer, 1));
+        }
         assert_eq!(got, vec![0, 1, 2]);
     });
 }

@@ -367,14 +367,11 @@ impl Producer {
         }
         for i in 0..k as u64 {
             let pos = start.wrapping_add(i);
-            // Release (lossy): pairs with the consumer's Acquire load of `seq` in
-            // `read_grant` (seqlock). Lossless: the `write_pos` store below publishes it.
-            let order = if lossy {
-                Ordering::Release
-            } else {
-                Ordering::Relaxed
-            };
-            ring.slot(pos).seq.store(pos, order);
+            // Release (COMMIT_ORDER), both policies: pairs with the consumers' Acquire load
+            // of `seq` (`Consumer::next_committed`, the read grant's per-slot check, the lossy
+            // seqlock); publishes the payload and metadata written before. A consumer may
+            // take the frame on the strength of this store alone, before `write_pos` moves.
+            ring.slot(pos).seq.store(pos, COMMIT_ORDER);
         }
         let new = start.wrapping_add(k as u64);
         let p = ring.prod();
