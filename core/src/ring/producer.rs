@@ -218,10 +218,14 @@ impl Producer {
         for i in 0..len {
             let pos = self.write_pos.wrapping_add(i);
             let s = ring.slot(pos);
-            s.sample_pos.store(0, Ordering::Relaxed);
-            s.timestamp_ns.store(0, Ordering::Relaxed);
-            s.flags.store(0, Ordering::Relaxed);
-            s.len.store(ring.layout.payload_bytes, Ordering::Relaxed);
+            // The metadata's defaults, stored only where the slot holds something else: the
+            // consumer polls this line (the slot's `seq`) for the next frame, and a store of
+            // an unchanged value would still take the line from it (a transfer each way).
+            // Relaxed: the slot is ours until the commit publishes it (Release).
+            store_changed(&s.sample_pos, 0);
+            store_changed(&s.timestamp_ns, 0);
+            store_changed(&s.flags, 0);
+            store_changed(&s.len, ring.layout.payload_bytes);
             if !ring.lossy() {
                 // Loom access tracking: the producer starts writing this slot's payload.
                 s.payload_cell.with_mut(|_| ());
@@ -403,6 +407,38 @@ impl Producer {
         }
     }
 }
+
+/// Stores `v` in `word` unless it holds `v` already (a load keeps a shared cache line shared).
+fn store_changed<A: RelaxedWord>(word: &A, v: A::Value) {
+    if word.get() != v {
+        word.set(v);
+    }
+}
+
+/// The two metadata word types, for [`store_changed`].
+trait RelaxedWord {
+    type Value: PartialEq + Copy;
+    fn get(&self) -> Self::Value;
+    fn set(&self, v: Self::Value);
+}
+
+macro_rules! relaxed_word {
+    ($atomic:ty, $value:ty) => {
+        impl RelaxedWord for $atomic {
+            type Value = $value;
+            fn get(&self) -> $value {
+                // Relaxed: the producer's own slot between grant and commit (see `grant_inner`).
+                self.load(Ordering::Relaxed)
+            }
+            fn set(&self, v: $value) {
+                // Relaxed: published by the commit's Release stores.
+                self.store(v, Ordering::Relaxed)
+            }
+        }
+    };
+}
+relaxed_word!(crate::sync::AtomicU64, u64);
+relaxed_word!(crate::sync::AtomicU32, u32);
 
 impl Drop for Producer {
     fn drop(&mut self) {
