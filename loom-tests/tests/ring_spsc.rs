@@ -8,16 +8,17 @@
 //! `write_pos` weakened to Relaxed).
 #![cfg(voxring_loom)]
 
-use voxring_core::{GrantError, Policy, Producer, StaticRing};
+use voxring_core::{GrantError, Producer, StaticRing};
 use voxring_loom_tests::assert_explored_many;
-use voxring_loom_tests::ring::{finish_stream, new_ring, read_checked, write_one};
+use voxring_loom_tests::ring::{finish_stream, read_checked, write_one};
+
+mod common;
+use common::lossless_pair;
 
 #[test]
 fn spsc_grants_wrap_without_stale_or_lost_frames() {
     assert_explored_many("ring: SPSC lossless grants across the wrap", || {
-        let (_mem, ring) = new_ring(2, 1, Policy::Lossless);
-        let mut producer = ring.producer(1).unwrap();
-        let mut consumer = ring.consumer(2).unwrap();
+        let (_mem, _ring, mut producer, mut consumer) = lossless_pair(2);
         let p = loom::thread::spawn(move || {
             let mut sent = 0;
             for _ in 0..4 {
@@ -73,9 +74,7 @@ fn write_batch(p: &mut Producer, n: usize) -> usize {
 #[test]
 fn one_frame_reads_run_ahead_of_a_batched_commit_across_the_wrap() {
     assert_explored_many("ring: slot fast path ahead of write_pos", || {
-        let (_mem, ring) = new_ring(2, 1, Policy::Lossless);
-        let mut producer = ring.producer(1).unwrap();
-        let mut consumer = ring.consumer(2).unwrap();
+        let (_mem, _ring, mut producer, mut consumer) = lossless_pair(2);
         let p = loom::thread::spawn(move || {
             let mut sent = write_batch(&mut producer, 2);
             if sent == 2 {
