@@ -210,32 +210,21 @@ impl Consumer {
         let cap = ring.layout.frames();
         let want = (n as u64).min(cap);
         let mut avail = self.cached_write.wrapping_sub(self.read_pos);
-        if avail == 0 && self.next_committed() {
-            // The slot fast path: the next frame's own `seq` says it is committed (one line,
-            // the one its metadata is on). Known committed up to here, maybe ahead of the
-            // shared `write_pos`, which the producer stores after the slots' `seq`.
-            self.cached_write = self.read_pos.wrapping_add(1);
-            avail = 1;
-        }
         if avail < want.max(1) {
             // Acquire: pairs with the producer's commit store (COMMIT_ORDER).
             let w = ring.prod().write_pos.load(Ordering::Acquire);
-            match Cursor::of(w, self.read_pos, cap) {
-                Cursor::Ahead(d) => {
-                    self.cached_write = w;
-                    avail = d;
+            let d = w.wrapping_sub(self.read_pos);
+            if d > cap {
+                if ring.lossy() && d <= u64::MAX / 2 {
+                    return Err(self.resync(self.read_pos));
                 }
-                // Behind means empty: we took frames through their slots' `seq` before the
-                // producer stored `write_pos` past them. Nothing more is known.
-                Cursor::Level | Cursor::Behind => {}
-                Cursor::Lapped if ring.lossy() => return Err(self.resync(self.read_pos)),
-                Cursor::Lapped | Cursor::Corrupt => {
-                    return Err(ReadError::Corrupt {
-                        pos: self.read_pos,
-                        found: w,
-                    });
-                }
+                return Err(ReadError::Corrupt {
+                    pos: self.read_pos,
+                    found: w,
+                });
             }
+            self.cached_write = w;
+            avail = d;
         }
         if avail == 0 {
             return Err(ReadError::Empty);
@@ -344,31 +333,18 @@ impl Consumer {
     /// ready, the cursor is corrupt, or (lossy) the slot was overwritten meanwhile. A hint:
     /// the fields come from shared memory and may be anything a hostile producer wrote.
     pub fn next_frame_meta(&self) -> Option<FrameMeta> {
-        self.next_committed()
-            .then(|| FrameRef::new(&self.ring, self.read_pos).meta())
-    }
-
-    /// Whether [`Consumer::read_grant`] has something to say: the next frame is committed,
-    /// or the shared write cursor is ahead of ours (frames, or a lapped or corrupt cursor
-    /// that the grant reports). A write cursor behind ours by at most a ring means nothing
-    /// new: we took frames through their slots before the producer stored it.
-    pub fn frame_ready(&self) -> bool {
-        if self.next_committed() {
-            return true;
-        }
+        let ring = self.ring;
         // Acquire: pairs with the producer's commit store (COMMIT_ORDER).
-        let w = self.ring.prod().write_pos.load(Ordering::Acquire);
-        !matches!(
-            Cursor::of(w, self.read_pos, self.ring.layout.frames()),
-            Cursor::Level | Cursor::Behind
-        )
-    }
-
-    /// Whether the slot of the next frame holds it, committed: its `seq` is our position.
-    fn next_committed(&self) -> bool {
-        // Acquire: pairs with the producer's Release store of `seq` at commit (COMMIT_ORDER,
-        // both policies): the frame's payload and metadata written before it are visible.
-        self.ring.slot(self.read_pos).seq.load(Ordering::Acquire) == self.read_pos
+        let w = ring.prod().write_pos.load(Ordering::Acquire);
+        let d = w.wrapping_sub(self.read_pos);
+        if d == 0 || d > ring.layout.frames() {
+            return None;
+        }
+        // Acquire: pairs with the producer's Release store of `seq` at commit (lossy).
+        if ring.slot(self.read_pos).seq.load(Ordering::Acquire) != self.read_pos {
+            return None;
+        }
+        Some(FrameRef::new(&ring, self.read_pos).meta())
     }
 
     /// Sleeps through `waiter` until a frame may be ready, at most `timeout_ns`. Makes no
@@ -385,9 +361,11 @@ impl Consumer {
         if self.cached_write != self.read_pos {
             return Ok(WaitOutcome::Ready);
         }
+        let p = self.ring.prod();
         // Poll first (without announcing, so the producer makes no wake call meanwhile).
         for _ in 0..waiter.spins_before_park() {
-            if self.frame_ready() {
+            // Acquire: pairs with the producer's commit store.
+            if p.write_pos.load(Ordering::Acquire) != self.read_pos {
                 return Ok(WaitOutcome::Ready);
             }
             crate::sync::spin_hint();
@@ -398,9 +376,9 @@ impl Consumer {
         // Acquire: pairs with the producer's Release bump of `data_futex` at commit.
         let seen = waits.data_futex.load(Ordering::Acquire);
         fence(Ordering::SeqCst);
-        // After the fence: the commit stores `seq` and `write_pos`, then fences, then reads
-        // `consumers_parked`; either it sees our announcement or we see its stores here.
-        let outcome = if self.frame_ready() {
+        // Acquire: pairs with the producer's commit store.
+        let w = p.write_pos.load(Ordering::Acquire);
+        let outcome = if w != self.read_pos {
             WaitOutcome::Ready
         } else {
             match arm(&waits.data_futex, seen) {
@@ -458,40 +436,6 @@ impl Consumer {
             return Ok(Wake::none());
         }
         Ok(ring.wake_producer_if_parked())
-    }
-}
-
-/// Where the shared write cursor `w` is relative to a consumer's `read_pos`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Cursor {
-    /// `w == read_pos`: nothing new.
-    Level,
-    /// `1..=frames` frames committed past `read_pos`.
-    Ahead(u64),
-    /// Behind by at most a ring: the consumer took frames through their slots' `seq`
-    /// before the producer stored `write_pos` past them. Nothing new.
-    Behind,
-    /// Ahead by more than a ring (lossy: the producer lapped us; lossless: corrupt).
-    Lapped,
-    /// Behind by more than a ring: no producer does that.
-    Corrupt,
-}
-
-impl Cursor {
-    fn of(w: u64, read_pos: u64, cap: u64) -> Cursor {
-        let ahead = w.wrapping_sub(read_pos);
-        let behind = read_pos.wrapping_sub(w);
-        if ahead == 0 {
-            Cursor::Level
-        } else if ahead <= cap {
-            Cursor::Ahead(ahead)
-        } else if behind <= cap {
-            Cursor::Behind
-        } else if ahead <= u64::MAX / 2 {
-            Cursor::Lapped
-        } else {
-            Cursor::Corrupt
-        }
     }
 }
 

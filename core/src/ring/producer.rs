@@ -218,14 +218,10 @@ impl Producer {
         for i in 0..len {
             let pos = self.write_pos.wrapping_add(i);
             let s = ring.slot(pos);
-            // The metadata's defaults, stored only where the slot holds something else: the
-            // consumer polls this line (the slot's `seq`) for the next frame, and a store of
-            // an unchanged value would still take the line from it (a transfer each way).
-            // Relaxed: the slot is ours until the commit publishes it (Release).
-            store_changed(&s.sample_pos, 0);
-            store_changed(&s.timestamp_ns, 0);
-            store_changed(&s.flags, 0);
-            store_changed(&s.len, ring.layout.payload_bytes);
+            s.sample_pos.store(0, Ordering::Relaxed);
+            s.timestamp_ns.store(0, Ordering::Relaxed);
+            s.flags.store(0, Ordering::Relaxed);
+            s.len.store(ring.layout.payload_bytes, Ordering::Relaxed);
             if !ring.lossy() {
                 // Loom access tracking: the producer starts writing this slot's payload.
                 s.payload_cell.with_mut(|_| ());
@@ -371,11 +367,14 @@ impl Producer {
         }
         for i in 0..k as u64 {
             let pos = start.wrapping_add(i);
-            // Release (COMMIT_ORDER), both policies: pairs with the consumers' Acquire load
-            // of `seq` (`Consumer::next_committed`, the read grant's per-slot check, the lossy
-            // seqlock); publishes the payload and metadata written before. A consumer may
-            // take the frame on the strength of this store alone, before `write_pos` moves.
-            ring.slot(pos).seq.store(pos, COMMIT_ORDER);
+            // Release (lossy): pairs with the consumer's Acquire load of `seq` in
+            // `read_grant` (seqlock). Lossless: the `write_pos` store below publishes it.
+            let order = if lossy {
+                Ordering::Release
+            } else {
+                Ordering::Relaxed
+            };
+            ring.slot(pos).seq.store(pos, order);
         }
         let new = start.wrapping_add(k as u64);
         let p = ring.prod();
@@ -407,38 +406,6 @@ impl Producer {
         }
     }
 }
-
-/// Stores `v` in `word` unless it holds `v` already (a load keeps a shared cache line shared).
-fn store_changed<A: RelaxedWord>(word: &A, v: A::Value) {
-    if word.get() != v {
-        word.set(v);
-    }
-}
-
-/// The two metadata word types, for [`store_changed`].
-trait RelaxedWord {
-    type Value: PartialEq + Copy;
-    fn get(&self) -> Self::Value;
-    fn set(&self, v: Self::Value);
-}
-
-macro_rules! relaxed_word {
-    ($atomic:ty, $value:ty) => {
-        impl RelaxedWord for $atomic {
-            type Value = $value;
-            fn get(&self) -> $value {
-                // Relaxed: the producer's own slot between grant and commit (see `grant_inner`).
-                self.load(Ordering::Relaxed)
-            }
-            fn set(&self, v: $value) {
-                // Relaxed: published by the commit's Release stores.
-                self.store(v, Ordering::Relaxed)
-            }
-        }
-    };
-}
-relaxed_word!(crate::sync::AtomicU64, u64);
-relaxed_word!(crate::sync::AtomicU32, u32);
 
 impl Drop for Producer {
     fn drop(&mut self) {

@@ -2,9 +2,8 @@
 //! segment (sealed, handed to the producer process over a Unix socket with `SCM_RIGHTS`, so
 //! nothing is created in `/dev/shm`), one frame of `payload` bytes (F32 mono samples), lossless.
 //!
-//! The producer takes a grant and writes the frame in place (zero copy) in the untimed
-//! `prepare` step, as the iceoryx2 transport fills its loaned sample there; `send` stamps
-//! `timestamp_ns` in the frame's metadata and commits. The consumer's read grant is the acquire. With one frame in the ring
+//! The producer writes the frame in place (zero copy), stamps `timestamp_ns` in the frame's
+//! metadata and commits; the consumer's read grant is the acquire. With one frame in the ring
 //! the producer's next grant needs the consumer's release: that release is the acknowledgement.
 //! Three ways to wait, all through voxring's API:
 //! - `shm-spin`: busy-poll core's non-blocking grants (`read_grant` until a frame is there,
@@ -22,7 +21,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use voxring_core::{Policy, RingConfig, SampleFormat, WriteToken};
+use voxring_core::{Policy, RingConfig, SampleFormat};
 use voxring_linux::mapping::MapOptions;
 use voxring_linux::ring::{
     FramesWait, Periodic, Segment, ShmConsumer, ShmProducer, SpaceWait, WaitMode,
@@ -243,8 +242,6 @@ pub struct VoxTx {
     tx: ShmProducer,
     payload: usize,
     mode: Mode,
-    /// The grant `prepare` filled, committed by `send`.
-    open: Option<WriteToken>,
 }
 
 impl VoxTx {
@@ -266,54 +263,39 @@ impl VoxTx {
             tx,
             payload,
             mode,
-            open: None,
         })
     }
 }
 
 impl Tx for VoxTx {
-    fn prepare(&mut self, seq: u64) -> anyhow::Result<()> {
-        // The frame is taken and filled in place before the stamp (untimed, as iceoryx2's
-        // loan): a grant held by value (token) until `send` stamps and commits it.
-        let payload = self.payload;
-        let producer = self.tx.producer();
-        let token = producer
-            .grant_token(1)
-            .map_err(|e| anyhow!("write grant for frame {seq}: {e}"))?;
-        if token.first_seq() != seq || token.len() != 1 {
-            bail!(
-                "the ring granted {} frame(s) at {}, the benchmark wants frame {seq}",
-                token.len(),
-                token.first_seq()
-            );
-        }
-        let mut frame = producer
-            .token_frame_mut(token, 0)
-            .context("a one-frame grant without a frame")?;
-        frame.payload_mut()[payload - 8..payload].copy_from_slice(&seq.to_le_bytes());
-        frame
-            .set_len(payload as u32)
-            .map_err(|e| anyhow!("frame length: {e}"))?;
-        self.open = Some(token);
+    fn prepare(&mut self, _seq: u64) -> anyhow::Result<()> {
+        // The frame is written in place inside `send`'s grant, before the stamp.
         Ok(())
     }
 
     fn send(&mut self, seq: u64) -> anyhow::Result<()> {
-        let token = self
-            .open
-            .take()
-            .with_context(|| format!("frame {seq} sent without prepare"))?;
+        let payload = self.payload;
         let (producer, waiter) = self.tx.parts();
-        producer
-            .token_frame_mut(token, 0)
-            .context("the prepared grant went stale")?
-            .set_timestamp_ns(now_ns());
+        let mut grant = producer
+            .write_grant(1)
+            .map_err(|e| anyhow!("write grant for frame {seq}: {e}"))?;
+        let mut frame = grant
+            .frame_mut(0)
+            .context("a one-frame grant without a frame")?;
+        if frame.seq() != seq {
+            bail!(
+                "the ring is at frame {}, the benchmark at {seq}",
+                frame.seq()
+            );
+        }
+        frame.payload_mut()[payload - 8..payload].copy_from_slice(&seq.to_le_bytes());
+        frame
+            .set_len(payload as u32)
+            .map_err(|e| anyhow!("frame length: {e}"))?;
+        frame.set_timestamp_ns(now_ns());
         // The commit publishes the frame; the wake makes a futex syscall only when the consumer
         // announced it waits (always in shm-park, never in shm-spin).
-        producer
-            .commit_token(token, 1)
-            .map_err(|e| anyhow!("committing frame {seq}: {e}"))?
-            .wake(waiter);
+        grant.commit_all().wake(waiter);
         Ok(())
     }
 

@@ -132,7 +132,8 @@ fn spin_for(st: &mut State, spin: Duration) -> bool {
         if consumer.is_truncated() {
             return false; // the full wait reports it
         }
-        if consumer.consumer().frame_ready() {
+        let written = consumer.segment().ring().write_pos();
+        if written != consumer.consumer().read_pos() {
             return true;
         }
         let until = *until.get_or_insert_with(|| Instant::now() + spin);

@@ -476,10 +476,9 @@ impl ShmConsumer {
         self.park_for_frames(deadline)
     }
 
-    /// Whether the next frame is committed (core's slot probe: one Acquire load of its `seq`,
-    /// and of the write position only when that says no).
+    /// Whether the next frame is committed (one Acquire load of the write position).
     fn frame_ready(&self) -> bool {
-        self.consumer.frame_ready()
+        self.part.segment.ring().write_pos() != self.consumer.read_pos()
     }
 
     /// The periodic wait: timer, poll window, and the park as fall-back (see [`WaitMode`]).
