@@ -7,58 +7,22 @@
 
 use std::sync::Arc;
 
-use voxring_core::{GrantError, Policy, Producer, ReadError};
+use voxring_core::{Policy, Producer, ReadError};
 use voxring_loom_tests::assert_explored_many;
 use voxring_loom_tests::futex::FutexModel;
 use voxring_loom_tests::ring::new_ring;
 
+mod common;
+use common::{consume_parking, lossless_pair, produce_parking};
+
 #[test]
 fn parked_sides_are_always_woken() {
     assert_explored_many("ring: park/wake, no lost wake-up", || {
-        let (_mem, ring) = new_ring(1, 1, Policy::Lossless);
+        let (_mem, _ring, producer, mut consumer) = lossless_pair(1);
         let futex = FutexModel::new();
         let futex2 = Arc::clone(&futex);
-        let mut producer: Producer = ring.producer(1).unwrap();
-        let mut consumer = ring.consumer(2).unwrap();
-        let p = loom::thread::spawn(move || {
-            let mut sent = 0;
-            while sent < 2 {
-                match producer.write_grant(1) {
-                    Ok(mut g) => {
-                        let mut f = g.frame_mut(0).unwrap();
-                        let seq = f.seq();
-                        f.set_sample_pos(seq + 100);
-                        f.payload_mut().fill(seq as u8 + 1);
-                        g.commit_all().wake(&*futex);
-                        sent += 1;
-                        continue;
-                    }
-                    Err(GrantError::Full) => {}
-                    Err(e) => panic!("{e}"),
-                }
-                producer.wait_writable(&*futex, None).unwrap();
-            }
-        });
-        let c = loom::thread::spawn(move || {
-            let mut got = Vec::new();
-            while got.len() < 2 {
-                match consumer.read_grant(1) {
-                    Ok(g) => {
-                        let f = g.frame(0).unwrap();
-                        let m = f.meta();
-                        assert_eq!(m.sample_pos, m.seq + 100);
-                        assert_eq!(f.payload(), &[m.seq as u8 + 1; 4]);
-                        got.push(m.seq);
-                        g.release_all().unwrap().wake(&*futex2);
-                        continue;
-                    }
-                    Err(ReadError::Empty) => {}
-                    Err(e) => panic!("{e}"),
-                }
-                consumer.wait_readable(&*futex2, None).unwrap();
-            }
-            got
-        });
+        let p = loom::thread::spawn(move || drop(produce_parking(producer, 2, &*futex)));
+        let c = loom::thread::spawn(move || consume_parking(&mut consumer, 2, &*futex2));
         p.join().unwrap();
         assert_eq!(c.join().unwrap(), vec![0, 1]);
     });

@@ -13,10 +13,13 @@
 use std::sync::Arc;
 
 use voxring_core::ring::periodic::{Arrivals, Plan, Sighting};
-use voxring_core::{Consumer, Policy, ReadError, WaitOutcome, Waiter};
+use voxring_core::{Consumer, WaitOutcome, Waiter};
 use voxring_loom_tests::assert_explored_many;
 use voxring_loom_tests::futex::FutexModel;
-use voxring_loom_tests::ring::{new_ring, read_checked, write_one, write_one_then};
+use voxring_loom_tests::ring::{read_checked, write_one_then};
+
+mod common;
+use common::{lossless_pair, produce_parking, read_releasing};
 
 /// The fake clock's frame period and margin (ticks).
 const PERIOD: u64 = 10;
@@ -73,21 +76,10 @@ fn periodic_wait(c: &mut Consumer, a: &mut Arrivals, now: &mut u64, waiter: &imp
 #[test]
 fn periodic_consumer_falls_back_to_parking() {
     assert_explored_many("ring: periodic poll, then park, racing the commit", || {
-        let (_mem, ring) = new_ring(1, 1, Policy::Lossless);
+        let (_mem, _ring, producer, mut consumer) = lossless_pair(1);
         let futex = FutexModel::new();
         let futex2 = Arc::clone(&futex);
-        let mut producer = ring.producer(1).unwrap();
-        let mut consumer = ring.consumer(2).unwrap();
-        let p = loom::thread::spawn(move || {
-            let mut sent = 0;
-            while sent < 2 {
-                if write_one_waking(&mut producer, &*futex) {
-                    sent += 1;
-                } else {
-                    producer.wait_writable(&*futex, None).unwrap();
-                }
-            }
-        });
+        let p = loom::thread::spawn(move || drop(produce_parking(producer, 2, &*futex)));
         let c = loom::thread::spawn(move || {
             let mut a = Arrivals::new(PERIOD, EARLY).unwrap();
             // Locked on a frame -1 that arrived at tick 0: frame 0 is due at tick 10.
@@ -110,19 +102,11 @@ fn periodic_consumer_falls_back_to_parking() {
 #[test]
 fn a_polling_consumer_costs_the_producer_no_wake() {
     assert_explored_many("ring: periodic consumer, no wake call", || {
-        let (_mem, ring) = new_ring(2, 1, Policy::Lossless);
-        let mut producer = ring.producer(1).unwrap();
-        let mut consumer = ring.consumer(2).unwrap();
+        let (_mem, _ring, mut producer, mut consumer) = lossless_pair(2);
         let p = loom::thread::spawn(move || {
             let mut wakes = 0;
             for _ in 0..2 {
-                let mut g = producer.write_grant(1).unwrap();
-                let mut f = g.frame_mut(0).unwrap();
-                let seq = f.seq();
-                f.set_sample_pos(seq + 100);
-                f.set_timestamp_ns(2 * seq + 1);
-                f.payload_mut().fill(seq as u8 + 1);
-                wakes += usize::from(g.commit_all().needed());
+                assert!(write_one_then(&mut producer, |w| wakes += usize::from(w.needed())));
             }
             wakes
         });
@@ -148,22 +132,12 @@ fn a_polling_consumer_costs_the_producer_no_wake() {
 #[test]
 fn a_consumer_dying_while_polling_stalls_nobody() {
     assert_explored_many("ring: periodic consumer dies polling", || {
-        let (_mem, ring) = new_ring(1, 1, Policy::Lossless);
+        let (_mem, ring, producer, consumer) = lossless_pair(1);
         let futex = FutexModel::new();
         let futex2 = Arc::clone(&futex);
-        let mut producer = ring.producer(1).unwrap();
-        let consumer = ring.consumer(2).unwrap();
         let index = consumer.index();
-        let p = loom::thread::spawn(move || {
-            let mut sent = 0;
-            while sent < 2 {
-                if write_one(&mut producer) {
-                    sent += 1;
-                } else {
-                    producer.wait_writable(&*futex, None).unwrap();
-                }
-            }
-        });
+        // The consumer never parks: each commit's wake is empty.
+        let p = loom::thread::spawn(move || drop(produce_parking(producer, 2, &*futex)));
         let c = loom::thread::spawn(move || {
             // One poll, then the process dies: nothing is released, the slot stays ACTIVE.
             let _ = consumer.next_frame_meta();
@@ -182,9 +156,7 @@ fn a_consumer_dying_while_polling_stalls_nobody() {
 #[test]
 fn a_consumer_dying_while_parked_costs_at_most_one_wake() {
     assert_explored_many("ring: consumer dies parked", || {
-        let (_mem, ring) = new_ring(2, 1, Policy::Lossless);
-        let mut producer = ring.producer(1).unwrap();
-        let mut consumer = ring.consumer(2).unwrap();
+        let (_mem, ring, mut producer, mut consumer) = lossless_pair(2);
         let index = consumer.index();
         let p = loom::thread::spawn(move || {
             let mut wakes = 0;
@@ -224,26 +196,4 @@ impl Waiter for DiesInWait {
         std::panic::resume_unwind(Box::new("the consumer died while parked"))
     }
     fn wake(&self, _word: &voxring_core::AtomicU32) {}
-}
-
-/// [`write_one`]'s frame, committed with its wake passed to `waiter`; false when full.
-fn write_one_waking(p: &mut voxring_core::Producer, waiter: &impl Waiter) -> bool {
-    write_one_then(p, |wake| wake.wake(waiter))
-}
-
-/// [`read_checked`] of one frame, with the release's wake passed to `waiter` (the producer
-/// may be parked for space).
-fn read_releasing(c: &mut Consumer, waiter: &impl Waiter) -> Vec<u64> {
-    match c.read_grant(1) {
-        Ok(g) => {
-            let f = g.frame(0).unwrap();
-            let m = f.meta();
-            assert_eq!(m.sample_pos, m.seq + 100, "stale metadata, frame {}", m.seq);
-            assert_eq!(f.payload(), &[m.seq as u8 + 1; 4], "torn frame {}", m.seq);
-            g.release_all().unwrap().wake(waiter);
-            vec![m.seq]
-        }
-        Err(ReadError::Empty) => Vec::new(),
-        Err(e) => panic!("unexpected read error: {e}"),
-    }
 }

@@ -8,16 +8,17 @@
 //! `write_pos` weakened to Relaxed).
 #![cfg(voxring_loom)]
 
-use voxring_core::{Policy, StaticRing};
+use voxring_core::{GrantError, Producer, StaticRing};
 use voxring_loom_tests::assert_explored_many;
-use voxring_loom_tests::ring::{finish_stream, new_ring, read_checked, write_one};
+use voxring_loom_tests::ring::{finish_stream, read_checked, write_one};
+
+mod common;
+use common::lossless_pair;
 
 #[test]
 fn spsc_grants_wrap_without_stale_or_lost_frames() {
     assert_explored_many("ring: SPSC lossless grants across the wrap", || {
-        let (_mem, ring) = new_ring(2, 1, Policy::Lossless);
-        let mut producer = ring.producer(1).unwrap();
-        let mut consumer = ring.consumer(2).unwrap();
+        let (_mem, _ring, mut producer, mut consumer) = lossless_pair(2);
         let p = loom::thread::spawn(move || {
             let mut sent = 0;
             for _ in 0..4 {
@@ -42,6 +43,65 @@ fn spsc_grants_wrap_without_stale_or_lost_frames() {
         // Both threads are done: finish the stream and check it is exactly 0..sent, in order.
         let why = "no free slot after the consumer drained";
         let (_, _, got) = finish_stream(p.join().unwrap(), c.join().unwrap(), 3, 2, why);
+        assert_eq!(got, vec![0, 1, 2]);
+    });
+}
+
+/// Writes up to `n` frames in one grant with `write_one`'s pattern and commits them together
+/// (the slots' `seq` stores, then one `write_pos` store); how many went in.
+fn write_batch(p: &mut Producer, n: usize) -> usize {
+    match p.write_grant(n) {
+        Ok(mut g) => {
+            for mut f in g.frames_mut() {
+                let seq = f.seq();
+                f.set_sample_pos(seq + 100);
+                f.payload_mut().fill(seq as u8 + 1);
+            }
+            let len = g.len();
+            // This model polls: nobody parks, the Wake is empty.
+            let _ = g.commit_all();
+            len
+        }
+        Err(GrantError::Full) => 0,
+        Err(e) => panic!("unexpected grant error: {e}"),
+    }
+}
+
+/// A consumer reading one frame at a time from a producer that commits two frames at once
+/// (two slots' `seq`, then one `write_pos` store) and then one more across the wrap of a
+/// two-slot ring: every frame arrives once, in order, intact.
+#[test]
+fn one_frame_reads_of_a_batched_commit_across_the_wrap() {
+    assert_explored_many("ring: one-frame reads of a batched commit", || {
+        let (_mem, _ring, mut producer, mut consumer) = lossless_pair(2);
+        let p = loom::thread::spawn(move || {
+            let mut sent = write_batch(&mut producer, 2);
+            if sent == 2 {
+                sent += write_batch(&mut producer, 1);
+            }
+            (producer, sent)
+        });
+        let c = loom::thread::spawn(move || {
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                got.extend(read_checked(&mut consumer, 1));
+            }
+            (consumer, got)
+        });
+        // Both threads are done: drain one frame at a time (the whole backlog is published
+        // now), write what the producer could not, and check the stream is exactly 0..3.
+        let (mut producer, sent) = p.join().unwrap();
+        let (mut consumer, mut got) = c.join().unwrap();
+        for _ in 0..2 {
+            got.extend(read_checked(&mut consumer, 1));
+        }
+        for _ in sent..3 {
+            assert!(
+                write_one(&mut producer),
+                "no free slot after the consumer drained"
+            );
+            got.extend(read_checked(&mut consumer, 1));
+        }
         assert_eq!(got, vec![0, 1, 2]);
     });
 }

@@ -3,8 +3,8 @@
 
 use core::marker::PhantomData;
 
-use super::{OpenToken, PopFrameError, ReadError, ReleaseError, Ring, TokenRefused};
-use crate::layout::{ConsumerBlock, STATE_FREE, STATE_MASK, SampleFormat, SlotMeta};
+use super::{OpenToken, PopFrameError, ReadError, ReleaseError, Ring, SlotView, TokenRefused};
+use crate::layout::{ConsumerBlock, STATE_FREE, STATE_MASK};
 use crate::meta::{FormatMismatch, FrameFlags, FrameMeta, Sample};
 use crate::sync::{Ordering, fence};
 use crate::wait::{WaitOutcome, Waiter, Wake, arm};
@@ -530,44 +530,40 @@ impl Drop for ReadGrant<'_> {
 /// [`FrameMeta`] for examples.
 #[derive(Debug)]
 pub struct FrameRef<'g> {
-    meta: &'g SlotMeta,
-    payload: *const u8,
-    capacity: u32,
-    format: SampleFormat,
-    seq: u64,
+    slot: SlotView<'g>,
     _grant: PhantomData<&'g [u8]>,
 }
 
 impl<'g> FrameRef<'g> {
     fn new(ring: &'g Ring, pos: u64) -> Self {
         FrameRef {
-            meta: ring.slot(pos),
-            payload: ring.payload_ptr(pos),
-            capacity: ring.layout.payload_bytes,
-            format: ring.layout.config.format,
-            seq: pos,
+            slot: SlotView::new(ring, pos),
             _grant: PhantomData,
         }
     }
 
     /// The frame's sequence number.
     pub fn seq(&self) -> u64 {
-        self.seq
+        self.slot.seq
     }
 
     /// The frame's metadata (length clamped to the slot).
     pub fn meta(&self) -> FrameMeta {
         FrameMeta {
-            seq: self.seq,
-            sample_pos: self.meta.sample_pos.load(Ordering::Relaxed),
-            timestamp_ns: self.meta.timestamp_ns.load(Ordering::Relaxed),
-            flags: FrameFlags(self.meta.flags.load(Ordering::Relaxed)),
+            seq: self.slot.seq,
+            sample_pos: self.slot.meta.sample_pos.load(Ordering::Relaxed),
+            timestamp_ns: self.slot.meta.timestamp_ns.load(Ordering::Relaxed),
+            flags: FrameFlags(self.slot.meta.flags.load(Ordering::Relaxed)),
             len: self.len(),
         }
     }
 
     fn len(&self) -> u32 {
-        self.meta.len.load(Ordering::Relaxed).min(self.capacity)
+        self.slot
+            .meta
+            .len
+            .load(Ordering::Relaxed)
+            .min(self.slot.capacity)
     }
 
     /// The valid payload bytes (`meta().len` of them).
@@ -575,20 +571,14 @@ impl<'g> FrameRef<'g> {
         let len = self.len() as usize;
         // SAFETY: `len <= capacity` bytes inside the slot; the read grant keeps the producer
         // from writing the slot (lossless) or reports at release if it did (lossy).
-        unsafe { core::slice::from_raw_parts(self.payload, len) }
+        unsafe { core::slice::from_raw_parts(self.slot.payload, len) }
     }
 
     /// The valid payload as samples of type `S`, which must match the ring's format.
     pub fn samples<S: Sample>(&self) -> Result<&[S], FormatMismatch> {
-        if S::FORMAT != self.format {
-            return Err(FormatMismatch {
-                ring: self.format,
-                asked: S::FORMAT,
-            });
-        }
-        let n = self.len() as usize / size_of::<S>();
+        let n = self.slot.sample_count::<S>(self.len() as usize)?;
         // SAFETY: 64-byte aligned, `n * size_of::<S>() <= len <= capacity` bytes inside the
         // slot, any bit pattern is a valid `S`; access as in `payload`.
-        Ok(unsafe { core::slice::from_raw_parts(self.payload.cast::<S>(), n) })
+        Ok(unsafe { core::slice::from_raw_parts(self.slot.payload.cast::<S>(), n) })
     }
 }

@@ -51,6 +51,7 @@ use crate::layout::{
     ProducerBlock, RingConfig, STATE_ACTIVE, STATE_FREE, STATE_JOINING, STATE_MASK, SampleFormat,
     SlotMeta, WaitBlock,
 };
+use crate::meta::{FormatMismatch, Sample};
 use crate::region::{InRegion, RegionError};
 use crate::sync::{Ordering, fence};
 use crate::wait::{SLEEPER, Wake};
@@ -148,6 +149,42 @@ impl<T: TokenSpan> OpenToken<T> {
     /// Closes the open grant, if any, finishing nothing: its span.
     pub(crate) fn abandon(&mut self) -> Option<(u64, usize)> {
         self.open.take().map(|t| t.span())
+    }
+}
+
+/// Where one frame lives, as both sides' frame handles ([`FrameRef`], [`FrameMut`]) reach it:
+/// the slot's metadata, its payload and the ring's geometry for it. The handles add what each
+/// side may do (read, or write under a grant) and the borrow that keeps the grant alive.
+#[derive(Debug)]
+struct SlotView<'g> {
+    meta: &'g SlotMeta,
+    payload: *mut u8,
+    capacity: u32,
+    format: SampleFormat,
+    seq: u64,
+}
+
+impl<'g> SlotView<'g> {
+    fn new(ring: &'g Ring, pos: u64) -> Self {
+        SlotView {
+            meta: ring.slot(pos),
+            payload: ring.payload_ptr(pos),
+            capacity: ring.layout.payload_bytes,
+            format: ring.layout.config.format,
+            seq: pos,
+        }
+    }
+
+    /// How many whole samples of type `S` are in `bytes` of the payload, or why `S` cannot
+    /// view it (it is not the ring's sample format).
+    fn sample_count<S: Sample>(&self, bytes: usize) -> Result<usize, FormatMismatch> {
+        if S::FORMAT != self.format {
+            return Err(FormatMismatch {
+                ring: self.format,
+                asked: S::FORMAT,
+            });
+        }
+        Ok(bytes / size_of::<S>())
     }
 }
 

@@ -3,8 +3,10 @@
 
 use core::marker::PhantomData;
 
-use super::{COMMIT_ORDER, CommitError, GrantError, OpenToken, PushFrameError, Ring, TokenRefused};
-use crate::layout::{SEQ_WRITING, STATE_ACTIVE, STATE_MASK, SampleFormat, SlotMeta};
+use super::{
+    COMMIT_ORDER, CommitError, GrantError, OpenToken, PushFrameError, Ring, SlotView, TokenRefused,
+};
+use crate::layout::{SEQ_WRITING, STATE_ACTIVE, STATE_MASK};
 use crate::meta::{FormatMismatch, FrameFlags, LenError, Sample};
 use crate::sync::{Ordering, fence};
 use crate::wait::{SLEEPER, WaitOutcome, Waiter, Wake, arm};
@@ -271,7 +273,10 @@ impl Producer {
         };
         f.payload_mut()[..payload.len()].copy_from_slice(payload);
         // `payload.len() <= capacity`, a u32, checked above.
-        f.meta.len.store(payload.len() as u32, Ordering::Relaxed);
+        f.slot
+            .meta
+            .len
+            .store(payload.len() as u32, Ordering::Relaxed);
         f.set_sample_pos(sample_pos);
         f.set_timestamp_ns(timestamp_ns);
         f.set_flags(flags);
@@ -559,11 +564,7 @@ impl<'g> Iterator for FramesMut<'g> {
 /// ```
 #[derive(Debug)]
 pub struct FrameMut<'g> {
-    meta: &'g SlotMeta,
-    payload: *mut u8,
-    capacity: u32,
-    format: SampleFormat,
-    seq: u64,
+    slot: SlotView<'g>,
     _grant: PhantomData<&'g mut [u8]>,
 }
 
@@ -574,46 +575,46 @@ impl<'g> FrameMut<'g> {
     /// exist during `'g`.
     unsafe fn new(ring: &'g Ring, pos: u64) -> Self {
         FrameMut {
-            meta: ring.slot(pos),
-            payload: ring.payload_ptr(pos),
-            capacity: ring.layout.payload_bytes,
-            format: ring.layout.config.format,
-            seq: pos,
+            slot: SlotView::new(ring, pos),
             _grant: PhantomData,
         }
     }
 
     /// The sequence number this frame will have.
     pub fn seq(&self) -> u64 {
-        self.seq
+        self.slot.seq
     }
 
     /// Sets the stream position of the frame's first sample.
     pub fn set_sample_pos(&mut self, sample_pos: u64) {
-        self.meta.sample_pos.store(sample_pos, Ordering::Relaxed);
+        self.slot
+            .meta
+            .sample_pos
+            .store(sample_pos, Ordering::Relaxed);
     }
 
     /// Sets the capture time of the first sample (ns, on the producer's clock).
     pub fn set_timestamp_ns(&mut self, timestamp_ns: u64) {
-        self.meta
+        self.slot
+            .meta
             .timestamp_ns
             .store(timestamp_ns, Ordering::Relaxed);
     }
 
     /// Sets the frame's flags.
     pub fn set_flags(&mut self, flags: FrameFlags) {
-        self.meta.flags.store(flags.0, Ordering::Relaxed);
+        self.slot.meta.flags.store(flags.0, Ordering::Relaxed);
     }
 
     /// Sets the valid payload length in bytes (defaults to the whole slot).
     pub fn set_len(&mut self, len: u32) -> Result<(), LenError> {
-        if len > self.capacity {
+        if len > self.slot.capacity {
             return Err(LenError {
                 len,
-                capacity: self.capacity,
+                capacity: self.slot.capacity,
             });
         }
-        self.meta.len.store(len, Ordering::Relaxed);
+        self.slot.meta.len.store(len, Ordering::Relaxed);
         Ok(())
     }
 
@@ -623,21 +624,15 @@ impl<'g> FrameMut<'g> {
         // producer exclusive use of the slot among our handles (lossless: no consumer reads it
         // until commit; lossy: a lapped reader may read concurrently and is told at release),
         // and `&mut self` keeps this the only Rust reference to it.
-        unsafe { core::slice::from_raw_parts_mut(self.payload, self.capacity as usize) }
+        unsafe { core::slice::from_raw_parts_mut(self.slot.payload, self.slot.capacity as usize) }
     }
 
     /// The payload viewed as samples of type `S`, which must match the ring's format.
     pub fn samples_mut<S: Sample>(&mut self) -> Result<&mut [S], FormatMismatch> {
-        if S::FORMAT != self.format {
-            return Err(FormatMismatch {
-                ring: self.format,
-                asked: S::FORMAT,
-            });
-        }
-        let n = self.capacity as usize / size_of::<S>();
+        let n = self.slot.sample_count::<S>(self.slot.capacity as usize)?;
         // SAFETY: the payload is 64-byte aligned (slot offsets are multiples of 64 in a
         // 128-aligned region), holds `n * size_of::<S>()` bytes, every bit pattern is a valid
         // `S` (i16, i32, f32), and exclusivity is as in `payload_mut`.
-        Ok(unsafe { core::slice::from_raw_parts_mut(self.payload.cast::<S>(), n) })
+        Ok(unsafe { core::slice::from_raw_parts_mut(self.slot.payload.cast::<S>(), n) })
     }
 }
