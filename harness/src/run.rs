@@ -183,9 +183,11 @@ pub struct Args {
     /// Never show the progress bar (it is shown only when stderr is a terminal anyway).
     #[arg(long)]
     pub no_progress: bool,
-    /// How the built-in agents wait for frames: `periodic` (the hub's real-time thread makes
-    /// no wake syscall for them; the report's `hub.wake_syscalls_per_cycle`) or `park`.
-    #[arg(long, value_enum, default_value = "periodic")]
+    /// How the built-in agents wait for frames: `park` (the hub's commit wakes them: one
+    /// syscall per cycle) or `periodic` (a timer and a poll window; no wake syscall when the
+    /// device's hand-over jitters less than the window: see docs/run.md for why `park` is
+    /// the default).
+    #[arg(long, value_enum, default_value = "park")]
     pub agent_wait: AgentWait,
 }
 
@@ -195,10 +197,10 @@ pub enum AgentWait {
     /// `WaitMode::Periodic` (docs/wake-free.md): sleep on a timer until just before the
     /// frame is due, poll briefly, park only when it is late; the hub's commit then finds no
     /// parked reader and makes no wake syscall.
-    #[default]
     Periodic,
     /// Park on the mic ring's futex at once; the hub's commit wakes the parked readers (one
     /// syscall per cycle).
+    #[default]
     Park,
 }
 
