@@ -16,8 +16,10 @@ use clap::{Args, Subcommand};
 
 pub mod agents;
 pub mod assistant;
+pub mod espeak_lib;
 pub mod hub_agents;
 pub mod listen;
+pub mod run_guard;
 pub mod measure;
 pub mod synth;
 pub mod talker;

@@ -53,6 +53,28 @@ pub struct SynthTimes {
     pub done_ns: u64,
 }
 
+/// Something that synthesises a text, handing its samples out as they come: the `espeak-ng`
+/// program ([`Synth`]) or the resident library ([`super::espeak_lib::Resident`]).
+pub trait Speaker {
+    /// Synthesises `text`, handing the samples to `on_samples(rate, samples)` as they are
+    /// made; returns when it was asked, gave its first sample, and finished.
+    fn stream(
+        &self,
+        text: &str,
+        on_samples: &mut dyn FnMut(u32, &[i16]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<SynthTimes>;
+}
+
+impl Speaker for Synth {
+    fn stream(
+        &self,
+        text: &str,
+        on_samples: &mut dyn FnMut(u32, &[i16]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<SynthTimes> {
+        Synth::stream(self, text, on_samples)
+    }
+}
+
 impl Synth {
     /// Synthesises `text`. Fails with what to do when espeak-ng is missing or fails.
     pub fn speak(&self, text: &str) -> anyhow::Result<Speech> {
