@@ -162,3 +162,59 @@ fn pipewire_round_trip_recognises_every_utterance_and_loses_nothing() {
     let (ok, s, stderr) = assistant(&py, &["--device", &device, "--periods", "16"]);
     assert_valid_round_trip(ok, &s, &stderr);
 }
+
+/// A recogniser that crashes (a pocketsphinx segfault, say) right after it made its control
+/// register and the reply agent joined: `os._exit`, nothing closed or removed.
+const CRASHING_RECOGNISER: &str = r#"
+import os, sys, time, voxring
+arg = lambda k: sys.argv[sys.argv.index(k) + 1]
+asr = voxring.Control(arg("--asr"), create=True)
+print('{"event": "ready"}', flush=True)
+give_up = time.monotonic() + 120
+while time.monotonic() < give_up:
+    try:
+        voxring.Control(arg("--said")).close()  # the reply agent has started
+        break
+    except voxring.VoxringError:
+        time.sleep(0.05)
+os._exit(3)
+"#;
+
+/// A failed run leaves nothing behind: its recogniser crashes leaving its register
+/// (`NAME.asr`) in /dev/shm; the run fails, every child it started is gone, and the run's
+/// guard removed the register (reported in `left_behind`; `assistant` checks /dev/shm).
+#[test]
+fn a_run_whose_recogniser_crashes_fails_and_leaves_nothing() {
+    let Some(py) = recogniser_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("crash.py");
+    std::fs::write(&script, CRASHING_RECOGNISER).unwrap();
+    let args = ["--device", "synthetic", "--periods", "16", "--recogniser"];
+    let mut args: Vec<&str> = args.to_vec();
+    args.push(script.to_str().unwrap());
+    let (ok, s, stderr) = assistant(&py, &args);
+    assert!(!ok, "a run whose recogniser crashed passed: {s}");
+    assert!(
+        s["failures"].to_string().contains("recogniser"),
+        "{s}\n{stderr}"
+    );
+    let left: Vec<String> = s["left_behind"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        left.iter().any(|n| n.ends_with(".asr")),
+        "the crashed recogniser's register was not there to remove: {left:?}"
+    );
+    for (who, a) in s["agents"].as_object().unwrap() {
+        let pid = a["pid"].as_u64().unwrap();
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "the {who} agent (pid {pid}) outlived the run"
+        );
+    }
+}

@@ -20,7 +20,8 @@ use serde_json::{Value, json};
 
 use super::listen::{Capture, Placed, listen, place_utterances};
 use super::measure::{
-    Handoff, StageKind, UtteranceRecord, scenario_wer, stacked_bars_svg, table_markdown,
+    Handoff, StageKind, UtteranceRecord, bar_rows, scenario_wer, stacked_bars_svg,
+    table_markdown,
 };
 use super::hub_agents::SynthKind;
 use super::run_guard::{HubProc, HubSettings, RunGuard};
@@ -438,21 +439,7 @@ fn write_report(a: &AssistantArgs, d: &Path, records: &[UtteranceRecord]) -> any
     std::fs::write(d.join("records.jsonl"), jl).context("cannot write the records")?;
     std::fs::write(d.join("voice-latency.md"), table_markdown(records))
         .context("cannot write the table")?;
-    let mut rows = Vec::new();
-    for (i, r) in records.iter().enumerate() {
-        rows.push((format!("{} voxring", i + 1), r.stages()));
-        if let Some(ns) = a.compare_handoff_ns {
-            let other = r
-                .handoffs
-                .iter()
-                .map(|h| Handoff { ns, ..h.clone() })
-                .collect();
-            rows.push((
-                format!("{} {}", i + 1, a.compare_name),
-                r.with_handoffs(other).stages(),
-            ));
-        }
-    }
+    let rows = bar_rows(records, a.compare_handoff_ns, &a.compare_name);
     let title = format!("Reply latency by stage ({}, --load {})", a.device, a.load);
     std::fs::write(d.join("voice-latency.svg"), stacked_bars_svg(&title, &rows))
         .context("cannot write the SVG")
@@ -656,7 +643,7 @@ fn summarise(
         .map(|(w, f)| {
             (
                 (*w).to_owned(),
-                json!({"status": f.status, "end": event(&lines(f), "end").next()}),
+                json!({"status": f.status, "pid": f.pid, "end": event(&lines(f), "end").next()}),
             )
         })
         .collect();

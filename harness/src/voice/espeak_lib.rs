@@ -27,9 +27,6 @@ pub const LIBRARY: &str = "libespeak-ng.so.1";
 /// below its own minimum: it hands out pieces of 1,081 samples (49 ms at 22,050 Hz).
 pub const CHUNK_MS: u32 = 10;
 
-/// The longest piece the callback is expected to hand out, ms (the library's 60 ms default).
-pub const MAX_PIECE_MS: u32 = 60;
-
 // speak_lib.h (API revision 12): the values this module passes.
 const AUDIO_OUTPUT_SYNCHRONOUS: c_int = 2;
 const INITIALIZE_DONT_EXIT: c_int = 0x8000;
@@ -258,6 +255,10 @@ impl Speaker for Resident {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The longest piece the callback is expected to hand out, ms (the library's 60 ms
+    /// default).
+    const MAX_PIECE_MS: u32 = 60;
 
     #[test]
     fn the_resident_synthesiser_streams_pieces_as_it_synthesises() {

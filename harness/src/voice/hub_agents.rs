@@ -50,7 +50,14 @@ impl SynthKind {
     /// The synthesiser (the library is loaded here: a missing one fails now, not mid-run).
     pub fn speaker(self) -> anyhow::Result<Box<dyn Speaker + Send>> {
         Ok(match self {
-            Self::Library => Box::new(Resident::new(&Synth::default())?),
+            Self::Library => {
+                let r = Resident::new(&Synth::default())?;
+                // Resident means ready: the first synthesis loads the voice's data files,
+                // which is start-up work, not a reply's.
+                r.stream("ready", &mut |_, _| Ok(()))
+                    .context("libespeak-ng cannot speak")?;
+                Box::new(r)
+            }
             Self::Process => Box::new(Synth::default()),
         })
     }
