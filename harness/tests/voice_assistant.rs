@@ -3,39 +3,21 @@
 //! Words, frames and agents are asserted; times are only reported.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use serde_json::Value;
 
 mod common;
 use common::voxring;
 
-/// The Python that runs the recogniser: $VOXRING_VOICE_PYTHON (the test venv), else python3,
-/// if it has pocketsphinx, soxr, numpy and the native voxring package. None (skip) when not,
-/// except under CI=true.
+/// The Python that runs the recogniser, with the native voxring package (see
+/// common::voice_python).
 fn recogniser_python() -> Option<PathBuf> {
-    let py =
-        std::env::var_os("VOXRING_VOICE_PYTHON").map_or_else(|| "python3".into(), PathBuf::from);
-    let ok = Command::new(&py)
-        .args([
-            "-c",
-            "import pocketsphinx, soxr, numpy, voxring; voxring._voxring",
-        ])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        return Some(py);
-    }
-    let why = format!(
-        "{} cannot import pocketsphinx, soxr, numpy and the native voxring package: install \
-         platform-linux/python and harness/python/voice/requirements.txt into the test venv \
-         and set VOXRING_VOICE_PYTHON (scripts/test does)",
-        py.display()
-    );
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-    println!("skipped: {why}");
-    None
+    common::voice_python(
+        "import pocketsphinx, soxr, numpy, voxring; voxring._voxring",
+        "install platform-linux/python and harness/python/voice/requirements.txt into the \
+         test venv (scripts/test does)",
+    )
 }
 
 /// Runs `voxring voice assistant` with `args`; returns its exit success, its JSON summary and

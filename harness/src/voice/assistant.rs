@@ -72,13 +72,9 @@ pub struct AssistantArgs {
     /// SCHED_FIFO priority of the talker and reply agents (0: none).
     #[arg(long, default_value_t = 60)]
     pub rt_priority: u8,
-    /// The Python with pocketsphinx and the native voxring package (default:
-    /// $VOXRING_VOICE_PYTHON, else python3).
-    #[arg(long)]
-    pub python: Option<PathBuf>,
-    /// The recogniser script (default: harness/python/voice/recogniser.py of this source tree).
-    #[arg(long)]
-    pub recogniser: Option<PathBuf>,
+    /// The recogniser agent.
+    #[command(flatten)]
+    pub asr: RecogniserArgs,
     /// Also draw each utterance with every hand-off costing this many ns (e.g. what `voxring
     /// bench ipc` measured for Unix sockets or HTTP at the same frame size).
     #[arg(long)]
@@ -88,6 +84,37 @@ pub struct AssistantArgs {
     pub compare_name: String,
 }
 
+
+/// How the Python recogniser agent is run.
+#[derive(Debug, Args)]
+pub struct RecogniserArgs {
+    /// The Python with pocketsphinx and the native voxring package (default:
+    /// $VOXRING_VOICE_PYTHON, else python3).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// The recogniser script (default: harness/python/voice/recogniser.py of this source tree).
+    #[arg(long)]
+    pub recogniser: Option<PathBuf>,
+    /// Decode while the user speaks (streaming), or after the VAD's decision (batch).
+    #[arg(long, default_value = "streaming", value_parser = ["streaming", "batch"])]
+    pub decode: String,
+}
+
+impl RecogniserArgs {
+    /// The recogniser's command, without its ring and register arguments.
+    fn command(&self) -> (PathBuf, Command) {
+        let py = self.python.clone().unwrap_or_else(|| {
+            std::env::var_os("VOXRING_VOICE_PYTHON")
+                .map_or_else(|| "python3".into(), PathBuf::from)
+        });
+        let script = self.recogniser.clone().unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("python/voice/recogniser.py")
+        });
+        let mut cmd = Command::new(&py);
+        cmd.arg(script).args(["--decode", &self.decode]);
+        (py, cmd)
+    }
+}
 
 /// Waits for a child's `{"event":"ready"}` line (other lines are kept by the child).
 fn wait_ready(p: &mut Proc, what: &str) -> anyhow::Result<Value> {
@@ -118,16 +145,6 @@ fn event<'a>(lines: &'a [Value], kind: &str) -> impl Iterator<Item = &'a Value> 
     lines.iter().filter(move |v| v["event"] == kind)
 }
 
-fn python_and_script(a: &AssistantArgs) -> (PathBuf, PathBuf) {
-    let py = a.python.clone().unwrap_or_else(|| {
-        std::env::var_os("VOXRING_VOICE_PYTHON").map_or_else(|| "python3".into(), PathBuf::from)
-    });
-    let script = a.recogniser.clone().unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("python/voice/recogniser.py")
-    });
-    (py, script)
-}
-
 /// Starts the agents in order (each ready before the next), the hogs, and the talker last;
 /// each goes into `ch` as soon as it is started (so a failure half-way stops those started).
 fn start_agents(
@@ -148,10 +165,8 @@ fn start_agents(
         &s(&["voice", "vad", "--hub", name, "--register", &vad_reg]),
     )?;
     ready(ch, "vad", p, "VAD agent")?;
-    let (py, script) = python_and_script(a);
-    let mut cmd = Command::new(&py);
-    cmd.arg(&script)
-        .args([
+    let (py, mut cmd) = a.asr.command();
+    cmd.args([
             "--ring",
             &voxring_linux::hub::mic_name(name),
             "--vad",
@@ -668,7 +683,7 @@ fn summarise(
         "decision_to_heard_max_ms": after_decision.iter().copied().fold(0.0, f64::max),
         "decision_to_heard_ms": percentiles(&after_decision),
         "stage_ms": stage_percentiles(records),
-        "synth": a.synth, "left_behind": run.left_behind,
+        "synth": a.synth, "decode": a.asr.decode, "left_behind": run.left_behind,
         "hub": run.hub_summary, "hub_status": run.hub_status, "lanes": lanes, "agents": agents,
         "lane_corrections": run.capture.as_ref().map(|c| json!(c.corrections)).unwrap_or_default(),
         "failures": failures,

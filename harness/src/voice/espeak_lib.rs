@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use libloading::Library;
 use voxring_linux::audio::monotonic_ns;
 
-use super::synth::{Speaker, Synth, SynthTimes};
+use super::synth::{Speaker, Synth, SynthTimes, check_text};
 
 /// The runtime library's name (Debian 12: `libespeak-ng1`).
 pub const LIBRARY: &str = "libespeak-ng.so.1";
@@ -190,10 +190,7 @@ impl Speaker for Resident {
         text: &str,
         on_samples: &mut dyn FnMut(u32, &[i16]) -> anyhow::Result<()>,
     ) -> anyhow::Result<SynthTimes> {
-        anyhow::ensure!(
-            !text.trim().is_empty(),
-            "nothing to say: the utterance is empty"
-        );
+        check_text(text)?;
         let c_text = CString::new(text)
             .with_context(|| format!("the text {text:?} holds a NUL byte: it cannot be spoken"))?;
         let e = engine()?;

@@ -95,10 +95,7 @@ impl Synth {
         text: &str,
         on_samples: &mut dyn FnMut(u32, &[i16]) -> anyhow::Result<()>,
     ) -> anyhow::Result<SynthTimes> {
-        anyhow::ensure!(
-            !text.trim().is_empty(),
-            "nothing to say: the utterance is empty"
-        );
+        check_text(text)?;
         let requested_ns = monotonic_ns();
         let mut child = Command::new(ESPEAK)
             .args(["-v", &self.voice, "-s", &self.words_per_minute.to_string()])
@@ -171,6 +168,15 @@ impl Synth {
             done_ns,
         })
     }
+}
+
+/// Refuses a text with nothing to say.
+pub fn check_text(text: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !text.trim().is_empty(),
+        "nothing to say: the utterance is empty"
+    );
+    Ok(())
 }
 
 /// The canonical PCM WAV header espeak-ng writes (RIFF, `fmt ` of 16 bytes, `data`).
