@@ -205,7 +205,6 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
 }
 
-
 #[test]
 fn the_recogniser_hears_each_utterance_exactly_through_the_rings() {
     let Some(py) = recogniser_python() else {
@@ -329,7 +328,10 @@ struct ReadFrame {
 fn read_to_eos(mut rx: voxring_linux::ring::ShmConsumer, give_up_s: u64) -> Vec<ReadFrame> {
     let mut seen = Vec::new();
     loop {
-        match rx.wait_for_frames(Some(Duration::from_secs(give_up_s))).unwrap() {
+        match rx
+            .wait_for_frames(Some(Duration::from_secs(give_up_s)))
+            .unwrap()
+        {
             FramesWait::Ready => {}
             FramesWait::TimedOut => panic!("nothing on the reply ring for {give_up_s} s"),
             FramesWait::EndOfStream => panic!("the reply agent left without END_OF_STREAM"),

@@ -18,12 +18,11 @@ use anyhow::Context as _;
 use clap::Args;
 use serde_json::{Value, json};
 
+use super::hub_agents::SynthKind;
 use super::listen::{Capture, Placed, listen, place_utterances};
 use super::measure::{
-    Handoff, StageKind, UtteranceRecord, bar_rows, scenario_wer, stacked_bars_svg,
-    table_markdown,
+    Handoff, StageKind, UtteranceRecord, bar_rows, scenario_wer, stacked_bars_svg, table_markdown,
 };
-use super::hub_agents::SynthKind;
 use super::run_guard::{HubProc, HubSettings, RunGuard};
 use crate::run::procs::{self, Finished, Proc};
 
@@ -84,7 +83,6 @@ pub struct AssistantArgs {
     pub compare_name: String,
 }
 
-
 /// How the Python recogniser agent is run.
 #[derive(Debug, Args)]
 pub struct RecogniserArgs {
@@ -104,8 +102,7 @@ impl RecogniserArgs {
     /// The recogniser's command, without its ring and register arguments.
     fn command(&self) -> (PathBuf, Command) {
         let py = self.python.clone().unwrap_or_else(|| {
-            std::env::var_os("VOXRING_VOICE_PYTHON")
-                .map_or_else(|| "python3".into(), PathBuf::from)
+            std::env::var_os("VOXRING_VOICE_PYTHON").map_or_else(|| "python3".into(), PathBuf::from)
         });
         let script = self.recogniser.clone().unwrap_or_else(|| {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("python/voice/recogniser.py")
@@ -167,12 +164,12 @@ fn start_agents(
     ready(ch, "vad", p, "VAD agent")?;
     let (py, mut cmd) = a.asr.command();
     cmd.args([
-            "--ring",
-            &voxring_linux::hub::mic_name(name),
-            "--vad",
-            &vad_reg,
-        ])
-        .args(["--asr", &asr, "--said", &said]);
+        "--ring",
+        &voxring_linux::hub::mic_name(name),
+        "--vad",
+        &vad_reg,
+    ])
+    .args(["--asr", &asr, "--said", &said]);
     procs::die_with_parent_before_exec(&mut cmd, std::process::id());
     let p = procs::spawn("recogniser", cmd)
         .with_context(|| format!("cannot start the recogniser with {}", py.display()))?;

@@ -71,8 +71,8 @@ impl Engine {
                     test), or use --synth process";
         // SAFETY: loading libespeak-ng runs its initialisers, which only set up its own
         // globals (no other code of this process depends on them).
-        let lib = unsafe { Library::new(path) }
-            .with_context(|| format!("cannot load {path}: {hint}"))?;
+        let lib =
+            unsafe { Library::new(path) }.with_context(|| format!("cannot load {path}: {hint}"))?;
         // SAFETY: each symbol is declared with its speak_lib.h signature (revision 12, the
         // one Debian 12's 1.51 ships); the fn pointers are copied out and `lib` is kept in
         // the engine, which lives as long as the process (a static).
@@ -273,13 +273,19 @@ mod tests {
         let chunk = (22_050 * MAX_PIECE_MS / 1000) as usize;
         assert!(pieces.len() > 10, "{} pieces", pieces.len());
         let sizes: Vec<usize> = pieces.iter().map(Vec::len).collect();
-        assert!(sizes.iter().all(|&n| n <= chunk + 1), "a piece over {chunk}: {sizes:?}");
+        assert!(
+            sizes.iter().all(|&n| n <= chunk + 1),
+            "a piece over {chunk}: {sizes:?}"
+        );
         assert!(t.requested_ns <= t.first_sample_ns && t.first_sample_ns <= t.done_ns);
         // The same speech as the program's (same engine, same settings): about as long.
         let whole: usize = pieces.iter().map(Vec::len).sum();
         let program = Synth::default().speak("the kitchen light is on").unwrap();
         let (a, b) = (whole as f64, program.samples.len() as f64);
-        assert!((a - b).abs() < 0.2 * b, "library {a} vs program {b} samples");
+        assert!(
+            (a - b).abs() < 0.2 * b,
+            "library {a} vs program {b} samples"
+        );
         assert!(
             pieces.concat().iter().any(|v| v.unsigned_abs() > 1000),
             "silent speech"
@@ -313,7 +319,10 @@ mod tests {
         let r = Resident::new(&Synth::default()).unwrap();
         let e = r.stream(" ", &mut |_, _| Ok(())).unwrap_err().to_string();
         assert!(e.contains("empty"), "{e}");
-        let e = r.stream("a\0b", &mut |_, _| Ok(())).unwrap_err().to_string();
+        let e = r
+            .stream("a\0b", &mut |_, _| Ok(()))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("NUL"), "{e}");
         let e = Engine::load("libvoxring-no-such-espeak.so.1")
             .err()

@@ -205,12 +205,7 @@ enum Synthesised {
 const REPLY_RESAMPLER_CHUNK: usize = 256;
 
 /// The synthesis thread: each text in, the samples out at `rate` as they are synthesised.
-fn synth_worker(
-    synth: &dyn Speaker,
-    rate: u32,
-    texts: Receiver<String>,
-    out: Sender<Synthesised>,
-) {
+fn synth_worker(synth: &dyn Speaker, rate: u32, texts: Receiver<String>, out: Sender<Synthesised>) {
     for text in texts {
         let mut rs: Option<StreamResampler> = None;
         let mut send = |o: &[f32]| -> anyhow::Result<()> {

@@ -31,12 +31,7 @@ pub struct HubProc {
 
 impl HubProc {
     /// Starts the hub `name` and waits (up to 60 s) until it can be joined.
-    pub fn start(
-        name: &str,
-        s: &HubSettings<'_>,
-        json: &Path,
-        log: &Path,
-    ) -> anyhow::Result<Self> {
+    pub fn start(name: &str, s: &HubSettings<'_>, json: &Path, log: &Path) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find this program's own path")?;
         let log = std::fs::File::create(log).context("cannot create the hub's log")?;
         let mut cmd = Command::new(exe);
