@@ -20,9 +20,19 @@ fn recogniser_python() -> Option<PathBuf> {
     )
 }
 
+/// One round trip at a time: each starts a hub and five processes with real-time agents on a
+/// two-core machine; two at once made the talker late enough for the hub to correct its lane
+/// (a failed run, rightly).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Runs `voxring voice assistant` with `args`; returns its exit success, its JSON summary and
 /// its stderr. Checks that nothing of its hub is left in /dev/shm.
 fn assistant(py: &PathBuf, args: &[&str]) -> (bool, Value, String) {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("run.json");
     let child = voxring()
@@ -199,4 +209,71 @@ fn a_run_whose_recogniser_crashes_fails_and_leaves_nothing() {
             "the {who} agent (pid {pid}) outlived the run"
         );
     }
+}
+
+/// A run stopped by SIGTERM (by its PID) once its agents are up ends in order: it fails
+/// saying so, writes its summary, and leaves no segment of its hub behind.
+#[test]
+fn a_run_stopped_by_a_signal_leaves_nothing() {
+    let Some(py) = recogniser_python() else {
+        return;
+    };
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    let mut child = common::voxring()
+        .args([
+            "voice",
+            "assistant",
+            "--device",
+            "synthetic",
+            "--periods",
+            "16",
+        ])
+        .arg("--python")
+        .arg(&py)
+        .arg("--json")
+        .arg(&json)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let prefix = format!("voxring.assist-{}.", child.id());
+    // The talker's lane appears once the VAD, the recogniser and the reply agent are up and
+    // the talker has joined (a give-up bound, not a timing).
+    let said = std::path::Path::new("/dev/shm").join(format!("{prefix}out.talker"));
+    let t0 = std::time::Instant::now();
+    while !said.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        assert!(
+            t0.elapsed().as_secs() < 300,
+            "the agents did not start in 300 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a stopped run passed: {stderr}");
+    // Stopped while it still waited for the talker: an error naming the signal; after: the
+    // summary's failures name it (and no agent left a segment).
+    match std::fs::read_to_string(&json) {
+        Ok(text) => {
+            let s: Value = serde_json::from_str(&text).unwrap();
+            assert!(s["failures"].to_string().contains("signal"), "{s}");
+            assert!(
+                !s["failures"].to_string().contains("left behind"),
+                "an agent left a segment: {s}"
+            );
+        }
+        Err(_) => assert!(stderr.contains("signal"), "{stderr}"),
+    }
+    let left: Vec<_> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "segments left behind: {left:?}");
 }

@@ -25,6 +25,7 @@ use super::measure::{
 };
 use super::run_guard::{HubProc, HubSettings, RunGuard};
 use crate::run::procs::{self, Finished, Proc};
+use voxring_linux::cleanup::{SignalMode, install_signal_cleanup, termination_requested};
 
 /// `voxring voice assistant`.
 #[derive(Debug, Args)]
@@ -93,8 +94,9 @@ pub struct RecogniserArgs {
     /// The recogniser script (default: harness/python/voice/recogniser.py of this source tree).
     #[arg(long)]
     pub recogniser: Option<PathBuf>,
-    /// Decode while the user speaks (streaming), or after the VAD's decision (batch).
-    #[arg(long, default_value = "streaming", value_parser = ["streaming", "batch"])]
+    /// Decode after the VAD's decision (batch), or while the user speaks (streaming: faster,
+    /// but it heard "turn off" as "turn on" under load; see docs/voice-round-trip.md).
+    #[arg(long, default_value = "batch", value_parser = ["streaming", "batch"])]
     pub decode: String,
 }
 
@@ -117,6 +119,10 @@ impl RecogniserArgs {
 fn wait_ready(p: &mut Proc, what: &str) -> anyhow::Result<Value> {
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(120) {
+        anyhow::ensure!(
+            !termination_requested(),
+            "stopped by a signal while waiting for the {what}"
+        );
         if let Some(line) = p.wait_line(Duration::from_millis(200))
             && let Ok(v) = serde_json::from_str::<Value>(&line)
             && v["event"] == "ready"
@@ -235,6 +241,9 @@ fn wait_scenario(ch: &mut RunGuard, n: usize, script_s: f64) {
     let mut replies = 0;
     let mut talker_done = false;
     while t0.elapsed() < give_up && !(talker_done && replies >= n) {
+        if termination_requested() {
+            return; // SIGINT/SIGTERM/SIGHUP: end the run in order (the guard cleans up)
+        }
         for (who, p) in &mut ch.agents {
             if *who == "talker" && !talker_done {
                 talker_done = p.exited().is_some();
@@ -278,6 +287,9 @@ pub fn assistant(a: &AssistantArgs) -> anyhow::Result<ExitCode> {
         .context("cannot make a temporary directory")?;
     let name = format!("assist-{}", std::process::id());
     let hub_json = dir.path().join("hub.json");
+    // A signal ends the run in order (children stopped, segments removed), not mid-way.
+    install_signal_cleanup(SignalMode::Notify)
+        .map_err(|e| anyhow::anyhow!("cannot install the signal handling: {e}"))?;
     let mut guard = RunGuard::new(&name);
     let settings = HubSettings {
         device: &a.device,
@@ -403,6 +415,9 @@ fn conclude(a: &AssistantArgs, run: &RunOutputs<'_>) -> anyhow::Result<ExitCode>
         if h[k].as_u64() != Some(0) {
             failures.push(format!("the hub's {k} is {} (frames lost)", h[k]));
         }
+    }
+    if termination_requested() {
+        failures.push("stopped by a signal (SIGINT, SIGTERM or SIGHUP) before its end".into());
     }
     if !run.left_behind.is_empty() {
         failures.push(format!(
