@@ -201,6 +201,17 @@ fn recogniser_python() -> Option<PathBuf> {
     )
 }
 
+/// The Python recogniser agent on `mic` and the VAD register `reg`.
+fn recogniser(py: &Path, mic: &str, reg: &str) -> Part {
+    Part::start(
+        "recogniser.py",
+        Command::new(py)
+            .arg(repo().join("harness/python/voice/recogniser.py"))
+            .args(["--ring", mic, "--vad", reg])
+            .env("PYTHONPATH", repo().join("platform-linux/python")),
+    )
+}
+
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
 }
@@ -214,13 +225,7 @@ fn the_recogniser_hears_each_utterance_exactly_through_the_rings() {
     let (mic, reg) = (format!("{p}.mic"), format!("{p}.vad"));
     let t = talk(&mic, 2);
     let v = vad(&mic, &reg);
-    let r = Part::start(
-        "recogniser.py",
-        Command::new(&py)
-            .arg(repo().join("harness/python/voice/recogniser.py"))
-            .args(["--ring", &mic, "--vad", &reg])
-            .env("PYTHONPATH", repo().join("platform-linux/python")),
-    );
+    let r = recogniser(&py, &mic, &reg);
     let (t_lines, t_ok) = t.finish();
     let (v_lines, v_ok) = v.finish();
     let (r_lines, r_ok) = r.finish();
@@ -396,13 +401,7 @@ fn the_parts_chained_without_the_hub_answer_each_utterance_and_report_it() {
         let seg = Segment::attach(&out, &AttachOptions::default()).unwrap();
         move || read_reply_ring(seg)
     });
-    let mut r = Part::start(
-        "recogniser.py",
-        Command::new(&py)
-            .arg(repo().join("harness/python/voice/recogniser.py"))
-            .args(["--ring", &mic, "--vad", &reg])
-            .env("PYTHONPATH", repo().join("platform-linux/python")),
-    );
+    let mut r = recogniser(&py, &mic, &reg);
     let mut stdin = reply.child.stdin.take().unwrap();
     let mut results = Vec::new();
     while let Some(line) = r.line() {
@@ -587,13 +586,7 @@ fn a_hostile_vad_record_is_refused_not_decoded() {
     type Reg = voxring_core::control::ControlRegister<[u64; 8], 8>;
     let register =
         voxring_linux::shared::Placed::<Reg>::create(&reg, &Default::default(), [0; 8]).unwrap();
-    let r = Part::start(
-        "recogniser.py",
-        Command::new(&py)
-            .arg(repo().join("harness/python/voice/recogniser.py"))
-            .args(["--ring", &mic, "--vad", &reg])
-            .env("PYTHONPATH", repo().join("platform-linux/python")),
-    );
+    let r = recogniser(&py, &mic, &reg);
     let silence = [0u8; 960];
     for i in 0..20u64 {
         tx.producer()
