@@ -5,11 +5,21 @@ grammar of the scenario's commands, and prints one JSON line per result.
     python3 recogniser.py --ring NAME.mic --vad NAME.vad [--grammar commands.jsgf]
                           [--asr NAME.asr --said NAME.said]
 
+--decode batch (the default) decodes the whole utterance after the VAD's end decision.
+--decode streaming starts a pocketsphinx utterance at the VAD's speech start and feeds it the
+ring's frames in fixed blocks (start_utt / process_raw), so that after the decision only the
+last frames, the flush (end_utt) and the final search remain (a segment it did not follow from
+its start is decoded in one go). It cuts recognition to a few ms, but on espeak-ng's voice it
+heard "turn off the bedroom light" as "turn on ..." in 3 to 5 of 7 under --load 2 or through
+PipeWire (live cepstral mean, and a tail whose length follows the timing of the decision):
+not the default while that stands.
+
 Lines on stdout (JSON): {"event": "ready"} once it has joined the ring; then per utterance
 {"event": "result", "utterance": k, "text": ..., "start_pos", "end_pos" (the VAD's
 boundaries, ring samples), "vad_decided_pos", "vad_decided_ns", "vad_frame_commit_ns",
 "hangover_ms", "recognised_ns" (CLOCK_MONOTONIC when the text was known), "decode_ns",
-"resample_ns", "read_pos" (how far it had read the ring when it decided)}; at the end
+"resample_ns" (both after the decision), "read_pos" (how far it had read the ring when it
+decided), "streamed" (decoded while spoken), "early_decode_ns" (the work before the decision)}; at the end
 {"event": "end", "frames", "lost", "results", "missed", "refused"}. A VAD record that cannot
 be an utterance (end before start, longer than 15 s, decided before its end) is refused with
 {"event": "refused", "why": ...}, not decoded. Exit status 0 unless something was lost or
@@ -56,6 +66,17 @@ MAX_UTTERANCE_S = 15.0
 # Audio kept before the VAD's start boundary and after its end (the boundaries are within
 # 60 ms of the truth; pocketsphinx also wants a little silence around the words).
 PAD_S = 0.3
+# The cepstral mean a streaming decode starts each utterance from (pocketsphinx's live CMN
+# prior), measured on espeak-ng's en-us voice by calibrate_cmn.py (it prints this line and how
+# many of the grammar's commands the streaming decode gets right from it: 7 of 8 on
+# 2026-12-02). pocketsphinx's default (40,3,-1) turned "turn off ..." into "turn on ...".
+CMN_INIT = ("39.8639,-3.97152,-7.28352,15.9941,-8.98973,1.53088,-1.10333,-19.0544,-2.20979,"
+            "-12.755,8.58971,-3.0946,-5.16323")
+# A streaming decode is fed in blocks of this many mic samples counted from the utterance's
+# first sample, whatever the ring delivered per read (the last block, at the decision, may be
+# shorter): pocketsphinx's live CMN updates per block, so a block size that followed the
+# machine's load made results vary ("turn off" heard as "turn on" in 3 of 7 under --load 2).
+STREAM_BLOCK = 1024
 # The recogniser -> reply record: four words, then the text.
 ASR_HEAD = struct.Struct("=4Q")
 ASR_TEXT_BYTES = 32
@@ -157,11 +178,16 @@ def decoder(grammar):
                    bestpath=False, dither=True, seed=1)
 
 
+def to_pcm(x):
+    """Float samples in -1..1 as S16 bytes (what pocketsphinx takes)."""
+    return (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16).tobytes()
+
+
 def recognise(dec, audio, rate):
-    """Text of `audio` (int16 at `rate`), and the ns spent resampling and decoding."""
+    """Text of `audio` (int16 at `rate`), decoded in one go, and the ns spent resampling and
+    decoding."""
     t0 = time.monotonic_ns()
-    x = soxr.resample(audio.astype(np.float32) / 32768.0, rate, ASR_RATE)
-    pcm = (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16).tobytes()
+    pcm = to_pcm(soxr.resample(audio.astype(np.float32) / 32768.0, rate, ASR_RATE))
     t1 = time.monotonic_ns()
     dec.start_utt()
     dec.process_raw(pcm, full_utt=True)
@@ -169,6 +195,68 @@ def recognise(dec, audio, rate):
     hyp = dec.hyp()
     t2 = time.monotonic_ns()
     return (hyp.hypstr if hyp is not None else ""), t1 - t0, t2 - t1
+
+
+class Streaming:
+    """One utterance decoded while it is spoken: started at the VAD's speech start (segment
+    `segment`, from PAD_S before its start boundary), fed what the ring brings (resampled by
+    a soxr stream), so that after the VAD's end decision only the last audio, the flush and
+    the final search remain. The work before the decision is counted apart (`early_ns`)."""
+
+    def __init__(self, dec, rate, segment, start_pos, cmn=CMN_INIT):
+        self.dec = dec
+        self.rate = rate
+        self.segment = segment
+        self.start_pos = start_pos
+        self.fed = start_pos - int(PAD_S * rate)
+        self.rs = soxr.ResampleStream(rate, ASR_RATE, 1, dtype="float32")
+        self.early_ns = 0
+        if cmn:
+            dec.set_cmn(cmn)  # every utterance from the same prior, not the last one's mean
+        dec.start_utt()
+
+    def too_long(self):
+        """Bounded work: a segment longer than an utterance may last is not decoded early."""
+        return self.fed - self.start_pos > MAX_UTTERANCE_S * self.rate
+
+    def feed(self, hist, upto, last=False):
+        """Decodes the ring's samples [fed, upto); returns (resample ns, decode ns)."""
+        t0 = time.monotonic_ns()
+        upto = min(upto, hist.end)
+        audio = hist.get(self.fed, upto) if upto > self.fed else np.zeros(0, dtype=np.int16)
+        self.fed = max(self.fed, upto)
+        pcm = to_pcm(self.rs.resample_chunk(audio.astype(np.float32) / 32768.0, last=last))
+        t1 = time.monotonic_ns()
+        if pcm:
+            self.dec.process_raw(pcm)
+        return t1 - t0, time.monotonic_ns() - t1
+
+    def blocks(self, hist, upto):
+        """Decodes the whole blocks up to `upto`, one process_raw each; (resample, decode) ns."""
+        r = d = 0
+        while upto - self.fed >= STREAM_BLOCK and hist.end - self.fed >= STREAM_BLOCK:
+            dr, dd = self.feed(hist, self.fed + STREAM_BLOCK)
+            r, d = r + dr, d + dd
+        return r, d
+
+    def early(self, hist):
+        """Before the decision: decode the whole blocks that have come."""
+        r, d = self.blocks(hist, hist.end)
+        self.early_ns += r + d
+
+    def finish(self, hist, stop):
+        """After the decision: the rest up to `stop`, the flush, the final search. Text, and
+        the ns of resampling and decoding spent after the decision."""
+        r0, d0 = self.blocks(hist, stop)
+        r, d = self.feed(hist, stop, last=True)
+        r, d = r + r0, d + d0
+        t0 = time.monotonic_ns()
+        self.dec.end_utt()
+        hyp = self.dec.hyp()
+        return (hyp.hypstr if hyp is not None else ""), r, d + time.monotonic_ns() - t0
+
+    def abandon(self):
+        self.dec.end_utt()
 
 
 def emit(obj):
@@ -231,6 +319,31 @@ class HalfDuplex:
             self.reg.close()
 
 
+def step_stream(stream, dec, rate, hist, duplex, starts, ends, start_pos):
+    """Starts, feeds or drops the early decode (Streaming) of the segment being spoken;
+    returns it. A segment is decoded early only if its start is within what the history holds
+    (the VAD's record is another process's memory) and it is not the assistant's own voice."""
+    speaking = starts > ends
+    if stream is not None:
+        if stream.segment != starts or stream.start_pos != start_pos or stream.too_long():
+            stream.abandon()  # not the segment it started on: the decision decodes in one go
+            stream = None
+        elif speaking:
+            stream.early(hist)
+            return stream
+        else:
+            return stream  # decided: the decision path finishes it
+    if not speaking or hist.end is None:
+        return None
+    muted = (not duplex.settled() and start_pos >= duplex.muted_from) or duplex.is_echo(start_pos)
+    first = start_pos - int(PAD_S * rate)
+    if muted or first < max(hist.end - hist.size, 0) or start_pos > hist.end + rate:
+        return None
+    stream = Streaming(dec, rate, starts, start_pos)
+    stream.early(hist)
+    return stream
+
+
 def publish(asr, results, utterance, recognised_ns, read_pos, text):
     data = text.encode()
     if len(data) > ASR_TEXT_BYTES:
@@ -249,6 +362,10 @@ def parse_args(argv):
     ap.add_argument("--said", help="the reply agent's register (half duplex, see above)")
     ap.add_argument("--echo-margin-s", type=float, default=0.5,
                     help="how long after a reply's last frame its echo may still be heard")
+    ap.add_argument("--decode", choices=("streaming", "batch"), default="batch",
+                    help="the whole utterance after the VAD's end decision (batch), or while "
+                         "the user speaks, from the VAD's speech start (streaming: faster, but "
+                         "less accurate on espeak-ng's 'turn off', see the module's doc)")
     return ap.parse_args(argv)
 
 
@@ -273,7 +390,7 @@ def main(argv=None):
 
         emit({"event": "ready"})
         handled, results, missed, refused, echoes, state = 0, 0, 0, 0, 0, voxring.READY
-        give_up = None
+        give_up, stream = None, None
         while True:
             if state != voxring.END:
                 state = read_ready(reader, hist.add, on_handoff=on_meta)
@@ -290,6 +407,8 @@ def main(argv=None):
             rec = VAD_RECORD.unpack(read_register(vad, VAD_RECORD.size))
             vad_state, hangover_ms, starts, ends = rec[0], rec[1], rec[2], rec[3]
             start_pos, end_pos, decided_pos, decided_ns, commit_ns = rec[4:]
+            if args.decode == "streaming":
+                stream = step_stream(stream, dec, rate, hist, duplex, starts, ends, start_pos)
             if ends <= handled or starts != ends:
                 if state == voxring.END and vad_state == VAD_STREAM_ENDED:
                     break
@@ -300,9 +419,15 @@ def main(argv=None):
                 continue  # the VAD is ahead of us: read on
             if not duplex.settled() and start_pos >= duplex.muted_from:
                 continue  # a reply is being spoken: judge this segment once it is over
+            early, stream = stream, None
+            if early is not None and early.segment != ends:
+                early.abandon()
+                early = None
             if duplex.is_echo(start_pos):
                 handled = ends
                 echoes += 1
+                if early is not None:
+                    early.abandon()
                 emit({"event": "echo", "utterance": ends, "start_pos": start_pos,
                       "end_pos": end_pos})
                 continue
@@ -314,10 +439,17 @@ def main(argv=None):
             why = implausible(start_pos, end_pos, decided_pos, rate)
             if why:
                 refused += 1
+                if early is not None:
+                    early.abandon()
                 emit({"event": "refused", "utterance": ends, "why": why})
                 continue
-            audio = hist.get(start_pos - int(PAD_S * rate), stop)
-            text, resample_ns, decode_ns = recognise(dec, audio, rate)
+            if early is not None:
+                text, resample_ns, decode_ns = early.finish(hist, stop)
+                early_ns = early.early_ns
+            else:
+                audio = hist.get(start_pos - int(PAD_S * rate), stop)
+                text, resample_ns, decode_ns = recognise(dec, audio, rate)
+                early_ns = 0
             recognised_ns = time.monotonic_ns()
             results += 1
             if asr is not None:
@@ -328,7 +460,8 @@ def main(argv=None):
                   "vad_frame_commit_ns": commit_ns, "hangover_ms": hangover_ms,
                   "vad_seen_ns": vad_seen_ns, "recognised_ns": recognised_ns,
                   "decode_ns": decode_ns, "resample_ns": resample_ns, "read_pos": hist.end,
-                  "mic_handoff_ns": last["handoff_ns"]})
+                  "mic_handoff_ns": last["handoff_ns"], "streamed": early is not None,
+                  "early_decode_ns": early_ns})
         lost = reader.status()["lost_frames"] + hist.gaps
     vad.close()
     duplex.finish()

@@ -26,7 +26,7 @@ use voxring_linux::shared::Placed;
 use super::synth::{StreamResampler, Synth, to_f32};
 use super::talker::{Layout, Script, TalkerSource};
 use super::vad::{EarshotVad, VadEventKind, VadRecord};
-use super::{ReplyArgs, TalkArgs, VadArgs};
+use super::{ReplyArgs, RingArgs, TalkArgs, VadArgs};
 
 /// The VAD's register: the same type as the C ABI's and Python's `Control`.
 pub type VadRegister = ControlRegister<[u64; 8], 8>;
@@ -96,42 +96,52 @@ fn end_stream(tx: &mut ShmProducer, pos: u64) -> anyhow::Result<()> {
     }
 }
 
+/// Creates the ring of `a` (`frames` frames) and claims it, says it is ready, and waits for
+/// its readers.
+fn open_ring(a: &RingArgs, frames: u32, who: &str) -> anyhow::Result<(Segment, ShmProducer)> {
+    let cfg = mono_ring(a.rate, a.period, frames);
+    let seg = Segment::create(&a.ring, &cfg, &CreateOptions::default())
+        .with_context(|| format!("{who} cannot create its ring {:?}", a.ring))?;
+    let tx = seg
+        .producer()
+        .with_context(|| format!("{who} cannot claim its ring {:?}", a.ring))?;
+    emit(&json!({"event": "ready"}))?;
+    wait_consumers(&seg, a.readers, who)?;
+    Ok((seg, tx))
+}
+
 /// `voxring voice talk`: the talker through the synthetic device into a mic ring.
 pub fn talk(args: &TalkArgs) -> anyhow::Result<ExitCode> {
+    let ring = &args.out;
     let layout = Layout {
         lead_s: args.lead_s,
         gap_s: args.gap_s,
         tail_s: args.tail_s,
     };
-    let script = Script::build(&Synth::default(), &args.texts(), args.rate, &layout)?;
+    let script = Script::build(&Synth::default(), &args.texts(), ring.rate, &layout)?;
     // 256 frames (2.56 s of 10 ms frames): a reader that stalls (a Python agent on a loaded
     // machine) holds the device back that long before the device buffer has to absorb it.
-    let cfg = mono_ring(args.rate, args.period, 256);
-    let seg = Segment::create(&args.ring, &cfg, &CreateOptions::default())
-        .with_context(|| format!("cannot create the mic ring {:?}", args.ring))?;
-    let mut tx = seg.producer().context("cannot claim the mic ring")?;
-    emit(&json!({"event": "ready"}))?;
-    wait_consumers(&seg, args.readers, "the talker")?;
+    let (_seg, mut tx) = open_ring(&args.out, 256, "the talker")?;
 
     let params = StreamParams {
-        rate: args.rate,
+        rate: ring.rate,
         channels: 1,
-        period_frames: args.period,
+        period_frames: ring.period,
         // Whole periods, at least two.
-        buffer_frames: (args.rate / 1000 * args.buffer_ms)
-            .div_ceil(args.period)
+        buffer_frames: (ring.rate / 1000 * args.buffer_ms)
+            .div_ceil(ring.period)
             .max(2)
-            * args.period,
+            * ring.period,
     };
     // What is played comes back in the capture one period later, bit-exact.
-    let delay = args.period;
+    let delay = ring.period;
     let spec = DeviceSpec::Synthetic {
         loopback_delay: Some(delay),
     };
     let (mut dev, label) = open_duplex::<i16>(&spec, &params, MmapPreference::Auto)?;
     let granted = dev.capture_granted();
     let total = script.samples.len() as u64 + u64::from(delay);
-    let total = total.div_ceil(u64::from(args.period)) * u64::from(args.period);
+    let total = total.div_ceil(u64::from(ring.period)) * u64::from(ring.period);
     let (sink_stats, run, played) = {
         let (producer, waiter) = tx.parts();
         let mut sink = RingSink::<i16, _>::new(producer, waiter, &granted)?;
@@ -373,12 +383,8 @@ impl ReplyWriter<'_> {
 
 /// `voxring voice reply`: speaks each line of stdin into its output ring.
 pub fn reply(args: &ReplyArgs) -> anyhow::Result<ExitCode> {
-    let cfg = mono_ring(args.rate, args.period, 64);
-    let seg = Segment::create(&args.ring, &cfg, &CreateOptions::default())
-        .with_context(|| format!("cannot create the reply ring {:?}", args.ring))?;
-    let mut tx = seg.producer().context("cannot claim the reply ring")?;
-    emit(&json!({"event": "ready"}))?;
-    wait_consumers(&seg, args.readers, "the reply agent")?;
+    let args = &args.out;
+    let (_seg, mut tx) = open_ring(args, 64, "the reply agent")?;
     let synth = Synth::default();
     let (mut pos, mut replies) = (0u64, 0u64);
     for line in std::io::stdin().lock().lines() {

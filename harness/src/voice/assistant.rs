@@ -11,18 +11,21 @@
 //! first sample. See [`super::listen`] for how the ground truth is placed.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
 use serde_json::{Value, json};
 
+use super::hub_agents::SynthKind;
 use super::listen::{Capture, Placed, listen, place_utterances};
 use super::measure::{
-    Handoff, StageKind, UtteranceRecord, scenario_wer, stacked_bars_svg, table_markdown,
+    Handoff, StageKind, UtteranceRecord, bar_rows, scenario_wer, stacked_bars_svg, table_markdown,
 };
+use super::run_guard::{HubProc, HubSettings, RunGuard};
 use crate::run::procs::{self, Finished, Proc};
+use voxring_linux::cleanup::{SignalMode, install_signal_cleanup, termination_requested};
 
 /// `voxring voice assistant`.
 #[derive(Debug, Args)]
@@ -43,9 +46,17 @@ pub struct AssistantArgs {
     /// An utterance (repeat for several); default: the scenario's three.
     #[arg(long = "say")]
     pub say: Vec<String>,
+    /// How many utterances to speak: the --say list (or the scenario's three) cycled to this
+    /// many (default: each once). 20 gives a p50 and a p99 worth reading.
+    #[arg(long)]
+    pub utterances: Option<usize>,
     /// Silence between utterances, s (the reply is spoken in it).
     #[arg(long, default_value_t = 5.0)]
     pub gap_s: f64,
+    /// How the reply agent synthesises: the resident libespeak-ng, or an espeak-ng process
+    /// per reply.
+    #[arg(long, value_enum, default_value_t = SynthKind::Library)]
+    pub synth: SynthKind,
     /// Frames per hub cycle at 48 kHz.
     #[arg(long, default_value_t = 128)]
     pub quantum: u32,
@@ -61,13 +72,9 @@ pub struct AssistantArgs {
     /// SCHED_FIFO priority of the talker and reply agents (0: none).
     #[arg(long, default_value_t = 60)]
     pub rt_priority: u8,
-    /// The Python with pocketsphinx and the native voxring package (default:
-    /// $VOXRING_VOICE_PYTHON, else python3).
-    #[arg(long)]
-    pub python: Option<PathBuf>,
-    /// The recogniser script (default: harness/python/voice/recogniser.py of this source tree).
-    #[arg(long)]
-    pub recogniser: Option<PathBuf>,
+    /// The recogniser agent.
+    #[command(flatten)]
+    pub asr: RecogniserArgs,
     /// Also draw each utterance with every hand-off costing this many ns (e.g. what `voxring
     /// bench ipc` measured for Unix sockets or HTTP at the same frame size).
     #[arg(long)]
@@ -77,85 +84,45 @@ pub struct AssistantArgs {
     pub compare_name: String,
 }
 
-/// A `voxring serve` child, stopped by its PID.
-struct HubProc {
-    child: Child,
+/// How the Python recogniser agent is run.
+#[derive(Debug, Args)]
+pub struct RecogniserArgs {
+    /// The Python with pocketsphinx and the native voxring package (default:
+    /// $VOXRING_VOICE_PYTHON, else python3).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// The recogniser script (default: harness/python/voice/recogniser.py of this source tree).
+    #[arg(long)]
+    pub recogniser: Option<PathBuf>,
+    /// Decode after the VAD's decision (batch), or while the user speaks (streaming: faster,
+    /// but it heard "turn off" as "turn on" under load; see docs/voice-round-trip.md).
+    #[arg(long, default_value = "batch", value_parser = ["streaming", "batch"])]
+    pub decode: String,
 }
 
-impl HubProc {
-    fn start(name: &str, a: &AssistantArgs, json: &Path, log: &Path) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("cannot find this program's own path")?;
-        let log = std::fs::File::create(log).context("cannot create the hub's log")?;
-        let mut cmd = Command::new(exe);
-        cmd.args([
-            "serve",
-            "--name",
-            name,
-            "--device",
-            &a.device,
-            "--channels",
-            "1",
-        ])
-        .args([
-            "--format",
-            "s16",
-            "--rate",
-            "48000",
-            "--quantum",
-            &a.quantum.to_string(),
-        ])
-        .args(["--periods", &a.periods.to_string()])
-        .arg("--json")
-        .arg(json)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .process_group(0);
-        procs::die_with_parent_before_exec(&mut cmd, std::process::id());
-        let child = cmd.spawn().context("cannot start `voxring serve`")?;
-        let mut hub = HubProc { child };
-        let t0 = Instant::now();
-        loop {
-            if voxring_linux::hub::Hub::find(name, &Default::default()).is_ok() {
-                return Ok(hub);
-            }
-            if let Some(st) = hub.child.try_wait()? {
-                anyhow::bail!("the hub exited before it was ready ({st}); see its log above");
-            }
-            if t0.elapsed() > Duration::from_secs(60) {
-                hub.stop();
-                anyhow::bail!("the hub did not start within 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM by PID (readers get an end of stream), SIGKILL after a grace period.
-    fn stop(&mut self) -> String {
-        if let Ok(Some(st)) = self.child.try_wait() {
-            return st.to_string();
-        }
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return st.to_string();
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        format!("killed after 20 s ({:?})", self.child.wait())
+impl RecogniserArgs {
+    /// The recogniser's command, without its ring and register arguments.
+    fn command(&self) -> (PathBuf, Command) {
+        let py = self.python.clone().unwrap_or_else(|| {
+            std::env::var_os("VOXRING_VOICE_PYTHON").map_or_else(|| "python3".into(), PathBuf::from)
+        });
+        let script = self.recogniser.clone().unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("python/voice/recogniser.py")
+        });
+        let mut cmd = Command::new(&py);
+        cmd.arg(script).args(["--decode", &self.decode]);
+        (py, cmd)
     }
 }
-
-use std::os::unix::process::CommandExt as _;
 
 /// Waits for a child's `{"event":"ready"}` line (other lines are kept by the child).
 fn wait_ready(p: &mut Proc, what: &str) -> anyhow::Result<Value> {
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(120) {
+        anyhow::ensure!(
+            !termination_requested(),
+            "stopped by a signal while waiting for the {what}"
+        );
         if let Some(line) = p.wait_line(Duration::from_millis(200))
             && let Ok(v) = serde_json::from_str::<Value>(&line)
             && v["event"] == "ready"
@@ -181,64 +148,46 @@ fn event<'a>(lines: &'a [Value], kind: &str) -> impl Iterator<Item = &'a Value> 
     lines.iter().filter(move |v| v["event"] == kind)
 }
 
-struct Children {
-    agents: Vec<(&'static str, Proc)>,
-    hogs: Vec<Proc>,
-}
-
-fn python_and_script(a: &AssistantArgs) -> (PathBuf, PathBuf) {
-    let py = a.python.clone().unwrap_or_else(|| {
-        std::env::var_os("VOXRING_VOICE_PYTHON").map_or_else(|| "python3".into(), PathBuf::from)
-    });
-    let script = a.recogniser.clone().unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("python/voice/recogniser.py")
-    });
-    (py, script)
-}
-
-/// Starts the agents in order (each ready before the next), the hogs, and the talker last.
+/// Starts the agents in order (each ready before the next), the hogs, and the talker last;
+/// each goes into `ch` as soon as it is started (so a failure half-way stops those started).
 fn start_agents(
     a: &AssistantArgs,
     name: &str,
     dir: &Path,
     says: &[String],
-) -> anyhow::Result<Children> {
-    let mut ch = Children {
-        agents: Vec::new(),
-        hogs: Vec::new(),
-    };
+    ch: &mut RunGuard,
+) -> anyhow::Result<()> {
     let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
     let (vad_reg, asr, said) = (
         format!("{name}.vad"),
         format!("{name}.asr"),
         format!("{name}.said"),
     );
-    let mut p = procs::spawn_self(
+    let p = procs::spawn_self(
         "vad",
         &s(&["voice", "vad", "--hub", name, "--register", &vad_reg]),
     )?;
-    wait_ready(&mut p, "VAD agent")?;
-    ch.agents.push(("vad", p));
-    let (py, script) = python_and_script(a);
-    let mut cmd = Command::new(&py);
-    cmd.arg(&script)
-        .args([
-            "--ring",
-            &voxring_linux::hub::mic_name(name),
-            "--vad",
-            &vad_reg,
-        ])
-        .args(["--asr", &asr, "--said", &said]);
+    ready(ch, "vad", p, "VAD agent")?;
+    let (py, mut cmd) = a.asr.command();
+    cmd.args([
+        "--ring",
+        &voxring_linux::hub::mic_name(name),
+        "--vad",
+        &vad_reg,
+    ])
+    .args(["--asr", &asr, "--said", &said]);
     procs::die_with_parent_before_exec(&mut cmd, std::process::id());
-    let mut p = procs::spawn("recogniser", cmd)
+    let p = procs::spawn("recogniser", cmd)
         .with_context(|| format!("cannot start the recogniser with {}", py.display()))?;
-    wait_ready(
-        &mut p,
+    ready(
+        ch,
+        "recogniser",
+        p,
         "recogniser (Python; is pocketsphinx in $VOXRING_VOICE_PYTHON's venv?)",
     )?;
-    ch.agents.push(("recogniser", p));
     let rt = a.rt_priority.to_string();
-    let mut p = procs::spawn_self(
+    let synth = serde_json::to_value(a.synth)?;
+    let p = procs::spawn_self(
         "reply",
         &s(&[
             "voice",
@@ -251,10 +200,11 @@ fn start_agents(
             &said,
             "--rt-priority",
             &rt,
+            "--synth",
+            synth.as_str().unwrap_or("library"),
         ]),
     )?;
-    wait_ready(&mut p, "reply agent")?;
-    ch.agents.push(("reply", p));
+    ready(ch, "reply", p, "reply agent")?;
     for i in 0..a.load {
         let pid = std::process::id().to_string();
         ch.hogs.push(procs::spawn_self(
@@ -271,19 +221,29 @@ fn start_agents(
     for t in says {
         args.extend(["--say".into(), t.clone()]);
     }
-    let mut p = procs::spawn_self("talker", &args)?;
-    wait_ready(&mut p, "talker")?;
-    ch.agents.push(("talker", p));
-    Ok(ch)
+    let p = procs::spawn_self("talker", &args)?;
+    ready(ch, "talker", p, "talker")
+}
+
+/// Hands `p` to the guard, then waits for it to be ready.
+fn ready(ch: &mut RunGuard, who: &'static str, p: Proc, what: &str) -> anyhow::Result<()> {
+    ch.agents.push((who, p));
+    let (_, p) = ch.agents.last_mut().context("no agent")?;
+    wait_ready(p, what).map(|_| ())
 }
 
 /// Waits until the talker has finished and every utterance got its reply written out (or a
-/// give-up bound), then a second for the last reply to come back through the loopback.
-fn wait_scenario(ch: &mut Children, n: usize) {
+/// give-up bound: 180 s more than the script lasts), then 1.5 s for the last reply to come
+/// back through the loopback.
+fn wait_scenario(ch: &mut RunGuard, n: usize, script_s: f64) {
     let t0 = Instant::now();
+    let give_up = Duration::from_secs(180) + Duration::from_secs_f64(script_s);
     let mut replies = 0;
     let mut talker_done = false;
-    while t0.elapsed() < Duration::from_secs(180) && !(talker_done && replies >= n) {
+    while t0.elapsed() < give_up && !(talker_done && replies >= n) {
+        if termination_requested() {
+            return; // SIGINT/SIGTERM/SIGHUP: end the run in order (the guard cleans up)
+        }
         for (who, p) in &mut ch.agents {
             if *who == "talker" && !talker_done {
                 talker_done = p.exited().is_some();
@@ -312,11 +272,7 @@ pub fn assistant(a: &AssistantArgs) -> anyhow::Result<ExitCode> {
         "--load {} is more CPU hogs than makes sense (at most 64)",
         a.load
     );
-    let says: Vec<String> = if a.say.is_empty() {
-        super::SCENARIO.iter().map(|s| (*s).to_owned()).collect()
-    } else {
-        a.say.clone()
-    };
+    let says = utterances(a)?;
     if let Some(d) = &a.report {
         anyhow::ensure!(
             d.is_dir(),
@@ -331,7 +287,22 @@ pub fn assistant(a: &AssistantArgs) -> anyhow::Result<ExitCode> {
         .context("cannot make a temporary directory")?;
     let name = format!("assist-{}", std::process::id());
     let hub_json = dir.path().join("hub.json");
-    let mut hub = HubProc::start(&name, a, &hub_json, &dir.path().join("hub.log"))?;
+    // A signal ends the run in order (children stopped, segments removed), not mid-way.
+    install_signal_cleanup(SignalMode::Notify)
+        .map_err(|e| anyhow::anyhow!("cannot install the signal handling: {e}"))?;
+    let mut guard = RunGuard::new(&name);
+    let settings = HubSettings {
+        device: &a.device,
+        quantum: a.quantum,
+        periods: a.periods,
+        mic_frames: a.mic_frames,
+    };
+    guard.hub = Some(HubProc::start(
+        &name,
+        &settings,
+        &hub_json,
+        &dir.path().join("hub.log"),
+    )?);
     let (tx, rx) = std::sync::mpsc::channel();
     let listener = {
         let name = name.clone();
@@ -346,28 +317,19 @@ pub fn assistant(a: &AssistantArgs) -> anyhow::Result<ExitCode> {
     };
     let started = rx.recv_timeout(Duration::from_secs(60)).is_ok();
     let children = if started {
-        start_agents(a, &name, dir.path(), &says)
+        start_agents(a, &name, dir.path(), &says, &mut guard)
     } else {
         Err(anyhow::anyhow!("the listener could not join the hub"))
     };
-    let mut ch = match children {
-        Ok(ch) => ch,
-        Err(e) => {
-            hub.stop();
-            let _ = listener.join();
-            return Err(e);
-        }
-    };
-    wait_scenario(&mut ch, says.len());
-    let hub_status = hub.stop();
-    let finished: Vec<(&str, Finished)> = ch
-        .agents
-        .into_iter()
-        .map(|(w, p)| (w, p.finish(Duration::from_secs(70))))
-        .collect();
-    for h in ch.hogs {
-        h.kill();
+    if let Err(e) = children {
+        guard.stop_hub();
+        let _ = listener.join();
+        return Err(e);
     }
+    let script_s = says.len() as f64 * (a.gap_s + 4.0);
+    wait_scenario(&mut guard, says.len(), script_s);
+    let hub_status = guard.stop_hub();
+    let finished = guard.finish_agents(Duration::from_secs(70));
     let capture = listener
         .join()
         .map_err(|_| anyhow::anyhow!("the listener panicked"))?;
@@ -389,8 +351,24 @@ pub fn assistant(a: &AssistantArgs) -> anyhow::Result<ExitCode> {
         hub_summary,
         hub_status,
         hub_log,
+        left_behind: guard.sweep(),
     };
     conclude(a, &run)
+}
+
+/// The utterances to speak: `--say` (or the scenario's), cycled to `--utterances`.
+fn utterances(a: &AssistantArgs) -> anyhow::Result<Vec<String>> {
+    let base: Vec<String> = if a.say.is_empty() {
+        super::SCENARIO.iter().map(|s| (*s).to_owned()).collect()
+    } else {
+        a.say.clone()
+    };
+    let n = a.utterances.unwrap_or(base.len());
+    anyhow::ensure!(
+        (1..=500).contains(&n),
+        "--utterances {n}: give 1 to 500 (each takes about --gap-s plus 2 s)"
+    );
+    Ok(base.iter().cycle().take(n).cloned().collect())
 }
 
 /// Everything a run left, for [`conclude`].
@@ -402,6 +380,8 @@ struct RunOutputs<'a> {
     hub_summary: Value,
     hub_status: String,
     hub_log: String,
+    /// Segments of the run nobody removed (an agent that crashed), removed at the end.
+    left_behind: Vec<String>,
 }
 
 impl RunOutputs<'_> {
@@ -435,6 +415,16 @@ fn conclude(a: &AssistantArgs, run: &RunOutputs<'_>) -> anyhow::Result<ExitCode>
         if h[k].as_u64() != Some(0) {
             failures.push(format!("the hub's {k} is {} (frames lost)", h[k]));
         }
+    }
+    if termination_requested() {
+        failures.push("stopped by a signal (SIGINT, SIGTERM or SIGHUP) before its end".into());
+    }
+    if !run.left_behind.is_empty() {
+        failures.push(format!(
+            "segments of the run were left behind by an agent that did not remove them \
+             (removed now): {:?}",
+            run.left_behind
+        ));
     }
     let (records, mut why) = match &run.capture {
         Ok(cap) => build_records(a, run, cap),
@@ -476,21 +466,7 @@ fn write_report(a: &AssistantArgs, d: &Path, records: &[UtteranceRecord]) -> any
     std::fs::write(d.join("records.jsonl"), jl).context("cannot write the records")?;
     std::fs::write(d.join("voice-latency.md"), table_markdown(records))
         .context("cannot write the table")?;
-    let mut rows = Vec::new();
-    for (i, r) in records.iter().enumerate() {
-        rows.push((format!("{} voxring", i + 1), r.stages()));
-        if let Some(ns) = a.compare_handoff_ns {
-            let other = r
-                .handoffs
-                .iter()
-                .map(|h| Handoff { ns, ..h.clone() })
-                .collect();
-            rows.push((
-                format!("{} {}", i + 1, a.compare_name),
-                r.with_handoffs(other).stages(),
-            ));
-        }
-    }
+    let rows = bar_rows(records, a.compare_handoff_ns, &a.compare_name);
     let title = format!("Reply latency by stage ({}, --load {})", a.device, a.load);
     std::fs::write(d.join("voice-latency.svg"), stacked_bars_svg(&title, &rows))
         .context("cannot write the SVG")
@@ -640,6 +616,29 @@ fn record_for(
     })
 }
 
+/// p50, p90, p99 (nearest rank) and max of `v`, ms.
+fn percentiles(v: &[f64]) -> Value {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let rank = (q * v.len() as f64).ceil() as usize;
+        v.get(rank.clamp(1, v.len().max(1)) - 1).copied()
+    };
+    json!({"n": v.len(), "p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": v.last()})
+}
+
+/// [`percentiles`] of each stage over the records.
+fn stage_percentiles(records: &[UtteranceRecord]) -> Value {
+    StageKind::ALL
+        .iter()
+        .map(|&k| {
+            let v: Vec<f64> = records.iter().map(|r| r.stage_ms(k)).collect();
+            (format!("{k:?}").to_lowercase(), percentiles(&v))
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 /// The run's JSON summary.
 fn summarise(
     a: &AssistantArgs,
@@ -671,7 +670,7 @@ fn summarise(
         .map(|(w, f)| {
             (
                 (*w).to_owned(),
-                json!({"status": f.status, "end": event(&lines(f), "end").next()}),
+                json!({"status": f.status, "pid": f.pid, "end": event(&lines(f), "end").next()}),
             )
         })
         .collect();
@@ -694,6 +693,9 @@ fn summarise(
         "device": a.device, "load": a.load, "quantum": a.quantum, "periods": a.periods, "rate": 48000,
         "utterances": run.says, "word_error_rate": wer, "per_utterance": per,
         "decision_to_heard_max_ms": after_decision.iter().copied().fold(0.0, f64::max),
+        "decision_to_heard_ms": percentiles(&after_decision),
+        "stage_ms": stage_percentiles(records),
+        "synth": a.synth, "decode": a.asr.decode, "left_behind": run.left_behind,
         "hub": run.hub_summary, "hub_status": run.hub_status, "lanes": lanes, "agents": agents,
         "lane_corrections": run.capture.as_ref().map(|c| json!(c.corrections)).unwrap_or_default(),
         "failures": failures,

@@ -25,7 +25,8 @@ use voxring_linux::segment::{AttachOptions, CreateOptions};
 use voxring_linux::shared::Placed;
 
 use super::agents::VadRegister;
-use super::synth::{StreamResampler, Synth, SynthTimes, to_f32};
+use super::espeak_lib::Resident;
+use super::synth::{Speaker, StreamResampler, Synth, SynthTimes, to_f32};
 use super::talker::{Layout, Script};
 
 /// A sample at or above this magnitude (S16) is sound, below it silence: how the listener
@@ -34,6 +35,33 @@ pub const LOUD: i16 = 32;
 
 /// Bytes of text the recogniser → reply register carries (after four words of header).
 pub const ASR_TEXT_BYTES: usize = 32;
+
+/// How the reply agent synthesises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SynthKind {
+    /// libespeak-ng loaded once, streaming 10 ms pieces (no process start per reply).
+    Library,
+    /// One `espeak-ng` process per reply, its WAV output streamed from the pipe.
+    Process,
+}
+
+impl SynthKind {
+    /// The synthesiser (the library is loaded here: a missing one fails now, not mid-run).
+    pub fn speaker(self) -> anyhow::Result<Box<dyn Speaker + Send>> {
+        Ok(match self {
+            Self::Library => {
+                let r = Resident::new(&Synth::default())?;
+                // Resident means ready: the first synthesis loads the voice's data files,
+                // which is start-up work, not a reply's.
+                r.stream("ready", &mut |_, _| Ok(()))
+                    .context("libespeak-ng cannot speak")?;
+                Box::new(r)
+            }
+            Self::Process => Box::new(Synth::default()),
+        })
+    }
+}
 
 /// `voxring voice hub-talk` (started by `voxring voice assistant`).
 #[derive(Debug, Args)]
@@ -70,6 +98,9 @@ pub struct HubReplyArgs {
     /// This agent's register to create (replies written out).
     #[arg(long)]
     pub said: String,
+    /// How replies are synthesised.
+    #[arg(long, value_enum, default_value_t = SynthKind::Library)]
+    pub synth: SynthKind,
     /// SCHED_FIFO priority of the agent (0: none; a refusal is a warning).
     #[arg(long, default_value_t = 60)]
     pub rt_priority: u8,
@@ -169,9 +200,12 @@ enum Synthesised {
     Failed(String),
 }
 
-/// The synthesis thread: each text in, espeak-ng's samples out at `rate` as they come.
-fn synth_worker(rate: u32, texts: Receiver<String>, out: Sender<Synthesised>) {
-    let synth = Synth::default();
+/// Input samples the reply's rate converter takes at a time (11.6 ms at 22,050 Hz): the first
+/// converted samples leave after this much was synthesised.
+const REPLY_RESAMPLER_CHUNK: usize = 256;
+
+/// The synthesis thread: each text in, the samples out at `rate` as they are synthesised.
+fn synth_worker(synth: &dyn Speaker, rate: u32, texts: Receiver<String>, out: Sender<Synthesised>) {
     for text in texts {
         let mut rs: Option<StreamResampler> = None;
         let mut send = |o: &[f32]| -> anyhow::Result<()> {
@@ -182,7 +216,7 @@ fn synth_worker(rate: u32, texts: Receiver<String>, out: Sender<Synthesised>) {
         let r = synth.stream(&text, &mut |from, s| {
             let r = match rs.as_mut() {
                 Some(r) => r,
-                None => rs.insert(StreamResampler::new(from, rate, 1024)?),
+                None => rs.insert(StreamResampler::new(from, rate, REPLY_RESAMPLER_CHUNK)?),
             };
             r.push(&to_f32(s), &mut send)
         });
@@ -257,14 +291,15 @@ pub fn hub_reply(args: &HubReplyArgs) -> anyhow::Result<ExitCode> {
     let (text_tx, text_rx) = channel::<String>();
     let (out_tx, out_rx) = channel();
     let rate = cfg.sample_rate;
+    let speaker = args.synth.speaker()?;
     let worker = std::thread::Builder::new()
         .name("reply-synth".into())
-        .spawn(move || synth_worker(rate, text_rx, out_tx))
+        .spawn(move || synth_worker(&*speaker, rate, text_rx, out_tx))
         .context("cannot start the synthesis thread")?;
     let (sched, warning) = crate::run::device::promote(args.rt_priority);
     let mut spk = hub.speaker("reply")?;
     let mut mic = hub.join_mic("reply", Delivery::Lossless)?;
-    emit(&json!({"event": "ready", "sched": sched, "warning": warning}))?;
+    emit(&json!({"event": "ready", "sched": sched, "warning": warning, "synth": args.synth}))?;
     let mut pending: VecDeque<i16> = VecDeque::with_capacity(1 << 18);
     let mut frame = vec![0i16; spf];
     let (mut seen_results, mut done, mut cur, mut ok) = (0u64, 0u64, None::<InFlight>, true);

@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::run::plots::{esc, svg_open};
+
 /// The stages of the reply latency, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -241,12 +243,6 @@ pub fn table_markdown(records: &[UtteranceRecord]) -> String {
     s
 }
 
-fn esc(t: &str) -> String {
-    t.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
 /// Horizontal stacked bars, one per row (label, stages): the reply latency by stage. A
 /// hand-off is drawn at least 1 px wide, black, so that it stays visible as the sliver it is.
 pub fn stacked_bars_svg(title: &str, rows: &[(String, Vec<Stage>)]) -> String {
@@ -258,17 +254,7 @@ pub fn stacked_bars_svg(title: &str, rows: &[(String, Vec<Stage>)]) -> String {
         .fold(1.0, f64::max);
     let scale = (w - left - right) / max;
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="24" text-anchor="middle" font-size="15">{}</text>"#,
-        w / 2.0,
-        esc(title)
-    );
+    svg_open(&mut s, w, h, title);
     for (i, (label, stages)) in rows.iter().enumerate() {
         let y = top + i as f64 * (bar + gap);
         let _ = writeln!(
@@ -325,6 +311,31 @@ pub fn stacked_bars_svg(title: &str, rows: &[(String, Vec<Stage>)]) -> String {
     s
 }
 
+/// The stacked bars' rows: each utterance as measured, and, with `compare_ns`, again with
+/// every hand-off costing that many ns (labelled `compare_name`).
+pub fn bar_rows(
+    records: &[UtteranceRecord],
+    compare_ns: Option<u64>,
+    compare_name: &str,
+) -> Vec<(String, Vec<Stage>)> {
+    let mut rows = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        rows.push((format!("{} voxring", i + 1), r.stages()));
+        if let Some(ns) = compare_ns {
+            let other = r
+                .handoffs
+                .iter()
+                .map(|h| Handoff { ns, ..h.clone() })
+                .collect();
+            rows.push((
+                format!("{} {compare_name}", i + 1),
+                r.with_handoffs(other).stages(),
+            ));
+        }
+    }
+    rows
+}
+
 /// `voxring voice report`.
 pub fn report(args: &super::ReportArgs) -> anyhow::Result<std::process::ExitCode> {
     use anyhow::Context as _;
@@ -349,21 +360,7 @@ pub fn report(args: &super::ReportArgs) -> anyhow::Result<std::process::ExitCode
         "{} holds no records",
         args.records.display()
     );
-    let mut rows = Vec::new();
-    for (i, r) in records.iter().enumerate() {
-        rows.push((format!("{} voxring", i + 1), r.stages()));
-        if let Some(ns) = args.compare_handoff_ns {
-            let other = r
-                .handoffs
-                .iter()
-                .map(|h| Handoff { ns, ..h.clone() })
-                .collect();
-            rows.push((
-                format!("{} {}", i + 1, args.compare_name),
-                r.with_handoffs(other).stages(),
-            ));
-        }
-    }
+    let rows = bar_rows(&records, args.compare_handoff_ns, &args.compare_name);
     let md = args.out.join("voice-latency.md");
     let svg = args.out.join("voice-latency.svg");
     std::fs::write(&md, table_markdown(&records))

@@ -16,9 +16,11 @@ use clap::{Args, Subcommand};
 
 pub mod agents;
 pub mod assistant;
+pub mod espeak_lib;
 pub mod hub_agents;
 pub mod listen;
 pub mod measure;
+pub mod run_guard;
 pub mod synth;
 pub mod talker;
 pub mod vad;
@@ -72,21 +74,12 @@ pub struct ReportArgs {
 /// `voxring voice talk`.
 #[derive(Debug, Args)]
 pub struct TalkArgs {
-    /// The mic ring to create (mono S16).
-    #[arg(long)]
-    pub ring: String,
+    /// The mic ring (its rate and frame are the device's rate and period).
+    #[command(flatten)]
+    pub out: RingArgs,
     /// An utterance (repeat for several); default: the scenario's three.
     #[arg(long = "say")]
     pub say: Vec<String>,
-    /// Start once this many readers have joined the ring.
-    #[arg(long, default_value_t = 1)]
-    pub readers: u16,
-    /// Device rate, Hz.
-    #[arg(long, default_value_t = 48_000)]
-    pub rate: u32,
-    /// Device period and ring frame, samples.
-    #[arg(long, default_value_t = 480)]
-    pub period: u32,
     /// The synthetic device's buffer, ms: how long the talker may stall before the device
     /// overruns (a run that overran is refused, not reported).
     #[arg(long, default_value_t = 200)]
@@ -148,16 +141,24 @@ impl VadArgs {
 /// `voxring voice reply`.
 #[derive(Debug, Args)]
 pub struct ReplyArgs {
-    /// The reply ring to create (mono S16).
+    /// The reply ring.
+    #[command(flatten)]
+    pub out: RingArgs,
+}
+
+/// The mono S16 ring a speaking part creates and writes.
+#[derive(Debug, Args)]
+pub struct RingArgs {
+    /// The ring to create (mono S16).
     #[arg(long)]
     pub ring: String,
-    /// Start once this many readers have joined.
+    /// Start once this many readers have joined the ring.
     #[arg(long, default_value_t = 1)]
     pub readers: u16,
-    /// Ring rate, Hz.
+    /// Rate, Hz.
     #[arg(long, default_value_t = 48_000)]
     pub rate: u32,
-    /// Samples per ring frame.
+    /// Samples per ring frame (the talker's device period).
     #[arg(long, default_value_t = 480)]
     pub period: u32,
 }

@@ -53,6 +53,28 @@ pub struct SynthTimes {
     pub done_ns: u64,
 }
 
+/// Something that synthesises a text, handing its samples out as they come: the `espeak-ng`
+/// program ([`Synth`]) or the resident library ([`super::espeak_lib::Resident`]).
+pub trait Speaker {
+    /// Synthesises `text`, handing the samples to `on_samples(rate, samples)` as they are
+    /// made; returns when it was asked, gave its first sample, and finished.
+    fn stream(
+        &self,
+        text: &str,
+        on_samples: &mut dyn FnMut(u32, &[i16]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<SynthTimes>;
+}
+
+impl Speaker for Synth {
+    fn stream(
+        &self,
+        text: &str,
+        on_samples: &mut dyn FnMut(u32, &[i16]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<SynthTimes> {
+        Synth::stream(self, text, on_samples)
+    }
+}
+
 impl Synth {
     /// Synthesises `text`. Fails with what to do when espeak-ng is missing or fails.
     pub fn speak(&self, text: &str) -> anyhow::Result<Speech> {
@@ -73,10 +95,7 @@ impl Synth {
         text: &str,
         on_samples: &mut dyn FnMut(u32, &[i16]) -> anyhow::Result<()>,
     ) -> anyhow::Result<SynthTimes> {
-        anyhow::ensure!(
-            !text.trim().is_empty(),
-            "nothing to say: the utterance is empty"
-        );
+        check_text(text)?;
         let requested_ns = monotonic_ns();
         let mut child = Command::new(ESPEAK)
             .args(["-v", &self.voice, "-s", &self.words_per_minute.to_string()])
@@ -149,6 +168,15 @@ impl Synth {
             done_ns,
         })
     }
+}
+
+/// Refuses a text with nothing to say.
+pub fn check_text(text: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !text.trim().is_empty(),
+        "nothing to say: the utterance is empty"
+    );
+    Ok(())
 }
 
 /// The canonical PCM WAV header espeak-ng writes (RIFF, `fmt ` of 16 bytes, `data`).

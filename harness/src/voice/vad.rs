@@ -439,25 +439,16 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused_with_reasons() {
-        let e = EarshotVad::new(
-            48_000,
-            VadSettings {
-                threshold: 2.0,
-                ..Default::default()
-            },
-        )
-        .unwrap_err()
-        .to_string();
+        let refusal = |s: VadSettings| EarshotVad::new(48_000, s).unwrap_err().to_string();
+        let e = refusal(VadSettings {
+            threshold: 2.0,
+            ..Default::default()
+        });
         assert!(e.contains("threshold"), "{e}");
-        let e = EarshotVad::new(
-            48_000,
-            VadSettings {
-                hangover_frames: 0,
-                ..Default::default()
-            },
-        )
-        .unwrap_err()
-        .to_string();
+        let e = refusal(VadSettings {
+            hangover_frames: 0,
+            ..Default::default()
+        });
         assert!(e.contains("at least one frame"), "{e}");
     }
 

@@ -24,6 +24,29 @@ pub fn voxring() -> Command {
     Command::new(env!("CARGO_BIN_EXE_voxring"))
 }
 
+/// The Python of the voice tests: $VOXRING_VOICE_PYTHON (the test venv), else python3, if
+/// it runs `imports`. None (the test skips) when not, except under CI=true; `fix` says what
+/// to install.
+pub fn voice_python(imports: &str, fix: &str) -> Option<std::path::PathBuf> {
+    let py = std::env::var_os("VOXRING_VOICE_PYTHON")
+        .map_or_else(|| "python3".into(), std::path::PathBuf::from);
+    let ok = Command::new(&py)
+        .args(["-c", imports])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return Some(py);
+    }
+    let why = format!(
+        "{} cannot run {imports:?}: {fix}, and set VOXRING_VOICE_PYTHON",
+        py.display()
+    );
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+    println!("skipped: {why}");
+    None
+}
+
 /// `voxring run --device <device> --seconds <seconds> --no-progress`: add the rest.
 pub fn voxring_run(device: &str, seconds: &str) -> Command {
     let mut cmd = voxring();
