@@ -84,21 +84,11 @@ ASR_TEXT_BYTES = 32
 SAID_RECORD = struct.Struct("=4Q")
 
 
-def read_register(reg, size, give_up_s=2.0):
-    """Reads a control register, retrying while its writer is mid-write.
-
-    The package's read gives up (VR_E_CONTENDED) after a burst of attempts that all overlapped
-    a write; on a loaded machine the writer (another process) can be descheduled inside its
-    write for milliseconds. A writer that stays mid-write for `give_up_s` is taken as dead.
-    """
-    deadline = time.monotonic() + give_up_s
-    while True:
-        try:
-            return reg.read(size)[0]
-        except voxring.VoxringError as e:
-            if e.name != "VR_E_CONTENDED" or time.monotonic() > deadline:
-                raise
-            time.sleep(0.001)
+def read_register(reg, size):
+    """Reads a control register. The package's read waits out a write in progress (its
+    writer, another process, can be descheduled mid-write on a loaded machine) for up to 2 s,
+    then raises saying which case it was."""
+    return reg.read(size)[0]
 
 
 def read_ready(reader, on_frame, timeout=0.5, on_handoff=None):

@@ -19,6 +19,7 @@ use voxring_linux::audio::alsa_pcm::MmapPreference;
 use voxring_linux::audio::duplex::{DeviceSpec, StopFlag, open_duplex};
 use voxring_linux::audio::ring_io::RingSink;
 use voxring_linux::audio::{StreamParams, monotonic_ns};
+use voxring_linux::control::ControlExt as _;
 use voxring_linux::ring::{FramesWait, Segment, ShmProducer, SpaceWait};
 use voxring_linux::segment::{AttachOptions, CreateOptions};
 use voxring_linux::shared::Placed;
@@ -288,7 +289,7 @@ fn vad_on(
                     rec.frame_commit_ns = meta.timestamp_ns;
                     // One writer: a refusal cannot happen; if it did, the next decision
                     // publishes again.
-                    let _ = reg.write(rec.to_words());
+                    let _ = reg.publish_and_wake(rec.to_words());
                     if events.len() < events.capacity() {
                         events.push((e, now, meta.timestamp_ns, t_got));
                     }
@@ -304,7 +305,7 @@ fn vad_on(
     }
     // Every decision is out: say so, so that readers of the register stop waiting for more.
     rec.speaking = VadRecord::STREAM_ENDED;
-    let _ = reg.write(rec.to_words());
+    let _ = reg.publish_and_wake(rec.to_words());
     let list: Vec<_> = events
         .iter()
         .map(|(e, ns, commit, got)| {

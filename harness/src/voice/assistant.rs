@@ -69,6 +69,16 @@ pub struct AssistantArgs {
     /// evicts them. 2048 frames of 128 are 5.5 s.
     #[arg(long, default_value_t = 2048)]
     pub mic_frames: u32,
+    /// The hub's output queues' target depth in quanta (`voxring serve --target`). The
+    /// talker's lane is paced by mic frames; a wake-up of the talker late by more than the
+    /// band is a correction, which fails the run (the user's speech would not reach the mic
+    /// whole). 4 (band 3) absorbs three late cycles and adds two quanta to the playback
+    /// against the hub's default of 2 (band 1), with which loaded runs failed that way.
+    #[arg(long, default_value_t = 4)]
+    pub queue_target: u32,
+    /// The band around the target inside which nothing is corrected (`voxring serve --band`).
+    #[arg(long, default_value_t = 3)]
+    pub queue_band: u32,
     /// SCHED_FIFO priority of the talker and reply agents (0: none).
     #[arg(long, default_value_t = 60)]
     pub rt_priority: u8,
@@ -296,6 +306,7 @@ pub fn assistant(a: &AssistantArgs) -> anyhow::Result<ExitCode> {
         quantum: a.quantum,
         periods: a.periods,
         mic_frames: a.mic_frames,
+        queue: (a.queue_target, a.queue_band),
     };
     guard.hub = Some(HubProc::start(
         &name,

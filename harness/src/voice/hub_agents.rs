@@ -20,6 +20,7 @@ use serde_json::json;
 use voxring_core::SampleFormat;
 use voxring_linux::audio::Sample as _;
 use voxring_linux::audio::monotonic_ns;
+use voxring_linux::control::ControlExt as _;
 use voxring_linux::hub::{Delivery, Hub, HubOptions, Read};
 use voxring_linux::segment::{AttachOptions, CreateOptions};
 use voxring_linux::shared::Placed;
@@ -372,7 +373,7 @@ pub fn hub_reply(args: &HubReplyArgs) -> anyhow::Result<ExitCode> {
         if c.times.is_some() && pending.is_empty() {
             done += 1;
             let c = cur.take().unwrap_or_default();
-            said.write([
+            said.publish_and_wake([
                 done,
                 c.last_commit_ns,
                 c.first_commit_ns,

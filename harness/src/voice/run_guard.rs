@@ -21,6 +21,8 @@ pub struct HubSettings<'a> {
     pub quantum: u32,
     pub periods: u32,
     pub mic_frames: u32,
+    /// The hub's output queues: target depth and band (`voxring serve --target/--band`).
+    pub queue: (u32, u32),
 }
 
 /// A `voxring serve` child, stopped by its PID.
@@ -40,6 +42,7 @@ impl HubProc {
             .args(["--quantum", &s.quantum.to_string()])
             .args(["--periods", &s.periods.to_string()])
             .args(["--mic-frames", &s.mic_frames.to_string()])
+            .args(["--target", &s.queue.0.to_string(), "--band", &s.queue.1.to_string()])
             .arg("--json")
             .arg(json)
             .stdin(Stdio::null())
