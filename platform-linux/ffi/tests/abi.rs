@@ -2,34 +2,13 @@
 //! out of order, oversized values. Every call must return an error code with a message, never
 //! crash.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::ptr;
 
 use voxring_ffi::*;
 
-fn last_error() -> String {
-    let mut buf = [0 as std::ffi::c_char; 512];
-    // SAFETY: `buf` is valid for its length.
-    unsafe { vr_last_error(buf.as_mut_ptr(), buf.len()) };
-    // SAFETY: vr_last_error NUL-terminates within the buffer.
-    unsafe { CStr::from_ptr(buf.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// Asserts that a call returned `VR_OK`, with the library's last error as the message if not.
-#[track_caller]
-fn ok(code: i32) {
-    assert_eq!(code, VR_OK, "{}", last_error());
-}
-
-/// Asserts that a call was refused with `code` and that the library's last error says `why`.
-#[track_caller]
-fn refused(got: i32, code: i32, why: &str) {
-    let e = last_error();
-    assert_eq!(got, code, "{e}");
-    assert!(e.contains(why), "the last error does not say {why:?}: {e}");
-}
+mod common;
+use common::{last_error, ok, refused, unique_c};
 
 /// The writer's status, which the call must give.
 ///
@@ -53,8 +32,8 @@ unsafe fn reader_status(r: *mut vr_reader) -> vr_status {
     st
 }
 
-fn unique(tag: &str) -> std::ffi::CString {
-    std::ffi::CString::new(format!("abi-{tag}-{}", std::process::id())).expect("no NUL")
+fn unique(tag: &str) -> CString {
+    unique_c("abi", tag)
 }
 
 /// `N` zeroed frames for grants to fill.
