@@ -2,8 +2,8 @@
 #![allow(dead_code)]
 
 use voxring_core::{
-    Consumer, FrameFlags, FrameMeta, FrameMut, GrantError, Policy, Producer, Ring, RingConfig,
-    SampleFormat, WaitOutcome, Waiter,
+    Consumer, FrameFlags, FrameMeta, FrameMut, GrantError, Policy, Producer, ReadError, Ring,
+    RingConfig, SampleFormat, WaitOutcome, Waiter,
 };
 
 /// A property-test operation: the producer grants up to `n` frames and commits `k` of them.
@@ -152,6 +152,29 @@ pub fn write_one_parking(p: &mut Producer, waiter: &impl Waiter) {
             outcome,
             WaitOutcome::TimedOut,
             "the parked producer was never woken"
+        );
+    }
+}
+
+/// Reads one frame and releases it (the release's wake passed to `waiter`), parking on
+/// `waiter` while none is ready; the frame's sequence number. As in [`write_one_parking`], a
+/// park that ends in a timeout fails the test.
+pub fn read_one_parking(c: &mut Consumer, waiter: &impl Waiter) -> u64 {
+    loop {
+        match c.read_grant(1) {
+            Ok(g) => {
+                let seq = g.first_seq();
+                g.release_all().unwrap().wake(waiter);
+                return seq;
+            }
+            Err(ReadError::Empty) => {}
+            Err(e) => panic!("{e}"),
+        }
+        let outcome = c.wait_readable(waiter, None).unwrap();
+        assert_ne!(
+            outcome,
+            WaitOutcome::TimedOut,
+            "the parked consumer was never woken"
         );
     }
 }
