@@ -36,6 +36,17 @@ fn unique(tag: &str) -> CString {
     unique_c("abi", tag)
 }
 
+/// Ends an open grant after one frame with `end` (a commit or a release), then calls `end`
+/// again: the second call must be refused with a message naming `grant_call` (what to call
+/// first) and change nothing, so `pos_frames` (the handle's position and frame count) still
+/// reads one frame through.
+#[track_caller]
+fn ends_only_once(end: impl Fn() -> i32, grant_call: &str, pos_frames: impl Fn() -> (u64, u64)) {
+    ok(end());
+    refused(end(), VR_E_NO_GRANT, grant_call);
+    assert_eq!(pos_frames(), (1, 1), "the second call did something");
+}
+
 /// `N` zeroed frames for grants to fill.
 fn empty_frames<const N: usize>() -> [vr_frame; N] {
     [vr_frame {
@@ -198,17 +209,13 @@ fn grants_are_checked_on_commit_and_release() {
         );
         let st = writer_status(w);
         assert_eq!(st.write_pos, 0, "a refused commit publishes nothing");
-        ok(vr_write_commit(w, ptr::null(), 1));
-        refused(
-            vr_write_commit(w, ptr::null(), 1),
-            VR_E_NO_GRANT,
+        ends_only_once(
+            || vr_write_commit(w, ptr::null(), 1),
             "vr_write_grant",
-        );
-        let st = writer_status(w);
-        assert_eq!(
-            (st.write_pos, st.frames),
-            (1, 1),
-            "the second commit did nothing"
+            || {
+                let st = writer_status(w);
+                (st.write_pos, st.frames)
+            },
         );
         // The abandoned frame (seq 1) is granted again.
         assert_eq!(vr_write_grant(w, 1, f.as_mut_ptr(), &mut n), VR_OK);
@@ -228,13 +235,13 @@ fn grants_are_checked_on_commit_and_release() {
             (0, 2),
             "a refused release frees nothing"
         );
-        assert_eq!(vr_read_release(r, 1), VR_OK, "{}", last_error());
-        refused(vr_read_release(r, 1), VR_E_NO_GRANT, "vr_read_grant");
-        let st = reader_status(r);
-        assert_eq!(
-            (st.read_pos, st.frames),
-            (1, 1),
-            "the second release did nothing"
+        ends_only_once(
+            || vr_read_release(r, 1),
+            "vr_read_grant",
+            || {
+                let st = reader_status(r);
+                (st.read_pos, st.frames)
+            },
         );
         // The unreleased frame (seq 1) is granted again.
         assert_eq!(vr_read_grant(r, 4, f.as_mut_ptr(), &mut n), VR_OK);
