@@ -14,12 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{EXE, GIVE_UP, assert_gone, attach_when_there, stats};
+use common::{EXE, GIVE_UP, assert_gone, attach_when_there, read_ready, stats};
 use voxring_bridge::topo::{Side, free_local_port};
-use voxring_core::{FrameFlags, Policy, ReadError, RingConfig, SampleFormat};
+use voxring_core::{FrameFlags, Policy, RingConfig, SampleFormat};
 use voxring_linux::hub::directory::{SLOT_FREE, unpack_name};
 use voxring_linux::hub::{Hub, HubOptions};
-use voxring_linux::ring::{FramesWait, Segment};
+use voxring_linux::ring::Segment;
 use voxring_linux::segment::CreateOptions;
 
 /// The hub's quantum: the stream's frame.
@@ -129,27 +129,13 @@ fn read_back(name: &str) -> Vec<i16> {
     let end = Instant::now() + GIVE_UP;
     let last = sample(FRAMES * QUANTUM - 1);
     while Instant::now() < end {
-        if rx
-            .wait_for_frames(Some(Duration::from_millis(100)))
-            .unwrap()
-            != FramesWait::Ready
-        {
-            continue;
-        }
-        let (c, waiter) = rx.parts();
-        let g = match c.read_grant(64) {
-            Ok(g) => g,
-            Err(ReadError::Empty) => continue,
-            Err(e) => panic!("reading the imported mic: {e}"),
-        };
-        for f in g.frames() {
+        for (_, payload) in read_ready(&mut rx) {
             got.extend(
-                f.payload()
+                payload
                     .chunks_exact(2)
                     .map(|b| i16::from_ne_bytes([b[0], b[1]])),
             );
         }
-        g.release_all().expect("release").wake(waiter);
         if got.contains(&last) && got.len() > FRAMES * QUANTUM {
             break;
         }

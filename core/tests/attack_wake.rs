@@ -7,13 +7,11 @@
 
 mod common;
 
-use common::{Region, config, make, make_pair, write_one_parking};
+use common::{Region, config, make, make_pair, read_one_parking, write_one_parking};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
-use voxring_core::{
-    AtomicU32, Consumer, Policy, Producer, ReadError, RingConfig, WaitOutcome, Waiter,
-};
+use voxring_core::{AtomicU32, Consumer, Policy, Producer, RingConfig, WaitOutcome, Waiter};
 
 /// Byte offsets of the wait words in a ring region (core/LAYOUT.md, "Wait block").
 const DATA_FUTEX: usize = 256;
@@ -216,26 +214,9 @@ fn a_really_parked_consumer_still_gets_every_frame_under_a_forged_count() {
         |producer, consumer, waiter| {
             std::thread::scope(|s| {
                 let reader = s.spawn(|| {
-                    let mut got = Vec::new();
-                    while (got.len() as u64) < FRAMES {
-                        match consumer.read_grant(1) {
-                            Ok(g) => {
-                                got.push(g.first_seq());
-                                g.release_all().unwrap().wake(waiter);
-                                continue;
-                            }
-                            Err(ReadError::Empty) => {}
-                            Err(e) => panic!("{e}"),
-                        }
-                        let outcome = consumer.wait_readable(waiter, None).unwrap();
-                        assert_ne!(
-                            outcome,
-                            WaitOutcome::TimedOut,
-                            "a parked consumer was never woken (after {} frames)",
-                            got.len()
-                        );
-                    }
-                    got
+                    (0..FRAMES)
+                        .map(|_| read_one_parking(consumer, waiter))
+                        .collect::<Vec<_>>()
                 });
                 for i in 0..FRAMES as usize {
                     // Let the consumer fall asleep for frame `i` first (its sleep `i + 1`;

@@ -12,7 +12,10 @@ mod common;
 
 use common::{TestDir, voxring_run};
 
-fn run_json(cmd: &mut std::process::Command, dir: &TestDir) -> (Output, Value) {
+/// Runs `cmd` with `--json` into a fresh test directory named after `tag`; the process's
+/// output, its JSON report and its stdout as text.
+fn run_json(tag: &str, cmd: &mut std::process::Command) -> (Output, Value, String) {
+    let dir = TestDir::new(tag);
     let json = dir.path().join("run.json");
     let out = cmd
         .arg("--json")
@@ -26,7 +29,19 @@ fn run_json(cmd: &mut std::process::Command, dir: &TestDir) -> (Output, Value) {
             String::from_utf8_lossy(&out.stderr)
         )
     });
-    (out, serde_json::from_str(&text).unwrap())
+    let stdout = stdout.into_owned();
+    (out, serde_json::from_str(&text).unwrap(), stdout)
+}
+
+/// A 3 s synthetic run of the vad and echo agents on a forced `periods` buffer, with the test
+/// hook `hook` (variable, value) provoking a glitch.
+fn provoked_run(tag: &str, periods: &str, hook: (&str, &str)) -> (Output, Value, String) {
+    run_json(
+        tag,
+        voxring_run("synthetic", "3")
+            .args(["--agents", "vad,echo", "--periods", periods])
+            .env(hook.0, hook.1),
+    )
 }
 
 fn glitches(report: &Value) -> &Vec<Value> {
@@ -35,14 +50,7 @@ fn glitches(report: &Value) -> &Vec<Value> {
 
 #[test]
 fn a_stalled_audio_thread_is_named_as_the_cause() {
-    let dir = TestDir::new("stall");
-    let (out, report) = run_json(
-        voxring_run("synthetic", "3")
-            .args(["--agents", "vad,echo", "--periods", "2"])
-            .env("VOXRING_TEST_STALL_AUDIO", "600:40"),
-        &dir,
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (out, report, stdout) = provoked_run("stall", "2", ("VOXRING_TEST_STALL_AUDIO", "600:40"));
     // Frames were lost to the stall: the run fails, and says why.
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     let provoked: Vec<&Value> = glitches(&report)
@@ -68,14 +76,8 @@ fn a_stalled_audio_thread_is_named_as_the_cause() {
 
 #[test]
 fn a_late_agent_is_named_with_its_compute() {
-    let dir = TestDir::new("late-agent");
-    let (out, report) = run_json(
-        voxring_run("synthetic", "3")
-            .args(["--agents", "vad,echo", "--periods", "3"])
-            .env("VOXRING_TEST_LATE_AGENT", "vad:600:50"),
-        &dir,
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let hook = ("VOXRING_TEST_LATE_AGENT", "vad:600:50");
+    let (_, report, stdout) = provoked_run("late-agent", "3", hook);
     let late = glitches(&report)
         .iter()
         .find(|g| g["cycle"] == 600 && g["kind"] == "late-cycle")
@@ -88,12 +90,10 @@ fn a_late_agent_is_named_with_its_compute() {
 
 #[test]
 fn auto_measures_the_machine_and_says_what_it_chose() {
-    let dir = TestDir::new("auto");
-    let (out, report) = run_json(
+    let (_, report, stdout) = run_json(
+        "auto",
         voxring_run("synthetic", "1").args(["--agents", "vad"]),
-        &dir,
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
     let b = &report["buffer"];
     assert_eq!(b["mode"], "auto", "{report:#}");
     let n = b["periods"].as_u64().unwrap();

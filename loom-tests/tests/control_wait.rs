@@ -30,28 +30,37 @@ fn wait_past(reg: &Reg, seen: u64, futex: &FutexModel) -> u64 {
     }
 }
 
-#[test]
-fn waiting_readers_are_always_woken() {
-    assert_explored_many("control: waiting reader woken by publish", || {
+/// Starts a loom thread running `body` on its own handles to the register and the futex.
+fn spawn_on<T: Send + 'static>(
+    reg: &Arc<Reg>,
+    futex: &Arc<FutexModel>,
+    body: impl FnOnce(&Reg, &FutexModel) -> T + Send + 'static,
+) -> loom::thread::JoinHandle<T> {
+    let (reg, futex) = (Arc::clone(reg), Arc::clone(futex));
+    loom::thread::spawn(move || body(&reg, &futex))
+}
+
+/// Explores a writer that publishes `[1, 1]` once (passing its wake to the futex) racing one
+/// reader thread running `reader` on a fresh register.
+fn explore_one_publish(name: &str, reader: fn(&Reg, &FutexModel)) {
+    assert_explored_many(name, move || {
         let reg = Arc::new(Reg::new([0, 0]));
         let futex = FutexModel::new();
-        let writer = {
-            let (reg, futex) = (Arc::clone(&reg), Arc::clone(&futex));
-            loom::thread::spawn(move || {
-                reg.publish([1, 1]).unwrap().wake(&*futex);
-            })
-        };
-        let reader = {
-            let (reg, futex) = (Arc::clone(&reg), Arc::clone(&futex));
-            loom::thread::spawn(move || {
-                let v = wait_past(&reg, 0, &futex);
-                assert_eq!(v, 1);
-                // After the wait, the value is the published one.
-                assert_eq!(reg.read_with_retries(1), Ok(([1, 1], 1)));
-            })
-        };
+        let writer = spawn_on(&reg, &futex, |reg, futex| {
+            reg.publish([1, 1]).unwrap().wake(futex)
+        });
+        let reader = spawn_on(&reg, &futex, reader);
         writer.join().unwrap();
         reader.join().unwrap();
+    });
+}
+
+#[test]
+fn waiting_readers_are_always_woken() {
+    explore_one_publish("control: waiting reader woken by publish", |reg, futex| {
+        assert_eq!(wait_past(reg, 0, futex), 1);
+        // After the wait, the value is the published one.
+        assert_eq!(reg.read_with_retries(1), Ok(([1, 1], 1)));
     });
 }
 
@@ -60,21 +69,17 @@ fn two_readers_and_two_writes_are_all_woken() {
     assert_explored_many("control: two waiting readers, two publishes", || {
         let reg = Arc::new(Reg::new([0, 0]));
         let futex = FutexModel::new();
-        let writer = {
-            let (reg, futex) = (Arc::clone(&reg), Arc::clone(&futex));
-            loom::thread::spawn(move || {
-                reg.publish([1, 1]).unwrap().wake(&*futex);
-                reg.publish([2, 2]).unwrap().wake(&*futex);
-            })
-        };
+        let writer = spawn_on(&reg, &futex, |reg, futex| {
+            reg.publish([1, 1]).unwrap().wake(futex);
+            reg.publish([2, 2]).unwrap().wake(futex);
+        });
         let readers: Vec<_> = (0..2)
             .map(|_| {
-                let (reg, futex) = (Arc::clone(&reg), Arc::clone(&futex));
-                loom::thread::spawn(move || {
+                spawn_on(&reg, &futex, |reg, futex| {
                     // Wait for the first write, then for whatever comes after what it saw.
-                    let seen = wait_past(&reg, 0, &futex);
+                    let seen = wait_past(reg, 0, futex);
                     if seen < 2 {
-                        assert_eq!(wait_past(&reg, seen, &futex), 2);
+                        assert_eq!(wait_past(reg, seen, futex), 2);
                     }
                 })
             })
@@ -106,29 +111,14 @@ impl Waiter for ExpiresAtOnce {
 
 #[test]
 fn a_timed_out_reader_is_still_woken_next_time() {
-    assert_explored_many("control: timeout, then a woken wait", || {
-        let reg = Arc::new(Reg::new([0, 0]));
-        let futex = FutexModel::new();
-        let writer = {
-            let (reg, futex) = (Arc::clone(&reg), Arc::clone(&futex));
-            loom::thread::spawn(move || {
-                reg.publish([1, 1]).unwrap().wake(&*futex);
-            })
-        };
-        let reader = {
-            let (reg, futex) = (Arc::clone(&reg), Arc::clone(&futex));
-            loom::thread::spawn(move || {
-                match reg.wait_newer(0, &ExpiresAtOnce, Some(1)) {
-                    ControlWaitOutcome::Newer(v) => assert_eq!(v, 1),
-                    // Timed out (the word is left armed) or moved on meanwhile: a second
-                    // wait, now blocking, must still end.
-                    ControlWaitOutcome::TimedOut | ControlWaitOutcome::Again => {
-                        assert_eq!(wait_past(&reg, 0, &futex), 1);
-                    }
-                }
-            })
-        };
-        writer.join().unwrap();
-        reader.join().unwrap();
+    explore_one_publish("control: timeout, then a woken wait", |reg, futex| {
+        match reg.wait_newer(0, &ExpiresAtOnce, Some(1)) {
+            ControlWaitOutcome::Newer(v) => assert_eq!(v, 1),
+            // Timed out (the word is left armed) or moved on meanwhile: a second
+            // wait, now blocking, must still end.
+            ControlWaitOutcome::TimedOut | ControlWaitOutcome::Again => {
+                assert_eq!(wait_past(reg, 0, futex), 1);
+            }
+        }
     });
 }

@@ -8,17 +8,33 @@
 //! `write_pos` weakened to Relaxed).
 #![cfg(voxring_loom)]
 
-use voxring_core::{GrantError, Producer, StaticRing};
+use voxring_core::{Consumer, GrantError, Producer, StaticRing};
 use voxring_loom_tests::assert_explored_many;
 use voxring_loom_tests::ring::{finish_stream, read_checked, write_one};
 
 mod common;
 use common::lossless_pair;
 
+/// A consumer thread making `tries` attempts of `read_checked` (up to `per_read` frames each,
+/// none when nothing is ready); hands back the consumer and the sequence numbers read.
+fn spawn_reader(
+    mut consumer: Consumer,
+    tries: usize,
+    per_read: usize,
+) -> loom::thread::JoinHandle<(Consumer, Vec<u64>)> {
+    loom::thread::spawn(move || {
+        let mut got = Vec::new();
+        for _ in 0..tries {
+            got.extend(read_checked(&mut consumer, per_read));
+        }
+        (consumer, got)
+    })
+}
+
 #[test]
 fn spsc_grants_wrap_without_stale_or_lost_frames() {
     assert_explored_many("ring: SPSC lossless grants across the wrap", || {
-        let (_mem, _ring, mut producer, mut consumer) = lossless_pair(2);
+        let (_mem, _ring, mut producer, consumer) = lossless_pair(2);
         let p = loom::thread::spawn(move || {
             let mut sent = 0;
             for _ in 0..4 {
@@ -33,13 +49,7 @@ fn spsc_grants_wrap_without_stale_or_lost_frames() {
             }
             (producer, sent)
         });
-        let c = loom::thread::spawn(move || {
-            let mut got = Vec::new();
-            for _ in 0..2 {
-                got.extend(read_checked(&mut consumer, 2));
-            }
-            (consumer, got)
-        });
+        let c = spawn_reader(consumer, 2, 2);
         // Both threads are done: finish the stream and check it is exactly 0..sent, in order.
         let why = "no free slot after the consumer drained";
         let (_, _, got) = finish_stream(p.join().unwrap(), c.join().unwrap(), 3, 2, why);
@@ -73,7 +83,7 @@ fn write_batch(p: &mut Producer, n: usize) -> usize {
 #[test]
 fn one_frame_reads_of_a_batched_commit_across_the_wrap() {
     assert_explored_many("ring: one-frame reads of a batched commit", || {
-        let (_mem, _ring, mut producer, mut consumer) = lossless_pair(2);
+        let (_mem, _ring, mut producer, consumer) = lossless_pair(2);
         let p = loom::thread::spawn(move || {
             let mut sent = write_batch(&mut producer, 2);
             if sent == 2 {
@@ -81,13 +91,7 @@ fn one_frame_reads_of_a_batched_commit_across_the_wrap() {
             }
             (producer, sent)
         });
-        let c = loom::thread::spawn(move || {
-            let mut got = Vec::new();
-            for _ in 0..3 {
-                got.extend(read_checked(&mut consumer, 1));
-            }
-            (consumer, got)
-        });
+        let c = spawn_reader(consumer, 3, 1);
         // Both threads are done: drain one frame at a time (the whole backlog is published
         // now), write what the producer could not, and check the stream is exactly 0..3.
         let (mut producer, sent) = p.join().unwrap();

@@ -77,39 +77,51 @@ pub fn attach_when_there(name: &str) -> Segment {
 /// Reads until `n` frames were read, or (with `n` = 0) drains what is there now.
 pub fn read_frames(rx: &mut ShmConsumer, n: usize) -> Vec<(FrameMeta, Vec<u8>)> {
     let mut out = Vec::new();
-    let end = Instant::now() + GIVE_UP;
-    loop {
-        if n > 0 {
-            if out.len() >= n {
+    if n == 0 {
+        loop {
+            let got = take_grant(rx);
+            if got.is_empty() {
                 return out;
             }
-            assert!(
-                Instant::now() < end,
-                "only {} of {n} frames arrived",
-                out.len()
-            );
-            if rx
-                .wait_for_frames(Some(Duration::from_millis(100)))
-                .unwrap()
-                != FramesWait::Ready
-            {
-                continue;
-            }
+            out.extend(got);
         }
-        let (c, waiter) = rx.parts();
-        let g = match c.read_grant(64) {
-            Ok(g) => g,
-            Err(ReadError::Empty) if n == 0 => return out,
-            Err(ReadError::Empty) => continue,
-            Err(e) => panic!("reading an imported ring: {e}"),
-        };
-        let got: Vec<_> = g
-            .frames()
-            .map(|f| (f.meta(), f.payload().to_vec()))
-            .collect();
-        g.release_all().expect("release").wake(waiter);
-        out.extend(got);
     }
+    let end = Instant::now() + GIVE_UP;
+    while out.len() < n {
+        assert!(
+            Instant::now() < end,
+            "only {} of {n} frames arrived",
+            out.len()
+        );
+        out.extend(read_ready(rx));
+    }
+    out
+}
+
+/// Waits (up to 100 ms) for frames, then reads what one grant gives; empty when none came.
+pub fn read_ready(rx: &mut ShmConsumer) -> Vec<(FrameMeta, Vec<u8>)> {
+    let ready = rx.wait_for_frames(Some(Duration::from_millis(100)));
+    if ready.unwrap() != FramesWait::Ready {
+        return Vec::new();
+    }
+    take_grant(rx)
+}
+
+/// The frames of one read grant (up to 64, copied out), released with the wake passed on;
+/// empty when none is ready.
+fn take_grant(rx: &mut ShmConsumer) -> Vec<(FrameMeta, Vec<u8>)> {
+    let (c, waiter) = rx.parts();
+    let g = match c.read_grant(64) {
+        Ok(g) => g,
+        Err(ReadError::Empty) => return Vec::new(),
+        Err(e) => panic!("reading an imported ring: {e}"),
+    };
+    let got: Vec<_> = g
+        .frames()
+        .map(|f| (f.meta(), f.payload().to_vec()))
+        .collect();
+    g.release_all().expect("release").wake(waiter);
+    got
 }
 
 /// Stops a side and returns the counters it printed.

@@ -2,8 +2,8 @@
 #![allow(dead_code)]
 
 use voxring_core::{
-    Consumer, FrameFlags, FrameMeta, FrameMut, GrantError, Policy, Producer, Ring, RingConfig,
-    SampleFormat, WaitOutcome, Waiter,
+    Consumer, FrameFlags, FrameMeta, FrameMut, GrantError, Policy, Producer, ReadError, Ring,
+    RingConfig, SampleFormat, WaitOutcome, Waiter,
 };
 
 /// A property-test operation: the producer grants up to `n` frames and commits `k` of them.
@@ -133,27 +133,58 @@ pub fn fill_frame(f: &mut FrameMut<'_>, payload_bytes: u32) {
     }
 }
 
-/// Commits one frame (filled by [`fill_frame`]), parking on `waiter` while the ring is full
-/// (lossless); waking is `waiter`'s business, so a park that ends in a timeout fails the test.
-pub fn write_one_parking(p: &mut Producer, waiter: &impl Waiter) {
-    let payload_bytes = p.ring().payload_bytes();
+/// Runs `attempt` on `side` until it gives a value, parking with `park` between tries;
+/// waking is the waiter's business, so a park that ends in a timeout fails the test (`who`
+/// names the side in the message).
+fn until_done<S, T>(
+    side: &mut S,
+    mut attempt: impl FnMut(&mut S) -> Option<T>,
+    mut park: impl FnMut(&mut S) -> WaitOutcome,
+    who: &str,
+) -> T {
     loop {
-        match p.write_grant(1) {
-            Ok(mut g) => {
-                fill_frame(&mut g.frame_mut(0).unwrap(), payload_bytes);
-                g.commit_all().wake(waiter);
-                return;
-            }
-            Err(GrantError::Full) => {}
-            Err(e) => panic!("{e}"),
+        if let Some(v) = attempt(side) {
+            return v;
         }
-        let outcome = p.wait_writable(waiter, None).unwrap();
         assert_ne!(
-            outcome,
+            park(side),
             WaitOutcome::TimedOut,
-            "the parked producer was never woken"
+            "the parked {who} was never woken"
         );
     }
+}
+
+/// Commits one frame (filled by [`fill_frame`]), parking on `waiter` while the ring is full
+/// (lossless), as [`until_done`] does.
+pub fn write_one_parking(p: &mut Producer, waiter: &impl Waiter) {
+    let payload_bytes = p.ring().payload_bytes();
+    let attempt = |p: &mut Producer| match p.write_grant(1) {
+        Ok(mut g) => {
+            fill_frame(&mut g.frame_mut(0).unwrap(), payload_bytes);
+            g.commit_all().wake(waiter);
+            Some(())
+        }
+        Err(GrantError::Full) => None,
+        Err(e) => panic!("{e}"),
+    };
+    let park = |p: &mut Producer| p.wait_writable(waiter, None).unwrap();
+    until_done(p, attempt, park, "producer");
+}
+
+/// Reads one frame and releases it (the release's wake passed to `waiter`), parking on
+/// `waiter` while none is ready, as [`until_done`] does; the frame's sequence number.
+pub fn read_one_parking(c: &mut Consumer, waiter: &impl Waiter) -> u64 {
+    let attempt = |c: &mut Consumer| match c.read_grant(1) {
+        Ok(g) => {
+            let seq = g.first_seq();
+            g.release_all().unwrap().wake(waiter);
+            Some(seq)
+        }
+        Err(ReadError::Empty) => None,
+        Err(e) => panic!("{e}"),
+    };
+    let park = |c: &mut Consumer| c.wait_readable(waiter, None).unwrap();
+    until_done(c, attempt, park, "consumer")
 }
 
 /// Asserts that a frame read back (`m`, `payload`) holds the pattern [`fill_frame`] wrote.

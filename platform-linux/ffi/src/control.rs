@@ -184,23 +184,24 @@ pub unsafe extern "C" fn vr_control_write(
     })
 }
 
-/// The common part of the reads: checks, reads with `read`, copies the version out.
+/// The common part of the reads: checks, reads with `read` (its error is `VR_E_CONTENDED`
+/// with the error's message), copies the value and the version out.
 ///
 /// # Safety
 /// `c` a live handle; `out` valid for `len` writes; `version` null or valid.
-unsafe fn read_with(
+unsafe fn read_with<E: std::fmt::Display>(
     c: *mut vr_control,
     out: *mut c_void,
     len: usize,
     version: *mut u64,
-    read: impl FnOnce(&SharedControl, &mut [u8]) -> Fallible<u64>,
+    read: impl FnOnce(&SharedControl, &mut [u8]) -> Result<u64, E>,
 ) -> i32 {
     guard(|| {
         // SAFETY: the caller's promise.
         let c = unsafe { handle(c) }?;
         check_buffer(c, out.is_null(), len, "out")?;
         let mut buf = [0u8; VR_CONTROL_BYTES];
-        let v = read(&c.reg, &mut buf[..len])?;
+        let v = read(&c.reg, &mut buf[..len]).map_err(|e| (VR_E_CONTENDED, e.to_string()))?;
         // SAFETY: `out` valid for `len <= VR_CONTROL_BYTES` writes (caller, checked above).
         unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), out.cast::<u8>(), len) };
         if !version.is_null() {
@@ -228,13 +229,8 @@ pub unsafe extern "C" fn vr_control_read(
     len: usize,
     version: *mut u64,
 ) -> i32 {
-    // SAFETY: the caller's promises, passed on.
-    unsafe {
-        read_with(c, out, len, version, |reg, buf| {
-            reg.read(buf, DEFAULT_PATIENCE)
-                .map_err(|e| (VR_E_CONTENDED, e.to_string()))
-        })
-    }
+    // SAFETY: the caller's promises, passed on (a negative patience is the default 2 s).
+    unsafe { vr_control_read_within(c, out, len, version, -1) }
 }
 
 /// `vr_control_read` with its own bound: waits out a write in progress for up to
@@ -252,12 +248,7 @@ pub unsafe extern "C" fn vr_control_read_within(
 ) -> i32 {
     let patience = timeout_arg(patience_ns).unwrap_or(DEFAULT_PATIENCE);
     // SAFETY: the caller's promises, passed on.
-    unsafe {
-        read_with(c, out, len, version, |reg, buf| {
-            reg.read(buf, patience)
-                .map_err(|e| (VR_E_CONTENDED, e.to_string()))
-        })
-    }
+    unsafe { read_with(c, out, len, version, |reg, buf| reg.read(buf, patience)) }
 }
 
 /// `vr_control_read` without waiting: at most 256 quick attempts, then `VR_E_CONTENDED`.
@@ -273,12 +264,7 @@ pub unsafe extern "C" fn vr_control_try_read(
     version: *mut u64,
 ) -> i32 {
     // SAFETY: the caller's promises, passed on.
-    unsafe {
-        read_with(c, out, len, version, |reg, buf| {
-            reg.try_read(buf)
-                .map_err(|e| (VR_E_CONTENDED, e.to_string()))
-        })
-    }
+    unsafe { read_with(c, out, len, version, |reg, buf| reg.try_read(buf)) }
 }
 
 /// Blocks until the register's version is past `seen` (a version from `vr_control_read` or

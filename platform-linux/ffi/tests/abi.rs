@@ -2,34 +2,13 @@
 //! out of order, oversized values. Every call must return an error code with a message, never
 //! crash.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::ptr;
 
 use voxring_ffi::*;
 
-fn last_error() -> String {
-    let mut buf = [0 as std::ffi::c_char; 512];
-    // SAFETY: `buf` is valid for its length.
-    unsafe { vr_last_error(buf.as_mut_ptr(), buf.len()) };
-    // SAFETY: vr_last_error NUL-terminates within the buffer.
-    unsafe { CStr::from_ptr(buf.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// Asserts that a call returned `VR_OK`, with the library's last error as the message if not.
-#[track_caller]
-fn ok(code: i32) {
-    assert_eq!(code, VR_OK, "{}", last_error());
-}
-
-/// Asserts that a call was refused with `code` and that the library's last error says `why`.
-#[track_caller]
-fn refused(got: i32, code: i32, why: &str) {
-    let e = last_error();
-    assert_eq!(got, code, "{e}");
-    assert!(e.contains(why), "the last error does not say {why:?}: {e}");
-}
+mod common;
+use common::{last_error, ok, refused, unique_c};
 
 /// The writer's status, which the call must give.
 ///
@@ -53,8 +32,19 @@ unsafe fn reader_status(r: *mut vr_reader) -> vr_status {
     st
 }
 
-fn unique(tag: &str) -> std::ffi::CString {
-    std::ffi::CString::new(format!("abi-{tag}-{}", std::process::id())).expect("no NUL")
+fn unique(tag: &str) -> CString {
+    unique_c("abi", tag)
+}
+
+/// Ends an open grant after one frame with `end` (a commit or a release), then calls `end`
+/// again: the second call must be refused with a message naming `grant_call` (what to call
+/// first) and change nothing, so `pos_frames` (the handle's position and frame count) still
+/// reads one frame through.
+#[track_caller]
+fn ends_only_once(end: impl Fn() -> i32, grant_call: &str, pos_frames: impl Fn() -> (u64, u64)) {
+    ok(end());
+    refused(end(), VR_E_NO_GRANT, grant_call);
+    assert_eq!(pos_frames(), (1, 1), "the second call did something");
 }
 
 /// `N` zeroed frames for grants to fill.
@@ -219,17 +209,13 @@ fn grants_are_checked_on_commit_and_release() {
         );
         let st = writer_status(w);
         assert_eq!(st.write_pos, 0, "a refused commit publishes nothing");
-        ok(vr_write_commit(w, ptr::null(), 1));
-        refused(
-            vr_write_commit(w, ptr::null(), 1),
-            VR_E_NO_GRANT,
+        ends_only_once(
+            || vr_write_commit(w, ptr::null(), 1),
             "vr_write_grant",
-        );
-        let st = writer_status(w);
-        assert_eq!(
-            (st.write_pos, st.frames),
-            (1, 1),
-            "the second commit did nothing"
+            || {
+                let st = writer_status(w);
+                (st.write_pos, st.frames)
+            },
         );
         // The abandoned frame (seq 1) is granted again.
         assert_eq!(vr_write_grant(w, 1, f.as_mut_ptr(), &mut n), VR_OK);
@@ -249,13 +235,13 @@ fn grants_are_checked_on_commit_and_release() {
             (0, 2),
             "a refused release frees nothing"
         );
-        assert_eq!(vr_read_release(r, 1), VR_OK, "{}", last_error());
-        refused(vr_read_release(r, 1), VR_E_NO_GRANT, "vr_read_grant");
-        let st = reader_status(r);
-        assert_eq!(
-            (st.read_pos, st.frames),
-            (1, 1),
-            "the second release did nothing"
+        ends_only_once(
+            || vr_read_release(r, 1),
+            "vr_read_grant",
+            || {
+                let st = reader_status(r);
+                (st.read_pos, st.frames)
+            },
         );
         // The unreleased frame (seq 1) is granted again.
         assert_eq!(vr_read_grant(r, 4, f.as_mut_ptr(), &mut n), VR_OK);

@@ -5,119 +5,15 @@
 //! exactly what Rust wrote; a lost wake-up makes its wait time out (a 60 s give-up bound) and
 //! fails the test.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use voxring_linux::hub::directory::Speech;
 use voxring_linux::hub::{Hub, HubOptions};
 
-const GIVE_UP: Duration = Duration::from_secs(60);
+mod common;
+use common::{Proc, build_c, profile_dir};
 
-/// A child process with its stdout as lines; stopped by PID (SIGTERM, then SIGKILL) and
-/// reaped when dropped.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Proc {
-    fn start(cmd: &mut Command) -> Proc {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
-        let out = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The next line starting with `prefix` (earlier lines are kept in `seen`).
-    fn line(&mut self, prefix: &str) -> String {
-        let deadline = Instant::now() + GIVE_UP;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.seen.push(l.clone());
-                    if l.starts_with(prefix) {
-                        return l;
-                    }
-                }
-                Err(_) => panic!(
-                    "no line starting with {prefix:?} from pid {} (got {:?}; exit {:?})",
-                    self.child.id(),
-                    self.seen,
-                    self.child.try_wait()
-                ),
-            }
-        }
-    }
-
-    fn signal(&self, sig: rustix::process::Signal) {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, sig);
-        }
-    }
-
-    fn exit_code(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + GIVE_UP;
-        loop {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                return st.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pid {} never ended",
-                self.child.id()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            // SIGTERM first: the hub removes its segments on it.
-            self.signal(rustix::process::Signal::TERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        if self.child.try_wait().ok().flatten().is_none() {
-            self.signal(rustix::process::Signal::KILL);
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// `target/<profile>`: where `cargo build --workspace` leaves the `voxring` binary and the
-/// cdylib (the peer binary of this crate is there too).
-fn profile_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_voxring-ffi-peer"))
-        .parent()
-        .expect("the peer binary has a directory")
-        .to_path_buf()
-}
-
-fn voxring_bin() -> PathBuf {
+fn voxring_bin() -> std::path::PathBuf {
     let bin = profile_dir().join("voxring");
     assert!(
         bin.is_file(),
@@ -128,40 +24,6 @@ fn voxring_bin() -> PathBuf {
     bin
 }
 
-fn lib_dir() -> PathBuf {
-    let dir = profile_dir();
-    [dir.clone(), dir.join("deps")]
-        .into_iter()
-        .find(|d| d.join("libvoxring_ffi.so").exists())
-        .unwrap_or_else(|| {
-            panic!(
-                "libvoxring_ffi.so is in neither {0} nor {0}/deps: run `cargo build -p \
-                 voxring-ffi`",
-                dir.display()
-            )
-        })
-}
-
-fn build_c(dir: &Path) -> PathBuf {
-    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let lib = lib_dir();
-    let out = dir.join("hub_speech");
-    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-I"])
-        .arg(crate_dir.join("include"))
-        .arg(crate_dir.join("tests/c/hub_speech.c"))
-        .arg("-L")
-        .arg(&lib)
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .arg("-lvoxring_ffi")
-        .arg("-o")
-        .arg(&out)
-        .status()
-        .expect("cc runs (install a C compiler: apt-get install gcc)");
-    assert!(status.success(), "compiling tests/c/hub_speech.c failed");
-    out
-}
-
 #[test]
 fn a_c_agent_waits_on_a_live_hubs_speech_register_written_by_a_rust_agent() {
     let dir = tempfile::Builder::new()
@@ -169,7 +31,7 @@ fn a_c_agent_waits_on_a_live_hubs_speech_register_written_by_a_rust_agent() {
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
         .expect("a private temp dir");
-    let c_agent = build_c(dir.path());
+    let c_agent = build_c(dir.path(), "tests/c/hub_speech.c", "hub_speech", &[]);
     let name = format!("ctl{}", std::process::id());
     let mut hub = Proc::start(Command::new(voxring_bin()).args([
         "serve",

@@ -4,32 +4,20 @@
 //! into the segment file, completed later from another thread) while `vr_control_try_read`
 //! refuses at once, and `vr_control_attach_hub`'s refusals.
 
-use std::ffi::{CStr, CString, c_char};
+use std::ffi::{CStr, CString};
 use std::os::unix::fs::FileExt;
 use std::ptr;
 
 use voxring_ffi::*;
 
+mod common;
+use common::{last_error, ok, refused, unique_c};
+
 /// Give-up bound of waits that must be woken: never reached unless the wake is lost.
 const GIVE_UP_NS: i64 = 60_000_000_000;
 
-fn last_error() -> String {
-    let mut buf = [0 as c_char; 512];
-    // SAFETY: `buf` is valid for its length.
-    unsafe { vr_last_error(buf.as_mut_ptr(), buf.len()) };
-    // SAFETY: vr_last_error NUL-terminates within the buffer.
-    unsafe { CStr::from_ptr(buf.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-#[track_caller]
-fn ok(code: i32) {
-    assert_eq!(code, VR_OK, "{}", last_error());
-}
-
 fn unique(tag: &str) -> CString {
-    CString::new(format!("ctlwait-{tag}-{}", std::process::id())).expect("no NUL")
+    unique_c("ctlwait", tag)
 }
 
 /// A handle that may cross threads in a test: the ABI allows one thread at a time per handle,
@@ -177,23 +165,15 @@ fn attach_hub_refuses_bad_names_and_missing_hubs_with_messages() {
     let hub = unique("nohub");
     // SAFETY: valid pointers.
     unsafe {
-        assert_eq!(
+        refused(
             vr_control_attach_hub(hub.as_ptr(), c"loudness".as_ptr(), &mut c),
-            VR_E_INVALID
+            VR_E_INVALID,
+            "\"speech\" or \"value0\"",
         );
-        assert!(
-            last_error().contains("\"speech\" or \"value0\""),
-            "{}",
-            last_error()
-        );
-        assert_eq!(
+        refused(
             vr_control_attach_hub(hub.as_ptr(), c"speech".as_ptr(), &mut c),
-            VR_E_NOT_FOUND
-        );
-        assert!(
-            last_error().contains("voxring serve --name"),
-            "{}",
-            last_error()
+            VR_E_NOT_FOUND,
+            "voxring serve --name",
         );
         assert_eq!(
             vr_control_attach_hub(c"../x".as_ptr(), c"speech".as_ptr(), &mut c),
