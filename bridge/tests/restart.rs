@@ -21,6 +21,7 @@ fn side(args: &[&str], ready: &str) -> Side {
 #[test]
 fn a_restarted_producer_is_followed_and_nothing_is_lost() {
     let t = format!("vxbr{}", std::process::id());
+    let _trace = common::LeaveNoTrace(t.clone());
     let (src, dst, key) = (
         format!("{t}-src"),
         format!("{t}-dst"),

@@ -628,7 +628,10 @@ fn a_false_crc_window_is_caught() {
 fn a_scribbling_agent_cannot_hurt_the_hub_or_the_others() {
     use std::os::unix::fs::FileExt as _;
     let name = hub_name("scribble");
-    let h = hub(&name, "synthetic", &[]);
+    // An 11 s mic ring: the lossless listener is an ordinary process, and on a loaded machine
+    // it fell a default ring (256 frames) behind and was evicted; this test is about the
+    // scribbler, not about lag.
+    let h = hub(&name, "synthetic", &["--mic-frames", "4096"]);
     let mut listener = agent(&name, "listener", &["--lossless", "--frames", "1500"]);
     let _tone = agent(&name, "tone", &["--tone", "1000"]);
     let hub_handle =

@@ -143,3 +143,14 @@ pub fn assert_gone(names: &[&str]) {
         assert!(!Path::new(&p).exists(), "{p} was left behind");
     }
 }
+
+/// Removes what a failed run left (dead segments of the test's names) when the test ends: it
+/// is declared first, so it drops after every process was stopped or killed.
+pub struct LeaveNoTrace(pub String);
+
+impl Drop for LeaveNoTrace {
+    fn drop(&mut self) {
+        let prefix = format!("voxring.{}", self.0);
+        let _ = voxring_linux::cleanup::clean_segments_matching(|f| f.starts_with(&prefix));
+    }
+}
