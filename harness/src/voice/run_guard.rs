@@ -42,7 +42,12 @@ impl HubProc {
             .args(["--quantum", &s.quantum.to_string()])
             .args(["--periods", &s.periods.to_string()])
             .args(["--mic-frames", &s.mic_frames.to_string()])
-            .args(["--target", &s.queue.0.to_string(), "--band", &s.queue.1.to_string()])
+            .args([
+                "--target",
+                &s.queue.0.to_string(),
+                "--band",
+                &s.queue.1.to_string(),
+            ])
             .arg("--json")
             .arg(json)
             .stdin(Stdio::null())
