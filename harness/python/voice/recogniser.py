@@ -28,6 +28,13 @@ refused (a result must be true: a missed decision or a lost frame fails the run)
 The ring is read by `read_ready` alone, through the native package (`import voxring`, the
 pyo3 extension built from platform-linux/python).
 
+The VAD's decisions are noticed by a thread blocked in the register's `wait` (woken by the VAD
+agent's write, GIL released), which decodes at once when the audio up to the decision is in the
+history (it normally is: this reader is woken by the same mic frames as the VAD, and the VAD
+decides after its model has run); the mic loop also looks after each read, for a decision that
+came before its audio. Both hold one lock while they touch the history, the decoder or the
+counts. "vad_seen_ns" is when the decision was first noticed.
+
 With --asr, each result is also published in a control register it creates (the recogniser →
 reply hop of `voxring voice assistant`): results, utterance, recognised_ns, read_pos, then
 the text (UTF-8, at most 32 bytes). With --said (the reply agent's register: replies done,
@@ -42,6 +49,7 @@ import json
 import os
 import struct
 import sys
+import threading
 import time
 
 import numpy as np
@@ -91,15 +99,22 @@ def read_register(reg, size):
     return reg.read(size)[0]
 
 
-def read_ready(reader, on_frame, timeout=0.5, on_handoff=None):
+def read_ready(reader, on_frame, timeout=0.5, on_handoff=None, lock=None):
     """Waits up to `timeout` s for frames of `reader`, hands every ready frame to
     on_frame(sample_pos, samples) (the view is valid only during the call), and returns
     voxring.READY, voxring.TIMEOUT or voxring.END. Raises on lost frames. on_handoff(ns, ts)
     gets, per frame, its position, commit stamp and how long it took from its commit to this
-    reader's hands."""
+    reader's hands. With `lock`, the frames are handed over holding it (not the wait)."""
     state = reader.wait(timeout=timeout)
     if state != voxring.READY:
         return state
+    if lock is None:
+        return _drain(reader, on_frame, on_handoff)
+    with lock:
+        return _drain(reader, on_frame, on_handoff)
+
+
+def _drain(reader, on_frame, on_handoff):
     while True:
         with reader.read(16) as grant:
             got = time.monotonic_ns()
@@ -359,6 +374,111 @@ def parse_args(argv):
     return ap.parse_args(argv)
 
 
+class Decisions:
+    """Everything after the mic: the VAD's decisions judged, decoded and published. Two threads
+    call `step` (holding `lock`): the mic loop after each read, and the VAD watcher the moment
+    the VAD agent writes its register (woken by the write, not at the next mic frame)."""
+
+    def __init__(self, args, dec, vad, asr, duplex, hist, rate):
+        self.decode, self.dec, self.vad, self.asr = args.decode, dec, vad, asr
+        self.duplex, self.hist, self.rate = duplex, hist, rate
+        self.lock = threading.Lock()
+        self.handled = self.results = self.missed = self.refused = self.echoes = 0
+        self.stream = None
+        self.noticed = (0, 0)  # (decision count, CLOCK_MONOTONIC ns it was first noticed)
+        self.handoff_ns = 0
+        self.ended = False  # the ring has ended (the mic loop says so)
+        self.finished = False  # ... and the VAD has published its last decision, all handled
+
+    def step(self, seen_ns=None):
+        """Reads the VAD's record and acts on it (`seen_ns`: when the watcher was woken). Sets
+        `finished` once the VAD's stream has ended and every decision is handled."""
+        hist, duplex, rate = self.hist, self.duplex, self.rate
+        duplex.poll()
+        rec = VAD_RECORD.unpack(read_register(self.vad, VAD_RECORD.size))
+        vad_state, hangover_ms, starts, ends = rec[0], rec[1], rec[2], rec[3]
+        start_pos, end_pos, decided_pos, decided_ns, commit_ns = rec[4:]
+        if self.decode == "streaming":
+            self.stream = step_stream(self.stream, self.dec, rate, hist, duplex, starts, ends,
+                                      start_pos)
+        if ends <= self.handled or starts != ends:
+            self.finished = self.ended and vad_state == VAD_STREAM_ENDED
+            return
+        now = seen_ns or time.monotonic_ns()
+        if self.noticed[0] != ends or now < self.noticed[1]:
+            self.noticed = (ends, now)
+        stop = min(decided_pos, end_pos + int(PAD_S * rate))
+        if hist.end is not None and hist.end < stop and not self.ended:
+            return  # the VAD is ahead of us: the mic loop comes back after its next read
+        if not duplex.settled() and start_pos >= duplex.muted_from:
+            return  # a reply is being spoken: judge this segment once it is over
+        early, self.stream = self.stream, None
+        if early is not None and early.segment != ends:
+            early.abandon()
+            early = None
+        if duplex.is_echo(start_pos):
+            self.handled = ends
+            self.echoes += 1
+            if early is not None:
+                early.abandon()
+            emit({"event": "echo", "utterance": ends, "start_pos": start_pos,
+                  "end_pos": end_pos})
+            return
+        if ends > self.handled + 1:
+            self.missed += ends - self.handled - 1  # the register keeps the latest decision
+        self.handled = ends
+        # The register is another process's memory: a record that cannot be an utterance is
+        # refused, not decoded (a bounded amount of work per decision, whatever it says).
+        why = implausible(start_pos, end_pos, decided_pos, rate)
+        if why:
+            self.refused += 1
+            if early is not None:
+                early.abandon()
+            emit({"event": "refused", "utterance": ends, "why": why})
+            return
+        if early is not None:
+            text, resample_ns, decode_ns = early.finish(hist, stop)
+            early_ns = early.early_ns
+        else:
+            audio = hist.get(start_pos - int(PAD_S * rate), stop)
+            text, resample_ns, decode_ns = recognise(self.dec, audio, rate)
+            early_ns = 0
+        recognised_ns = time.monotonic_ns()
+        self.results += 1
+        if self.asr is not None:
+            publish(self.asr, self.results, ends, recognised_ns, hist.end, text)
+        duplex.published_at(hist.end)
+        emit({"event": "result", "utterance": ends, "text": text, "start_pos": start_pos,
+              "end_pos": end_pos, "vad_decided_pos": decided_pos, "vad_decided_ns": decided_ns,
+              "vad_frame_commit_ns": commit_ns, "hangover_ms": hangover_ms,
+              "vad_seen_ns": self.noticed[1], "recognised_ns": recognised_ns,
+              "decode_ns": decode_ns, "resample_ns": resample_ns, "read_pos": hist.end,
+              "mic_handoff_ns": self.handoff_ns, "streamed": early is not None,
+              "early_decode_ns": early_ns})
+
+
+# How long the VAD watcher blocks at a time before it looks whether the run is over.
+WATCH_SLICE_S = 0.2
+
+
+def watch_vad(decisions, stop, failures):
+    """The VAD watcher thread: blocked in the register's wait (GIL released), it acts on
+    each write as it happens. An exception is kept for the main thread to raise."""
+    try:
+        seen = 0
+        while not stop.is_set():
+            v = decisions.vad.wait(seen, WATCH_SLICE_S)
+            if v is None:
+                continue
+            seen_ns = time.monotonic_ns()
+            seen = v
+            with decisions.lock:
+                if not decisions.finished:
+                    decisions.step(seen_ns)
+    except BaseException as e:  # noqa: BLE001 (SystemExit too: the main thread raises it)
+        failures.append(e)
+
+
 def main(argv=None):
     args = parse_args(argv)
     dec = decoder(args.grammar)
@@ -372,95 +492,53 @@ def main(argv=None):
                      "recogniser reads mono S16 (the hub's NAME.mic)")
         rate = cfg.sample_rate
         hist = History(rate)
-        last = {"handoff_ns": 0}
+        d = Decisions(args, dec, vad, asr, duplex, hist, rate)
 
         def on_meta(pos, ts, handoff_ns):
-            last["handoff_ns"] = handoff_ns
+            d.handoff_ns = handoff_ns
             duplex.on_frame(pos, ts)
 
+        stop, failures = threading.Event(), []
+        watcher = threading.Thread(target=watch_vad, args=(d, stop, failures),
+                                   name="vad-watch", daemon=True)
         emit({"event": "ready"})
-        handled, results, missed, refused, echoes, state = 0, 0, 0, 0, 0, voxring.READY
-        give_up, stream = None, None
-        while True:
-            if state != voxring.END:
-                state = read_ready(reader, hist.add, on_handoff=on_meta)
-            else:
-                # The ring has ended, the VAD (another process) may still be judging its
-                # last frames: wait for its "stream ended" mark.
-                duplex.close(hist.end or 0)
-                give_up = give_up or time.monotonic() + VAD_FINISH_S
-                if time.monotonic() > give_up:
-                    sys.exit(f"the VAD agent did not finish within {VAD_FINISH_S} s of the "
-                             "end of the stream: is it running on this ring?")
-                time.sleep(0.005)
-            duplex.poll()
-            rec = VAD_RECORD.unpack(read_register(vad, VAD_RECORD.size))
-            vad_state, hangover_ms, starts, ends = rec[0], rec[1], rec[2], rec[3]
-            start_pos, end_pos, decided_pos, decided_ns, commit_ns = rec[4:]
-            if args.decode == "streaming":
-                stream = step_stream(stream, dec, rate, hist, duplex, starts, ends, start_pos)
-            if ends <= handled or starts != ends:
-                if state == voxring.END and vad_state == VAD_STREAM_ENDED:
-                    break
-                continue
-            vad_seen_ns = time.monotonic_ns()
-            stop = min(decided_pos, end_pos + int(PAD_S * rate))
-            if hist.end is not None and hist.end < stop and state != voxring.END:
-                continue  # the VAD is ahead of us: read on
-            if not duplex.settled() and start_pos >= duplex.muted_from:
-                continue  # a reply is being spoken: judge this segment once it is over
-            early, stream = stream, None
-            if early is not None and early.segment != ends:
-                early.abandon()
-                early = None
-            if duplex.is_echo(start_pos):
-                handled = ends
-                echoes += 1
-                if early is not None:
-                    early.abandon()
-                emit({"event": "echo", "utterance": ends, "start_pos": start_pos,
-                      "end_pos": end_pos})
-                continue
-            if ends > handled + 1:
-                missed += ends - handled - 1  # the register keeps the latest decision only
-            handled = ends
-            # The register is another process's memory: a record that cannot be an utterance
-            # is refused, not decoded (a bounded amount of work per decision, whatever it says).
-            why = implausible(start_pos, end_pos, decided_pos, rate)
-            if why:
-                refused += 1
-                if early is not None:
-                    early.abandon()
-                emit({"event": "refused", "utterance": ends, "why": why})
-                continue
-            if early is not None:
-                text, resample_ns, decode_ns = early.finish(hist, stop)
-                early_ns = early.early_ns
-            else:
-                audio = hist.get(start_pos - int(PAD_S * rate), stop)
-                text, resample_ns, decode_ns = recognise(dec, audio, rate)
-                early_ns = 0
-            recognised_ns = time.monotonic_ns()
-            results += 1
-            if asr is not None:
-                publish(asr, results, ends, recognised_ns, hist.end, text)
-            duplex.published_at(hist.end)
-            emit({"event": "result", "utterance": ends, "text": text, "start_pos": start_pos,
-                  "end_pos": end_pos, "vad_decided_pos": decided_pos, "vad_decided_ns": decided_ns,
-                  "vad_frame_commit_ns": commit_ns, "hangover_ms": hangover_ms,
-                  "vad_seen_ns": vad_seen_ns, "recognised_ns": recognised_ns,
-                  "decode_ns": decode_ns, "resample_ns": resample_ns, "read_pos": hist.end,
-                  "mic_handoff_ns": last["handoff_ns"], "streamed": early is not None,
-                  "early_decode_ns": early_ns})
+        watcher.start()
+        state, give_up = voxring.READY, None
+        try:
+            while not failures:
+                if state != voxring.END:
+                    state = read_ready(reader, hist.add, on_handoff=on_meta, lock=d.lock)
+                else:
+                    # The ring has ended, the VAD (another process) may still be judging its
+                    # last frames: the watcher acts on its last decisions and its "stream
+                    # ended" mark; this loop looks too, and gives up after a bound.
+                    give_up = give_up or time.monotonic() + VAD_FINISH_S
+                    if time.monotonic() > give_up:
+                        sys.exit(f"the VAD agent did not finish within {VAD_FINISH_S} s of the "
+                                 "end of the stream: is it running on this ring?")
+                    time.sleep(0.005)
+                with d.lock:
+                    if state == voxring.END and not d.ended:
+                        duplex.close(hist.end or 0)
+                        d.ended = True
+                    if not d.finished:
+                        d.step()
+                    if d.finished:
+                        break
+        finally:
+            stop.set()
+            watcher.join()
+        if failures:
+            raise failures[0]
         lost = reader.status()["lost_frames"] + hist.gaps
     vad.close()
     duplex.finish()
-    emit({"event": "end", "frames": hist.frames, "lost": lost, "results": results,
-          "missed": missed, "refused": refused, "echoes": echoes,
+    emit({"event": "end", "frames": hist.frames, "lost": lost, "results": d.results,
+          "missed": d.missed, "refused": d.refused, "echoes": d.echoes,
           "echo_windows": duplex.windows})
     if asr is not None:
         asr.close()
-    return 1 if lost or missed or refused else 0
+    return 1 if lost or d.missed or d.refused else 0
 
 
 if __name__ == "__main__":

@@ -3,14 +3,17 @@
 //! (one output frame per mic frame, never waiting for room, as docs/hub.md asks) and speaks
 //! into its own output ring `NAME.out.<agent>`, which the hub mixes into its playback.
 //!
-//! The recogniser → reply hop is a control register (`NAME.asr`, made by the recogniser): the
-//! reply agent reads it once per mic frame; the reply agent's own register (`NAME.said`) tells
+//! The recogniser → reply hop is a control register (`NAME.asr`, made by the recogniser): a
+//! thread of the reply agent blocks on it (woken by the recogniser's write) and starts the
+//! synthesis at once; the reply agent's own register (`NAME.said`) tells
 //! the recogniser when a reply has been written out, so that it can leave its own voice (which
 //! the loopback brings back into the mic) undecoded.
 
 use std::collections::VecDeque;
 use std::io::Write as _;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::time::Duration;
 
@@ -279,18 +282,134 @@ pub fn reply_for(text: &str) -> String {
     "sorry, I did not understand".to_owned()
 }
 
+/// A text the recogniser published, as the watcher hands it over.
+struct Heard {
+    text: String,
+    utterance: u64,
+    recognised_ns: u64,
+    seen_ns: u64,
+    asr_version_ns: u64,
+}
+
+/// How long the watcher blocks at a time before it looks whether the agent is stopping.
+const WATCH_SLICE: Duration = Duration::from_millis(200);
+/// How long the watcher waits out a write in progress (its writer descheduled) before it
+/// gives up on the recogniser.
+const ASR_READ_PATIENCE: Duration = Duration::from_secs(2);
+
+/// The watcher thread: blocked on the recogniser's register, it hands each new text to the
+/// synthesis thread at once (woken by the recogniser's write, not at the next mic frame), and
+/// tells the frame loop what it handed over. The seen time is when the wait returned. Returns
+/// when `stop` is set or the frame loop has gone.
+fn watch_asr(
+    asr: &VadRegister,
+    stop: &AtomicBool,
+    texts: &Sender<String>,
+    heard: &Sender<Heard>,
+) -> anyhow::Result<()> {
+    let (mut seen_version, mut seen_results) = (0u64, 0u64);
+    while !stop.load(Ordering::Relaxed) {
+        let Some(v) = asr.wait_newer_than(seen_version, Some(WATCH_SLICE)) else {
+            continue;
+        };
+        let seen_ns = monotonic_ns();
+        let (w, version) = asr
+            .read_patiently(ASR_READ_PATIENCE)
+            .map_err(|e| anyhow::anyhow!("cannot read the recogniser's register: {e}"))?;
+        seen_version = version.max(v);
+        let (results, utterance, recognised_ns, text) = parse_asr(w)?;
+        if results <= seen_results {
+            continue;
+        }
+        seen_results = results;
+        let sent = texts.send(reply_for(&text)).is_ok()
+            && heard
+                .send(Heard {
+                    text,
+                    utterance,
+                    recognised_ns,
+                    seen_ns,
+                    asr_version_ns: version,
+                })
+                .is_ok();
+        if !sent {
+            break; // the frame loop or the synthesis thread has stopped
+        }
+    }
+    Ok(())
+}
+
+impl InFlight {
+    fn new(h: Heard) -> Self {
+        Self {
+            text: h.text,
+            utterance: h.utterance,
+            recognised_ns: h.recognised_ns,
+            seen_ns: h.seen_ns,
+            asr_version_ns: h.asr_version_ns,
+            ..Self::default()
+        }
+    }
+
+    /// Takes what the synthesis thread has made of this reply into `pending`, up to its end
+    /// (the next reply's samples stay in the channel until this one is spoken). False when
+    /// the synthesis failed.
+    fn collect(
+        &mut self,
+        out: &Receiver<Synthesised>,
+        pending: &mut VecDeque<i16>,
+    ) -> anyhow::Result<bool> {
+        let mut ok = true;
+        while self.times.is_none() {
+            match out.try_recv() {
+                Ok(Synthesised::Samples(s)) => {
+                    if self.first_loud_offset.is_none() {
+                        let held = self.samples + pending.len() as u64;
+                        if let Some(i) = s.iter().position(|v| v.unsigned_abs() >= LOUD as u16) {
+                            self.first_loud_offset = Some(held + i as u64);
+                        }
+                    }
+                    pending.extend(s);
+                }
+                Ok(Synthesised::Done(t)) => self.times = Some(t),
+                Ok(Synthesised::Failed(e)) => {
+                    eprintln!("voxring voice hub-reply: synthesis failed: {e}");
+                    ok = false;
+                    self.times = Some(SynthTimes::default());
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => anyhow::bail!("the synthesis thread died"),
+            }
+        }
+        Ok(ok)
+    }
+
+    /// The reply's line on stdout.
+    fn record(&self) -> serde_json::Value {
+        let t = self.times.unwrap_or_default();
+        json!({"event": "reply", "heard_text": self.text, "reply": reply_for(&self.text),
+        "utterance": self.utterance, "recognised_ns": self.recognised_ns,
+        "asr_seen_ns": self.seen_ns, "asr_version": self.asr_version_ns,
+        "requested_ns": t.requested_ns, "first_sample_synth_ns": t.first_sample_ns,
+        "synth_done_ns": t.done_ns, "first_commit_ns": self.first_commit_ns,
+        "last_commit_ns": self.last_commit_ns, "samples": self.samples,
+        "first_loud_offset": self.first_loud_offset})
+    }
+}
+
 /// `voxring voice hub-reply`: answers each text of the recogniser's register, speaking into
-/// the hub one frame per mic frame (silence when there is nothing to say).
+/// the hub one frame per mic frame (silence when there is nothing to say). A watcher thread
+/// blocked on the register starts each reply's synthesis as soon as the text is written.
 pub fn hub_reply(args: &HubReplyArgs) -> anyhow::Result<ExitCode> {
     let hub = find_mono_hub(&args.hub)?;
     let cfg = hub.config();
-    let spf = cfg.samples_per_frame as usize;
     let asr = Placed::<VadRegister>::attach(&args.asr, &AttachOptions::default())
         .with_context(|| format!("cannot attach the recogniser's register {:?}", args.asr))?;
     let said = Placed::<VadRegister>::create(&args.said, &CreateOptions::default(), [0; 8])
         .with_context(|| format!("cannot create the reply agent's register {:?}", args.said))?;
     let (text_tx, text_rx) = channel::<String>();
     let (out_tx, out_rx) = channel();
+    let (heard_tx, heard_rx) = channel::<Heard>();
     let rate = cfg.sample_rate;
     let speaker = args.synth.speaker()?;
     let worker = std::thread::Builder::new()
@@ -298,60 +417,86 @@ pub fn hub_reply(args: &HubReplyArgs) -> anyhow::Result<ExitCode> {
         .spawn(move || synth_worker(&*speaker, rate, text_rx, out_tx))
         .context("cannot start the synthesis thread")?;
     let (sched, warning) = crate::run::device::promote(args.rt_priority);
+    let stop = Arc::new(AtomicBool::new(false));
+    // Started after the promotion: it inherits the SCHED_FIFO priority, so that a woken
+    // watcher does not wait for a CPU behind the machine's other work (it only blocks, reads
+    // 64 bytes and sends; never on the frame loop's path).
+    let watcher = {
+        let stop = Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("reply-asr-watch".into())
+            .spawn(move || watch_asr(&asr, &stop, &text_tx, &heard_tx))
+            .context("cannot start the recogniser-register watcher")?
+    };
     let mut spk = hub.speaker("reply")?;
     let mut mic = hub.join_mic("reply", Delivery::Lossless)?;
     emit(&json!({"event": "ready", "sched": sched, "warning": warning, "synth": args.synth}))?;
+    let r = speak_replies(
+        &mut spk,
+        &mut mic,
+        &said,
+        &heard_rx,
+        &out_rx,
+        cfg.samples_per_frame,
+    );
+    // Stop the watcher (it drops the texts' sender: the synthesis thread then ends).
+    // Relaxed: the flag carries no data; the join below is the synchronisation.
+    stop.store(true, Ordering::Relaxed);
+    let watched = watcher
+        .join()
+        .map_err(|_| anyhow::anyhow!("the recogniser-register watcher panicked"))?;
+    drop(heard_rx);
+    drop(out_rx);
+    let _ = worker.join();
+    watched?;
+    let (done, clean) = r?;
+    let (written, dropped) = spk.counts();
+    let lost = mic.stats().lost;
+    let ok = clean && dropped == 0 && lost == 0;
+    emit(
+        &json!({"event": "end", "replies": done, "frames": written, "dropped": dropped,
+        "mic_lost": lost, "clean": ok}),
+    )?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The frame loop of `hub-reply`: one frame out per mic frame, the replies the watcher hands
+/// over spoken one after the other. Returns (replies done, clean) at the end of the stream.
+fn speak_replies(
+    spk: &mut voxring_linux::hub::Speaker,
+    mic: &mut voxring_linux::hub::MicReader,
+    said: &VadRegister,
+    heard: &Receiver<Heard>,
+    out: &Receiver<Synthesised>,
+    samples_per_frame: u32,
+) -> anyhow::Result<(u64, bool)> {
+    let spf = samples_per_frame as usize;
     let mut pending: VecDeque<i16> = VecDeque::with_capacity(1 << 18);
+    let mut queue: VecDeque<InFlight> = VecDeque::new();
     let mut frame = vec![0i16; spf];
-    let (mut seen_results, mut done, mut cur, mut ok) = (0u64, 0u64, None::<InFlight>, true);
+    let (mut done, mut ok) = (0u64, true);
     loop {
         match mic.read(Some(Duration::from_secs(1)), |_| ())? {
             Read::Frame(()) => {}
             Read::TimedOut => continue,
             Read::EndOfStream => break,
         }
-        // Contended (the recogniser is writing right now): read again at the next frame.
-        if let (None, Ok((w, version))) = (&cur, asr.read_versioned()) {
-            let (results, utterance, recognised_ns, text) = parse_asr(w)?;
-            if results > seen_results {
-                seen_results = results;
-                let seen_ns = monotonic_ns();
-                text_tx
-                    .send(reply_for(&text))
-                    .map_err(|_| anyhow::anyhow!("the synthesis thread stopped"))?;
-                cur = Some(InFlight {
-                    text,
-                    utterance,
-                    recognised_ns,
-                    seen_ns,
-                    asr_version_ns: version,
-                    ..InFlight::default()
-                });
-            }
-        }
-        if let Some(c) = cur.as_mut() {
-            loop {
-                match out_rx.try_recv() {
-                    Ok(Synthesised::Samples(s)) => {
-                        if c.first_loud_offset.is_none() {
-                            let held = c.samples + pending.len() as u64;
-                            if let Some(i) = s.iter().position(|v| v.unsigned_abs() >= LOUD as u16)
-                            {
-                                c.first_loud_offset = Some(held + i as u64);
-                            }
-                        }
-                        pending.extend(s);
-                    }
-                    Ok(Synthesised::Done(t)) => c.times = Some(t),
-                    Ok(Synthesised::Failed(e)) => {
-                        eprintln!("voxring voice hub-reply: synthesis failed: {e}");
-                        ok = false;
-                        c.times = Some(SynthTimes::default());
-                    }
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => anyhow::bail!("the synthesis thread died"),
+        loop {
+            match heard.try_recv() {
+                Ok(h) => queue.push_back(InFlight::new(h)),
+                Err(TryRecvError::Empty) => break,
+                // The watcher stopped early: its error is reported when it is joined.
+                Err(TryRecvError::Disconnected) => {
+                    anyhow::bail!("the recogniser-register watcher stopped")
                 }
             }
+        }
+        if let Some(c) = queue.front_mut() {
+            ok &= c.collect(out, &mut pending)?;
         }
         let n = pending.len().min(spf);
         frame.fill(0);
@@ -362,7 +507,7 @@ pub fn hub_reply(args: &HubReplyArgs) -> anyhow::Result<ExitCode> {
             ok = false;
         }
         let now = monotonic_ns();
-        let Some(c) = cur.as_mut() else { continue };
+        let Some(c) = queue.front_mut() else { continue };
         if n > 0 {
             if c.first_commit_ns == 0 {
                 c.first_commit_ns = now;
@@ -372,7 +517,7 @@ pub fn hub_reply(args: &HubReplyArgs) -> anyhow::Result<ExitCode> {
         }
         if c.times.is_some() && pending.is_empty() {
             done += 1;
-            let c = cur.take().unwrap_or_default();
+            let c = queue.pop_front().unwrap_or_default();
             said.publish_and_wake([
                 done,
                 c.last_commit_ns,
@@ -384,32 +529,10 @@ pub fn hub_reply(args: &HubReplyArgs) -> anyhow::Result<ExitCode> {
                 0,
             ])
             .map_err(|_| anyhow::anyhow!("the reply agent's register refused a write"))?;
-            let t = c.times.unwrap_or_default();
-            emit(
-                &json!({"event": "reply", "heard_text": c.text, "reply": reply_for(&c.text),
-                "utterance": c.utterance, "recognised_ns": c.recognised_ns,
-                "asr_seen_ns": c.seen_ns, "asr_version": c.asr_version_ns,
-                "requested_ns": t.requested_ns, "first_sample_synth_ns": t.first_sample_ns,
-                "synth_done_ns": t.done_ns, "first_commit_ns": c.first_commit_ns,
-                "last_commit_ns": c.last_commit_ns, "samples": c.samples,
-                "first_loud_offset": c.first_loud_offset}),
-            )?;
+            emit(&c.record())?;
         }
     }
-    drop(text_tx);
-    let _ = worker.join();
-    let (written, dropped) = spk.counts();
-    let lost = mic.stats().lost;
-    ok &= dropped == 0 && lost == 0 && cur.is_none();
-    emit(
-        &json!({"event": "end", "replies": done, "frames": written, "dropped": dropped,
-        "mic_lost": lost, "clean": ok}),
-    )?;
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok((done, ok && queue.is_empty()))
 }
 
 #[cfg(test)]
