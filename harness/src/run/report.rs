@@ -241,8 +241,8 @@ pub struct HubRow {
     /// The output queue's target depth (frames) at the end, and its band.
     pub queue_target: u32,
     pub queue_band: u32,
-    /// Corrections of the output queue: frames played again below the band (not lost: the
-    /// next frame plays one period later), frames dropped above it (lost), and periods of
+    /// Corrections of the output queue: frames played again on an empty queue (not lost: the
+    /// next frame plays one period later), frames dropped above the band (lost), and periods of
     /// silence while it played (lost).
     pub queue_repeated: u64,
     pub queue_dropped: u64,

@@ -7,10 +7,12 @@
 //!   again after it ran dry), so the phase difference between capture and playback periods
 //!   (PipeWire's ALSA plugin serves them as two streams) is absorbed by the queue instead of
 //!   becoming a gap.
-//! - **Correction only outside the band**: while `target - band <= depth <= target + band`,
-//!   one frame is taken per cycle and nothing is corrected. Below the band, or when the queue
-//!   is empty, the last frame is played again instead of taking one (`repeated`), at most
-//!   `band` cycles in a row; after that the lane has stopped talking: it plays silence
+//! - **Correction only outside the band**: while the queue holds frames and is not above
+//!   `target + band`, one frame is taken per cycle and nothing is corrected. A queue running
+//!   low plays what it holds: holding frames back below the band would keep the last words of
+//!   an agent that stopped talking from ever playing (they would come out stale before its
+//!   next words). When the queue is empty, the last frame is played again (`repeated`), at
+//!   most `band` cycles in a row; after that the lane has stopped talking: it plays silence
 //!   (`gaps`) and primes again (`primes`). Above the band the queue is corrected only when it
 //!   *stays* above: a late agent catching up leaves a burst that drains by itself, and
 //!   dropping it would only make the next late wake-up a gap. So the lowest depth over
@@ -110,7 +112,7 @@ pub struct LaneCounters {
     pub mixed: u64,
     /// Frames dropped above the band.
     pub dropped: u64,
-    /// Frames played again below the band.
+    /// Frames played again because the queue was empty.
     pub repeated: u64,
     /// Cycles of silence while it had been playing (it ran dry for longer than the band).
     pub gaps: u64,
@@ -291,7 +293,7 @@ impl<T: Mix> OutputQueue<T> {
             if self.release(excess as usize, false, acc) {
                 self.counters.dropped += excess;
             }
-        } else if depth < target.saturating_sub(band).max(1) {
+        } else if depth == 0 {
             if self.last_len > 0 && u64::from(self.dry) < band.max(1) {
                 self.repeat(acc);
             } else {
@@ -393,6 +395,25 @@ mod tests {
         let steps: Vec<i16> = played.windows(2).map(|w| w[1] - w[0]).collect();
         assert!(steps.iter().all(|&d| d == 1 || d == 5), "{played:?}");
         assert_eq!(steps.iter().filter(|&&d| d == 5).count(), 1);
+    }
+
+    #[test]
+    fn a_lane_that_stops_talking_plays_its_last_frames_whatever_the_band() {
+        let (seg, mut tx, _) = lane("tail");
+        let rx = seg.consumer().unwrap();
+        // The lowest edge of the band (target 4 - band 1) is above one frame.
+        let mut q = OutputQueue::new(rx, QueueParams { target: 4, band: 1 }, 4);
+        for v in 1..=4 {
+            put(&mut tx, v);
+        }
+        let played: Vec<i16> = (0..6).map(|_| cycle(&mut q)).collect();
+        assert_eq!(
+            played,
+            [1, 2, 3, 4, 4, 0],
+            "every frame, then one repeat, then silence"
+        );
+        let c = q.counters();
+        assert_eq!((c.mixed, c.repeated, c.gaps), (4, 1, 1), "{c:?}");
     }
 
     #[test]
