@@ -11,7 +11,9 @@ use common::{Region, config, make, make_pair, read_one_parking, write_one_parkin
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
-use voxring_core::{AtomicU32, Consumer, Policy, Producer, RingConfig, WaitOutcome, Waiter};
+use voxring_core::{
+    AtomicU32, Consumer, Policy, Producer, ReadError, RingConfig, WaitOutcome, Waiter,
+};
 
 /// Byte offsets of the wait words in a ring region (core/LAYOUT.md, "Wait block").
 const DATA_FUTEX: usize = 256;
@@ -258,7 +260,22 @@ fn a_really_parked_producer_is_still_woken_under_a_forged_count() {
                     if i + 1 < FRAMES as usize {
                         await_sleeps(waiter, i + 1, || writer.is_finished(), "the producer");
                     }
-                    let g = consumer.read_grant(1).unwrap();
+                    // The sleep count can run ahead of the commits (a sleep that began for a
+                    // frame whose room came at once): wait for frame `i` itself as well.
+                    let give_up = std::time::Instant::now() + GIVE_UP;
+                    let g = loop {
+                        match consumer.read_grant(1) {
+                            Ok(g) => break g,
+                            Err(ReadError::Empty) => {
+                                assert!(
+                                    std::time::Instant::now() < give_up && !writer.is_finished(),
+                                    "frame {i} was never committed"
+                                );
+                                std::thread::yield_now();
+                            }
+                            Err(e) => panic!("{e}"),
+                        }
+                    };
                     assert_eq!(g.first_seq(), i as u64);
                     g.release_all().unwrap().wake(waiter);
                 }

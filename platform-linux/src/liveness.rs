@@ -420,12 +420,27 @@ mod tests {
         assert_ne!(t2, t);
         assert_eq!(ticket_of(owner_token(t2)), t2);
         drop(c);
-        assert!(
-            !ticket_held(b.as_fd(), t2).unwrap(),
-            "closing drops the lock"
+        // A child another test thread forks holds a copy of every descriptor until it execs
+        // (CLOEXEC closes them only then), and with it the open file description and its
+        // locks: so the lock goes once no process holds the description any more.
+        released(
+            || !ticket_held(b.as_fd(), t2).unwrap(),
+            "closing drops the lock",
         );
         drop(a);
-        assert!(!any_held(b.as_fd()).unwrap());
+        released(
+            || !any_held(b.as_fd()).unwrap(),
+            "closing drops the presence lock",
+        );
+    }
+
+    /// Waits (a give-up bound of 10 s, not a timing) until `gone` holds.
+    fn released(gone: impl Fn() -> bool, what: &str) {
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !gone() {
+            assert!(std::time::Instant::now() < give_up, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     fn reopen_read_only(fd: BorrowedFd<'_>) -> std::os::fd::OwnedFd {
