@@ -69,16 +69,21 @@ pub struct AssistantArgs {
     /// evicts them. 2048 frames of 128 are 5.5 s.
     #[arg(long, default_value_t = 2048)]
     pub mic_frames: u32,
-    /// The hub's output queues' target depth in quanta (`voxring serve --target`). The
-    /// talker's lane is paced by mic frames; a wake-up of the talker late by more than the
-    /// band is a correction, which fails the run (the user's speech would not reach the mic
-    /// whole). 4 (band 3) absorbs three late cycles and adds two quanta to the playback
-    /// against the hub's default of 2 (band 1), with which loaded runs failed that way.
-    #[arg(long, default_value_t = 4)]
-    pub queue_target: u32,
-    /// The band around the target inside which nothing is corrected (`voxring serve --band`).
-    #[arg(long, default_value_t = 3)]
-    pub queue_band: u32,
+    /// The hub's output queues' target depth in quanta (`voxring serve --target`; default:
+    /// the device buffer's `--periods`, at least 4). The talker's lane is paced by mic frames,
+    /// so the frames queued in it are all it has in hand: a hub thread stalled by the host
+    /// catches up in one burst of up to `--periods` cycles (the device buffer absorbs the
+    /// stall), and a burst longer than the queue empties the lane, a repeat that fails the
+    /// run (the user's speech would not reach the mic whole). A clean-clone CI run with 16
+    /// periods and a queue of 4 failed that way. At least 4 (band 3) also absorbs three late
+    /// wake-ups of the talker, against the hub's default of 2 (band 1) with which loaded runs
+    /// failed.
+    #[arg(long)]
+    pub queue_target: Option<u32>,
+    /// The band around the target inside which nothing is corrected (`voxring serve --band`;
+    /// default: the target minus one).
+    #[arg(long)]
+    pub queue_band: Option<u32>,
     /// SCHED_FIFO priority of the talker and reply agents (0: none).
     #[arg(long, default_value_t = 60)]
     pub rt_priority: u8,
@@ -242,6 +247,12 @@ fn ready(ch: &mut RunGuard, who: &'static str, p: Proc, what: &str) -> anyhow::R
     wait_ready(p, what).map(|_| ())
 }
 
+/// The hub's output queue (target, band): see [`AssistantArgs::queue_target`].
+fn queue_params(a: &AssistantArgs) -> (u32, u32) {
+    let target = a.queue_target.unwrap_or(a.periods.max(4));
+    (target, a.queue_band.unwrap_or(target.saturating_sub(1)))
+}
+
 /// Waits until the talker has finished and every utterance got its reply written out (or a
 /// give-up bound: 180 s more than the script lasts), then 1.5 s for the last reply to come
 /// back through the loopback.
@@ -306,7 +317,7 @@ pub fn assistant(a: &AssistantArgs) -> anyhow::Result<ExitCode> {
         quantum: a.quantum,
         periods: a.periods,
         mic_frames: a.mic_frames,
-        queue: (a.queue_target, a.queue_band),
+        queue: queue_params(a),
     };
     guard.hub = Some(HubProc::start(
         &name,
@@ -702,7 +713,7 @@ fn summarise(
         .unwrap_or_default();
     json!({
         "device": a.device, "load": a.load, "quantum": a.quantum, "periods": a.periods, "rate": 48000,
-        "utterances": run.says, "word_error_rate": wer, "per_utterance": per,
+        "queue": queue_params(a), "utterances": run.says, "word_error_rate": wer, "per_utterance": per,
         "decision_to_heard_max_ms": after_decision.iter().copied().fold(0.0, f64::max),
         "decision_to_heard_ms": percentiles(&after_decision),
         "stage_ms": stage_percentiles(records),
