@@ -12,7 +12,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::tools::{output_ok, private_dir};
 use common::{
     EXE, FORMAT, GIVE_UP, SPF, assert_counters, assert_gone, attach_when_there, frame, produce,
     source_ring, stats,
@@ -20,6 +19,7 @@ use common::{
 use voxring_bridge::topo::{Side, export_args, free_local_port};
 use voxring_core::FrameFlags;
 use voxring_linux::ring::{Segment, ShmConsumer};
+use voxring_test_support::{output_ok, private_dir};
 
 const FRAMES: u64 = 300;
 /// Offset of an attacker's frame numbers: its payloads differ from every legitimate one.
@@ -292,20 +292,62 @@ fn tls_port() -> (String, String) {
     )
 }
 
+/// What every test here starts with: the certificates, a run, the legitimate box exporting
+/// its source ring `src` over TLS (dialled as `dial`), and the name of the ring `dst` the
+/// legitimate hub imports into. Fields drop in order: the exporter first.
+struct Legit {
+    ex: Side,
+    seg: Segment,
+    src: String,
+    dst: String,
+    listen: String,
+    dial: String,
+    run: Run,
+    pki: Pki,
+}
+
+impl Legit {
+    fn start(tag: &str) -> Legit {
+        let pki = Pki::make();
+        let run = Run::new(tag);
+        let (listen, dial) = tls_port();
+        let (src, dst) = (run.ring("src"), run.ring("dst"));
+        let seg = source_ring(&src);
+        let ex = run.exporter("box", &src, &SideConfig::mic_box(&pki, &listen));
+        Legit {
+            ex,
+            seg,
+            src,
+            dst,
+            listen,
+            dial,
+            run,
+            pki,
+        }
+    }
+
+    /// The box's configuration.
+    fn box_cfg(&self) -> SideConfig<'_> {
+        SideConfig::mic_box(&self.pki, &self.listen)
+    }
+
+    /// The legitimate hub importing into `dst`, connecting to the box and to `others`
+    /// (before it).
+    fn importer(&self, others: &[String]) -> Side {
+        let connect: Vec<String> = others.iter().chain([&self.dial]).cloned().collect();
+        let hub = SideConfig::hub(&self.box_cfg());
+        self.run.importer("hub", &self.dst, &hub, &connect)
+    }
+}
+
 #[test]
 fn over_mutual_tls_with_access_control_frames_arrive_bit_exact() {
-    let pki = Pki::make();
-    let run = Run::new("ok");
-    let (listen, dial) = tls_port();
-    let (src, dst) = (run.ring("src"), run.ring("dst"));
-    let seg = source_ring(&src);
-    let box_cfg = SideConfig::mic_box(&pki, &listen);
-    let mut ex = run.exporter("box", &src, &box_cfg);
-    let mut im = run.importer("hub", &dst, &SideConfig::hub(&box_cfg), &[dial]);
-    deliver_legitimate(&mut ex, &seg, &dst, || {});
-    legitimate_counters(&mut im, &mut ex);
-    drop(seg);
-    assert_gone(&[&src, &dst]);
+    let mut l = Legit::start("ok");
+    let mut im = l.importer(&[]);
+    deliver_legitimate(&mut l.ex, &l.seg, &l.dst, || {});
+    legitimate_counters(&mut im, &mut l.ex);
+    drop(l.seg);
+    assert_gone(&[&l.src, &l.dst]);
 }
 
 /// Frames in `name` right now, and the importer's final counters.
@@ -333,90 +375,79 @@ fn nothing_arrived(name: &str, side: &mut Side) -> serde_json::Value {
 
 #[test]
 fn a_subscriber_with_a_foreign_ca_or_a_refused_common_name_gets_no_frame() {
-    let pki = Pki::make();
-    let run = Run::new("sub");
-    let (listen, dial) = tls_port();
-    let (src, dst) = (run.ring("src"), run.ring("dst"));
+    let mut l = Legit::start("sub");
+    let (run, dial) = (&l.run, &l.dial);
     let (eaves, rogue) = (run.ring("eaves"), run.ring("rogue"));
-    let seg = source_ring(&src);
-    let box_cfg = SideConfig::mic_box(&pki, &listen);
-    let mut ex = run.exporter("box", &src, &box_cfg);
     // Attackers first, so they had every chance the legitimate importer had. Their own
     // access control is off (they control their side).
     // A valid certificate from the real CA, with a name the box does not allow.
     let eaves_cfg = SideConfig {
         me: "eavesdropper",
         acl: false,
-        ..SideConfig::hub(&box_cfg)
+        ..SideConfig::hub(&l.box_cfg())
     };
     let mut v1 = run.importer(
         "eavesdropper",
         &eaves,
         &eaves_cfg,
-        std::slice::from_ref(&dial),
+        std::slice::from_ref(dial),
     );
     // A certificate from another CA, with the hub's own name, trusting the real CA.
     let rogue_cfg = SideConfig {
-        certs: &pki.rogue,
+        certs: &l.pki.rogue,
         me: "hub",
-        trust: Some(&pki.ca),
+        trust: Some(&l.pki.ca),
         ..eaves_cfg
     };
-    let mut v2 = run.importer("rogue", &rogue, &rogue_cfg, std::slice::from_ref(&dial));
-    let mut im = run.importer("hub", &dst, &SideConfig::hub(&box_cfg), &[dial]);
-    deliver_legitimate(&mut ex, &seg, &dst, || {});
+    let mut v2 = run.importer("rogue", &rogue, &rogue_cfg, std::slice::from_ref(dial));
+    let mut im = l.importer(&[]);
+    deliver_legitimate(&mut l.ex, &l.seg, &l.dst, || {});
     nothing_arrived(&eaves, &mut v1);
     nothing_arrived(&rogue, &mut v2);
-    legitimate_counters(&mut im, &mut ex);
-    drop(seg);
-    assert_gone(&[&src, &dst, &eaves, &rogue]);
+    legitimate_counters(&mut im, &mut l.ex);
+    drop(l.seg);
+    assert_gone(&[&l.src, &l.dst, &eaves, &rogue]);
 }
 
 #[test]
 fn a_publisher_with_a_foreign_ca_or_a_refused_common_name_cannot_put() {
-    let pki = Pki::make();
-    let run = Run::new("pub");
-    let (src, dst) = (run.ring("src"), run.ring("dst"));
+    let mut l = Legit::start("pub");
+    let run = &l.run;
     let (isrc, rsrc) = (run.ring("isrc"), run.ring("rsrc"));
-    let (l_ok, d_ok) = tls_port();
     let (l_in, d_in) = tls_port();
     let (l_ro, d_ro) = tls_port();
-    let seg = source_ring(&src);
     let iseg = source_ring(&isrc);
     let rseg = source_ring(&rsrc);
-    let box_cfg = SideConfig::mic_box(&pki, &l_ok);
-    let mut ex = run.exporter("box", &src, &box_cfg);
     // A valid certificate from the real CA, with a name the hub does not allow, publishing
     // on the same key.
     let intruder_cfg = SideConfig {
         me: "intruder",
         listen: Some(&l_in),
         acl: false,
-        ..box_cfg
+        ..l.box_cfg()
     };
     let mut x = run.exporter("intruder", &isrc, &intruder_cfg);
     // A certificate from another CA with the box's own name, trusting the real CA.
     let rogue_cfg = SideConfig {
-        certs: &pki.rogue,
+        certs: &l.pki.rogue,
         me: "mic-box.room1",
         listen: Some(&l_ro),
-        trust: Some(&pki.ca),
+        trust: Some(&l.pki.ca),
         ..intruder_cfg
     };
     let mut r = run.exporter("rogue", &rsrc, &rogue_cfg);
-    let hub_cfg = SideConfig::hub(&box_cfg);
-    let mut im = run.importer("hub", &dst, &hub_cfg, &[d_in, d_ro, d_ok]);
+    let mut im = l.importer(&[d_in, d_ro]);
     // The attackers publish their own frames on the key all the while.
-    deliver_legitimate(&mut ex, &seg, &dst, || {
+    deliver_legitimate(&mut l.ex, &l.seg, &l.dst, || {
         std::thread::scope(|sc| {
             sc.spawn(|| produce_from(&iseg, FORGED));
             produce_from(&rseg, 2 * FORGED);
         })
     });
-    let s = legitimate_counters(&mut im, &mut ex);
+    let s = legitimate_counters(&mut im, &mut l.ex);
     let xe = stats(&mut x);
     let re = stats(&mut r);
-    drop((seg, iseg, rseg));
+    drop((l.seg, iseg, rseg));
     assert_counters(
         &s,
         &[("received", FRAMES), ("restarts", 0), ("rejected", 0)],
@@ -425,5 +456,5 @@ fn a_publisher_with_a_foreign_ca_or_a_refused_common_name_cannot_put() {
     // The attackers did publish.
     assert_counters(&xe, &[("read", FRAMES)], "the intruder's exporter");
     assert_counters(&re, &[("read", FRAMES)], "the rogue exporter");
-    assert_gone(&[&src, &dst, &isrc, &rsrc]);
+    assert_gone(&[&l.src, &l.dst, &isrc, &rsrc]);
 }

@@ -6,8 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
-#[path = "../../platform-linux/tests/common/tools.rs"]
-mod tools;
 
 use common::voxring;
 
@@ -127,7 +125,7 @@ fn quick_run_covers_every_transport_and_the_json_has_every_field() {
 
 #[test]
 fn json_to_stdout_is_only_json() {
-    let out = tools::output_ok(
+    let out = voxring_test_support::output_ok(
         voxring()
             .args(["bench", "ipc", "--transports", "cacheline,uds"])
             .args(SMALL_RUN_JSON_TO_STDOUT),

@@ -6,12 +6,10 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use voxring_test_support::Proc;
 
 /// A generous bound to give up waiting (never asserted as a time).
 const GIVE_UP: Duration = Duration::from_secs(60);
@@ -24,139 +22,86 @@ fn hub_name(test: &str) -> String {
 /// The `/dev/shm` files of hub `name`.
 fn shm_of(name: &str) -> Vec<String> {
     let prefix = format!("voxring.{name}.");
-    std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|f| f.starts_with(&prefix))
-        .collect()
+    voxring_test_support::shm_names(|f| f.starts_with(&prefix))
 }
 
-/// A child process with its stdout lines arriving on a channel; killed (by PID) on drop.
-/// A hub (`hub` set) is stopped with SIGTERM first, and whatever of it a failed test left in
-/// /dev/shm is removed.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    hub: Option<String>,
+/// `voxring <args>` as a child process read line by line, stopped by PID when dropped.
+fn voxring(args: &[&str]) -> Proc {
+    Proc::start(common::voxring().args(args))
 }
 
-impl Proc {
-    fn start(args: &[&str]) -> Proc {
-        let mut child = common::voxring()
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start voxring");
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines,
-            seen: Vec::new(),
-            hub: None,
-        }
-    }
+/// The agent's JSON result line.
+fn result(p: &mut Proc) -> Value {
+    let l = p.line("{");
+    serde_json::from_str(&l).unwrap()
+}
 
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
+/// A running hub: the process (stopped by PID when dropped, SIGTERM first), then whatever
+/// of it a failed test left in /dev/shm is removed (fields drop in order).
+struct HubProc {
+    proc: Proc,
+    leftovers: Leftovers,
+}
 
-    /// The first line starting with `prefix` (giving up after [`GIVE_UP`]).
-    fn line(&mut self, prefix: &str) -> String {
-        if let Some(l) = self.seen.iter().find(|l| l.starts_with(prefix)) {
-            return l.clone();
-        }
-        let deadline = Instant::now() + GIVE_UP;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.seen.push(l.clone());
-                    if l.starts_with(prefix) {
-                        return l;
-                    }
-                }
-                Err(_) => panic!(
-                    "no line starting with {prefix:?} from pid {} (got {:?})",
-                    self.pid(),
-                    self.seen
-                ),
-            }
-        }
-    }
-
-    /// Waits for the exit (giving up after [`GIVE_UP`]): its code.
-    fn wait(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + GIVE_UP;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.code();
-            }
-            assert!(Instant::now() < deadline, "pid {} never ended", self.pid());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The agent's JSON result line.
-    fn result(&mut self) -> Value {
-        let l = self.line("{");
-        serde_json::from_str(&l).unwrap()
-    }
-
-    fn signal(&self, sig: rustix::process::Signal) {
-        let pid = rustix::process::Pid::from_raw(self.pid() as i32).unwrap();
-        let _ = rustix::process::kill_process(pid, sig);
+impl std::ops::Deref for HubProc {
+    type Target = Proc;
+    fn deref(&self) -> &Proc {
+        &self.proc
     }
 }
 
-impl Drop for Proc {
+impl std::ops::DerefMut for HubProc {
+    fn deref_mut(&mut self) -> &mut Proc {
+        &mut self.proc
+    }
+}
+
+/// Removes the /dev/shm files of hub `hub` when dropped, unless `remove` was turned off.
+struct Leftovers {
+    hub: String,
+    remove: bool,
+}
+
+impl Drop for Leftovers {
     fn drop(&mut self) {
-        if self.hub.is_some() && self.child.try_wait().ok().flatten().is_none() {
-            self.signal(rustix::process::Signal::TERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        if self.child.try_wait().ok().flatten().is_none() {
-            self.signal(rustix::process::Signal::KILL);
-            let _ = self.child.wait();
-        }
-        if let Some(name) = &self.hub {
-            let prefix = format!("voxring.{name}.");
+        if self.remove {
+            let prefix = format!("voxring.{}.", self.hub);
             let _ = voxring_linux::cleanup::clean_segments_matching(|f| f.starts_with(&prefix));
         }
     }
 }
 
 /// Starts a hub on `device` and waits until it is ready.
-fn hub(name: &str, device: &str, extra: &[&str]) -> Proc {
+fn hub(name: &str, device: &str, extra: &[&str]) -> HubProc {
     let mut args = vec!["serve", "--name", name, "--device", device];
     if !extra.contains(&"--rt-priority") {
         args.extend(["--rt-priority", "0"]);
     }
     args.extend_from_slice(extra);
-    let mut p = Proc::start(&args);
-    p.hub = Some(name.to_owned());
+    let mut p = HubProc {
+        proc: voxring(&args),
+        leftovers: Leftovers {
+            hub: name.to_owned(),
+            remove: true,
+        },
+    };
     p.line("voxring serve: hub");
     p
+}
+
+/// A hub named after `test` on the synthetic device (`extra` options), ready: its name and
+/// its process.
+fn synthetic_hub(test: &str, extra: &[&str]) -> (String, HubProc) {
+    let name = hub_name(test);
+    let h = hub(&name, "synthetic", extra);
+    (name, h)
 }
 
 /// Starts `voxring hub-agent --hub <hub> --name <name> <extra>` and waits until it joined.
 fn agent(hub: &str, name: &str, extra: &[&str]) -> Proc {
     let mut args = vec!["hub-agent", "--hub", hub, "--name", name];
     args.extend_from_slice(extra);
-    let mut p = Proc::start(&args);
+    let mut p = voxring(&args);
     p.line("ready");
     p
 }
@@ -168,15 +113,9 @@ fn top(hub: &str) -> Value {
 
 /// `voxring top --json <hub> <extra>`.
 fn top_with(hub: &str, extra: &[&str]) -> Value {
-    let out = common::voxring()
-        .args(["top", "--json", hub])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "top: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = voxring_test_support::output_ok(
+        common::voxring().args(["top", "--json", hub]).args(extra),
+        "voxring top",
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -219,9 +158,9 @@ fn reader(v: &Value, pid: u32) -> Option<&Value> {
 }
 
 /// Stops the hub with SIGTERM: exit 0 and nothing of it left in /dev/shm.
-fn stop(mut h: Proc, name: &str) {
+fn stop(mut h: HubProc, name: &str) {
     h.signal(rustix::process::Signal::TERM);
-    assert_eq!(h.wait(), Some(0), "the hub did not stop cleanly");
+    assert_eq!(h.exit_code(), Some(0), "the hub did not stop cleanly");
     // Agents still running get the end of stream and remove their output rings as they exit.
     assert!(
         wait_for(|| shm_of(name).is_empty()),
@@ -253,8 +192,7 @@ fn a_stereo_float_hub_reads_bit_exact_and_mixes() {
 }
 
 fn join_read_and_speak(test: &str, hub_args: &[&str]) {
-    let name = hub_name(test);
-    let h = hub(&name, "synthetic", hub_args);
+    let (name, h) = synthetic_hub(test, hub_args);
     for f in shm_of(&name) {
         let md = std::fs::metadata(format!("/dev/shm/{f}")).unwrap();
         use std::os::unix::fs::PermissionsExt as _;
@@ -270,7 +208,7 @@ fn join_read_and_speak(test: &str, hub_args: &[&str]) {
     let v = wait_top(&name, "the tone's lane plays", |v| {
         lane(v, "tone").is_some_and(|l| l["state"] == "playing" && l["mixed"].as_u64() > Some(10))
     });
-    let r = listener.result();
+    let r = result(&mut listener);
     assert_exact(&r);
     assert_eq!(r["frames"], 1200);
     // The synthetic device loops playback back into its capture: the tone came back.
@@ -278,14 +216,13 @@ fn join_read_and_speak(test: &str, hub_args: &[&str]) {
         r["nonzero_frames"].as_u64().unwrap() > 0,
         "the tone never reached the mix: {r} / {v:#}"
     );
-    assert_eq!(listener.wait(), Some(0));
+    assert_eq!(listener.exit_code(), Some(0));
     stop(h, &name);
 }
 
 #[test]
 fn killing_an_agent_leaves_the_others_whole_and_it_is_evicted() {
-    let name = hub_name("kill");
-    let h = hub(&name, "synthetic", &[]);
+    let (name, h) = synthetic_hub("kill", &[]);
     let mut steady = agent(&name, "steady", &["--lossless", "--frames", "1500"]);
     let victim = agent(&name, "victim", &["--echo"]);
     let vpid = victim.pid();
@@ -309,7 +246,7 @@ fn killing_an_agent_leaves_the_others_whole_and_it_is_evicted() {
         "{out} left behind"
     );
     drop(victim);
-    let r = steady.result();
+    let r = result(&mut steady);
     assert_exact(&r);
     assert_eq!(r["frames"], 1500);
     stop(h, &name);
@@ -323,8 +260,7 @@ fn wait_for(cond: impl FnMut() -> bool) -> bool {
 /// lossless agents lose nothing and read bit-exact.
 #[test]
 fn churn_leaves_steady_agents_whole_and_nothing_behind() {
-    let name = hub_name("churn");
-    let h = hub(&name, "synthetic", &[]);
+    let (name, h) = synthetic_hub("churn", &[]);
     // About 8 s of audio at 48 kHz / 128.
     let mut steady: Vec<Proc> = (0..2)
         .map(|i| {
@@ -351,16 +287,16 @@ fn churn_leaves_steady_agents_whole_and_nothing_behind() {
         {
             p.signal(rustix::process::Signal::KILL);
         }
-        live.retain_mut(|p| p.child.try_wait().ok().flatten().is_none());
+        live.retain_mut(Proc::is_running);
         round += 1;
     }
     println!("churn: {round} agents joined and left");
     for mut p in live {
         p.signal(rustix::process::Signal::KILL);
-        let _ = p.wait();
+        let _ = p.exit_code();
     }
     for s in &mut steady {
-        let r = s.result();
+        let r = result(s);
         assert_exact(&r);
         assert_eq!(r["frames"], 3000);
     }
@@ -373,25 +309,24 @@ fn churn_leaves_steady_agents_whole_and_nothing_behind() {
 
 #[test]
 fn killing_the_hub_ends_the_agents_stream_and_a_new_hub_cleans_up() {
-    let name = hub_name("hubkill");
-    let mut h = hub(&name, "synthetic", &[]);
+    let (name, mut h) = synthetic_hub("hubkill", &[]);
     let mut listener = agent(&name, "listener", &["--lossless", "--seconds", "600"]);
     let mut echo = agent(&name, "echo", &["--echo", "--seconds", "600"]);
     wait_top(&name, "the echo plays", |v| lane(v, "echo").is_some());
     h.signal(rustix::process::Signal::KILL);
     let killed = Instant::now();
     for a in [&mut listener, &mut echo] {
-        let r = a.result();
+        let r = result(a);
         assert!(
             r["end_of_stream"] == true || !r["error"].is_null(),
             "the agent neither saw the end of stream nor an error: {r}"
         );
         assert_eq!(r["crc_bad"], 0, "{r}");
-        a.wait();
+        a.exit_code();
     }
     println!("hub kill -9 to agents ended: {:?}", killed.elapsed());
     // Not cleaned by the test: the next hub must do it.
-    h.hub = None;
+    h.leftovers.remove = false;
     drop(h);
     assert!(
         !shm_of(&name).is_empty(),
@@ -406,8 +341,7 @@ fn killing_the_hub_ends_the_agents_stream_and_a_new_hub_cleans_up() {
 /// and counts exactly what it skipped. The other reader loses nothing either way.
 #[test]
 fn a_slow_agent_is_evicted_or_resynced_and_the_others_lose_nothing() {
-    let name = hub_name("slow");
-    let h = hub(&name, "synthetic", &["--mic-frames", "16"]);
+    let (name, h) = synthetic_hub("slow", &["--mic-frames", "16"]);
     let mut steady = agent(&name, "steady", &["--lossless", "--frames", "1000"]);
     let mut strict = agent(
         &name,
@@ -415,15 +349,15 @@ fn a_slow_agent_is_evicted_or_resynced_and_the_others_lose_nothing() {
         &["--lossless", "--slow-ms", "20", "--seconds", "60"],
     );
     let mut lossy = agent(&name, "lossy", &["--slow-ms", "20", "--frames", "60"]);
-    let r = strict.result();
+    let r = result(&mut strict);
     let e = r["error"].as_str().unwrap_or_default();
     assert!(e.contains("evicted by the hub") && e.contains("16"), "{r}");
-    assert_eq!(strict.wait(), Some(1));
-    let r = lossy.result();
+    assert_eq!(strict.exit_code(), Some(1));
+    let r = result(&mut lossy);
     assert!(r["error"].is_null(), "{r}");
     assert!(r["lost"].as_u64().unwrap() > 0, "{r}");
     assert_eq!(r["crc_bad"], 0, "{r}");
-    assert_exact(&steady.result());
+    assert_exact(&result(&mut steady));
     let v = top(&name);
     assert!(v["evicted_lag"].as_u64().unwrap() >= 2, "{v:#}");
     stop(h, &name);
@@ -434,8 +368,7 @@ fn a_slow_agent_is_evicted_or_resynced_and_the_others_lose_nothing() {
 #[test]
 fn planted_and_malformed_output_rings_are_refused() {
     use voxring_core::{Policy, RingConfig, SampleFormat};
-    let name = hub_name("attack");
-    let h = hub(&name, "synthetic", &[]);
+    let (name, h) = synthetic_hub("attack", &[]);
     let dir = common::TestDir::new("hub-attack");
     let victim = dir.path().join("victim");
     std::fs::write(&victim, b"not a ring").unwrap();
@@ -468,7 +401,7 @@ fn planted_and_malformed_output_rings_are_refused() {
     std::fs::remove_file(&link).unwrap();
     // The hub still serves: a good agent joins and reads.
     let mut ok = agent(&name, "ok", &["--lossless", "--frames", "300"]);
-    assert_exact(&ok.result());
+    assert_exact(&result(&mut ok));
     drop(_tx);
     drop(wrong);
     stop(h, &name);
@@ -480,8 +413,7 @@ fn planted_and_malformed_output_rings_are_refused() {
 fn a_group_hub_shares_with_its_group_only() {
     common::root_only!("make segments in groups other than its own");
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-    let name = hub_name("group");
-    let h = hub(&name, "synthetic", &["--group", "0"]);
+    let (name, h) = synthetic_hub("group", &["--group", "0"]);
     for f in shm_of(&name) {
         let md = std::fs::metadata(format!("/dev/shm/{f}")).unwrap();
         assert_eq!(md.permissions().mode() & 0o777, 0o660, "{f}");
@@ -493,8 +425,8 @@ fn a_group_hub_shares_with_its_group_only() {
         &["--group", "0", "--echo", "--frames", "400"],
     );
     // An agent expecting another group refuses the hub (the group is checked on attach).
-    let mut wrong = Proc::start(&["hub-agent", "--hub", &name, "--name", "x", "--group", "1"]);
-    assert_ne!(wrong.wait(), Some(0));
+    let mut wrong = voxring(&["hub-agent", "--hub", &name, "--name", "x", "--group", "1"]);
+    assert_ne!(wrong.exit_code(), Some(0));
     // An output ring made in another group is refused by the hub (made with the Rust API).
     let cfg = voxring_core::RingConfig {
         frames: 32,
@@ -526,7 +458,7 @@ fn a_group_hub_shares_with_its_group_only() {
         |v| v["lanes_refused"].as_u64() >= Some(1) && lane(v, "member").is_some(),
     );
     assert!(lane(&v, "outsider").is_none(), "{v:#}");
-    assert_exact(&member.result());
+    assert_exact(&result(&mut member));
     drop(_otx);
     drop(outsider);
     stop(h, &name);
@@ -560,7 +492,7 @@ fn pipewire_echo_path_plays_no_silence() {
     );
     assert_eq!(l["gaps"], 0, "silence was played: {l}");
     assert!(l["mixed"].as_u64().unwrap() > 1000, "{l}");
-    let r = listener.result();
+    let r = result(&mut listener);
     assert_exact(&r);
     stop(h, &name);
 }
@@ -570,8 +502,7 @@ fn pipewire_echo_path_plays_no_silence() {
 #[test]
 fn a_false_crc_window_is_caught() {
     use voxring_linux::hub::{Delivery, Hub, HubOptions};
-    let name = hub_name("falsecrc");
-    let h = hub(&name, "synthetic", &[]);
+    let (name, h) = synthetic_hub("falsecrc", &[]);
     let hub_handle = Hub::find(&name, &HubOptions::default()).unwrap();
     let mut mic = hub_handle.join_mic("liar", Delivery::Lossless).unwrap();
     let mut seq0 = None;
@@ -627,11 +558,10 @@ fn a_false_crc_window_is_caught() {
 #[test]
 fn a_scribbling_agent_cannot_hurt_the_hub_or_the_others() {
     use std::os::unix::fs::FileExt as _;
-    let name = hub_name("scribble");
     // An 11 s mic ring: the lossless listener is an ordinary process, and on a loaded machine
     // it fell a default ring (256 frames) behind and was evicted; this test is about the
     // scribbler, not about lag.
-    let h = hub(&name, "synthetic", &["--mic-frames", "4096"]);
+    let (name, h) = synthetic_hub("scribble", &["--mic-frames", "4096"]);
     let mut listener = agent(&name, "listener", &["--lossless", "--frames", "1500"]);
     let _tone = agent(&name, "tone", &["--tone", "1000"]);
     let hub_handle =
@@ -662,7 +592,7 @@ fn a_scribbling_agent_cannot_hurt_the_hub_or_the_others() {
     wait_top(&name, "the tone goes on being mixed", |v| {
         lane(v, "tone").is_some_and(|l| l["mixed"].as_u64().unwrap() > before + 100)
     });
-    let r = listener.result();
+    let r = result(&mut listener);
     assert_exact(&r);
     drop(evil);
     drop(hub_handle);

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{TestDir, voxring_run};
+use common::{TestDir, usage_error, voxring_run};
 
 /// Runs `cmd` with `--json` into a fresh test directory named after `tag`; the process's
 /// output, its JSON report and its stdout as text.
@@ -114,11 +114,6 @@ fn auto_measures_the_machine_and_says_what_it_chose() {
 
 #[test]
 fn a_bad_periods_value_is_a_clear_error() {
-    let out = voxring_run("synthetic", "1")
-        .args(["--periods", "1"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = usage_error(voxring_run("synthetic", "1").args(["--periods", "1"]));
     assert!(err.contains("give `auto`"), "{err}");
 }

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{TestDir, is_root, voxring_run};
+use common::{TestDir, is_root, usage_error, voxring_run};
 
 /// The run's JSON report; a missing or unreadable one fails with what the run printed.
 fn read_report(path: &Path, context: &str) -> Value {
@@ -54,11 +54,8 @@ fn failures_mention(report: &Value, text: &str) -> bool {
 /// `/dev/shm` entries a run with orchestrator `pid` would create (`voxring.run-<pid>-...`).
 fn shm_of(pid: u32) -> BTreeSet<String> {
     let prefix = format!("voxring.run-{pid}-");
-    std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(&prefix))
+    voxring_test_support::shm_names(|n| n.starts_with(&prefix))
+        .into_iter()
         .collect()
 }
 
@@ -388,9 +385,7 @@ fn ctrl_c_stops_with_a_partial_report_exit_130_and_no_leftovers() {
 
 #[test]
 fn a_missing_alsa_device_is_a_clear_error() {
-    let out = voxring_run("no-such-pcm-xyz", "1").output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = usage_error(&mut voxring_run("no-such-pcm-xyz", "1"));
     assert!(
         err.contains("no-such-pcm-xyz") && err.contains("--device synthetic"),
         "{err}"
@@ -475,12 +470,9 @@ fn a_python_agent_gets_every_frame_over_shared_memory() {
 
 #[test]
 fn a_missing_python_agent_script_is_a_clear_error() {
-    let out = voxring_run("synthetic", "1")
-        .args(["--agents", "recorder,python:/nonexistent/agent.py"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = usage_error(
+        voxring_run("synthetic", "1").args(["--agents", "recorder,python:/nonexistent/agent.py"]),
+    );
     assert!(
         err.contains("/nonexistent/agent.py") && err.contains("does not exist"),
         "{err}"
@@ -732,9 +724,7 @@ fn killing_the_recorder_fails_the_run() {
 
 #[test]
 fn a_run_shorter_than_one_cycle_is_a_usage_error() {
-    let out = voxring_run("synthetic", "1e-9").output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = usage_error(&mut voxring_run("synthetic", "1e-9"));
     assert!(err.contains("shorter than one cycle"), "{err}");
 }
 

@@ -24,12 +24,7 @@ fn cfg() -> RingConfig {
 }
 
 fn json_of(args: &[&str]) -> Value {
-    let out = voxring().args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = voxring_test_support::output_ok(voxring().args(args), &format!("voxring {args:?}"));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 

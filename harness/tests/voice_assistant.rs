@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 
 use serde_json::Value;
+use voxring_test_support::assert_no_shm;
 
 mod common;
 use common::voxring;
@@ -61,19 +62,8 @@ fn assistant(py: &PathBuf, args: &[&str]) -> (bool, Value, String) {
             assert!(dir.path().join(f).is_file(), "the report has no {f}");
         }
     }
-    assert_nothing_left(&hub);
+    assert_no_shm(|n| n.starts_with(&hub));
     (out.status.success(), summary, stderr)
-}
-
-/// Nothing whose name starts with `prefix` is left in /dev/shm.
-fn assert_nothing_left(prefix: &str) {
-    let left: Vec<_> = std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(prefix))
-        .collect();
-    assert!(left.is_empty(), "segments left behind: {left:?}");
 }
 
 /// Every utterance recognised word for word, its reply heard, no frame lost anywhere.
@@ -274,5 +264,5 @@ fn a_run_stopped_by_a_signal_leaves_nothing() {
         }
         Err(_) => assert!(stderr.contains("signal"), "{stderr}"),
     }
-    assert_nothing_left(&prefix);
+    assert_no_shm(|n| n.starts_with(&prefix));
 }

@@ -31,15 +31,32 @@ fn prefix(test: &str) -> String {
     )
 }
 
+/// A unique prefix for one test, and the names of its mic ring and VAD register under it.
+fn names(test: &str) -> (String, String, String) {
+    let p = prefix(test);
+    let (mic, reg) = (format!("{p}.mic"), format!("{p}.vad"));
+    (p, mic, reg)
+}
+
+/// A lossless s16 48 kHz ring of 10 ms frames for two readers, `frames` deep and `channels`
+/// wide, made as `name` by this test (standing in for the talker).
+fn mic_ring(name: &str, frames: u32, channels: u16) -> Segment {
+    let cfg = voxring_core::RingConfig {
+        frames,
+        samples_per_frame: 480,
+        channels,
+        format: voxring_core::SampleFormat::S16,
+        sample_rate: 48_000,
+        max_consumers: 2,
+        policy: voxring_core::Policy::Lossless,
+    };
+    Segment::create(name, &cfg, &Default::default()).unwrap()
+}
+
 /// No segment of this test is left in /dev/shm.
+#[track_caller]
 fn assert_no_segments(prefix: &str) {
-    let left: Vec<_> = std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(prefix))
-        .collect();
-    assert!(left.is_empty(), "segments left behind: {left:?}");
+    voxring_test_support::assert_no_shm(|n| n.contains(prefix));
 }
 
 /// A part started with its stdout piped; killed (by its PID) if the test fails first.
@@ -94,6 +111,21 @@ impl Drop for Part {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Finishes every part (each read to its end, in order) and asserts that all succeeded,
+/// with every part's lines in the message if one did not; their lines.
+#[track_caller]
+fn finish_ok<const N: usize>(parts: [Part; N]) -> [Vec<Value>; N] {
+    let names = parts.each_ref().map(|p| p.name);
+    let done = parts.map(Part::finish);
+    let all: Vec<String> = names
+        .iter()
+        .zip(&done)
+        .map(|(name, (lines, ok))| format!("{name} (ok: {ok}): {lines:?}"))
+        .collect();
+    assert!(done.iter().all(|(_, ok)| *ok), "{}", all.join("\n"));
+    done.map(|(lines, _)| lines)
 }
 
 fn talk(ring: &str, readers: u16) -> Part {
@@ -180,13 +212,10 @@ fn check_vad(vad_end: &Value, placed: &[(String, i64, i64)]) {
 
 #[test]
 fn the_vad_agent_finds_the_talkers_utterances_in_the_mic_ring() {
-    let p = prefix("vad");
-    let (mic, reg) = (format!("{p}.mic"), format!("{p}.vad"));
+    let (p, mic, reg) = names("vad");
     let t = talk(&mic, 1);
     let v = vad(&mic, &reg);
-    let (t_lines, t_ok) = t.finish();
-    let (v_lines, v_ok) = v.finish();
-    assert!(t_ok && v_ok, "talk {t_lines:?}\nvad {v_lines:?}");
+    let [t_lines, v_lines] = finish_ok([t, v]);
     let placed = placements(&end_of(&t_lines, "talk"));
     assert_eq!(placed.len(), 3);
     check_vad(&end_of(&v_lines, "vad"), &placed);
@@ -221,18 +250,11 @@ fn the_recogniser_hears_each_utterance_exactly_through_the_rings() {
     let Some(py) = recogniser_python() else {
         return;
     };
-    let p = prefix("asr");
-    let (mic, reg) = (format!("{p}.mic"), format!("{p}.vad"));
+    let (p, mic, reg) = names("asr");
     let t = talk(&mic, 2);
     let v = vad(&mic, &reg);
     let r = recogniser(&py, &mic, &reg);
-    let (t_lines, t_ok) = t.finish();
-    let (v_lines, v_ok) = v.finish();
-    let (r_lines, r_ok) = r.finish();
-    assert!(
-        t_ok && v_ok && r_ok,
-        "talk {t_lines:?}\nvad {v_lines:?}\nrecogniser {r_lines:?}"
-    );
+    let [t_lines, v_lines, r_lines] = finish_ok([t, v, r]);
     let placed = placements(&end_of(&t_lines, "talk"));
     check_vad(&end_of(&v_lines, "vad"), &placed);
     let results: Vec<_> = r_lines.iter().filter(|v| v["event"] == "result").collect();
@@ -284,8 +306,7 @@ fn the_reply_agent_writes_every_synthesised_sample_into_its_ring() {
         samples += f.samples.len() as u64;
         loud += f.samples.iter().filter(|v| v.unsigned_abs() > 300).count() as u64;
     }
-    let (lines, ok) = r.finish();
-    assert!(ok, "{lines:?}");
+    let [lines] = finish_ok([r]);
     let replies: Vec<_> = lines.iter().filter(|v| v["event"] == "reply").collect();
     assert_eq!(replies.len(), 2, "the empty line is skipped: {lines:?}");
     let total: u64 = replies.iter().map(|v| v["samples"].as_u64().unwrap()).sum();
@@ -389,8 +410,8 @@ fn the_parts_chained_without_the_hub_answer_each_utterance_and_report_it() {
     let Some(py) = recogniser_python() else {
         return;
     };
-    let p = prefix("chain");
-    let (mic, reg, out) = (format!("{p}.mic"), format!("{p}.vad"), format!("{p}.reply"));
+    let (p, mic, reg) = names("chain");
+    let out = format!("{p}.reply");
     let t = talk(&mic, 2);
     let v = vad(&mic, &reg);
     let mut cmd = voxring();
@@ -419,13 +440,7 @@ fn the_parts_chained_without_the_hub_answer_each_utterance_and_report_it() {
     }
     drop(stdin);
     assert!(r.child.wait().unwrap().success());
-    let (t_lines, t_ok) = t.finish();
-    let (v_lines, v_ok) = v.finish();
-    let (reply_lines, reply_ok) = reply.finish();
-    assert!(
-        t_ok && v_ok && reply_ok,
-        "{t_lines:?}\n{v_lines:?}\n{reply_lines:?}"
-    );
+    let [t_lines, v_lines, reply_lines] = finish_ok([t, v, reply]);
     let seen = reader.join().unwrap();
     let placed = placements(&end_of(&t_lines, "talk"));
     let vad_end = end_of(&v_lines, "vad");
@@ -511,17 +526,13 @@ fn the_parts_chained_without_the_hub_answer_each_utterance_and_report_it() {
     }
     let path = dir.path().join("records.jsonl");
     std::fs::write(&path, &records).unwrap();
-    let rep = voxring()
-        .args(["voice", "report", "--records"])
-        .arg(&path)
-        .arg("--out")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        rep.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rep.stderr)
+    voxring_test_support::output_ok(
+        voxring()
+            .args(["voice", "report", "--records"])
+            .arg(&path)
+            .arg("--out")
+            .arg(dir.path()),
+        "voxring voice report",
     );
     // To keep the report (e.g. for docs/): VOXRING_VOICE_REPORT_DIR=<existing directory>.
     if let Some(keep) = std::env::var_os("VOXRING_VOICE_REPORT_DIR") {
@@ -543,16 +554,7 @@ fn the_parts_chained_without_the_hub_answer_each_utterance_and_report_it() {
 #[test]
 fn a_vad_pointed_at_a_stereo_ring_refuses_it_and_says_why() {
     let p = prefix("stereo");
-    let cfg = voxring_core::RingConfig {
-        frames: 8,
-        samples_per_frame: 480,
-        channels: 2,
-        format: voxring_core::SampleFormat::S16,
-        sample_rate: 48_000,
-        max_consumers: 2,
-        policy: voxring_core::Policy::Lossless,
-    };
-    let seg = Segment::create(&format!("{p}.mic"), &cfg, &Default::default()).unwrap();
+    let seg = mic_ring(&format!("{p}.mic"), 8, 2);
     let err = vad_refuses(&p);
     assert!(
         err.contains("2 channel(s)") && err.contains("mono S16"),
@@ -570,18 +572,8 @@ fn a_hostile_vad_record_is_refused_not_decoded() {
     let Some(py) = recogniser_python() else {
         return;
     };
-    let p = prefix("hostile");
-    let (mic, reg) = (format!("{p}.mic"), format!("{p}.vad"));
-    let cfg = voxring_core::RingConfig {
-        frames: 64,
-        samples_per_frame: 480,
-        channels: 1,
-        format: voxring_core::SampleFormat::S16,
-        sample_rate: 48_000,
-        max_consumers: 2,
-        policy: voxring_core::Policy::Lossless,
-    };
-    let seg = Segment::create(&mic, &cfg, &Default::default()).unwrap();
+    let (p, mic, reg) = names("hostile");
+    let seg = mic_ring(&mic, 64, 1);
     let mut tx = seg.producer().unwrap();
     type Reg = voxring_core::control::ControlRegister<[u64; 8], 8>;
     let register =

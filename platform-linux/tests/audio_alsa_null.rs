@@ -35,7 +35,7 @@ struct TempPath(PathBuf, #[allow(dead_code)] tempfile::TempDir);
 
 impl TempPath {
     fn new(tag: &str) -> Self {
-        let dir = common::tools::private_dir("voxring-audio-");
+        let dir = voxring_test_support::private_dir("voxring-audio-");
         TempPath(dir.path().join(format!("{tag}.raw")), dir)
     }
 }

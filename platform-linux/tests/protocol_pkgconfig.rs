@@ -10,12 +10,12 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::tools::{output_ok, strict_cc};
 use common::{ChildGuard, ShmCleanup, unique_name};
 use protocol::{GIVE_UP, field, has_consumer, wait_until};
 use voxring_core::{FrameFlags, GrantError, Policy, PushFrameError, RingConfig, SampleFormat};
 use voxring_linux::ring::Segment;
 use voxring_linux::segment::CreateOptions;
+use voxring_test_support::{output_ok, strict_cc};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

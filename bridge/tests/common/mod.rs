@@ -2,9 +2,6 @@
 //! they wait for, read and check rings. Each test file uses part of it.
 #![allow(dead_code)]
 
-#[path = "../../../platform-linux/tests/common/tools.rs"]
-pub mod tools;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -4,20 +4,9 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-/// Waits until `cond` holds, checking every 20 ms and giving up after `give_up` (a bound for
-/// a hung test, never a timing expectation); false if it never held.
-pub fn wait_until(give_up: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + give_up;
-    while !cond() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
-}
+#[allow(unused_imports)]
+pub use voxring_test_support::wait_until;
 
 /// The `voxring` binary cargo built for these tests.
 pub fn voxring() -> Command {
@@ -45,6 +34,13 @@ pub fn voice_python(imports: &str, fix: &str) -> Option<std::path::PathBuf> {
     assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
     println!("skipped: {why}");
     None
+}
+
+/// Runs `cmd` (a `voxring` command line), which must be refused as a usage error (exit 2);
+/// its stderr, what it told the user.
+#[track_caller]
+pub fn usage_error(cmd: &mut Command) -> String {
+    voxring_test_support::stderr_of_failure(cmd, 2, "voxring")
 }
 
 /// `voxring run --device <device> --seconds <seconds> --no-progress`: add the rest.

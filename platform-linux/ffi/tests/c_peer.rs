@@ -47,8 +47,8 @@ fn rust_producer_c_reader(policy: &str, count: u64) {
     let mut reader = Proc::start(Command::new(&c_peer).args(["read", &name]));
     let produced = prod.line("done");
     let read = reader.line("done");
-    assert_eq!(reader.exit_code(), Some(0), "{:?}", reader.seen);
-    assert_eq!(prod.exit_code(), Some(0), "{:?}", prod.seen);
+    assert_eq!(reader.exit_code(), Some(0), "{:?}", reader.seen());
+    assert_eq!(prod.exit_code(), Some(0), "{:?}", prod.seen());
     assert_eq!(field(&read, "bad"), "0", "{read}");
     assert_eq!(field(&read, "transport"), "shm");
     let frames: u64 = field(&read, "frames").parse().expect("count");
@@ -85,8 +85,8 @@ fn c_writer_rust_reader(policy: &str) {
     let mut reader = Proc::start(Command::new(peer_bin()).args(["consume", &name]));
     let written = writer.line("done");
     let read = reader.line("done");
-    assert_eq!(reader.exit_code(), Some(0), "{:?}", reader.seen);
-    assert_eq!(writer.exit_code(), Some(0), "{:?}", writer.seen);
+    assert_eq!(reader.exit_code(), Some(0), "{:?}", reader.seen());
+    assert_eq!(writer.exit_code(), Some(0), "{:?}", writer.seen());
     assert_eq!(field(&read, "bad"), "0", "{read}");
     if policy == "lossless" {
         assert_eq!(field(&read, "frames"), "1500", "{read}");
@@ -136,8 +136,8 @@ fn c_reader_falls_back_to_the_socket_when_the_segment_is_missing() {
     );
     let produced = prod.line("done");
     let read = reader.line("done");
-    assert_eq!(reader.exit_code(), Some(0), "{:?}", reader.seen);
-    assert_eq!(prod.exit_code(), Some(0), "{:?}", prod.seen);
+    assert_eq!(reader.exit_code(), Some(0), "{:?}", reader.seen());
+    assert_eq!(prod.exit_code(), Some(0), "{:?}", prod.seen());
     assert_eq!(field(&read, "transport"), "socket-fallback", "{read}");
     assert_eq!(field(&read, "frames"), "800", "{read}");
     assert_eq!(field(&read, "bad"), "0");

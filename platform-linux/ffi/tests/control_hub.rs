@@ -75,7 +75,7 @@ fn a_c_agent_waits_on_a_live_hubs_speech_register_written_by_a_rust_agent() {
         );
     }
     assert_eq!(c.line("value5 "), "value5 11 22 33 44");
-    assert_eq!(c.exit_code(), Some(0), "lines: {:?}", c.seen);
+    assert_eq!(c.exit_code(), Some(0), "lines: {:?}", c.seen());
     assert_eq!(rust_agent.speech().unwrap().segments, 3);
     drop(rust_agent);
     drop(hub);

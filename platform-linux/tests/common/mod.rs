@@ -2,8 +2,6 @@
 //! this same test binary re-executed in a role, and clean-up that leaves nothing behind.
 #![allow(dead_code, unused_macros)]
 
-pub mod tools;
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

@@ -32,12 +32,12 @@ pub fn config() -> RingConfig {
 pub fn build_consumer(dir: &Path, static_link: bool) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/protocol/consumer.c");
     let out = dir.join("consumer");
-    let mut cc = super::common::tools::strict_cc();
+    let mut cc = voxring_test_support::strict_cc();
     cc.arg("-O1");
     if static_link {
         cc.arg("-static");
     }
-    super::common::tools::output_ok(
+    voxring_test_support::output_ok(
         cc.arg(&src).arg("-o").arg(&out),
         &format!("compiling {} (apt-get install gcc)", src.display()),
     );
@@ -73,6 +73,19 @@ pub struct Feed {
     pub park_every: u64,
     /// Whether to finish with an end-of-stream frame (otherwise the producer just leaves).
     pub end_of_stream: bool,
+}
+
+impl Feed {
+    /// `frames` data frames and an end of stream; one liveness check, no forced park (set
+    /// the other fields with `..Feed::frames(n)`).
+    pub fn frames(frames: u64) -> Feed {
+        Feed {
+            frames,
+            min_checks: 1,
+            park_every: 0,
+            end_of_stream: true,
+        }
+    }
 }
 
 /// The payload of frame `k`: bytes that differ from frame to frame and from run to run.

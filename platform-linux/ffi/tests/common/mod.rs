@@ -1,21 +1,17 @@
 //! What the C ABI's test files share: the library's last error and the assertions built on
 //! it, unique segment names, and, for the tests that compile C against the committed header,
-//! where the cdylib is, the compiler call, and a child process read line by line and stopped
-//! by PID. Each test file includes this module; not all use all of it.
+//! where the cdylib is and the compiler call (the child process read line by line and
+//! stopped by PID is voxring-test-support's). Each test file includes this module; not all
+//! use all of it.
 #![allow(dead_code)]
 
 use std::ffi::{CStr, CString, c_char};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
 use voxring_ffi::{VR_OK, vr_last_error};
-
-/// Give-up bound for a child's line or exit: never reached unless something is broken.
-pub const GIVE_UP: Duration = Duration::from_secs(60);
+#[allow(unused_imports)]
+pub use voxring_test_support::{GIVE_UP, Proc};
 
 /// The message of the library's last error on this thread.
 pub fn last_error() -> String {
@@ -80,14 +76,14 @@ pub fn lib_dir() -> PathBuf {
         })
 }
 
-/// Compiles `source` (relative to the crate) with `cc` (or `$CC`), strict warnings, against
+/// Compiles `source` (relative to the crate) with the strict `cc` (or `$CC`), against
 /// the committed header and the cdylib, into `dir/<out>`; returns the program's path.
 pub fn build_c(dir: &Path, source: &str, out: &str, defines: &[&str]) -> PathBuf {
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let lib = lib_dir();
     let out = dir.join(out);
-    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1"])
+    let status = voxring_test_support::strict_cc()
+        .arg("-O1")
         .args(defines)
         .arg("-I")
         .arg(crate_dir.join("include"))
@@ -102,97 +98,4 @@ pub fn build_c(dir: &Path, source: &str, out: &str, defines: &[&str]) -> PathBuf
         .expect("cc runs (install a C compiler: apt-get install gcc)");
     assert!(status.success(), "compiling {source} failed");
     out
-}
-
-/// A child process with its stdout as lines; stopped by PID (SIGTERM, then SIGKILL) and
-/// reaped when dropped, so a failing test leaves no process behind.
-pub struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    pub seen: Vec<String>,
-}
-
-impl Proc {
-    pub fn start(cmd: &mut Command) -> Proc {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
-        let out = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The next line starting with `prefix` (earlier lines are kept in `seen`).
-    pub fn line(&mut self, prefix: &str) -> String {
-        let deadline = Instant::now() + GIVE_UP;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.seen.push(l.clone());
-                    if l.starts_with(prefix) {
-                        return l;
-                    }
-                }
-                Err(_) => panic!(
-                    "no line starting with {prefix:?} from pid {} (got {:?}; exit {:?})",
-                    self.child.id(),
-                    self.seen,
-                    self.child.try_wait()
-                ),
-            }
-        }
-    }
-
-    fn signal(&self, sig: rustix::process::Signal) {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, sig);
-        }
-    }
-
-    /// Waits (up to [`GIVE_UP`]) for the child to end; its exit code.
-    pub fn exit_code(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + GIVE_UP;
-        loop {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                return st.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pid {} never ended",
-                self.child.id()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            // SIGTERM first: a hub removes its segments on it.
-            self.signal(rustix::process::Signal::TERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        if self.child.try_wait().ok().flatten().is_none() {
-            self.signal(rustix::process::Signal::KILL);
-        }
-        let _ = self.child.wait();
-    }
 }
