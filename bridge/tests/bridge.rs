@@ -64,25 +64,37 @@ fn importer(net: &Net, key: &str, dst: &str, extra: &[&str]) -> Side {
     s
 }
 
-/// Sends `frames` frames through export → import (with `extra` import flags) and checks
-/// what the consumer of the imported ring got against what was sent: every delivered frame
-/// bit-exact, a discontinuity flag exactly after each gap, and the gaps exactly the frames
-/// `dropped(seq)` says. Returns the importer's final counters.
-fn run_case(
-    net: &Net,
-    tag: &str,
+/// One run through export → import: `frames` frames sent, `extra` import flags, every
+/// `drop_every`-th frame (the last of each `drop_every`) dropped by the injected loss, and the
+/// importer's counters it must end with.
+struct Case {
+    tag: &'static str,
     frames: u64,
-    extra: &[&str],
-    dropped: impl Fn(u64) -> bool,
-) -> serde_json::Value {
-    let (src, dst, key) = names(tag);
+    extra: &'static [&'static str],
+    drop_every: Option<u64>,
+    counters: &'static [(&'static str, u64)],
+}
+
+impl Case {
+    fn dropped(&self, seq: u64) -> bool {
+        self.drop_every.is_some_and(|n| seq % n == n - 1)
+    }
+}
+
+/// Sends the case's frames through export → import and checks what the consumer of the
+/// imported ring got against what was sent: every delivered frame bit-exact, a discontinuity
+/// flag exactly after each gap, and the gaps exactly the frames [`Case::dropped`] says; then
+/// the importer's final counters.
+fn run_case(net: &Net, case: &Case) {
+    let (src, dst, key) = names(case.tag);
+    let frames = case.frames;
     let seg = source_ring(&src);
     let mut ex = exporter(net, &src, &key);
-    let mut im = importer(net, &key, &dst, extra);
+    let mut im = importer(net, &key, &dst, case.extra);
     ex.wait_line("importer present", GIVE_UP).unwrap();
     let out_seg = attach_when_there(&dst);
     let mut rx = out_seg.consumer().unwrap();
-    let expected: Vec<u64> = (0..frames).filter(|s| !dropped(*s)).collect();
+    let expected: Vec<u64> = (0..frames).filter(|s| !case.dropped(*s)).collect();
     produce(&seg, 0..frames, 0);
     let got = read_frames(&mut rx, expected.len());
     let mut prev: Option<u64> = None;
@@ -110,47 +122,79 @@ fn run_case(
     drop(seg);
     assert_eq!(e["read"], frames, "exporter: {e}");
     assert_gone(&[&src, &dst]);
-    s
+    assert_counters(&s, case.counters, &format!("importer ({})", case.tag));
+}
+
+/// Every frame, bit-exact.
+const EXACT: Case = Case {
+    tag: "exact",
+    frames: 300,
+    extra: &[],
+    drop_every: None,
+    counters: &[("played", 300), ("lost", 0)],
+};
+
+/// Frames 4, 9, 14 ... 299 dropped; frame 300 is the last (a loss is known once a later
+/// frame is due).
+const LOSS: Case = Case {
+    tag: "loss",
+    frames: 301,
+    extra: &["--inject-drop-every", "5", "--target-ms", "100"],
+    drop_every: Some(5),
+    counters: &[("injected_drops", 60), ("lost", 60), ("played", 241)],
+};
+
+/// Up to 40 ms of delay on 2 ms frames: reordered by up to 20 frames. Target 250 ms.
+const JITTER: Case = Case {
+    tag: "jitter",
+    frames: 400,
+    extra: &["--inject-jitter-ms", "40", "--target-ms", "250"],
+    drop_every: None,
+    counters: &[("lost", 0), ("late", 0), ("played", 400)],
+};
+
+/// The three kinds of run across the veth pair (smaller).
+const VETH: [Case; 3] = [
+    Case {
+        tag: "vexact",
+        frames: 200,
+        extra: &[],
+        drop_every: None,
+        counters: &[("played", 200), ("lost", 0)],
+    },
+    Case {
+        tag: "vloss",
+        frames: 200,
+        extra: &["--inject-drop-every", "7", "--target-ms", "100"],
+        drop_every: Some(7),
+        counters: &[("lost", 28)],
+    },
+    Case {
+        tag: "vjit",
+        frames: 200,
+        extra: &["--inject-jitter-ms", "30", "--target-ms", "250"],
+        drop_every: None,
+        counters: &[("lost", 0), ("late", 0)],
+    },
+];
+
+fn over_loopback(case: &Case) {
+    run_case(&Net::Loopback(free_local_port().unwrap()), case);
 }
 
 #[test]
 fn frames_arrive_bit_exact_over_loopback() {
-    let net = Net::Loopback(free_local_port().unwrap());
-    let s = run_case(&net, "exact", 300, &[], |_| false);
-    assert_counters(&s, &[("played", 300), ("lost", 0)], "importer");
+    over_loopback(&EXACT);
 }
 
 #[test]
 fn injected_loss_is_counted_exactly_and_flagged() {
-    let net = Net::Loopback(free_local_port().unwrap());
-    // Frames 4, 9, 14 ... 299 dropped; frame 300 is the last (a loss is known once a later
-    // frame is due).
-    let s = run_case(
-        &net,
-        "loss",
-        301,
-        &["--inject-drop-every", "5", "--target-ms", "100"],
-        |q| q % 5 == 4,
-    );
-    assert_counters(
-        &s,
-        &[("injected_drops", 60), ("lost", 60), ("played", 241)],
-        "importer",
-    );
+    over_loopback(&LOSS);
 }
 
 #[test]
 fn jitter_under_the_target_plays_out_on_time_with_no_loss() {
-    let net = Net::Loopback(free_local_port().unwrap());
-    // Up to 40 ms of delay on 2 ms frames: reordered by up to 20 frames. Target 250 ms.
-    let s = run_case(
-        &net,
-        "jitter",
-        400,
-        &["--inject-jitter-ms", "40", "--target-ms", "250"],
-        |_| false,
-    );
-    assert_counters(&s, &[("lost", 0), ("late", 0), ("played", 400)], "importer");
+    over_loopback(&JITTER);
 }
 
 fn netns_pair() -> NetnsPair {
@@ -162,23 +206,8 @@ fn netns_pair() -> NetnsPair {
 fn across_a_veth_pair_frames_are_exact_losses_counted_and_jitter_absorbed() {
     let pair = netns_pair();
     let net = Net::Veth(&pair);
-    let s = run_case(&net, "vexact", 200, &[], |_| false);
-    assert_counters(&s, &[("played", 200), ("lost", 0)], "importer");
-    let s = run_case(
-        &net,
-        "vloss",
-        200,
-        &["--inject-drop-every", "7", "--target-ms", "100"],
-        |q| q % 7 == 6,
-    );
-    assert_counters(&s, &[("lost", 28)], "importer");
-    let s = run_case(
-        &net,
-        "vjit",
-        200,
-        &["--inject-jitter-ms", "30", "--target-ms", "250"],
-        |_| false,
-    );
-    assert_counters(&s, &[("lost", 0), ("late", 0)], "importer");
+    for case in &VETH {
+        run_case(&net, case);
+    }
     drop(pair);
 }

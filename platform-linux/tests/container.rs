@@ -131,10 +131,9 @@ fn a_container_of_the_owner_joins_a_ring_made_outside_and_reads_bit_exact() {
     // With the host's /dev/shm: the mapped owner joins, outlives the producer's liveness
     // checks from another PID namespace, parks and is woken, reads every frame.
     let opts = Feed {
-        frames: 200,
         min_checks: 8,
         park_every: 10,
-        end_of_stream: true,
+        ..Feed::frames(200)
     };
     let cmd = in_container(owner, true, &bin, &[&name, "--park-ms", "60000"]);
     let (produced, fin) = consume_while(cmd, &seg, |stop| feed(&seg, opts, stop));

@@ -27,28 +27,47 @@ fn ring(tag: &str) -> (String, ShmCleanup, Segment) {
     (name, clean, seg)
 }
 
-/// Builds the C consumer and runs it on ring `name` (`seg`) with `args` while [`feed`] runs
-/// as `opts` says.
-fn run_consumer(name: &str, args: &[&str], seg: &Segment, opts: Feed) -> (Produced, Finished) {
+/// A run of the C consumer on a fresh ring: what was fed, how the consumer finished, and the
+/// ring (removed when this drops: fields drop in order).
+struct Consumed {
+    produced: Produced,
+    fin: Finished,
+    seg: Segment,
+    _clean: ShmCleanup,
+}
+
+/// Builds the C consumer and runs it with `args` on a fresh ring named after `tag` while
+/// [`feed`] runs as `opts` says.
+fn run_consumer(tag: &str, args: &[&str], opts: Feed) -> Consumed {
+    let (name, _clean, seg) = ring(tag);
     let dir = tempfile::tempdir().expect("temp dir");
     let bin = build_consumer(dir.path(), false);
     let mut cmd = Command::new(&bin);
-    cmd.arg(name).args(args);
-    consume_while(cmd, seg, |stop| feed(seg, opts, stop))
+    cmd.arg(&name).args(args);
+    let (produced, fin) = consume_while(cmd, &seg, |stop| feed(&seg, opts, stop));
+    Consumed {
+        produced,
+        fin,
+        seg,
+        _clean,
+    }
 }
 
 #[test]
 fn a_consumer_written_from_the_document_reads_every_frame_bit_exact_and_stays_alive() {
-    let (name, _clean, seg) = ring("proto");
     // Parks of up to 60 s: a wake the document got wrong would leave the consumer asleep
     // until the test gives up, instead of being covered by a short timeout.
     let feed_opts = Feed {
-        frames: 300,
         min_checks: 8,
         park_every: 10,
-        end_of_stream: true,
+        ..Feed::frames(300)
     };
-    let (produced, fin) = run_consumer(&name, &["--park-ms", "60000"], &seg, feed_opts);
+    let Consumed {
+        produced,
+        fin,
+        seg,
+        _clean,
+    } = run_consumer("proto", &["--park-ms", "60000"], feed_opts);
     fin.assert_read_all(&produced, "eos");
     // Survived every liveness check, 50 ms apart, over more than the 250 ms interval, and
     // every park ended in a wake.
@@ -65,14 +84,12 @@ fn a_consumer_written_from_the_document_reads_every_frame_bit_exact_and_stays_al
 
 #[test]
 fn a_reader_without_the_liveness_lock_is_evicted_at_the_first_check() {
-    let (name, _clean, seg) = ring("nolock");
     let feed_opts = Feed {
-        frames: 40,
         min_checks: 3,
-        park_every: 0,
-        end_of_stream: true,
+        ..Feed::frames(40)
     };
-    let (produced, fin) = run_consumer(&name, &["--no-ticket", "--park-ms", "20"], &seg, feed_opts);
+    let args = ["--no-ticket", "--park-ms", "20"];
+    let Consumed { produced, fin, .. } = &run_consumer("nolock", &args, feed_opts);
     assert_eq!(produced.evicted, 1, "{produced:?}");
     assert_eq!(fin.code, Some(3), "{}; {}", fin.done, fin.stderr);
     assert_eq!(field(&fin.done, "end"), "evicted", "{}", fin.done);
@@ -80,16 +97,13 @@ fn a_reader_without_the_liveness_lock_is_evicted_at_the_first_check() {
 
 #[test]
 fn the_document_consumer_ends_when_the_producer_leaves_without_end_of_stream() {
-    let (name, _clean, seg) = ring("noeos");
     let feed_opts = Feed {
-        frames: 50,
-        min_checks: 1,
-        park_every: 0,
         end_of_stream: false,
+        ..Feed::frames(50)
     };
     // `feed` drops its producer when it returns: the ring's producer side is freed.
-    let (produced, fin) = run_consumer(&name, &["--park-ms", "20"], &seg, feed_opts);
-    fin.assert_read_all(&produced, "producer-gone");
+    let Consumed { produced, fin, .. } = &run_consumer("noeos", &["--park-ms", "20"], feed_opts);
+    fin.assert_read_all(produced, "producer-gone");
 }
 
 #[test]
