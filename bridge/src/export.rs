@@ -51,31 +51,46 @@ pub struct ExportOptions {
     pub queue_frames: usize,
 }
 
-/// The exporter's counters.
-#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
-pub struct ExportStats {
-    /// Frames read from the ring.
-    pub read: u64,
-    /// Frames published.
-    pub sent: u64,
-    /// Frames dropped because the network side was behind (the queue to the sender was full).
-    pub dropped_queue: u64,
-    /// Lossy ring: frames the producer overwrote before the reader got to them.
-    pub ring_lost: u64,
-    /// Frames Zenoh refused to publish (the session is closing).
-    pub send_errors: u64,
-    /// Importers currently present.
-    pub importers: u64,
+/// Declares the exporter's counters from one list of names: [`ExportStats`] (the snapshot, a
+/// `u64` each), `Counters` (an atomic each, shared by the threads) and `Counters::snapshot`.
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
+        /// The exporter's counters.
+        #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+        pub struct ExportStats {
+            $($(#[doc = $doc])* pub $name: u64,)*
+        }
+
+        /// [`ExportStats`] as the threads count them.
+        #[derive(Debug, Default)]
+        struct Counters {
+            $($name: AtomicU64,)*
+        }
+
+        impl Counters {
+            /// The counts now (Relaxed: see `bump`).
+            fn snapshot(&self) -> ExportStats {
+                ExportStats {
+                    $($name: self.$name.load(Ordering::Relaxed),)*
+                }
+            }
+        }
+    };
 }
 
-#[derive(Debug, Default)]
-struct Counters {
-    read: AtomicU64,
-    sent: AtomicU64,
-    dropped_queue: AtomicU64,
-    ring_lost: AtomicU64,
-    send_errors: AtomicU64,
-    importers: AtomicU64,
+counters! {
+    /// Frames read from the ring.
+    read,
+    /// Frames published.
+    sent,
+    /// Frames dropped because the network side was behind (the queue to the sender was full).
+    dropped_queue,
+    /// Lossy ring: frames the producer overwrote before the reader got to them.
+    ring_lost,
+    /// Frames Zenoh refused to publish (the session is closing).
+    send_errors,
+    /// Importers currently present.
+    importers,
 }
 
 // Relaxed everywhere on the counters: they are statistics, read for reports only.
@@ -121,12 +136,7 @@ impl Exporter {
     pub fn start(opts: &ExportOptions, events: EventSink) -> anyhow::Result<Self> {
         net::check_key(&opts.key)?;
         let (source, cfg) = Source::open(opts)?;
-        let format = StreamFormat {
-            samples_per_frame: cfg.samples_per_frame,
-            sample_rate: cfg.sample_rate,
-            channels: cfg.channels,
-            format: cfg.format,
-        };
+        let format = stream_format(&cfg);
         let session = net::open(&opts.endpoints)?;
         let key = opts.key.clone();
         let publisher = session
@@ -157,8 +167,10 @@ impl Exporter {
                         epoch,
                         format,
                         counters: &counters,
+                        stop: &stop,
+                        events: &events,
                     };
-                    reader(&opts, source, &mut out, &stop, &events);
+                    reader(&opts, source, &mut out);
                 })?
         };
         let sender = {
@@ -179,16 +191,7 @@ impl Exporter {
 
     /// The counters now.
     pub fn stats(&self) -> ExportStats {
-        let c = &self.counters;
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        ExportStats {
-            read: l(&c.read),
-            sent: l(&c.sent),
-            dropped_queue: l(&c.dropped_queue),
-            ring_lost: l(&c.ring_lost),
-            send_errors: l(&c.send_errors),
-            importers: l(&c.importers),
-        }
+        self.counters.snapshot()
     }
 
     /// Stops both threads and closes the session; returns the final counters.
@@ -305,54 +308,68 @@ enum Ended {
 /// waits for a live one under the same name (a restarted producer or hub) and goes on with
 /// it under a new epoch, so importers start a fresh sequence instead of counting a restart
 /// as loss.
-fn reader(
-    opts: &ExportOptions,
-    mut source: Source,
-    out: &mut Out<'_>,
-    stop: &AtomicBool,
-    events: &EventSink,
-) {
+fn reader(opts: &ExportOptions, mut source: Source, out: &mut Out<'_>) {
     loop {
         let ended = match source {
-            Source::Ring(rx) => read_loop(*rx, out, stop, events),
-            Source::Hub(mic) => read_hub_loop(*mic, out, stop, events),
+            Source::Ring(rx) => read_loop(*rx, out),
+            Source::Hub(mic) => read_hub_loop(*mic, out),
         };
         let Some(Ended::ProducerGone) = ended else {
             return;
         };
-        events(Event::ProducerGone);
+        (out.events)(Event::ProducerGone);
         source = loop {
-            // Relaxed: see `shutdown`.
-            if stop.load(Ordering::Relaxed) {
+            if out.stopped() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(200));
             if let Ok((mut s, cfg)) = Source::open(opts)
                 && s.is_live()
             {
-                out.format = StreamFormat {
-                    samples_per_frame: cfg.samples_per_frame,
-                    sample_rate: cfg.sample_rate,
-                    channels: cfg.channels,
-                    format: cfg.format,
-                };
+                out.format = stream_format(&cfg);
                 out.epoch = random_u64();
-                events(Event::ProducerBack);
+                (out.events)(Event::ProducerBack);
                 break s;
             }
         };
     }
 }
 
-/// The reader's side of the queue to the sender.
+/// The format a ring's frames are stamped with on the wire.
+fn stream_format(cfg: &RingConfig) -> StreamFormat {
+    StreamFormat {
+        samples_per_frame: cfg.samples_per_frame,
+        sample_rate: cfg.sample_rate,
+        channels: cfg.channels,
+        format: cfg.format,
+    }
+}
+
+/// What the reader thread works with: its side of the queue to the sender, the stamp of the
+/// stream it reads, the counters, the stop flag and where events go.
 struct Out<'a> {
     tx: &'a SyncSender<Msg>,
     epoch: u64,
     format: StreamFormat,
     counters: &'a Counters,
+    stop: &'a AtomicBool,
+    events: &'a EventSink,
 }
 
 impl Out<'_> {
+    /// Whether the reader was asked to stop.
+    fn stopped(&self) -> bool {
+        // Relaxed: see `shutdown`.
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Reports that reading failed (`what` went wrong); the read loop returns what this
+    /// returns.
+    fn failed(&self, what: String) -> Option<Ended> {
+        (self.events)(Event::Failed(what));
+        None
+    }
+
     /// The copy of one frame, stamped for the wire.
     fn msg(&self, f: &FrameRef<'_>) -> Msg {
         let m = f.meta();
@@ -387,23 +404,14 @@ impl Out<'_> {
 
 /// Reads frames as they are committed and hands copies to the sender; never blocks on it.
 /// `None`: it failed (reported).
-fn read_loop(
-    mut rx: ShmConsumer,
-    out: &Out<'_>,
-    stop: &AtomicBool,
-    events: &EventSink,
-) -> Option<Ended> {
+fn read_loop(mut rx: ShmConsumer, out: &Out<'_>) -> Option<Ended> {
     let mut batch: Vec<Msg> = Vec::with_capacity(16);
-    // Relaxed: see `shutdown`.
-    while !stop.load(Ordering::Relaxed) {
+    while !out.stopped() {
         match rx.wait_for_frames(Some(Duration::from_millis(100))) {
             Ok(FramesWait::Ready) => {}
             Ok(FramesWait::TimedOut) => continue,
             Ok(FramesWait::EndOfStream) => return Some(Ended::ProducerGone),
-            Err(e) => {
-                events(Event::Failed(format!("waiting on the exported ring: {e}")));
-                return None;
-            }
+            Err(e) => return out.failed(format!("waiting on the exported ring: {e}")),
         }
         let (consumer, waiter) = rx.parts();
         let grant = match consumer.read_grant(16) {
@@ -413,10 +421,7 @@ fn read_loop(
                 bump(&out.counters.ring_lost, frames);
                 continue;
             }
-            Err(e) => {
-                events(Event::Failed(format!("reading the exported ring: {e}")));
-                return None;
-            }
+            Err(e) => return out.failed(format!("reading the exported ring: {e}")),
         };
         batch.extend(grant.frames().map(|f| out.msg(&f)));
         match grant.release_all() {
@@ -437,23 +442,14 @@ fn read_loop(
 
 /// [`read_loop`] for a hub's mic: one frame at a time through the hub client, which keeps
 /// this agent's row in the directory and rejoins (counting the skipped frames) on eviction.
-fn read_hub_loop(
-    mut mic: MicReader,
-    out: &Out<'_>,
-    stop: &AtomicBool,
-    events: &EventSink,
-) -> Option<Ended> {
+fn read_hub_loop(mut mic: MicReader, out: &Out<'_>) -> Option<Ended> {
     let mut lost = 0;
-    // Relaxed: see `shutdown`.
-    while !stop.load(Ordering::Relaxed) {
+    while !out.stopped() {
         let got = match mic.read(Some(Duration::from_millis(100)), |f| out.msg(f)) {
             Ok(HubRead::Frame(m)) => Some(m),
             Ok(HubRead::TimedOut) => None,
             Ok(HubRead::EndOfStream) => return Some(Ended::ProducerGone),
-            Err(e) => {
-                events(Event::Failed(format!("reading the hub's mic: {e}")));
-                return None;
-            }
+            Err(e) => return out.failed(format!("reading the hub's mic: {e}")),
         };
         let now_lost = mic.stats().lost;
         bump(&out.counters.ring_lost, now_lost - lost);

@@ -15,12 +15,9 @@ use voxring_bridge::{Event, EventSink, bench};
 use voxring_core::{Policy, SampleFormat};
 use voxring_linux::cleanup::{SignalMode, install_signal_cleanup, termination_requested};
 
+/// Carry voxring rings across hosts over Zenoh
 #[derive(Debug, Parser)]
-#[command(
-    name = "voxring-bridge",
-    version,
-    about = "Carry voxring rings across hosts over Zenoh"
-)]
+#[command(name = "voxring-bridge", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

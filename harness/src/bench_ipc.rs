@@ -624,7 +624,10 @@ fn run_process_pair(
             let s = std::os::unix::net::UnixStream::from(mine);
             s.set_read_timeout(Some(Duration::from_nanos(PEER_TIMEOUT_NS)))?;
             let s2 = s.try_clone()?;
-            (Box::new(stream::StreamRx::new(s, s2, payload)), child)
+            (
+                Box::new(stream::StreamRx::from(stream::Conn::new(s, s2, payload))),
+                child,
+            )
         }
         Transport::Pipe => {
             let (data_r, data_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
@@ -635,11 +638,11 @@ fn run_process_pair(
             drop(data_w);
             drop(ack_r);
             (
-                Box::new(stream::StreamRx::new(
+                Box::new(stream::StreamRx::from(stream::Conn::new(
                     std::fs::File::from(data_r),
                     std::fs::File::from(ack_w),
                     payload,
-                )),
+                ))),
                 child,
             )
         }
@@ -670,7 +673,10 @@ fn run_process_pair(
             s.set_nodelay(true)?;
             s.set_read_timeout(Some(Duration::from_nanos(PEER_TIMEOUT_NS)))?;
             let s2 = s.try_clone()?;
-            (Box::new(stream::StreamRx::new(s, s2, payload)), child)
+            (
+                Box::new(stream::StreamRx::from(stream::Conn::new(s, s2, payload))),
+                child,
+            )
         }
         Transport::Http => {
             let (rx, port) = http::HttpRx::bind(payload)?;

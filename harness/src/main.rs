@@ -19,12 +19,9 @@ mod serve;
 mod top;
 mod voice;
 
+/// Real-time audio between processes through shared memory, and the measurements that prove it
 #[derive(Debug, Parser)]
-#[command(
-    name = "voxring",
-    version,
-    about = "Real-time audio between processes through shared memory, and the measurements that prove it"
-)]
+#[command(name = "voxring", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

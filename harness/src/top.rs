@@ -118,6 +118,17 @@ fn decimals(n: &Value, places: usize) -> String {
     n.as_f64().map_or("-".into(), |c| format!("{c:.places$}"))
 }
 
+/// The columns both tables start with: the reader's slot or the output's lane (`id`), then
+/// the process, its PID and name.
+fn who(row: &Value, id: &str) -> String {
+    format!(
+        "{:<5} {:<8} {:<16}",
+        row[id],
+        row["pid"],
+        row["name"].as_str().unwrap_or("")
+    )
+}
+
 fn text(v: &Value) -> String {
     let g = |k: &str| v[k].to_string();
     let mut s = format!(
@@ -139,10 +150,8 @@ fn text(v: &Value) -> String {
     s += "SLOT  PID      NAME              LAG  MAXLAG  FRAMES     LOST   LATE   CPU%  WAKE p50/max us   CRC ok/bad/?\n";
     for r in v["readers"].as_array().into_iter().flatten() {
         s += &format!(
-            "{:<5} {:<8} {:<16} {:>4} {:>7} {:>7} {:>8} {:>6} {:>6} {:>8}/{:<8} {}/{}/{}\n",
-            r["slot"],
-            r["pid"],
-            r["name"].as_str().unwrap_or(""),
+            "{} {:>4} {:>7} {:>7} {:>8} {:>6} {:>6} {:>8}/{:<8} {}/{}/{}\n",
+            who(r, "slot"),
             r["lag"],
             r["max_lag"],
             r["frames"],
@@ -159,10 +168,8 @@ fn text(v: &Value) -> String {
     s += "\nLANE  PID      NAME              STATE    DEPTH   MIXED  DROPPED  REPEATED  GAPS  PRIMES\n";
     for o in v["outputs"].as_array().into_iter().flatten() {
         s += &format!(
-            "{:<5} {:<8} {:<16} {:<8} {:>5} {:>7} {:>8} {:>9} {:>5} {:>7}\n",
-            o["lane"],
-            o["pid"],
-            o["name"].as_str().unwrap_or(""),
+            "{} {:<8} {:>5} {:>7} {:>8} {:>9} {:>5} {:>7}\n",
+            who(o, "lane"),
             o["state"].as_str().unwrap_or(""),
             o["depth"],
             o["mixed"],
@@ -218,5 +225,35 @@ mod tests {
         assert_eq!(decimals(&json!(7.6), 0), "8");
         assert_eq!(decimals(&json!(3), 0), "3");
         assert_eq!(decimals(&Value::Null, 1), "-");
+    }
+
+    #[test]
+    fn each_table_row_starts_with_the_slot_or_lane_pid_and_name() {
+        let v = json!({
+            "hub": "h", "pid": 1, "state": "running", "rate": 48000, "quantum": 128,
+            "cycles": 5, "wakes": 4, "xruns_capture": 0, "xruns_playback": 0,
+            "evicted_lag": 0, "evicted_dead": 0, "mic_dropped": 0, "cpu_ms": 2.0,
+            "readers": [{
+                "slot": 0, "pid": 123, "name": "echo", "lag": 1, "max_lag": 2, "frames": 10,
+                "lost": 0, "late": null, "cpu_percent": 1.5, "wake_p50_us": 10.0,
+                "wake_max_us": 100.0, "crc_ok": 3, "crc_bad": 0, "crc_unknown": 1
+            }],
+            "outputs": [{
+                "lane": 2, "pid": 456, "name": "talker", "state": "active", "depth": 3,
+                "mixed": 100, "dropped": 0, "repeated": 1, "gaps": 0, "primes": 1
+            }]
+        });
+        let t = text(&v);
+        let lines: Vec<&str> = t.lines().collect();
+        // Numbers taken straight from the JSON print unpadded (serde_json's Display ignores
+        // the width); text and computed cells are padded.
+        assert!(
+            lines.contains(&"0 123 echo             1 2 10 0 null    1.5       10/100      3/0/1"),
+            "{t}"
+        );
+        assert!(
+            lines.contains(&"2 456 talker           active   3 100 0 1 0 1"),
+            "{t}"
+        );
     }
 }

@@ -291,12 +291,12 @@ pub(super) fn peer_main(t: Transport, args: &Args) -> anyhow::Result<()> {
             let s = std::os::unix::net::UnixStream::from(inherited_fd(&args.peer.peer_fds, 0)?);
             s.set_read_timeout(Some(Duration::from_nanos(PEER_TIMEOUT_NS)))?;
             let s2 = s.try_clone()?;
-            Box::new(stream::StreamTx::new(s, s2, payload))
+            Box::new(stream::StreamTx::from(stream::Conn::new(s2, s, payload)))
         }
         Transport::Pipe => {
             let w = std::fs::File::from(inherited_fd(&args.peer.peer_fds, 0)?);
             let r = std::fs::File::from(inherited_fd(&args.peer.peer_fds, 1)?);
-            Box::new(stream::StreamTx::new(w, r, payload))
+            Box::new(stream::StreamTx::from(stream::Conn::new(r, w, payload)))
         }
         Transport::Tcp => {
             let port = port("tcp")?;
@@ -305,7 +305,7 @@ pub(super) fn peer_main(t: Transport, args: &Args) -> anyhow::Result<()> {
             s.set_nodelay(true)?;
             s.set_read_timeout(Some(Duration::from_nanos(PEER_TIMEOUT_NS)))?;
             let s2 = s.try_clone()?;
-            Box::new(stream::StreamTx::new(s, s2, payload))
+            Box::new(stream::StreamTx::from(stream::Conn::new(s2, s, payload)))
         }
         Transport::Http => {
             let port = port("http")?;

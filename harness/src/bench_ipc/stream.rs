@@ -9,38 +9,53 @@ use anyhow::{Context, bail};
 use super::measure::now_ns;
 use super::{Received, Rx, Tx, wire};
 
-/// Producer side of a byte stream.
+/// One end of a byte stream: the half it reads, the half it writes, and one message's bytes.
 #[derive(Debug)]
-pub struct StreamTx<W, R> {
-    pub w: W,
+pub struct Conn<R, W> {
     pub r: R,
+    pub w: W,
     pub buf: Vec<u8>,
-    /// `write` calls issued by `send` (the fallback syscall count).
-    pub writes: u64,
 }
 
-impl<W: Write, R: Read> StreamTx<W, R> {
-    pub fn new(w: W, r: R, payload: usize) -> Self {
+impl<R: Read, W: Write> Conn<R, W> {
+    /// An end for messages of `payload` bytes.
+    pub fn new(r: R, w: W, payload: usize) -> Self {
         Self {
-            w,
             r,
-            buf: vec![0x5a; payload],
-            writes: 0,
+            w,
+            buf: vec![0; payload],
         }
     }
 }
 
-impl<W: Write, R: Read> Tx for StreamTx<W, R> {
+/// Producer side of a byte stream.
+#[derive(Debug)]
+pub struct StreamTx<R, W> {
+    pub conn: Conn<R, W>,
+    /// `write` calls issued by `send` (the fallback syscall count).
+    pub writes: u64,
+}
+
+impl<R: Read, W: Write> From<Conn<R, W>> for StreamTx<R, W> {
+    /// The producer of `conn`; the bytes between the marks are filler (0x5a).
+    fn from(mut conn: Conn<R, W>) -> Self {
+        conn.buf.fill(0x5a);
+        Self { conn, writes: 0 }
+    }
+}
+
+impl<R: Read, W: Write> Tx for StreamTx<R, W> {
     fn prepare(&mut self, seq: u64) -> anyhow::Result<()> {
-        wire::mark(&mut self.buf, seq);
+        wire::mark(&mut self.conn.buf, seq);
         Ok(())
     }
     fn send(&mut self, _seq: u64) -> anyhow::Result<()> {
-        wire::stamp(&mut self.buf);
+        let Conn { w, buf, .. } = &mut self.conn;
+        wire::stamp(buf);
         let mut off = 0;
-        while off < self.buf.len() {
+        while off < buf.len() {
             self.writes += 1;
-            match self.w.write(&self.buf[off..]) {
+            match w.write(&buf[off..]) {
                 Ok(0) => bail!("the consumer closed the connection"),
                 Ok(n) => off += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -51,7 +66,8 @@ impl<W: Write, R: Read> Tx for StreamTx<W, R> {
     }
     fn wait_ack(&mut self, seq: u64) -> anyhow::Result<()> {
         let mut ack = [0u8; 8];
-        self.r
+        self.conn
+            .r
             .read_exact(&mut ack)
             .context("waiting for the consumer's acknowledgement")?;
         let got = u64::from_le_bytes(ack);
@@ -68,45 +84,40 @@ impl<W: Write, R: Read> Tx for StreamTx<W, R> {
 /// Consumer side of a byte stream.
 #[derive(Debug)]
 pub struct StreamRx<R, W> {
-    pub r: R,
-    pub w: W,
-    pub buf: Vec<u8>,
+    pub conn: Conn<R, W>,
+    /// The sequence number the next message must carry.
     pub next: u64,
 }
 
-impl<R: Read, W: Write> StreamRx<R, W> {
-    pub fn new(r: R, w: W, payload: usize) -> Self {
-        Self {
-            r,
-            w,
-            buf: vec![0; payload],
-            next: 0,
-        }
+impl<R: Read, W: Write> From<Conn<R, W>> for StreamRx<R, W> {
+    fn from(conn: Conn<R, W>) -> Self {
+        Self { conn, next: 0 }
     }
 }
 
 impl<R: Read, W: Write> Rx for StreamRx<R, W> {
     fn recv(&mut self) -> anyhow::Result<Received> {
-        self.r
-            .read_exact(&mut self.buf)
+        let Conn { r, buf, .. } = &mut self.conn;
+        r.read_exact(buf)
             .context("receiving a message (did the producer process die?)")?;
         let recv_ns = now_ns();
-        let seq = wire::seq(&self.buf);
+        let seq = wire::seq(buf);
         if seq != self.next {
             bail!("received message {seq}, expected {}", self.next);
         }
         Ok(Received {
             seq,
-            stamp_ns: wire::stamp_ns(&self.buf),
+            stamp_ns: wire::stamp_ns(buf),
             recv_ns,
         })
     }
     fn finish(&mut self, msg: &Received) -> anyhow::Result<()> {
-        let last = wire::last_seq(&self.buf);
+        let last = wire::last_seq(&self.conn.buf);
         if last != msg.seq {
             bail!("message {} ends with {last}: stream out of step", msg.seq);
         }
-        self.w
+        self.conn
+            .w
             .write_all(&msg.seq.to_le_bytes())
             .context("acknowledging a message")?;
         self.next += 1;

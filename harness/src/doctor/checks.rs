@@ -51,17 +51,19 @@ pub fn file_checks(s: &Sys) -> Vec<Check> {
         .collect()
 }
 
-/// The verdict of a check over `n` items (CPUs, IRQs, threads): `none` when there are none;
-/// a warning when some are not as they should be (`bad`: what is wrong, then the list of
-/// them, each starting with a space), with `fix`; else `all_good`.
-fn over_items(
-    n: usize,
+/// The verdict of a check over `items` (CPUs, IRQs, threads): `none` when there are none; a
+/// warning `wrong` when some are not as they should be (listed by what `bad` says of each,
+/// starting with a space), with `fix`; else `all_good`.
+fn over_items<T>(
+    items: &[T],
+    bad: impl Fn(&T) -> Option<String>,
     none: &str,
     all_good: String,
-    (wrong, bad): (&str, &str),
+    wrong: &str,
     fix: &str,
 ) -> Finding {
-    if n == 0 {
+    let bad: String = items.iter().filter_map(bad).collect();
+    if items.is_empty() {
         good(none)
     } else if !bad.is_empty() {
         warn(format!("{wrong}:{bad}"), fix)
@@ -151,69 +153,68 @@ fn c_limits_conf(s: &Sys) -> Finding {
     }
 }
 
-/// The hard limit `prefix` of /proc/self/limits, or the warning that it is unreadable.
-fn hard_limit(s: &Sys, prefix: &str) -> Result<String, Finding> {
-    s.proc_limit_hard(prefix)
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| {
-            warn(
-                "cannot read /proc/self/limits",
-                "check that /proc is mounted",
-            )
-        })
-}
-
-fn c_rtprio(s: &Sys) -> Finding {
-    let h = match hard_limit(s, "Max realtime priority") {
-        Ok(h) => h,
-        Err(c) => return c,
-    };
-    if h == "unlimited" || uint_ge(&h, 80) {
-        good(format!("hard RLIMIT_RTPRIO {h}"))
-    } else if s.euid == 0 {
-        warn(
-            format!("hard RLIMIT_RTPRIO {h}, but running as root (root ignores it)"),
-            "run voxring doctor as the audio user; kernel-tuning/apply --limits gives @audio rtprio 95",
-        )
-    } else {
-        fail(
-            format!("hard RLIMIT_RTPRIO {h} (SCHED_FIFO 80 needs 80)"),
-            "kernel-tuning/apply --limits, then log out and in again",
-        )
+/// The check of the hard limit `prefix` of /proc/self/limits (`name`d in the finding): good
+/// when unlimited or at least `min`, else what `low` makes of the value; a warning when the
+/// file is unreadable.
+fn hard_limit(
+    s: &Sys,
+    prefix: &str,
+    name: &str,
+    min: u64,
+    low: impl Fn(&str) -> Finding,
+) -> Finding {
+    match s.proc_limit_hard(prefix).filter(|h| !h.is_empty()) {
+        None => warn(
+            "cannot read /proc/self/limits",
+            "check that /proc is mounted",
+        ),
+        Some(h) if h == "unlimited" || uint_ge(&h, min) => good(format!("hard {name} {h}")),
+        Some(h) => low(&h),
     }
 }
 
+fn c_rtprio(s: &Sys) -> Finding {
+    hard_limit(s, "Max realtime priority", "RLIMIT_RTPRIO", 80, |h| {
+        if s.euid == 0 {
+            warn(
+                format!("hard RLIMIT_RTPRIO {h}, but running as root (root ignores it)"),
+                "run voxring doctor as the audio user; kernel-tuning/apply --limits gives @audio rtprio 95",
+            )
+        } else {
+            fail(
+                format!("hard RLIMIT_RTPRIO {h} (SCHED_FIFO 80 needs 80)"),
+                "kernel-tuning/apply --limits, then log out and in again",
+            )
+        }
+    })
+}
+
 fn c_memlock(s: &Sys) -> Finding {
-    let h = match hard_limit(s, "Max locked memory") {
-        Ok(h) => h,
-        Err(c) => return c,
-    };
-    if h == "unlimited" || uint_ge(&h, 268_435_456) {
-        good(format!("hard RLIMIT_MEMLOCK {h}"))
-    } else {
+    hard_limit(s, "Max locked memory", "RLIMIT_MEMLOCK", 268_435_456, |h| {
         warn(
             format!(
                 "hard RLIMIT_MEMLOCK {h} bytes (under 256 MiB: segments cannot all be locked in RAM)"
             ),
             "kernel-tuning/apply --limits, then log out and in again",
         )
-    }
+    })
 }
 
 fn c_rt_probe(s: &Sys) -> Finding {
-    let chrt = s.cmd("chrt");
-    let ok = Command::new(&chrt)
-        .args(["-f", "80", "true"])
+    let args = ["-f", "80", "true"];
+    let ok = Command::new(s.cmd("chrt"))
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|st| st.success());
+    let line = format!("chrt {}", args.join(" "));
     if ok {
-        good("chrt -f 80 true succeeded")
+        good(format!("{line} succeeded"))
     } else {
         fail(
-            "chrt -f 80 true failed (SCHED_FIFO 80 refused)",
+            format!("{line} failed (SCHED_FIFO 80 refused)"),
             "kernel-tuning/apply --limits, then log in again (or grant CAP_SYS_NICE)",
         )
     }
@@ -235,18 +236,15 @@ fn c_governor(s: &Sys) -> Finding {
     }
     // The shell glob's order: byte order of the names.
     files.sort();
-    let mut bad = String::new();
-    for (cpu, f) in &files {
-        let g = sys::first_line(f).unwrap_or_default();
-        if g != "performance" {
-            bad.push_str(&format!(" {cpu}={g}"));
-        }
-    }
     over_items(
-        files.len(),
+        &files,
+        |(cpu, f)| {
+            let g = sys::first_line(f).unwrap_or_default();
+            (g != "performance").then(|| format!(" {cpu}={g}"))
+        },
         "no cpufreq scaling_governor (frequency scaling not exposed)",
         format!("performance on all {} CPUs", files.len()),
-        ("not performance", &bad),
+        "not performance",
         "kernel-tuning/apply --governor",
     )
 }
@@ -261,35 +259,52 @@ fn c_kernel_config(s: &Sys) -> Finding {
     }
 }
 
-fn c_hires(s: &Sys) -> Finding {
-    if s.kconfig().is_none() {
-        warn("unknown (no kernel config)", "see kernel-config")
-    } else if s.kconfig_has("HIGH_RES_TIMERS") {
-        good("CONFIG_HIGH_RES_TIMERS=y")
-    } else {
-        warn(
-            "CONFIG_HIGH_RES_TIMERS not set",
-            "a kernel built with CONFIG_HIGH_RES_TIMERS=y",
-        )
-    }
-}
-
-fn c_tickless(s: &Sys) -> Finding {
-    for sym in ["NO_HZ", "NO_HZ_IDLE", "NO_HZ_COMMON", "NO_HZ_FULL"] {
-        if s.kconfig_has(sym) {
-            return good(format!("CONFIG_{sym}=y"));
-        }
-    }
-    if s.p("/sys/devices/system/cpu/nohz_full").exists() {
-        good("/sys/devices/system/cpu/nohz_full exists")
+/// The check of kernel options: good when the kernel config sets one of `syms` (the first, in
+/// order, is named), or when the file `evidence` (if any) exists; unknown without a kernel
+/// config; else the warning `missing`, fixed by a kernel built with `wanted`.
+fn kconfig_any(
+    s: &Sys,
+    syms: &[&str],
+    evidence: Option<&str>,
+    missing: &str,
+    wanted: &str,
+) -> Finding {
+    if let Some(sym) = syms.iter().find(|sym| s.kconfig_has(sym)) {
+        good(format!("CONFIG_{sym}=y"))
+    } else if let Some(path) = evidence.filter(|path| s.p(path).exists()) {
+        good(format!("{path} exists"))
     } else if s.kconfig().is_none() {
         warn("unknown (no kernel config)", "see kernel-config")
     } else {
-        warn(
-            "no CONFIG_NO_HZ*",
-            "a kernel built with CONFIG_NO_HZ_IDLE=y",
-        )
+        warn(missing, &format!("a kernel built with CONFIG_{wanted}=y"))
     }
+}
+
+fn c_hires(s: &Sys) -> Finding {
+    kconfig_any(
+        s,
+        &["HIGH_RES_TIMERS"],
+        None,
+        "CONFIG_HIGH_RES_TIMERS not set",
+        "HIGH_RES_TIMERS",
+    )
+}
+
+fn c_tickless(s: &Sys) -> Finding {
+    kconfig_any(
+        s,
+        &["NO_HZ", "NO_HZ_IDLE", "NO_HZ_COMMON", "NO_HZ_FULL"],
+        Some("/sys/devices/system/cpu/nohz_full"),
+        "no CONFIG_NO_HZ*",
+        "NO_HZ_IDLE",
+    )
+}
+
+/// The fix of a missing kernel command-line `token`.
+fn add_to_cmdline(token: &str) -> String {
+    format!(
+        "add {token} to the kernel command line (kernel-tuning/apply --cmdline prints the line)"
+    )
 }
 
 fn c_preempt(s: &Sys) -> Finding {
@@ -298,7 +313,7 @@ fn c_preempt(s: &Sys) -> Finding {
         "full" | "lazy" | "rt" => good(format!("preemption model {m}")),
         "none" | "voluntary" if s.kconfig_has("PREEMPT_DYNAMIC") => warn(
             format!("preemption model {m} (PREEMPT_DYNAMIC kernel)"),
-            "add preempt=full to the kernel command line (kernel-tuning/apply --cmdline prints the line)",
+            &add_to_cmdline("preempt=full"),
         ),
         "none" | "voluntary" => warn(
             format!("preemption model {m}"),
@@ -316,7 +331,7 @@ fn c_threadirqs(s: &Sys) -> Finding {
     } else {
         warn(
             "IRQ handlers not threaded (no threadirqs)",
-            "add threadirqs to the kernel command line (kernel-tuning/apply --cmdline prints the line)",
+            &add_to_cmdline("threadirqs"),
         )
     }
 }
@@ -399,12 +414,10 @@ fn c_swappiness(s: &Sys) -> Finding {
 }
 
 fn c_rt_throttling(s: &Sys) -> Finding {
-    let r = s
-        .first_line("/proc/sys/kernel/sched_rt_runtime_us")
-        .unwrap_or_default();
-    let per = s
-        .first_line("/proc/sys/kernel/sched_rt_period_us")
-        .unwrap_or_default();
+    let [r, per] = ["runtime", "period"].map(|what| {
+        s.first_line(&format!("/proc/sys/kernel/sched_rt_{what}_us"))
+            .unwrap_or_default()
+    });
     let nums = (is_uint(&r) && is_uint(&per))
         .then(|| Some((r.parse::<u128>().ok()?, per.parse::<u128>().ok()?)))
         .flatten();
@@ -434,82 +447,68 @@ fn c_rt_throttling(s: &Sys) -> Finding {
 }
 
 fn c_thp(s: &Sys) -> Finding {
-    let e = s
-        .bracket_value("/sys/kernel/mm/transparent_hugepage/enabled")
-        .unwrap_or_default();
-    let d = s
-        .bracket_value("/sys/kernel/mm/transparent_hugepage/defrag")
-        .unwrap_or_default();
+    let [e, d] = ["enabled", "defrag"].map(|what| {
+        s.bracket_value(&format!("/sys/kernel/mm/transparent_hugepage/{what}"))
+            .unwrap_or_default()
+    });
     let dshow = if d.is_empty() { "?" } else { d.as_str() };
     if e.is_empty() {
-        good("no transparent huge pages")
-    } else if (e == "madvise" || e == "never") && d != "always" {
-        good(format!("enabled={e} defrag={dshow}"))
+        return good("no transparent huge pages");
+    }
+    let found = format!("enabled={e} defrag={dshow}");
+    if (e == "madvise" || e == "never") && d != "always" {
+        good(found)
     } else {
         warn(
-            format!("enabled={e} defrag={dshow} (khugepaged/compaction stalls)"),
+            format!("{found} (khugepaged/compaction stalls)"),
             "kernel-tuning/apply --thp (madvise)",
         )
     }
 }
 
 fn c_shm_size(s: &Sys) -> Finding {
-    let mounts = std::fs::read_to_string(s.p("/proc/mounts")).unwrap_or_default();
-    let line = mounts
-        .lines()
-        .rfind(|l| l.split_whitespace().nth(1) == Some("/dev/shm"));
-    let Some(line) = line else {
+    let Some(shm) = s.mounts().into_iter().rfind(|m| m.point == "/dev/shm") else {
         return fail(
             "no /dev/shm mount",
             "mount -t tmpfs -o size=512m tmpfs /dev/shm (and add it to /etc/fstab)",
         );
     };
-    let f: Vec<&str> = line.split_whitespace().collect();
-    let ty = f.get(2).copied().unwrap_or("");
-    let opts = f.get(3).copied().unwrap_or("");
-    if ty != "tmpfs" {
+    if shm.fs != "tmpfs" {
         return fail(
-            format!("/dev/shm is {ty}, not tmpfs"),
+            format!("/dev/shm is {}, not tmpfs", shm.fs),
             "mount -t tmpfs tmpfs /dev/shm",
         );
     }
-    let Some(size) = opts
+    let Some(size) = shm
+        .options
         .split(',')
         .filter_map(|o| o.strip_prefix("size="))
         .next_back()
     else {
         return good("tmpfs, default size (half of RAM)");
     };
-    let ok = match size_to_bytes(size) {
-        Some(Err(())) => true,
-        Some(Ok(b)) => b >= 67_108_864,
-        None => false,
-    };
-    if ok {
-        good(format!("tmpfs size={size}"))
-    } else {
-        warn(
-            format!("tmpfs size={size} (under 64 MiB)"),
+    let found = format!("tmpfs size={size}");
+    match size_to_bytes(size) {
+        // A percentage of RAM: counts as enough.
+        Some(Err(())) => good(found),
+        Some(Ok(b)) if b >= 67_108_864 => good(found),
+        _ => warn(
+            format!("{found} (under 64 MiB)"),
             "mount -o remount,size=512m /dev/shm (containers: --shm-size=512m)",
-        )
+        ),
     }
 }
 
 fn c_filesystems(s: &Sys) -> Finding {
-    let mounts = std::fs::read_to_string(s.p("/proc/mounts")).unwrap_or_default();
     let mut bad = String::new();
-    for line in mounts.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let (Some(mp), Some(ty)) = (f.get(1), f.get(2)) else {
-            continue;
-        };
-        let base = ty.split('.').next().unwrap_or("");
+    for m in s.mounts() {
+        let base = m.fs.split('.').next().unwrap_or("");
         if matches!(
             base,
             "fuse" | "fuseblk" | "nfs" | "nfs4" | "cifs" | "smb3" | "reiserfs"
-        ) && !mp.starts_with("/run/")
+        ) && !m.point.starts_with("/run/")
         {
-            bad.push_str(&format!(" {mp}({ty})"));
+            bad.push_str(&format!(" {}({})", m.point, m.fs));
         }
     }
     if bad.is_empty() {
@@ -524,16 +523,12 @@ fn c_filesystems(s: &Sys) -> Finding {
 
 fn c_irq_sharing(s: &Sys) -> Finding {
     let irqs = s.sound_usb_irqs();
-    let bad: String = irqs
-        .iter()
-        .filter(|(_, a)| a.contains(", "))
-        .map(|(n, a)| format!(" {n}({a})"))
-        .collect();
     over_items(
-        irqs.len(),
+        &irqs,
+        |(n, a)| a.contains(", ").then(|| format!(" {n}({a})")),
         "no sound or USB IRQs",
         format!("{} sound/USB IRQs, none shared", irqs.len()),
-        ("shared sound/USB IRQs", &bad),
+        "shared sound/USB IRQs",
         "move the sound card/USB interface to a port or slot with its own IRQ",
     )
 }
@@ -541,41 +536,39 @@ fn c_irq_sharing(s: &Sys) -> Finding {
 fn c_irq_affinity(s: &Sys) -> Finding {
     let irqs = s.sound_usb_irqs();
     let core = s.audio_core();
-    let mut bad = String::new();
-    for (n, _) in &irqs {
-        let a = s
-            .first_line(&format!("/proc/irq/{n}/smp_affinity_list"))
-            .unwrap_or_else(|| "?".into());
-        if a != core {
-            bad.push_str(&format!(" {n}->{a}"));
-        }
-    }
     over_items(
-        irqs.len(),
+        &irqs,
+        |(n, _)| {
+            let a = s
+                .first_line(&format!("/proc/irq/{n}/smp_affinity_list"))
+                .unwrap_or_else(|| "?".into());
+            (a != core).then(|| format!(" {n}->{a}"))
+        },
         "no sound or USB IRQs",
         format!("{} sound/USB IRQs on the audio core {core}", irqs.len()),
-        (&format!("not on the audio core {core}"), &bad),
+        &format!("not on the audio core {core}"),
         "kernel-tuning/apply --irq",
     )
 }
 
 fn c_irq_threads(s: &Sys) -> Finding {
-    let mut n = 0;
-    let mut bad = String::new();
-    for (irq, _) in s.sound_usb_irqs() {
-        for (_pid, pol, prio, comm) in s.irq_threads(&irq) {
-            n += 1;
-            let prio_ok = is_uint(&prio) && prio.parse::<u64>().map_or(true, |p| p >= 81);
-            if pol != "1" || !prio_ok {
-                bad.push_str(&format!(" {comm}(policy {pol}, priority {prio})"));
-            }
-        }
-    }
+    let threads: Vec<_> = s
+        .sound_usb_irqs()
+        .iter()
+        .flat_map(|(irq, _)| s.irq_threads(irq))
+        .collect();
     over_items(
-        n,
+        &threads,
+        |(_pid, pol, prio, comm)| {
+            let prio_ok = is_uint(prio) && prio.parse::<u64>().map_or(true, |p| p >= 81);
+            (pol != "1" || !prio_ok).then(|| format!(" {comm}(policy {pol}, priority {prio})"))
+        },
         "no threads for sound/USB IRQs",
-        format!("{n} sound/USB IRQ threads at SCHED_FIFO >= 81"),
-        ("below the audio threads (FIFO 80)", &bad),
+        format!(
+            "{} sound/USB IRQ threads at SCHED_FIFO >= 81",
+            threads.len()
+        ),
+        "below the audio threads (FIFO 80)",
         "kernel-tuning/apply --irq (chrt -f -p 90)",
     )
 }

@@ -301,6 +301,22 @@ impl Sys {
         }
     }
 
+    /// The lines of /proc/mounts, in order (none when it is unreadable).
+    pub fn mounts(&self) -> Vec<Mount> {
+        let text = std::fs::read_to_string(self.p("/proc/mounts")).unwrap_or_default();
+        text.lines()
+            .map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let field = |i: usize| f.get(i).copied().unwrap_or("").to_owned();
+                Mount {
+                    point: field(1),
+                    fs: field(2),
+                    options: field(3),
+                }
+            })
+            .collect()
+    }
+
     /// The hard value of a `/proc/self/limits` line starting with `prefix`.
     pub fn proc_limit_hard(&self, prefix: &str) -> Option<String> {
         let text = std::fs::read_to_string(self.p("/proc/self/limits")).ok()?;
@@ -496,6 +512,17 @@ fn user_name_of(uid: u32) -> String {
         })
         .or_else(|| env_nonempty("USER"))
         .unwrap_or_else(|| uid.to_string())
+}
+
+/// A line of /proc/mounts (a field that is missing is empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Where it is mounted.
+    pub point: String,
+    /// The file system type (`tmpfs`, `fuse.sshfs`, ...).
+    pub fs: String,
+    /// The mount options, comma-separated.
+    pub options: String,
 }
 
 /// First line of a file; `None` when unreadable or empty.

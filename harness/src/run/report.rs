@@ -39,6 +39,48 @@ fn opt(v: Option<u64>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
+/// The width of a text column of `names`: the longest, and at least `min`.
+fn width<'a>(names: impl Iterator<Item = &'a str>, min: usize) -> usize {
+    names.map(str::len).max().unwrap_or(0).max(min)
+}
+
+/// How the report's tables are written: aligned text (the first column `first` wide and
+/// left-aligned, the others 9 wide and right-aligned) or Markdown.
+#[derive(Debug, Clone, Copy)]
+enum Table {
+    Text { first: usize },
+    Markdown,
+}
+
+impl Table {
+    /// Writes one row.
+    fn row(self, s: &mut String, cells: &[&str]) {
+        match self {
+            Table::Text { first } => {
+                let _ = write!(s, "{:<first$}", cells.first().copied().unwrap_or(""));
+                for c in cells.iter().skip(1) {
+                    let _ = write!(s, " {c:>9}");
+                }
+            }
+            Table::Markdown => {
+                for c in cells {
+                    let _ = write!(s, "| {c} ");
+                }
+                s.push('|');
+            }
+        }
+        s.push('\n');
+    }
+
+    /// What a cell holds when nothing was measured.
+    fn missing(self) -> &'static str {
+        match self {
+            Table::Text { .. } => "-",
+            Table::Markdown => "–",
+        }
+    }
+}
+
 /// p50 / p99 / p99.9 / max of a histogram, in milliseconds.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct Percentiles {
@@ -79,6 +121,19 @@ pub struct StageRow {
 }
 
 impl StageRow {
+    /// Its row of the latency budget: name, percentiles, samples, and in Markdown what it
+    /// measures.
+    fn write_row(&self, table: Table, s: &mut String) {
+        let ms = [self.p50_ms, self.p99_ms, self.p999_ms, self.max_ms]
+            .map(|v| v.map_or_else(|| table.missing().to_owned(), |v| format!("{v:.3}")));
+        let samples = self.samples.to_string();
+        let mut cells = vec![self.name.as_str(), &ms[0], &ms[1], &ms[2], &ms[3], &samples];
+        if let Table::Markdown = table {
+            cells.push(&self.what);
+        }
+        table.row(s, &cells);
+    }
+
     /// A row from a histogram in nanoseconds.
     pub fn new(name: impl Into<String>, what: impl Into<String>, hist: &Histogram<u64>) -> Self {
         let p = Percentiles::of(hist);
@@ -304,57 +359,19 @@ impl RunReport {
             }
         );
         // Columns as wide as the longest name (a Python agent's is `python:<file>`).
-        let w = self
-            .stages
-            .iter()
-            .map(|st| st.name.len())
-            .max()
-            .unwrap_or(0)
-            .max(22);
-        let aw = self
-            .agents
-            .iter()
-            .map(|a| a.name.len())
-            .max()
-            .unwrap_or(0)
-            .max(9);
-        let _ = writeln!(
-            s,
-            "{:<w$} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "stage (ms)",
-            "p50",
-            "p99",
-            "p99.9",
-            "max",
-            "samples",
-            w = w
+        let w = width(self.stages.iter().map(|st| st.name.as_str()), 22);
+        let table = Table::Text { first: w };
+        table.row(
+            &mut s,
+            &["stage (ms)", "p50", "p99", "p99.9", "max", "samples"],
         );
-        let f = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
         for st in &self.stages {
-            let _ = writeln!(
-                s,
-                "{:<w$} {:>9} {:>9} {:>9} {:>9} {:>9}",
-                st.name,
-                f(st.p50_ms),
-                f(st.p99_ms),
-                f(st.p999_ms),
-                f(st.max_ms),
-                st.samples,
-                w = w
-            );
+            st.write_row(table, &mut s);
         }
         match self.mouth_to_ear_ms {
             Some(m) => {
-                let _ = writeln!(
-                    s,
-                    "{:<w$} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
-                    "mouth-to-ear",
-                    m.p50,
-                    m.p99,
-                    m.p999,
-                    m.max,
-                    w = w
-                );
+                let ms = [m.p50, m.p99, m.p999, m.max].map(|v| format!("{v:.3}"));
+                table.row(&mut s, &["mouth-to-ear", &ms[0], &ms[1], &ms[2], &ms[3]]);
             }
             None => {
                 let _ = writeln!(
@@ -385,6 +402,31 @@ impl RunReport {
         }
         self.hub_text(&mut s);
         self.glitches_text(&mut s);
+        self.agents_text(&mut s);
+        let _ = writeln!(
+            s,
+            "IPC CPU {:.4} % of one core (ring operations; waiting for frames {:.3} %)   audio thread {}   clock drift {}",
+            self.ipc_cpu_percent,
+            self.wait_cpu_percent,
+            self.audio_scheduling,
+            self.drift_ppm
+                .map_or_else(|| "not measured".to_owned(), |d| format!("{d:+.1} ppm"))
+        );
+        for w in &self.warnings {
+            let _ = writeln!(s, "warning: {w}");
+        }
+        let _ = writeln!(
+            s,
+            "verdict: {} ({})",
+            self.verdict,
+            self.verdict_reasons.join("; ")
+        );
+        s
+    }
+
+    /// The agents' lines and what the voice-activity detector found, as printed on stdout.
+    fn agents_text(&self, s: &mut String) {
+        let aw = width(self.agents.iter().map(|a| a.name.as_str()), 9);
         for a in &self.agents {
             let _ = writeln!(
                 s,
@@ -407,25 +449,6 @@ impl RunReport {
                 v.speech_segments, v.speech_frames
             );
         }
-        let _ = writeln!(
-            s,
-            "IPC CPU {:.4} % of one core (ring operations; waiting for frames {:.3} %)   audio thread {}   clock drift {}",
-            self.ipc_cpu_percent,
-            self.wait_cpu_percent,
-            self.audio_scheduling,
-            self.drift_ppm
-                .map_or_else(|| "not measured".to_owned(), |d| format!("{d:+.1} ppm"))
-        );
-        for w in &self.warnings {
-            let _ = writeln!(s, "warning: {w}");
-        }
-        let _ = writeln!(
-            s,
-            "verdict: {} ({})",
-            self.verdict,
-            self.verdict_reasons.join("; ")
-        );
-        s
     }
 
     /// The hub session's line (none in reports made before run became one).
@@ -491,19 +514,8 @@ impl RunReport {
             "| stage | p50 ms | p99 ms | p99.9 ms | max ms | samples | measured from → to |"
         );
         let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---|");
-        let f = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), |v| format!("{v:.3}"));
         for st in &self.stages {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                st.name,
-                f(st.p50_ms),
-                f(st.p99_ms),
-                f(st.p999_ms),
-                f(st.max_ms),
-                st.samples,
-                st.what
-            );
+            st.write_row(Table::Markdown, &mut s);
         }
         if let Some(m) = self.mouth_to_ear_ms {
             let _ = writeln!(
@@ -512,42 +524,7 @@ impl RunReport {
                 m.p50, m.p99, m.p999, m.max
             );
         }
-        let _ = writeln!(s, "\n## Cycles, losses, CPU\n");
-        let _ = writeln!(s, "| figure | value |\n|---|---:|");
-        let _ = writeln!(s, "| cycles | {} |", self.cycles);
-        let _ = writeln!(
-            s,
-            "| late cycles (any agent past the deadline) | {} |",
-            self.cycles_late
-        );
-        let _ = writeln!(s, "| frames lost | {} |", self.frames_lost);
-        let _ = writeln!(
-            s,
-            "| xruns capture / playback | {} / {} |",
-            self.xruns_capture, self.xruns_playback
-        );
-        let _ = writeln!(
-            s,
-            "| IPC CPU (ring operations), share of one core | {:.4} % |",
-            self.ipc_cpu_percent
-        );
-        let _ = writeln!(
-            s,
-            "| CPU of waiting for frames (futex park/wake), share of one core | {:.4} % |",
-            self.wait_cpu_percent
-        );
-        let _ = writeln!(s, "| audio thread | {} |", self.audio_scheduling);
-        let _ = writeln!(
-            s,
-            "| clock drift | {} |",
-            self.drift_ppm
-                .map_or_else(|| "not measured".to_owned(), |d| format!("{d:+.2} ppm"))
-        );
-        let _ = writeln!(
-            s,
-            "| frames produced / CRC-32 | {} / {} |",
-            self.producer.frames, self.producer.checksum
-        );
+        self.figures_markdown(&mut s);
         self.agents_markdown(&mut s);
         self.glitches_markdown(&mut s);
         if let Some(v) = &self.vad {
@@ -629,133 +606,93 @@ impl RunReport {
         }
     }
 
+    /// The cycles, losses and CPU of the Markdown report.
+    fn figures_markdown(&self, s: &mut String) {
+        let drift = self
+            .drift_ppm
+            .map_or_else(|| "not measured".to_owned(), |d| format!("{d:+.2} ppm"));
+        let figures = [
+            ("cycles", self.cycles.to_string()),
+            (
+                "late cycles (any agent past the deadline)",
+                self.cycles_late.to_string(),
+            ),
+            ("frames lost", self.frames_lost.to_string()),
+            (
+                "xruns capture / playback",
+                format!("{} / {}", self.xruns_capture, self.xruns_playback),
+            ),
+            (
+                "IPC CPU (ring operations), share of one core",
+                format!("{:.4} %", self.ipc_cpu_percent),
+            ),
+            (
+                "CPU of waiting for frames (futex park/wake), share of one core",
+                format!("{:.4} %", self.wait_cpu_percent),
+            ),
+            ("audio thread", self.audio_scheduling.clone()),
+            ("clock drift", drift),
+            (
+                "frames produced / CRC-32",
+                format!("{} / {}", self.producer.frames, self.producer.checksum),
+            ),
+        ];
+        let _ = writeln!(s, "\n## Cycles, losses, CPU\n");
+        let _ = writeln!(s, "| figure | value |\n|---|---:|");
+        for (figure, value) in &figures {
+            Table::Markdown.row(s, &[figure, value]);
+        }
+    }
+
     /// The agents' table of the Markdown report.
     fn agents_markdown(&self, s: &mut String) {
         let _ = writeln!(s, "\n## Agents\n");
-        let _ = writeln!(
+        let table = Table::Markdown;
+        table.row(
             s,
-            "| agent | pid | frames | late | lost | CRC-32 | CPU % | ring ops % | waiting % | transport | scheduling | end |"
+            &[
+                "agent",
+                "pid",
+                "frames",
+                "late",
+                "lost",
+                "CRC-32",
+                "CPU %",
+                "ring ops %",
+                "waiting %",
+                "transport",
+                "scheduling",
+                "end",
+            ],
         );
         let _ = writeln!(
             s,
             "|---|---:|---:|---:|---:|---|---:|---:|---:|---|---|---|"
         );
+        let share = |v: Option<f64>, places: usize| {
+            v.map_or_else(|| "-".to_owned(), |v| format!("{v:.places$}"))
+        };
         for a in &self.agents {
-            let _ = writeln!(
+            table.row(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {} | {} |",
-                a.name,
-                a.pid,
-                a.frames,
-                opt(a.late),
-                a.lost,
-                a.checksum,
-                a.cpu_percent,
-                a.ipc_cpu_percent
-                    .map_or_else(|| "-".to_owned(), |v| format!("{v:.4}")),
-                a.wait_cpu_percent
-                    .map_or_else(|| "-".to_owned(), |v| format!("{v:.3}")),
-                a.transport,
-                a.scheduling,
-                a.exit
+                &[
+                    &a.name,
+                    &a.pid.to_string(),
+                    &a.frames.to_string(),
+                    &opt(a.late),
+                    &a.lost.to_string(),
+                    &a.checksum,
+                    &format!("{:.2}", a.cpu_percent),
+                    &share(a.ipc_cpu_percent, 4),
+                    &share(a.wait_cpu_percent, 3),
+                    &a.transport,
+                    &a.scheduling,
+                    &a.exit,
+                ],
             );
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn histogram_round_trips_through_base64() {
-        let mut h = new_hist();
-        for v in [1_000, 2_000, 3_000, 1_000_000] {
-            record(&mut h, v);
-        }
-        let back = hist_from_base64(&hist_to_base64(&h).unwrap()).unwrap();
-        assert_eq!(back.len(), 4);
-        assert_eq!(back.max(), h.max());
-    }
-
-    #[test]
-    fn percentiles_are_none_for_an_empty_histogram() {
-        assert!(Percentiles::of(&new_hist()).is_none());
-    }
-
-    fn report(m2e_p999: Option<f64>, failures: &[&str]) -> RunReport {
-        RunReport {
-            device: "synthetic".into(),
-            playback_device: None,
-            rate: 48_000,
-            quantum: 128,
-            channels: 1,
-            seconds: 1.0,
-            elapsed_s: 1.0,
-            interrupted: false,
-            load: 0,
-            cycles: 375,
-            cycles_late: 0,
-            frames_lost: 0,
-            xruns: 0,
-            xruns_capture: 0,
-            xruns_playback: 0,
-            xruns_playback_hidden: 0,
-            mouth_to_ear_ms: m2e_p999.map(|p| Percentiles {
-                p50: p,
-                p99: p,
-                p999: p,
-                max: p,
-            }),
-            stages: Vec::new(),
-            agents: Vec::new(),
-            producer: ProducerRow {
-                frames: 375,
-                samples: 48_000,
-                checksum: "00000000".into(),
-                dropped: 0,
-            },
-            vad: None,
-            ipc_cpu_percent: 0.0,
-            wait_cpu_percent: 0.0,
-            audio_scheduling: String::new(),
-            drift_ppm: None,
-            budget_ms: BUDGET_MS,
-            verdict: String::new(),
-            verdict_reasons: Vec::new(),
-            failures: failures.iter().map(|f| (*f).to_owned()).collect(),
-            warnings: Vec::new(),
-            wav: None,
-            command: String::new(),
-            buffer: None,
-            glitches: Vec::new(),
-            hub: None,
-        }
-    }
-
-    #[test]
-    fn any_failure_makes_the_verdict_failed_whatever_the_latency() {
-        for m2e in [Some(10.0), None] {
-            let mut r = report(m2e, &["the echo agent ended early (signal: 9 (SIGKILL))"]);
-            r.judge();
-            assert_eq!(r.verdict, "failed");
-            assert!(r.verdict_reasons[0].contains("SIGKILL"), "{r:?}");
-            assert!(r.text().contains("verdict: failed (the echo agent"));
-            assert!(r.markdown(&[]).contains("## Why the run failed"));
-            let json: serde_json::Value = serde_json::to_value(&r).unwrap();
-            assert_eq!(json["failures"][0], r.failures[0]);
-        }
-        let mut ok = report(Some(10.0), &[]);
-        ok.judge();
-        assert_eq!(ok.verdict, "within budget");
-        let mut over = report(Some(200.0), &[]);
-        over.judge();
-        assert_eq!(over.verdict, "over budget");
-    }
-
-    #[test]
-    fn bad_base64_is_an_error_not_a_panic() {
-        assert!(hist_from_base64("not base64 !!").is_err());
-        assert!(hist_from_base64("AAAA").is_err());
-    }
-}
+mod tests;
