@@ -49,6 +49,22 @@ pub struct ExportOptions {
     pub endpoints: Endpoints,
     /// Frames the reader may hand to the sender before it drops (default 64).
     pub queue_frames: usize,
+    /// What the sender does when Zenoh's queue is full.
+    pub congestion: Congestion,
+}
+
+/// What the sender does when Zenoh's transmit queue is full (its task is late, or the link
+/// is slower than the stream).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Congestion {
+    /// Drop the frame (after Zenoh's `wait_before_drop`): live audio, where a late frame is
+    /// worth nothing. The importer counts the gap in `lost`; the exporter cannot see it.
+    #[default]
+    Drop,
+    /// Wait for room: nothing is dropped on the way, the sender falls behind instead, and
+    /// once `queue_frames` are waiting for it the reader drops and counts `dropped_queue`.
+    /// For recording, or a test that compares bytes on a loaded machine.
+    Block,
 }
 
 /// Declares the exporter's counters from one list of names: [`ExportStats`] (the snapshot, a
@@ -141,7 +157,10 @@ impl Exporter {
         let key = opts.key.clone();
         let publisher = session
             .declare_publisher(net::data_key(&key))
-            .congestion_control(CongestionControl::Drop)
+            .congestion_control(match opts.congestion {
+                Congestion::Drop => CongestionControl::Drop,
+                Congestion::Block => CongestionControl::Block,
+            })
             .priority(Priority::RealTime)
             .express(true)
             .wait()

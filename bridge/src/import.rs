@@ -95,6 +95,10 @@ pub struct ImportOptions {
     pub format: Option<StreamFormat>,
     /// How lost frames are filled.
     pub fill: Fill,
+    /// Run the thread that plays frames out at SCHED_FIFO with this priority (1..=99): an
+    /// import feeding a hub's output lane is a real-time producer, and on a loaded machine an
+    /// ordinary thread is stalled for longer than the hub's queue lasts.
+    pub rt_priority: Option<u8>,
 }
 
 impl ImportOptions {
@@ -115,6 +119,7 @@ impl ImportOptions {
             policy: Policy::Lossy,
             format: None,
             fill: Fill::Gap,
+            rt_priority: None,
         }
     }
 }
@@ -251,9 +256,27 @@ impl Importer {
         };
         let thread = {
             let (stop, stats) = (stop.clone(), stats.clone());
-            std::thread::Builder::new()
+            let (promoted_tx, promoted) = sync_channel(1);
+            let rt = opts.rt_priority;
+            let thread = std::thread::Builder::new()
                 .name("bridge-import".into())
-                .spawn(move || worker.run(&rx, &stop, &stats))?
+                .spawn(move || {
+                    let r = rt.map_or(Ok(()), voxring_linux::rt::set_fifo);
+                    let ok = r.is_ok();
+                    let _ = promoted_tx.send(r);
+                    if ok {
+                        worker.run(&rx, &stop, &stats);
+                    }
+                })?;
+            match promoted.recv() {
+                Ok(Ok(())) => thread,
+                Ok(Err(e)) => bail!(
+                    "cannot run the import's play thread at SCHED_FIFO {}: {e} (run it with \
+                     CAP_SYS_NICE or a higher RLIMIT_RTPRIO, or leave out --rt-priority)",
+                    rt.unwrap_or_default()
+                ),
+                Err(_) => bail!("the import's play thread ended before it started"),
+            }
         };
         Ok(Importer {
             stop,

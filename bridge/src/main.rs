@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
-use voxring_bridge::export::{ExportOptions, Exporter};
+use voxring_bridge::export::{Congestion, ExportOptions, Exporter};
 use voxring_bridge::import::{Arrival, ArrivalHook, Fill, ImportOptions, Importer, Target};
 use voxring_bridge::net::{self, Endpoints};
 use voxring_bridge::wire::StreamFormat;
@@ -60,6 +60,11 @@ enum Command {
         /// Frames queued for the network before frames are dropped.
         #[arg(long, default_value_t = 64)]
         queue_frames: usize,
+        /// When Zenoh's queue is full: drop the frame (live audio; the importer counts it
+        /// lost), or block the sender (nothing dropped on the way; a sender that falls
+        /// --queue-frames behind drops at the reader, counted in `dropped_queue`).
+        #[arg(long, value_enum, default_value_t = Congestion::Drop)]
+        congestion: Congestion,
     },
     /// Write the frames published on a Zenoh key into a new local ring.
     Import(Box<ImportArgs>),
@@ -95,6 +100,10 @@ struct ImportArgs {
     /// How lost frames are filled.
     #[arg(long, value_enum, default_value_t = FillArg::Gap)]
     fill: FillArg,
+    /// Play frames out from a SCHED_FIFO thread at this priority (1-99; needs CAP_SYS_NICE or
+    /// RLIMIT_RTPRIO): for an import feeding a hub (`--hub`) on a loaded machine.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99))]
+    rt_priority: Option<u8>,
     /// Create the ring at start with this format, SAMPLES_PER_FRAME:CHANNELS:RATE:s16|s32|f32
     /// (default: from the first frame).
     #[arg(long)]
@@ -199,6 +208,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             key,
             net: n,
             queue_frames,
+            congestion,
         } => {
             install_signal_cleanup(SignalMode::Notify).map_err(anyhow::Error::msg)?;
             let opts = ExportOptions {
@@ -207,6 +217,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 key,
                 endpoints: endpoints(n, &[net::DEFAULT_EXPORT_LISTEN], &[]),
                 queue_frames,
+                congestion,
             };
             let ex = Exporter::start(&opts, printer())?;
             eprintln!(
@@ -239,6 +250,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 FillArg::Silence => Fill::Silence,
             };
             opts.format = a.format.as_deref().map(parse_format).transpose()?;
+            opts.rt_priority = a.rt_priority;
             let im = Importer::start(
                 &opts,
                 printer(),

@@ -48,7 +48,10 @@ impl Net<'_> {
 
 fn exporter(net: &Net, src: &str, key: &str) -> Side {
     let mut c = net.command(0);
-    export_args(&mut c, src, key, &net.locator());
+    // Block, not drop, when Zenoh's queue is full: these runs count the losses they inject,
+    // and Zenoh's own drops on a loaded machine (load average 10-15: a few frames, never
+    // arriving) would make the counts the machine's, not the bridge's.
+    export_args(&mut c, src, key, &net.locator()).args(["--congestion", "block"]);
     let mut s = Side::spawn("exporter", c).unwrap();
     s.wait_line("exporting", GIVE_UP).unwrap();
     s

@@ -90,6 +90,28 @@ impl Drop for HubChild {
 }
 
 /// Sample `k` of the source's stream: no run of it repeats within the test.
+/// Both exporters block when Zenoh's queue is full and queue up to 5.5 s for their sender:
+/// with the live defaults (drop, 64 frames) a loaded machine (load average 10-15) stalled
+/// Zenoh's task long enough that frames were dropped on the way (a gap at the mic import,
+/// `lost` 3-4, or an altered stream; the exporters saw nothing). This test is about the
+/// bytes, not the machine's wake-ups.
+const DEEP_SEND_QUEUE: [&str; 4] = ["--congestion", "block", "--queue-frames", "2048"];
+
+/// `--rt-priority 50` for the import that plays into the hub, where this user may run
+/// SCHED_FIFO threads (root in CI): an ordinary thread was stalled for longer than the hub's
+/// 16-frame queue lasts (43 ms) at load average 10, the lane ran dry and repeated a frame.
+fn real_time_play() -> Vec<&'static str> {
+    let allowed = std::thread::spawn(|| voxring_linux::rt::set_fifo(50).is_ok())
+        .join()
+        .unwrap_or(false);
+    if allowed {
+        vec!["--rt-priority", "50"]
+    } else {
+        eprintln!("note: the far import plays at normal priority (no SCHED_FIFO for this user)");
+        Vec::new()
+    }
+}
+
 fn sample(k: usize) -> i16 {
     (((k as u64 * 7919 + 11) % 60_001) as i32 - 30_000) as i16
 }
@@ -123,15 +145,19 @@ fn produce(seg: &Segment) {
 }
 
 /// Reads the imported copy of the hub's mic until the source's stream has come back whole
-/// (or the give-up bound); returns the samples read.
-fn read_back(name: &str) -> Vec<i16> {
+/// (or the give-up bound); returns the samples read and the sample index of every frame the
+/// import flagged DISCONTINUITY (the first after frames it counted lost).
+fn read_back(name: &str) -> (Vec<i16>, Vec<usize>) {
     let seg = attach_when_there(name);
     let mut rx = seg.consumer().expect("consumer");
-    let mut got: Vec<i16> = Vec::new();
+    let (mut got, mut gaps): (Vec<i16>, Vec<usize>) = (Vec::new(), Vec::new());
     let end = Instant::now() + GIVE_UP;
     let last = sample(FRAMES * QUANTUM - 1);
     while Instant::now() < end {
-        for (_, payload) in read_ready(&mut rx) {
+        for (meta, payload) in read_ready(&mut rx) {
+            if meta.flags.contains(FrameFlags::DISCONTINUITY) {
+                gaps.push(got.len());
+            }
             got.extend(
                 payload
                     .chunks_exact(2)
@@ -142,7 +168,17 @@ fn read_back(name: &str) -> Vec<i16> {
             break;
         }
     }
-    got
+    (got, gaps)
+}
+
+/// The hub's output lanes as its directory shows them (depth, drops, repeats, gaps).
+fn lane_rows(hub: &str) -> Vec<(String, voxring_linux::hub::directory::OutRow)> {
+    let h = Hub::find(hub, &HubOptions::default()).expect("find the hub");
+    (0..128)
+        .filter_map(|i| h.out_row(i))
+        .filter(|r| r.state != SLOT_FREE)
+        .map(|r| (unpack_name(&r.name), r))
+        .collect()
 }
 
 /// The agent names the hub's directory lists: (mic readers, output lanes).
@@ -177,15 +213,19 @@ fn a_far_ring_plays_through_a_hub_and_its_mic_comes_back_bit_exact() {
     let hub = HubChild::start(&t);
     // The hub's mic, exported as agent "bridge" and imported into the ring `back`.
     let mut ex_mic = side(
-        &["export", "--hub", &t, "--key", &key_mic, "--listen", &l_mic],
+        &["export", "--hub", &t, "--key", &key_mic, "--listen", &l_mic]
+            .into_iter()
+            .chain(DEEP_SEND_QUEUE)
+            .collect::<Vec<_>>(),
         "exporting",
     );
-    // Both imports keep 250 ms of jitter buffer: a frame that misses its turn is counted lost,
-    // and a loaded machine stalls an ordinary thread for tens of milliseconds.
+    // Both imports keep 1 s of jitter buffer: a frame that misses its turn is counted lost or
+    // played late (into the hub: a burst the lane's queue corrects), and a loaded machine
+    // (load average 13) stalled Zenoh's threads for more than 250 ms.
     let mut im_back = side(
         &["import", &key_mic, "--ring", &back, "--connect", &l_mic]
             .into_iter()
-            .chain(["--ring-frames", "1024", "--target-ms", "250"])
+            .chain(["--ring-frames", "1024", "--target-ms", "1000"])
             .collect::<Vec<_>>(),
         "importing",
     );
@@ -205,7 +245,10 @@ fn a_far_ring_plays_through_a_hub_and_its_mic_comes_back_bit_exact() {
     };
     let seg = Segment::create(&src, &cfg, &CreateOptions::default()).expect("source ring");
     let mut ex_out = side(
-        &["export", &src, "--key", &key_out, "--listen", &l_out],
+        &["export", &src, "--key", &key_out, "--listen", &l_out]
+            .into_iter()
+            .chain(DEEP_SEND_QUEUE)
+            .collect::<Vec<_>>(),
         "exporting",
     );
     let mut im_far = side(
@@ -220,7 +263,8 @@ fn a_far_ring_plays_through_a_hub_and_its_mic_comes_back_bit_exact() {
             &l_out,
         ]
         .into_iter()
-        .chain(["--target-ms", "250"])
+        .chain(["--target-ms", "1000"])
+        .chain(real_time_play())
         .collect::<Vec<_>>(),
         "importing",
     );
@@ -237,7 +281,7 @@ fn a_far_ring_plays_through_a_hub_and_its_mic_comes_back_bit_exact() {
         std::thread::sleep(Duration::from_millis(20));
     };
     produce(&seg);
-    let got = reader.join().expect("reader");
+    let (got, gaps) = reader.join().expect("reader");
 
     assert!(
         mic_agents.contains(&"bridge".to_owned()),
@@ -247,28 +291,42 @@ fn a_far_ring_plays_through_a_hub_and_its_mic_comes_back_bit_exact() {
         lanes.contains(&"far".to_owned()),
         "output lanes listed: {lanes:?}"
     );
+    // Every counter first, so that an altered stream says where it was altered.
+    let lanes = lane_rows(&t);
+    let (far, e) = (stats(&mut im_far), stats(&mut ex_out));
+    let (m, b) = (stats(&mut ex_mic), stats(&mut im_back));
+    let counters = format!(
+        "far import {far}\nfar export {e}\nmic export {m}\nmic import {b}\nhub lanes {lanes:?}"
+    );
     let first = got
         .iter()
         .position(|&s| s == sample(0))
-        .expect("the far stream never reached the hub's mic");
+        .unwrap_or_else(|| panic!("the far stream never reached the hub's mic\n{counters}"));
     let want: Vec<i16> = (0..FRAMES * QUANTUM).map(sample).collect();
     let came = &got[first..(first + want.len()).min(got.len())];
     assert!(
         came == want.as_slice(),
-        "the stream came back altered: {} of {} samples, first difference at {:?}",
+        "the stream came back altered: {} of {} samples, first difference at {:?}\n{counters}",
         came.len(),
         want.len(),
         came.iter().zip(&want).position(|(a, b)| a != b)
     );
-
-    let far = stats(&mut im_far);
-    assert_eq!(far["lost"], 0, "far import: {far}");
-    let e = stats(&mut ex_out);
-    assert_eq!(e["read"], FRAMES as u64, "far export: {e}");
-    let m = stats(&mut ex_mic);
-    assert_eq!(m["ring_lost"], 0, "the hub's mic export lost frames: {m}");
-    let b = stats(&mut im_back);
-    assert_eq!(b["lost"], 0, "mic import: {b}");
+    assert_eq!(far["lost"], 0, "far import\n{counters}");
+    assert_eq!(e["read"], FRAMES as u64, "far export\n{counters}");
+    assert_eq!(
+        m["ring_lost"], 0,
+        "the hub's mic export lost frames\n{counters}"
+    );
+    // The mic import joins a stream already flowing: Zenoh dropped 2-5 frames while it routed
+    // the new subscription on a loaded machine (seen only there, always among the first
+    // frames played). Every frame it counted lost must lie before the far stream (inside it
+    // the comparison above would have failed), flagged where it was lost.
+    let lost = b["lost"].as_u64().expect("mic import: lost");
+    assert!(
+        lost == 0 || (!gaps.is_empty() && gaps.iter().all(|&g| g <= first)),
+        "mic import lost {lost} frames, flagged at samples {gaps:?}, the far stream at \
+         {first}\n{counters}"
+    );
     drop(seg);
     hub.stop();
     assert_gone(&[
