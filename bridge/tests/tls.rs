@@ -262,7 +262,10 @@ impl Run {
         let cfg = self.config(who, c);
         let mut cmd = std::process::Command::new(EXE);
         let listen = c.listen.expect("an exporter here listens");
+        // Block, not drop, when Zenoh's queue is full: on a loaded machine (load average
+        // 10-15) Zenoh dropped frames that these runs expect bit-exact.
         export_args(&mut cmd, src, &self.key(), listen)
+            .args(["--congestion", "block"])
             .arg("--config")
             .arg(&cfg);
         let mut s = Side::spawn(who, cmd).unwrap();
