@@ -118,14 +118,25 @@ fn decimals(n: &Value, places: usize) -> String {
     n.as_f64().map_or("-".into(), |c| format!("{c:.places$}"))
 }
 
+/// A JSON value as a table cell: a string without its quotes, a missing value as `-`, a number
+/// as written. (Formatting the `Value` itself ignores the column width: serde_json's
+/// `Display` does not pad.)
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// The columns both tables start with: the reader's slot or the output's lane (`id`), then
 /// the process, its PID and name.
 fn who(row: &Value, id: &str) -> String {
     format!(
         "{:<5} {:<8} {:<16}",
-        row[id],
-        row["pid"],
-        row["name"].as_str().unwrap_or("")
+        cell(&row[id]),
+        cell(&row["pid"]),
+        cell(&row["name"])
     )
 }
 
@@ -152,31 +163,31 @@ fn text(v: &Value) -> String {
         s += &format!(
             "{} {:>4} {:>7} {:>7} {:>8} {:>6} {:>6} {:>8}/{:<8} {}/{}/{}\n",
             who(r, "slot"),
-            r["lag"],
-            r["max_lag"],
-            r["frames"],
-            r["lost"],
-            r["late"],
+            cell(&r["lag"]),
+            cell(&r["max_lag"]),
+            cell(&r["frames"]),
+            cell(&r["lost"]),
+            cell(&r["late"]),
             decimals(&r["cpu_percent"], 1),
             decimals(&r["wake_p50_us"], 0),
             decimals(&r["wake_max_us"], 0),
-            r["crc_ok"],
-            r["crc_bad"],
-            r["crc_unknown"],
+            cell(&r["crc_ok"]),
+            cell(&r["crc_bad"]),
+            cell(&r["crc_unknown"]),
         );
     }
-    s += "\nLANE  PID      NAME              STATE    DEPTH   MIXED  DROPPED  REPEATED  GAPS  PRIMES\n";
+    s += "\nLANE  PID      NAME             STATE    DEPTH   MIXED  DROPPED  REPEATED  GAPS  PRIMES\n";
     for o in v["outputs"].as_array().into_iter().flatten() {
         s += &format!(
             "{} {:<8} {:>5} {:>7} {:>8} {:>9} {:>5} {:>7}\n",
             who(o, "lane"),
             o["state"].as_str().unwrap_or(""),
-            o["depth"],
-            o["mixed"],
-            o["dropped"],
-            o["repeated"],
-            o["gaps"],
-            o["primes"],
+            cell(&o["depth"]),
+            cell(&o["mixed"]),
+            cell(&o["dropped"]),
+            cell(&o["repeated"]),
+            cell(&o["gaps"]),
+            cell(&o["primes"]),
         );
     }
     s
@@ -245,14 +256,14 @@ mod tests {
         });
         let t = text(&v);
         let lines: Vec<&str> = t.lines().collect();
-        // Numbers taken straight from the JSON print unpadded (serde_json's Display ignores
-        // the width); text and computed cells are padded.
+        // Every cell padded to its column (a `Value` formatted itself would not be), a missing
+        // value a dash.
         assert!(
-            lines.contains(&"0 123 echo             1 2 10 0 null    1.5       10/100      3/0/1"),
+            lines.contains(&"0     123      echo                1       2      10        0      -    1.5       10/100      3/0/1"),
             "{t}"
         );
         assert!(
-            lines.contains(&"2 456 talker           active   3 100 0 1 0 1"),
+            lines.contains(&"2     456      talker           active       3     100        0         1     0       1"),
             "{t}"
         );
     }
