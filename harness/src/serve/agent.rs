@@ -99,6 +99,10 @@ fn run<T: Sample>(hub: &Hub, a: &AgentArgs, t0: u64) -> anyhow::Result<ExitCode>
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let joined_ns = voxring_linux::clock::monotonic_ns() - t0;
     let mut first_frame_ns = None;
+    // The hub stamps a frame (CLOCK_MONOTONIC) right before it commits it: the first frame's
+    // stamp less the join is how long the join waited for a commit (the protocol's part, at
+    // most one cycle); the rest of `first_frame_ns` is this process's wake-up.
+    let mut first_stamp_ns: Option<u64> = None;
     let mut speaker: Option<Speaker> = if a.echo || a.tone.is_some() {
         Some(hub.speaker(&a.name).map_err(|e| anyhow::anyhow!("{e}"))?)
     } else {
@@ -123,6 +127,7 @@ fn run<T: Sample>(hub: &Hub, a: &AgentArgs, t0: u64) -> anyhow::Result<ExitCode>
         }
         let spk = &mut speaker;
         let got = mic.read(Some(Duration::from_millis(200)), |frame| {
+            first_stamp_ns.get_or_insert(frame.meta().timestamp_ns);
             let s = frame.samples::<T>().unwrap_or(&[]);
             let loud = s.iter().any(|x| *x != T::SILENCE);
             if let Some(out) = spk.as_mut() {
@@ -177,6 +182,8 @@ fn run<T: Sample>(hub: &Hub, a: &AgentArgs, t0: u64) -> anyhow::Result<ExitCode>
         "write_dropped": dropped,
         "join_ns": joined_ns,
         "first_frame_ns": first_frame_ns,
+        "first_commit_after_join_ns": first_stamp_ns
+            .map(|st| st as i64 - (t0 + joined_ns) as i64),
         "wake_p50_ns": st.wake_p50_ns,
         "wake_max_ns": st.wake_max_ns,
     });
