@@ -112,24 +112,56 @@ impl<'a, T: Sample, W> Io<'a, T, W> {
     }
 }
 
-/// Captured frames straight into a ring's write grants.
+/// An adapter between a device and one end of a ring: [`RingSink`] (capture, the producer
+/// end) or [`RingSource`] (playback, a consumer end).
 #[derive(Debug)]
-pub struct RingSink<'a, T, W> {
-    producer: &'a mut Producer,
+pub struct RingAdapter<'a, E, T, W> {
+    end: &'a mut E,
     io: Io<'a, T, W>,
 }
 
-impl<'a, T: Sample, W: Waiter> RingSink<'a, T, W> {
-    /// A sink writing into `producer`'s ring, waking parked consumers through `waiter`.
-    /// Checks the ring matches what the device granted (channels, format, and a buffer that
-    /// is a multiple of the ring's frames per slot).
-    pub fn new(
-        producer: &'a mut Producer,
-        waiter: &'a W,
-        granted: &Granted,
-    ) -> Result<Self, AudioError> {
-        let io = Io::new(producer.ring().config(), waiter, granted, "capture")?;
-        Ok(RingSink { producer, io })
+/// Captured frames straight into a ring's write grants.
+pub type RingSink<'a, T, W> = RingAdapter<'a, Producer, T, W>;
+
+/// Playback straight from a ring's read grants into the device.
+pub type RingSource<'a, T, W> = RingAdapter<'a, Consumer, T, W>;
+
+/// The end of a ring a [`RingAdapter`] holds: a [`Producer`] or a [`Consumer`].
+pub trait RingEnd: sealed::Sealed {
+    /// What the ring is for, as error messages name it.
+    const DIRECTION: &'static str;
+    /// The configuration of the ring this end belongs to.
+    fn ring_config(&self) -> voxring_core::RingConfig;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for voxring_core::Producer {}
+    impl Sealed for voxring_core::Consumer {}
+}
+
+impl RingEnd for Producer {
+    const DIRECTION: &'static str = "capture";
+    fn ring_config(&self) -> voxring_core::RingConfig {
+        self.ring().config()
+    }
+}
+
+impl RingEnd for Consumer {
+    const DIRECTION: &'static str = "playback";
+    fn ring_config(&self) -> voxring_core::RingConfig {
+        self.ring().config()
+    }
+}
+
+impl<'a, E: RingEnd, T: Sample, W: Waiter> RingAdapter<'a, E, T, W> {
+    /// An adapter moving audio through `end`'s ring, waking the peers parked on the other end
+    /// (consumers for a sink, the producer for a source) through `waiter`. Checks the ring
+    /// matches what the device granted (channels, format, and a buffer that is a multiple of
+    /// the ring's frames per slot).
+    pub fn new(end: &'a mut E, waiter: &'a W, granted: &Granted) -> Result<Self, AudioError> {
+        let io = Io::new(end.ring_config(), waiter, granted, E::DIRECTION)?;
+        Ok(RingAdapter { end, io })
     }
 
     /// What it counted.
@@ -155,7 +187,7 @@ impl<T: Sample, W: Waiter> CaptureSink<T> for RingSink<'_, T, W> {
         if whole == 0 {
             return 0;
         }
-        let mut grant = match self.producer.write_grant(whole) {
+        let mut grant = match self.end.write_grant(whole) {
             Ok(g) => g,
             Err(voxring_core::GrantError::Full) => {
                 self.io.stats.starved += 1;
@@ -189,31 +221,6 @@ impl<T: Sample, W: Waiter> CaptureSink<T> for RingSink<'_, T, W> {
     }
 }
 
-/// Playback straight from a ring's read grants into the device.
-#[derive(Debug)]
-pub struct RingSource<'a, T, W> {
-    consumer: &'a mut Consumer,
-    io: Io<'a, T, W>,
-}
-
-impl<'a, T: Sample, W: Waiter> RingSource<'a, T, W> {
-    /// A source reading from `consumer`'s ring, waking a parked producer through `waiter`.
-    /// Checks as [`RingSink::new`] does.
-    pub fn new(
-        consumer: &'a mut Consumer,
-        waiter: &'a W,
-        granted: &Granted,
-    ) -> Result<Self, AudioError> {
-        let io = Io::new(consumer.ring().config(), waiter, granted, "playback")?;
-        Ok(RingSource { consumer, io })
-    }
-
-    /// What it counted.
-    pub fn stats(&self) -> RingIoStats {
-        self.io.stats
-    }
-}
-
 impl<T: Sample, W: Waiter> PlaybackSource<T> for RingSource<'_, T, W> {
     fn pull(&mut self, out: &mut [T], _info: &ChunkInfo) -> usize {
         let (slot, whole) = self.io.whole(out.len());
@@ -223,7 +230,7 @@ impl<T: Sample, W: Waiter> PlaybackSource<T> for RingSource<'_, T, W> {
         // A lapped consumer is resynced by the ring; read again (twice at most).
         let mut tries = 0;
         let grant = loop {
-            match self.consumer.read_grant(whole) {
+            match self.end.read_grant(whole) {
                 Ok(g) => break g,
                 Err(ReadError::Lost { frames }) if tries < 2 => {
                     self.io.stats.lost += frames;
