@@ -157,14 +157,7 @@ pub unsafe extern "C" fn vr_writer_serve_fallback(
             } else {
                 VR_E_IO
             };
-            (
-                code,
-                format!(
-                    "could not serve the fallback socket {}: {e}; check the directory exists \
-                     and is writable",
-                    path.display()
-                ),
-            )
+            (code, FallbackServer::serve_failure(&path, &e))
         })?;
         w.server = Some(server);
         Ok(VR_OK)
