@@ -338,10 +338,30 @@ impl<'a, T: Copy, const N: usize> Pusher<'a, T, N> {
     pub fn write_chunk(&mut self, n: usize) -> Result<WriteChunk<'_, 'a, T, N>, ChunkError> {
         let len = chunk_len::<N>(n, |want| self.free(want))?;
         self.ring.track_write(self.tail, len);
-        Ok(WriteChunk {
+        Ok(Chunk {
             len: len as usize,
-            pusher: self,
+            side: self,
         })
+    }
+}
+
+/// Slots granted to one end of a [`StaticRing`], by [`Pusher::write_chunk`] ([`WriteChunk`])
+/// or [`Popper::read_chunk`] ([`ReadChunk`]): at most `N`, split where the ring wraps.
+#[derive(Debug)]
+pub struct Chunk<'p, S> {
+    side: &'p mut S,
+    len: usize,
+}
+
+impl<S> Chunk<'_, S> {
+    /// Slots (or items) granted.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when none was granted.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -358,28 +378,14 @@ impl<'a, T: Copy, const N: usize> Pusher<'a, T, N> {
 /// assert_eq!(chunk.as_slices(), (&[10, 20, 30][..], &[][..]));
 /// chunk.release(3).unwrap();
 /// ```
-#[derive(Debug)]
-pub struct WriteChunk<'p, 'a, T: Copy, const N: usize> {
-    pusher: &'p mut Pusher<'a, T, N>,
-    len: usize,
-}
+pub type WriteChunk<'p, 'a, T, const N: usize> = Chunk<'p, Pusher<'a, T, N>>;
 
 impl<T: Copy, const N: usize> WriteChunk<'_, '_, T, N> {
-    /// Slots granted.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when no slot was granted.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The granted slots, split where the ring wraps (the second slice may be empty). They
     /// hold stale items until written.
     pub fn as_mut_slices(&mut self) -> (&mut [T], &mut [T]) {
-        let (start, first) = wrap_split::<N>(self.pusher.tail, self.len);
-        let base = self.pusher.ring.base();
+        let (start, first) = wrap_split::<N>(self.side.tail, self.len);
+        let base = self.side.ring.base();
         // SAFETY: `start + first <= N` and `len - first <= start`, so both slices are inside
         // the buffer and disjoint; the slots are free (granted), so the popper does not read
         // them until commit, and `&mut self` keeps these the only references.
@@ -404,7 +410,7 @@ impl<T: Copy, const N: usize> WriteChunk<'_, '_, T, N> {
     /// Publishes the first `k` slots.
     pub fn commit(self, k: usize) -> Result<(), TooMany> {
         TooMany::check(k, self.len)?;
-        let p = self.pusher;
+        let p = self.side;
         p.ring.track_write(p.tail, self.len as u64);
         // Release (planted-bug switchable): pairs with the popper's Acquire load of `tail`.
         publish(
@@ -472,9 +478,9 @@ impl<'a, T: Copy, const N: usize> Popper<'a, T, N> {
     pub fn read_chunk(&mut self, n: usize) -> Result<ReadChunk<'_, 'a, T, N>, ChunkError> {
         let len = chunk_len::<N>(n, |want| self.ready(want))?;
         self.ring.track_read(self.head, len);
-        Ok(ReadChunk {
+        Ok(Chunk {
             len: len as usize,
-            popper: self,
+            side: self,
         })
     }
 }
@@ -493,27 +499,13 @@ impl<'a, T: Copy, const N: usize> Popper<'a, T, N> {
 /// chunk.release(1).unwrap(); // keep the second for later
 /// assert_eq!(rx.pop(), Ok(2));
 /// ```
-#[derive(Debug)]
-pub struct ReadChunk<'p, 'a, T: Copy, const N: usize> {
-    popper: &'p mut Popper<'a, T, N>,
-    len: usize,
-}
+pub type ReadChunk<'p, 'a, T, const N: usize> = Chunk<'p, Popper<'a, T, N>>;
 
 impl<T: Copy, const N: usize> ReadChunk<'_, '_, T, N> {
-    /// Items granted.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when no item was granted.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The granted items, split where the ring wraps.
     pub fn as_slices(&self) -> (&[T], &[T]) {
-        let (start, first) = wrap_split::<N>(self.popper.head, self.len);
-        let base = self.popper.ring.base();
+        let (start, first) = wrap_split::<N>(self.side.head, self.len);
+        let base = self.side.ring.base();
         // SAFETY: both ranges are inside the buffer (see `WriteChunk::as_mut_slices`) and
         // hold published items the pusher does not touch until release.
         unsafe {
@@ -527,7 +519,7 @@ impl<T: Copy, const N: usize> ReadChunk<'_, '_, T, N> {
     /// Frees the first `k` items.
     pub fn release(self, k: usize) -> Result<(), TooMany> {
         TooMany::check(k, self.len)?;
-        let p = self.popper;
+        let p = self.side;
         p.ring.track_read(p.head, self.len as u64);
         // Release: pairs with the pusher's Acquire load of `head`.
         publish(&mut p.head, &p.ring.head.0, k as u64, Ordering::Release);
