@@ -105,6 +105,23 @@ impl<'a, T: Sample, W> Io<'a, T, W> {
         })
     }
 
+    /// Counts a grant the ring refused: `starved` (full for capture, empty for playback) or
+    /// another error. Nothing moved: returns 0 device frames.
+    fn refused(&mut self, starved: bool) -> usize {
+        if starved {
+            self.stats.starved += 1;
+        } else {
+            self.stats.errors += 1;
+        }
+        0
+    }
+
+    /// Counts `n` ring frames moved; returns them in device frames.
+    fn moved(&mut self, n: usize) -> usize {
+        self.stats.ring_frames += n as u64;
+        n * self.spf
+    }
+
     /// The samples of one ring frame, and how many whole ring frames `samples` holds.
     fn whole(&self, samples: usize) -> (usize, usize) {
         let slot = self.spf * self.channels;
@@ -189,14 +206,7 @@ impl<T: Sample, W: Waiter> CaptureSink<T> for RingSink<'_, T, W> {
         }
         let mut grant = match self.end.write_grant(whole) {
             Ok(g) => g,
-            Err(voxring_core::GrantError::Full) => {
-                self.io.stats.starved += 1;
-                return 0;
-            }
-            Err(_) => {
-                self.io.stats.errors += 1;
-                return 0;
-            }
+            Err(e) => return self.io.refused(e == voxring_core::GrantError::Full),
         };
         let n = grant.len();
         for (i, mut frame) in grant.frames_mut().enumerate() {
@@ -216,8 +226,7 @@ impl<T: Sample, W: Waiter> CaptureSink<T> for RingSink<'_, T, W> {
             });
         }
         grant.commit_all().wake(self.io.waiter);
-        self.io.stats.ring_frames += n as u64;
-        n * self.io.spf
+        self.io.moved(n)
     }
 }
 
@@ -236,14 +245,7 @@ impl<T: Sample, W: Waiter> PlaybackSource<T> for RingSource<'_, T, W> {
                     self.io.stats.lost += frames;
                     tries += 1;
                 }
-                Err(ReadError::Empty) => {
-                    self.io.stats.starved += 1;
-                    return 0;
-                }
-                Err(_) => {
-                    self.io.stats.errors += 1;
-                    return 0;
-                }
+                Err(e) => return self.io.refused(e == ReadError::Empty),
             }
         };
         let n = grant.len();
@@ -264,7 +266,6 @@ impl<T: Sample, W: Waiter> PlaybackSource<T> for RingSource<'_, T, W> {
             Err(ReleaseError::Overwritten { frames }) => self.io.stats.lost += frames,
             Err(_) => self.io.stats.errors += 1,
         }
-        self.io.stats.ring_frames += n as u64;
-        n * self.io.spf
+        self.io.moved(n)
     }
 }
