@@ -281,24 +281,11 @@ pub unsafe extern "C" fn vr_read_grant(
     guard(|| {
         // SAFETY: the caller's promise.
         let r = unsafe { handle(r) }?;
-        check_grant_outs(frames, n, granted)?;
-        // SAFETY: checked non-null (the count is written again below).
-        unsafe { write_out(granted, 0) }?;
-        let put = |i: usize, meta: voxring_core::FrameMeta, data: *const u8, cap: u32| {
-            let v = vr_frame {
-                seq: meta.seq,
-                sample_pos: meta.sample_pos,
-                timestamp_ns: meta.timestamp_ns,
-                flags: meta.flags.0,
-                len: meta.len,
-                data: data.cast_mut(),
-                capacity: cap,
-                reserved: 0,
-            };
-            // SAFETY: `i < n` (grants never exceed the asked count) and `frames` has room
-            // for `n` (caller).
-            unsafe { frames.add(i).write(v) };
-        };
+        // SAFETY: the caller's promise.
+        let outs = unsafe { GrantOuts::new(frames, n, granted) }?;
+        // None until a grant is made (the count is written again below).
+        outs.set_granted(0);
+        let put = |i, meta, data, cap| outs.put(i, vr_frame::for_reading(meta, data, cap));
         let len = match &mut r.transport {
             Transport::Shm(s) => {
                 let cap = s.segment.ring().payload_bytes();
@@ -330,8 +317,7 @@ pub unsafe extern "C" fn vr_read_grant(
                 }
             },
         };
-        // SAFETY: checked non-null.
-        unsafe { write_out(granted, len) }?;
+        outs.set_granted(len);
         Ok(VR_OK)
     })
 }

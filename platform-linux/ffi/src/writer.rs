@@ -198,7 +198,8 @@ pub unsafe extern "C" fn vr_write_grant(
     guard(|| {
         // SAFETY: the caller's promise.
         let w = unsafe { handle(w) }?;
-        check_grant_outs(frames, n, granted)?;
+        // SAFETY: the caller's promise.
+        let outs = unsafe { GrantOuts::new(frames, n, granted) }?;
         let p = w.producer()?.producer();
         let token = p
             .grant_token(n)
@@ -208,23 +209,10 @@ pub unsafe extern "C" fn vr_write_grant(
                 break;
             };
             let seq = f.seq();
-            let payload = f.payload_mut();
-            let v = vr_frame {
-                seq,
-                sample_pos: 0,
-                timestamp_ns: 0,
-                flags: 0,
-                len: payload.len() as u32,
-                data: payload.as_mut_ptr(),
-                capacity: payload.len() as u32,
-                reserved: 0,
-            };
-            // SAFETY: `i < token.len() <= n` and `frames` has room for `n` (caller).
-            unsafe { frames.add(i).write(v) };
+            outs.put(i, vr_frame::for_writing(seq, f.payload_mut()));
         }
         w.grant = Some(token);
-        // SAFETY: checked non-null.
-        unsafe { write_out(granted, token.len()) }?;
+        outs.set_granted(token.len());
         Ok(VR_OK)
     })
 }
