@@ -15,6 +15,7 @@ use crate::boundary::*;
 use crate::status::*;
 use crate::types::*;
 
+#[derive(Debug)]
 struct ShmReader {
     /// The open read grant, held by value: core checks it on release (a stale one is an
     /// error), and dropping the consumer abandons it (releases nothing).
@@ -35,26 +36,20 @@ impl ShmReader {
     }
 }
 
+#[derive(Debug)]
 enum Transport {
     Shm(ShmReader),
     Socket(FallbackReader),
 }
 
 /// A reader handle (opaque).
+#[derive(Debug)]
 pub struct vr_reader {
     transport: Transport,
     /// Why the socket fallback is used (empty for shared memory).
     reason: String,
     xruns: u64,
     frames: u64,
-}
-
-impl std::fmt::Debug for vr_reader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("vr_reader")
-            .field("reason", &self.reason)
-            .finish_non_exhaustive()
-    }
 }
 
 fn open_shm(name: &str, expected_owner: Option<u32>) -> Fallible<ShmReader> {

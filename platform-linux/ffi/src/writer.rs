@@ -13,6 +13,7 @@ use crate::status::*;
 use crate::types::*;
 
 /// A producer handle (opaque).
+#[derive(Debug)]
 pub struct vr_writer {
     /// The open write grant, held by value: core checks it on commit (a stale one is an
     /// error), and dropping the producer abandons it (commits nothing).
@@ -24,14 +25,6 @@ pub struct vr_writer {
     segment: Segment,
     xruns: u64,
     frames: u64,
-}
-
-impl std::fmt::Debug for vr_writer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("vr_writer")
-            .field("segment", &self.segment.path())
-            .finish_non_exhaustive()
-    }
 }
 
 impl vr_writer {
