@@ -155,39 +155,49 @@ error_message!(TooMany, |self, f| {
     )
 });
 
+/// Defines [`StaticRing::new`], `const` when given `const`: one body for both builds.
+macro_rules! define_new {
+    ($($constness:ident)?) => {
+        /// A ring with every slot holding `fill` (the slots are always initialised, so chunks
+        /// can be handed out as plain `&mut [T]`). `N` must be a power of two: a compile error
+        /// otherwise.
+        pub $($constness)? fn new(fill: T) -> Self {
+            let () = Self::CHECK;
+            StaticRing {
+                head: Padded(AtomicU64::new(0)),
+                tail: Padded(AtomicU64::new(0)),
+                split: AtomicBool::new(false),
+                buf: StdUnsafeCell::new([fill; N]),
+                track: trackers::<N>(),
+            }
+        }
+    };
+}
+
+/// One loom access tracker per slot (zero-sized outside loom), made at compile time.
+#[cfg(not(voxring_loom))]
+const fn trackers<const N: usize>() -> [UnsafeCell<()>; N] {
+    [const { UnsafeCell::new(()) }; N]
+}
+
+/// One loom access tracker per slot (loom's cells are made at run time).
+#[cfg(voxring_loom)]
+fn trackers<const N: usize>() -> [UnsafeCell<()>; N] {
+    core::array::from_fn(|_| UnsafeCell::new(()))
+}
+
 impl<T: Copy, const N: usize> StaticRing<T, N> {
     const CHECK: () = assert!(
         N.is_power_of_two() && N <= (1 << 30),
         "StaticRing capacity must be a power of two"
     );
 
-    /// A ring with every slot holding `fill` (the slots are always initialised, so chunks
-    /// can be handed out as plain `&mut [T]`). `N` must be a power of two: a compile error
-    /// otherwise.
+    // `new`: `const` in the normal build (a ring can be a `static`); not under loom, whose
+    // atomics and cells are made at run time.
     #[cfg(not(voxring_loom))]
-    pub const fn new(fill: T) -> Self {
-        let () = Self::CHECK;
-        StaticRing {
-            head: Padded(AtomicU64::new(0)),
-            tail: Padded(AtomicU64::new(0)),
-            split: AtomicBool::new(false),
-            buf: StdUnsafeCell::new([fill; N]),
-            track: [const { UnsafeCell::new(()) }; N],
-        }
-    }
-
-    /// A ring with every slot holding `fill` (loom build: not `const`).
+    define_new!(const);
     #[cfg(voxring_loom)]
-    pub fn new(fill: T) -> Self {
-        let () = Self::CHECK;
-        StaticRing {
-            head: Padded(AtomicU64::new(0)),
-            tail: Padded(AtomicU64::new(0)),
-            split: AtomicBool::new(false),
-            buf: StdUnsafeCell::new([fill; N]),
-            track: core::array::from_fn(|_| UnsafeCell::new(())),
-        }
-    }
+    define_new!();
 
     /// The capacity, `N`.
     pub const fn capacity(&self) -> usize {
