@@ -25,8 +25,8 @@ pub use ring::{
     ReadGrant, ReadToken, ReleaseError, Ring, WriteGrant, WriteToken,
 };
 pub use static_ring::{
-    ChunkError, PopError, Popper, PushError, Pusher, ReadChunk, SplitError, StaticRing, TooMany,
-    WriteChunk,
+    Chunk, ChunkError, PopError, Popper, PushError, Pusher, ReadChunk, SplitError, StaticRing,
+    TooMany, WriteChunk,
 };
 pub use wait::{AtomicU32, SpinWaiter, WaitOutcome, Waiter, Wake};
 

@@ -8,6 +8,7 @@
 //! Each side caches the other's cursor and reloads it only when the cache says full/empty.
 
 use core::cell::UnsafeCell as StdUnsafeCell;
+use core::marker::PhantomData;
 
 use crate::sync::{AtomicBool, AtomicU64, Ordering, UnsafeCell};
 
@@ -154,39 +155,49 @@ error_message!(TooMany, |self, f| {
     )
 });
 
+/// Defines [`StaticRing::new`], `const` when given `const`: one body for both builds.
+macro_rules! define_new {
+    ($($constness:ident)?) => {
+        /// A ring with every slot holding `fill` (the slots are always initialised, so chunks
+        /// can be handed out as plain `&mut [T]`). `N` must be a power of two: a compile error
+        /// otherwise.
+        pub $($constness)? fn new(fill: T) -> Self {
+            let () = Self::CHECK;
+            StaticRing {
+                head: Padded(AtomicU64::new(0)),
+                tail: Padded(AtomicU64::new(0)),
+                split: AtomicBool::new(false),
+                buf: StdUnsafeCell::new([fill; N]),
+                track: trackers::<N>(),
+            }
+        }
+    };
+}
+
+/// One loom access tracker per slot (zero-sized outside loom), made at compile time.
+#[cfg(not(voxring_loom))]
+const fn trackers<const N: usize>() -> [UnsafeCell<()>; N] {
+    [const { UnsafeCell::new(()) }; N]
+}
+
+/// One loom access tracker per slot (loom's cells are made at run time).
+#[cfg(voxring_loom)]
+fn trackers<const N: usize>() -> [UnsafeCell<()>; N] {
+    core::array::from_fn(|_| UnsafeCell::new(()))
+}
+
 impl<T: Copy, const N: usize> StaticRing<T, N> {
     const CHECK: () = assert!(
         N.is_power_of_two() && N <= (1 << 30),
         "StaticRing capacity must be a power of two"
     );
 
-    /// A ring with every slot holding `fill` (the slots are always initialised, so chunks
-    /// can be handed out as plain `&mut [T]`). `N` must be a power of two: a compile error
-    /// otherwise.
+    // `new`: `const` in the normal build (a ring can be a `static`); not under loom, whose
+    // atomics and cells are made at run time.
     #[cfg(not(voxring_loom))]
-    pub const fn new(fill: T) -> Self {
-        let () = Self::CHECK;
-        StaticRing {
-            head: Padded(AtomicU64::new(0)),
-            tail: Padded(AtomicU64::new(0)),
-            split: AtomicBool::new(false),
-            buf: StdUnsafeCell::new([fill; N]),
-            track: [const { UnsafeCell::new(()) }; N],
-        }
-    }
-
-    /// A ring with every slot holding `fill` (loom build: not `const`).
+    define_new!(const);
     #[cfg(voxring_loom)]
-    pub fn new(fill: T) -> Self {
-        let () = Self::CHECK;
-        StaticRing {
-            head: Padded(AtomicU64::new(0)),
-            tail: Padded(AtomicU64::new(0)),
-            split: AtomicBool::new(false),
-            buf: StdUnsafeCell::new([fill; N]),
-            track: core::array::from_fn(|_| UnsafeCell::new(())),
-        }
-    }
+    define_new!();
 
     /// The capacity, `N`.
     pub const fn capacity(&self) -> usize {
@@ -198,18 +209,7 @@ impl<T: Copy, const N: usize> StaticRing<T, N> {
         if self.split.swap(true, Ordering::Relaxed) {
             return Err(SplitError);
         }
-        Ok((
-            Pusher {
-                ring: self,
-                tail: 0,
-                cached_head: 0,
-            },
-            Popper {
-                ring: self,
-                head: 0,
-                cached_tail: 0,
-            },
-        ))
+        Ok((End::new(self), End::new(self)))
     }
 
     fn base(&self) -> *mut T {
@@ -278,6 +278,128 @@ fn wrap_split<const N: usize>(pos: u64, len: usize) -> (usize, usize) {
     (start, len.min(N - start))
 }
 
+/// Marks an [`End`] as the producing one ([`Pusher`]): it writes items at `tail` and waits
+/// for `head`.
+#[derive(Debug)]
+pub enum Push {}
+
+/// Marks an [`End`] as the consuming one ([`Popper`]): it reads items at `head` and waits
+/// for `tail`.
+#[derive(Debug)]
+pub enum Pop {}
+
+mod side {
+    use super::{AtomicU64, Ordering, Pop, Push, StaticRing};
+
+    /// What tells the two ends apart: whose cursor is whose, how many slots an end may use,
+    /// how it shows loom its accesses, and the ordering it publishes its cursor with. `pub`
+    /// only to be a bound of [`End`](super::End)'s methods: it lives in a private module, so
+    /// nobody outside this file can name, implement or call it (the cursors stay its own).
+    pub trait Side {
+        /// Slots an end at `mine` may use while the other end is at `theirs`.
+        fn usable<const N: usize>(mine: u64, theirs: u64) -> u64;
+        /// This end's cursor in the ring, then the other end's.
+        fn cursors<T: Copy, const N: usize>(ring: &StaticRing<T, N>) -> (&AtomicU64, &AtomicU64);
+        /// Shows loom this end's access to the `len` slots from cursor `from`.
+        fn track<T: Copy, const N: usize>(ring: &StaticRing<T, N>, from: u64, len: u64);
+        /// The ordering of this end's cursor store.
+        const PUBLISH: Ordering;
+    }
+
+    impl Side for Push {
+        fn usable<const N: usize>(tail: u64, head: u64) -> u64 {
+            N as u64 - tail.wrapping_sub(head)
+        }
+        fn cursors<T: Copy, const N: usize>(ring: &StaticRing<T, N>) -> (&AtomicU64, &AtomicU64) {
+            (&ring.tail.0, &ring.head.0)
+        }
+        fn track<T: Copy, const N: usize>(ring: &StaticRing<T, N>, from: u64, len: u64) {
+            ring.track_write(from, len);
+        }
+        // Release (planted-bug switchable): pairs with the popper's Acquire load of `tail`.
+        const PUBLISH: Ordering = crate::ring::COMMIT_ORDER;
+    }
+
+    impl Side for Pop {
+        fn usable<const N: usize>(head: u64, tail: u64) -> u64 {
+            tail.wrapping_sub(head)
+        }
+        fn cursors<T: Copy, const N: usize>(ring: &StaticRing<T, N>) -> (&AtomicU64, &AtomicU64) {
+            (&ring.head.0, &ring.tail.0)
+        }
+        fn track<T: Copy, const N: usize>(ring: &StaticRing<T, N>, from: u64, len: u64) {
+            ring.track_read(from, len);
+        }
+        // Release: pairs with the pusher's Acquire load of `head`.
+        const PUBLISH: Ordering = Ordering::Release;
+    }
+}
+use side::Side;
+
+/// One end of a [`StaticRing`]: the [`Pusher`] or the [`Popper`] (`S` says which). It owns
+/// its cursor and caches the other end's.
+#[derive(Debug)]
+pub struct End<'a, T: Copy, const N: usize, S> {
+    ring: &'a StaticRing<T, N>,
+    /// This end's cursor: the pusher's `tail`, the popper's `head`.
+    pos: u64,
+    /// Its copy of the other end's cursor, reloaded when it says full (empty).
+    cached: u64,
+    _side: PhantomData<S>,
+}
+
+// SAFETY: an end only touches slots it owns under the cursor protocol; moving it to another
+// thread moves items of type `T`, hence `T: Send`.
+unsafe impl<T: Copy + Send, const N: usize, S> Send for End<'_, T, N, S> {}
+
+impl<'a, T: Copy, const N: usize, S: Side> End<'a, T, N, S> {
+    fn new(ring: &'a StaticRing<T, N>) -> Self {
+        End {
+            ring,
+            pos: 0,
+            cached: 0,
+            _side: PhantomData,
+        }
+    }
+
+    /// Slots this end may use now (free ones for the pusher, ready items for the popper).
+    fn usable(&mut self, want: u64) -> u64 {
+        let pos = self.pos;
+        // Reloads the other end's cursor (Acquire, pairs with its Release store in
+        // `publish`): what it did to the slots before happened before.
+        let (_, theirs) = S::cursors(self.ring);
+        available(&mut self.cached, theirs, want, |other| {
+            S::usable::<N>(pos, other)
+        })
+    }
+
+    /// The index of the next slot, its access shown to loom, when it is usable.
+    fn next_slot(&mut self) -> Option<usize> {
+        if self.usable(1) == 0 {
+            return None;
+        }
+        S::track(self.ring, self.pos, 1);
+        Some((self.pos as usize) & (N - 1))
+    }
+
+    /// Hands the next `k` slots to the other end.
+    fn publish(&mut self, k: u64) {
+        let (mine, _) = S::cursors(self.ring);
+        // `S::PUBLISH` (Release): pairs with the other end's Acquire load in `usable`.
+        publish(&mut self.pos, mine, k, S::PUBLISH);
+    }
+
+    /// Grants up to `n` usable slots.
+    fn chunk(&mut self, n: usize) -> Result<Chunk<'_, Self>, ChunkError> {
+        let len = chunk_len::<N>(n, |want| self.usable(want))?;
+        S::track(self.ring, self.pos, len);
+        Ok(Chunk {
+            len: len as usize,
+            side: self,
+        })
+    }
+}
+
 /// The producing end of a [`StaticRing`].
 ///
 /// ```
@@ -288,60 +410,104 @@ fn wrap_split<const N: usize>(pos: u64, len: usize) -> (usize, usize) {
 /// tx.push(1).unwrap();
 /// assert_eq!(rx.pop(), Ok(1));
 /// ```
-#[derive(Debug)]
-pub struct Pusher<'a, T: Copy, const N: usize> {
-    ring: &'a StaticRing<T, N>,
-    tail: u64,
-    cached_head: u64,
-}
-
-// SAFETY: the pusher only touches slots it owns under the cursor protocol; moving it to
-// another thread moves items of type `T`, hence `T: Send`.
-unsafe impl<T: Copy + Send, const N: usize> Send for Pusher<'_, T, N> {}
+pub type Pusher<'a, T, const N: usize> = End<'a, T, N, Push>;
 
 impl<'a, T: Copy, const N: usize> Pusher<'a, T, N> {
-    fn free(&mut self, want: u64) -> u64 {
-        let tail = self.tail;
-        // Reloads `head` (Acquire, pairs with the popper's Release store of it): its reads of
-        // the slots we are about to reuse happened before.
-        available(&mut self.cached_head, &self.ring.head.0, want, |head| {
-            N as u64 - tail.wrapping_sub(head)
-        })
-    }
-
     /// Free slots right now (a lower bound: the popper may free more).
     pub fn slots(&mut self) -> usize {
-        self.free(N as u64) as usize
+        self.usable(N as u64) as usize
     }
 
     /// Pushes one item; when the ring is full, hands it back in [`PushError::Full`].
     pub fn push(&mut self, value: T) -> Result<(), PushError<T>> {
-        if self.free(1) == 0 {
+        let Some(i) = self.next_slot() else {
             return Err(PushError::Full(value));
-        }
-        let i = (self.tail as usize) & (N - 1);
-        self.ring.track_write(self.tail, 1);
+        };
         // SAFETY: `i < N`; the slot is free (tail - head < N), so the popper does not read it
         // until we publish `tail`; we are the only pusher.
         unsafe { self.ring.base().add(i).write(value) };
-        // Release (planted-bug switchable): pairs with the popper's Acquire load of `tail`.
-        publish(
-            &mut self.tail,
-            &self.ring.tail.0,
-            1,
-            crate::ring::COMMIT_ORDER,
-        );
+        self.publish(1);
         Ok(())
     }
 
     /// Grants up to `n` free slots to fill in place (fewer if fewer are free).
     pub fn write_chunk(&mut self, n: usize) -> Result<WriteChunk<'_, 'a, T, N>, ChunkError> {
-        let len = chunk_len::<N>(n, |want| self.free(want))?;
-        self.ring.track_write(self.tail, len);
-        Ok(WriteChunk {
-            len: len as usize,
-            pusher: self,
-        })
+        self.chunk(n)
+    }
+}
+
+/// The consuming end of a [`StaticRing`].
+///
+/// ```
+/// use voxring_core::{PopError, StaticRing};
+/// let ring = StaticRing::<u8, 2>::new(0);
+/// let (mut tx, mut rx) = ring.split().unwrap();
+/// assert_eq!(rx.pop(), Err(PopError::Empty));
+/// tx.push(9).unwrap();
+/// assert_eq!(rx.items(), 1);
+/// assert_eq!(rx.pop(), Ok(9));
+/// ```
+pub type Popper<'a, T, const N: usize> = End<'a, T, N, Pop>;
+
+impl<'a, T: Copy, const N: usize> Popper<'a, T, N> {
+    /// Items ready right now (a lower bound).
+    pub fn items(&mut self) -> usize {
+        self.usable(N as u64) as usize
+    }
+
+    /// Pops one item.
+    pub fn pop(&mut self) -> Result<T, PopError> {
+        let Some(i) = self.next_slot() else {
+            return Err(PopError::Empty);
+        };
+        // SAFETY: `i < N`; the slot holds a published item (head < tail) which the pusher
+        // does not overwrite until we publish `head`.
+        let value = unsafe { self.ring.base().add(i).read() };
+        self.publish(1);
+        Ok(value)
+    }
+
+    /// Grants up to `n` ready items to read in place.
+    pub fn read_chunk(&mut self, n: usize) -> Result<ReadChunk<'_, 'a, T, N>, ChunkError> {
+        self.chunk(n)
+    }
+}
+
+/// Slots granted to one end of a [`StaticRing`], by [`Pusher::write_chunk`] ([`WriteChunk`])
+/// or [`Popper::read_chunk`] ([`ReadChunk`]): at most `N`, split where the ring wraps.
+#[derive(Debug)]
+pub struct Chunk<'p, S> {
+    side: &'p mut S,
+    len: usize,
+}
+
+impl<S> Chunk<'_, S> {
+    /// Slots (or items) granted.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when none was granted.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl<T: Copy, const N: usize, S: Side> Chunk<'_, End<'_, T, N, S>> {
+    /// Where the granted slots are: the buffer, the first slot's index, and how many come
+    /// before the ring wraps (the rest start at index 0).
+    fn place(&self) -> (*mut T, usize, usize) {
+        let (start, first) = wrap_split::<N>(self.side.pos, self.len);
+        (self.side.ring.base(), start, first)
+    }
+
+    /// Hands the first `k` granted slots to the other end.
+    fn finish(self, k: usize) -> Result<(), TooMany> {
+        TooMany::check(k, self.len)?;
+        let end = self.side;
+        S::track(end.ring, end.pos, self.len as u64);
+        end.publish(k as u64);
+        Ok(())
     }
 }
 
@@ -358,28 +524,13 @@ impl<'a, T: Copy, const N: usize> Pusher<'a, T, N> {
 /// assert_eq!(chunk.as_slices(), (&[10, 20, 30][..], &[][..]));
 /// chunk.release(3).unwrap();
 /// ```
-#[derive(Debug)]
-pub struct WriteChunk<'p, 'a, T: Copy, const N: usize> {
-    pusher: &'p mut Pusher<'a, T, N>,
-    len: usize,
-}
+pub type WriteChunk<'p, 'a, T, const N: usize> = Chunk<'p, Pusher<'a, T, N>>;
 
 impl<T: Copy, const N: usize> WriteChunk<'_, '_, T, N> {
-    /// Slots granted.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when no slot was granted.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The granted slots, split where the ring wraps (the second slice may be empty). They
     /// hold stale items until written.
     pub fn as_mut_slices(&mut self) -> (&mut [T], &mut [T]) {
-        let (start, first) = wrap_split::<N>(self.pusher.tail, self.len);
-        let base = self.pusher.ring.base();
+        let (base, start, first) = self.place();
         // SAFETY: `start + first <= N` and `len - first <= start`, so both slices are inside
         // the buffer and disjoint; the slots are free (granted), so the popper does not read
         // them until commit, and `&mut self` keeps these the only references.
@@ -403,79 +554,7 @@ impl<T: Copy, const N: usize> WriteChunk<'_, '_, T, N> {
 
     /// Publishes the first `k` slots.
     pub fn commit(self, k: usize) -> Result<(), TooMany> {
-        TooMany::check(k, self.len)?;
-        let p = self.pusher;
-        p.ring.track_write(p.tail, self.len as u64);
-        // Release (planted-bug switchable): pairs with the popper's Acquire load of `tail`.
-        publish(
-            &mut p.tail,
-            &p.ring.tail.0,
-            k as u64,
-            crate::ring::COMMIT_ORDER,
-        );
-        Ok(())
-    }
-}
-
-/// The consuming end of a [`StaticRing`].
-///
-/// ```
-/// use voxring_core::{PopError, StaticRing};
-/// let ring = StaticRing::<u8, 2>::new(0);
-/// let (mut tx, mut rx) = ring.split().unwrap();
-/// assert_eq!(rx.pop(), Err(PopError::Empty));
-/// tx.push(9).unwrap();
-/// assert_eq!(rx.items(), 1);
-/// assert_eq!(rx.pop(), Ok(9));
-/// ```
-#[derive(Debug)]
-pub struct Popper<'a, T: Copy, const N: usize> {
-    ring: &'a StaticRing<T, N>,
-    head: u64,
-    cached_tail: u64,
-}
-
-// SAFETY: as for `Pusher`.
-unsafe impl<T: Copy + Send, const N: usize> Send for Popper<'_, T, N> {}
-
-impl<'a, T: Copy, const N: usize> Popper<'a, T, N> {
-    fn ready(&mut self, want: u64) -> u64 {
-        let head = self.head;
-        // Reloads `tail` (Acquire, pairs with the pusher's Release store of it): the items
-        // it wrote happened before.
-        available(&mut self.cached_tail, &self.ring.tail.0, want, |tail| {
-            tail.wrapping_sub(head)
-        })
-    }
-
-    /// Items ready right now (a lower bound).
-    pub fn items(&mut self) -> usize {
-        self.ready(N as u64) as usize
-    }
-
-    /// Pops one item.
-    pub fn pop(&mut self) -> Result<T, PopError> {
-        if self.ready(1) == 0 {
-            return Err(PopError::Empty);
-        }
-        let i = (self.head as usize) & (N - 1);
-        self.ring.track_read(self.head, 1);
-        // SAFETY: `i < N`; the slot holds a published item (head < tail) which the pusher
-        // does not overwrite until we publish `head`.
-        let value = unsafe { self.ring.base().add(i).read() };
-        // Release: pairs with the pusher's Acquire load of `head`.
-        publish(&mut self.head, &self.ring.head.0, 1, Ordering::Release);
-        Ok(value)
-    }
-
-    /// Grants up to `n` ready items to read in place.
-    pub fn read_chunk(&mut self, n: usize) -> Result<ReadChunk<'_, 'a, T, N>, ChunkError> {
-        let len = chunk_len::<N>(n, |want| self.ready(want))?;
-        self.ring.track_read(self.head, len);
-        Ok(ReadChunk {
-            len: len as usize,
-            popper: self,
-        })
+        self.finish(k)
     }
 }
 
@@ -493,27 +572,12 @@ impl<'a, T: Copy, const N: usize> Popper<'a, T, N> {
 /// chunk.release(1).unwrap(); // keep the second for later
 /// assert_eq!(rx.pop(), Ok(2));
 /// ```
-#[derive(Debug)]
-pub struct ReadChunk<'p, 'a, T: Copy, const N: usize> {
-    popper: &'p mut Popper<'a, T, N>,
-    len: usize,
-}
+pub type ReadChunk<'p, 'a, T, const N: usize> = Chunk<'p, Popper<'a, T, N>>;
 
 impl<T: Copy, const N: usize> ReadChunk<'_, '_, T, N> {
-    /// Items granted.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when no item was granted.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The granted items, split where the ring wraps.
     pub fn as_slices(&self) -> (&[T], &[T]) {
-        let (start, first) = wrap_split::<N>(self.popper.head, self.len);
-        let base = self.popper.ring.base();
+        let (base, start, first) = self.place();
         // SAFETY: both ranges are inside the buffer (see `WriteChunk::as_mut_slices`) and
         // hold published items the pusher does not touch until release.
         unsafe {
@@ -526,11 +590,6 @@ impl<T: Copy, const N: usize> ReadChunk<'_, '_, T, N> {
 
     /// Frees the first `k` items.
     pub fn release(self, k: usize) -> Result<(), TooMany> {
-        TooMany::check(k, self.len)?;
-        let p = self.popper;
-        p.ring.track_read(p.head, self.len as u64);
-        // Release: pairs with the pusher's Acquire load of `head`.
-        publish(&mut p.head, &p.ring.head.0, k as u64, Ordering::Release);
-        Ok(())
+        self.finish(k)
     }
 }

@@ -11,10 +11,10 @@
 #![cfg(voxring_loom)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use voxring_core::{Consumer, Policy, ReadError, ReleaseError};
+use voxring_core::{Consumer, Policy, Producer, ReadError, ReleaseError, Ring};
 use voxring_loom_tests::assert_explored_many;
 use voxring_loom_tests::ring::{
-    finish_stream, new_ring, read_checked, read_once, write_one, write_up_to,
+    Line, finish_stream, new_ring, read_checked, read_once, write_one, write_up_to,
 };
 
 /// What a lossy consumer has seen: frames accepted intact and frames reported lost.
@@ -74,14 +74,37 @@ fn assert_accounted(seen: &Seen, start: u64, c: &Consumer) {
     assert_eq!(c.lost_frames(), seen.lost);
 }
 
+/// A lossless ring of `frames` slots for two consumers, streaming `total` frames from a
+/// producer (owner 1) to a consumer (owner 2: one frame at most while the threads run, then
+/// at most `n` at a time), while a third thread runs `other` on the ring (with what `setup`
+/// made of it before any thread started). Once `other` is done, the rest of the stream must
+/// get through (else the model fails with `why`). Returns the region (keep it alive while
+/// the handles are), both handles and every frame the consumer read.
+fn lossless_stream_while<S: Send + 'static>(
+    frames: u32,
+    total: usize,
+    n: usize,
+    setup: impl FnOnce(&Ring) -> S,
+    other: impl FnOnce(Ring, S) + Send + 'static,
+    why: &str,
+) -> (Vec<Line>, Producer, Consumer, Vec<u64>) {
+    let (mem, ring) = new_ring(frames, 2, Policy::Lossless);
+    let producer = ring.producer(1).unwrap();
+    let consumer = ring.consumer(2).unwrap();
+    let state = setup(&ring);
+    let p = loom::thread::spawn(move || write_up_to(producer, total));
+    let o = loom::thread::spawn(move || other(ring, state));
+    let c = loom::thread::spawn(move || read_once(consumer, 1));
+    o.join().unwrap();
+    let (producer, consumer, got) =
+        finish_stream(p.join().unwrap(), c.join().unwrap(), total, n, why);
+    (mem, producer, consumer, got)
+}
+
 #[test]
 fn lossless_late_join_and_leave_race_the_producer() {
     assert_explored_many("ring: lossless late join, leave", || {
-        let (_mem, ring) = new_ring(2, 2, Policy::Lossless);
-        let producer = ring.producer(1).unwrap();
-        let early = ring.consumer(2).unwrap();
-        let p = loom::thread::spawn(move || write_up_to(producer, 3));
-        let late = loom::thread::spawn(move || {
+        let late_join = |ring: Ring, ()| {
             let mut c = ring.consumer(3).unwrap();
             let start = c.read_pos();
             let got = read_checked(&mut c, 2);
@@ -93,13 +116,11 @@ fn lossless_late_join_and_leave_race_the_producer() {
                 );
             }
             let _ = c.leave();
-        });
-        let e = loom::thread::spawn(move || read_once(early, 1));
-        late.join().unwrap();
-        // The late joiner left: only `early` holds the producer back now.
+        };
+        // The late joiner left: only the early consumer holds the producer back now.
         let why = "the late joiner's slot still blocks";
-        let (mut producer, _early, got) =
-            finish_stream(p.join().unwrap(), e.join().unwrap(), 3, 2, why);
+        let (_mem, mut producer, _early, got) =
+            lossless_stream_while(2, 3, 2, |_| (), late_join, why);
         assert_eq!(
             got,
             vec![0, 1, 2],
@@ -115,23 +136,20 @@ fn lossless_late_join_and_leave_race_the_producer() {
 #[test]
 fn lossless_evicting_a_dead_consumer_unblocks_the_producer() {
     assert_explored_many("ring: lossless eviction", || {
-        let (_mem, ring) = new_ring(1, 2, Policy::Lossless);
-        let producer = ring.producer(1).unwrap();
-        let alive = ring.consumer(2).unwrap();
-        let dead = ring.consumer(3).unwrap();
-        let dead_index = dead.index();
-        // A dead process runs no destructor.
-        std::mem::forget(dead);
-        let p = loom::thread::spawn(move || write_up_to(producer, 2));
-        let platform = loom::thread::spawn(move || {
+        let die = |ring: &Ring| {
+            let dead = ring.consumer(3).unwrap();
+            let dead_index = dead.index();
+            // A dead process runs no destructor.
+            std::mem::forget(dead);
+            dead_index
+        };
+        let platform = |ring: Ring, dead_index| {
             assert_eq!(ring.consumer_owner(dead_index), Some(3));
             // This model polls: nobody parks.
             let _ = ring.evict(dead_index, 3).unwrap();
-        });
-        let a = loom::thread::spawn(move || read_once(alive, 1));
-        platform.join().unwrap();
+        };
         let why = "the dead consumer still blocks";
-        let (_, _, got) = finish_stream(p.join().unwrap(), a.join().unwrap(), 2, 1, why);
+        let (_mem, _, _, got) = lossless_stream_while(1, 2, 1, die, platform, why);
         assert_eq!(got, vec![0, 1]);
     });
 }

@@ -13,18 +13,13 @@ use voxring_loom_tests::futex::FutexModel;
 use voxring_loom_tests::ring::new_ring;
 
 mod common;
-use common::{consume_parking, lossless_pair, produce_parking};
+use common::{against_a_parking_producer, consume_parking};
 
 #[test]
 fn parked_sides_are_always_woken() {
     assert_explored_many("ring: park/wake, no lost wake-up", || {
-        let (_mem, _ring, producer, mut consumer) = lossless_pair(1);
-        let futex = FutexModel::new();
-        let futex2 = Arc::clone(&futex);
-        let p = loom::thread::spawn(move || drop(produce_parking(producer, 2, &*futex)));
-        let c = loom::thread::spawn(move || consume_parking(&mut consumer, 2, &*futex2));
-        p.join().unwrap();
-        assert_eq!(c.join().unwrap(), vec![0, 1]);
+        let got = against_a_parking_producer(|c, futex| consume_parking(c, 2, futex));
+        assert_eq!(got, vec![0, 1]);
     });
 }
 

@@ -19,7 +19,7 @@ use voxring_loom_tests::futex::FutexModel;
 use voxring_loom_tests::ring::{read_checked, write_one_then};
 
 mod common;
-use common::{lossless_pair, produce_parking, read_releasing};
+use common::{against_a_parking_producer, lossless_pair, produce_parking, read_releasing};
 
 /// The fake clock's frame period and margin (ticks).
 const PERIOD: u64 = 10;
@@ -76,24 +76,19 @@ fn periodic_wait(c: &mut Consumer, a: &mut Arrivals, now: &mut u64, waiter: &imp
 #[test]
 fn periodic_consumer_falls_back_to_parking() {
     assert_explored_many("ring: periodic poll, then park, racing the commit", || {
-        let (_mem, _ring, producer, mut consumer) = lossless_pair(1);
-        let futex = FutexModel::new();
-        let futex2 = Arc::clone(&futex);
-        let p = loom::thread::spawn(move || drop(produce_parking(producer, 2, &*futex)));
-        let c = loom::thread::spawn(move || {
+        let got = against_a_parking_producer(|consumer, futex| {
             let mut a = Arrivals::new(PERIOD, EARLY).unwrap();
             // Locked on a frame -1 that arrived at tick 0: frame 0 is due at tick 10.
             a.observe(u64::MAX, 0, 0, Sighting::Polling);
             let mut now = 1;
             let mut got = Vec::new();
             while got.len() < 2 {
-                periodic_wait(&mut consumer, &mut a, &mut now, &*futex2);
-                got.extend(read_releasing(&mut consumer, &*futex2));
+                periodic_wait(consumer, &mut a, &mut now, futex);
+                got.extend(read_releasing(consumer, futex));
             }
             got
         });
-        p.join().unwrap();
-        assert_eq!(c.join().unwrap(), vec![0, 1]);
+        assert_eq!(got, vec![0, 1]);
     });
 }
 

@@ -7,21 +7,6 @@ use crate::region::RegionError;
 #[allow(unused_imports)] // for intra-doc links
 use super::{Consumer, Producer, ReadGrant, Ring, WriteGrant};
 
-/// The message of an error type (what happened, and what to do): its `Display`, from the body
-/// of `fmt` with the error as `$this` and the formatter as `$f`, and its `core::error::Error`.
-macro_rules! describe {
-    ($ty:ident, |$this:ident, $f:ident| $body:block) => {
-        impl core::fmt::Display for $ty {
-            fn fmt(&self, $f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-                let $this = self;
-                $body
-            }
-        }
-
-        impl core::error::Error for $ty {}
-    };
-}
-
 /// Why [`Ring::create`] refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CreateError {
@@ -43,8 +28,8 @@ pub enum CreateError {
     },
 }
 
-describe!(CreateError, |this, f| {
-    match this {
+error_message!(CreateError, |self, f| {
+    match self {
         CreateError::Layout(e) => write!(f, "cannot create the ring: {e}"),
         CreateError::NullRegion => {
             f.write_str("cannot create the ring: the region pointer is null")
@@ -107,8 +92,8 @@ pub enum AttachError {
     },
 }
 
-describe!(AttachError, |this, f| {
-    match this {
+error_message!(AttachError, |self, f| {
+    match self {
         AttachError::NullRegion => f.write_str("cannot attach: the region pointer is null"),
         AttachError::Misaligned { addr } => write!(
             f,
@@ -156,8 +141,8 @@ pub enum ClaimError {
     },
 }
 
-describe!(ClaimError, |this, f| {
-    match this {
+error_message!(ClaimError, |self, f| {
+    match self {
         ClaimError::ZeroOwner => f.write_str("owner token 0 is reserved for 'free': pass a non-zero token (e.g. pid << 32 | generation)"),
         ClaimError::Taken { owner } => write!(
             f,
@@ -178,8 +163,8 @@ pub enum JoinError {
     },
 }
 
-describe!(JoinError, |this, f| {
-    match this {
+error_message!(JoinError, |self, f| {
+    match self {
         JoinError::ZeroOwner => {
             f.write_str("owner token 0 is reserved for 'free': pass a non-zero token")
         }
@@ -206,8 +191,8 @@ pub enum GrantError {
     },
 }
 
-describe!(GrantError, |this, f| {
-    match this {
+error_message!(GrantError, |self, f| {
+    match self {
         GrantError::Full => f.write_str("the ring is full: the slowest consumer has not released any frame; wait (wait_writable) or evict it"),
         GrantError::Evicted => f.write_str("this producer was evicted and no longer owns the ring; claim it again"),
         GrantError::CorruptConsumer { index, read_pos } => write!(
@@ -232,8 +217,8 @@ pub enum CommitError {
     StaleToken,
 }
 
-describe!(CommitError, |this, f| {
-    match this {
+error_message!(CommitError, |self, f| {
+    match self {
         CommitError::TooMany { commit, granted } => write!(
             f,
             "cannot commit {commit} frames from a grant of {granted}: nothing was committed"
@@ -266,8 +251,8 @@ pub enum ReadError {
     },
 }
 
-describe!(ReadError, |this, f| {
-    match this {
+error_message!(ReadError, |self, f| {
+    match self {
         ReadError::Empty => f.write_str("no frame ready yet; wait (wait_readable) and read again"),
         ReadError::Lost { frames } => write!(
             f,
@@ -306,8 +291,8 @@ pub enum ReleaseError {
     StaleToken,
 }
 
-describe!(ReleaseError, |this, f| {
-    match this {
+error_message!(ReleaseError, |self, f| {
+    match self {
         ReleaseError::TooMany { release, granted } => write!(
             f,
             "cannot release {release} frames from a grant of {granted}: nothing was released"
@@ -346,8 +331,8 @@ pub enum EvictError {
     Raced,
 }
 
-describe!(EvictError, |this, f| {
-    match this {
+error_message!(EvictError, |self, f| {
+    match self {
         EvictError::OutOfRange {
             index,
             max_consumers,
@@ -383,8 +368,8 @@ impl From<GrantError> for PushFrameError {
     }
 }
 
-describe!(PushFrameError, |this, f| {
-    match this {
+error_message!(PushFrameError, |self, f| {
+    match self {
         PushFrameError::TooLong { len, capacity } => write!(
             f,
             "cannot push {len} bytes: a frame holds {capacity}; split the data or create the ring with larger frames"
@@ -416,8 +401,8 @@ impl From<ReadError> for PopFrameError {
     }
 }
 
-describe!(PopFrameError, |this, f| {
-    match this {
+error_message!(PopFrameError, |self, f| {
+    match self {
         PopFrameError::Read(e) => write!(f, "cannot pop: {e}"),
         PopFrameError::Release(e) => write!(f, "popped frame is invalid: {e}"),
         PopFrameError::BufferTooSmall { needed, got } => write!(

@@ -3,7 +3,10 @@
 //! one-consumer ring they start from. Each model file includes this module; not all use all.
 #![allow(dead_code)]
 
+use std::sync::Arc;
+
 use voxring_core::{Consumer, Policy, Producer, ReadError, Ring, Waiter};
+use voxring_loom_tests::futex::FutexModel;
 use voxring_loom_tests::ring::{Line, new_ring, write_one_then};
 
 /// A lossless ring of `frames` slots with its producer (owner 1) and one consumer (owner 2);
@@ -13,6 +16,21 @@ pub fn lossless_pair(frames: u32) -> (Vec<Line>, Ring, Producer, Consumer) {
     let producer = ring.producer(1).unwrap();
     let consumer = ring.consumer(2).unwrap();
     (mem, ring, producer, consumer)
+}
+
+/// A [`lossless_pair`] of one slot: a producer thread writes two frames ([`produce_parking`])
+/// while `consume` runs on a consumer thread, both passing their wakes through one
+/// [`FutexModel`]. Returns what `consume` returned, once both threads are joined.
+pub fn against_a_parking_producer<R: Send + 'static>(
+    consume: impl FnOnce(&mut Consumer, &FutexModel) -> R + Send + 'static,
+) -> R {
+    let (_mem, _ring, producer, mut consumer) = lossless_pair(1);
+    let futex = FutexModel::new();
+    let futex2 = Arc::clone(&futex);
+    let p = loom::thread::spawn(move || drop(produce_parking(producer, 2, &*futex)));
+    let c = loom::thread::spawn(move || consume(&mut consumer, &futex2));
+    p.join().unwrap();
+    c.join().unwrap()
 }
 
 /// `write_one`'s frame, committed with its wake passed to `waiter`; false when full.

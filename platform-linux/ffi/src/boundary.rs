@@ -214,13 +214,42 @@ pub(crate) fn unless_grant_open<'a, S, G>(
     Ok(side)
 }
 
-/// Checks the outputs of `vr_write_grant` and `vr_read_grant`: `frames` (room for `n`
-/// entries, may be null when `n` is 0) and `granted`.
-pub(crate) fn check_grant_outs<F>(frames: *mut F, n: usize, granted: *mut usize) -> Fallible<()> {
-    if (frames.is_null() && n > 0) || granted.is_null() {
-        return err(VR_E_NULL, "frames or granted is null");
+/// The outputs of `vr_write_grant` and `vr_read_grant`: `frames` (room for `n` entries, may
+/// be null when `n` is 0) and `granted`, checked once; the granted frames and their count
+/// are written through it, never past the room.
+pub(crate) struct GrantOuts<F> {
+    frames: *mut F,
+    n: usize,
+    granted: *mut usize,
+}
+
+impl<F> GrantOuts<F> {
+    /// Refuses a null `granted`, or a null `frames` with room asked for.
+    ///
+    /// # Safety
+    /// Non-null, `frames` must be valid for `n` writes and `granted` for one, as long as the
+    /// result lives.
+    pub(crate) unsafe fn new(frames: *mut F, n: usize, granted: *mut usize) -> Fallible<Self> {
+        if (frames.is_null() && n > 0) || granted.is_null() {
+            return err(VR_E_NULL, "frames or granted is null");
+        }
+        Ok(GrantOuts { frames, n, granted })
     }
-    Ok(())
+
+    /// Writes entry `i` (ignored past the room: a grant never holds more than was asked).
+    pub(crate) fn put(&self, i: usize, frame: F) {
+        if i < self.n {
+            // SAFETY: `i < n`, `frames` is non-null when `n > 0` (checked in `new`) and valid
+            // for `n` writes (the promise of `new`).
+            unsafe { self.frames.add(i).write(frame) };
+        }
+    }
+
+    /// Writes the granted count.
+    pub(crate) fn set_granted(&self, len: usize) {
+        // SAFETY: checked non-null in `new`, valid for one write (the promise of `new`).
+        unsafe { self.granted.write(len) };
+    }
 }
 
 /// Frees a handle made by [`give_out`]: runs its drop (leave the ring, unmap...) with panics

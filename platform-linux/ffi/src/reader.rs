@@ -15,6 +15,7 @@ use crate::boundary::*;
 use crate::status::*;
 use crate::types::*;
 
+#[derive(Debug)]
 struct ShmReader {
     /// The open read grant, held by value: core checks it on release (a stale one is an
     /// error), and dropping the consumer abandons it (releases nothing).
@@ -35,26 +36,20 @@ impl ShmReader {
     }
 }
 
+#[derive(Debug)]
 enum Transport {
     Shm(ShmReader),
     Socket(FallbackReader),
 }
 
 /// A reader handle (opaque).
+#[derive(Debug)]
 pub struct vr_reader {
     transport: Transport,
     /// Why the socket fallback is used (empty for shared memory).
     reason: String,
     xruns: u64,
     frames: u64,
-}
-
-impl std::fmt::Debug for vr_reader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("vr_reader")
-            .field("reason", &self.reason)
-            .finish_non_exhaustive()
-    }
 }
 
 fn open_shm(name: &str, expected_owner: Option<u32>) -> Fallible<ShmReader> {
@@ -281,24 +276,11 @@ pub unsafe extern "C" fn vr_read_grant(
     guard(|| {
         // SAFETY: the caller's promise.
         let r = unsafe { handle(r) }?;
-        check_grant_outs(frames, n, granted)?;
-        // SAFETY: checked non-null (the count is written again below).
-        unsafe { write_out(granted, 0) }?;
-        let put = |i: usize, meta: voxring_core::FrameMeta, data: *const u8, cap: u32| {
-            let v = vr_frame {
-                seq: meta.seq,
-                sample_pos: meta.sample_pos,
-                timestamp_ns: meta.timestamp_ns,
-                flags: meta.flags.0,
-                len: meta.len,
-                data: data.cast_mut(),
-                capacity: cap,
-                reserved: 0,
-            };
-            // SAFETY: `i < n` (grants never exceed the asked count) and `frames` has room
-            // for `n` (caller).
-            unsafe { frames.add(i).write(v) };
-        };
+        // SAFETY: the caller's promise.
+        let outs = unsafe { GrantOuts::new(frames, n, granted) }?;
+        // None until a grant is made (the count is written again below).
+        outs.set_granted(0);
+        let put = |i, meta, data, cap| outs.put(i, vr_frame::for_reading(meta, data, cap));
         let len = match &mut r.transport {
             Transport::Shm(s) => {
                 let cap = s.segment.ring().payload_bytes();
@@ -330,8 +312,7 @@ pub unsafe extern "C" fn vr_read_grant(
                 }
             },
         };
-        // SAFETY: checked non-null.
-        unsafe { write_out(granted, len) }?;
+        outs.set_granted(len);
         Ok(VR_OK)
     })
 }

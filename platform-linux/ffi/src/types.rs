@@ -1,7 +1,7 @@
 //! Plain data shared with C: a ring's configuration, a granted frame, where frames live, and a
 //! handle's counters.
 
-use voxring_core::{Policy, RingConfig, SampleFormat};
+use voxring_core::{FrameMeta, Policy, RingConfig, SampleFormat};
 use voxring_linux::ring::Segment;
 
 use crate::boundary::Fallible;
@@ -86,6 +86,37 @@ pub struct vr_frame {
     pub capacity: u32,
     /// Zero.
     pub reserved: u32,
+}
+
+impl vr_frame {
+    /// A frame granted for reading: its metadata, and `data` holding `capacity` bytes.
+    pub(crate) fn for_reading(meta: FrameMeta, data: *const u8, capacity: u32) -> Self {
+        vr_frame {
+            seq: meta.seq,
+            sample_pos: meta.sample_pos,
+            timestamp_ns: meta.timestamp_ns,
+            flags: meta.flags.0,
+            len: meta.len,
+            data: data.cast_mut(),
+            capacity,
+            reserved: 0,
+        }
+    }
+
+    /// Frame `seq` granted for writing into `payload` (a whole slot: `len` is its capacity
+    /// until the writer says otherwise at commit).
+    pub(crate) fn for_writing(seq: u64, payload: &mut [u8]) -> Self {
+        vr_frame {
+            seq,
+            sample_pos: 0,
+            timestamp_ns: 0,
+            flags: 0,
+            len: payload.len() as u32,
+            data: payload.as_mut_ptr(),
+            capacity: payload.len() as u32,
+            reserved: 0,
+        }
+    }
 }
 
 /// Where a handle's frames live, for zero-copy checks and views.

@@ -13,6 +13,7 @@ use crate::status::*;
 use crate::types::*;
 
 /// A producer handle (opaque).
+#[derive(Debug)]
 pub struct vr_writer {
     /// The open write grant, held by value: core checks it on commit (a stale one is an
     /// error), and dropping the producer abandons it (commits nothing).
@@ -24,14 +25,6 @@ pub struct vr_writer {
     segment: Segment,
     xruns: u64,
     frames: u64,
-}
-
-impl std::fmt::Debug for vr_writer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("vr_writer")
-            .field("segment", &self.segment.path())
-            .finish_non_exhaustive()
-    }
 }
 
 impl vr_writer {
@@ -157,14 +150,7 @@ pub unsafe extern "C" fn vr_writer_serve_fallback(
             } else {
                 VR_E_IO
             };
-            (
-                code,
-                format!(
-                    "could not serve the fallback socket {}: {e}; check the directory exists \
-                     and is writable",
-                    path.display()
-                ),
-            )
+            (code, FallbackServer::serve_failure(&path, &e))
         })?;
         w.server = Some(server);
         Ok(VR_OK)
@@ -205,7 +191,8 @@ pub unsafe extern "C" fn vr_write_grant(
     guard(|| {
         // SAFETY: the caller's promise.
         let w = unsafe { handle(w) }?;
-        check_grant_outs(frames, n, granted)?;
+        // SAFETY: the caller's promise.
+        let outs = unsafe { GrantOuts::new(frames, n, granted) }?;
         let p = w.producer()?.producer();
         let token = p
             .grant_token(n)
@@ -215,23 +202,10 @@ pub unsafe extern "C" fn vr_write_grant(
                 break;
             };
             let seq = f.seq();
-            let payload = f.payload_mut();
-            let v = vr_frame {
-                seq,
-                sample_pos: 0,
-                timestamp_ns: 0,
-                flags: 0,
-                len: payload.len() as u32,
-                data: payload.as_mut_ptr(),
-                capacity: payload.len() as u32,
-                reserved: 0,
-            };
-            // SAFETY: `i < token.len() <= n` and `frames` has room for `n` (caller).
-            unsafe { frames.add(i).write(v) };
+            outs.put(i, vr_frame::for_writing(seq, f.payload_mut()));
         }
         w.grant = Some(token);
-        // SAFETY: checked non-null.
-        unsafe { write_out(granted, token.len()) }?;
+        outs.set_granted(token.len());
         Ok(VR_OK)
     })
 }

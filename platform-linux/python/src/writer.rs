@@ -268,16 +268,8 @@ impl Writer {
             None => default_socket_path(name)
                 .map_err(|e| Failure::new(error::fallback(&e), e.to_string()))?,
         };
-        let server = FallbackServer::serve(segment, &path, mode & 0o777).map_err(|e| {
-            Failure::new(
-                error::io(&e),
-                format!(
-                    "could not serve the fallback socket {}: {e}; check the directory exists \
-                     and is writable",
-                    path.display()
-                ),
-            )
-        })?;
+        let server = FallbackServer::serve(segment, &path, mode & 0o777)
+            .map_err(|e| Failure::new(error::io(&e), FallbackServer::serve_failure(&path, &e)))?;
         st.server = Some(server);
         Ok(())
     }

@@ -105,6 +105,23 @@ impl<'a, T: Sample, W> Io<'a, T, W> {
         })
     }
 
+    /// Counts a grant the ring refused: `starved` (full for capture, empty for playback) or
+    /// another error. Nothing moved: returns 0 device frames.
+    fn refused(&mut self, starved: bool) -> usize {
+        if starved {
+            self.stats.starved += 1;
+        } else {
+            self.stats.errors += 1;
+        }
+        0
+    }
+
+    /// Counts `n` ring frames moved; returns them in device frames.
+    fn moved(&mut self, n: usize) -> usize {
+        self.stats.ring_frames += n as u64;
+        n * self.spf
+    }
+
     /// The samples of one ring frame, and how many whole ring frames `samples` holds.
     fn whole(&self, samples: usize) -> (usize, usize) {
         let slot = self.spf * self.channels;
@@ -112,24 +129,56 @@ impl<'a, T: Sample, W> Io<'a, T, W> {
     }
 }
 
-/// Captured frames straight into a ring's write grants.
+/// An adapter between a device and one end of a ring: [`RingSink`] (capture, the producer
+/// end) or [`RingSource`] (playback, a consumer end).
 #[derive(Debug)]
-pub struct RingSink<'a, T, W> {
-    producer: &'a mut Producer,
+pub struct RingAdapter<'a, E, T, W> {
+    end: &'a mut E,
     io: Io<'a, T, W>,
 }
 
-impl<'a, T: Sample, W: Waiter> RingSink<'a, T, W> {
-    /// A sink writing into `producer`'s ring, waking parked consumers through `waiter`.
-    /// Checks the ring matches what the device granted (channels, format, and a buffer that
-    /// is a multiple of the ring's frames per slot).
-    pub fn new(
-        producer: &'a mut Producer,
-        waiter: &'a W,
-        granted: &Granted,
-    ) -> Result<Self, AudioError> {
-        let io = Io::new(producer.ring().config(), waiter, granted, "capture")?;
-        Ok(RingSink { producer, io })
+/// Captured frames straight into a ring's write grants.
+pub type RingSink<'a, T, W> = RingAdapter<'a, Producer, T, W>;
+
+/// Playback straight from a ring's read grants into the device.
+pub type RingSource<'a, T, W> = RingAdapter<'a, Consumer, T, W>;
+
+/// The end of a ring a [`RingAdapter`] holds: a [`Producer`] or a [`Consumer`].
+pub trait RingEnd: sealed::Sealed {
+    /// What the ring is for, as error messages name it.
+    const DIRECTION: &'static str;
+    /// The configuration of the ring this end belongs to.
+    fn ring_config(&self) -> voxring_core::RingConfig;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for voxring_core::Producer {}
+    impl Sealed for voxring_core::Consumer {}
+}
+
+impl RingEnd for Producer {
+    const DIRECTION: &'static str = "capture";
+    fn ring_config(&self) -> voxring_core::RingConfig {
+        self.ring().config()
+    }
+}
+
+impl RingEnd for Consumer {
+    const DIRECTION: &'static str = "playback";
+    fn ring_config(&self) -> voxring_core::RingConfig {
+        self.ring().config()
+    }
+}
+
+impl<'a, E: RingEnd, T: Sample, W: Waiter> RingAdapter<'a, E, T, W> {
+    /// An adapter moving audio through `end`'s ring, waking the peers parked on the other end
+    /// (consumers for a sink, the producer for a source) through `waiter`. Checks the ring
+    /// matches what the device granted (channels, format, and a buffer that is a multiple of
+    /// the ring's frames per slot).
+    pub fn new(end: &'a mut E, waiter: &'a W, granted: &Granted) -> Result<Self, AudioError> {
+        let io = Io::new(end.ring_config(), waiter, granted, E::DIRECTION)?;
+        Ok(RingAdapter { end, io })
     }
 
     /// What it counted.
@@ -155,16 +204,9 @@ impl<T: Sample, W: Waiter> CaptureSink<T> for RingSink<'_, T, W> {
         if whole == 0 {
             return 0;
         }
-        let mut grant = match self.producer.write_grant(whole) {
+        let mut grant = match self.end.write_grant(whole) {
             Ok(g) => g,
-            Err(voxring_core::GrantError::Full) => {
-                self.io.stats.starved += 1;
-                return 0;
-            }
-            Err(_) => {
-                self.io.stats.errors += 1;
-                return 0;
-            }
+            Err(e) => return self.io.refused(e == voxring_core::GrantError::Full),
         };
         let n = grant.len();
         for (i, mut frame) in grant.frames_mut().enumerate() {
@@ -184,33 +226,7 @@ impl<T: Sample, W: Waiter> CaptureSink<T> for RingSink<'_, T, W> {
             });
         }
         grant.commit_all().wake(self.io.waiter);
-        self.io.stats.ring_frames += n as u64;
-        n * self.io.spf
-    }
-}
-
-/// Playback straight from a ring's read grants into the device.
-#[derive(Debug)]
-pub struct RingSource<'a, T, W> {
-    consumer: &'a mut Consumer,
-    io: Io<'a, T, W>,
-}
-
-impl<'a, T: Sample, W: Waiter> RingSource<'a, T, W> {
-    /// A source reading from `consumer`'s ring, waking a parked producer through `waiter`.
-    /// Checks as [`RingSink::new`] does.
-    pub fn new(
-        consumer: &'a mut Consumer,
-        waiter: &'a W,
-        granted: &Granted,
-    ) -> Result<Self, AudioError> {
-        let io = Io::new(consumer.ring().config(), waiter, granted, "playback")?;
-        Ok(RingSource { consumer, io })
-    }
-
-    /// What it counted.
-    pub fn stats(&self) -> RingIoStats {
-        self.io.stats
+        self.io.moved(n)
     }
 }
 
@@ -223,20 +239,13 @@ impl<T: Sample, W: Waiter> PlaybackSource<T> for RingSource<'_, T, W> {
         // A lapped consumer is resynced by the ring; read again (twice at most).
         let mut tries = 0;
         let grant = loop {
-            match self.consumer.read_grant(whole) {
+            match self.end.read_grant(whole) {
                 Ok(g) => break g,
                 Err(ReadError::Lost { frames }) if tries < 2 => {
                     self.io.stats.lost += frames;
                     tries += 1;
                 }
-                Err(ReadError::Empty) => {
-                    self.io.stats.starved += 1;
-                    return 0;
-                }
-                Err(_) => {
-                    self.io.stats.errors += 1;
-                    return 0;
-                }
+                Err(e) => return self.io.refused(e == ReadError::Empty),
             }
         };
         let n = grant.len();
@@ -257,7 +266,6 @@ impl<T: Sample, W: Waiter> PlaybackSource<T> for RingSource<'_, T, W> {
             Err(ReleaseError::Overwritten { frames }) => self.io.stats.lost += frames,
             Err(_) => self.io.stats.errors += 1,
         }
-        self.io.stats.ring_frames += n as u64;
-        n * self.io.spf
+        self.io.moved(n)
     }
 }

@@ -171,6 +171,16 @@ impl FallbackServer {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The message the bindings (C, Python) give when [`serve`](Self::serve) failed at
+    /// `path` with `e`: what happened, and what to check.
+    pub fn serve_failure(path: &Path, e: &io::Error) -> String {
+        format!(
+            "could not serve the fallback socket {}: {e}; check the directory exists and is \
+             writable",
+            path.display()
+        )
+    }
 }
 
 impl Drop for FallbackServer {
