@@ -10,9 +10,11 @@ grammar of the scenario's commands, and prints one JSON line per result.
 ring's frames in fixed blocks (start_utt / process_raw), so that after the decision only the
 last frames, the flush (end_utt) and the final search remain (a segment it did not follow from
 its start is decoded in one go). It cuts recognition to a few ms, but on espeak-ng's voice it
-heard "turn off the bedroom light" as "turn on ..." in 3 to 5 of 7 under --load 2 or through
-PipeWire (live cepstral mean, and a tail whose length follows the timing of the decision):
-not the default while that stands.
+hears "turn off the bedroom light" as "turn on ..." for some placements of the speech against
+pocketsphinx's 10 ms analysis frames (moving the same audio by 10 to 30 samples at 16 kHz flips
+it; decoded in one go, every placement is right; replay_trace.py --shift shows it): a
+property of pocketsphinx's live decode on this voice, not of load or of the audio's way here
+(docs/voice-round-trip.md). Not the default while that stands.
 
 With --rt-priority N (`voxring voice assistant` passes 50: below its hub, talker, reply and
 VAD agents) every thread of the process runs under SCHED_FIFO N, so that a decode is not
