@@ -266,3 +266,54 @@ fn a_run_stopped_by_a_signal_leaves_nothing() {
     }
     assert_no_shm(|n| n.starts_with(&prefix));
 }
+
+/// The agents' scheduling, read from outside (/proc/PID/task/*/stat by the assistant): where
+/// this machine grants SCHED_FIFO, every thread of the recogniser runs under it at its
+/// priority (50, below the talker's and the reply's 60 and the VAD's 55), so that a decode is
+/// not shared out with CPU hogs, and so does the VAD agent; where it does not, the run says
+/// so in a warning and still works.
+#[test]
+fn the_vad_and_every_thread_of_the_recogniser_run_under_sched_fifo() {
+    let Some(py) = recogniser_python() else {
+        return;
+    };
+    let granted = std::thread::spawn(|| voxring_linux::rt::set_fifo(1).is_ok())
+        .join()
+        .unwrap();
+    let (ok, s, stderr) = assistant(
+        &py,
+        &[
+            "--device",
+            "synthetic",
+            "--periods",
+            "16",
+            "--say",
+            "turn on the kitchen light",
+            "--gap-s",
+            "2",
+        ],
+    );
+    assert!(ok, "the run failed: {}\n{stderr}", s["failures"]);
+    for (who, asked) in [
+        ("vad", "SCHED_FIFO 55"),
+        ("recogniser", "SCHED_FIFO 50"),
+        ("reply", "SCHED_FIFO 60 or SCHED_FIFO 50"),
+        ("talker", "SCHED_FIFO 60"),
+    ] {
+        let v = &s["scheduling"][who];
+        assert_eq!(v["asked"], asked, "{who}: {v}");
+        let n = v["threads"].as_u64().unwrap_or(0);
+        assert!(n >= 1, "{who}: no threads seen: {v}");
+        if granted {
+            assert_eq!(v["as_asked"].as_u64(), Some(n), "{who}: {v}\n{stderr}");
+        } else {
+            assert!(
+                stderr.contains("warning"),
+                "{who} refused, no warning: {stderr}"
+            );
+        }
+    }
+    // The recogniser is Python with a watcher thread and numpy's: more than one thread, all
+    // promoted (a promotion of the main thread alone leaves the others behind).
+    assert!(s["scheduling"]["recogniser"]["threads"].as_u64() > Some(1));
+}

@@ -10,11 +10,18 @@ grammar of the scenario's commands, and prints one JSON line per result.
 ring's frames in fixed blocks (start_utt / process_raw), so that after the decision only the
 last frames, the flush (end_utt) and the final search remain (a segment it did not follow from
 its start is decoded in one go). It cuts recognition to a few ms, but on espeak-ng's voice it
-heard "turn off the bedroom light" as "turn on ..." in 3 to 5 of 7 under --load 2 or through
-PipeWire (live cepstral mean, and a tail whose length follows the timing of the decision):
-not the default while that stands.
+hears "turn off the bedroom light" as "turn on ..." for some placements of the speech against
+pocketsphinx's 10 ms analysis frames (moving the same audio by 10 to 30 samples at 16 kHz flips
+it; decoded in one go, every placement is right; replay_trace.py --shift shows it): a
+property of pocketsphinx's live decode on this voice, not of load or of the audio's way here
+(docs/voice-round-trip.md). Not the default while that stands.
 
-Lines on stdout (JSON): {"event": "ready"} once it has joined the ring; then per utterance
+With --rt-priority N (`voxring voice assistant` passes 50: below its hub, talker, reply and
+VAD agents) every thread of the process runs under SCHED_FIFO N, so that a decode is not
+shared out with CPU hogs; a refusal is a warning on stderr and in the ready line.
+
+Lines on stdout (JSON): {"event": "ready", "sched": "SCHED_FIFO 50", "warning": null} once it
+has joined the ring; then per utterance
 {"event": "result", "utterance": k, "text": ..., "start_pos", "end_pos" (the VAD's
 boundaries, ring samples), "vad_decided_pos", "vad_decided_ns", "vad_frame_commit_ns",
 "hangover_ms", "recognised_ns" (CLOCK_MONOTONIC when the text was known), "decode_ns",
@@ -47,6 +54,7 @@ published are reported as {"event": "echo"} and not decoded (a half-duplex assis
 import argparse
 import json
 import os
+import pickle
 import struct
 import sys
 import threading
@@ -183,6 +191,42 @@ def decoder(grammar):
                    bestpath=False, dither=True, seed=1)
 
 
+class TracedDecoder:
+    """A diagnostic: the decoder, with every call made to it (and each hypothesis) appended to
+    a pickle stream, so that a run's decoding can be replayed offline call for call
+    (VOXRING_ASR_TRACE=FILE; replay_trace.py replays it). Not for measured runs: it writes."""
+
+    def __init__(self, dec, path):
+        self.dec = dec
+        self.out = open(path, "wb")  # noqa: SIM115 (closed by close())
+
+    def _log(self, *call):
+        pickle.dump(call, self.out)
+
+    def set_cmn(self, cmn):
+        self._log("set_cmn", cmn)
+        self.dec.set_cmn(cmn)
+
+    def start_utt(self):
+        self._log("start_utt")
+        self.dec.start_utt()
+
+    def process_raw(self, pcm, full_utt=False):
+        self._log("process_raw", bytes(pcm), full_utt)
+        return self.dec.process_raw(pcm, full_utt=full_utt)
+
+    def end_utt(self):
+        self.dec.end_utt()
+        hyp = self.dec.hyp()
+        self._log("end_utt", hyp.hypstr if hyp is not None else None)
+
+    def hyp(self):
+        return self.dec.hyp()
+
+    def close(self):
+        self.out.close()
+
+
 def to_pcm(x):
     """Float samples in -1..1 as S16 bytes (what pocketsphinx takes)."""
     return (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16).tobytes()
@@ -266,6 +310,43 @@ class Streaming:
 
 def emit(obj):
     print(json.dumps(obj), flush=True)
+
+
+def thread_policies():
+    """{tid: (policy, rt_priority)} of this process's threads, from /proc/self/task/*/stat
+    (fields 41 and 40; the name in parentheses may hold spaces)."""
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # a thread that ended meanwhile
+        out[int(tid)] = (int(rest[38]), int(rest[37]))
+    return out
+
+
+def promote(priority):
+    """Puts every thread of this process (numpy's and the package's included) under SCHED_FIFO
+    at `priority`, so that the decode is not shared out with CPU hogs; threads started later
+    inherit it. Returns (what it runs under, a warning or None): a refusal is not fatal, the
+    recogniser then decodes at normal priority and says so."""
+    if priority == 0:
+        return "SCHED_OTHER", None
+    try:
+        for tid in thread_policies():
+            os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
+    except OSError as e:
+        return "SCHED_OTHER (SCHED_FIFO refused)", (
+            f"the recogniser cannot run under SCHED_FIFO {priority} ({e}): it decodes at normal "
+            "priority, sharing the CPU with every other process, so recognition slows down "
+            "under load; run it as root or with CAP_SYS_NICE and an RLIMIT_RTPRIO of at least "
+            f"{priority}, or pass --asr-rt-priority 0 to ask for no real-time priority")
+    wrong = {t: p for t, p in thread_policies().items() if p != (os.SCHED_FIFO, priority)}
+    if wrong:
+        return "SCHED_OTHER (SCHED_FIFO partly refused)", (
+            f"threads {sorted(wrong)} of the recogniser are not under SCHED_FIFO {priority}")
+    return f"SCHED_FIFO {priority}", None
 
 
 class HalfDuplex:
@@ -371,7 +452,12 @@ def parse_args(argv):
                     help="the whole utterance after the VAD's end decision (batch), or while "
                          "the user speaks, from the VAD's speech start (streaming: faster, but "
                          "less accurate on espeak-ng's 'turn off', see the module's doc)")
-    return ap.parse_args(argv)
+    ap.add_argument("--rt-priority", type=int, default=0,
+                    help="SCHED_FIFO priority of every thread (0: none; a refusal is a warning)")
+    args = ap.parse_args(argv)
+    if not 0 <= args.rt_priority <= 99:
+        ap.error(f"--rt-priority {args.rt_priority}: give 0 (none) or 1..99")
+    return args
 
 
 class Decisions:
@@ -481,7 +567,12 @@ def watch_vad(decisions, stop, failures):
 
 def main(argv=None):
     args = parse_args(argv)
+    sched, warning = promote(args.rt_priority)
+    if warning:
+        print(f"recogniser.py: warning: {warning}", file=sys.stderr, flush=True)
     dec = decoder(args.grammar)
+    if os.environ.get("VOXRING_ASR_TRACE"):
+        dec = TracedDecoder(dec, os.environ["VOXRING_ASR_TRACE"])
     vad = voxring.Control(args.vad)
     asr = voxring.Control(args.asr, create=True) if args.asr else None
     duplex = HalfDuplex(args.said, args.echo_margin_s)
@@ -501,8 +592,8 @@ def main(argv=None):
         stop, failures = threading.Event(), []
         watcher = threading.Thread(target=watch_vad, args=(d, stop, failures),
                                    name="vad-watch", daemon=True)
-        emit({"event": "ready"})
         watcher.start()
+        emit({"event": "ready", "sched": sched, "warning": warning})
         state, give_up = voxring.READY, None
         try:
             while not failures:
@@ -538,6 +629,8 @@ def main(argv=None):
           "echo_windows": duplex.windows})
     if asr is not None:
         asr.close()
+    if isinstance(dec, TracedDecoder):
+        dec.close()
     return 1 if lost or d.missed or d.refused else 0
 
 

@@ -124,6 +124,11 @@ pub fn spawn(name: &str, mut cmd: Command) -> anyhow::Result<Proc> {
 }
 
 impl Proc {
+    /// The child's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits up to `timeout` for the next line on the child's stdout; `None` on timeout or
     /// when the child closed its stdout (exited).
     pub fn wait_line(&mut self, timeout: Duration) -> Option<String> {

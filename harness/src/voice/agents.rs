@@ -186,6 +186,18 @@ pub fn talk(args: &TalkArgs) -> anyhow::Result<ExitCode> {
 /// `voxring voice vad`: the earshot agent on a mic ring, or on a hub's mic (`--hub`, joined
 /// through the hub's client).
 pub fn vad(args: &VadArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.rt_priority <= 99,
+        "--rt-priority {}: give 0 (none) or 1..=99",
+        args.rt_priority
+    );
+    // Before anything else, so that every thread it starts inherits the scheduling.
+    let sched = crate::run::device::promote(args.rt_priority);
+    if let Some(w) = &sched.1 {
+        eprintln!(
+            "voxring voice vad: warning: SCHED_FIFO refused, running at normal priority: {w}"
+        );
+    }
     if let Some(name) = &args.hub {
         let hub = voxring_linux::hub::Hub::find(name, &voxring_linux::hub::HubOptions::default())
             .with_context(|| format!("the VAD agent cannot join the hub {name:?}"))?;
@@ -193,9 +205,9 @@ pub fn vad(args: &VadArgs) -> anyhow::Result<ExitCode> {
         let cfg = hub.config();
         return vad_on(
             args,
-            &voxring_linux::hub::mic_name(name),
-            cfg,
+            (&voxring_linux::hub::mic_name(name), cfg),
             mic.consumer(),
+            &sched,
         );
     }
     let ring = args
@@ -207,14 +219,16 @@ pub fn vad(args: &VadArgs) -> anyhow::Result<ExitCode> {
     let mut rx = seg
         .consumer()
         .context("the VAD agent cannot join the ring")?;
-    vad_on(args, ring, seg.config(), &mut rx)
+    vad_on(args, (ring, seg.config()), &mut rx, &sched)
 }
 
+/// The VAD agent on the ring `ring` (its name and config), scheduled as `sched` says (what it
+/// runs under, a warning).
 fn vad_on(
     args: &VadArgs,
-    ring: &str,
-    cfg: RingConfig,
+    (ring, cfg): (&str, RingConfig),
     rx: &mut voxring_linux::ring::ShmConsumer,
+    sched: &(String, Option<String>),
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         cfg.channels == 1 && cfg.format == SampleFormat::S16,
@@ -227,7 +241,10 @@ fn vad_on(
     let reg = Placed::<VadRegister>::create(&args.register, &CreateOptions::default(), [0; 8])
         .with_context(|| format!("cannot create the VAD's register {:?}", args.register))?;
     rx.set_spin(Duration::ZERO);
-    emit(&json!({"event": "ready", "hangover_ms": settings.hangover_ms()}))?;
+    emit(
+        &json!({"event": "ready", "hangover_ms": settings.hangover_ms(),
+        "sched": sched.0, "warning": sched.1}),
+    )?;
 
     let mut rec = VadRecord {
         hangover_ms: settings.hangover_ms(),

@@ -87,6 +87,11 @@ pub struct AssistantArgs {
     /// SCHED_FIFO priority of the talker and reply agents (0: none).
     #[arg(long, default_value_t = 60)]
     pub rt_priority: u8,
+    /// SCHED_FIFO priority of the VAD agent (0: none): below the talker's and the reply's (it
+    /// can fall behind by a few frames without harm), above the recogniser's (its decision
+    /// starts the reply's clock and costs well under a millisecond per frame).
+    #[arg(long, default_value_t = 55)]
+    pub vad_rt_priority: u8,
     /// The recogniser agent.
     #[command(flatten)]
     pub asr: RecogniserArgs,
@@ -113,6 +118,12 @@ pub struct RecogniserArgs {
     /// but it heard "turn off" as "turn on" under load; see docs/voice-round-trip.md).
     #[arg(long, default_value = "batch", value_parser = ["streaming", "batch"])]
     pub decode: String,
+    /// SCHED_FIFO priority of every thread of the recogniser, and of the reply agent's
+    /// synthesis thread (0: none): below the hub's, the talker's, the reply's frame loop and
+    /// the VAD's, above everything at normal priority (CPU hogs, builds), so that a decode or
+    /// a synthesis is not shared out with them. A refusal is a warning.
+    #[arg(long, default_value_t = 50)]
+    pub asr_rt_priority: u8,
 }
 
 impl RecogniserArgs {
@@ -126,6 +137,7 @@ impl RecogniserArgs {
         });
         let mut cmd = Command::new(&py);
         cmd.arg(script).args(["--decode", &self.decode]);
+        cmd.args(["--rt-priority", &self.asr_rt_priority.to_string()]);
         (py, cmd)
     }
 }
@@ -165,22 +177,33 @@ fn event<'a>(lines: &'a [Value], kind: &str) -> impl Iterator<Item = &'a Value> 
 
 /// Starts the agents in order (each ready before the next), the hogs, and the talker last;
 /// each goes into `ch` as soon as it is started (so a failure half-way stops those started).
+/// Returns how each agent's threads are scheduled, read from /proc once all are ready.
 fn start_agents(
     a: &AssistantArgs,
     name: &str,
     dir: &Path,
     says: &[String],
     ch: &mut RunGuard,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Value> {
     let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
     let (vad_reg, asr, said) = (
         format!("{name}.vad"),
         format!("{name}.asr"),
         format!("{name}.said"),
     );
+    let vad_rt = a.vad_rt_priority.to_string();
     let p = procs::spawn_self(
         "vad",
-        &s(&["voice", "vad", "--hub", name, "--register", &vad_reg]),
+        &s(&[
+            "voice",
+            "vad",
+            "--hub",
+            name,
+            "--register",
+            &vad_reg,
+            "--rt-priority",
+            &vad_rt,
+        ]),
     )?;
     ready(ch, "vad", p, "VAD agent")?;
     let (py, mut cmd) = a.asr.command();
@@ -217,6 +240,8 @@ fn start_agents(
             &rt,
             "--synth",
             synth.as_str().unwrap_or("library"),
+            "--synth-rt-priority",
+            &a.asr.asr_rt_priority.to_string(),
         ]),
     )?;
     ready(ch, "reply", p, "reply agent")?;
@@ -237,7 +262,28 @@ fn start_agents(
         args.extend(["--say".into(), t.clone()]);
     }
     let p = procs::spawn_self("talker", &args)?;
-    ready(ch, "talker", p, "talker")
+    ready(ch, "talker", p, "talker")?;
+    Ok(scheduling(a, ch))
+}
+
+/// How each agent's threads are scheduled (`super::sched::check`), against what it was
+/// asked; a warning on stderr for each that did not get its real-time priority.
+fn scheduling(a: &AssistantArgs, ch: &RunGuard) -> Value {
+    let mut out = serde_json::Map::new();
+    for (who, p) in &ch.agents {
+        let asked = match *who {
+            "vad" => vec![a.vad_rt_priority],
+            "recogniser" => vec![a.asr.asr_rt_priority],
+            "reply" => vec![a.rt_priority, a.asr.asr_rt_priority],
+            _ => vec![a.rt_priority],
+        };
+        let (v, warning) = super::sched::check(who, p.pid(), &asked);
+        if let Some(w) = warning {
+            eprintln!("voxring voice assistant: warning: {w}");
+        }
+        out.insert((*who).to_owned(), v);
+    }
+    out.into()
 }
 
 /// Hands `p` to the guard, then waits for it to be ready.
@@ -288,6 +334,13 @@ fn wait_scenario(ch: &mut RunGuard, n: usize, script_s: f64) {
 
 /// `voxring voice assistant`.
 pub fn assistant(a: &AssistantArgs) -> anyhow::Result<ExitCode> {
+    for (what, p) in [
+        ("--rt-priority", a.rt_priority),
+        ("--vad-rt-priority", a.vad_rt_priority),
+        ("--asr-rt-priority", a.asr.asr_rt_priority),
+    ] {
+        anyhow::ensure!(p <= 99, "{what} {p}: give 0 (none) or 1..=99");
+    }
     anyhow::ensure!(
         a.load <= 64,
         "--load {} is more CPU hogs than makes sense (at most 64)",
@@ -343,11 +396,14 @@ pub fn assistant(a: &AssistantArgs) -> anyhow::Result<ExitCode> {
     } else {
         Err(anyhow::anyhow!("the listener could not join the hub"))
     };
-    if let Err(e) = children {
-        guard.stop_hub();
-        let _ = listener.join();
-        return Err(e);
-    }
+    let scheduling = match children {
+        Ok(v) => v,
+        Err(e) => {
+            guard.stop_hub();
+            let _ = listener.join();
+            return Err(e);
+        }
+    };
     let script_s = says.len() as f64 * (a.gap_s + 4.0);
     wait_scenario(&mut guard, says.len(), script_s);
     let hub_status = guard.stop_hub();
@@ -374,6 +430,7 @@ pub fn assistant(a: &AssistantArgs) -> anyhow::Result<ExitCode> {
         hub_status,
         hub_log,
         left_behind: guard.sweep(),
+        scheduling,
     };
     conclude(a, &run)
 }
@@ -404,6 +461,8 @@ struct RunOutputs<'a> {
     hub_log: String,
     /// Segments of the run nobody removed (an agent that crashed), removed at the end.
     left_behind: Vec<String>,
+    /// How each agent's threads were scheduled once all were ready (from /proc).
+    scheduling: Value,
 }
 
 impl RunOutputs<'_> {
@@ -719,6 +778,7 @@ fn summarise(
         "stage_ms": stage_percentiles(records),
         "synth": a.synth, "decode": a.asr.decode, "left_behind": run.left_behind,
         "hub": run.hub_summary, "hub_status": run.hub_status, "lanes": lanes, "agents": agents,
+        "scheduling": run.scheduling,
         "lane_corrections": run.capture.as_ref().map(|c| json!(c.corrections)).unwrap_or_default(),
         "failures": failures,
         "verdict": if failures.is_empty() { "run valid: every utterance recognised, no frame lost" } else { "FAILED" },

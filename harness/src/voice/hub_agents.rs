@@ -108,6 +108,11 @@ pub struct HubReplyArgs {
     /// SCHED_FIFO priority of the agent (0: none; a refusal is a warning).
     #[arg(long, default_value_t = 60)]
     pub rt_priority: u8,
+    /// SCHED_FIFO priority of its synthesis thread (0: none): below the agent's frame loop
+    /// (a synthesis runs for milliseconds, and must not hold a CPU that a thread at the
+    /// talker's priority waits for), above everything at normal priority.
+    #[arg(long, default_value_t = 50)]
+    pub synth_rt_priority: u8,
 }
 
 fn emit(v: &serde_json::Value) -> anyhow::Result<()> {
@@ -411,11 +416,29 @@ pub fn hub_reply(args: &HubReplyArgs) -> anyhow::Result<ExitCode> {
     let (out_tx, out_rx) = channel();
     let (heard_tx, heard_rx) = channel::<Heard>();
     let rate = cfg.sample_rate;
-    let speaker = args.synth.speaker()?;
+    // The synthesis thread makes its synthesiser itself, after taking its own priority (below
+    // the frame loop's), so that a thread libespeak-ng starts shares its scheduling (the
+    // assistant checks every thread from outside).
+    let (synth_tx, synth_rx) = channel();
+    let (synth_prio, kind) = (args.synth_rt_priority, args.synth);
     let worker = std::thread::Builder::new()
         .name("reply-synth".into())
-        .spawn(move || synth_worker(&*speaker, rate, text_rx, out_tx))
+        .spawn(move || {
+            let sched = crate::run::device::promote(synth_prio);
+            match kind.speaker() {
+                Ok(speaker) => {
+                    let _ = synth_tx.send(Ok(sched));
+                    synth_worker(&*speaker, rate, text_rx, out_tx);
+                }
+                Err(e) => {
+                    let _ = synth_tx.send(Err(e));
+                }
+            }
+        })
         .context("cannot start the synthesis thread")?;
+    let (synth_sched, synth_warning) = synth_rx
+        .recv()
+        .context("the synthesis thread ended at its start")??;
     let (sched, warning) = crate::run::device::promote(args.rt_priority);
     let stop = Arc::new(AtomicBool::new(false));
     // Started after the promotion: it inherits the SCHED_FIFO priority, so that a woken
@@ -430,7 +453,10 @@ pub fn hub_reply(args: &HubReplyArgs) -> anyhow::Result<ExitCode> {
     };
     let mut spk = hub.speaker("reply")?;
     let mut mic = hub.join_mic("reply", Delivery::Lossless)?;
-    emit(&json!({"event": "ready", "sched": sched, "warning": warning, "synth": args.synth}))?;
+    emit(
+        &json!({"event": "ready", "sched": sched, "warning": warning, "synth": args.synth,
+        "synth_sched": synth_sched, "synth_warning": synth_warning}),
+    )?;
     let r = speak_replies(
         &mut spk,
         &mut mic,

@@ -21,6 +21,7 @@ pub mod hub_agents;
 pub mod listen;
 pub mod measure;
 pub mod run_guard;
+pub mod sched;
 pub mod synth;
 pub mod talker;
 pub mod vad;
@@ -126,6 +127,10 @@ pub struct VadArgs {
     /// Quiet 16 ms frames in a row that end speech (the hangover).
     #[arg(long, default_value_t = 12)]
     pub hangover_frames: u32,
+    /// SCHED_FIFO priority of the agent (0: none; a refusal is a warning). Its decision
+    /// starts the reply's clock: at normal priority, CPU hogs delayed it by up to 15 ms.
+    #[arg(long, default_value_t = 0)]
+    pub rt_priority: u8,
 }
 
 impl VadArgs {
