@@ -152,7 +152,7 @@ fn play(delay: Duration, every: u64, times: u32) -> Played {
         }
         wakes += 1;
         // Half a second in (PipeWire has linked the streams by then), then every `every`.
-        if wakes >= 200 && (wakes - 200) % every == 0 && out.delays < times {
+        if wakes >= 200 && (wakes - 200).is_multiple_of(every) && out.delays < times {
             std::thread::sleep(delay);
             out.delays += 1;
             if out.delays == times {
