@@ -206,11 +206,22 @@ pub fn attribute(facts: &[Fact], cx: &Context<'_>) -> Vec<Glitch> {
         } else if f.kind == FactKind::PlaybackXrun {
             (
                 "device",
-                "the device (or the audio server behind it) ran out of frames while the audio                  thread was on time"
+                "the device (or the audio server behind it) ran out of frames while the audio \
+                 thread was on time"
                     .to_owned(),
             )
         } else if let Some((name, m)) = agent_near(f.cycle, playback_kind(f.kind), cx) {
             ("agent-late", agent_words(name, m, cx))
+        } else if matches!(f.kind, FactKind::Skipped | FactKind::Repeated) {
+            (
+                "device",
+                "the audio thread was on time and no agent was late: the device took fewer (or \
+                 more) playback periods than the capture gave, so the queue moved off its target \
+                 (through PipeWire: a graph cycle that ran without our playback stream plays a \
+                 quantum of silence that nothing reports, and the playback falls a period \
+                 behind; docs/run.md)"
+                    .to_owned(),
+            )
         } else {
             (
                 "device",
@@ -465,6 +476,7 @@ mod tests {
             ("xrun", "device")
         );
         assert!(g[4].detail.starts_with("playback "), "{}", g[4].detail);
+        assert!(!g[4].detail.contains("  "), "{}", g[4].detail);
         assert_eq!(
             (g[5].kind.as_str(), g[5].cause.as_str()),
             ("silence", "device")
