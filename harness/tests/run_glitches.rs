@@ -61,6 +61,14 @@ fn a_stalled_audio_thread_is_named_as_the_cause() {
         })
         .collect();
     assert!(!provoked.is_empty(), "no xrun at cycle 600: {report:#}");
+    // The synthetic device loses both directions in the stall: the playback xrun is listed
+    // too, with its cause.
+    assert!(
+        provoked
+            .iter()
+            .any(|g| g["detail"].as_str().unwrap().starts_with("playback")),
+        "no playback xrun at cycle 600: {report:#}"
+    );
     for g in &provoked {
         assert_eq!(g["cause"], "host-stall", "{g}");
         let d = g["detail"].as_str().unwrap();

@@ -11,6 +11,8 @@
 //!   and says whether its wake-up or its compute took the time), while the audio thread was on
 //!   time.
 //! - `device`: the device reported it while the audio thread was on time and no agent was late.
+//!   A playback xrun is never put on an agent: the hub's playback does not wait for one (a
+//!   late echo is a repeat or silence of the output queue, not a device xrun).
 //!
 //! The real-time thread only appends [`Fact`]s to a vector allocated before the run (beyond its
 //! capacity they are counted, not kept); nothing here runs on it.
@@ -22,6 +24,9 @@ use serde::{Deserialize, Serialize};
 pub enum FactKind {
     /// A capture chunk came flagged XRUN: the device dropped frames.
     Xrun,
+    /// A playback chunk came flagged XRUN: the device played silence it was not given
+    /// (reported by the device, or found hidden: `alsa_pcm`'s module docs).
+    PlaybackXrun,
     /// A captured frame found the capture ring full (an agent a whole ring behind): lost.
     Dropped,
     /// The playback side had no returned frame for a period: silence was played.
@@ -182,7 +187,7 @@ pub fn attribute(facts: &[Fact], cx: &Context<'_>) -> Vec<Glitch> {
     let mut out = Vec::new();
     for f in facts {
         let kind = match f.kind {
-            FactKind::Xrun => "xrun",
+            FactKind::Xrun | FactKind::PlaybackXrun => "xrun",
             FactKind::Dropped => "lost",
             FactKind::Silence => "silence",
             FactKind::Skipped => "skipped",
@@ -198,8 +203,25 @@ pub fn attribute(facts: &[Fact], cx: &Context<'_>) -> Vec<Glitch> {
             .max_by_key(|w| w.value);
         let (cause, detail) = if let Some(w) = wake {
             host_stall(w, cx)
+        } else if f.kind == FactKind::PlaybackXrun {
+            (
+                "device",
+                "the device (or the audio server behind it) ran out of frames while the audio \
+                 thread was on time"
+                    .to_owned(),
+            )
         } else if let Some((name, m)) = agent_near(f.cycle, playback_kind(f.kind), cx) {
             ("agent-late", agent_words(name, m, cx))
+        } else if matches!(f.kind, FactKind::Skipped | FactKind::Repeated) {
+            (
+                "device",
+                "the audio thread was on time and no agent was late: the device took fewer (or \
+                 more) playback periods than the capture gave, so the queue moved off its target \
+                 (through PipeWire: a graph cycle that ran without our playback stream plays a \
+                 quantum of silence that nothing reports, and the playback falls a period \
+                 behind; docs/run.md)"
+                    .to_owned(),
+            )
         } else {
             (
                 "device",
@@ -210,6 +232,10 @@ pub fn attribute(facts: &[Fact], cx: &Context<'_>) -> Vec<Glitch> {
         };
         let detail = match (f.kind, f.value) {
             (FactKind::Dropped | FactKind::Skipped, n) if n > 1 => format!("{n} frames; {detail}"),
+            (FactKind::Xrun, _) => format!("capture: {detail}"),
+            (FactKind::PlaybackXrun, _) => {
+                format!("playback (silence played that the hub never gave it): {detail}")
+            }
             _ => detail,
         };
         out.push(Glitch {
@@ -388,6 +414,20 @@ mod tests {
                 t_ns: 500_000_000,
                 value: 0,
             },
+            // A playback xrun right after the stall at 60, and one at 151 (the echo agent
+            // was late at 149, but the hub's playback never waits for it: the device).
+            Fact {
+                kind: FactKind::PlaybackXrun,
+                cycle: 60,
+                t_ns: 60_200_000,
+                value: 0,
+            },
+            Fact {
+                kind: FactKind::PlaybackXrun,
+                cycle: 151,
+                t_ns: 151_000_000,
+                value: 0,
+            },
         ];
         let marks = [LateMark {
             seq: 149,
@@ -404,7 +444,7 @@ mod tests {
             &facts,
             &cx(&steal, vec![("vad".into(), &vad), ("echo".into(), &marks)]),
         );
-        assert_eq!(g.len(), 5, "{g:#?}");
+        assert_eq!(g.len(), 7, "{g:#?}");
         let cut = g
             .iter()
             .find(|g| g.kind == "late-cycle" && g.cycle == 60)
@@ -415,23 +455,30 @@ mod tests {
             .into_iter()
             .filter(|g| g.cycle != 60 || g.kind != "late-cycle")
             .collect();
+        for x in &g[..2] {
+            assert_eq!((x.kind.as_str(), x.cause.as_str()), ("xrun", "host-stall"));
+            assert!(x.detail.contains("5.00 ms late"), "{}", x.detail);
+            assert!(x.detail.contains("stole 20.0 ms"), "{}", x.detail);
+        }
+        assert!(g[0].detail.starts_with("capture: "), "{}", g[0].detail);
+        assert!(g[1].detail.starts_with("playback "), "{}", g[1].detail);
         assert_eq!(
-            (g[0].kind.as_str(), g[0].cause.as_str()),
-            ("xrun", "host-stall")
-        );
-        assert!(g[0].detail.contains("5.00 ms late"), "{}", g[0].detail);
-        assert!(g[0].detail.contains("stole 20.0 ms"), "{}", g[0].detail);
-        assert_eq!(
-            (g[1].kind.as_str(), g[1].cause.as_str()),
+            (g[2].kind.as_str(), g[2].cause.as_str()),
             ("late-cycle", "agent-late")
         );
         assert_eq!(
-            (g[2].kind.as_str(), g[2].cause.as_str()),
+            (g[3].kind.as_str(), g[3].cause.as_str()),
             ("silence", "agent-late")
         );
-        assert!(g[2].detail.contains("echo") && g[2].detail.contains("its compute"));
+        assert!(g[3].detail.contains("echo") && g[3].detail.contains("its compute"));
         assert_eq!(
-            (g[3].kind.as_str(), g[3].cause.as_str()),
+            (g[4].kind.as_str(), g[4].cause.as_str()),
+            ("xrun", "device")
+        );
+        assert!(g[4].detail.starts_with("playback "), "{}", g[4].detail);
+        assert!(!g[4].detail.contains("  "), "{}", g[4].detail);
+        assert_eq!(
+            (g[5].kind.as_str(), g[5].cause.as_str()),
             ("silence", "device")
         );
     }

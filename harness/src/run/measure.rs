@@ -366,6 +366,12 @@ impl<'a> PlaybackProbe<'a> {
 }
 
 impl<T: Mix> MixProbe<T> for PlaybackProbe<'_> {
+    fn chunk(&mut self, info: &ChunkInfo) {
+        if info.flags & flags::XRUN != 0 {
+            self.fact(FactKind::PlaybackXrun, info.timestamp_ns, 0);
+        }
+    }
+
     fn lane(
         &mut self,
         _i: usize,
@@ -523,6 +529,13 @@ mod tests {
         assert_eq!(pp.frames, 32);
         assert_eq!(pp.hist_m2e.len(), 32);
         assert_eq!((pp.repeated, pp.gaps), (1, 1));
+        // A playback chunk flagged XRUN (the device played silence it was not given):
+        // recorded, no allocation.
+        assert_no_alloc::assert_no_alloc(|| {
+            assert_eq!(source.pull(&mut buf, &info(35, flags::XRUN, 0)), 64);
+        });
+        let kinds: Vec<FactKind> = source.probe().log.facts.iter().map(|f| f.kind).collect();
+        assert!(kinds.contains(&FactKind::PlaybackXrun), "{kinds:?}");
         // A capture chunk handed over 50 periods late, flagged XRUN: both recorded, no
         // allocation.
         assert_no_alloc::assert_no_alloc(|| {

@@ -135,6 +135,9 @@ impl<T> MicProbe<T> for () {}
 
 /// What a session measures on the hub's real-time playback side; `()` nothing.
 pub trait MixProbe<T> {
+    /// The device asked for the playback chunk `info` (its flags say whether an xrun came
+    /// before it), before anything is mixed into it.
+    fn chunk(&mut self, _info: &ChunkInfo) {}
     /// Lane `i` was just mixed into the period starting `offset` frames into the device's
     /// chunk `info`; `before` is its counters before this cycle (the queue may be changed,
     /// e.g. its target grown).
@@ -507,6 +510,7 @@ impl<'a, T: Mix, P: MixProbe<T>> MixSource<'a, T, P> {
 
 impl<T: Mix, P: MixProbe<T>> PlaybackSource<T> for MixSource<'_, T, P> {
     fn pull(&mut self, out: &mut [T], info: &ChunkInfo) -> usize {
+        self.probe.chunk(info);
         let ch = self.ch;
         let n = out.len() / ch;
         let mut w = 0;

@@ -17,17 +17,33 @@
 //! xruns: a pump that finds the stream in XRUN (`EPIPE`) or suspended (`ESTRPIPE`) counts it,
 //! re-prepares and restarts the stream, and flags the next chunk with [`flags::XRUN`].
 //!
-//! Hidden underruns: PipeWire's ALSA plugin does not always report one. When the client is
-//! late it plays silence in its place and carries on, so the stream never enters XRUN. The
-//! playback pump fills all free space on every wake-up, so the free space it finds at the next
-//! wake-up is what the device consumed since. When that is the whole buffer, on a device seen
-//! playing at its clock (it consumed part of the buffer between earlier wake-ups; ALSA's
-//! unpaced `null` and `file` PCMs empty it at once, play no silence and are never counted),
-//! and at least 3/4 of the buffer's duration has passed, the buffer ran empty before we came
-//! back: silence was played that the device did not report. A hardware device (stop
-//! threshold = buffer) would be in XRUN by then and report `EPIPE`, so nothing is counted
-//! twice. Such an underrun is counted as a playback xrun, flagged like one, and also
-//! counted apart ([`AlsaStream::hidden_xruns`]).
+//! Hidden underruns: a device that plays silence in place of a late client without reporting
+//! it (no XRUN state, no `EPIPE`). The playback pump fills all free space on every wake-up, so
+//! the free space it finds at the next one is what the device consumed since. Finding the
+//! whole buffer consumed is not enough: a device takes the buffer a period (PipeWire: a graph
+//! quantum) at a time, so a buffer full at the last wake-up is empty after `buffer / period`
+//! cycles and silence is played only at the next one; a wake-up between the two refills it in
+//! time. So the pump counts a hidden underrun only when the whole buffer was consumed, on a
+//! device seen playing at its clock (it consumed part of the buffer between earlier wake-ups;
+//! ALSA's unpaced `null` and `file` PCMs empty it at once, play no silence and are never
+//! counted), and more than the buffer's duration plus one period of the device's time has
+//! passed since the buffer was full: by then the device has asked for more than the buffer
+//! held, and what it did not get was silence. The device's time is, in a duplex, the capture
+//! frames delivered since (the same clock: it stops when the device does, e.g. when the
+//! hypervisor holds the whole VM, PipeWire included), and for playback alone CLOCK_MONOTONIC,
+//! read before the free space and after the fill. Both err on the short side: a late
+//! wake-up can only make the pump count less.
+//! Such an underrun is counted as a playback xrun, flagged like one, and also counted apart
+//! ([`AlsaStream::hidden_xruns`]).
+//!
+//! PipeWire's ALSA plugin (0.3.65, Debian 12; the same in its current source) does report its
+//! own: a graph cycle that finds fewer frames than the quantum pads the rest with silence and
+//! sets the stream in XRUN (`EPIPE` at the next `avail`), so the pump counts it as reported
+//! and this rule is its safety net. Through it, `snd_pcm_delay` is the graph's queued frames
+//! plus the buffer's, less the time since the last cycle (never below zero), and
+//! `snd_pcm_status` is alsa-lib's generic one (its timestamp is the call's): neither says
+//! whether silence was played. A hardware device (stop threshold = buffer) is in XRUN as soon
+//! as the buffer runs empty and reports `EPIPE`, so nothing is counted twice.
 
 use alsa::direct::pcm::{MmapCapture, MmapDir, MmapIO, MmapPlayback};
 use alsa::pcm::{Access, Frames, HwParams, PCM, State};
@@ -165,6 +181,8 @@ pub struct AlsaStream<T: Sample> {
     full_after_pump: bool,
     /// When it did (CLOCK_MONOTONIC ns).
     filled_at_ns: u64,
+    /// And the duplex's capture position then (0 for playback alone).
+    filled_at_capture: u64,
     /// The device was seen consuming part of the buffer between two wake-ups: it plays at
     /// its clock (ALSA's null and file PCMs consume everything at once, and never latch it).
     paced: bool,
@@ -343,6 +361,7 @@ impl<T: Sample> AlsaStream<T> {
             hidden_xruns: 0,
             full_after_pump: false,
             filled_at_ns: 0,
+            filled_at_capture: 0,
             paced: false,
             at: Cursor::default(),
             channels,
@@ -375,9 +394,10 @@ impl<T: Sample> AlsaStream<T> {
         self.xruns
     }
 
-    /// Of [`Self::xruns`], the playback underruns the device did not report: the buffer was
-    /// found empty at a wake-up although the last one had filled it (PipeWire's plugin pads
-    /// the gap with silence instead of stopping; see the module docs).
+    /// Of [`Self::xruns`], the playback underruns the device did not report: the last wake-up
+    /// filled the buffer, and by this one the device had consumed all of it and asked for more
+    /// (more than the buffer's duration plus a period of its time had passed): it played
+    /// silence without saying so (see the module docs).
     pub fn hidden_xruns(&self) -> u64 {
         self.hidden_xruns
     }
@@ -620,19 +640,25 @@ impl<T: Sample> AlsaStream<T> {
         if self.direct.is_some() {
             return self.pump_playback_direct(source, capture_pos);
         }
+        // Before the free space is read: the time since the buffer was full errs short.
+        let now = monotonic_ns();
         let Some(avail) = self.avail_or_recover()? else {
             return Ok(0);
         };
-        let buffer = self.granted.buffer_frames as usize;
-        let played_ns = monotonic_ns().saturating_sub(self.filled_at_ns);
+        let g = &self.granted;
+        let (buffer, period) = (g.buffer_frames as usize, g.period_frames as usize);
+        let device_frames = frames_since_fill(
+            (self.filled_at_capture, capture_pos),
+            now.saturating_sub(self.filled_at_ns),
+            g.rate,
+        );
         if self.full_after_pump && avail > 0 && avail < buffer {
             self.paced = true;
         }
-        if self.full_after_pump
-            && hidden_underrun(self.paced, avail, buffer, played_ns, self.granted.rate)
+        if self.full_after_pump && hidden_underrun(self.paced, avail, buffer, period, device_frames)
         {
-            // Full at the last wake-up, empty now, and no xrun reported: the device played
-            // silence in our place without saying so.
+            // Full at the last wake-up, empty now, the device asked for more than it held
+            // since, and no xrun reported: it played silence in our place without saying so.
             self.xruns += 1;
             self.hidden_xruns += 1;
             self.at.flags |= flags::XRUN;
@@ -668,6 +694,7 @@ impl<T: Sample> AlsaStream<T> {
         }
         self.full_after_pump = moved >= avail;
         self.filled_at_ns = monotonic_ns();
+        self.filled_at_capture = capture_pos;
         Ok(moved)
     }
 
@@ -709,15 +736,36 @@ impl<T: Sample> AlsaStream<T> {
     }
 }
 
-/// Whether a playback buffer that was full `played_ns` ago and has `avail` of `buffer` frames
-/// free now ran empty unreported: the device plays at its clock (`paced`: seen consuming part
-/// of the buffer before), consumed all of it, and had the time to (3/4 of the buffer's
-/// duration at `rate`: clocks differ). An unpaced PCM (ALSA's null and file) empties the buffer
-/// at once without playing silence: never counted.
-fn hidden_underrun(paced: bool, avail: usize, buffer: usize, played_ns: u64, rate: u32) -> bool {
-    paced
-        && avail >= buffer
-        && u128::from(played_ns) * u128::from(rate) * 4 >= buffer as u128 * 3_000_000_000
+/// Whether a playback buffer that was full `device_frames` of the device's time ago and has
+/// `avail` of `buffer` frames free now ran empty and silence was played unreported: the device
+/// plays at its clock (`paced`: seen consuming part of the buffer before), consumed all of it,
+/// and more than `buffer + period` frames of its time have passed. A device takes at most a
+/// period per cycle, so in that time it asked for more than `buffer` frames: the rest was
+/// silence. Less (the buffer merely found empty) says nothing: the next cycle may not have
+/// come. An unpaced PCM (ALSA's null and file) empties the buffer at once without playing
+/// silence: never counted.
+fn hidden_underrun(
+    paced: bool,
+    avail: usize,
+    buffer: usize,
+    period: usize,
+    device_frames: u64,
+) -> bool {
+    paced && avail >= buffer && device_frames > (buffer + period) as u64
+}
+
+/// The device's time since the playback buffer was full, in frames. In a duplex
+/// (`capture.1 > 0`), the capture frames delivered since (`capture.1 - capture.0`): the
+/// device's own clock, which stops when the device does (a hypervisor holding the whole VM,
+/// PipeWire included, stops the graph's clock too; our CLOCK_MONOTONIC runs on, and a buffer
+/// found empty after such a pause was not played out). Capture lost in an overrun only makes
+/// it shorter. Playback alone: `played_ns` of CLOCK_MONOTONIC at `rate`.
+fn frames_since_fill(capture: (u64, u64), played_ns: u64, rate: u32) -> u64 {
+    if capture.1 > 0 {
+        capture.1.saturating_sub(capture.0)
+    } else {
+        (u128::from(played_ns) * u128::from(rate) / 1_000_000_000) as u64
+    }
 }
 
 fn read_granted<T: Sample>(pcm: &PCM, name: &str, d: &str) -> Result<Granted, AudioError> {
@@ -744,16 +792,37 @@ fn read_granted<T: Sample>(pcm: &PCM, name: &str, d: &str) -> Result<Granted, Au
 
 #[cfg(test)]
 mod tests {
-    use super::hidden_underrun;
+    use super::{frames_since_fill, hidden_underrun};
 
     #[test]
-    fn an_empty_buffer_is_a_hidden_underrun_only_on_a_paced_device_given_the_time() {
-        // 256 frames at 48 kHz: 5.33 ms.
-        assert!(hidden_underrun(true, 256, 256, 20_000_000, 48_000));
-        assert!(hidden_underrun(true, 300, 256, 4_000_000, 48_000));
-        // Not empty, too soon to have played it all, or an unpaced device.
-        assert!(!hidden_underrun(true, 255, 256, 20_000_000, 48_000));
-        assert!(!hidden_underrun(true, 256, 256, 3_000_000, 48_000));
-        assert!(!hidden_underrun(false, 256, 256, 20_000_000, 48_000));
+    fn an_empty_buffer_is_a_hidden_underrun_only_once_the_device_asked_for_more() {
+        // Buffer 256, period 128 at 48 kHz: 5.33 ms, and 8 ms (384 frames) with the period.
+        let ms = |ms: f64| frames_since_fill((0, 0), (ms * 1e6) as u64, 48_000);
+        assert!(hidden_underrun(true, 256, 256, 128, ms(20.0)));
+        assert!(hidden_underrun(true, 300, 256, 128, ms(8.1)));
+        // Found empty 4.5 or 6.5 ms after it was full (the headless PipeWire played no silence
+        // then, docs/run.md): the third quantum was not due yet. The former rule (3/4 of the
+        // buffer's duration) counted both.
+        assert!(!hidden_underrun(true, 256, 256, 128, ms(4.5)));
+        assert!(!hidden_underrun(true, 256, 256, 128, ms(6.5)));
+        // Exactly buffer + period: not more than the buffer was asked for yet.
+        assert!(!hidden_underrun(true, 256, 256, 128, ms(8.0)));
+        // Not empty, or an unpaced device.
+        assert!(!hidden_underrun(true, 255, 256, 128, ms(20.0)));
+        assert!(!hidden_underrun(false, 256, 256, 128, ms(20.0)));
+    }
+
+    #[test]
+    fn in_a_duplex_the_device_clock_is_the_capture() {
+        // 50 ms by our clock, but the capture delivered only two quanta since the fill: the
+        // device's clock stood still (the whole VM held): not counted.
+        let paused = frames_since_fill((1000, 1256), 50_000_000, 48_000);
+        assert_eq!(paused, 256);
+        assert!(!hidden_underrun(true, 256, 256, 128, paused));
+        // Four quanta captured since: the device asked for more than the buffer held.
+        let played = frames_since_fill((1000, 1512), 1_000_000, 48_000);
+        assert!(hidden_underrun(true, 256, 256, 128, played));
+        // Playback alone: the monotonic clock.
+        assert_eq!(frames_since_fill((0, 0), 10_000_000, 48_000), 480);
     }
 }
