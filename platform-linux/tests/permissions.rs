@@ -92,6 +92,12 @@ fn group_access_gives_0660_and_needs_allow_group_writable() {
         matches!(err, AttachError::GroupWritable { mode: 0o660, .. }),
         "{err}"
     );
+    // Every binding reports it as a permission failure (the Python package once said
+    // VR_E_ATTACH where the C ABI said VR_E_PERMISSION).
+    assert_eq!(
+        err.class(),
+        voxring_linux::segment::FailureClass::Permission
+    );
     assert!(attach(&name, group_writable_ok()).is_ok());
 }
 

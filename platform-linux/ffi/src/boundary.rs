@@ -10,7 +10,7 @@ use std::time::Duration;
 use voxring_core::{GrantError, ReadError};
 use voxring_linux::fallback::FallbackError;
 use voxring_linux::ring::ParticipantError;
-use voxring_linux::segment::{AttachError, CreateError};
+use voxring_linux::segment::{AttachError, CreateError, FailureClass};
 use voxring_linux::shared::PlaceError;
 
 use crate::status::*;
@@ -102,22 +102,21 @@ pub(crate) unsafe fn name_arg(p: *const c_char, what: &str) -> Fallible<String> 
 }
 
 pub(crate) fn attach_code(e: &AttachError) -> i32 {
-    match e {
-        AttachError::NotFound { .. } => VR_E_NOT_FOUND,
-        AttachError::PermissionDenied { .. }
-        | AttachError::OwnerMismatch { .. }
-        | AttachError::GroupWritable { .. }
-        | AttachError::WorldWritable { .. } => VR_E_PERMISSION,
-        AttachError::Name(_) => VR_E_INVALID,
-        _ => VR_E_ATTACH,
-    }
+    class_code(e.class(), VR_E_ATTACH)
 }
 
 pub(crate) fn create_code(e: &CreateError) -> i32 {
-    match e {
-        CreateError::AlreadyExists { .. } => VR_E_EXISTS,
-        CreateError::Name(_) => VR_E_INVALID,
-        _ => VR_E_CREATE,
+    class_code(e.class(), VR_E_CREATE)
+}
+
+/// The C code of a failure's class; `other` for the rest.
+fn class_code(c: FailureClass, other: i32) -> i32 {
+    match c {
+        FailureClass::NotFound => VR_E_NOT_FOUND,
+        FailureClass::Permission => VR_E_PERMISSION,
+        FailureClass::Invalid => VR_E_INVALID,
+        FailureClass::Exists => VR_E_EXISTS,
+        FailureClass::Other => other,
     }
 }
 

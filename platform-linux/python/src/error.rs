@@ -5,7 +5,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use voxring_linux::fallback::FallbackError;
 use voxring_linux::ring::ParticipantError;
-use voxring_linux::segment::{AttachError, CreateError};
+use voxring_linux::segment::{AttachError, CreateError, FailureClass};
 use voxring_linux::shared::PlaceError;
 
 pyo3::create_exception!(
@@ -71,24 +71,22 @@ impl From<Failure> for PyErr {
 }
 
 pub fn attach(e: AttachError) -> Failure {
-    let name = match e {
-        AttachError::NotFound { .. } => "VR_E_NOT_FOUND",
-        AttachError::PermissionDenied { .. }
-        | AttachError::OwnerMismatch { .. }
-        | AttachError::WorldWritable { .. } => "VR_E_PERMISSION",
-        AttachError::Name(_) => "VR_E_INVALID",
-        _ => "VR_E_ATTACH",
-    };
-    Failure::new(name, e.to_string())
+    Failure::new(class_name(e.class(), "VR_E_ATTACH"), e.to_string())
 }
 
 pub fn create(e: CreateError) -> Failure {
-    let name = match e {
-        CreateError::AlreadyExists { .. } => "VR_E_EXISTS",
-        CreateError::Name(_) => "VR_E_INVALID",
-        _ => "VR_E_CREATE",
-    };
-    Failure::new(name, e.to_string())
+    Failure::new(class_name(e.class(), "VR_E_CREATE"), e.to_string())
+}
+
+/// The `VR_E_*` name of a failure's class (as the C ABI's code); `other` for the rest.
+fn class_name(c: FailureClass, other: &'static str) -> &'static str {
+    match c {
+        FailureClass::NotFound => "VR_E_NOT_FOUND",
+        FailureClass::Permission => "VR_E_PERMISSION",
+        FailureClass::Invalid => "VR_E_INVALID",
+        FailureClass::Exists => "VR_E_EXISTS",
+        FailureClass::Other => other,
+    }
 }
 
 pub fn place(e: PlaceError, otherwise: &'static str) -> Failure {

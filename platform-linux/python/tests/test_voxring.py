@@ -204,6 +204,20 @@ def test_control_register_round_trip(name):
             assert e.value.name == "VR_E_INVALID" and "64" in str(e.value)
 
 
+def test_a_group_writable_segment_is_a_permission_error(name, tmp_path, monkeypatch):
+    """Attack: the segment made writable by its group after it was created (anyone in the
+    group could rewrite the ring). The reader refuses it as the C ABI does: VR_E_PERMISSION
+    (it once said VR_E_ATTACH), and the message says which mode it found."""
+    monkeypatch.setenv("VOXRING_FALLBACK_DIR", str(tmp_path))
+    with voxring.Writer.create(name) as w:
+        os.chmod(f"/dev/shm/voxring.{name}", 0o660)
+        with pytest.raises(voxring.VoxringError) as e:
+            voxring.Reader(name, fallback=False)
+        assert e.value.name == "VR_E_PERMISSION", e.value
+        assert "660" in str(e.value), e.value
+        del w
+
+
 def test_errors_say_what_and_why(name, tmp_path, monkeypatch):
     # The fallback's default directory would be made in the temp dir: use the test's own.
     monkeypatch.setenv("VOXRING_FALLBACK_DIR", str(tmp_path))

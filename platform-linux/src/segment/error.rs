@@ -38,6 +38,23 @@ impl fmt::Display for NameError {
 
 impl std::error::Error for NameError {}
 
+/// The broad class of a create or attach failure: what a binding reports as its code (the C
+/// ABI's `VR_E_*`, the Python exception's `name`), decided once here so that every binding
+/// classifies the same failure the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// Nothing of that name (`VR_E_NOT_FOUND`).
+    NotFound,
+    /// Refused by ownership or permissions (`VR_E_PERMISSION`).
+    Permission,
+    /// The name or an argument is not acceptable (`VR_E_INVALID`).
+    Invalid,
+    /// A segment of that name already exists (`VR_E_EXISTS`).
+    Exists,
+    /// Anything else: the binding's code for the operation (`VR_E_ATTACH`, `VR_E_CREATE`).
+    Other,
+}
+
 /// Why creating a segment failed.
 ///
 /// ```
@@ -388,5 +405,32 @@ pub(crate) fn file_kind(kind: FileType) -> &'static str {
         FileType::CharacterDevice => "character device",
         FileType::BlockDevice => "block device",
         FileType::Unknown => "file of unknown type",
+    }
+}
+
+impl CreateError {
+    /// The class a binding reports this failure as.
+    pub fn class(&self) -> FailureClass {
+        match self {
+            CreateError::AlreadyExists { .. } => FailureClass::Exists,
+            CreateError::Name(_) => FailureClass::Invalid,
+            _ => FailureClass::Other,
+        }
+    }
+}
+
+impl AttachError {
+    /// The class a binding reports this failure as: every refusal by ownership or mode bits
+    /// (another owner, group- or world-writable, EACCES) is a permission failure.
+    pub fn class(&self) -> FailureClass {
+        match self {
+            AttachError::NotFound { .. } => FailureClass::NotFound,
+            AttachError::PermissionDenied { .. }
+            | AttachError::OwnerMismatch { .. }
+            | AttachError::GroupWritable { .. }
+            | AttachError::WorldWritable { .. } => FailureClass::Permission,
+            AttachError::Name(_) => FailureClass::Invalid,
+            _ => FailureClass::Other,
+        }
     }
 }

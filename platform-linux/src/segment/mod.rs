@@ -40,7 +40,7 @@ mod error;
 mod naming;
 
 use crate::mapping::{MapOptions, SharedMapping};
-pub use error::{AttachError, CreateError, NameError};
+pub use error::{AttachError, CreateError, FailureClass, NameError};
 pub(crate) use error::{core_attach_error, file_kind};
 pub use naming::{
     CONTAINER_DOCS, MAX_NAME_LEN, PREFIX, SHM_DIR, display_name, file_name, is_segment_file_name,
