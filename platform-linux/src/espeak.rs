@@ -604,7 +604,7 @@ mod tests {
     #[test]
     fn the_rate_changes_the_length_of_the_speech() {
         let mut s = en_us();
-        let mut length = |s: &mut Session<'_>, wpm| {
+        let length = |s: &mut Session<'_>, wpm| {
             s.set_words_per_minute(wpm).unwrap();
             s.synthesize("turn on the kitchen light", |_| ControlFlow::Continue(()))
                 .unwrap()
