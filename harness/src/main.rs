@@ -2,6 +2,9 @@
 //!
 //! `main` only parses the command line and dispatches; each command lives in its own module
 //! with its own `Args` and `main`.
+//!
+//! No `unsafe` here: the system libraries' FFI lives in `voxring-linux` (issue 12).
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 

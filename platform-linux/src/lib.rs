@@ -6,6 +6,7 @@ pub mod audio;
 pub mod cleanup;
 pub mod clock;
 pub mod control;
+pub mod espeak;
 pub mod fallback;
 pub mod futex;
 pub mod guard;

@@ -54,7 +54,8 @@ pub struct SynthTimes {
 }
 
 /// Something that synthesises a text, handing its samples out as they come: the `espeak-ng`
-/// program ([`Synth`]) or the resident library ([`super::espeak_lib::Resident`]).
+/// program ([`Synth`]) or the resident library ([`super::espeak_lib::Resident`], over
+/// [`voxring_linux::espeak`]).
 pub trait Speaker {
     /// Synthesises `text`, handing the samples to `on_samples(rate, samples)` as they are
     /// made; returns when it was asked, gave its first sample, and finished.
