@@ -8,17 +8,19 @@ mod common;
 use std::path::Path;
 
 use common::{
-    EXE, FORMAT, GIVE_UP, assert_counters, assert_gone, attach_when_there, frame, produce,
-    read_frames, source_ring, stats,
+    EXE, FORMAT, GIVE_UP, LeaveNoTrace, assert_counters, assert_gone, attach_when_there, frame,
+    produce, read_frames, source_ring, stats,
 };
 use voxring_bridge::topo::{
     NETNS_ADDR, NetnsPair, Side, export_args, free_local_port, import_args,
 };
 use voxring_core::FrameFlags;
 
-fn names(tag: &str) -> (String, String, String) {
+/// The run's prefix (for [`LeaveNoTrace`]), its source and imported rings, and its key.
+fn names(tag: &str) -> (String, String, String, String) {
     let t = format!("vxbt{}{tag}", std::process::id());
     (
+        t.clone(),
         format!("{t}-src"),
         format!("{t}-dst"),
         format!("voxring/test/{t}"),
@@ -89,7 +91,10 @@ impl Case {
 /// flag exactly after each gap, and the gaps exactly the frames [`Case::dropped`] says; then
 /// the importer's final counters.
 fn run_case(net: &Net, case: &Case) {
-    let (src, dst, key) = names(case.tag);
+    let (t, src, dst, key) = names(case.tag);
+    // Declared before the sides: a failed run's importer is killed with -9 and leaves its
+    // ring; this removes it once every process is gone.
+    let _trace = LeaveNoTrace(t);
     let frames = case.frames;
     let seg = source_ring(&src);
     let mut ex = exporter(net, &src, &key);

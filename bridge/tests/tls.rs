@@ -13,8 +13,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{
-    EXE, FORMAT, GIVE_UP, SPF, assert_counters, assert_gone, attach_when_there, frame, produce,
-    source_ring, stats,
+    EXE, FORMAT, GIVE_UP, LeaveNoTrace, SPF, assert_counters, assert_gone, attach_when_there,
+    frame, produce, source_ring, stats,
 };
 use voxring_bridge::topo::{Side, export_args, free_local_port};
 use voxring_core::FrameFlags;
@@ -237,13 +237,18 @@ fn legitimate_counters(im: &mut Side, ex: &mut Side) -> serde_json::Value {
 struct Run {
     tag: String,
     dir: tempfile::TempDir,
+    /// A failed run's importer is killed with -9 and leaves its ring: removed when the run
+    /// (made before its sides, so dropped after them) ends.
+    _trace: LeaveNoTrace,
 }
 
 impl Run {
     fn new(tag: &str) -> Run {
         let dir = private_dir("vxtlscfg");
+        let tag = format!("vxtls{}{tag}", std::process::id());
         Run {
-            tag: format!("vxtls{}{tag}", std::process::id()),
+            _trace: LeaveNoTrace(tag.clone()),
+            tag,
             dir,
         }
     }
