@@ -472,7 +472,24 @@ fn a_group_hub_shares_with_its_group_only() {
 fn pipewire_echo_path_plays_no_silence() {
     let device = std::env::var("VOXRING_AUDIO_DEVICE").unwrap_or_else(|_| "pipewire".to_owned());
     let name = hub_name("pw");
-    let h = hub(&name, &device, &["--rt-priority", "70"]);
+    // The echo is paced by mic frames, so what its lane holds is all it has in hand when the
+    // hub, held up by the host, catches up in a burst of up to the device buffer's periods:
+    // a queue as deep as the buffer (as `voxring run` and the voice assistant keep). With the
+    // default of 2 a clean-clone run at load 5-9 played 2 gaps (22 repeats) in 10 s.
+    let h = hub(
+        &name,
+        &device,
+        &[
+            "--rt-priority",
+            "70",
+            "--periods",
+            "4",
+            "--target",
+            "4",
+            "--band",
+            "3",
+        ],
+    );
     let rt = ["--rt-priority", "60"];
     let mut listener = agent(
         &name,
