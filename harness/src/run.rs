@@ -163,10 +163,16 @@ pub struct Args {
     /// How long to run, in seconds.
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
-    /// SCHED_FIFO priority of the audio thread and the agents' processing threads (0: do not
-    /// ask for real-time scheduling). A refusal is a warning in the report, not an error.
+    /// SCHED_FIFO priority of the audio thread (0: do not ask for real-time scheduling). A
+    /// refusal is a warning in the report, not an error.
     #[arg(long, default_value_t = 70)]
     pub rt_priority: u8,
+    /// SCHED_FIFO priority of the agents' processing threads (0: none). Default: 10 below
+    /// --rt-priority, as a sound server's clients run below its driver: at the same priority,
+    /// agents polling for a frame (`--agent-wait periodic`) can keep the audio thread off
+    /// every CPU of a small machine until they give up and park.
+    #[arg(long)]
+    pub agent_rt_priority: Option<u8>,
     /// Write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,

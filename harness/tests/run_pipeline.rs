@@ -275,6 +275,11 @@ fn run_and_check(device: &str, seconds: &str, name: &str) {
             a["checksum"], report["producer"]["checksum"],
             "{name}: {report}"
         );
+        // Where real-time scheduling was granted, the agents run below the audio thread (at
+        // its priority, agents polling for a frame could keep it off every CPU).
+        if report["audio_scheduling"] == "SCHED_FIFO 70" {
+            assert_eq!(a["scheduling"], "SCHED_FIFO 60", "{name}: {report}");
+        }
     }
     // The recording holds exactly the frames produced.
     let (n, crc) = wav_count_and_crc(&wav);

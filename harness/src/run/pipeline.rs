@@ -51,6 +51,8 @@ pub(super) const QUEUE_BAND: u32 = 1;
 /// The output queue's target depth with no reserve (`--periods 2`): one frame being played,
 /// one behind it, so the phase between the device's capture and playback periods is absorbed.
 const QUEUE_TARGET: u32 = 2;
+/// How far below the audio thread the agents' processing threads run (see [`agent_priority`]).
+const AGENT_PRIORITY_BELOW: u8 = 10;
 
 fn check_args(args: &Args) -> anyhow::Result<Vec<AgentSpec>> {
     anyhow::ensure!(
@@ -76,8 +78,8 @@ fn check_args(args: &Args) -> anyhow::Result<Vec<AgentSpec>> {
         args.load
     );
     anyhow::ensure!(
-        args.rt_priority <= 99,
-        "--rt-priority must be 0 (none) or 1..=99"
+        args.rt_priority <= 99 && args.agent_rt_priority.unwrap_or(0) <= 99,
+        "--rt-priority and --agent-rt-priority must be 0 (none) or 1..=99"
     );
     let mut agents = Vec::new();
     for a in &args.agents {
@@ -166,7 +168,7 @@ fn run_with<T: Mix>(
     let launch = spawn::Launch {
         hub: &hub,
         parent: pid,
-        rt_priority: args.rt_priority,
+        rt_priority: agent_priority(args),
         wait: args.agent_wait,
         wav: outputs.wav.as_ref(),
         launcher: plan.launcher,
@@ -582,4 +584,14 @@ fn choose_buffer(args: &Args, warnings: &mut Vec<String>) -> (u32, BufferReport)
         probe,
     };
     (periods, report)
+}
+
+/// The agents' SCHED_FIFO priority: `--agent-rt-priority`, else [`AGENT_PRIORITY_BELOW`] below
+/// the audio thread's (0 stays 0: no real-time scheduling asked for).
+fn agent_priority(args: &Args) -> u8 {
+    match (args.agent_rt_priority, args.rt_priority) {
+        (Some(p), _) => p,
+        (None, 0) => 0,
+        (None, p) => p.saturating_sub(AGENT_PRIORITY_BELOW).max(1),
+    }
 }
