@@ -423,7 +423,7 @@ impl<'a, T: Mix, P: MixProbe<T>> MixSource<'a, T, P> {
         &self.probe
     }
 
-    /// Time spent reading and mixing the lanes so far, ns.
+    /// Time spent reading and mixing the lanes so far (not the probe's), ns.
     pub fn ipc_ns(&self) -> u64 {
         self.ipc_ns
     }
@@ -474,6 +474,9 @@ impl<'a, T: Mix, P: MixProbe<T>> MixSource<'a, T, P> {
     /// its ring slot, and summed into `dst`.
     fn mix_cycle(&mut self, dst: &mut [T], info: &ChunkInfo, offset: usize) {
         let t0 = monotonic_ns();
+        // The probe's own time (a measurement, not moving audio) is left out of `ipc_ns`, as
+        // on the capture side.
+        let mut probe_ns = 0;
         self.apply_commands();
         dst.fill(T::SILENCE);
         for i in 0..self.lanes.len() {
@@ -482,7 +485,9 @@ impl<'a, T: Mix, P: MixProbe<T>> MixSource<'a, T, P> {
             };
             let before = q.counters();
             q.mix_into(dst);
+            let p0 = monotonic_ns();
             self.probe.lane(i, q, &before, info, offset);
+            probe_ns += monotonic_ns().saturating_sub(p0);
             let c = q.counters();
             let a = &self.shared.lanes[i];
             let state = match c.state {
@@ -504,7 +509,7 @@ impl<'a, T: Mix, P: MixProbe<T>> MixSource<'a, T, P> {
         }
         // Relaxed: counter.
         self.shared.play_cycles.fetch_add(1, Ordering::Relaxed);
-        self.ipc_ns += monotonic_ns().saturating_sub(t0);
+        self.ipc_ns += monotonic_ns().saturating_sub(t0).saturating_sub(probe_ns);
     }
 }
 
