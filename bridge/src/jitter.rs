@@ -237,7 +237,10 @@ impl JitterBuffer {
         }
         let i = self.slot(h.seq);
         if self.held > 0 {
-            if self.slots[i].as_ref().is_some_and(|g| g.header.seq == h.seq) {
+            if self.slots[i]
+                .as_ref()
+                .is_some_and(|g| g.header.seq == h.seq)
+            {
                 self.stats.duplicates += 1;
                 give_back(f);
                 return;
