@@ -20,15 +20,18 @@
 //! payload buffers go back to Zenoh's side through a second one (the pool: buffers are made
 //! by the callback, which may allocate, up to [`QUEUE_FRAMES`] + the jitter buffer's capacity,
 //! and reused from then on). The jitter buffer is preallocated ([`crate::jitter`]). The thread
-//! sleeps with `clock_nanosleep` to an absolute `CLOCK_MONOTONIC` time: the next frame's due
-//! time, or [`POLL_NS`] from now, whichever is first. Its counters are atomics that it stores
+//! waits on a futex ([`Doorbell`]) with an absolute `CLOCK_MONOTONIC` deadline: the next
+//! frame's due time, or [`IDLE_NS`] from now when nothing is due; the callback rings it after
+//! queueing a frame, making the wake-up syscall only when the thread said it is waiting. Its
+//! counters are atomics that it stores
 //! once a pass and [`Importer::stats`] loads (no lock: a reader can never hold up the
 //! thread). The one exception is a diagnostic: the first frame of a mismatched format formats
 //! a message once. Test `the_play_loop_does_not_allocate` runs the loop's steps under
 //! `assert_no_alloc`.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -39,7 +42,6 @@ use serde::Serialize;
 use voxring_core::{FrameFlags, Policy, RingConfig};
 use voxring_linux::cleanup::clean_segments_matching;
 use voxring_linux::clock::monotonic_ns;
-use voxring_linux::futex::sleep_until_ns;
 use voxring_linux::hub::{Hub, HubOptions, Speaker};
 use voxring_linux::ring::{Segment, ShmProducer};
 use voxring_linux::segment::{CreateError, CreateOptions};
@@ -164,14 +166,89 @@ pub struct ImportStats {
 /// Frames queued from Zenoh's callback to the play thread.
 pub const QUEUE_FRAMES: usize = 4096;
 
-/// The play thread's longest sleep (1 ms): how late at most it sees a frame that arrived
-/// while it slept, and how soon it sees the stop flag.
-pub const POLL_NS: u64 = 1_000_000;
+/// The play thread's longest wait when no frame is due (50 ms). Arrivals and the stop flag
+/// wake it at once ([`Doorbell`]); this only bounds a wait that a lost wake-up (none is known)
+/// would make endless.
+pub const IDLE_NS: u64 = 50_000_000;
+
+/// How Zenoh's callback (and [`Importer::stop`]) wakes the play thread: a futex word bumped
+/// after each frame queued, and a flag the thread raises before it waits, so that the callback
+/// makes the wake-up syscall only when the thread may be asleep (none while it is busy).
+///
+/// No lost wake-up. The thread reads the word (`seen`), takes in what the queue holds, raises
+/// `parked`, re-checks the queue, then waits while the word still equals `seen`; the callback
+/// pushes the frame, bumps the word, then reads `parked`. The bump, the store of `parked`, the
+/// load of `parked` and the load of `seen` are SeqCst: the callback's store-then-load (word,
+/// then flag) and the thread's (flag, then word, in the kernel) are on different words, which
+/// only a single total order makes safe. Either the callback's load of `parked` comes after
+/// the thread's store in that order (it sees `true` and wakes; the kernel orders that wake
+/// with the wait's check of the word under its futex lock), or it comes before, and then so
+/// does the bump, which the kernel's check sees (`EAGAIN`: no sleep). A frame bumped before
+/// `seen` was read is in the queue for the re-check: `seen`'s load reads from that bump, which
+/// comes after the push, so the push happens before the re-check.
+#[derive(Debug, Default)]
+struct Doorbell {
+    /// The futex word: bumped (wrapping) after each frame queued, and at stop.
+    rings: AtomicU32,
+    /// Raised by the play thread from just before it re-checks the queue until it woke.
+    parked: AtomicBool,
+}
+
+impl Doorbell {
+    /// The callback's side, after queueing a frame (or setting the stop flag). No syscall
+    /// unless the play thread is parked.
+    fn ring(&self) {
+        // SeqCst: see the type's docs. The RMW is also a Release that pairs with the Acquire
+        // of the play thread's `seen` load: the push before it is visible to the re-check.
+        self.rings.fetch_add(1, Ordering::SeqCst);
+        // SeqCst: pairs with the play thread's SeqCst store of `parked` (see the type's docs).
+        if self.parked.load(Ordering::SeqCst) {
+            // `futex(FUTEX_WAKE_PRIVATE)`: the word is in this process only. An error (none
+            // is possible for a valid reference) would leave the thread to its deadline.
+            let _ =
+                rustix::thread::futex::wake(&self.rings, rustix::thread::futex::Flags::PRIVATE, 1);
+        }
+    }
+
+    /// The play thread's side, before taking in the queue: the word to wait on.
+    fn seen(&self) -> u32 {
+        // SeqCst (an Acquire too): pairs with `ring`'s bump (see the type's docs).
+        self.rings.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the word moves from `seen`, the `CLOCK_MONOTONIC` time `deadline_ns`
+    /// passes, or a signal comes (the caller re-checks everything anyway); not at all if
+    /// `pending()` (the queue re-checked after announcing the wait) says there is work.
+    /// `futex(FUTEX_WAIT_BITSET_PRIVATE)` with an absolute timeout: it neither drifts with the
+    /// time spent before the call nor needs a clock read to compute a relative one.
+    fn wait(&self, seen: u32, deadline_ns: u64, pending: impl FnOnce() -> bool) {
+        // SeqCst: pairs with `ring`'s SeqCst load of `parked` (see the type's docs).
+        self.parked.store(true, Ordering::SeqCst);
+        if !pending() {
+            let ts = rustix::thread::futex::Timespec {
+                tv_sec: (deadline_ns / 1_000_000_000) as i64,
+                tv_nsec: (deadline_ns % 1_000_000_000) as i64,
+            };
+            // EAGAIN (the word moved), ETIMEDOUT (the deadline, also one in the past), EINTR
+            // (a signal): the caller's next pass re-checks; no other error is possible for a
+            // valid reference and a normalised timespec.
+            let _ = rustix::thread::futex::wait_bitset(
+                &self.rings,
+                rustix::thread::futex::Flags::PRIVATE,
+                seen,
+                Some(&ts),
+                NonZeroU32::MAX, // FUTEX_BITSET_MATCH_ANY: any wake.
+            );
+        }
+        // Relaxed: a stale `true` seen by `ring` costs one needless wake syscall, no more.
+        self.parked.store(false, Ordering::Relaxed);
+    }
+}
 
 /// The counters shared between Zenoh's callbacks, the play thread and [`Importer::stats`].
 ///
-/// All orderings are Relaxed: each is a counter (or flag) read on its own for reports; no
-/// other memory is published through them. The final read after `Importer::stop` sees the
+/// The counters' orderings are Relaxed: each is a counter (or flag) read on its own for
+/// reports; no other memory is published through them ([`Doorbell`] has its own). The final read after `Importer::stop` sees the
 /// last stores because joining the play thread synchronises with its end.
 #[derive(Debug, Default)]
 struct Shared {
@@ -195,6 +272,10 @@ struct Shared {
     ring_full: AtomicU64,
     filled: AtomicU64,
     injected_drops: AtomicU64,
+    /// The play thread's passes (for the tests: one per wake-up).
+    passes: AtomicU64,
+    /// Wakes the play thread.
+    doorbell: Doorbell,
 }
 
 impl Shared {
@@ -381,7 +462,9 @@ impl Importer {
                 .callback(move |s| match accept(&s) {
                     Ok((header, arrival_ns)) => {
                         let mut q = intake.lock().unwrap_or_else(|p| p.into_inner());
-                        if !q.push(header, s.payload().slices(), arrival_ns) {
+                        if q.push(header, s.payload().slices(), arrival_ns) {
+                            shared.doorbell.ring();
+                        } else {
                             // Relaxed: see `Shared`.
                             shared.queue_full.fetch_add(1, Ordering::Relaxed);
                         }
@@ -437,7 +520,7 @@ impl Importer {
                     let ok = r.is_ok();
                     let _ = promoted_tx.send(r);
                     if ok {
-                        worker.run(&stop);
+                        worker.run(&stop, IDLE_NS);
                     }
                 })?;
             match promoted.recv() {
@@ -473,8 +556,10 @@ impl Importer {
     }
 
     fn shutdown(&mut self) {
-        // Relaxed: the flag carries no data; the thread is joined right after.
+        // Relaxed: the flag carries no data; the doorbell's bump after it (a Release) makes
+        // it visible to the play thread's next `seen` (an Acquire), after which it checks it.
         self.stop.store(true, Ordering::Relaxed);
+        self.shared.doorbell.ring();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -657,11 +742,23 @@ impl Worker {
         }
     }
 
-    fn run(&mut self, stop: &AtomicBool) {
-        // Relaxed: see `Importer::shutdown`.
-        while !stop.load(Ordering::Relaxed) {
-            match self.step(monotonic_ns()) {
-                Ok(wake) => sleep_until_ns(wake),
+    /// The play loop until `stop`: a pass, then a wait on the doorbell until the next due time
+    /// (at most `idle_ns` ahead) or the next frame queued.
+    fn run(&mut self, stop: &AtomicBool, idle_ns: u64) {
+        let out = self.out.clone();
+        loop {
+            // Read before the stop flag and the queue: a frame or a stop after this moves
+            // the word and ends the wait below at once (see `Doorbell`).
+            let seen = out.doorbell.seen();
+            // Relaxed: see `Importer::shutdown`.
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            match self.step(monotonic_ns(), idle_ns) {
+                Ok(wake) => {
+                    let frames = &self.inbox.frames;
+                    out.doorbell.wait(seen, wake, || !frames.is_empty());
+                }
                 Err(e) => {
                     (self.events)(Event::Failed(format!("{e:#}")));
                     break;
@@ -673,9 +770,9 @@ impl Worker {
 
     /// One pass at `now` (ns, monotonic): takes in the frames that arrived, releases the
     /// delayed ones that are due, plays every frame due, publishes the counters. Returns when
-    /// to wake next: the next due time or [`POLL_NS`] from `now`, whichever is first. Errs
-    /// only if the ring cannot be created at the first frame.
-    fn step(&mut self, now: u64) -> anyhow::Result<u64> {
+    /// to wake next: the next due time, or `idle_ns` from `now` when it is later. Errs only if
+    /// the ring cannot be created at the first frame.
+    fn step(&mut self, now: u64, idle_ns: u64) -> anyhow::Result<u64> {
         while let Ok(f) = self.inbox.frames.pop() {
             self.arrive(f);
         }
@@ -693,7 +790,9 @@ impl Worker {
             self.play(p)?;
         }
         self.publish();
-        let mut wake = now + POLL_NS;
+        // Relaxed: a counter for the tests (see `Shared`).
+        self.out.passes.fetch_add(1, Ordering::Relaxed);
+        let mut wake = now.saturating_add(idle_ns);
         if let Some(t) = self.jb.as_ref().and_then(JitterBuffer::next_due) {
             wake = wake.min(t);
         }
@@ -849,8 +948,10 @@ mod tests {
     /// The play thread's steady state under `assert_no_alloc`: 301 frames of 10 ms arriving
     /// in swapped pairs (2, 1, 4, 3, ...), one dropped by the hook and filled with silence,
     /// one delayed past its turn (late, dropped, filled), the buffers going back to the pool,
-    /// the counters published at every step. Zenoh's side (`Intake::push`, which may make
-    /// buffers) and the set-up at the first frame run outside.
+    /// the counters published at every step, and the doorbell's wait (a futex syscall that
+    /// returns at once: the word was rung after `seen` was read). Zenoh's side
+    /// (`Intake::push`, which may make buffers, and `Doorbell::ring`) and the set-up at the
+    /// first frame run outside.
     #[test]
     fn the_play_loop_does_not_allocate() {
         let name = format!("bridge-rt-{}", std::process::id());
@@ -877,19 +978,29 @@ mod tests {
         let payload = [0x5au8; 320];
         let t0 = 1_000 * MS;
         assert!(intake.push(header(0), [&payload[..]], t0));
-        w.step(t0).unwrap(); // set-up: the jitter buffer is made at the first frame
+        w.step(t0, IDLE_NS).unwrap(); // set-up: the jitter buffer is made at the first frame
+        let bell = &shared.doorbell;
         let mut wakes = 0;
         for tick in 1..=350u64 {
             let now = t0 + tick * 10 * MS;
+            let seen = bell.seen();
             if tick <= 300 {
                 let seq = if tick % 2 == 1 { tick + 1 } else { tick - 1 };
                 assert!(intake.push(header(seq), [&payload[..]], now));
             }
-            let wake = assert_no_alloc::assert_no_alloc(|| w.step(now)).unwrap();
-            assert!(wake > now && wake <= now + POLL_NS);
+            bell.ring();
+            let wake = assert_no_alloc::assert_no_alloc(|| {
+                let wake = w.step(now, IDLE_NS)?;
+                let frames = &w.inbox.frames;
+                bell.wait(seen, u64::MAX / 2, || !frames.is_empty());
+                anyhow::Ok(wake)
+            })
+            .unwrap();
+            assert!(wake > now && wake <= now + IDLE_NS);
             wakes += 1;
         }
         assert_eq!(wakes, 350);
+        assert_eq!(shared.passes.load(Ordering::Relaxed), 351);
         let s = shared.load();
         let j = &s.jitter;
         assert_eq!((j.received, j.played, j.lost), (300, 299, 2));
@@ -901,5 +1012,76 @@ mod tests {
         assert!(j.drift_ppm.is_some(), "three seconds of media: {s:?}");
         // Reused, not made per frame: a handful in flight at once.
         assert!(intake.made <= 8, "{} buffers made", intake.made);
+    }
+
+    /// The play thread is woken by the frames queued, not by a timer: with a target of an hour
+    /// and an idle wait of an hour, nothing is due, yet each of three frames queued by the
+    /// callback's side is taken in by exactly one more pass, and a parked thread makes no pass
+    /// while nothing comes; the stop flag's ring ends the loop. A 1 ms poll would make a pass
+    /// each millisecond; a lost wake-up would leave a frame unseen for an hour (the waits here
+    /// give up after 10 s and fail, leaving the thread behind rather than joining it).
+    #[test]
+    fn a_queued_frame_wakes_the_play_thread_and_nothing_else_does() {
+        const HOUR: Duration = Duration::from_secs(3600);
+        let name = format!("bridge-bell-{}", std::process::id());
+        let mut opts = ImportOptions::new("test/bell", &name);
+        opts.target = Target::Duration(HOUR);
+        let ring = LocalRing::create(&opts, FMT).unwrap();
+        let (mut intake, inbox) = queues(64);
+        let shared = Arc::new(Shared::new());
+        let events: EventSink = Arc::new(|_| {});
+        // Removes the segment even if the test fails with the thread (the ring's owner) left
+        // running; the mapping outlives the name.
+        struct Unlink(String);
+        impl Drop for Unlink {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(format!("/dev/shm/voxring.{}", self.0));
+            }
+        }
+        let _unlink = Unlink(name.clone());
+        let mut w = Worker::new(&opts, Some(ring), 64, None, inbox, shared.clone(), events);
+        let stop = Arc::new(AtomicBool::new(false));
+        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        // Polls `cond` every millisecond for up to 10 s (generous: it is met in microseconds).
+        let until = |what: &str, cond: &dyn Fn() -> bool| {
+            for _ in 0..10_000 {
+                if cond() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            panic!("after 10 s, still not {what}: {:?}", shared.load());
+        };
+        let parked = || shared.doorbell.parked.load(Ordering::SeqCst);
+        let (done_tx, done) = sync_channel(1);
+        {
+            let thread_stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                w.run(&thread_stop, HOUR.as_nanos() as u64);
+                let _ = done_tx.send(());
+            });
+            until("parked after the first pass", &|| {
+                parked() && ld(&shared.passes) == 1
+            });
+            let payload = [1u8; 320];
+            for k in 1..=3u64 {
+                assert!(intake.push(header(k - 1), [&payload[..]], monotonic_ns()));
+                shared.doorbell.ring();
+                until("received", &|| ld(&shared.received) == k);
+                until("parked again", &parked);
+                // Parked with nothing due for an hour: no pass comes by itself.
+                std::thread::sleep(Duration::from_millis(20));
+                assert_eq!(ld(&shared.passes), 1 + k, "one pass per frame queued");
+            }
+            // Relaxed: as `Importer::shutdown`, whose two steps these are.
+            stop.store(true, Ordering::Relaxed);
+            shared.doorbell.ring();
+            assert!(
+                done.recv_timeout(Duration::from_secs(10)).is_ok(),
+                "the stop flag's ring did not end the wait"
+            );
+        }
+        let s = shared.load();
+        assert_eq!((s.jitter.received, s.jitter.played), (3, 0), "{s:?}");
     }
 }
