@@ -18,6 +18,13 @@
 //! line whose slope is the rate difference between the exporter's frame clock and this
 //! machine's clock; a least-squares fit gives it in parts per million.
 //!
+//! **Real-time.** Everything is allocated by [`JitterBuffer::new`]: the frames are held in
+//! `capacity` slots indexed by sequence number modulo the capacity, the drift windows in a
+//! deque of fixed size. [`JitterBuffer::insert_or_return`], [`JitterBuffer::poll`] and
+//! [`JitterBuffer::stats`] never allocate or free (the import's play thread calls them;
+//! `import`'s `assert_no_alloc` test runs them): a frame the buffer does not keep is handed
+//! back to the caller, whose payload buffer goes back to its pool.
+//!
 //! ```
 //! use voxring_bridge::jitter::{JitterBuffer, Frame};
 //! use voxring_bridge::wire::{FrameHeader, StreamFormat};
@@ -40,7 +47,7 @@
 //! assert_eq!(jb.stats().lost, 1);
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 
 use serde::Serialize;
 
@@ -51,7 +58,8 @@ use crate::wire::FrameHeader;
 pub struct Frame {
     /// Its header (already validated).
     pub header: FrameHeader,
-    /// Its samples.
+    /// Its samples (on the import side, a buffer of the import's pool: it is returned there,
+    /// never freed, once the frame is played or discarded).
     pub payload: Vec<u8>,
     /// When it arrived, on this machine's monotonic clock (ns).
     pub arrival_ns: u64,
@@ -85,7 +93,8 @@ pub struct JitterStats {
     pub late_dropped: u64,
     /// Frames received twice: the copy was discarded.
     pub duplicates: u64,
-    /// Frames discarded because the buffer held its capacity.
+    /// Frames discarded because the buffer held its capacity (the frames held would have
+    /// spanned `capacity` sequence numbers or more).
     pub overflow: u64,
     /// New exporter runs (epochs) after the first.
     pub restarts: u64,
@@ -99,12 +108,19 @@ pub struct JitterStats {
 #[derive(Debug)]
 pub struct JitterBuffer {
     target_ns: u64,
-    capacity: usize,
     epoch: Option<u64>,
     next_seq: Option<u64>,
     /// Smallest `arrival − media` seen in this epoch.
     base: Option<i128>,
-    held: BTreeMap<u64, Frame>,
+    /// Frame `seq` is in slot `seq % slots.len()`; the held frames' sequence numbers all lie
+    /// in `lo..=hi`, which spans fewer than `slots.len()` numbers, so no two share a slot.
+    slots: Box<[Option<Frame>]>,
+    /// Frames held.
+    held: usize,
+    /// Lowest sequence number held (meaningful when `held > 0`).
+    lo: u64,
+    /// Highest sequence number held (meaningful when `held > 0`).
+    hi: u64,
     restarted: bool,
     drift: DriftEstimator,
     stats: JitterStats,
@@ -116,19 +132,32 @@ fn media_ns(h: &FrameHeader) -> i128 {
 
 impl JitterBuffer {
     /// A buffer that gives each frame `target_ns` more than the fastest trip, holding at most
-    /// `capacity` frames.
+    /// `capacity` frames, whose sequence numbers span fewer than `capacity` (a frame that
+    /// would widen the span to `capacity` is discarded, counted `overflow`). All its memory
+    /// is allocated here.
     pub fn new(target_ns: u64, capacity: usize) -> Self {
         JitterBuffer {
             target_ns,
-            capacity: capacity.max(1),
             epoch: None,
             next_seq: None,
             base: None,
-            held: BTreeMap::new(),
+            slots: (0..capacity.max(1)).map(|_| None).collect(),
+            held: 0,
+            lo: 0,
+            hi: 0,
             restarted: false,
-            drift: DriftEstimator::default(),
+            drift: DriftEstimator::new(),
             stats: JitterStats::default(),
         }
+    }
+
+    /// Frames it can hold.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn slot(&self, seq: u64) -> usize {
+        (seq % self.slots.len() as u64) as usize
     }
 
     /// The counters, with the current drift estimate.
@@ -140,12 +169,25 @@ impl JitterBuffer {
 
     /// Frames held.
     pub fn len(&self) -> usize {
-        self.held.len()
+        self.held
     }
 
     /// True when no frame is held.
     pub fn is_empty(&self) -> bool {
-        self.held.is_empty()
+        self.held == 0
+    }
+
+    /// Hands every held frame to `give_back`.
+    fn clear(&mut self, give_back: &mut impl FnMut(Frame)) {
+        if self.held > 0 {
+            for seq in self.lo..=self.hi {
+                let i = self.slot(seq);
+                if let Some(f) = self.slots[i].take() {
+                    give_back(f);
+                }
+            }
+        }
+        self.held = 0;
     }
 
     fn due(&self, h: &FrameHeader) -> u64 {
@@ -154,8 +196,16 @@ impl JitterBuffer {
         d.clamp(0, i128::from(u64::MAX)) as u64
     }
 
-    /// Takes in an arrived frame.
+    /// Takes in an arrived frame (a frame it does not keep is freed; see
+    /// [`JitterBuffer::insert_or_return`]).
     pub fn insert(&mut self, f: Frame) {
+        self.insert_or_return(f, &mut drop);
+    }
+
+    /// Takes in an arrived frame; every frame it does not keep (a duplicate, a late or
+    /// overflowing frame, the frames held when a new epoch begins) goes to `give_back`.
+    /// Allocates nothing.
+    pub fn insert_or_return(&mut self, f: Frame, give_back: &mut impl FnMut(Frame)) {
         self.stats.received += 1;
         let h = f.header;
         if self.epoch != Some(h.epoch) {
@@ -166,8 +216,8 @@ impl JitterBuffer {
             self.epoch = Some(h.epoch);
             self.next_seq = None;
             self.base = None;
-            self.held.clear();
-            self.drift = DriftEstimator::default();
+            self.clear(give_back);
+            self.drift.clear();
         }
         let offset = i128::from(f.arrival_ns) - media_ns(&h);
         self.base = Some(self.base.map_or(offset, |b| b.min(offset)));
@@ -182,22 +232,43 @@ impl JitterBuffer {
                 // Its turn passed before its due time: only a replayed or duplicate frame.
                 self.stats.duplicates += 1;
             }
+            give_back(f);
             return;
         }
-        if self.held.contains_key(&h.seq) {
-            self.stats.duplicates += 1;
-            return;
+        let i = self.slot(h.seq);
+        if self.held > 0 {
+            if self.slots[i]
+                .as_ref()
+                .is_some_and(|g| g.header.seq == h.seq)
+            {
+                self.stats.duplicates += 1;
+                give_back(f);
+                return;
+            }
+            let (lo, hi) = (self.lo.min(h.seq), self.hi.max(h.seq));
+            if hi - lo >= self.slots.len() as u64 {
+                self.stats.overflow += 1;
+                give_back(f);
+                return;
+            }
+            (self.lo, self.hi) = (lo, hi);
+        } else {
+            (self.lo, self.hi) = (h.seq, h.seq);
         }
-        if self.held.len() >= self.capacity {
-            self.stats.overflow += 1;
-            return;
-        }
-        self.held.insert(h.seq, f);
+        // The span is below the capacity and `seq` is not held: its slot is free.
+        debug_assert!(self.slots[i].is_none());
+        self.slots[i] = Some(f);
+        self.held += 1;
     }
 
     /// When the next frame is due (ns), if one is held.
     pub fn next_due(&self) -> Option<u64> {
-        self.held.values().next().map(|f| self.due(&f.header))
+        if self.held == 0 {
+            return None;
+        }
+        self.slots[self.slot(self.lo)]
+            .as_ref()
+            .map(|f| self.due(&f.header))
     }
 
     /// The next frame to play if it is due at `now_ns`.
@@ -206,7 +277,16 @@ impl JitterBuffer {
         if due > now_ns {
             return None;
         }
-        let (seq, frame) = self.held.pop_first()?;
+        let i = self.slot(self.lo);
+        let frame = self.slots[i].take()?;
+        let seq = self.lo;
+        self.held -= 1;
+        if self.held > 0 {
+            // The next one held; at most `capacity` slots to look at.
+            self.lo = (seq + 1..=self.hi)
+                .find(|&s| self.slots[self.slot(s)].is_some())
+                .unwrap_or(self.hi);
+        }
         let next = self.next_seq.unwrap_or(seq);
         let lost_before = seq - next;
         self.stats.lost += lost_before;
@@ -223,45 +303,60 @@ impl JitterBuffer {
 }
 
 /// Least-squares slope of the lower envelope of `offset(media)`, one point per second.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct DriftEstimator {
-    /// (window start media time, smallest offset in it)
-    windows: Vec<(i128, i128)>,
+    /// (window start media time, smallest offset in it); at most `MAX_WINDOWS`, allocated
+    /// once.
+    windows: VecDeque<(i128, i128)>,
 }
 
 const WINDOW_NS: i128 = 1_000_000_000;
 const MAX_WINDOWS: usize = 600;
 
 impl DriftEstimator {
+    fn new() -> Self {
+        DriftEstimator {
+            windows: VecDeque::with_capacity(MAX_WINDOWS),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.windows.clear();
+    }
+
     fn add(&mut self, media: i128, offset: i128) {
         let w = media.div_euclid(WINDOW_NS) * WINDOW_NS;
-        match self.windows.last_mut() {
+        match self.windows.back_mut() {
             Some((start, min)) if *start == w => *min = (*min).min(offset),
             Some((start, _)) if *start > w => {}
             _ => {
                 if self.windows.len() == MAX_WINDOWS {
-                    self.windows.remove(0);
+                    self.windows.pop_front();
                 }
-                self.windows.push((w, offset));
+                self.windows.push_back((w, offset));
             }
         }
     }
 
-    /// Slope in ppm over the complete windows (the last one is still filling).
+    /// Slope in ppm over the complete windows (the last one is still filling). Allocates
+    /// nothing: two passes over the windows.
     fn ppm(&self) -> Option<f64> {
         let done = self.windows.len().checked_sub(1)?;
         if done < 3 {
             return None;
         }
-        let pts = &self.windows[..done];
-        let n = pts.len() as f64;
-        let (x0, y0) = pts[0];
-        let xs: Vec<f64> = pts.iter().map(|p| (p.0 - x0) as f64).collect();
-        let ys: Vec<f64> = pts.iter().map(|p| (p.1 - y0) as f64).collect();
-        let mx = xs.iter().sum::<f64>() / n;
-        let my = ys.iter().sum::<f64>() / n;
-        let sxy: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
-        let sxx: f64 = xs.iter().map(|x| (x - mx) * (x - mx)).sum();
+        let (x0, y0) = self.windows[0];
+        let pts = || {
+            self.windows
+                .iter()
+                .take(done)
+                .map(move |p| ((p.0 - x0) as f64, (p.1 - y0) as f64))
+        };
+        let n = done as f64;
+        let mx = pts().map(|p| p.0).sum::<f64>() / n;
+        let my = pts().map(|p| p.1).sum::<f64>() / n;
+        let sxy: f64 = pts().map(|(x, y)| (x - mx) * (y - my)).sum();
+        let sxx: f64 = pts().map(|(x, _)| (x - mx) * (x - mx)).sum();
         (sxx > 0.0).then(|| sxy / sxx * 1e6)
     }
 }
@@ -408,5 +503,35 @@ mod tests {
             (ppm + 120.0).abs() < 10.0,
             "estimated {ppm} ppm, expected -120"
         );
+    }
+
+    #[test]
+    fn a_small_buffer_reuses_its_slots_and_hands_back_what_it_discards() {
+        // Capacity 4: the slots wrap around many times; reordering within the span plays in
+        // order; a frame that would span 4 numbers, duplicates and a new epoch's clear come
+        // back to the caller.
+        let mut jb = JitterBuffer::new(20 * MS, 4);
+        let mut back = vec![];
+        let mut give_back = |f: Frame| back.push(f.header.seq);
+        let mut played = vec![];
+        for pair in (0..40u64).step_by(2) {
+            for seq in [pair + 1, pair] {
+                jb.insert_or_return(frame(1, seq, pair * 10 * MS), &mut give_back);
+            }
+            while let Some(p) = jb.poll(pair * 10 * MS + 30 * MS) {
+                played.push(p.frame.header.seq);
+            }
+        }
+        assert_eq!(played, (0..40).collect::<Vec<_>>());
+        jb.insert_or_return(frame(1, 40, 400 * MS), &mut give_back);
+        jb.insert_or_return(frame(1, 44, 400 * MS), &mut give_back); // spans 40..=44
+        jb.insert_or_return(frame(1, 43, 400 * MS), &mut give_back);
+        jb.insert_or_return(frame(1, 43, 400 * MS), &mut give_back); // duplicate
+        jb.insert_or_return(frame(2, 0, 500 * MS), &mut give_back); // new epoch: 40, 43 back
+        back.sort_unstable();
+        assert_eq!(back, [40, 43, 43, 44]);
+        let s = jb.stats();
+        assert_eq!((s.overflow, s.duplicates, s.restarts), (1, 1, 1));
+        assert_eq!(jb.len(), 1);
     }
 }
