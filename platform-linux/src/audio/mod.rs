@@ -38,8 +38,10 @@ pub use duplex::{DeviceSpec, Duplex, RunStats, StopFlag, open_duplex};
 /// Flags carried on a chunk of frames ([`ChunkInfo::flags`]); the same bit values as
 /// `voxring-core`'s frame flags, so a sink can copy them into a ring frame's metadata.
 pub mod flags {
-    /// Frames were lost (capture overrun) or silence was inserted (playback underrun) just
-    /// before this chunk: the chunk is not contiguous with the one before it.
+    /// An xrun just before this chunk. Capture: frames were lost (overrun), so the chunk is
+    /// not contiguous with the one before it. Playback: the device played silence of its own
+    /// (underrun) before this chunk reached it; the source's frames stay contiguous (the
+    /// buffer is refilled from the source, see the ALSA stream's docs), they are heard late.
     pub const XRUN: u32 = 1 << 0;
     /// The stream was restarted before this chunk for a reason other than an xrun.
     pub const DISCONTINUITY: u32 = 1 << 1;
