@@ -168,8 +168,11 @@ fn play(delay: Duration, every: u64, times: u32) -> Played {
             // Counted before the fill: the fill starts with the first frame after it.
             out.xruns.push((p0, true));
         } else if s.xruns() > x0 {
-            // Reported: the next frame written is the first after it.
-            out.xruns.push((s.position(), false));
+            // Reported: the pump re-prepared the stream and refilled it from the source,
+            // starting with the frame it was at; found in the middle of the fill, the stream
+            // waits for the next pump, which starts with the frame this one stopped at.
+            let first = if s.start_pending() { s.position() } else { p0 };
+            out.xruns.push((first, false));
         }
     }
     let _ = s.stop();

@@ -6,7 +6,7 @@ use voxring_linux::audio::XrunCounts;
 use super::AgentKind;
 use super::buffer::BufferReport;
 use super::collect;
-use super::glitch::FactKind;
+use super::glitch::{FactKind, Growth};
 use super::measure::PlaybackProbe;
 use super::pipeline::{Drained, Plan, QUEUE_BAND, command_line};
 use super::report::{HubRow, Percentiles, ProducerRow, RunReport, StageRow, VadRow};
@@ -223,21 +223,43 @@ fn hub_row(d: &Drained<'_>, playback: &PlaybackProbe<'_>) -> HubRow {
 
 /// What the report says of the output queue's growth and corrections.
 fn queue_warnings(playback: &PlaybackProbe<'_>, b: &mut BufferReport, warnings: &mut Vec<String>) {
+    let grown = |why: Growth| -> Vec<u64> {
+        playback
+            .log
+            .facts
+            .iter()
+            .filter(|f| f.kind == FactKind::Grown(why))
+            .map(|f| f.cycle)
+            .collect()
+    };
+    let (after_silence, after_xrun) = (grown(Growth::Silence), grown(Growth::Xrun));
     b.grown_at_cycles = playback
         .log
         .facts
         .iter()
-        .filter(|f| f.kind == FactKind::Grown)
+        .filter(|f| matches!(f.kind, FactKind::Grown(_)))
         .map(|f| f.cycle)
         .collect();
     if !b.grown_at_cycles.is_empty() {
+        let mut why = Vec::new();
+        if !after_silence.is_empty() {
+            why.push(format!(
+                "by one frame after a period of silence at cycle(s) {after_silence:?}"
+            ));
+        }
+        if !after_xrun.is_empty() {
+            why.push(format!(
+                "to the depth in hand after a playback xrun at cycle(s) {after_xrun:?} (the \
+                 backlog the capture gave during the stall is played, not dropped)"
+            ));
+        }
         warnings.push(format!(
-            "the output queue's reserve grew from {} to {} frame(s) after silence at cycle(s) \
-             {:?} (each growth adds one period of mouth-to-ear; the device buffer stays {} \
-             periods: it cannot change while the stream runs); next time try --periods {}",
+            "the output queue's reserve grew from {} to {} frame(s): {} (each frame of growth \
+             adds one period of mouth-to-ear; the device buffer stays {} periods: it cannot \
+             change while the stream runs); next time try --periods {}",
             b.reserve_start,
             b.reserve_end,
-            b.grown_at_cycles,
+            why.join("; "),
             b.periods,
             b.reserve_end + 2
         ));

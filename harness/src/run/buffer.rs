@@ -1,7 +1,9 @@
 //! How deep the audio path's buffer is: `--periods auto` (the default) measures the machine's
 //! wake-up jitter before the run and picks the smallest buffer that absorbs it; `--periods N`
 //! forces one. During an `auto` run, each period of played silence grows the playback queue
-//! by one period (said in the report, never silently).
+//! by one period, and after a playback xrun a queue standing above its target (the capture's
+//! backlog from the stall) grows to the depth in hand, so the backlog is played instead of
+//! dropped (both said in the report, never silently).
 //!
 //! What "periods N" buys, and costs: the device buffer holds N periods (a stall shorter than
 //! that loses no captured frame), and the playback side keeps N - 2 returned frames in
@@ -70,9 +72,10 @@ pub struct BufferReport {
     pub periods: u32,
     /// Returned frames kept in reserve at the start (periods - 2).
     pub reserve_start: u32,
-    /// ... and at the end (grown by one after each period of played silence, `auto` only).
+    /// ... and at the end (grown by one after each period of played silence, and to the
+    /// queue's depth after a playback xrun that left a backlog; `auto` only).
     pub reserve_end: u32,
-    /// The cycles after which the reserve grew.
+    /// The cycles after which the reserve grew (the report's warning says why each).
     pub grown_at_cycles: Vec<u64>,
     /// Why this many.
     pub reason: String,

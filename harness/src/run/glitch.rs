@@ -38,8 +38,19 @@ pub enum FactKind {
     Repeated,
     /// The audio thread handled a period more than half a period after it was due.
     LateWake,
-    /// The playback reserve grew by one frame (after silence, `--periods auto`).
-    Grown,
+    /// The playback reserve grew (`--periods auto`), to the depth in `value`.
+    Grown(Growth),
+}
+
+/// Why the playback reserve grew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Growth {
+    /// A period of silence was played (the echo's frame was missing): one frame more.
+    Silence,
+    /// After a playback xrun the echo's queue stood above its target (the capture's backlog
+    /// from the stall came back): the target rose to the depth in hand, so the backlog is
+    /// played instead of dropped.
+    Xrun,
 }
 
 /// One fact, fixed-size: recorded on the real-time thread without allocating.
@@ -192,7 +203,7 @@ pub fn attribute(facts: &[Fact], cx: &Context<'_>) -> Vec<Glitch> {
             FactKind::Silence => "silence",
             FactKind::Skipped => "skipped",
             FactKind::Repeated => "repeated",
-            FactKind::LateWake | FactKind::Grown => continue,
+            FactKind::LateWake | FactKind::Grown(_) => continue,
         };
         // The audio thread's own lateness around it: a stall that ended at most four periods
         // before (the burst that follows a stall spans a few periods) or one period after.

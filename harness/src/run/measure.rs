@@ -29,13 +29,18 @@ use voxring_linux::audio::mixer::{LaneCounters, LaneState, Mix, OutputQueue};
 use voxring_linux::audio::{ChunkInfo, Sample, flags, monotonic_ns};
 
 use super::dsp::Talker;
-use super::glitch::{Fact, FactKind, FactLog};
+use super::glitch::{Fact, FactKind, FactLog, Growth};
 use super::report::{new_hist, record};
 use super::sync::SyncHandle;
 use crate::serve::rt::{MicProbe, MixProbe};
 
 /// Facts each real-time side keeps for the glitch report (beyond, counted).
 pub const MAX_FACTS: usize = 4096;
+/// Cycles after a playback xrun during which an echo queue standing above its target has its
+/// target raised to the depth in hand (`--periods auto`): the device buffer is refilled from
+/// the queue at once (up to 8 cycles), and the echo returns the capture's backlog from the stall
+/// in the cycles after. Shorter than the queue's drift window, which would drop it.
+pub const XRUN_WATCH_CYCLES: u32 = 32;
 /// Test hook: `CYCLE:MS` makes the audio thread sleep MS milliseconds once, before it commits
 /// frame CYCLE (a host stall on demand; the glitch report must name it).
 pub const STALL_AUDIO_ENV: &str = "VOXRING_TEST_STALL_AUDIO";
@@ -101,7 +106,8 @@ pub struct RtParams {
     pub start_ns: u64,
     /// Mix the test talker into the capture (the synthetic device captures no voice).
     pub talker: bool,
-    /// The output queue's target depth may grow after silence up to this (= the start: never).
+    /// The output queue's target depth may grow (after silence, or after a playback xrun to
+    /// keep the backlog) up to this (= the start: never).
     pub max_target: u32,
     /// Test hook: stall the audio thread once ([`STALL_AUDIO_ENV`]).
     pub stall: Option<(u64, Duration)>,
@@ -310,6 +316,9 @@ pub struct PlaybackProbe<'a> {
     pub target: u32,
     /// Glitches seen here, and the target's growths.
     pub log: FactLog,
+    /// Lane cycles left in which a queue above its target grows to keep a playback xrun's
+    /// backlog ([`XRUN_WATCH_CYCLES`]).
+    xrun_watch: u32,
 }
 
 impl<'a> PlaybackProbe<'a> {
@@ -329,7 +338,20 @@ impl<'a> PlaybackProbe<'a> {
             failed: 0,
             target,
             log: FactLog::with_capacity(MAX_FACTS),
+            xrun_watch: 0,
         }
+    }
+
+    /// Raises `q`'s target to `to` (at most `max_target`) and records why; false when it
+    /// would not grow or the ring has no room for it.
+    fn grow<T: Mix>(&mut self, q: &mut OutputQueue<T>, to: u64, why: Growth, t: u64) -> bool {
+        let to = to.min(u64::from(self.p.max_target)) as u32;
+        if to <= q.params().target || q.set_target(to).is_err() {
+            return false;
+        }
+        self.target = to;
+        self.fact(FactKind::Grown(why), t, u64::from(to));
+        true
     }
 
     fn fact(&mut self, kind: FactKind, t_ns: u64, value: u64) {
@@ -369,6 +391,9 @@ impl<T: Mix> MixProbe<T> for PlaybackProbe<'_> {
     fn chunk(&mut self, info: &ChunkInfo) {
         if info.flags & flags::XRUN != 0 {
             self.fact(FactKind::PlaybackXrun, info.timestamp_ns, 0);
+            // This chunk refills the device buffer from the queue; the echo brings the
+            // capture's backlog back in the next cycles: watch for it.
+            self.xrun_watch = XRUN_WATCH_CYCLES;
         }
     }
 
@@ -399,11 +424,20 @@ impl<T: Mix> MixProbe<T> for PlaybackProbe<'_> {
         if c.gaps > before.gaps {
             self.gaps += c.gaps - before.gaps;
             self.fact(FactKind::Silence, t, u64::from(self.p.quantum));
-            let grown = q.params().target + 1;
-            if grown <= self.p.max_target && q.set_target(grown).is_ok() {
-                // `--periods auto`: keep one more frame queued from now on.
-                self.target = grown;
-                self.fact(FactKind::Grown, t, u64::from(grown));
+            // `--periods auto`: keep one more frame queued from now on.
+            let grown = u64::from(q.params().target) + 1;
+            self.grow(q, grown, Growth::Silence, t);
+        }
+        if self.xrun_watch > 0 {
+            self.xrun_watch -= 1;
+            // After a playback xrun the queue stands above its target by the frames the
+            // capture gave during the stall that the device did not take: the capture and the
+            // playback run at one rate from now on, so this excess never drains, and the
+            // queue would drop it after its drift window. `--periods auto` keeps it instead:
+            // the target rises to the depth in hand (seen before this cycle's frame was
+            // taken), and the backlog is played, one period later each.
+            if c.state == LaneState::Playing && c.depth > u64::from(q.params().target) {
+                self.grow(q, c.depth, Growth::Xrun, t);
             }
         }
     }
@@ -459,7 +493,7 @@ mod tests {
             timeline_cap: 64,
             start_ns: monotonic_ns(),
             talker: true,
-            max_target: 3,
+            max_target: 6,
             stall: None,
         };
         let shared = RtShared::new();
@@ -520,7 +554,10 @@ mod tests {
         let pp = source.probe();
         let kinds: Vec<FactKind> = pp.log.facts.iter().map(|f| f.kind).collect();
         assert!(kinds.contains(&FactKind::Silence), "{kinds:?}");
-        assert!(kinds.contains(&FactKind::Grown), "{kinds:?}");
+        assert!(
+            kinds.contains(&FactKind::Grown(Growth::Silence)),
+            "{kinds:?}"
+        );
         assert_eq!(pp.target, 3);
         assert!(pp.gaps >= 1 && pp.repeated >= 1, "{kinds:?}");
         // Primed at depth 2 on the second cycle, one behind from then on: frames 0..=30
@@ -536,6 +573,40 @@ mod tests {
         });
         let kinds: Vec<FactKind> = source.probe().log.facts.iter().map(|f| f.kind).collect();
         assert!(kinds.contains(&FactKind::PlaybackXrun), "{kinds:?}");
+        // The capture's backlog from the stall comes back after the xrun: five frames at once,
+        // above the target of 3. The target rises to the depth in hand (not above the
+        // maximum), recorded with the xrun as its reason, so nothing is dropped: no allocation.
+        for k in 36..41u64 {
+            let (prod, _) = echo.parts();
+            let mut w = prod.write_grant(1).unwrap();
+            {
+                let mut o = w.frame_mut(0).unwrap();
+                o.payload_mut()[..128].fill(0);
+                o.set_len(128).unwrap();
+                o.set_sample_pos(k * 64);
+                o.set_timestamp_ns(monotonic_ns());
+            }
+            let _ = w.commit_all();
+        }
+        assert_no_alloc::assert_no_alloc(|| {
+            assert_eq!(source.pull(&mut buf, &info(36, 0, 0)), 64);
+        });
+        let pp = source.probe();
+        assert_eq!(pp.target, 5);
+        let grown: Vec<(FactKind, u64)> = pp
+            .log
+            .facts
+            .iter()
+            .filter(|f| matches!(f.kind, FactKind::Grown(_)))
+            .map(|f| (f.kind, f.value))
+            .collect();
+        assert_eq!(
+            grown,
+            [
+                (FactKind::Grown(Growth::Silence), 3),
+                (FactKind::Grown(Growth::Xrun), 5)
+            ]
+        );
         // A capture chunk handed over 50 periods late, flagged XRUN: both recorded, no
         // allocation.
         assert_no_alloc::assert_no_alloc(|| {

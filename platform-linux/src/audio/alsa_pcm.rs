@@ -15,7 +15,20 @@
 //!   [`Granted::mode`].
 //!
 //! xruns: a pump that finds the stream in XRUN (`EPIPE`) or suspended (`ESTRPIPE`) counts it,
-//! re-prepares and restarts the stream, and flags the next chunk with [`flags::XRUN`].
+//! re-prepares the stream, and flags the next chunk with [`flags::XRUN`]. Capture is started
+//! again at once. Playback is left prepared with its start pending: the same pump (or, when
+//! the xrun was found by [`AlsaStream::wait`], [`AlsaStream::force_xrun_recovery`] or in the
+//! middle of a fill, the next one) fills the whole free buffer from the source as usual and
+//! then starts the stream. So the frames that follow an xrun are the source's next ones, in
+//! order: the device buffer is not padded with silence of our own, and a backlog the source
+//! holds (e.g. a hub's output queue, fed by the capture that piled up during the stall) goes
+//! into the buffer instead of standing in the queue above its target. Every caller pumps
+//! after it waits (the duplex loop in [`super::duplex`], which `voxring serve` and `voxring
+//! run` drive), so a prepared playback stream is always started by the next pump; a caller
+//! that only waits must pump (or call [`AlsaStream::start`]) to get it playing again.
+//! Linked streams (`hw:` capture and playback on one card) are prepared and started as a
+//! group by ALSA: a playback xrun's restart starts the capture with it at the end of the
+//! pump.
 //!
 //! Hidden underruns: a device that plays silence in place of a late client without reporting
 //! it (no XRUN state, no `EPIPE`). The playback pump fills all free space on every wake-up, so
@@ -186,6 +199,9 @@ pub struct AlsaStream<T: Sample> {
     /// The device was seen consuming part of the buffer between two wake-ups: it plays at
     /// its clock (ALSA's null and file PCMs consume everything at once, and never latch it).
     paced: bool,
+    /// Playback was re-prepared after an xrun and waits for the next pump to refill it from
+    /// the source and start it (see the module docs).
+    start_pending: bool,
     at: Cursor,
     channels: usize,
     silence_frames: u64,
@@ -363,6 +379,7 @@ impl<T: Sample> AlsaStream<T> {
             filled_at_ns: 0,
             filled_at_capture: 0,
             paced: false,
+            start_pending: false,
             at: Cursor::default(),
             channels,
             silence_frames: 0,
@@ -407,20 +424,28 @@ impl<T: Sample> AlsaStream<T> {
         self.at.pos
     }
 
-    /// Playback frames of silence written because the source had none or to restart after an
-    /// xrun.
+    /// Playback frames of silence written because the source had none (an xrun adds none: the
+    /// buffer is refilled from the source).
     pub fn silence_frames(&self) -> u64 {
         self.silence_frames
     }
 
     /// Starts the stream. Real-time safe.
     pub fn start(&mut self) -> Result<(), StreamError> {
+        self.start_pending = false;
         self.pcm.start().map_err(|e| self.err(e))
+    }
+
+    /// Whether playback was re-prepared after an xrun and waits for the next pump to refill
+    /// and start it (see the module docs).
+    pub fn start_pending(&self) -> bool {
+        self.start_pending
     }
 
     /// Stops the stream at once, dropping pending frames.
     pub fn stop(&mut self) -> Result<(), StreamError> {
         self.full_after_pump = false;
+        self.start_pending = false;
         self.pcm.drop().map_err(|e| self.err(e))
     }
 
@@ -434,7 +459,8 @@ impl<T: Sample> AlsaStream<T> {
 
     /// Waits until the device has at least a period ready (or `timeout_ms` passes); true when
     /// ready. An xrun found while waiting is recovered and reported as ready, so the next pump
-    /// sees it. Real-time safe: this is the wait on the device's clock.
+    /// sees it (a playback stream is then prepared, and the next pump refills and starts it).
+    /// Real-time safe: this is the wait on the device's clock.
     pub fn wait(&mut self, timeout_ms: u32) -> Result<bool, StreamError> {
         match self.pcm.wait(Some(timeout_ms)) {
             Ok(ready) => Ok(ready),
@@ -446,8 +472,9 @@ impl<T: Sample> AlsaStream<T> {
     }
 
     /// Runs the xrun recovery exactly as if the device had reported an xrun: counts it, flags
-    /// the next chunk [`flags::XRUN`], re-prepares and restarts the stream (refilling playback
-    /// with silence). For devices that cannot be made to xrun on demand (ALSA's unpaced `null`
+    /// the next chunk [`flags::XRUN`] and re-prepares the stream; capture is started again at
+    /// once, playback by the next pump, after it refilled the buffer from the source (see the
+    /// module docs). For devices that cannot be made to xrun on demand (ALSA's unpaced `null`
     /// and `file` PCMs, used by the tests), and to resynchronise a stream deliberately.
     /// Real-time safe.
     pub fn force_xrun_recovery(&mut self) -> Result<(), StreamError> {
@@ -489,8 +516,9 @@ impl<T: Sample> AlsaStream<T> {
     }
 
     /// With a direct mapping: when the kernel's status says xrun, or the buffer holds more than
-    /// it can (the pointers jumped), counts an xrun, flags the next chunk and restarts; true
-    /// when it did.
+    /// it can (the pointers jumped), counts an xrun, flags the next chunk and re-prepares
+    /// (capture started again, playback left for its pump to refill and start); true when it
+    /// did.
     fn restarted_after_direct_xrun(&mut self) -> Result<bool, StreamError> {
         fn broken<S, D: MmapDir>(m: &MmapIO<S, D>) -> bool {
             m.status().state() == State::XRun || m.avail() > m.buffer_size()
@@ -508,50 +536,24 @@ impl<T: Sample> AlsaStream<T> {
         Ok(xrun)
     }
 
-    /// Re-prepares and restarts after an xrun; playback is refilled with silence first.
+    /// Re-prepares after an xrun. Capture starts again at once; playback is left prepared with
+    /// its start pending, for the next pump to refill from the source and start.
     fn restart(&mut self) -> Result<(), StreamError> {
         self.full_after_pump = false;
         self.pcm.prepare().map_err(|e| self.err(e))?;
         if self.dir == Direction::Playback {
-            self.fill_silence()?;
+            self.start_pending = true;
+            return Ok(());
         }
         self.pcm.start().map_err(|e| self.err(e))
     }
 
-    /// Fills all free playback space with silence (does not advance the source position).
-    fn fill_silence(&mut self) -> Result<(), StreamError> {
-        let mut guard = 0;
-        loop {
-            let avail = self.pcm.avail_update().map_err(|e| self.err(e))?;
-            if avail <= 0 || guard > 8 {
-                return Ok(());
-            }
-            guard += 1;
-            let ch = self.channels;
-            if let Some(SendDirect(Direct::Playback(m))) = &mut self.direct {
-                let mut n = 0;
-                for (ptr, frames) in areas(m) {
-                    // SAFETY: `data_ptr` describes writable frames of the mapped kernel buffer
-                    // (`frames * channels` samples) that the device is not reading now.
-                    let s = unsafe { core::slice::from_raw_parts_mut(ptr, frames * ch) };
-                    s.fill(T::SILENCE);
-                    n += frames as Frames;
-                }
-                m.commit(n);
-                self.silence_frames += n as u64;
-                continue;
-            }
-            // SAFETY: the format of `T` was set and verified in `open`, and no other `IO` of
-            // this PCM exists (we create one per call and drop it before the next).
-            let io = unsafe { self.pcm.io_unchecked::<T>() };
-            let n = io
-                .mmap(avail as usize, |buf| {
-                    buf.fill(T::SILENCE);
-                    buf.len() / ch
-                })
-                .map_err(|e| self.err(e))?;
-            self.silence_frames += n as u64;
+    /// Starts playback if an xrun's recovery left it prepared (after the pump refilled it).
+    fn start_if_pending(&mut self) -> Result<(), StreamError> {
+        if self.start_pending {
+            self.start()?;
         }
+        Ok(())
     }
 
     /// Moves every captured frame that is ready into `sink`, straight from the mmap area.
@@ -626,8 +628,10 @@ impl<T: Sample> AlsaStream<T> {
     }
 
     /// Fills all free space of the playback buffer from `source`, straight into the mmap area
-    /// (silence where the source has nothing). Returns the frames written. An xrun is counted,
-    /// recovered, and flagged on the next chunk. Real-time safe.
+    /// (silence where the source has nothing). Returns the frames written. An xrun is counted
+    /// and flagged on the next chunk; the stream is re-prepared, its whole buffer filled from
+    /// `source` and started again (also when an earlier call left its start pending). Real-time
+    /// safe.
     ///
     /// `capture_pos` is the duplex's clock for [`ChunkInfo::capture_pos`]: the frames the
     /// capture side has delivered so far (0 for playback alone).
@@ -642,8 +646,11 @@ impl<T: Sample> AlsaStream<T> {
         }
         // Before the free space is read: the time since the buffer was full errs short.
         let now = monotonic_ns();
-        let Some(avail) = self.avail_or_recover()? else {
-            return Ok(0);
+        let avail = match self.avail_or_recover()? {
+            Some(n) => n,
+            // Recovered from an xrun: the stream is prepared, its whole buffer free; fill it
+            // from the source below and start it.
+            None => self.pcm.avail_update().map_err(|e| self.err(e))? as usize,
         };
         let g = &self.granted;
         let (buffer, period) = (g.buffer_frames as usize, g.period_frames as usize);
@@ -682,6 +689,7 @@ impl<T: Sample> AlsaStream<T> {
             });
             drop(io);
             if let Err(e) = r {
+                // Prepared again with its start pending: the next pump refills and starts it.
                 self.recover(e)?;
                 return Ok(moved);
             }
@@ -695,6 +703,7 @@ impl<T: Sample> AlsaStream<T> {
         self.full_after_pump = moved >= avail;
         self.filled_at_ns = monotonic_ns();
         self.filled_at_capture = capture_pos;
+        self.start_if_pending()?;
         Ok(moved)
     }
 
@@ -703,9 +712,8 @@ impl<T: Sample> AlsaStream<T> {
         source: &mut S,
         capture_pos: u64,
     ) -> Result<usize, StreamError> {
-        if self.restarted_after_direct_xrun()? {
-            return Ok(0);
-        }
+        // After an xrun the stream is prepared (its whole buffer free) and filled below.
+        self.restarted_after_direct_xrun()?;
         let ch = self.channels;
         let Some(SendDirect(Direct::Playback(m))) = &mut self.direct else {
             return Ok(0);
@@ -723,6 +731,7 @@ impl<T: Sample> AlsaStream<T> {
             self.silence_frames += (frames - got) as u64;
             moved += frames;
         }
+        self.start_if_pending()?;
         Ok(moved)
     }
 

@@ -14,7 +14,11 @@
 //!
 //! Like hardware, the device has a finite buffer: if the thread is so late that more than
 //! `buffer_frames` are due beyond what was handed over, the excess is dropped and counted as an
-//! xrun on both sides.
+//! xrun on both sides: the capture loses those frames, and the playback played silence for them
+//! (which is what comes back in the loopback). The source is not asked for the frames dropped:
+//! the periods run after the xrun take its next frames, in order, as an ALSA playback stream
+//! refilled from its source after an xrun does (`alsa_pcm`'s module docs), and the first chunk
+//! after it on each side is flagged [`flags::XRUN`].
 
 use rustix::thread::{ClockId, clock_nanosleep_absolute};
 use rustix::time::Timespec;
@@ -196,6 +200,16 @@ impl<T: Sample> SyntheticDevice<T> {
         let buffer = u64::from(self.params.buffer_frames);
         if due > self.clock_frames + buffer + period {
             let skip = (due - self.clock_frames - buffer) / period * period;
+            // The device played silence for the frames it dropped: that is what the loopback
+            // brings back (not what the line held from an earlier turn).
+            if self.delay.is_some() {
+                let ch = self.params.channels as usize;
+                let len = self.line.len() / ch;
+                let w = (self.clock_frames % len as u64) as usize;
+                for (start, n) in split(w, skip.min(len as u64) as usize, len) {
+                    self.line[start * ch..(start + n) * ch].fill(T::SILENCE);
+                }
+            }
             self.clock_frames += skip;
             self.xruns.capture += 1;
             self.xruns.playback += 1;
@@ -306,6 +320,72 @@ mod tests {
         assert_eq!(split(0, 4, 10).collect::<Vec<_>>(), vec![(0, 4)]);
         assert_eq!(split(8, 4, 10).collect::<Vec<_>>(), vec![(8, 2), (0, 2)]);
         assert_eq!(split(6, 4, 10).collect::<Vec<_>>(), vec![(6, 4)]);
+    }
+
+    #[test]
+    fn after_an_xrun_the_source_goes_on_and_the_loopback_brings_back_silence() {
+        /// Plays 1, 2, 3, ... (mono).
+        struct Count(i32);
+        impl PlaybackSource<i32> for Count {
+            fn pull(&mut self, out: &mut [i32], _: &ChunkInfo) -> usize {
+                for s in out.iter_mut() {
+                    self.0 += 1;
+                    *s = self.0;
+                }
+                out.len()
+            }
+        }
+        /// Keeps every captured sample with its chunk's flags.
+        struct Keep(Vec<(i32, u32)>);
+        impl CaptureSink<i32> for Keep {
+            fn push(&mut self, s: &[i32], info: &ChunkInfo) -> usize {
+                self.0.extend(s.iter().map(|&v| (v, info.flags)));
+                s.len()
+            }
+        }
+        let params = StreamParams {
+            rate: 48_000,
+            channels: 1,
+            period_frames: 64,
+            buffer_frames: 128,
+        };
+        let mut d = SyntheticDevice::<i32>::new(&params, Some(128)).unwrap();
+        let (mut src, mut sink) = (Count(0), Keep(Vec::new()));
+        d.start();
+        while d.clock_frames() < 1024 {
+            d.run_due(&mut sink, &mut src);
+        }
+        // A stall of one second, without sleeping: the device's clock started a second earlier.
+        d.origin_ns -= 1_000_000_000;
+        let before = sink.0.len();
+        let end = d.frames_due_at(monotonic_ns()) + 512;
+        while d.clock_frames() < end {
+            d.run_due(&mut sink, &mut src);
+        }
+        assert_eq!((d.xruns().capture, d.xruns().playback), (1, 1));
+        assert_eq!(
+            d.silence_frames(),
+            0,
+            "the source was asked for every period run"
+        );
+        assert_eq!(
+            d.playback_position(),
+            src.0 as u64,
+            "the source's frames, in order"
+        );
+        let after = &sink.0[before..];
+        assert!(
+            after[0].1 & flags::XRUN != 0,
+            "the first chunk after it is flagged"
+        );
+        // The loopback: what was played before the stall, then silence for what the device
+        // dropped, then the source's next frames in order; never a frame heard twice.
+        let heard: Vec<i32> = sink.0.iter().map(|x| x.0).filter(|&v| v != 0).collect();
+        assert!(after[0].0 == 0, "the device played silence in the stall");
+        assert!(
+            heard.windows(2).all(|w| w[1] > w[0]),
+            "a frame came back twice (the line's stale content)"
+        );
     }
 
     #[test]
