@@ -110,6 +110,8 @@ fn synthetic_round_trip_recognises_every_utterance_and_loses_nothing() {
     };
     let (ok, s, stderr) = assistant(&py, &["--device", "synthetic", "--periods", "16"]);
     assert_valid_round_trip(ok, &s, &stderr);
+    // A bit-exact loopback moves nothing: each utterance is where the first one puts it.
+    assert_eq!(s["device_shift_samples"], serde_json::json!([0, 0, 0]));
 }
 
 /// A command outside the grammar is not recognised as said: the run says so and fails.
@@ -137,8 +139,50 @@ fn a_misrecognised_utterance_fails_the_run() {
     );
 }
 
+/// PipeWire's graph quantum forced for as long as this lives (`pw-metadata`, as a user tunes
+/// their server), back to the server's own choice on drop.
+struct ForcedQuantum;
+
+impl ForcedQuantum {
+    fn set(frames: u32) -> Self {
+        force_quantum(frames);
+        ForcedQuantum
+    }
+}
+
+impl Drop for ForcedQuantum {
+    fn drop(&mut self) {
+        force_quantum(0);
+    }
+}
+
+fn force_quantum(frames: u32) {
+    let status = std::process::Command::new("pw-metadata")
+        .args([
+            "-n",
+            "settings",
+            "0",
+            "clock.force-quantum",
+            &frames.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .expect("cannot run pw-metadata (apt-get install pipewire-bin)");
+    assert!(
+        status.success(),
+        "pw-metadata clock.force-quantum {frames}: {status}"
+    );
+}
+
 /// The same scenario through the headless PipeWire (scripts/test starts it and runs the
-/// ignored tests with VOXRING_AUDIO_DEVICE=pipewire).
+/// ignored tests with VOXRING_AUDIO_DEVICE=pipewire), its graph at a 512-frame quantum (10.7 ms;
+/// the hub keeps its 128-frame cycle). At 128 (2.67 ms) PipeWire itself breaks a stream on a
+/// shared VM, with no voxring in its graph (scripts/pipewire-headless/continuity: 7-43 breaks
+/// in 20 s; 0-4 at 256; 0 at 512 and 1024; docs/voice-round-trip.md), and through it this
+/// test failed 5 of 9 runs on the place of an utterance and, placed by its own sound, 2 of 29
+/// on a misrecognised one. A move of the talker's stream by the device path is still printed
+/// (`device_shift_samples`), not asserted: what the hub did to the talker's frames is (its
+/// lane counters).
 #[test]
 #[ignore = "needs the headless PipeWire (scripts/test runs it)"]
 fn pipewire_round_trip_recognises_every_utterance_and_loses_nothing() {
@@ -146,7 +190,9 @@ fn pipewire_round_trip_recognises_every_utterance_and_loses_nothing() {
         return;
     };
     let device = std::env::var("VOXRING_AUDIO_DEVICE").unwrap_or_else(|_| "pipewire".to_owned());
+    let _quantum = (device == "pipewire").then(|| ForcedQuantum::set(512));
     let (ok, s, stderr) = assistant(&py, &["--device", &device, "--periods", "16"]);
+    println!("device_shift_samples: {}", s["device_shift_samples"]);
     assert_valid_round_trip(ok, &s, &stderr);
 }
 

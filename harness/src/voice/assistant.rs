@@ -40,7 +40,8 @@ pub struct AssistantArgs {
     /// Write the run's summary (records, counters, verdict) here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// An existing directory for the records, the table and the stacked-bar SVG.
+    /// An existing directory for the records, the table, the stacked-bar SVG, and two WAVs:
+    /// what the mic heard (`mic.wav`) and what the talker said (`script.wav`).
     #[arg(long)]
     pub report: Option<PathBuf>,
     /// An utterance (repeat for several); default: the scenario's three.
@@ -507,25 +508,41 @@ fn conclude(a: &AssistantArgs, run: &RunOutputs<'_>) -> anyhow::Result<ExitCode>
             run.left_behind
         ));
     }
-    let (records, mut why) = match &run.capture {
+    let (records, mut why, shifts) = match &run.capture {
         Ok(cap) => build_records(a, run, cap),
-        Err(e) => (Vec::new(), vec![format!("the listener failed: {e:#}")]),
+        Err(e) => (
+            Vec::new(),
+            vec![format!("the listener failed: {e:#}")],
+            Vec::new(),
+        ),
     };
     failures.append(&mut why);
     let wer = scenario_wer(&records);
     if records.len() == run.says.len() && wer > 0.0 {
         failures.push(format!("word error rate {wer:.3}: misrecognised"));
     }
-    let summary = summarise(a, run, &records, wer, &failures);
+    let summary = summarise(a, run, &records, wer, &failures, &shifts);
     if let Some(p) = &a.json {
         std::fs::write(p, serde_json::to_string_pretty(&summary)? + "\n")
             .with_context(|| format!("cannot write --json {}", p.display()))?;
     }
     if let Some(d) = &a.report {
         write_report(a, d, &records)?;
+        if let Ok(cap) = &run.capture {
+            write_wav(&d.join("mic.wav"), cap.rate, &cap.samples)?;
+            write_wav(&d.join("script.wav"), cap.rate, &run.script)?;
+        }
     }
     println!("{}", table_markdown(&records));
     println!("word error rate {wer:.3}; {}", summary["verdict"]);
+    if let Some(&last) = shifts.last().filter(|&&v| v != 0) {
+        println!(
+            "note: the device path moved the talker's utterances by {shifts:?} samples from \
+             where the first was heard ({:.1} ms by the last): cycles the audio server missed, \
+             outside the hub (the hub's own corrections of the lane are checked on their own)",
+            last as f64 * 1000.0 / 48_000.0
+        );
+    }
     if failures.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
@@ -536,6 +553,24 @@ fn conclude(a: &AssistantArgs, run: &RunOutputs<'_>) -> anyhow::Result<ExitCode>
         eprintln!("hub's log:\n{}", run.hub_log.trim_end());
     }
     Ok(ExitCode::from(1))
+}
+
+/// A mono S16 WAV of `samples` (the report's `mic.wav`: what the hub's mic heard, from the
+/// listener's first frame on; `script.wav`: what the talker said).
+fn write_wav(path: &Path, rate: u32, samples: &[i16]) -> anyhow::Result<()> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    for &v in samples {
+        w.write_sample(v)?;
+    }
+    w.finalize()
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn write_report(a: &AssistantArgs, d: &Path, records: &[UtteranceRecord]) -> anyhow::Result<()> {
@@ -553,12 +588,13 @@ fn write_report(a: &AssistantArgs, d: &Path, records: &[UtteranceRecord]) -> any
         .context("cannot write the SVG")
 }
 
-/// The records of the utterances, and what is wrong with the run.
+/// The records of the utterances, what is wrong with the run, and how far the device path
+/// moved each utterance (samples, see [`Placed::shift`]).
 fn build_records(
     a: &AssistantArgs,
     run: &RunOutputs<'_>,
     cap: &Capture,
-) -> (Vec<UtteranceRecord>, Vec<String>) {
+) -> (Vec<UtteranceRecord>, Vec<String>, Vec<i64>) {
     let mut why = Vec::new();
     if cap.lost > 0 {
         why.push(format!("the listener lost {} mic frames", cap.lost));
@@ -566,7 +602,7 @@ fn build_records(
     let talker = run.of("talker").map(lines).unwrap_or_default();
     let Some(ready) = event(&talker, "ready").next() else {
         why.push("the talker said nothing".into());
-        return (Vec::new(), why);
+        return (Vec::new(), why, Vec::new());
     };
     let placements: Vec<(u64, u64)> = ready["placements"]
         .as_array()
@@ -590,7 +626,7 @@ fn build_records(
         Ok(p) => p,
         Err(e) => {
             why.push(format!("{e:#}"));
-            return (Vec::new(), why);
+            return (Vec::new(), why, Vec::new());
         }
     };
     // The hub's lane corrections are counted, not located: one seen near an utterance (a
@@ -617,7 +653,7 @@ fn build_records(
             Err(e) => why.push(format!("utterance {} ({:?}): {e:#}", k + 1, run.says[k])),
         }
     }
-    (out, why)
+    (out, why, placed.iter().map(|p| p.shift).collect())
 }
 
 /// One utterance's record from the agents' lines and the capture.
@@ -727,6 +763,7 @@ fn summarise(
     records: &[UtteranceRecord],
     wer: f64,
     failures: &[String],
+    device_shifts: &[i64],
 ) -> Value {
     let after_decision: Vec<f64> = records
         .iter()
@@ -780,6 +817,7 @@ fn summarise(
         "hub": run.hub_summary, "hub_status": run.hub_status, "lanes": lanes, "agents": agents,
         "scheduling": run.scheduling,
         "lane_corrections": run.capture.as_ref().map(|c| json!(c.corrections)).unwrap_or_default(),
+        "device_shift_samples": device_shifts,
         "failures": failures,
         "verdict": if failures.is_empty() { "run valid: every utterance recognised, no frame lost" } else { "FAILED" },
     })
