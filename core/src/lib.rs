@@ -3,6 +3,13 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+// The planted ordering bugs exist for the loom suite's self-check only.
+#[cfg(all(feature = "planted-bug", not(voxring_loom)))]
+compile_error!(
+    "voxring-core's `planted-bug` feature weakens its orderings on purpose: it is for the loom \
+     suite only (VOXRING_PLANTED_BUG=1 loom-tests/run); turn it off"
+);
+
 #[macro_use]
 mod macros;
 pub(crate) mod sync;

@@ -4,7 +4,7 @@
 //! deadlock under `FutexModel`), a reader whose timeout ran out leaves nothing that stops the
 //! next wait from being woken, and the value seen after the wait is the one published.
 //!
-//! `--cfg voxring_planted_bug` makes `publish` look for sleepers before its publishing store;
+//! the `planted-bug` feature makes `publish` look for sleepers before its publishing store;
 //! `waiting_readers_are_always_woken` must then fail (scripts/test checks it does).
 #![cfg(voxring_loom)]
 

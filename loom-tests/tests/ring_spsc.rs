@@ -4,7 +4,7 @@
 //! Payload accesses are seen by loom through each slot's access tracker (the shim's
 //! `UnsafeCell`), so a consumer touching a payload the producer has not published (or a
 //! producer reusing a slot still being read) is a causality violation. This is the model
-//! that catches the planted bug (`--cfg voxring_planted_bug`: the commit's Release store of
+//! that catches the planted bug (the `planted-bug` feature: the commit's Release store of
 //! `write_pos` weakened to Relaxed).
 #![cfg(voxring_loom)]
 

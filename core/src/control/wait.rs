@@ -35,7 +35,7 @@
 //! for that many wake-ups before sleeping could sleep until its timeout.
 //!
 //! loom models it in `loom-tests/tests/control_wait.rs` (a lost wake-up is a deadlock there).
-//! `--cfg voxring_planted_bug` moves the writer's look at `wake` before its publishing store;
+//! the `planted-bug` feature (loom builds only) moves the writer's look at `wake` before its publishing store;
 //! that model must then fail.
 
 use super::{ControlRegister, Plain, ReadError, WriteError, to_words};
@@ -77,19 +77,19 @@ impl<T: Plain, const WORDS: usize> ControlRegister<T, WORDS> {
     }
 
     fn publish_words(&self, words: [u64; WORDS]) -> Result<Wake, ()> {
-        #[cfg(voxring_planted_bug)]
+        #[cfg(all(voxring_loom, feature = "planted-bug"))]
         let early = self.wake.load(Ordering::Relaxed);
         self.write_words(words)?;
         // SeqCst: pairs with the waiting reader's fence between its arm of `wake` and its
         // re-check of `seq` (Dekker, see the module docs): either the load below sees the arm,
         // or the reader sees the `seq` just stored.
         fence(Ordering::SeqCst);
-        #[cfg(not(voxring_planted_bug))]
+        #[cfg(not(all(voxring_loom, feature = "planted-bug")))]
         // Relaxed: ordered after the `seq` store by the fence above.
         let armed = self.wake.load(Ordering::Relaxed);
         // Planted bug: the look at `wake` was made before the write, so a reader that armed
         // in between is missed (its wake-up is lost).
-        #[cfg(voxring_planted_bug)]
+        #[cfg(all(voxring_loom, feature = "planted-bug"))]
         let armed = early;
         if armed & SLEEPER == 0 {
             return Ok(Wake::none());

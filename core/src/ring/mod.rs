@@ -7,7 +7,7 @@
 //!   with **Acquire**, so it sees every field `create` wrote.
 //! * The producer writes payload and metadata, then stores `write_pos` with **Release**
 //!   ([`WriteGrant::commit`]); consumers load `write_pos` with **Acquire** before touching a
-//!   frame. (`--cfg voxring_planted_bug` weakens exactly this store to Relaxed; the loom
+//!   frame. (the `planted-bug` feature (loom builds only) weakens exactly this store to Relaxed; the loom
 //!   suite must then fail.)
 //! * A consumer finishes reading, then stores its `read_pos` with **Release**
 //!   ([`ReadGrant::release`]); the lossless producer loads every live `read_pos` with
@@ -142,10 +142,10 @@ pub use producer::{FrameMut, FramesMut, Producer, WriteGrant, WriteToken};
 
 /// The ordering of the producer's commit store of `write_pos`: Release, or Relaxed when the
 /// planted bug is switched on to prove the loom suite can fail.
-#[cfg(not(voxring_planted_bug))]
+#[cfg(not(all(voxring_loom, feature = "planted-bug")))]
 pub(crate) const COMMIT_ORDER: Ordering = Ordering::Release;
 /// The ordering of the producer's commit store: deliberately wrong (planted bug).
-#[cfg(voxring_planted_bug)]
+#[cfg(all(voxring_loom, feature = "planted-bug"))]
 pub(crate) const COMMIT_ORDER: Ordering = Ordering::Relaxed;
 
 /// A handle on a ring in a memory region: the region's address plus its validated layout.
