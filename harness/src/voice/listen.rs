@@ -271,6 +271,10 @@ mod tests {
         }
     }
 
+    fn placed(start: u64, end: u64, shift: i64) -> Placed {
+        Placed { start, end, shift }
+    }
+
     #[test]
     fn places_the_script_by_its_first_sound_and_checks_every_sample() {
         let script = [0, 0, 100, 200, 0, 0, 300, 0];
@@ -279,21 +283,7 @@ mod tests {
         heard.extend_from_slice(&[0; 3]);
         let cap = capture(heard.clone(), 40);
         let p = place_utterances(&cap, &script, &[(2, 4), (6, 7)], true).unwrap();
-        assert_eq!(
-            p,
-            [
-                Placed {
-                    start: 47,
-                    end: 49,
-                    shift: 0
-                },
-                Placed {
-                    start: 51,
-                    end: 52,
-                    shift: 0
-                }
-            ]
-        );
+        assert_eq!(p, [placed(47, 49, 0), placed(51, 52, 0)]);
         // A sample changed on the way (a repeated frame) fails the exact check.
         heard[5 + 6] = 200;
         let cap = capture(heard, 40);
@@ -314,21 +304,7 @@ mod tests {
         let mut cap = capture(heard.clone(), 40);
         cap.rate = 1000; // DRIFT_MS is 100 samples
         let p = place_utterances(&cap, &script, &[(2, 4), (8, 9)], false).unwrap();
-        assert_eq!(
-            p,
-            [
-                Placed {
-                    start: 47,
-                    end: 49,
-                    shift: 0
-                },
-                Placed {
-                    start: 56,
-                    end: 57,
-                    shift: 3
-                }
-            ]
-        );
+        assert_eq!(p, [placed(47, 49, 0), placed(56, 57, 3)]);
         // The exact check (the synthetic device) does not follow the device: it fails.
         let e = place_utterances(&cap, &script, &[(2, 4), (8, 9)], true).unwrap_err();
         assert!(e.to_string().contains("utterance 2 differs"), "{e}");
