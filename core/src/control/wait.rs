@@ -35,8 +35,8 @@
 //! for that many wake-ups before sleeping could sleep until its timeout.
 //!
 //! loom models it in `loom-tests/tests/control_wait.rs` (a lost wake-up is a deadlock there).
-//! the `planted-bug` feature (loom builds only) moves the writer's look at `wake` before its publishing store;
-//! that model must then fail.
+//! The `planted-bug` feature (loom builds only) moves the writer's look at `wake` before its
+//! publishing store; that model must then fail.
 
 use super::{ControlRegister, Plain, ReadError, WriteError, to_words};
 use crate::sync::{Ordering, fence};

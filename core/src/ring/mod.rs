@@ -7,8 +7,8 @@
 //!   with **Acquire**, so it sees every field `create` wrote.
 //! * The producer writes payload and metadata, then stores `write_pos` with **Release**
 //!   ([`WriteGrant::commit`]); consumers load `write_pos` with **Acquire** before touching a
-//!   frame. (the `planted-bug` feature (loom builds only) weakens exactly this store to Relaxed; the loom
-//!   suite must then fail.)
+//!   frame. (The `planted-bug` feature, loom builds only, weakens exactly this store to
+//!   Relaxed; the loom suite must then fail.)
 //! * A consumer finishes reading, then stores its `read_pos` with **Release**
 //!   ([`ReadGrant::release`]); the lossless producer loads every live `read_pos` with
 //!   **Acquire** before reusing a slot.
