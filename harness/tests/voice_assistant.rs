@@ -177,9 +177,9 @@ fn force_quantum(frames: u32) {
 /// The same scenario through the headless PipeWire (scripts/test starts it and runs the
 /// ignored tests with VOXRING_AUDIO_DEVICE=pipewire), its graph at a 512-frame quantum (10.7 ms;
 /// the hub keeps its 128-frame cycle). At 128 (2.67 ms) PipeWire itself breaks a stream on a
-/// shared VM, with no voxring in its graph (scripts/pipewire-headless/continuity: 7-43 breaks
+/// shared VM, with no voxring in its graph (scripts/pipewire-headless/continuity: 7-19 breaks
 /// in 20 s; 0-4 at 256; 0 at 512 and 1024; docs/voice-round-trip.md), and through it this
-/// test failed 5 of 9 runs on the place of an utterance and, placed by its own sound, 2 of 29
+/// test failed 7 of 10 runs on the place of an utterance and, placed by its own sound, 2 of 29
 /// on a misrecognised one. A move of the talker's stream by the device path is still printed
 /// (`device_shift_samples`), not asserted: what the hub did to the talker's frames is (its
 /// lane counters).

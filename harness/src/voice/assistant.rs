@@ -535,12 +535,13 @@ fn conclude(a: &AssistantArgs, run: &RunOutputs<'_>) -> anyhow::Result<ExitCode>
     }
     println!("{}", table_markdown(&records));
     println!("word error rate {wer:.3}; {}", summary["verdict"]);
+    let rate = run.capture.as_ref().map_or(48_000, |c| c.rate);
     if let Some(&last) = shifts.last().filter(|&&v| v != 0) {
         println!(
             "note: the device path moved the talker's utterances by {shifts:?} samples from \
              where the first was heard ({:.1} ms by the last): cycles the audio server missed, \
              outside the hub (the hub's own corrections of the lane are checked on their own)",
-            last as f64 * 1000.0 / 48_000.0
+            last as f64 * 1000.0 / f64::from(rate)
         );
     }
     if failures.is_empty() {

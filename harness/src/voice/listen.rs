@@ -14,10 +14,11 @@
 //! shared 2-core VM, with voxring's hub alone), which delays everything after it by a quantum
 //! that voxring never saw. That move is reported per utterance (`Placed::shift`), not failed:
 //! what voxring does to the talker's frames is checked by the hub's lane counters (and, on the
-//! synthetic device, sample by sample). A reply is heard at the first sound after the utterance it
-//! answers; its first sample is that position less the reply's own offset of its first sound
-//! (reported by the reply agent), and the moment it was heard is that sample's place in its
-//! mic frame (the frame's commit stamp less the samples after it, at the stream's rate).
+//! synthetic device, sample by sample). A reply is heard at the first sound after the
+//! utterance it answers; its first sample is that position less the reply's own offset of its
+//! first sound (reported by the reply agent), and the moment it was heard is that sample's
+//! place in its mic frame (the frame's commit stamp less the samples after it, at the stream's
+//! rate).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
