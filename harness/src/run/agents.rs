@@ -162,6 +162,8 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<AgentOutput> {
         corrupt_once: args.role == Role::Recorder
             && std::env::var_os(CORRUPT_RECORDING_ENV).is_some(),
         late_once: late_hook(name),
+        period_ns: u64::from(cfg.samples_per_frame) * 1_000_000_000
+            / u64::from(cfg.sample_rate.max(1)),
     };
 
     println!("ready");
@@ -329,6 +331,9 @@ struct Agent {
     corrupt_once: bool,
     /// Test hook ([`LATE_AGENT_ENV`]): (cycle, extra compute).
     late_once: Option<(u64, Duration)>,
+    /// One ring frame's duration: a frame is due one period after the hub stamped it (the
+    /// deadline the hub armed in the cycle fence).
+    period_ns: u64,
 }
 
 /// [`LATE_AGENT_ENV`] for the agent `name`, read once at its start.
@@ -440,7 +445,12 @@ impl Agent {
         );
         t.frames += 1;
         t.samples += u64::from(meta.len / self.enc.bytes());
-        if self.links.sync.fence_done(self.index, meta.seq, c1) {
+        let deadline_ns = meta.timestamp_ns.saturating_add(self.period_ns);
+        if self
+            .links
+            .sync
+            .fence_done(self.index, meta.seq, c1, deadline_ns)
+        {
             t.late += 1;
             if t.late_cycles.len() < MAX_LATE_LISTED {
                 t.late_cycles.push(meta.seq);

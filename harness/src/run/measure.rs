@@ -267,9 +267,15 @@ impl<T: Sample> MicProbe<T> for CaptureProbe<'_> {
         let first = self.first_ns(pos);
         self.crc.update(payload);
         self.table.put(pos, u64::from(self.p.quantum), first);
-        // Armed before the commit: an agent's `done` for this cycle finds it armed.
-        self.sync
-            .arm(seq, self.p.agents_mask, t_ns + self.p.period_ns);
+        // Armed before the commit: an agent's `done` for this cycle finds it armed. Only the
+        // chunk's last frame: a chunk's frames are committed together, so arming each would
+        // count every earlier one as missed before any agent could see it (a device that hands
+        // over two periods at once: PipeWire at a 256-frame quantum under a 128-frame hub).
+        let q = u64::from(self.p.quantum);
+        if pos + q >= self.chunk.sample_pos + self.chunk_frames as u64 * q {
+            self.sync
+                .arm(seq, self.p.agents_mask, t_ns + self.p.period_ns);
+        }
         self.frames += 1;
         self.samples += (payload.len() / std::mem::size_of::<T>()) as u64;
         self.next_pos = pos + u64::from(self.p.quantum);
@@ -468,6 +474,62 @@ mod tests {
             max_consumers: 1,
             policy: Policy::Lossless,
         }
+    }
+
+    /// A device that hands over two periods at once (PipeWire's graph at twice the hub's
+    /// quantum): an agent that finishes both frames before the first one's deadline is not
+    /// late, and one that finishes after it is, once.
+    #[test]
+    fn a_burst_of_two_frames_is_not_a_missed_cycle() {
+        let tag = format!("burst-{}", std::process::id());
+        let mic =
+            Segment::create(&format!("{tag}.mic"), &cfg(16), &CreateOptions::default()).unwrap();
+        let mut agent = mic.consumer().unwrap();
+        let sync = SyncHandle::create(&tag, 1).unwrap();
+        let table = Table::new(64);
+        let p = RtParams {
+            channels: 1,
+            quantum: 64,
+            rate: 48_000,
+            period_ns: 1_333_333,
+            buffer_ns: 2_666_666,
+            agents_mask: 1,
+            timeline_cap: 64,
+            start_ns: monotonic_ns(),
+            talker: false,
+            max_target: 2,
+            stall: None,
+        };
+        let shared = RtShared::new();
+        let probe = CaptureProbe::new(&sync, &table, &p).unwrap();
+        let mut sink = MicSink::with_probe(mic.producer().unwrap(), &shared, 64, 1, probe);
+        let input = vec![7i16; 128];
+        for (k, extra_ns) in [(0u64, 0u64), (2, p.period_ns + 1)] {
+            let info = ChunkInfo {
+                sample_pos: k * 64,
+                timestamp_ns: monotonic_ns(),
+                flags: 0,
+                capture_pos: k * 64,
+                channels: 1,
+            };
+            assert_eq!(sink.push(&input, &info), 128);
+            let (c, _) = agent.parts();
+            let g = c.read_grant(2).unwrap();
+            let late: Vec<bool> = g
+                .frames()
+                .map(|f| {
+                    let m = f.meta();
+                    let deadline = m.timestamp_ns + p.period_ns;
+                    let now = m.timestamp_ns + extra_ns;
+                    sync.fence_done(0, m.seq, now, deadline)
+                })
+                .collect();
+            let _ = g.release_all().unwrap();
+            let want = extra_ns > 0;
+            assert_eq!(late, [want, want], "chunk at frame {k}");
+        }
+        // The fence counted the late mark of the armed (last) frame, and no missed cycle.
+        assert_eq!(sync.late_counts()[0], 1);
     }
 
     /// The hub's real-time sides with run's probes (device → mic ring, an echo's output

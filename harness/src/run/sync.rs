@@ -122,15 +122,17 @@ impl SyncHandle {
             .arm(seq.wrapping_add(1), mask as u32, deadline_ns);
     }
 
-    /// Marks cycle `seq` done for agent `index`; true when the mark was late (past the
-    /// deadline) or came after the next cycle was armed (missed).
-    pub fn fence_done(&self, index: u32, seq: u64, now_ns: u64) -> bool {
+    /// Marks cycle `seq` (due at `deadline_ns`) done for agent `index`; true when the mark
+    /// was late: past the deadline the hub armed, or after a later cycle was armed and past
+    /// the frame's own deadline (a later cycle armed before it was due is the hub's burst: it
+    /// arms only the last frame of a chunk, see `CaptureProbe::frame`).
+    pub fn fence_done(&self, index: u32, seq: u64, now_ns: u64, deadline_ns: u64) -> bool {
         match self
             .fence()
             .done(index as usize, seq.wrapping_add(1), now_ns)
         {
             Ok(c) => c.late,
-            Err(voxring_core::fence::DoneError::Stale { .. }) => true,
+            Err(voxring_core::fence::DoneError::Stale { .. }) => now_ns > deadline_ns,
             Err(_) => false,
         }
     }
