@@ -128,7 +128,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     let s = Sys::from_env(args.root.as_deref());
     let mut checks = file_checks(&s);
     if !args.no_probes {
-        checks.extend(probes::run(args.probe_seconds));
+        checks.extend(probes::run(args.probe_seconds, s.pw_clock()));
     }
     let to_stdout = args.json.as_ref().is_some_and(|p| p.as_os_str() == "-");
     if !to_stdout {

@@ -17,7 +17,7 @@ use rustix::thread::futex;
 use rustix::time::{ClockId, Timespec};
 use voxring_linux::clock::monotonic_ns as now_ns;
 
-use super::{Check, fail, good, warn};
+use super::{Check, Finding, fail, good, warn};
 
 /// One audio quantum of 128 frames at 48 kHz, in nanoseconds: a wake-up later than this is an
 /// xrun in the making.
@@ -33,8 +33,9 @@ fn try_fifo80() -> Result<(), String> {
     voxring_linux::rt::set_fifo(80).map_err(|e| e.to_string())
 }
 
-/// Runs every probe; `seconds` is the timer-jitter duration.
-pub fn run(seconds: f64) -> Vec<Check> {
+/// Runs every probe; `seconds` is the timer-jitter duration, `pw_clock` the PipeWire config's
+/// `[rate, quantum, min, max, effective]` (`None`: PipeWire not installed).
+pub fn run(seconds: f64, pw_clock: Option<[i64; 5]>) -> Vec<Check> {
     let handle = std::thread::Builder::new()
         .name("doctor-rt-probe".into())
         .spawn(move || {
@@ -64,6 +65,9 @@ pub fn run(seconds: f64) -> Vec<Check> {
     } else {
         "SCHED_OTHER (FIFO refused)"
     };
+    if let (Some(clock), Ok(h)) = (pw_clock, &jitter) {
+        out.push(pipewire_graph(clock, h.max()).named("pipewire-graph"));
+    }
     out.push(match jitter {
         Ok(h) => {
             let (p50, p99, max) = (
@@ -120,6 +124,49 @@ pub fn run(seconds: f64) -> Vec<Check> {
         Err(why) => unmeasured("futex-wake", &why),
     });
     out
+}
+
+/// The frames per cycle a voxring hub asks of PipeWire by default (its `--quantum`).
+const HUB_QUANTUM: i64 = 128;
+
+/// The `pipewire-graph` check: is PipeWire's graph cycle, as a hub at its default quantum sets
+/// it (node latency 128 frames, clamped to the config's min and max quantum), longer than twice
+/// the longest real-time wake-up delay measured (twice: a probe of a few seconds sees only part
+/// of a machine's stalls)? A client that misses a graph cycle breaks its stream, and PipeWire's
+/// own clients break there too (docs/voice-round-trip.md measured it). `clock` is the config's
+/// `[rate, quantum, min, max, effective]`.
+pub(crate) fn pipewire_graph(clock: [i64; 5], max_late_ns: u64) -> Finding {
+    let [rate, _, min_q, max_q, _] = clock;
+    let rate = rate.max(1) as u64;
+    let cycle_ns = |frames: i64| frames as u64 * 1_000_000_000 / rate;
+    let ms = |ns: u64| format!("{:.1} ms", ns as f64 / 1e6);
+    let graph = HUB_QUANTUM.max(min_q).min(max_q.max(min_q));
+    let mut holds = graph;
+    while cycle_ns(holds) < 2 * max_late_ns && holds < 8192 {
+        holds *= 2;
+    }
+    let found = format!(
+        "a {HUB_QUANTUM}-frame hub puts PipeWire's graph at {graph} frames ({} at {rate} Hz); \
+         the longest real-time wake-up delay measured was {}",
+        ms(cycle_ns(graph)),
+        ms(max_late_ns)
+    );
+    if holds == graph {
+        return good(found);
+    }
+    warn(
+        format!(
+            "{found}: a stall that long makes PipeWire's clients miss its cycle and break their \
+             streams"
+        ),
+        &format!(
+            "give PipeWire's graph {holds} frames ({}), the hub keeping its own cycle: \
+             PIPEWIRE_PROPS='{{ node.latency = {holds}/{rate} }}' voxring serve --device pipewire \
+             (or pw-metadata -n settings 0 clock.force-quantum {holds}); on a VM, a host with \
+             dedicated cores",
+            ms(cycle_ns(holds))
+        ),
+    )
 }
 
 /// Sleeps to absolute 1 ms deadlines for `seconds`; returns how late each wake-up was.
@@ -246,4 +293,46 @@ fn unmeasured(id: &'static str, why: &str) -> Check {
         "run voxring doctor again; report a bug if it persists",
     )
     .named(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doctor::Status;
+
+    const STOCK_48K: [i64; 5] = [48_000, 1024, 32, 2048, 1024];
+
+    #[test]
+    fn a_graph_longer_than_twice_the_stalls_holds() {
+        // 2.67 ms cycles, the longest delay 1.2 ms.
+        let f = pipewire_graph(STOCK_48K, 1_200_000);
+        assert_eq!(f.status, Status::Ok, "{}", f.found);
+        assert!(
+            f.found.contains("graph at 128 frames (2.7 ms at 48000 Hz)"),
+            "{}",
+            f.found
+        );
+    }
+
+    #[test]
+    fn stalls_past_half_the_graph_cycle_ask_for_a_longer_one() {
+        // This VM's doctor measured 3.4 ms: twice that needs 512 frames (10.7 ms).
+        let f = pipewire_graph(STOCK_48K, 3_400_000);
+        assert_eq!(f.status, Status::Warn, "{}", f.found);
+        assert!(f.fix.contains("node.latency = 512/48000"), "{}", f.fix);
+        assert!(f.fix.contains("clock.force-quantum 512"), "{}", f.fix);
+        assert!(f.found.contains("3.4 ms"), "{}", f.found);
+    }
+
+    #[test]
+    fn the_configured_min_quantum_sets_the_graph() {
+        // VM overrides of a stock config (min-quantum 1024): the graph is 21 ms whatever the hub
+        // asks, and holds a 3.4 ms stall.
+        let f = pipewire_graph([48_000, 1024, 1024, 2048, 1024], 3_400_000);
+        assert_eq!(f.status, Status::Ok, "{}", f.found);
+        assert!(f.found.contains("graph at 1024 frames"), "{}", f.found);
+        // At 44.1 kHz the same 128 frames are 2.9 ms: a 1.6 ms stall needs 256.
+        let f = pipewire_graph([44_100, 1024, 32, 2048, 1024], 1_600_000);
+        assert!(f.fix.contains("node.latency = 256/44100"), "{}", f.fix);
+    }
 }
