@@ -141,17 +141,19 @@ pub(crate) fn pipewire_graph(clock: [i64; 5], max_late_ns: u64) -> Finding {
     let cycle_ns = |frames: i64| frames as u64 * 1_000_000_000 / rate;
     let ms = |ns: u64| format!("{:.1} ms", ns as f64 / 1e6);
     let graph = HUB_QUANTUM.max(min_q).min(max_q.max(min_q));
-    let mut holds = graph;
-    while cycle_ns(holds) < 2 * max_late_ns && holds < 8192 {
-        holds *= 2;
+    // The smallest graph (a power of two times the hub's quantum) the stalls allow.
+    let mut needs = HUB_QUANTUM;
+    while cycle_ns(needs) < 2 * max_late_ns && needs < 8192 {
+        needs *= 2;
     }
     let found = format!(
         "a {HUB_QUANTUM}-frame hub puts PipeWire's graph at {graph} frames ({} at {rate} Hz); \
-         the longest real-time wake-up delay measured was {}",
+         the longest real-time wake-up delay measured was {}, which needs a graph of at least \
+         {needs} frames",
         ms(cycle_ns(graph)),
         ms(max_late_ns)
     );
-    if holds == graph {
+    if graph >= needs {
         return good(found);
     }
     warn(
@@ -160,11 +162,11 @@ pub(crate) fn pipewire_graph(clock: [i64; 5], max_late_ns: u64) -> Finding {
              streams"
         ),
         &format!(
-            "give PipeWire's graph {holds} frames ({}), the hub keeping its own cycle: \
-             PIPEWIRE_PROPS='{{ node.latency = {holds}/{rate} }}' voxring serve --device pipewire \
-             (or pw-metadata -n settings 0 clock.force-quantum {holds}); on a VM, a host with \
+            "give PipeWire's graph {needs} frames ({}), the hub keeping its own cycle: \
+             PIPEWIRE_PROPS='{{ node.latency = {needs}/{rate} }}' voxring serve --device pipewire \
+             (or pw-metadata -n settings 0 clock.force-quantum {needs}); on a VM, a host with \
              dedicated cores",
-            ms(cycle_ns(holds))
+            ms(cycle_ns(needs))
         ),
     )
 }
@@ -331,6 +333,8 @@ mod tests {
         let f = pipewire_graph([48_000, 1024, 1024, 2048, 1024], 3_400_000);
         assert_eq!(f.status, Status::Ok, "{}", f.found);
         assert!(f.found.contains("graph at 1024 frames"), "{}", f.found);
+        // ... and says what a smaller graph would need (kernel-tuning/apply --pipewire sets 128).
+        assert!(f.found.contains("at least 512 frames"), "{}", f.found);
         // At 44.1 kHz the same 128 frames are 2.9 ms: a 1.6 ms stall needs 256.
         let f = pipewire_graph([44_100, 1024, 32, 2048, 1024], 1_600_000);
         assert!(f.fix.contains("node.latency = 256/44100"), "{}", f.fix);
