@@ -268,8 +268,34 @@ fn root_option_and_probes_report_their_own_ids() {
         .iter()
         .filter_map(|c| c["id"].as_str())
         .collect();
-    for id in ["shm-size", "sched-fifo", "timer-jitter", "futex-wake"] {
+    for id in [
+        "shm-size",
+        "sched-fifo",
+        "timer-jitter",
+        "futex-wake",
+        "pipewire-graph",
+    ] {
         assert!(ids.contains(&id), "{id} missing: {ids:?}");
+    }
+    // The tree's PipeWire config (quantum 128, min-quantum 64) sets the graph a hub runs in; the
+    // verdict is this machine's (its measured stalls), the advice follows from it.
+    let graph = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|c| c["id"] == "pipewire-graph")
+        .expect("pipewire-graph");
+    let found = graph["found"].as_str().expect("found");
+    assert!(
+        found.contains("puts PipeWire's graph at 128 frames (2.7 ms at 48000 Hz)")
+            && found.contains("needs a graph of at least"),
+        "{graph}"
+    );
+    if graph["status"] == "warn" {
+        assert!(
+            graph["fix"].as_str().expect("fix").contains("node.latency"),
+            "{graph}"
+        );
     }
     // --root wins over VOXRING_ROOT: the good tree's shm mount was read.
     let shm = v
@@ -294,4 +320,33 @@ fn root_option_and_probes_report_their_own_ids() {
 fn bad_probe_duration_is_a_usage_error() {
     let err = usage_error(voxring().args(["doctor", "--probe-seconds", "0"]));
     assert!(err.contains("--probe-seconds"), "{err}");
+}
+
+#[test]
+fn without_pipewire_there_is_no_graph_to_check() {
+    let t = TempDir::new("nopw");
+    make_tree("good", &t.0);
+    for d in ["usr/share/pipewire", "home/alice/.config/pipewire"] {
+        std::fs::remove_dir_all(t.0.join(d)).expect("remove the PipeWire config");
+    }
+    let mut doctor = voxring();
+    doctor.args(["doctor", "--probe-seconds", "0.05", "--json", "-"]);
+    with_env(&mut doctor, &t.0);
+    let out = doctor.output().expect("run voxring doctor");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    let ids: Vec<&str> = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|c| c["id"].as_str())
+        .collect();
+    assert!(ids.contains(&"timer-jitter"), "{ids:?}");
+    assert!(!ids.contains(&"pipewire-graph"), "{ids:?}");
+    let pw = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|c| c["id"] == "pipewire-quantum")
+        .expect("pipewire-quantum");
+    assert_eq!(pw["found"], "PipeWire not installed", "{pw}");
 }
