@@ -4,7 +4,7 @@
 use voxring_linux::audio::XrunCounts;
 
 use super::AgentKind;
-use super::buffer::BufferReport;
+use super::buffer::{BufferReport, DeviceWakeups};
 use super::collect;
 use super::glitch::{FactKind, Growth};
 use super::measure::PlaybackProbe;
@@ -149,6 +149,7 @@ pub(super) fn report(
         );
     }
     queue_warnings(playback, &mut buffer, &mut warnings);
+    buffer.device_wakeups = DeviceWakeups::from_counts(&capture.wake_counts());
     let glitches = collect::explain_glitches(
         &capture.log,
         &playback.log,

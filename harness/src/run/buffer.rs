@@ -81,6 +81,70 @@ pub struct BufferReport {
     pub reason: String,
     /// The probe (`auto` only).
     pub probe: Option<Probe>,
+    /// How the device handed the capture over (`None` before it was recorded, or when no
+    /// frame came).
+    #[serde(default)]
+    pub device_wakeups: Option<DeviceWakeups>,
+}
+
+/// How many ring frames the device handed over per wake-up of the audio thread. A device whose
+/// period is longer than the hub's cycle brings several at once (PipeWire's graph at 512 frames
+/// under a 128-frame hub: 4), and each captured sample then waits in the device for the rest of
+/// its chunk before the hub sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeviceWakeups {
+    /// Wake-ups that brought at least one frame.
+    pub wakeups: u64,
+    /// The most common number of frames per wake-up: the device's period in hub cycles.
+    pub usual: u32,
+    /// The share of wake-ups that brought `usual` frames, in percent.
+    pub usual_percent: f64,
+    /// The most frames one wake-up brought (a catch-up after a stall); the last count of the
+    /// probe's table holds "that many or more".
+    pub most: u32,
+}
+
+impl DeviceWakeups {
+    /// From wake-up counts indexed by frames per wake-up (index 0 unused); `None` without any.
+    pub fn from_counts(counts: &[u64]) -> Option<Self> {
+        let wakeups: u64 = counts.iter().skip(1).sum();
+        if wakeups == 0 {
+            return None;
+        }
+        let (usual, n) = counts
+            .iter()
+            .enumerate()
+            .skip(1)
+            .max_by_key(|&(k, n)| (*n, std::cmp::Reverse(k)))?;
+        let most = counts.iter().rposition(|&n| n > 0)?;
+        Some(Self {
+            wakeups,
+            usual: usual as u32,
+            usual_percent: *n as f64 * 100.0 / wakeups as f64,
+            most: most as u32,
+        })
+    }
+
+    /// One sentence for the report; `quantum` frames per hub cycle at `rate` Hz.
+    pub fn text(&self, quantum: u32, rate: u32) -> String {
+        let samples = self.usual * quantum;
+        let ms = f64::from(samples) * 1e3 / f64::from(rate.max(1));
+        let mut s = format!(
+            "the device handed over {} frame(s) ({samples} samples, {ms:.2} ms) per wake-up in \
+             {:.1} % of {} wake-ups, at most {}",
+            self.usual, self.usual_percent, self.wakeups, self.most
+        );
+        if self.usual > 1 {
+            s += &format!(
+                ": its period is {} of the hub's cycles (a PipeWire graph quantum larger than the \
+                 hub's?), so a captured sample waits up to {} cycle(s) in the device before the \
+                 hub sees it",
+                self.usual,
+                self.usual - 1
+            );
+        }
+        s
+    }
 }
 
 /// Measures the timer wake-up jitter for `seconds` on a thread at SCHED_FIFO `priority` (the
@@ -158,6 +222,29 @@ pub fn choose(max_late_ms: f64, period_ms: f64) -> (u32, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_wakeups_name_the_usual_count_and_the_most() {
+        assert_eq!(DeviceWakeups::from_counts(&[0; 8]), None);
+        // PipeWire's graph at 512 under a 128-frame hub: mostly 4 at once, 8 after a stall.
+        let mut counts = [0u64; 9];
+        (counts[4], counts[3], counts[8]) = (97, 2, 1);
+        let c = DeviceWakeups::from_counts(&counts).unwrap();
+        assert_eq!((c.wakeups, c.usual, c.most), (100, 4, 8));
+        assert!((c.usual_percent - 97.0).abs() < 1e-9);
+        let t = c.text(128, 48_000);
+        assert!(
+            t.contains("4 frame(s) (512 samples, 10.67 ms) per wake-up in 97.0 % of 100 wake-ups, at most 8"),
+            "{t}"
+        );
+        assert!(t.contains("waits up to 3 cycle(s)"), "{t}");
+        // A device whose period is the hub's: one at a time, nothing more said.
+        let c = DeviceWakeups::from_counts(&[0, 1000, 1]).unwrap();
+        assert_eq!((c.usual, c.most), (1, 2));
+        assert!(!c.text(128, 48_000).contains("waits"));
+        // A tie goes to the smaller count.
+        assert_eq!(DeviceWakeups::from_counts(&[0, 5, 5]).unwrap().usual, 1);
+    }
 
     #[test]
     fn periods_parse() {

@@ -41,6 +41,9 @@ pub const MAX_FACTS: usize = 4096;
 /// the queue at once (up to 8 cycles), and the echo returns the capture's backlog from the stall
 /// in the cycles after. Shorter than the queue's drift window, which would drop it.
 pub const XRUN_WATCH_CYCLES: u32 = 32;
+/// Capture wake-ups are counted by the ring frames each brought, up to this many (the last count
+/// holds that many or more).
+pub const WAKE_COUNTS: usize = 33;
 /// Test hook: `CYCLE:MS` makes the audio thread sleep MS milliseconds once, before it commits
 /// frame CYCLE (a host stall on demand; the glitch report must name it).
 pub const STALL_AUDIO_ENV: &str = "VOXRING_TEST_STALL_AUDIO";
@@ -149,6 +152,12 @@ pub struct CaptureProbe<'a> {
     pub next_pos: u64,
     last_late_t: u64,
     stall: Option<(u64, Duration)>,
+    /// Capture wake-ups by the ring frames each brought (index: frames, the last one that many
+    /// or more), the current one not yet counted: the device's real period (see
+    /// `buffer::DeviceWakeups`). The chunks of one wake-up carry its end (`capture_pos`).
+    wake_counts: [u64; WAKE_COUNTS],
+    /// The current wake-up: its end position and the frames it brought so far.
+    wake: (u64, usize),
 }
 
 impl<'a> CaptureProbe<'a> {
@@ -184,6 +193,8 @@ impl<'a> CaptureProbe<'a> {
             next_pos: 0,
             last_late_t: 0,
             stall: p.stall,
+            wake_counts: [0; WAKE_COUNTS],
+            wake: (0, 0),
         })
     }
 
@@ -206,6 +217,16 @@ impl<'a> CaptureProbe<'a> {
         self.p.start_ns
     }
 
+    /// Capture wake-ups by the ring frames each brought (index: frames; index 0 unused).
+    pub fn wake_counts(&self) -> [u64; WAKE_COUNTS] {
+        let mut c = self.wake_counts;
+        c[0] = 0;
+        if self.wake.1 > 0 {
+            c[self.wake.1.min(WAKE_COUNTS - 1)] += 1;
+        }
+        c
+    }
+
     fn fact(&mut self, kind: FactKind, t_ns: u64, value: u64) {
         self.log.push(Fact {
             kind,
@@ -222,6 +243,11 @@ impl<T: Sample> MicProbe<T> for CaptureProbe<'_> {
             self.clock.update(end, t);
             self.drift_clock.update(end, t);
         }
+        if info.capture_pos != self.wake.0 {
+            self.wake_counts[self.wake.1.min(WAKE_COUNTS - 1)] += 1;
+            self.wake = (info.capture_pos, 0);
+        }
+        self.wake.1 += frames;
         let end = info.sample_pos + (frames as u64) * u64::from(self.p.quantum);
         // How late this wake-up is against the device clock (once it tracks the device).
         if self.clock.is_tracking()
@@ -268,11 +294,19 @@ impl<T: Sample> MicProbe<T> for CaptureProbe<'_> {
         self.crc.update(payload);
         self.table.put(pos, u64::from(self.p.quantum), first);
         // Armed before the commit: an agent's `done` for this cycle finds it armed. Only the
-        // chunk's last frame: a chunk's frames are committed together, so arming each would
-        // count every earlier one as missed before any agent could see it (a device that hands
-        // over two periods at once: PipeWire at a 256-frame quantum under a 128-frame hub).
+        // wake-up's last frame: the frames of a wake-up are committed at once (one chunk, or
+        // two where the device's buffer wraps), so arming each would count every earlier one
+        // as missed before any agent could see it (a device that hands over several periods at
+        // once: PipeWire's graph at 512 frames under a 128-frame hub). A wake-up end that cannot
+        // be one (before this chunk's end, or more than a device buffer after it) is taken as
+        // the chunk's end: a device that misreports it never hides a late cycle.
         let q = u64::from(self.p.quantum);
-        if pos + q >= self.chunk.sample_pos + self.chunk_frames as u64 * q {
+        let chunk_end = self.chunk.sample_pos + self.chunk_frames as u64 * q;
+        let buffer = self.p.buffer_ns.div_ceil(self.p.period_ns.max(1)) * q;
+        let wake_end = Some(self.chunk.capture_pos)
+            .filter(|e| (chunk_end..=chunk_end + buffer).contains(e))
+            .unwrap_or(chunk_end);
+        if pos + q >= wake_end {
             self.sync
                 .arm(seq, self.p.agents_mask, t_ns + self.p.period_ns);
         }
@@ -480,7 +514,7 @@ mod tests {
     /// quantum): an agent that finishes both frames before the first one's deadline is not
     /// late, and one that finishes after it is, once.
     #[test]
-    fn a_burst_of_two_frames_is_not_a_missed_cycle() {
+    fn a_wake_up_of_two_frames_is_not_a_missed_cycle() {
         let tag = format!("burst-{}", std::process::id());
         let mic =
             Segment::create(&format!("{tag}.mic"), &cfg(16), &CreateOptions::default()).unwrap();
@@ -505,14 +539,18 @@ mod tests {
         let mut sink = MicSink::with_probe(mic.producer().unwrap(), &shared, 64, 1, probe);
         let input = vec![7i16; 128];
         for (k, extra_ns) in [(0u64, 0u64), (2, p.period_ns + 1)] {
-            let info = ChunkInfo {
-                sample_pos: k * 64,
-                timestamp_ns: monotonic_ns(),
-                flags: 0,
-                capture_pos: k * 64,
-                channels: 1,
-            };
-            assert_eq!(sink.push(&input, &info), 128);
+            // Two frames in two pieces of one wake-up (the device's buffer wrapped): each piece
+            // carries the wake-up's end.
+            for piece in 0..2 {
+                let info = ChunkInfo {
+                    sample_pos: (k + piece) * 64,
+                    timestamp_ns: monotonic_ns(),
+                    flags: 0,
+                    capture_pos: (k + 2) * 64,
+                    channels: 1,
+                };
+                assert_eq!(sink.push(&input[..64], &info), 64);
+            }
             let (c, _) = agent.parts();
             let g = c.read_grant(2).unwrap();
             let late: Vec<bool> = g
@@ -530,6 +568,12 @@ mod tests {
         }
         // The fence counted the late mark of the armed (last) frame, and no missed cycle.
         assert_eq!(sync.late_counts()[0], 1);
+        // Two wake-ups of two frames each: the device's period is two hub cycles.
+        let counts = sink.probe().wake_counts();
+        assert_eq!(
+            (counts[1], counts[2], counts.iter().sum::<u64>()),
+            (0, 2, 2)
+        );
     }
 
     /// The hub's real-time sides with run's probes (device → mic ring, an echo's output

@@ -582,6 +582,7 @@ fn choose_buffer(args: &Args, warnings: &mut Vec<String>) -> (u32, BufferReport)
         grown_at_cycles: Vec::new(),
         reason,
         probe,
+        device_wakeups: None,
     };
     (periods, report)
 }

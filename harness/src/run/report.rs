@@ -399,6 +399,9 @@ impl RunReport {
                 "buffer: {} periods ({}; reserve {} → {} frames): {}",
                 b.periods, b.mode, b.reserve_start, b.reserve_end, b.reason
             );
+            if let Some(c) = b.device_wakeups.as_ref().filter(|c| c.usual > 1) {
+                let _ = writeln!(s, "device: {}", c.text(self.quantum, self.rate));
+            }
         }
         self.hub_text(&mut s);
         self.glitches_text(&mut s);
@@ -589,6 +592,9 @@ impl RunReport {
                     "\nWake-up probe: {} timer wake-ups at {}, late by p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms.",
                     p.wakeups, p.scheduling, p.p50_ms, p.p99_ms, p.max_ms
                 );
+            }
+            if let Some(c) = &b.device_wakeups {
+                let _ = writeln!(s, "\nCapture: {}.", c.text(self.quantum, self.rate));
             }
         }
         let _ = writeln!(s, "\n## Glitches\n");

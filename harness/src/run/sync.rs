@@ -125,7 +125,7 @@ impl SyncHandle {
     /// Marks cycle `seq` (due at `deadline_ns`) done for agent `index`; true when the mark
     /// was late: past the deadline the hub armed, or after a later cycle was armed and past
     /// the frame's own deadline (a later cycle armed before it was due is the hub's burst: it
-    /// arms only the last frame of a chunk, see `CaptureProbe::frame`).
+    /// arms only the last frame of a wake-up, see `CaptureProbe::frame`).
     pub fn fence_done(&self, index: u32, seq: u64, now_ns: u64, deadline_ns: u64) -> bool {
         match self
             .fence()
