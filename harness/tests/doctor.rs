@@ -244,6 +244,24 @@ fn variations_keep_the_same_verdicts() {
     }
 }
 
+/// The ids of the checks in a `--json` array.
+fn ids(v: &serde_json::Value) -> Vec<&str> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|c| c["id"].as_str())
+        .collect()
+}
+
+/// The check `id` of a `--json` array.
+fn check<'a>(v: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("{id} missing"))
+}
+
 #[test]
 fn root_option_and_probes_report_their_own_ids() {
     let t = TempDir::new("probes");
@@ -262,12 +280,7 @@ fn root_option_and_probes_report_their_own_ids() {
     let out = doctor.output().expect("run voxring doctor");
     let text = std::fs::read_to_string(&json).expect("JSON file written");
     let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
-    let ids: Vec<&str> = v
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|c| c["id"].as_str())
-        .collect();
+    let ids = ids(&v);
     for id in [
         "shm-size",
         "sched-fifo",
@@ -279,12 +292,7 @@ fn root_option_and_probes_report_their_own_ids() {
     }
     // The tree's PipeWire config (quantum 128, min-quantum 64) sets the graph a hub runs in; the
     // verdict is this machine's (its measured stalls), the advice follows from it.
-    let graph = v
-        .as_array()
-        .expect("array")
-        .iter()
-        .find(|c| c["id"] == "pipewire-graph")
-        .expect("pipewire-graph");
+    let graph = check(&v, "pipewire-graph");
     let found = graph["found"].as_str().expect("found");
     assert!(
         found.contains("puts PipeWire's graph at 128 frames (2.7 ms at 48000 Hz)")
@@ -298,12 +306,7 @@ fn root_option_and_probes_report_their_own_ids() {
         );
     }
     // --root wins over VOXRING_ROOT: the good tree's shm mount was read.
-    let shm = v
-        .as_array()
-        .expect("array")
-        .iter()
-        .find(|c| c["id"] == "shm-size")
-        .expect("shm-size");
+    let shm = check(&v, "shm-size");
     assert_eq!(shm["status"], "ok", "{shm}");
     // Exit status: 1 exactly when a check failed (the probes read this machine).
     let any_fail = v
@@ -334,19 +337,9 @@ fn without_pipewire_there_is_no_graph_to_check() {
     with_env(&mut doctor, &t.0);
     let out = doctor.output().expect("run voxring doctor");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
-    let ids: Vec<&str> = v
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|c| c["id"].as_str())
-        .collect();
+    let ids = ids(&v);
     assert!(ids.contains(&"timer-jitter"), "{ids:?}");
     assert!(!ids.contains(&"pipewire-graph"), "{ids:?}");
-    let pw = v
-        .as_array()
-        .expect("array")
-        .iter()
-        .find(|c| c["id"] == "pipewire-quantum")
-        .expect("pipewire-quantum");
+    let pw = check(&v, "pipewire-quantum");
     assert_eq!(pw["found"], "PipeWire not installed", "{pw}");
 }

@@ -510,6 +510,23 @@ mod tests {
         }
     }
 
+    /// One agent, 64-frame mono frames at 48 kHz, a 2-period buffer.
+    fn params(talker: bool, max_target: u32) -> RtParams {
+        RtParams {
+            channels: 1,
+            quantum: 64,
+            rate: 48_000,
+            period_ns: 1_333_333,
+            buffer_ns: 2_666_666,
+            agents_mask: 1,
+            timeline_cap: 64,
+            start_ns: monotonic_ns(),
+            talker,
+            max_target,
+            stall: None,
+        }
+    }
+
     /// A device that hands over two periods at once (PipeWire's graph at twice the hub's
     /// quantum): an agent that finishes both frames before the first one's deadline is not
     /// late, and one that finishes after it is, once.
@@ -521,19 +538,7 @@ mod tests {
         let mut agent = mic.consumer().unwrap();
         let sync = SyncHandle::create(&tag, 1).unwrap();
         let table = Table::new(64);
-        let p = RtParams {
-            channels: 1,
-            quantum: 64,
-            rate: 48_000,
-            period_ns: 1_333_333,
-            buffer_ns: 2_666_666,
-            agents_mask: 1,
-            timeline_cap: 64,
-            start_ns: monotonic_ns(),
-            talker: false,
-            max_target: 2,
-            stall: None,
-        };
+        let p = params(false, 2);
         let shared = RtShared::new();
         let probe = CaptureProbe::new(&sync, &table, &p).unwrap();
         let mut sink = MicSink::with_probe(mic.producer().unwrap(), &shared, 64, 1, probe);
@@ -589,19 +594,7 @@ mod tests {
         let mut echo = out.producer().unwrap();
         let sync = SyncHandle::create(&tag, 1).unwrap();
         let table = Table::new(64);
-        let p = RtParams {
-            channels: 1,
-            quantum: 64,
-            rate: 48_000,
-            period_ns: 1_333_333,
-            buffer_ns: 2_666_666,
-            agents_mask: 1,
-            timeline_cap: 64,
-            start_ns: monotonic_ns(),
-            talker: true,
-            max_target: 6,
-            stall: None,
-        };
+        let p = params(true, 6);
         let shared = RtShared::new();
         let probe = CaptureProbe::new(&sync, &table, &p).unwrap();
         let mut sink = MicSink::with_probe(mic.producer().unwrap(), &shared, 64, 1, probe);
