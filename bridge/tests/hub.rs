@@ -197,9 +197,31 @@ fn listed(hub: &str) -> (Vec<String>, Vec<String>) {
     (mic, out)
 }
 
+/// Runs the round trip below until one run is clean, at most three times. A run whose stream
+/// came back altered where the hub's lane for the far import counted a correction (a frame
+/// repeated or a period of silence: the import's play thread held up past the lane's 43 ms, as
+/// on a VM whose host stole 13 % of the CPU, whole-VM stalls of tens of milliseconds) is
+/// reported and repeated; an alteration no counter explains, and every other check, fails at
+/// once.
 #[test]
 fn a_far_ring_plays_through_a_hub_and_its_mic_comes_back_bit_exact() {
-    let t = format!("vxbh{}", std::process::id());
+    const ATTEMPTS: u32 = 3;
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        match far_ring_round_trip(attempt) {
+            Ok(()) => return,
+            Err(why) => {
+                eprintln!("attempt {attempt}: {why}; trying again");
+                last = why;
+            }
+        }
+    }
+    panic!("no clean run in {ATTEMPTS}: the machine held the import up every time (last: {last})");
+}
+
+/// One round trip (see the module docs); `Err` only for a stream the hub's lane corrected.
+fn far_ring_round_trip(attempt: u32) -> Result<(), String> {
+    let t = format!("vxbh{}a{attempt}", std::process::id());
     let _trace = LeaveNoTrace(t.clone());
     let (src, back) = (format!("{t}-src"), format!("{t}-back"));
     let (key_out, key_mic) = (
@@ -298,19 +320,29 @@ fn a_far_ring_plays_through_a_hub_and_its_mic_comes_back_bit_exact() {
     let counters = format!(
         "far import {far}\nfar export {e}\nmic export {m}\nmic import {b}\nhub lanes {lanes:?}"
     );
-    let first = got
-        .iter()
-        .position(|&s| s == sample(0))
-        .unwrap_or_else(|| panic!("the far stream never reached the hub's mic\n{counters}"));
+    let first = got.iter().position(|&s| s == sample(0));
     let want: Vec<i16> = (0..FRAMES * QUANTUM).map(sample).collect();
-    let came = &got[first..(first + want.len()).min(got.len())];
-    assert!(
-        came == want.as_slice(),
-        "the stream came back altered: {} of {} samples, first difference at {:?}\n{counters}",
-        came.len(),
-        want.len(),
-        came.iter().zip(&want).position(|(a, b)| a != b)
-    );
+    let altered = match first {
+        None => Some("the far stream's first sample never reached the hub's mic".to_owned()),
+        Some(first) => {
+            let came = &got[first..(first + want.len()).min(got.len())];
+            (came != want.as_slice()).then(|| {
+                format!(
+                    "the stream came back altered: {} of {} samples, first difference at {:?}",
+                    came.len(),
+                    want.len(),
+                    came.iter().zip(&want).position(|(a, b)| a != b)
+                )
+            })
+        }
+    };
+    let corrected = lanes
+        .iter()
+        .find(|(name, _)| name == "far")
+        .is_some_and(|(_, r)| r.repeated + r.gaps + r.dropped > 0);
+    if let Some(why) = &altered {
+        assert!(corrected, "{why}, and no counter says why\n{counters}");
+    }
     assert_eq!(far["lost"], 0, "far import\n{counters}");
     assert_eq!(e["read"], FRAMES as u64, "far export\n{counters}");
     assert_eq!(
@@ -322,6 +354,7 @@ fn a_far_ring_plays_through_a_hub_and_its_mic_comes_back_bit_exact() {
     // frames played). Every frame it counted lost must lie before the far stream (inside it
     // the comparison above would have failed), flagged where it was lost.
     let lost = b["lost"].as_u64().expect("mic import: lost");
+    let first = first.unwrap_or(0);
     assert!(
         lost == 0 || (!gaps.is_empty() && gaps.iter().all(|&g| g <= first)),
         "mic import lost {lost} frames, flagged at samples {gaps:?}, the far stream at \
@@ -336,4 +369,10 @@ fn a_far_ring_plays_through_a_hub_and_its_mic_comes_back_bit_exact() {
         &format!("{t}.hub"),
         &format!("{t}.out.far"),
     ]);
+    match altered {
+        Some(why) => Err(format!(
+            "{why}, where the hub's lane corrected it\n{counters}"
+        )),
+        None => Ok(()),
+    }
 }

@@ -286,6 +286,7 @@ fn root_option_and_probes_report_their_own_ids() {
         "sched-fifo",
         "timer-jitter",
         "futex-wake",
+        "futex-wake-idle",
         "pipewire-graph",
     ] {
         assert!(ids.contains(&id), "{id} missing: {ids:?}");

@@ -95,35 +95,77 @@ pub fn run(seconds: f64, pw_clock: Option<[i64; 5]>) -> Vec<Check> {
         }
         Err(why) => unmeasured("timer-jitter", &why),
     });
+    out.push(futex_check(&FUTEX_BUSY));
+    out.push(futex_check(&FUTEX_IDLE));
+    out
+}
+
+/// A futex-wake probe: how long the sleeper parks before each wake, and what p99 is too slow.
+struct FutexProbe {
+    id: &'static str,
+    rounds: u32,
+    gap: Duration,
+    what: &'static str,
+    warn_p99_ns: u64,
+    fix: &'static str,
+}
+
+/// Wakes 300 µs apart: a CPU that was busy a moment ago.
+const FUTEX_BUSY: FutexProbe = FutexProbe {
+    id: "futex-wake",
+    rounds: 200,
+    gap: Duration::from_micros(300),
+    what: "300 µs apart",
+    warn_p99_ns: 50_000,
+    fix: "kernel-tuning/apply --governor (deep C-states slow wake-ups); voxring's shm-spin mode \
+          avoids the wake-up",
+};
+
+/// Wakes 10 ms apart: a CPU that had time to go idle, as between the wake-ups of a hub in a
+/// 512-frame PipeWire graph (on a VM, an idle virtual CPU is halted and the host must run it
+/// again).
+const FUTEX_IDLE: FutexProbe = FutexProbe {
+    id: "futex-wake-idle",
+    rounds: 100,
+    gap: Duration::from_millis(10),
+    what: "10 ms apart (the CPU idle in between)",
+    warn_p99_ns: 1_000_000,
+    fix: "keep CPUs out of deep idle states while audio runs: hold /dev/cpu_dma_latency open \
+          with 0 written to it (kernel-tuning/apply --limits lets the audio group write it); on \
+          a VM the host also decides (KVM's halt_poll_ns); a shorter cycle keeps CPUs busy",
+};
+
+/// Runs one futex probe on its own thread and judges it.
+fn futex_check(p: &FutexProbe) -> Check {
+    let (rounds, gap) = (p.rounds, p.gap);
     let futex = std::thread::Builder::new()
         .name("doctor-futex-probe".into())
-        .spawn(|| futex_wake(200))
+        .spawn(move || futex_wake(rounds, gap))
         .map_err(|e| format!("spawning the futex probe: {e}"))
         .and_then(|h| {
             h.join()
                 .map_err(|_| "the futex probe panicked".to_string())?
         });
-    out.push(match futex {
+    match futex {
         Ok((h, cross)) => {
             let p99 = h.value_at_quantile(0.99);
             let found = format!(
-                "{} futex wakes{}: p50 {}, p99 {}, max {}",
+                "{} futex wakes {}{}: p50 {}, p99 {}, max {}",
                 h.len(),
+                p.what,
                 if cross { " across CPUs" } else { " on one CPU" },
                 us(h.value_at_quantile(0.5)),
                 us(p99),
                 us(h.max())
             );
-            if p99 > 50_000 {
-                warn(found, "kernel-tuning/apply --governor (deep C-states slow wake-ups); voxring's shm-spin \
-                     mode avoids the wake-up").named("futex-wake")
+            if p99 > p.warn_p99_ns {
+                warn(found, p.fix).named(p.id)
             } else {
-                good(found).named("futex-wake")
+                good(found).named(p.id)
             }
         }
-        Err(why) => unmeasured("futex-wake", &why),
-    });
-    out
+        Err(why) => unmeasured(p.id, &why),
+    }
 }
 
 /// The frames per cycle a voxring hub asks of PipeWire by default (its `--quantum`).
@@ -200,9 +242,9 @@ pub(crate) fn timer_jitter(seconds: f64) -> Result<hdrhistogram::Histogram<u64>,
     Ok(h)
 }
 
-/// `rounds` futex wakes of a parked thread; returns the latencies and whether the two threads
-/// ran on different CPUs.
-fn futex_wake(rounds: u32) -> Result<(hdrhistogram::Histogram<u64>, bool), String> {
+/// `rounds` futex wakes of a parked thread, each `gap` after it parked; returns the latencies
+/// and whether the two threads ran on different CPUs.
+fn futex_wake(rounds: u32, gap: Duration) -> Result<(hdrhistogram::Histogram<u64>, bool), String> {
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let cross = cpus.len() >= 2;
     let word = Arc::new(AtomicU32::new(0));
@@ -271,7 +313,7 @@ fn futex_wake(rounds: u32) -> Result<(hdrhistogram::Histogram<u64>, bool), Strin
             let _ = futex::wake(&word, futex::Flags::PRIVATE, 1);
             break;
         }
-        std::thread::sleep(Duration::from_micros(300));
+        std::thread::sleep(gap);
         // Release: pairs with the sleeper's Acquire load of the stamp.
         stamp.store(now_ns(), Ordering::Release);
         // SeqCst: pairs with the sleeper's SeqCst re-check after it sets `parked`.
