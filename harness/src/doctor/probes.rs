@@ -131,8 +131,8 @@ const FUTEX_IDLE: FutexProbe = FutexProbe {
     what: "10 ms apart (the CPU idle in between)",
     warn_p99_ns: 1_000_000,
     fix: "keep CPUs out of deep idle states while audio runs: hold /dev/cpu_dma_latency open \
-          with 0 written to it (kernel-tuning/apply --limits lets the audio group write it); on \
-          a VM the host also decides (KVM's halt_poll_ns); a shorter cycle keeps CPUs busy",
+          with 0 written to it (kernel-tuning/apply --limits lets the audio group write it; it \
+          acts through a cpuidle driver); on a VM the host also decides (KVM's halt_poll_ns)",
 };
 
 /// Runs one futex probe on its own thread and judges it.
