@@ -194,7 +194,21 @@ impl<T: Sample> SyntheticDevice<T> {
         };
         // EINTR: we re-read the clock below and simply run fewer periods this time.
         let _ = clock_nanosleep_absolute(ClockId::Monotonic, &ts);
-        let now = monotonic_ns();
+        self.run_due_at(monotonic_ns(), sink, source, max_periods)
+    }
+
+    /// Runs the periods due at CLOCK_MONOTONIC `now` (at most `max_periods`) without waiting:
+    /// [`Self::run_due_at_most`] after its sleep. Its tests drive the device with a clock of
+    /// their own through it, so that what they check does not depend on how fast this machine
+    /// runs them.
+    fn run_due_at<C: CaptureSink<T>, P: PlaybackSource<T>>(
+        &mut self,
+        now: u64,
+        sink: &mut C,
+        source: &mut P,
+        max_periods: u32,
+    ) -> u32 {
+        let period = u64::from(self.params.period_frames);
         let due = self.frames_due_at(now);
         // Hardware with a buffer of `buffer_frames` would have overrun by now: drop the excess.
         let buffer = u64::from(self.params.buffer_frames);
@@ -352,15 +366,30 @@ mod tests {
         let mut d = SyntheticDevice::<i32>::new(&params, Some(128)).unwrap();
         let (mut src, mut sink) = (Count(0), Keep(Vec::new()));
         d.start();
-        while d.clock_frames() < 1024 {
-            d.run_due(&mut sink, &mut src);
+        // The test's own clock, one period at a time (`late_ns` after it is due): a stall of
+        // the machine running the test changes nothing.
+        fn next_period(
+            d: &mut SyntheticDevice<i32>,
+            sink: &mut Keep,
+            src: &mut Count,
+            late_ns: u64,
+        ) {
+            let t = d.deadline_ns(d.clock_frames() + 64) + late_ns;
+            d.run_due_at(t, sink, src, u32::MAX);
         }
-        // A stall of one second, without sleeping: the device's clock started a second earlier.
-        d.origin_ns -= 1_000_000_000;
+        while d.clock_frames() < 1024 {
+            next_period(&mut d, &mut sink, &mut src, 0);
+        }
+        // A stall of one second: the next period runs a second late.
         let before = sink.0.len();
-        let end = d.frames_due_at(monotonic_ns()) + 512;
+        next_period(&mut d, &mut sink, &mut src, 1_000_000_000);
+        assert!(
+            d.clock_frames() > 1024 + 47_000,
+            "the stall's frames were dropped"
+        );
+        let end = d.clock_frames() + 512;
         while d.clock_frames() < end {
-            d.run_due(&mut sink, &mut src);
+            next_period(&mut d, &mut sink, &mut src, 0);
         }
         assert_eq!((d.xruns().capture, d.xruns().playback), (1, 1));
         assert_eq!(
