@@ -98,16 +98,22 @@ fn a_stall_under_auto_drops_no_returned_frame(tag: &str, device: &str) {
             .env("VOXRING_TEST_STALL_AUDIO", "600:40"),
     );
     assert_eq!(report["buffer"]["mode"], "auto", "{report:#}");
-    let provoked = glitches(&report)
+    // Through PipeWire at a 128-frame quantum the server breaks streams by itself now and then
+    // on a VM (docs/voice-round-trip.md): an xrun of its own may come first in the window, and
+    // is not the one provoked here.
+    let provoked: Vec<&Value> = glitches(&report)
         .iter()
-        .find(|g| {
+        .filter(|g| {
             let c = g["cycle"].as_u64().unwrap();
             (600..=620).contains(&c)
                 && g["kind"] == "xrun"
                 && g["detail"].as_str().unwrap().starts_with("playback")
         })
-        .unwrap_or_else(|| panic!("no playback xrun at cycle 600: {report:#}\n{stdout}"));
-    assert_eq!(provoked["cause"], "host-stall", "{provoked}");
+        .collect();
+    assert!(
+        provoked.iter().any(|g| g["cause"] == "host-stall"),
+        "no playback xrun at cycle 600 put on the host: {provoked:?}\n{report:#}\n{stdout}"
+    );
     assert!(
         report["xruns_playback"].as_u64().unwrap() >= 1,
         "{report:#}"
