@@ -9,16 +9,29 @@
 //! frame. That holds whatever the scheduling: a late wake-up may add xruns, but each must come
 //! with its silence.
 //!
+//! PipeWire's graph runs at 512 frames here (our period stays 128, the buffer 512): every
+//! graph cycle takes the whole buffer at once, the case where a bound built on our period
+//! counted xruns that played nothing. At a 128-frame graph the headless PipeWire breaks the
+//! stream by itself on a shared VM (silence the server inserts where our stream missed its
+//! cycle, with no xrun of ours, and reported xruns whose silence lands elsewhere), so nothing
+//! could be concluded there. At 512 it still breaks it now and then (a cycle of silence with
+//! no xrun of ours, about one 10 s run in three on this VM): such a break close to one of our
+//! counted xruns blurs it, so that run is reported and repeated (one of three must be clear of
+//! them); breaks far from every counted xrun do not excuse a wrong count. The device's clock
+//! for the pump is the recording's, as in a duplex.
+//!
 //! Ignored unless run with `--ignored` against a running PipeWire (device from
 //! `VOXRING_AUDIO_DEVICE`, default `pipewire`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use alsa::Direction;
 use voxring_linux::audio::alsa_pcm::{AlsaStream, MmapPreference};
-use voxring_linux::audio::{CaptureSink, ChunkInfo, PlaybackSource, StreamParams, flags, rt};
+use voxring_linux::audio::{
+    CaptureSink, ChunkInfo, PlaybackSource, StreamParams, flags, pipewire, rt,
+};
 
 fn device() -> String {
     std::env::var("VOXRING_AUDIO_DEVICE").unwrap_or_else(|_| "pipewire".into())
@@ -52,10 +65,12 @@ impl PlaybackSource<i16> for Ramp {
     }
 }
 
-/// Keeps channel 0 of every captured frame (room allocated up front) and the capture xruns.
+/// Keeps channel 0 of every captured frame (room allocated up front) and the capture xruns,
+/// and publishes how many frames it has captured: the graph's clock for the playback side.
 struct Recorder {
     left: Vec<i16>,
     xruns: u64,
+    captured: Arc<AtomicU64>,
 }
 
 impl CaptureSink<i16> for Recorder {
@@ -69,12 +84,18 @@ impl CaptureSink<i16> for Recorder {
         self.left
             .extend(samples.chunks_exact(ch).take(frames).map(|f| f[0]));
         // Past the room the frames are taken and not kept: the recorder never overruns.
+        self.captured
+            .fetch_add((samples.len() / ch) as u64, Ordering::Relaxed);
         samples.len() / ch
     }
 }
 
 /// Records the default source on its own thread, with a buffer of 85 ms, until `stop`.
-fn record(stop: Arc<AtomicBool>, seconds: u32) -> std::thread::JoinHandle<Recorder> {
+fn record(
+    stop: Arc<AtomicBool>,
+    captured: Arc<AtomicU64>,
+    seconds: u32,
+) -> std::thread::JoinHandle<Recorder> {
     let p = StreamParams {
         rate: RATE,
         channels: 2,
@@ -88,6 +109,7 @@ fn record(stop: Arc<AtomicBool>, seconds: u32) -> std::thread::JoinHandle<Record
         let mut rec = Recorder {
             left: Vec::with_capacity((RATE * seconds) as usize),
             xruns: 0,
+            captured,
         };
         s.start().expect("starting the capture");
         while !stop.load(Ordering::Relaxed) {
@@ -113,8 +135,11 @@ struct Played {
 }
 
 /// Plays the ramp, delaying the pump once by `delay` (after its wait) every `every` wake-ups,
-/// `times` times; stops a quarter second after the last.
-fn play(delay: Duration, every: u64, times: u32) -> Played {
+/// `times` times; stops a quarter second after the last. The pump is given the recorder's
+/// captured frames as the device's clock, as a duplex gives its capture position (`voxring
+/// serve` and `run` pump that way): a whole-VM stall stops PipeWire's graph and the
+/// recording with it, where CLOCK_MONOTONIC runs on.
+fn play(delay: Duration, every: u64, times: u32, captured: &AtomicU64) -> Played {
     let p = StreamParams {
         rate: RATE,
         channels: 2,
@@ -129,7 +154,8 @@ fn play(delay: Duration, every: u64, times: u32) -> Played {
         "the plugin granted another period/buffer: {:?}",
         s.granted()
     );
-    s.prefill(&mut Ramp, 0).expect("prefill");
+    s.prefill(&mut Ramp, captured.load(Ordering::Relaxed))
+        .expect("prefill");
     s.start().expect("start");
     let mut out = Played::default();
     let mut wakes = 0u64;
@@ -160,7 +186,9 @@ fn play(delay: Duration, every: u64, times: u32) -> Played {
             }
         }
         let (x0, h0, p0) = (s.xruns(), s.hidden_xruns(), s.position());
-        let moved = s.pump_playback(&mut Ramp, 0).expect("playing");
+        let moved = s
+            .pump_playback(&mut Ramp, captured.load(Ordering::Relaxed))
+            .expect("playing");
         if moved >= BUFFER as usize {
             out.found_empty += 1;
         }
@@ -209,16 +237,76 @@ fn silences(rec: &[i16]) -> Vec<(u64, usize)> {
     out
 }
 
+/// The graph's quantum in these tests: four of our periods, the whole buffer.
+const GRAPH: u32 = 512;
+
+/// Plays and records at a 512-frame graph until a run the server did not break by itself
+/// (three tries); returns what was played and the silences recorded.
+fn undisturbed_run(delay: Duration, every: u64, times: u32) -> (Played, Vec<(u64, usize)>) {
+    let graph = pipewire::force_clock(GRAPH, RATE).expect("forcing PipeWire's graph");
+    assert_eq!(graph.after.effective_quantum(), Some(GRAPH), "{graph:?}");
+    let attempts = 3;
+    for attempt in 1..=attempts {
+        let (played, gaps, _) = run(delay, every, times);
+        let breaks = server_breaks(&played, &gaps);
+        if breaks.is_empty() {
+            return (played, gaps);
+        }
+        eprintln!(
+            "attempt {attempt}: PipeWire broke the stream by itself (silence or a skip where we \
+             counted no xrun, first frame after each and frames of silence: {breaks:?})"
+        );
+    }
+    panic!(
+        "PipeWire broke the stream by itself in {attempts} of {attempts} runs at a {GRAPH}-frame \
+         graph: this machine cannot hold the graph (voxring doctor's pipewire-graph and \
+         timer-jitter checks say what it can), so our xrun counting could not be judged"
+    );
+}
+
+/// The server's own breaks close enough to one of our counted xruns to blur it: silence or
+/// skips in the recording after its first half second that no xrun of ours explains, within
+/// two buffers and a graph cycle of one. (Breaks far from every counted xrun say nothing
+/// about our counting, and a run whose wrong count stands alone is judged.)
+fn server_breaks(played: &Played, gaps: &[(u64, usize)]) -> Vec<(u64, usize)> {
+    let settled = u64::from(RATE) / 2;
+    let near = u64::from(2 * BUFFER + GRAPH);
+    let xruns: Vec<u64> = played.xruns.iter().map(|x| x.0).collect();
+    gaps.iter()
+        .filter(|g| g.0 >= settled)
+        .filter(|g| !(0..xruns.len()).any(|i| silence_window(&xruns, i).contains(&g.0)))
+        .filter(|g| xruns.iter().any(|&p| p.abs_diff(g.0) <= near))
+        .copied()
+        .collect()
+}
+
+/// Where the silence of counted xrun `i` (its first frame written after, `xruns[i]`) may be
+/// recorded: right before that frame; up to one graph cycle earlier (the plugin padded a cycle
+/// and we saw its `EPIPE` only after one more cycle of ours had played: seen here, silence
+/// before 297 600 for an xrun counted before 298 112); or, when the next xrun came within a
+/// buffer, right before the next's (the frames written between the two were lost with the
+/// second, and the two silences are one: 83 840 and 84 352 with 1 152 frames of silence
+/// before the latter).
+fn silence_window(xruns: &[u64], i: usize) -> std::ops::RangeInclusive<u64> {
+    let p = xruns[i];
+    let next = xruns
+        .get(i + 1)
+        .copied()
+        .filter(|&n| n >= p && n - p <= u64::from(BUFFER));
+    p.saturating_sub(u64::from(GRAPH))..=next.unwrap_or(p)
+}
+
 /// Plays and records once; returns what was played and the silences recorded.
 fn run(delay: Duration, every: u64, times: u32) -> (Played, Vec<(u64, usize)>, u64) {
     let stop = Arc::new(AtomicBool::new(false));
-    let rec = record(stop.clone(), 20);
+    let captured = Arc::new(AtomicU64::new(0));
+    let rec = record(stop.clone(), captured.clone(), 20);
     // The capture is linked and running before the playback starts.
     std::thread::sleep(Duration::from_millis(300));
     if let Err(e) = rt::promote_current_thread(rt::DEFAULT_AUDIO_PRIORITY) {
         eprintln!("note: {e}");
     }
-    let played = play(delay, every, times);
+    let played = play(delay, every, times, &captured);
     // What is still queued (buffer, graph) reaches the monitor.
     std::thread::sleep(Duration::from_millis(200));
     stop.store(true, Ordering::Relaxed);
@@ -240,10 +328,16 @@ fn run(delay: Duration, every: u64, times: u32) -> (Played, Vec<(u64, usize)>, u
 }
 
 /// Every playback xrun counted has silence in the monitor right before the first frame
-/// written after it.
+/// written after it (or within a graph cycle of it, [`silence_window`]).
 fn each_xrun_played_silence(played: &Played, gaps: &[(u64, usize)]) {
-    for &(p, hidden) in &played.xruns {
-        let silence = gaps.iter().find(|g| g.0 == p).map_or(0, |g| g.1);
+    let xruns: Vec<u64> = played.xruns.iter().map(|x| x.0).collect();
+    for (i, &(p, hidden)) in played.xruns.iter().enumerate() {
+        let window = silence_window(&xruns, i);
+        let silence = gaps
+            .iter()
+            .filter(|g| window.contains(&g.0))
+            .map(|g| g.1)
+            .sum::<usize>();
         assert!(
             silence > 0,
             "a playback xrun ({}) was counted before frame {p}, but the monitor recorded no \
@@ -259,16 +353,17 @@ fn each_xrun_played_silence(played: &Played, gaps: &[(u64, usize)]) {
     }
 }
 
-/// The pump is delayed by 3.5 periods, six times: it finds the four-period buffer empty (the
-/// plugin's stream took one period per graph cycle, four cycles since it was full), yet the
-/// fifth cycle, the first that would find nothing, is not due before the pump refills it. A
-/// buffer found empty is not silence played: such a wake-up must not be counted (the former
-/// "found empty" rule counted it).
+/// The pump is delayed by 3.5 periods (9.3 ms) after a wake-up, six times: it was woken by the
+/// graph cycle that took the whole buffer, so it finds the buffer empty and full for the last
+/// time about 20 ms earlier, yet the next cycle, the first that would find nothing, is not due
+/// before the pump refills it (10.7 ms after the one that woke it). A buffer found empty is
+/// not silence played: such a wake-up must not be counted (a bound of buffer + one period,
+/// 13.3 ms, counted it, and so did the former "found empty" rule).
 #[test]
 #[ignore = "needs a running PipeWire (scripts/test phase 8)"]
 fn a_buffer_found_empty_in_time_is_not_counted_as_an_xrun() {
     let delay = Duration::from_nanos(period_ns() * 7 / 2);
-    let (played, gaps, _) = run(delay, 100, 6);
+    let (played, gaps) = undisturbed_run(delay, 100, 6);
     assert_eq!(played.delays, 6, "{played:?}");
     assert!(
         played.found_empty >= 1,
@@ -284,7 +379,7 @@ fn a_buffer_found_empty_in_time_is_not_counted_as_an_xrun() {
 #[ignore = "needs a running PipeWire (scripts/test phase 8)"]
 fn a_delay_of_several_buffers_is_counted_where_silence_was_played() {
     let delay = Duration::from_nanos(period_ns() * 12);
-    let (played, gaps, _) = run(delay, 100, 2);
+    let (played, gaps) = undisturbed_run(delay, 100, 2);
     assert_eq!(played.delays, 2, "{played:?}");
     assert!(
         played.xruns.len() >= 2,
