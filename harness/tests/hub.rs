@@ -476,6 +476,12 @@ fn pipewire_echo_path_plays_no_silence() {
     // hub, held up by the host, catches up in a burst of up to the device buffer's periods:
     // a queue as deep as the buffer (as `voxring run` and the voice assistant keep). With the
     // default of 2 a clean-clone run at load 5-9 played 2 gaps (22 repeats) in 10 s.
+    // PipeWire's graph at 512 frames (the hub's cycle stays 128; the buffer holds a graph
+    // cycle and two periods more): at 128 the server broke the stream by itself on a VM whose
+    // wake-ups came milliseconds late (a gap in 1 of 2 runs, 2026-12-03).
+    let graph = voxring_linux::audio::pipewire::force_clock(512, 48_000)
+        .expect("forcing PipeWire's graph to 512");
+    assert_eq!(graph.after.effective_quantum(), Some(512), "{graph:?}");
     let h = hub(
         &name,
         &device,
@@ -483,9 +489,9 @@ fn pipewire_echo_path_plays_no_silence() {
             "--rt-priority",
             "70",
             "--periods",
-            "4",
+            "6",
             "--target",
-            "4",
+            "6",
             "--band",
             "3",
         ],

@@ -171,17 +171,19 @@ pub fn probe(seconds: f64, priority: u8) -> anyhow::Result<Probe> {
     })
 }
 
-/// `--periods` resolved for quanta of `quantum` frames at `rate` Hz: the number forced, or
-/// the probe's choice (3 when the probe fails, said in the reason); with the probe, if run.
+/// `--periods` resolved for quanta of `quantum` frames at `rate` Hz on `device`: the number
+/// forced, or the probe's choice (3 when the probe fails, said in the reason), raised to hold
+/// a PipeWire graph cycle longer than the period ([`pipewire_graph`]); with the probe, if run.
 pub fn resolve(
     periods: Periods,
+    device: &str,
     quantum: u32,
     rate: u32,
     priority: u8,
 ) -> (u32, String, Option<Probe>) {
     let period_ms = f64::from(quantum) * 1e3 / f64::from(rate.max(1));
-    match periods {
-        Periods::Fixed(n) => (n, format!("--periods {n}"), None),
+    let (n, why, probe) = match periods {
+        Periods::Fixed(n) => return (n, format!("--periods {n}"), None),
         Periods::Auto => match probe(PROBE_SECONDS, priority) {
             Ok(p) => {
                 let (n, why) = choose(p.max_ms, period_ms);
@@ -189,7 +191,42 @@ pub fn resolve(
             }
             Err(e) => (3, format!("{e:#}: 3 periods, not measured"), None),
         },
+    };
+    match pipewire_graph(device, quantum) {
+        Some(graph) if graph_floor(graph, quantum) > n => {
+            let floor = graph_floor(graph, quantum);
+            let why = format!(
+                "{why}; but PipeWire's graph takes {graph} frames per cycle: {floor} periods \
+                 hold one cycle and two periods more (fewer play silence at every cycle)"
+            );
+            (floor, why, probe)
+        }
+        _ => (n, why, probe),
     }
+}
+
+/// The frames PipeWire's graph takes per cycle from `device`, when that is more than our
+/// `quantum`: `device` is not the synthetic one or a `hw:` card, PipeWire answers, and its
+/// quantum is forced above ours or its minimum quantum is (a stock VM config's 1024). The
+/// plugin then hands the buffer over a graph cycle at a time, and a buffer shorter than a
+/// cycle plays silence at every one (docs/run.md: 3 periods in a 512 graph, 2,454 xruns in
+/// 20 s; 6 periods none).
+pub fn pipewire_graph(device: &str, quantum: u32) -> Option<u32> {
+    let direct = ["synthetic", "hw:", "plughw:", "null"];
+    if direct.iter().any(|d| device.starts_with(d)) {
+        return None;
+    }
+    let c = voxring_linux::audio::pipewire::read_clock().ok()?;
+    let graph = match c.force_quantum.filter(|q| *q != 0) {
+        Some(forced) => forced,
+        None => c.min_quantum.unwrap_or(0).max(quantum),
+    };
+    (graph > quantum).then_some(graph)
+}
+
+/// The periods that hold one graph cycle of `graph` frames and two periods more.
+pub fn graph_floor(graph: u32, quantum: u32) -> u32 {
+    graph.div_ceil(quantum.max(1)) + 2
 }
 
 /// The smallest buffer that absorbs a wake-up `max_late_ms` late with periods of `period_ms`:
@@ -244,6 +281,17 @@ mod tests {
         assert!(!c.text(128, 48_000).contains("waits"));
         // A tie goes to the smaller count.
         assert_eq!(DeviceWakeups::from_counts(&[0, 5, 5]).unwrap().usual, 1);
+    }
+
+    #[test]
+    fn a_graph_cycle_longer_than_the_period_is_held() {
+        // A 512-frame graph under 128-frame periods: one cycle (4) and two more.
+        assert_eq!(graph_floor(512, 128), 6);
+        assert_eq!(graph_floor(1024, 128), 10);
+        assert_eq!(graph_floor(384, 256), 4);
+        // The synthetic device and cards never go through PipeWire.
+        assert_eq!(pipewire_graph("synthetic", 128), None);
+        assert_eq!(pipewire_graph("hw:0,0", 128), None);
     }
 
     #[test]

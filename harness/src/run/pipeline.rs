@@ -562,6 +562,7 @@ fn finish(mut report: RunReport, outputs: Outputs, d: &Drained<'_>) -> anyhow::R
 fn choose_buffer(args: &Args, warnings: &mut Vec<String>) -> (u32, BufferReport) {
     let (periods, reason, probe) = super::buffer::resolve(
         args.stream.periods,
+        &args.stream.device,
         args.stream.quantum,
         args.stream.rate,
         args.rt_priority,

@@ -130,6 +130,7 @@ fn serve_with<T: Mix>(a: &Args) -> anyhow::Result<ExitCode> {
     let mut warnings = Vec::new();
     let (periods, why, _) = crate::run::buffer::resolve(
         a.stream.periods,
+        &a.stream.device,
         a.stream.quantum,
         a.stream.rate,
         a.rt_priority,
