@@ -351,12 +351,14 @@ fn far_ring_round_trip(attempt: u32) -> Result<(), String> {
     );
     // The mic import joins a stream already flowing: Zenoh dropped 2-5 frames while it routed
     // the new subscription on a loaded machine (seen only there, always among the first
-    // frames played). Every frame it counted lost must lie before the far stream (inside it
-    // the comparison above would have failed), flagged where it was lost.
+    // frames played). Every loss the reader saw (flagged where it was lost) must lie before
+    // the far stream (inside it the comparison above would have failed). The import keeps
+    // receiving the hub's mic after the reader stopped at the far stream's last sample, so it
+    // may count losses no reader saw: 2 in a clean-clone run on a loaded VM, none flagged.
     let lost = b["lost"].as_u64().expect("mic import: lost");
     let first = first.unwrap_or(0);
     assert!(
-        lost == 0 || (!gaps.is_empty() && gaps.iter().all(|&g| g <= first)),
+        lost == 0 || gaps.iter().all(|&g| g <= first),
         "mic import lost {lost} frames, flagged at samples {gaps:?}, the far stream at \
          {first}\n{counters}"
     );

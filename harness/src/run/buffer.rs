@@ -207,21 +207,37 @@ pub fn resolve(
 
 /// The frames PipeWire's graph takes per cycle from `device`, when that is more than our
 /// `quantum`: `device` is not the synthetic one or a `hw:` card, PipeWire answers, and its
-/// quantum is forced above ours or its minimum quantum is (a stock VM config's 1024). The
-/// plugin then hands the buffer over a graph cycle at a time, and a buffer shorter than a
-/// cycle plays silence at every one (docs/run.md: 3 periods in a 512 graph, 2,454 xruns in
-/// 20 s; 6 periods none).
+/// quantum is forced above ours, or the node latency we ask for (ours, or `node.latency` in
+/// `PIPEWIRE_PROPS`, the recipe `voxring doctor` gives) is, clamped to the config's minimum
+/// and maximum quantum (a stock VM config's minimum is 1024). The plugin then hands the buffer
+/// over a graph cycle at a time, and a buffer shorter than a cycle plays silence at every one
+/// (docs/run.md: 3 periods in a 512 graph, 2,454 xruns in 20 s; 6 periods none).
 pub fn pipewire_graph(device: &str, quantum: u32) -> Option<u32> {
     let direct = ["synthetic", "hw:", "plughw:", "null"];
     if direct.iter().any(|d| device.starts_with(d)) {
         return None;
     }
     let c = voxring_linux::audio::pipewire::read_clock().ok()?;
+    let props = std::env::var("PIPEWIRE_PROPS").unwrap_or_default();
     let graph = match c.force_quantum.filter(|q| *q != 0) {
         Some(forced) => forced,
-        None => c.min_quantum.unwrap_or(0).max(quantum),
+        None => {
+            let asked = node_latency(&props).unwrap_or(quantum).max(quantum);
+            let at_least = asked.max(c.min_quantum.unwrap_or(0));
+            c.max_quantum
+                .map_or(at_least, |max| at_least.min(max.max(quantum)))
+        }
     };
     (graph > quantum).then_some(graph)
+}
+
+/// The frames of `node.latency` in a `PIPEWIRE_PROPS` value (SPA JSON:
+/// `{ node.latency = 512/48000 }` or `{ "node.latency": "512/48000" }`).
+fn node_latency(props: &str) -> Option<u32> {
+    let rest = &props[props.find("node.latency")? + "node.latency".len()..];
+    let rest = rest.trim_start_matches(['"', '=', ':', ' ']);
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok().filter(|n| *n > 0)
 }
 
 /// The periods that hold one graph cycle of `graph` frames and two periods more.
@@ -292,6 +308,14 @@ mod tests {
         // The synthetic device and cards never go through PipeWire.
         assert_eq!(pipewire_graph("synthetic", 128), None);
         assert_eq!(pipewire_graph("hw:0,0", 128), None);
+        // The node latency asked for in PIPEWIRE_PROPS, in either spelling.
+        assert_eq!(node_latency("{ node.latency = 512/48000 }"), Some(512));
+        assert_eq!(
+            node_latency(r#"{ "node.latency": "1024/48000" }"#),
+            Some(1024)
+        );
+        assert_eq!(node_latency("{ node.name = x }"), None);
+        assert_eq!(node_latency("{ node.latency = /48000 }"), None);
     }
 
     #[test]
