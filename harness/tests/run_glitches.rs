@@ -90,30 +90,28 @@ fn a_stalled_audio_thread_is_named_as_the_cause() {
 /// target raises the target instead of being dropped. Before that, through PipeWire, the
 /// capture's backlog stood in the queue above its band and was dropped a drift window later.
 /// Other glitches a loaded machine adds are allowed (they are not asserted on).
+///
+/// The stall is seen as the audio thread's lateness against the device clock the run tracks;
+/// through PipeWire on a VM that stalls by itself the tracking can be restarting right then
+/// (a cycle off by more than the clock allows), and the xrun is put on the device: such a run
+/// is repeated once (seen once in a clean-clone run: 0 late wake-ups noted in the whole run).
 fn a_stall_under_auto_drops_no_returned_frame(tag: &str, device: &str) {
-    let (_, report, stdout) = run_json(
-        tag,
-        voxring_run(device, "4")
-            .args(["--agents", "vad,echo", "--periods", "auto"])
-            .env("VOXRING_TEST_STALL_AUDIO", "600:40"),
-    );
-    assert_eq!(report["buffer"]["mode"], "auto", "{report:#}");
-    // Through PipeWire the server breaks streams by itself now and then on a VM
-    // (docs/voice-round-trip.md): an xrun of its own may come first in the window, and is not
-    // the one provoked here.
-    let provoked: Vec<&Value> = glitches(&report)
-        .iter()
-        .filter(|g| {
-            let c = g["cycle"].as_u64().unwrap();
-            (600..=620).contains(&c)
-                && g["kind"] == "xrun"
-                && g["detail"].as_str().unwrap().starts_with("playback")
+    let attempts = 2;
+    let (report, stdout) = (1..=attempts)
+        .map(|_| {
+            let (_, report, stdout) = run_json(
+                tag,
+                voxring_run(device, "4")
+                    .args(["--agents", "vad,echo", "--periods", "auto"])
+                    .env("VOXRING_TEST_STALL_AUDIO", "600:40"),
+            );
+            (report, stdout)
         })
-        .collect();
-    assert!(
-        provoked.iter().any(|g| g["cause"] == "host-stall"),
-        "no playback xrun at cycle 600 put on the host: {provoked:?}\n{report:#}\n{stdout}"
-    );
+        .find(|(report, _)| on_the_host(report))
+        .unwrap_or_else(|| {
+            panic!("no playback xrun at cycle 600 put on the host in {attempts} runs")
+        });
+    assert_eq!(report["buffer"]["mode"], "auto", "{report:#}");
     assert!(
         report["xruns_playback"].as_u64().unwrap() >= 1,
         "{report:#}"
@@ -135,6 +133,27 @@ fn a_stall_under_auto_drops_no_returned_frame(tag: &str, device: &str) {
             "{stdout}"
         );
     }
+}
+
+/// Whether a playback xrun in the stall's window (cycles 600-620) was put on the host. Through
+/// PipeWire the server breaks streams by itself now and then on a VM
+/// (docs/voice-round-trip.md): an xrun of its own may come first in the window, and is not
+/// the one provoked here.
+fn on_the_host(report: &Value) -> bool {
+    let provoked: Vec<&Value> = glitches(report)
+        .iter()
+        .filter(|g| {
+            let c = g["cycle"].as_u64().unwrap();
+            (600..=620).contains(&c)
+                && g["kind"] == "xrun"
+                && g["detail"].as_str().unwrap().starts_with("playback")
+        })
+        .collect();
+    let put = provoked.iter().any(|g| g["cause"] == "host-stall");
+    if !put {
+        eprintln!("no playback xrun at cycle 600 put on the host: {provoked:?}\n{report:#}");
+    }
+    put
 }
 
 #[test]
