@@ -240,6 +240,24 @@ fn node_latency(props: &str) -> Option<u32> {
     digits.parse().ok().filter(|n| *n > 0)
 }
 
+/// A warning when `periods` forced on `device` are fewer than PipeWire's graph needs
+/// ([`pipewire_graph`], [`graph_floor`]): such a buffer plays silence at every graph cycle.
+pub fn short_of_graph(device: &str, quantum: u32, periods: u32) -> Option<String> {
+    let graph = pipewire_graph(device, quantum)?;
+    graph_short_words(graph, quantum, periods)
+}
+
+fn graph_short_words(graph: u32, quantum: u32, periods: u32) -> Option<String> {
+    let floor = graph_floor(graph, quantum);
+    (periods < floor).then(|| {
+        format!(
+            "--periods {periods} is fewer than PipeWire's graph needs: it takes {graph} frames \
+             per cycle, and a buffer shorter than a cycle and two periods plays silence at \
+             every cycle; give --periods {floor} or more (or auto, which does)"
+        )
+    })
+}
+
 /// The periods that hold one graph cycle of `graph` frames and two periods more.
 pub fn graph_floor(graph: u32, quantum: u32) -> u32 {
     graph.div_ceil(quantum.max(1)) + 2
@@ -305,6 +323,12 @@ mod tests {
         assert_eq!(graph_floor(512, 128), 6);
         assert_eq!(graph_floor(1024, 128), 10);
         assert_eq!(graph_floor(384, 256), 4);
+        assert!(
+            graph_short_words(512, 128, 3)
+                .unwrap()
+                .contains("--periods 6 or more")
+        );
+        assert_eq!(graph_short_words(512, 128, 6), None);
         // The synthetic device and cards never go through PipeWire.
         assert_eq!(pipewire_graph("synthetic", 128), None);
         assert_eq!(pipewire_graph("hw:0,0", 128), None);

@@ -573,6 +573,11 @@ fn choose_buffer(args: &Args, warnings: &mut Vec<String>) -> (u32, BufferReport)
         }
         "auto"
     } else {
+        warnings.extend(super::buffer::short_of_graph(
+            &args.stream.device,
+            args.stream.quantum,
+            periods,
+        ));
         "forced"
     };
     let report = BufferReport {

@@ -136,6 +136,13 @@ fn serve_with<T: Mix>(a: &Args) -> anyhow::Result<ExitCode> {
         a.rt_priority,
     );
     warnings.push(format!("buffer: {periods} periods: {why}"));
+    if a.stream.periods != crate::run::buffer::Periods::Auto {
+        warnings.extend(crate::run::buffer::short_of_graph(
+            &a.stream.device,
+            a.stream.quantum,
+            periods,
+        ));
+    }
     let spec = EngineSpec {
         name: &a.name,
         device: a.stream.request(periods),
