@@ -42,9 +42,9 @@
 //! counted), and more than the buffer's duration plus one of the device's cycles has passed
 //! since the buffer was full (a cycle: our period, or the most the device was seen taking at
 //! once, over wake-ups less than half a period apart: PipeWire's graph quantum, 512 frames
-//! at a time under a 128-frame period): by then the device has asked for more than
-//! the buffer held, and what it did not get was silence. The device's time is, in a duplex, the capture
-//! frames delivered since (the same clock: it stops when the device does, e.g. when the
+//! at a time under a 128-frame period): by then the device has asked for more than the
+//! buffer held, and what it did not get was silence. The device's time is, in a duplex, the
+//! capture frames delivered since (the same clock: it stops when the device does, e.g. when the
 //! hypervisor holds the whole VM, PipeWire included), and for playback alone CLOCK_MONOTONIC,
 //! read before the free space and after the fill. Both err on the short side: a late
 //! wake-up can only make the pump count less.
