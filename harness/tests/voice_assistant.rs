@@ -108,7 +108,8 @@ fn synthetic_round_trip_recognises_every_utterance_and_loses_nothing() {
     let Some(py) = recogniser_python() else {
         return;
     };
-    let (ok, s, stderr) = assistant(&py, &["--device", "synthetic", "--periods", "16"]);
+    let (ok, s, stderr) =
+        assistant_once_more_if_late(&py, &["--device", "synthetic", "--periods", "16"]);
     assert_valid_round_trip(ok, &s, &stderr);
     // A bit-exact loopback moves nothing: each utterance is where the first one puts it.
     assert_eq!(s["device_shift_samples"], serde_json::json!([0, 0, 0]));
@@ -139,41 +140,6 @@ fn a_misrecognised_utterance_fails_the_run() {
     );
 }
 
-/// PipeWire's graph quantum forced for as long as this lives (`pw-metadata`, as a user tunes
-/// their server), back to the server's own choice on drop.
-struct ForcedQuantum;
-
-impl ForcedQuantum {
-    fn set(frames: u32) -> Self {
-        force_quantum(frames);
-        ForcedQuantum
-    }
-}
-
-impl Drop for ForcedQuantum {
-    fn drop(&mut self) {
-        force_quantum(0);
-    }
-}
-
-fn force_quantum(frames: u32) {
-    let status = std::process::Command::new("pw-metadata")
-        .args([
-            "-n",
-            "settings",
-            "0",
-            "clock.force-quantum",
-            &frames.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .status()
-        .expect("cannot run pw-metadata (apt-get install pipewire-bin)");
-    assert!(
-        status.success(),
-        "pw-metadata clock.force-quantum {frames}: {status}"
-    );
-}
-
 /// The same scenario through the headless PipeWire (scripts/test starts it and runs the
 /// ignored tests with VOXRING_AUDIO_DEVICE=pipewire), its graph at a 512-frame quantum (10.7 ms;
 /// the hub keeps its 128-frame cycle). At 128 (2.67 ms) PipeWire itself breaks a stream on a
@@ -190,21 +156,36 @@ fn pipewire_round_trip_recognises_every_utterance_and_loses_nothing() {
         return;
     };
     let device = std::env::var("VOXRING_AUDIO_DEVICE").unwrap_or_else(|_| "pipewire".to_owned());
-    let _quantum = (device == "pipewire").then(|| ForcedQuantum::set(512));
-    let args = ["--device", &device, "--periods", "16"];
-    let (mut ok, mut s, mut stderr) = assistant(&py, &args);
-    if !ok && only_talker_corrections(&s) {
-        // The talker is an agent like the others: a host that holds it up past its lane's band
-        // (a clean-clone run at 512, 2026-12-03: 3 corrections during one utterance) fails
-        // the run rightly, and says nothing of the pipeline. Once more, and said.
-        eprintln!(
-            "the hub corrected the talker's lane: {}; once more",
-            s["failures"]
-        );
-        (ok, s, stderr) = assistant(&py, &args);
-    }
+    // Forced as a user tunes their server (pw-metadata), put back as it was when dropped.
+    let _graph = (device == "pipewire").then(|| {
+        let g = voxring_linux::audio::pipewire::force_clock(512, 48_000)
+            .expect("forcing PipeWire's graph to 512");
+        assert_eq!(g.after.effective_quantum(), Some(512), "{g:?}");
+        g
+    });
+    let (ok, s, stderr) =
+        assistant_once_more_if_late(&py, &["--device", &device, "--periods", "16"]);
     println!("device_shift_samples: {}", s["device_shift_samples"]);
     assert_valid_round_trip(ok, &s, &stderr);
+}
+
+/// [`assistant`], and once more (said on stderr) if every failure of the run was the hub
+/// correcting the talker's lane. The talker is an agent like the others: a host that holds it
+/// up past its lane's band fails the run rightly, and says nothing of the pipeline (a
+/// clean-clone run at 512, 2026-12-03: 3 corrections during one utterance; through the
+/// synthetic device the same day, two runs failed on an utterance that differed from the
+/// script, which is what a dropped or repeated talker frame does there). Two runs in a row
+/// that show it still fail.
+fn assistant_once_more_if_late(py: &PathBuf, args: &[&str]) -> (bool, Value, String) {
+    let (ok, s, stderr) = assistant(py, args);
+    if ok || !only_talker_corrections(&s) {
+        return (ok, s, stderr);
+    }
+    eprintln!(
+        "the hub corrected the talker's lane: {}; once more",
+        s["failures"]
+    );
+    assistant(py, args)
 }
 
 /// Whether every failure of a run is the hub correcting the talker's lane.
@@ -348,7 +329,7 @@ fn the_vad_and_every_thread_of_the_recogniser_run_under_sched_fifo() {
     let granted = std::thread::spawn(|| voxring_linux::rt::set_fifo(1).is_ok())
         .join()
         .unwrap();
-    let (ok, s, stderr) = assistant(
+    let (ok, s, stderr) = assistant_once_more_if_late(
         &py,
         &[
             "--device",

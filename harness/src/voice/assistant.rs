@@ -622,7 +622,7 @@ fn build_records(
         cap,
         &run.script,
         &placements,
-        a.device.starts_with("synthetic"),
+        a.device.starts_with("synthetic").then_some("talker"),
     ) {
         Ok(p) => p,
         Err(e) => {

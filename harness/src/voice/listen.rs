@@ -165,12 +165,14 @@ pub struct Placed {
 pub const DRIFT_MS: u32 = 100;
 
 /// Places the talker's utterances (`placements`: [start, end) in the script) in the capture.
-/// `exact`: the device is bit-exact, so every utterance must equal the script.
+/// `exact`: the device is bit-exact, so every utterance must equal the script; `Some(lane)`
+/// names the hub's output lane that carried the script, whose corrections (a late talker:
+/// a frame dropped or repeated by the hub, by its policy) a difference is reported with.
 pub fn place_utterances(
     cap: &Capture,
     script: &[i16],
     placements: &[(u64, u64)],
-    exact: bool,
+    exact: Option<&str>,
 ) -> anyhow::Result<Vec<Placed>> {
     let s0 = first_loud(script).context("the talker's script is silent")? as u64;
     let m0 = cap
@@ -181,7 +183,7 @@ pub fn place_utterances(
     let mut offset = first_offset;
     let mut out = Vec::with_capacity(placements.len());
     for (k, &(a, b)) in placements.iter().enumerate() {
-        if !exact {
+        if exact.is_none() {
             let after = out.last().map_or(cap.first_pos, |p: &Placed| p.end);
             offset = follow_the_device(cap, script, (a, b), offset, after)
                 .with_context(|| format!("utterance {}", k + 1))?;
@@ -193,23 +195,50 @@ pub fn place_utterances(
             k + 1,
             cap.end_pos()
         );
-        if exact {
+        if let Some(lane) = exact {
             let heard = cap.slice(start, end);
             let said = &script[a as usize..b as usize];
             if let Some(i) = heard.iter().zip(said).position(|(h, s)| h != s) {
-                anyhow::bail!(
-                    "utterance {} differs from what the talker said from its sample {i} on \
-                     (mic sample {}): the hub repeated or dropped a frame of the talker, or the \
-                     loopback is not bit-exact",
-                    k + 1,
-                    start + i as u64
-                );
+                anyhow::bail!(differs(cap, lane, m0, (k + 1, i), start + i as u64));
             }
         }
         let shift = offset as i64 - first_offset as i64;
         out.push(Placed { start, end, shift });
     }
     Ok(out)
+}
+
+/// Why utterance `k` differs from the script from its sample `i` on (mic sample `pos`): the
+/// hub's corrections of `lane` noted between the script's first sound in the mic (`m0`, which
+/// every utterance is placed by) and the difference (a late talker, corrected by the hub's
+/// policy: the machine's doing, and said so), or none (the hub or the loopback changed the
+/// talker's frames: a bug, or a device xrun reported beside it).
+fn differs(cap: &Capture, lane: &str, m0: u64, (k, i): (usize, usize), pos: u64) -> String {
+    // The listener notes a correction up to a look (8 frames) after the mic position it
+    // reads, and the corrected frame is heard a playback buffer after it was mixed: a quarter
+    // second either side covers both, as in `corrections_during`.
+    let slack = u64::from(cap.rate / 4);
+    let (n, first) = cap
+        .corrections
+        .iter()
+        .filter(|(p, name, _)| name == lane && *p + slack >= m0 && *p <= pos + slack)
+        .fold((0, None), |(n, first), (p, _, c)| {
+            (n + c, first.or(Some(*p)))
+        });
+    let what = format!(
+        "utterance {k} differs from what the talker said from its sample {i} on (mic sample \
+         {pos})"
+    );
+    match first {
+        Some(p) => format!(
+            "the hub corrected the {lane}'s lane {n} time(s) (dropped, repeated or gap; the \
+             first noted at mic sample {p}) before {what}: the talker was late for its lane"
+        ),
+        None => format!(
+            "{what}, and the hub counted no correction of the {lane}'s lane: the hub or the \
+             loopback changed the talker's frames"
+        ),
+    }
 }
 
 /// The offset (mic position less script position) of the utterance `[a, b)` of the script:
@@ -283,13 +312,50 @@ mod tests {
         heard.extend_from_slice(&script);
         heard.extend_from_slice(&[0; 3]);
         let cap = capture(heard.clone(), 40);
-        let p = place_utterances(&cap, &script, &[(2, 4), (6, 7)], true).unwrap();
+        let p = place_utterances(&cap, &script, &[(2, 4), (6, 7)], Some("talker")).unwrap();
         assert_eq!(p, [placed(47, 49, 0), placed(51, 52, 0)]);
         // A sample changed on the way (a repeated frame) fails the exact check.
         heard[5 + 6] = 200;
         let cap = capture(heard, 40);
-        let e = place_utterances(&cap, &script, &[(2, 4), (6, 7)], true).unwrap_err();
+        let e = place_utterances(&cap, &script, &[(2, 4), (6, 7)], Some("talker")).unwrap_err();
         assert!(e.to_string().contains("utterance 2 differs"), "{e}");
+        assert!(
+            e.to_string().contains("no correction of the talker's lane"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_difference_names_the_corrections_of_the_talkers_lane_before_it() {
+        let script = [0, 0, 100, 200, 0, 0, 300, 0];
+        let mut heard = vec![0; 5];
+        heard.extend_from_slice(&script);
+        heard[5 + 6] = 200; // mic sample 51 differs
+        let mut cap = capture(heard, 40);
+        cap.rate = 40; // a quarter second is 10 samples
+        let place = |cap: &Capture| {
+            place_utterances(cap, &script, &[(2, 4), (6, 7)], Some("talker"))
+                .unwrap_err()
+                .to_string()
+        };
+        // Another lane's correction, or the talker's noted before the script's first sound
+        // (mic sample 47) or after the difference (51) could be heard, says nothing of it.
+        cap.corrections = vec![
+            (36, "talker".into(), 1),
+            (45, "reply".into(), 1),
+            (62, "talker".into(), 1),
+        ];
+        assert!(place(&cap).contains("no correction of the talker's lane"));
+        // The talker's, noted before or within the slack after: counted, first one named.
+        cap.corrections
+            .extend([(44, "talker".into(), 2), (60, "talker".into(), 1)]);
+        let e = place(&cap);
+        assert!(
+            e.starts_with("the hub corrected the talker's lane 3 time(s)")
+                && e.contains("first noted at mic sample 44")
+                && e.contains("utterance 2 differs"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -304,10 +370,10 @@ mod tests {
         heard.extend_from_slice(&[0; 200]);
         let mut cap = capture(heard.clone(), 40);
         cap.rate = 1000; // DRIFT_MS is 100 samples
-        let p = place_utterances(&cap, &script, &[(2, 4), (8, 9)], false).unwrap();
+        let p = place_utterances(&cap, &script, &[(2, 4), (8, 9)], None).unwrap();
         assert_eq!(p, [placed(47, 49, 0), placed(56, 57, 3)]);
         // The exact check (the synthetic device) does not follow the device: it fails.
-        let e = place_utterances(&cap, &script, &[(2, 4), (8, 9)], true).unwrap_err();
+        let e = place_utterances(&cap, &script, &[(2, 4), (8, 9)], Some("talker")).unwrap_err();
         assert!(e.to_string().contains("utterance 2 differs"), "{e}");
         // A move beyond DRIFT_MS fails, naming the utterance and where it was looked for.
         let mut far = heard[..11].to_vec();
@@ -315,7 +381,7 @@ mod tests {
         far.extend_from_slice(&heard[11..]);
         let mut cap = capture(far, 40);
         cap.rate = 1000;
-        let e = place_utterances(&cap, &script, &[(2, 4), (8, 9)], false).unwrap_err();
+        let e = place_utterances(&cap, &script, &[(2, 4), (8, 9)], None).unwrap_err();
         let e = format!("{e:#}");
         assert!(
             e.contains("utterance 2: was not heard within 100 ms"),
