@@ -182,7 +182,12 @@ pub(crate) fn pipewire_graph(clock: [i64; 5], max_late_ns: u64) -> Finding {
     let rate = rate.max(1) as u64;
     let cycle_ns = |frames: i64| frames as u64 * 1_000_000_000 / rate;
     let ms = |ns: u64| format!("{:.1} ms", ns as f64 / 1e6);
-    let graph = HUB_QUANTUM.max(min_q).min(max_q.max(min_q));
+    let bound = |q: i64| u32::try_from(q).ok().filter(|q| *q > 0);
+    let graph = i64::from(voxring_linux::audio::pipewire::graph_for_latency(
+        HUB_QUANTUM as u32,
+        bound(min_q),
+        bound(max_q),
+    ));
     // The smallest graph (a power of two times the hub's quantum) the stalls allow.
     let mut needs = HUB_QUANTUM;
     while cycle_ns(needs) < 2 * max_late_ns && needs < 8192 {

@@ -171,19 +171,33 @@ pub fn probe(seconds: f64, priority: u8) -> anyhow::Result<Probe> {
     })
 }
 
+/// `--periods` as resolved by [`resolve`].
+#[derive(Debug)]
+pub struct Resolved {
+    pub periods: u32,
+    /// Why this many: the number forced, or the probe's reading and the graph's floor.
+    pub why: String,
+    /// The wake-up probe, if `auto` ran it.
+    pub probe: Option<Probe>,
+    /// A forced number short of PipeWire's graph ([`short_of_graph`]): said, not changed.
+    pub short_of_graph: Option<String>,
+}
+
 /// `--periods` resolved for quanta of `quantum` frames at `rate` Hz on `device`: the number
-/// forced, or the probe's choice (3 when the probe fails, said in the reason), raised to hold
-/// a PipeWire graph cycle longer than the period ([`pipewire_graph`]); with the probe, if run.
-pub fn resolve(
-    periods: Periods,
-    device: &str,
-    quantum: u32,
-    rate: u32,
-    priority: u8,
-) -> (u32, String, Option<Probe>) {
+/// forced (with a warning when PipeWire's graph needs more), or the probe's choice (3 when the
+/// probe fails, said in the reason), raised to hold a PipeWire graph cycle longer than the
+/// period ([`pipewire_graph`]).
+pub fn resolve(periods: Periods, device: &str, quantum: u32, rate: u32, priority: u8) -> Resolved {
     let period_ms = f64::from(quantum) * 1e3 / f64::from(rate.max(1));
     let (n, why, probe) = match periods {
-        Periods::Fixed(n) => return (n, format!("--periods {n}"), None),
+        Periods::Fixed(n) => {
+            return Resolved {
+                periods: n,
+                why: format!("--periods {n}"),
+                probe: None,
+                short_of_graph: short_of_graph(device, quantum, n),
+            };
+        }
         Periods::Auto => match probe(PROBE_SECONDS, priority) {
             Ok(p) => {
                 let (n, why) = choose(p.max_ms, period_ms);
@@ -192,16 +206,22 @@ pub fn resolve(
             Err(e) => (3, format!("{e:#}: 3 periods, not measured"), None),
         },
     };
-    match pipewire_graph(device, quantum) {
+    let (periods, why) = match pipewire_graph(device, quantum) {
         Some(graph) if graph_floor(graph, quantum) > n => {
             let floor = graph_floor(graph, quantum);
             let why = format!(
                 "{why}; but PipeWire's graph takes {graph} frames per cycle: {floor} periods \
                  hold one cycle and two periods more (fewer play silence at every cycle)"
             );
-            (floor, why, probe)
+            (floor, why)
         }
-        _ => (n, why, probe),
+        _ => (n, why),
+    };
+    Resolved {
+        periods,
+        why,
+        probe,
+        short_of_graph: None,
     }
 }
 
@@ -219,15 +239,7 @@ pub fn pipewire_graph(device: &str, quantum: u32) -> Option<u32> {
     }
     let c = voxring_linux::audio::pipewire::read_clock().ok()?;
     let props = std::env::var("PIPEWIRE_PROPS").unwrap_or_default();
-    let graph = match c.force_quantum.filter(|q| *q != 0) {
-        Some(forced) => forced,
-        None => {
-            let asked = node_latency(&props).unwrap_or(quantum).max(quantum);
-            let at_least = asked.max(c.min_quantum.unwrap_or(0));
-            c.max_quantum
-                .map_or(at_least, |max| at_least.min(max.max(quantum)))
-        }
-    };
+    let graph = c.graph_with(node_latency(&props).unwrap_or(quantum).max(quantum));
     (graph > quantum).then_some(graph)
 }
 
@@ -242,7 +254,7 @@ fn node_latency(props: &str) -> Option<u32> {
 
 /// A warning when `periods` forced on `device` are fewer than PipeWire's graph needs
 /// ([`pipewire_graph`], [`graph_floor`]): such a buffer plays silence at every graph cycle.
-pub fn short_of_graph(device: &str, quantum: u32, periods: u32) -> Option<String> {
+fn short_of_graph(device: &str, quantum: u32, periods: u32) -> Option<String> {
     let graph = pipewire_graph(device, quantum)?;
     graph_short_words(graph, quantum, periods)
 }

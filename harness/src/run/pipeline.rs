@@ -560,24 +560,21 @@ fn finish(mut report: RunReport, outputs: Outputs, d: &Drained<'_>) -> anyhow::R
 
 /// `--periods`: the number forced, or the probe's choice; and what the report says of it.
 fn choose_buffer(args: &Args, warnings: &mut Vec<String>) -> (u32, BufferReport) {
-    let (periods, reason, probe) = super::buffer::resolve(
+    let r = super::buffer::resolve(
         args.stream.periods,
         &args.stream.device,
         args.stream.quantum,
         args.stream.rate,
         args.rt_priority,
     );
+    let (periods, reason, probe) = (r.periods, r.why, r.probe);
+    warnings.extend(r.short_of_graph);
     let mode = if args.stream.periods == Periods::Auto {
         if probe.is_none() {
             warnings.push(format!("the buffer was not measured: {reason}"));
         }
         "auto"
     } else {
-        warnings.extend(super::buffer::short_of_graph(
-            &args.stream.device,
-            args.stream.quantum,
-            periods,
-        ));
         "forced"
     };
     let report = BufferReport {

@@ -128,21 +128,16 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
 
 fn serve_with<T: Mix>(a: &Args) -> anyhow::Result<ExitCode> {
     let mut warnings = Vec::new();
-    let (periods, why, _) = crate::run::buffer::resolve(
+    let r = crate::run::buffer::resolve(
         a.stream.periods,
         &a.stream.device,
         a.stream.quantum,
         a.stream.rate,
         a.rt_priority,
     );
-    warnings.push(format!("buffer: {periods} periods: {why}"));
-    if a.stream.periods != crate::run::buffer::Periods::Auto {
-        warnings.extend(crate::run::buffer::short_of_graph(
-            &a.stream.device,
-            a.stream.quantum,
-            periods,
-        ));
-    }
+    let periods = r.periods;
+    warnings.push(format!("buffer: {periods} periods: {}", r.why));
+    warnings.extend(r.short_of_graph);
     let spec = EngineSpec {
         name: &a.name,
         device: a.stream.request(periods),

@@ -49,6 +49,23 @@ impl PwClock {
     pub fn effective_quantum(&self) -> Option<u32> {
         self.force_quantum.filter(|q| *q != 0).or(self.quantum)
     }
+    /// The quantum the graph runs at while its lowest-latency node asks for `asked` frames:
+    /// the forced quantum if set, else [`graph_for_latency`] under this config's bounds.
+    pub fn graph_with(&self, asked: u32) -> u32 {
+        self.force_quantum
+            .filter(|q| *q != 0)
+            .unwrap_or_else(|| graph_for_latency(asked, self.min_quantum, self.max_quantum))
+    }
+}
+
+/// The quantum PipeWire gives a graph whose lowest-latency node asks for `asked` frames:
+/// `asked` raised to the config's `clock.min-quantum` and lowered to its `clock.max-quantum`
+/// (a maximum below the minimum counts as the minimum). A stock VM config's minimum is 1024,
+/// so a node asking 128 gets 1024.
+pub fn graph_for_latency(asked: u32, min: Option<u32>, max: Option<u32>) -> u32 {
+    let min = min.unwrap_or(0);
+    let at_least = asked.max(min);
+    max.map_or(at_least, |max| at_least.min(max.max(min)))
 }
 
 fn pw_metadata(args: &[&str]) -> Result<String, AudioError> {
@@ -257,6 +274,29 @@ mod tests {
             ..c
         };
         assert_eq!(unforced.effective_quantum(), Some(1024));
+    }
+
+    #[test]
+    fn a_node_latency_is_clamped_to_the_configs_quanta_unless_one_is_forced() {
+        // A stock VM config: min 1024; a 128-frame node gets 1024.
+        assert_eq!(graph_for_latency(128, Some(1024), Some(2048)), 1024);
+        assert_eq!(graph_for_latency(512, Some(32), Some(2048)), 512);
+        assert_eq!(graph_for_latency(4096, Some(32), Some(2048)), 2048);
+        assert_eq!(graph_for_latency(4096, None, None), 4096);
+        // A maximum below the minimum counts as the minimum.
+        assert_eq!(graph_for_latency(128, Some(1024), Some(256)), 1024);
+        let c = PwClock {
+            min_quantum: Some(32),
+            max_quantum: Some(2048),
+            force_quantum: Some(0),
+            ..PwClock::default()
+        };
+        assert_eq!(c.graph_with(512), 512);
+        let forced = PwClock {
+            force_quantum: Some(256),
+            ..c
+        };
+        assert_eq!(forced.graph_with(512), 256);
     }
 
     #[test]
