@@ -155,7 +155,7 @@ pub(super) fn report(
         &playback.log,
         &agents.late_marks,
         &d.steal,
-        period_ns,
+        (period_ns, u64::from(buffer.periods) * period_ns),
         capture.start_ns(),
     );
     let wall_ns = (d.elapsed_s * 1e9).max(1.0);

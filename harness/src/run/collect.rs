@@ -146,7 +146,7 @@ pub fn explain_glitches(
     playback: &FactLog,
     late_marks: &[(String, Vec<LateMark>)],
     steal: &StealSampler,
-    period_ns: u64,
+    (period_ns, buffer_ns): (u64, u64),
     start_ns: u64,
 ) -> Vec<Glitch> {
     let mut facts: Vec<Fact> = capture
@@ -158,6 +158,7 @@ pub fn explain_glitches(
     facts.sort_by_key(|f| f.t_ns);
     let cx = super::glitch::Context {
         period_ns,
+        buffer_ns,
         start_ns,
         agents: late_marks
             .iter()

@@ -10,6 +10,9 @@
 //! - `agent-late`: an agent finished one of the cycles just before late (the detail names it
 //!   and says whether its wake-up or its compute took the time), while the audio thread was on
 //!   time.
+//!   Also when the thread was on time by the device's clock but the hypervisor stole more CPU
+//!   time around the glitch than the device buffer holds: a whole-VM stall stops an audio
+//!   server's clock with it, so the thread looks on time while the server ran dry.
 //! - `device`: the device reported it while the audio thread was on time and no agent was late.
 //!   A playback xrun is never put on an agent: the hub's playback does not wait for one (a
 //!   late echo is a repeat or silence of the output queue, not a device xrun).
@@ -182,6 +185,8 @@ pub fn rt_throttling() -> String {
 /// What [`attribute`] matches the facts against.
 pub struct Context<'a> {
     pub period_ns: u64,
+    /// The device buffer (periods × period), ns.
+    pub buffer_ns: u64,
     pub start_ns: u64,
     /// Per agent (name, its late cycles).
     pub agents: Vec<(String, &'a [LateMark])>,
@@ -215,30 +220,30 @@ pub fn attribute(facts: &[Fact], cx: &Context<'_>) -> Vec<Glitch> {
         let (cause, detail) = if let Some(w) = wake {
             host_stall(w, cx)
         } else if f.kind == FactKind::PlaybackXrun {
-            (
-                "device",
+            device_or_stolen(
+                f,
+                cx,
                 "the device (or the audio server behind it) ran out of frames while the audio \
-                 thread was on time"
-                    .to_owned(),
+                 thread was on time",
             )
         } else if let Some((name, m)) = agent_near(f.cycle, playback_kind(f.kind), cx) {
             ("agent-late", agent_words(name, m, cx))
         } else if matches!(f.kind, FactKind::Skipped | FactKind::Repeated) {
-            (
-                "device",
+            device_or_stolen(
+                f,
+                cx,
                 "the audio thread was on time and no agent was late: the device took fewer (or \
                  more) playback periods than the capture gave, so the queue moved off its target \
                  (through PipeWire: a graph cycle that ran without our playback stream plays a \
                  quantum of silence that nothing reports, and the playback falls a period \
-                 behind; docs/run.md)"
-                    .to_owned(),
+                 behind; docs/run.md)",
             )
         } else {
-            (
-                "device",
+            device_or_stolen(
+                f,
+                cx,
                 "the device reported it while the audio thread was on time and no agent was \
-                 late"
-                    .to_owned(),
+                 late",
             )
         };
         let detail = match (f.kind, f.value) {
@@ -292,6 +297,31 @@ pub fn attribute(facts: &[Fact], cx: &Context<'_>) -> Vec<Glitch> {
     }
     out.sort_by_key(|g| g.cycle);
     out
+}
+
+/// A glitch the audio thread's own timing does not explain: the device's (`words`), unless
+/// the hypervisor stole more CPU time around it than the device buffer holds. The audio
+/// thread measures its lateness against the device's clock, and when the whole machine is
+/// held up the device's clock (an audio server, a process of the same VM) stops with it: the
+/// thread looks on time, and the server behind the device ran dry because nothing ran.
+fn device_or_stolen(f: &Fact, cx: &Context<'_>, words: &str) -> (&'static str, String) {
+    // The 50 ms samples around the stall that ended before the glitch was seen (a few
+    // periods before: the burst after a stall), and the glitch.
+    let from = f.t_ns.saturating_sub(4 * cx.period_ns + 50_000_000);
+    match cx.steal.steal_between(from, f.t_ns + 50_000_000) {
+        Some(ns) if cx.buffer_ns > 0 && ns >= cx.buffer_ns => (
+            "host-stall",
+            format!(
+                "the audio thread was on time by the device's clock, but the hypervisor stole \
+                 {:.1} ms of CPU time (all CPUs) in the 50 ms samples around it, more than the \
+                 device buffer holds ({:.1} ms): the whole machine was held up, the audio server \
+                 behind the device with it",
+                ns as f64 / 1e6,
+                cx.buffer_ns as f64 / 1e6
+            ),
+        ),
+        _ => ("device", words.to_owned()),
+    }
 }
 
 fn host_stall(w: &Fact, cx: &Context<'_>) -> (&'static str, String) {
@@ -379,6 +409,7 @@ mod tests {
     fn cx<'a>(steal: &'a StealSampler, agents: Vec<(String, &'a [LateMark])>) -> Context<'a> {
         Context {
             period_ns: 1_000_000,
+            buffer_ns: 3_000_000,
             start_ns: 0,
             agents,
             steal,
@@ -492,6 +523,49 @@ mod tests {
             (g[5].kind.as_str(), g[5].cause.as_str()),
             ("silence", "device")
         );
+    }
+
+    #[test]
+    fn a_glitch_on_time_by_the_device_clock_is_the_hosts_when_more_than_the_buffer_was_stolen() {
+        // Steal sampled every 50 ms: 2 ms stolen around 100 ms, 8 ms around 300 ms.
+        let mut steal = StealSampler::new();
+        steal.samples = (0..8u64)
+            .map(|i| {
+                let stolen = match i {
+                    0..=1 => 0,
+                    2..=5 => 2_000_000,
+                    _ => 10_000_000,
+                };
+                (i * 50_000_000, stolen)
+            })
+            .collect();
+        let at = |kind, ms: u64| Fact {
+            kind,
+            cycle: ms,
+            t_ns: ms * 1_000_000,
+            value: 0,
+        };
+        let facts = [
+            at(FactKind::PlaybackXrun, 100),
+            at(FactKind::PlaybackXrun, 300),
+            at(FactKind::Silence, 300),
+            at(FactKind::Xrun, 300),
+        ];
+        let g = attribute(&facts, &cx(&steal, Vec::new()));
+        // 2 ms stolen, less than the 3 ms buffer: the device's.
+        assert_eq!(g[0].cause, "device", "{}", g[0].detail);
+        // 8 ms stolen around the others: the whole machine was held up.
+        for x in &g[1..] {
+            assert_eq!(x.cause, "host-stall", "{}", x.detail);
+            assert!(
+                x.detail.contains("stole 8.0 ms") && x.detail.contains("buffer holds (3.0 ms)"),
+                "{}",
+                x.detail
+            );
+        }
+        // Not sampled around it: the device's.
+        let g = attribute(&[at(FactKind::Xrun, 900)], &cx(&steal, Vec::new()));
+        assert_eq!(g[0].cause, "device");
     }
 
     #[test]
