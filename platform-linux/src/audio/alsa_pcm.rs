@@ -46,8 +46,11 @@
 //! buffer held, and what it did not get was silence. The device's time is, in a duplex, the
 //! capture frames delivered since (the same clock: it stops when the device does, e.g. when the
 //! hypervisor holds the whole VM, PipeWire included), and for playback alone CLOCK_MONOTONIC,
-//! read before the free space and after the fill. Both err on the short side: a late
-//! wake-up can only make the pump count less.
+//! read before the free space and after the fill. The duplex count errs on the short side: a
+//! late wake-up can only make the pump count less. Playback alone can count one that played
+//! nothing: a pause of the whole VM longer than the buffer and a cycle stops PipeWire's clock
+//! but not CLOCK_MONOTONIC (seen once in a 512 graph, before the underrun tests took their
+//! device time from the recording); only a duplex (`run`, `serve`) is free of it.
 //! Such an underrun is counted as a playback xrun, flagged like one, and also counted apart
 //! ([`AlsaStream::hidden_xruns`]).
 //!
