@@ -227,6 +227,16 @@ impl<'a> CaptureProbe<'a> {
         c
     }
 
+    /// The end of the wake-up a chunk ending at `chunk_end` belongs to: the device's
+    /// `capture_pos` ([`ChunkInfo::capture_pos`]), when it can be one (not before the chunk's
+    /// end, nor more than a device buffer after it: a device that misreports it never hides a
+    /// late cycle); else `None`, and the chunk is taken as a wake-up of its own.
+    fn wake_end(&self, capture_pos: u64, chunk_end: u64) -> Option<u64> {
+        let q = u64::from(self.p.quantum);
+        let buffer = self.p.buffer_ns.div_ceil(self.p.period_ns.max(1)) * q;
+        Some(capture_pos).filter(|e| (chunk_end..=chunk_end + buffer).contains(e))
+    }
+
     fn fact(&mut self, kind: FactKind, t_ns: u64, value: u64) {
         self.log.push(Fact {
             kind,
@@ -243,15 +253,23 @@ impl<T: Sample> MicProbe<T> for CaptureProbe<'_> {
             self.clock.update(end, t);
             self.drift_clock.update(end, t);
         }
+        let end = info.sample_pos + (frames as u64) * u64::from(self.p.quantum);
+        let wake_end = self.wake_end(info.capture_pos, end);
+        // A wake-up whose device buffer wrapped comes as two chunks with one time: it is
+        // judged, and fed to the clocks, once, at its end. Judged at the first piece's end, it
+        // looked late by the second piece's length (a third of all wake-ups in a 512-frame
+        // PipeWire graph with a 768-frame buffer), and fed to the clocks, it pulled them off.
+        let new_wake = info.capture_pos != self.wake.0 || wake_end.is_none();
+        let wake_end = wake_end.unwrap_or(end);
         if info.capture_pos != self.wake.0 {
             self.wake_counts[self.wake.1.min(WAKE_COUNTS - 1)] += 1;
             self.wake = (info.capture_pos, 0);
         }
         self.wake.1 += frames;
-        let end = info.sample_pos + (frames as u64) * u64::from(self.p.quantum);
         // How late this wake-up is against the device clock (once it tracks the device).
-        if self.clock.is_tracking()
-            && let Some(due) = self.clock.predict_ns(end)
+        if new_wake
+            && self.clock.is_tracking()
+            && let Some(due) = self.clock.predict_ns(wake_end)
         {
             let late = info.timestamp_ns.saturating_sub(due);
             if late > self.p.period_ns / 2 && info.timestamp_ns != self.last_late_t {
@@ -268,7 +286,9 @@ impl<T: Sample> MicProbe<T> for CaptureProbe<'_> {
         }
         self.chunk = *info;
         self.chunk_frames = frames;
-        self.pending_clock = Some((end, info.timestamp_ns));
+        if new_wake {
+            self.pending_clock = Some((wake_end, info.timestamp_ns));
+        }
         if let Some((cycle, d)) = self.stall
             && (self.frames..self.frames + frames as u64).contains(&cycle)
         {
@@ -302,9 +322,8 @@ impl<T: Sample> MicProbe<T> for CaptureProbe<'_> {
         // the chunk's end: a device that misreports it never hides a late cycle.
         let q = u64::from(self.p.quantum);
         let chunk_end = self.chunk.sample_pos + self.chunk_frames as u64 * q;
-        let buffer = self.p.buffer_ns.div_ceil(self.p.period_ns.max(1)) * q;
-        let wake_end = Some(self.chunk.capture_pos)
-            .filter(|e| (chunk_end..=chunk_end + buffer).contains(e))
+        let wake_end = self
+            .wake_end(self.chunk.capture_pos, chunk_end)
             .unwrap_or(chunk_end);
         if pos + q >= wake_end {
             self.sync
@@ -525,6 +544,57 @@ mod tests {
             max_target,
             stall: None,
         }
+    }
+
+    /// A device that hands over two periods per wake-up, on time, its buffer wrapping inside
+    /// every third one (two chunks of one frame, one time, each carrying the wake-up's end):
+    /// no late wake-up is seen, and one really late is.
+    #[test]
+    fn a_wake_up_split_by_the_buffer_wrap_is_judged_at_its_end() {
+        let tag = format!("split-{}", std::process::id());
+        let sync = SyncHandle::create(&tag, 1).unwrap();
+        let table = Table::new(64);
+        let p = params(false, 2);
+        let mut probe = CaptureProbe::new(&sync, &table, &p).unwrap();
+        let base = 1_000_000_000u64;
+        let wake = |probe: &mut CaptureProbe<'_>, k: u64, late_ns: u64| {
+            let end = (k + 1) * 128;
+            let info = |sample_pos| ChunkInfo {
+                sample_pos,
+                timestamp_ns: base + (k + 1) * 2 * p.period_ns + late_ns,
+                flags: 0,
+                capture_pos: end,
+                channels: 1,
+            };
+            let pieces: &[u64] = if k % 3 == 2 { &[1, 1] } else { &[2] };
+            let mut pos = k * 128;
+            for &frames in pieces {
+                MicProbe::<i16>::chunk(probe, &info(pos), frames as usize);
+                pos += frames * 64;
+            }
+        };
+        // Four seconds on time: the clock tracks the device, and no wake-up is late.
+        for k in 0..1502 {
+            wake(&mut probe, k, 0);
+        }
+        assert!(probe.clock.is_tracking());
+        let late = |probe: &CaptureProbe<'_>| {
+            probe
+                .log
+                .facts
+                .iter()
+                .filter(|f| f.kind == FactKind::LateWake)
+                .count()
+        };
+        assert_eq!(
+            late(&probe),
+            0,
+            "{:?}",
+            &probe.log.facts[..3.min(probe.log.facts.len())]
+        );
+        // A split wake-up three periods late: one late wake-up.
+        wake(&mut probe, 1502, 3 * p.period_ns);
+        assert_eq!(late(&probe), 1);
     }
 
     /// A device that hands over two periods at once (PipeWire's graph at twice the hub's
