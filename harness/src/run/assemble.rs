@@ -202,6 +202,7 @@ pub(super) fn report(
         buffer: Some(buffer),
         glitches,
         hub: Some(hub_row(d, playback)),
+        host_steal: d.steal.summary(),
     };
     Ok(report)
 }

@@ -126,15 +126,74 @@ pub struct StealSampler {
     /// (CLOCK_MONOTONIC ns, cumulative steal of all CPUs, ns).
     samples: Vec<(u64, u64)>,
     tick_ns: u64,
+    /// The CPUs `/proc/stat` sums the steal of.
+    cpus: u32,
+}
+
+/// What the hypervisor took from the machine during a run: whether it ran on an idle host.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct HostSteal {
+    /// Steal time over the run, all CPUs, ms.
+    pub total_ms: f64,
+    /// `total_ms` as a share of the CPU time the machine had (the run's length × its CPUs), %.
+    pub percent: f64,
+    /// The most stolen in any one second of the run, all CPUs, ms.
+    pub worst_second_ms: f64,
+}
+
+impl HostSteal {
+    /// One line for the report.
+    pub fn words(&self) -> String {
+        if self.total_ms == 0.0 {
+            return "the hypervisor stole no CPU time during the run".to_owned();
+        }
+        format!(
+            "the hypervisor stole {:.0} ms of CPU time during the run ({:.2} % of the \
+             machine's, all CPUs), at most {:.0} ms in one second: the host was not idle",
+            self.total_ms, self.percent, self.worst_second_ms
+        )
+    }
 }
 
 impl StealSampler {
     /// A sampler; `/proc/stat` counts in USER_HZ ticks (100 per second on Linux).
     pub fn new() -> Self {
+        let cpus = std::fs::read_to_string("/proc/stat").map_or(0, |t| count_cpus(&t));
         Self {
             samples: Vec::with_capacity(4096),
             tick_ns: 10_000_000,
+            cpus,
         }
+    }
+
+    /// Steal over everything sampled, with the worst second; `None` without two samples a
+    /// second apart or without the CPU count.
+    pub fn summary(&self) -> Option<HostSteal> {
+        let (first, last) = (self.samples.first()?, self.samples.last()?);
+        let span_ns = last
+            .0
+            .checked_sub(first.0)
+            .filter(|d| *d >= 1_000_000_000)?;
+        let cpus = Some(u64::from(self.cpus)).filter(|c| *c > 0)?;
+        // The most in any window of at least a second that starts at a sample (two cursors).
+        let mut worst = 0;
+        let mut j = 0;
+        for (i, &(t, stolen)) in self.samples.iter().enumerate() {
+            j = j.max(i);
+            while j < self.samples.len() && self.samples[j].0 < t + 1_000_000_000 {
+                j += 1;
+            }
+            let Some(&(_, later)) = self.samples.get(j) else {
+                break;
+            };
+            worst = worst.max(later.saturating_sub(stolen));
+        }
+        let total = last.1.saturating_sub(first.1);
+        Some(HostSteal {
+            total_ms: total as f64 / 1e6,
+            percent: total as f64 * 100.0 / (span_ns * cpus) as f64,
+            worst_second_ms: worst as f64 / 1e6,
+        })
     }
 
     /// Reads `/proc/stat` now (not on the real-time thread).
@@ -156,6 +215,18 @@ impl StealSampler {
 fn read_steal_ticks() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/stat").ok()?;
     parse_steal(&text)
+}
+
+/// The `cpuN` lines of `/proc/stat`: the CPUs its `cpu` line sums.
+fn count_cpus(stat: &str) -> u32 {
+    let n = stat
+        .lines()
+        .filter(|l| {
+            l.strip_prefix("cpu")
+                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .count();
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 fn parse_steal(stat: &str) -> Option<u64> {
@@ -419,9 +490,41 @@ mod tests {
 
     #[test]
     fn steal_is_the_eighth_number_of_the_cpu_line() {
-        let stat = "cpu  10 0 5 100 1 0 2 37 0 0\ncpu0 5 0 2 50 0 0 1 20 0 0\n";
+        let stat = "cpu  10 0 5 100 1 0 2 37 0 0\ncpu0 5 0 2 50 0 0 1 20 0 0\n\
+                    cpu1 5 0 3 50 1 0 1 17 0 0\nintr 1 2\n";
         assert_eq!(parse_steal(stat), Some(37));
         assert_eq!(parse_steal("intr 1 2\n"), None);
+        assert_eq!(count_cpus(stat), 2);
+    }
+
+    #[test]
+    fn the_run_summary_says_how_much_was_stolen_and_the_worst_second() {
+        let mut steal = StealSampler {
+            cpus: 2,
+            ..StealSampler::new()
+        };
+        assert_eq!(steal.summary(), None, "nothing sampled");
+        // 4 s sampled every 500 ms: 30 ms stolen between 1.0 and 1.5 s, 10 ms at 3.5 s.
+        steal.samples = (0..=8u64)
+            .map(|i| {
+                let stolen = match i {
+                    0..=2 => 0,
+                    3..=6 => 30_000_000,
+                    _ => 40_000_000,
+                };
+                (i * 500_000_000, stolen)
+            })
+            .collect();
+        let h = steal.summary().unwrap();
+        assert_eq!(h.total_ms, 40.0);
+        assert_eq!(h.worst_second_ms, 30.0);
+        // 40 ms of 2 CPUs × 4 s.
+        assert!((h.percent - 0.5).abs() < 1e-9, "{h:?}");
+        assert!(h.words().contains("stole 40 ms"), "{}", h.words());
+        // A quiet host says so.
+        steal.samples = vec![(0, 5), (2_000_000_000, 5)];
+        let h = steal.summary().unwrap();
+        assert_eq!(h.words(), "the hypervisor stole no CPU time during the run");
     }
 
     #[test]

@@ -280,6 +280,9 @@ pub struct RunReport {
     /// The hub session the run was (`None` in reports made before run became one).
     #[serde(default)]
     pub hub: Option<HubRow>,
+    /// What the hypervisor took during the run (`None`: not sampled, or an older report).
+    #[serde(default)]
+    pub host_steal: Option<super::glitch::HostSteal>,
 }
 
 /// The hub session of a run: its name, its real-time thread's wake calls, and the output
@@ -402,6 +405,9 @@ impl RunReport {
             if let Some(c) = b.device_wakeups.as_ref().filter(|c| c.usual > 1) {
                 let _ = writeln!(s, "device: {}", c.text(self.quantum, self.rate));
             }
+        }
+        if let Some(h) = &self.host_steal {
+            let _ = writeln!(s, "host: {}", h.words());
         }
         self.hub_text(&mut s);
         self.glitches_text(&mut s);
@@ -638,6 +644,11 @@ impl RunReport {
             ),
             ("audio thread", self.audio_scheduling.clone()),
             ("clock drift", drift),
+            (
+                "the host (CPU time the hypervisor stole)",
+                self.host_steal
+                    .map_or_else(|| "not sampled".to_owned(), |h| h.words()),
+            ),
             (
                 "frames produced / CRC-32",
                 format!("{} / {}", self.producer.frames, self.producer.checksum),

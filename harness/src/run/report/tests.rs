@@ -65,6 +65,7 @@ fn report(m2e_p999: Option<f64>, failures: &[&str]) -> RunReport {
         buffer: None,
         glitches: Vec::new(),
         hub: None,
+        host_steal: None,
     }
 }
 
