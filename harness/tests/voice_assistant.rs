@@ -174,8 +174,8 @@ fn pipewire_round_trip_recognises_every_utterance_and_loses_nothing() {
 /// up past its lane's band fails the run rightly, and says nothing of the pipeline (a
 /// clean-clone run at 512, 2026-12-03: 3 corrections during one utterance; through the
 /// synthetic device the same day, two runs failed on an utterance that differed from the
-/// script, which is what a dropped or repeated talker frame does there). Two runs in a row
-/// that show it still fail.
+/// script, which a dropped or repeated talker frame does there; the report could not yet say
+/// whether one had been). Two runs in a row that show it still fail.
 fn assistant_once_more_if_late(py: &PathBuf, args: &[&str]) -> (bool, Value, String) {
     let (ok, s, stderr) = assistant(py, args);
     if ok || !only_talker_corrections(&s) {
