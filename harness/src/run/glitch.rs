@@ -488,6 +488,14 @@ mod tests {
         }
     }
 
+    /// Steal samples `every_ms` apart, the cumulative steal (ms) of each as listed.
+    fn sampled(every_ms: u64, cumulative_ms: &[u64]) -> Vec<(u64, u64)> {
+        (0u64..)
+            .zip(cumulative_ms)
+            .map(|(i, ms)| (i * every_ms * 1_000_000, ms * 1_000_000))
+            .collect()
+    }
+
     #[test]
     fn steal_is_the_eighth_number_of_the_cpu_line() {
         let stat = "cpu  10 0 5 100 1 0 2 37 0 0\ncpu0 5 0 2 50 0 0 1 20 0 0\n\
@@ -505,16 +513,7 @@ mod tests {
         };
         assert_eq!(steal.summary(), None, "nothing sampled");
         // 4 s sampled every 500 ms: 30 ms stolen between 1.0 and 1.5 s, 10 ms at 3.5 s.
-        steal.samples = (0..=8u64)
-            .map(|i| {
-                let stolen = match i {
-                    0..=2 => 0,
-                    3..=6 => 30_000_000,
-                    _ => 40_000_000,
-                };
-                (i * 500_000_000, stolen)
-            })
-            .collect();
+        steal.samples = sampled(500, &[0, 0, 0, 30, 30, 30, 30, 40, 40]);
         let h = steal.summary().unwrap();
         assert_eq!(h.total_ms, 40.0);
         assert_eq!(h.worst_second_ms, 30.0);
@@ -632,16 +631,7 @@ mod tests {
     fn a_glitch_on_time_by_the_device_clock_is_the_hosts_when_more_than_the_buffer_was_stolen() {
         // Steal sampled every 50 ms: 2 ms stolen around 100 ms, 8 ms around 300 ms.
         let mut steal = StealSampler::new();
-        steal.samples = (0..8u64)
-            .map(|i| {
-                let stolen = match i {
-                    0..=1 => 0,
-                    2..=5 => 2_000_000,
-                    _ => 10_000_000,
-                };
-                (i * 50_000_000, stolen)
-            })
-            .collect();
+        steal.samples = sampled(50, &[0, 0, 2, 2, 2, 2, 10, 10]);
         let at = |kind, ms: u64| Fact {
             kind,
             cycle: ms,
