@@ -373,8 +373,10 @@ pub fn attribute(facts: &[Fact], cx: &Context<'_>) -> Vec<Glitch> {
 /// A glitch the audio thread's own timing does not explain: the device's (`words`), unless
 /// the hypervisor stole more CPU time around it than the device buffer holds. The audio
 /// thread measures its lateness against the device's clock, and when the whole machine is
-/// held up the device's clock (an audio server, a process of the same VM) stops with it: the
-/// thread looks on time, and the server behind the device ran dry because nothing ran.
+/// held up a device whose clock is a process of the same VM (an audio server) stops with it:
+/// the thread looks on time, and the server behind the device ran dry because nothing ran.
+/// On a device whose clock runs on (the synthetic one), a stall that held up an agent or the
+/// queue's feed is the same machine's doing, and no agent was seen late.
 fn device_or_stolen(f: &Fact, cx: &Context<'_>, words: &str) -> (&'static str, String) {
     // The 50 ms samples around the stall that ended before the glitch was seen (a few
     // periods before: the burst after a stall), and the glitch.
@@ -385,8 +387,8 @@ fn device_or_stolen(f: &Fact, cx: &Context<'_>, words: &str) -> (&'static str, S
             format!(
                 "the audio thread was on time by the device's clock, but the hypervisor stole \
                  {:.1} ms of CPU time (all CPUs) in the 50 ms samples around it, more than the \
-                 device buffer holds ({:.1} ms): the whole machine was held up, the audio server \
-                 behind the device with it",
+                 device buffer holds ({:.1} ms): the whole machine was held up (an audio \
+                 server's clock, such as PipeWire's, stops with it, so the thread looks on time)",
                 ns as f64 / 1e6,
                 cx.buffer_ns as f64 / 1e6
             ),
