@@ -378,18 +378,16 @@ pub fn attribute(facts: &[Fact], cx: &Context<'_>) -> Vec<Glitch> {
 /// On a device whose clock runs on (the synthetic one), a stall that held up an agent or the
 /// queue's feed is the same machine's doing, and no agent was seen late.
 fn device_or_stolen(f: &Fact, cx: &Context<'_>, words: &str) -> (&'static str, String) {
-    // The 50 ms samples around the stall that ended before the glitch was seen (a few
-    // periods before: the burst after a stall), and the glitch.
-    let from = f.t_ns.saturating_sub(4 * cx.period_ns + 50_000_000);
-    match cx.steal.steal_between(from, f.t_ns + 50_000_000) {
+    // The stall ended before the glitch was seen (a few periods before: the burst after a
+    // stall).
+    match stolen_around(cx, f.t_ns.saturating_sub(4 * cx.period_ns), f.t_ns) {
         Some(ns) if cx.buffer_ns > 0 && ns >= cx.buffer_ns => (
             "host-stall",
             format!(
-                "the audio thread was on time by the device's clock, but the hypervisor stole \
-                 {:.1} ms of CPU time (all CPUs) in the 50 ms samples around it, more than the \
+                "the audio thread was on time by the device's clock, but {}, more than the \
                  device buffer holds ({:.1} ms): the whole machine was held up (an audio \
                  server's clock, such as PipeWire's, stops with it, so the thread looks on time)",
-                ns as f64 / 1e6,
+                stolen_words(ns),
                 cx.buffer_ns as f64 / 1e6
             ),
         ),
@@ -397,20 +395,25 @@ fn device_or_stolen(f: &Fact, cx: &Context<'_>, words: &str) -> (&'static str, S
     }
 }
 
+/// Steal time in the 50 ms samples around `[from, to]` (`None`: not sampled then).
+fn stolen_around(cx: &Context<'_>, from: u64, to: u64) -> Option<u64> {
+    cx.steal
+        .steal_between(from.saturating_sub(50_000_000), to + 50_000_000)
+}
+
+fn stolen_words(ns: u64) -> String {
+    format!(
+        "the hypervisor stole {:.1} ms of CPU time (all CPUs) in the 50 ms samples around it",
+        ns as f64 / 1e6
+    )
+}
+
 fn host_stall(w: &Fact, cx: &Context<'_>) -> (&'static str, String) {
-    let from = w.t_ns.saturating_sub(w.value);
-    // The 50 ms samples around the stall.
-    let steal = cx
-        .steal
-        .steal_between(from.saturating_sub(50_000_000), w.t_ns + 50_000_000);
-    let steal_words = match steal {
+    let steal_words = match stolen_around(cx, w.t_ns.saturating_sub(w.value), w.t_ns) {
         Some(0) => "no steal time was recorded then (not the hypervisor: another task, an \
                     interrupt or the kernel held the CPU)"
             .to_owned(),
-        Some(ns) => format!(
-            "the hypervisor stole {:.1} ms of CPU time (all CPUs) in the 50 ms samples around it",
-            ns as f64 / 1e6
-        ),
+        Some(ns) => stolen_words(ns),
         None => "steal time was not sampled then".to_owned(),
     };
     (
