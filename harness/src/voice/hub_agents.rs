@@ -483,6 +483,18 @@ pub fn hub_reply(args: &HubReplyArgs) -> anyhow::Result<ExitCode> {
         &json!({"event": "end", "replies": done, "frames": written, "dropped": dropped,
         "mic_lost": lost, "clean": ok}),
     )?;
+    if !ok {
+        // The assistant quotes an agent's stderr in its failure: say which count failed.
+        eprintln!(
+            "voxring voice reply: not a valid run: {dropped} reply frame(s) dropped by the \
+             hub's lane, {lost} mic frame(s) lost{}",
+            if clean {
+                ""
+            } else {
+                ", and a reply was not spoken whole (its synthesis failed, its lane refused a frame, or the stream ended first)"
+            }
+        );
+    }
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
