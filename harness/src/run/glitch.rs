@@ -139,6 +139,10 @@ pub struct HostSteal {
     pub percent: f64,
     /// The most stolen in any one second of the run, all CPUs, ms.
     pub worst_second_ms: f64,
+    /// The device buffer the run played from, ms: a stall of the host shorter than it costs
+    /// no audio. 0 when not known (reports written before it was kept).
+    #[serde(default)]
+    pub buffer_ms: f64,
 }
 
 impl HostSteal {
@@ -149,9 +153,34 @@ impl HostSteal {
         }
         format!(
             "the hypervisor stole {:.0} ms of CPU time during the run ({:.2} % of the \
-             machine's, all CPUs), at most {:.0} ms in one second: the host was not idle",
-            self.total_ms, self.percent, self.worst_second_ms
+             machine's, all CPUs), at most {:.0} ms in one second: {}",
+            self.total_ms,
+            self.percent,
+            self.worst_second_ms,
+            self.judgement()
         )
+    }
+
+    /// Whether what was stolen could have cost audio. A stall of the audio thread's CPU is at
+    /// most the steal of all CPUs in the second around it, so a worst second below the device
+    /// buffer rules the host out; at or above it, the host may be the cause (the glitches'
+    /// own evidence says whether it was).
+    fn judgement(&self) -> String {
+        if self.buffer_ms <= 0.0 {
+            return "the host was not idle".to_owned();
+        }
+        if self.worst_second_ms < self.buffer_ms {
+            format!(
+                "less than the {:.1} ms device buffer, so no stall of the host outlasted it",
+                self.buffer_ms
+            )
+        } else {
+            format!(
+                "as much as the {:.1} ms device buffer or more: the host was busy enough to \
+                 stall the audio past it",
+                self.buffer_ms
+            )
+        }
     }
 }
 
@@ -166,9 +195,9 @@ impl StealSampler {
         }
     }
 
-    /// Steal over everything sampled, with the worst second; `None` without two samples a
-    /// second apart or without the CPU count.
-    pub fn summary(&self) -> Option<HostSteal> {
+    /// Steal over everything sampled, with the worst second, judged against a device buffer
+    /// of `buffer_ns`; `None` without two samples a second apart or without the CPU count.
+    pub fn summary(&self, buffer_ns: u64) -> Option<HostSteal> {
         let (first, last) = (self.samples.first()?, self.samples.last()?);
         let span_ns = last
             .0
@@ -193,6 +222,7 @@ impl StealSampler {
             total_ms: total as f64 / 1e6,
             percent: total as f64 * 100.0 / (span_ns * cpus) as f64,
             worst_second_ms: worst as f64 / 1e6,
+            buffer_ms: buffer_ns as f64 / 1e6,
         })
     }
 
@@ -516,18 +546,27 @@ mod tests {
             cpus: 2,
             ..StealSampler::new()
         };
-        assert_eq!(steal.summary(), None, "nothing sampled");
+        assert_eq!(steal.summary(5_333_333), None, "nothing sampled");
         // 4 s sampled every 500 ms: 30 ms stolen between 1.0 and 1.5 s, 10 ms at 3.5 s.
         steal.samples = sampled(500, &[0, 0, 0, 30, 30, 30, 30, 40, 40]);
-        let h = steal.summary().unwrap();
+        let h = steal.summary(5_333_333).unwrap();
         assert_eq!(h.total_ms, 40.0);
         assert_eq!(h.worst_second_ms, 30.0);
         // 40 ms of 2 CPUs × 4 s.
         assert!((h.percent - 0.5).abs() < 1e-9, "{h:?}");
         assert!(h.words().contains("stole 40 ms"), "{}", h.words());
+        // 30 ms in a second is more than a 5.3 ms buffer holds: the host may be the cause.
+        assert!(h.words().contains("busy enough"), "{}", h.words());
+        // Against a 48 ms buffer the same steal could not have stalled the audio past it.
+        let h = steal.summary(48_000_000).unwrap();
+        assert!(
+            h.words().contains("no stall of the host outlasted it"),
+            "{}",
+            h.words()
+        );
         // A quiet host says so.
         steal.samples = vec![(0, 5), (2_000_000_000, 5)];
-        let h = steal.summary().unwrap();
+        let h = steal.summary(5_333_333).unwrap();
         assert_eq!(h.words(), "the hypervisor stole no CPU time during the run");
     }
 
