@@ -36,6 +36,7 @@ fn try_fifo80() -> Result<(), String> {
 /// Runs every probe; `seconds` is the timer-jitter duration, `pw_clock` the PipeWire config's
 /// `[rate, quantum, min, max, effective]` (`None`: PipeWire not installed).
 pub fn run(seconds: f64, pw_clock: Option<[i64; 5]>) -> Vec<Check> {
+    let steal_before = read_steal_ticks();
     let handle = std::thread::Builder::new()
         .name("doctor-rt-probe".into())
         .spawn(move || {
@@ -50,6 +51,10 @@ pub fn run(seconds: f64, pw_clock: Option<[i64; 5]>) -> Vec<Check> {
             Err("the probe thread could not be started".into()),
         ),
     };
+    // `/proc/stat` counts steal in USER_HZ ticks: 10 ms each.
+    let stolen_ms = steal_before
+        .zip(read_steal_ticks())
+        .map(|(a, b)| b.saturating_sub(a) as f64 * 10.0);
     let mut out = Vec::new();
     let fifo_ok = fifo.is_ok();
     out.push(match &fifo {
@@ -69,35 +74,56 @@ pub fn run(seconds: f64, pw_clock: Option<[i64; 5]>) -> Vec<Check> {
         out.push(pipewire_graph(clock, h.max()).named("pipewire-graph"));
     }
     out.push(match jitter {
-        Ok(h) => {
-            let (p50, p99, max) = (
-                h.value_at_quantile(0.5),
-                h.value_at_quantile(0.99),
-                h.max(),
-            );
-            let found = format!(
-                "{} wake-ups at 1 ms at {policy}: late by p50 {}, p99 {}, max {}",
-                h.len(),
-                us(p50),
-                us(p99),
-                us(max)
-            );
-            let fix = "kernel-tuning/apply --irq --governor, and --cmdline for preempt=full threadirqs \
-                       (see the preempt, threadirqs and isolation checks); on a VM, a host with \
-                       dedicated cores";
-            if max > QUANTUM_NS {
-                fail(format!("{found}: a wake-up came later than one 128-frame quantum at 48 kHz (2.7 ms)"), fix).named("timer-jitter")
-            } else if p99 > 100_000 || max > 1_000_000 {
-                warn(found, fix).named("timer-jitter")
-            } else {
-                good(found).named("timer-jitter")
-            }
-        }
+        Ok(h) => jitter_check(&h, policy, stolen_ms),
         Err(why) => unmeasured("timer-jitter", &why),
     });
     out.push(futex_check(&FUTEX_BUSY));
     out.push(futex_check(&FUTEX_IDLE));
     out
+}
+
+/// Judges the timer wake-ups of the probe (`policy` it ran at), saying how much CPU time the
+/// hypervisor stole from the machine meanwhile (`None`: not known): on a VM a late wake-up
+/// may be the host's, which no setting of this system changes.
+fn jitter_check(h: &hdrhistogram::Histogram<u64>, policy: &str, stolen_ms: Option<f64>) -> Check {
+    let (p50, p99, max) = (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max());
+    let mut found = format!(
+        "{} wake-ups at 1 ms at {policy}: late by p50 {}, p99 {}, max {}",
+        h.len(),
+        us(p50),
+        us(p99),
+        us(max)
+    );
+    let stolen = stolen_ms.filter(|ms| *ms > 0.0);
+    if let Some(ms) = stolen {
+        found += &format!("; the hypervisor stole {ms:.0} ms of CPU time (all CPUs) meanwhile");
+    }
+    let mut fix =
+        "kernel-tuning/apply --irq --governor, and --cmdline for preempt=full threadirqs \
+                   (see the preempt, threadirqs and isolation checks); on a VM, a host with \
+                   dedicated cores"
+            .to_owned();
+    if stolen.is_some() {
+        fix = format!(
+            "the host took CPU time from this VM while the probe ran, so the late wake-ups may \
+             be the host's: run voxring doctor again when the host is quiet, or ask for \
+             dedicated vCPUs; then {fix}"
+        );
+    }
+    let c = if max > QUANTUM_NS {
+        found += ": a wake-up came later than one 128-frame quantum at 48 kHz (2.7 ms)";
+        fail(found, &fix)
+    } else if p99 > 100_000 || max > 1_000_000 {
+        warn(found, &fix)
+    } else {
+        good(found)
+    };
+    c.named("timer-jitter")
+}
+
+/// The steal column of `/proc/stat`'s `cpu` line (all CPUs), in ticks; `None` if unreadable.
+fn read_steal_ticks() -> Option<u64> {
+    crate::run::glitch::read_steal_ticks()
 }
 
 /// A futex-wake probe: how long the sleeper parks before each wake, and what p99 is too slow.
@@ -350,6 +376,35 @@ mod tests {
     use crate::doctor::Status;
 
     const STOCK_48K: [i64; 5] = [48_000, 1024, 32, 2048, 1024];
+
+    /// A histogram of wake-ups late by `lates_us`.
+    fn lates(lates_us: &[u64]) -> hdrhistogram::Histogram<u64> {
+        let mut h = crate::hist::new_hist();
+        for l in lates_us {
+            h.record(l * 1000).unwrap();
+        }
+        h
+    }
+
+    #[test]
+    fn late_wake_ups_with_steal_point_at_the_host() {
+        let h = lates(&[20, 20, 20, 4_000]);
+        let c = jitter_check(&h, "SCHED_FIFO 80", Some(120.0));
+        assert_eq!(c.status, Status::Fail, "{}", c.found);
+        assert!(
+            c.found.contains("the hypervisor stole 120 ms"),
+            "{}",
+            c.found
+        );
+        assert!(c.fix.starts_with("the host took CPU time"), "{}", c.fix);
+        // The same wake-ups without steal: this system's settings are the suspects.
+        let c = jitter_check(&h, "SCHED_FIFO 80", Some(0.0));
+        assert!(!c.found.contains("hypervisor"), "{}", c.found);
+        assert!(c.fix.starts_with("kernel-tuning/apply"), "{}", c.fix);
+        // Quick wake-ups are ok whatever was stolen.
+        let c = jitter_check(&lates(&[20, 30, 40]), "SCHED_FIFO 80", Some(10.0));
+        assert_eq!(c.status, Status::Ok, "{}", c.found);
+    }
 
     #[test]
     fn a_graph_longer_than_twice_the_stalls_holds() {

@@ -242,7 +242,7 @@ impl StealSampler {
 }
 
 /// The `steal` column of `/proc/stat`'s `cpu` line (all CPUs), in ticks.
-fn read_steal_ticks() -> Option<u64> {
+pub(crate) fn read_steal_ticks() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/stat").ok()?;
     parse_steal(&text)
 }
