@@ -61,6 +61,10 @@ pub struct Probe {
     pub max_ms: f64,
     /// The probe thread's scheduling (the audio thread's).
     pub scheduling: String,
+    /// CPU time the hypervisor stole from the machine (all CPUs) while the probe ran, ms
+    /// (`None`: not known, or a report written before it was kept).
+    #[serde(default)]
+    pub stolen_ms: Option<f64>,
 }
 
 /// The buffer chosen for a run, why, and how it grew.
@@ -150,6 +154,7 @@ impl DeviceWakeups {
 /// Measures the timer wake-up jitter for `seconds` on a thread at SCHED_FIFO `priority` (the
 /// audio thread's; 0: none), with the doctor's probe.
 pub fn probe(seconds: f64, priority: u8) -> anyhow::Result<Probe> {
+    let steal_before = super::glitch::read_steal_ticks();
     let h = std::thread::Builder::new()
         .name("voxring-probe".into())
         .spawn(move || {
@@ -162,7 +167,12 @@ pub fn probe(seconds: f64, priority: u8) -> anyhow::Result<Probe> {
         .map_err(|_| anyhow::anyhow!("the wake-up probe panicked"))?;
     let hist = hist.map_err(|e| anyhow::anyhow!("the wake-up probe failed: {e}"))?;
     let ms = |ns: u64| ns as f64 / 1e6;
+    // `/proc/stat` counts steal in USER_HZ ticks: 10 ms each.
+    let stolen_ms = steal_before
+        .zip(super::glitch::read_steal_ticks())
+        .map(|(a, b)| b.saturating_sub(a) as f64 * 10.0);
     Ok(Probe {
+        stolen_ms,
         wakeups: hist.len(),
         p50_ms: ms(hist.value_at_quantile(0.5)),
         p99_ms: ms(hist.value_at_quantile(0.99)),
@@ -200,7 +210,7 @@ pub fn resolve(periods: Periods, device: &str, quantum: u32, rate: u32, priority
         }
         Periods::Auto => match probe(PROBE_SECONDS, priority) {
             Ok(p) => {
-                let (n, why) = choose(p.max_ms, period_ms);
+                let (n, why) = choose_for(&p, period_ms);
                 (n, why, Some(p))
             }
             Err(e) => (3, format!("{e:#}: 3 periods, not measured"), None),
@@ -275,6 +285,19 @@ pub fn graph_floor(graph: u32, quantum: u32) -> u32 {
     graph.div_ceil(quantum.max(1)) + 2
 }
 
+/// [`choose`] for what `p` measured, saying whether the host stole CPU time meanwhile (then
+/// its stalls are in the latest wake-up, and in the buffer chosen for it).
+fn choose_for(p: &Probe, period_ms: f64) -> (u32, String) {
+    let (n, mut why) = choose(p.max_ms, period_ms);
+    if let Some(ms) = p.stolen_ms.filter(|ms| *ms > 0.0) {
+        why += &format!(
+            " (the hypervisor stole {ms:.0} ms of CPU time, all CPUs, while the probe ran: the \
+             host's stalls are in that figure)"
+        );
+    }
+    (n, why)
+}
+
 /// The smallest buffer that absorbs a wake-up `max_late_ms` late with periods of `period_ms`:
 /// a wake-up k whole periods late needs k frames in reserve (N = k + 2), with a quarter of
 /// margin; at most [`MAX_AUTO_PERIODS`]. Returns the periods and why.
@@ -305,6 +328,25 @@ pub fn choose(max_late_ms: f64, period_ms: f64) -> (u32, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reason_says_when_the_host_stole_time_during_the_probe() {
+        let mut p = Probe {
+            wakeups: 1500,
+            p50_ms: 0.02,
+            p99_ms: 0.2,
+            max_ms: 17.2,
+            scheduling: "SCHED_FIFO 70".to_owned(),
+            stolen_ms: Some(30.0),
+        };
+        let (n, why) = choose_for(&p, 2.667);
+        assert_eq!(n, MAX_AUTO_PERIODS, "{why}");
+        assert!(why.contains("the hypervisor stole 30 ms"), "{why}");
+        p.stolen_ms = Some(0.0);
+        assert!(!choose_for(&p, 2.667).1.contains("hypervisor"));
+        p.stolen_ms = None;
+        assert!(!choose_for(&p, 2.667).1.contains("hypervisor"));
+    }
 
     #[test]
     fn device_wakeups_name_the_usual_count_and_the_most() {
