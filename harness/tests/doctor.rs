@@ -150,6 +150,7 @@ fn bad_tree_same_verdicts_and_fails() {
         "irq-sharing",
         "irq-affinity",
         "irq-threads",
+        "vm-idle",
         "pipewire-quantum",
     ] {
         assert_eq!(v[id], "warn", "bad tree: {id}");
@@ -160,7 +161,7 @@ fn bad_tree_same_verdicts_and_fails() {
 fn variations_keep_the_same_verdicts() {
     // Each variation is applied to a fresh good tree.
     type Edit = fn(&Path);
-    let variations: [(&str, Edit); 12] = [
+    let variations: [(&str, Edit); 15] = [
         ("no pipewire, no kernel config", |r| {
             let _ = std::fs::remove_dir_all(r.join("usr/share/pipewire"));
             let _ = std::fs::remove_dir_all(r.join("home/alice/.config/pipewire"));
@@ -223,6 +224,20 @@ fn variations_keep_the_same_verdicts() {
                 "context.properties = { default.clock.quantum = 512 }\n",
             );
         }),
+        ("vm-idle: a VM whose idle vCPUs halt at once", |r| {
+            write(r, "sys/devices/system/cpu/cpuidle/current_driver", "none\n");
+        }),
+        ("vm-idle: a VM booted with idle=poll", |r| {
+            write(r, "sys/devices/system/cpu/cpuidle/current_driver", "none\n");
+            write(r, "proc/cmdline", "ro quiet idle=poll\n");
+        }),
+        (
+            "vm-idle: no cpuidle, cpuidle_haltpoll.force=1 not taken",
+            |r| {
+                let _ = std::fs::remove_dir_all(r.join("sys/devices/system/cpu/cpuidle"));
+                write(r, "proc/cmdline", "ro quiet cpuidle_haltpoll.force=1\n");
+            },
+        ),
         (
             "irq thread at FIFO 80 and an unreadable governor dir",
             |r| {

@@ -287,6 +287,13 @@ pw_conf_files() {
 }
 in_vm() { grep -qw hypervisor "$(p /proc/cpuinfo)" 2>/dev/null; }
 
+# cpuidle_driver: the first line of /sys/devices/system/cpu/cpuidle/current_driver (empty when
+# there is none: no cpuidle, or an unreadable or empty file).
+cpuidle_driver() { first_line "$(p /sys/devices/system/cpu/cpuidle/current_driver)" || true; }
+# vm_vcpus_halt: a VM whose idle vCPUs halt at once: no haltpoll cpuidle driver and no idle=poll
+# (CHECKS.md, vm-idle).
+vm_vcpus_halt() { in_vm && [ "$(cpuidle_driver)" != haltpoll ] && ! cmdline_has idle=poll; }
+
 # pw_clock: "rate quantum min max effective" from the PipeWire config (CHECKS.md rule).
 pw_clock() {
     local files=() f vm=0

@@ -61,7 +61,7 @@ unchanged_by() {
         "[dry-run] run: chrt -f -p 90 200    (revert runs: chrt -f -p 50 200)" \
         "[dry-run] write $ROOT/proc/sys/vm/swappiness: 60 -> 10" \
         "[dry-run] write $ROOT/sys/kernel/mm/transparent_hugepage/enabled: always -> madvise" \
-        "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet preempt=full threadirqs isolcpus=3\"" \
+        "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet preempt=full threadirqs isolcpus=3 cpuidle_haltpoll.force=1\"" \
         "dry run: 21 change(s) would be made"
 }
 
@@ -182,8 +182,36 @@ unchanged_by() {
     make_bad_tree "$ROOT"
     kt_env
     unchanged_by "$KT_DIR/apply" --cmdline --containers
-    output_has "parameters to add: preempt=full threadirqs isolcpus=3" \
+    output_has "parameters to add: preempt=full threadirqs isolcpus=3 cpuidle_haltpoll.force=1" \
         "containers/"
+}
+
+@test "--cmdline asks for cpuidle_haltpoll.force=1 only in a VM whose idle vCPUs halt at once, as check's vm-idle" {
+    make_good_tree "$ROOT"   # a VM with the haltpoll cpuidle driver
+    kt_env
+    run "$KT_DIR/apply" --cmdline
+    [ "$status" -eq 0 ]
+    output_has "unchanged: the kernel command line already has what voxring wants"
+    w sys/devices/system/cpu/cpuidle/current_driver none
+    run "$KT_DIR/apply" --cmdline
+    [ "$status" -eq 0 ]
+    output_has "parameters to add: cpuidle_haltpoll.force=1" \
+        "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet cpuidle_haltpoll.force=1\""
+    run "$KT_DIR/check"
+    [ "$(status_of vm-idle)" = warn ]
+    [[ "$output" == *"kernel-tuning/apply --cmdline prints it"* ]]
+    # Already on the command line but not taken: a note, not the same token again.
+    w proc/cmdline 'ro quiet preempt=full threadirqs isolcpus=3 nohz_full=3 cpuidle_haltpoll.force=1'
+    run "$KT_DIR/apply" --cmdline
+    [ "$status" -eq 0 ]
+    output_has "cpuidle_haltpoll.force=1 is on the command line but the cpuidle driver is none, not haltpoll" \
+        "unchanged: the kernel command line already has what voxring wants"
+    w proc/cmdline 'ro quiet preempt=full threadirqs isolcpus=3 nohz_full=3 idle=poll'
+    run "$KT_DIR/apply" --cmdline
+    output_has "unchanged: the kernel command line already has what voxring wants"
+    [[ "$output" != *cpuidle_haltpoll* ]]
+    run "$KT_DIR/check"
+    [ "$(status_of vm-idle)" = ok ]
 }
 
 @test "usage errors: no item, an unknown flag, a bad scope" {

@@ -22,7 +22,7 @@ expect() {
 
 ALL_IDS="root audio-group limits-conf rtprio memlock rt-probe governor kernel-config hires-timers
 tickless preempt threadirqs mitigations isolation smt swappiness rt-throttling thp shm-size
-filesystems irq-sharing irq-affinity irq-threads cpu-dma-latency pipewire-quantum"
+filesystems irq-sharing irq-affinity irq-threads cpu-dma-latency vm-idle pipewire-quantum"
 
 @test "good system: every check is ok and the exit status is 0" {
     make_good_tree "$ROOT"
@@ -30,7 +30,7 @@ filesystems irq-sharing irq-affinity irq-threads cpu-dma-latency pipewire-quantu
     run "$KT_DIR/check"
     [ "$status" -eq 0 ]
     for id in $ALL_IDS; do expect "$id" ok; done
-    [ "$(printf '%s\n' "$output" | wc -l)" -eq 25 ]
+    [ "$(printf '%s\n' "$output" | wc -l)" -eq 26 ]
 }
 
 @test "bad system: each check gives its verdict and the exit status is 1" {
@@ -62,6 +62,7 @@ filesystems irq-sharing irq-affinity irq-threads cpu-dma-latency pipewire-quantu
     expect irq-affinity warn
     expect irq-threads warn
     expect cpu-dma-latency ok
+    expect vm-idle warn
     expect pipewire-quantum warn
 }
 
@@ -199,6 +200,43 @@ alice soft rtprio 1'
     w sys/devices/system/cpu/smt/active 0
     run "$KT_DIR/check"
     expect smt ok
+}
+
+@test "vm-idle: ok off a VM, with haltpoll or with idle=poll; a VM whose vCPUs halt at once warns" {
+    make_bad_tree "$ROOT"
+    kt_env
+    run "$KT_DIR/check"
+    expect vm-idle warn
+    [[ "$output" == *"warn vm-idle: a virtual machine whose idle vCPUs halt at once (cpuidle driver: none): "* ]]
+    [[ "$output" == *"-- fix: boot the guest with cpuidle_haltpoll.force=1 on the kernel command line"* ]]
+    w sys/devices/system/cpu/cpuidle/current_driver haltpoll
+    run "$KT_DIR/check"
+    expect vm-idle ok
+    [[ "$output" == *"ok vm-idle: a virtual machine with guest halt-polling (cpuidle driver: haltpoll)"* ]]
+    w sys/devices/system/cpu/cpuidle/current_driver acpi_idle
+    run "$KT_DIR/check"
+    expect vm-idle warn
+    w proc/cmdline 'ro quiet -- idle=poll'   # after a lone --: init's, not the kernel's
+    run "$KT_DIR/check"
+    expect vm-idle warn
+    w proc/cmdline 'ro idle=poll quiet'
+    run "$KT_DIR/check"
+    expect vm-idle ok
+    [[ "$output" == *"ok vm-idle: a virtual machine booted with idle=poll (cpuidle driver: acpi_idle)"* ]]
+    w proc/cmdline 'ro cpuidle_haltpoll.force=1'
+    rm -r "$ROOT/sys/devices/system/cpu/cpuidle"
+    run "$KT_DIR/check"
+    expect vm-idle warn
+    [[ "$output" == *"(cpuidle driver: absent) although cpuidle_haltpoll.force=1 is on the kernel command line"* ]]
+    [[ "$output" == *"CONFIG_HALTPOLL_CPUIDLE"* ]]
+    w proc/cmdline 'ro quiet'
+    run "$KT_DIR/check"
+    expect vm-idle warn
+    [[ "$output" == *"(cpuidle driver: absent): "* ]]
+    w proc/cpuinfo 'flags : fpu vme'
+    run "$KT_DIR/check"
+    expect vm-idle ok
+    [[ "$output" == *"ok vm-idle: not a virtual machine (no hypervisor flag) -- fix: none"* ]]
 }
 
 @test "shm-size: no /dev/shm tmpfs is a failure" {

@@ -122,6 +122,7 @@ gvfsd-fuse /run/user/1000/gvfs fuse.gvfsd-fuse rw 0 0'
     mkstat 200 'irq/30-snd_hda_intel:card0' 1 90
     mkstat 201 'irq/31-xhci_hcd' 1 90
     w dev/cpu_dma_latency ''
+    w sys/devices/system/cpu/cpuidle/current_driver haltpoll
     w home/alice/.config/pipewire/pipewire.conf.d/10-lowlatency.conf 'context.properties = {
     default.clock.quantum = 128
     default.clock.min-quantum = 64
@@ -160,6 +161,7 @@ fusectl /sys/fs/fuse/connections fusectl rw 0 0'
     w proc/irq/31/smp_affinity_list '0-3'
     mkstat 200 'irq/30-snd_hda_intel:card0' 1 50
     mkstat 201 'irq/31-xhci_hcd' 1 50
+    w sys/devices/system/cpu/cpuidle/current_driver none
 }
 
 # kt_env: point the scripts at $ROOT, as user alice, with stub commands.

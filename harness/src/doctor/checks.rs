@@ -3,7 +3,8 @@
 //! RLIMIT_MEMLOCK, `chrt -f 80`), then the kernel, CPUs, memory, interrupts and the audio server
 //! (governor, kernel config, timers, preemption, threaded IRQs, mitigations, isolation,
 //! swappiness, RT throttling, THP, /dev/shm, file systems, IRQ sharing, affinity and threads,
-//! cpu_dma_latency, PipeWire). Each check reads files under the doctor's root only.
+//! cpu_dma_latency, idle vCPUs of a virtual machine, PipeWire). Each check reads files under the
+//! doctor's root only.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -15,7 +16,7 @@ use super::{Check, Finding, fail, good, warn};
 type FileCheck = fn(&Sys) -> Finding;
 
 /// Every file check, in the order of CHECKS.md, with its id.
-const FILE_CHECKS: [(&str, FileCheck); 25] = [
+const FILE_CHECKS: [(&str, FileCheck); 26] = [
     ("root", c_root),
     ("audio-group", c_audio_group),
     ("limits-conf", c_limits_conf),
@@ -40,6 +41,7 @@ const FILE_CHECKS: [(&str, FileCheck); 25] = [
     ("irq-affinity", c_irq_affinity),
     ("irq-threads", c_irq_threads),
     ("cpu-dma-latency", c_cpu_dma_latency),
+    ("vm-idle", c_vm_idle),
     ("pipewire-quantum", c_pipewire),
 ];
 
@@ -587,6 +589,45 @@ fn c_cpu_dma_latency(s: &Sys) -> Finding {
     }
 }
 
+fn c_vm_idle(s: &Sys) -> Finding {
+    if !s.in_vm() {
+        return good("not a virtual machine (no hypervisor flag)");
+    }
+    let drv = s.cpuidle_driver();
+    let shown = drv.as_deref().unwrap_or("absent");
+    let halts = "a sleeping audio thread's or agent's wake-up waits until the hypervisor runs its \
+                 vCPU again";
+    if drv.as_deref() == Some("haltpoll") {
+        good(
+            "a virtual machine with guest halt-polling (cpuidle driver: haltpoll): an idle vCPU \
+             polls a while before it halts",
+        )
+    } else if s.cmdline_has("idle=poll") {
+        good(format!(
+            "a virtual machine booted with idle=poll (cpuidle driver: {shown}): idle vCPUs poll, \
+             they never halt"
+        ))
+    } else if s.cmdline_has("cpuidle_haltpoll.force=1") {
+        warn(
+            format!(
+                "a virtual machine whose idle vCPUs halt at once (cpuidle driver: {shown}) although \
+                 cpuidle_haltpoll.force=1 is on the kernel command line: {halts}"
+            ),
+            "halt-polling needs a KVM host, a kernel with CONFIG_HALTPOLL_CPUIDLE (or the \
+             cpuidle-haltpoll module loaded) and no idle= option; or ask the host for dedicated vCPUs",
+        )
+    } else {
+        warn(
+            format!(
+                "a virtual machine whose idle vCPUs halt at once (cpuidle driver: {shown}): {halts}"
+            ),
+            "boot the guest with cpuidle_haltpoll.force=1 on the kernel command line (KVM guest \
+             halt-polling; kernel-tuning/apply --cmdline prints it), or ask the host for dedicated \
+             vCPUs",
+        )
+    }
+}
+
 fn c_pipewire(s: &Sys) -> Finding {
     let Some([rate, q, mn, mx, eff]) = s.pw_clock() else {
         return good("PipeWire not installed");
@@ -605,5 +646,109 @@ fn c_pipewire(s: &Sys) -> Finding {
             found,
             "kernel-tuning/apply --pipewire (48000 Hz, quantum 128)",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doctor::Status;
+
+    const VM_CPUINFO: &str = "processor\t: 0\nflags\t\t: fpu vme hypervisor\n";
+    const METAL_CPUINFO: &str = "processor\t: 0\nflags\t\t: fpu vme\n";
+    const DRIVER: &str = "sys/devices/system/cpu/cpuidle/current_driver";
+
+    /// `vm-idle` on a root holding `files` (paths relative to the root, and their text).
+    fn vm_idle(files: &[(&str, &str)]) -> Finding {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        for (rel, text) in files {
+            let p = dir.path().join(rel);
+            std::fs::create_dir_all(p.parent().expect("a parent")).expect("mkdir");
+            std::fs::write(&p, text).expect("write a fixture file");
+        }
+        c_vm_idle(&Sys::from_env(Some(dir.path())))
+    }
+
+    #[test]
+    fn vm_idle_not_a_vm_is_ok() {
+        let f = vm_idle(&[
+            ("proc/cpuinfo", METAL_CPUINFO),
+            (DRIVER, "none\n"),
+            ("proc/cmdline", "ro quiet\n"),
+        ]);
+        assert_eq!(f.status, Status::Ok, "{f:?}");
+        assert_eq!(f.found, "not a virtual machine (no hypervisor flag)");
+        assert_eq!(f.fix, "none");
+    }
+
+    #[test]
+    fn vm_idle_haltpoll_or_idle_poll_is_ok() {
+        let f = vm_idle(&[
+            ("proc/cpuinfo", VM_CPUINFO),
+            (DRIVER, "haltpoll\n"),
+            ("proc/cmdline", "ro quiet\n"),
+        ]);
+        assert_eq!(f.status, Status::Ok, "{f:?}");
+        assert!(f.found.contains("guest halt-polling"), "{f:?}");
+        let f = vm_idle(&[
+            ("proc/cpuinfo", VM_CPUINFO),
+            (DRIVER, "none\n"),
+            ("proc/cmdline", "ro idle=poll quiet\n"),
+        ]);
+        assert_eq!(f.status, Status::Ok, "{f:?}");
+        assert!(
+            f.found
+                .contains("booted with idle=poll (cpuidle driver: none)"),
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn vm_idle_halting_vcpus_warn() {
+        let f = vm_idle(&[
+            ("proc/cpuinfo", VM_CPUINFO),
+            (DRIVER, "none\n"),
+            // After a lone `--` the token goes to init, not the kernel.
+            ("proc/cmdline", "ro quiet -- idle=poll\n"),
+        ]);
+        assert_eq!(f.status, Status::Warn, "{f:?}");
+        assert!(
+            f.found.starts_with(
+                "a virtual machine whose idle vCPUs halt at once (cpuidle driver: none): "
+            ),
+            "{f:?}"
+        );
+        assert!(
+            f.fix
+                .starts_with("boot the guest with cpuidle_haltpoll.force=1"),
+            "{f:?}"
+        );
+        // No cpuidle at all: the same warning.
+        let f = vm_idle(&[("proc/cpuinfo", VM_CPUINFO), ("proc/cmdline", "ro quiet\n")]);
+        assert_eq!(f.status, Status::Warn, "{f:?}");
+        assert!(f.found.contains("(cpuidle driver: absent)"), "{f:?}");
+        // Another driver (the vCPUs halt in its states) warns too.
+        let f = vm_idle(&[
+            ("proc/cpuinfo", VM_CPUINFO),
+            (DRIVER, "acpi_idle\n"),
+            ("proc/cmdline", "ro quiet\n"),
+        ]);
+        assert_eq!(f.status, Status::Warn, "{f:?}");
+    }
+
+    #[test]
+    fn vm_idle_force_that_did_not_take_says_what_it_needs() {
+        let f = vm_idle(&[
+            ("proc/cpuinfo", VM_CPUINFO),
+            (DRIVER, "none\n"),
+            ("proc/cmdline", "ro cpuidle_haltpoll.force=1\n"),
+        ]);
+        assert_eq!(f.status, Status::Warn, "{f:?}");
+        assert!(
+            f.found
+                .contains("although cpuidle_haltpoll.force=1 is on the kernel command line"),
+            "{f:?}"
+        );
+        assert!(f.fix.contains("CONFIG_HALTPOLL_CPUIDLE"), "{f:?}");
     }
 }

@@ -408,6 +408,13 @@ impl Sys {
         })
     }
 
+    /// The first line of `/sys/devices/system/cpu/cpuidle/current_driver` (`None` when there
+    /// is no cpuidle, or the file is unreadable or its line empty).
+    pub fn cpuidle_driver(&self) -> Option<String> {
+        self.first_line("/sys/devices/system/cpu/cpuidle/current_driver")
+            .filter(|d| !d.is_empty())
+    }
+
     /// `[rate, quantum, min, max, effective]` from the PipeWire config (CHECKS.md rule).
     pub fn pw_clock(&self) -> Option<[i64; 5]> {
         let files = self.pw_conf_files();
