@@ -328,7 +328,7 @@ pub fn attribute(facts: &[Fact], cx: &Context<'_>) -> Vec<Glitch> {
                  thread was on time",
             )
         } else if let Some((name, m)) = agent_near(f.cycle, playback_kind(f.kind), cx) {
-            ("agent-late", agent_words(name, m, cx))
+            agent_or_stolen(f, name, m, cx)
         } else if matches!(f.kind, FactKind::Skipped | FactKind::Repeated) {
             device_or_stolen(
                 f,
@@ -422,6 +422,30 @@ fn device_or_stolen(f: &Fact, cx: &Context<'_>, words: &str) -> (&'static str, S
             ),
         ),
         _ => ("device", words.to_owned()),
+    }
+}
+
+/// A glitch after agent `name` was late (`m`): the agent's, unless its wake-up took the time
+/// and the hypervisor stole at least that long around it (the host held the agent's CPU, or
+/// the whole machine, while the frame waited for it). Any steal is said either way.
+fn agent_or_stolen(f: &Fact, name: &str, m: &LateMark, cx: &Context<'_>) -> (&'static str, String) {
+    let words = agent_words(name, m, cx);
+    // From before the late cycle's hand-off began to the glitch.
+    let from = f
+        .t_ns
+        .saturating_sub(4 * cx.period_ns)
+        .saturating_sub(m.handoff_ns);
+    let woke_late = m.handoff_ns >= m.compute_ns;
+    match stolen_around(cx, from, f.t_ns) {
+        Some(ns) if woke_late && ns >= m.handoff_ns => (
+            "host-stall",
+            format!(
+                "{words}; {}, at least as long as that wake-up: the host held the agent up",
+                stolen_words(ns)
+            ),
+        ),
+        Some(ns) if ns > 0 => ("agent-late", format!("{words}; {}", stolen_words(ns))),
+        _ => ("agent-late", words),
     }
 }
 
@@ -669,6 +693,65 @@ mod tests {
             (g[5].kind.as_str(), g[5].cause.as_str()),
             ("silence", "device")
         );
+    }
+
+    #[test]
+    fn a_late_agent_wake_up_is_the_hosts_when_at_least_as_much_was_stolen_around_it() {
+        // Steal sampled every 50 ms: 10 ms stolen around 100 ms, 30 ms around 500 ms.
+        let mut steal = StealSampler::new();
+        steal.samples = sampled(
+            50,
+            &[
+                0, 0, 10, 10, 10, 10, 10, 10, 10, 10, 40, 40, 40, 40, 40, 40, 40,
+            ],
+        );
+        let silence = |ms: u64| Fact {
+            kind: FactKind::Silence,
+            cycle: ms,
+            t_ns: ms * 1_000_000,
+            value: 0,
+        };
+        let facts = [silence(100), silence(500), silence(700)];
+        // The echo's wake-up took 20 ms before 100 (10 ms stolen: not enough), 10.6 ms before
+        // 500 (30 ms stolen), and its compute took 20 ms before 700 (nothing stolen then).
+        let echo = [
+            LateMark {
+                seq: 99,
+                handoff_ns: 20_000_000,
+                compute_ns: 10_000,
+            },
+            LateMark {
+                seq: 499,
+                handoff_ns: 10_600_000,
+                compute_ns: 10_000,
+            },
+            LateMark {
+                seq: 699,
+                handoff_ns: 10_000,
+                compute_ns: 20_000_000,
+            },
+        ];
+        let g = attribute(&facts, &cx(&steal, vec![("echo".into(), &echo)]));
+        let at = |cycle| {
+            g.iter()
+                .find(|g| g.kind == "silence" && g.cycle == cycle)
+                .unwrap()
+        };
+        assert_eq!(at(100).cause, "agent-late", "{}", at(100).detail);
+        assert!(
+            at(100).detail.contains("stole 10.0 ms"),
+            "{}",
+            at(100).detail
+        );
+        assert_eq!(at(500).cause, "host-stall", "{}", at(500).detail);
+        assert!(
+            at(500).detail.contains("stole 30.0 ms")
+                && at(500).detail.contains("held the agent up"),
+            "{}",
+            at(500).detail
+        );
+        assert_eq!(at(700).cause, "agent-late", "{}", at(700).detail);
+        assert!(!at(700).detail.contains("stole"), "{}", at(700).detail);
     }
 
     #[test]
