@@ -36,25 +36,23 @@ fn try_fifo80() -> Result<(), String> {
 /// Runs every probe; `seconds` is the timer-jitter duration, `pw_clock` the PipeWire config's
 /// `[rate, quantum, min, max, effective]` (`None`: PipeWire not installed).
 pub fn run(seconds: f64, pw_clock: Option<[i64; 5]>) -> Vec<Check> {
-    let steal_before = read_steal_ticks();
-    let handle = std::thread::Builder::new()
-        .name("doctor-rt-probe".into())
-        .spawn(move || {
-            let fifo = try_fifo80();
-            let jitter = timer_jitter(seconds);
-            (fifo, jitter)
-        });
-    let (fifo, jitter) = match handle.map(|h| h.join()) {
+    let (handle, stolen_ms) = crate::run::glitch::stolen_during(|| {
+        std::thread::Builder::new()
+            .name("doctor-rt-probe".into())
+            .spawn(move || {
+                let fifo = try_fifo80();
+                let jitter = timer_jitter(seconds);
+                (fifo, jitter)
+            })
+            .map(|h| h.join())
+    });
+    let (fifo, jitter) = match handle {
         Ok(Ok(r)) => r,
         _ => (
             Err("the probe thread could not be started".into()),
             Err("the probe thread could not be started".into()),
         ),
     };
-    // `/proc/stat` counts steal in USER_HZ ticks: 10 ms each.
-    let stolen_ms = steal_before
-        .zip(read_steal_ticks())
-        .map(|(a, b)| b.saturating_sub(a) as f64 * 10.0);
     let mut out = Vec::new();
     let fifo_ok = fifo.is_ok();
     out.push(match &fifo {
@@ -119,11 +117,6 @@ fn jitter_check(h: &hdrhistogram::Histogram<u64>, policy: &str, stolen_ms: Optio
         good(found)
     };
     c.named("timer-jitter")
-}
-
-/// The steal column of `/proc/stat`'s `cpu` line (all CPUs), in ticks; `None` if unreadable.
-fn read_steal_ticks() -> Option<u64> {
-    crate::run::glitch::read_steal_ticks()
 }
 
 /// A futex-wake probe: how long the sleeper parks before each wake, and what p99 is too slow.

@@ -150,13 +150,13 @@ pub(super) fn report(
     }
     queue_warnings(playback, &mut buffer, &mut warnings);
     buffer.device_wakeups = DeviceWakeups::from_counts(&capture.wake_counts());
-    let buffer_periods = buffer.periods;
+    let buffer_ns = u64::from(buffer.periods) * period_ns;
     let glitches = collect::explain_glitches(
         &capture.log,
         &playback.log,
         &agents.late_marks,
         &d.steal,
-        (period_ns, u64::from(buffer_periods) * period_ns),
+        (period_ns, buffer_ns),
         capture.start_ns(),
     );
     let wall_ns = (d.elapsed_s * 1e9).max(1.0);
@@ -203,7 +203,7 @@ pub(super) fn report(
         buffer: Some(buffer),
         glitches,
         hub: Some(hub_row(d, playback)),
-        host_steal: d.steal.summary(u64::from(buffer_periods) * period_ns),
+        host_steal: d.steal.summary(buffer_ns),
     };
     Ok(report)
 }

@@ -154,23 +154,20 @@ impl DeviceWakeups {
 /// Measures the timer wake-up jitter for `seconds` on a thread at SCHED_FIFO `priority` (the
 /// audio thread's; 0: none), with the doctor's probe.
 pub fn probe(seconds: f64, priority: u8) -> anyhow::Result<Probe> {
-    let steal_before = super::glitch::read_steal_ticks();
-    let h = std::thread::Builder::new()
-        .name("voxring-probe".into())
-        .spawn(move || {
-            let (scheduling, _) = super::device::promote(priority);
-            (crate::doctor::probes::timer_jitter(seconds), scheduling)
-        })
-        .map_err(|e| anyhow::anyhow!("cannot start the wake-up probe: {e}"))?;
-    let (hist, scheduling) = h
-        .join()
+    let (joined, stolen_ms) = super::glitch::stolen_during(|| {
+        std::thread::Builder::new()
+            .name("voxring-probe".into())
+            .spawn(move || {
+                let (scheduling, _) = super::device::promote(priority);
+                (crate::doctor::probes::timer_jitter(seconds), scheduling)
+            })
+            .map(|h| h.join())
+    });
+    let (hist, scheduling) = joined
+        .map_err(|e| anyhow::anyhow!("cannot start the wake-up probe: {e}"))?
         .map_err(|_| anyhow::anyhow!("the wake-up probe panicked"))?;
     let hist = hist.map_err(|e| anyhow::anyhow!("the wake-up probe failed: {e}"))?;
     let ms = |ns: u64| ns as f64 / 1e6;
-    // `/proc/stat` counts steal in USER_HZ ticks: 10 ms each.
-    let stolen_ms = steal_before
-        .zip(super::glitch::read_steal_ticks())
-        .map(|(a, b)| b.saturating_sub(a) as f64 * 10.0);
     Ok(Probe {
         stolen_ms,
         wakeups: hist.len(),

@@ -241,8 +241,20 @@ impl StealSampler {
     }
 }
 
+/// Runs `f` and says how much CPU time the hypervisor stole from the machine (all CPUs)
+/// meanwhile, ms (`None`: `/proc/stat` unreadable). `/proc/stat` counts steal in USER_HZ
+/// ticks, 10 ms each, so a short `f` reads 0 or a multiple of 10.
+pub(crate) fn stolen_during<R>(f: impl FnOnce() -> R) -> (R, Option<f64>) {
+    let before = read_steal_ticks();
+    let r = f();
+    let ms = before
+        .zip(read_steal_ticks())
+        .map(|(a, b)| b.saturating_sub(a) as f64 * 10.0);
+    (r, ms)
+}
+
 /// The `steal` column of `/proc/stat`'s `cpu` line (all CPUs), in ticks.
-pub(crate) fn read_steal_ticks() -> Option<u64> {
+fn read_steal_ticks() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/stat").ok()?;
     parse_steal(&text)
 }
