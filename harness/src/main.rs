@@ -19,6 +19,7 @@ mod locate;
 mod run;
 mod segments;
 mod serve;
+mod steal;
 mod top;
 mod voice;
 

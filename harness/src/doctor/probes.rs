@@ -36,7 +36,7 @@ fn try_fifo80() -> Result<(), String> {
 /// Runs every probe; `seconds` is the timer-jitter duration, `pw_clock` the PipeWire config's
 /// `[rate, quantum, min, max, effective]` (`None`: PipeWire not installed).
 pub fn run(seconds: f64, pw_clock: Option<[i64; 5]>) -> Vec<Check> {
-    let (handle, stolen_ms) = crate::run::glitch::stolen_during(|| {
+    let (handle, stolen_ms) = crate::steal::stolen_during(|| {
         std::thread::Builder::new()
             .name("doctor-rt-probe".into())
             .spawn(move || {
@@ -96,11 +96,10 @@ fn jitter_check(h: &hdrhistogram::Histogram<u64>, policy: &str, stolen_ms: Optio
     if let Some(ms) = stolen {
         found += &format!("; the hypervisor stole {ms:.0} ms of CPU time (all CPUs) meanwhile");
     }
-    let mut fix =
-        "kernel-tuning/apply --irq --governor, and --cmdline for preempt=full threadirqs \
-                   (see the preempt, threadirqs and isolation checks); on a VM, a host with \
-                   dedicated cores"
-            .to_owned();
+    let mut fix = "kernel-tuning/apply --irq --governor, and --cmdline for preempt=full \
+                   threadirqs (see the preempt, threadirqs and isolation checks); on a VM, a \
+                   host with dedicated cores"
+        .to_owned();
     if stolen.is_some() {
         fix = format!(
             "the host took CPU time from this VM while the probe ran, so the late wake-ups may \

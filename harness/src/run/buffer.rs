@@ -154,7 +154,7 @@ impl DeviceWakeups {
 /// Measures the timer wake-up jitter for `seconds` on a thread at SCHED_FIFO `priority` (the
 /// audio thread's; 0: none), with the doctor's probe.
 pub fn probe(seconds: f64, priority: u8) -> anyhow::Result<Probe> {
-    let (joined, stolen_ms) = super::glitch::stolen_during(|| {
+    let (joined, stolen_ms) = crate::steal::stolen_during(|| {
         std::thread::Builder::new()
             .name("voxring-probe".into())
             .spawn(move || {

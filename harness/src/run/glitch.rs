@@ -125,7 +125,6 @@ pub struct LateMark {
 pub struct StealSampler {
     /// (CLOCK_MONOTONIC ns, cumulative steal of all CPUs, ns).
     samples: Vec<(u64, u64)>,
-    tick_ns: u64,
     /// The CPUs `/proc/stat` sums the steal of.
     cpus: u32,
 }
@@ -185,13 +184,11 @@ impl HostSteal {
 }
 
 impl StealSampler {
-    /// A sampler; `/proc/stat` counts in USER_HZ ticks (100 per second on Linux).
+    /// A sampler (room for 4096 samples before it allocates again).
     pub fn new() -> Self {
-        let cpus = std::fs::read_to_string("/proc/stat").map_or(0, |t| count_cpus(&t));
         Self {
             samples: Vec::with_capacity(4096),
-            tick_ns: 10_000_000,
-            cpus,
+            cpus: crate::steal::cpus(),
         }
     }
 
@@ -228,8 +225,8 @@ impl StealSampler {
 
     /// Reads `/proc/stat` now (not on the real-time thread).
     pub fn sample(&mut self, now_ns: u64) {
-        if let Some(steal) = read_steal_ticks() {
-            self.samples.push((now_ns, steal * self.tick_ns));
+        if let Some(steal) = crate::steal::stolen_ns() {
+            self.samples.push((now_ns, steal));
         }
     }
 
@@ -239,42 +236,6 @@ impl StealSampler {
         let after = self.samples.iter().find(|s| s.0 >= to)?;
         Some(after.1.saturating_sub(before.1))
     }
-}
-
-/// Runs `f` and says how much CPU time the hypervisor stole from the machine (all CPUs)
-/// meanwhile, ms (`None`: `/proc/stat` unreadable). `/proc/stat` counts steal in USER_HZ
-/// ticks, 10 ms each, so a short `f` reads 0 or a multiple of 10.
-pub(crate) fn stolen_during<R>(f: impl FnOnce() -> R) -> (R, Option<f64>) {
-    let before = read_steal_ticks();
-    let r = f();
-    let ms = before
-        .zip(read_steal_ticks())
-        .map(|(a, b)| b.saturating_sub(a) as f64 * 10.0);
-    (r, ms)
-}
-
-/// The `steal` column of `/proc/stat`'s `cpu` line (all CPUs), in ticks.
-fn read_steal_ticks() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/stat").ok()?;
-    parse_steal(&text)
-}
-
-/// The `cpuN` lines of `/proc/stat`: the CPUs its `cpu` line sums.
-fn count_cpus(stat: &str) -> u32 {
-    let n = stat
-        .lines()
-        .filter(|l| {
-            l.strip_prefix("cpu")
-                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
-        })
-        .count();
-    u32::try_from(n).unwrap_or(u32::MAX)
-}
-
-fn parse_steal(stat: &str) -> Option<u64> {
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    // user nice system idle iowait irq softirq steal ...
-    line.split_whitespace().nth(8)?.parse().ok()
 }
 
 /// RT throttling as the kernel is set (`/proc/sys/kernel/sched_rt_*`), in words.
@@ -565,15 +526,6 @@ mod tests {
             .zip(cumulative_ms)
             .map(|(i, ms)| (i * every_ms * 1_000_000, ms * 1_000_000))
             .collect()
-    }
-
-    #[test]
-    fn steal_is_the_eighth_number_of_the_cpu_line() {
-        let stat = "cpu  10 0 5 100 1 0 2 37 0 0\ncpu0 5 0 2 50 0 0 1 20 0 0\n\
-                    cpu1 5 0 3 50 1 0 1 17 0 0\nintr 1 2\n";
-        assert_eq!(parse_steal(stat), Some(37));
-        assert_eq!(parse_steal("intr 1 2\n"), None);
-        assert_eq!(count_cpus(stat), 2);
     }
 
     #[test]
