@@ -458,6 +458,7 @@ impl Agent {
                     seq: meta.seq,
                     handoff_ns: t_got.saturating_sub(meta.timestamp_ns),
                     compute_ns: c1.saturating_sub(c0).saturating_sub(echo_ipc_ns),
+                    done_ns: c1,
                 });
             }
         }

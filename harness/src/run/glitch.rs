@@ -118,6 +118,10 @@ pub struct LateMark {
     pub handoff_ns: u64,
     /// Its own work on the frame, ns.
     pub compute_ns: u64,
+    /// When it finished the frame (CLOCK_MONOTONIC ns; 0: not stamped), which places the
+    /// late cycle on the clock the steal is sampled on.
+    #[serde(default)]
+    pub done_ns: u64,
 }
 
 /// The host's steal time, sampled by the main thread during the run.
@@ -359,7 +363,7 @@ pub fn attribute(facts: &[Fact], cx: &Context<'_>) -> Vec<Glitch> {
                         ),
                     )
                 }
-                _ => ("agent-late", agent_words(name, m, cx)),
+                _ => late_agent(name, m, cx),
             };
             out.push(Glitch {
                 cycle: m.seq,
@@ -402,14 +406,38 @@ fn device_or_stolen(f: &Fact, cx: &Context<'_>, words: &str) -> (&'static str, S
 /// and the hypervisor stole at least that long around it (the host held the agent's CPU, or
 /// the whole machine, while the frame waited for it). Any steal is said either way.
 fn agent_or_stolen(f: &Fact, name: &str, m: &LateMark, cx: &Context<'_>) -> (&'static str, String) {
-    let words = agent_words(name, m, cx);
     // From before the late cycle's hand-off began to the glitch.
     let from = f
         .t_ns
         .saturating_sub(4 * cx.period_ns)
         .saturating_sub(m.handoff_ns);
+    judge_agent(name, m, (from, f.t_ns), cx)
+}
+
+/// A late cycle of agent `name` that no stall of the audio thread explains: judged as
+/// [`agent_or_stolen`] judges a glitch after it, over the time the agent spent on the frame
+/// (placed by its finish stamp). Unstamped, it is the agent's.
+fn late_agent(name: &str, m: &LateMark, cx: &Context<'_>) -> (&'static str, String) {
+    if m.done_ns == 0 {
+        return ("agent-late", agent_words(name, m, cx));
+    }
+    let from = m
+        .done_ns
+        .saturating_sub(m.compute_ns.saturating_add(m.handoff_ns));
+    judge_agent(name, m, (from, m.done_ns), cx)
+}
+
+/// The agent's lateness `m`, or the host's when the agent's wake-up took the time and the
+/// hypervisor stole at least that long around `[from, to]`.
+fn judge_agent(
+    name: &str,
+    m: &LateMark,
+    (from, to): (u64, u64),
+    cx: &Context<'_>,
+) -> (&'static str, String) {
+    let words = agent_words(name, m, cx);
     let woke_late = m.handoff_ns >= m.compute_ns;
-    match stolen_around(cx, from, f.t_ns) {
+    match stolen_around(cx, from, to) {
         Some(ns) if woke_late && ns >= m.handoff_ns => (
             "host-stall",
             format!(
@@ -609,12 +637,14 @@ mod tests {
             seq: 149,
             handoff_ns: 100_000,
             compute_ns: 3_000_000,
+            done_ns: 0,
         }];
         // The vad took 0.1 ms on cycle 60 but was cut short by the catch-up after the stall.
         let vad = [LateMark {
             seq: 60,
             handoff_ns: 50_000,
             compute_ns: 50_000,
+            done_ns: 0,
         }];
         let g = attribute(
             &facts,
@@ -683,16 +713,19 @@ mod tests {
                 seq: 99,
                 handoff_ns: 20_000_000,
                 compute_ns: 10_000,
+                done_ns: 0,
             },
             LateMark {
                 seq: 499,
                 handoff_ns: 10_600_000,
                 compute_ns: 10_000,
+                done_ns: 0,
             },
             LateMark {
                 seq: 699,
                 handoff_ns: 10_000,
                 compute_ns: 20_000_000,
+                done_ns: 0,
             },
         ];
         let g = attribute(&facts, &cx(&steal, vec![("echo".into(), &echo)]));
@@ -716,6 +749,45 @@ mod tests {
         );
         assert_eq!(at(700).cause, "agent-late", "{}", at(700).detail);
         assert!(!at(700).detail.contains("stole"), "{}", at(700).detail);
+    }
+
+    #[test]
+    fn a_late_cycle_stamped_by_its_agent_is_the_hosts_when_the_steal_around_it_covers_its_wake_up()
+    {
+        // 30 ms stolen between 450 and 500 ms, nothing else; the audio thread never late.
+        let mut steal = StealSampler::new();
+        steal.samples = sampled(
+            50,
+            &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 30, 30, 30, 30, 30, 30, 30, 30],
+        );
+        let mark = |seq, handoff_ms: u64, compute_ms: u64, done_ms: u64| LateMark {
+            seq,
+            handoff_ns: handoff_ms * 1_000_000,
+            compute_ns: compute_ms * 1_000_000,
+            done_ns: done_ms * 1_000_000,
+        };
+        let echo = [
+            // A 10 ms wake-up that ended at 495 ms: the steal covers it.
+            mark(1, 10, 0, 495),
+            // The same wake-up at 800 ms, where nothing was stolen.
+            mark(2, 10, 0, 800),
+            // 10 ms of its own compute at 495 ms: the agent's, the steal said beside it.
+            mark(3, 0, 10, 495),
+            // Unstamped (done_ns 0): not placed on the clock, the agent's.
+            mark(4, 10, 0, 0),
+        ];
+        let g = attribute(&[], &cx(&steal, vec![("echo".into(), &echo)]));
+        let causes: Vec<&str> = g.iter().map(|g| g.cause.as_str()).collect();
+        assert_eq!(
+            causes,
+            ["host-stall", "agent-late", "agent-late", "agent-late"],
+            "{g:#?}"
+        );
+        assert!(g.iter().all(|g| g.kind == "late-cycle"), "{g:#?}");
+        assert!(g[0].detail.contains("held the agent up"), "{}", g[0].detail);
+        assert!(!g[1].detail.contains("stole"), "{}", g[1].detail);
+        assert!(g[2].detail.contains("stole 30.0 ms"), "{}", g[2].detail);
+        assert!(!g[3].detail.contains("stole"), "{}", g[3].detail);
     }
 
     #[test]
