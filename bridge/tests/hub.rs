@@ -171,7 +171,7 @@ fn read_back(name: &str) -> (Vec<i16>, Vec<usize>) {
     (got, gaps)
 }
 
-/// The hub's output lanes as its directory shows them (depth, drops, repeats, gaps).
+/// The hub's output lanes as its directory shows them (depth, drops, repeats, gaps, trims).
 fn lane_rows(hub: &str) -> Vec<(String, voxring_linux::hub::directory::OutRow)> {
     let h = Hub::find(hub, &HubOptions::default()).expect("find the hub");
     (0..128)
@@ -339,7 +339,7 @@ fn far_ring_round_trip(attempt: u32) -> Result<(), String> {
     let corrected = lanes
         .iter()
         .find(|(name, _)| name == "far")
-        .is_some_and(|(_, r)| r.repeated + r.gaps + r.dropped > 0);
+        .is_some_and(|(_, r)| r.repeated + r.gaps + r.dropped + r.trimmed > 0);
     if let Some(why) = &altered {
         assert!(corrected, "{why}, and no counter says why\n{counters}");
     }

@@ -82,6 +82,7 @@ pub fn snapshot(hub: &Hub) -> anyhow::Result<Value> {
             "repeated": o.repeated,
             "gaps": o.gaps,
             "primes": o.primes,
+            "trimmed": o.trimmed,
         }));
     }
     let speech = hub.speech().ok();
@@ -176,10 +177,10 @@ fn text(v: &Value) -> String {
             cell(&r["crc_unknown"]),
         );
     }
-    s += "\nLANE  PID      NAME             STATE    DEPTH   MIXED  DROPPED  REPEATED  GAPS  PRIMES\n";
+    s += "\nLANE  PID      NAME             STATE    DEPTH   MIXED  DROPPED  REPEATED  GAPS  PRIMES  TRIMMED\n";
     for o in v["outputs"].as_array().into_iter().flatten() {
         s += &format!(
-            "{} {:<8} {:>5} {:>7} {:>8} {:>9} {:>5} {:>7}\n",
+            "{} {:<8} {:>5} {:>7} {:>8} {:>9} {:>5} {:>7} {:>8}\n",
             who(o, "lane"),
             o["state"].as_str().unwrap_or(""),
             cell(&o["depth"]),
@@ -188,6 +189,7 @@ fn text(v: &Value) -> String {
             cell(&o["repeated"]),
             cell(&o["gaps"]),
             cell(&o["primes"]),
+            cell(&o["trimmed"]),
         );
     }
     s
@@ -251,7 +253,8 @@ mod tests {
             }],
             "outputs": [{
                 "lane": 2, "pid": 456, "name": "talker", "state": "active", "depth": 3,
-                "mixed": 100, "dropped": 0, "repeated": 1, "gaps": 0, "primes": 1
+                "mixed": 100, "dropped": 0, "repeated": 1, "gaps": 0, "primes": 1,
+                "trimmed": 1
             }]
         });
         let t = text(&v);
@@ -263,7 +266,7 @@ mod tests {
             "{t}"
         );
         assert!(
-            lines.contains(&"2     456      talker           active       3     100        0         1     0       1"),
+            lines.contains(&"2     456      talker           active       3     100        0         1     0       1        1"),
             "{t}"
         );
     }

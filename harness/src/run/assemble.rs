@@ -219,6 +219,7 @@ fn hub_row(d: &Drained<'_>, playback: &PlaybackProbe<'_>) -> HubRow {
         queue_repeated: playback.repeated,
         queue_dropped: playback.skipped,
         queue_gaps: playback.gaps,
+        queue_trimmed: playback.trimmed,
         evicted_lag: d.hub.evicted_lag,
         evicted_dead: d.hub.evicted_dead,
     }
@@ -270,8 +271,9 @@ fn queue_warnings(playback: &PlaybackProbe<'_>, b: &mut BufferReport, warnings: 
     if playback.repeated > 0 {
         warnings.push(format!(
             "the output queue played {} frame(s) twice when the echo's next frame was late (a \
-             correction: no frame was lost, the following ones played one period later)",
-            playback.repeated
+             correction: no frame was lost, the following ones played one period later until \
+             the queue trimmed a quiet frame in a pause: {} trimmed)",
+            playback.repeated, playback.trimmed
         ));
     }
 }

@@ -369,6 +369,8 @@ pub struct PlaybackProbe<'a> {
     pub skipped: u64,
     /// Frames played again by a queue below its band.
     pub repeated: u64,
+    /// Quiet frames trimmed to bring a queue back to its target.
+    pub trimmed: u64,
     /// Lanes whose ring failed.
     pub failed: u64,
     /// The output queue's target depth at the end.
@@ -394,6 +396,7 @@ impl<'a> PlaybackProbe<'a> {
             gaps: 0,
             skipped: 0,
             repeated: 0,
+            trimmed: 0,
             failed: 0,
             target,
             log: FactLog::with_capacity(MAX_FACTS),
@@ -477,6 +480,7 @@ impl<T: Mix> MixProbe<T> for PlaybackProbe<'_> {
             self.repeated += c.repeated - before.repeated;
             self.fact(FactKind::Repeated, t, c.repeated - before.repeated);
         }
+        self.trimmed += c.trimmed.saturating_sub(before.trimmed);
         if c.state == LaneState::Failed && before.state != LaneState::Failed {
             self.failed += 1;
         }

@@ -305,6 +305,10 @@ pub struct HubRow {
     pub queue_repeated: u64,
     pub queue_dropped: u64,
     pub queue_gaps: u64,
+    /// Quiet frames dropped in a pause to bring the queue back to its target after it stood
+    /// above it (latency given back; no sound lost).
+    #[serde(default)]
+    pub queue_trimmed: u64,
     /// Mic readers evicted for falling a whole ring behind, and for dying.
     pub evicted_lag: u64,
     pub evicted_dead: u64,
@@ -466,7 +470,8 @@ impl RunReport {
             let _ = writeln!(
                 s,
                 "hub {}: {:.3} wake syscalls per cycle; output queue target {} ± {}: {} \
-                 repeated, {} dropped, {} periods of silence; readers evicted {} (lag) {} (dead)",
+                 repeated, {} dropped, {} periods of silence, {} quiet frames trimmed; \
+                 readers evicted {} (lag) {} (dead)",
                 h.name,
                 h.wake_syscalls_per_cycle,
                 h.queue_target,
@@ -474,6 +479,7 @@ impl RunReport {
                 h.queue_repeated,
                 h.queue_dropped,
                 h.queue_gaps,
+                h.queue_trimmed,
                 h.evicted_lag,
                 h.evicted_dead
             );

@@ -101,6 +101,7 @@ fn lane_json(agent: &str, c: &LaneCounters, how: &str) -> serde_json::Value {
         "dropped": c.dropped,
         "repeated": c.repeated,
         "gaps": c.gaps,
+        "trimmed": c.trimmed,
         "primes": c.primes,
     })
 }
@@ -419,6 +420,7 @@ impl<T: Mix> Control<T> {
                         repeated: load(&a.repeated),
                         gaps: load(&a.gaps),
                         primes: load(&a.primes),
+                        trimmed: load(&a.trimmed),
                     }
                 }
                 None => OutRow::default(),

@@ -40,6 +40,8 @@ pub struct LaneAtomics {
     pub repeated: AtomicU64,
     /// Cycles of silence while playing.
     pub gaps: AtomicU64,
+    /// Quiet frames trimmed back to the target.
+    pub trimmed: AtomicU64,
     /// Primings.
     pub primes: AtomicU64,
 }
@@ -502,6 +504,7 @@ impl<'a, T: Mix, P: MixProbe<T>> MixSource<'a, T, P> {
             a.dropped.store(c.dropped, Ordering::Relaxed);
             a.repeated.store(c.repeated, Ordering::Relaxed);
             a.gaps.store(c.gaps, Ordering::Relaxed);
+            a.trimmed.store(c.trimmed, Ordering::Relaxed);
             a.primes.store(c.primes, Ordering::Relaxed);
             if c.state == LaneState::Failed {
                 self.send_back(i);

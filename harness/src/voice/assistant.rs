@@ -637,7 +637,7 @@ fn build_records(
         let n = super::listen::corrections_during(cap, "talker", p, slack);
         if n > 0 {
             why.push(format!(
-                "the hub corrected the talker's lane {n} time(s) (dropped, repeated or gap) \
+                "the hub corrected the talker's lane {n} time(s) (dropped, repeated, gap or trimmed) \
                  while utterance {} was on its way: the user's speech did not reach the mic whole",
                 k + 1
             ));
@@ -802,7 +802,7 @@ fn summarise(
                 .map(|(k, v)| {
                     (
                         k.clone(),
-                        json!({"dropped": v.0, "repeated": v.1, "gaps": v.2}),
+                        json!({"dropped": v.0, "repeated": v.1, "gaps": v.2, "trimmed": v.3}),
                     )
                 })
                 .collect::<serde_json::Map<_, _>>()

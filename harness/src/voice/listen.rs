@@ -38,8 +38,9 @@ pub struct Capture {
     /// Per frame: its first sample position and its commit stamp (CLOCK_MONOTONIC ns).
     pub frames: Vec<(u64, u64)>,
     pub lost: u64,
-    /// Per output lane: the hub's largest counts of frames dropped, repeated, and gaps seen.
-    pub lanes: BTreeMap<String, (u64, u64, u64)>,
+    /// Per output lane: the hub's largest counts of frames dropped, repeated, gaps, and quiet
+    /// frames trimmed seen.
+    pub lanes: BTreeMap<String, (u64, u64, u64, u64)>,
     /// Every time a lane's corrections grew: the mic position read by then, the lane, and
     /// how many corrections (drops + repeats + gaps) were added since the previous look.
     pub corrections: Vec<(u64, String, u64)>,
@@ -103,11 +104,14 @@ fn note_lanes(hub: &Hub, pos: u64, cap: &mut Capture) {
         }
         let name = voxring_linux::hub::directory::unpack_name(&row.name);
         let e = cap.lanes.entry(name.clone()).or_default();
-        let before = e.0 + e.1 + e.2;
+        // A trimmed frame is silence, but it moves everything after it a frame earlier: a
+        // correction like the others for the placement of what follows.
+        let before = e.0 + e.1 + e.2 + e.3;
         e.0 = e.0.max(row.dropped);
         e.1 = e.1.max(row.repeated);
         e.2 = e.2.max(row.gaps);
-        let added = (e.0 + e.1 + e.2).saturating_sub(before);
+        e.3 = e.3.max(row.trimmed);
+        let added = (e.0 + e.1 + e.2 + e.3).saturating_sub(before);
         if added > 0 {
             cap.corrections.push((pos, name, added));
         }
@@ -231,7 +235,7 @@ fn differs(cap: &Capture, lane: &str, m0: u64, (k, i): (usize, usize), pos: u64)
     );
     match first {
         Some(p) => format!(
-            "the hub corrected the {lane}'s lane {n} time(s) (dropped, repeated or gap; the \
+            "the hub corrected the {lane}'s lane {n} time(s) (dropped, repeated, gap or trimmed; the \
              first noted at mic sample {p}) before {what}: the talker was late for its lane"
         ),
         None => format!(
@@ -272,7 +276,7 @@ fn follow_the_device(
         .context("it was heard before the talker said it")
 }
 
-/// Corrections of `lane` (drops, repeats, gaps) the hub made while utterance `p` could have
+/// Corrections of `lane` (drops, repeats, gaps, trims) the hub made while utterance `p` could have
 /// been on its way: seen between `slack` samples before its start and after its end (the
 /// listener looks every few frames, and what the hub mixes is heard a playback buffer later).
 pub fn corrections_during(cap: &Capture, lane: &str, p: &Placed, slack: u64) -> u64 {

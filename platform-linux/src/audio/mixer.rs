@@ -20,6 +20,14 @@
 //!   band are the excess oldest frames dropped down to the target (`dropped`): a standing
 //!   excess (clock drift, a burst that never drained). A queue about to fill its ring is cut
 //!   back at once. Every correction is counted in [`LaneCounters`].
+//! - **Back to the target in silence**: a low-water mark above the target but inside the band
+//!   (one repeat, then the late frame arrived too: everything after it is heard a period
+//!   later, and nothing would bring it back) is not a loss to correct by dropping audio, but it
+//!   is latency to give back. The lane owes that many frames (`owed`), and pays them only
+//!   where nobody hears it: a queued frame whose every sample is within [`QUIET`] of zero,
+//!   right after a frame that was quiet too (inside a pause, not the tail of a word), is
+//!   dropped (`trimmed`, counted apart from `dropped`: no sound was lost). A debt the queue
+//!   drains by itself is forgiven.
 //! - **Mix**: every playing lane's frame is summed into the cycle's buffer with saturation
 //!   ([`Mix::mix`]), so an earcon and a reply overlap instead of queueing.
 //!
@@ -33,6 +41,10 @@ use voxring_core::{FrameMeta, ReadError};
 /// dropped (about 0.7 s at 48 kHz / 128).
 pub const DRIFT_WINDOW: u32 = 256;
 
+/// The level (as a fraction of full scale, -60 dBFS) at or under which every sample of a
+/// frame must be for the frame to be trimmed as silence.
+pub const QUIET: f32 = 0.001;
+
 use super::Sample;
 use crate::ring::ShmConsumer;
 
@@ -40,6 +52,11 @@ use crate::ring::ShmConsumer;
 pub trait Mix: Sample {
     /// `a + b`, clamped to the format's range.
     fn mix(a: Self, b: Self) -> Self;
+
+    /// Whether the sample is within [`QUIET`] of zero (NaN is not).
+    fn quiet(self) -> bool {
+        self.to_f32().abs() <= QUIET
+    }
 }
 
 impl Mix for i16 {
@@ -116,6 +133,9 @@ pub struct LaneCounters {
     pub repeated: u64,
     /// Cycles of silence while it had been playing (it ran dry for longer than the band).
     pub gaps: u64,
+    /// Quiet frames dropped inside a pause to bring a queue standing above its target (within
+    /// the band) back to it: latency given back, no sound lost.
+    pub trimmed: u64,
     /// Times it started priming.
     pub primes: u64,
 }
@@ -128,6 +148,11 @@ pub struct OutputQueue<T> {
     /// The last frame taken (for repeats); `last_len` samples of it are valid.
     last: Box<[T]>,
     last_len: usize,
+    /// Whether every sample of the last frame taken was quiet.
+    last_quiet: bool,
+    /// Frames above the target the queue stood at over a whole drift window, to be trimmed
+    /// in the next pause.
+    owed: u64,
     dry: u32,
     /// Lowest depth seen in this drift window, and cycles left in it.
     low_water: u64,
@@ -147,6 +172,8 @@ impl<T: Mix> OutputQueue<T> {
             params,
             last: vec![T::SILENCE; frame_samples].into_boxed_slice(),
             last_len: 0,
+            last_quiet: false,
+            owed: 0,
             dry: 0,
             low_water: u64::MAX,
             window_left: DRIFT_WINDOW,
@@ -157,6 +184,7 @@ impl<T: Mix> OutputQueue<T> {
                 dropped: 0,
                 repeated: 0,
                 gaps: 0,
+                trimmed: 0,
                 primes: 1,
             },
             taken: None,
@@ -239,6 +267,7 @@ impl<T: Mix> OutputQueue<T> {
                 let len = len.min(src.len()).min(self.last.len());
                 self.last[..len].copy_from_slice(&src[..len]);
                 self.last_len = len;
+                self.last_quiet = src[..len].iter().all(|s| s.quiet());
                 self.taken = Some(f.meta());
                 for (a, s) in acc.iter_mut().zip(&src[..len]) {
                     *a = T::mix(*a, *s);
@@ -246,6 +275,30 @@ impl<T: Mix> OutputQueue<T> {
             }
         }
         match grant.release(n) {
+            // Dropped on purpose: agents never wait for room (module docs).
+            Ok(wake) => drop(wake),
+            Err(_) => self.counters.state = LaneState::Failed,
+        }
+        true
+    }
+
+    /// Drops the oldest queued frame if every sample of it is quiet (a trim, module docs);
+    /// false when it is not (nothing is released) or cannot be read.
+    fn trim_quiet_head(&mut self) -> bool {
+        let (c, _) = self.rx.parts();
+        let Ok(grant) = c.read_grant(1) else {
+            return false;
+        };
+        let quiet = grant.frame(0).is_some_and(|f| {
+            let len = f.meta().len as usize / std::mem::size_of::<T>();
+            f.samples::<T>()
+                .is_ok_and(|src| src[..len.min(src.len())].iter().all(|s| s.quiet()))
+        });
+        if !quiet {
+            // Dropping the grant releases nothing.
+            return false;
+        }
+        match grant.release(1) {
             // Dropped on purpose: agents never wait for room (module docs).
             Ok(wake) => drop(wake),
             Err(_) => self.counters.state = LaneState::Failed,
@@ -286,9 +339,17 @@ impl<T: Mix> OutputQueue<T> {
         } else if standing > target + band {
             standing - target
         } else {
+            if standing > target {
+                self.owed = standing - target;
+            }
             0
         };
+        if depth <= target {
+            // Drained by itself.
+            self.owed = 0;
+        }
         if excess > 0 {
+            self.owed = 0;
             // Drop the oldest excess frames, then take one as usual.
             if self.release(excess as usize, false, acc) {
                 self.counters.dropped += excess;
@@ -302,6 +363,9 @@ impl<T: Mix> OutputQueue<T> {
                 self.counters.state = LaneState::Priming;
             }
             return;
+        } else if self.owed > 0 && self.last_quiet && self.trim_quiet_head() {
+            self.owed -= 1;
+            self.counters.trimmed += 1;
         }
         if self.release(1, true, acc) {
             self.counters.mixed += 1;
@@ -316,6 +380,11 @@ mod tests {
     use crate::ring::{Segment, ShmProducer};
     use crate::segment::CreateOptions;
     use voxring_core::{Policy, RingConfig, SampleFormat};
+
+    // Aborts the test process if anything allocates inside `assert_no_alloc`; everywhere else
+    // it is the system allocator.
+    #[global_allocator]
+    static ALLOC: assert_no_alloc::AllocDisabler = assert_no_alloc::AllocDisabler;
 
     fn lane(tag: &str) -> (Segment, ShmProducer, OutputQueue<i16>) {
         let cfg = RingConfig {
@@ -414,6 +483,47 @@ mod tests {
         );
         let c = q.counters();
         assert_eq!((c.mixed, c.repeated, c.gaps), (4, 1, 1), "{c:?}");
+    }
+
+    #[test]
+    fn a_queue_standing_above_its_target_gives_the_frame_back_in_a_pause_only() {
+        let (_seg, mut tx, mut q) = lane("trim");
+        // Two frames queued, then one put before each cycle: every cycle sees 3 queued, one
+        // above the target 2 and inside its band (1), for good.
+        put(&mut tx, 100);
+        put(&mut tx, 101);
+        let mut played = Vec::new();
+        // The real-time part, trims included, never allocates.
+        let mut say = |v: i16, q: &mut OutputQueue<i16>| {
+            put(&mut tx, v);
+            played.push(assert_no_alloc::assert_no_alloc(|| cycle(q)));
+        };
+        // Loud for two drift windows: the frame is owed, but no sound is ever trimmed.
+        for v in 102..102 + 2 * DRIFT_WINDOW as i16 {
+            say(v, &mut q);
+        }
+        let c = q.counters();
+        assert_eq!((c.trimmed, c.dropped, c.depth), (0, 0, 3), "{c:?}");
+        // A pause (quiet frames 1, 2, ...: under -60 dBFS, yet told apart). The first quiet
+        // frame comes after a loud one (the tail of a word): played. The next is trimmed.
+        for v in 1..=8 {
+            say(v, &mut q);
+        }
+        let c = q.counters();
+        assert_eq!(
+            (c.trimmed, c.dropped, c.repeated, c.gaps),
+            (1, 0, 0, 0),
+            "{c:?}"
+        );
+        let n = played.len();
+        assert_eq!(&played[n - 6..], [1, 3, 4, 5, 6, 7], "{played:?}");
+        assert_eq!(c.depth, 2, "back at the target");
+        // Every loud frame played, in order.
+        let loud: Vec<i16> = played.iter().copied().filter(|&v| v >= 100).collect();
+        assert_eq!(
+            loud,
+            (100..102 + 2 * DRIFT_WINDOW as i16).collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use voxring_core::control::{ControlRegister, Plain};
 use crate::shared::{PlaceError, Plan, Slot};
 
 /// Layout version of the directory (bumped on any change to the rows or their order).
-pub const DIRECTORY_VERSION: u64 = 1;
+pub const DIRECTORY_VERSION: u64 = 2;
 /// Rows per table: the most mic consumers (agents) and output lanes a hub can have.
 pub const MAX_SLOTS: usize = 128;
 /// Published value registers (`values[i]`, four words each).
@@ -200,6 +200,9 @@ pub struct OutRow {
     pub gaps: u64,
     /// Times it (re)started priming.
     pub primes: u64,
+    /// Quiet frames dropped inside a pause to bring the queue back to its target (no sound
+    /// lost; since directory version 2).
+    pub trimmed: u64,
 }
 plain_u64_struct!(OutRow);
 
@@ -216,7 +219,7 @@ pub type MicReg = Reg<MicRow, 9>;
 /// [`AgentStats`]'s register.
 pub type StatsReg = Reg<AgentStats, 16>;
 /// [`OutRow`]'s register.
-pub type OutReg = Reg<OutRow, 12>;
+pub type OutReg = Reg<OutRow, 13>;
 
 /// Where every row sits: the same on the hub's and every agent's side.
 #[derive(Debug, Clone)]
@@ -307,7 +310,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<HubInfo>(), 23 * 8);
         assert_eq!(std::mem::size_of::<MicRow>(), 9 * 8);
         assert_eq!(std::mem::size_of::<AgentStats>(), 16 * 8);
-        assert_eq!(std::mem::size_of::<OutRow>(), 12 * 8);
+        assert_eq!(std::mem::size_of::<OutRow>(), 13 * 8);
         let (p, l) = plan().unwrap();
         assert_eq!(l.mic.len(), MAX_SLOTS);
         assert!(p.size() > 0);
