@@ -637,7 +637,7 @@ fn build_records(
         let n = super::listen::corrections_during(cap, "talker", p, slack);
         if n > 0 {
             why.push(format!(
-                "the hub corrected the talker's lane {n} time(s) (dropped, repeated, gap or trimmed) \
+                "the hub corrected the talker's lane {n} time(s) (dropped, repeated or gap) \
                  while utterance {} was on its way: the user's speech did not reach the mic whole",
                 k + 1
             ));
@@ -818,6 +818,7 @@ fn summarise(
         "hub": run.hub_summary, "hub_status": run.hub_status, "lanes": lanes, "agents": agents,
         "scheduling": run.scheduling,
         "lane_corrections": run.capture.as_ref().map(|c| json!(c.corrections)).unwrap_or_default(),
+        "lane_trims": run.capture.as_ref().map(|c| json!(c.trims)).unwrap_or_default(),
         "device_shift_samples": device_shifts,
         "failures": failures,
         "verdict": if failures.is_empty() { "run valid: every utterance recognised, no frame lost" } else { "FAILED" },

@@ -44,6 +44,9 @@ pub struct Capture {
     /// Every time a lane's corrections grew: the mic position read by then, the lane, and
     /// how many corrections (drops + repeats + gaps) were added since the previous look.
     pub corrections: Vec<(u64, String, u64)>,
+    /// The same for quiet frames trimmed: silence, so they cut no speech, but each moves what
+    /// follows a frame earlier (what the exact placement of the script must be told).
+    pub trims: Vec<(u64, String, u64)>,
 }
 
 /// Reads the hub's mic until its end of stream. `ready` is called once joined.
@@ -104,14 +107,16 @@ fn note_lanes(hub: &Hub, pos: u64, cap: &mut Capture) {
         }
         let name = voxring_linux::hub::directory::unpack_name(&row.name);
         let e = cap.lanes.entry(name.clone()).or_default();
-        // A trimmed frame is silence, but it moves everything after it a frame earlier: a
-        // correction like the others for the placement of what follows.
-        let before = e.0 + e.1 + e.2 + e.3;
+        let (before, trimmed) = (e.0 + e.1 + e.2, e.3);
         e.0 = e.0.max(row.dropped);
         e.1 = e.1.max(row.repeated);
         e.2 = e.2.max(row.gaps);
         e.3 = e.3.max(row.trimmed);
-        let added = (e.0 + e.1 + e.2 + e.3).saturating_sub(before);
+        let added = (e.0 + e.1 + e.2).saturating_sub(before);
+        let trims = e.3.saturating_sub(trimmed);
+        if trims > 0 {
+            cap.trims.push((pos, name.clone(), trims));
+        }
         if added > 0 {
             cap.corrections.push((pos, name, added));
         }
@@ -222,12 +227,14 @@ fn differs(cap: &Capture, lane: &str, m0: u64, (k, i): (usize, usize), pos: u64)
     // reads, and the corrected frame is heard a playback buffer after it was mixed: a quarter
     // second either side covers both, as in `corrections_during`.
     let slack = u64::from(cap.rate / 4);
+    // A trim moves what follows a frame earlier: as much a cause here as the others.
     let (n, first) = cap
         .corrections
         .iter()
+        .chain(&cap.trims)
         .filter(|(p, name, _)| name == lane && *p + slack >= m0 && *p <= pos + slack)
-        .fold((0, None), |(n, first), (p, _, c)| {
-            (n + c, first.or(Some(*p)))
+        .fold((0, None::<u64>), |(n, first), (p, _, c)| {
+            (n + c, Some(first.map_or(*p, |f| f.min(*p))))
         });
     let what = format!(
         "utterance {k} differs from what the talker said from its sample {i} on (mic sample \
@@ -358,6 +365,15 @@ mod tests {
             e.starts_with("the hub corrected the talker's lane 3 time(s)")
                 && e.contains("first noted at mic sample 44")
                 && e.contains("utterance 2 differs"),
+            "{e}"
+        );
+        // A trim of the talker's lane (a quiet frame dropped: what follows moves a frame
+        // earlier) is a cause too, and the earliest noted is named.
+        cap.trims = vec![(41, "talker".into(), 1)];
+        let e = place(&cap);
+        assert!(
+            e.starts_with("the hub corrected the talker's lane 4 time(s)")
+                && e.contains("first noted at mic sample 41"),
             "{e}"
         );
     }
