@@ -73,7 +73,7 @@ fn a_steady_stream_sleeps_until_just_before_each_frame() {
 
 #[test]
 fn nothing_learned_means_park() {
-    let a = Arrivals::new(PERIOD, EARLY).unwrap();
+    let mut a = Arrivals::new(PERIOD, EARLY).unwrap();
     assert_eq!(a.plan(0, 123), Plan::Park);
     assert_eq!(a.plan(7, u64::MAX), Plan::Park);
 }
@@ -165,7 +165,7 @@ fn hostile_timestamps_never_make_it_sleep_far_or_through_a_frame() {
         assert!(until_ns - (t0 + PERIOD) <= MAX_SLEEP_PERIODS * PERIOD);
     }
     // An anchor far in the future (a forged sequence distance) is not slept on.
-    let a = locked(t0);
+    let mut a = locked(t0);
     assert_eq!(a.plan(u64::MAX, t0), Plan::Park);
     assert_eq!(a.plan(1 << 40, t0), Plan::Park);
 }
@@ -234,4 +234,83 @@ fn next_frame_meta_shows_the_committed_frame_without_consuming_it() {
     // Looking twice consumes nothing.
     assert_eq!(c.next_frame_meta(), Some(m));
     assert_eq!(c.read_pos(), 0);
+}
+
+/// A consumer that takes no time, waiting for frames that arrive at `arrival(n)` (stamped
+/// then), as voxring-linux's periodic wait does: returns, per frame, whether it had to park.
+fn consume(a: &mut Arrivals, frames: u64, arrival: impl Fn(u64) -> u64) -> Vec<bool> {
+    let mut now = 0;
+    let mut parked = Vec::new();
+    for n in 0..frames {
+        let t = arrival(n);
+        let park = |a: &mut Arrivals, now: &mut u64| {
+            *now = t;
+            a.observe(n, t, t, Sighting::Late);
+            true
+        };
+        let p = if t <= now {
+            a.observe(n, t, now, Sighting::Late);
+            false
+        } else {
+            let window = match a.plan(n, now) {
+                Plan::Sleep {
+                    until_ns,
+                    poll_until_ns,
+                } => {
+                    now = until_ns;
+                    a.woke(until_ns, now);
+                    Some(poll_until_ns)
+                }
+                Plan::Poll { poll_until_ns } => Some(poll_until_ns),
+                Plan::Park => None,
+            };
+            match window {
+                Some(_) if t <= now => {
+                    a.observe(n, t, now, Sighting::AfterSleep);
+                    false
+                }
+                Some(until) if t <= until => {
+                    now = t;
+                    a.observe(n, t, now, Sighting::Polling);
+                    false
+                }
+                Some(_) => {
+                    a.missed();
+                    park(a, &mut now)
+                }
+                None => park(a, &mut now),
+            }
+        };
+        parked.push(p);
+    }
+    parked
+}
+
+/// An audio thread held up 20 ms (7.5 periods) before frame 600: frames 600..608 come at once
+/// when it resumes, and the device, restarted after its xrun, delivers from then on at a new
+/// phase. Whatever the phase, the consumer learns the new schedule within a few retries
+/// instead of parking for every frame after it (as it did when a window that had passed before
+/// the consumer asked was not counted as a miss: the schedule, a period or more early, was
+/// never corrected).
+#[test]
+fn a_stream_that_moved_later_for_good_is_learned_again() {
+    let resumed = 1_000_000 + 600 * PERIOD + 20_000_000;
+    for eighths in 0..8 {
+        let phase = eighths * PERIOD / 8;
+        let arrival = |n: u64| match n {
+            0..600 => 1_000_000 + n * PERIOD,
+            600..608 => resumed,
+            _ => resumed + (n - 607) * PERIOD + phase,
+        };
+        let mut a = Arrivals::new(PERIOD, EARLY).unwrap();
+        let parked = consume(&mut a, 4_000, arrival);
+        let after = parked[600..].iter().filter(|&&p| p).count() as u64;
+        assert!(
+            after <= MAX_MISSES as u64 + 2 * RETRY_EVERY,
+            "phase {eighths}/8: parked for {after} of the 3400 frames after the move"
+        );
+        assert!(!a.is_irregular(), "phase {eighths}/8");
+        // Back to sleeping on the timer: the last hundred frames came while it polled.
+        assert!(!parked[3_900..].contains(&true), "phase {eighths}/8");
+    }
 }

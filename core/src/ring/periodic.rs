@@ -36,7 +36,11 @@
 //!
 //! After [`MAX_MISSES`] frames in a row that were not there by the end of their window, the
 //! stream is treated as irregular: the plan is to park at once, except every
-//! [`RETRY_EVERY`]-th frame, which tries the timer again.
+//! [`RETRY_EVERY`]-th frame, which tries the timer again. A window that had already passed
+//! when the consumer asked for its frame is a miss too ([`Arrivals::plan`] counts it): a
+//! stream that moved more than a period later for good (an audio device restarted after an
+//! xrun, at a new phase) would otherwise never be polled for, never counted, and never
+//! re-learned.
 //!
 //! ```
 //! use voxring_core::ring::periodic::{Arrivals, Plan, Sighting};
@@ -212,8 +216,9 @@ impl Arrivals {
             .then(|| anchor_ns.saturating_add(ahead.saturating_mul(self.period_ns)))
     }
 
-    /// What to do at `now_ns` to wait for frame `seq`, which is not there yet.
-    pub fn plan(&self, seq: u64, now_ns: u64) -> Plan {
+    /// What to do at `now_ns` to wait for frame `seq`, which is not there yet. A window that
+    /// has already passed counts as a miss (see the module docs): call it once per wait.
+    pub fn plan(&mut self, seq: u64, now_ns: u64) -> Plan {
         if self.anchor.is_none() {
             return Plan::Park;
         }
@@ -226,7 +231,9 @@ impl Arrivals {
         let wake = due.saturating_sub(self.early_ns);
         let poll_until_ns = due.saturating_add(self.early_ns);
         if poll_until_ns <= now_ns {
-            // The window has passed: the frame is late, park until it comes.
+            // The window has passed: the frame is late, park until it comes. A miss like one
+            // the poll saw: if lateness persists, the late sightings re-anchor the schedule.
+            self.missed();
             return Plan::Park;
         }
         if wake <= now_ns {

@@ -496,10 +496,11 @@ impl ShmConsumer {
             self.sighted(Sighting::Late);
             return Ok(FramesWait::Ready);
         }
-        let Some(arrivals) = self.arrivals else {
+        let read_pos = self.consumer.read_pos();
+        let Some(arrivals) = self.arrivals.as_mut() else {
             return self.park_for_frames(deadline);
         };
-        let poll_until = match arrivals.plan(self.consumer.read_pos(), start_ns) {
+        let poll_until = match arrivals.plan(read_pos, start_ns) {
             Plan::Sleep {
                 until_ns,
                 poll_until_ns,
