@@ -242,8 +242,9 @@ fn differs(cap: &Capture, lane: &str, m0: u64, (k, i): (usize, usize), pos: u64)
     );
     match first {
         Some(p) => format!(
-            "the hub corrected the {lane}'s lane {n} time(s) (dropped, repeated, gap or trimmed; the \
-             first noted at mic sample {p}) before {what}: the talker was late for its lane"
+            "the hub corrected the {lane}'s lane {n} time(s) (dropped, repeated, gap or \
+             trimmed; the first noted at mic sample {p}) before {what}: the talker was late for \
+             its lane"
         ),
         None => format!(
             "{what}, and the hub counted no correction of the {lane}'s lane: the hub or the \
@@ -283,9 +284,10 @@ fn follow_the_device(
         .context("it was heard before the talker said it")
 }
 
-/// Corrections of `lane` (drops, repeats, gaps, trims) the hub made while utterance `p` could have
-/// been on its way: seen between `slack` samples before its start and after its end (the
-/// listener looks every few frames, and what the hub mixes is heard a playback buffer later).
+/// Corrections of `lane` (drops, repeats, gaps; not trims, which cut no speech) the hub made
+/// while utterance `p` could have been on its way: seen between `slack` samples before its
+/// start and after its end (the listener looks every few frames, and what the hub mixes is
+/// heard a playback buffer later).
 pub fn corrections_during(cap: &Capture, lane: &str, p: &Placed, slack: u64) -> u64 {
     cap.corrections
         .iter()

@@ -301,7 +301,10 @@ impl<T: Mix> OutputQueue<T> {
         match grant.release(1) {
             // Dropped on purpose: agents never wait for room (module docs).
             Ok(wake) => drop(wake),
-            Err(_) => self.counters.state = LaneState::Failed,
+            Err(_) => {
+                self.counters.state = LaneState::Failed;
+                return false;
+            }
         }
         true
     }
