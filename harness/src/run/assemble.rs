@@ -257,10 +257,15 @@ fn queue_warnings(playback: &PlaybackProbe<'_>, b: &mut BufferReport, warnings: 
                  backlog the capture gave during the stall is played, not dropped)"
             ));
         }
+        let most = if b.reserve_end >= b.reserve_max {
+            format!(", as deep as auto lets it grow ({})", b.reserve_max)
+        } else {
+            String::new()
+        };
         warnings.push(format!(
-            "the output queue's reserve grew from {} to {} frame(s): {} (each frame of growth \
-             adds one period of mouth-to-ear; the device buffer stays {} periods: it cannot \
-             change while the stream runs); next time try --periods {}",
+            "the output queue's reserve grew from {} to {} frame(s){most}: {} (each frame of \
+             growth adds one period of mouth-to-ear; the device buffer stays {} periods: it \
+             cannot change while the stream runs); next time try --periods {}",
             b.reserve_start,
             b.reserve_end,
             why.join("; "),

@@ -79,6 +79,10 @@ pub struct BufferReport {
     /// ... and at the end (grown by one after each period of played silence, and to the
     /// queue's depth after a playback xrun that left a backlog; `auto` only).
     pub reserve_end: u32,
+    /// The deepest the reserve may grow to (`auto`: [`MAX_AUTO_PERIODS`] - 2, plus the periods
+    /// of a PipeWire graph cycle; forced: `reserve_start`).
+    #[serde(default)]
+    pub reserve_max: u32,
     /// The cycles after which the reserve grew (the report's warning says why each).
     pub grown_at_cycles: Vec<u64>,
     /// Why this many.
@@ -182,18 +186,20 @@ pub fn probe(seconds: f64, priority: u8) -> anyhow::Result<Probe> {
 #[derive(Debug)]
 pub struct Resolved {
     pub periods: u32,
-    /// Why this many: the number forced, or the probe's reading and the graph's floor.
+    /// Why this many: the number forced, or the probe's reading and the graph's cycle.
     pub why: String,
     /// The wake-up probe, if `auto` ran it.
     pub probe: Option<Probe>,
     /// A forced number short of PipeWire's graph ([`short_of_graph`]): said, not changed.
     pub short_of_graph: Option<String>,
+    /// The deepest the output queue's reserve may grow to during the run.
+    pub reserve_max: u32,
 }
 
 /// `--periods` resolved for quanta of `quantum` frames at `rate` Hz on `device`: the number
 /// forced (with a warning when PipeWire's graph needs more), or the probe's choice (3 when the
-/// probe fails, said in the reason), raised to hold a PipeWire graph cycle longer than the
-/// period ([`pipewire_graph`]).
+/// probe fails, said in the reason) on top of a PipeWire graph cycle longer than the period
+/// ([`pipewire_graph`], [`on_graph`]).
 pub fn resolve(periods: Periods, device: &str, quantum: u32, rate: u32, priority: u8) -> Resolved {
     let period_ms = f64::from(quantum) * 1e3 / f64::from(rate.max(1));
     let (n, why, probe) = match periods {
@@ -203,6 +209,7 @@ pub fn resolve(periods: Periods, device: &str, quantum: u32, rate: u32, priority
                 why: format!("--periods {n}"),
                 probe: None,
                 short_of_graph: short_of_graph(device, quantum, n),
+                reserve_max: n.saturating_sub(2),
             };
         }
         Periods::Auto => match probe(PROBE_SECONDS, priority) {
@@ -213,22 +220,38 @@ pub fn resolve(periods: Periods, device: &str, quantum: u32, rate: u32, priority
             Err(e) => (3, format!("{e:#}: 3 periods, not measured"), None),
         },
     };
-    let (periods, why) = match pipewire_graph(device, quantum) {
-        Some(graph) if graph_floor(graph, quantum) > n => {
-            let floor = graph_floor(graph, quantum);
-            let why = format!(
-                "{why}; but PipeWire's graph takes {graph} frames per cycle: {floor} periods \
-                 hold one cycle and two periods more (fewer play silence at every cycle)"
-            );
-            (floor, why)
-        }
-        _ => (n, why),
-    };
+    let graph = pipewire_graph(device, quantum);
+    let (periods, why) = on_graph(n, why, graph, quantum);
     Resolved {
         periods,
         why,
         probe,
         short_of_graph: None,
+        reserve_max: MAX_AUTO_PERIODS - 2 + graph_periods(graph, quantum),
+    }
+}
+
+/// The periods of one PipeWire graph cycle of `graph` frames (0: no graph above the quantum).
+fn graph_periods(graph: Option<u32>, quantum: u32) -> u32 {
+    graph.map_or(0, |g| g.div_ceil(quantum.max(1)))
+}
+
+/// The `n` periods `auto` chose for the machine's stalls, on top of a PipeWire graph cycle of
+/// `graph` frames: the plugin hands the buffer over a whole graph cycle at a time, so a stall
+/// of the audio thread finds that cycle's periods gone already, and the reserve that absorbs
+/// the stall must come on top of them (`n` = 2, a quiet machine: [`graph_floor`]). With its
+/// reason.
+fn on_graph(n: u32, why: String, graph: Option<u32>, quantum: u32) -> (u32, String) {
+    match graph {
+        Some(graph) => {
+            let total = n + graph_periods(Some(graph), quantum);
+            let why = format!(
+                "{why}; PipeWire's graph takes {graph} frames per cycle: {total} periods hold \
+                 one cycle and those {n} more"
+            );
+            (total, why)
+        }
+        None => (n, why),
     }
 }
 
@@ -343,6 +366,29 @@ mod tests {
         assert!(!choose_for(&p, 2.667).1.contains("hypervisor"));
         p.stolen_ms = None;
         assert!(!choose_for(&p, 2.667).1.contains("hypervisor"));
+    }
+
+    #[test]
+    fn the_probes_reserve_comes_on_top_of_a_pipewire_graph_cycle() {
+        // A quiet machine in a 512 graph under a 128-frame hub: the graph's floor, as before.
+        let (n, why) = on_graph(2, "quiet".into(), Some(512), 128);
+        assert_eq!(n, graph_floor(512, 128), "{why}");
+        // A machine the probe found stalling two periods keeps those two on top of the cycle
+        // (it used to be raised to the floor only, losing them).
+        let (n, why) = on_graph(4, "stalls".into(), Some(512), 128);
+        assert_eq!(n, 8, "{why}");
+        assert!(
+            why.starts_with("stalls; PipeWire's graph takes 512 frames"),
+            "{why}"
+        );
+        assert_eq!(
+            on_graph(4, "direct".into(), None, 128),
+            (4, "direct".into())
+        );
+        // The reserve may grow by a graph cycle more than without one.
+        assert_eq!(graph_periods(Some(512), 128), 4);
+        assert_eq!(graph_periods(Some(480), 128), 4);
+        assert_eq!(graph_periods(None, 128), 0);
     }
 
     #[test]

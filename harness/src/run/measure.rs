@@ -45,7 +45,8 @@ pub const XRUN_WATCH_CYCLES: u32 = 32;
 /// holds that many or more).
 pub const WAKE_COUNTS: usize = 33;
 /// Test hook: `CYCLE:MS` makes the audio thread sleep MS milliseconds once, before it commits
-/// frame CYCLE (a host stall on demand; the glitch report must name it).
+/// frame CYCLE (a host stall on demand; the glitch report must name it); `CYCLE:MS:EVERY` does
+/// it again every EVERY cycles (a host that keeps stalling).
 pub const STALL_AUDIO_ENV: &str = "VOXRING_TEST_STALL_AUDIO";
 
 /// Capture times the playback side reads back (same thread: the device's one real-time
@@ -112,15 +113,35 @@ pub struct RtParams {
     /// The output queue's target depth may grow (after silence, or after a playback xrun to
     /// keep the backlog) up to this (= the start: never).
     pub max_target: u32,
-    /// Test hook: stall the audio thread once ([`STALL_AUDIO_ENV`]).
-    pub stall: Option<(u64, Duration)>,
+    /// Test hook: stall the audio thread ([`STALL_AUDIO_ENV`]).
+    pub stall: Option<Stall>,
 }
 
-/// The test hook [`STALL_AUDIO_ENV`]: `CYCLE:MS`.
-pub fn stall_hook() -> Option<(u64, Duration)> {
-    let v = std::env::var(STALL_AUDIO_ENV).ok()?;
-    let (c, ms) = v.split_once(':')?;
-    Some((c.parse().ok()?, Duration::from_millis(ms.parse().ok()?)))
+/// A stall of the audio thread on demand (the test hook [`STALL_AUDIO_ENV`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stall {
+    /// The first stalled cycle.
+    pub cycle: u64,
+    pub len: Duration,
+    /// Again every this many cycles (0: once).
+    pub every: u64,
+}
+
+/// The test hook [`STALL_AUDIO_ENV`]: `CYCLE:MS` (once) or `CYCLE:MS:EVERY` (then again every
+/// EVERY cycles).
+pub fn stall_hook() -> Option<Stall> {
+    parse_stall(&std::env::var(STALL_AUDIO_ENV).ok()?)
+}
+
+fn parse_stall(v: &str) -> Option<Stall> {
+    let mut it = v.split(':');
+    let (c, ms) = (it.next()?, it.next()?);
+    let every = it.next().map_or(Some(0), |e| e.parse().ok())?;
+    Some(Stall {
+        cycle: c.parse().ok()?,
+        len: Duration::from_millis(ms.parse().ok()?),
+        every,
+    })
 }
 
 /// The capture side's measurements (see the module docs).
@@ -151,7 +172,7 @@ pub struct CaptureProbe<'a> {
     /// The next frame's sample position (for the end of stream).
     pub next_pos: u64,
     last_late_t: u64,
-    stall: Option<(u64, Duration)>,
+    stall: Option<Stall>,
     /// Capture wake-ups by the ring frames each brought (index: frames, the last one that many
     /// or more), the current one not yet counted: the device's real period (see
     /// `buffer::DeviceWakeups`). The chunks of one wake-up carry its end (`capture_pos`).
@@ -289,12 +310,15 @@ impl<T: Sample> MicProbe<T> for CaptureProbe<'_> {
         if new_wake {
             self.pending_clock = Some((wake_end, info.timestamp_ns));
         }
-        if let Some((cycle, d)) = self.stall
-            && (self.frames..self.frames + frames as u64).contains(&cycle)
+        if let Some(st) = self.stall
+            && (self.frames..self.frames + frames as u64).contains(&st.cycle)
         {
-            self.stall = None;
+            self.stall = (st.every > 0).then(|| Stall {
+                cycle: st.cycle + st.every,
+                ..st
+            });
             // Test hook only: a stall of the audio thread on demand (sleeping allocates nothing).
-            std::thread::sleep(d);
+            std::thread::sleep(st.len);
         }
     }
 
@@ -530,6 +554,30 @@ mod tests {
             sample_rate: 48_000,
             max_consumers: 1,
             policy: Policy::Lossless,
+        }
+    }
+
+    #[test]
+    fn the_stall_hook_stalls_once_or_every_n_cycles() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            parse_stall("600:40"),
+            Some(Stall {
+                cycle: 600,
+                len: ms(40),
+                every: 0
+            })
+        );
+        assert_eq!(
+            parse_stall("2000:8:1500"),
+            Some(Stall {
+                cycle: 2000,
+                len: ms(8),
+                every: 1500
+            })
+        );
+        for bad in ["", "600", "x:40", "600:y", "600:40:z"] {
+            assert_eq!(parse_stall(bad), None, "{bad:?}");
         }
     }
 

@@ -276,12 +276,7 @@ fn rt_params<T: Mix>(plan: &Plan<'_>, engine: &Engine<T>, buffer: &BufferReport)
         timeline_cap: (cycles as usize + 16).min(MAX_TIMELINE_CYCLES),
         start_ns: monotonic_ns(),
         talker: dev.synthetic,
-        max_target: QUEUE_TARGET
-            + if plan.args.stream.periods == Periods::Auto {
-                super::buffer::MAX_AUTO_PERIODS - 2
-            } else {
-                buffer.reserve_start
-            },
+        max_target: QUEUE_TARGET + buffer.reserve_max.max(buffer.reserve_start),
         stall: stall_hook(),
     }
 }
@@ -567,7 +562,7 @@ fn choose_buffer(args: &Args, warnings: &mut Vec<String>) -> (u32, BufferReport)
         args.stream.rate,
         args.rt_priority,
     );
-    let (periods, reason, probe) = (r.periods, r.why, r.probe);
+    let (periods, reason, probe, reserve_max) = (r.periods, r.why, r.probe, r.reserve_max);
     warnings.extend(r.short_of_graph);
     let mode = if args.stream.periods == Periods::Auto {
         if probe.is_none() {
@@ -582,6 +577,7 @@ fn choose_buffer(args: &Args, warnings: &mut Vec<String>) -> (u32, BufferReport)
         periods,
         reserve_start: periods - 2,
         reserve_end: periods - 2,
+        reserve_max,
         grown_at_cycles: Vec::new(),
         reason,
         probe,
