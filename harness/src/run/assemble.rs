@@ -222,6 +222,8 @@ fn hub_row(d: &Drained<'_>, playback: &PlaybackProbe<'_>) -> HubRow {
         queue_trimmed: playback.trimmed,
         evicted_lag: d.hub.evicted_lag,
         evicted_dead: d.hub.evicted_dead,
+        capture_ns_per_cycle: d.capture_ipc_ns as f64 / d.hub.cycles.max(1) as f64,
+        mix_ns_per_cycle: d.playback_ipc_ns as f64 / d.hub.play_cycles.max(1) as f64,
     }
 }
 

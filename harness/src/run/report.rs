@@ -312,6 +312,13 @@ pub struct HubRow {
     /// Mic readers evicted for falling a whole ring behind, and for dying.
     pub evicted_lag: u64,
     pub evicted_dead: u64,
+    /// The real-time thread's ring operations per cycle, ns: the capture side (grant, copy
+    /// into the slot, stamps, commit, wake) and the mix (every lane's read, sum, release, its
+    /// counters), the measuring probes left out. Part of `ipc_cpu_percent`.
+    #[serde(default)]
+    pub capture_ns_per_cycle: f64,
+    #[serde(default)]
+    pub mix_ns_per_cycle: f64,
 }
 
 impl RunReport {
@@ -469,11 +476,15 @@ impl RunReport {
         if let Some(h) = &self.hub {
             let _ = writeln!(
                 s,
-                "hub {}: {:.3} wake syscalls per cycle; output queue target {} ± {}: {} \
-                 repeated, {} dropped, {} periods of silence, {} quiet frames trimmed; \
-                 readers evicted {} (lag) {} (dead)",
+                "hub {}: {:.3} wake syscalls per cycle; ring operations {:.2} µs per cycle \
+                 (capture {:.2}, mix {:.2}); output queue target {} ± {}: {} repeated, {} \
+                 dropped, {} periods of silence, {} quiet frames trimmed; readers evicted {} \
+                 (lag) {} (dead)",
                 h.name,
                 h.wake_syscalls_per_cycle,
+                (h.capture_ns_per_cycle + h.mix_ns_per_cycle) / 1e3,
+                h.capture_ns_per_cycle / 1e3,
+                h.mix_ns_per_cycle / 1e3,
                 h.queue_target,
                 h.queue_band,
                 h.queue_repeated,
