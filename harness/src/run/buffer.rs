@@ -302,7 +302,7 @@ fn graph_short_words(graph: u32, quantum: u32, periods: u32) -> Option<String> {
 
 /// The periods that hold one graph cycle of `graph` frames and two periods more.
 pub fn graph_floor(graph: u32, quantum: u32) -> u32 {
-    graph.div_ceil(quantum.max(1)) + 2
+    graph_periods(Some(graph), quantum) + 2
 }
 
 /// [`choose`] for what `p` measured, saying whether the host stole CPU time meanwhile (then
