@@ -276,7 +276,7 @@ fn rt_params<T: Mix>(plan: &Plan<'_>, engine: &Engine<T>, buffer: &BufferReport)
         timeline_cap: (cycles as usize + 16).min(MAX_TIMELINE_CYCLES),
         start_ns: monotonic_ns(),
         talker: dev.synthetic,
-        max_target: QUEUE_TARGET + buffer.reserve_max.max(buffer.reserve_start),
+        max_target: QUEUE_TARGET + buffer.reserve_max,
         stall: stall_hook(),
     }
 }
