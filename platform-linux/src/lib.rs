@@ -3,6 +3,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod audio;
+pub mod awake;
 pub mod cleanup;
 pub mod clock;
 pub mod control;

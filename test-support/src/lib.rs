@@ -99,3 +99,71 @@ pub fn wait_until(give_up: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     true
 }
+
+/// The threads of process `pid` (`"self"` for this one) as (name, scheduling policy, CPUs
+/// allowed as `/proc` lists them, e.g. `"0-1"`), read from `/proc/PID/task`. The policy is
+/// the kernel's number (0 SCHED_OTHER, 1 SCHED_FIFO, 5 SCHED_IDLE; `u32::MAX` when
+/// unreadable). A process that is gone has none.
+pub fn threads_of(pid: &str) -> Vec<(String, u32, String)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut v = Vec::new();
+    for e in tasks.flatten() {
+        let dir = e.path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        // After the ") " that closes the name: the policy is field 41 of proc_pid_stat(5),
+        // the 39th after the name.
+        let policy = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(38))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(u32::MAX);
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let allowed = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or("")
+            .trim()
+            .to_owned();
+        v.push((name.trim().to_owned(), policy, allowed));
+    }
+    v
+}
+
+/// How many CPUs a `/proc` CPU list (`0-1,3`) names.
+pub fn cpus_in(list: &str) -> usize {
+    list.split(',')
+        .filter_map(|r| match r.split_once('-') {
+            Some((a, b)) => Some(b.parse::<usize>().ok()? - a.parse::<usize>().ok()? + 1),
+            None => r.parse::<usize>().ok().map(|_| 1),
+        })
+        .sum()
+}
+
+/// `--keep-awake`'s child of `voxring run` or `voxring serve` with PID `parent`, and the
+/// scheduling policies of its spinner threads (`keep-awake-N`): `None` while there is none.
+pub fn keep_awake_child(parent: u32) -> Option<(u32, Vec<u32>)> {
+    let needle = format!("agent\0--role\0awake\0--parent\0{parent}\0");
+    let pid = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+        })?;
+    let spinners = threads_of(&pid.to_string())
+        .into_iter()
+        .filter(|(name, ..)| name.starts_with("keep-awake-"))
+        .map(|(_, policy, _)| policy)
+        .collect();
+    Some((pid, spinners))
+}
+
+/// Whether `--keep-awake`'s child of `parent` runs a `SCHED_IDLE` spinner (policy 5,
+/// linux/sched.h) on each of this process's CPUs (the child inherits them).
+pub fn keeps_every_cpu_awake(parent: u32) -> bool {
+    let cpus = cpus_in(&threads_of("self")[0].2);
+    keep_awake_child(parent).is_some_and(|(_, s)| s.len() == cpus && s.iter().all(|&p| p == 5))
+}
