@@ -221,6 +221,9 @@ pub enum Role {
     Echo,
     /// A CPU hog (ordinary priority, spins until killed).
     Hog,
+    /// Keeps every CPU from going idle (`--keep-awake`): a `SCHED_IDLE` spinner on each,
+    /// until killed.
+    Awake,
 }
 
 /// Options of the hidden `voxring agent` subcommand (started by `voxring run`, not by people).

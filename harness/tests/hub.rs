@@ -407,6 +407,33 @@ fn planted_and_malformed_output_rings_are_refused() {
     stop(h, &name);
 }
 
+/// `voxring serve --keep-awake`: a SCHED_IDLE spinner on every CPU while the hub runs, said
+/// in its final JSON, and gone (with nothing in /dev/shm) when the hub stops.
+#[test]
+fn a_keep_awake_hub_spins_an_idle_thread_per_cpu_and_stops_it() {
+    let (name, mut h) = synthetic_hub("keep-awake", &["--keep-awake"]);
+    let pid = h.pid();
+    assert!(
+        wait_for(|| voxring_test_support::keeps_every_cpu_awake(pid)),
+        "no SCHED_IDLE spinner on every CPU: {:?}",
+        voxring_test_support::keep_awake_child(pid)
+    );
+    h.signal(rustix::process::Signal::TERM);
+    let summary = h.line("voxring serve: hub");
+    let cpus = voxring_test_support::cpus_in(&voxring_test_support::threads_of("self")[0].2);
+    assert!(
+        summary.contains(&format!("\"keep_awake_cpus\":{cpus}")),
+        "{summary}"
+    );
+    // Stopped once (a second SIGTERM during the shutdown would be a kill): as `stop` checks.
+    assert_eq!(h.exit_code(), Some(0), "the hub did not stop cleanly");
+    assert!(wait_for(|| shm_of(&name).is_empty()), "{:?}", shm_of(&name));
+    assert!(
+        wait_for(|| voxring_test_support::keep_awake_child(pid).is_none()),
+        "the spinners outlived the hub"
+    );
+}
+
 /// `--group`: the hub's segments are 0660 in the group; an agent of the group speaks; an
 /// output ring in another group is refused. Root only (it picks two groups).
 #[test]

@@ -935,3 +935,29 @@ fn a_python_agent_dies_with_a_killed_run_without_asking() {
     assert!(gone, "the Python agent (pid {py}) outlived the killed run");
     assert_nothing_left(pid);
 }
+
+/// `--keep-awake`: while the run goes, a child of it keeps a SCHED_IDLE spinner on every CPU
+/// (seen from outside, in /proc); the report says how many CPUs it kept awake; and the child
+/// is gone with the run.
+#[test]
+fn keep_awake_spins_an_idle_thread_per_cpu_during_the_run_and_leaves_nothing() {
+    let dir = TestDir::new("keep-awake");
+    let json = dir.path().join("run.json");
+    let child = spawn_piped(
+        voxring_run("synthetic", "3")
+            .args(["--keep-awake", "--json"])
+            .arg(&json),
+    );
+    let pid = child.id();
+    // The child starts before the wake-up probe and lives until the run has drained.
+    let found = wait_until(|| voxring_test_support::keeps_every_cpu_awake(pid));
+    let (report, stdout, _) = finish_and_check(child, &json);
+    assert!(
+        found,
+        "no SCHED_IDLE spinner on every CPU during the run\n{stdout}"
+    );
+    let cpus = voxring_test_support::cpus_in(&voxring_test_support::threads_of("self")[0].2);
+    assert_eq!(report["keep_awake_cpus"], cpus, "{report}");
+    assert!(stdout.contains("keep-awake: "), "{stdout}");
+    assert_nothing_left(pid);
+}

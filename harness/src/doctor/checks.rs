@@ -614,7 +614,9 @@ fn c_vm_idle(s: &Sys) -> Finding {
                  cpuidle_haltpoll.force=1 is on the kernel command line: {halts}"
             ),
             "halt-polling needs a KVM host, a kernel with CONFIG_HALTPOLL_CPUIDLE (or the \
-             cpuidle-haltpoll module loaded) and no idle= option; or ask the host for dedicated vCPUs",
+             cpuidle-haltpoll module loaded) and no idle= option; or ask the host for dedicated vCPUs; \
+             with no reboot, voxring run --keep-awake (and serve) keeps each CPU busy with a \
+             SCHED_IDLE spinner while audio runs, at the cost of every idle cycle",
         )
     } else {
         warn(
@@ -623,7 +625,8 @@ fn c_vm_idle(s: &Sys) -> Finding {
             ),
             "boot the guest with cpuidle_haltpoll.force=1 on the kernel command line (KVM guest \
              halt-polling; kernel-tuning/apply --cmdline prints it), or ask the host for dedicated \
-             vCPUs",
+             vCPUs; with no reboot, voxring run --keep-awake (and serve) keeps each CPU busy with a \
+             SCHED_IDLE spinner while audio runs, at the cost of every idle cycle",
         )
     }
 }

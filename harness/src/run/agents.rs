@@ -127,8 +127,10 @@ fn inherited_file(fd: i32) -> anyhow::Result<File> {
 /// Entry point of `voxring agent`.
 pub fn main(args: AgentArgs) -> anyhow::Result<ExitCode> {
     procs::die_with_parent(args.parent)?;
-    if args.role == Role::Hog {
-        procs::hog();
+    match args.role {
+        Role::Hog => procs::hog(),
+        Role::Awake => procs::keep_awake(),
+        _ => {}
     }
     let out = run_agent(&args)?;
     let line = serde_json::to_string(&out)?;
@@ -144,6 +146,7 @@ fn run_agent(args: &AgentArgs) -> anyhow::Result<AgentOutput> {
         Role::Recorder => "recorder",
         Role::Echo => "echo",
         Role::Hog => "hog",
+        Role::Awake => "awake",
     };
     // Declared first, dropped last: the mic reader outlives the agent's links.
     let (mut mic, links, cfg) = attach(args, name)?;
@@ -435,7 +438,7 @@ impl Agent {
                 0
             }
             Role::Echo => self.echo_frame(meta, payload),
-            Role::Hog => 0,
+            Role::Hog | Role::Awake => 0,
         };
         let c1 = monotonic_ns();
         let t = &mut self.tally;

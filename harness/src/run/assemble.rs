@@ -173,6 +173,7 @@ pub(super) fn report(
         elapsed_s: d.elapsed_s,
         interrupted: d.interrupted,
         load: plan.args.load,
+        keep_awake_cpus: 0,
         cycles: capture.frames,
         cycles_late: agents.late_cycles.len() as u64,
         frames_lost: lost,

@@ -33,6 +33,13 @@ pub struct StreamArgs {
     /// Sample format.
     #[arg(long, value_parser = super::format_parser(), default_value = "s16")]
     pub format: super::Format,
+    /// Keep every CPU from going idle while the audio runs: a SCHED_IDLE spinner on each (it
+    /// yields at once to any other thread). On a virtual machine whose idle vCPUs halt
+    /// (`voxring doctor`'s vm-idle check), every wake-up otherwise first waits for the host
+    /// to run the vCPU again. Costs every idle cycle: the CPUs show 100 % busy. See
+    /// docs/run.md, "Idle vCPUs halt".
+    #[arg(long)]
+    pub keep_awake: bool,
 }
 
 impl StreamArgs {

@@ -157,8 +157,15 @@ fn run_with<T: Mix>(
     mut warnings: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
     let args = plan.args;
-    let (periods, mut buffer) = choose_buffer(args, &mut warnings);
     let pid = std::process::id();
+    // Before the probe, so that it measures the machine the run will have; stopped (by PID)
+    // when it is dropped, on every path out of here.
+    let awake = args
+        .stream
+        .keep_awake
+        .then(|| spawn::keep_awake(pid, &mut warnings))
+        .flatten();
+    let (periods, mut buffer) = choose_buffer(args, &mut warnings);
     let hub = format!("run-{pid}-{:x}", monotonic_ns() & 0xff_ffff);
     let mut engine = open_hub::<T>(args, &hub, periods, &buffer, &mut warnings)?;
     let sync = SyncHandle::create(&hub, plan.agents.len() as u32)?;
@@ -199,7 +206,9 @@ fn run_with<T: Mix>(
         warnings.push(w.clone());
     }
     buffer.reserve_end = drained.end.source.target - QUEUE_TARGET;
-    let report = assemble::report(plan, &drained, buffer, warnings)?;
+    let mut report = assemble::report(plan, &drained, buffer, warnings)?;
+    report.keep_awake_cpus = awake.as_ref().map_or(0, |a| a.cpus);
+    drop(awake);
     finish(report, outputs, &drained)
 }
 

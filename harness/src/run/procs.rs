@@ -217,6 +217,27 @@ pub fn die_with_parent(parent: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The body of the `--keep-awake` child: a `SCHED_IDLE` spinner on every CPU it may use
+/// ([`voxring_linux::awake`]); prints `ready N` once all N spin, then waits to be killed.
+pub fn keep_awake() -> ! {
+    use std::io::Write as _;
+    let cpus = voxring_linux::awake::KeepAwake::allowed_cpus();
+    match voxring_linux::awake::KeepAwake::start(&cpus) {
+        Ok(k) => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "ready {}", k.spinners());
+            let _ = out.flush();
+            loop {
+                std::thread::park();
+            }
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1)
+        }
+    }
+}
+
 /// The body of a CPU hog: ordinary priority, spins on arithmetic until killed.
 pub fn hog() -> ! {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;

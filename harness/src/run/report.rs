@@ -232,6 +232,9 @@ pub struct RunReport {
     pub elapsed_s: f64,
     pub interrupted: bool,
     pub load: u32,
+    /// CPUs kept from going idle by `--keep-awake`'s spinners (0: not asked, or refused).
+    #[serde(default)]
+    pub keep_awake_cpus: u32,
     pub cycles: u64,
     pub cycles_late: u64,
     pub frames_lost: u64,
@@ -419,6 +422,14 @@ impl RunReport {
         }
         if let Some(h) = &self.host_steal {
             let _ = writeln!(s, "host: {}", h.words());
+        }
+        if self.keep_awake_cpus > 0 {
+            let _ = writeln!(
+                s,
+                "keep-awake: {} CPU(s) kept from going idle by a SCHED_IDLE spinner each \
+                 (--keep-awake): no wake-up waited for a halted CPU; they showed 100 % busy",
+                self.keep_awake_cpus
+            );
         }
         self.hub_text(&mut s);
         self.glitches_text(&mut s);

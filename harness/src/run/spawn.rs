@@ -1,6 +1,6 @@
 //! Starting the agents of `voxring run`: each its own process (this binary's hidden `agent`
 //! subcommand, or a Python script), joining the run's hub by name through the public
-//! client; and the CPU hogs of `--load`.
+//! client; the CPU hogs of `--load`; and the spinners of `--keep-awake`.
 
 use std::os::fd::AsRawFd as _;
 use std::time::Duration;
@@ -138,4 +138,57 @@ pub fn hogs(load: u32, parent: u32, warnings: &mut Vec<String>) -> Vec<Proc> {
         }
     }
     hogs
+}
+
+/// The `--keep-awake` child while it runs: a `SCHED_IDLE` spinner on every CPU
+/// ([`voxring_linux::awake`]). Dropping it kills the child (by PID) on every path.
+#[derive(Debug)]
+pub struct Awake {
+    proc: Option<Proc>,
+    /// CPUs kept awake.
+    pub cpus: u32,
+}
+
+impl Drop for Awake {
+    fn drop(&mut self) {
+        if let Some(p) = self.proc.take() {
+            let _ = p.kill();
+        }
+    }
+}
+
+/// Starts the `--keep-awake` child and waits until every spinner runs; `None` and a warning
+/// when it cannot (the run goes on without it, and says so).
+pub fn keep_awake(parent: u32, warnings: &mut Vec<String>) -> Option<Awake> {
+    let a = vec![
+        "agent".into(),
+        "--role".into(),
+        "awake".into(),
+        "--parent".into(),
+        parent.to_string(),
+    ];
+    let mut p = match procs::spawn_self("keep-awake", &a) {
+        Ok(p) => p,
+        Err(e) => {
+            warnings.push(format!("--keep-awake: the spinners did not start: {e:#}"));
+            return None;
+        }
+    };
+    let line = p.wait_line(READY_TIMEOUT);
+    match line.as_deref().and_then(|l| l.strip_prefix("ready ")) {
+        Some(n) => Some(Awake {
+            proc: Some(p),
+            cpus: n.trim().parse().unwrap_or(0),
+        }),
+        None => {
+            let f = p.kill();
+            warnings.push(format!(
+                "--keep-awake: the spinners did not start ({}: {}); the CPUs were left to go \
+                 idle",
+                f.status,
+                f.stderr.join(" / ")
+            ));
+            None
+        }
+    }
 }

@@ -128,6 +128,20 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
 
 fn serve_with<T: Mix>(a: &Args) -> anyhow::Result<ExitCode> {
     let mut warnings = Vec::new();
+    // Before the probe (it measures the machine the hub will have); killed by PID when
+    // dropped, on every path out of here.
+    let awake = a
+        .stream
+        .keep_awake
+        .then(|| crate::run::spawn::keep_awake(std::process::id(), &mut warnings))
+        .flatten();
+    if let Some(k) = &awake {
+        warnings.push(format!(
+            "--keep-awake: {} CPU(s) kept from going idle by a SCHED_IDLE spinner each (they \
+             show 100 % busy)",
+            k.cpus
+        ));
+    }
     let r = crate::run::buffer::resolve(
         a.stream.periods,
         &a.stream.device,
@@ -203,6 +217,8 @@ fn serve_with<T: Mix>(a: &Args) -> anyhow::Result<ExitCode> {
     drop(tx);
     let mut summary = summary_json(&a.name, &info, &end.scheduling, end.error.as_deref());
     summary["lanes"] = serde_json::Value::from(lanes);
+    summary["keep_awake_cpus"] = awake.as_ref().map_or(0, |k| k.cpus).into();
+    drop(awake);
     if let Some(path) = &a.json {
         std::fs::write(path, serde_json::to_string_pretty(&summary)? + "\n")
             .with_context(|| format!("cannot write --json {}", path.display()))?;

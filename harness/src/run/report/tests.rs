@@ -29,6 +29,7 @@ fn report(m2e_p999: Option<f64>, failures: &[&str]) -> RunReport {
         elapsed_s: 1.0,
         interrupted: false,
         load: 0,
+        keep_awake_cpus: 0,
         cycles: 375,
         cycles_late: 0,
         frames_lost: 0,
