@@ -225,6 +225,14 @@ fn hub_row(d: &Drained<'_>, playback: &PlaybackProbe<'_>) -> HubRow {
         evicted_dead: d.hub.evicted_dead,
         capture_ns_per_cycle: d.capture_ipc_ns as f64 / d.hub.cycles.max(1) as f64,
         mix_ns_per_cycle: d.playback_ipc_ns as f64 / d.hub.play_cycles.max(1) as f64,
+        queue_depths: {
+            let last = playback
+                .depths
+                .iter()
+                .rposition(|&c| c > 0)
+                .map_or(0, |i| i + 1);
+            playback.depths[..last].to_vec()
+        },
     }
 }
 

@@ -41,6 +41,9 @@ pub const MAX_FACTS: usize = 4096;
 /// the queue at once (up to 8 cycles), and the echo returns the capture's backlog from the stall
 /// in the cycles after. Shorter than the queue's drift window, which would drop it.
 pub const XRUN_WATCH_CYCLES: u32 = 32;
+/// Bins of [`PlaybackProbe::depths`]: the output queue's depth at a pull, 0 to 30 frames, and
+/// the last bin for 31 or more.
+pub const DEPTH_BINS: usize = 32;
 /// Capture wake-ups are counted by the ring frames each brought, up to this many (the last count
 /// holds that many or more).
 pub const WAKE_COUNTS: usize = 33;
@@ -399,6 +402,11 @@ pub struct PlaybackProbe<'a> {
     pub failed: u64,
     /// The output queue's target depth at the end.
     pub target: u32,
+    /// How often a playing lane held each depth when its frame was pulled (before taking it;
+    /// index = frames queued, the last bin that many or more): how much margin a hold-up of
+    /// the audio thread finds, which under a batched device depends on the phase the streams
+    /// started at (docs/run.md).
+    pub depths: [u64; DEPTH_BINS],
     /// Glitches seen here, and the target's growths.
     pub log: FactLog,
     /// Lane cycles left in which a queue above its target grows to keep a playback xrun's
@@ -423,6 +431,7 @@ impl<'a> PlaybackProbe<'a> {
             trimmed: 0,
             failed: 0,
             target,
+            depths: [0; DEPTH_BINS],
             log: FactLog::with_capacity(MAX_FACTS),
             xrun_watch: 0,
         }
@@ -505,6 +514,9 @@ impl<T: Mix> MixProbe<T> for PlaybackProbe<'_> {
             self.fact(FactKind::Repeated, t, c.repeated - before.repeated);
         }
         self.trimmed += c.trimmed.saturating_sub(before.trimmed);
+        if before.state == LaneState::Playing {
+            self.depths[(c.depth as usize).min(DEPTH_BINS - 1)] += 1;
+        }
         if c.state == LaneState::Failed && before.state != LaneState::Failed {
             self.failed += 1;
         }
@@ -787,6 +799,10 @@ mod tests {
         assert_eq!(pp.frames, 32);
         assert_eq!(pp.hist_m2e.len(), 32);
         assert_eq!((pp.repeated, pp.gaps), (1, 1));
+        // Depths at the pulls while playing (the priming pull not counted): 2 thirty times,
+        // then 1 (frame 31), then 0 twice (the repeat, the silence).
+        assert_eq!(pp.depths[..3], [2, 1, 30]);
+        assert!(pp.depths[3..].iter().all(|&c| c == 0), "{:?}", pp.depths);
         // A playback chunk flagged XRUN (the device played silence it was not given):
         // recorded, no allocation.
         assert_no_alloc::assert_no_alloc(|| {

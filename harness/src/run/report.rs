@@ -322,6 +322,31 @@ pub struct HubRow {
     pub capture_ns_per_cycle: f64,
     #[serde(default)]
     pub mix_ns_per_cycle: f64,
+    /// How often a playing output lane held each depth when a frame was pulled (index =
+    /// frames queued before taking; the last entry counts that many or more; trailing zeros
+    /// left out): the margin a hold-up of the audio thread finds.
+    #[serde(default)]
+    pub queue_depths: Vec<u64>,
+}
+
+/// The lowest depth, the 1st percentile and the median of a depth histogram (index = depth).
+pub fn depth_summary(counts: &[u64]) -> Option<(usize, usize, usize)> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let at = |q: f64| {
+        let need = ((total as f64 * q).ceil() as u64).max(1);
+        let mut seen = 0;
+        counts
+            .iter()
+            .position(|&c| {
+                seen += c;
+                seen >= need
+            })
+            .unwrap_or(0)
+    };
+    Some((at(0.0), at(0.01), at(0.5)))
 }
 
 impl RunReport {
@@ -505,6 +530,13 @@ impl RunReport {
                 h.evicted_lag,
                 h.evicted_dead
             );
+            if let Some((low, p1, p50)) = depth_summary(&h.queue_depths) {
+                let _ = writeln!(
+                    s,
+                    "output queue at each pull: {low} frame(s) at the lowest, {p1} at 1 %, {p50} \
+                     at the median (the margin a hold-up of the audio thread finds)"
+                );
+            }
         }
     }
 

@@ -156,3 +156,14 @@ fn bad_base64_is_an_error_not_a_panic() {
     assert!(hist_from_base64("not base64 !!").is_err());
     assert!(hist_from_base64("AAAA").is_err());
 }
+
+#[test]
+fn the_queue_depth_summary_is_lowest_first_percentile_and_median() {
+    assert_eq!(depth_summary(&[]), None);
+    assert_eq!(depth_summary(&[0, 0]), None);
+    // 2 at depth 0, 1 at 1, 297 at 2, 700 at 5: the lowest is 0, 1 % (the 10th) lands in 2.
+    let mut h = vec![2, 1, 297, 0, 0, 700];
+    assert_eq!(depth_summary(&h), Some((0, 2, 5)));
+    h[0] = 20;
+    assert_eq!(depth_summary(&h), Some((0, 0, 5)));
+}
