@@ -44,6 +44,8 @@ pub enum AwakeError {
     },
     /// It could not be pinned to its CPU.
     Pin(RtError),
+    /// A spinner thread ended before it said whether it started (it panicked).
+    Died,
     /// `SCHED_IDLE` was refused for the thread on `cpu` (without it the spinner would compete
     /// with the audio path's ordinary threads, so it is not left running).
     Idle {
@@ -61,6 +63,7 @@ impl std::fmt::Display for AwakeError {
                 write!(f, "cannot start the spinner for CPU {cpu}: {error}")
             }
             AwakeError::Pin(e) => write!(f, "cannot pin a spinner: {e}"),
+            AwakeError::Died => write!(f, "a spinner thread ended before it started spinning"),
             AwakeError::Idle { cpu, errno } => write!(
                 f,
                 "SCHED_IDLE refused for the spinner on CPU {cpu} (errno {errno}): not left \
@@ -106,12 +109,7 @@ impl KeepAwake {
                 // Dropping `me` stops and joins the others.
                 Ok(Err(e)) => return Err(e),
                 // A thread died before it reported (a panic): treated as a refusal.
-                Err(_) => {
-                    return Err(AwakeError::Spawn {
-                        cpu: usize::MAX,
-                        error: std::io::Error::other("a spinner thread ended before it started"),
-                    });
-                }
+                Err(_) => return Err(AwakeError::Died),
             }
         }
         Ok(me)
