@@ -115,15 +115,6 @@ impl KeepAwake {
         Ok(me)
     }
 
-    /// Every CPU this thread may run on: the usual argument of [`KeepAwake::start`].
-    pub fn allowed_cpus() -> Vec<usize> {
-        core_affinity::get_core_ids()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|c| c.id)
-            .collect()
-    }
-
     /// The CPUs kept awake.
     pub fn cpus(&self) -> &[usize] {
         &self.cpus
@@ -182,7 +173,7 @@ mod tests {
     #[test]
     fn one_idle_spinner_per_cpu_pinned_there_and_gone_when_dropped() {
         let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let cpus = KeepAwake::allowed_cpus();
+        let cpus = crate::rt::allowed_cpus();
         assert!(!cpus.is_empty());
         let k = KeepAwake::start(&cpus).expect("SCHED_IDLE needs no privilege");
         assert_eq!((k.cpus(), k.spinners()), (&cpus[..], cpus.len()));
@@ -200,7 +191,7 @@ mod tests {
     #[test]
     fn a_cpu_that_is_not_there_is_refused_and_nothing_keeps_spinning() {
         let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let cpus = KeepAwake::allowed_cpus();
+        let cpus = crate::rt::allowed_cpus();
         let missing = cpus.iter().max().unwrap() + 1000;
         let mut asked = cpus.clone();
         asked.push(missing);

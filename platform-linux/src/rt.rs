@@ -175,6 +175,21 @@ pub fn is_fifo() -> bool {
     )
 }
 
+/// Every CPU the calling thread may run on (its `sched_getaffinity(2)` mask, which a
+/// container's cpuset may start above 0), in ascending order; empty if the kernel would not say.
+///
+/// ```
+/// let cpus = voxring_linux::rt::allowed_cpus();
+/// assert!(!cpus.is_empty() && cpus.windows(2).all(|w| w[0] < w[1]));
+/// ```
+pub fn allowed_cpus() -> Vec<usize> {
+    core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect()
+}
+
 /// Pins the calling thread to `cpu` (`sched_setaffinity(2)`).
 ///
 /// The kernel decides: a thread already pinned elsewhere (or spawned by a pinned thread, whose
@@ -182,18 +197,12 @@ pub fn is_fifo() -> bool {
 /// error says whether the CPU is outside the thread's current mask or was refused anyway.
 ///
 /// ```
-/// let first = core_affinity::get_core_ids().unwrap()[0].id;
+/// let first = voxring_linux::rt::allowed_cpus()[0];
 /// std::thread::spawn(move || voxring_linux::rt::pin_to_cpu(first)).join().unwrap()?;
 /// # Ok::<(), voxring_linux::rt::RtError>(())
 /// ```
 pub fn pin_to_cpu(cpu: usize) -> Result<(), RtError> {
-    let available = || -> Vec<usize> {
-        core_affinity::get_core_ids()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|c| c.id)
-            .collect()
-    };
+    let available = allowed_cpus;
     // A cpu_set_t holds CPU_SETSIZE CPUs; core_affinity would index past it (and abort).
     if cpu >= libc::CPU_SETSIZE as usize {
         return Err(RtError::CpuNotAvailable {

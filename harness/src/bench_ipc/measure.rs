@@ -42,11 +42,7 @@ pub fn pin_to(cpu: usize) -> anyhow::Result<()> {
 /// The two CPUs a run uses: producer first, consumer second: the first two CPUs this process
 /// may run on (a container's cpuset may not start at 0), or the same one when there is one.
 pub fn default_cpus() -> (usize, usize) {
-    let ids: Vec<usize> = core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
+    let ids = voxring_linux::rt::allowed_cpus();
     match ids.as_slice() {
         [a, b, ..] => (*a, *b),
         [a] => (*a, *a),

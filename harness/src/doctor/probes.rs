@@ -268,7 +268,7 @@ pub(crate) fn timer_jitter(seconds: f64) -> Result<hdrhistogram::Histogram<u64>,
 /// `rounds` futex wakes of a parked thread, each `gap` after it parked; returns the latencies
 /// and whether the two threads ran on different CPUs.
 fn futex_wake(rounds: u32, gap: Duration) -> Result<(hdrhistogram::Histogram<u64>, bool), String> {
-    let cpus = core_affinity::get_core_ids().unwrap_or_default();
+    let cpus = voxring_linux::rt::allowed_cpus();
     let cross = cpus.len() >= 2;
     let word = Arc::new(AtomicU32::new(0));
     let parked = Arc::new(AtomicU32::new(0));
@@ -280,7 +280,7 @@ fn futex_wake(rounds: u32, gap: Duration) -> Result<(hdrhistogram::Histogram<u64
         .spawn(move || -> Result<hdrhistogram::Histogram<u64>, String> {
             if let Some(c) = sleeper_cpu {
                 // Best effort: unpinned, the probe still measures a wake-up.
-                let _ = voxring_linux::rt::pin_to_cpu(c.id);
+                let _ = voxring_linux::rt::pin_to_cpu(c);
             }
             let mut h = crate::hist::new_hist();
             for round in 1..=rounds {
@@ -314,7 +314,7 @@ fn futex_wake(rounds: u32, gap: Duration) -> Result<(hdrhistogram::Histogram<u64
     if let Some(c) = cpus.first().copied()
         && cross
     {
-        let _ = voxring_linux::rt::pin_to_cpu(c.id);
+        let _ = voxring_linux::rt::pin_to_cpu(c);
     }
     let mut result = Ok(());
     for round in 1..=rounds {

@@ -221,7 +221,7 @@ pub fn die_with_parent(parent: u32) -> anyhow::Result<()> {
 /// ([`voxring_linux::awake`]); prints `ready N` once all N spin, then waits to be killed.
 pub fn keep_awake() -> ! {
     use std::io::Write as _;
-    let cpus = voxring_linux::awake::KeepAwake::allowed_cpus();
+    let cpus = voxring_linux::rt::allowed_cpus();
     match voxring_linux::awake::KeepAwake::start(&cpus) {
         Ok(k) => {
             let mut out = std::io::stdout().lock();
