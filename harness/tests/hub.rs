@@ -648,3 +648,193 @@ fn a_scribbling_agent_cannot_hurt_the_hub_or_the_others() {
     drop(hub_handle);
     stop(h, &name);
 }
+
+/// The test's own reader of a hub's mic (the public Rust client, lossless), in a thread:
+/// every frame's payload by sequence number, and whether the frame held only `level`, until
+/// stopped. The hub checks its CRC windows against its own record of every frame.
+struct Reference {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen_level: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<std::collections::BTreeMap<u64, Vec<u8>>>>,
+}
+
+impl Reference {
+    fn start(hub: &str, level: i16) -> Reference {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use voxring_linux::hub::{Delivery, Hub, HubOptions, Read};
+        let hub = Hub::find(hub, &HubOptions::default()).expect("the hub runs");
+        let mut mic = hub
+            .join_mic("reference", Delivery::Lossless)
+            .expect("a mic slot");
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen_level = Arc::new(AtomicBool::new(false));
+        let (s, l) = (stop.clone(), seen_level.clone());
+        let thread = std::thread::spawn(move || {
+            let mut frames = std::collections::BTreeMap::new();
+            // Relaxed: flags between this thread and the test's; the map comes back by join.
+            while !s.load(Ordering::Relaxed) {
+                let got = mic.read(Some(Duration::from_millis(100)), |f| {
+                    let all = f
+                        .samples::<i16>()
+                        .is_ok_and(|x| x.iter().all(|&v| v == level));
+                    (f.seq(), f.payload().to_vec(), all)
+                });
+                match got.expect("the reference reader is never evicted") {
+                    Read::Frame((seq, payload, all)) => {
+                        if all {
+                            l.store(true, Ordering::Relaxed);
+                        }
+                        frames.insert(seq, payload);
+                    }
+                    Read::TimedOut => {}
+                    Read::EndOfStream => break,
+                }
+            }
+            mic.flush();
+            drop(hub);
+            frames
+        });
+        Reference {
+            stop,
+            seen_level,
+            thread: Some(thread),
+        }
+    }
+
+    /// Whether a frame holding only the level came by.
+    fn seen_level(&self) -> bool {
+        self.seen_level.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops reading; every frame read, by sequence number.
+    fn finish(mut self) -> std::collections::BTreeMap<u64, Vec<u8>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let t = self.thread.take().expect("finished once");
+        t.join().expect("the reference reader panicked")
+    }
+}
+
+impl Drop for Reference {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Builds `platform-linux/ffi/c/hub_agent.c` the way a C user would: against the library
+/// installed under `dir/usr` (`scripts/install-c`), with `pkg-config --cflags --libs voxring`
+/// only. The program and the library's folder (for `LD_LIBRARY_PATH`).
+fn c_agent_through_pkg_config(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use voxring_test_support::{install_c, output_ok, pkg_config, strict_cc, workspace};
+    let prefix = dir.join("usr");
+    install_c(&prefix);
+    let flags = format!(
+        "{} {}",
+        pkg_config(&prefix, "--cflags"),
+        pkg_config(&prefix, "--libs")
+    );
+    assert!(
+        !flags.contains("target/"),
+        "pkg-config points into target/: {flags}"
+    );
+    let agent = dir.join("hub_agent");
+    output_ok(
+        strict_cc()
+            .arg("-D_POSIX_C_SOURCE=200809L")
+            .arg(workspace().join("platform-linux/ffi/c/hub_agent.c"))
+            .args(flags.split_whitespace())
+            .arg("-o")
+            .arg(&agent),
+        "building the C agent with pkg-config's flags (cc)",
+    );
+    (agent, prefix.join("lib"))
+}
+
+/// An outside agent (`hub_agent.c` or `hub_agent.py`: HUB NAME FRAMES LEVEL) started with a
+/// pipe on its stdin (closing it ends the agent), once it joined.
+fn foreign_agent(cmd: &mut std::process::Command) -> Proc {
+    let mut p = Proc::start(cmd.stdin(std::process::Stdio::piped()));
+    p.line("ready");
+    p
+}
+
+/// An agent's result checked against the reference: its frames are consecutive, all in the
+/// reference, and its CRC-32 is theirs.
+fn assert_same_frames(who: &str, r: &Value, reference: &std::collections::BTreeMap<u64, Vec<u8>>) {
+    assert_eq!(r["lost"], 0, "{who}: {r}");
+    let (first, n) = (
+        r["first_seq"].as_u64().unwrap(),
+        r["frames"].as_u64().unwrap(),
+    );
+    let mut h = crc32fast::Hasher::new();
+    for seq in first..first + n {
+        let p = reference.get(&seq).unwrap_or_else(|| {
+            panic!("{who} read frame {seq}, which the reference never saw: {r}")
+        });
+        h.update(p);
+    }
+    assert_eq!(
+        r["crc"].as_str().unwrap(),
+        format!("{:08x}", h.finalize()),
+        "{who}'s frames {first}..{} differ from the hub's: {r}",
+        first + n
+    );
+}
+
+/// An outside C agent, built only through the installed library's `pkg-config`, and an
+/// outside Python agent (the native package) join a running hub, read bit-exact and speak
+/// into its playback. The reference is a reader in this test whose CRC windows the hub checks
+/// against its own record; each agent's CRC-32 over the frames it read must equal the
+/// reference's over the same sequence numbers. Both levels reach the mix: both lanes play,
+/// and the synthetic device loops the mix back into the mic, where the reference sees the two
+/// levels summed.
+#[test]
+fn outside_c_and_python_agents_read_bit_exact_and_speak_into_the_mix() {
+    let Some(python) = common::package_python_or_skip() else {
+        return;
+    };
+    let dir = voxring_test_support::private_dir("voxring-hub-foreign-");
+    let (c_prog, c_lib) = c_agent_through_pkg_config(dir.path());
+    // A deep mic ring (5.5 s): a Python agent held up on a loaded machine is not evicted.
+    let (name, h) = synthetic_hub("foreign", &["--mic-frames", "2048"]);
+    let reference = Reference::start(&name, 1000 + 2000);
+    let mut c = foreign_agent(
+        std::process::Command::new(&c_prog)
+            .args([name.as_str(), "c-agent", "600", "1000"])
+            .env("LD_LIBRARY_PATH", &c_lib),
+    );
+    let script =
+        voxring_test_support::workspace().join("platform-linux/python/examples/hub_agent.py");
+    let mut py = foreign_agent(std::process::Command::new(&python).arg(script).args([
+        name.as_str(),
+        "py-agent",
+        "600",
+        "2000",
+    ]));
+    let (rc, rpy) = (result(&mut c), result(&mut py));
+    wait_top(&name, "both agents' lanes play", |v| {
+        ["c-agent", "py-agent"].iter().all(|a| {
+            lane(v, a).is_some_and(|l| l["state"] == "playing" && l["mixed"].as_u64() > Some(10))
+        })
+    });
+    assert!(
+        wait_for(|| reference.seen_level()),
+        "the mix of both agents (3000) never came back into the mic"
+    );
+    let me = wait_top(&name, "the hub checked the reference's CRC windows", |v| {
+        reader(v, std::process::id()).is_some_and(|r| r["crc_ok"].as_u64() > Some(0))
+    });
+    assert_eq!(
+        reader(&me, std::process::id()).unwrap()["crc_bad"],
+        0,
+        "{me:#}"
+    );
+    c.close_stdin();
+    py.close_stdin();
+    assert_eq!(c.exit_code(), Some(0), "the C agent");
+    assert_eq!(py.exit_code(), Some(0), "the Python agent");
+    let frames = reference.finish();
+    assert_same_frames("the C agent", &rc, &frames);
+    assert_same_frames("the Python agent", &rpy, &frames);
+    stop(h, &name);
+}

@@ -397,41 +397,9 @@ fn a_missing_alsa_device_is_a_clear_error() {
     );
 }
 
-/// A Python 3 that imports the voxring package (and numpy), found as `voxring run` finds one
-/// (`VOXRING_PYTHON`, else `python3`, else `/usr/bin/python3`).
-fn python_with_numpy() -> Option<String> {
-    let candidates: Vec<String> = match std::env::var("VOXRING_PYTHON") {
-        Ok(p) => vec![p],
-        Err(_) => vec!["python3".to_owned(), "/usr/bin/python3".to_owned()],
-    };
-    candidates.into_iter().find(|p| {
-        Command::new(p)
-            .args(["-c", "import numpy, voxring"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
-}
-
-/// True (and says the test is skipped) when there is no Python 3 with numpy; under CI
-/// nothing is skipped: a missing numpy is a failure there.
-fn skip_without_numpy() -> bool {
-    if python_with_numpy().is_some() {
-        return false;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "no Python 3 with the voxring package (VOXRING_PYTHON, python3, /usr/bin/python3): \
-         pip install platform-linux/python into a venv and set VOXRING_PYTHON to its python"
-    );
-    println!("skipped: no Python 3 with the voxring package (set VOXRING_PYTHON to run this test)");
-    true
-}
-
 #[test]
 fn a_python_agent_gets_every_frame_over_shared_memory() {
-    if skip_without_numpy() {
+    if common::package_python_or_skip().is_none() {
         return;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -893,7 +861,7 @@ fn a_recording_on_a_full_disk_fails_the_run_and_leaves_nothing() {
 /// `voxring run` it must be gone too (the harness asked for it before exec).
 #[test]
 fn a_python_agent_dies_with_a_killed_run_without_asking() {
-    if skip_without_numpy() {
+    if common::package_python_or_skip().is_none() {
         return;
     }
     let dir = TestDir::new("pdeathsig");

@@ -7,7 +7,7 @@ mod common;
 mod protocol;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+
 use std::process::{Command, Stdio};
 
 use common::{ChildGuard, ShmCleanup, unique_name};
@@ -15,39 +15,7 @@ use protocol::{GIVE_UP, field, has_consumer, wait_until};
 use voxring_core::{FrameFlags, GrantError, Policy, PushFrameError, RingConfig, SampleFormat};
 use voxring_linux::ring::Segment;
 use voxring_linux::segment::CreateOptions;
-use voxring_test_support::{output_ok, strict_cc};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace holds platform-linux")
-        .to_path_buf()
-}
-
-/// Runs `scripts/install-c --prefix <prefix>` (a release build of voxring-ffi into its own
-/// target directory, then the install).
-fn install_c(prefix: &Path) {
-    let mut cmd = Command::new(workspace().join("scripts/install-c"));
-    cmd.arg("--prefix").arg(prefix);
-    if let Ok(t) = std::env::var("CARGO_TARGET_DIR") {
-        cmd.arg("--target-dir").arg(Path::new(&t).join("install-c"));
-    }
-    let status = cmd.status().expect("run scripts/install-c");
-    assert!(status.success(), "scripts/install-c failed");
-}
-
-fn pkg_config(prefix: &Path, what: &str) -> String {
-    let out = output_ok(
-        Command::new("pkg-config")
-            .args([what, "voxring"])
-            .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig")),
-        &format!("pkg-config {what} voxring (apt-get install pkg-config)"),
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
-}
+use voxring_test_support::{install_c, output_ok, pkg_config, strict_cc, workspace};
 
 /// Sample `i` of frame `seq`: the pattern `platform-linux/ffi/c/voxring_peer.c` checks.
 fn pattern(seq: u64, i: usize) -> i16 {

@@ -1,7 +1,8 @@
 //! What the integration tests of the voxring crates share (a dev-dependency only, never
 //! published): a child process read line by line and stopped by its PID ([`Proc`]), running
 //! a command that must succeed, a private temporary folder, the strict C compiler the C peers
-//! are built with, and the names a test left in `/dev/shm`.
+//! are built with, the C library installed under a prefix (and `pkg-config` over it), and the
+//! names a test left in `/dev/shm`.
 //!
 //! Nothing here measures or asserts a time: every wait has a give-up bound that is reached
 //! only when something is broken.
@@ -65,6 +66,41 @@ pub fn strict_cc() -> Command {
     let mut cc = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
     cc.args(["-std=c11", "-Wall", "-Wextra", "-Werror"]);
     cc
+}
+
+/// The workspace's root folder.
+pub fn workspace() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace holds test-support")
+        .to_path_buf()
+}
+
+/// Installs the C library the way C libraries are installed, under `prefix`:
+/// `scripts/install-c --prefix <prefix>` (a release build of voxring-ffi into its own target
+/// directory, under `$CARGO_TARGET_DIR` when set, then the library, header and `voxring.pc`).
+pub fn install_c(prefix: &std::path::Path) {
+    let mut cmd = Command::new(workspace().join("scripts/install-c"));
+    cmd.arg("--prefix").arg(prefix);
+    if let Ok(t) = std::env::var("CARGO_TARGET_DIR") {
+        cmd.arg("--target-dir")
+            .arg(std::path::Path::new(&t).join("install-c"));
+    }
+    output_ok(&mut cmd, "scripts/install-c");
+}
+
+/// `pkg-config <what> voxring` against the library [`install_c`] put under `prefix`.
+pub fn pkg_config(prefix: &std::path::Path, what: &str) -> String {
+    let out = output_ok(
+        Command::new("pkg-config")
+            .args([what, "voxring"])
+            .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig")),
+        &format!("pkg-config {what} voxring (apt-get install pkg-config)"),
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
 }
 
 /// The names of the files in `/dev/shm` for which `keep` holds (e.g. a test's prefix).

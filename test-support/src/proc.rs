@@ -83,6 +83,12 @@ impl Proc {
         }
     }
 
+    /// Closes the child's standard input (started with `Stdio::piped()`): a child reading it
+    /// sees its end. Nothing if it was not piped or is closed already.
+    pub fn close_stdin(&mut self) {
+        drop(self.child.stdin.take());
+    }
+
     /// Whether the child has not ended yet.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().ok().flatten().is_none()

@@ -90,3 +90,37 @@ macro_rules! root_only {
 }
 #[allow(unused_imports)]
 pub(crate) use root_only;
+
+/// A Python 3 that imports the voxring package (and numpy), found as `voxring run` finds one
+/// (`VOXRING_PYTHON`, else `python3`, else `/usr/bin/python3`).
+pub fn package_python() -> Option<String> {
+    let candidates: Vec<String> = match std::env::var("VOXRING_PYTHON") {
+        Ok(p) => vec![p],
+        Err(_) => vec!["python3".to_owned(), "/usr/bin/python3".to_owned()],
+    };
+    candidates.into_iter().find(|p| {
+        Command::new(p)
+            .args(["-c", "import numpy, voxring"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// [`package_python`], or None after saying the test is skipped; under CI nothing is
+/// skipped: a Python without the package is a failure there.
+pub fn package_python_or_skip() -> Option<String> {
+    let found = package_python();
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "no Python 3 with the voxring package (VOXRING_PYTHON, python3, /usr/bin/python3): \
+             pip install platform-linux/python into a venv and set VOXRING_PYTHON to its python"
+        );
+        println!(
+            "skipped: no Python 3 with the voxring package (set VOXRING_PYTHON to run this test)"
+        );
+    }
+    found
+}
