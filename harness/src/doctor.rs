@@ -13,6 +13,8 @@ use anyhow::Context;
 use serde::Serialize;
 
 mod checks;
+
+pub(crate) use checks::idle_vcpus_halt;
 pub(crate) mod probes;
 mod sys;
 

@@ -589,6 +589,12 @@ fn c_cpu_dma_latency(s: &Sys) -> Finding {
     }
 }
 
+/// Whether this is a virtual machine whose idle vCPUs halt at once (the `vm-idle` check
+/// warns): `voxring run`'s report then suggests `--keep-awake` when the host held audio up.
+pub(crate) fn idle_vcpus_halt() -> bool {
+    c_vm_idle(&Sys::from_env(None)).status == super::Status::Warn
+}
+
 fn c_vm_idle(s: &Sys) -> Finding {
     if !s.in_vm() {
         return good("not a virtual machine (no hypervisor flag)");

@@ -174,6 +174,7 @@ pub(super) fn report(
         interrupted: d.interrupted,
         load: plan.args.load,
         keep_awake_cpus: 0,
+        vcpus_halt: false,
         cycles: capture.frames,
         cycles_late: agents.late_cycles.len() as u64,
         frames_lost: lost,

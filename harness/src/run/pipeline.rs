@@ -208,6 +208,7 @@ fn run_with<T: Mix>(
     buffer.reserve_end = drained.end.source.target - QUEUE_TARGET;
     let mut report = assemble::report(plan, &drained, buffer, warnings)?;
     report.keep_awake_cpus = awake.as_ref().map_or(0, |a| a.cpus);
+    report.vcpus_halt = crate::doctor::idle_vcpus_halt();
     drop(awake);
     finish(report, outputs, &drained)
 }

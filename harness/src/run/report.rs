@@ -235,6 +235,9 @@ pub struct RunReport {
     /// CPUs kept from going idle by `--keep-awake`'s spinners (0: not asked, or refused).
     #[serde(default)]
     pub keep_awake_cpus: u32,
+    /// A virtual machine whose idle vCPUs halt at once (`voxring doctor`'s vm-idle warning).
+    #[serde(default)]
+    pub vcpus_halt: bool,
     pub cycles: u64,
     pub cycles_late: u64,
     pub frames_lost: u64,
@@ -641,6 +644,22 @@ impl RunReport {
                 self.glitches.len() - 20
             );
         }
+        if let Some(hint) = self.keep_awake_hint() {
+            let _ = writeln!(s, "{hint}");
+        }
+    }
+
+    /// What to try when the host held audio up on a virtual machine whose idle vCPUs halt
+    /// and the run did not keep them awake; None otherwise.
+    fn keep_awake_hint(&self) -> Option<&'static str> {
+        let held_up = self.glitches.iter().any(|g| g.cause == "host-stall");
+        (held_up && self.vcpus_halt && self.keep_awake_cpus == 0).then_some(
+            "hint: some glitches above are host stalls, and this virtual machine's idle vCPUs \
+             halt (voxring doctor: vm-idle): every wake-up first waits for the host to run the \
+             vCPU again. --keep-awake keeps every CPU busy with a SCHED_IDLE spinner while audio \
+             runs, which shortens those wake-ups (not the host's own stalls); it costs every idle \
+             cycle (docs/run.md, \"Idle vCPUs halt\")",
+        )
     }
 
     /// The buffer and the glitches of the Markdown report.

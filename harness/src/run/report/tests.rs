@@ -30,6 +30,7 @@ fn report(m2e_p999: Option<f64>, failures: &[&str]) -> RunReport {
         interrupted: false,
         load: 0,
         keep_awake_cpus: 0,
+        vcpus_halt: false,
         cycles: 375,
         cycles_late: 0,
         frames_lost: 0,
@@ -166,4 +167,37 @@ fn the_queue_depth_summary_is_lowest_first_percentile_and_median() {
     assert_eq!(depth_summary(&h), Some((0, 2, 5)));
     h[0] = 20;
     assert_eq!(depth_summary(&h), Some((0, 0, 5)));
+}
+
+#[test]
+fn a_host_stall_on_a_halting_vm_suggests_keep_awake_unless_it_was_on() {
+    let stall = crate::run::glitch::Glitch {
+        cycle: 7,
+        kind: "xrun".into(),
+        cause: "host-stall".into(),
+        detail: "the audio thread woke 9 ms late".into(),
+    };
+    let late_agent = crate::run::glitch::Glitch {
+        cause: "agent-late".into(),
+        ..stall.clone()
+    };
+    let text = |glitch: &crate::run::glitch::Glitch, halts: bool, awake: u32| {
+        let mut r = report(Some(10.0), &[]);
+        r.glitches = vec![glitch.clone()];
+        r.vcpus_halt = halts;
+        r.keep_awake_cpus = awake;
+        r.text()
+    };
+    assert!(
+        text(&stall, true, 0)
+            .contains("--keep-awake keeps every CPU busy with a SCHED_IDLE spinner")
+    );
+    // Kept awake already, a machine whose vCPUs do not halt, or an agent's own lateness: no hint.
+    for t in [
+        text(&stall, true, 2),
+        text(&stall, false, 0),
+        text(&late_agent, true, 0),
+    ] {
+        assert!(t.contains("glitches: 1") && !t.contains("hint:"), "{t}");
+    }
 }
