@@ -467,40 +467,35 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
 
     let started = Instant::now();
     let mut rows = Vec::new();
-    for &t in &transports {
-        // cacheline moves one 64-byte line whatever the payload: it is measured once.
-        let t_payloads: Vec<usize> = if t == Transport::Cacheline {
-            vec![64]
+    for (t, payload) in schedule(&transports, &payloads) {
+        let n = if payload >= 256 * 1024 {
+            (messages / 10).max(100).min(messages)
         } else {
-            payloads.clone()
+            messages
         };
-        for &payload in &t_payloads {
-            let n = if payload >= 256 * 1024 {
-                (messages / 10).max(100).min(messages)
-            } else {
-                messages
-            };
-            let plan = Plan {
-                warmup: args.warmup.unwrap_or((n / 10).max(10)),
-                messages: n,
-                count_messages: n.min(if quick { 100 } else { 1000 }),
-                pace_ns: args.pace_us.map(|us| us * 1000),
-            };
-            let m = Measure {
-                plan: &plan,
-                payload,
-                cpus,
-                tracepoint_id,
-            };
-            let row = run_one(t, &m, python.as_deref())
-                .with_context(|| format!("{} at {payload} bytes", t.name()))?;
-            eprintln!(
-                "  {:<15} {:>8} B  p50 {:>9} ns  p99 {:>9} ns",
-                row.transport, row.payload_bytes, row.p50_ns, row.p99_ns
-            );
-            rows.push(row);
-        }
+        let plan = Plan {
+            warmup: args.warmup.unwrap_or((n / 10).max(10)),
+            messages: n,
+            count_messages: n.min(if quick { 100 } else { 1000 }),
+            pace_ns: args.pace_us.map(|us| us * 1000),
+        };
+        let m = Measure {
+            plan: &plan,
+            payload,
+            cpus,
+            tracepoint_id,
+        };
+        let row = run_one(t, &m, python.as_deref())
+            .with_context(|| format!("{} at {payload} bytes", t.name()))?;
+        eprintln!(
+            "  {:<15} {:>8} B  p50 {:>9} ns  p99 {:>9} ns",
+            row.transport, row.payload_bytes, row.p50_ns, row.p99_ns
+        );
+        rows.push((t, row));
     }
+    // Shown (and saved) transport by transport, in the order asked.
+    rows.sort_by_key(|(t, r)| (transports.iter().position(|x| x == t), r.payload_bytes));
+    let rows: Vec<ResultRow> = rows.into_iter().map(|(_, r)| r).collect();
     eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
 
     // With `--json -` stdout carries only the JSON; the table goes to stderr.
@@ -531,6 +526,24 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The order of the measurements: `cacheline` once, first (it moves one 64-byte line whatever
+/// the payload), then payload by payload, every other transport in turn. Transports compared at
+/// one payload are measured seconds apart, not a whole transport's sweep apart: a VM's vCPUs
+/// can move to other physical cores between two sweeps, and the cache-line cost with them
+/// (docs/ipc-benchmarks.md, "The floor moves").
+fn schedule(transports: &[Transport], payloads: &[usize]) -> Vec<(Transport, usize)> {
+    let mut jobs = Vec::new();
+    if transports.contains(&Transport::Cacheline) {
+        jobs.push((Transport::Cacheline, 64));
+    }
+    for &p in payloads {
+        for &t in transports.iter().filter(|t| **t != Transport::Cacheline) {
+            jobs.push((t, p));
+        }
+    }
+    jobs
 }
 
 /// Runs one transport at one payload and summarises it.
@@ -773,6 +786,22 @@ mod tests {
         assert!(parse_size("100").is_err());
         assert!(parse_size("lots").is_err());
         assert!(parse_size("65M").is_err());
+    }
+
+    #[test]
+    fn transports_take_turns_payload_by_payload_and_cacheline_goes_once_first() {
+        use Transport::{Cacheline, Iceoryx2, ShmSpin};
+        assert_eq!(
+            schedule(&[ShmSpin, Iceoryx2, Cacheline], &[64, 2048]),
+            [
+                (Cacheline, 64),
+                (ShmSpin, 64),
+                (Iceoryx2, 64),
+                (ShmSpin, 2048),
+                (Iceoryx2, 2048)
+            ]
+        );
+        assert_eq!(schedule(&[ShmSpin], &[]), []);
     }
 
     #[test]
