@@ -725,28 +725,10 @@ impl Drop for Reference {
 /// installed under `dir/usr` (`scripts/install-c`), with `pkg-config --cflags --libs voxring`
 /// only. The program and the library's folder (for `LD_LIBRARY_PATH`).
 fn c_agent_through_pkg_config(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    use voxring_test_support::{install_c, output_ok, pkg_config, strict_cc, workspace};
     let prefix = dir.join("usr");
-    install_c(&prefix);
-    let flags = format!(
-        "{} {}",
-        pkg_config(&prefix, "--cflags"),
-        pkg_config(&prefix, "--libs")
-    );
-    assert!(
-        !flags.contains("target/"),
-        "pkg-config points into target/: {flags}"
-    );
+    voxring_test_support::install_c(&prefix);
     let agent = dir.join("hub_agent");
-    output_ok(
-        strict_cc()
-            .arg("-D_POSIX_C_SOURCE=200809L")
-            .arg(workspace().join("platform-linux/ffi/c/hub_agent.c"))
-            .args(flags.split_whitespace())
-            .arg("-o")
-            .arg(&agent),
-        "building the C agent with pkg-config's flags (cc)",
-    );
+    voxring_test_support::cc_with_pkg_config(&prefix, "platform-linux/ffi/c/hub_agent.c", &agent);
     (agent, prefix.join("lib"))
 }
 

@@ -15,7 +15,7 @@ use protocol::{GIVE_UP, field, has_consumer, wait_until};
 use voxring_core::{FrameFlags, GrantError, Policy, PushFrameError, RingConfig, SampleFormat};
 use voxring_linux::ring::Segment;
 use voxring_linux::segment::CreateOptions;
-use voxring_test_support::{install_c, output_ok, pkg_config, strict_cc, workspace};
+use voxring_test_support::{cc_with_pkg_config, install_c};
 
 /// Sample `i` of frame `seq`: the pattern `platform-linux/ffi/c/voxring_peer.c` checks.
 fn pattern(seq: u64, i: usize) -> i16 {
@@ -70,26 +70,8 @@ fn a_c_agent_built_with_pkg_config_against_the_installed_library_reads_bit_exact
     assert!(lib.join(&real).is_file(), "{}", real.display());
     assert!(prefix.join("include/voxring.h").is_file());
 
-    let cflags = pkg_config(&prefix, "--cflags");
-    let libs = pkg_config(&prefix, "--libs");
-    let flags = format!("{cflags} {libs}");
-    assert!(
-        !flags.contains("target/"),
-        "pkg-config points into target/: {flags}"
-    );
-    assert!(flags.contains(prefix.to_str().expect("utf-8")), "{flags}");
-
     let agent = prefix_dir.path().join("voxring_peer");
-    let src = workspace().join("platform-linux/ffi/c/voxring_peer.c");
-    output_ok(
-        strict_cc()
-            .arg("-D_POSIX_C_SOURCE=200809L")
-            .arg(&src)
-            .args(flags.split_whitespace())
-            .arg("-o")
-            .arg(&agent),
-        "building the agent with pkg-config's flags (cc)",
-    );
+    cc_with_pkg_config(&prefix, "platform-linux/ffi/c/voxring_peer.c", &agent);
 
     let name = unique_name("pkgc");
     let _clean = ShmCleanup(name.clone());

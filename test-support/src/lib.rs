@@ -103,6 +103,35 @@ pub fn pkg_config(prefix: &std::path::Path, what: &str) -> String {
         .to_owned()
 }
 
+/// Builds the C program `src` (a path inside the workspace) into `out` the way a C user
+/// would: [`strict_cc`] with `pkg-config --cflags --libs voxring` over the library
+/// [`install_c`] put under `prefix`, and nothing else (checked: no flag points into
+/// `target/`, and they name `prefix`).
+pub fn cc_with_pkg_config(prefix: &std::path::Path, src: &str, out: &std::path::Path) {
+    let flags = format!(
+        "{} {}",
+        pkg_config(prefix, "--cflags"),
+        pkg_config(prefix, "--libs")
+    );
+    assert!(
+        !flags.contains("target/"),
+        "pkg-config points into target/: {flags}"
+    );
+    assert!(
+        flags.contains(prefix.to_str().expect("a UTF-8 prefix")),
+        "{flags}"
+    );
+    output_ok(
+        strict_cc()
+            .arg("-D_POSIX_C_SOURCE=200809L")
+            .arg(workspace().join(src))
+            .args(flags.split_whitespace())
+            .arg("-o")
+            .arg(out),
+        &format!("building {src} with pkg-config's flags (cc)"),
+    );
+}
+
 /// The names of the files in `/dev/shm` for which `keep` holds (e.g. a test's prefix).
 pub fn shm_names(keep: impl Fn(&str) -> bool) -> Vec<String> {
     std::fs::read_dir("/dev/shm")
