@@ -493,8 +493,11 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         );
         rows.push((t, row));
     }
-    // Shown (and saved) transport by transport, in the order asked.
-    rows.sort_by_key(|(t, r)| (transports.iter().position(|x| x == t), r.payload_bytes));
+    // Shown (and saved) transport by transport, each over the payloads, in the order asked.
+    rows.sort_by_key(|(t, r)| {
+        let at = |p: u64| payloads.iter().position(|&x| x as u64 == p);
+        (transports.iter().position(|x| x == t), at(r.payload_bytes))
+    });
     let rows: Vec<ResultRow> = rows.into_iter().map(|(_, r)| r).collect();
     eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
 
