@@ -25,8 +25,10 @@ use voxring_linux::ring::ShmProducer;
 /// 128): agents' CRC windows older than that are reported as not checkable.
 pub const FRAME_LOG: usize = 1 << 16;
 
-/// Counters of one output lane, written by the real-time thread.
+/// Counters of one output lane, written by the real-time thread. One cache line each: a lane's
+/// stores never share a line with another lane's.
 #[derive(Debug, Default)]
+#[repr(align(64))]
 pub struct LaneAtomics {
     /// 0 free, 1 priming, 2 playing (directory codes).
     pub state: AtomicU64,
@@ -219,6 +221,19 @@ impl<'a, P> MicSink<'a, P> {
     }
 }
 
+// One bit of `MixSource::live` per lane slot.
+const _: () = assert!(MAX_SLOTS <= u128::BITS as usize);
+
+/// Adds `n` to a counter only the real-time thread writes: a load and a store, no locked
+/// read-modify-write (nobody else writes it, so no increment can be lost).
+fn bump(counter: &AtomicU64, n: u64) {
+    // Relaxed: counters (see `RtShared`); the only writer reads its own last store.
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
+}
+
 /// Evicts every reader of `ring` a whole ring behind (the ones holding the producer back).
 /// Atomics only; the eviction's wake is for a parked producer, which is the caller: dropped.
 fn evict_laggards(ring: &Ring, shared: &RtShared) {
@@ -344,13 +359,45 @@ fn fill_and_commit<T: Mix, P: MicProbe<T>>(
     }
     let wake = grant.commit_all();
     if wake.needed() {
-        // Relaxed: counter.
-        c.shared.wakes.fetch_add(1, Ordering::Relaxed);
+        bump(&c.shared.wakes, 1);
     }
     wake.wake(waiter);
-    // Relaxed: counter.
-    c.shared.cycles.fetch_add(n as u64, Ordering::Relaxed);
+    bump(&c.shared.cycles, n as u64);
     n
+}
+
+/// Stores a lane's counters for the control thread (`voxring top`, the directory): only the
+/// ones that differ from `before` (every one when `None`), so a cycle that only mixed a frame
+/// stores one word, not eight.
+fn publish(a: &LaneAtomics, c: &LaneCounters, before: Option<&LaneCounters>) {
+    let words = |c: &LaneCounters| {
+        let state = match c.state {
+            LaneState::Priming => 1,
+            LaneState::Playing => 2,
+            LaneState::Failed => 3,
+        };
+        [
+            state, c.depth, c.mixed, c.dropped, c.repeated, c.gaps, c.trimmed, c.primes,
+        ]
+    };
+    let atomics = [
+        &a.state,
+        &a.depth,
+        &a.mixed,
+        &a.dropped,
+        &a.repeated,
+        &a.gaps,
+        &a.trimmed,
+        &a.primes,
+    ];
+    let now = words(c);
+    let old = before.map(words);
+    for (k, atomic) in atomics.into_iter().enumerate() {
+        if old.is_none_or(|o| o[k] != now[k]) {
+            // Relaxed: counters (see `RtShared`).
+            atomic.store(now[k], Ordering::Relaxed);
+        }
+    }
 }
 
 /// A lane coming back from the real-time thread: its index, and the queue (boxed: moving
@@ -368,6 +415,9 @@ pub enum Cmd<T> {
 /// Every agent's output queue → one mixed period at a time → the device.
 pub struct MixSource<'a, T, P = ()> {
     lanes: Vec<Option<Box<OutputQueue<T>>>>,
+    /// Bit `i` set: `lanes[i]` holds a lane. A cycle visits only these, not every one of the
+    /// `MAX_SLOTS` slots.
+    live: u128,
     cmds: rtrb::Consumer<Cmd<T>>,
     back: rtrb::Producer<Returned<T>>,
     shared: &'a RtShared,
@@ -407,6 +457,7 @@ impl<'a, T: Mix, P: MixProbe<T>> MixSource<'a, T, P> {
         let ch = usize::from(channels);
         MixSource {
             lanes: (0..MAX_SLOTS).map(|_| None).collect(),
+            live: 0,
             cmds,
             back,
             shared,
@@ -446,6 +497,7 @@ impl<'a, T: Mix, P: MixProbe<T>> MixSource<'a, T, P> {
 
     /// Hands lane `i` back to the control thread (it drops it there: munmap, close).
     fn send_back(&mut self, i: usize) {
+        self.live &= !(1u128 << i);
         if let Some(q) = self.lanes[i].take() {
             // The queue holds 2 × MAX_SLOTS and at most MAX_SLOTS lanes exist: never full. Were
             // it full, the lane would be dropped here (a syscall), never leaked or blocked on.
@@ -460,7 +512,9 @@ impl<'a, T: Mix, P: MixProbe<T>> MixSource<'a, T, P> {
             match cmd {
                 Cmd::Add(i, q) if i < self.lanes.len() => {
                     self.send_back(i);
+                    publish(&self.shared.lanes[i], &q.counters(), None);
                     self.lanes[i] = Some(q);
+                    self.live |= 1u128 << i;
                 }
                 Cmd::Add(_, q) => {
                     let _ = self.back.push((usize::MAX, q));
@@ -481,7 +535,10 @@ impl<'a, T: Mix, P: MixProbe<T>> MixSource<'a, T, P> {
         let mut probe_ns = 0;
         self.apply_commands();
         dst.fill(T::SILENCE);
-        for i in 0..self.lanes.len() {
+        let mut live = self.live;
+        while live != 0 {
+            let i = live.trailing_zeros() as usize;
+            live &= live - 1;
             let Some(q) = self.lanes[i].as_mut() else {
                 continue;
             };
@@ -491,27 +548,12 @@ impl<'a, T: Mix, P: MixProbe<T>> MixSource<'a, T, P> {
             self.probe.lane(i, q, &before, info, offset);
             probe_ns += monotonic_ns().saturating_sub(p0);
             let c = q.counters();
-            let a = &self.shared.lanes[i];
-            let state = match c.state {
-                LaneState::Priming => 1,
-                LaneState::Playing => 2,
-                LaneState::Failed => 3,
-            };
-            // Relaxed: counters (see `RtShared`).
-            a.state.store(state, Ordering::Relaxed);
-            a.depth.store(c.depth, Ordering::Relaxed);
-            a.mixed.store(c.mixed, Ordering::Relaxed);
-            a.dropped.store(c.dropped, Ordering::Relaxed);
-            a.repeated.store(c.repeated, Ordering::Relaxed);
-            a.gaps.store(c.gaps, Ordering::Relaxed);
-            a.trimmed.store(c.trimmed, Ordering::Relaxed);
-            a.primes.store(c.primes, Ordering::Relaxed);
+            publish(&self.shared.lanes[i], &c, Some(&before));
             if c.state == LaneState::Failed {
                 self.send_back(i);
             }
         }
-        // Relaxed: counter.
-        self.shared.play_cycles.fetch_add(1, Ordering::Relaxed);
+        bump(&self.shared.play_cycles, 1);
         self.ipc_ns += monotonic_ns().saturating_sub(t0).saturating_sub(probe_ns);
     }
 }
@@ -597,7 +639,9 @@ mod tests {
         let (back_tx, mut back_rx) = rtrb::RingBuffer::new(16);
         let mut source = MixSource::<i16>::new(cmd_rx, back_tx, &shared, SPF, 1);
         let mut lanes = Vec::new();
-        for l in 0..3 {
+        // Slots far apart, the last one included: the cycle visits only the lanes it holds.
+        const SLOTS: [usize; 3] = [0, 70, MAX_SLOTS - 1];
+        for (l, slot) in SLOTS.into_iter().enumerate() {
             let seg = Segment::create(&format!("rthub-{tag}.out.{l}"), &cfg(16, 1), &opts).unwrap();
             let tx = seg.producer().unwrap();
             let q = OutputQueue::new(
@@ -605,7 +649,7 @@ mod tests {
                 QueueParams { target: 2, band: 1 },
                 SPF as usize,
             );
-            assert!(cmd_tx.push(Cmd::Add(l, Box::new(q))).is_ok());
+            assert!(cmd_tx.push(Cmd::Add(slot, Box::new(q))).is_ok());
             lanes.push((seg, tx));
         }
         const CYCLES: u64 = 40;
@@ -671,12 +715,35 @@ mod tests {
         let cycles = shared.cycles.load(Ordering::Relaxed);
         assert_eq!(cycles, CYCLES);
         assert!(shared.wakes.load(Ordering::Relaxed) <= cycles);
-        for l in 0..3 {
-            assert_eq!(shared.lanes[l].gaps.load(Ordering::Relaxed), 0);
+        // What the control thread reads is what each queue counted (only changes are stored).
+        let published = |slot: usize| {
+            let a = &shared.lanes[slot];
+            [
+                &a.state,
+                &a.depth,
+                &a.mixed,
+                &a.dropped,
+                &a.repeated,
+                &a.gaps,
+                &a.trimmed,
+                &a.primes,
+            ]
+            .map(|x| x.load(Ordering::Relaxed))
+        };
+        let counted = source.lane_counters();
+        assert_eq!(counted.len(), 3);
+        for (slot, c) in counted {
+            assert!(SLOTS.contains(&slot));
+            let (d, m, r) = (c.depth, c.mixed, c.repeated);
+            let want = [2, d, m, c.dropped, r, c.gaps, c.trimmed, c.primes];
+            assert_eq!(published(slot), want, "{slot}");
+            assert_eq!((c.mixed, c.gaps, c.primes), (CYCLES - 1, 0, 1), "{slot}");
         }
-        assert!(cmd_tx.push(Cmd::Remove(1)).is_ok());
+        assert!(cmd_tx.push(Cmd::Remove(SLOTS[1])).is_ok());
         assert_eq!(source.pull(&mut out, &info(CYCLES)), SPF as usize);
-        assert_eq!(back_rx.pop().map(|(i, _)| i).ok(), Some(1));
+        assert_eq!(back_rx.pop().map(|(i, _)| i).ok(), Some(SLOTS[1]));
+        assert_eq!(published(SLOTS[1])[0], 0, "a lane sent back reads as free");
+        assert_eq!(source.lane_counters().len(), 2);
     }
 
     /// Periods go straight into the device's buffer when a whole one fits, and through
