@@ -296,6 +296,9 @@ pub struct ResultRow {
     pub consumer_cpu_ns_per_msg: f64,
     /// The producer's pace (`--pace-us`), if any.
     pub pace_us: Option<u64>,
+    /// `p50_ns` over the `cacheline` row's of the same payload's round (`null` without one).
+    #[serde(default)]
+    pub p50_over_cacheline: Option<f64>,
 }
 
 /// The producer loop (child process, or thread).
@@ -498,7 +501,8 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         let at = |p: u64| payloads.iter().position(|&x| x as u64 == p);
         (transports.iter().position(|x| x == t), at(r.payload_bytes))
     });
-    let rows: Vec<ResultRow> = rows.into_iter().map(|(_, r)| r).collect();
+    let mut rows: Vec<ResultRow> = rows.into_iter().map(|(_, r)| r).collect();
+    ratios_to_floor(&mut rows);
     eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
 
     // With `--json -` stdout carries only the JSON; the table goes to stderr.
@@ -531,22 +535,38 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The order of the measurements: `cacheline` once, first (it moves one 64-byte line whatever
-/// the payload), then payload by payload, every other transport in turn. Transports compared at
-/// one payload are measured seconds apart, not a whole transport's sweep apart: a VM's vCPUs
-/// can move to other physical cores between two sweeps, and the cache-line cost with them
-/// (docs/ipc-benchmarks.md, "The floor moves").
+/// The order of the measurements: payload by payload, `cacheline` first in each round (it
+/// moves one 64-byte line whatever the payload: the floor as it stands in that round), then
+/// every other transport in turn. Transports compared at one payload are measured seconds
+/// apart, not a whole transport's sweep apart: a VM's vCPUs can move to other physical cores
+/// between two sweeps, and the cache-line cost with them (docs/ipc-benchmarks.md, "The floor
+/// moves"), so every ratio to the floor is taken against the floor of its own round.
 fn schedule(transports: &[Transport], payloads: &[usize]) -> Vec<(Transport, usize)> {
+    let floor = transports.contains(&Transport::Cacheline);
     let mut jobs = Vec::new();
-    if transports.contains(&Transport::Cacheline) {
-        jobs.push((Transport::Cacheline, 64));
-    }
     for &p in payloads {
+        if floor {
+            jobs.push((Transport::Cacheline, p));
+        }
         for &t in transports.iter().filter(|t| **t != Transport::Cacheline) {
             jobs.push((t, p));
         }
     }
     jobs
+}
+
+/// Sets every row's `p50_over_cacheline`: its median over the `cacheline` median measured in
+/// the same payload's round (`None` where `cacheline` did not run).
+fn ratios_to_floor(rows: &mut [ResultRow]) {
+    let floor = |p: u64, rows: &[ResultRow]| {
+        rows.iter()
+            .find(|r| r.transport == Transport::Cacheline.name() && r.payload_bytes == p)
+            .map(|r| r.p50_ns.max(1))
+    };
+    for i in 0..rows.len() {
+        let f = floor(rows[i].payload_bytes, rows);
+        rows[i].p50_over_cacheline = f.map(|f| rows[i].p50_ns as f64 / f as f64);
+    }
 }
 
 /// Runs one transport at one payload and summarises it.
@@ -587,6 +607,7 @@ fn run_one(t: Transport, m: &Measure<'_>, python: Option<&str>) -> anyhow::Resul
         pace_us: plan.pace_ns.map(|p| p / 1000),
         producer_syscalls_per_msg: report.syscalls_per_msg,
         syscall_count_method: report.method,
+        p50_over_cacheline: None,
     })
 }
 
@@ -742,7 +763,7 @@ fn table(rows: &[ResultRow]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<15} {:>9} {:>8} {:>11} {:>11} {:>11} {:>12} {:>12} {:>12} {:>9}",
+        "{:<15} {:>9} {:>8} {:>11} {:>11} {:>11} {:>12} {:>12} {:>12} {:>9} {:>8}",
         "transport",
         "payload",
         "messages",
@@ -752,15 +773,19 @@ fn table(rows: &[ResultRow]) -> String {
         "max ns",
         "cpu ns/msg",
         "rx cpu ns",
-        "sys/msg"
+        "sys/msg",
+        "p50/line"
     );
     for r in rows {
         let sys = r
             .producer_syscalls_per_msg
             .map_or_else(|| "n/a".to_string(), |s| format!("{s:.2}"));
+        let floor = r
+            .p50_over_cacheline
+            .map_or_else(|| "-".to_string(), |x| format!("{x:.2}"));
         let _ = writeln!(
             out,
-            "{:<15} {:>9} {:>8} {:>11} {:>11} {:>11} {:>12} {:>12.0} {:>12.0} {:>9}",
+            "{:<15} {:>9} {:>8} {:>11} {:>11} {:>11} {:>12} {:>12.0} {:>12.0} {:>9} {:>8}",
             r.transport,
             r.payload_bytes,
             r.messages,
@@ -770,7 +795,8 @@ fn table(rows: &[ResultRow]) -> String {
             r.max_ns,
             r.cpu_ns_per_msg,
             r.consumer_cpu_ns_per_msg,
-            sys
+            sys,
+            floor
         );
     }
     out
@@ -792,7 +818,7 @@ mod tests {
     }
 
     #[test]
-    fn transports_take_turns_payload_by_payload_and_cacheline_goes_once_first() {
+    fn transports_take_turns_payload_by_payload_and_cacheline_opens_each_round() {
         use Transport::{Cacheline, Iceoryx2, ShmSpin};
         assert_eq!(
             schedule(&[ShmSpin, Iceoryx2, Cacheline], &[64, 2048]),
@@ -800,11 +826,44 @@ mod tests {
                 (Cacheline, 64),
                 (ShmSpin, 64),
                 (Iceoryx2, 64),
+                (Cacheline, 2048),
                 (ShmSpin, 2048),
                 (Iceoryx2, 2048)
             ]
         );
+        assert_eq!(schedule(&[ShmSpin], &[64]), [(ShmSpin, 64)]);
         assert_eq!(schedule(&[ShmSpin], &[]), []);
+    }
+
+    #[test]
+    fn every_row_is_compared_with_the_floor_of_its_own_round() {
+        let row = |t: Transport, payload: u64, p50: u64| ResultRow {
+            transport: t.name().into(),
+            payload_bytes: payload,
+            messages: 1,
+            p50_ns: p50,
+            p99_ns: p50,
+            p999_ns: p50,
+            max_ns: p50,
+            mean_ns: p50 as f64,
+            cpu_ns_per_msg: 1.0,
+            producer_syscalls_per_msg: None,
+            syscall_count_method: "code-path".into(),
+            consumer_cpu_ns_per_msg: 1.0,
+            pace_us: None,
+            p50_over_cacheline: None,
+        };
+        use Transport::{Cacheline, ShmSpin};
+        let mut rows = vec![
+            row(Cacheline, 64, 100),
+            row(Cacheline, 2048, 400),
+            row(ShmSpin, 64, 150),
+            row(ShmSpin, 2048, 500),
+            row(ShmSpin, 4096, 700),
+        ];
+        ratios_to_floor(&mut rows);
+        let got: Vec<_> = rows.iter().map(|r| r.p50_over_cacheline).collect();
+        assert_eq!(got, [Some(1.0), Some(1.0), Some(1.5), Some(1.25), None]);
     }
 
     #[test]
