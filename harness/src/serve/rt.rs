@@ -337,17 +337,21 @@ fn fill_and_commit<T: Mix, P: MicProbe<T>>(
     let now = monotonic_ns();
     for (i, mut frame) in grant.frames_mut().enumerate() {
         let src = &samples[i * fs.slot..(i + 1) * fs.slot];
-        // The ring's format is T's (checked at start): the view cannot fail.
-        if let Ok(dst) = frame.samples_mut::<T>() {
-            dst[..fs.slot].copy_from_slice(src);
-            let p0 = monotonic_ns();
-            c.probe.fill(i, &mut dst[..fs.slot]);
-            c.probe_ns += monotonic_ns().saturating_sub(p0);
-        }
         let bytes = std::mem::size_of_val(src);
         let _ = frame.set_len(bytes as u32);
         let (seq, pos) = (frame.seq(), fs.pos + i as u64 * fs.spf);
-        let p0 = monotonic_ns();
+        // The probe and the CRC-32 run in one stretch, timed once (two clock reads a frame)
+        // and left out of the ring's time. The ring's format is T's (checked at start): the
+        // view cannot fail.
+        let p0 = match frame.samples_mut::<T>() {
+            Ok(dst) => {
+                dst[..fs.slot].copy_from_slice(src);
+                let p0 = monotonic_ns();
+                c.probe.fill(i, &mut dst[..fs.slot]);
+                p0
+            }
+            Err(_) => monotonic_ns(),
+        };
         let payload = &frame.payload_mut()[..bytes];
         let crc = crc32fast::hash(payload);
         c.probe.frame(seq, pos, now, payload);
@@ -418,6 +422,9 @@ pub struct MixSource<'a, T, P = ()> {
     /// Bit `i` set: `lanes[i]` holds a lane. A cycle visits only these, not every one of the
     /// `MAX_SLOTS` slots.
     live: u128,
+    /// Each lane's counters before the cycle being mixed (for the probe, called after the
+    /// timed mix).
+    before: Box<[Option<LaneCounters>]>,
     cmds: rtrb::Consumer<Cmd<T>>,
     back: rtrb::Producer<Returned<T>>,
     shared: &'a RtShared,
@@ -458,6 +465,7 @@ impl<'a, T: Mix, P: MixProbe<T>> MixSource<'a, T, P> {
         MixSource {
             lanes: (0..MAX_SLOTS).map(|_| None).collect(),
             live: 0,
+            before: vec![None; MAX_SLOTS].into_boxed_slice(),
             cmds,
             back,
             shared,
@@ -530,9 +538,6 @@ impl<'a, T: Mix, P: MixProbe<T>> MixSource<'a, T, P> {
     /// its ring slot, and summed into `dst`.
     fn mix_cycle(&mut self, dst: &mut [T], info: &ChunkInfo, offset: usize) {
         let t0 = monotonic_ns();
-        // The probe's own time (a measurement, not moving audio) is left out of `ipc_ns`, as
-        // on the capture side.
-        let mut probe_ns = 0;
         self.apply_commands();
         dst.fill(T::SILENCE);
         let mut live = self.live;
@@ -544,17 +549,25 @@ impl<'a, T: Mix, P: MixProbe<T>> MixSource<'a, T, P> {
             };
             let before = q.counters();
             q.mix_into(dst);
-            let p0 = monotonic_ns();
+            publish(&self.shared.lanes[i], &q.counters(), Some(&before));
+            self.before[i] = Some(before);
+        }
+        bump(&self.shared.play_cycles, 1);
+        // The probe's own time (a measurement, not moving audio) is left out of `ipc_ns`, as
+        // on the capture side: it runs after the mix, so two clock reads time the whole mix.
+        self.ipc_ns += monotonic_ns().saturating_sub(t0);
+        let mut live = self.live;
+        while live != 0 {
+            let i = live.trailing_zeros() as usize;
+            live &= live - 1;
+            let (Some(q), Some(before)) = (self.lanes[i].as_mut(), self.before[i].take()) else {
+                continue;
+            };
             self.probe.lane(i, q, &before, info, offset);
-            probe_ns += monotonic_ns().saturating_sub(p0);
-            let c = q.counters();
-            publish(&self.shared.lanes[i], &c, Some(&before));
-            if c.state == LaneState::Failed {
+            if q.counters().state == LaneState::Failed {
                 self.send_back(i);
             }
         }
-        bump(&self.shared.play_cycles, 1);
-        self.ipc_ns += monotonic_ns().saturating_sub(t0).saturating_sub(probe_ns);
     }
 }
 
