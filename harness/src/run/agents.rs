@@ -50,6 +50,9 @@ pub const LATE_AGENT_ENV: &str = "VOXRING_TEST_LATE_AGENT";
 /// Late cycles listed individually in the output (for the timeline); beyond, only counted.
 const MAX_LATE_LISTED: usize = 20_000;
 
+/// Frames an agent asks for in one read grant.
+const DRAIN_GRANT: usize = 16;
+
 /// What an agent reports at the end (one JSON line on stdout).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentOutput {
@@ -367,11 +370,13 @@ impl Agent {
     }
 
     /// Reads grants until the ring is empty (`None`) or the run ends (`Some`: how it ended).
+    /// A grant shorter than asked emptied the ring as far as it could see: the next wait
+    /// finds anything committed since, so no second grant is asked for only to be refused.
     fn drain(&mut self, rx: &mut ShmConsumer) -> anyhow::Result<Option<String>> {
         loop {
             let t_acq = monotonic_ns();
             let (consumer, waiter) = rx.parts();
-            let grant = match consumer.read_grant(16) {
+            let grant = match consumer.read_grant(DRAIN_GRANT) {
                 Ok(g) => g,
                 Err(ReadError::Empty) => {
                     self.tally.ipc_ns += monotonic_ns().saturating_sub(t_acq);
@@ -386,6 +391,7 @@ impl Agent {
             let t_got = monotonic_ns();
             self.tally.ipc_ns += t_got.saturating_sub(t_acq);
             let mut eos = false;
+            let drained = grant.len() < DRAIN_GRANT;
             for frame in grant.frames() {
                 if self.frame(frame.meta(), frame.payload(), t_got)? {
                     eos = true;
@@ -400,6 +406,9 @@ impl Agent {
             self.tally.ipc_ns += monotonic_ns().saturating_sub(r0);
             if eos {
                 return Ok(Some("end of stream".to_owned()));
+            }
+            if drained {
+                return Ok(None);
             }
         }
     }
@@ -514,14 +523,19 @@ impl Agent {
         let g1 = monotonic_ns();
         let ring_ns = match granted {
             Ok(mut g) => {
-                if let Some(mut out) = g.frame_mut(0) {
-                    let n = apply_gain(payload, out.payload_mut(), self.enc, ECHO_GAIN);
-                    let _ = out.set_len(n as u32);
-                    out.set_sample_pos(meta.sample_pos);
-                    out.set_flags(meta.flags);
-                    out.set_timestamp_ns(monotonic_ns());
-                }
-                let k0 = monotonic_ns();
+                // The commit's stamp is also the start of its timing (one clock read for both).
+                let k0 = match g.frame_mut(0) {
+                    Some(mut out) => {
+                        let n = apply_gain(payload, out.payload_mut(), self.enc, ECHO_GAIN);
+                        let k0 = monotonic_ns();
+                        let _ = out.set_len(n as u32);
+                        out.set_sample_pos(meta.sample_pos);
+                        out.set_flags(meta.flags);
+                        out.set_timestamp_ns(k0);
+                        k0
+                    }
+                    None => monotonic_ns(),
+                };
                 g.commit_all().wake(rwaiter);
                 // The grant and the commit are IPC, the gain in between compute.
                 (g1 - g0) + monotonic_ns().saturating_sub(k0)
