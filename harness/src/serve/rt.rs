@@ -48,6 +48,22 @@ pub struct LaneAtomics {
     pub primes: AtomicU64,
 }
 
+impl LaneAtomics {
+    /// Every counter, in the order of [`publish`]'s words.
+    fn fields(&self) -> [&AtomicU64; 8] {
+        [
+            &self.state,
+            &self.depth,
+            &self.mixed,
+            &self.dropped,
+            &self.repeated,
+            &self.gaps,
+            &self.trimmed,
+            &self.primes,
+        ]
+    }
+}
+
 /// What the real-time thread shares with the control thread. Every counter is written by the
 /// real-time thread only; Relaxed everywhere (monitoring values, nothing is published
 /// through them) except the frame log (see [`FrameLog`]).
@@ -384,19 +400,9 @@ fn publish(a: &LaneAtomics, c: &LaneCounters, before: Option<&LaneCounters>) {
             state, c.depth, c.mixed, c.dropped, c.repeated, c.gaps, c.trimmed, c.primes,
         ]
     };
-    let atomics = [
-        &a.state,
-        &a.depth,
-        &a.mixed,
-        &a.dropped,
-        &a.repeated,
-        &a.gaps,
-        &a.trimmed,
-        &a.primes,
-    ];
     let now = words(c);
     let old = before.map(words);
-    for (k, atomic) in atomics.into_iter().enumerate() {
+    for (k, atomic) in a.fields().into_iter().enumerate() {
         if old.is_none_or(|o| o[k] != now[k]) {
             // Relaxed: counters (see `RtShared`).
             atomic.store(now[k], Ordering::Relaxed);
@@ -730,18 +736,9 @@ mod tests {
         assert!(shared.wakes.load(Ordering::Relaxed) <= cycles);
         // What the control thread reads is what each queue counted (only changes are stored).
         let published = |slot: usize| {
-            let a = &shared.lanes[slot];
-            [
-                &a.state,
-                &a.depth,
-                &a.mixed,
-                &a.dropped,
-                &a.repeated,
-                &a.gaps,
-                &a.trimmed,
-                &a.primes,
-            ]
-            .map(|x| x.load(Ordering::Relaxed))
+            shared.lanes[slot]
+                .fields()
+                .map(|x| x.load(Ordering::Relaxed))
         };
         let counted = source.lane_counters();
         assert_eq!(counted.len(), 3);
