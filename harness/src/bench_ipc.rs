@@ -296,7 +296,7 @@ pub struct ResultRow {
     pub consumer_cpu_ns_per_msg: f64,
     /// The producer's pace (`--pace-us`), if any.
     pub pace_us: Option<u64>,
-    /// `p50_ns` over the `cacheline` row's of the same payload's round (`null` without one).
+    /// `p50_ns` over the `cacheline` median of the same payload's round (`null` without one).
     #[serde(default)]
     pub p50_over_cacheline: Option<f64>,
 }
