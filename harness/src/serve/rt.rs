@@ -240,6 +240,17 @@ impl<'a, P> MicSink<'a, P> {
 // One bit of `MixSource::live` per lane slot.
 const _: () = assert!(MAX_SLOTS <= u128::BITS as usize);
 
+/// The indices of the bits set in `mask`, lowest first (no allocation).
+fn set_bits(mut mask: u128) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        (mask != 0).then(|| {
+            let i = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            i
+        })
+    })
+}
+
 /// Adds `n` to a counter only the real-time thread writes: a load and a store, no locked
 /// read-modify-write (nobody else writes it, so no increment can be lost).
 fn bump(counter: &AtomicU64, n: u64) {
@@ -546,10 +557,7 @@ impl<'a, T: Mix, P: MixProbe<T>> MixSource<'a, T, P> {
         let t0 = monotonic_ns();
         self.apply_commands();
         dst.fill(T::SILENCE);
-        let mut live = self.live;
-        while live != 0 {
-            let i = live.trailing_zeros() as usize;
-            live &= live - 1;
+        for i in set_bits(self.live) {
             let Some(q) = self.lanes[i].as_mut() else {
                 continue;
             };
@@ -562,10 +570,7 @@ impl<'a, T: Mix, P: MixProbe<T>> MixSource<'a, T, P> {
         // The probe's own time (a measurement, not moving audio) is left out of `ipc_ns`, as
         // on the capture side: it runs after the mix, so two clock reads time the whole mix.
         self.ipc_ns += monotonic_ns().saturating_sub(t0);
-        let mut live = self.live;
-        while live != 0 {
-            let i = live.trailing_zeros() as usize;
-            live &= live - 1;
+        for i in set_bits(self.live) {
             let (Some(q), Some(before)) = (self.lanes[i].as_mut(), self.before[i].take()) else {
                 continue;
             };
