@@ -184,7 +184,26 @@ mod tests {
         }
         drop(k);
         for &cpu in &cpus {
-            assert!(threads_named(&format!("keep-awake-{cpu}")).is_empty());
+            assert!(
+                gone(&format!("keep-awake-{cpu}")),
+                "CPU {cpu}: spinner still there"
+            );
+        }
+    }
+
+    /// Whether no thread is named `name` once the kernel has reaped the joined ones: a join
+    /// returns when the thread cleared its tid, a little before its `/proc/self/task` entry
+    /// goes, so look again for up to 10 s (a loaded machine) before saying it stayed.
+    fn gone(name: &str) -> bool {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if threads_named(name).is_empty() {
+                return true;
+            }
+            if std::time::Instant::now() > until {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 
@@ -202,7 +221,10 @@ mod tests {
         );
         assert!(err.to_string().contains("not available"), "{err}");
         for &cpu in &cpus {
-            assert!(threads_named(&format!("keep-awake-{cpu}")).is_empty());
+            assert!(
+                gone(&format!("keep-awake-{cpu}")),
+                "CPU {cpu}: a spinner kept spinning"
+            );
         }
     }
 }
