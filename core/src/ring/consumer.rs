@@ -4,7 +4,7 @@
 use core::marker::PhantomData;
 
 use super::{OpenToken, PopFrameError, ReadError, ReleaseError, Ring, SlotView, TokenRefused};
-use crate::layout::{ConsumerBlock, STATE_FREE, STATE_MASK};
+use crate::layout::{ConsumerBlock, SEQ_EMPTY, SEQ_WRITING, STATE_FREE, STATE_MASK};
 use crate::meta::{FormatMismatch, FrameFlags, FrameMeta, Sample};
 use crate::sync::{Ordering, fence};
 use crate::wait::{WaitOutcome, Waiter, Wake, arm};
@@ -70,6 +70,9 @@ pub struct Consumer {
     pub(super) read_pos: u64,
     /// Last `write_pos` seen (rtrb's cached cursor).
     pub(super) cached_write: u64,
+    /// Polls the slot fast path answered "empty" without a look at `write_pos`; every
+    /// [`WRITE_POS_EVERY`]th looks anyway, so a forged `write_pos` is still reported.
+    pub(super) slot_polls: u32,
     pub(super) lost_total: u64,
     /// The grant handed out as a token ([`Consumer::read_token`]) and not yet released.
     pub(super) tokens: OpenToken<ReadToken>,
@@ -132,6 +135,13 @@ impl Consumer {
     }
 
     /// Asks for up to `n` committed frames to read in place (fewer if fewer are ready).
+    ///
+    /// Lossless policy: with nothing known ready, it first looks at the next frame's slot
+    /// (its `seq`, on the metadata's line), and at `write_pos` only when the slot cannot tell
+    /// or to learn about more than one frame: a poll of an empty ring touches one line the
+    /// producer writes once per frame. So a frame may be taken before the producer stored
+    /// `write_pos` past it, and a forged `write_pos` is reported within
+    /// [`WRITE_POS_EVERY`] polls rather than at once.
     ///
     /// Lossy policy: if the producer lapped this consumer, returns [`ReadError::Lost`] with
     /// the exact number of frames skipped and resyncs; read again.
@@ -210,21 +220,49 @@ impl Consumer {
         let cap = ring.layout.frames();
         let want = (n as u64).min(cap);
         let mut avail = self.cached_write.wrapping_sub(self.read_pos);
+        if avail == 0 && !ring.lossy() {
+            // The slot fast path (lossless): the next frame's own `seq` is on the line its
+            // metadata is on, which the read needs anyway; `write_pos` (another line) only
+            // when the slot cannot tell. (Lossy rings keep the seqlock's rules: `write_pos`
+            // first, so a resync never starts from ahead of it.)
+            match self.next_slot() {
+                NextSlot::Committed => {
+                    // Known committed up to here, maybe ahead of the shared `write_pos`,
+                    // which the producer stores after the slots' `seq`.
+                    self.cached_write = self.read_pos.wrapping_add(1);
+                    avail = 1;
+                }
+                NextSlot::Empty => {
+                    // An honest producer stores `seq` before `write_pos`, so a slot that is
+                    // still empty means nothing new; a hostile one may have moved `write_pos`
+                    // alone, which the look every WRITE_POS_EVERY polls reports.
+                    self.slot_polls = self.slot_polls.wrapping_add(1);
+                    if !self.slot_polls.is_multiple_of(WRITE_POS_EVERY) {
+                        return Err(ReadError::Empty);
+                    }
+                }
+                NextSlot::Unknown => {}
+            }
+        }
         if avail < want.max(1) {
             // Acquire: pairs with the producer's commit store (COMMIT_ORDER).
             let w = ring.prod().write_pos.load(Ordering::Acquire);
-            let d = w.wrapping_sub(self.read_pos);
-            if d > cap {
-                if ring.lossy() && d <= u64::MAX / 2 {
-                    return Err(self.resync(self.read_pos));
+            match Cursor::of(w, self.read_pos, cap) {
+                Cursor::Ahead(d) => {
+                    self.cached_write = w;
+                    avail = d;
                 }
-                return Err(ReadError::Corrupt {
-                    pos: self.read_pos,
-                    found: w,
-                });
+                // Behind means nothing new: we took frames through their slots' `seq` before
+                // the producer stored `write_pos` past them.
+                Cursor::Level | Cursor::Behind => {}
+                Cursor::Lapped if ring.lossy() => return Err(self.resync(self.read_pos)),
+                Cursor::Lapped | Cursor::Corrupt => {
+                    return Err(ReadError::Corrupt {
+                        pos: self.read_pos,
+                        found: w,
+                    });
+                }
             }
-            self.cached_write = w;
-            avail = d;
         }
         if avail == 0 {
             return Err(ReadError::Empty);
@@ -232,8 +270,8 @@ impl Consumer {
         let mut len = want.min(avail);
         for i in 0..len {
             let pos = self.read_pos.wrapping_add(i);
-            // Acquire: pairs with the producer's Release store of `seq` at commit (lossy
-            // seqlock; lossless, the `write_pos` Acquire above already synchronised).
+            // Acquire: pairs with the producer's Release store of `seq` at commit (the
+            // lossy seqlock; lossless, COMMIT_ORDER, for the slot fast path above).
             let s = ring.slot(pos).seq.load(Ordering::Acquire);
             if s == pos {
                 continue;
@@ -333,18 +371,48 @@ impl Consumer {
     /// ready, the cursor is corrupt, or (lossy) the slot was overwritten meanwhile. A hint:
     /// the fields come from shared memory and may be anything a hostile producer wrote.
     pub fn next_frame_meta(&self) -> Option<FrameMeta> {
-        let ring = self.ring;
+        (self.next_slot() == NextSlot::Committed)
+            .then(|| FrameRef::new(&self.ring, self.read_pos).meta())
+    }
+
+    /// Whether the shared write cursor says [`Consumer::read_grant`] has something to report:
+    /// frames past ours, or a lapped or corrupt cursor. One Acquire load of `write_pos`, the
+    /// line the producer writes once per commit (the waits poll this, not the slot's line
+    /// the producer is filling). A cursor behind ours by at most a ring is nothing new: we
+    /// took frames through their slots' `seq` before the producer stored it past them.
+    pub fn frame_ready(&self) -> bool {
         // Acquire: pairs with the producer's commit store (COMMIT_ORDER).
-        let w = ring.prod().write_pos.load(Ordering::Acquire);
-        let d = w.wrapping_sub(self.read_pos);
-        if d == 0 || d > ring.layout.frames() {
-            return None;
+        let w = self.ring.prod().write_pos.load(Ordering::Acquire);
+        self.news_at(w)
+    }
+
+    /// [`Consumer::frame_ready`] for a `write_pos` already loaded.
+    fn news_at(&self, w: u64) -> bool {
+        !matches!(
+            Cursor::of(w, self.read_pos, self.ring.layout.frames()),
+            Cursor::Level | Cursor::Behind
+        )
+    }
+
+    /// What the next frame's slot says: committed (its `seq` is our position), surely empty
+    /// (it still holds the previous lap's frame, never held one, or is being written), or
+    /// something only `write_pos` explains (a lapping producer, corruption).
+    fn next_slot(&self) -> NextSlot {
+        let pos = self.read_pos;
+        // Acquire: pairs with the producer's Release store of `seq` at commit (COMMIT_ORDER
+        // lossless, Release lossy): the frame's payload and metadata written before it are
+        // visible.
+        let s = self.ring.slot(pos).seq.load(Ordering::Acquire);
+        if s == pos {
+            NextSlot::Committed
+        } else if s == pos.wrapping_sub(self.ring.layout.frames())
+            || s == SEQ_EMPTY
+            || s == SEQ_WRITING
+        {
+            NextSlot::Empty
+        } else {
+            NextSlot::Unknown
         }
-        // Acquire: pairs with the producer's Release store of `seq` at commit (lossy).
-        if ring.slot(self.read_pos).seq.load(Ordering::Acquire) != self.read_pos {
-            return None;
-        }
-        Some(FrameRef::new(&ring, self.read_pos).meta())
     }
 
     /// Sleeps through `waiter` until a frame may be ready, at most `timeout_ns`. Makes no
@@ -364,8 +432,7 @@ impl Consumer {
         let p = self.ring.prod();
         // Poll first (without announcing, so the producer makes no wake call meanwhile).
         for _ in 0..waiter.spins_before_park() {
-            // Acquire: pairs with the producer's commit store.
-            if p.write_pos.load(Ordering::Acquire) != self.read_pos {
+            if self.frame_ready() {
                 return Ok(WaitOutcome::Ready);
             }
             crate::sync::spin_hint();
@@ -378,7 +445,7 @@ impl Consumer {
         fence(Ordering::SeqCst);
         // Acquire: pairs with the producer's commit store.
         let w = p.write_pos.load(Ordering::Acquire);
-        let outcome = if w != self.read_pos {
+        let outcome = if self.news_at(w) {
             WaitOutcome::Ready
         } else {
             match arm(&waits.data_futex, seen) {
@@ -436,6 +503,52 @@ impl Consumer {
             return Ok(Wake::none());
         }
         Ok(ring.wake_producer_if_parked())
+    }
+}
+
+/// How often an empty poll of the slot fast path also loads `write_pos` (see
+/// [`Consumer::read_grant`]).
+pub(super) const WRITE_POS_EVERY: u32 = 64;
+
+/// What the next frame's slot says ([`Consumer::next_slot`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NextSlot {
+    Committed,
+    Empty,
+    Unknown,
+}
+
+/// Where the shared write cursor `w` is relative to a consumer's `read_pos`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cursor {
+    /// `w == read_pos`: nothing new.
+    Level,
+    /// `1..=frames` frames committed past `read_pos`.
+    Ahead(u64),
+    /// Behind by at most a ring: the consumer took frames through their slots' `seq`
+    /// before the producer stored `write_pos` past them. Nothing new.
+    Behind,
+    /// Ahead by more than a ring, by less than half the number space (lossy: the producer
+    /// lapped us; lossless: corrupt).
+    Lapped,
+    /// Anything else: no producer does that.
+    Corrupt,
+}
+
+impl Cursor {
+    fn of(w: u64, read_pos: u64, cap: u64) -> Cursor {
+        let ahead = w.wrapping_sub(read_pos);
+        if ahead == 0 {
+            Cursor::Level
+        } else if ahead <= cap {
+            Cursor::Ahead(ahead)
+        } else if read_pos.wrapping_sub(w) <= cap {
+            Cursor::Behind
+        } else if ahead <= u64::MAX / 2 {
+            Cursor::Lapped
+        } else {
+            Cursor::Corrupt
+        }
     }
 }
 

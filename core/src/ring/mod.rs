@@ -5,10 +5,17 @@
 //!
 //! * `create` writes the whole region, then stores `magic` with **Release**; `attach` loads it
 //!   with **Acquire**, so it sees every field `create` wrote.
-//! * The producer writes payload and metadata, then stores `write_pos` with **Release**
-//!   ([`WriteGrant::commit`]); consumers load `write_pos` with **Acquire** before touching a
-//!   frame. (The `planted-bug` feature, loom builds only, weakens exactly this store to
-//!   Relaxed; the loom suite must then fail.)
+//! * The producer writes payload and metadata, then stores each committed slot's `seq` with
+//!   **Release**, then `write_pos` with **Release** ([`WriteGrant::commit`]). A lossless
+//!   consumer takes the next frame when its slot's `seq` (loaded with **Acquire**) is the
+//!   frame's position: one cache line, the one the read needs anyway (the slot fast path);
+//!   it loads `write_pos` with **Acquire** to learn about more frames at once, and its waits
+//!   poll `write_pos` (the line the producer writes once per commit, not the slot it is
+//!   filling). So a consumer can be ahead of `write_pos` for a moment: a `write_pos` behind
+//!   the consumer by at most a ring means "nothing new", never corruption. A new producer
+//!   continues after any frame its dead predecessor committed through `seq` alone
+//!   (`adopt_committed`). (The `planted-bug` feature, loom builds only, weakens both
+//!   lossless commit stores to Relaxed; the loom suite must then fail.)
 //! * A consumer finishes reading, then stores its `read_pos` with **Release**
 //!   ([`ReadGrant::release`]); the lossless producer loads every live `read_pos` with
 //!   **Acquire** before reusing a slot.
@@ -129,6 +136,8 @@ mod consumer;
 mod error;
 pub mod periodic;
 mod producer;
+#[cfg(all(test, not(voxring_loom)))]
+mod tests;
 mod token;
 
 pub(crate) use token::{OpenToken, TokenRefused, TokenSpan};
@@ -140,8 +149,8 @@ pub use error::{
 };
 pub use producer::{FrameMut, FramesMut, Producer, WriteGrant, WriteToken};
 
-/// The ordering of the producer's commit store of `write_pos`: Release, or Relaxed when the
-/// planted bug is switched on to prove the loom suite can fail.
+/// The ordering of the producer's commit stores (a lossless slot's `seq`, then `write_pos`):
+/// Release, or Relaxed when the planted bug is switched on to prove the loom suite can fail.
 #[cfg(not(all(voxring_loom, feature = "planted-bug")))]
 pub(crate) const COMMIT_ORDER: Ordering = Ordering::Release;
 /// The ordering of the producer's commit store: deliberately wrong (planted bug).
@@ -452,7 +461,7 @@ impl Ring {
             return Err(ClaimError::Taken { owner: found });
         }
         // Acquire: pairs with the predecessor's commit store.
-        let write_pos = p.write_pos.load(Ordering::Acquire);
+        let write_pos = self.adopt_committed(p.write_pos.load(Ordering::Acquire));
         // Relaxed: only a starting point for this producer's own sequence of futex values;
         // a sleeper armed on it (odd) is woken by the first commit whatever is read here.
         let data_word = self.waits().data_futex.load(Ordering::Relaxed) & !SLEEPER;
@@ -464,6 +473,25 @@ impl Ring {
             data_word,
             tokens: OpenToken::new(),
         })
+    }
+
+    /// The write position a new producer continues at: `w`, moved past the frames a
+    /// predecessor committed through their slots' `seq` but died before storing `write_pos`
+    /// past (a consumer may have taken them through the slot fast path already, so they must
+    /// not be written again). Bounded by the capacity; stores the moved cursor.
+    fn adopt_committed(&self, w: u64) -> u64 {
+        let cap = self.layout.frames();
+        let mut end = w;
+        // Acquire: pairs with the predecessor's Release store of `seq` at commit.
+        while end.wrapping_sub(w) < cap && self.slot(end).seq.load(Ordering::Acquire) == end {
+            end = end.wrapping_add(1);
+        }
+        if end != w {
+            // COMMIT_ORDER (Release), as a commit: pairs with the consumers' Acquire loads of
+            // `write_pos`.
+            self.prod().write_pos.store(end, COMMIT_ORDER);
+        }
+        end
     }
 
     /// Joins as a consumer with a non-zero `owner` token, in the first free slot, starting at
@@ -515,6 +543,7 @@ impl Ring {
                 word,
                 read_pos: w1,
                 cached_write: w1,
+                slot_polls: 0,
                 lost_total: 0,
                 tokens: OpenToken::new(),
             });

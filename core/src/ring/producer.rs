@@ -373,11 +373,13 @@ impl Producer {
         for i in 0..k as u64 {
             let pos = start.wrapping_add(i);
             // Release (lossy): pairs with the consumer's Acquire load of `seq` in
-            // `read_grant` (seqlock). Lossless: the `write_pos` store below publishes it.
+            // `read_grant` (seqlock). Lossless, COMMIT_ORDER (Release): pairs with the
+            // consumer's Acquire load of `seq` in the slot fast path (`next_slot`), which may
+            // take the frame before the `write_pos` store below.
             let order = if lossy {
                 Ordering::Release
             } else {
-                Ordering::Relaxed
+                COMMIT_ORDER
             };
             ring.slot(pos).seq.store(pos, order);
         }

@@ -132,8 +132,7 @@ fn spin_for(st: &mut State, spin: Duration) -> bool {
         if consumer.is_truncated() {
             return false; // the full wait reports it
         }
-        let written = consumer.segment().ring().write_pos();
-        if written != consumer.consumer().read_pos() {
+        if consumer.consumer().frame_ready() {
             return true;
         }
         let until = *until.get_or_insert_with(|| Instant::now() + spin);

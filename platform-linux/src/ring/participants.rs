@@ -476,9 +476,11 @@ impl ShmConsumer {
         self.park_for_frames(deadline)
     }
 
-    /// Whether the next frame is committed (one Acquire load of the write position).
+    /// Whether the write position says a frame is committed past ours (core's
+    /// [`voxring_core::Consumer::frame_ready`]: one Acquire load; a position behind ours, left by the slot
+    /// fast path, is nothing new).
     fn frame_ready(&self) -> bool {
-        self.part.segment.ring().write_pos() != self.consumer.read_pos()
+        self.consumer.frame_ready()
     }
 
     /// The periodic wait: timer, poll window, and the park as fall-back (see [`WaitMode`]).
