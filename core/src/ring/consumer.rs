@@ -71,7 +71,7 @@ pub struct Consumer {
     /// Last `write_pos` seen (rtrb's cached cursor).
     pub(super) cached_write: u64,
     /// Polls the slot fast path answered "empty" without a look at `write_pos`; every
-    /// [`WRITE_POS_EVERY`]th looks anyway, so a forged `write_pos` is still reported.
+    /// `WRITE_POS_EVERY`th looks anyway, so a forged `write_pos` is still reported.
     pub(super) slot_polls: u32,
     pub(super) lost_total: u64,
     /// The grant handed out as a token ([`Consumer::read_token`]) and not yet released.
@@ -138,10 +138,9 @@ impl Consumer {
     ///
     /// Lossless policy: with nothing known ready, it first looks at the next frame's slot
     /// (its `seq`, on the metadata's line), and at `write_pos` only when the slot cannot tell
-    /// or to learn about more than one frame: a poll of an empty ring touches one line the
-    /// producer writes once per frame. So a frame may be taken before the producer stored
-    /// `write_pos` past it, and a forged `write_pos` is reported within
-    /// [`WRITE_POS_EVERY`] polls rather than at once.
+    /// or to learn about more than one frame: a poll of an empty ring touches one line, not
+    /// two. So a frame may be taken before the producer stored `write_pos` past it, and a
+    /// forged `write_pos` is reported within 64 polls rather than at once.
     ///
     /// Lossy policy: if the producer lapped this consumer, returns [`ReadError::Lost`] with
     /// the exact number of frames skipped and resyncs; read again.
@@ -367,8 +366,9 @@ impl Consumer {
 
     /// The metadata of the next frame to read, if it is committed: a look without a grant
     /// (nothing is released, no loom access is recorded). For the periodic wait's estimator
-    /// ([`super::periodic`]), which reads the frame's timestamp. `None` when no frame is
-    /// ready, the cursor is corrupt, or (lossy) the slot was overwritten meanwhile. A hint:
+    /// ([`super::periodic`]), which reads the frame's timestamp. `None` unless the next
+    /// frame's slot holds it, committed (its `seq` is our position; lossy: not overwritten
+    /// by a lap, not being written). A hint:
     /// the fields come from shared memory and may be anything a hostile producer wrote.
     pub fn next_frame_meta(&self) -> Option<FrameMeta> {
         (self.next_slot() == NextSlot::Committed)
